@@ -1,0 +1,56 @@
+"""What every command shares: error handling (exit 2, one sentence), progress bars, devices."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cryolens.core.device import resolve_device
+from cryolens.errors import InputError
+
+T = TypeVar("T")
+err_console = Console(stderr=True)
+console = Console()
+
+DEVICE_HELP = "Where to compute: auto (a CUDA GPU when present), cpu, or cuda[:N]."
+QUIET_HELP = "No progress bar (the job's run.log still records everything)."
+
+
+def run_guarded(fn: Callable[[], T]) -> T:
+    """Run a command body; user errors print one sentence and exit with status 2, no traceback."""
+    try:
+        return fn()
+    except InputError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]; outputs already written are complete, rerun to redo the job.")
+        raise typer.Exit(code=130) from None
+
+
+@contextmanager
+def progress_bar(description: str, *, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar driven by ``callback(done, total)``; a no-op when quiet or not a TTY-less CI."""
+    if quiet:
+        yield lambda done, total: None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                  disable=not sys.stderr.isatty() and False) as prog:
+        task = prog.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+
+        yield update
+
+
+def device_option(name: str):
+    """Resolve ``--device`` inside :func:`run_guarded` (so a bad value exits 2)."""
+    return resolve_device(name)

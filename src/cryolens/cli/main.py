@@ -1,0 +1,37 @@
+"""The ``cryolens`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from cryolens import __version__
+from cryolens.cli import fsc as _fsc
+from cryolens.cli import reconstruct as _reconstruct
+from cryolens.cli import simulate as _simulate
+
+app = typer.Typer(
+    name="cryolens",
+    help="Cryo-EM single-particle analysis: simulate, reconstruct, fsc (more stages to come).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(_simulate.app, name="simulate")
+app.command("reconstruct")(_reconstruct.reconstruct)
+app.command("fsc")(_fsc.fsc_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cryolens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """Cryo-EM single-particle analysis in Python."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

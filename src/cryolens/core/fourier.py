@@ -1,0 +1,195 @@
+"""Fourier helpers on cryolens' one internal layout.
+
+Layout: real images ``(..., n, n)`` and volumes ``(..., n, n, n)`` whose centre is
+index ``n // 2`` (RELION/cryoSPARC) are transformed with the centre moved to index
+0 first, so the transforms are *unshifted* with the DC term at index 0 and the last
+axis halved (``rfft``): images ``(..., n, n // 2 + 1)``, volumes
+``(..., n, n, n // 2 + 1)``. Frequencies are integers ``k`` (cycles per box) on the
+grid; in cycles/Å they are ``k / (n * pixel_size)``. Forward transforms are
+unnormalised, inverse transforms carry ``1 / n**d`` (numpy/torch default).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "ft2", "ift2", "ft3", "ift3", "freq_grid_2d", "freq_grid_3d", "radius_2d", "radius_3d",
+    "shell_index", "shift_phase", "fourier_resize", "resample", "radial_filter", "bandpass",
+    "rfft_weights", "shell_average",
+]
+
+
+def ft2(images: torch.Tensor) -> torch.Tensor:
+    """Centred real images ``(..., n, n)`` -> rfft ``(..., n, n//2+1)`` with DC at 0."""
+    return torch.fft.rfft2(torch.fft.ifftshift(images, dim=(-2, -1)))
+
+
+def ift2(f: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of :func:`ft2`: rfft ``(..., n, n//2+1)`` -> centred real images ``(..., n, n)``."""
+    return torch.fft.fftshift(torch.fft.irfft2(f, s=(n, n)), dim=(-2, -1))
+
+
+def ft3(volume: torch.Tensor) -> torch.Tensor:
+    """Centred real volume ``(..., n, n, n)`` -> rfft ``(..., n, n, n//2+1)`` with DC at 0."""
+    return torch.fft.rfftn(torch.fft.ifftshift(volume, dim=(-3, -2, -1)), dim=(-3, -2, -1))
+
+
+def ift3(f: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of :func:`ft3`."""
+    v = torch.fft.irfftn(f, s=(n, n, n), dim=(-3, -2, -1))
+    return torch.fft.fftshift(v, dim=(-3, -2, -1))
+
+
+def freq_grid_2d(n: int, *, rfft: bool = True, device=None, dtype=torch.float32):
+    """Integer frequencies ``(ky, kx)`` each of shape ``(n, n//2+1)`` (or ``(n, n)``)."""
+    ky = torch.fft.fftfreq(n, d=1.0 / n, device=device, dtype=dtype)
+    kx = torch.fft.rfftfreq(n, d=1.0 / n, device=device, dtype=dtype) if rfft else ky
+    return torch.meshgrid(ky, kx, indexing="ij")
+
+
+def freq_grid_3d(n: int, *, rfft: bool = True, device=None, dtype=torch.float32):
+    """Integer frequencies ``(kz, ky, kx)`` on the (r)fft volume grid."""
+    k = torch.fft.fftfreq(n, d=1.0 / n, device=device, dtype=dtype)
+    kx = torch.fft.rfftfreq(n, d=1.0 / n, device=device, dtype=dtype) if rfft else k
+    return torch.meshgrid(k, k, kx, indexing="ij")
+
+
+def radius_2d(n: int, *, rfft: bool = True, device=None) -> torch.Tensor:
+    """Frequency radius in cycles per box, ``(n, n//2+1)``."""
+    ky, kx = freq_grid_2d(n, rfft=rfft, device=device)
+    return torch.sqrt(ky * ky + kx * kx)
+
+
+def radius_3d(n: int, *, rfft: bool = True, device=None) -> torch.Tensor:
+    """Frequency radius in cycles per box, ``(n, n, n//2+1)``."""
+    kz, ky, kx = freq_grid_3d(n, rfft=rfft, device=device)
+    return torch.sqrt(kz * kz + ky * ky + kx * kx)
+
+
+def shell_index(radius: torch.Tensor) -> torch.Tensor:
+    """Nearest integer shell of each frequency (``round(|k|)``, int64)."""
+    return torch.round(radius).long()
+
+
+def rfft_weights(n: int, *, ndim: int, device=None) -> torch.Tensor:
+    """Multiplicity of each rfft coefficient in the full spectrum (1 on kx=0 and Nyquist, else 2).
+
+    Sums of ``|F|^2`` over the half spectrum weighted this way equal sums over the full
+    spectrum (Parseval).
+    """
+    nx = n // 2 + 1
+    w = torch.full((nx,), 2.0, device=device)
+    w[0] = 1.0
+    if n % 2 == 0:
+        w[-1] = 1.0
+    return w.expand(*([n] * (ndim - 1)), nx)
+
+
+def shell_average(values: torch.Tensor, shells: torch.Tensor, nshells: int,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted mean of ``values`` over frequency shells ``0..nshells-1``.
+
+    ``values`` may carry leading batch dims; ``shells`` matches its trailing dims.
+    Frequencies in shells >= ``nshells`` are ignored.
+    """
+    lead = values.shape[: values.ndim - shells.ndim]
+    s = shells.reshape(-1)
+    keep = s < nshells
+    w = torch.ones_like(s, dtype=values.real.dtype) if weights is None else weights.reshape(-1).to(values.real.dtype)
+    w = w[keep]
+    idx = s[keep]
+    v = values.reshape(*lead, -1)[..., keep]
+    num = torch.zeros(*lead, nshells, dtype=v.dtype, device=v.device).index_add_(-1, idx, v * w.to(v.dtype))
+    den = torch.zeros(nshells, dtype=w.dtype, device=v.device).index_add_(0, idx, w)
+    return num / den.clamp_min(1e-30)
+
+
+def shift_phase(f: torch.Tensor, shifts: torch.Tensor, n: int) -> torch.Tensor:
+    """Shift images by ``shifts`` pixels via a phase ramp.
+
+    Args:
+        f: rfft images ``(B, n, n//2+1)``.
+        shifts: ``(B, 2)`` as ``(dx, dy)`` in pixels; the content moves towards +x/+y.
+        n: box size.
+    """
+    ky, kx = freq_grid_2d(n, device=f.device, dtype=shifts.dtype)
+    phase = -2.0 * math.pi / n * (kx * shifts[:, 0, None, None] + ky * shifts[:, 1, None, None])
+    return f * torch.polar(torch.ones_like(phase), phase).to(f.dtype)
+
+
+def fourier_resize(x: torch.Tensor, new_n: int, *, ndim: int = 2) -> torch.Tensor:
+    """Crop or zero-pad the Fourier transform of centred real images/volumes to a new box.
+
+    Keeps real-space values (not sums) unchanged for band-limited content; the pixel
+    size changes by ``n / new_n``. Works on the trailing ``ndim`` axes of a real tensor.
+    """
+    n = x.shape[-1]
+    if new_n == n:
+        return x
+    dims = tuple(range(-ndim, 0))
+    f = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(x, dim=dims), dim=dims), dim=dims)
+    c_old, c_new = n // 2, new_n // 2
+    m = min(n, new_n)
+    lo_old, lo_new = c_old - m // 2, c_new - m // 2
+    out = torch.zeros(*x.shape[:-ndim], *([new_n] * ndim), dtype=f.dtype, device=x.device)
+    src = tuple(slice(lo_old, lo_old + m) for _ in range(ndim))
+    dst = tuple(slice(lo_new, lo_new + m) for _ in range(ndim))
+    out[(Ellipsis,) + dst] = f[(Ellipsis,) + src]
+    if new_n < n and new_n % 2 == 0:
+        # The new Nyquist row/column must be Hermitian: keep its real part only.
+        for d in dims:
+            idx = [slice(None)] * out.ndim
+            idx[d] = 0
+            out[tuple(idx)] = out[tuple(idx)].real.to(out.dtype)
+    y = torch.fft.ifftshift(out, dim=dims)
+    y = torch.fft.fftshift(torch.fft.ifftn(y, dim=dims), dim=dims).real
+    return y * (new_n / n) ** ndim
+
+
+def resample(x: torch.Tensor, pixel_size: float, new_pixel_size: float, *, ndim: int = 2) -> torch.Tensor:
+    """Resample centred images/volumes from ``pixel_size`` to ``new_pixel_size`` (Å) by Fourier crop/pad.
+
+    The new box is ``round(n * pixel_size / new_pixel_size)``; the exact new pixel size
+    is ``n * pixel_size / new_n``.
+    """
+    n = x.shape[-1]
+    new_n = int(round(n * pixel_size / new_pixel_size))
+    return fourier_resize(x, new_n, ndim=ndim)
+
+
+def radial_filter(radius: torch.Tensor, *, n: int, pixel_size: float, low_res: float | None = None,
+                  high_res: float | None = None, edge_width: float = 2.0) -> torch.Tensor:
+    """Soft band-pass weights over a frequency-radius grid.
+
+    Args:
+        radius: frequency radius in cycles per box (from :func:`radius_2d`/:func:`radius_3d`).
+        n, pixel_size: box size and pixel size (Å) that define cycles/Å.
+        low_res: keep resolutions finer than this (Å), i.e. a high-pass; ``None`` keeps all.
+        high_res: keep resolutions coarser than this (Å), i.e. a low-pass; ``None`` keeps all.
+        edge_width: raised-cosine edge width in Fourier pixels.
+    """
+    w = torch.ones_like(radius)
+    half = edge_width / 2.0
+    if high_res is not None:
+        r0 = n * pixel_size / high_res
+        t = ((radius - (r0 - half)) / max(edge_width, 1e-6)).clamp(0, 1)
+        w = w * 0.5 * (1 + torch.cos(math.pi * t))
+    if low_res is not None:
+        r0 = n * pixel_size / low_res
+        t = ((radius - (r0 - half)) / max(edge_width, 1e-6)).clamp(0, 1)
+        w = w * 0.5 * (1 - torch.cos(math.pi * t))
+    return w
+
+
+def bandpass(x: torch.Tensor, *, pixel_size: float, low_res: float | None = None,
+             high_res: float | None = None, edge_width: float = 2.0, ndim: int = 2) -> torch.Tensor:
+    """Band-pass centred real images (``ndim=2``) or volumes (``ndim=3``); see :func:`radial_filter`."""
+    n = x.shape[-1]
+    r = (radius_3d if ndim == 3 else radius_2d)(n, device=x.device)
+    w = radial_filter(r, n=n, pixel_size=pixel_size, low_res=low_res, high_res=high_res, edge_width=edge_width)
+    if ndim == 3:
+        return ift3(ft3(x) * w, n)
+    return ift2(ft2(x) * w, n)

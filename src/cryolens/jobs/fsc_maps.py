@@ -1,0 +1,44 @@
+"""``cryolens fsc``: FSC between two maps on files (e.g. a reconstruction against the truth)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryolens.core.fsc import FSCResult, fsc
+from cryolens.errors import InputError
+from cryolens.io import read_mrc, write_star
+
+__all__ = ["fsc_between_files"]
+
+
+def _load(path: str | os.PathLike) -> tuple[torch.Tensor, float]:
+    data, apix = read_mrc(path)
+    if data.ndim != 3 or len(set(data.shape)) != 1:
+        raise InputError(f"{path}: the map is {data.shape}, not a cubic volume; pad it to a cube first.")
+    if not np.isfinite(data).all():
+        raise InputError(f"{path}: the map contains NaN or infinite values; fix or regenerate it.")
+    return torch.tensor(data), apix
+
+
+def fsc_between_files(map1: str | os.PathLike, map2: str | os.PathLike, *, mask: str | os.PathLike | None = None,
+                      pixel_size: float | None = None, out_star: str | os.PathLike | None = None) -> FSCResult:
+    """FSC of two maps of equal box; the pixel size comes from the first header unless given."""
+    v1, a1 = _load(map1)
+    v2, a2 = _load(map2)
+    if v1.shape != v2.shape:
+        raise InputError(f"{map2}: box {tuple(v2.shape)} differs from {map1} {tuple(v1.shape)}; resample one to the other.")
+    apix = pixel_size or a1
+    if not apix:
+        raise InputError(f"{map1}: the header's voxel size is 0; give it with --pixel-size.")
+    if a2 and abs(a2 - apix) > 1e-3 * apix and not pixel_size:
+        raise InputError(f"{map2}: voxel size {a2:g} Å differs from {map1}'s {apix:g} Å; resample one to the other.")
+    m = _load(mask)[0] if mask else None
+    result = fsc(v1, v2, pixel_size=apix, mask=m)
+    if out_star:
+        from cryolens.jobs.reconstruct import fsc_table
+        write_star(Path(out_star), {"fsc": fsc_table(result)})
+    return result

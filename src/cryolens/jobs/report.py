@@ -1,0 +1,103 @@
+"""Plots (PNG, matplotlib Agg) and the per-job ``report.html``.
+
+Jobs call these after writing their data outputs; the HTML embeds the PNGs by
+relative path so a job folder can be copied or served as it is.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryolens.core.fsc import FSCResult
+from cryolens.io.atomic import write_text_atomic
+from cryolens.io.mrc import temporary_path
+
+__all__ = ["plot_fsc", "plot_central_slices", "plot_gallery", "write_report"]
+
+
+def _figure(**kw):
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    return plt, plt.subplots(**kw)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    tmp = temporary_path(path).with_suffix(".png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_fsc(curves: Mapping[str, FSCResult], path: str | os.PathLike, *,
+             thresholds: Sequence[float] = (0.143, 0.5), title: str = "Fourier shell correlation") -> Path:
+    """FSC curves against spatial frequency (1/Å) with threshold lines and crossings in the legend."""
+    plt, (fig, ax) = _figure(figsize=(6.4, 4.2))
+    for label, c in curves.items():
+        ax.plot(c.frequency, c.fsc, lw=1.6, label=f"{label} ({c.resolution_at(0.143):.2f} Å at 0.143)")
+    for t in thresholds:
+        ax.axhline(t, color="grey", lw=0.8, ls="--")
+        ax.text(0.0, t + 0.01, f"{t}", color="grey", fontsize=8)
+    first = next(iter(curves.values()))
+    ax.set_xlim(0, first.frequency[-1])
+    ax.set_ylim(-0.1, 1.05)
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("FSC")
+    ax.set_title(title)
+    sec = ax.secondary_xaxis("top", functions=(lambda f: 1 / np.maximum(f, 1e-6), lambda r: 1 / np.maximum(r, 1e-6)))
+    sec.set_xlabel("resolution (Å)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(plt, fig, Path(path))
+
+
+def plot_central_slices(volume: np.ndarray, path: str | os.PathLike, *, title: str = "") -> Path:
+    """Central z, y and x slices of a volume side by side."""
+    v = np.asarray(volume)
+    c = v.shape[0] // 2
+    plt, (fig, axes) = _figure(ncols=3, figsize=(9, 3.2))
+    for ax, img, name in zip(axes, (v[c], v[:, c], v[:, :, c]), ("z (xy plane)", "y (xz plane)", "x (yz plane)")):
+        ax.imshow(img, cmap="gray", origin="lower")
+        ax.set_title(f"central slice {name}", fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    return _save(plt, fig, Path(path))
+
+
+def write_report(path: str | os.PathLike, *, title: str, summary: Mapping[str, Any],
+                 params: Mapping[str, Any], images: Sequence[str] = ()) -> Path:
+    """A self-contained HTML page: summary table, parameters, and the PNGs (relative paths)."""
+    def table(d: Mapping[str, Any]) -> str:
+        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in d.items())
+        return f"<table>{rows}</table>"
+    imgs = "".join(f'<figure><img src="{html.escape(i)}" alt="{html.escape(i)}"></figure>' for i in images)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}th{{text-align:left;padding-right:1em}}
+td,th{{border-bottom:1px solid #ddd;padding:2px 6px}}img{{max-width:100%}}</style></head><body>
+<h1>{html.escape(title)}</h1><h2>Summary</h2>{table(summary)}{imgs}<h2>Parameters</h2>{table(params)}
+</body></html>
+"""
+    write_text_atomic(path, page)
+    return Path(path)
+
+
+def plot_gallery(images: np.ndarray, path: str | os.PathLike, *, title: str = "", ncols: int = 8) -> Path:
+    """A grid of 2-D images (e.g. the first particles of a stack), each scaled on its own."""
+    imgs = np.asarray(images)
+    nrows = max(1, int(np.ceil(len(imgs) / ncols)))
+    plt, (fig, axes) = _figure(nrows=nrows, ncols=ncols, figsize=(1.4 * ncols, 1.4 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, img in zip(axes.ravel(), imgs):
+        ax.imshow(img, cmap="gray", origin="lower")
+    if title:
+        fig.suptitle(title)
+    return _save(plt, fig, Path(path))

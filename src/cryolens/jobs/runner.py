@@ -1,0 +1,120 @@
+"""The job folder: ``job.json``, ``run.log``, exit markers, outputs written atomically.
+
+A job records its parameters, inputs, seed, package versions, host, timings,
+results and status (``running`` -> ``finished`` | ``failed``) in ``job.json``. The
+exit state is also visible as a marker file, as RELION does:
+``CRYOLENS_JOB_EXIT_SUCCESS`` or ``CRYOLENS_JOB_EXIT_FAILURE`` (a job whose
+``job.json`` says running but has no marker and whose process is gone was killed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import platform
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cryolens import __version__
+from cryolens.io.atomic import write_json_atomic
+
+__all__ = ["Job", "SUCCESS_MARKER", "FAILURE_MARKER", "package_versions"]
+
+SUCCESS_MARKER = "CRYOLENS_JOB_EXIT_SUCCESS"
+FAILURE_MARKER = "CRYOLENS_JOB_EXIT_FAILURE"
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of cryolens, Python and the numeric libraries (for provenance)."""
+    import numpy
+    import torch
+    out = {"cryolens": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": numpy.__version__}
+    for mod in ("scipy", "pandas", "mrcfile", "starfile"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing optional module is not an error here
+            pass
+    return out
+
+
+class Job:
+    """Context manager around one run of a stage in its output folder.
+
+    Example::
+
+        with Job("reconstruct", out_dir, params=p, inputs={"particles": star}) as job:
+            ...
+            job.add_output("map", out_dir / "map.mrc")
+            job.results["resolution_A"] = 3.2
+    """
+
+    def __init__(self, stage: str, out_dir: str | os.PathLike, *, params: Any, inputs: dict[str, Any],
+                 seed: int | None = None, device: str | None = None) -> None:
+        self.stage = stage
+        self.dir = Path(out_dir)
+        self.params = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)
+        self.inputs = {k: str(v) for k, v in inputs.items()}
+        self.seed, self.device = seed, device
+        self.outputs: dict[str, str] = {}
+        self.results: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+        self.log = logging.getLogger(f"cryolens.{stage}")
+        self._handler: logging.Handler | None = None
+        self._t0 = 0.0
+
+    def _record(self, status: str, error: str | None = None) -> None:
+        write_json_atomic(self.dir / "job.json", {
+            "stage": self.stage, "status": status, "command": sys.argv, "params": self.params,
+            "inputs": self.inputs, "outputs": self.outputs, "results": self.results, "seed": self.seed,
+            "device": self.device, "versions": package_versions(), "host": socket.gethostname(),
+            "pid": os.getpid(), "started": self._t0, "ended": time.time() if status != "running" else None,
+            "timings_s": self.timings, "error": error,
+        })
+
+    def __enter__(self) -> "Job":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for marker in (SUCCESS_MARKER, FAILURE_MARKER):
+            (self.dir / marker).unlink(missing_ok=True)
+        self._handler = logging.FileHandler(self.dir / "run.log")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.log.addHandler(self._handler)
+        self.log.setLevel(logging.INFO)
+        self._t0 = time.time()
+        self.log.info("cryolens %s %s -> %s", __version__, self.stage, self.dir)
+        self._record("running")
+        return self
+
+    @contextmanager
+    def timed(self, name: str):
+        """Time a block; the seconds land in ``job.json`` under ``timings_s``."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.perf_counter() - t, 4)
+            self.log.info("%s took %.2f s", name, self.timings[name])
+
+    def add_output(self, name: str, path: str | os.PathLike) -> Path:
+        """Record an output file (already written atomically) under a name."""
+        self.outputs[name] = str(path)
+        return Path(path)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.timings["total"] = round(time.time() - self._t0, 4)
+        if exc_type is None:
+            self._record("finished")
+            (self.dir / SUCCESS_MARKER).touch()
+            self.log.info("finished in %.2f s", self.timings["total"])
+        else:
+            self._record("failed", error=f"{exc_type.__name__}: {exc}")
+            (self.dir / FAILURE_MARKER).touch()
+            self.log.error("failed: %s: %s", exc_type.__name__, exc)
+        if self._handler is not None:
+            self.log.removeHandler(self._handler)
+            self._handler.close()
