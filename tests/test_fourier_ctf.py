@@ -167,7 +167,7 @@ def test_fourier_resize_up_then_down_is_identity_bandlimited_even_box(device, n,
     "BUG core/fourier.py fourier_resize: cropping to an even box keeps only the -N/2 Fourier "
     "row/column (real part) and drops its +N/2 alias, so content at the new Nyquist is halved "
     "and its sine part lost; padding splits the old Nyquist in two, so up->down is not identity "
-    "(max error ~0.6 on unit-variance noise). scipy.signal.resample folds +N/2 into -N/2."))
+    "(max error 0.6-1.0 on unit-variance noise). scipy.signal.resample folds +N/2 into -N/2."))
 @pytest.mark.parametrize("ndim", [1, 2, 3])
 def test_fourier_resize_up_then_down_is_identity_even_box(ndim):
     n = 16 if ndim == 3 else 32

@@ -203,10 +203,11 @@ def test_project_reconstruct_round_trip(device):
 
 
 def test_reconstruct_with_ctf_and_origins(device):
-    """CTF-modulated, shifted projections inserted with their CTFs and origins recover the phantom."""
+    """CTF-modulated, shifted projections inserted with their CTFs and origins recover the phantom
+    (noise-free: the data term is Σ c·(c·S) and the weight Σ c², so the CTF divides out)."""
     from cryolens.core.ctf import CTFParams, ctf_2d
 
-    n, apix, B = 32, 3.0, 2000
+    n, apix, B = 32, 1.0, 2000
     vol, _ = _smooth_phantom(n, seed=5, device=device)
     R = _poses(B, seed=6, device=device)
     g = _gen(7)
@@ -216,8 +217,8 @@ def test_reconstruct_with_ctf_and_origins(device):
                  device=device)
     images = ift2(project(prepare_volume(vol), R, origins) * ctf, n)
     rec = _reconstruct(ft2(images), R, n, device, origins=origins, ctf=ctf)
-    assert_correlated(rec, vol, 0.995, what="CTF reconstruction vs phantom")
-    assert ls_scale(rec, vol) == pytest.approx(1.0, abs=0.03)
+    assert_correlated(rec, vol, 0.998, what="CTF reconstruction vs phantom")  # measured 0.99916
+    assert ls_scale(rec, vol) == pytest.approx(1.0, abs=0.02)  # measured 1.0042
 
 
 def test_backprojector_add_equals_single_accumulator(device):

@@ -16,7 +16,7 @@ def reconstruct(
     out: Annotated[Path, typer.Option("--out", help="Output folder (created).")],
     sym: Annotated[str, typer.Option("--sym", help="Point group: C1, Cn, Dn, T, O, I (RELION orientation).")] = "C1",
     no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF even when defocus values are present.")] = False,
-    no_wiener: Annotated[bool, typer.Option("--no-wiener", help="Full map without the FSC-derived Wiener filter.")] = False,
+    wiener: Annotated[bool, typer.Option("--wiener", help="Wiener-filter the full map with the half maps' FSC (smoother, lower FSC vs truth).")] = False,
     pad: Annotated[int, typer.Option(help="Fourier padding factor (>= 2).")] = 2,
     batch_size: Annotated[int, typer.Option(help="Images per insertion batch (bounds memory).")] = 128,
     seed: Annotated[int, typer.Option(help="Seed for half-set assignment when rlnRandomSubset is absent.")] = 0,
@@ -33,7 +33,7 @@ def reconstruct(
     """
     from cryolens.jobs.reconstruct import run_reconstruct
 
-    params = ReconstructParams(symmetry=sym, pad=pad, ctf=not no_ctf, wiener=not no_wiener, batch_size=batch_size)
+    params = ReconstructParams(symmetry=sym, pad=pad, ctf=not no_ctf, wiener=wiener, batch_size=batch_size)
 
     def body():
         dev = device_option(device)

@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from cryolens.core.fourier import bandpass
 
-__all__ = ["soft_sphere", "soft_edge_from_distance", "mask_from_map", "distance_to"]
+__all__ = ["soft_sphere", "soft_edge_from_distance", "mask_from_map", "distance_to", "soft_mask_outside"]
 
 
 def soft_edge_from_distance(dist: torch.Tensor, *, inner: float, outer: float) -> torch.Tensor:
@@ -66,3 +66,18 @@ def mask_from_map(volume: torch.Tensor, *, pixel_size: float, threshold: float |
     dist = distance_to(binary) * pixel_size
     return soft_edge_from_distance(dist, inner=dilate_angstrom, outer=dilate_angstrom + soft_edge_angstrom)
 
+
+
+def soft_mask_outside(volume: torch.Tensor, *, radius: float | None = None, edge_width: float = 3.0) -> torch.Tensor:
+    """Replace what lies outside a sphere by the background mean, blending over a cosine edge.
+
+    RELION applies this (radius n/2, 3 px edge) to every reconstruction to remove
+    aliasing noise from the box corners. The background is the mean of the voxels
+    at radius >= ``radius``.
+    """
+    n = volume.shape[-1]
+    r0 = n / 2 if radius is None else radius
+    m = soft_sphere(n, radius=r0, edge_width=edge_width, ndim=volume.ndim, device=volume.device)
+    outside = m < 1
+    bg = volume[outside].mean() if outside.any() else volume.new_zeros(())
+    return volume * m + bg * (1 - m)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from cryolens.core.fourier import freq_grid_2d, ft3, ift3, radius_3d, shift_phase
+from cryolens.core.masks import soft_mask_outside
 
 __all__ = ["FourierVolume", "SliceGrid", "gridding_correction", "prepare_volume", "project",
            "BackProjector"]
@@ -137,26 +138,23 @@ def _slice_coordinates(grid: SliceGrid, rotations: torch.Tensor, pad: int):
     return c, conj
 
 
-def _trilinear(coords: torch.Tensor, P: int):
-    """Flat indices ``(B, M, 8)`` and weights ``(B, M, 8)`` of the 8 neighbours on the centred grid (insertion).
+def _trilinear_corners(coords: torch.Tensor, P: int):
+    """Trilinear neighbours on the centred grid, one corner at a time (insertion).
 
-    The neighbours of a point are its base index plus constant offsets, ordered
-    ``(dz, dy, dx)`` with dx fastest.
+    Yields ``(flat_index (B, M), weight (B, M))`` for the 8 corners; never builds
+    ``(B, M, 8)`` tensors, which keeps insertion memory-light and fast.
     """
     S, nx = _centred_extent(P)
     f = torch.floor(coords)
     t = coords - f
     i = f.long()
     base = ((i[..., 2] + P // 2) * S + (i[..., 1] + P // 2)) * nx + i[..., 0]
-    offsets = torch.tensor([dz * S * nx + dy * nx + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)],
-                           device=coords.device)
-    idx = base[..., None] + offsets
     tx, ty, tz = t.unbind(-1)
-    wx = torch.stack([1 - tx, tx], -1)
-    wy = torch.stack([1 - ty, ty], -1)
-    wz = torch.stack([1 - tz, tz], -1)
-    w = (wz[..., :, None, None] * wy[..., None, :, None] * wx[..., None, None, :]).reshape(*t.shape[:-1], 8)
-    return idx, w
+    for dz, wz in ((0, 1 - tz), (1, tz)):
+        for dy, wy in ((0, 1 - ty), (1, ty)):
+            wzy = wz * wy
+            for dx, wx in ((0, 1 - tx), (1, tx)):
+                yield base + (dz * S * nx + dy * nx + dx), wzy * wx
 
 
 def project(fvol: FourierVolume, rotations: torch.Tensor, origins: torch.Tensor | None = None,
@@ -245,15 +243,15 @@ class BackProjector:
             rot = (rot[:, None] @ symmetry.to(dev)[None]).reshape(B * G, 3, 3)
             f = f.repeat_interleave(G, 0)
             wgt = wgt.repeat_interleave(G, 0)
-        wgt = wgt.expand(f.shape[0], -1)
         for s in range(0, f.shape[0], self.chunk):  # small chunks keep the scatter cache-friendly
             coords, conj = _slice_coordinates(self.grid, rot[s:s + self.chunk], self.pad)
-            idx, w = _trilinear(coords, self.P)
-            flat = idx.reshape(-1)
             fs = f[s:s + self.chunk]
-            re, im = fs.real, torch.where(conj, -fs.imag, fs.imag)
-            for row, v in zip(self.acc, (re, im, wgt[s:s + self.chunk])):  # 1-D scatter_add_: fastest CPU path
-                row.scatter_add_(0, flat, (v[..., None] * w).reshape(-1))
+            ws = wgt if wgt.shape[0] == 1 else wgt[s:s + self.chunk]
+            vals = (fs.real, torch.where(conj, -fs.imag, fs.imag), ws.expand_as(conj))
+            for idx, w in _trilinear_corners(coords, self.P):
+                flat = idx.reshape(-1)
+                for row, v in zip(self.acc, vals):  # 1-D scatter_add_: the fastest CPU path
+                    row.scatter_add_(0, flat, (v * w).reshape(-1))
         self.count += B
 
     def add(self, other: "BackProjector") -> None:
@@ -284,7 +282,8 @@ class BackProjector:
         den = torch.zeros(nsh, device=self.device).index_add_(0, shells[keep], torch.ones_like(weight[keep]))
         return num / den.clamp_min(1)
 
-    def reconstruct(self, *, ssnr: torch.Tensor | None = None, weight_floor: float = 1e-3) -> torch.Tensor:
+    def reconstruct(self, *, ssnr: torch.Tensor | None = None, weight_floor: float = 1e-3,
+                    mask_corners: bool = True) -> torch.Tensor:
         """Reconstruct the ``(n, n, n)`` real-space map (centre n//2).
 
         Args:
@@ -294,6 +293,8 @@ class BackProjector:
                 ``mean_shell(W) / SSNR`` is added to the weights.
             weight_floor: weights below this fraction of the mean weight inside the
                 sphere are raised to it, so that sparsely sampled voxels do not blow up.
+            mask_corners: replace the box corners beyond radius n/2 by the background
+                mean with a 3-px cosine edge, as RELION does to every reconstruction.
         """
         data, weight = self._half_volumes()
         r = radius_3d(self.P, device=self.device) / self.pad
@@ -309,4 +310,5 @@ class BackProjector:
         vol = ift3(f, self.P)
         o = self.P // 2 - self.n // 2
         vol = vol[o:o + self.n, o:o + self.n, o:o + self.n]
-        return vol / gridding_correction(self.n, self.pad, device=self.device)
+        vol = vol / gridding_correction(self.n, self.pad, device=self.device)
+        return soft_mask_outside(vol) if mask_corners else vol

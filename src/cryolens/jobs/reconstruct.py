@@ -1,7 +1,7 @@
 """``cryolens reconstruct``: half maps, full map and FSC from particles with known poses.
 
-Outputs in the job folder: ``half1.mrc``, ``half2.mrc``, ``map.mrc`` (Wiener-filtered
-by the half maps' FSC unless ``wiener=False``), ``fsc.star`` (RELION ``data_fsc``
+Outputs in the job folder: ``half1.mrc``, ``half2.mrc``, ``map.mrc`` (from all particles;
+Wiener-filtered by the half maps' FSC when ``wiener=True``), ``fsc.star`` (RELION ``data_fsc``
 columns), ``fsc.png``, ``map_slices.png``, ``particles.star`` (the input with
 ``rlnRandomSubset`` written back), ``report.html``, ``job.json``.
 """
