@@ -163,11 +163,6 @@ def test_fourier_resize_up_then_down_is_identity_bandlimited_even_box(device, n,
     assert_allclose(back, x, atol=1e-9, what=f"{n}->{up}->{n}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG core/fourier.py fourier_resize: cropping to an even box keeps only the -N/2 Fourier "
-    "row/column (real part) and drops its +N/2 alias, so content at the new Nyquist is halved "
-    "and its sine part lost; padding splits the old Nyquist in two, so up->down is not identity "
-    "(max error 0.6-1.0 on unit-variance noise). scipy.signal.resample folds +N/2 into -N/2."))
 @pytest.mark.parametrize("ndim", [1, 2, 3])
 def test_fourier_resize_up_then_down_is_identity_even_box(ndim):
     n = 16 if ndim == 3 else 32
@@ -176,8 +171,6 @@ def test_fourier_resize_up_then_down_is_identity_even_box(ndim):
     assert_allclose(back, x, atol=1e-9, what=f"{ndim}-D {n}->{n + 16}->{n}")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG core/fourier.py fourier_resize: content at the new even "
-                   "Nyquist frequency is halved/lost on cropping (see the up-then-down test).")
 def test_fourier_resize_crop_keeps_content_at_new_nyquist():
     """cos(2π (16 y + 3 x)/64 + φ) sampled every other pixel is (-1)^j cos(2π 3 x/64 + φ): representable."""
     n = 64

@@ -132,20 +132,19 @@ def fourier_resize(x: torch.Tensor, new_n: int, *, ndim: int = 2) -> torch.Tenso
     dims = tuple(range(-ndim, 0))
     f = torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(x, dim=dims), dim=dims), dim=dims)
     c_old, c_new = n // 2, new_n // 2
-    m = min(n, new_n)
-    lo_old, lo_new = c_old - m // 2, c_new - m // 2
-    out = torch.zeros(*x.shape[:-ndim], *([new_n] * ndim), dtype=f.dtype, device=x.device)
-    src = tuple(slice(lo_old, lo_old + m) for _ in range(ndim))
-    dst = tuple(slice(lo_new, lo_new + m) for _ in range(ndim))
-    out[(Ellipsis,) + dst] = f[(Ellipsis,) + src]
-    if new_n < n and new_n % 2 == 0:
-        # The new Nyquist row/column must be Hermitian: keep its real part only.
-        for d in dims:
-            idx = [slice(None)] * out.ndim
-            idx[d] = 0
-            out[tuple(idx)] = out[tuple(idx)].real.to(out.dtype)
-    y = torch.fft.ifftshift(out, dim=dims)
-    y = torch.fft.fftshift(torch.fft.ifftn(y, dim=dims), dim=dims).real
+    for d in dims:
+        if new_n < n:
+            part = f.narrow(d, c_old - c_new, new_n).clone()
+            if new_n % 2 == 0:
+                # The new Nyquist (-new_n/2) also stands for +new_n/2: fold that alias in.
+                part.narrow(d, 0, 1).add_(f.narrow(d, c_old + c_new, 1))
+        else:
+            shape = list(f.shape)
+            shape[d] = new_n
+            part = torch.zeros(shape, dtype=f.dtype, device=f.device)
+            part.narrow(d, c_new - c_old, n).copy_(f)
+        f = part
+    y = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(f, dim=dims), dim=dims), dim=dims).real
     return y * (new_n / n) ** ndim
 
 

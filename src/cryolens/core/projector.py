@@ -242,7 +242,8 @@ class BackProjector:
             G = symmetry.shape[0]
             rot = (rot[:, None] @ symmetry.to(dev)[None]).reshape(B * G, 3, 3)
             f = f.repeat_interleave(G, 0)
-            wgt = wgt.repeat_interleave(G, 0)
+            if wgt.shape[0] > 1:  # per-image CTF² (a shared weight row broadcasts as it is)
+                wgt = wgt.repeat_interleave(G, 0)
         for s in range(0, f.shape[0], self.chunk):  # small chunks keep the scatter cache-friendly
             coords, conj = _slice_coordinates(self.grid, rot[s:s + self.chunk], self.pad)
             fs = f[s:s + self.chunk]
@@ -260,15 +261,19 @@ class BackProjector:
         self.count += other.count
 
     def _half_volumes(self):
-        """Data ``(P, P, nx)`` complex and weight ``(P, P, nx)`` with the kx = 0 plane made Hermitian."""
+        """Data ``(P, P, nx)`` complex and weight ``(P, P, nx)``, the kx = 0 and kx = P/2 planes made Hermitian.
+
+        Both planes are their own Friedel mates (kx = P/2 aliases to -P/2), so each
+        voxel there also receives the conjugate of what landed on its mate (-ky, -kz).
+        """
         S, nx = _centred_extent(self.P)
         re, im, weight = (_from_centred(row.reshape(S, S, nx)) for row in self.acc)
         data = torch.complex(re, im)
-        plane_d = data[:, :, 0]
-        plane_w = weight[:, :, 0]
         mate = lambda x: torch.roll(torch.flip(x, dims=(0, 1)), shifts=(1, 1), dims=(0, 1))  # noqa: E731
-        data[:, :, 0] = plane_d + mate(plane_d).conj()
-        weight[:, :, 0] = plane_w + mate(plane_w)
+        for x in (0, nx - 1):
+            plane_d, plane_w = data[:, :, x], weight[:, :, x]
+            data[:, :, x] = plane_d + mate(plane_d).conj()
+            weight[:, :, x] = plane_w + mate(plane_w)
         return data, weight
 
     def shell_weights(self) -> torch.Tensor:
