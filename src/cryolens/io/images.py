@@ -194,7 +194,7 @@ class ImageSource:
             sections = self._section[idx[positions]]
             by_section = np.argsort(sections, kind="stable")  # read each file front to back
             data = open_stack(self._paths[sorted_stacks[a]])
-            out[positions[by_section]] = data[sections[by_section]]
+            out[positions[by_section]] = _read_sections(data, sections[by_section])
         return out
 
     def iter_batches(self, batch_size: int,
@@ -206,6 +206,27 @@ class ImageSource:
         for start in range(0, idx.size, batch_size):
             chunk = idx[start:start + batch_size]
             yield chunk, self[chunk]
+
+
+def _read_sections(data: np.ndarray, sections: np.ndarray) -> np.ndarray:
+    """Images at ascending ``sections`` of a stack, as float32.
+
+    A memory-mapped stack is read with one ``fromfile`` per contiguous run of sections,
+    so reading never leaves the stack's pages in this process's resident memory (a
+    dataset larger than RAM streams with bounded memory); in-memory stacks are indexed.
+    """
+    if not isinstance(data, np.memmap) or data.filename is None:
+        return data[sections].astype(np.float32, copy=False)
+    per_image = int(np.prod(data.shape[1:]))
+    out = np.empty((sections.size, *data.shape[1:]), dtype=np.float32)
+    breaks = np.flatnonzero(np.diff(sections) != 1) + 1
+    with open(data.filename, "rb") as fh:
+        for run in np.split(np.arange(sections.size), breaks):
+            first = int(sections[run[0]])
+            fh.seek(data.offset + first * per_image * data.dtype.itemsize)
+            block = np.fromfile(fh, dtype=data.dtype, count=run.size * per_image)
+            out[run] = block.reshape(run.size, *data.shape[1:])
+    return out
 
 
 def write_stack_and_names(stack_path: PathLike, images: np.ndarray, voxel_size: float) -> list[str]:

@@ -104,14 +104,21 @@ def reconstruct_half_maps(batches: Iterable[tuple[np.ndarray, np.ndarray]], part
 
     # The half sets fill separate accumulators; a thread each keeps both cores busy during the
     # (single-threaded) CPU scatter. torch releases the GIL inside its kernels.
-    with ThreadPoolExecutor(max_workers=2 if device.type == "cpu" else 1) as pool:
-        for idx, images in batches:
-            idx = np.asarray(idx)
-            for fut in [pool.submit(insert, h, idx, images) for h in halves]:
-                fut.result()
-            done += len(idx)
-            if progress is not None:
-                progress(done, total)
+    threads = torch.get_num_threads()
+    on_cpu = device.type == "cpu" and threads > 1
+    try:
+        if on_cpu:
+            torch.set_num_threads(max(1, threads // 2))  # no oversubscription: 2 workers x threads/2
+        with ThreadPoolExecutor(max_workers=2 if on_cpu else 1) as pool:
+            for idx, images in batches:
+                idx = np.asarray(idx)
+                for fut in [pool.submit(insert, h, idx, images) for h in halves]:
+                    fut.result()
+                done += len(idx)
+                if progress is not None:
+                    progress(done, total)
+    finally:
+        torch.set_num_threads(threads)
     half1, half2 = halves[1].reconstruct(), halves[2].reconstruct()
     curve = fsc(half1, half2, pixel_size=pixel_size)
     halves[1].add(halves[2])
