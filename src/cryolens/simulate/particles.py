@@ -1,16 +1,48 @@
-"""Particle-stack simulator: projections of a map at random poses with CTF and noise.
+"""Particle-stack simulator: projections of one or more maps at chosen poses with CTF and noise.
 
 Image model (RELION's): ``image = ift2(CTF · shift(slice(A), -origin)) + noise``, with
-particles white on black (the CTF is positive at low frequency). The noise is white
-Gaussian with variance ``signal_variance / snr``, where the signal variance is the
-mean per-image variance of noise-free CTF-modulated projections at a pilot set of
-256 poses (so the SNR does not depend on the batch size).
+particles white on black (the CTF is positive at low frequency); ``slice`` sums the
+map's voxels along the beam (projection in map units × voxels).
+
+Heterogeneity:
+
+* discrete: several structures with populations; each particle's structure is drawn
+  with probability ∝ population and recorded as ``rlnClassNumber`` (1-based index);
+* continuous: a morph between two maps ``(1 − t)·A + t·B`` with ``t`` uniform in
+  [0, 1] per particle, recorded in ``rlnCryolensMorph``. That column is specific to
+  cryolens (ground truth only); RELION 3.1 reads such a STAR file, warns
+  "will ignore (but maintain) values for the unknown label" and keeps the column.
+  As projection is linear, the image is ``(1 − t)·P(A) + t·P(B)`` exactly.
+
+Poses: uniform on SO(3) or preferred orientation (:mod:`cryolens.simulate.poses`).
+
+Noise, one of:
+
+* ``snr``: white Gaussian noise of variance ``signal_variance / snr``, where the signal
+  variance is the mean per-image variance of noise-free CTF-modulated projections at a
+  pilot set of 256 particles (so the SNR does not depend on the batch size);
+* ``dose`` (e⁻/Å², needs structures on the scattering scale, see
+  :mod:`cryolens.simulate.structures`): an ideal counting detector (DQE 1, no MTF)
+  behind a weak-phase object in vacuum (no ice). The phase shift of a particle is
+  ``φ = γλ·apix·P`` (P the voxel-sum projection of the scattering density, γλ from the
+  voltage); the recorded micrograph intensity is ``1 − K·ift(CTF·F(P))`` with
+  ``K = 2γλ·apix/√(1 − Q²)`` (weak phase and amplitude object with amplitude contrast
+  ``Q``, whose RELION CTF is ``−sin(χ − atan(Q/√(1−Q²)))``; protein dark at low
+  resolution, as recorded), and a pixel counts ``Poisson(N₀·(1 − K·ift(CTF·F(P))))``
+  electrons with ``N₀ = dose·apix²``. The stack holds the inverted counts, as
+  extraction would invert them, rescaled to the units of the noise-free image:
+  ``image = (N₀ − counts) / (K·N₀)``. Its expectation is the noise-free image and its
+  noise variance ``(1 − K·ift(CTF·F(P))) / (N₀·K²)``, i.e. ``1/(N₀·K²)`` over the
+  background. The molecule is in vacuum (no ice, no displaced solvent, no hydrogens
+  beyond the model's), so the contrast, and the SNR at a given dose, are higher than
+  in real data (the micrograph simulator models the ice).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -19,12 +51,44 @@ import torch
 from cryolens.core.ctf import ctf_2d
 from cryolens.core.fourier import ift2
 from cryolens.core.projector import SliceGrid, prepare_volume, project
-from cryolens.core.rotations import matrix_to_euler, random_rotations
+from cryolens.core.rotations import matrix_to_euler
 from cryolens.particles import ctf_params_from_table, origins_px_from_table, rotations_from_table
+from cryolens.simulate.poses import POSE_DISTRIBUTIONS, sample_rotations
+from cryolens.simulate.structures import Structure, relativistic_phase_scale
 
-__all__ = ["ParticleSimParams", "SimulatedParticles", "simulate_particles", "optics_table"]
+__all__ = ["ParticleSimParams", "SimulatedParticles", "simulate_particles", "optics_table", "PARTICLE_PRESETS",
+           "MORPH_COLUMN", "resolve_preset"]
 
 Progress = Callable[[int, int], None]
+
+#: cryolens-specific STAR column with each particle's morph parameter t in [0, 1].
+MORPH_COLUMN = "rlnCryolensMorph"
+
+#: Named option sets of ``cryolens simulate particles --preset``. Keys are
+#: :class:`ParticleSimParams` fields plus ``pixel_size`` (Å), ``box`` (px) and
+#: ``structures`` (specs); options given explicitly override them.
+PARTICLE_PRESETS: dict[str, dict] = {
+    # quick to simulate and to refine on a laptop
+    "tutorial": {"n_particles": 1500, "box": 96, "pixel_size": 1.75, "structures": ["phantom"], "snr": 0.05,
+                 "defocus_min": 8000.0, "defocus_max": 25000.0},
+    # acquisition like EMPIAR-10291: box 180 at 1.232 Å/px, 300 kV
+    "benchmark": {"n_particles": 10000, "box": 180, "pixel_size": 1.232, "structures": ["phantom"],
+                  "voltage": 300.0, "cs": 2.7, "amplitude_contrast": 0.1, "snr": 0.05,
+                  "defocus_min": 5000.0, "defocus_max": 25000.0, "astigmatism": 1000.0, "max_shift": 5.0},
+}
+
+
+def resolve_preset(preset: str | None, explicit: dict) -> dict:
+    """A preset's options updated with the explicit ones (``None`` values are not explicit).
+
+    Raises:
+        ValueError: unknown preset name.
+    """
+    if preset is not None and preset not in PARTICLE_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PARTICLE_PRESETS)}")
+    out = dict(PARTICLE_PRESETS[preset]) if preset else {}
+    out.update({k: v for k, v in explicit.items() if v is not None})
+    return out
 
 
 @dataclass
@@ -33,19 +97,24 @@ class ParticleSimParams:
 
     Attributes:
         n_particles: number of images.
-        snr: signal-to-noise variance ratio per image (``inf`` for noise-free).
+        snr: signal-to-noise variance ratio per image (``inf`` for noise-free); unused with ``dose``.
+        dose: electrons per Å² (Poisson noise of an ideal counting detector) instead of ``snr``.
         defocus_min, defocus_max: range of the mean defocus [Å], uniform.
         astigmatism: maximum |ΔfU - ΔfV| [Å], uniform in [0, astigmatism].
         max_shift: origins uniform in [-max_shift, max_shift] per axis [Å].
         voltage [kV], cs [mm], amplitude_contrast [fraction], bfactor: CTF envelope [Å²],
         phase_shift [degrees].
         ctf: apply the CTF at all (False: pure projections plus noise).
+        pose_distribution: ``"uniform"`` or ``"preferred"`` (see :func:`sample_rotations`).
+        preferred_direction: viewing direction ``(x, y, z)`` favoured by ``"preferred"``.
+        concentration: von Mises–Fisher κ of the viewing direction (0 = uniform).
+        uniform_fraction: fraction of particles with uniform viewing directions.
         seed: random seed of poses, CTFs and noise.
         batch_size: images per projection batch (bounds memory).
     """
 
     n_particles: int = 2000
-    snr: float = 0.1
+    snr: float | None = 0.1
     defocus_min: float = 10000.0
     defocus_max: float = 25000.0
     astigmatism: float = 1000.0
@@ -58,17 +127,34 @@ class ParticleSimParams:
     ctf: bool = True
     seed: int = 0
     batch_size: int = 256
+    dose: float | None = None
+    pose_distribution: str = "uniform"
+    preferred_direction: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    concentration: float = 0.0
+    uniform_fraction: float = 0.0
 
     def validate(self) -> None:
         """Raise ValueError with a one-line reason for impossible values."""
         if self.n_particles < 1:
             raise ValueError("n_particles must be at least 1")
-        if not self.snr > 0:
+        if self.dose is None and not (self.snr is not None and self.snr > 0):
             raise ValueError("snr must be positive (use inf for noise-free images)")
         if self.defocus_max < self.defocus_min:
             raise ValueError("defocus_max must not be smaller than defocus_min")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if not 0.0 <= self.amplitude_contrast < 1.0:
+            raise ValueError("amplitude_contrast must lie in [0, 1)")
+        if self.dose is not None and not (self.dose > 0 and math.isfinite(self.dose)):
+            raise ValueError("dose must be a positive number of electrons per Å²")
+        if self.pose_distribution not in POSE_DISTRIBUTIONS:
+            raise ValueError(f"pose_distribution must be one of {', '.join(POSE_DISTRIBUTIONS)}")
+        if not self.concentration >= 0:
+            raise ValueError("concentration must not be negative")
+        if not 0.0 <= self.uniform_fraction <= 1.0:
+            raise ValueError("uniform_fraction must lie between 0 and 1")
+        if len(self.preferred_direction) != 3 or not any(abs(float(c)) > 0 for c in self.preferred_direction):
+            raise ValueError("preferred_direction must be three numbers, not all 0")
 
 
 @dataclass
@@ -79,6 +165,8 @@ class SimulatedParticles:
     particles: pd.DataFrame
     noise_sigma: float
     batches: Iterator[tuple[int, np.ndarray]]
+    signal_variance: float = float("nan")
+    info: dict = field(default_factory=dict)
 
 
 def optics_table(params: ParticleSimParams, *, pixel_size: float, box: int) -> pd.DataFrame:
@@ -91,10 +179,14 @@ def optics_table(params: ParticleSimParams, *, pixel_size: float, box: int) -> p
     })
 
 
-def _draw_metadata(params: ParticleSimParams, pixel_size: float, gen: torch.Generator) -> pd.DataFrame:
+def _draw_metadata(params: ParticleSimParams, gen: torch.Generator, *, populations: Sequence[float] = (1.0,),
+                   morph: bool = False) -> pd.DataFrame:
     n = params.n_particles
     u = lambda: torch.rand(n, generator=gen, dtype=torch.float64).numpy()  # noqa: E731
-    rot, tilt, psi = (a.double().numpy() for a in matrix_to_euler(random_rotations(n, generator=gen, dtype=torch.float64)))
+    R = sample_rotations(n, generator=gen, distribution=params.pose_distribution,
+                         direction=tuple(params.preferred_direction), concentration=params.concentration,
+                         uniform_fraction=params.uniform_fraction, dtype=torch.float64)
+    rot, tilt, psi = (a.double().numpy() for a in matrix_to_euler(R))
     mean_df = params.defocus_min + (params.defocus_max - params.defocus_min) * u()
     astig = params.astigmatism * u()
     df = pd.DataFrame({
@@ -108,12 +200,17 @@ def _draw_metadata(params: ParticleSimParams, pixel_size: float, gen: torch.Gene
         "rlnOpticsGroup": np.ones(n, dtype=int),
         "rlnClassNumber": np.ones(n, dtype=int),
     })
+    if len(populations) > 1:
+        w = torch.tensor([float(p) for p in populations], dtype=torch.float64)
+        df["rlnClassNumber"] = torch.multinomial(w / w.sum(), n, replacement=True, generator=gen).numpy() + 1
+    if morph:
+        df[MORPH_COLUMN] = u()
     return df
 
 
 def _clean_images(fvol, df: pd.DataFrame, params: ParticleSimParams, optics: pd.DataFrame,
                   grid: SliceGrid, device) -> torch.Tensor:
-    """Noise-free CTF-modulated images ``(B, n, n)`` for the rows of ``df``."""
+    """Noise-free CTF-modulated images ``(B, n, n)`` of one prepared volume for the rows of ``df``."""
     merged = df.assign(**{c: optics[c].iloc[0] for c in optics.columns if c != "rlnOpticsGroup"})
     f = project(fvol, rotations_from_table(merged, device), origins_px_from_table(merged, device), grid=grid)
     if params.ctf:
@@ -122,45 +219,124 @@ def _clean_images(fvol, df: pd.DataFrame, params: ParticleSimParams, optics: pd.
     return ift2(f, fvol.n)
 
 
-def simulate_particles(volume: torch.Tensor, *, pixel_size: float, params: ParticleSimParams,
+def _mixture_images(fvols: list, df: pd.DataFrame, params: ParticleSimParams, optics: pd.DataFrame,
+                    grid: SliceGrid, device, morph: bool) -> torch.Tensor:
+    """Noise-free images of a discrete mixture (by rlnClassNumber) or of a morph (by rlnCryolensMorph)."""
+    if morph:
+        t = torch.tensor(df[MORPH_COLUMN].to_numpy(copy=True), dtype=torch.float32, device=device)[:, None, None]
+        return (1 - t) * _clean_images(fvols[0], df, params, optics, grid, device) + \
+            t * _clean_images(fvols[1], df, params, optics, grid, device)
+    if len(fvols) == 1:
+        return _clean_images(fvols[0], df, params, optics, grid, device)
+    n = fvols[0].n
+    out = torch.zeros((len(df), n, n), device=device)
+    cls = df["rlnClassNumber"].to_numpy()
+    for c in np.unique(cls):
+        idx = np.flatnonzero(cls == c)
+        out[torch.as_tensor(idx, device=device)] = _clean_images(fvols[c - 1], df.iloc[idx], params, optics,
+                                                                 grid, device)
+    return out
+
+
+def _as_structures(volume, structures, morph, pixel_size, units) -> tuple[list[Structure], bool]:
+    given = sum(x is not None for x in (volume, structures, morph))
+    if given != 1:
+        raise ValueError("give exactly one of volume, structures or morph")
+    if volume is not None:
+        if pixel_size is None:
+            raise ValueError("pixel_size is needed with a plain volume")
+        return [Structure(volume, float(pixel_size), "map", 1.0, units)], False
+    items = list(morph if morph is not None else structures)
+    if morph is not None and len(items) != 2:
+        raise ValueError("a morph needs exactly two structures")
+    if not items:
+        raise ValueError("no structures given")
+    shapes = {tuple(s.volume.shape) for s in items}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 3 or len(set(next(iter(shapes)))) != 1:
+        raise ValueError(f"all structures must be cubic maps of one box, got {sorted(shapes)}")
+    return items, morph is not None
+
+
+def simulate_particles(volume: torch.Tensor | None = None, *, pixel_size: float | None = None,
+                       params: ParticleSimParams, structures: Sequence[Structure] | None = None,
+                       morph: tuple[Structure, Structure] | None = None, units: str = "arbitrary",
                        device: torch.device | str = "cpu", progress: Progress | None = None) -> SimulatedParticles:
-    """Simulate a particle stack from a cubic map.
+    """Simulate a particle stack from one map, a discrete mixture, or a morph.
 
     Args:
-        volume: ``(n, n, n)`` density (protein positive), centre at n//2.
-        pixel_size: Å per voxel, also the stack's pixel size.
+        volume: ``(n, n, n)`` density (protein positive), centre at n//2; or ``None`` when
+            ``structures`` or ``morph`` is given (exactly one of the three).
+        pixel_size: Å per voxel, also the stack's pixel size (default: the structures').
         params: :class:`ParticleSimParams`.
+        structures: :class:`Structure` list on one grid; particles are drawn from them with
+            probabilities ∝ ``population`` (``rlnClassNumber`` = 1-based index).
+        morph: two :class:`Structure` end states; ``t`` uniform per particle in ``rlnCryolensMorph``.
+        units: units of a plain ``volume`` (``"scattering"`` allows ``params.dose``).
         device: where projections are computed.
         progress: called as ``progress(done, total)`` after each batch.
 
     Returns:
         :class:`SimulatedParticles`; iterate ``.batches`` to get ``(start, images)``
-        with images ``(b, n, n)`` float32 in row order of ``.particles``.
+        with images ``(b, n, n)`` float32 in row order of ``.particles``. ``info`` holds the
+        realised class fractions, the per-image SNR (``image_snr``: pilot signal variance over
+        background noise variance) and, with ``dose``, the electrons per pixel.
+
+    Raises:
+        ValueError: impossible parameters, or ``dose`` with structures not on the scattering scale.
     """
     params.validate()
+    items, is_morph = _as_structures(volume, structures, morph, pixel_size, units)
     device = torch.device(device)
-    n = volume.shape[-1]
+    apix = float(pixel_size if pixel_size is not None else items[0].pixel_size)
+    if params.dose is not None and any(s.units != "scattering" for s in items):
+        bad = next(s.name for s in items if s.units != "scattering")
+        raise ValueError(f"dose-based noise needs structures on the scattering scale, and {bad} is in arbitrary "
+                         "units (use an atomic model, the phantom, or give the map's mass as MAP:mass_kda=M)")
+    n = items[0].volume.shape[-1]
+    populations = [1.0, 1.0] if is_morph else [float(s.population) for s in items]
+    if not is_morph and sum(populations) <= 0:
+        raise ValueError("the populations must not all be 0")
     gen = torch.Generator().manual_seed(params.seed)
-    optics = optics_table(params, pixel_size=pixel_size, box=n)
-    df = _draw_metadata(params, pixel_size, gen)
-    fvol = prepare_volume(volume.to(device))
+    optics = optics_table(params, pixel_size=apix, box=n)
+    pops = populations if not is_morph else (1.0,)
+    df = _draw_metadata(params, gen, populations=pops, morph=is_morph)
+    fvols = [prepare_volume(s.volume.to(device)) for s in items]
     grid = SliceGrid.build(n, device)
 
     pilot_params = ParticleSimParams(**{**params.__dict__, "n_particles": 256, "seed": params.seed + 1})
-    pilot = _draw_metadata(pilot_params, pixel_size, torch.Generator().manual_seed(params.seed + 1))
-    signal_var = float(_clean_images(fvol, pilot, params, optics, grid, device).var(dim=(-2, -1)).mean())
-    sigma = float(np.sqrt(signal_var / params.snr)) if np.isfinite(params.snr) else 0.0
+    pilot = _draw_metadata(pilot_params, torch.Generator().manual_seed(params.seed + 1), populations=pops,
+                           morph=is_morph)
+    signal_var = float(_mixture_images(fvols, pilot, params, optics, grid, device, is_morph)
+                       .var(dim=(-2, -1)).mean())
+    info: dict = {}
+    if not is_morph and len(items) > 1:
+        counts = np.bincount(df["rlnClassNumber"].to_numpy(), minlength=len(items) + 1)[1:]
+        info["class_fractions"] = [float(c) / len(df) for c in counts]
+    if params.dose is not None:
+        n0 = params.dose * apix ** 2
+        # contrast per unit of projected map, K = 2γλ·apix/√(1 − Q²)
+        k2 = 2.0 * relativistic_phase_scale(params.voltage) * apix / math.sqrt(1 - params.amplitude_contrast ** 2)
+        sigma = 1.0 / (k2 * math.sqrt(n0))
+        info.update(electrons_per_pixel=n0, contrast_per_unit=k2)
+    else:
+        n0 = k2 = 0.0
+        sigma = float(np.sqrt(signal_var / params.snr)) if np.isfinite(params.snr) else 0.0
+    info["image_snr"] = signal_var / sigma ** 2 if sigma > 0 else float("inf")
     noise_gen = torch.Generator(device=device).manual_seed(params.seed + 2)
 
     def batches() -> Iterator[tuple[int, np.ndarray]]:
         total = len(df)
         for s in range(0, total, params.batch_size):
             rows = df.iloc[s:s + params.batch_size]
-            img = _clean_images(fvol, rows, params, optics, grid, device)
-            if sigma > 0:
+            img = _mixture_images(fvols, rows, params, optics, grid, device, is_morph)
+            if params.dose is not None:
+                expected = (n0 * (1.0 - k2 * img)).clamp_min(0.0)
+                counts = torch.poisson(expected, generator=noise_gen)
+                img = (n0 - counts) / (k2 * n0)
+            elif sigma > 0:
                 img = img + sigma * torch.randn(img.shape, generator=noise_gen, device=device)
             if progress is not None:
                 progress(min(s + params.batch_size, total), total)
             yield s, img.cpu().numpy().astype(np.float32)
 
-    return SimulatedParticles(optics, df, sigma, batches())
+    return SimulatedParticles(optics, df, sigma, batches(), signal_var, info)
