@@ -15,8 +15,8 @@ from cryolens.core.device import resolve_device
 from cryolens.errors import InputError
 
 T = TypeVar("T")
-err_console = Console(stderr=True)
-console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+console = Console(soft_wrap=True)
 
 DEVICE_HELP = "Where to compute: auto (a CUDA GPU when present), cpu, or cuda[:N]."
 QUIET_HELP = "No progress bar (the job's run.log still records everything)."
