@@ -112,3 +112,5 @@ def particles(
 
 from cryolens.cli.simulate_micrographs import micrographs  # noqa: E402
 app.command("micrographs")(micrographs)
+from cryolens.cli.simulate_movies import movies  # noqa: E402
+app.command("movies")(movies)

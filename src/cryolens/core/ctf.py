@@ -21,7 +21,7 @@ import torch
 
 from cryolens.core.fourier import freq_grid_2d
 
-__all__ = ["CTFParams", "electron_wavelength", "ctf_2d", "ctf_1d", "phase_flip", "wiener_filter"]
+__all__ = ["CTFParams", "electron_wavelength", "ctf_phase_and_envelope", "ctf_2d", "ctf_1d", "phase_flip", "wiener_filter"]
 
 
 def electron_wavelength(voltage_kv: float | torch.Tensor) -> float | torch.Tensor:
@@ -81,6 +81,17 @@ def _chi_and_envelope(p: dict[str, torch.Tensor], s2: torch.Tensor, cos2: torch.
            - B(torch.deg2rad(p["phase_shift"])) - B(k3))
     env = B(p["scale"]) * torch.exp(-B(p["bfactor"]) * s2 / 4)
     return chi, env
+
+
+def ctf_phase_and_envelope(params: CTFParams, s2: torch.Tensor, cos2phi: torch.Tensor | None = None,
+                           sin2phi: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phase χ (radians) and envelope (B-factor and scale) on any frequency grid.
+
+    ``CTF = -sin(χ) · envelope``. ``s2`` is |s|² in 1/Å² shaped ``(1 or B, *grid)``;
+    ``cos2phi``/``sin2phi`` are cos 2φ and sin 2φ on ``grid`` (None: the mean defocus,
+    no astigmatism). For grids :func:`ctf_2d` does not cover, e.g. non-square micrographs.
+    """
+    return _chi_and_envelope(params.as_tensors(s2.device), s2, cos2phi, sin2phi)
 
 
 def ctf_2d(params: CTFParams, *, box: int, pixel_size: float | torch.Tensor, rfft: bool = True,

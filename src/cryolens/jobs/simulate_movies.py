@@ -1,0 +1,320 @@
+"""``cryolens simulate movies``: dose-fractionated movies with motion, damage, noise and ground truth.
+
+Outputs in the job folder (paths inside STAR files are relative to the current
+folder, RELION's rule):
+
+* ``Movies/movie_NNNN.mrcs`` (or ``.tif``): integer counts per frame (protein dark).
+  MRC: int8 (mode 0) when every count fits 127, else uint16 (mode 6). TIFF: one LZW page
+  per frame, uint8 or uint16, stored flipped in y as EM programs expect (RELION reads
+  the same image as from the MRC).
+* ``Movies/movie_NNNN.star``: the true motion as RELION's MotionCorr writes it:
+  ``data_general`` (size, movie, gain, binning, pixel size, dose per frame,
+  pre-exposure, voltage, start frame, motion model version), ``data_global_shift``
+  (correction shifts in movie pixels relative to frame 1), ``data_local_motion_model``
+  (RELION's polynomial model of the local correction) with ``data_local_shift`` (its
+  values at the centres of a 5 × 5 patch grid) when local motion is on, and
+  ``data_hot_pixels`` (0-based x, y of the hot pixels).
+* ``movies.star``: RELION 3.1 ``data_optics`` + ``data_movies`` (rlnMicrographMovieName,
+  rlnOpticsGroup, rlnMicrographMetadata -> the truth STAR, rlnMicrographGainName).
+* ``gain.mrc`` (with ``--gain``): float32 gain reference; ``corrected = raw × gain``
+  (RELION/MotionCor2 convention, no flip or rotation needed; 0 at dead pixels).
+  ``defects.txt``: MotionCor2/RELION defect file (``x y 1 1`` per dead or hot pixel);
+  ``detector.star``: ``data_hot_pixels`` and ``data_dead_pixels``.
+* ``micrographs_truth.star`` (CTF per movie, at the output pixel size),
+  ``particles_truth.star`` (every particle: rlnMicrographName = the movie's name with
+  ``.mrc``, rlnMicrographMovieName, coordinates in output pixels of the frame-1-aligned
+  sum, angles, defocus, class), ``Movies/movie_NNNN_truth.star`` (coordinates),
+  ``truth_map.mrc`` at the output pixel size, ``drift.png``, ``report.html``,
+  ``job.json``, ``run.log``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryolens.errors import InputError
+from cryolens.io import write_mrc, write_star
+from cryolens.io.atomic import write_text_atomic
+from cryolens.io.movie_writer import MovieWriter
+from cryolens.jobs.report import write_report
+from cryolens.jobs.runner import Job
+from cryolens.simulate.movies import (Detector, MovieParams, MovieTruth, field_shape, make_detector, movie_margin,
+                                      simulate_movie, storage_dtype)
+
+__all__ = ["run_simulate_movies", "movie_truth_blocks"]
+
+
+def movie_truth_blocks(truth: MovieTruth, *, movie_name: str, gain_name: str | None, defect_name: str | None,
+                       binning: float, hot_pixels: np.ndarray) -> dict:
+    """The blocks of a RELION MotionCorr-like STAR file holding a movie's true motion."""
+    general = {"rlnImageSizeX": truth.width, "rlnImageSizeY": truth.height, "rlnImageSizeZ": truth.n_frames,
+               "rlnMicrographMovieName": movie_name}
+    if gain_name:
+        general["rlnMicrographGainName"] = gain_name
+    if defect_name:
+        general["rlnMicrographDefectFile"] = defect_name
+    general.update(rlnMicrographBinning=float(binning), rlnMicrographOriginalPixelSize=truth.pixel_size,
+                   rlnMicrographDoseRate=truth.dose_per_frame, rlnMicrographPreExposure=truth.pre_exposure,
+                   rlnVoltage=truth.voltage, rlnMicrographStartFrame=1,
+                   rlnMotionModelVersion=0 if truth.local_model is None else 1)
+    blocks: dict = {"general": general, "global_shift": truth.global_shift_table()}
+    if truth.local_model is not None:
+        blocks["local_motion_model"] = pd.DataFrame({"rlnMotionModelCoeffsIdx": np.arange(36),
+                                                     "rlnMotionModelCoeff": truth.local_model.coefficients})
+    blocks["hot_pixels"] = pd.DataFrame({"rlnCoordinateX": hot_pixels[:, 0].astype(float),
+                                         "rlnCoordinateY": hot_pixels[:, 1].astype(float)})
+    if truth.local_model is not None:
+        blocks["local_shift"] = truth.local_shift_table()
+    return blocks
+
+
+def _write_frames(movie, writer: MovieWriter, dtype, progress: Callable[[int], None] | None) -> None:
+    """Compute frames in this thread while a second thread writes them (bounded queue)."""
+    q: queue.Queue = queue.Queue(maxsize=2)
+    error: list[BaseException] = []
+
+    def consume() -> None:
+        try:
+            while (item := q.get()) is not None:
+                writer.write(item)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the producer
+            error.append(e)
+            while q.get() is not None:
+                pass
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    try:
+        for i, frame in movie.frames(dtype):
+            if error:
+                break
+            q.put(frame)
+            if progress is not None:
+                progress(i + 1)
+    finally:
+        q.put(None)
+        t.join()
+    if error:
+        raise error[0]
+
+
+def _plot_drift(truths: list[MovieTruth], pixel_size: float, path: Path) -> Path:
+    """Global trajectories of all movies (Å), their frame-to-frame speed, and movie 1's local field."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from cryolens.io.mrc import temporary_path
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    for k, t in enumerate(truths):
+        d = t.displacements * t.pixel_size
+        axes[0].plot(d[:, 0], d[:, 1], "-", lw=1, alpha=0.8, label=f"movie {k + 1}" if k < 8 else None)
+        axes[0].plot(d[-1, 0], d[-1, 1], "o", ms=3, color=axes[0].lines[-1].get_color())
+        speed = np.r_[0.0, np.linalg.norm(np.diff(d, axis=0), axis=1)]
+        axes[1].plot(np.arange(1, t.n_frames + 1), speed, lw=1, alpha=0.8)
+    axes[0].plot(0, 0, "k+", ms=10)
+    axes[0].set_aspect("equal", adjustable="datalim")
+    axes[0].set_xlabel("x (Å)")
+    axes[0].set_ylabel("y (Å)")
+    axes[0].invert_yaxis()
+    axes[0].set_title("specimen drift (frame middles; + = frame 1)")
+    axes[0].legend(fontsize=7)
+    axes[1].set_xlabel("frame")
+    axes[1].set_ylabel("Å per frame")
+    axes[1].set_title("drift speed (fast initial phase)")
+    t = truths[0]
+    if t.local_model is not None:
+        xs = np.linspace(0.05, 0.95, 7) * t.width
+        ys = np.linspace(0.05, 0.95, 7) * t.height
+        xx, yy = np.meshgrid(xs, ys)
+        sx, sy = t.local_model.shift_at_pixels(t.n_frames - 1, xx, yy, width=t.width, height=t.height)
+        ux, uy = -sx.numpy() * t.pixel_size, -sy.numpy() * t.pixel_size  # displacement, Å
+        q = axes[2].quiver(xx, yy, ux, uy, np.hypot(ux, uy), angles="xy", cmap="viridis")
+        fig.colorbar(q, ax=axes[2], label="Å")
+        axes[2].set_xlim(0, t.width)
+        axes[2].set_ylim(t.height, 0)
+        axes[2].set_aspect("equal")
+        axes[2].set_title("movie 1: local motion at the last frame")
+    else:
+        axes[2].axis("off")
+        axes[2].text(0.5, 0.5, "no local motion", ha="center", va="center")
+    fig.tight_layout()
+    tmp = temporary_path(path).with_suffix(".png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _detector_files(out: Path, det: Detector, pixel_size: float) -> tuple[str | None, str | None]:
+    """gain.mrc, defects.txt and detector.star; returns the gain and defect names for the STAR files."""
+    gain_name = defect_name = None
+    if det.gain_reference is not None:
+        write_mrc(out / "gain.mrc", det.gain_reference.cpu().numpy(), pixel_size)
+        gain_name = os.path.relpath(out / "gain.mrc")
+    bad = np.concatenate([det.dead_pixels, det.hot_pixels])
+    if len(bad):
+        write_text_atomic(out / "defects.txt", "".join(f"{x} {y} 1 1\n" for x, y in bad))
+        defect_name = os.path.relpath(out / "defects.txt")
+    write_star(out / "detector.star", {
+        "hot_pixels": pd.DataFrame({"rlnCoordinateX": det.hot_pixels[:, 0].astype(float),
+                                    "rlnCoordinateY": det.hot_pixels[:, 1].astype(float)}),
+        "dead_pixels": pd.DataFrame({"rlnCoordinateX": det.dead_pixels[:, 0].astype(float),
+                                     "rlnCoordinateY": det.dead_pixels[:, 1].astype(float)})})
+    return gain_name, defect_name
+
+
+def run_simulate_movies(out_dir: str | os.PathLike, params: MovieParams, micrograph_params, *, n_movies: int,
+                        structures: list[str] | None = None, pixel_size: float | None = None, box: int | None = None,
+                        map_pixel_size: float | None = None, fmt: str = "mrc",
+                        device: torch.device | str = "cpu",
+                        progress: Callable[[int, int], None] | None = None) -> Job:
+    """Simulate ``n_movies`` movies into ``out_dir``; returns the finished :class:`Job`.
+
+    ``micrograph_params`` (:class:`cryolens.simulate.micrographs.MicrographParams`) sets the
+    specimen (ice, CTF, particles); its size is the movie's (physical pixels), ``pixel_size``
+    the output (physical) pixel size in Å and ``box`` the structures' box at that size.
+    """
+    from cryolens.jobs.structures import load_structures
+    from cryolens.simulate.micrographs import detector_mtf, simulate_micrograph_signal
+
+    out = Path(out_dir)
+    try:
+        params.validate()
+        micrograph_params.validate()
+    except ValueError as e:
+        raise InputError(f"simulate movies: {e}.") from None
+    if n_movies < 1:
+        raise InputError("simulate movies: --n-movies must be at least 1.")
+    if fmt not in ("mrc", "tiff"):
+        raise InputError(f"simulate movies: --format {fmt} is not supported; use mrc or tiff (EER cannot be written).")
+    if pixel_size is not None and not pixel_size > 0:
+        raise InputError("simulate movies: --pixel-size must be positive (Å).")
+    f = 2 if params.super_resolution else 1
+    width, height = micrograph_params.width, micrograph_params.height
+    job_params = {"movie": dataclasses.asdict(params), "micrograph": dataclasses.asdict(micrograph_params),
+                  "n_movies": n_movies, "format": fmt}
+    inputs = {"structures": ", ".join(structures) if structures else "built-in asymmetric phantom"}
+    with Job("simulate_movies", out, params=job_params, inputs=inputs, seed=params.seed, device=str(device)) as job:
+        structs = load_structures(list(structures or []), pixel_size=pixel_size, box=box, seed=params.seed,
+                                  map_pixel_size=map_pixel_size)
+        apix = float(structs[0].pixel_size)  # output (physical) pixel
+        n_box = structs[0].box
+        for i, s in enumerate(structs):
+            name = "truth_map.mrc" if i == 0 else f"truth_map_class{i + 1}.mrc"
+            write_mrc(out / name, s.volume.numpy(), apix)
+            job.add_output(name[:-4], out / name)
+        if f == 2:  # the same structures on the super-resolution grid
+            structs = load_structures(list(structures or []), pixel_size=apix / 2, box=2 * n_box, seed=params.seed,
+                                      map_pixel_size=map_pixel_size)
+        mpix = apix / f
+        pops = [float(s.population) for s in structs]
+        h, w = height * f, width * f
+        margin = movie_margin(params, mpix)
+        hf, wf = field_shape(h, w, margin)
+        oy, ox = (hf - h) // 2, (wf - w) // 2
+        # particles fill the field around the movie at the density of particles_per_micrograph per movie
+        # frame; the truth keeps those centred inside the frame
+        edge = (micrograph_params.margin / mpix) if micrograph_params.margin is not None else structs[0].box / 2
+        n_field = int(round(micrograph_params.particles_per_micrograph * (hf - 2 * edge) * (wf - 2 * edge) / (h * w)))
+        mp = dataclasses.replace(micrograph_params, width=wf, height=hf, particles_per_micrograph=n_field,
+                                 radiation_damage=False, dose=params.n_frames * params.dose_per_frame,
+                                 voltage=params.voltage, seed=params.seed)
+        det = make_detector(h, w, params, device=device)
+        gain_name, defect_name = _detector_files(out, det, mpix)
+        (out / "Movies").mkdir(exist_ok=True)
+        suffix = ".mrcs" if fmt == "mrc" else ".tif"
+        mtf = detector_mtf((hf, wf), device=device, nyquist_gaussian=mp.mtf_gaussian)
+        rows, mic_rows, truth_parts, truths = [], [], [], []
+        saturated, dtypes = 0, set()
+        total = n_movies * params.n_frames
+        cpu_seconds, compiled = [], False
+        for i in range(n_movies):
+            cpu0 = time.process_time()
+            with job.timed(f"movie_{i + 1:04d}"):
+                sig = simulate_micrograph_signal(structs, pops, pixel_size=mpix, params=mp, index=i, device=device)
+                movie = simulate_movie(sig.contrast, pixel_size=mpix, params=params, detector=det, mtf=mtf, index=i,
+                                       device=device)
+                dtype = storage_dtype(movie.truth.max_count, fmt)
+                dtypes.add(str(dtype))
+                path = out / "Movies" / f"movie_{i + 1:04d}{suffix}"
+                with MovieWriter(path, n_frames=params.n_frames, shape=(h, w), dtype=dtype, pixel_size=mpix) as wr:
+                    done = i * params.n_frames
+                    _write_frames(movie, wr, dtype, (lambda k, d=done: progress(d + k, total)) if progress else None)
+            cpu_seconds.append(time.process_time() - cpu0)
+            compiled = movie.compiled
+            saturated += sum(movie.saturated)
+            rel = os.path.relpath(path)
+            meta = path.with_suffix(".star")
+            write_star(meta, movie_truth_blocks(movie.truth, movie_name=rel, gain_name=gain_name,
+                                                defect_name=defect_name, binning=f, hot_pixels=det.hot_pixels))
+            row = {"rlnMicrographMovieName": rel, "rlnOpticsGroup": 1, "rlnMicrographMetadata": os.path.relpath(meta)}
+            if gain_name:
+                row["rlnMicrographGainName"] = gain_name
+            rows.append(row)
+            truths.append(movie.truth)
+            # particles: field pixels -> movie pixels -> output pixels (aligned to frame 1)
+            p = sig.particles.copy()
+            p["rlnCoordinateX"] = (p["rlnCoordinateX"] - ox) / f
+            p["rlnCoordinateY"] = (p["rlnCoordinateY"] - oy) / f
+            inside = (p["rlnCoordinateX"] >= 0) & (p["rlnCoordinateX"] < width) & \
+                     (p["rlnCoordinateY"] >= 0) & (p["rlnCoordinateY"] < height)
+            p = p[inside].reset_index(drop=True)
+            mic_name = os.path.relpath(path.with_suffix(".mrc"))
+            write_star(path.with_name(path.stem + "_truth.star"),
+                       {"": p[["rlnCoordinateX", "rlnCoordinateY", "rlnClassNumber"]]})
+            c = sig.ctf
+            mic_rows.append({"rlnMicrographName": mic_name, "rlnMicrographMovieName": rel, "rlnOpticsGroup": 1,
+                             "rlnDefocusU": c["defocus_u"], "rlnDefocusV": c["defocus_v"],
+                             "rlnDefocusAngle": c["defocus_angle"],
+                             "rlnCtfAstigmatism": abs(c["defocus_u"] - c["defocus_v"]), "rlnCtfBfactor": c["bfactor"],
+                             "cryolensTiltAngle": c["tilt_angle"], "cryolensTiltAxisAngle": c["tilt_axis"],
+                             "cryolensDose": params.n_frames * params.dose_per_frame,
+                             "cryolensNumberOfParticles": len(p)})
+            p.insert(0, "rlnMicrographName", mic_name)
+            p.insert(1, "rlnMicrographMovieName", rel)
+            p["rlnOpticsGroup"] = 1
+            truth_parts.append(p)
+            job.log.info("movie %d: %s, %d particles, drift %.1f Å, max count %d", i + 1, dtype, len(p),
+                         float(np.linalg.norm(movie.truth.displacements[-1])) * mpix, movie.truth.max_count)
+
+        optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+                               "rlnMicrographOriginalPixelSize": [mpix], "rlnVoltage": [params.voltage],
+                               "rlnSphericalAberration": [mp.cs], "rlnAmplitudeContrast": [mp.amplitude_contrast]})
+        write_star(out / "movies.star", {"optics": optics, "movies": pd.DataFrame(rows)})
+        job.add_output("movies", out / "movies.star")
+        mic_optics = optics.drop(columns=["rlnMicrographOriginalPixelSize"]).assign(rlnMicrographPixelSize=apix)
+        write_star(out / "micrographs_truth.star", {"optics": mic_optics, "micrographs": pd.DataFrame(mic_rows)})
+        job.add_output("micrographs_truth", out / "micrographs_truth.star")
+        all_parts = pd.concat(truth_parts, ignore_index=True)
+        part_optics = mic_optics.assign(rlnImagePixelSize=apix, rlnImageSize=n_box, rlnImageDimensionality=2)
+        write_star(out / "particles_truth.star", {"optics": part_optics, "particles": all_parts})
+        job.add_output("particles_truth", out / "particles_truth.star")
+        _plot_drift(truths, mpix, out / "drift.png")
+        secs = [job.timings[f"movie_{i + 1:04d}"] for i in range(n_movies)]
+        job.results.update(
+            n_movies=n_movies, n_frames=params.n_frames, width=w, height=h, movie_pixel_size_A=mpix,
+            output_pixel_size_A=apix, super_resolution=params.super_resolution, format=fmt,
+            frame_dtypes=sorted(dtypes), dose_per_frame=params.dose_per_frame,
+            total_dose=params.n_frames * params.dose_per_frame, n_particles=int(len(all_parts)),
+            max_drift_A=round(max(float(np.linalg.norm(t.displacements, axis=1).max()) * mpix for t in truths), 2),
+            hot_pixels=int(len(det.hot_pixels)), dead_pixels=int(len(det.dead_pixels)),
+            saturated_pixels=int(saturated), seconds_per_movie=round(float(np.mean(secs)), 2),
+            cpu_seconds_per_movie=round(float(np.mean(cpu_seconds)), 2),
+            compiled_kernels=compiled)
+        write_report(out / "report.html", title="Simulated movies", summary=job.results,
+                     params={**{f"movie.{k}": v for k, v in job.params["movie"].items()},
+                             **{f"micrograph.{k}": v for k, v in job.params["micrograph"].items()}},
+                     images=["drift.png"])
+        job.log.info("wrote %d movies of %dx%dx%d at %.4f Å/px", n_movies, w, h, params.n_frames, mpix)
+    return job

@@ -1,0 +1,528 @@
+"""Micrograph simulator: particles in vitreous ice imaged through the CTF and a counting detector.
+
+Pure stage (tensors and tables in, tensors and tables out; no file I/O). Units: Å,
+degrees, kV, mm, e⁻/Å². Coordinates are 0-based pixel indices of the micrograph array
+``(y, x)``: ``rlnCoordinateX`` is the column, ``rlnCoordinateY`` the row of the particle
+centre (the box centre ``n//2`` of its projection), sub-pixel.
+
+Image formation (every choice):
+
+1. **Specimen** as a projected scattering density ``∫ρ dz`` (Å⁻¹) on the scale of
+   :mod:`cryolens.simulate.structures` (ρ = electron scattering-factor density, Å⁻²;
+   potential ``V = 47.878 V·Å² · ρ``). A structure on the ``"scattering"`` scale is
+   used as it is, times ``hydrogen_factor`` (default 1: maps from models and the
+   phantom carry no hydrogens, which would add ~20% in the isolated-atom picture, but
+   real images show less contrast than that picture predicts); one on the
+   ``"arbitrary"`` scale is scaled so that its mean inside its envelope is the
+   protein density 0.134 Å⁻² (0.1646 Å/Da ÷ 1.23 Å³/Da). The solvent the particle
+   displaces is subtracted: ``Δρ = ρ - ρ_ice · envelope`` (envelope = the map
+   low-passed to 8 Å, thresholded to the molecular volume 1.23 Å³/Da, softened by
+   one voxel), so that a particle's contrast is relative to the ice around it.
+2. **Particles** at random non-overlapping positions (dart throwing: centres at least
+   ``min_distance`` apart (default: the largest particle diameter), at least
+   ``margin`` from the edges, outside the carbon and away from contaminants and
+   aggregates), each at its own uniformly random pose and class (``populations``).
+   Projections come from :func:`cryolens.core.projector.project` in batches;
+   sub-pixel positions are an origin phase shift (``rlnOriginX = -fraction``).
+   Radiation damage (``radiation_damage``, on by default) attenuates the particles'
+   signal by Grant & Grigorieff's ``exp(-N/2N_e(s))`` averaged over the exposure
+   [0, dose]; the ice, already amorphous, is not changed by it. Movies turn it off
+   and apply it per frame.
+3. **Weak-phase image**: the phase is ``φ = γλ ∫Δρ dz`` (``relativistic_phase_scale``)
+   and the recorded intensity ``I = dose · (1 + c)`` with the contrast
+   ``c = -2/√(1-Q²) · F⁻¹[CTF · F(φ)]`` where CTF is :mod:`cryolens.core.ctf`'s
+   (RELION ``ctf.h``: positive at low frequency in underfocus, amplitude contrast
+   ``Q`` via its phase offset, so ``c(0) = -2Qφ/√(1-Q²)``). Protein is therefore
+   dark at low resolution, as recorded (cryolens' particle stacks are inverted at
+   extraction, not here).
+4. **CTF per micrograph**: mean defocus uniform in [defocus_min, defocus_max],
+   astigmatism |U−V| uniform in [0, astigmatism], angle uniform in [0, 180), B-factor
+   envelope ``exp(-B s²/4)`` standing for coherence, drift and damage. **Specimen
+   tilt** (uniform in [0, tilt_max], axis uniform): the specimen is the plane
+   ``Δf(x, y) = Δf₀ + g_x (x - W/2) + g_y (y - H/2)`` (Å, pixels) with
+   ``|g| = tan(tilt) · pixel_size`` perpendicular to the tilt axis at ``tilt_axis``
+   degrees from +x: ``(g_x, g_y) = tan(tilt) · pixel_size · (-sin θ, cos θ)``.
+   Untilted, everything coherent (particles, thickness, carbon, contaminants) is
+   pasted on one canvas and gets the micrograph's CTF in one big rfft (exact). Tilted,
+   each particle's CTF uses the local defocus at its centre exactly: it is applied to
+   the particle's projection in a box padded by the CTF's delocalisation
+   ``λΔf s + Cs λ³ s³`` at Nyquist (nothing wraps or is cut off), then pasted; the
+   background is interpolated linearly in defocus between background images
+   ``defocus_band`` Å apart. The canvas exceeds the micrograph by half that padded box
+   on each side, so no delocalised signal wraps around.
+5. **Background** (:mod:`cryolens.simulate.ice`): vitreous ice of mean
+   ``ice_thickness`` with a smooth thickness field (std ``ice_variation`` ×
+   thickness, correlation ``ice_correlation`` Å) plus the amorphous-ice structure
+   noise (water-like power, ice ring at 1/3.7 Å⁻¹) built directly in Fourier space.
+   Water molecules at different depths scatter independently, so the structure
+   noise is given the depth-averaged CTF² (Thon rings of the ice fade at high
+   frequency while its power and the ice ring stay, as in real spectra); optional carbon (hole
+   edge, sharp, absorbing) and contaminant blobs (absorbing, saturated phase);
+   aggregates are clusters of 4-12 overlapping particles (junk, not in the truth).
+   Absorption multiplies the intensity: ``1 + c → (1 + c) exp(-t/Λ)``; with
+   ``energy_filter`` the ice thickness variation Δt also removes inelastically
+   scattered electrons, ``exp(-Δt/Λ_in)`` (Λ_in = 3500 Å at 300 kV), which is what
+   makes thick-ice regions of zero-loss micrographs dark.
+6. **Detector** (:func:`expose`): the signal is blurred by the detector MTF
+   (:func:`detector_mtf`: pixel-aperture ``sinc(πω_x/2) sinc(πω_y/2)`` of a counting
+   detector times a mild Gaussian equal to ``mtf_gaussian`` at Nyquist, ω =
+   frequency/Nyquist), then counted: ``counts ~ Poisson(dose·pixel_size²·(1 + c_MTF))``.
+   The noise is white (ideal counting), so DQE = MTF². An optional
+   ``interpolation_blur`` (Gaussian σ in pixels) filters signal and noise alike, as
+   on-the-fly frame alignment with interpolation does (the EPU/Falcon example's
+   spectrum falls ~30× towards Nyquist, which only a post-counting filter explains).
+   Micrographs are written as float32 counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryolens.core.ctf import CTFParams, ctf_phase_and_envelope, electron_wavelength
+from cryolens.core.rotations import matrix_to_euler, random_rotations
+from cryolens.simulate import ice as icemod
+from cryolens.simulate.detector import detector_mtf, expose, gaussian_filter_rfft
+from cryolens.simulate.specimen import (
+    PreparedStructure,
+    draw_aggregates,
+    paste_ctf_particles,
+    paste_projections,
+    place_particles,
+    prepare_structure,
+    prepared_structures,
+    radiation_damage,
+)
+from cryolens.simulate.spectra import centred_spectrum, power_spectrum, radial_profile
+from cryolens.simulate.structures import relativistic_phase_scale
+
+__all__ = [
+    "MICROGRAPH_PRESETS", "MicrographParams", "MicrographTruth", "PreparedStructure", "prepare_structure",
+    "simulate_micrograph_signal", "simulate_micrograph", "detector_mtf", "gaussian_filter_rfft", "expose",
+    "draw_ctf", "local_defocus", "radiation_damage", "place_particles", "power_spectrum", "radial_profile",
+    "centred_spectrum",
+]
+
+#: Presets for ``cryolens simulate micrographs --preset``: MicrographParams fields plus the
+#: structure's ``pixel_size`` (Å), ``box`` (px) and ``structures`` (specs).
+MICROGRAPH_PRESETS: dict[str, dict] = {
+    "tutorial": dict(n_micrographs=20, width=1024, height=1024, particles_per_micrograph=75, pixel_size=1.75,
+                     box=96, structures=["phantom"], defocus_min=8000.0, defocus_max=20000.0, dose=40.0,
+                     voltage=300.0),
+    "benchmark": dict(n_micrographs=50, width=3710, height=3838, particles_per_micrograph=90, pixel_size=1.232,
+                      box=180, structures=["phantom"], defocus_min=8000.0, defocus_max=25000.0, dose=50.0,
+                      voltage=300.0, contaminants=2, aggregates=2),
+}
+
+_PHASE_SAT = 0.5  # rad, saturation of thick objects' phase (contaminants, carbon step)
+_LAMBDA_CONTAMINANT = 800.0  # Å, effective absorption length of contaminants
+_LAMBDA_CARBON = 800.0  # Å, effective absorption length of the carbon film (scattering outside the aperture)
+
+
+@dataclass
+class MicrographParams:
+    """Options of the micrograph simulator (units in brackets).
+
+    Attributes:
+        n_micrographs: number of micrographs; width, height: pixels (x, y).
+        particles_per_micrograph: target count (fewer when they do not fit; the
+            density is this over the usable area).
+        min_distance: minimum centre distance [Å]; None = the largest particle diameter.
+        margin: minimum distance of centres from the edges [Å]; None = half the box.
+        defocus_min, defocus_max [Å], astigmatism (max |U−V|) [Å], tilt_max [degrees].
+        voltage [kV], cs [mm], amplitude_contrast [fraction], bfactor: envelope [Å²].
+        dose: total exposure [e⁻/Å²].
+        ice_thickness [Å], ice_variation [fraction, std of thickness], ice_correlation [Å],
+        ice_ring: height of the ice ring in S(s).
+        carbon: draw a carbon film edge; carbon_thickness [Å].
+        contaminants, aggregates: number of blobs and particle aggregates per micrograph.
+        mtf_gaussian: Gaussian MTF factor at Nyquist; interpolation_blur: σ [px] of a
+            post-counting blur (0 = none).
+        energy_filter: zero-loss imaging: thicker ice is darker by ``exp(-Δt/Λ_in)``.
+        hydrogen_factor: scale of scattering-scale maps for missing hydrogens (1: none added).
+        radiation_damage: attenuate the particles' signal by the exposure-averaged
+            Grant-Grigorieff damage over [0, dose] (off for movies, which apply it per frame).
+        structure_units: scale of structures passed as bare tensors.
+        defocus_band [Å]: background defocus step under specimen tilt.
+        seed: micrograph i uses ``seed + i``; batch_size: projections per batch.
+    """
+
+    n_micrographs: int = 20
+    width: int = 1024
+    height: int = 1024
+    particles_per_micrograph: int = 75
+    min_distance: float | None = None
+    margin: float | None = None
+    defocus_min: float = 8000.0
+    defocus_max: float = 20000.0
+    astigmatism: float = 400.0
+    tilt_max: float = 0.0
+    voltage: float = 300.0
+    cs: float = 2.7
+    amplitude_contrast: float = 0.07
+    bfactor: float = 60.0
+    dose: float = 40.0
+    ice_thickness: float = 300.0
+    ice_variation: float = 0.1
+    ice_correlation: float = 2000.0
+    ice_ring: float = 1.3
+    carbon: bool = False
+    carbon_thickness: float = 100.0
+    contaminants: int = 0
+    aggregates: int = 0
+    mtf_gaussian: float = 0.8
+    interpolation_blur: float = 0.0
+    energy_filter: bool = False
+    hydrogen_factor: float = 1.0
+    radiation_damage: bool = True
+    structure_units: str = "scattering"
+    defocus_band: float = 200.0
+    seed: int = 0
+    batch_size: int = 64
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line reason for impossible values."""
+        checks = [
+            (self.n_micrographs >= 1, "n_micrographs must be at least 1"),
+            (self.width >= 64 and self.height >= 64, "the micrograph must be at least 64x64 pixels"),
+            (self.particles_per_micrograph >= 0, "particles_per_micrograph must not be negative"),
+            (self.defocus_min > 0 and self.defocus_max >= self.defocus_min,
+             "the defocus range must be positive with MIN <= MAX (Å, underfocus positive)"),
+            (self.astigmatism >= 0, "astigmatism must not be negative"),
+            (0 <= self.tilt_max < 70, "tilt_max must be within [0, 70) degrees"),
+            (self.voltage > 0 and self.cs >= 0, "voltage must be positive and Cs not negative"),
+            (0 <= self.amplitude_contrast < 1, "amplitude_contrast must be within [0, 1)"),
+            (self.dose > 0, "the dose must be positive (e/Å²)"),
+            (self.ice_thickness > 0, "the ice thickness must be positive (Å)"),
+            (self.ice_variation >= 0 and self.ice_correlation > 0, "ice variation/correlation must be positive"),
+            (self.carbon_thickness >= 0, "carbon_thickness must not be negative"),
+            (self.contaminants >= 0 and self.aggregates >= 0, "contaminants/aggregates must not be negative"),
+            (0 < self.mtf_gaussian <= 1, "mtf_gaussian must be within (0, 1]"),
+            (self.interpolation_blur >= 0, "interpolation_blur must not be negative"),
+            (self.min_distance is None or self.min_distance >= 0, "min_distance must not be negative"),
+            (self.margin is None or self.margin >= 0, "margin must not be negative"),
+            (self.structure_units in ("scattering", "arbitrary"), "structure_units must be scattering or arbitrary"),
+            (self.defocus_band > 0, "defocus_band must be positive"),
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+
+@dataclass
+class MicrographTruth:
+    """A simulated micrograph before the detector, and its ground truth.
+
+    Attributes:
+        contrast: ``(H, W)`` float32 noise-free fractional intensity change; the recorded
+            intensity is ``dose · (1 + contrast)`` before the detector MTF and noise. It
+            includes the CTF and is negative on protein at low frequency.
+        particles: one row per particle: rlnCoordinateX/Y (px), rlnAngleRot/Tilt/Psi,
+            rlnDefocusU/V/Angle (local, tilt included), rlnClassNumber (1-based).
+        ctf: defocus_u, defocus_v (Å, at the micrograph centre), defocus_angle,
+            tilt_angle, tilt_axis (degrees), gradient_x, gradient_y (Å of defocus per
+            pixel), voltage (kV), cs (mm), amplitude_contrast, bfactor (Å²).
+        pixel_size: Å.
+        extras: what else was drawn (carbon edge, contaminant blobs, aggregate centres).
+    """
+
+    contrast: torch.Tensor
+    particles: pd.DataFrame
+    ctf: dict
+    pixel_size: float
+    extras: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ geometry
+
+
+def draw_ctf(params: MicrographParams, rng: np.random.Generator, *, pixel_size: float) -> dict:
+    """The micrograph's CTF and specimen plane (see :class:`MicrographTruth`)."""
+    mean = rng.uniform(params.defocus_min, params.defocus_max)
+    astig = rng.uniform(0, params.astigmatism)
+    angle = rng.uniform(0, 180.0)
+    tilt = rng.uniform(0, params.tilt_max)  # always drawn, so other draws do not depend on tilt_max
+    axis = rng.uniform(-180.0, 180.0)
+    if tilt == 0:
+        axis = 0.0
+    g = math.tan(math.radians(tilt)) * pixel_size
+    th = math.radians(axis)
+    return dict(defocus_u=mean + astig / 2, defocus_v=mean - astig / 2, defocus_angle=angle,
+                tilt_angle=tilt, tilt_axis=axis, gradient_x=-g * math.sin(th) + 0.0, gradient_y=g * math.cos(th) + 0.0,
+                voltage=params.voltage, cs=params.cs, amplitude_contrast=params.amplitude_contrast,
+                bfactor=params.bfactor)
+
+
+def local_defocus(ctf: dict, x, y, *, width: int, height: int):
+    """Defocus offset (Å) of the specimen plane at pixel ``(x, y)`` relative to the centre (W/2, H/2)."""
+    return ctf["gradient_x"] * (x - width / 2) + ctf["gradient_y"] * (y - height / 2)
+
+
+# ------------------------------------------------------------------------------------- optics
+
+
+def _fast_size(n: int) -> int:
+    """Smallest even 2^a 3^b 5^c ≥ n (fast FFT lengths)."""
+    m = n + (n % 2)
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 2
+
+
+def _rect_grid(shape: tuple[int, int], pixel_size: float, device):
+    """|s|² (Å⁻²), cos 2φ, sin 2φ on the rfft grid of a rectangular image."""
+    h, w = shape
+    ky = torch.fft.fftfreq(h, d=pixel_size, device=device)[:, None]
+    kx = torch.fft.rfftfreq(w, d=pixel_size, device=device)[None, :]
+    s2 = kx * kx + ky * ky
+    r2 = s2.clamp_min(1e-20)
+    return s2, (kx * kx - ky * ky) / r2, 2 * kx * ky / r2
+
+
+_TERMS: dict = {}  # one entry: the canvas grid and background amplitudes of the last shape/params
+
+
+def _canvas_terms(shape: tuple[int, int], pixel_size: float, params: MicrographParams, device) -> dict:
+    """Frequency grid (|s|², cos 2φ, sin 2φ) and the ice fields' amplitudes on the canvas, cached
+    while the canvas shape, pixel size, device and ice parameters stay the same."""
+    key = (shape, float(pixel_size), str(device), params.ice_thickness, params.ice_variation,
+           params.ice_correlation, params.ice_ring)
+    if _TERMS.get("key") != key:
+        _TERMS.clear()
+        grid = _rect_grid(shape, pixel_size, device)
+        s = torch.sqrt(grid[0])
+        t = params.ice_thickness
+        thick = icemod.radial_table(lambda x: icemod.thickness_psd(x, std=params.ice_variation * t,
+                                                                   correlation=params.ice_correlation), s)
+        ice = icemod.radial_table(lambda x: icemod.ice_structure_psd(x, thickness=t, ring_height=params.ice_ring), s)
+        _TERMS.update(key=key, grid=grid,
+                      thickness_amp=icemod.field_amplitude(thick, shape, pixel_size=pixel_size),
+                      ice_amp=icemod.field_amplitude(ice, shape, pixel_size=pixel_size))
+    return _TERMS
+
+
+def _ctf_params(ctf: dict, du=0.0, *, device=None) -> CTFParams:
+    return CTFParams(defocus_u=torch.as_tensor(ctf["defocus_u"] + du, dtype=torch.float32, device=device),
+                     defocus_v=torch.as_tensor(ctf["defocus_v"] + du, dtype=torch.float32, device=device),
+                     defocus_angle=ctf["defocus_angle"], voltage=ctf["voltage"], cs=ctf["cs"],
+                     amplitude_contrast=ctf["amplitude_contrast"], bfactor=ctf["bfactor"])
+
+
+def _rect_ctf(ctf: dict, du: float, grid) -> torch.Tensor:
+    """The CTF (core.ctf's formula) on a rectangular rfft grid, defocus shifted by ``du`` Å."""
+    s2, cos2, sin2 = grid
+    chi, env = ctf_phase_and_envelope(_ctf_params(ctf, du, device=s2.device), s2[None], cos2, sin2)
+    return (-torch.sin(chi) * env)[0]
+
+
+def _delocalisation(ctf: dict, defocus_max: float, pixel_size: float) -> float:
+    """CTF delocalisation radius (Å) at Nyquist: λΔf s + Cs λ³ s³."""
+    lam = electron_wavelength(ctf["voltage"])
+    s = 0.5 / pixel_size
+    return lam * defocus_max * s + ctf["cs"] * 1e7 * lam ** 3 * s ** 3
+
+
+# --------------------------------------------------------------------------------- simulation
+
+
+def simulate_micrograph_signal(structures: Sequence, populations: Sequence[float] | None, *, pixel_size: float,
+                               params: MicrographParams, index: int, device=None) -> MicrographTruth:
+    """Noise-free contrast of micrograph ``index`` and its ground truth (see the module docstring).
+
+    Args:
+        structures: cubic maps ``(n, n, n)`` (centre n//2) at ``pixel_size``, as tensors
+            (on ``params.structure_units``' scale) or objects with ``.volume`` and
+            ``.units`` (:class:`cryolens.simulate.structures.Structure`). Prepared
+            Fourier volumes are cached per tensor, so repeated calls are cheap.
+        populations: relative class weights (None: equal; a Structure's ``.population``
+            is not read here, pass it).
+        pixel_size: Å per pixel of the micrograph and the maps.
+        params: :class:`MicrographParams`; ``params.seed + index`` seeds everything.
+        index: the micrograph's number (0-based).
+        device: where to compute (default CPU).
+
+    Returns:
+        :class:`MicrographTruth` with ``contrast (H, W)`` float32 on ``device``.
+    """
+    params.validate()
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    seed = int(params.seed) + int(index)
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    H, W, apix = params.height, params.width, float(pixel_size)
+    preps = prepared_structures(structures, pixel_size=apix, units=params.structure_units,
+                                hydrogen_factor=params.hydrogen_factor, device=dev)
+    if len(preps) == 0:
+        raise ValueError("at least one structure is needed")
+    pops = np.ones(len(preps)) if populations is None else np.asarray(populations, dtype=float)
+    if len(pops) != len(preps) or pops.sum() <= 0 or (pops < 0).any():
+        raise ValueError("populations must be one non-negative weight per structure, not all 0")
+    pops = pops / pops.sum()
+
+    ctf = draw_ctf(params, rng, pixel_size=apix)
+    tilted = ctf["tilt_angle"] > 0
+    n_max = max(p.n for p in preps)
+    diam = max(p.diameter for p in preps) / apix  # px
+    mean_df = (ctf["defocus_u"] + ctf["defocus_v"]) / 2
+    corner = abs(ctf["gradient_x"]) * W / 2 + abs(ctf["gradient_y"]) * H / 2
+    deloc = int(math.ceil(_delocalisation(ctf, max(ctf["defocus_u"], ctf["defocus_v"]) + corner, apix) / apix))
+    box = _fast_size(n_max + 2 * deloc + 4)
+    off = box // 2 + 2  # canvas margin ≥ delocalisation: nothing wraps (same canvas tilted or not)
+    Hc, Wc = _fast_size(H + 2 * off), _fast_size(W + 2 * off)
+
+    # --- layout: carbon, contaminants, aggregates; then the particles around them
+    edge = icemod.draw_hole_edge((H, W), pixel_size=apix, rng=rng) if params.carbon else None
+    blobs = icemod.draw_contaminants(params.contaminants, (H, W), pixel_size=apix, rng=rng)
+    aggs = draw_aggregates(params.aggregates, width=W, height=H, diameter_px=diam, rng=rng)
+    min_d = (params.min_distance / apix) if params.min_distance is not None else diam
+    margin = (params.margin / apix) if params.margin is not None else n_max / 2
+    agg_pts = np.concatenate(aggs) if aggs else np.zeros((0, 2))
+
+    def forbidden(x, y):
+        bad = np.zeros(len(x), dtype=bool)
+        if edge is not None:
+            bad |= edge.on_carbon(x, y)
+        for b in blobs:
+            bad |= (x - b.x) ** 2 + (y - b.y) ** 2 < (max(b.a, b.b) + diam / 2) ** 2
+        for p in agg_pts:
+            bad |= (x - p[0]) ** 2 + (y - p[1]) ** 2 < diam ** 2
+        return bad
+
+    xy = place_particles(params.particles_per_micrograph, width=W, height=H, min_distance=min_d, margin=margin,
+                         rng=rng, forbidden=forbidden)
+    k = len(xy)
+    cls = rng.choice(len(preps), size=k, p=pops) if k else np.zeros(0, dtype=int)
+    rot = random_rotations(k + len(agg_pts), generator=gen, device=dev)
+    agg_cls = rng.choice(len(preps), size=len(agg_pts), p=pops)
+    all_xy = np.concatenate([xy, agg_pts]) if len(agg_pts) else xy
+    all_cls = np.concatenate([cls, agg_cls]).astype(int)
+    ddf = local_defocus(ctf, all_xy[:, 0], all_xy[:, 1], width=W, height=H) if len(all_xy) else np.zeros(0)
+
+    gl = relativistic_phase_scale(params.voltage)
+    q = params.amplitude_contrast
+    gain = -2.0 / math.sqrt(1 - q * q) * gl  # contrast per unit of ∫Δρ dz (Å⁻¹)
+    contrast = torch.zeros((Hc, Wc), device=dev)
+    real = torch.zeros((Hc, Wc), device=dev)  # coherent projected density (Å⁻¹) that needs the global CTF
+    damage = ((lambda x: radiation_damage(x, dose=params.dose, voltage=params.voltage))
+              if params.radiation_damage else None)
+    for c, prep in enumerate(preps):
+        sel = np.nonzero(all_cls == c)[0]
+        if not len(sel):
+            continue
+        r = rot[torch.as_tensor(sel, device=dev)]
+        if tilted:
+            paste_ctf_particles(prep, r, all_xy[sel], ctf["defocus_u"] + ddf[sel], ctf["defocus_v"] + ddf[sel], ctf,
+                                 pixel_size=apix, gain=gain, box=box, canvas=contrast, offset=off,
+                                 batch_size=params.batch_size, damage=damage)
+        else:
+            paste_projections(prep, r, all_xy[sel], pixel_size=apix, canvas=real, offset=off,
+                               batch_size=params.batch_size, damage=damage)
+
+    # --- background on the canvas: carbon and contaminants in real space, ice in Fourier space
+    absorb = None
+    if edge is not None or blobs:
+        thick = torch.zeros((Hc, Wc), device=dev)
+        if edge is not None and params.carbon_thickness > 0:
+            mask = icemod.hole_edge_mask(edge, (Hc, Wc), offset=(off, off), device=dev)
+            s_c = torch.sqrt(_canvas_terms((Hc, Wc), apix, params, dev)["grid"][0])
+            cpsd = icemod.radial_table(lambda x: icemod.carbon_structure_psd(x, thickness=params.carbon_thickness), s_c)
+            cnoise = torch.fft.irfft2(icemod.gaussian_field(cpsd, (Hc, Wc), pixel_size=apix, generator=gen),
+                                      s=(Hc, Wc))
+            del s_c, cpsd
+            step = icemod.CARBON_ATOMS_PER_A3 * float(icemod.scattering_factor("C", torch.zeros(())))
+            step_phase = _PHASE_SAT * math.tanh(gl * step * params.carbon_thickness / _PHASE_SAT)
+            real += mask * (step_phase / gl + cnoise)
+            thick += mask * params.carbon_thickness * (_LAMBDA_CONTAMINANT / _LAMBDA_CARBON)
+        if blobs:
+            t = icemod.render_blobs(blobs, (Hc, Wc), offset=(off, off), device=dev)
+            real += _PHASE_SAT * torch.tanh(gl * icemod.ice_density() * t / _PHASE_SAT) / gl
+            thick += t
+        absorb = torch.exp(-thick / _LAMBDA_CONTAMINANT)
+    terms = _canvas_terms((Hc, Wc), apix, params, dev)
+    grid = terms["grid"]
+    t_mean = params.ice_thickness
+
+    def field(amp: torch.Tensor) -> torch.Tensor:  # a Gaussian field of known amplitude, mean 0
+        f = torch.randn(amp.shape, dtype=torch.complex64, generator=gen, device=dev) * amp
+        f[0, 0] = 0
+        return f
+
+    thickness = field(terms["thickness_amp"])  # Å, the smooth thickness variation about t_mean
+    coherent = torch.fft.rfft2(real) + icemod.ice_density() * thickness
+    del real
+    if params.energy_filter:  # zero-loss filtering removes the inelastically scattered electrons
+        lam_in = icemod.inelastic_mean_free_path(params.voltage)
+        zero_loss = torch.exp(-torch.fft.irfft2(thickness, s=(Hc, Wc)) / lam_in)
+        absorb = zero_loss if absorb is None else absorb * zero_loss
+    del thickness
+    ice_noise = field(terms["ice_amp"])
+    lam = electron_wavelength(params.voltage)
+
+    def band(du: float) -> torch.Tensor:
+        chi, env = ctf_phase_and_envelope(_ctf_params(ctf, du, device=dev), grid[0][None], grid[1], grid[2])
+        chi, env = chi[0], env[0]
+        f = coherent * (-torch.sin(chi) * env)
+        f += ice_noise * (env * torch.sqrt(icemod.depth_averaged_ctf2(chi, grid[0], wavelength=lam, thickness=t_mean)))
+        return torch.fft.irfft2(f, s=(Hc, Wc)) * gain
+
+    if not tilted:
+        contrast += band(0.0)
+    else:  # linear interpolation in defocus between background CTFs defocus_band apart
+        yy = torch.arange(Hc, device=dev, dtype=torch.float32)[:, None] - off
+        xx = torch.arange(Wc, device=dev, dtype=torch.float32)[None, :] - off
+        ddf_map = local_defocus(ctf, xx, yy, width=W, height=H)
+        lo, hi = float(ddf_map.min()), float(ddf_map.max())
+        if hi - lo < 1e-3 * params.defocus_band:
+            contrast += band((lo + hi) / 2)
+        else:
+            nb = max(2, int(math.ceil((hi - lo) / params.defocus_band)) + 1)
+            centres = np.linspace(lo, hi, nb)
+            step = centres[1] - centres[0]
+            for d in centres:
+                contrast += (1 - (ddf_map - d).abs() / step).clamp_min(0) * band(float(d))
+    if absorb is not None:
+        contrast = (1 + contrast) * absorb - 1
+    contrast = contrast[off:off + H, off:off + W].clamp_min(-1.0).contiguous()
+
+    rot_t = rot[:k].double().cpu()
+    r, t_, p = (a.numpy() for a in matrix_to_euler(rot_t)) if k else (np.zeros(0),) * 3
+    particles = pd.DataFrame({
+        "rlnCoordinateX": xy[:, 0], "rlnCoordinateY": xy[:, 1],
+        "rlnAngleRot": r, "rlnAngleTilt": t_, "rlnAnglePsi": p,
+        "rlnDefocusU": ctf["defocus_u"] + ddf[:k], "rlnDefocusV": ctf["defocus_v"] + ddf[:k],
+        "rlnDefocusAngle": np.full(k, ctf["defocus_angle"]),
+        "rlnClassNumber": cls.astype(int) + 1,
+    })
+    extras = dict(carbon=edge, contaminants=blobs, aggregates=aggs, min_distance_px=min_d, margin_px=margin,
+                  padded_box=box, mean_defocus=mean_df)
+    return MicrographTruth(contrast.float(), particles, ctf, apix, extras)
+
+
+def simulate_micrograph(structures: Sequence, populations: Sequence[float] | None, *, pixel_size: float,
+                        params: MicrographParams, index: int, device=None) -> tuple[torch.Tensor, MicrographTruth]:
+    """A recorded micrograph (counts, float32 ``(H, W)``) and its truth: signal, then :func:`expose`."""
+    truth = simulate_micrograph_signal(structures, populations, pixel_size=pixel_size, params=params, index=index,
+                                       device=device)
+    dev = truth.contrast.device
+    shape = tuple(truth.contrast.shape)
+    noise_seed = int(np.random.SeedSequence([params.seed + index, 7]).generate_state(1)[0])  # its own stream
+    gen = torch.Generator(device=dev).manual_seed(noise_seed)
+    mtf = detector_mtf(shape, device=dev, nyquist_gaussian=params.mtf_gaussian)
+    nf = gaussian_filter_rfft(shape, params.interpolation_blur, device=dev) if params.interpolation_blur > 0 else None
+    counts = expose(truth.contrast, dose_per_pixel=params.dose * pixel_size ** 2, mtf=mtf, generator=gen,
+                    noise_filter=nf)
+    return counts, truth
+
+
+

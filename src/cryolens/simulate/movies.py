@@ -1,0 +1,549 @@
+"""Movie simulator: dose-fractionated frames of a noise-free contrast image.
+
+Image model of frame ``i`` (counts per movie pixel):
+
+    λ_i(x) = e · s(x) · max(0, 1 + c_i(x)),   counts_i(x) ~ Poisson(λ_i(x))
+    c_i = ift[ MTF · D_i · B_i · R_i · FT(c) ]      (then warped by the local motion)
+
+- ``c``: the noise-free fractional intensity change of the specimen (CTF included,
+  negative on protein), from the micrograph simulator, on a field larger than the
+  movie by a margin so that drifting content enters from outside instead of wrapping.
+- ``e = dose_per_frame · pixel_size²``: electrons per pixel per frame.
+- ``MTF``: the detector's modulation transfer function (optional).
+- ``D_i = exp(-N_i / (2 N_e(k)))``: Grant & Grigorieff (2015) damage at the exposure
+  ``N_i`` of the frame's middle (:mod:`cryolens.simulate.dose`).
+- ``B_i = sinc(k · t_i)``: blur by the straight-line travel ``t_i`` during the frame.
+- ``R_i = exp(-2πi k · d_i)``: the global displacement ``d_i`` of the frame's middle
+  (:mod:`cryolens.simulate.motion`): frame ``i`` shows the specimen moved by ``d_i``.
+- Local motion: a smooth displacement field ``L(x)`` (RELION's polynomial model, zero at
+  the first frame) on top of ``d_i``, applied after the inverse FFT by resampling the
+  frame at ``x - L(x)`` (bicubic ``grid_sample``; RELION's inverse, ``x + L(x)``, differs
+  by ``L·∇L`` ≲ 0.03 px). The global part stays an exact Fourier shift; the resampling
+  only moves the signal by the small local part, but bicubic (Keys, a = -0.75)
+  interpolation attenuates high frequencies where the local displacement has a
+  sub-pixel fraction: nothing below 0.25 cycles/px, on average 6 % at 0.3, 23 % at 0.4
+  and 37 % at 0.5 cycles/px (up to 48 % at 0.4 for a half-pixel fraction). Turn local
+  motion off when simulating for near-Nyquist resolution.
+- ``s(x)``: detector sensitivity: a smooth field and per-pixel variation around 1 when a
+  gain reference is simulated, 0 at dead pixels; hot pixels count at a fixed high rate
+  (``hot_pixel_factor · e``) whatever the signal.
+
+Gain convention (RELION, MotionCor2): the gain reference ``g`` is what raw frames are
+multiplied by to correct them, ``corrected = raw × g``, so ``g = 1 / s`` (0 at dead pixels,
+which RELION treats as defects). Frames are integer counts; the shot noise is white (the
+MTF shapes the signal, not the noise). Super-resolution sampling is the same model at
+half the pixel size on a field twice as large (the caller provides that contrast).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryolens.simulate.dose import critical_exposure
+from cryolens.simulate.frame_kernels import Accelerated, fourier_frame, fourier_frame_fused, poisson_counts
+from cryolens.simulate.motion import (DriftTrajectory, PolynomialMotion, random_drift, random_local_motion,
+                                      relion_patch_centres)
+
+__all__ = ["MovieParams", "MoviePreset", "MOVIE_PRESETS", "Detector", "MovieTruth", "SimulatedMovie",
+           "make_detector", "movie_margin", "field_shape", "good_fft_size", "storage_dtype", "simulate_movie"]
+
+
+@dataclass
+class MovieParams:
+    """Options of the movie simulator (units in brackets).
+
+    Attributes:
+        n_frames: frames per movie.
+        dose_per_frame: exposure per frame [e⁻/Å²].
+        pre_exposure: exposure before the first frame [e⁻/Å²].
+        voltage: [kV] (100, 200 or 300 when ``damage`` is on: the damage model's voltages).
+        drift: global drift from the first to the last frame [Å]; direction random.
+        local_motion: add a smooth patch-varying displacement field.
+        local_motion_rms: RMS over the image of the local displacement at the last frame [Å].
+        damage: apply the Grant & Grigorieff radiation-damage filter.
+        frame_blur: blur each frame by its straight-line travel during the frame.
+        gain: simulate a non-uniform detector sensitivity and write its gain reference.
+        gain_variation: RMS of the smooth part of the sensitivity (fraction).
+        gain_pixel_variation: RMS of the per-pixel part of the sensitivity (fraction).
+        hot_pixels, dead_pixels: number of defective pixels of the detector.
+        hot_pixel_factor: a hot pixel counts this many times the mean electrons per pixel per frame.
+        super_resolution: record at half the physical pixel size (frames twice as large).
+        seed: random seed (drift, local motion, detector, shot noise).
+    """
+
+    n_frames: int = 32
+    dose_per_frame: float = 1.25
+    pre_exposure: float = 0.0
+    voltage: float = 300.0
+    drift: float = 15.0
+    local_motion: bool = True
+    local_motion_rms: float = 1.5
+    damage: bool = True
+    frame_blur: bool = True
+    gain: bool = False
+    gain_variation: float = 0.05
+    gain_pixel_variation: float = 0.03
+    hot_pixels: int = 0
+    dead_pixels: int = 0
+    hot_pixel_factor: float = 20.0
+    super_resolution: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line reason for impossible values."""
+        from cryolens.simulate.dose import voltage_factor
+        if self.n_frames < 1:
+            raise ValueError("n_frames must be at least 1")
+        if not self.dose_per_frame > 0 or self.pre_exposure < 0:
+            raise ValueError("dose_per_frame must be positive and pre_exposure not negative")
+        if self.drift < 0 or self.local_motion_rms < 0:
+            raise ValueError("drift and local_motion_rms must not be negative")
+        if self.hot_pixels < 0 or self.dead_pixels < 0 or self.hot_pixel_factor <= 0:
+            raise ValueError("hot_pixels and dead_pixels must not be negative, hot_pixel_factor must be positive")
+        if not 0 <= self.gain_variation < 0.5 or not 0 <= self.gain_pixel_variation < 0.5:
+            raise ValueError("gain variations must be fractions between 0 and 0.5")
+        if self.damage:
+            voltage_factor(self.voltage)
+
+
+@dataclass(frozen=True)
+class MoviePreset:
+    """A data-set recipe: the movie options, how many movies, and the specimen.
+
+    ``micrograph_preset`` names a preset of the micrograph simulator
+    (:data:`cryolens.simulate.micrographs.MICROGRAPH_PRESETS`: ice, CTF, structures) and
+    ``micrograph`` overrides its fields; ``width``/``height`` are the movie size and
+    ``pixel_size`` the physical (output) pixel [Å] (with super-resolution the frames are
+    twice as large at half that pixel). The CTF envelope ``bfactor`` stands for
+    coherence only: the movie simulator applies drift and radiation damage itself.
+    """
+
+    n_movies: int
+    params: MovieParams
+    micrograph_preset: str
+    micrograph: dict = field(default_factory=dict)
+
+
+MOVIE_PRESETS: dict[str, MoviePreset] = {
+    # A laptop-sized tutorial: 20 movies of 1024², 32 frames, 40 e⁻/Å² in total.
+    "tutorial": MoviePreset(
+        n_movies=20,
+        params=MovieParams(n_frames=32, dose_per_frame=1.25, voltage=300.0, drift=15.0, local_motion=True,
+                           local_motion_rms=1.5, gain=True, hot_pixels=8, dead_pixels=4),
+        micrograph_preset="tutorial",
+        micrograph=dict(width=1024, height=1024, pixel_size=1.75, particles_per_micrograph=75, bfactor=20.0)),
+    # EMPIAR-10291-like: K2-sized frames at 1.232 Å/px, 40 frames, 44 e⁻/Å² in total.
+    "benchmark": MoviePreset(
+        n_movies=10,
+        params=MovieParams(n_frames=40, dose_per_frame=1.1, voltage=300.0, drift=20.0, local_motion=True,
+                           local_motion_rms=2.0, gain=True, hot_pixels=60, dead_pixels=20),
+        micrograph_preset="benchmark",
+        micrograph=dict(width=3710, height=3838, pixel_size=1.232, particles_per_micrograph=90, bfactor=20.0)),
+}
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def good_fft_size(n: int) -> int:
+    """Smallest even integer >= ``n`` whose prime factors are 2, 3, 5 and 7 (fast FFTs)."""
+    m = max(2, int(n) + (int(n) % 2))
+    while True:
+        r = m
+        for p in (2, 3, 5, 7):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 2
+
+
+def movie_margin(params: MovieParams, pixel_size: float) -> int:
+    """Pixels of contrast needed around the movie: the largest drift and local displacement
+    (1.25 × ``drift`` + 4 × ``local_motion_rms``) plus 16 px for the filters' kernels."""
+    disp = 1.25 * params.drift + (4.0 * params.local_motion_rms if params.local_motion else 0.0)
+    return int(math.ceil(disp / pixel_size)) + 16
+
+
+def field_shape(height: int, width: int, margin: int) -> tuple[int, int]:
+    """FFT-friendly ``(rows, columns)`` of a contrast field holding the movie plus ``margin`` px each side."""
+    return good_fft_size(height + 2 * margin), good_fft_size(width + 2 * margin)
+
+
+def storage_dtype(max_count: int, fmt: str) -> np.dtype:
+    """Smallest integer type that holds ``max_count`` and the format reads unambiguously.
+
+    MRC: int8 (mode 0) up to 127, which every reader reads the same whether it takes mode 0
+    as signed or unsigned, else uint16 (mode 6). TIFF: uint8 up to 255, else uint16.
+    """
+    if fmt not in ("mrc", "tiff"):
+        raise ValueError(f"unknown movie format {fmt!r}; use mrc or tiff")
+    if max_count > 65535:
+        raise ValueError(f"counts up to {max_count} do not fit 16 bits; lower the dose per frame")
+    small = (np.int8, 127) if fmt == "mrc" else (np.uint8, 255)
+    return np.dtype(small[0]) if max_count <= small[1] else np.dtype(np.uint16)
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers (stable across runs and platforms)."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _generator(device: torch.device, *parts: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(_seed(*parts))
+
+
+# ---------------------------------------------------------------- detector
+
+
+@dataclass
+class Detector:
+    """A detector shared by the movies of a data set.
+
+    Attributes:
+        sensitivity: ``(H, W)`` float32 relative sensitivity (mean ~1, 0 at dead pixels).
+        gain_reference: ``(H, W)`` float32 ``1 / sensitivity`` (0 at dead pixels), what raw
+            frames are multiplied by; ``None`` when no gain is simulated.
+        hot_pixels, dead_pixels: ``(n, 2)`` int64 ``(x, y)`` 0-based pixel coordinates.
+        hot_pixel_factor: a hot pixel's rate in units of the mean electrons per pixel.
+    """
+
+    sensitivity: torch.Tensor
+    gain_reference: torch.Tensor | None
+    hot_pixels: np.ndarray
+    dead_pixels: np.ndarray
+    hot_pixel_factor: float
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.sensitivity.shape)  # type: ignore[return-value]
+
+
+def make_detector(height: int, width: int, params: MovieParams, *, device=None) -> Detector:
+    """Sensitivity, gain reference and defects of a ``height × width`` detector (seeded by ``params.seed``)."""
+    device = torch.device(device or "cpu")
+    g = _generator(torch.device("cpu"), params.seed, 0xDE7EC7)
+    sens = torch.ones(height, width)
+    if params.gain:
+        coarse = torch.randn(1, 1, 6, 6, generator=g)
+        smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)[0, 0]
+        smooth = (smooth - smooth.mean()) / smooth.std().clamp_min(1e-12) * params.gain_variation
+        pixel = torch.randn(height, width, generator=g) * params.gain_pixel_variation
+        sens = (1.0 + smooth + pixel).clamp(0.5, 1.5)
+    n_bad = params.hot_pixels + params.dead_pixels
+    if n_bad > height * width // 100:
+        raise ValueError("more than 1% of the pixels would be defective; lower hot_pixels / dead_pixels")
+    flat = torch.randperm(height * width, generator=g)[:n_bad].numpy()
+    xy = np.stack([flat % width, flat // width], axis=1).astype(np.int64)
+    hot, dead = xy[:params.hot_pixels], xy[params.hot_pixels:]
+    sens[dead[:, 1], dead[:, 0]] = 0.0
+    gain_ref = None
+    if params.gain:
+        gain_ref = torch.where(sens > 0, 1.0 / sens.clamp_min(1e-6), torch.zeros(()))
+    return Detector(sensitivity=sens.to(device), gain_reference=None if gain_ref is None else gain_ref.to(device),
+                    hot_pixels=hot[np.lexsort((hot[:, 0], hot[:, 1]))],
+                    dead_pixels=dead[np.lexsort((dead[:, 0], dead[:, 1]))],
+                    hot_pixel_factor=float(params.hot_pixel_factor))
+
+
+# ---------------------------------------------------------------- truth
+
+
+@dataclass
+class MovieTruth:
+    """The ground truth of one movie, in RELION's conventions (see :mod:`cryolens.simulate.motion`).
+
+    Attributes:
+        pixel_size: movie pixel [Å] (half the physical pixel with super-resolution).
+        n_frames, height, width: movie geometry [px].
+        drift: the global trajectory [Å].
+        displacements: ``(n_frames, 2)`` specimen displacement of each frame [px], row 0 = 0.
+        shifts: ``(n_frames, 2)`` RELION global shifts [px] = ``-displacements``.
+        local_model: RELION's polynomial model of the local *correction* [px], or None.
+        exposures: accumulated exposure at each frame's middle [e⁻/Å²].
+        dose_per_frame, pre_exposure, voltage: as simulated [e⁻/Å², e⁻/Å², kV].
+        max_count: a bound on any count (Poisson 1e-12 upper quantile of the largest rate).
+    """
+
+    pixel_size: float
+    n_frames: int
+    height: int
+    width: int
+    drift: DriftTrajectory
+    displacements: np.ndarray
+    shifts: np.ndarray
+    local_model: PolynomialMotion | None
+    exposures: np.ndarray
+    dose_per_frame: float
+    pre_exposure: float
+    voltage: float
+    max_count: int
+
+    def global_shift_table(self) -> pd.DataFrame:
+        """RELION's ``data_global_shift``: frame number (1-based) and correction shifts [px]."""
+        return pd.DataFrame({"rlnMicrographFrameNumber": np.arange(1, self.n_frames + 1),
+                             "rlnMicrographShiftX": self.shifts[:, 0], "rlnMicrographShiftY": self.shifts[:, 1]})
+
+    def local_shift_table(self, n_patches: tuple[int, int] = (5, 5)) -> pd.DataFrame:
+        """RELION's ``data_local_shift``: the local correction (beyond the global one) at the
+        centres of a ``(nx, ny)`` patch grid placed as RELION places it, every frame [px]."""
+        xs = relion_patch_centres(self.width, n_patches[0])
+        ys = relion_patch_centres(self.height, n_patches[1])
+        rows = []
+        model = self.local_model or PolynomialMotion()
+        for y in ys:
+            for x in xs:
+                for z in range(self.n_frames):
+                    sx, sy = model.shift_at_pixels(z, x, y, width=self.width, height=self.height)
+                    rows.append((z + 1, float(x), float(y), float(sx), float(sy)))
+        return pd.DataFrame(rows, columns=["rlnMicrographFrameNumber", "rlnCoordinateX", "rlnCoordinateY",
+                                           "rlnMicrographShiftX", "rlnMicrographShiftY"])
+
+    def shift_at(self, frame: int, x: float, y: float) -> tuple[float, float]:
+        """Total RELION correction (global + local) at 0-based ``frame`` and pixel ``(x, y)`` [px]."""
+        sx, sy = self.shifts[frame]
+        if self.local_model is not None:
+            lx, ly = self.local_model.shift_at_pixels(frame, x, y, width=self.width, height=self.height)
+            sx, sy = sx + float(lx), sy + float(ly)
+        return float(sx), float(sy)
+
+
+@dataclass
+class SimulatedMovie:
+    """A movie's ground truth and a lazy frame source.
+
+    ``frames(dtype)`` yields ``(index, counts)`` with counts ``(H, W)`` of ``dtype``
+    (values above its range saturate and are counted in ``saturated``);
+    ``frames(noise=False)`` yields the expected counts ``λ_i`` as float32 instead.
+    ``compiled`` tells, once frames were drawn, whether the ``torch.compile`` kernels made them.
+    """
+
+    truth: MovieTruth
+    _make: Callable[..., Iterator[tuple[int, np.ndarray]]]
+    saturated: list[int] = field(default_factory=list)
+    compiled: bool = False
+
+    def frames(self, dtype=np.uint16, *, noise: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+        return self._make(np.dtype(np.float32 if not noise else dtype), noise)
+
+
+# ---------------------------------------------------------------- the simulator
+
+_FOURIER = Accelerated(fourier_frame_fused, "fourier_frame")
+_COUNTS = Accelerated(poisson_counts, "poisson_counts")
+
+
+def _poisson_quantile(rate: float, tail: float = 1e-12) -> int:
+    """Smallest count whose upper tail at ``rate`` is below ``tail``, plus one."""
+    from scipy.stats import poisson
+    return int(poisson.isf(tail, max(rate, 1e-9))) + 1
+
+
+def simulate_movie(contrast: torch.Tensor, *, pixel_size: float, params: MovieParams, detector: Detector,
+                   mtf: torch.Tensor | None = None, index: int = 0, device=None,
+                   accelerate: bool | None = None) -> SimulatedMovie:
+    """Simulate one movie of the centre of a contrast field.
+
+    Args:
+        contrast: ``(Hf, Wf)`` noise-free fractional intensity change at the movie's pixel
+            size; the movie is its centred ``detector.shape`` crop, and the margin each side
+            must be at least :func:`movie_margin` (use :func:`field_shape` to size it).
+        pixel_size: movie pixel size [Å] (half the physical pixel with super-resolution).
+        params: simulator options (``params.validate()`` is called).
+        detector: sensitivity, gain and defects (:func:`make_detector`), ``(H, W)``.
+        mtf: optional detector MTF on the field's rfft grid ``(Hf, Wf // 2 + 1)``.
+        index: movie number; with ``params.seed`` it seeds the motion and the shot noise.
+        device: where to compute (default: the contrast's device).
+        accelerate: use the ``torch.compile`` kernels (:mod:`cryolens.simulate.frame_kernels`);
+            default: on a CPU for frames of 2048² pixels or more.
+
+    Returns:
+        :class:`SimulatedMovie`; frames are computed lazily, one inverse FFT each.
+    """
+    params.validate()
+    dev = torch.device(device) if device is not None else contrast.device
+    hf, wf = contrast.shape[-2:]
+    h, w = detector.shape
+    oy, ox = (hf - h) // 2, (wf - w) // 2
+    n = params.n_frames
+    fast = accelerate if accelerate is not None else (dev.type == "cpu" and h * w >= 1 << 22)
+
+    g = _generator(torch.device("cpu"), params.seed, index, 0x301)
+    drift = random_drift(n, params.drift, generator=g)
+    disp = (drift.frame_displacements(n) / pixel_size).numpy()
+    travel = (drift.frame_travel(n) / pixel_size).numpy()
+    if not params.frame_blur:
+        travel = np.zeros_like(travel)
+    local = None
+    if params.local_motion and params.local_motion_rms > 0 and n > 1:
+        local = random_local_motion(n, params.local_motion_rms / pixel_size, generator=g)
+    max_local = 0.0
+    if local is not None:
+        u = torch.linspace(-0.5, 0.5, 17, dtype=torch.float64)
+        for z in range(n):
+            lx, ly = local.shift_at(z, u[None, :], u[:, None])
+            max_local = max(max_local, float(torch.sqrt(lx * lx + ly * ly).max()))
+    need = int(math.ceil(float(np.sqrt((disp ** 2).sum(1)).max()) + max_local + np.abs(travel).max() / 2)) + 8
+    if min(oy, ox) < need:
+        raise ValueError(f"the contrast field {hf}x{wf} leaves a margin of {min(oy, ox)} px around the {h}x{w} "
+                         f"movie, but the motion needs {need} px; size it with field_shape()")
+
+    spec = torch.fft.rfft2(contrast.to(dev, torch.float32))
+    if mtf is not None:
+        if tuple(mtf.shape) != tuple(spec.shape):
+            raise ValueError(f"mtf has shape {tuple(mtf.shape)}, expected the field's rfft grid {tuple(spec.shape)}")
+        spec = spec * mtf.to(dev, torch.float32)
+    sens = detector.sensitivity.to(dev, torch.float32)
+    e = params.dose_per_frame * pixel_size ** 2
+    peak = float(torch.fft.irfft2(spec, s=(hf, wf)).abs().max())
+    top_normal = float(sens.max()) * (1.0 + 2.0 * peak) * e
+    hot_rate = detector.hot_pixel_factor * e
+    top = max(top_normal, hot_rate) if len(detector.hot_pixels) else top_normal
+    n_terms = -(-_poisson_quantile(top_normal) // 8) * 8
+    exposures = params.pre_exposure + (np.arange(n) + 0.5) * params.dose_per_frame
+    ky, kx = torch.fft.fftfreq(hf, device=dev), torch.fft.rfftfreq(wf, device=dev)
+    a = None
+    if params.damage:  # 1 / (2 N_e(|k|)) on the rfft grid, 0 at DC
+        a = 0.5 / critical_exposure(torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2) / pixel_size, params.voltage)
+    spec_ri = torch.view_as_real(spec) if fast else None
+    a0 = (a if a is not None else torch.zeros(spec.shape, device=dev)) if fast else None
+
+    def frame_field(i: int, out: torch.Tensor) -> torch.Tensor:
+        """The padded field of frame ``i`` (into ``out``): damaged, blurred, moved by the global displacement."""
+        if fast and not _FOURIER.failed:
+            q = torch.tensor([exposures[i], travel[i, 0], travel[i, 1], disp[i, 0], disp[i, 1]], dtype=torch.float32,
+                             device=dev)
+            try:
+                f = torch.view_as_complex(_FOURIER(spec_ri, a0, ky, kx, q, key=tuple(spec.shape)))
+                return torch.fft.irfft2(f, s=(hf, wf), out=out)
+            except RuntimeError:
+                pass
+        f = fourier_frame(spec, a, ky, kx, float(exposures[i]), tuple(travel[i]), tuple(disp[i]))
+        return torch.fft.irfft2(f, s=(hf, wf), out=out)
+
+    # grid_sample coordinates (align_corners=True) of the movie pixels inside the field
+    gx0 = (torch.arange(w, dtype=torch.float64) + ox) * (2.0 / (wf - 1)) - 1.0
+    gy0 = (torch.arange(h, dtype=torch.float64) + oy) * (2.0 / (hf - 1)) - 1.0
+    xn = torch.arange(w, dtype=torch.float64) / w - 0.5
+    yn = torch.arange(h, dtype=torch.float64) / h - 0.5
+
+    def warp_terms(i: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per axis ``(R (H,), P (W,), Q (W,))`` with grid = ``R[y] + P[x] + y·Q[x]`` at frame ``i``.
+
+        The sampling position is ``x - L(x)``, ``L = T0 + T1 x + T2 x² + T3 y + T4 y² + T5 xy``.
+        """
+        out = []
+        for axis, (t, size) in enumerate(zip(local.temporal(float(i)), (wf, hf))):
+            sc = 2.0 / (size - 1)
+            r = -sc * t[4] * yn * yn + (gy0 if axis == 1 else 0.0)
+            pp = -sc * (t[0] + t[1] * xn + t[2] * xn * xn) + (gx0 if axis == 0 else 0.0)
+            out.append(tuple(v.to(dev, torch.float32) for v in (r, pp, -sc * (t[3] + t[5] * xn))))
+        return out
+
+    yn32 = yn.to(dev, torch.float32)
+
+    def warp_rows(field: torch.Tensor, terms, r0: int, r1: int) -> torch.Tensor:
+        """Rows ``r0:r1`` of the frame resampled at ``x - L(x)`` (bicubic)."""
+        grid = torch.empty(1, r1 - r0, w, 2, device=dev)
+        for axis, (r, pp, q) in enumerate(terms):
+            grid[0, :, :, axis] = torch.addcmul(r[r0:r1, None] + pp[None, :], yn32[r0:r1, None], q[None, :])
+        return torch.nn.functional.grid_sample(field[None, None], grid, mode="bicubic", padding_mode="border",
+                                               align_corners=True)[0, 0]
+
+    truth = MovieTruth(pixel_size=float(pixel_size), n_frames=n, height=h, width=w, drift=drift,
+                       displacements=disp, shifts=-disp + 0.0, local_model=None if local is None else local.negated(),
+                       exposures=exposures, dose_per_frame=params.dose_per_frame, pre_exposure=params.pre_exposure,
+                       voltage=params.voltage, max_count=_poisson_quantile(top))
+    movie = SimulatedMovie(truth=truth, _make=lambda dtype, noise: iter(()))
+    hot_flat = torch.as_tensor(detector.hot_pixels[:, 1] * w + detector.hot_pixels[:, 0], dtype=torch.long).to(dev)
+    e_t = torch.tensor(e, dtype=torch.float32, device=dev)
+
+    def make(dtype: np.dtype, noise: bool) -> Iterator[tuple[int, np.ndarray]]:
+        cap = float(np.iinfo(dtype).max) if dtype.kind in "iu" else math.inf
+        small = dtype.kind in "iu" and dtype.itemsize == 1
+        block = h if dev.type != "cpu" else 128
+        spans = [(r0, min(r0 + block, h)) for r0 in range(0, h, block)]
+        pool = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) if dev.type == "cpu" else None
+        # buffers reused by every frame (fewer page faults than fresh 100-MB tensors)
+        field_buf = torch.empty(hf, wf, device=dev)
+        img_buf = torch.empty(h, w, device=dev) if local is not None else None
+        u_buf = torch.empty(h, w, device=dev) if noise and fast else None
+
+        def run(fn) -> list:
+            return list(pool.map(fn, spans)) if pool is not None else [fn(s) for s in spans]
+
+        def rate_of(img: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+            rate = img.add(1.0).clamp_(min=0.0).mul_(sens[r0:r1]).mul_(e)
+            sel = (hot_flat >= r0 * w) & (hot_flat < r1 * w)
+            rate.view(-1)[hot_flat[sel] - r0 * w] = hot_rate
+            return rate
+
+        def to_numpy(counts: torch.Tensor) -> np.ndarray:
+            if dtype.kind == "f":
+                return counts.to(torch.float32).cpu().numpy()
+            if counts.dtype == torch.uint8:
+                return counts.cpu().numpy().view(dtype)
+            return counts.to(torch.uint8 if small else torch.int32).cpu().numpy().astype(dtype, copy=False)
+
+        def fast_counts(i: int, img: torch.Tensor) -> torch.Tensor | None:
+            """Compiled inverse-CDF sampler (None when unavailable); hot pixels drawn apart."""
+            def draw(span) -> None:
+                r0, r1 = span
+                torch.rand(r1 - r0, w, out=u_buf[r0:r1], generator=_generator(dev, params.seed, index, i, r0))
+            run(draw)
+            try:
+                counts = _COUNTS(img, sens, u_buf, e_t, n_terms, cap, torch.uint8 if small else torch.int32,
+                                 key=(h, w, n_terms, cap, small, local is None))
+            except RuntimeError:
+                return None
+            if len(hot_flat):
+                hot = torch.poisson(torch.full((len(hot_flat),), hot_rate, device=dev),
+                                    generator=_generator(dev, params.seed, index, i, 0x407))
+                counts.view(-1)[hot_flat] = hot.clamp_(max=cap).to(counts.dtype)
+            return counts
+
+        try:
+            for i in range(n):
+                field = frame_field(i, field_buf)
+                if local is None:
+                    img = field[oy:oy + h, ox:ox + w]
+                else:
+                    terms = warp_terms(i)
+
+                    def warp(span, field=field, terms=terms) -> None:
+                        img_buf[span[0]:span[1]] = warp_rows(field, terms, *span)
+                    run(warp)
+                    img = img_buf
+                counts = None
+                if not noise:
+                    counts = rate_of(img.clone(), 0, h)
+                elif fast and not _COUNTS.failed:
+                    counts = fast_counts(i, img)
+                if counts is None:
+                    counts = torch.empty(h, w, device=dev)
+
+                    def sample(span, img=img, counts=counts, i=i) -> None:
+                        r0, r1 = span
+                        counts[r0:r1] = torch.poisson(rate_of(img[r0:r1], r0, r1),
+                                                      generator=_generator(dev, params.seed, index, i, r0))
+                    run(sample)
+                over = 0
+                if noise and float(counts.max()) >= cap:  # the compiled sampler clamps: count the pixels at the cap
+                    over = int((counts >= cap).sum())
+                    counts.clamp_(max=cap)
+                movie.saturated.append(over)
+                movie.compiled = fast and not (_FOURIER.failed or (noise and _COUNTS.failed))
+                yield i, to_numpy(counts)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+    movie._make = make
+    return movie
