@@ -18,7 +18,7 @@ from cryolens.core.fsc import FSCResult
 from cryolens.io.atomic import write_text_atomic
 from cryolens.io.mrc import temporary_path
 
-__all__ = ["plot_fsc", "plot_central_slices", "plot_gallery", "write_report"]
+__all__ = ["plot_fsc", "plot_central_slices", "plot_gallery", "save_figure", "write_report"]
 
 
 def _figure(**kw):
@@ -28,9 +28,12 @@ def _figure(**kw):
     return plt, plt.subplots(**kw)
 
 
-def _save(plt, fig, path: Path) -> Path:
+def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> Path:
+    """Save a matplotlib figure atomically (temporary PNG, then rename) and close it."""
+    import matplotlib.pyplot as plt
+    path = Path(path)
     tmp = temporary_path(path).with_suffix(".png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
     return path
@@ -55,7 +58,7 @@ def plot_fsc(curves: Mapping[str, FSCResult], path: str | os.PathLike, *,
     sec.set_xlabel("resolution (Å)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(plt, fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_central_slices(volume: np.ndarray, path: str | os.PathLike, *, title: str = "") -> Path:
@@ -69,7 +72,7 @@ def plot_central_slices(volume: np.ndarray, path: str | os.PathLike, *, title: s
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    return _save(plt, fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def write_report(path: str | os.PathLike, *, title: str, summary: Mapping[str, Any],
@@ -100,4 +103,4 @@ def plot_gallery(images: np.ndarray, path: str | os.PathLike, *, title: str = ""
         ax.imshow(img, cmap="gray", origin="lower")
     if title:
         fig.suptitle(title)
-    return _save(plt, fig, Path(path))
+    return save_figure(fig, Path(path))

@@ -36,8 +36,7 @@ import torch
 
 from cryolens.errors import InputError
 from cryolens.io import write_mrc, write_star
-from cryolens.io.mrc import temporary_path
-from cryolens.jobs.report import write_report
+from cryolens.jobs.report import save_figure, write_report
 from cryolens.jobs.runner import Job
 from cryolens.jobs.structures import load_structures
 from cryolens.simulate.micrographs import MicrographParams, centred_spectrum, power_spectrum, simulate_micrograph
@@ -91,11 +90,7 @@ def _plot_micrograph(counts: np.ndarray, particles: pd.DataFrame, pixel_size: fl
     axes[1].set_title(f"power spectrum (log, {tile}-px tiles averaged)")
     axes[1].set_xlabel("spatial frequency (1/Å)")
     fig.tight_layout()
-    tmp = temporary_path(path).with_suffix(".png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def run_simulate_micrographs(out_dir: str | os.PathLike, params: MicrographParams, *,

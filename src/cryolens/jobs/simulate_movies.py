@@ -46,7 +46,7 @@ from cryolens.errors import InputError
 from cryolens.io import write_mrc, write_star
 from cryolens.io.atomic import write_text_atomic
 from cryolens.io.movie_writer import MovieWriter
-from cryolens.jobs.report import write_report
+from cryolens.jobs.report import save_figure, write_report
 from cryolens.jobs.runner import Job
 from cryolens.simulate.movies import (Detector, MovieParams, MovieTruth, field_shape, make_detector, movie_margin,
                                       simulate_movie, storage_dtype)
@@ -113,7 +113,6 @@ def _plot_drift(truths: list[MovieTruth], pixel_size: float, path: Path) -> Path
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from cryolens.io.mrc import temporary_path
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     for k, t in enumerate(truths):
@@ -149,11 +148,7 @@ def _plot_drift(truths: list[MovieTruth], pixel_size: float, path: Path) -> Path
         axes[2].axis("off")
         axes[2].text(0.5, 0.5, "no local motion", ha="center", va="center")
     fig.tight_layout()
-    tmp = temporary_path(path).with_suffix(".png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def _detector_files(out: Path, det: Detector, pixel_size: float) -> tuple[str | None, str | None]:
