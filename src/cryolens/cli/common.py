@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,6 +22,9 @@ console = Console(soft_wrap=True)
 
 DEVICE_HELP = "Where to compute: auto (a CUDA GPU when present), cpu, or cuda[:N]."
 QUIET_HELP = "No progress bar (the job's run.log still records everything)."
+PROJECT_HELP = ("Record the job in this project (cryolens.db) and, without --out, write it to "
+                "<project>/<Stage>/jobNNN/. Default: the current folder when it holds cryolens.db.")
+OUT_HELP = "Output folder (created). Optional inside a project (default <project>/<Stage>/jobNNN/)."
 
 
 def run_guarded(fn: Callable[[], T]) -> T:
@@ -54,3 +59,40 @@ def progress_bar(description: str, *, quiet: bool) -> Iterator[Callable[[int, in
 def device_option(name: str):
     """Resolve ``--device`` inside :func:`run_guarded` (so a bad value exits 2)."""
     return resolve_device(name)
+
+
+@dataclass
+class JobTarget:
+    """Where a command writes (``out``) and who records it (``observer``, None outside a project)."""
+
+    out: Path
+    project: Any = None
+    observer: Any = None
+
+
+@contextmanager
+def job_target(stage: str, out: Path | None, project: Path | None) -> Iterator[JobTarget]:
+    """Resolve the project (``--project``, else the current folder when it holds cryolens.db), the job folder
+    and the observer that records the job; use inside :func:`run_guarded`.
+
+    A job allocated here that fails before it starts (bad input) is recorded as failed.
+    """
+    from cryolens.project.db import find_project, open_project
+    from cryolens.project.recording import ProjectObserver
+
+    root = project if project is not None else find_project(Path.cwd())
+    if root is None:
+        if out is None:
+            raise InputError("--out is required outside a project; give --out DIR, or run in a project folder "
+                             "(`cryolens project init DIR`) or pass --project DIR.")
+        yield JobTarget(out=out)
+        return
+    proj = open_project(root)
+    rec = proj.new_job(stage, folder=out)
+    observer = ProjectObserver(proj, rec.id)
+    try:
+        yield JobTarget(out=out if out is not None else proj.abs(rec.folder), project=proj, observer=observer)
+    except BaseException as e:
+        if not observer.seen_start:
+            proj.record_failure(rec.id, f"{type(e).__name__}: {e}")
+        raise

@@ -6,6 +6,7 @@ import typer
 
 from cryolens import __version__
 from cryolens.cli import fsc as _fsc
+from cryolens.cli import project as _project
 from cryolens.cli import reconstruct as _reconstruct
 from cryolens.cli import simulate as _simulate
 
@@ -17,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(_simulate.app, name="simulate")
+app.add_typer(_project.app, name="project")
 app.command("reconstruct")(_reconstruct.reconstruct)
 app.command("fsc")(_fsc.fsc_command)
 

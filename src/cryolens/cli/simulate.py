@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import DEVICE_HELP, QUIET_HELP, console, device_option, progress_bar, run_guarded
+from cryolens.cli.common import (DEVICE_HELP, OUT_HELP, PROJECT_HELP, QUIET_HELP, console, device_option, job_target,
+                                 progress_bar, run_guarded)
 from cryolens.simulate.particles import ParticleSimParams
 
 app = typer.Typer(help="Simulate cryo-EM data with ground truth.", no_args_is_help=True)
@@ -21,7 +22,6 @@ _PARAM_KEYS = {"n_particles", "snr", "dose", "defocus_min", "defocus_max", "asti
 
 @app.command("particles")
 def particles(
-    out: Annotated[Path, typer.Option("--out", help="Output folder (created).")],
     preset: Annotated[Optional[str], typer.Option(help="Option set: tutorial (1 500 phantom particles, box 96, 1.75 Å/px, SNR 0.05) or benchmark (EMPIAR-10291-like: box 180, 1.232 Å/px, 300 kV, 10 000 particles). Explicit options override it.")] = None,
     structure: Annotated[Optional[list[str]], typer.Option("--structure", help="Structure spec, repeatable (discrete heterogeneity): phantom[:seed=S], MAP.mrc[:population=P,apix=A,mass_kda=M], MODEL.pdb|cif[:bfactor=B,keep_coordinates,population=P]. Default: the phantom.")] = None,
     map: Annotated[Optional[Path], typer.Option("--map", help="An MRC map (same as --structure MAP).")] = None,
@@ -47,6 +47,8 @@ def particles(
     no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Pure projections plus noise.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed (poses, classes, CTFs, noise).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per batch (bounds memory).")] = 256,
+    out: Annotated[Optional[Path], typer.Option("--out", help=OUT_HELP)] = None,
+    project: Annotated[Optional[Path], typer.Option("--project", help=PROJECT_HELP)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
@@ -99,13 +101,14 @@ def particles(
         params = ParticleSimParams(**{k: v for k, v in opts.items() if k in _PARAM_KEYS},
                                    ctf=not no_ctf, seed=seed, batch_size=batch_size)
         dev = device_option(device)
-        with progress_bar("simulating", quiet=quiet) as cb:
-            job = run_simulate_particles(out, params, structures=None if morph else opts.get("structures"),
+        with job_target("simulate_particles", out, project) as target, \
+                progress_bar("simulating", quiet=quiet) as cb:
+            job = run_simulate_particles(target.out, params, structures=None if morph else opts.get("structures"),
                                          morph=morph, pixel_size=opts.get("pixel_size"), box=opts.get("box"),
-                                         map_pixel_size=map_pixel_size, device=dev, progress=cb)
+                                         map_pixel_size=map_pixel_size, device=dev, progress=cb, observer=target.observer)
         r = job.results
         console.print(f"{r['n_particles']} particles, box {r['box']} px at {r['pixel_size_A']:.3f} Å/px -> "
-                      f"{out / 'particles.star'}")
+                      f"{target.out / 'particles.star'}")
 
     run_guarded(body)
 

@@ -7,14 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import DEVICE_HELP, QUIET_HELP, console, device_option, progress_bar, run_guarded
+from cryolens.cli.common import (DEVICE_HELP, OUT_HELP, PROJECT_HELP, QUIET_HELP, console, device_option, job_target,
+                                 progress_bar, run_guarded)
 from cryolens.errors import InputError
 
 __all__ = ["micrographs"]
 
 
 def micrographs(
-    out: Annotated[Path, typer.Option("--out", help="Output folder (created).")],
     preset: Annotated[str, typer.Option(help="Starting values: tutorial (20 x 1024², 1.75 Å/px) or benchmark "
                                              "(3710x3838, 1.232 Å/px); the options below override them.")] = "tutorial",
     n_micrographs: Annotated[Optional[int], typer.Option(help="Number of micrographs.")] = None,
@@ -40,6 +40,8 @@ def micrographs(
     amplitude_contrast: Annotated[Optional[float], typer.Option(help="Amplitude contrast fraction.")] = None,
     bfactor: Annotated[Optional[float], typer.Option(help="CTF envelope B-factor (Å²).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed; micrograph i uses seed + i.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help=OUT_HELP)] = None,
+    project: Annotated[Optional[Path], typer.Option("--project", help=PROJECT_HELP)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
@@ -76,12 +78,13 @@ def micrographs(
             structures=list(structure) if structure else None)
         params, extras = params_from_preset(MICROGRAPH_PRESETS[preset], overrides)
         dev = device_option(device)
-        with progress_bar("simulating micrographs", quiet=quiet) as cb:
-            job = run_simulate_micrographs(out, params, structures=extras.get("structures"),
+        with job_target("simulate_micrographs", out, project) as target, \
+                progress_bar("simulating micrographs", quiet=quiet) as cb:
+            job = run_simulate_micrographs(target.out, params, structures=extras.get("structures"),
                                            pixel_size=extras.get("pixel_size"), box=extras.get("box"),
-                                           map_pixel_size=map_pixel_size, device=dev, progress=cb)
+                                           map_pixel_size=map_pixel_size, device=dev, progress=cb, observer=target.observer)
         r = job.results
         console.print(f"{r['n_micrographs']} micrographs of {r['width']}x{r['height']} px at {r['pixel_size_A']:.3f} Å/px, "
-                      f"{r['n_particles']} particles -> {out / 'micrographs.star'}")
+                      f"{r['n_particles']} particles -> {target.out / 'micrographs.star'}")
 
     run_guarded(body)

@@ -8,14 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import DEVICE_HELP, QUIET_HELP, console, device_option, progress_bar, run_guarded
+from cryolens.cli.common import (DEVICE_HELP, OUT_HELP, PROJECT_HELP, QUIET_HELP, console, device_option, job_target,
+                                 progress_bar, run_guarded)
 from cryolens.errors import InputError
 
 __all__ = ["movies"]
 
 
 def movies(
-    out: Annotated[Path, typer.Option("--out", help="Output folder (created).")],
     preset: Annotated[str, typer.Option(
         help="Starting values: tutorial (20 movies of 1024², 32 frames, 1.75 Å/px) or benchmark (3710x3838x40, "
              "1.232 Å/px); the options below override them.")] = "tutorial",
@@ -51,6 +51,8 @@ def movies(
         help="Defocus range MIN MAX (Å, underfocus positive).")] = None,
     voltage: Annotated[Optional[float], typer.Option(help="Acceleration voltage (kV): 100, 200 or 300.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed (specimen, motion, detector, noise).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help=OUT_HELP)] = None,
+    project: Annotated[Optional[Path], typer.Option("--project", help=PROJECT_HELP)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
@@ -117,14 +119,15 @@ def movies(
                 mic_over[k] = v
         mparams, extras = params_from_preset(MICROGRAPH_PRESETS[p.micrograph_preset], mic_over)
         dev = device_option(device)
-        with progress_bar("simulating movie frames", quiet=quiet) as cb:
-            job = run_simulate_movies(out, params, mparams, n_movies=n_movies or p.n_movies,
+        with job_target("simulate_movies", out, project) as target, \
+                progress_bar("simulating movie frames", quiet=quiet) as cb:
+            job = run_simulate_movies(target.out, params, mparams, n_movies=n_movies or p.n_movies,
                                       structures=extras.get("structures"), pixel_size=extras.get("pixel_size"),
                                       box=extras.get("box"), map_pixel_size=map_pixel_size, fmt=format, device=dev,
-                                      progress=cb)
+                                      progress=cb, observer=target.observer)
         r = job.results
         console.print(f"{r['n_movies']} movies of {r['width']}x{r['height']}x{r['n_frames']} at "
                       f"{r['movie_pixel_size_A']:.4f} Å/px ({', '.join(r['frame_dtypes'])}), {r['n_particles']} "
-                      f"particles, {r['seconds_per_movie']} s per movie -> {out / 'movies.star'}")
+                      f"particles, {r['seconds_per_movie']} s per movie -> {target.out / 'movies.star'}")
 
     run_guarded(body)

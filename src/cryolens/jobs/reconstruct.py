@@ -20,7 +20,7 @@ from cryolens.core.fsc import FSCResult
 from cryolens.errors import InputError
 from cryolens.io import ImageSource, merge_optics, read_particles, require_columns, write_mrc, write_particles, write_star
 from cryolens.jobs.report import plot_central_slices, plot_fsc, write_report
-from cryolens.jobs.runner import Job
+from cryolens.jobs.runner import Job, JobObserver
 from cryolens.particles import POSE_COLUMNS, assign_half_sets
 from cryolens.reconstruct import ReconstructParams, reconstruct_half_maps
 
@@ -57,7 +57,8 @@ def _checked_batches(source: ImageSource, names: pd.Series, batch_size: int, sta
 
 def run_reconstruct(star: str | os.PathLike, out_dir: str | os.PathLike, params: ReconstructParams, *,
                     seed: int = 0, device: torch.device | str = "cpu",
-                    progress: Callable[[int, int], None] | None = None) -> Job:
+                    progress: Callable[[int, int], None] | None = None,
+                    observer: JobObserver | None = None) -> Job:
     """Reconstruct from ``star`` into ``out_dir``; returns the finished :class:`Job`."""
     out = Path(out_dir)
     try:
@@ -69,7 +70,8 @@ def run_reconstruct(star: str | os.PathLike, out_dir: str | os.PathLike, params:
     source = ImageSource(particles, star)
     pixel_size = _single_pixel_size(optics, star)
     box = source.image_size
-    with Job("reconstruct", out, params=params, inputs={"particles": star}, seed=seed, device=str(device)) as job:
+    with Job("reconstruct", out, params=params, inputs={"particles": star}, seed=seed, device=str(device),
+             observer=observer) as job:
         particles = assign_half_sets(particles, seed=seed)
         write_particles(out / "particles.star", optics, particles)
         job.add_output("particles", out / "particles.star")

@@ -5,6 +5,13 @@ results and status (``running`` -> ``finished`` | ``failed``) in ``job.json``. T
 exit state is also visible as a marker file, as RELION does:
 ``CRYOLENS_JOB_EXIT_SUCCESS`` or ``CRYOLENS_JOB_EXIT_FAILURE`` (a job whose
 ``job.json`` says running but has no marker and whose process is gone was killed).
+
+An optional *observer* hears about the job's life (the project database records
+jobs this way, without this layer knowing about projects): ``started(job)`` once
+``job.json`` says running, ``heartbeat(job)`` every ``heartbeat_s`` seconds from a
+daemon thread, then ``finished(job)`` or ``failed(job, error)`` after the marker
+is written. An observer error in ``heartbeat``/``finished``/``failed`` is logged,
+never raised: the job's files stay the truth.
 """
 
 from __future__ import annotations
@@ -15,15 +22,16 @@ import os
 import platform
 import socket
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryolens import __version__
 from cryolens.io.atomic import write_json_atomic
 
-__all__ = ["Job", "SUCCESS_MARKER", "FAILURE_MARKER", "package_versions"]
+__all__ = ["Job", "JobObserver", "SUCCESS_MARKER", "FAILURE_MARKER", "package_versions"]
 
 SUCCESS_MARKER = "CRYOLENS_JOB_EXIT_SUCCESS"
 FAILURE_MARKER = "CRYOLENS_JOB_EXIT_FAILURE"
@@ -43,6 +51,18 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+class JobObserver(Protocol):
+    """What a :class:`Job` tells an observer (every method is called with the job)."""
+
+    def started(self, job: "Job") -> None: ...
+
+    def heartbeat(self, job: "Job") -> None: ...
+
+    def finished(self, job: "Job") -> None: ...
+
+    def failed(self, job: "Job", error: str) -> None: ...
+
+
 class Job:
     """Context manager around one run of a stage in its output folder.
 
@@ -55,7 +75,8 @@ class Job:
     """
 
     def __init__(self, stage: str, out_dir: str | os.PathLike, *, params: Any, inputs: dict[str, Any],
-                 seed: int | None = None, device: str | None = None) -> None:
+                 seed: int | None = None, device: str | None = None, observer: JobObserver | None = None,
+                 heartbeat_s: float = 30.0) -> None:
         self.stage = stage
         self.dir = Path(out_dir)
         self.params = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)
@@ -67,6 +88,10 @@ class Job:
         self.log = logging.getLogger(f"cryolens.{stage}")
         self._handler: logging.Handler | None = None
         self._t0 = 0.0
+        self.observer = observer
+        self.heartbeat_s = heartbeat_s
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def _record(self, status: str, error: str | None = None) -> None:
         write_json_atomic(self.dir / "job.json", {
@@ -88,7 +113,25 @@ class Job:
         self._t0 = time.time()
         self.log.info("cryolens %s %s -> %s", __version__, self.stage, self.dir)
         self._record("running")
+        if self.observer is not None:
+            try:
+                self.observer.started(self)
+            except BaseException as e:
+                self._close("failed", f"{type(e).__name__}: {e}")
+                raise
+            self._beat = threading.Thread(target=self._heartbeats, name=f"cryolens-heartbeat-{self.stage}", daemon=True)
+            self._beat.start()
         return self
+
+    def _heartbeats(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self._notify("heartbeat")
+
+    def _notify(self, method: str, *args: Any) -> None:
+        try:
+            getattr(self.observer, method)(self, *args)
+        except Exception as e:  # noqa: BLE001 - the job's own files stay the record
+            self.log.warning("job observer %s failed: %s: %s", method, type(e).__name__, e)
 
     @contextmanager
     def timed(self, name: str):
@@ -106,15 +149,27 @@ class Job:
         return Path(path)
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        self._close("finished" if exc_type is None else "failed",
+                    None if exc_type is None else f"{exc_type.__name__}: {exc}")
+
+    def _close(self, status: str, error: str | None) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
         self.timings["total"] = round(time.time() - self._t0, 4)
-        if exc_type is None:
+        if status == "finished":
             self._record("finished")
             (self.dir / SUCCESS_MARKER).touch()
             self.log.info("finished in %.2f s", self.timings["total"])
         else:
-            self._record("failed", error=f"{exc_type.__name__}: {exc}")
+            self._record("failed", error=error)
             (self.dir / FAILURE_MARKER).touch()
-            self.log.error("failed: %s: %s", exc_type.__name__, exc)
+            self.log.error("failed: %s", error)
+        if self.observer is not None:
+            if status == "finished":
+                self._notify("finished")
+            else:
+                self._notify("failed", error)
         if self._handler is not None:
             self.log.removeHandler(self._handler)
             self._handler.close()

@@ -37,7 +37,7 @@ import torch
 from cryolens.errors import InputError
 from cryolens.io import write_mrc, write_star
 from cryolens.jobs.report import save_figure, write_report
-from cryolens.jobs.runner import Job
+from cryolens.jobs.runner import Job, JobObserver
 from cryolens.jobs.structures import load_structures
 from cryolens.simulate.micrographs import MicrographParams, centred_spectrum, power_spectrum, simulate_micrograph
 
@@ -97,7 +97,8 @@ def run_simulate_micrographs(out_dir: str | os.PathLike, params: MicrographParam
                              structures: list[str] | None = None, pixel_size: float | None = None,
                              box: int | None = None, map_pixel_size: float | None = None,
                              device: torch.device | str = "cpu",
-                             progress: Callable[[int, int], None] | None = None) -> Job:
+                             progress: Callable[[int, int], None] | None = None,
+                             observer: JobObserver | None = None) -> Job:
     """Simulate ``params.n_micrographs`` micrographs into ``out_dir``; returns the finished :class:`Job`."""
     out = Path(out_dir)
     try:
@@ -109,7 +110,8 @@ def run_simulate_micrographs(out_dir: str | os.PathLike, params: MicrographParam
     if box is not None and box < 16:
         raise InputError("simulate micrographs: --box must be at least 16 pixels.")
     inputs = {"structures": ", ".join(structures) if structures else "built-in asymmetric phantom"}
-    with Job("simulate_micrographs", out, params=params, inputs=inputs, seed=params.seed, device=str(device)) as job:
+    with Job("simulate_micrographs", out, params=params, inputs=inputs, seed=params.seed, device=str(device),
+             observer=observer) as job:
         structs = _load(structures, pixel_size=pixel_size, box=box, seed=params.seed, map_pixel_size=map_pixel_size)
         apix = float(structs[0].pixel_size)
         n_box = int(structs[0].volume.shape[-1])

@@ -47,7 +47,7 @@ from cryolens.io import write_mrc, write_star
 from cryolens.io.atomic import write_text_atomic
 from cryolens.io.movie_writer import MovieWriter
 from cryolens.jobs.report import save_figure, write_report
-from cryolens.jobs.runner import Job
+from cryolens.jobs.runner import Job, JobObserver
 from cryolens.simulate.movies import (Detector, MovieParams, MovieTruth, field_shape, make_detector, movie_margin,
                                       simulate_movie, storage_dtype)
 
@@ -173,7 +173,8 @@ def run_simulate_movies(out_dir: str | os.PathLike, params: MovieParams, microgr
                         structures: list[str] | None = None, pixel_size: float | None = None, box: int | None = None,
                         map_pixel_size: float | None = None, fmt: str = "mrc",
                         device: torch.device | str = "cpu",
-                        progress: Callable[[int, int], None] | None = None) -> Job:
+                        progress: Callable[[int, int], None] | None = None,
+                        observer: JobObserver | None = None) -> Job:
     """Simulate ``n_movies`` movies into ``out_dir``; returns the finished :class:`Job`.
 
     ``micrograph_params`` (:class:`cryolens.simulate.micrographs.MicrographParams`) sets the
@@ -200,7 +201,8 @@ def run_simulate_movies(out_dir: str | os.PathLike, params: MovieParams, microgr
     job_params = {"movie": dataclasses.asdict(params), "micrograph": dataclasses.asdict(micrograph_params),
                   "n_movies": n_movies, "format": fmt}
     inputs = {"structures": ", ".join(structures) if structures else "built-in asymmetric phantom"}
-    with Job("simulate_movies", out, params=job_params, inputs=inputs, seed=params.seed, device=str(device)) as job:
+    with Job("simulate_movies", out, params=job_params, inputs=inputs, seed=params.seed, device=str(device),
+             observer=observer) as job:
         structs = load_structures(list(structures or []), pixel_size=pixel_size, box=box, seed=params.seed,
                                   map_pixel_size=map_pixel_size)
         apix = float(structs[0].pixel_size)  # output (physical) pixel

@@ -28,7 +28,7 @@ from cryolens.errors import InputError
 from cryolens.io import format_image_name, write_mrc, write_particles
 from cryolens.io.stack_writer import StackWriter
 from cryolens.jobs.report import plot_central_slices, plot_gallery, write_report
-from cryolens.jobs.runner import Job
+from cryolens.jobs.runner import Job, JobObserver
 from cryolens.jobs.structures import load_morph, load_structure, load_structures
 from cryolens.simulate.particles import ParticleSimParams, simulate_particles
 from cryolens.simulate.structures import morph_volume
@@ -40,7 +40,8 @@ def run_simulate_particles(out_dir: str | os.PathLike, params: ParticleSimParams
                            structures: Sequence[str] | None = None, morph: tuple[str, str] | None = None,
                            pixel_size: float | None = None, box: int | None = None,
                            map_pixel_size: float | None = None, device: torch.device | str = "cpu",
-                           progress: Callable[[int, int], None] | None = None) -> Job:
+                           progress: Callable[[int, int], None] | None = None,
+                           observer: JobObserver | None = None) -> Job:
     """Simulate a particle stack into ``out_dir``; returns the finished :class:`Job`.
 
     Args:
@@ -59,7 +60,8 @@ def run_simulate_particles(out_dir: str | os.PathLike, params: ParticleSimParams
     if morph is not None and specs:
         raise InputError("simulate particles: give either structures (--structure/--map) or --morph A B, not both.")
     inputs = {"morph": " -> ".join(morph)} if morph else {"structures": ", ".join(specs) or "phantom"}
-    with Job("simulate_particles", out, params=params, inputs=inputs, seed=params.seed, device=str(device)) as job:
+    with Job("simulate_particles", out, params=params, inputs=inputs, seed=params.seed, device=str(device),
+             observer=observer) as job:
         if morph is not None:
             items = list(load_morph(morph[0], morph[1], pixel_size=pixel_size, box=box,
                                     map_pixel_size=map_pixel_size))
