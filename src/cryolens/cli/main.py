@@ -7,6 +7,7 @@ import typer
 from cryolens import __version__
 from cryolens.cli import fsc as _fsc
 from cryolens.cli import project as _project
+from cryolens.cli import profiles as _profiles
 from cryolens.cli import reconstruct as _reconstruct
 from cryolens.cli import simulate as _simulate
 
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 app.add_typer(_simulate.app, name="simulate")
 app.add_typer(_project.app, name="project")
+app.add_typer(_profiles.app, name="profiles")
 app.command("reconstruct")(_reconstruct.reconstruct)
 app.command("fsc")(_fsc.fsc_command)
 
