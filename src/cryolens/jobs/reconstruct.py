@@ -20,7 +20,7 @@ from cryolens.core.fsc import FSCResult
 from cryolens.errors import InputError
 from cryolens.io import ImageSource, merge_optics, read_particles, require_columns, write_mrc, write_particles, write_star
 from cryolens.jobs.report import plot_central_slices, plot_fsc, write_report
-from cryolens.jobs.runner import Job, JobObserver
+from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.particles import POSE_COLUMNS, assign_half_sets
 from cryolens.reconstruct import ReconstructParams, reconstruct_half_maps
 
@@ -61,10 +61,7 @@ def run_reconstruct(star: str | os.PathLike, out_dir: str | os.PathLike, params:
                     observer: JobObserver | None = None) -> Job:
     """Reconstruct from ``star`` into ``out_dir``; returns the finished :class:`Job`."""
     out = Path(out_dir)
-    try:
-        params.validate()
-    except ValueError as e:
-        raise InputError(f"reconstruct: {e}.") from None
+    check_params("reconstruct", params)
     optics, particles = read_particles(star)
     require_columns(particles, ["rlnImageName", *POSE_COLUMNS], star, "particles")
     source = ImageSource(particles, star)

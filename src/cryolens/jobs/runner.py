@@ -29,12 +29,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cryolens import __version__
+from cryolens.errors import InputError
 from cryolens.io.atomic import write_json_atomic
 
-__all__ = ["Job", "JobObserver", "SUCCESS_MARKER", "FAILURE_MARKER", "package_versions"]
+__all__ = ["Job", "check_params", "JobObserver", "SUCCESS_MARKER", "FAILURE_MARKER", "package_versions"]
 
 SUCCESS_MARKER = "CRYOLENS_JOB_EXIT_SUCCESS"
 FAILURE_MARKER = "CRYOLENS_JOB_EXIT_FAILURE"
+
+
+def check_params(command: str, *params) -> None:
+    """Run each params dataclass's ``validate()``; an impossible value becomes a one-sentence InputError."""
+    try:
+        for p in params:
+            p.validate()
+    except ValueError as e:
+        raise InputError(f"{command}: {e}.") from None
 
 
 def package_versions() -> dict[str, str]:

@@ -37,7 +37,7 @@ import torch
 from cryolens.errors import InputError
 from cryolens.io import write_mrc, write_star
 from cryolens.jobs.report import save_figure, write_report
-from cryolens.jobs.runner import Job, JobObserver
+from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.structures import load_structures
 from cryolens.simulate.micrographs import MicrographParams, centred_spectrum, power_spectrum, simulate_micrograph
 
@@ -101,10 +101,7 @@ def run_simulate_micrographs(out_dir: str | os.PathLike, params: MicrographParam
                              observer: JobObserver | None = None) -> Job:
     """Simulate ``params.n_micrographs`` micrographs into ``out_dir``; returns the finished :class:`Job`."""
     out = Path(out_dir)
-    try:
-        params.validate()
-    except ValueError as e:
-        raise InputError(f"simulate micrographs: {e}.") from None
+    check_params("simulate micrographs", params)
     if pixel_size is not None and not pixel_size > 0:
         raise InputError("simulate micrographs: --pixel-size must be positive (Å).")
     if box is not None and box < 16:

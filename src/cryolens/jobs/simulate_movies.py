@@ -47,7 +47,7 @@ from cryolens.io import write_mrc, write_star
 from cryolens.io.atomic import write_text_atomic
 from cryolens.io.movie_writer import MovieWriter
 from cryolens.jobs.report import save_figure, write_report
-from cryolens.jobs.runner import Job, JobObserver
+from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.simulate.movies import (Detector, MovieParams, MovieTruth, field_shape, make_detector, movie_margin,
                                       simulate_movie, storage_dtype)
 
@@ -185,11 +185,7 @@ def run_simulate_movies(out_dir: str | os.PathLike, params: MovieParams, microgr
     from cryolens.simulate.micrographs import detector_mtf, simulate_micrograph_signal
 
     out = Path(out_dir)
-    try:
-        params.validate()
-        micrograph_params.validate()
-    except ValueError as e:
-        raise InputError(f"simulate movies: {e}.") from None
+    check_params("simulate movies", params, micrograph_params)
     if n_movies < 1:
         raise InputError("simulate movies: --n-movies must be at least 1.")
     if fmt not in ("mrc", "tiff"):

@@ -28,7 +28,7 @@ from cryolens.errors import InputError
 from cryolens.io import format_image_name, write_mrc, write_particles
 from cryolens.io.stack_writer import StackWriter
 from cryolens.jobs.report import plot_central_slices, plot_gallery, write_report
-from cryolens.jobs.runner import Job, JobObserver
+from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.structures import load_morph, load_structure, load_structures
 from cryolens.simulate.particles import ParticleSimParams, simulate_particles
 from cryolens.simulate.structures import morph_volume
@@ -52,10 +52,7 @@ def run_simulate_particles(out_dir: str | os.PathLike, params: ParticleSimParams
         map_pixel_size: voxel size for maps whose header has none.
     """
     out = Path(out_dir)
-    try:
-        params.validate()
-    except ValueError as e:
-        raise InputError(f"simulate particles: {e}.") from None
+    check_params("simulate particles", params)
     specs = ([map_path] if map_path else []) + list(structures or [])
     if morph is not None and specs:
         raise InputError("simulate particles: give either structures (--structure/--map) or --morph A B, not both.")
