@@ -20,7 +20,7 @@ import pytest
 
 from cryolens.errors import InputError
 from cryolens.jobs.runner import FAILURE_MARKER, Job
-from cryolens.project.db import Project, init_project, open_project, stage_folder_name
+from cryolens.project.db import SCHEMA_VERSION, Project, init_project, open_project, stage_folder_name
 from cryolens.project.recording import ProjectObserver
 
 CLI = [sys.executable, "-m", "cryolens.cli.main"]
@@ -61,9 +61,9 @@ def test_init_open_and_schema(tmp_path: Path):
     with pytest.raises(InputError, match="not a cryolens project .*cryolens project init"):
         open_project(tmp_path)
     p = init_project(tmp_path / "P")
-    assert (tmp_path / "P" / "cryolens.db").is_file() and p.schema_version() == 1
+    assert (tmp_path / "P" / "cryolens.db").is_file() and p.schema_version() == SCHEMA_VERSION >= 1
     again = open_project(tmp_path / "P")  # idempotent migration
-    assert again.schema_version() == 1 and again.jobs() == []
+    assert again.schema_version() == SCHEMA_VERSION and again.jobs() == []
     con = sqlite3.connect(tmp_path / "P" / "cryolens.db")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     con.close()
@@ -152,6 +152,24 @@ SLOW_JOB = textwrap.dedent("""
             p.heartbeat(rec.id)
             time.sleep(0.005)
 """)
+
+
+def test_simulation_lineage_names_its_map_and_runs_from_outside(tmp_path: Path):
+    """A simulation records the map it used as an input; a job run with --project from another folder finds
+    the images its STAR names relative to the project root."""
+    import numpy as np
+
+    from cryolens.io import write_mrc
+    cli("project", "init", "P", cwd=tmp_path)
+    proj = tmp_path / "P"
+    vol = np.zeros((24, 24, 24), np.float32)
+    vol[8:16, 10:14, 9:15] = 1.0
+    write_mrc(proj / "blob.mrc", vol, 4.0)
+    run("simulate", "particles", "--map", "blob.mrc", "--n", "60", "--seed", "2", "--quiet", cwd=proj)
+    tree = json.loads(cli("project", "lineage", "Simulate/job001/particles.star", "--json", cwd=proj))
+    assert [n["path"] for n in tree["inputs"]] == ["blob.mrc"]
+    run("reconstruct", "--in", "P/Simulate/job001/particles.star", "--project", "P", "--quiet", cwd=tmp_path)
+    assert (proj / "Reconstruct" / "job002" / "map.mrc").is_file()
 
 
 @pytest.mark.parametrize("attempt", REPEAT)

@@ -61,7 +61,9 @@ def resolve_path(name: PathLike, star_path: PathLike, *, row: int | None = None)
     """Find a file named in a STAR file as RELION does.
 
     A relative path is tried against the current working directory first, then
-    against the STAR file's folder; an absolute path is used as is.
+    against the STAR file's folder and its ancestors (a STAR inside a project's job
+    folder names files relative to the project root, which lets a command run from
+    outside the project find them); an absolute path is used as is.
 
     Args:
         name: the path from the STAR file (without ``index@``).
@@ -76,12 +78,12 @@ def resolve_path(name: PathLike, star_path: PathLike, *, row: int | None = None)
     if p.is_absolute():
         candidates = [p]
     else:
-        candidates = [Path.cwd() / p, star_folder / p]
+        candidates = [Path.cwd() / p, *(folder / p for folder in (star_folder, *star_folder.parents))]
     for c in candidates:
         if c.is_file():
             return c
     where = f" (referenced by row {row})" if row is not None else ""
-    places = "" if p.is_absolute() else f" in {Path.cwd()} or {star_folder}"
+    places = "" if p.is_absolute() else f" in {Path.cwd()}, {star_folder} or the folders above it"
     raise InputError(f"{Path(star_path).name}: stack {name}{where} was not found{places}; "
                      "check the paths or run from the project folder.")
 

@@ -38,7 +38,7 @@ from cryolens.errors import InputError
 from cryolens.io import write_mrc, write_star
 from cryolens.jobs.report import save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
-from cryolens.jobs.structures import load_structures
+from cryolens.jobs.structures import load_structures, structure_inputs
 from cryolens.simulate.micrographs import MicrographParams, centred_spectrum, power_spectrum, simulate_micrograph
 
 __all__ = ["run_simulate_micrographs", "micrograph_optics"]
@@ -106,7 +106,7 @@ def run_simulate_micrographs(out_dir: str | os.PathLike, params: MicrographParam
         raise InputError("simulate micrographs: --pixel-size must be positive (Å).")
     if box is not None and box < 16:
         raise InputError("simulate micrographs: --box must be at least 16 pixels.")
-    inputs = {"structures": ", ".join(structures) if structures else "built-in asymmetric phantom"}
+    inputs = structure_inputs(structures)
     with Job("simulate_micrographs", out, params=params, inputs=inputs, seed=params.seed, device=str(device),
              observer=observer) as job:
         structs = _load(structures, pixel_size=pixel_size, box=box, seed=params.seed, map_pixel_size=map_pixel_size)

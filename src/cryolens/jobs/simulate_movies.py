@@ -48,6 +48,7 @@ from cryolens.io.atomic import write_text_atomic
 from cryolens.io.movie_writer import MovieWriter
 from cryolens.jobs.report import save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
+from cryolens.jobs.structures import structure_inputs
 from cryolens.simulate.movies import (Detector, MovieParams, MovieTruth, field_shape, make_detector, movie_margin,
                                       simulate_movie, storage_dtype)
 
@@ -196,7 +197,7 @@ def run_simulate_movies(out_dir: str | os.PathLike, params: MovieParams, microgr
     width, height = micrograph_params.width, micrograph_params.height
     job_params = {"movie": dataclasses.asdict(params), "micrograph": dataclasses.asdict(micrograph_params),
                   "n_movies": n_movies, "format": fmt}
-    inputs = {"structures": ", ".join(structures) if structures else "built-in asymmetric phantom"}
+    inputs = structure_inputs(structures)
     with Job("simulate_movies", out, params=job_params, inputs=inputs, seed=params.seed, device=str(device),
              observer=observer) as job:
         structs = load_structures(list(structures or []), pixel_size=pixel_size, box=box, seed=params.seed,

@@ -29,7 +29,7 @@ from cryolens.io import format_image_name, write_mrc, write_particles
 from cryolens.io.stack_writer import StackWriter
 from cryolens.jobs.report import plot_central_slices, plot_gallery, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
-from cryolens.jobs.structures import load_morph, load_structure, load_structures
+from cryolens.jobs.structures import load_morph, load_structure, load_structures, structure_inputs
 from cryolens.simulate.particles import ParticleSimParams, simulate_particles
 from cryolens.simulate.structures import morph_volume
 
@@ -56,7 +56,7 @@ def run_simulate_particles(out_dir: str | os.PathLike, params: ParticleSimParams
     specs = ([map_path] if map_path else []) + list(structures or [])
     if morph is not None and specs:
         raise InputError("simulate particles: give either structures (--structure/--map) or --morph A B, not both.")
-    inputs = {"morph": " -> ".join(morph)} if morph else {"structures": ", ".join(specs) or "phantom"}
+    inputs = structure_inputs(morph) if morph is not None else structure_inputs(specs)
     with Job("simulate_particles", out, params=params, inputs=inputs, seed=params.seed, device=str(device),
              observer=observer) as job:
         if morph is not None:

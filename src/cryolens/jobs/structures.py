@@ -42,7 +42,7 @@ from cryolens.simulate.structures import (
     phantom_structure,
 )
 
-__all__ = ["DEFAULT_MODEL_PIXEL_SIZE", "parse_spec", "load_structure", "load_structures", "load_morph",
+__all__ = ["DEFAULT_MODEL_PIXEL_SIZE", "parse_spec", "load_structure", "load_structures", "structure_inputs", "load_morph",
            "read_model", "pad_or_crop"]
 
 DEFAULT_MODEL_PIXEL_SIZE = 1.0
@@ -170,6 +170,17 @@ def _load_one(spec: str, *, pixel_size: float | None, box: int | None, seed: int
     if "name" in o:
         s.name = o["name"]
     return s
+
+
+def structure_inputs(specs: list[str] | None) -> dict:
+    """``Job`` inputs for structure specs: a readable description plus the files, so a project records them as
+    input edges (the lineage of a simulation shows which map or model it came from)."""
+    specs = list(specs or [])
+    files = [parse_spec(s)[1] for s in specs if parse_spec(s)[0] != "phantom"]
+    out: dict = {"structures": ", ".join(specs) if specs else "built-in asymmetric phantom"}
+    if files:
+        out["structure_files"] = files
+    return out
 
 
 def load_structures(specs: list[str], *, pixel_size: float | None, box: int | None, seed: int = 0,
