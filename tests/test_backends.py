@@ -14,7 +14,7 @@ import pytest
 
 from cryolens.errors import InputError
 from cryolens.project.backends import (BackendError, Dask, InProcess, LocalProcesses, get_backend)
-from cryolens.project.profiles import get_profile, load_profiles, parse_profiles
+from cryolens.project.profiles import Profile, cluster_kwargs, get_profile, load_profiles, lsf_walltime, parse_profiles
 
 RECIPES = Path(__file__).resolve().parents[2] / "shared" / "recipes"
 
@@ -277,3 +277,34 @@ def test_slurm_bad_partition_shows_sbatch_error(slurm, tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"profile 'bad'.*SLURM rejects the job: sbatch: error: .*partition"):
         get_backend("bad")
     assert time.perf_counter() - t0 < 15
+
+
+@pytest.mark.parametrize("scheduler, expected", [
+    ("slurm", ["#SBATCH -p long", "#SBATCH -A lab1", "#SBATCH -t 01:30:00", "#SBATCH --cpus-per-task=4",
+               "#SBATCH --qos=x"]),
+    ("sge", ["#$ -q long", "#$ -P lab1", "#$ -l h_rt=01:30:00", "#$ -pe smp 4"]),
+    ("pbs", ["#PBS -q long", "#PBS -A lab1", "#PBS -l walltime=01:30:00", "#PBS -l select=1:ncpus=4"]),
+    ("lsf", ["#BSUB -q long", '#BSUB -P "lab1"', "#BSUB -W 01:30", "#BSUB -n 4"]),
+])
+def test_profile_job_scripts_carry_each_schedulers_directives(scheduler, expected):
+    """The job script dask-jobqueue would submit, built from a profile, in each scheduler's own syntax."""
+    import dask_jobqueue
+
+    extra = {"slurm": ["--qos=x"], "sge": ["-pe smp 4"], "pbs": [], "lsf": []}[scheduler]
+    p = Profile(name="x", scheduler=scheduler, cores=4, memory="8GB", walltime="01:30:00", queue="long",
+                account="lab1", job_extra_directives=extra)
+    cls = {"slurm": dask_jobqueue.SLURMCluster, "sge": dask_jobqueue.SGECluster,
+           "pbs": dask_jobqueue.PBSCluster, "lsf": dask_jobqueue.LSFCluster}[scheduler]
+    cluster = cls(**cluster_kwargs(p))
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in expected:
+        assert line in script, (line, script)
+
+
+@pytest.mark.parametrize("walltime, lsf", [("01:30:00", "01:30"), ("90", "01:30"), ("10:30", "00:11"),
+                                           ("2-01", "49:00"), ("00:00:01", "00:01")])
+def test_lsf_walltime_is_rounded_up_to_minutes(walltime, lsf):
+    assert lsf_walltime(walltime) == lsf

@@ -171,8 +171,28 @@ def cluster_kwargs(profile: Profile) -> dict[str, Any]:
     for key in ("walltime", "queue", "account", "python", "log_directory", "local_directory", "interface"):
         value = getattr(profile, key)
         if value is not None:
-            kw["project" if key == "account" else key] = value
+            kw[_ACCOUNT_KWARG[profile.scheduler] if key == "account" else key] = value
+    if profile.scheduler == "lsf" and profile.walltime is not None:
+        kw["walltime"] = lsf_walltime(profile.walltime)
     return kw
+
+
+# dask-jobqueue names the charge account 'account' for SLURM/PBS (-A) and 'project' for SGE (-P) and LSF (-P)
+_ACCOUNT_KWARG = {"slurm": "account", "pbs": "account", "sge": "project", "lsf": "project"}
+
+
+def lsf_walltime(walltime: str) -> str:
+    """``bsub -W`` takes ``[HH:]MM``: a profile's walltime, read as SLURM reads it (``MM``, ``MM:SS``,
+    ``HH:MM:SS``, ``D-HH[:MM[:SS]]``), rounded up to whole minutes."""
+    days, _, clock = walltime.rpartition("-")
+    parts = [int(x) for x in clock.split(":")]
+    if days:
+        parts += [0] * (3 - len(parts))
+    else:
+        parts = {1: [0, parts[0], 0], 2: [0, *parts], 3: parts}[len(parts)]
+    seconds = int(days or 0) * 86400 + parts[0] * 3600 + parts[1] * 60 + parts[2]
+    minutes = -(-seconds // 60)
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
 def make_cluster(profile: Profile):
