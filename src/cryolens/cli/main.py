@@ -6,6 +6,7 @@ import typer
 
 from cryolens import __version__
 from cryolens.cli import fsc as _fsc
+from cryolens.cli import importing as _importing
 from cryolens.cli import project as _project
 from cryolens.cli import profiles as _profiles
 from cryolens.cli import reconstruct as _reconstruct
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(_simulate.app, name="simulate")
 app.add_typer(_project.app, name="project")
+app.add_typer(_importing.app, name="import")
 app.add_typer(_profiles.app, name="profiles")
 app.command("reconstruct")(_reconstruct.reconstruct)
 app.command("fsc")(_fsc.fsc_command)

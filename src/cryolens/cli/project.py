@@ -179,3 +179,63 @@ def note(job: Annotated[str, typer.Argument(help="Job (number, id or folder) or 
             p.add_note(text, asset=job)
             console.print(f"note added to {job}")
     run_guarded(body)
+
+
+@app.command("groups")
+def groups(project: Annotated[Optional[Path], PROJECT_OPT] = None, as_json: Annotated[bool, JSON_OPT] = False) -> None:
+    """List the named groups of files or STAR rows (movies, micrographs, particles) in the project.
+
+    Example:
+
+      cryolens project groups
+    """
+    def body():
+        records = _open(project).groups()
+        if as_json:
+            return _print_json([g.to_dict() for g in records])
+        table = Table("group", "items", "from", "jobs", "created", "description")
+        for g in records:
+            table.add_row(g.name, str(g.n_members), ", ".join(g.sources) or "files", ", ".join(g.jobs),
+                          _when(g.created), g.description or "")
+        console.print(table)
+    run_guarded(body)
+
+
+@app.command("group")
+def group(name: Annotated[str, typer.Argument(help="Group name.")],
+          from_job: Annotated[Optional[str], typer.Option("--from-job",
+                                                          help="Add the output files of this job.")] = None,
+          from_star: Annotated[Optional[Path], typer.Option("--from-star", help="Add the rows of this STAR file "
+                                                            "(a subset of movies, micrographs or particles).")] = None,
+          column: Annotated[Optional[str], typer.Option("--column", help="Key column of --from-star [by table: "
+                                                        "rlnMicrographMovieName, rlnMicrographName, "
+                                                        "rlnImageName].")] = None,
+          description: Annotated[Optional[str], typer.Option("--description", help="What the group is.")] = None,
+          delete: Annotated[bool, typer.Option("--delete", help="Forget the group (files are untouched).")] = False,
+          project: Annotated[Optional[Path], PROJECT_OPT] = None, as_json: Annotated[bool, JSON_OPT] = False) -> None:
+    """Create or extend a group (--from-job, --from-star), or show its items.
+
+    Example:
+
+      cryolens project group good_ice --from-star Select/job007/micrographs.star --description "thin ice"
+    """
+    def body():
+        p = _open(project)
+        if delete:
+            p.delete_group(name)
+            return console.print(f"group {name} deleted")
+        if from_job is not None:
+            p.group_from_job(name, from_job, description=description)
+        if from_star is not None:
+            p.group_from_star(name, from_star, column=column, description=description)
+        g = p.group(name)
+        members = p.group_members(name)
+        if as_json:
+            return _print_json(g.to_dict() | {"members": members})
+        about = f" ({g.description})" if g.description else ""
+        console.print(f"group [bold]{g.name}[/]: {g.n_members} items{about}")
+        table = Table("item", "from", "job")
+        for m in members:
+            table.add_row(m["item"], m["source"] or "file", m["job"] or "")
+        console.print(table)
+    run_guarded(body)

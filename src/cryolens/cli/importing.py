@@ -1,0 +1,290 @@
+"""``cryolens import movies|micrographs|particles|coords|map``: bring data in as RELION 3.1 STAR files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cryolens.cli.common import OUT_HELP, PROJECT_HELP, QUIET_HELP, console, job_target, run_guarded
+from cryolens.errors import InputError
+
+app = typer.Typer(help="Import movies, micrographs, particles, coordinates or a map into a job folder "
+                       "(RELION 3.1 STAR with optics groups).", no_args_is_help=True)
+
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help=OUT_HELP)]
+ProjectOpt = Annotated[Optional[Path], typer.Option("--project", help=PROJECT_HELP)]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)]
+GroupOpt = Annotated[Optional[str], typer.Option("--group", help="Add the imported items to this named group of the "
+                                                "project (created when new); see `cryolens project groups`.")]
+FilesArg = Annotated[Optional[list[Path]], typer.Argument(help="Files (a shell pattern expands to these).",
+                                                          show_default=False)]
+GlobOpt = Annotated[Optional[list[str]], typer.Option("--glob", help="Quoted file pattern, e.g. 'Movies/*.tiff' "
+                                                      "(** for subfolders); repeatable.", show_default=False)]
+MoreFilesOpt = Annotated[Optional[list[Path]], typer.Option("--files", help="One more file; repeatable.",
+                                                            show_default=False)]
+PixelOpt = Annotated[Optional[float], typer.Option("--pixel-size", help="Pixel size of the files as stored (Å).")]
+VoltageOpt = Annotated[float, typer.Option("--voltage", help="Acceleration voltage (kV).")]
+CsOpt = Annotated[float, typer.Option("--cs", help="Spherical aberration (mm).")]
+Q0Opt = Annotated[float, typer.Option("--amplitude-contrast", help="Amplitude contrast (fraction).")]
+OpticsOpt = Annotated[str, typer.Option("--optics-group", help="Optics group name (rlnOpticsGroupName).")]
+OpticsFromOpt = Annotated[Optional[str], typer.Option(
+    "--optics-from", help="Regular expression on file names: one optics group per value of its first group "
+                          "(named <optics-group>_<value>), e.g. '_(\\d+)_Data' for EPU hole positions.")]
+MtfOpt = Annotated[Optional[Path], typer.Option("--mtf", help="Detector MTF STAR file (rlnMtfFileName).")]
+AppendOpt = Annotated[Optional[Path], typer.Option(
+    "--append", help="STAR of an earlier import: write it with this import's files and optics group added.")]
+
+
+def _group(target, name: Optional[str], *, items: list[str] | None = None, star: Path | None = None,
+            key: str | None = None) -> str:
+    """Record the imported items as a named group; returns a line for the summary."""
+    if name is None:
+        return ""
+    project, job_id = target.project, target.observer.job_id
+    if items is not None:
+        g = project.add_to_group(name, items, source=star, job=job_id)
+    elif star is not None:
+        g = project.group_from_star(name, star, column=key, job=job_id)
+    else:
+        g = project.group_from_job(name, job_id)
+    return f"; group [bold]{g.name}[/] now has {g.n_members} items"
+
+
+def _need_project(target, group: Optional[str]) -> None:
+    if group is not None and target.project is None:
+        raise InputError("--group needs a project; run in a project folder or pass --project DIR.")
+
+
+def _files(glob: Optional[list[str]], files: Optional[list[Path]], more: Optional[list[Path]], *, what: str,
+           suffixes: tuple[str, ...] | None) -> tuple[list[Path], str]:
+    from cryolens.jobs.importing import expand_inputs
+    given = list(files or []) + list(more or [])
+    found = expand_inputs(list(glob or []), given, what=what, suffixes=suffixes)
+    source = ", ".join(list(glob or []) + ([f"{len(given)} files"] if given else []))
+    return found, source
+
+
+@app.command("movies")
+def movies(
+    files: FilesArg = None,
+    glob: GlobOpt = None,
+    more_files: MoreFilesOpt = None,
+    pixel_size: PixelOpt = None,
+    voltage: VoltageOpt = 300.0,
+    cs: CsOpt = 2.7,
+    amplitude_contrast: Q0Opt = 0.1,
+    exposure_per_frame: Annotated[Optional[float], typer.Option(
+        "--exposure-per-frame", help="Electron exposure per frame (e/Å²); written as rlnMicrographDoseRate.")] = None,
+    pre_exposure: Annotated[float, typer.Option("--pre-exposure",
+                                                help="Exposure before the first frame (e/Å²).")] = 0.0,
+    gain: Annotated[Optional[Path], typer.Option("--gain", help="Gain reference (MRC; TIFF/.gain read as RELION "
+                                                 "does); written once oriented as gain.mrc.")] = None,
+    gain_rot: Annotated[int, typer.Option("--gain-rot", help="Rotate the gain this many degrees clockwise "
+                                          "(0/90/180/270 = RELION --gain_rot 0/1/2/3, MotionCor2 -RotGain).")] = 0,
+    gain_flip: Annotated[str, typer.Option("--gain-flip", help="Then flip it: none, y (upside down = RELION "
+                                           "--gain_flip 1) or x (left-right = 2).")] = "none",
+    defect: Annotated[Optional[Path], typer.Option("--defect", help="Defect file: MotionCor2 'x y w h' list or a "
+                                                   "defect map (rlnMicrographDefectFile).")] = None,
+    mtf: MtfOpt = None,
+    optics_group: OpticsOpt = "opticsGroup1",
+    optics_from: OpticsFromOpt = None,
+    append: AppendOpt = None,
+    check_all: Annotated[bool, typer.Option("--check-all", help="Read every movie's header and require one size "
+                                            "and frame count (default: the first only).")] = False,
+    group: GroupOpt = None,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Import movies (MRC, TIFF, EER) with their acquisition settings into movies.star.
+
+    Writes movies.star (data_optics + data_movies), gain.mrc (oriented once: downstream needs no
+    flip or rotation), a copy of the defect file, report.html, job.json.
+
+    Example:
+
+      cryolens import movies --glob 'Movies/*.tiff' --pixel-size 0.885 --voltage 300 --cs 2.7
+      --amplitude-contrast 0.1 --exposure-per-frame 1.2 --gain Movies/gain.mrc --gain-rot 90 --gain-flip y
+    """
+    from cryolens.jobs.importing import MOVIE_SUFFIXES, Acquisition, GainOptions, run_import_movies
+
+    acq = Acquisition(pixel_size=pixel_size, voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast,
+                      exposure_per_frame=exposure_per_frame, pre_exposure=pre_exposure, optics_group=optics_group,
+                      mtf=str(mtf) if mtf else None)
+    gopt = GainOptions(path=str(gain) if gain else None, rotation=gain_rot, flip=gain_flip.lower())
+
+    def body():
+        found, source = _files(glob, files, more_files, what="movie", suffixes=MOVIE_SUFFIXES)
+        with job_target("import_movies", out, project) as target:
+            _need_project(target, group)
+            job = run_import_movies(found, target.out, acq, gopt, defect=str(defect) if defect else None,
+                                    append=str(append) if append else None, optics_from=optics_from,
+                                    check_all=check_all, source=source, observer=target.observer)
+            from cryolens.jobs.importing import star_name
+            extra = _group(target, group, items=[star_name(f) for f in found], star=target.out / "movies.star")
+        r = job.results
+        dose = f", {r['total_exposure_e_per_A2']:g} e/Å² total" if r["total_exposure_e_per_A2"] is not None else ""
+        console.print(f"{r['n_imported']} movies ({r['width']}x{r['height']}, {r['n_frames']} frames, "
+                      f"{r['dtype']} {r['format']}{dose}), {r['n_optics_groups']} optics group(s)"
+                      f"{', gain oriented' if r['gain'] else ''} -> {target.out / 'movies.star'}{extra}")
+
+    run_guarded(body)
+
+
+@app.command("micrographs")
+def micrographs(
+    files: FilesArg = None,
+    glob: GlobOpt = None,
+    more_files: MoreFilesOpt = None,
+    pixel_size: PixelOpt = None,
+    voltage: VoltageOpt = 300.0,
+    cs: CsOpt = 2.7,
+    amplitude_contrast: Q0Opt = 0.1,
+    mtf: MtfOpt = None,
+    optics_group: OpticsOpt = "opticsGroup1",
+    optics_from: OpticsFromOpt = None,
+    append: AppendOpt = None,
+    group: GroupOpt = None,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Import micrographs (MRC or single-page TIFF) into micrographs.star.
+
+    Example:
+
+      cryolens import micrographs --glob 'Micrographs/*.mrc' --pixel-size 1.06 --voltage 300 --cs 2.7
+    """
+    from cryolens.jobs.importing import MICROGRAPH_SUFFIXES, Acquisition, run_import_micrographs, star_name
+
+    acq = Acquisition(pixel_size=pixel_size, voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast,
+                      optics_group=optics_group, mtf=str(mtf) if mtf else None)
+
+    def body():
+        found, source = _files(glob, files, more_files, what="micrograph", suffixes=MICROGRAPH_SUFFIXES)
+        with job_target("import_micrographs", out, project) as target:
+            _need_project(target, group)
+            job = run_import_micrographs(found, target.out, acq, append=str(append) if append else None,
+                                         optics_from=optics_from, source=source, observer=target.observer)
+            extra = _group(target, group, items=[star_name(f) for f in found],
+                           star=target.out / "micrographs.star")
+        r = job.results
+        console.print(f"{r['n_imported']} micrographs ({r['width']}x{r['height']}, {r['pixel_size_A']:g} Å/px) "
+                      f"-> {target.out / 'micrographs.star'}{extra}")
+
+    run_guarded(body)
+
+
+@app.command("particles")
+def particles(
+    star: Annotated[Path, typer.Option("--in", help="Particle STAR file (RELION 3.0 or 3.1+).")],
+    pixel_size: PixelOpt = None,
+    voltage: Annotated[Optional[float], typer.Option("--voltage", help="kV, for a RELION 3.0 file without it.")] = None,
+    cs: Annotated[Optional[float], typer.Option("--cs", help="mm, for a RELION 3.0 file without it.")] = None,
+    amplitude_contrast: Annotated[Optional[float], typer.Option("--amplitude-contrast",
+                                                                help="For a RELION 3.0 file without it.")] = None,
+    optics_group: Annotated[Optional[str], typer.Option("--optics-group", help="Rename the optics group(s).")] = None,
+    group: GroupOpt = None,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Import a particle STAR: validate it, upgrade RELION 3.0 to 3.1, check every image exists.
+
+    Values given must agree with the file; they fill what a RELION 3.0 file lacks.
+
+    Example:
+
+      cryolens import particles --in old/particles.star --pixel-size 1.34 --voltage 300 --cs 2.7
+      --amplitude-contrast 0.1
+    """
+    from cryolens.jobs.importing import Acquisition, run_import_particles
+
+    acq = Acquisition(pixel_size=pixel_size, voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast)
+
+    def body():
+        with job_target("import_particles", out, project) as target:
+            _need_project(target, group)
+            job = run_import_particles(star, target.out, acq, optics_group=optics_group, observer=target.observer)
+            extra = _group(target, group, star=target.out / "particles.star", key="rlnImageName")
+        r = job.results
+        console.print(f"{r['n_particles']} particles (box {r['box']}, {r['pixel_size_A']:g} Å/px, RELION "
+                      f"{r['input_version']} file, {r['n_stacks']} stacks) -> {target.out / 'particles.star'}"
+                      f"{extra}")
+
+    run_guarded(body)
+
+
+@app.command("coords")
+def coords(
+    files: FilesArg = None,
+    glob: GlobOpt = None,
+    more_files: MoreFilesOpt = None,
+    micrographs_star: Annotated[Path, typer.Option("--micrographs", help="micrographs.star the picks belong to "
+                                                   "(files are matched by micrograph name prefix).")] = ...,
+    scale: Annotated[float, typer.Option("--scale", help="Multiply coordinates (2 for picks on 2x-binned "
+                                         "micrographs).")] = 1.0,
+    group: GroupOpt = None,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Import particle coordinates: RELION .star, EMAN .box (corner + size -> centre) or 'x y' text.
+
+    Writes one RELION coordinate STAR per micrograph and coords.star (rlnMicrographName,
+    rlnMicrographCoordinates).
+
+    Example:
+
+      cryolens import coords --glob 'picks/*.box' --micrographs MotionCorr/job002/micrographs.star
+    """
+    from cryolens.jobs.importing import run_import_coords
+
+    def body():
+        found, source = _files(glob, files, more_files, what="coordinate", suffixes=None)
+        with job_target("import_coords", out, project) as target:
+            _need_project(target, group)
+            job = run_import_coords(found, micrographs_star, target.out, scale=scale, source=source,
+                                    observer=target.observer)
+            extra = _group(target, group, star=target.out / "coords.star", key="rlnMicrographName")
+        r = job.results
+        outside = f", {r['n_outside']} outside their micrograph" if r["n_outside"] else ""
+        console.print(f"{r['n_picks']} picks on {r['n_files']} of {r['n_micrographs']} micrographs{outside} "
+                      f"-> {target.out / 'coords.star'}{extra}")
+
+    run_guarded(body)
+
+
+@app.command("map")
+def map_(
+    path: Annotated[Path, typer.Option("--in", help="3-D map (MRC).")],
+    pixel_size: Annotated[Optional[float], typer.Option("--pixel-size", help="Correct the header's pixel size "
+                                                        "(Å; the map is rewritten).")] = None,
+    link: Annotated[bool, typer.Option("--link", help="Link instead of copying (when the header is kept).")] = False,
+    group: GroupOpt = None,
+    out: OutOpt = None,
+    project: ProjectOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Import a 3-D map (reference, mask or published map) as map.mrc after checking its header and values.
+
+    Example:
+
+      cryolens import map --in emd_1234.map --pixel-size 1.06
+    """
+    from cryolens.jobs.importing import run_import_map
+
+    def body():
+        with job_target("import_map", out, project) as target:
+            _need_project(target, group)
+            job = run_import_map(path, target.out, pixel_size=pixel_size, link=link, observer=target.observer)
+            extra = _group(target, group)
+        r = job.results
+        nx, ny, nz = r["box"]
+        console.print(f"map {nx}x{ny}x{nz} at {r['pixel_size_A']:g} Å/px "
+                      f"({'header corrected' if r['header_rewritten'] else 'linked' if r['linked'] else 'copied'})"
+                      f" -> {target.out / 'map.mrc'}{extra}")
+
+    run_guarded(body)

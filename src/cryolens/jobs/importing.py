@@ -1,0 +1,640 @@
+"""``cryolens import movies|micrographs|particles|coords|map``: bring data into a job folder as RELION 3.1 STAR.
+
+Outputs (fixed names in the job folder; paths inside STAR files are relative to the
+current folder when the file lies below it, else absolute: RELION's rule):
+
+* movies: ``movies.star`` = ``data_optics`` (rlnOpticsGroupName, rlnOpticsGroup, [rlnMtfFileName],
+  rlnMicrographOriginalPixelSize Å, rlnVoltage kV, rlnSphericalAberration mm, rlnAmplitudeContrast,
+  rlnMicrographDoseRate = exposure per frame e/Å², rlnMicrographPreExposure e/Å²) + ``data_movies``
+  (rlnMicrographMovieName, rlnOpticsGroup, [rlnMicrographGainName, rlnMicrographDefectFile]), the
+  columns ``relion_import --do_movies`` writes plus the dose, which RELION keeps per movie
+  (MotionCorr's ``data_general``) under the same labels; motion correction reads it from optics.
+  ``gain.mrc``: the gain reference oriented once (see :func:`orient_gain`), so downstream needs no
+  flip/rotation flags; ``defects.<ext>``: a copy of the defect file.
+* micrographs: ``micrographs.star`` (rlnMicrographName; optics with rlnMicrographPixelSize and
+  rlnMicrographOriginalPixelSize, as ``relion_import --do_micrographs``).
+* particles: ``particles.star`` (RELION 3.0 files upgraded to 3.1 with the given acquisition values;
+  every stack located, its header read, indices and box checked; stack paths rewritten so they
+  resolve from the current folder).
+* coords: one RELION coordinate STAR per micrograph (``<dirs>/<micrograph stem>_coords.star``,
+  rlnCoordinateX/Y in pixels of the micrograph = particle centres) and ``coords.star``
+  (``data_coordinate_files``: rlnMicrographName, rlnMicrographCoordinates, as RELION's autopick.star).
+* map: ``map.mrc`` (a copy, a link, or a rewritten file when the pixel size is corrected).
+
+Every kind also writes ``job.json``, ``run.log`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import mrcfile
+import numpy as np
+import pandas as pd
+
+from cryolens.errors import InputError
+from cryolens.io import ImageSource, read_micrographs, read_mrc, read_mrc_header, read_particles, read_star, write_mrc
+from cryolens.io import write_particles, write_star
+from cryolens.io.images import resolve_path
+from cryolens.io.movies import MOVIE_SUFFIXES as _MOVIE_FORMATS
+from cryolens.io.movies import MovieInfo, movie_info, read_defects, read_gain
+from cryolens.io.mrc import temporary_path
+from cryolens.jobs.report import plot_central_slices, save_figure, write_report
+from cryolens.jobs.runner import Job, JobObserver, check_params
+
+__all__ = ["Acquisition", "GainOptions", "orient_gain", "expand_inputs", "star_name", "read_coordinates",
+           "run_import_movies", "run_import_micrographs", "run_import_particles", "run_import_coords",
+           "run_import_map", "MOVIE_SUFFIXES", "MICROGRAPH_SUFFIXES"]
+
+MOVIE_SUFFIXES = tuple(_MOVIE_FORMATS)
+MICROGRAPH_SUFFIXES = (".mrc", ".tif", ".tiff")
+
+
+@dataclass
+class Acquisition:
+    """Microscope settings of one optics group.
+
+    Attributes:
+        pixel_size: Å per pixel of the files as stored (super-resolution movies: the super-resolution pixel).
+        voltage: kV.  cs: spherical aberration, mm.  amplitude_contrast: fraction in [0, 1).
+        exposure_per_frame: e⁻/Å² per movie frame (movies only; written as rlnMicrographDoseRate).
+        pre_exposure: e⁻/Å² before the first frame (rlnMicrographPreExposure).
+        optics_group: rlnOpticsGroupName (one STAR token: no spaces).
+        mtf: detector MTF STAR file (rlnMtfFileName), optional.
+    """
+
+    pixel_size: float | None = None
+    voltage: float | None = 300.0
+    cs: float | None = 2.7
+    amplitude_contrast: float | None = 0.1
+    exposure_per_frame: float | None = None
+    pre_exposure: float = 0.0
+    optics_group: str = "opticsGroup1"
+    mtf: str | None = None
+
+    def validate(self) -> None:
+        if self.pixel_size is not None and not self.pixel_size > 0:
+            raise ValueError("--pixel-size must be positive (Å)")
+        if self.voltage is not None and not 0 < self.voltage <= 3000:
+            raise ValueError("--voltage must be in (0, 3000] kV")
+        if self.cs is not None and not 0 <= self.cs < 100:
+            raise ValueError("--cs must be in [0, 100) mm")
+        if self.amplitude_contrast is not None and not 0 <= self.amplitude_contrast < 1:
+            raise ValueError("--amplitude-contrast must be in [0, 1)")
+        if self.exposure_per_frame is not None and not self.exposure_per_frame > 0:
+            raise ValueError("--exposure-per-frame must be positive (e/Å² per frame)")
+        if not self.pre_exposure >= 0:
+            raise ValueError("--pre-exposure must be >= 0 (e/Å²)")
+        if not re.fullmatch(r"[^\s\"']+", self.optics_group or ""):
+            raise ValueError("--optics-group must be one word without spaces or quotes")
+
+
+@dataclass
+class GainOptions:
+    """Gain reference and its orientation relative to the movie frames.
+
+    Attributes:
+        path: MRC gain reference (or TIFF, read flipped in y as RELION reads TIFF); None = no gain.
+        rotation: degrees clockwise as shown with row 0 at the top (relion_display): 0, 90, 180, 270
+            = RELION ``--gain_rot`` 0..3 = MotionCor2 ``-RotGain``.
+        flip: ``none``, ``y`` (upside down, RELION ``--gain_flip 1``) or ``x`` (left-right, 2); applied
+            after the rotation, as RELION and MotionCor2 do.
+    """
+
+    path: str | None = None
+    rotation: int = 0
+    flip: str = "none"
+
+    def validate(self) -> None:
+        if self.rotation not in (0, 90, 180, 270):
+            raise ValueError("--gain-rot must be 0, 90, 180 or 270 (degrees clockwise)")
+        if self.flip not in ("none", "x", "y"):
+            raise ValueError("--gain-flip must be none, x (left-right) or y (upside down)")
+
+
+def orient_gain(gain: np.ndarray, *, rotation: int = 0, flip: str = "none") -> np.ndarray:
+    """Rotate then flip a gain reference ``(y, x)`` exactly as ``relion_run_motioncorr --gain_rot/--gain_flip``.
+
+    Rotation by 90° (RELION 1) maps ``out[x, ny-1-y] = in[y, x]`` (clockwise with row 0 at the top,
+    ``np.rot90(in, -1)``); 180° maps ``out[ny-1-y, nx-1-x] = in[y, x]``; 270° is the inverse of 90°.
+    Flip ``y`` reverses rows (``out[y] = in[ny-1-y]``), flip ``x`` reverses columns. Checked against
+    the ``gain.mrc`` RELION 3.1 writes for every combination (tests/test_import.py).
+    """
+    out = np.rot90(gain, (-(rotation // 90)) % 4)  # k quarter turns counter-clockwise
+    if flip == "y":
+        out = out[::-1, :]
+    elif flip == "x":
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def star_name(path: str | os.PathLike) -> str:
+    """How a file is named in a STAR file: relative to the current folder when below it, else absolute."""
+    p = Path(os.path.abspath(path))
+    try:
+        return p.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        try:
+            return p.relative_to(Path(os.path.abspath(Path.cwd()))).as_posix()
+        except ValueError:
+            return p.as_posix()
+
+
+def expand_inputs(patterns: list[str], files: list[str | os.PathLike], *, what: str,
+                  suffixes: tuple[str, ...] | None = None) -> list[Path]:
+    """Files from glob ``patterns`` (sorted, ``**`` allowed) and explicit ``files``, in order, without repeats.
+
+    Raises:
+        InputError: nothing given, a pattern matching nothing, a missing or empty file, a wrong suffix.
+    """
+    if not patterns and not files:
+        raise InputError(f"no {what} given; pass --glob 'DIR/*.ext' or the files.")
+    out: list[Path] = []
+    for pattern in patterns:
+        hits = sorted(globlib.glob(os.path.expanduser(pattern), recursive=True))
+        hits = [h for h in hits if Path(h).is_file()]
+        if not hits:
+            raise InputError(f"--glob {pattern!r}: no file matches in {Path.cwd()}; check the pattern "
+                             "(quote it so the shell does not expand it).")
+        out += [Path(h) for h in hits]
+    for f in files:
+        if not Path(f).is_file():
+            raise InputError(f"{f}: file not found; check the path.")
+        out.append(Path(f))
+    out = list(dict.fromkeys(Path(os.path.normpath(p)) for p in out))
+    for p in out:
+        if suffixes is not None and p.suffix.lower() not in suffixes:
+            raise InputError(f"{p}: not a {what} file ({', '.join(suffixes)}); narrow the pattern.")
+        if p.stat().st_size == 0:
+            raise InputError(f"{p}: the file is empty; re-copy it or leave it out.")
+    return out
+
+
+# ------------------------------------------------------------------------------------------ headers
+
+def read_frame_info(path: Path) -> MovieInfo:
+    """A movie's or micrograph's header (frames, rows, columns, dtype, format); EER frames are readouts."""
+    return movie_info(path, eer_grouping=1)
+
+
+# ------------------------------------------------------------------------------------------ optics
+
+def _optics_row(acq: Acquisition, number: int, *, kind: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"rlnOpticsGroupName": acq.optics_group, "rlnOpticsGroup": number}
+    if acq.mtf:
+        row["rlnMtfFileName"] = star_name(acq.mtf)
+    if kind == "micrographs":
+        row["rlnMicrographPixelSize"] = float(acq.pixel_size)
+    row["rlnMicrographOriginalPixelSize"] = float(acq.pixel_size)
+    row |= {"rlnVoltage": float(acq.voltage), "rlnSphericalAberration": float(acq.cs),
+            "rlnAmplitudeContrast": float(acq.amplitude_contrast)}
+    if kind == "movies":
+        row |= {"rlnMicrographDoseRate": float(acq.exposure_per_frame),
+                "rlnMicrographPreExposure": float(acq.pre_exposure)}
+    return row
+
+
+def _optics_groups(files: list[Path], acq: Acquisition, rule: str | None, *, kind: str) -> tuple[pd.DataFrame,
+                                                                                               np.ndarray]:
+    """Optics table and each file's group number: one group, or one per value of the regular expression
+    ``rule`` on the file name (its first capture group, else the whole match), named ``<optics group>_<value>``."""
+    if rule is None:
+        names, groups = [acq.optics_group], np.ones(len(files), np.int64)
+    else:
+        try:
+            rx = re.compile(rule)
+        except re.error as e:
+            raise InputError(f"--optics-from {rule!r}: not a regular expression ({e}); fix it.") from None
+        values = []
+        for f in files:
+            m = rx.search(f.name)
+            if m is None:
+                raise InputError(f"{f}: its name does not match --optics-from {rule!r}; fix the rule or the pattern.")
+            values.append(m.group(1) if rx.groups else m.group(0))
+        unique = sorted(set(values))
+        names = [f"{acq.optics_group}_{v}" for v in unique]
+        groups = np.array([unique.index(v) + 1 for v in values], np.int64)
+    rows = [_optics_row(replace(acq, optics_group=n), k + 1, kind=kind) for k, n in enumerate(names)]
+    return pd.DataFrame(rows), groups
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return str(a) == str(b)
+    return bool(np.isclose(float(a), float(b)))
+
+
+def _merge_previous(previous: Path, block: str, key: str, optics: pd.DataFrame,
+                    table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Append new optics groups and rows to a previous import's STAR (``relion_import --continue``)."""
+    blocks = read_star(previous)
+    if "optics" not in blocks or block not in blocks:
+        raise InputError(f"{previous}: --append needs a RELION 3.1 {block} STAR (data_optics + data_{block}); "
+                         "give the STAR of an earlier import.")
+    old_optics, old_table = blocks["optics"].copy(), blocks[block].copy()
+    dup = sorted(set(old_table[key].astype(str)) & set(table[key].astype(str)))
+    if dup:
+        raise InputError(f"{previous}: already lists {dup[0]} ({len(dup)} files in both); leave them out of this "
+                         "import.")
+    renumber = {}
+    next_number = int(old_optics["rlnOpticsGroup"].max()) + 1
+    keep = []
+    for _, row in optics.iterrows():  # a few optics groups
+        same = old_optics[old_optics["rlnOpticsGroupName"].astype(str) == row["rlnOpticsGroupName"]]
+        if len(same):
+            cols = [c for c in optics.columns if c != "rlnOpticsGroup"]
+            if not all(c in same.columns and _same(same.iloc[0][c], row[c]) for c in cols):
+                raise InputError(f"{previous}: optics group {row['rlnOpticsGroupName']} exists with other "
+                                 "acquisition values; choose another --optics-group.")
+            renumber[int(row["rlnOpticsGroup"])] = int(same.iloc[0]["rlnOpticsGroup"])
+        else:
+            renumber[int(row["rlnOpticsGroup"])] = next_number
+            keep.append(row.to_dict() | {"rlnOpticsGroup": next_number})
+            next_number += 1
+    table = table.assign(rlnOpticsGroup=table["rlnOpticsGroup"].map(renumber).astype(np.int64))
+    merged_optics = pd.concat([old_optics, pd.DataFrame(keep)], ignore_index=True) if keep else old_optics
+    merged = pd.concat([old_table, table], ignore_index=True)
+    for df, what in ((merged_optics, "data_optics"), (merged, f"data_{block}")):
+        missing = [c for c in df.columns if df[c].isna().any()]
+        if missing:
+            raise InputError(f"{previous}: its {what} and this import differ in column {missing[0]}; import into a "
+                             "separate STAR or give the same options.")
+    return merged_optics, merged
+
+
+def _require(acq: Acquisition, names: tuple[str, ...], what: str) -> None:
+    for name in names:
+        if getattr(acq, name) is None:
+            raise InputError(f"import {what}: --{name.replace('_', '-')} is required; give it.")
+
+
+# ------------------------------------------------------------------------------------------ movies
+
+def _plot_gain(raw: np.ndarray, oriented: np.ndarray, path: Path, gain: GainOptions) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+    for ax, img, title in ((axes[0], raw, "gain as given"),
+                           (axes[1], oriented, f"written (rot {gain.rotation}°, flip {gain.flip})")):
+        step = max(1, max(img.shape) // 512)
+        small = img[::step, ::step]
+        lo, hi = np.percentile(small, [1, 99])
+        ax.imshow(small, cmap="gray", vmin=lo, vmax=hi, origin="upper")
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    save_figure(fig, path)
+
+
+def run_import_movies(files: list[Path], out_dir: str | os.PathLike, acq: Acquisition, gain: GainOptions, *,
+                      defect: str | None = None, append: str | None = None, optics_from: str | None = None,
+                      check_all: bool = False, source: str = "", observer: JobObserver | None = None) -> Job:
+    """Write ``movies.star`` (+ ``gain.mrc``, defects copy) for ``files``; returns the finished :class:`Job`."""
+    out = Path(out_dir)
+    check_params("import movies", acq, gain)
+    _require(acq, ("pixel_size", "voltage", "cs", "amplitude_contrast", "exposure_per_frame"), "movies")
+    first = read_frame_info(files[0])
+    if first.n_frames < 2 and first.fmt != "eer":
+        raise InputError(f"{files[0]}: holds {first.n_frames} frame; it looks like a micrograph: use "
+                         "`cryolens import micrographs`.")
+    if check_all:
+        for f in files[1:]:
+            info = read_frame_info(f)
+            if (info.n_frames, info.height, info.width) != (first.n_frames, first.height, first.width):
+                raise InputError(f"{f}: {info.width}x{info.height}x{info.n_frames} differs from {files[0]} "
+                                 f"({first.width}x{first.height}x{first.n_frames}); import them as another "
+                                 "optics group.")
+    raw = oriented = None
+    if gain.path is not None:
+        raw = read_gain(gain.path)
+        oriented = orient_gain(raw, rotation=gain.rotation, flip=gain.flip)
+        if first.fmt != "eer" and oriented.shape != (first.height, first.width):
+            hint = (" (a 90° rotation would fit: try --gain-rot 90 or 270)"
+                    if oriented.shape[::-1] == (first.height, first.width) else "")
+            raise InputError(f"{gain.path}: the oriented gain is {oriented.shape[1]}x{oriented.shape[0]} but the "
+                             f"movies are {first.width}x{first.height}{hint}; give the matching gain or --gain-rot.")
+    if defect is not None:
+        read_defects(defect, (first.height, first.width))  # validates the list or the map
+    optics, groups = _optics_groups(files, acq, optics_from, kind="movies")
+    params = {"acquisition": asdict(acq), "gain": asdict(gain), "defect": defect, "append": append,
+              "optics_from": optics_from, "n_movies": len(files)}
+    inputs = {k: v for k, v in {"movies": source, "gain": gain.path, "defect": defect, "append": append}.items() if v}
+    with Job("import_movies", out, params=params, inputs=inputs, observer=observer) as job:
+        table = pd.DataFrame({"rlnMicrographMovieName": [star_name(f) for f in files], "rlnOpticsGroup": groups})
+        images = []
+        if oriented is not None:
+            write_mrc(out / "gain.mrc", oriented, acq.pixel_size)
+            job.add_output("gain", out / "gain.mrc")
+            table["rlnMicrographGainName"] = star_name(out / "gain.mrc")
+            _plot_gain(raw, oriented, out / "gain.png", gain)
+            images.append("gain.png")
+        if defect is not None:
+            copy = out / f"defects{Path(defect).suffix.lower() or '.txt'}"
+            _copy_atomic(Path(defect), copy)
+            job.add_output("defects", copy)
+            table["rlnMicrographDefectFile"] = star_name(copy)
+        if append is not None:
+            optics, table = _merge_previous(Path(append), "movies", "rlnMicrographMovieName", optics, table)
+        write_star(out / "movies.star", {"optics": optics, "movies": table})
+        job.add_output("movies", out / "movies.star")
+        job.results.update(n_movies=int(len(table)), n_imported=len(files), n_optics_groups=int(len(optics)),
+                           n_frames=first.n_frames, width=first.width, height=first.height, dtype=str(first.dtype),
+                           format=first.fmt, pixel_size_A=acq.pixel_size,
+                           total_exposure_e_per_A2=round(first.n_frames * acq.exposure_per_frame, 4)
+                           if first.fmt != "eer" else None, gain=oriented is not None,
+                           header_pixel_size_A=first.pixel_size)
+        if first.pixel_size > 0 and abs(first.pixel_size - acq.pixel_size) > 0.01 * acq.pixel_size:
+            job.log.warning("%s: the header says %.4g Å/px, --pixel-size %.4g Å/px is used", files[0],
+                            first.pixel_size, acq.pixel_size)
+        write_report(out / "report.html", title="Import movies", summary=job.results, params=job.params,
+                     images=images)
+        job.log.info("%d movies (%dx%dx%d %s) -> movies.star", len(files), first.width, first.height, first.n_frames,
+                     first.dtype)
+    return job
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = temporary_path(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------ micrographs
+
+def run_import_micrographs(files: list[Path], out_dir: str | os.PathLike, acq: Acquisition, *,
+                           append: str | None = None, optics_from: str | None = None, source: str = "",
+                           observer: JobObserver | None = None) -> Job:
+    """Write ``micrographs.star`` for ``files``; returns the finished :class:`Job`."""
+    out = Path(out_dir)
+    check_params("import micrographs", acq)
+    _require(acq, ("pixel_size", "voltage", "cs", "amplitude_contrast"), "micrographs")
+    first = read_frame_info(files[0])
+    if first.n_frames > 1:
+        raise InputError(f"{files[0]}: holds {first.n_frames} frames; it looks like a movie: use "
+                         "`cryolens import movies`.")
+    optics, groups = _optics_groups(files, acq, optics_from, kind="micrographs")
+    params = {"acquisition": asdict(acq), "append": append, "optics_from": optics_from, "n_micrographs": len(files)}
+    inputs = {k: v for k, v in {"micrographs": source, "append": append}.items() if v}
+    with Job("import_micrographs", out, params=params, inputs=inputs, observer=observer) as job:
+        table = pd.DataFrame({"rlnMicrographName": [star_name(f) for f in files], "rlnOpticsGroup": groups})
+        if append is not None:
+            optics, table = _merge_previous(Path(append), "micrographs", "rlnMicrographName", optics, table)
+        write_star(out / "micrographs.star", {"optics": optics, "micrographs": table})
+        job.add_output("micrographs", out / "micrographs.star")
+        job.results.update(n_micrographs=int(len(table)), n_imported=len(files), n_optics_groups=int(len(optics)),
+                           width=first.width, height=first.height, dtype=str(first.dtype), pixel_size_A=acq.pixel_size)
+        write_report(out / "report.html", title="Import micrographs", summary=job.results, params=job.params,
+                     images=[])
+    return job
+
+
+# ------------------------------------------------------------------------------------------ particles
+
+_NAME = r"^(?:(?P<index>\d+)@)?(?P<path>.+)$"
+
+
+def run_import_particles(star: str | os.PathLike, out_dir: str | os.PathLike, acq: Acquisition, *,
+                         optics_group: str | None = None, observer: JobObserver | None = None) -> Job:
+    """Validate a RELION 3.0/3.1 particle STAR, upgrade it to 3.1 and write ``particles.star``.
+
+    ``acq`` values fill what a 3.0 file lacks (voltage, Cs, amplitude contrast, pixel size); a
+    value given that disagrees with the file is an error. ``optics_group`` renames the groups.
+    """
+    out = Path(out_dir)
+    check_params("import particles", acq)
+    blocks = read_star(star)
+    version = "3.1" if "optics" in blocks else "3.0"
+    optics, parts = read_particles(star, pixel_size=acq.pixel_size)
+    for label, value, opt in (("rlnVoltage", acq.voltage, "voltage"), ("rlnSphericalAberration", acq.cs, "cs"),
+                              ("rlnAmplitudeContrast", acq.amplitude_contrast, "amplitude-contrast"),
+                              ("rlnImagePixelSize", acq.pixel_size, "pixel-size")):
+        if label in optics.columns:
+            have = optics[label].astype(float).to_numpy()
+            if value is not None and not np.allclose(have, value, rtol=1e-4):
+                raise InputError(f"{star}: {label} is {have[0]:g} in the file but --{opt} says {value:g}; "
+                                 f"drop --{opt} or fix the file.")
+        elif value is None:
+            raise InputError(f"{star}: no {label} in the file (RELION {version}); give --{opt}.")
+        else:
+            optics[label] = float(value)
+    source = ImageSource(parts, star)  # locates every stack, checks indices and box sizes
+    box = source.image_size
+    if "rlnImageSize" in optics.columns and (optics["rlnImageSize"].astype(int) != box).any():
+        raise InputError(f"{star}: rlnImageSize says {int(optics['rlnImageSize'].iloc[0])} but the stacks are "
+                         f"{box} pixels; fix data_optics.")
+    optics["rlnImageSize"] = box
+    optics["rlnImageDimensionality"] = 2
+    if optics_group is not None:
+        optics["rlnOpticsGroupName"] = ([optics_group] if len(optics) == 1
+                                        else [f"{optics_group}_{g}" for g in optics["rlnOpticsGroup"]])
+    parts_ = parts["rlnImageName"].astype(str).str.extract(_NAME)
+    renamed = {}
+    for name in parts_["path"].unique():
+        resolved = resolve_path(name, star)
+        renamed[name] = name if (Path.cwd() / name).is_file() or Path(name).is_absolute() else star_name(resolved)
+    paths = parts_["path"].map(renamed)
+    parts = parts.assign(rlnImageName=np.where(parts_["index"].notna(), parts_["index"].fillna("") + "@" + paths,
+                                               paths))
+    header_apix = read_mrc_header(source.stack_paths[0]).voxel_size
+    apix = float(optics["rlnImagePixelSize"].iloc[0])
+    params = {"acquisition": asdict(acq), "optics_group": optics_group}
+    with Job("import_particles", out, params=params, inputs={"particles": star}, observer=observer) as job:
+        write_particles(out / "particles.star", optics, parts)
+        job.add_output("particles", out / "particles.star")
+        job.results.update(n_particles=int(len(parts)), n_stacks=len(source.stack_paths), box=box,
+                           pixel_size_A=apix, header_pixel_size_A=header_apix, input_version=version,
+                           n_optics_groups=int(len(optics)), n_renamed_stacks=sum(a != b for a, b in renamed.items()))
+        if header_apix > 0 and abs(header_apix - apix) > 0.01 * apix:
+            job.log.warning("%s: header pixel size %.4g Å differs from the STAR's %.4g Å (the STAR is used)",
+                            source.stack_paths[0], header_apix, apix)
+        write_report(out / "report.html", title="Import particles", summary=job.results, params=job.params,
+                     images=[])
+    return job
+
+
+# ------------------------------------------------------------------------------------------ coordinates
+
+def _numeric_table(path: Path, min_cols: int, what: str) -> np.ndarray:
+    """Rows of numbers of a text file (``#`` comments, blank lines, commas and one header line allowed)."""
+    rows = [line.split("#")[0].replace(",", " ").split() for line in path.read_text(errors="replace").splitlines()]
+    rows = [r for r in rows if r]
+    try:
+        if rows:
+            float(rows[0][0])
+    except ValueError:
+        rows = rows[1:]  # a header line such as "x y"
+    try:
+        if any(len(r) < min_cols for r in rows):
+            raise ValueError
+        return np.array([r[:min_cols] for r in rows], dtype=np.float64).reshape(-1, min_cols)
+    except ValueError:
+        raise InputError(f"{path}: expected {what} ({min_cols} numbers) on every line; fix the file or its "
+                         "extension (.star, .box, .txt).") from None
+
+
+def read_coordinates(path: str | os.PathLike) -> pd.DataFrame:
+    """Particle centres in pixels of the micrograph from a RELION STAR, EMAN ``.box`` or plain ``x y`` text file.
+
+    ``.box`` rows are ``x y width height`` with (x, y) the box's lower-left corner (smallest
+    indices), so the centre is ``(x + width/2, y + height/2)``, as RELION converts them.
+    Returns rlnCoordinateX/Y (+ the other columns of a STAR file).
+    """
+    p = Path(path)
+    if p.suffix.lower() == ".star":
+        loops = [b for b in read_star(p).values() if isinstance(b, pd.DataFrame) and "rlnCoordinateX" in b.columns]
+        if not loops or "rlnCoordinateY" not in loops[0].columns:
+            raise InputError(f"{p}: no table with rlnCoordinateX and rlnCoordinateY; give a RELION coordinate file.")
+        table = loops[0].copy()
+        for c in ("rlnCoordinateX", "rlnCoordinateY"):
+            table[c] = pd.to_numeric(table[c], errors="coerce").astype(float)
+        return table
+    if p.suffix.lower() == ".box":
+        rows = _numeric_table(p, 4, "x y width height")
+        return pd.DataFrame({"rlnCoordinateX": rows[:, 0] + rows[:, 2] / 2,
+                             "rlnCoordinateY": rows[:, 1] + rows[:, 3] / 2})
+    rows = _numeric_table(p, 2, "x y")
+    return pd.DataFrame({"rlnCoordinateX": rows[:, 0], "rlnCoordinateY": rows[:, 1]})
+
+
+def _match_micrographs(files: list[Path], names: list[str], micrographs: str | os.PathLike) -> list[str]:
+    """The micrograph of each coordinate file: the longest micrograph stem the file's stem starts with."""
+    stems: dict[str, list[str]] = {}
+    for n in names:
+        stems.setdefault(Path(n).stem, []).append(n)
+    ordered = sorted(stems, key=len, reverse=True)
+    out, seen = [], {}
+    for f in files:
+        hit = next((s for s in ordered if f.stem == s or (f.stem.startswith(s) and f.stem[len(s)] in "_-.")), None)
+        if hit is None:
+            raise InputError(f"{f}: no micrograph of {micrographs} has a name its file name starts with; "
+                             "leave it out of the pattern or give the right --micrographs.")
+        if len(stems[hit]) > 1:
+            raise InputError(f"{micrographs}: several micrographs are named {hit}; rename them so each stem is unique.")
+        if stems[hit][0] in seen:
+            raise InputError(f"{f}: {seen[stems[hit][0]]} already holds coordinates of {stems[hit][0]}; "
+                             "give one coordinate file per micrograph.")
+        seen[stems[hit][0]] = f
+        out.append(stems[hit][0])
+    return out
+
+
+def run_import_coords(files: list[Path], micrographs: str | os.PathLike, out_dir: str | os.PathLike, *,
+                      scale: float = 1.0, source: str = "", observer: JobObserver | None = None) -> Job:
+    """Convert coordinate files to RELION coordinate STARs and ``coords.star``; returns the finished :class:`Job`.
+
+    ``scale`` multiplies the coordinates (e.g. 2 for picks made on 2x-binned micrographs).
+    """
+    out = Path(out_dir)
+    if not scale > 0:
+        raise InputError("import coords: --scale must be positive.")
+    _, mics = read_micrographs(micrographs)
+    names = mics["rlnMicrographName"].astype(str).tolist()
+    matched = _match_micrographs(files, names, micrographs)
+    tables = [read_coordinates(f) for f in files]
+    for f, t in zip(files, tables):
+        if not np.isfinite(t[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()).all():
+            raise InputError(f"{f}: some coordinates are not numbers; fix the file.")
+    params = {"micrographs": str(micrographs), "scale": scale, "n_files": len(files)}
+    with Job("import_coords", out, params=params, inputs={"micrographs": micrographs, "coordinates": source},
+             observer=observer) as job:
+        rows, n_out, n_picks = [], 0, 0
+        for f, mic, t in zip(files, matched, tables):
+            t = t.copy()
+            t[["rlnCoordinateX", "rlnCoordinateY"]] *= scale
+            parts = [q for q in Path(mic).parent.parts if q not in ("..", ".", "/")] if not Path(mic).is_absolute() \
+                else []
+            target = out.joinpath(*parts, f"{Path(mic).stem}_coords.star")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_star(target, {"": t})
+            rows.append({"rlnMicrographName": mic, "rlnMicrographCoordinates": star_name(target)})
+            n_picks += len(t)
+            try:
+                info = read_mrc_header(resolve_path(mic, micrographs))
+                x, y = t["rlnCoordinateX"].to_numpy(), t["rlnCoordinateY"].to_numpy()
+                n_out += int(((x < 0) | (y < 0) | (x >= info.shape[2]) | (y >= info.shape[1])).sum())
+            except InputError:
+                pass  # the micrograph file is not here: its size cannot be checked
+        write_star(out / "coords.star", {"coordinate_files": pd.DataFrame(rows)})
+        job.add_output("coords", out / "coords.star")
+        job.results.update(n_files=len(files), n_micrographs=len(names), n_picks=n_picks, n_outside=n_out,
+                           scale=scale)
+        if n_out:
+            job.log.warning("%d coordinates lie outside their micrograph", n_out)
+        write_report(out / "report.html", title="Import coordinates", summary=job.results, params=job.params,
+                     images=[])
+    return job
+
+
+# ------------------------------------------------------------------------------------------ map
+
+def _finite_stats(path: Path) -> tuple[float, float, float, float]:
+    """(min, max, mean, std) of a map, read 16 sections at a time; InputError on NaN or infinity."""
+    try:
+        handle = mrcfile.mmap(path, mode="r", permissive=True)
+    except Exception:  # noqa: BLE001 - compressed or odd files: read whole (read_mrc names the problem)
+        handle = None
+    data = handle.data if handle is not None else read_mrc(path)[0]
+    try:
+        lo, hi, s, s2, n = np.inf, -np.inf, 0.0, 0.0, 0
+        for z in range(0, data.shape[0], 16):
+            slab = np.asarray(data[z:z + 16], dtype=np.float64)
+            if not np.isfinite(slab).all():
+                raise InputError(f"{path}: the map contains NaN or infinite values; fix or re-export it.")
+            lo, hi = min(lo, slab.min()), max(hi, slab.max())
+            s, s2, n = s + slab.sum(), s2 + (slab ** 2).sum(), n + slab.size
+    finally:
+        if handle is not None:
+            handle.close()
+    mean = s / n
+    return float(lo), float(hi), float(mean), float(np.sqrt(max(s2 / n - mean ** 2, 0.0)))
+
+
+def run_import_map(path: str | os.PathLike, out_dir: str | os.PathLike, *, pixel_size: float | None = None,
+                   link: bool = False, observer: JobObserver | None = None) -> Job:
+    """Check a 3-D map and bring it in as ``map.mrc``: copied (or linked), rewritten when ``pixel_size`` corrects
+    the header; returns the finished :class:`Job`."""
+    src, out = Path(path), Path(out_dir)
+    if pixel_size is not None and not pixel_size > 0:
+        raise InputError("import map: --pixel-size must be positive (Å).")
+    info = read_mrc_header(src)
+    nz, ny, nx = info.shape
+    if nz < 2:
+        raise InputError(f"{src}: is a 2-D image ({nx}x{ny}), not a 3-D map; give a map.")
+    if pixel_size is None and not info.voxel_size > 0:
+        raise InputError(f"{src}: the header has no pixel size; give --pixel-size in Å.")
+    apix = float(pixel_size) if pixel_size is not None else info.voxel_size
+    lo, hi, mean, std = _finite_stats(src)
+    rewrite = pixel_size is not None and not np.isclose(info.voxel_size, pixel_size, rtol=1e-4)
+    params = {"pixel_size": pixel_size, "link": link}
+    with Job("import_map", out, params=params, inputs={"map": src}, observer=observer) as job:
+        target = out / "map.mrc"
+        if rewrite:
+            data, _ = read_mrc(src)
+            write_mrc(target, data, apix, is_stack=False, origin=info.origin)
+        elif link:
+            tmp = temporary_path(target)
+            os.symlink(os.path.abspath(src), tmp)
+            os.replace(tmp, target)
+        else:
+            _copy_atomic(src, target)
+        job.add_output("map", target)
+        job.results.update(box=[nx, ny, nz], cubic=nx == ny == nz, pixel_size_A=apix,
+                           header_pixel_size_A=info.voxel_size, header_rewritten=rewrite, linked=link and not rewrite,
+                           min=lo, max=hi, mean=mean, std=std)
+        if not nx == ny == nz:
+            job.log.warning("%s is not cubic (%dx%dx%d); refinement needs a cubic box", src, nx, ny, nz)
+        plot_central_slices(read_mrc(target)[0], out / "map_slices.png", title=src.name)
+        write_report(out / "report.html", title="Import map", summary=job.results, params=job.params,
+                     images=["map_slices.png"])
+    return job
