@@ -7,8 +7,9 @@ import typer
 from cryolens import __version__
 from cryolens.cli import fsc as _fsc
 from cryolens.cli import importing as _importing
-from cryolens.cli import project as _project
+from cryolens.cli import postprocess as _postprocess
 from cryolens.cli import profiles as _profiles
+from cryolens.cli import project as _project
 from cryolens.cli import reconstruct as _reconstruct
 from cryolens.cli import simulate as _simulate
 
@@ -25,6 +26,7 @@ app.add_typer(_importing.app, name="import")
 app.add_typer(_profiles.app, name="profiles")
 app.command("reconstruct")(_reconstruct.reconstruct)
 app.command("fsc")(_fsc.fsc_command)
+app.command("postprocess")(_postprocess.postprocess)
 
 
 def _version(value: bool) -> None:

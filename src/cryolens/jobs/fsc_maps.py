@@ -12,7 +12,7 @@ from cryolens.core.fsc import FSCResult, fsc
 from cryolens.errors import InputError
 from cryolens.io import read_mrc, write_star
 
-__all__ = ["fsc_between_files"]
+__all__ = ["fsc_between_files", "load_map_pair", "load_cubic_map"]
 
 
 def _load(path: str | os.PathLike) -> tuple[torch.Tensor, float]:
@@ -24,9 +24,14 @@ def _load(path: str | os.PathLike) -> tuple[torch.Tensor, float]:
     return torch.tensor(data), apix
 
 
-def fsc_between_files(map1: str | os.PathLike, map2: str | os.PathLike, *, mask: str | os.PathLike | None = None,
-                      pixel_size: float | None = None, out_star: str | os.PathLike | None = None) -> FSCResult:
-    """FSC of two maps of equal box; the pixel size comes from the first header unless given."""
+def load_cubic_map(path: str | os.PathLike) -> tuple[torch.Tensor, float]:
+    """A cubic, finite map and its header voxel size (Å); InputError naming the file otherwise."""
+    return _load(path)
+
+
+def load_map_pair(map1: str | os.PathLike, map2: str | os.PathLike, *,
+                  pixel_size: float | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Two maps of equal box and voxel size, and that voxel size (Å; ``pixel_size`` overrides the headers)."""
     v1, a1 = _load(map1)
     v2, a2 = _load(map2)
     if v1.shape != v2.shape:
@@ -36,6 +41,13 @@ def fsc_between_files(map1: str | os.PathLike, map2: str | os.PathLike, *, mask:
         raise InputError(f"{map1}: the header's voxel size is 0; give it with --pixel-size.")
     if a2 and abs(a2 - apix) > 1e-3 * apix and not pixel_size:
         raise InputError(f"{map2}: voxel size {a2:g} Å differs from {map1}'s {apix:g} Å; resample one to the other.")
+    return v1, v2, float(apix)
+
+
+def fsc_between_files(map1: str | os.PathLike, map2: str | os.PathLike, *, mask: str | os.PathLike | None = None,
+                      pixel_size: float | None = None, out_star: str | os.PathLike | None = None) -> FSCResult:
+    """FSC of two maps of equal box; the pixel size comes from the first header unless given."""
+    v1, v2, apix = load_map_pair(map1, map2, pixel_size=pixel_size)
     m = _load(mask)[0] if mask else None
     result = fsc(v1, v2, pixel_size=apix, mask=m)
     if out_star:
