@@ -39,6 +39,18 @@ def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> Path:
     return path
 
 
+def _resolution_axis(ax, f_max: float) -> None:
+    """A top axis labelled in Å at round resolutions (the frequency axis is linear, so 1/f ticks are fixed)."""
+    nice = [50, 30, 20, 15, 10, 8, 6, 5, 4, 3.5, 3, 2.5, 2, 1.8, 1.6, 1.5, 1.4, 1.3, 1.2, 1.1, 1.0]
+    ticks: list[float] = []
+    for r in reversed(nice):  # from high resolution down, keeping labels at least f_max/8 apart
+        if 1 / r <= f_max and (not ticks or 1 / ticks[-1] - 1 / r >= f_max / 8):
+            ticks.append(r)
+    sec = ax.secondary_xaxis("top")
+    sec.set_xticks([1 / r for r in ticks], labels=[f"{r:g}" for r in ticks])
+    sec.set_xlabel("resolution (Å)")
+
+
 def plot_fsc(curves: Mapping[str, FSCResult], path: str | os.PathLike, *,
              thresholds: Sequence[float] = (0.143, 0.5), title: str = "Fourier shell correlation") -> Path:
     """FSC curves against spatial frequency (1/Å) with threshold lines and crossings in the legend."""
@@ -54,8 +66,7 @@ def plot_fsc(curves: Mapping[str, FSCResult], path: str | os.PathLike, *,
     ax.set_xlabel("spatial frequency (1/Å)")
     ax.set_ylabel("FSC")
     ax.set_title(title)
-    sec = ax.secondary_xaxis("top", functions=(lambda f: 1 / np.maximum(f, 1e-6), lambda r: 1 / np.maximum(r, 1e-6)))
-    sec.set_xlabel("resolution (Å)")
+    _resolution_axis(ax, first.frequency[-1])
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return save_figure(fig, Path(path))
