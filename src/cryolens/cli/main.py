@@ -11,6 +11,8 @@ from cryolens.cli import postprocess as _postprocess
 from cryolens.cli import profiles as _profiles
 from cryolens.cli import project as _project
 from cryolens.cli import reconstruct as _reconstruct
+from cryolens.cli import run as _run
+from cryolens.cli import select as _select
 from cryolens.cli import simulate as _simulate
 
 app = typer.Typer(
@@ -27,6 +29,8 @@ app.add_typer(_profiles.app, name="profiles")
 app.command("reconstruct")(_reconstruct.reconstruct)
 app.command("fsc")(_fsc.fsc_command)
 app.command("postprocess")(_postprocess.postprocess)
+app.command("run")(_run.run_command)
+app.add_typer(_select.app, name="select")
 
 
 def _version(value: bool) -> None:
