@@ -102,6 +102,10 @@ def test_killed_detection_on_read(tmp_path: Path):
     con.commit()
     con.close()
     assert [j.status for j in p.jobs()] == ["killed", "running", "killed"]
+    subprocess.run([sys.executable, "-c", "import sys; from cryolens.project.db import open_project; "
+                    "open_project(sys.argv[1]).new_job('ctf')", str(tmp_path)], check=True)
+    waiting = p.new_job("motion")  # queued by this live process
+    assert [j.status for j in p.jobs()][3:] == ["killed", "queued"] and waiting.status == "queued"
 
 
 def test_reconstruct_in_project_recorded_with_lineage(tmp_path: Path):

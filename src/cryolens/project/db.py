@@ -6,9 +6,10 @@ IMMEDIATE`` ... ``COMMIT`` around one change, one connection per operation, so
 threads and processes share nothing). Paths inside the project are stored
 relative to its folder, others absolute.
 
-A job marked ``running`` whose process is gone (same host: its pid no longer
-exists or belongs to a newer process; another host: no heartbeat for
-``stale_s`` seconds) is reported, and updated, as ``killed`` when read.
+A job marked ``running`` (or still ``queued``: allocated by a command that never
+started it) whose process is gone (same host: its pid no longer exists or
+belongs to a newer process; another host: no heartbeat for ``stale_s`` seconds)
+is reported, and updated, as ``killed`` when read.
 
 Example::
 
@@ -362,18 +363,20 @@ class Project:
         return con.execute("SELECT id FROM assets WHERE path=?", (key,)).fetchone()[0]
 
     def _refresh_killed(self) -> None:
-        """Mark running jobs whose process is gone as killed (see the module docstring)."""
+        """Mark running or queued jobs whose process is gone as killed (see the module docstring)."""
         host, now = socket.gethostname(), time.time()
         with self._read() as con:
-            running = con.execute("SELECT id, host, pid, started, heartbeat FROM jobs WHERE status='running'").fetchall()
-        dead = [r["id"] for r in running
-                if (r["host"] == host and r["pid"] is not None and not _process_alive(r["pid"], r["started"]))
-                or (r["host"] != host and now - (r["heartbeat"] or r["started"] or 0) > self.stale_s)]
+            live = con.execute("SELECT id, host, pid, created, started, heartbeat FROM jobs "
+                               "WHERE status IN ('running', 'queued')").fetchall()
+        dead = [r["id"] for r in live
+                if (r["host"] == host and r["pid"] is not None
+                    and not _process_alive(r["pid"], r["started"] or r["created"]))
+                or (r["host"] != host and now - (r["heartbeat"] or r["started"] or r["created"] or 0) > self.stale_s)]
         if dead:
             with self._write() as con:
-                con.executemany("UPDATE jobs SET status='killed', ended=COALESCE(ended, heartbeat), "
+                con.executemany("UPDATE jobs SET status='killed', ended=COALESCE(ended, heartbeat, created), "
                                 "error=COALESCE(error, 'the process ended without recording an exit') "
-                                "WHERE id=? AND status='running'", [(i,) for i in dead])
+                                "WHERE id=? AND status IN ('running', 'queued')", [(i,) for i in dead])
 
     def jobs(self) -> list[JobRecord]:
         """All jobs by number (killed ones detected first)."""
