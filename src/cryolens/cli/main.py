@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cryolens import __version__
+from cryolens.cli import ctf as _ctf
 from cryolens.cli import fsc as _fsc
 from cryolens.cli import importing as _importing
 from cryolens.cli import postprocess as _postprocess
@@ -31,6 +32,7 @@ app.command("fsc")(_fsc.fsc_command)
 app.command("postprocess")(_postprocess.postprocess)
 app.command("run")(_run.run_command)
 app.add_typer(_select.app, name="select")
+app.command("ctf")(_ctf.ctf)
 
 
 def _version(value: bool) -> None:
