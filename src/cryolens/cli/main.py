@@ -8,6 +8,7 @@ from cryolens import __version__
 from cryolens.cli import ctf as _ctf
 from cryolens.cli import fsc as _fsc
 from cryolens.cli import importing as _importing
+from cryolens.cli import motion as _motion
 from cryolens.cli import postprocess as _postprocess
 from cryolens.cli import profiles as _profiles
 from cryolens.cli import project as _project
@@ -33,6 +34,7 @@ app.command("postprocess")(_postprocess.postprocess)
 app.command("run")(_run.run_command)
 app.add_typer(_select.app, name="select")
 app.command("ctf")(_ctf.ctf)
+app.command("motion")(_motion.motion)
 
 
 def _version(value: bool) -> None:

@@ -9,11 +9,12 @@ RELION:
   IMOD flip TIFF images along the slow (y) axis when reading them, so the rows are
   reversed here too (``tifffile.imread(path)[:, ::-1]``); the same frames then come out
   of a TIFF and of the MRC holding the same movie (see :mod:`cryolens.io.movie_writer`).
-- EER (Thermo Fisher electron-event TIFF, decoded by ``tifffile`` + ``imagecodecs``):
+- EER (Thermo Fisher electron-event BigTIFF, decoded by ``tifffile`` + ``imagecodecs``):
   each page is one detector readout; ``eer_grouping`` consecutive readouts are summed
   into one frame (the remainder is dropped, as RELION does), ``eer_upsampling`` 2 renders
-  on the 8K super-resolution grid. Rows are reversed as for TIFF (an assumption: no
-  EER movie was available to check RELION's orientation against).
+  on the 8K super-resolution grid. EER frames are *not* flipped: RELION's renderer uses
+  them as decoded (checked with ``relion_convert_to_tiff``, whose TIFF RELION reads back
+  flipped to the same image).
 
 Frame ranges are 1-based and inclusive, RELION style (``first_frame=1``,
 ``last_frame=-1`` or ``None`` = the last frame). Gain references are float32 ``(rows,
@@ -166,7 +167,7 @@ def frame_range(n_frames: int, first_frame: int = 1, last_frame: int | None = No
 
 
 def _read_eer(p: Path, frames: range, grouping: int, upsampling: int) -> np.ndarray:
-    """Sum ``grouping`` EER readouts per frame (uint16), rows reversed."""
+    """Sum ``grouping`` EER readouts per frame (uint16), as decoded (no flip)."""
     import tifffile
     with tifffile.TiffFile(p, superres=upsampling - 1) as t:
         eer = [i for i, pg in enumerate(t.pages) if pg.compression in (65000, 65001, 65002)]
@@ -177,7 +178,7 @@ def _read_eer(p: Path, frames: range, grouping: int, upsampling: int) -> np.ndar
             if out is None:
                 out = np.empty((len(frames), *s.shape), np.uint16)
             out[k] = s
-    return out[:, ::-1]
+    return out
 
 
 def read_movie(path: PathLike, *, first_frame: int = 1, last_frame: int | None = None, eer_grouping: int = 40,
@@ -186,7 +187,7 @@ def read_movie(path: PathLike, *, first_frame: int = 1, last_frame: int | None =
 
     Returns:
         ``(n, rows, columns)`` in the stored integer or float dtype (EER: uint16 counts
-        per group), oriented as RELION reads the file (TIFF and EER flipped in y); MRC
+        per group), oriented as RELION reads the file (TIFF flipped in y); MRC
         frames are a view of the memory map when possible.
 
     Raises:

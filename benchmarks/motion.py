@@ -1,0 +1,143 @@
+"""Benchmark: ``cryolens motion`` against ``relion_run_motioncorr --use_own`` on the same movies.
+
+Simulates N movies (default 3 of 1024² × 24 frames, 2 e⁻/Å² per frame, 15 Å global
+drift, no local motion, gain reference, hot and dead pixels) with ``cryolens simulate
+movies``, then runs both programs on the same ``movies.star`` (global alignment, dose
+weighting, the simulator's gain) as separate processes under ``/usr/bin/time -v`` and
+reports wall time, peak memory and each tool's shift error against the simulator's
+truth STAR (RMSE over all frames of all movies of the ``rlnMicrographShiftX/Y``
+correction shifts, in movie pixels). Writes ``benchmarks/results/motion.json``.
+
+    python benchmarks/motion.py [--n 3] [--size 1024] [--frames 24] [--threads 2]
+
+RELION gets ``--j threads`` (threads per movie, one movie at a time); cryolens gets the same
+number of cores through ``OMP_NUM_THREADS`` and its default backend (in-process threads for a
+few movies, local worker processes for many), or ``--backend`` / ``--cryolens-j`` when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+SHIFT = ["rlnMicrographShiftX", "rlnMicrographShiftY"]
+
+
+def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> dict:
+    """Run ``cmd`` under GNU time; return wall seconds, CPU seconds (user + system, children included;
+    less sensitive than wall time to other work on shared cores) and peak RSS in MB."""
+    t = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=cwd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
+    cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", p.stderr))
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+            "peak_rss_mb": round(int(rss.group(1)) / 1024, 1) if rss else None}
+
+
+def shift_errors(work: Path, n: int, folder: str) -> dict:
+    """RMSE (px) of the global shifts in ``folder``'s per-movie STARs against the truth, overall and per movie."""
+    import starfile
+
+    per, sq = [], []
+    for k in range(1, n + 1):
+        name = f"movie_{k:04d}.star"
+        truth = starfile.read(work / "sim" / "Movies" / name, always_dict=True)["global_shift"][SHIFT].to_numpy()
+        found = list((work / folder).rglob(name))
+        if not found:
+            raise SystemExit(f"{folder}: no {name} written")
+        est = starfile.read(found[0], always_dict=True)["global_shift"][SHIFT].to_numpy()
+        d2 = ((est - truth) ** 2).sum(1)
+        per.append(round(float(np.sqrt(d2.mean())), 3))
+        sq.append(d2)
+    return {"shift_rmse_px": round(float(np.sqrt(np.concatenate(sq).mean())), 3), "shift_rmse_px_per_movie": per}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=3)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--frames", type=int, default=24)
+    ap.add_argument("--dose-per-frame", type=float, default=2.0)
+    ap.add_argument("--drift", type=float, default=15.0)
+    ap.add_argument("--threads", type=int, default=2, help="RELION --j; cryolens OMP_NUM_THREADS")
+    ap.add_argument("--backend", default=None, help="cryolens --backend (default: the job's choice)")
+    ap.add_argument("--cryolens-j", type=int, default=None, help="cryolens --j (movies at once in worker processes)")
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--workdir", type=Path, default=None, help="keep data here (default: a temporary folder)")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "motion.json")
+    args = ap.parse_args()
+    if shutil.which("relion_run_motioncorr") is None:
+        raise SystemExit("relion_run_motioncorr not found: apt-get install relion")
+
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="cryolens-bench-motion-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cryolens = str(BIN / "cryolens")
+    dose = str(args.dose_per_frame)
+    if not (work / "sim" / "movies.star").is_file():
+        sim = timed([cryolens, "simulate", "movies", "--preset", "tutorial", "--n-movies", str(args.n),
+                     "--frames", str(args.frames), "--size", str(args.size), str(args.size), "--dose-per-frame", dose,
+                     "--drift", str(args.drift), "--no-local-motion", "--gain", "--hot-pixels", "8",
+                     "--dead-pixels", "4", "--seed", str(args.seed), "--quiet", "--device", "cpu", "--out", "sim"],
+                    work)
+    else:
+        sim = {"reused": True}
+    for folder in ("mc", "relion"):
+        shutil.rmtree(work / folder, ignore_errors=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    ours_cmd = [cryolens, "motion", "--in", "sim/movies.star", "--out", "mc", "--dose-per-frame", dose,
+                "--quiet", "--device", "cpu"]
+    if args.cryolens_j:
+        ours_cmd += ["--j", str(args.cryolens_j)]
+    if args.backend:
+        ours_cmd += ["--backend", args.backend]
+    ours = timed(ours_cmd, work, env)
+    rel = timed(["relion_run_motioncorr", "--i", "sim/movies.star", "--o", "relion/", "--first_frame_sum", "1",
+                 "--last_frame_sum", "-1", "--use_own", "--j", str(args.threads), "--bin_factor", "1",
+                 "--bfactor", "150", "--dose_per_frame", dose, "--preexposure", "0", "--patch_x", "1",
+                 "--patch_y", "1", "--gainref", "sim/gain.mrc", "--gain_rot", "0", "--gain_flip", "0",
+                 "--dose_weighting"], work)
+    ours.update(shift_errors(work, args.n, "mc"))
+    rel.update(shift_errors(work, args.n, "relion"))
+    job = json.loads((work / "mc" / "job.json").read_text())
+    ours["job_seconds"] = job["timings_s"].get("total")
+    ours["seconds_per_movie"] = job["results"].get("seconds_per_movie")
+    ours["backend"] = job["results"].get("backend")
+    result = {
+        "benchmark": "motion", "n_movies": args.n, "size": args.size, "frames": args.frames,
+        "dose_per_frame": args.dose_per_frame, "drift_A": args.drift, "threads": args.threads,
+        "simulate": sim, "cryolens": ours, "relion_run_motioncorr": rel,
+        "time_ratio_relion_over_cryolens": round(rel["wall_s"] / ours["wall_s"], 2),
+        "cpu_ratio_relion_over_cryolens": round(rel["cpu_s"] / max(ours["cpu_s"], 1e-9), 2),
+        "rmse_ratio_cryolens_over_relion": round(ours["shift_rmse_px"] / max(rel["shift_rmse_px"], 1e-9), 3),
+        "note": "wall times on shared cores are noisy; both tools ran in the same session on the same files",
+        "workdir": str(work),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'tool':<24}{'wall s':>8}{'CPU s':>8}{'peak MB':>9}{'RMSE px':>9}")
+    for name, r in (("cryolens motion", ours), ("relion_run_motioncorr", rel)):
+        print(f"{name:<24}{r['wall_s']:>8.2f}{r['cpu_s']:>8.2f}{r['peak_rss_mb'] or 0:>9.0f}{r['shift_rmse_px']:>9.3f}")
+    print(f"RELION / cryolens wall time: {result['time_ratio_relion_over_cryolens']}; "
+          f"CPU time: {result['cpu_ratio_relion_over_cryolens']}; "
+          f"cryolens / RELION RMSE: {result['rmse_ratio_cryolens_over_relion']}")
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

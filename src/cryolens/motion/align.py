@@ -1,0 +1,246 @@
+"""Motion correction of one movie: global alignment, optional local model, sums, dose weighting.
+
+Pipeline (all frames batched, memory bounded by frame chunks):
+
+1. Full-size rfft of each chunk of frames, Fourier-cropped to the alignment grid
+   (``MotionParams.align_bin`` / ``align_resolution_A``); the full spectra are kept when
+   they fit ``cache_bytes``.
+2. Global alignment on the cropped spectra (:func:`cryolens.motion.global_align.align_frames`):
+   each frame against the B-factor-weighted sum of the others, cross-masked, sub-pixel
+   peaks, Unblur's minimum shift in the first round; shifts re-referenced to frame 0.
+3. With ``patches``: patch trajectories on the globally aligned alignment-grid frames and
+   RELION's polynomial model fitted to them (:mod:`cryolens.motion.patch_align`), unless
+   too few patches have signal (then global only, with the reason in ``local_fallback``).
+4. Sums at full size by exact Fourier phase shifts (tiles blended when a local model is
+   applied), plain and dose-weighted in the same pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from cryolens.motion.dose_weight import DoseWeights, motion_statistics, rejection_reason
+from cryolens.motion.global_align import align_frames, bfactor_filter, crop_spectrum, cross_mask, phase_ramp, freq_axes
+from cryolens.motion.params import MotionParams, MotionResult
+from cryolens.motion.patch_align import fit_polynomial_model, local_sums, measure_patches
+
+__all__ = ["align_movie", "alignment_shape"]
+
+
+def alignment_shape(height: int, width: int, pixel_size: float, params: MotionParams) -> tuple[int, int]:
+    """Even ``(h, w)`` of the alignment grid (Fourier crop of the frames)."""
+    b = params.align_bin if params.align_bin is not None else max(1.0, params.align_resolution_A / (2 * pixel_size))
+    return _fft_size(height, b), _fft_size(width, b)
+
+
+def _fft_size(n: int, binning: float) -> int:
+    """Even size near ``n / binning`` (never above ``n``, at least 32) whose prime factors are 2, 3 and 5."""
+    top = n - n % 2
+    target = min(top, max(32, int(round(n / binning))))
+    if target >= top:
+        return top
+    for m in range(target + target % 2, top + 1, 2):
+        r = m
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+    return top
+
+
+def align_movie(frames: torch.Tensor, *, pixel_size: float, params: MotionParams, dose_per_frame: float | None = None,
+                pre_exposure: float = 0.0, voltage: float = 300.0,
+                progress: Callable[[int, int], None] | None = None) -> MotionResult:
+    """Align the frames of a movie and sum them.
+
+    Args:
+        frames: ``(F, H, W)`` gain-corrected, defect-filled frames (any float dtype, any device);
+            not modified.
+        pixel_size: of the frames [Å].
+        params: options (``params.validate()`` is called).
+        dose_per_frame: exposure per frame [e⁻/Å²]; None: no dose weighting, no early/late split.
+        pre_exposure: exposure before the first frame [e⁻/Å²].
+        voltage: [kV] (100, 200 or 300 for dose weighting).
+        progress: called as ``progress(done, total)`` in arbitrary work units.
+
+    Returns:
+        :class:`MotionResult`; shifts are RELION's correction shifts relative to frame 0.
+
+    Raises:
+        ValueError: bad parameters, a frame stack that is not ``(F, H, W)`` with F >= 1 and
+            H, W >= 32, a non-positive pixel size, or non-finite values.
+    """
+    params.validate()
+    if frames.ndim != 3 or frames.shape[0] < 1 or min(frames.shape[1:]) < 32:
+        raise ValueError(f"frames must be (F, H, W) with F >= 1 and H, W >= 32, not {tuple(frames.shape)}")
+    if not pixel_size > 0:
+        raise ValueError("pixel_size must be positive (Å)")
+    if dose_per_frame is not None and not dose_per_frame > 0:
+        raise ValueError("dose_per_frame must be positive (e/Å²) or None")
+    if pre_exposure < 0:
+        raise ValueError("pre_exposure must not be negative (e/Å²)")
+    n, hh, ww = frames.shape
+    dev = frames.device
+    h, w = alignment_shape(hh, ww, pixel_size, params)
+    bx, by = ww / w, hh / h
+    apix = pixel_size * (bx + by) / 2  # alignment pixel [Å]
+    n_chunks = -(-n // params.chunk_frames)
+    local_asked = params.patches is not None and n >= 3
+    total_work = 2 * n_chunks + 1 + int(local_asked)
+    done = 0
+
+    def tick(k: int = 1) -> None:
+        nonlocal done
+        done += k
+        if progress is not None:
+            progress(done, total_work)
+
+    # 1. spectra
+    cache_ok = n * hh * (ww // 2 + 1) * 8 <= params.cache_bytes
+    cache: list[torch.Tensor] = []
+    small = torch.empty(n, h, w // 2 + 1, dtype=torch.complex64, device=dev)
+    for c in range(n_chunks):
+        sl = slice(c * params.chunk_frames, min(n, (c + 1) * params.chunk_frames))
+        spec = torch.fft.rfft2(frames[sl].to(torch.float32))
+        small[sl] = crop_spectrum(spec, (hh, ww), (h, w))
+        if cache_ok:
+            cache.append(spec)
+        del spec
+        tick()
+    if not bool(torch.isfinite(small.abs().sum())):
+        raise ValueError("the frames contain NaN or infinite values; fill defects and check the gain reference")
+    small = _taper_edges(small, h, w)
+
+    # 2. global alignment
+    filt = bfactor_filter(h, w, apix, params.bfactor_A2, device=dev)
+    if params.mask_central_cross:
+        filt = filt * cross_mask(h, w, params.cross_width_x, params.cross_width_y, device=dev)
+    if n > 1:
+        trace = align_frames(small, w, filt=filt, max_shift=params.max_shift_A / apix,
+                             min_shift_first=params.min_shift_A / apix, termination=params.termination_px,
+                             max_iterations=params.max_iterations, px_scale=(bx, by),
+                             smoothing=params.smoothing_window)
+        shifts_a = trace.shifts - trace.shifts[:1]
+        iterations, converged, score = trace.iterations, trace.converged, float(trace.snr.mean())
+    else:
+        shifts_a = torch.zeros(1, 2, dtype=torch.float64, device=dev)
+        iterations, converged, score = 0, True, 0.0
+    shifts = (shifts_a * torch.tensor([bx, by], dtype=torch.float64, device=dev)).cpu()
+    tick()
+
+    # 3. local motion
+    centres = patch_shifts = patch_snr = model = fallback = None
+    coeffs = None
+    if local_asked:
+        ky, kx = freq_axes(h, w, device=dev)
+        aligned = torch.fft.irfft2(small * phase_ramp(shifts_a, ky, kx), s=(h, w))
+        meas = measure_patches(aligned, full_shape=(hh, ww), grid=tuple(int(p) for p in params.patches),
+                               overlap=params.patch_overlap, pixel_size=apix, bfactor=params.local_bfactor_A2,
+                               max_shift_A=params.local_max_shift_A, group=params.local_group_frames,
+                               cross=(params.cross_width_x, params.cross_width_y) if params.mask_central_cross
+                               else None, termination=params.termination_px,
+                               max_iterations=params.local_max_iterations)
+        del aligned
+        centres, patch_snr = meas.centres, meas.snr
+        use = meas.snr >= params.min_patch_snr
+        if int(use.sum()) < params.min_patches:
+            fallback = (f"only {int(use.sum())} of {len(use)} patches have a correlation-peak SNR >= "
+                        f"{params.min_patch_snr:g} (need {params.min_patches}); global alignment only")
+            patch_shifts = meas.shifts - meas.shifts[:, :1]
+        else:
+            model, patch_shifts = fit_polynomial_model(meas, use, width=ww, height=hh)
+            coeffs = torch.tensor([model.coeff_x, model.coeff_y], dtype=torch.float64)
+        tick()
+    elif params.patches is not None:
+        fallback = "fewer than 3 frames: no local model"
+    del small
+
+    # 4. sums
+    weights = None
+    if params.dose_weighting and dose_per_frame is not None:
+        def weights(th: int, tw: int) -> DoseWeights:
+            return DoseWeights(th, tw, pixel_size=pixel_size, n_frames=n, dose_per_frame=dose_per_frame,
+                               pre_exposure=pre_exposure, voltage=voltage, restore_power=params.restore_power,
+                               device=dev)
+    if coeffs is not None:
+        cache.clear()  # the local sums cut tiles from the frames themselves
+        stride = params.local_tile_px or max(64, min(256, 2 * (min(hh, ww) // 16)))
+        stride -= stride % 2
+
+        def sum_progress(k: int, total: int) -> None:
+            if progress is not None:
+                progress(done + round(n_chunks * k / total), total_work)
+        aligned_sum, dw_sum = local_sums(frames, shifts, coeffs, stride=stride, weights=weights,
+                                         progress=sum_progress)
+        tick(n_chunks)
+    else:
+        aligned_sum, dw_sum = _global_sums(frames, shifts, cache, weights, params.chunk_frames, tick)
+
+    stats = motion_statistics(shifts, pixel_size, dose_per_frame=dose_per_frame, pre_exposure=pre_exposure,
+                              early_exposure=params.early_exposure)
+    return MotionResult(
+        shifts_px=shifts, aligned_sum=aligned_sum, dose_weighted_sum=dw_sum,
+        patch_centres=centres, patch_shifts=patch_shifts, patch_snr=patch_snr, local_model=model,
+        local_fallback=fallback, accum_motion_total_A=stats["total"], accum_motion_early_A=stats["early"],
+        accum_motion_late_A=stats["late"], max_frame_shift_A=stats["max_step"],
+        rejected=rejection_reason(stats, max_frame_shift_A=params.max_frame_shift_A,
+                                  max_total_travel_A=params.max_total_travel_A),
+        iterations=iterations, converged=converged, score=score, align_pixel_size=apix,
+        accum_motion_total_px=stats["total"] / pixel_size, accum_motion_early_px=stats["early"] / pixel_size,
+        accum_motion_late_px=stats["late"] / pixel_size)
+
+
+def _taper_edges(spec: torch.Tensor, h: int, w: int, fraction: float = 0.1) -> torch.Tensor:
+    """Spectra of the mean-subtracted frames with their edges faded to 0 over ``fraction`` of each side.
+
+    Without it the seam of the periodic frame (new content drifting in at the borders) pulls
+    every frame towards the others' unshifted position.
+    """
+    real = torch.fft.irfft2(spec, s=(h, w))
+    real -= real.mean(dim=(-2, -1), keepdim=True)
+    real *= _edge_taper(h, max(2, int(fraction * h)), spec.device)[:, None] * \
+        _edge_taper(w, max(2, int(fraction * w)), spec.device)[None, :]
+    return torch.fft.rfft2(real)
+
+
+def _edge_taper(n: int, edge: int, device) -> torch.Tensor:
+    t = torch.ones(n, device=device)
+    ramp = torch.sin(0.5 * torch.pi * (torch.arange(edge, device=device) + 0.5) / edge) ** 2
+    t[:edge] = ramp
+    t[n - edge:] = ramp.flip(0)
+    return t
+
+
+def _global_sums(frames: torch.Tensor, shifts: torch.Tensor, cache: list[torch.Tensor],
+                 weights: Callable[[int, int], DoseWeights] | None, chunk: int,
+                 tick: Callable[[], None]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Plain and dose-weighted sums of the frames moved by ``shifts (F, 2)`` [px] (Fourier phase shifts)."""
+    n, hh, ww = frames.shape
+    dev = frames.device
+    ky, kx = freq_axes(hh, ww, device=dev)
+    acc = torch.zeros(hh, ww // 2 + 1, dtype=torch.complex64, device=dev)
+    dw = weights(hh, ww) if weights is not None else None
+    acc_dw = torch.zeros_like(acc) if dw is not None else None
+    acc_dw_r = torch.view_as_real(acc_dw) if acc_dw is not None else None
+    for c, f0 in enumerate(range(0, n, chunk)):
+        idx = torch.arange(f0, min(n, f0 + chunk))
+        spec = cache[c] if cache else torch.fft.rfft2(frames[f0:f0 + len(idx)].to(torch.float32))
+        if cache:
+            cache[c] = None  # type: ignore[call-overload]  # ours now: modified in place, freed as we go
+        s = shifts[idx].to(dev, torch.float32)
+        ex = torch.polar(torch.ones((), device=dev), -2 * torch.pi * s[:, 0, None] * kx)
+        ey = torch.polar(torch.ones((), device=dev), -2 * torch.pi * s[:, 1, None] * ky)
+        spec.mul_(ey[:, :, None]).mul_(ex[:, None, :])  # in place: the spectra are ours now
+        acc += spec.sum(0)
+        if acc_dw_r is not None:
+            wts = dw(idx)
+            acc_dw_r += (torch.view_as_real(spec) * wts[..., None]).sum(0)
+            del wts
+        del spec
+        tick()
+    aligned = torch.fft.irfft2(acc, s=(hh, ww)).to(torch.float32)
+    dose = torch.fft.irfft2(acc_dw, s=(hh, ww)).to(torch.float32) if acc_dw is not None else None
+    return aligned, dose
