@@ -97,9 +97,10 @@ def test_image_source_relion_project_cwd_rule(shared_data, tmp_path, monkeypatch
     project = shared_data / PROJECT
     star = project / EXTRACT_STAR
     particles = read_star(star)["images"]
-    monkeypatch.chdir(tmp_path)  # "Extract/job009/..." is neither under cwd nor under the STAR folder
-    with pytest.raises(InputError, match="frameImage_extract.star: stack Extract/job009/.* row 1"):
-        ImageSource(particles, star)
+    monkeypatch.chdir(tmp_path)  # "Extract/job009/..." is under neither cwd nor the STAR folder, but under its ancestor
+    assert ImageSource(particles, star).stack_paths == [project / EXTRACT_STACK]
+    with pytest.raises(InputError, match="moved.star: stack Extract/job009/.* row 1"):
+        ImageSource(particles, tmp_path / "moved.star")  # the same rows in a STAR outside the project
     monkeypatch.chdir(project)
     source = ImageSource(particles, star)
     assert len(source) == 242 and source.image_size == 64
