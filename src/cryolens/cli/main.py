@@ -13,6 +13,7 @@ from cryolens.cli import postprocess as _postprocess
 from cryolens.cli import profiles as _profiles
 from cryolens.cli import project as _project
 from cryolens.cli import reconstruct as _reconstruct
+from cryolens.cli import refine as _refine
 from cryolens.cli import run as _run
 from cryolens.cli import select as _select
 from cryolens.cli import simulate as _simulate
@@ -35,6 +36,7 @@ app.command("run")(_run.run_command)
 app.add_typer(_select.app, name="select")
 app.command("ctf")(_ctf.ctf)
 app.command("motion")(_motion.motion)
+app.command("refine")(_refine.refine)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,215 @@
+"""Benchmark: ``cryolens refine`` against ``relion_refine_mpi --auto_refine`` on the same particles.
+
+Simulates N particles (default 2 000) of the 70S ribosome map in ``../shared/data/maps`` at box 64,
+4 Å/px, SNR 0.05 with CTF (``cryolens simulate particles``), writes the truth low-passed to 40 Å
+as the common starting reference, then runs both refinements on the same ``particles.star`` as
+separate processes under ``/usr/bin/time -v`` (RELION: ``mpirun -n 3`` for its two half-set
+ranks plus the leader; cryolens with ``--threads`` torch threads) and reports, for each:
+
+* wall time and peak memory;
+* gold-standard resolution: FSC 0.143 between the half maps (one FSC code for both, soft
+  spherical mask of the particle diameter), and FSC 0.5/0.143 of the final map against the truth;
+* median/mean angular error of the refined poses against the true poses (modulo symmetry) and
+  the median origin error.
+
+``--sym-cases`` adds symmetric assemblies (the phantom moved off-centre and expanded with O
+and with D7) refined by cryolens with the right symmetry and with C1, to show what symmetry
+buys. ``--quick`` is a small run (300 particles, cap of 8 iterations). Writes
+``benchmarks/results/refine.json`` (or ``refine_quick.json``).
+
+    python benchmarks/refine.py [--quick] [--n 2000] [--threads 2] [--no-relion] [--sym-cases]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+RIBOSOME = HERE.parent.parent / "shared" / "data" / "maps" / "clean70SRibosome_vol_65p.mrc"
+
+
+def timed(cmd: list[str], cwd: Path, env: dict | None = None, log: Path | None = None) -> dict:
+    """Run ``cmd`` under GNU time; return wall seconds, CPU seconds (user + system, children included: the
+    fairer measure on a loaded machine) and peak RSS (MB, the largest process)."""
+    t = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=cwd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    if log is not None:
+        log.write_text(p.stdout + "\n" + p.stderr)
+    if p.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
+    cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", p.stderr))
+    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "peak_rss_mb": round(int(rss.group(1)) / 1024, 1) if rss else None}
+
+
+def write_reference(truth: Path, out: Path, resolution: float) -> None:
+    from cryolens.core.fourier import bandpass
+    import numpy as np
+    import torch
+    from cryolens.io import read_mrc, write_mrc
+    vol, apix = read_mrc(truth)
+    write_mrc(out, bandpass(torch.as_tensor(np.array(vol)), pixel_size=apix, high_res=resolution, ndim=3).numpy(), apix)
+
+
+def evaluate(star: Path, half1: Path, half2: Path, full: Path, truth_star: Path, truth_map: Path, *, sym: str,
+             diameter: float) -> dict:
+    """Resolutions (same FSC code for every program) and pose errors against the simulation's truth."""
+    import numpy as np
+    import torch
+    from cryolens.core.fsc import fsc
+    from cryolens.core.masks import soft_sphere
+    from cryolens.core.rotations import geodesic_distance
+    from cryolens.core.symmetry import symmetry_matrices
+    from cryolens.io import read_mrc, read_particles
+    from cryolens.particles import origins_px_from_table, rotations_from_table
+    from cryolens.io import merge_optics
+
+    h1, apix = read_mrc(half1)
+    h2, _ = read_mrc(half2)
+    m, _ = read_mrc(full)
+    t, _ = read_mrc(truth_map)
+    n = h1.shape[0]
+    mask = soft_sphere(n, radius=diameter / 2 / apix, edge_width=5)
+    T = lambda a: torch.as_tensor(np.array(a, dtype=np.float32))  # noqa: E731
+    gold = fsc(T(h1), T(h2), pixel_size=apix, mask=mask)
+    vs_truth = fsc(T(m), T(t), pixel_size=apix, mask=mask)
+    o1, p1 = read_particles(star)
+    o2, p2 = read_particles(truth_star)
+    a, b = merge_optics(o1, p1), merge_optics(o2, p2)
+    b = b.set_index("rlnImageName").loc[a["rlnImageName"]].reset_index()
+    g = symmetry_matrices(sym)
+    ang = geodesic_distance(rotations_from_table(a)[:, None] @ g[None], rotations_from_table(b)[:, None]).amin(1)
+    sh = (origins_px_from_table(a) - origins_px_from_table(b)).norm(dim=1) * apix
+    return {"gold_fsc_0.143_A": round(gold.resolution_at(0.143), 2),
+            "fsc_truth_0.5_A": round(vs_truth.resolution_at(0.5), 2),
+            "fsc_truth_0.143_A": round(vs_truth.resolution_at(0.143), 2),
+            "median_angle_error_deg": round(float(ang.median()), 2), "mean_angle_error_deg": round(float(ang.mean()), 2),
+            "fraction_angle_error_over_10deg": round(float((ang > 10).float().mean()), 3),
+            "median_origin_error_A": round(float(sh.median()), 2)}
+
+
+def simulate(work: Path, name: str, structure: str, args, *, seed: int = 1) -> Path:
+    cryolens = str(BIN / "cryolens")
+    timed([cryolens, "simulate", "particles", "--structure", structure, "--map-pixel-size", str(args.pixel_size),
+           "--pixel-size", str(args.pixel_size), "--box", str(args.box), "--n", str(args.n), "--snr", str(args.snr),
+           "--defocus", "10000", "25000", "--max-shift", "4", "--seed", str(seed), "--out", name, "--quiet",
+           "--device", "cpu"], work)
+    write_reference(work / name / "truth_map.mrc", work / name / "ref_40A.mrc", args.ini_high)
+    return work / name
+
+
+def run_cryolens(work: Path, sim: Path, out: str, args, *, sym: str = "C1", eval_sym: str | None = None) -> dict:
+    """Refine with ``sym``; pose errors are taken modulo ``eval_sym`` (the structure's true symmetry)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    r = timed([str(BIN / "cryolens"), "refine", "--in", str(sim / "particles.star"), "--ref", str(sim / "ref_40A.mrc"),
+               "--ini-high", str(args.ini_high), "--sym", sym, "--particle-diameter", str(args.diameter),
+               "--max-iter", str(args.max_iter), "--out", out, "--quiet", "--device", "cpu"], work, env,
+              log=work / f"{out}.log")
+    job = json.loads((work / out / "job.json").read_text())
+    r.update(iterations=job["results"]["iterations"], converged=job["results"]["converged"],
+             own_resolution_A=job["results"]["resolution_0143_A"])
+    r.update(evaluate(work / out / "particles.star", work / out / "half1.mrc", work / out / "half2.mrc",
+                      work / out / "map.mrc", sim / "particles.star", sim / "truth_map.mrc", sym=eval_sym or sym,
+                      diameter=args.diameter))
+    return r
+
+
+def run_relion(work: Path, sim: Path, args) -> dict:
+    (work / "relion").mkdir(exist_ok=True)
+    cmd = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-n", "3", "relion_refine_mpi",
+           "--o", "relion/run", "--auto_refine", "--split_random_halves", "--i", str(sim / "particles.star"),
+           "--ref", str(sim / "ref_40A.mrc"), "--firstiter_cc", "--ini_high", str(args.ini_high),
+           "--dont_combine_weights_via_disc", "--pool", "3", "--pad", "2", "--ctf",
+           "--particle_diameter", str(args.diameter), "--flatten_solvent", "--zero_mask", "--oversampling", "1",
+           "--healpix_order", "2", "--auto_local_healpix_order", "4", "--offset_range", "5", "--offset_step", "2",
+           "--sym", "C1", "--low_resol_join_halves", "40", "--norm", "--scale", "--j", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = timed(cmd, work, env, log=work / "relion.log")
+    its = sorted(work.glob("relion/run_it*_data.star"))
+    r["iterations"] = int(re.search(r"_it(\d+)_", its[-1].name).group(1)) if its else None
+    r.update(evaluate(work / "relion" / "run_data.star", work / "relion" / "run_half1_class001_unfil.mrc",
+                      work / "relion" / "run_half2_class001_unfil.mrc", work / "relion" / "run_class001.mrc",
+                      sim / "particles.star", sim / "truth_map.mrc", sym="C1", diameter=args.diameter))
+    return r
+
+
+def symmetric_structure(work: Path, sym: str, args) -> Path:
+    """The phantom shifted off-centre and expanded with ``sym``: an assembly of |G| subunits."""
+    import torch
+    from cryolens.core.symmetry import symmetrize_volume
+    from cryolens.io import write_mrc
+    from cryolens.simulate.phantom import asymmetric_phantom
+    n = args.box
+    sub = asymmetric_phantom(n, args.pixel_size, diameter=0.25 * n * args.pixel_size, seed=4)
+    sub = torch.roll(sub, shifts=(n // 8, n // 10, n // 7), dims=(0, 1, 2))
+    vol = symmetrize_volume(sub, sym)
+    path = work / f"assembly_{sym}.mrc"
+    write_mrc(path, (vol / vol.max()).numpy(), args.pixel_size)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="300 particles, at most 8 iterations")
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--box", type=int, default=64)
+    ap.add_argument("--pixel-size", type=float, default=4.0)
+    ap.add_argument("--snr", type=float, default=0.05)
+    ap.add_argument("--ini-high", type=float, default=40.0)
+    ap.add_argument("--diameter", type=float, default=220.0, help="particle (mask) diameter, Å")
+    ap.add_argument("--max-iter", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-relion", action="store_true")
+    ap.add_argument("--sym-cases", action="store_true", help="also O and D7 assemblies, right symmetry vs C1")
+    ap.add_argument("--skip-ribosome", action="store_true", help="only the symmetric cases")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    args.n = args.n or (300 if args.quick else 2000)
+    args.max_iter = args.max_iter or (8 if args.quick else 15)
+    out = args.out or HERE / "results" / ("refine_quick.json" if args.quick else "refine.json")
+    if not args.no_relion and shutil.which("relion_refine_mpi") is None:
+        raise SystemExit("relion_refine_mpi not found: apt-get install relion (or pass --no-relion)")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="cryolens-bench-refine-"))
+    work.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": "refine", "n_particles": args.n, "box": args.box, "pixel_size_A": args.pixel_size,
+              "snr": args.snr, "ini_high_A": args.ini_high, "threads": args.threads, "workdir": str(work),
+              "note": "wall times on a shared 2-core machine are noisy; compare ratios from one run"}
+    if not args.skip_ribosome:
+        sim = simulate(work, "sim", str(RIBOSOME), args)
+        result["cryolens"] = run_cryolens(work, sim, "cryolens", args)
+        print(json.dumps(result["cryolens"], indent=2), flush=True)
+    if not args.no_relion and not args.skip_ribosome:
+        result["relion"] = run_relion(work, sim, args)
+        c, r = result["cryolens"], result["relion"]
+        result["time_ratio_relion_over_cryolens"] = round(r["wall_s"] / c["wall_s"], 2)
+        result["gold_resolution_ratio_cryolens_over_relion"] = round(c["gold_fsc_0.143_A"] / r["gold_fsc_0.143_A"], 3)
+        result["truth_resolution_ratio_cryolens_over_relion"] = round(c["fsc_truth_0.143_A"] / r["fsc_truth_0.143_A"], 3)
+        result["cpu_ratio_relion_over_cryolens"] = round(r["cpu_s"] / max(c["cpu_s"], 1e-3), 2)
+    if args.sym_cases:
+        cases = {}
+        for sym in ("O", "D7"):
+            path = symmetric_structure(work, sym, args)
+            s = simulate(work, f"sim_{sym}", str(path), args, seed=2)
+            cases[sym] = {"right_symmetry": run_cryolens(work, s, f"cryolens_{sym}", args, sym=sym),
+                          "C1": run_cryolens(work, s, f"cryolens_{sym}_c1", args, sym="C1", eval_sym=sym)}
+        result["symmetric"] = cases
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""Gold-standard 3D auto-refinement (RELION's ``--auto_refine`` scheme, hard assignment).
+
+Each half set (``rlnRandomSubset`` 1/2) is aligned only against its own reference and
+reconstructed into its own accumulator; the halves meet only in the FSC, which sets the
+resolution, the next band limit, the Wiener filter of the references and the sampling.
+
+Per iteration, for every batch of images and each half:
+
+1. the first ``global_iterations``: exhaustive search over a HEALPix grid (order ``global_order``,
+   reduced by the symmetry) × shifts within ``offset_range`` (step ``offset_step``), the best
+   ``global_top_k`` candidates (plus the current pose after iteration 1) refined by local passes
+   at halving steps down to the current sampling (as RELION keeps searching globally until its
+   ``auto_local_healpix_order``); iteration 1 uses the scale-free CC score;
+2. later iterations: two local passes around the current pose (step ``s``, range ``2s``;
+   then ``s/2``, range ``s``; shifts likewise) with the ML score under the per-shell noise
+   model; ``s`` follows the resolution: ``s = degrees(resolution / diameter)``;
+3. the best pose is inserted (CTF-weighted, symmetry-expanded) into the half's back-projector
+   and the residual power feeds the half's noise spectrum.
+
+After the pass: unfiltered half maps -> FSC (soft spherical mask) -> resolution (0.143);
+references = half maps Wiener-filtered with ``SSNR = FSC/(1-FSC)``, masked by the user's mask,
+or by a sphere and, below ``auto_mask_resolution``, by a dynamic mask from each half's own map.
+Converged when, for two iterations, the resolution has not improved by 1 %, the sampling is the
+finest the resolution asks for and the median pose change is within the angular step (and
+``min_iterations`` and the global iterations are done); one final iteration then inserts the
+full box (earlier ones insert only up to 1.5 × the alignment band).
+
+Noise model vs weighted CC: we use a per-shell Gaussian noise model (ML score, sigma² from the
+residuals per half), which weights every shell by its actual noise power, makes scores
+log-likelihoods (so a best-pose posterior probability per particle is available), and keeps
+the CTF and the reference's amplitude in the model; the first iteration uses the whitened,
+scale-free CC because the user's reference is not on the data's scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryolens.core.ctf import ctf_2d
+from cryolens.core.fourier import bandpass, ft2, radius_3d, shell_index
+from cryolens.core.fsc import FSCResult, fsc, fsc_to_ssnr
+from cryolens.core.masks import mask_from_map, soft_sphere
+from cryolens.core.projector import BackProjector, SliceGrid, prepare_volume
+from cryolens.core.rotations import geodesic_distance
+from cryolens.core.so3_grid import healpix_step_deg, so3_grid
+from cryolens.core.symmetry import symmetry_matrices
+from cryolens.particles import ctf_params_from_table, has_ctf, origins_px_from_table, rotations_from_table
+from cryolens.refine.noise import NoiseModel, ShellAccumulator
+from cryolens.refine.params import RefineParams
+from cryolens.refine.pose_search import (BandProjector, Candidates, FrequencyBand, SearchData, best_projections,
+                                         global_search, local_search, shift_grid)
+
+__all__ = ["RefineResult", "IterationStats", "auto_refine", "fsc_weight"]
+
+Batches = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+Progress = Callable[[int, int, int, float], None]
+
+
+@dataclass
+class IterationStats:
+    """One iteration: resolution (Å, half-map FSC 0.143), band limit (Å), sampling, pose changes.
+
+    ``mode`` is the score and the search: ``cc-global``, ``ml-global`` or ``ml-local``;
+    angle changes are in degrees (modulo symmetry), the shift change in px.
+    """
+
+    iteration: int
+    resolution: float
+    band_limit: float
+    angular_step: float
+    offset_step: float
+    mean_angle_change: float
+    median_angle_change: float
+    rms_shift_change: float
+    mode: str
+    seconds: float
+
+
+@dataclass
+class RefineResult:
+    """Refined maps (CPU tensors), FSC, poses and per-particle scores (NumPy, table row order).
+
+    ``full`` is the map from both halves weighted per shell by ``sqrt(2·FSC/(1+FSC))``;
+    ``full_unweighted`` the plain ``ΣCTF·X / ΣCTF²`` map. ``shifts`` are origins in px.
+    """
+
+    half1: torch.Tensor
+    half2: torch.Tensor
+    full: torch.Tensor
+    full_unweighted: torch.Tensor
+    fsc: FSCResult
+    rotations: np.ndarray
+    shifts: np.ndarray
+    log_likelihood: np.ndarray
+    max_probability: np.ndarray
+    history: list[IterationStats] = field(default_factory=list)
+    converged: bool = False
+
+    @property
+    def resolution(self) -> float:
+        return self.fsc.resolution_at(0.143)
+
+
+def fsc_weight(volume: torch.Tensor, curve: np.ndarray) -> torch.Tensor:
+    """Multiply a map per shell by ``sqrt(2·FSC/(1+FSC))`` (the full map's expected correlation with the truth)."""
+    from cryolens.core.fourier import ft3, ift3
+    n = volume.shape[-1]
+    c = torch.as_tensor(np.clip(curve, 0, 1), dtype=torch.float32, device=volume.device)
+    w = torch.sqrt(2 * c / (1 + c))
+    sh = shell_index(radius_3d(n, device=volume.device)).clamp_max(n // 2)
+    return ift3(ft3(volume) * w[sh], n)
+
+
+def _backprojector(n: int, pad: int, device: torch.device, r_insert: float) -> BackProjector:
+    """A back-projector that inserts only frequencies with radius < ``r_insert`` (cycles per box).
+
+    During iterations nothing beyond the alignment band's reach is needed, and insertion cost
+    scales with the coefficients inserted; the final iteration inserts the full box.
+    """
+    bp = BackProjector(n, pad=pad, device=device)
+    g = bp.grid
+    keep = g.k.norm(dim=1) < r_insert
+    bp.grid = SliceGrid(n, g.k[keep], g.flat[keep], g.column_weight[keep])
+    return bp
+
+
+def _pose_change(r_old: torch.Tensor, r_new: torch.Tensor, sym: torch.Tensor) -> torch.Tensor:
+    """Geodesic angle (degrees) between poses, minimised over the symmetry group."""
+    return geodesic_distance((r_old[:, None] @ sym[None]), r_new[:, None]).amin(1)
+
+
+class _Refiner:
+    """State of one refinement (kept small: poses, per-half maps, noise spectra)."""
+
+    def __init__(self, batches: Batches, particles: pd.DataFrame, reference: torch.Tensor, *, pixel_size: float,
+                 params: RefineParams, mask: torch.Tensor | None, device: torch.device, progress: Progress | None):
+        self.batches, self.p, self.apix, self.dev, self.progress = batches, params, pixel_size, device, progress
+        self.n = n = reference.shape[-1]
+        self.N = len(particles)
+        self.table = particles
+        self.subset = torch.as_tensor(particles["rlnRandomSubset"].to_numpy().astype(np.int64))
+        self.use_ctf = params.ctf and has_ctf(particles)
+        self.sym = symmetry_matrices(params.symmetry, device=device)
+        self.rot = rotations_from_table(particles, device)
+        self.shift = origins_px_from_table(particles, device)
+        self.loglik = torch.zeros(self.N, device=device)
+        self.maxprob = torch.zeros(self.N, device=device)
+        diameter = params.particle_diameter or 0.9 * n * pixel_size
+        self.diameter = diameter
+        radius_px = min(diameter / 2 / pixel_size, n / 2 - 1)
+        self.image_mask = soft_sphere(n, radius=max(radius_px - 3, 1), edge_width=5, ndim=2, device=device)
+        self.sphere = soft_sphere(n, radius=max(radius_px - 3, 1), edge_width=5, ndim=3, device=device)
+        self.user_mask = mask.to(device) if mask is not None else None
+        ref = bandpass(reference.to(device).float(), pixel_size=pixel_size, high_res=params.ini_high, ndim=3)
+        self.refs = {1: ref, 2: ref.clone()}
+        self.masks = {h: self.user_mask if self.user_mask is not None else self.sphere for h in (1, 2)}
+        self.noise: dict[int, NoiseModel] = {}
+        self.history: list[IterationStats] = []
+
+    # -- data -------------------------------------------------------------------------------
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(rows, masked image transforms, raw transforms, CTF)`` per batch, on the device."""
+        for idx, images in self.batches():
+            rows = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+            img = torch.as_tensor(np.ascontiguousarray(images), dtype=torch.float32, device=self.dev)
+            raw = ft2(img)
+            masked = ft2(img * self.image_mask)
+            if self.use_ctf:
+                ctf = ctf_2d(ctf_params_from_table(self.table.iloc[rows.numpy()], self.dev), box=self.n,
+                             pixel_size=self.apix, device=self.dev)
+            else:
+                ctf = torch.ones(raw.shape, dtype=torch.float32, device=self.dev)
+            yield rows.to(self.dev), masked, raw, ctf
+
+    def _image_power(self) -> None:
+        full = FrequencyBand.build(self.n, self.n / 2, self.dev)
+        acc = {h: ShellAccumulator(self.n, self.dev) for h in (1, 2)}
+        for rows, masked, _, _ in self._batches():
+            for h in (1, 2):
+                sel = self.subset.to(self.dev)[rows] == h
+                if sel.any():
+                    acc[h].add(full.gather(masked[sel]), full)
+        self.noise = {h: NoiseModel(acc[h].mean()) for h in (1, 2)}
+
+    # -- one iteration ----------------------------------------------------------------------
+    def _search(self, it: int, proj: BandProjector, data: SearchData, rows: torch.Tensor,
+                step: float, ostep: float) -> Candidates:
+        """Global (first ``global_iterations``) or local search of one half's batch; best pose per image."""
+        p = self.p
+        mode = "cc" if it == 1 else "ml"
+        current = Candidates(torch.zeros(len(rows), 1, device=self.dev), self.rot[rows][:, None],
+                             self.shift[rows][:, None])
+        if it <= p.global_iterations:
+            g = healpix_step_deg(p.global_order)
+            centre = torch.zeros_like(self.shift[rows]) if it == 1 else self.shift[rows]
+            cand = global_search(proj, data, self._grid, shift_grid(p.offset_step, p.offset_range, device=self.dev),
+                                 top_k=p.global_top_k, mode=mode, centre=centre, max_block=p.max_block)
+            if it > 1:  # the current pose competes too, so a good pose is never lost
+                cand = Candidates(torch.cat([cand.score, current.score], 1),
+                                  torch.cat([cand.rotations, current.rotations], 1),
+                                  torch.cat([cand.shifts, current.shifts], 1))
+            passes, a, o = [], g / 2, p.offset_step / 2
+            while True:  # halve from the grid's step down to the current sampling
+                passes.append((a, 2 * a, o, 2 * o))
+                if a <= step / 2 + 1e-9 or len(passes) >= 4:
+                    break
+                a, o = max(a / 2, step / 2), max(o / 2, ostep / 2)
+        else:
+            cand = current
+            passes = [(step, 2 * step, ostep, 2 * ostep), (step / 2, step, ostep / 2, ostep)]
+        for a_step, a_range, o_step, o_range in passes:
+            cand = local_search(proj, data, cand, angular_step=a_step, angular_range=a_range,
+                                offset_step=o_step, offset_range=o_range, mode=mode, max_block=p.max_block)
+        return cand
+
+    def iterate(self, it: int, resolution: float, step: float, ostep: float, *,
+                final: bool = False) -> tuple[dict, FSCResult]:
+        import time
+        t0 = time.perf_counter()
+        p, n, dev = self.p, self.n, self.dev
+        r_max = min(n / 2, n * self.apix / resolution + p.band_margin)
+        band = FrequencyBand.build(n, r_max, dev)
+        projs = {h: BandProjector(prepare_volume(self.refs[h] * self.masks[h], pad=p.pad), band) for h in (1, 2)}
+        inv = {h: self.noise[h].inverse_on(band) for h in (1, 2)}
+        r_insert = n / 2 if final else min(n / 2, 1.5 * r_max + 4)
+        bps = {h: _backprojector(n, p.pad, dev, r_insert) for h in (1, 2)}
+        resid = {h: ShellAccumulator(n, dev) for h in (1, 2)}
+        old_rot, old_shift = self.rot.clone(), self.shift.clone()
+        subset = self.subset.to(dev)
+        done = 0
+        for rows, masked, raw, ctf in self._batches():
+            for h in (1, 2):
+                sel = subset[rows] == h
+                if not sel.any():
+                    continue
+                r = rows[sel]
+                x, c = band.gather(masked[sel]), band.gather(ctf[sel])
+                data = SearchData(x, c, inv[h])
+                cand = self._search(it, projs[h], data, r, step, ostep)
+                rot, sh = cand.rotations[:, 0], cand.shifts[:, 0]
+                model = c * best_projections(projs[h], rot, sh)
+                if it == 1:  # CC mode: fit each image's scale to the reference before taking residuals
+                    wv = band.weight * inv[h]
+                    a = ((x * model.conj()).real * wv).sum(1) / ((model.abs() ** 2) * wv).sum(1).clamp_min(1e-30)
+                    model = model * a[:, None]
+                res = x - model
+                resid[h].add(res, band)
+                self.loglik[r] = -((res.abs() ** 2) * band.weight * inv[h]).sum(1)
+                self.maxprob[r] = torch.exp(cand.score[:, 0] - cand.log_evidence).clamp(0, 1)
+                self.rot[r], self.shift[r] = rot, sh
+                bps[h].insert(raw[sel], rot, sh, ctf[sel] if self.use_ctf else None, symmetry=self.sym)
+            done += len(rows)
+            if self.progress is not None:
+                self.progress(it, done, self.N, resolution)
+        for h in (1, 2):
+            self.noise[h].update(resid[h].mean())
+        half = {h: bps[h].reconstruct() for h in (1, 2)}
+        curve = fsc(half[1], half[2], pixel_size=self.apix, mask=self.sphere)
+        ssnr = fsc_to_ssnr(curve.fsc, full_map=False)
+        self.refs = {h: bps[h].reconstruct(ssnr=ssnr) for h in (1, 2)}
+        new_res = curve.resolution_at(0.143)
+        if self.user_mask is None and p.auto_mask and new_res < p.auto_mask_resolution:
+            self.masks = {h: self._auto_mask(self.refs[h], new_res) for h in (1, 2)}
+        dang = _pose_change(old_rot, self.rot, self.sym)
+        dsh = (self.shift - old_shift).norm(dim=1)
+        stats = dict(resolution=new_res, band_limit=n * self.apix / r_max, mean_angle_change=float(dang.mean()),
+                     median_angle_change=float(dang.median()), rms_shift_change=float(dsh.pow(2).mean().sqrt()),
+                     mode=("cc" if it == 1 else "ml") + ("-global" if it <= p.global_iterations else "-local"),
+                     seconds=time.perf_counter() - t0)
+        self._bps = bps
+        return stats, curve
+
+    def _auto_mask(self, ref: torch.Tensor, resolution: float) -> torch.Tensor:
+        """Dynamic mask from a half's own map: low-passed, thresholded at 20 % of its max, dilated, soft edge.
+
+        (cryoSPARC-like; when ``cryolens.postprocess`` offers its automatic mask, it plugs in here.)
+        """
+        lp = max(resolution, 2.5 * self.apix, 12.0)
+        m = mask_from_map(ref, pixel_size=self.apix, threshold_fraction=0.2, dilate_angstrom=max(6.0, lp / 2),
+                          soft_edge_angstrom=max(12.0, lp), lowpass_angstrom=lp).to(self.dev)
+        return m * self.sphere
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> RefineResult:
+        p = self.p
+        self._grid = so3_grid(p.global_order, sym=p.symmetry, device=self.dev).matrices
+        self._image_power()
+        resolution = p.ini_high
+        step = healpix_step_deg(p.global_order) / 4
+        ostep = p.offset_step / 4
+        best, stall, converged = math.inf, 0, False
+        curve = None
+        for it in range(1, p.max_iterations + 1):
+            final = converged or it == p.max_iterations
+            st, curve = self.iterate(it, resolution, step, ostep, final=final)
+            self.history.append(IterationStats(iteration=it, angular_step=step if it > 1 else healpix_step_deg(
+                p.global_order), offset_step=ostep if it > 1 else p.offset_step, **st))
+            if final:
+                break
+            resolution = st["resolution"]
+            # RELION-like auto-sampling: halve the steps until they match the resolution
+            target = max(2 * p.min_angular_step, 0.5 * math.degrees(resolution / self.diameter))
+            otarget = max(2 * p.min_offset_step, resolution / (4 * self.apix))
+            # (steps change only when the target is 20 % finer, so that the sampling settles)
+            new_step = step if target > 0.8 * step else max(target, step / 2)
+            new_ostep = ostep if otarget > 0.8 * ostep else max(otarget, ostep / 2)
+            finest = new_step >= step - 1e-9 and new_ostep >= ostep - 1e-9
+            settled = st["median_angle_change"] <= step and st["rms_shift_change"] <= 2 * ostep
+            stall = stall + 1 if (resolution > 0.99 * best and finest and settled) else 0
+            best = min(best, resolution)
+            step, ostep = new_step, new_ostep
+            # converged: one more (final) iteration inserts the full box with these poses' sampling
+            converged = it + 1 >= max(2, p.min_iterations) and it >= p.global_iterations and stall >= 2
+        bps = self._bps
+        half1, half2 = bps[1].reconstruct(), bps[2].reconstruct()
+        bps[1].add(bps[2])
+        full = bps[1].reconstruct()
+        return RefineResult(half1.cpu(), half2.cpu(), fsc_weight(full, curve.fsc).cpu(), full.cpu(), curve,
+                            self.rot.cpu().numpy(), self.shift.cpu().numpy(), self.loglik.cpu().numpy(),
+                            self.maxprob.cpu().numpy(), self.history, converged)
+
+
+def auto_refine(batches: Batches, particles: pd.DataFrame, reference: torch.Tensor, *, pixel_size: float,
+                params: RefineParams, mask: torch.Tensor | None = None, device: torch.device | str = "cpu",
+                progress: Progress | None = None) -> RefineResult:
+    """Refine poses and reconstruct gold-standard half maps.
+
+    Args:
+        batches: called once per pass, returns an iterable of ``(row_indices, images)`` with
+            images ``(b, n, n)`` float32 (white on black) and row indices into ``particles``.
+        particles: table with optics merged in, CTF columns and ``rlnRandomSubset`` (1/2).
+            Existing poses are ignored by the global first iteration.
+        reference: ``(n, n, n)`` starting map on the particles' grid (low-passed to ``ini_high`` here).
+        pixel_size: Å per pixel of images and reference.
+        params: :class:`RefineParams`.
+        mask: optional ``(n, n, n)`` soft reference mask (0..1) used instead of the automatic one.
+        progress: ``progress(iteration, done, total, resolution_A)`` after each batch.
+
+    Returns:
+        :class:`RefineResult`.
+    """
+    params.validate()
+    n = reference.shape[-1]
+    if reference.shape != (n, n, n):
+        raise ValueError(f"the reference must be a cubic map, got {tuple(reference.shape)}")
+    if "rlnRandomSubset" not in particles.columns or not particles["rlnRandomSubset"].isin([1, 2]).all():
+        raise ValueError("particles need rlnRandomSubset 1/2 for every row (see cryolens.particles.assign_half_sets)")
+    if mask is not None and mask.shape != reference.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} differs from the reference's {tuple(reference.shape)}")
+    dev = torch.device(device)
+    return _Refiner(batches, particles.reset_index(drop=True), reference, pixel_size=pixel_size, params=params,
+                    mask=mask, device=dev, progress=progress).run()
