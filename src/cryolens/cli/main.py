@@ -20,23 +20,23 @@ from cryolens.cli import simulate as _simulate
 
 app = typer.Typer(
     name="cryolens",
-    help="Cryo-EM single-particle analysis: simulate, reconstruct, fsc (more stages to come).",
+    help="Cryo-EM single-particle analysis: import, motion, ctf, select, reconstruct, refine, postprocess; workflows (run), projects, simulation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(_simulate.app, name="simulate")
 app.add_typer(_project.app, name="project")
 app.add_typer(_importing.app, name="import")
-app.add_typer(_profiles.app, name="profiles")
-app.command("reconstruct")(_reconstruct.reconstruct)
-app.command("fsc")(_fsc.fsc_command)
-app.command("postprocess")(_postprocess.postprocess)
-app.command("run")(_run.run_command)
-app.add_typer(_select.app, name="select")
-app.command("ctf")(_ctf.ctf)
 app.command("motion")(_motion.motion)
+app.command("ctf")(_ctf.ctf)
+app.add_typer(_select.app, name="select")
+app.command("reconstruct")(_reconstruct.reconstruct)
 app.command("refine")(_refine.refine)
+app.command("postprocess")(_postprocess.postprocess)
+app.command("fsc")(_fsc.fsc_command)
+app.command("run")(_run.run_command)
+app.add_typer(_simulate.app, name="simulate")
+app.add_typer(_profiles.app, name="profiles")
 
 
 def _version(value: bool) -> None:
