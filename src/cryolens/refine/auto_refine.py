@@ -279,7 +279,8 @@ class _Refiner:
     def _auto_mask(self, ref: torch.Tensor, resolution: float) -> torch.Tensor:
         """Dynamic mask from a half's own map: low-passed, thresholded at 20 % of its max, dilated, soft edge.
 
-        (cryoSPARC-like; when ``cryolens.postprocess`` offers its automatic mask, it plugs in here.)
+        The recipe of ``cryolens.postprocess.auto_mask`` (both call ``core.masks.mask_from_map``), with the
+        low-pass, dilation and edge following the current resolution, as cryoSPARC's dynamic mask does.
         """
         lp = max(resolution, 2.5 * self.apix, 12.0)
         m = mask_from_map(ref, pixel_size=self.apix, threshold_fraction=0.2, dilate_angstrom=max(6.0, lp / 2),
