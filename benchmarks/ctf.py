@@ -18,9 +18,11 @@ spectrum, its PSD step skipped). Writes ``benchmarks/results/ctf.json``; with ``
 and ``docs/ctf_betagal_ps_fit.png``; ``--docs-only`` writes just those.
 
 Times are wall-clock and CPU seconds (process time, all threads) per micrograph, median over
-the simulated ones; CPU time is the steadier measure on a shared machine. Both programs get
-the same thread count (``--threads``: torch threads, OMP/MKL/OpenBLAS
-threads of the ASPIRE process). ASPIRE lives in its own venv, so the project's stays clean::
+the simulated ones (cryolens's also split into read, spectrum and fit); CPU time is the steadier
+measure on a shared machine, and the 1-minute load average at the start and end is recorded.
+Both programs get the same thread count (``--threads``: torch threads, OMP/MKL/OpenBLAS
+threads of the ASPIRE process); cryolens's fit itself runs on one of them (latency-bound, see
+``cryolens.ctf.fit.one_cpu_thread``), its power spectrum on all. ASPIRE lives in its own venv, so the project's stays clean::
 
     python3 -m venv .venv-aspire && .venv-aspire/bin/pip install torch==2.13.0 && .venv-aspire/bin/pip install aspire
     .venv/bin/python benchmarks/ctf.py [--n 6] [--size 2048 2048] [--threads 2] [--docs]
@@ -142,9 +144,9 @@ def run_aspire(groups: list[dict], work: Path, threads: int) -> dict | None:
 
 
 def cryolens_fit(path: Path, *, pixel_size: float, voltage: float, cs: float, amplitude_contrast: float, params,
-                 is_ps: bool = False):
+                 is_ps: bool = False, stages: dict | None = None):
     """(fit, seconds, cpu seconds): read + power spectrum + fit, as one unit of ``cryolens ctf`` without
-    the plots."""
+    the plots; ``stages`` (if given) receives the CPU seconds of ``read``, ``spectrum`` and ``fit``."""
     import numpy as np
     import torch
     from cryolens.ctf import fit_ctf, power_spectrum
@@ -153,10 +155,15 @@ def cryolens_fit(path: Path, *, pixel_size: float, voltage: float, cs: float, am
     t, c = time.perf_counter(), time.process_time()
     img, _ = read_mrc(path)
     x = torch.from_numpy(np.require(img, requirements="W"))
+    c_read = time.process_time()
     spec = x if is_ps else power_spectrum(x, box=params.box, overlap=params.overlap)
+    c_spec = time.process_time()
     fit = fit_ctf(spec, pixel_size=pixel_size, voltage=voltage, cs_mm=cs, amplitude_contrast=amplitude_contrast,
                   params=params)
-    return fit, time.perf_counter() - t, time.process_time() - c
+    c_end = time.process_time()
+    if stages is not None:
+        stages.update(read=c_read - c, spectrum=c_spec - c_read, fit=c_end - c_spec)
+    return fit, time.perf_counter() - t, c_end - c
 
 
 def angle_error(a: float, b: float) -> float:
@@ -275,6 +282,7 @@ def main() -> None:
     real = [] if args.no_real or not SHARED.is_dir() else REAL
 
     report: dict = {"conditions": {"n_simulated": len(rows), "size": list(args.size), "threads": args.threads,
+                                   "load_average_1min_at_start": os.getloadavg()[0],
                                    "sim_optics": sim_optics, "host_cpus": os.cpu_count(),
                                    "note": "wall-clock on a shared machine; compare ratios, not absolute seconds"},
                     "cryolens": {}, "aspire": None}
@@ -283,12 +291,16 @@ def main() -> None:
         params = CTFFitParams(search=search)
         est, secs, cpus = {}, [], []
         for r in rows:
-            fit, s, c = cryolens_fit(Path(r["path"]), params=params, **sim_optics)
+            stages: dict = {}
+            fit, s, c = cryolens_fit(Path(r["path"]), params=params, stages=stages, **sim_optics)
             est[r["key"]] = {"u": fit.defocus_u_A, "v": fit.defocus_v_A, "angle_deg": fit.angle_deg, "cc": fit.cc,
-                             "fit_res_A": fit.max_resolution_A, "seconds": s, "cpu_s": c}
+                             "fit_res_A": fit.max_resolution_A, "seconds": s, "cpu_s": c,
+                             **{f"cpu_s_{k}": v for k, v in stages.items()}}
             secs.append(s)
             cpus.append(c)
         entry = {"seconds_per_micrograph": float(np.median(secs)), "cpu_s_per_micrograph": float(np.median(cpus)),
+                 **{f"cpu_s_{k}_per_micrograph": float(np.median([e[f"cpu_s_{k}"] for e in est.values()]))
+                    for k in ("read", "spectrum", "fit")},
                  "errors": errors(rows, est), "per_micrograph": est}
         for name, path, apix, nominal in real:
             fit, s, _ = cryolens_fit(path, params=params, pixel_size=apix, voltage=300.0, cs=2.7,
@@ -302,7 +314,9 @@ def main() -> None:
                                    "cc": fit.cc, "fit_res_A": fit.max_resolution_A, "seconds": s}
             ps_fit = ps_fit or fit
         report["cryolens"][search] = entry
-        print(f"cryolens ({search}): {entry['seconds_per_micrograph']:.2f} s/micrograph, errors {entry['errors']}")
+        print(f"cryolens ({search}): {entry['seconds_per_micrograph']:.2f} s/micrograph (CPU: spectrum "
+              f"{entry['cpu_s_spectrum_per_micrograph']:.2f} s, fit {entry['cpu_s_fit_per_micrograph']:.2f} s), "
+              f"errors {entry['errors']}")
 
     groups = [{"name": "sim", "psd_size": 512, "g_min": 30.0, "g_max": 5.0, **sim_optics,
                "items": [{"key": r["key"], "path": r["path"]} for r in rows]}]
@@ -331,6 +345,7 @@ def main() -> None:
               f"{sum(asp['setup_s'].values()):.1f} s), errors {report['aspire']['errors']}")
     if args.docs and real and ps_fit is not None:
         report["docs"] = write_docs(ps_fit, CTFFitParams(), report["aspire"])
+    report["conditions"]["load_average_1min_at_end"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=float))
     print(f"-> {args.out}")

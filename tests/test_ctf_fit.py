@@ -86,6 +86,23 @@ def test_power_spectrum_is_the_tile_average_periodogram():
         power_spectrum(x, box=512, overlap=0.5)
 
 
+def test_fit_runs_on_one_thread_and_restores_the_callers_count():
+    """fit_ctf uses one intra-op thread (latency-bound) and gives the caller's count back, also on errors."""
+    from cryolens.ctf.fit import one_cpu_thread
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_cpu_thread("cpu"):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError):
+            fit(torch.full((128, 128), float("nan")))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n)
+
+
 def test_params_validate():
     CTFFitParams().validate()
     for bad in (dict(box=100 + 1), dict(res_low_A=4.0), dict(search="slow"), dict(defocus_min_A=0.0),

@@ -17,8 +17,13 @@ class CTFFitParams:
         res_low_A, res_high_A: resolution band of the fit [Å] (low > high).
         defocus_min_A, defocus_max_A, defocus_step_A: range and step of the 1-D search of
             the mean defocus [Å, underfocus positive].
-        search: ``"exhaustive"`` (a full grid of mean defocus × astigmatism × angle before
-            the local refinement) or ``"fast"`` (a coarse grid, then the local refinement).
+        search: ``"exhaustive"``: the full grid of mean defocus (±2 steps around the 1-D
+            answer, half-step spacing) × astigmatism (0..astigmatism_max_A, ~200 Å steps) ×
+            angle (10° steps) [× phase], ~1 600 candidates, every one scored on a quarter of the
+            band pixels (every other pixel along kx and ky); the best 32 rescored on all band
+            pixels and the best 3 refined (L-BFGS). ``"fast"``: the 1-D mean × 3 astigmatisms
+            × 8 angles (25 candidates) on all band pixels, the best 2 refined. Both then
+            re-normalise the spectrum and refine once more.
         phase_shift: search an additional phase shift (phase plates) over
             [phase_min_deg, phase_max_deg] in steps of phase_step_deg [degrees].
         astigmatism_restraint_A: expected (tolerated) astigmatism |U − V| [Å]; beyond it the

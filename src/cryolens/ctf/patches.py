@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
-from cryolens.ctf.fit import CTFFit, _cc, _fit_resolution, _make_fit, _normalise, _prepare
+from cryolens.ctf.fit import CTFFit, _cc, _fit_resolution, _make_fit, _normalise, _prepare, one_cpu_thread
 from cryolens.ctf.optics import Optics
 from cryolens.ctf.params import CTFFitParams
 from cryolens.ctf.spectrum import power_spectrum
@@ -97,9 +97,18 @@ def fit_ctf_patches(image: torch.Tensor, global_fit: CTFFit, *, pixel_size: floa
             of ``min(params.box, patch size / 2)`` (even, ≥ 64), so that it averages several tiles.
 
     Returns:
-        :class:`PatchCTF`.
+        :class:`PatchCTF`. The spectra and fits run on one intra-op thread on the CPU
+        (:func:`cryolens.ctf.fit.one_cpu_thread`).
     """
     params.validate()
+    with one_cpu_thread(torch.as_tensor(image).device):
+        return _fit_ctf_patches(image, global_fit, pixel_size=pixel_size, voltage=voltage, cs_mm=cs_mm,
+                                amplitude_contrast=amplitude_contrast, params=params, progress=progress)
+
+
+def _fit_ctf_patches(image: torch.Tensor, global_fit: CTFFit, *, pixel_size: float, voltage: float, cs_mm: float,
+                     amplitude_contrast: float, params: CTFFitParams,
+                     progress: Callable[[int, int], None] | None = None) -> PatchCTF:
     img = torch.as_tensor(image)
     h, w = img.shape[-2:]
     nx, ny = params.patches or (3, 3)
