@@ -240,7 +240,7 @@ def coords(
 
       cryolens import coords --glob 'picks/*.box' --micrographs MotionCorr/job002/micrographs.star
     """
-    from cryolens.jobs.importing import run_import_coords
+    from cryolens.jobs.import_coords import run_import_coords
 
     def body():
         found, source = _files(glob, files, more_files, what="coordinate", suffixes=None)
