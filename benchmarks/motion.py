@@ -8,7 +8,11 @@ reports wall time, peak memory and each tool's shift error against the simulator
 truth STAR (RMSE over all frames of all movies of the ``rlnMicrographShiftX/Y``
 correction shifts, in movie pixels). Writes ``benchmarks/results/motion.json``.
 
-    python benchmarks/motion.py [--n 3] [--size 1024] [--frames 24] [--threads 2]
+    python benchmarks/motion.py [--n 3] [--size 1024] [--frames 24] [--threads 2] [--repeats 2]
+
+Each repeat runs both programs, alternating which goes first; the JSON keeps every run, the
+median wall/CPU time per tool, the load average (1 min) before each run, and the ratio of the
+median wall times.
 
 RELION gets ``--j threads`` (threads per movie, one movie at a time); cryolens gets the same
 number of cores through ``OMP_NUM_THREADS`` and its default backend (in-process threads for a
@@ -77,6 +81,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="RELION --j; cryolens OMP_NUM_THREADS")
     ap.add_argument("--backend", default=None, help="cryolens --backend (default: the job's choice)")
     ap.add_argument("--cryolens-j", type=int, default=None, help="cryolens --j (movies at once in worker processes)")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each tool, alternating which goes first")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--workdir", type=Path, default=None, help="keep data here (default: a temporary folder)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "motion.json")
@@ -96,8 +101,6 @@ def main() -> None:
                     work)
     else:
         sim = {"reused": True}
-    for folder in ("mc", "relion"):
-        shutil.rmtree(work / folder, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     ours_cmd = [cryolens, "motion", "--in", "sim/movies.star", "--out", "mc", "--dose-per-frame", dose,
                 "--quiet", "--device", "cpu"]
@@ -105,14 +108,33 @@ def main() -> None:
         ours_cmd += ["--j", str(args.cryolens_j)]
     if args.backend:
         ours_cmd += ["--backend", args.backend]
-    ours = timed(ours_cmd, work, env)
-    rel = timed(["relion_run_motioncorr", "--i", "sim/movies.star", "--o", "relion/", "--first_frame_sum", "1",
-                 "--last_frame_sum", "-1", "--use_own", "--j", str(args.threads), "--bin_factor", "1",
-                 "--bfactor", "150", "--dose_per_frame", dose, "--preexposure", "0", "--patch_x", "1",
-                 "--patch_y", "1", "--gainref", "sim/gain.mrc", "--gain_rot", "0", "--gain_flip", "0",
-                 "--dose_weighting"], work)
-    ours.update(shift_errors(work, args.n, "mc"))
-    rel.update(shift_errors(work, args.n, "relion"))
+    rel_cmd = ["relion_run_motioncorr", "--i", "sim/movies.star", "--o", "relion/", "--first_frame_sum", "1",
+               "--last_frame_sum", "-1", "--use_own", "--j", str(args.threads), "--bin_factor", "1",
+               "--bfactor", "150", "--dose_per_frame", dose, "--preexposure", "0", "--patch_x", "1",
+               "--patch_y", "1", "--gainref", "sim/gain.mrc", "--gain_rot", "0", "--gain_flip", "0",
+               "--dose_weighting"]
+    runs: dict[str, list[dict]] = {"cryolens": [], "relion": []}
+    for rep in range(max(1, args.repeats)):
+        order = ["cryolens", "relion"] if rep % 2 == 0 else ["relion", "cryolens"]
+        for tool in order:
+            folder = "mc" if tool == "cryolens" else "relion"
+            shutil.rmtree(work / folder, ignore_errors=True)
+            load = os.getloadavg()[0]
+            r = timed(ours_cmd, work, env) if tool == "cryolens" else timed(rel_cmd, work)
+            r["load_1min_before"] = round(load, 2)
+            runs[tool].append(r)
+            print(f"run {rep + 1} {tool:<9} wall {r['wall_s']:6.2f} s  CPU {r['cpu_s']:6.2f} s  load {load:.2f}",
+                  flush=True)
+
+    def summary(tool: str, folder: str) -> dict:
+        rs = runs[tool]
+        out = {"wall_s": round(float(np.median([r["wall_s"] for r in rs])), 2),
+               "cpu_s": round(float(np.median([r["cpu_s"] for r in rs])), 2),
+               "peak_rss_mb": max(r["peak_rss_mb"] or 0 for r in rs), "runs": rs}
+        out.update(shift_errors(work, args.n, folder))  # the last run's outputs (deterministic)
+        return out
+
+    ours, rel = summary("cryolens", "mc"), summary("relion", "relion")
     job = json.loads((work / "mc" / "job.json").read_text())
     ours["job_seconds"] = job["timings_s"].get("total")
     ours["seconds_per_movie"] = job["results"].get("seconds_per_movie")
@@ -120,21 +142,25 @@ def main() -> None:
     result = {
         "benchmark": "motion", "n_movies": args.n, "size": args.size, "frames": args.frames,
         "dose_per_frame": args.dose_per_frame, "drift_A": args.drift, "threads": args.threads,
-        "simulate": sim, "cryolens": ours, "relion_run_motioncorr": rel,
+        "repeats": args.repeats, "simulate": sim, "cryolens": ours, "relion_run_motioncorr": rel,
+        "cryolens_shift_rmse_px": ours["shift_rmse_px"], "relion_shift_rmse_px": rel["shift_rmse_px"],
         "time_ratio_relion_over_cryolens": round(rel["wall_s"] / ours["wall_s"], 2),
         "cpu_ratio_relion_over_cryolens": round(rel["cpu_s"] / max(ours["cpu_s"], 1e-9), 2),
         "rmse_ratio_cryolens_over_relion": round(ours["shift_rmse_px"] / max(rel["shift_rmse_px"], 1e-9), 3),
-        "note": "wall times on shared cores are noisy; both tools ran in the same session on the same files",
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "note": "median of the runs; wall times on shared cores are noisy (see load_1min_before per run); "
+                "both tools ran in the same session on the same files",
         "workdir": str(work),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'tool':<24}{'wall s':>8}{'CPU s':>8}{'peak MB':>9}{'RMSE px':>9}")
+    print(f"{'tool (median)':<24}{'wall s':>8}{'CPU s':>8}{'peak MB':>9}{'RMSE px':>9}")
     for name, r in (("cryolens motion", ours), ("relion_run_motioncorr", rel)):
         print(f"{name:<24}{r['wall_s']:>8.2f}{r['cpu_s']:>8.2f}{r['peak_rss_mb'] or 0:>9.0f}{r['shift_rmse_px']:>9.3f}")
     print(f"RELION / cryolens wall time: {result['time_ratio_relion_over_cryolens']}; "
-          f"CPU time: {result['cpu_ratio_relion_over_cryolens']}; "
-          f"cryolens / RELION RMSE: {result['rmse_ratio_cryolens_over_relion']}")
+          f"CPU time: {result['cpu_ratio_relion_over_cryolens']}; shift RMSE cryolens "
+          f"{ours['shift_rmse_px']:.3f} px, RELION {rel['shift_rmse_px']:.3f} px "
+          f"(ratio {result['rmse_ratio_cryolens_over_relion']}); load average {result['load_average_after']}")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
 

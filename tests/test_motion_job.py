@@ -215,17 +215,23 @@ def test_local_motion_blocks_have_relions_layout(shared_data: Path, tmp_path: Pa
 
 
 @pytest.mark.filterwarnings("ignore:Data array contains NaN")
-def test_nan_frames_are_a_user_error(tmp_path: Path):
+@pytest.mark.parametrize("backend", ["inprocess", "threads:2"])
+def test_nan_frames_are_a_user_error(tmp_path: Path, backend: str):
+    """Also in threads: the error of one movie ends the job (exit 2) without waiting on the others."""
     frames = np.ones((3, 32, 32), np.float32)
+    with mrcfile.new(tmp_path / "ok.mrcs") as m:
+        m.set_data(frames.copy())
+        m.voxel_size = 1.0
     frames[1, 4, 5] = np.nan
     with mrcfile.new(tmp_path / "nan.mrcs") as m:
         m.set_data(frames)
         m.voxel_size = 1.0
     (tmp_path / "movies.star").write_text(
         "data_optics\nloop_\n_rlnOpticsGroup\n_rlnOpticsGroupName\n_rlnMicrographOriginalPixelSize\n_rlnVoltage\n"
-        "1 opticsGroup1 1.0 300\n\ndata_movies\nloop_\n_rlnMicrographMovieName\n_rlnOpticsGroup\nnan.mrcs 1\n")
-    r = run("motion", "--in", "movies.star", "--out", "x", "--backend", "inprocess", "--quiet", "--device", "cpu",
-            cwd=tmp_path, ok=False)
+        "1 opticsGroup1 1.0 300\n\ndata_movies\nloop_\n_rlnMicrographMovieName\n_rlnOpticsGroup\n"
+        "nan.mrcs 1\nok.mrcs 1\n")
+    r = run("motion", "--in", "movies.star", "--out", "x", "--backend", backend, "--quiet", "--device", "cpu",
+            "--no-plots", cwd=tmp_path, ok=False)
     assert r.exit_code == 2 and "nan.mrcs" in r.output and "NaN" in r.output, r.output
 
 
@@ -270,3 +276,35 @@ def test_binning_halves_the_micrograph_and_keeps_shifts_in_movie_pixels(aligned:
     e = meta["global_shift"][SHIFT].to_numpy()
     t = starfile.read(aligned / "sim/Movies/movie_0001.star", always_dict=True)["global_shift"][SHIFT].to_numpy()
     assert float(np.sqrt(((e - t) ** 2).sum(1).mean())) < 2.0
+
+
+def test_default_threads_match_worker_processes_and_restore_torch_threads(aligned: Path, tmp_path: Path):
+    """A few movies on the CPU run in threads in this process (backend threads:N): the same files and
+    shifts as the worker processes, the torch thread count restored; a rerun skips both movies."""
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path / "th"
+    run("motion", "--in", "sim/movies.star", "--out", str(out), "--dose-per-frame", "4", "--backend", "threads:2",
+        "--quiet", "--device", "cpu", cwd=aligned)
+    assert torch.get_num_threads() == before
+    r = json.loads((out / "job.json").read_text())["results"]
+    assert r["backend"] == "threads:2" and r["n_movies"] == 2 and r["n_skipped"] == 0
+    for k in (1, 2):
+        for suffix in (".mrc", "_noDW.mrc", "_shifts.png", ".json"):
+            assert (out / f"Movies/movie_000{k}{suffix}").is_file()
+        ours = starfile.read(out / f"Movies/movie_000{k}.star", always_dict=True)["global_shift"][SHIFT].to_numpy()
+        procs = starfile.read(aligned / f"mc/Movies/movie_000{k}.star", always_dict=True)["global_shift"]
+        assert np.allclose(ours, procs[SHIFT].to_numpy(), atol=1e-3)
+        with mrcfile.open(out / f"Movies/movie_000{k}.mrc") as a, \
+                mrcfile.open(aligned / f"mc/Movies/movie_000{k}.mrc") as b:
+            assert np.allclose(a.data, b.data, rtol=1e-4, atol=1e-3 * float(np.abs(b.data).mean()))
+    r = run("motion", "--in", "sim/movies.star", "--out", str(out), "--dose-per-frame", "4", "--quiet",
+            "--device", "cpu", cwd=aligned)
+    assert "(2 done before)" in r.output
+    from cryolens.project.backends import cpu_count
+    if cpu_count() >= 2:  # the default for 2 movies on 2+ cores
+        assert json.loads((out / "job.json").read_text())["results"]["backend"] == "threads:2"
+    bad = run("motion", "--in", "sim/movies.star", "--out", str(tmp_path / "x"), "--backend", "threads:two",
+              "--quiet", "--device", "cpu", cwd=aligned, ok=False)
+    assert bad.exit_code == 2 and "threads:" in bad.output and "Traceback" not in bad.output, bad.output

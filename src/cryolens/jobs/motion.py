@@ -1,10 +1,14 @@
 """``cryolens motion``: align movies, write micrographs and RELION MotionCorr metadata.
 
-Each movie is one work unit of the compute backend (:mod:`cryolens.project.backends`):
-read, preprocess (:mod:`cryolens.motion.preprocess`), align
-(:func:`cryolens.motion.align_movie`), write its outputs, return a small summary. A
-unit's files are written atomically and ``Movies/<name>.json`` last, so a rerun with the
-same options skips movies already done (resumable) and redoes the rest.
+Each movie is one work unit: read (:func:`load_movie`), preprocess
+(:mod:`cryolens.motion.preprocess`), align (:func:`cryolens.motion.align_movie`), write its
+outputs, return a small summary (:func:`align_loaded`; :func:`process_movie` does both). A
+few movies on the CPU run in this process, one per core in threads with one torch thread
+each while a reader thread reads ahead (:func:`map_threads`, backend ``threads:N``); many
+movies go to worker processes or any backend of :mod:`cryolens.project.backends`; on a GPU
+they run one after the other in this process. A unit's files are written atomically and
+``Movies/<name>.json`` last, so a rerun with the same options skips movies already done
+(resumable) and redoes the rest.
 
 Outputs in the job folder (paths inside STAR files are relative to the current folder,
 RELION's rule):
@@ -36,8 +40,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -50,12 +56,14 @@ import torch
 from cryolens.errors import InputError
 from cryolens.io import read_micrographs, require_columns, resolve_path, write_micrographs, write_mrc, write_star
 from cryolens.io.atomic import write_json_atomic
+from cryolens.io.mrc import temporary_path
 from cryolens.io.movies import frame_range, movie_info, read_defects, read_gain, read_movie
-from cryolens.jobs.report import save_figure, write_report
+from cryolens.jobs.report import write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.motion.preprocess import PreprocessParams, orient_gain, preprocess_movie
 
-__all__ = ["MotionJobOptions", "MovieTask", "run_motion", "process_movie", "motion_star_blocks"]
+__all__ = ["MotionJobOptions", "MovieTask", "run_motion", "process_movie", "load_movie", "align_loaded",
+           "map_threads", "motion_star_blocks"]
 
 #: Columns of the movie STAR that may carry the exposure per frame (e⁻/Å²) and the pre-exposure.
 DOSE_LABELS = ("rlnMicrographDoseRate", "rlnMicrographDosePerFrame", "cryolensDosePerFrame")
@@ -190,25 +198,50 @@ def motion_star_blocks(task: MovieTask, result, *, n_frames_movie: int, height: 
     return blocks
 
 
+_PLOT_LOCK = threading.Lock()  # matplotlib is not thread-safe: one figure at a time
+
+
+def _figure(width: float, height: float):
+    """A matplotlib Figure on an Agg canvas, without pyplot (no global figure registry)."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig, path: Path, *, dpi: int) -> Path:
+    """Write the figure atomically (temporary PNG, then rename); one draw (no tight bounding box)."""
+    tmp = temporary_path(path).with_suffix(".png")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def plot_movie_drift(shifts_px: np.ndarray, pixel_size: float, path: Path, *, title: str,
                      patches: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """Trajectory of a movie: the specimen displacement (minus the correction shifts) in Å per frame."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.2, 4.0))
-    d = -np.asarray(shifts_px) * pixel_size
-    ax.plot(d[:, 0], d[:, 1], "-", color="0.3", lw=1)
-    sc = ax.scatter(d[:, 0], d[:, 1], c=np.arange(1, len(d) + 1), s=12, cmap="viridis", zorder=3)
-    ax.plot(0, 0, "k+", ms=10)
-    fig.colorbar(sc, ax=ax, label="frame")
-    ax.set_aspect("equal", adjustable="datalim")
-    ax.invert_yaxis()
-    ax.set_xlabel("x (Å)")
-    ax.set_ylabel("y (Å)")
-    ax.set_title(title, fontsize=9)
-    return save_figure(fig, path, dpi=80)
+    with _PLOT_LOCK:
+        fig = _figure(4.2, 4.0)
+        ax = fig.add_axes((0.2, 0.13, 0.58, 0.77))
+        cax = fig.add_axes((0.82, 0.13, 0.04, 0.77))
+        d = -np.asarray(shifts_px) * pixel_size
+        ax.plot(d[:, 0], d[:, 1], "-", color="0.3", lw=1)
+        sc = ax.scatter(d[:, 0], d[:, 1], c=np.arange(1, len(d) + 1), s=12, cmap="viridis", zorder=3)
+        ax.plot(0, 0, "k+", ms=10)
+        fig.colorbar(sc, cax=cax, label="frame")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.invert_yaxis()
+        ax.set_xlabel("x (Å)")
+        ax.set_ylabel("y (Å)")
+        ax.set_title(title, fontsize=9)
+        return _save_png(fig, path, dpi=80)
 
 
 def _done_summary(task: MovieTask, key: str) -> dict | None:
@@ -225,34 +258,53 @@ def _done_summary(task: MovieTask, key: str) -> dict | None:
     return {**rec["summary"], "skipped": True}
 
 
-def process_movie(task: MovieTask) -> dict:
-    """Read, preprocess, align and write one movie; returns its summary (a small dict).
+@dataclass
+class LoadedMovie:
+    """A movie's frames and reference files as read, before any computation (see :func:`load_movie`)."""
 
-    Skips the work when ``Movies/<name>.json`` records the same options and the files exist.
-    """
-    from cryolens.motion import align_movie
+    key: str
+    info: Any
+    raw: np.ndarray
+    gain: torch.Tensor | None
+    defects: torch.Tensor | None
+    read_seconds: float
 
+
+def load_movie(task: MovieTask) -> LoadedMovie | dict:
+    """Read one movie (float32, writable, never the memory map) and its gain/defects; or, when
+    ``Movies/<name>.json`` records the same options and its files exist, that movie's summary."""
+    t0 = time.perf_counter()
     key = task.key()
     done = _done_summary(task, key)
     if done is not None:
         return done
-    t0 = time.perf_counter()
     info = movie_info(task.movie, eer_grouping=task.eer_grouping, eer_upsampling=task.eer_upsampling)
     raw = read_movie(task.movie, first_frame=task.first_frame, last_frame=task.last_frame,
                      eer_grouping=task.eer_grouping, eer_upsampling=task.eer_upsampling)
-    raw = np.array(raw, dtype=np.float32)  # one writable float32 copy (never the memory map), changed in place
+    raw = np.array(raw, dtype=np.float32)  # one writable float32 copy, changed in place later
     gain = defects = None
     if task.gain:
         gain = torch.from_numpy(_cached_gain(task.gain, os.stat(task.gain).st_mtime_ns))
     if task.defect:
         defects = torch.from_numpy(_cached_defects(task.defect, os.stat(task.defect).st_mtime_ns,
                                                    (info.height, info.width)))
+    return LoadedMovie(key=key, info=info, raw=raw, gain=gain, defects=defects,
+                       read_seconds=time.perf_counter() - t0)
+
+
+def align_loaded(task: MovieTask, movie: LoadedMovie) -> dict:
+    """Preprocess, align and write a movie read by :func:`load_movie`; returns its summary.
+
+    Every file is written atomically and ``Movies/<name>.json`` last (what a rerun checks).
+    """
+    from cryolens.motion import align_movie
+
     t_read = time.perf_counter()
     dev = torch.device(task.device)
-    prep = preprocess_movie(torch.from_numpy(raw), pixel_size=task.pixel_size, params=task.preprocess, gain=gain,
-                            defects=defects, device=dev, copy=False)
-    del raw
-    if not bool(torch.isfinite(prep.frames).all()):
+    prep = preprocess_movie(torch.from_numpy(movie.raw), pixel_size=task.pixel_size, params=task.preprocess,
+                            gain=movie.gain, defects=movie.defects, device=dev, copy=False)
+    movie.raw = None  # type: ignore[assignment]  # the frames now live in prep (in place on the CPU)
+    if not bool(torch.isfinite(torch.stack(torch.aminmax(prep.frames))).all()):  # one pass, NaN propagates
         raise InputError(f"{task.movie}: the frames contain NaN or infinite values (after the gain reference); "
                          "check the movie and the gain file.")
     dose = task.dose_per_frame
@@ -260,6 +312,7 @@ def process_movie(task: MovieTask) -> dict:
     t_prep = time.perf_counter()
     result = align_movie(prep.frames, pixel_size=prep.pixel_size, params=task.motion, dose_per_frame=dose,
                          pre_exposure=pre, voltage=task.voltage)
+    del prep.frames
     t_align = time.perf_counter()
     out = Path(task.out_stem)
     apix = prep.pixel_size
@@ -272,6 +325,7 @@ def process_movie(task: MovieTask) -> dict:
     else:
         write_mrc(out.with_name(out.name + ".mrc"), _numpy(result.aligned_sum), apix)
     bin_factor = task.preprocess.bin_factor
+    info = movie.info
     write_star(out.with_name(out.name + ".star"),
                motion_star_blocks(task, result, n_frames_movie=info.n_frames, height=info.height, width=info.width,
                                   hot_pixels=prep.hot_pixels, bin_factor=bin_factor))
@@ -287,11 +341,85 @@ def process_movie(task: MovieTask) -> dict:
         "pixel_size": task.pixel_size, "n_frames": int(len(shifts)), "hot_pixels": int(len(prep.hot_pixels)),
         "dose_weighted": dw is not None, "local_model": getattr(result, "local_model", None) is not None,
         "local_fallback": getattr(result, "local_fallback", None),
-        "seconds": {"read": round(t_read - t0, 3), "preprocess": round(t_prep - t_read, 3),
+        "seconds": {"read": round(movie.read_seconds, 3), "preprocess": round(t_prep - t_read, 3),
                     "align": round(t_align - t_prep, 3), "write": round(time.perf_counter() - t_align, 3)},
     }
-    write_json_atomic(out.with_name(out.name + ".json"), {"key": key, "files": files, "summary": summary})
+    write_json_atomic(out.with_name(out.name + ".json"), {"key": movie.key, "files": files, "summary": summary})
     return {**summary, "skipped": False}
+
+
+def process_movie(task: MovieTask) -> dict:
+    """Read, preprocess, align and write one movie (the unit of work of the process backends);
+    returns its summary (a small dict). Skips the work when ``Movies/<name>.json`` records the same
+    options and the files exist."""
+    movie = load_movie(task)
+    return movie if isinstance(movie, dict) else align_loaded(task, movie)
+
+
+def map_threads(tasks: list[MovieTask], workers: int, *,
+                progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """Process movies in this process: ``workers`` movies at once in threads, each with one torch
+    thread (torch releases the GIL inside its kernels, so the threads use separate cores), while a
+    reader thread reads the next movies ahead (at most ``workers + 1`` movies in memory).
+
+    The torch thread count is restored afterwards. Summaries come back in the order of ``tasks``;
+    the first error is raised after the running movies finish (movies not started are dropped).
+    """
+    threads = torch.get_num_threads()
+    ahead = threading.Semaphore(workers + 1)
+    stop = threading.Event()
+
+    def read(task: MovieTask) -> LoadedMovie | dict | None:
+        while not ahead.acquire(timeout=0.2):
+            if stop.is_set():
+                return None
+        try:
+            movie = load_movie(task)
+        except BaseException:
+            ahead.release()
+            raise
+        if isinstance(movie, dict):
+            ahead.release()
+        return movie
+
+    def work(task: MovieTask, loaded: Future) -> dict:
+        movie = loaded.result()
+        if movie is None or isinstance(movie, dict):
+            return movie  # type: ignore[return-value]  # None only after another movie failed
+        try:
+            return align_loaded(task, movie)
+        finally:
+            del movie
+            ahead.release()
+
+    _warm_matplotlib = threading.Thread(target=_import_matplotlib, daemon=True) if any(t.plots for t in tasks) \
+        else None
+    torch.set_num_threads(1)
+    reader = ThreadPoolExecutor(1, thread_name_prefix="motion-read")
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="motion")
+    try:
+        if _warm_matplotlib is not None:
+            _warm_matplotlib.start()  # the import (GIL-bound) overlaps the first reads and FFTs
+        futures = [pool.submit(work, t, reader.submit(read, t)) for t in tasks]
+        done = 0
+        for fut in as_completed(futures):
+            fut.result()  # raise the first error at once
+            done += 1
+            if progress is not None:
+                progress(done, len(tasks))
+        return [f.result() for f in futures]
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        reader.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
+
+
+def _import_matplotlib() -> None:
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.figure  # noqa: F401
+    import matplotlib.backends.backend_agg  # noqa: F401
 
 
 def _numpy(x) -> np.ndarray:
@@ -404,11 +532,8 @@ def _build_tasks(star: str | os.PathLike, out: Path, motion_params, options: Mot
 
 def _plot_all(summaries: list[dict], path: Path) -> Path:
     """All trajectories (Å) and the accumulated motion per movie."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig = _figure(11, 4.4)
+    axes = fig.subplots(1, 2)
     for k, s in enumerate(summaries):
         d = -np.asarray(s["shifts_px"]) * s["pixel_size"]
         axes[0].plot(d[:, 0], d[:, 1], "-", lw=1, alpha=0.8, color="tab:red" if s["rejected"] else None,
@@ -428,8 +553,8 @@ def _plot_all(summaries: list[dict], path: Path) -> Path:
     axes[1].set_xlabel("movie")
     axes[1].set_ylabel("accumulated motion (Å)")
     axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=90)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.25)
+    return _save_png(fig, path, dpi=90)
 
 
 def run_motion(star: str | os.PathLike, out_dir: str | os.PathLike, motion_params, options: MotionJobOptions, *,
@@ -441,11 +566,12 @@ def run_motion(star: str | os.PathLike, out_dir: str | os.PathLike, motion_param
         star: movies.star (RELION 3.1 ``data_optics`` + ``data_movies``, or 3.0).
         motion_params: :class:`cryolens.motion.MotionParams`.
         options: preprocessing, frame range, dose and files (:class:`MotionJobOptions`).
-        backend: compute backend spec (``local``, ``local:N``, ``inprocess``, ``tcp://...``,
-            ``profile:NAME``); default: ``local:workers`` processes when ``workers`` is given
-            or there are many movies, else in-process (torch threads on every core): a worker
-            process costs a Python + torch start (~2.5 CPU s), which only pays off when each
-            worker gets a few movies (fewer than ``SMALL_JOB`` movies per core: in-process).
+        backend: compute backend spec (``local``, ``local:N``, ``inprocess`` (one movie after the
+            other), ``threads[:N]`` (N movies at once in this process, see :func:`map_threads`),
+            ``tcp://...``, ``profile:NAME``); default on the CPU: ``threads:cores`` when there are
+            few movies (fewer than ``SMALL_JOB`` per core: a worker process costs a Python + torch
+            start, ~2.5 CPU s, which only pays off over a few movies each), else ``local:workers``
+            processes, as when ``workers`` is given; on a GPU: ``inprocess``.
         workers: movies processed at once by the local backend (default: one per core).
         device: where each unit computes.
     """
@@ -457,17 +583,25 @@ def run_motion(star: str | os.PathLike, out_dir: str | os.PathLike, motion_param
     tasks, optics, movies, notes = _build_tasks(star, out, motion_params, options, dev)
     n_workers = max(1, min(workers or cpu_count(), len(tasks)))
     few = workers is None and len(tasks) < SMALL_JOB * n_workers
-    spec = backend or ("inprocess" if n_workers == 1 or few else f"local:{n_workers}")
-    if dev.startswith("cuda") and backend is None and spec.startswith("local"):
-        spec = "inprocess"  # one process owns the GPU
+    if backend is not None:
+        spec = backend.strip()
+    elif dev.startswith("cuda") or n_workers == 1:
+        spec = "inprocess"  # one process owns the GPU; one core: nothing to overlap
+    else:
+        spec = f"threads:{n_workers}" if few else f"local:{n_workers}"
+    n_threads = _thread_count(spec, n_workers, len(tasks)) if spec.split(":")[0] == "threads" else 0
     params = {"motion": dataclasses.asdict(motion_params), "job": dataclasses.asdict(options), "backend": spec}
     with Job("motion", out, params=params, inputs={"movies": star}, device=dev, observer=observer) as job:
         (out / "Movies").mkdir(exist_ok=True)
         for note in notes:
             job.log.warning(note)
         job.log.info("%d movies through backend %s", len(tasks), spec)
-        with job.timed("align_all"), get_backend(spec) as be:
-            summaries = be.map(process_movie, tasks, desc="motion", progress=progress)
+        with job.timed("align_all"):
+            if n_threads:
+                summaries = map_threads(tasks, n_threads, progress=progress)
+            else:
+                with get_backend(spec) as be:
+                    summaries = be.map(process_movie, tasks, desc="motion", progress=progress)
         for s in summaries:
             if s.get("local_fallback"):
                 job.log.warning("%s: global alignment only: %s", s["name"], s["local_fallback"])
@@ -512,6 +646,17 @@ def run_motion(star: str | os.PathLike, out_dir: str | os.PathLike, motion_param
         job.log.info("%d movies, %d rejected, mean total motion %.2f Å", len(summaries), int(rejected.sum()),
                      float(total.mean()))
     return job
+
+
+def _thread_count(spec: str, default: int, n_tasks: int) -> int:
+    """Movies at once for ``threads`` / ``threads:N``."""
+    _, _, n = spec.partition(":")
+    if not n:
+        return max(1, min(default, n_tasks))
+    if not n.isdigit() or int(n) < 1:
+        raise InputError(f"backend '{spec}': the number of threads after 'threads:' must be a positive integer, "
+                         "e.g. threads:2")
+    return max(1, min(int(n), n_tasks))
 
 
 def _micrograph_optics(optics: pd.DataFrame, bin_factor: float) -> pd.DataFrame:

@@ -110,7 +110,7 @@ def align_movie(frames: torch.Tensor, *, pixel_size: float, params: MotionParams
             cache.append(spec)
         del spec
         tick()
-    if not bool(torch.isfinite(small.abs().sum())):
+    if not bool(torch.isfinite(torch.view_as_real(small).sum())):  # NaN and inf propagate
         raise ValueError("the frames contain NaN or infinite values; fill defects and check the gain reference")
     small = _taper_edges(small, h, w)
 
@@ -224,7 +224,6 @@ def _global_sums(frames: torch.Tensor, shifts: torch.Tensor, cache: list[torch.T
     acc = torch.zeros(hh, ww // 2 + 1, dtype=torch.complex64, device=dev)
     dw = weights(hh, ww) if weights is not None else None
     acc_dw = torch.zeros_like(acc) if dw is not None else None
-    acc_dw_r = torch.view_as_real(acc_dw) if acc_dw is not None else None
     for c, f0 in enumerate(range(0, n, chunk)):
         idx = torch.arange(f0, min(n, f0 + chunk))
         spec = cache[c] if cache else torch.fft.rfft2(frames[f0:f0 + len(idx)].to(torch.float32))
@@ -233,13 +232,13 @@ def _global_sums(frames: torch.Tensor, shifts: torch.Tensor, cache: list[torch.T
         s = shifts[idx].to(dev, torch.float32)
         ex = torch.polar(torch.ones((), device=dev), -2 * torch.pi * s[:, 0, None] * kx)
         ey = torch.polar(torch.ones((), device=dev), -2 * torch.pi * s[:, 1, None] * ky)
-        spec.mul_(ey[:, :, None]).mul_(ex[:, None, :])  # in place: the spectra are ours now
-        acc += spec.sum(0)
-        if acc_dw_r is not None:
-            wts = dw(idx)
-            acc_dw_r += (torch.view_as_real(spec) * wts[..., None]).sum(0)
-            del wts
-        del spec
+        wts = dw(idx) if dw is not None else None
+        for j in range(len(idx)):  # frame by frame: accumulate in place, no (chunk, H, W) temporaries
+            shifted = spec[j].mul_(ey[j, :, None]).mul_(ex[j, None, :])
+            acc.add_(shifted)
+            if acc_dw is not None:
+                acc_dw.add_(shifted * wts[j])  # complex x real
+        del spec, wts
         tick()
     aligned = torch.fft.irfft2(acc, s=(hh, ww)).to(torch.float32)
     dose = torch.fft.irfft2(acc_dw, s=(hh, ww)).to(torch.float32) if acc_dw is not None else None

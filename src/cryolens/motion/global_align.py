@@ -231,7 +231,7 @@ def align_frames(spec: torch.Tensor, w: int, *, filt: torch.Tensor, max_shift: f
     converged = False
     it = 0
     smooth = smoothing_matrix(lead[-1], smoothing, device=spec.device) if smoothing else None
-    own = (spec.abs().square() * filt) if group == 1 else None  # |frame|² is shift-invariant
+    own = (torch.view_as_real(spec).square().sum(-1) * filt) if group == 1 else None  # |frame|², shift-invariant
     peak = ccs = None
     wide, fine = False, 4  # rounds after the first search +-4 px unless a peak reached that far
     for it in range(1, max_iterations + 1):
