@@ -9,7 +9,6 @@ import typer
 
 from cryolens.cli.common import (DEVICE_HELP, OUT_HELP, PROJECT_HELP, QUIET_HELP, console, device_option, job_target,
                                  progress_bar, run_guarded)
-from cryolens.reconstruct import ReconstructParams
 
 
 def reconstruct(
@@ -34,6 +33,7 @@ def reconstruct(
       cryolens reconstruct --in sim/particles.star --out rec --sym C1
     """
     from cryolens.jobs.reconstruct import run_reconstruct
+    from cryolens.reconstruct import ReconstructParams
 
     params = ReconstructParams(symmetry=sym, pad=pad, ctf=not no_ctf, wiener=wiener, batch_size=batch_size)
 

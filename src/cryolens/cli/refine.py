@@ -11,7 +11,6 @@ import typer
 
 from cryolens.cli.common import (DEVICE_HELP, OUT_HELP, PROJECT_HELP, QUIET_HELP, console, device_option, err_console,
                                  job_target, run_guarded)
-from cryolens.refine import RefineParams
 
 
 @contextmanager
@@ -62,6 +61,7 @@ def refine(
       cryolens refine --in sim/particles.star --ref start.mrc --ini-high 40 --sym C1 --out ref1
     """
     from cryolens.jobs.refine import run_refine
+    from cryolens.refine import RefineParams
 
     params = RefineParams(symmetry=sym, ini_high=ini_high, particle_diameter=particle_diameter,
                           max_iterations=max_iter, offset_range=offset_range, global_order=healpix_order,

@@ -10,7 +10,6 @@ import typer
 
 from cryolens.cli.common import (DEVICE_HELP, OUT_HELP, PROJECT_HELP, QUIET_HELP, console, device_option, job_target,
                                  progress_bar, run_guarded)
-from cryolens.simulate.particles import ParticleSimParams
 
 app = typer.Typer(help="Simulate cryo-EM data with ground truth.", no_args_is_help=True)
 
@@ -98,6 +97,7 @@ def particles(
             opts["pose_distribution"] = "preferred"
         if opts.get("snr") is not None and not math.isfinite(opts["snr"]):
             opts["snr"] = math.inf
+        from cryolens.simulate.particles import ParticleSimParams
         params = ParticleSimParams(**{k: v for k, v in opts.items() if k in _PARAM_KEYS},
                                    ctf=not no_ctf, seed=seed, batch_size=batch_size)
         dev = device_option(device)
