@@ -15,12 +15,14 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
+import pandas as pd
 import pytest
 import starfile
 import torch
 from typer.testing import CliRunner
 
 from cryolens.cli.main import app
+from cryolens.io import write_micrographs
 
 runner = CliRunner()
 #: Quick fit options for 1024² micrographs (the defaults: box 512, exhaustive search, 0.5-5 µm).
@@ -226,6 +228,14 @@ def test_real_betagal_power_spectrum(shared_data: Path, tmp_path: Path, monkeypa
     assert 5000 <= f["rlnDefocusV"] <= f["rlnDefocusU"] <= 50000
     assert math.isfinite(f["rlnCtfFigureOfMerit"])
     assert (tmp_path / "ps" / "diagnostics" / "20170629_00021_frameImage_PS_ctf.png").is_file()
+    # the mistake that made CTFFIND fit noise on this file: the spectrum given as a micrograph
+    star = tmp_path / "ps_as_micrograph.star"
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+                           "rlnMicrographPixelSize": [1.3996], "rlnVoltage": [200.0],
+                           "rlnSphericalAberration": [1.4], "rlnAmplitudeContrast": [0.1]})
+    write_micrographs(star, optics, pd.DataFrame({"rlnMicrographName": [str(ps)], "rlnOpticsGroup": [1]}))
+    assert_user_error(cli("ctf", "--in", str(star), "--out", "mic", "--box", "256", ok=False),
+                      "20170629_00021_frameImage_PS.mrc", "--power-spectrum")
 
 
 @pytest.mark.slow

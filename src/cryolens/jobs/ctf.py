@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.ctf import CTFFitParams, fit_ctf, fit_ctf_patches, power_spectrum
+from cryolens.ctf import CTFFitParams, fit_ctf, fit_ctf_patches, looks_like_power_spectrum, power_spectrum
 from cryolens.errors import InputError
 from cryolens.io import merge_optics, read_micrographs, read_mrc, read_star, require_columns, write_micrographs
 from cryolens.io.atomic import write_json_atomic
@@ -121,6 +121,9 @@ def _read_image(unit: MicrographUnit) -> np.ndarray:
                              "file's optics (or the MRC header).")
     if not np.isfinite(img).all():
         raise InputError(f"{what}: contains NaN or infinite values; repair or remove it from the STAR file.")
+    if unit.movie is None and looks_like_power_spectrum(torch.as_tensor(img)):
+        raise InputError(f"{unit.path}: is a power spectrum (point-symmetric about its centre), not a micrograph; "
+                         "fit it with `cryolens ctf --power-spectrum` (the spectrum of a spectrum has no Thon rings).")
     if min(img.shape[-2:]) < unit.params.box:
         raise InputError(f"{what}: {img.shape[-1]}x{img.shape[-2]} px is smaller than the spectrum box "
                          f"{unit.params.box}; use a smaller --box.")
