@@ -80,12 +80,12 @@ def motion(
         help="Reject movies whose total travel exceeds this (Å).")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="A drift plot per movie.")] = True,
     backend: Annotated[Optional[str], typer.Option(
-        help="Compute backend: threads[:N] (N movies at once in this process; default for a few movies on the "
+        help="Compute backend: threads[:N] (N movies at once in this process; the default on the "
              "CPU), local[:N] processes, inprocess (one at a time), tcp://scheduler:port (Dask) or profile:NAME.")]
     = None,
     j: Annotated[Optional[int], typer.Option(
-        "--j", help="Movies processed at once in local worker processes (default: one per core, or in-process "
-                    "threads, one per core, when there are fewer than 4 movies per core).")] = None,
+        "--j", help="Movies processed at once in N local worker processes (default: in-process threads, one "
+                    "movie per core, which start faster).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help=OUT_HELP)] = None,
     project: Annotated[Optional[Path], typer.Option("--project", help=PROJECT_HELP)] = None,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
