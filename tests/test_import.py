@@ -347,6 +347,9 @@ def test_map_copied_checked_and_pixel_size_corrected(tmp_path: Path):
     assert "nan.mrc" in cli("import", "map", "--in", "nan.mrc", "--out", "m3", cwd=tmp_path, code=2)
     write_mrc(tmp_path / "flat.mrc", vol[0], 1.0)
     assert "flat.mrc" in cli("import", "map", "--in", "flat.mrc", "--out", "m4", cwd=tmp_path, code=2)
+    (tmp_path / "cut.mrc").write_bytes((tmp_path / "ref.mrc").read_bytes()[:2000])  # truncated copy
+    assert "cut.mrc: the file is truncated" in cli("import", "map", "--in", "cut.mrc", "--out", "m5", cwd=tmp_path,
+                                                   code=2)
 
 
 # ----------------------------------------------------------------------------------------- project and groups

@@ -469,6 +469,9 @@ def _finite_stats(path: Path) -> tuple[float, float, float, float]:
         handle = mrcfile.mmap(path, mode="r", permissive=True)
     except Exception:  # noqa: BLE001 - compressed or odd files: read whole (read_mrc names the problem)
         handle = None
+    if handle is not None and handle.data is None:  # permissive mmap of a truncated file: no data
+        handle.close()
+        handle = None
     data = handle.data if handle is not None else read_mrc(path)[0]
     try:
         lo, hi, s, s2, n = np.inf, -np.inf, 0.0, 0.0, 0
