@@ -24,33 +24,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
+from timing import timed
+
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 SHIFT = ["rlnMicrographShiftX", "rlnMicrographShiftY"]
-
-
-def timed(cmd: list[str], cwd: Path, env: dict | None = None) -> dict:
-    """Run ``cmd`` under GNU time; return wall seconds, CPU seconds (user + system, children included;
-    less sensitive than wall time to other work on shared cores) and peak RSS in MB."""
-    t = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=cwd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t
-    if p.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
-    cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", p.stderr))
-    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-            "peak_rss_mb": round(int(rss.group(1)) / 1024, 1) if rss else None}
 
 
 def shift_errors(work: Path, n: int, folder: str) -> dict:

@@ -27,31 +27,15 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import timed
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 RIBOSOME = HERE.parent.parent / "shared" / "data" / "maps" / "clean70SRibosome_vol_65p.mrc"
-
-
-def timed(cmd: list[str], cwd: Path, env: dict | None = None, log: Path | None = None) -> dict:
-    """Run ``cmd`` under GNU time; return wall seconds, CPU seconds (user + system, children included: the
-    fairer measure on a loaded machine) and peak RSS (MB, the largest process)."""
-    t = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=cwd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t
-    if log is not None:
-        log.write_text(p.stdout + "\n" + p.stderr)
-    if p.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
-    cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", p.stderr))
-    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-            "peak_rss_mb": round(int(rss.group(1)) / 1024, 1) if rss else None}
 
 
 def write_reference(truth: Path, out: Path, resolution: float) -> None:
