@@ -133,15 +133,12 @@ def relion_outputs(work: Path) -> tuple[dict, int | None, bool]:
                  "half2": d / "run_half2_class001_unfil.mrc", "full": d / "run_class001.mrc"}, last, True)
     if last is None:
         raise SystemExit("RELION finished no iteration: nothing to score")
-    import mrcfile
+    import numpy as np
+    from cryolens.io import read_mrc, write_mrc
     stem = d / f"run_it{last:03d}"
-    h1, h2 = (mrcfile.read(f"{stem}_half{h}_class001.mrc") for h in (1, 2))
-    with mrcfile.open(f"{stem}_half1_class001.mrc") as m:
-        apix = float(m.voxel_size.x)
+    (h1, apix), (h2, _) = (read_mrc(f"{stem}_half{h}_class001.mrc") for h in (1, 2))
     full = d / f"run_it{last:03d}_mean_of_halves.mrc"
-    with mrcfile.new(full, overwrite=True) as m:
-        m.set_data(((h1 + h2) / 2).astype("float32"))
-        m.voxel_size = apix
+    write_mrc(full, ((np.asarray(h1) + np.asarray(h2)) / 2).astype(np.float32), apix)
     return ({"star": Path(f"{stem}_data.star"), "half1": Path(f"{stem}_half1_class001.mrc"),
              "half2": Path(f"{stem}_half2_class001.mrc"), "full": full}, last, False)
 
