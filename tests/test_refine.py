@@ -246,7 +246,10 @@ def test_cli_bad_inputs_exit_2(small_job, tmp_path):
     star, ref = str(work / "sim" / "particles.star"), str(work / "ref.mrc")
     write_mrc(tmp_path / "flat.mrc", np.zeros((24, 24, 20), np.float32), 5.0)
     write_mrc(tmp_path / "badmask.mrc", np.full((24, 24, 24), 3.0, np.float32), 5.0)
+    half_ctf = tmp_path / "half_ctf.star"  # rlnDefocusU without rlnDefocusV: not silently "no CTF"
+    half_ctf.write_text((work / "sim" / "particles.star").read_text().replace("rlnDefocusV", "rlnDefocusQ"))
     cases = [
+        (["--ref", ref, "--in", str(half_ctf)], "rlnDefocusV"),
         (["--ref", str(tmp_path / "missing.mrc")], "missing.mrc"),
         (["--ref", str(tmp_path / "flat.mrc")], "cubic"),
         (["--ref", ref, "--mask", str(tmp_path / "badmask.mrc")], "mask"),

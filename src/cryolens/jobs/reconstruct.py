@@ -21,7 +21,7 @@ from cryolens.errors import InputError
 from cryolens.io import ImageSource, merge_optics, read_particles, require_columns, write_mrc, write_particles, write_star
 from cryolens.jobs.report import plot_central_slices, plot_fsc, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
-from cryolens.particles import POSE_COLUMNS, assign_half_sets
+from cryolens.particles import CTF_COLUMNS, POSE_COLUMNS, assign_half_sets
 from cryolens.reconstruct import ReconstructParams, reconstruct_half_maps
 
 __all__ = ["run_reconstruct", "fsc_table"]
@@ -55,6 +55,16 @@ def _checked_batches(source: ImageSource, names: pd.Series, batch_size: int, sta
         yield idx, images
 
 
+def require_particle_columns(particles, star: str | os.PathLike, pose: bool) -> None:
+    """Image names (and poses when ``pose``) must be present, and defocus U and V together or not at all.
+
+    A table with only one of the two would otherwise be read as "no CTF" without a word.
+    """
+    require_columns(particles, ["rlnImageName", *(POSE_COLUMNS if pose else [])], star, "particles")
+    if any(c in particles.columns for c in CTF_COLUMNS[:2]):
+        require_columns(particles, CTF_COLUMNS[:2], star, "particles")
+
+
 def run_reconstruct(star: str | os.PathLike, out_dir: str | os.PathLike, params: ReconstructParams, *,
                     seed: int = 0, device: torch.device | str = "cpu",
                     progress: Callable[[int, int], None] | None = None,
@@ -63,7 +73,7 @@ def run_reconstruct(star: str | os.PathLike, out_dir: str | os.PathLike, params:
     out = Path(out_dir)
     check_params("reconstruct", params)
     optics, particles = read_particles(star)
-    require_columns(particles, ["rlnImageName", *POSE_COLUMNS], star, "particles")
+    require_particle_columns(particles, star, pose=True)
     source = ImageSource(particles, star)
     pixel_size = _single_pixel_size(optics, star)
     box = source.image_size

@@ -24,9 +24,9 @@ import torch
 from cryolens.core.fourier import resample
 from cryolens.core.rotations import matrix_to_euler
 from cryolens.errors import InputError
-from cryolens.io import ImageSource, merge_optics, read_mrc, read_particles, require_columns, write_mrc, \
+from cryolens.io import ImageSource, merge_optics, read_mrc, read_particles, write_mrc, \
     write_particles, write_star
-from cryolens.jobs.reconstruct import _checked_batches, _single_pixel_size, fsc_table
+from cryolens.jobs.reconstruct import _checked_batches, _single_pixel_size, fsc_table, require_particle_columns
 from cryolens.jobs.report import _figure, plot_central_slices, plot_fsc, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.structures import pad_or_crop
@@ -100,7 +100,7 @@ def run_refine(star: str | os.PathLike, ref: str | os.PathLike, out_dir: str | o
     out = Path(out_dir)
     check_params("refine", params)
     optics, particles = read_particles(star)
-    require_columns(particles, ["rlnImageName"], star, "particles")
+    require_particle_columns(particles, star, pose=False)
     source = ImageSource(particles, star)
     pixel_size = _single_pixel_size(optics, star)
     box = source.image_size
