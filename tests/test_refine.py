@@ -253,8 +253,8 @@ def test_cli_bad_inputs_exit_2(small_job, tmp_path):
         (["--ref", str(tmp_path / "missing.mrc")], "missing.mrc"),
         (["--ref", str(tmp_path / "flat.mrc")], "cubic"),
         (["--ref", ref, "--mask", str(tmp_path / "badmask.mrc")], "mask"),
-        (["--ref", ref, "--sym", "X9"], "symmetry"),
-        (["--ref", ref, "--ini-high", "-5"], "ini_high"),
+        (["--ref", ref, "--sym", "X9"], "--sym X9"),
+        (["--ref", ref, "--ini-high", "-5"], "--ini-high"),
     ]
     for extra, fragment in cases:
         r = runner.invoke(app, ["refine", "--in", star, "--out", str(tmp_path / "o"), "--quiet", "--device", "cpu",

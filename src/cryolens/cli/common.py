@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -25,6 +25,12 @@ QUIET_HELP = "No progress bar (the job's run.log still records everything)."
 PROJECT_HELP = ("Record the job in this project (cryolens.db) and, without --out, write it to "
                 "<project>/<Stage>/jobNNN/. Default: the current folder when it holds cryolens.db.")
 OUT_HELP = "Output folder (created). Optional inside a project (default <project>/<Stage>/jobNNN/)."
+
+#: The options every job-recording command shares, declared once.
+OutOption = Annotated[Optional[Path], typer.Option("--out", help=OUT_HELP)]
+ProjectOption = Annotated[Optional[Path], typer.Option("--project", help=PROJECT_HELP)]
+DeviceOption = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)]
 
 
 def run_guarded(fn: Callable[[], T]) -> T:

@@ -7,22 +7,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import (DEVICE_HELP, OUT_HELP, PROJECT_HELP, QUIET_HELP, console, device_option, job_target,
-                                 progress_bar, run_guarded)
+from cryolens.cli.common import (DeviceOption, OutOption, ProjectOption, QuietOption, console, device_option,
+                                 job_target, progress_bar, run_guarded)
+from cryolens.cli.declare import declare
+from cryolens.reconstruct import ReconstructParams
 
 
+@declare(params=ReconstructParams, outputs=("particles", "half1", "half2", "map", "fsc"))
 def reconstruct(
     star: Annotated[Path, typer.Option("--in", help="particles.star (RELION 3.0 or 3.1+) with poses.")],
-    sym: Annotated[str, typer.Option("--sym", help="Point group: C1, Cn, Dn, T, O, I (RELION orientation).")] = "C1",
-    no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF even when defocus values are present.")] = False,
-    wiener: Annotated[bool, typer.Option("--wiener", help="Wiener-filter the full map with the half maps' FSC (smoother, lower FSC vs truth).")] = False,
-    pad: Annotated[int, typer.Option(help="Fourier padding factor (>= 2).")] = 2,
-    batch_size: Annotated[int, typer.Option(help="Images per insertion batch (bounds memory).")] = 128,
+    params: ReconstructParams = None,
     seed: Annotated[int, typer.Option(help="Seed for half-set assignment when rlnRandomSubset is absent.")] = 0,
-    out: Annotated[Optional[Path], typer.Option("--out", help=OUT_HELP)] = None,
-    project: Annotated[Optional[Path], typer.Option("--project", help=PROJECT_HELP)] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
+    out: OutOption = None,
+    project: ProjectOption = None,
+    device: DeviceOption = "auto",
+    quiet: QuietOption = False,
 ) -> None:
     """Reconstruct half maps (rlnRandomSubset; assigned at random and written back when absent) and the map.
 
@@ -33,9 +32,6 @@ def reconstruct(
       cryolens reconstruct --in sim/particles.star --out rec --sym C1
     """
     from cryolens.jobs.reconstruct import run_reconstruct
-    from cryolens.reconstruct import ReconstructParams
-
-    params = ReconstructParams(symmetry=sym, pad=pad, ctf=not no_ctf, wiener=wiener, batch_size=batch_size)
 
     def body():
         dev = device_option(device)

@@ -9,8 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import (DEVICE_HELP, OUT_HELP, PROJECT_HELP, QUIET_HELP, console, device_option, err_console,
-                                 job_target, run_guarded)
+from cryolens.cli.common import (DeviceOption, OutOption, ProjectOption, QuietOption, console, device_option,
+                                 err_console, job_target, run_guarded)
+from cryolens.cli.declare import declare
+from cryolens.refine.params import RefineParams
 
 
 @contextmanager
@@ -33,23 +35,16 @@ def iteration_progress(*, quiet: bool) -> Iterator[Callable[[int, int, int, floa
         yield update
 
 
+@declare(params=RefineParams, outputs=("particles", "half1", "half2", "map", "fsc", "iterations"))
 def refine(
     star: Annotated[Path, typer.Option("--in", help="particles.star (RELION 3.0 or 3.1+), CTF columns optional.")],
     ref: Annotated[Path, typer.Option("--ref", help="Starting reference map (MRC); resampled to the particles' grid.")],
-    sym: Annotated[str, typer.Option("--sym", help="Point group: C1, Cn, Dn, T, O, I (RELION orientation).")] = "C1",
-    ini_high: Annotated[float, typer.Option("--ini-high", help="Low-pass the reference to this resolution (Å).")] = 40.0,
     mask: Annotated[Optional[Path], typer.Option("--mask", help="Soft reference mask (0..1) instead of the automatic one.")] = None,
-    particle_diameter: Annotated[Optional[float], typer.Option("--particle-diameter", help="Mask diameter (Å); default 90% of the box.")] = None,
-    max_iter: Annotated[int, typer.Option("--max-iter", help="Iteration cap (convergence usually stops earlier).")] = 12,
-    offset_range: Annotated[float, typer.Option("--offset-range", help="Global translational search range (px).")] = 5.0,
-    healpix_order: Annotated[int, typer.Option("--healpix-order", help="Global search grid order (2 = 15°).")] = 2,
-    no_ctf: Annotated[bool, typer.Option("--no-ctf", help="Ignore the CTF even when defocus values are present.")] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per search batch (bounds memory).")] = 256,
-    seed: Annotated[int, typer.Option(help="Seed for half-set assignment when rlnRandomSubset is absent.")] = 0,
-    out: Annotated[Optional[Path], typer.Option("--out", help=OUT_HELP)] = None,
-    project: Annotated[Optional[Path], typer.Option("--project", help=PROJECT_HELP)] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
+    params: RefineParams = None,
+    out: OutOption = None,
+    project: ProjectOption = None,
+    device: DeviceOption = "auto",
+    quiet: QuietOption = False,
 ) -> None:
     """Refine poses with independent half sets (gold standard) and reconstruct the map.
 
@@ -61,11 +56,6 @@ def refine(
       cryolens refine --in sim/particles.star --ref start.mrc --ini-high 40 --sym C1 --out ref1
     """
     from cryolens.jobs.refine import run_refine
-    from cryolens.refine import RefineParams
-
-    params = RefineParams(symmetry=sym, ini_high=ini_high, particle_diameter=particle_diameter,
-                          max_iterations=max_iter, offset_range=offset_range, global_order=healpix_order,
-                          ctf=not no_ctf, batch_size=batch_size, seed=seed)
 
     def body():
         dev = device_option(device)

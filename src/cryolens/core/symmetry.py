@@ -34,7 +34,8 @@ from cryolens.errors import InputError
 
 from .rotations import axis_angle_to_matrix
 
-__all__ = ["symmetry_matrices", "symmetry_order", "expand_poses", "rotate_volume", "symmetrize_volume"]
+__all__ = ["symmetry_matrices", "symmetry_order", "expand_poses", "rotate_volume", "symmetrize_volume", "SYMMETRY_HELP",
+           "SYMMETRY_RULE", "valid_symmetry"]
 
 _ICOS = {
     "I1": [(2, (1.0, 0.0, 0.0)), (5, (0.85065080702670, 0.0, -0.5257311142635)), (3, (0.9341723640, 0.3568220765, 0.0))],
@@ -224,3 +225,20 @@ def symmetrize_volume(vol: torch.Tensor, sym: str, *, chunk: int = 8) -> torch.T
     for i in range(0, g.shape[0], chunk):
         out = out + rotate_volume(vol, g[i : i + chunk]).sum(0)
     return out / g.shape[0]
+
+
+#: Help sentence of every ``--sym`` option (the rule below adds the names).
+SYMMETRY_HELP = "Point group, in RELION's orientation"
+
+
+def valid_symmetry(name: str) -> bool:
+    """True when ``name`` is a point group cryolens knows (C1, Cn, Dn, T, O, I)."""
+    try:
+        symmetry_matrices(name)
+    except Exception:  # noqa: BLE001 - InputError or ValueError for unknown names
+        return False
+    return True
+
+
+#: The ``rule`` of every declared symmetry option (:func:`cryolens.params.option`).
+SYMMETRY_RULE = (valid_symmetry, "C1, Cn, Dn, T, O or I")

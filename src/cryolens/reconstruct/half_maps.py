@@ -25,7 +25,8 @@ from cryolens.core.ctf import ctf_2d
 from cryolens.core.fourier import ft2
 from cryolens.core.fsc import FSCResult, fsc, fsc_to_ssnr
 from cryolens.core.projector import BackProjector
-from cryolens.core.symmetry import symmetry_matrices
+from cryolens.core.symmetry import SYMMETRY_HELP, SYMMETRY_RULE, symmetry_matrices
+from cryolens.params import Params, option
 from cryolens.particles import ctf_params_from_table, has_ctf, origins_px_from_table, rotations_from_table
 
 __all__ = ["ReconstructParams", "ReconstructResult", "reconstruct_half_maps"]
@@ -34,28 +35,18 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass
-class ReconstructParams:
-    """Options of the reconstruction.
+class ReconstructParams(Params):
+    """Options of the reconstruction (each declared once: flag, help, unit, default, bounds).
 
-    Attributes:
-        symmetry: point group (C1, Cn, Dn, T, O, I) oriented as RELION orients it.
-        pad: Fourier padding factor of the accumulators (>= 2).
-        ctf: model the CTF when the particles carry defocus values.
-        wiener: Wiener-filter the full map with the half maps' FSC-derived SSNR (off by default).
-        batch_size: images per insertion batch (bounds memory: ~ batch · |G| · box² · 100 B).
+    ``batch_size`` bounds memory at about ``batch · |G| · box² · 100 B``.
     """
 
-    symmetry: str = "C1"
-    pad: int = 2
-    ctf: bool = True
-    wiener: bool = False
-    batch_size: int = 128
-
-    def validate(self) -> None:
-        if self.pad < 2:
-            raise ValueError("pad must be at least 2")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+    symmetry: str = option("C1", flag="--sym", help=SYMMETRY_HELP, rule=SYMMETRY_RULE)
+    pad: int = option(2, ge=2, help="Fourier padding factor")
+    ctf: bool = option(True, help="Model the CTF when the particles carry defocus values (--no-ctf ignores it)")
+    wiener: bool = option(False, help="Wiener-filter the full map with the half maps' FSC (smoother, lower FSC vs "
+                                      "truth)")
+    batch_size: int = option(128, ge=1, help="Images per insertion batch (bounds memory)")
 
 
 @dataclass

@@ -1,91 +1,48 @@
-"""Options of the gold-standard 3D auto-refinement (units in brackets)."""
+"""Options of the gold-standard 3D auto-refinement, each declared once (flag, help, unit, default, bounds)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryolens.core.symmetry import symmetry_matrices
+from cryolens.core.symmetry import SYMMETRY_HELP, SYMMETRY_RULE
+from cryolens.params import Params, option
 
 __all__ = ["RefineParams"]
 
-
 @dataclass
-class RefineParams:
-    """Options of :func:`cryolens.refine.auto_refine`.
+class RefineParams(Params):
+    """Options of :func:`cryolens.refine.auto_refine`; see each field's help (units in brackets there).
 
-    Attributes:
-        symmetry: point group (C1, Cn, Dn, T, O, I) in RELION's orientation.
-        ini_high: the initial reference is low-passed to this resolution [Å], which is also the
-            first iteration's alignment band limit.
-        particle_diameter: diameter of the circular image mask and the spherical reference mask
-            [Å]; ``None`` uses 90 % of the box.
-        global_order: HEALPix order of the global search grid (2 = 15°).
-        global_top_k: candidates kept from the global grid for local refinement.
-        global_iterations: iterations that search the global grid (later ones search locally).
-        offset_range: translational search range of the global search [px, full box].
-        offset_step: translational step of the global search [px].
-        min_angular_step: finest angular step of the local searches [degrees].
-        min_offset_step: finest translational step [px].
-        max_iterations: hard cap on iterations (the global iteration included).
-        min_iterations: iterations before convergence may be declared.
-        band_margin: Fourier shells aligned beyond the current resolution's shell.
-        auto_mask: from the iteration after the resolution passes ``auto_mask_resolution``,
-            mask references with a soft mask from their own (half) map (cryoSPARC's dynamic
-            mask: threshold, dilation and a soft edge), intersected with the sphere.
-        auto_mask_resolution: see ``auto_mask`` [Å].
-        pad: Fourier padding of projector and back-projector (>= 2).
-        batch_size: images per search batch (bounds memory with ``max_block``).
-        max_block: bound on the elements of one score/projection block (memory).
-        ctf: model the CTF when the particles carry defocus values.
-        seed: half-set assignment when ``rlnRandomSubset`` is absent.
+    ``auto_mask``: from the iteration after the resolution passes ``auto_mask_resolution``, the
+    references are masked with a soft mask from their own (half) map (cryoSPARC's dynamic mask:
+    threshold, dilation and a soft edge), intersected with the sphere. ``global_top_k`` candidates
+    of the global grid go on to local refinement; the global grid is searched for
+    ``global_iterations`` iterations, the later ones search locally at halving steps.
     """
 
-    symmetry: str = "C1"
-    ini_high: float = 40.0
-    particle_diameter: float | None = None
-    global_order: int = 2
-    global_top_k: int = 6
-    global_iterations: int = 3
-    offset_range: float = 5.0
-    offset_step: float = 1.0
-    min_angular_step: float = 0.5
-    min_offset_step: float = 0.1
-    max_iterations: int = 12
-    min_iterations: int = 4
-    band_margin: int = 3
-    auto_mask: bool = True
-    auto_mask_resolution: float = 20.0
-    pad: int = 2
-    batch_size: int = 256
-    max_block: int = 2**22
-    ctf: bool = True
-    seed: int = 0
-
-    def validate(self) -> None:
-        """Raise ValueError with a one-line reason for impossible values."""
-        try:
-            symmetry_matrices(self.symmetry)
-        except Exception as e:  # noqa: BLE001 - InputError for unknown names
-            raise ValueError(f"unknown symmetry group {self.symmetry!r}: {e}") from None
-        if not self.ini_high > 0:
-            raise ValueError("ini_high must be a positive resolution in Å")
-        if self.particle_diameter is not None and not self.particle_diameter > 0:
-            raise ValueError("particle_diameter must be positive")
-        if not 0 <= self.global_order <= 4:
-            raise ValueError("global_order must lie in 0..4")
-        if self.global_iterations < 1:
-            raise ValueError("global_iterations must be at least 1")
-        if self.global_top_k < 1:
-            raise ValueError("global_top_k must be at least 1")
-        if self.offset_range < 0 or not self.offset_step > 0:
-            raise ValueError("offset_range must be >= 0 and offset_step > 0")
-        if not self.min_angular_step > 0 or not self.min_offset_step > 0:
-            raise ValueError("min_angular_step and min_offset_step must be positive")
-        if self.max_iterations < 1 or self.min_iterations < 1:
-            raise ValueError("max_iterations and min_iterations must be at least 1")
-        if self.pad < 2:
-            raise ValueError("pad must be at least 2")
-        if self.batch_size < 1 or self.max_block < 2**12:
-            raise ValueError("batch_size must be >= 1 and max_block >= 4096")
-        if self.band_margin < 0:
-            raise ValueError("band_margin must not be negative")
+    symmetry: str = option("C1", flag="--sym", help=SYMMETRY_HELP, rule=SYMMETRY_RULE)
+    ini_high: float = option(40.0, unit="Å", gt=0, help="Low-pass the reference to this resolution; also the "
+                                                       "first iteration's alignment limit")
+    particle_diameter: float | None = option(None, unit="Å", gt=0,
+                                             help="Mask diameter; default 90% of the box")
+    global_order: int = option(2, flag="--healpix-order", ge=0, le=4,
+                               help="HEALPix order of the global search grid (2 = 15°)")
+    global_top_k: int = option(6, ge=1, help="Candidates of the global grid kept for local refinement")
+    global_iterations: int = option(3, ge=1, help="Iterations that search the global grid (later ones search "
+                                                  "locally)")
+    offset_range: float = option(5.0, unit="px", ge=0, help="Global translational search range")
+    offset_step: float = option(1.0, unit="px", gt=0, help="Translational step of the global search")
+    min_angular_step: float = option(0.5, unit="°", gt=0, help="Finest angular step of the local searches")
+    min_offset_step: float = option(0.1, unit="px", gt=0, help="Finest translational step")
+    max_iterations: int = option(12, flag="--max-iter", ge=1,
+                                 help="Iteration cap (convergence usually stops earlier)")
+    min_iterations: int = option(4, flag="--min-iter", ge=1, help="Iterations before convergence may be declared")
+    band_margin: int = option(3, ge=0, help="Fourier shells aligned beyond the current resolution's shell")
+    auto_mask: bool = option(True, help="Mask the references with a soft mask from their own maps once the "
+                                        "resolution passes --auto-mask-resolution")
+    auto_mask_resolution: float = option(20.0, unit="Å", gt=0, help="Resolution from which --auto-mask applies")
+    pad: int = option(2, ge=2, help="Fourier padding of projector and back-projector")
+    batch_size: int = option(256, ge=1, help="Images per search batch (bounds memory)")
+    max_block: int = option(2**22, ge=2**12, help="Elements of one score/projection block (bounds memory)")
+    ctf: bool = option(True, help="Model the CTF when the particles carry defocus values (--no-ctf ignores it)")
+    seed: int = option(0, help="Seed for half-set assignment when rlnRandomSubset is absent")

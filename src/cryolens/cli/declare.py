@@ -1,0 +1,178 @@
+"""Typer options built from a stage's declared ``Params`` (see :mod:`cryolens.params`).
+
+A command module writes only what is not a parameter (inputs, outputs, printing)::
+
+    @declare(params=RefineParams, outputs=("particles", "half1", "half2", "map", "fsc"))
+    def refine(star: InOption, ref: ..., params: RefineParams, out: OutOption = None, ...):
+        ...
+
+:func:`declare` replaces the ``params`` argument by one option per declared field (same
+place in ``--help``), builds the dataclass from the parsed values, applies ``--preset``
+when the class has presets, and validates it before the command body runs: an
+impossible value exits 2 with one sentence naming the flag, before any job folder or
+project record exists. The declared ``outputs`` (names or regular expressions of the
+outputs in ``job.json``) let ``cryolens run`` check ``{step.output}`` references before
+running anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Optional
+
+import click
+import typer
+
+from cryolens.cli.common import run_guarded
+from cryolens.errors import InputError
+from cryolens.params import Declared, Params, apply_preset, bounds_text, declared
+
+__all__ = ["declare", "help_text", "build_params", "DECLARED_ATTR", "OUTPUTS_ATTR"]
+
+DECLARED_ATTR = "cryolens_params"
+OUTPUTS_ATTR = "cryolens_outputs"
+PRESET = "preset"
+
+
+def help_text(d: Declared) -> str:
+    """The ``--help`` line of a declaration: its sentence, then unit and bounds in parentheses."""
+    extra = ", ".join(p for p in (d.unit, bounds_text(d)) if p)
+    body = d.help.rstrip().rstrip(".")
+    return f"{body} ({extra})." if extra else f"{body}."
+
+
+def _flag_words(name: str, d: Declared, default: Any) -> list[str]:
+    flag = d.flag or "--" + name.replace("_", "-")
+    words = [flag]
+    if isinstance(default, bool) and default and "/" not in flag:
+        words = [f"{flag}/--no-{flag[2:]}"]
+    if d.short:
+        words.append(d.short)
+    return words
+
+
+def _cli_type(name: str, d: Declared, hints: dict[str, Any], defaults: dict[str, Any]) -> tuple[Any, Any]:
+    """(annotation, default) of the Typer parameter for field ``name``."""
+    default = defaults[name]
+    if d.join:
+        members = (name, *d.join)
+        types = tuple(_plain(hints[m]) for m in members)
+        return tuple.__class_getitem__(types), tuple(defaults[m] for m in members)
+    if d.parse is not None:
+        shown = None if default is None else (d.text(default) if d.text else str(default))
+        return (Optional[str] if shown is None else str), shown
+    return hints[name], default
+
+
+def _plain(tp: Any) -> Any:
+    """``float | None`` -> ``float`` (a member of a joined option always has a value)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) \
+        and len(args) == 1 else tp
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _options(cls: type[Params]) -> list[inspect.Parameter]:
+    """One keyword parameter (Annotated with a typer.Option) per declared CLI field of ``cls``."""
+    hints = typing.get_type_hints(cls)
+    defaults = _defaults(cls)
+    out = []
+    for name, d in declared(cls).items():
+        if not d.cli:
+            continue
+        annotation, default = _cli_type(name, d, hints, defaults)
+        opt = typer.Option(*_flag_words(name, d, default), help=help_text(d), metavar=d.metavar,
+                           show_default=default is not None and not (isinstance(default, bool) and not default))
+        out.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                     annotation=Annotated[annotation, opt]))
+    if cls.PRESETS:
+        opt = typer.Option("--preset", help=f"Option set: {', '.join(cls.PRESETS)}; options given explicitly "
+                                            "override it.")
+        out.append(inspect.Parameter(PRESET, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                     annotation=Annotated[Optional[str], opt]))
+    return out
+
+
+def build_params(cls: type[Params], values: dict[str, Any], explicit: set[str] = frozenset()) -> Params:
+    """The dataclass from parsed CLI values (joined and text options unpacked), preset applied, validated.
+
+    Raises:
+        InputError: a value that does not parse or is impossible (one sentence naming the flag).
+    """
+    kwargs: dict[str, Any] = {}
+    for name, d in declared(cls).items():
+        if not d.cli or name not in values:
+            continue
+        raw = values[name]
+        if d.join:
+            for member, v in zip((name, *d.join), raw):
+                kwargs[member] = v
+            explicit = explicit | set(d.join) if name in explicit else explicit
+        elif d.parse is not None and raw is not None:
+            try:
+                kwargs[name] = d.parse(raw)
+            except ValueError as e:
+                raise InputError(f"{cls.flag(name)} {raw}: {e}.") from None
+        else:
+            kwargs[name] = raw
+    params = cls(**kwargs)
+    try:
+        params = apply_preset(params, values.get(PRESET), explicit)
+        params.validate()
+    except ValueError as e:
+        raise InputError(f"{e}.") from None
+    return params
+
+
+def declare(*, outputs: Sequence[str] | None = None, **classes: type[Params]) -> Callable[[Callable], Callable]:
+    """Decorator: each keyword argument ``NAME=ParamsClass`` turns the command's ``NAME`` argument into
+    that class's declared options (see the module docstring)."""
+
+    def wrap(fn: Callable) -> Callable:
+        sig = inspect.signature(fn, eval_str=True)
+        params: list[inspect.Parameter] = []
+        owned: dict[str, list[str]] = {}
+        for p in sig.parameters.values():
+            if p.name in classes:
+                opts = _options(classes[p.name])
+                owned[p.name] = [o.name for o in opts]
+                params += opts
+            else:
+                params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+        names = [p.name for p in params]
+        clash = {n for n in names if names.count(n) > 1}
+        if clash:
+            raise TypeError(f"{fn.__name__}: option names declared twice: {', '.join(sorted(clash))}")
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            ctx = click.get_current_context(silent=True)
+            explicit = {n for n in kwargs if ctx is not None and ctx.get_parameter_source(n) in
+                        (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)}
+            built = {}
+            for key, cls in classes.items():
+                values = {n: kwargs.pop(n) for n in owned[key]}
+                built[key] = run_guarded(lambda cls=cls, values=values: build_params(cls, values, explicit))
+            return fn(**kwargs, **built)
+
+        del command.__wrapped__  # typer must see the built signature, not fn's
+        command.__signature__ = sig.replace(parameters=params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        setattr(command, DECLARED_ATTR, dict(classes))
+        setattr(command, OUTPUTS_ATTR, tuple(outputs) if outputs is not None else None)
+        return command
+
+    return wrap
