@@ -7,46 +7,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import (DEVICE_HELP, OUT_HELP, PROJECT_HELP, QUIET_HELP, console, device_option, job_target,
-                                 progress_bar, run_guarded)
+from cryolens.cli.common import (DeviceOption, OutOption, ProjectOption, QuietOption, console, device_option,
+                                 job_target, progress_bar, run_guarded)
+from cryolens.cli.declare import declare
+from cryolens.ctf.params import CTFFitParams
 from cryolens.errors import InputError
 
 __all__ = ["ctf"]
 
 
-def _patches(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        nx, ny = (int(v) for v in text.lower().split("x"))
-        if nx < 1 or ny < 1:
-            raise ValueError
-    except ValueError:
-        raise InputError(f"--patches {text}: give the patch grid as NXxNY with positive integers, e.g. 5x5.") from None
-    return nx, ny
-
-
+@declare(params=CTFFitParams, outputs=("micrographs", "report"))
 def ctf(
     star: Annotated[Optional[Path], typer.Option("--in", help="micrographs.star (RELION 3.0 or 3.1+; optics give "
                                                               "voltage, Cs, amplitude contrast, pixel size).")] = None,
     power_spectrum: Annotated[Optional[Path], typer.Option(
         "--power-spectrum", help="Fit this power spectrum (square MRC, DC centred) instead of micrographs, as "
                                  "RELION's --use_given_ps; give --voltage --cs --amplitude-contrast.")] = None,
-    box: Annotated[int, typer.Option(help="Spectrum box (px): tiles averaged over the micrograph.")] = 512,
-    overlap: Annotated[float, typer.Option(help="Tile overlap fraction.")] = 0.5,
-    res: Annotated[tuple[float, float], typer.Option(help="Fit range LOW HIGH resolution (Å).")] = (30.0, 5.0),
-    defocus: Annotated[tuple[float, float], typer.Option(help="Defocus search range MIN MAX (Å, underfocus "
-                                                              "positive).")] = (5000.0, 50000.0),
-    defocus_step: Annotated[float, typer.Option(help="Defocus search step (Å).")] = 500.0,
-    search: Annotated[str, typer.Option(help="exhaustive (grid over defocus and astigmatism) or fast.")] = "exhaustive",
-    phase_shift: Annotated[bool, typer.Option("--phase-shift", help="Also fit a phase shift (phase plate).")] = False,
-    phase_range: Annotated[tuple[float, float, float], typer.Option(
-        help="Phase shift MIN MAX STEP (degrees) with --phase-shift.")] = (0.0, 180.0, 10.0),
-    astigmatism_restraint: Annotated[Optional[float], typer.Option(
-        help="Restrain the astigmatism |U - V| to about this (Å); default unrestrained.")] = None,
-    patches: Annotated[Optional[str], typer.Option(
-        help="Patch CTF on an NXxNY grid (e.g. 5x5): a defocus plane per micrograph "
-             "(cryolensDefocusPlaneC0, cryolensDefocusGradientX/Y).")] = None,
+    params: CTFFitParams = None,
     from_movies: Annotated[bool, typer.Option(
         "--from-movies", help="Spectra from movie-frame sub-sums of ~4.5 e-/Å² (movies found through "
                               "rlnMicrographMetadata of motion correction).")] = False,
@@ -61,10 +38,10 @@ def ctf(
                                                         "tcp://scheduler:port or a run profile name.")] = None,
     j: Annotated[Optional[int], typer.Option("--j", help="Local worker processes (default: one per core; one on "
                                                          "a GPU).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help=OUT_HELP)] = None,
-    project: Annotated[Optional[Path], typer.Option("--project", help=PROJECT_HELP)] = None,
-    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
+    out: OutOption = None,
+    project: ProjectOption = None,
+    device: DeviceOption = "auto",
+    quiet: QuietOption = False,
 ) -> None:
     """Estimate the CTF of every micrograph: defocus U/V/angle, astigmatism, phase shift, fit resolution.
 
@@ -82,18 +59,11 @@ def ctf(
 
       cryolens ctf --power-spectrum mic_PS.mrc --pixel-size 1.3996 --voltage 200 --cs 1.4 --amplitude-contrast 0.1 --out ps_ctf
     """
-    from cryolens.ctf import CTFFitParams
-
     def body():
         if (star is None) == (power_spectrum is None):
             raise InputError("ctf: give exactly one of --in micrographs.star or --power-spectrum PS.mrc.")
         if j is not None and j < 1:
             raise InputError(f"--j {j}: the number of worker processes must be at least 1.")
-        params = CTFFitParams(box=box, overlap=overlap, res_low_A=res[0], res_high_A=res[1],
-                              defocus_min_A=defocus[0], defocus_max_A=defocus[1], defocus_step_A=defocus_step,
-                              search=search, phase_shift=phase_shift, phase_min_deg=phase_range[0],
-                              phase_max_deg=phase_range[1], phase_step_deg=phase_range[2],
-                              astigmatism_restraint_A=astigmatism_restraint, patches=_patches(patches))
         dev = device_option(device)
         if power_spectrum is not None:
             from cryolens.jobs.ctf import run_ctf_power_spectrum
