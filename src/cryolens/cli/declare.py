@@ -65,7 +65,16 @@ def _cli_type(name: str, d: Declared, hints: dict[str, Any], defaults: dict[str,
     if d.parse is not None:
         shown = None if default is None else (d.text(default) if d.text else str(default))
         return (Optional[str] if shown is None else str), shown
+    repeated = _repeated(hints[name])
+    if repeated is not None:  # tuple[X, ...]: a repeatable option
+        return Optional[list[repeated]], (list(default) or None)
     return hints[name], default
+
+
+def _repeated(tp: Any) -> Any:
+    """``X`` for ``tuple[X, ...]`` (a repeatable option), else None."""
+    args = typing.get_args(tp)
+    return args[0] if typing.get_origin(tp) is tuple and len(args) == 2 and args[1] is Ellipsis else None
 
 
 def _plain(tp: Any) -> Any:
@@ -113,6 +122,7 @@ def build_params(cls: type[Params], values: dict[str, Any], explicit: set[str] =
         InputError: a value that does not parse or is impossible (one sentence naming the flag).
     """
     kwargs: dict[str, Any] = {}
+    hints = typing.get_type_hints(cls)
     for name, d in declared(cls).items():
         if not d.cli or name not in values:
             continue
@@ -126,6 +136,8 @@ def build_params(cls: type[Params], values: dict[str, Any], explicit: set[str] =
                 kwargs[name] = d.parse(raw)
             except ValueError as e:
                 raise InputError(f"{cls.flag(name)} {raw}: {e}.") from None
+        elif isinstance(raw, list) or (raw is None and _repeated(hints[name]) is not None):
+            kwargs[name] = tuple(raw or ())
         else:
             kwargs[name] = raw
     params = cls(**kwargs)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from cryolens.params import Params, option
 from cryolens.select.consensus import Consensus, angle_difference, ctf_consensus
 from cryolens.select.rules import MissingColumnError, Rule, parse_classes, parse_rule, require_numeric
 
@@ -28,34 +29,36 @@ __all__ = ["SelectParams", "Selection", "select_rows", "Rule", "parse_rule", "pa
            "Consensus", "ctf_consensus", "angle_difference"]
 
 
+def class_list_text(classes: tuple[int, ...]) -> str:
+    """``(1, 3)`` -> ``"1,3"``."""
+    return ",".join(map(str, classes))
+
+
 @dataclass
-class SelectParams:
-    """What to keep.
+class SelectParams(Params):
+    """What to keep (each option declared once: flag, help, unit, default, bounds)."""
 
-    Attributes:
-        where: rules ``COLUMN OP NUMBER``, all must hold.
-        classes: keep rows whose ``rlnClassNumber`` is one of these (empty: no class criterion).
-        tolerance_defocus: consensus: largest relative difference of mean defocus (fraction of the mean).
-        tolerance_angle: consensus: largest astigmatism-angle difference (degrees); None: not compared.
-        astigmatism_threshold: consensus: angles are compared only where both |U - V| exceed this (Å).
-    """
+    where: tuple[str, ...] = option(
+        (), help="Rule 'COLUMN OP NUMBER' with OP one of < <= > >= == != (repeatable; all must hold), e.g. "
+                 "'rlnCtfMaxResolution < 5'. Optics columns may be used too")
+    classes: tuple[int, ...] = option((), flag="--class", parse=parse_classes, text=class_list_text, metavar="1,3",
+                                      help="Keep these classes (rlnClassNumber), comma-separated, e.g. 1,3")
+    tolerance_defocus: float = option(0.05, gt=0, help="Consensus: largest difference of mean defocus, as a fraction "
+                                                       "of the mean (0.05 = 5 %)")
+    tolerance_angle: float | None = option(None, unit="°", gt=0, le=90,
+                                           help="Consensus: largest difference of astigmatism angle, compared where "
+                                                "both are astigmatic")
+    astigmatism_threshold: float = option(300.0, unit="Å", ge=0, help="Consensus: compare angles only where both "
+                                                                      "|defocusU - defocusV| exceed this")
 
-    where: tuple[str, ...] = ()
-    classes: tuple[int, ...] = ()
-    tolerance_defocus: float = 0.05
-    tolerance_angle: float | None = None
-    astigmatism_threshold: float = 300.0
-
-    def validate(self) -> None:
+    def check(self) -> None:
+        """Every rule parses; class numbers start at 1."""
         for text in self.where:
-            parse_rule(text)
+            try:
+                parse_rule(text)
+            except ValueError as e:
+                raise ValueError(f"--where {text!r}: {e}") from None
         parse_classes(list(self.classes))
-        if not self.tolerance_defocus > 0:
-            raise ValueError(f"tolerance_defocus must be > 0 (a fraction of the mean defocus), got {self.tolerance_defocus}")
-        if self.tolerance_angle is not None and not 0 < self.tolerance_angle <= 90:
-            raise ValueError(f"tolerance_angle must be in (0, 90] degrees, got {self.tolerance_angle}")
-        if self.astigmatism_threshold < 0:
-            raise ValueError(f"astigmatism_threshold must be >= 0 Å, got {self.astigmatism_threshold}")
 
     def rules(self) -> list[Rule]:
         return [parse_rule(t) for t in self.where]
