@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
 
+from cryolens.params import Params, option
 from cryolens.simulate.motion import PolynomialMotion
 
-__all__ = ["MotionParams", "MotionResult"]
+__all__ = ["MotionParams", "MotionResult", "parse_patch_grid"]
+
+
+def parse_patch_grid(text: str) -> tuple[int, int] | None:
+    """``"5x5"`` -> (5, 5); ``"1x1"``, ``"0"`` or ``"none"`` -> None (global only); ValueError otherwise."""
+    t = text.strip().lower()
+    if t in ("", "0", "none", "global", "1x1", "1"):
+        return None
+    m = re.fullmatch(r"(\d+)\s*[x,]\s*(\d+)", t)
+    if not m:
+        raise ValueError("give the patch grid as NXxNY, e.g. 5x5 (1x1 = global only)")
+    return int(m.group(1)), int(m.group(2))
 
 
 @dataclass
-class MotionParams:
+class MotionParams(Params):
     """Options of :func:`cryolens.motion.align_movie`; defaults follow cisTEM's Align Movies (Unblur).
 
     Global alignment (each frame against the sum of the others, iterated):
@@ -66,72 +79,68 @@ class MotionParams:
             fit in this many bytes (saves one FFT per frame), else recompute them.
     """
 
-    min_shift_A: float = 2.0
-    max_shift_A: float = 40.0
-    bfactor_A2: float = 1500.0
-    mask_central_cross: bool = True
-    cross_width_x: int = 1
-    cross_width_y: int = 1
-    termination_px: float = 0.1
-    max_iterations: int = 20
-    smoothing_window: int = 0
-    align_bin: float | None = None
-    align_resolution_A: float = 8.0
-    patches: tuple[int, int] | None = None
-    patch_overlap: float = 0.5
-    local_bfactor_A2: float = 1000.0
-    local_group_frames: int = 3
-    local_max_shift_A: float = 10.0
-    local_max_iterations: int = 5
-    min_patch_snr: float = 5.0
-    min_patches: int = 9
-    local_tile_px: int | None = None
-    dose_weighting: bool = True
-    restore_power: bool = True
-    max_frame_shift_A: float | None = None
-    max_total_travel_A: float | None = None
-    early_exposure: float = 4.0
-    chunk_frames: int = 4
-    cache_bytes: int = 1 << 30
+    min_shift_A: float = option(2.0, flag="--min-shift", unit="Å", ge=0,
+                                help="Smallest shift searched in the first round (keeps frames off fixed-pattern "
+                                     "noise)")
+    max_shift_A: float = option(40.0, flag="--max-shift", unit="Å", gt=0, help="Largest shift update searched per "
+                                                                              "round")
+    bfactor_A2: float = option(1500.0, flag="--bfactor", unit="Å²", ge=0, help="B-factor applied to the reference")
+    mask_central_cross: bool = option(True, flag="--central-cross",
+                                      help="Mask the central cross of the Fourier transform")
+    cross_width_x: int = option(1, ge=0, help="Half-width of the cross's vertical line (Fourier pixels)")
+    cross_width_y: int = option(1, ge=0, help="Half-width of the cross's horizontal line (Fourier pixels)")
+    termination_px: float = option(0.1, flag="--termination", unit="px", gt=0,
+                                   help="Stop when the largest shift update is below this")
+    max_iterations: int = option(20, flag="--iterations", ge=1, help="Largest number of alignment rounds")
+    smoothing_window: int = option(0, ge=0, help="Savitzky-Golay smoothing of the trajectory over this many frames "
+                                                 "after each round (0 = none)")
+    align_bin: float | None = option(None, ge=1, help="Align on a copy binned by this factor; default: the largest "
+                                                      "binning whose Nyquist is finer than --align-resolution")
+    align_resolution_A: float = option(8.0, flag="--align-resolution", unit="Å", gt=0,
+                                       help="Resolution kept for alignment when --align-bin is not given")
+    patches: tuple[int, int] | None = option(
+        None, parse=parse_patch_grid, text=lambda g: f"{g[0]}x{g[1]}", metavar="NXxNY",
+        help="Local-motion patch grid NXxNY, e.g. 5x5; 1x1 = global alignment only (default)")
+    patch_overlap: float = option(0.5, ge=0, lt=1, help="Patch overlap as a fraction of the spacing")
+    local_bfactor_A2: float = option(1000.0, flag="--local-bfactor", unit="Å²", ge=0,
+                                     help="B-factor on the patch references")
+    local_group_frames: int = option(3, ge=1, rule=(lambda n: n % 2 == 1, "odd"),
+                                     help="Frames summed (a running group) for the patch correlations")
+    local_max_shift_A: float = option(10.0, flag="--local-max-shift", unit="Å", gt=0,
+                                      help="Largest local shift update per round")
+    local_max_iterations: int = option(5, flag="--local-iterations", ge=1, help="Most rounds of the patch alignment")
+    min_patch_snr: float = option(5.0, ge=0, help="Patches whose correlation-peak SNR is below this are left out of "
+                                                  "the local fit")
+    min_patches: int = option(9, ge=6, help="Fewest usable patches to fit the local model (else global alignment)")
+    local_tile_px: int | None = option(None, flag="--local-tile", unit="px", ge=16,
+                                       help="Tile stride applying the local model; default 1/8 of the smaller side "
+                                            "(64-256)")
+    dose_weighting: bool = option(True, help="Write the dose-weighted sum as the micrograph")
+    restore_power: bool = option(True, help="Normalise dose weights by sqrt(sum w²) (flat noise power, RELION); "
+                                            "--no-restore-power divides by the mean weight")
+    max_frame_shift_A: float | None = option(None, flag="--max-frame-shift", unit="Å", gt=0,
+                                             help="Reject movies whose consecutive frames move further than this")
+    max_total_travel_A: float | None = option(None, flag="--max-travel", unit="Å", gt=0,
+                                              help="Reject movies whose total travel exceeds this")
+    early_exposure: float = option(4.0, unit="e⁻/Å²", ge=0, help="Exposure limit of rlnAccumMotionEarly")
+    chunk_frames: int = option(4, ge=1, help="Frames transformed at full size at once (bounds memory)")
+    cache_bytes: int = option(1 << 30, ge=0, help="Keep full-size frame spectra between alignment and summing up to "
+                                                  "this many bytes")
 
-    def validate(self) -> None:
-        """Raise ValueError with a one-line reason for impossible values."""
-        checks = [
-            (self.min_shift_A >= 0, "min_shift_A must not be negative (Å)"),
-            (self.max_shift_A > 0, "max_shift_A must be positive (Å)"),
-            (self.min_shift_A < self.max_shift_A, "min_shift_A must be smaller than max_shift_A"),
-            (self.bfactor_A2 >= 0 and self.local_bfactor_A2 >= 0, "B-factors must not be negative (Å²)"),
-            (self.cross_width_x >= 0 and self.cross_width_y >= 0, "cross widths must not be negative"),
-            (self.termination_px > 0, "termination_px must be positive (pixels)"),
-            (self.max_iterations >= 1, "max_iterations must be at least 1"),
-            (self.smoothing_window >= 0, "smoothing_window must not be negative (0 = off)"),
-            (self.align_bin is None or self.align_bin >= 1, "align_bin must be at least 1 (or None)"),
-            (self.align_resolution_A > 0, "align_resolution_A must be positive (Å)"),
-            (0 <= self.patch_overlap < 1, "patch_overlap must be within [0, 1)"),
-            (self.local_group_frames >= 1 and self.local_group_frames % 2 == 1,
-             "local_group_frames must be an odd number >= 1"),
-            (self.local_max_shift_A > 0, "local_max_shift_A must be positive (Å)"),
-            (self.local_max_iterations >= 1, "local_max_iterations must be at least 1"),
-            (self.min_patch_snr >= 0, "min_patch_snr must not be negative"),
-            (self.min_patches >= 6, "min_patches must be at least 6 (the model has 6 spatial terms)"),
-            (self.local_tile_px is None or self.local_tile_px >= 16, "local_tile_px must be at least 16"),
-            (self.max_frame_shift_A is None or self.max_frame_shift_A > 0, "max_frame_shift_A must be positive"),
-            (self.max_total_travel_A is None or self.max_total_travel_A > 0, "max_total_travel_A must be positive"),
-            (self.early_exposure >= 0, "early_exposure must not be negative (e/Å²)"),
-            (self.chunk_frames >= 1, "chunk_frames must be at least 1"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
-        if self.patches is not None:
-            if len(self.patches) != 2 or min(int(p) for p in self.patches) < 1:
-                raise ValueError("patches must be two positive integers (nx, ny) or None")
-            if int(self.patches[0]) * int(self.patches[1]) < self.min_patches:
-                raise ValueError(f"a {self.patches[0]}x{self.patches[1]} patch grid has fewer than "
-                                 f"min_patches={self.min_patches} patches; use e.g. 5x5")
+    def check(self) -> None:
+        """Cross-field rules."""
+        if not self.min_shift_A < self.max_shift_A:
+            raise ValueError(f"--min-shift {self.min_shift_A:g}: must be smaller than --max-shift "
+                             f"{self.max_shift_A:g} (Å)")
         for name in ("min_shift_A", "max_shift_A", "bfactor_A2", "termination_px", "align_resolution_A"):
             if not math.isfinite(float(getattr(self, name))):
-                raise ValueError(f"{name} must be finite")
+                raise ValueError(f"{self.flag(name)} must be finite")
+        if self.patches is not None:
+            if len(self.patches) != 2 or min(int(p) for p in self.patches) < 1:
+                raise ValueError("--patches: give two positive integers NXxNY, e.g. 5x5")
+            if int(self.patches[0]) * int(self.patches[1]) < self.min_patches:
+                raise ValueError(f"--patches {self.patches[0]}x{self.patches[1]}: fewer than --min-patches "
+                                 f"{self.min_patches} patches; use e.g. 5x5")
 
 
 @dataclass
