@@ -98,13 +98,13 @@ def local_movie():
 # ------------------------------------------------------------------------------------ params
 
 
-@pytest.mark.parametrize("kw, fragment", [
-    (dict(min_shift_A=-1.0), "min_shift_A"), (dict(max_shift_A=0.0), "max_shift_A"),
-    (dict(min_shift_A=50.0), "smaller than max_shift_A"), (dict(bfactor_A2=-5.0), "B-factors"),
-    (dict(termination_px=0.0), "termination_px"), (dict(max_iterations=0), "max_iterations"),
-    (dict(align_bin=0.5), "align_bin"), (dict(patches=(2, 2)), "min_patches"), (dict(patches=(0, 5)), "patches"),
-    (dict(patch_overlap=1.0), "patch_overlap"), (dict(local_group_frames=2), "odd"),
-    (dict(max_frame_shift_A=0.0), "max_frame_shift_A"), (dict(max_total_travel_A=-1.0), "max_total_travel_A"),
+@pytest.mark.parametrize("kw, fragment", [  # messages name the flags a user types
+    (dict(min_shift_A=-1.0), "--min-shift"), (dict(max_shift_A=0.0), "--max-shift"),
+    (dict(min_shift_A=50.0), "smaller than --max-shift"), (dict(bfactor_A2=-5.0), "--bfactor"),
+    (dict(termination_px=0.0), "--termination"), (dict(max_iterations=0), "--iterations"),
+    (dict(align_bin=0.5), "--align-bin"), (dict(patches=(2, 2)), "--min-patches"), (dict(patches=(0, 5)), "--patches"),
+    (dict(patch_overlap=1.0), "--patch-overlap"), (dict(local_group_frames=2), "odd"),
+    (dict(max_frame_shift_A=0.0), "--max-frame-shift"), (dict(max_total_travel_A=-1.0), "--max-travel"),
     (dict(bfactor_A2=math.inf), "finite"),
 ])
 def test_params_validation(kw, fragment):
