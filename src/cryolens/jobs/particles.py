@@ -30,13 +30,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.core.fourier import resample
+from cryolens.core.fourier import pad_or_crop, resample
 from cryolens.core.fsc import FSCResult
 from cryolens.errors import InputError
 from cryolens.io import ImageSource, merge_optics, read_mrc, read_particles, require_columns, write_mrc, write_star
 from cryolens.jobs.report import plot_central_slices, plot_fsc
 from cryolens.jobs.runner import Job
-from cryolens.jobs.structures import pad_or_crop
 from cryolens.particles import CTF_COLUMNS, POSE_COLUMNS, assign_half_sets
 
 __all__ = ["ParticleSet", "open_particles", "require_particle_columns", "single_pixel_size", "checked_batches",

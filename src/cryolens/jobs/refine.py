@@ -25,7 +25,7 @@ from cryolens.core.rotations import matrix_to_euler
 from cryolens.errors import InputError
 from cryolens.io import write_particles, write_star
 from cryolens.jobs.particles import open_particles, read_reference, write_half_maps
-from cryolens.jobs.report import _figure, save_figure, write_report
+from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.refine import RefineParams, RefineResult, auto_refine
 
@@ -46,7 +46,7 @@ def iterations_table(result: RefineResult) -> pd.DataFrame:
 
 def plot_angular_distribution(rot: np.ndarray, tilt: np.ndarray, path: str | os.PathLike) -> Path:
     """Viewing directions as a 2-D histogram of (rot, tilt) on equal-solid-angle bins (uniform in cos tilt)."""
-    plt, (fig, ax) = _figure(figsize=(6.4, 3.6))
+    fig, ax = new_figure(figsize=(6.4, 3.6))
     tilt_edges = np.rad2deg(np.arccos(np.linspace(1, -1, 19)))
     rot_edges = np.linspace(-180, 180, 37)
     h, _, _ = np.histogram2d(((rot + 180) % 360) - 180, tilt, bins=(rot_edges, tilt_edges))
