@@ -51,6 +51,6 @@ def fsc_between_files(map1: str | os.PathLike, map2: str | os.PathLike, *, mask:
     m = _load(mask)[0] if mask else None
     result = fsc(v1, v2, pixel_size=apix, mask=m)
     if out_star:
-        from cryolens.jobs.reconstruct import fsc_table
+        from cryolens.jobs.particles import fsc_table
         write_star(Path(out_star), {"fsc": fsc_table(result)})
     return result

@@ -21,38 +21,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.core.fourier import resample
 from cryolens.core.rotations import matrix_to_euler
 from cryolens.errors import InputError
-from cryolens.io import ImageSource, merge_optics, read_mrc, read_particles, write_mrc, \
-    write_particles, write_star
-from cryolens.jobs.reconstruct import _checked_batches, _single_pixel_size, fsc_table, require_particle_columns
-from cryolens.jobs.report import _figure, plot_central_slices, plot_fsc, save_figure, write_report
+from cryolens.io import write_particles, write_star
+from cryolens.jobs.particles import open_particles, read_reference, write_half_maps
+from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
-from cryolens.jobs.structures import pad_or_crop
-from cryolens.particles import assign_half_sets
 from cryolens.refine import RefineParams, RefineResult, auto_refine
 
-__all__ = ["run_refine", "read_reference", "iterations_table", "plot_angular_distribution"]
-
-
-def read_reference(path: str | os.PathLike, *, box: int, pixel_size: float, what: str = "reference") -> torch.Tensor:
-    """A cubic map on the particles' grid: resampled (Fourier) to ``pixel_size`` and padded/cropped to ``box``.
-
-    A header voxel size of 0 is taken to be the particles' pixel size.
-    """
-    data, apix = read_mrc(path)
-    if data.ndim != 3 or len(set(data.shape)) != 1:
-        raise InputError(f"{path}: the {what} must be a cubic 3D map, got shape {data.shape}; give a cubic map.")
-    if not np.isfinite(data).all():
-        raise InputError(f"{path}: the {what} contains NaN or infinite values; fix or regenerate the map.")
-    vol = torch.as_tensor(np.array(data, dtype=np.float32))
-    if apix > 0 and abs(apix - pixel_size) > 0.005 * pixel_size:
-        vol = resample(vol, apix, pixel_size, ndim=3)
-        if abs(data.shape[0] * apix / vol.shape[0] - pixel_size) > 0.01 * pixel_size:
-            raise InputError(f"{path}: its voxel size {apix:g} Å cannot be resampled to the particles' "
-                             f"{pixel_size:g} Å; resample the {what} (e.g. relion_image_handler --rescale_angpix).")
-    return pad_or_crop(vol, box) if vol.shape[0] != box else vol
+__all__ = ["run_refine", "iterations_table", "plot_angular_distribution"]
 
 
 def iterations_table(result: RefineResult) -> pd.DataFrame:
@@ -69,7 +46,7 @@ def iterations_table(result: RefineResult) -> pd.DataFrame:
 
 def plot_angular_distribution(rot: np.ndarray, tilt: np.ndarray, path: str | os.PathLike) -> Path:
     """Viewing directions as a 2-D histogram of (rot, tilt) on equal-solid-angle bins (uniform in cos tilt)."""
-    plt, (fig, ax) = _figure(figsize=(6.4, 3.6))
+    fig, ax = new_figure(figsize=(6.4, 3.6))
     tilt_edges = np.rad2deg(np.arccos(np.linspace(1, -1, 19)))
     rot_edges = np.linspace(-180, 180, 37)
     h, _, _ = np.histogram2d(((rot + 180) % 360) - 180, tilt, bins=(rot_edges, tilt_edges))
@@ -99,13 +76,8 @@ def run_refine(star: str | os.PathLike, ref: str | os.PathLike, out_dir: str | o
     """Refine ``star`` against the reference ``ref`` into ``out_dir``; returns the finished :class:`Job`."""
     out = Path(out_dir)
     check_params("refine", params)
-    optics, particles = read_particles(star)
-    require_particle_columns(particles, star, pose=False)
-    source = ImageSource(particles, star)
-    pixel_size = _single_pixel_size(optics, star)
-    box = source.image_size
-    if len(particles) < 10:
-        raise InputError(f"{star}: only {len(particles)} particles; refinement needs at least 10 (two half sets).")
+    parts = open_particles(star, pose=False, min_particles=10, purpose="refinement", why="two half sets")
+    pixel_size, box = parts.pixel_size, parts.box
     reference = read_reference(ref, box=box, pixel_size=pixel_size)
     mask_vol = None
     if mask is not None:
@@ -117,12 +89,11 @@ def run_refine(star: str | os.PathLike, ref: str | os.PathLike, out_dir: str | o
     inputs = {"particles": star, "reference": ref, **({"mask": mask} if mask is not None else {})}
     with Job("refine", out, params=params, inputs=inputs, seed=params.seed, device=str(device),
              observer=observer) as job:
-        particles = assign_half_sets(particles, seed=params.seed)
-        table = merge_optics(optics, particles)
-        names = particles["rlnImageName"]
+        parts = parts.with_half_sets(seed=params.seed)
+        particles = parts.particles
 
         def batches():
-            return _checked_batches(source, names, params.batch_size, star)
+            return parts.batches(params.batch_size)
 
         def logged(it: int, done: int, total: int, resolution: float) -> None:
             if done == total:
@@ -131,24 +102,18 @@ def run_refine(star: str | os.PathLike, ref: str | os.PathLike, out_dir: str | o
                 progress(it, done, total, resolution)
 
         with job.timed("refine"):
-            res = auto_refine(batches, table, reference, pixel_size=pixel_size, params=params, mask=mask_vol,
+            res = auto_refine(batches, parts.table(), reference, pixel_size=pixel_size, params=params, mask=mask_vol,
                               device=device, progress=logged)
         for h in res.history:
             job.log.info("iteration %d: %.2f Å (band %.1f Å, step %.2f°, %.2f px), pose change median %.2f°, "
                          "rms shift %.2f px, %.1f s", h.iteration, h.resolution, h.band_limit, h.angular_step,
                          h.offset_step, h.median_angle_change, h.rms_shift_change, h.seconds)
         refined = _refined_table(particles, res, pixel_size)
-        write_particles(out / "particles.star", optics, refined)
+        write_particles(out / "particles.star", parts.optics, refined)
         job.add_output("particles", out / "particles.star")
-        for name, vol in (("half1", res.half1), ("half2", res.half2), ("map", res.full)):
-            write_mrc(out / f"{name}.mrc", vol.numpy(), pixel_size)
-            job.add_output(name, out / f"{name}.mrc")
-        write_star(out / "fsc.star", {"fsc": fsc_table(res.fsc)})
-        job.add_output("fsc", out / "fsc.star")
+        write_half_maps(out, job, res.half1, res.half2, res.full, res.fsc, pixel_size=pixel_size)
         write_star(out / "iterations.star", {"iterations": iterations_table(res)})
         job.add_output("iterations", out / "iterations.star")
-        plot_fsc({"half maps": res.fsc}, out / "fsc.png")
-        plot_central_slices(res.full.numpy(), out / "map_slices.png", title="map.mrc")
         plot_angular_distribution(refined["rlnAngleRot"].to_numpy(), refined["rlnAngleTilt"].to_numpy(),
                                   out / "angdist.png")
         job.results.update(resolution_0143_A=round(res.fsc.resolution_at(0.143), 3),

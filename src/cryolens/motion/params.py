@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cryolens.core.motion import PolynomialMotion
 from cryolens.params import Params, option
-from cryolens.simulate.motion import PolynomialMotion
 
 __all__ = ["MotionParams", "MotionResult", "parse_patch_grid"]
 
