@@ -22,7 +22,7 @@ the simulated ones (cryolens's also split into read, spectrum and fit); CPU time
 measure on a shared machine, and the 1-minute load average at the start and end is recorded.
 Both programs get the same thread count (``--threads``: torch threads, OMP/MKL/OpenBLAS
 threads of the ASPIRE process); cryolens's fit itself runs on one of them (latency-bound, see
-``cryolens.ctf.fit.one_cpu_thread``), its power spectrum on all. ASPIRE lives in its own venv, so the project's stays clean::
+``cryolens.ctf.scoring.one_cpu_thread``), its power spectrum on all. ASPIRE lives in its own venv, so the project's stays clean::
 
     python3 -m venv .venv-aspire && .venv-aspire/bin/pip install torch==2.13.0 && .venv-aspire/bin/pip install aspire
     .venv/bin/python benchmarks/ctf.py [--n 6] [--size 2048 2048] [--threads 2] [--docs]

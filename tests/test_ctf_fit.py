@@ -88,7 +88,7 @@ def test_power_spectrum_is_the_tile_average_periodogram():
 
 def test_fit_runs_on_one_thread_and_restores_the_callers_count():
     """fit_ctf uses one intra-op thread (latency-bound) and gives the caller's count back, also on errors."""
-    from cryolens.ctf.fit import one_cpu_thread
+    from cryolens.ctf.scoring import one_cpu_thread
 
     n = torch.get_num_threads()
     torch.set_num_threads(2)

@@ -5,8 +5,9 @@ Pure stage: tensors in, dataclasses out; no file I/O. The CTF formula is
 :mod:`cryolens.core.ctf`'s (RELION ``ctf.h``).
 """
 
-from cryolens.ctf.fit import CTFFit, evaluate_ctf, fit_ctf
+from cryolens.ctf.fit import evaluate_ctf, fit_ctf
 from cryolens.ctf.params import CTFFitParams
+from cryolens.ctf.scoring import CTFFit
 from cryolens.ctf.spectrum import looks_like_power_spectrum, power_spectrum
 
 __all__ = ["CTFFitParams", "CTFFit", "PatchCTF", "power_spectrum", "fit_ctf", "fit_ctf_patches", "evaluate_ctf",

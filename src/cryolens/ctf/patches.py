@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from scipy.optimize import minimize_scalar
 
-from cryolens.ctf.fit import CTFFit, _cc, _fit_resolution, _make_fit, _normalise, _prepare, one_cpu_thread
+from cryolens.ctf.scoring import (CTFFit, fit_resolution, make_fit, normalise_spectrum, one_cpu_thread,
+                                  prepare_spectrum, weighted_cc)
 from cryolens.ctf.optics import Optics
 from cryolens.ctf.params import CTFFitParams
 from cryolens.ctf.spectrum import power_spectrum
@@ -98,7 +99,7 @@ def fit_ctf_patches(image: torch.Tensor, global_fit: CTFFit, *, pixel_size: floa
 
     Returns:
         :class:`PatchCTF`. The spectra and fits run on one intra-op thread on the CPU
-        (:func:`cryolens.ctf.fit.one_cpu_thread`).
+        (:func:`cryolens.ctf.scoring.one_cpu_thread`).
     """
     params.validate()
     with one_cpu_thread(torch.as_tensor(image).device):
@@ -135,12 +136,12 @@ def _fit_ctf_patches(image: torch.Tensor, global_fit: CTFFit, *, pixel_size: flo
     for j in range(ny):
         for i in range(nx):
             tile = img[..., ye[j]:ye[j + 1], xe[i]:xe[i + 1]]
-            prep = _prepare(power_spectrum(tile, box=box, overlap=pp.overlap), optics, pp)
-            s_bins, bg, env, _, _ = _fit_resolution(x_g, prep, optics, pp)
-            nc = _normalise(prep, prep.grid, s_bins, bg, env)
+            prep = prepare_spectrum(power_spectrum(tile, box=box, overlap=pp.overlap), optics, pp)
+            s_bins, bg, env, _, _ = fit_resolution(x_g, prep, optics, pp)
+            nc = normalise_spectrum(prep, prep.grid, s_bins, bg, env)
             coef = torch.tensor(x_g, dtype=torch.float32, device=nc.y.device).repeat(n_off, 1)
             coef[:, 0] = torch.as_tensor(np.maximum(x_g[0] + offsets, 1.0), dtype=torch.float32, device=nc.y.device)
-            curves.append(_cc(coef, prep.grid, nc, optics).cpu().numpy())
+            curves.append(weighted_cc(coef, prep.grid, nc, optics).cpu().numpy())
             preps.append((prep, nc))
             centres.append(((xe[i] + xe[i + 1] - 1) / 2, (ye[j] + ye[j + 1] - 1) / 2))
             if progress is not None:
@@ -156,13 +157,13 @@ def _fit_ctf_patches(image: torch.Tensor, global_fit: CTFFit, *, pixel_size: flo
 
         def f(m: float, prep=prep, nc=nc) -> float:
             c = torch.tensor(np.r_[m, x_g[1:]], dtype=torch.float64, device=nc.y.device)[None]
-            return -float(_cc(c, prep.grid, nc, optics)[0])
+            return -float(weighted_cc(c, prep.grid, nc, optics)[0])
 
         res = minimize_scalar(f, bounds=(max(1.0, guess - 4 * step), guess + 4 * step), method="bounded",
                               options=dict(xatol=0.5))
         x = np.r_[res.x, x_g[1:]]
-        s_bins, bg, env, curves_1d, max_res = _fit_resolution(x, prep, optics, pp)
-        fits.append(_make_fit(x, -float(res.fun), max_res, prep, optics, pp, s_bins, bg, env, curves_1d))
+        s_bins, bg, env, curves_1d, max_res = fit_resolution(x, prep, optics, pp)
+        fits.append(make_fit(x, -float(res.fun), max_res, prep, optics, pp, s_bins, bg, env, curves_1d))
         means.append(float(res.x))
         ccs.append(-float(res.fun))
         if progress is not None:
