@@ -296,8 +296,8 @@ def test_bad_inputs_exit_2(half_files: Path, tmp_path: Path):
         (["--half1", h1, "--half2", h2, "--mask", str(tmp_path / "nope.mrc")], "not found"),
         (["--half1", str(tmp_path / "missing.mrc"), "--half2", h2], "not found"),
         (["--half1", h1, "--half2", h2, "--bfactor", "sharp"], "--bfactor"),
-        (["--half1", h1, "--half2", h2, "--mask-threshold-fraction", "1.5"], "threshold_fraction"),
-        (["--half1", h1, "--half2", h2, "--randomize-at-fsc", "1.5"], "randomize_at_fsc"),
+        (["--half1", h1, "--half2", h2, "--mask-threshold-fraction", "1.5"], "--mask-threshold-fraction 1.5"),
+        (["--half1", h1, "--half2", h2, "--randomize-at-fsc", "1.5"], "--randomize-at-fsc 1.5"),
         (["--half1", h1, "--half2", h1], "--randomize-at"),  # identical halves: FSC never drops below 0.8
     ]
     for args, fragment in cases:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from cryolens.core.masks import mask_from_map, soft_sphere
+from cryolens.params import Params, option
 
 __all__ = ["MASK_KINDS", "MaskParams", "auto_mask", "spherical_mask", "make_mask", "check_mask",
            "solvent_fraction_factor", "particle_fraction_fsc"]
@@ -38,39 +39,26 @@ _AUTO_DEFAULTS = {"tight": (6.0, 6.0), "loose": (25.0, 15.0)}
 
 
 @dataclass
-class MaskParams:
-    """How to build the FSC mask.
+class MaskParams(Params):
+    """How to build the FSC mask (each option declared once: flag, help, unit, default, bounds).
 
-    Attributes:
-        kind: ``none``, ``sphere``, ``loose`` or ``tight``.
-        threshold: absolute density threshold on the low-passed map; ``None``: ``threshold_fraction · max``.
-        threshold_fraction: fraction of the low-passed map's maximum used as threshold (0..1).
-        lowpass_angstrom: low-pass (Å) applied before thresholding; ``None`` or 0: none.
-        dilate_angstrom: mask is 1 within this distance (Å) of the thresholded region
-            (``None``: 6 Å tight, 25 Å loose).
-        soft_edge_angstrom: width (Å) of the raised-cosine edge (``None``: 6 Å tight, 15 Å loose).
-        sphere_inner_fraction: for ``sphere``: the mask is 1 inside this fraction of the outer radius.
+    ``kind``: ``none``, ``sphere``, ``loose`` or ``tight`` (the command's ``--mask`` sets it).
     """
 
-    kind: str = "tight"
-    threshold: float | None = None
-    threshold_fraction: float = 0.2
-    lowpass_angstrom: float | None = 15.0
-    dilate_angstrom: float | None = None
-    soft_edge_angstrom: float | None = None
-    sphere_inner_fraction: float = 0.85
-
-    def validate(self) -> None:
-        if self.kind not in MASK_KINDS:
-            raise ValueError(f"mask kind must be one of {', '.join(MASK_KINDS)}, not {self.kind!r}")
-        if not 0.0 < self.threshold_fraction < 1.0:
-            raise ValueError("mask threshold_fraction must lie between 0 and 1")
-        for name in ("lowpass_angstrom", "dilate_angstrom", "soft_edge_angstrom"):
-            v = getattr(self, name)
-            if v is not None and v < 0:
-                raise ValueError(f"mask {name} must not be negative")
-        if not 0.0 <= self.sphere_inner_fraction <= 1.0:
-            raise ValueError("sphere_inner_fraction must lie between 0 and 1")
+    kind: str = option("tight", cli=False, choices=MASK_KINDS, help="Mask kind")
+    threshold: float | None = option(None, flag="--mask-threshold",
+                                     help="Absolute density threshold for loose/tight masks (default: "
+                                          "--mask-threshold-fraction of the max)")
+    threshold_fraction: float = option(0.2, flag="--mask-threshold-fraction", gt=0, lt=1,
+                                       help="Threshold as a fraction of the low-passed map's maximum")
+    lowpass_angstrom: float | None = option(15.0, flag="--mask-lowpass", unit="Å", ge=0,
+                                            help="Low-pass before thresholding; 0 = none")
+    dilate_angstrom: float | None = option(None, flag="--mask-dilate", unit="Å", ge=0,
+                                           help="Dilation of the thresholded region (default 6 tight, 25 loose)")
+    soft_edge_angstrom: float | None = option(None, flag="--mask-edge", unit="Å", ge=0,
+                                              help="Soft cosine edge (default 6 tight, 15 loose)")
+    sphere_inner_fraction: float = option(0.85, flag="--mask-sphere-inner", ge=0, le=1,
+                                          help="Sphere mask: 1 inside this fraction of the outer radius")
 
     def distances(self) -> tuple[float, float]:
         """``(dilation, soft edge)`` in Å for an automatic mask, defaults filled in."""

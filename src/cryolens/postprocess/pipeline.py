@@ -9,12 +9,13 @@ Units: Å (pixel size, resolutions), Å² (B-factors).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from cryolens.core.fourier import ft3, ift3
+from cryolens.params import Params, option
 from cryolens.postprocess.fsc_correction import FSCCurves, corrected_fsc
 from cryolens.postprocess.masking import MaskParams, check_mask, make_mask, solvent_fraction_factor
 from cryolens.postprocess.sharpen import (GuinierFit, apply_bfactor, apply_shell_weights, divide_by_mtf, fit_guinier,
@@ -26,67 +27,62 @@ __all__ = ["PostprocessParams", "PostprocessResult", "postprocess"]
 Progress = Callable[[int, int], None]
 
 
-@dataclass
-class PostprocessParams:
-    """Options of :func:`postprocess` (RELION ``relion_postprocess`` names in brackets).
+def parse_bfactor(text: str) -> float | None:
+    """``"auto"`` -> None (Guinier fit); a number -> that B-factor [Å²]."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("give 'auto' or a B-factor in Å², e.g. --bfactor auto or --bfactor -80") from None
 
-    Attributes:
-        mask: how to build the mask when none is given (default: automatic tight mask).
-        bfactor: B-factor (Å²) to apply; ``None`` = fit it from the Guinier plot [--auto_bfac];
-            negative sharpens [--adhoc_bfac]; 0 = none.
-        autob_low_res: lowest resolution (Å) of the Guinier fit [--autob_lowres].
-        autob_high_res: highest resolution (Å) of the fit; ``None``: the final resolution; 0: as
-            far as the FSC-weighted amplitudes are non-zero (RELION's default) [--autob_highres].
-            RELION's default range reaches into shells where the weights are tiny, which makes
-            its B swing by ~±15% between phase randomisations of the same half maps; ending
-            at the final resolution gave the same B to ~5% as ``relion_postprocess
-            --autob_highres`` at that resolution, stable across seeds.
-        fsc_weighting: weight shells by ``sqrt(2FSC/(1+FSC))`` [not --skip_fsc_weighting].
-        low_pass: low-pass (Å) of the final map; ``None``: the final resolution [--low_pass].
-        filter_edge_shells: width of the low-pass raised cosine in shells [--filter_edge_width].
-        randomize_at_fsc: randomise phases where the unmasked FSC drops below this [--randomize_at_fsc].
-        randomize_at_angstrom: randomise from this resolution (Å) instead [--randomize_at_A].
-        force_mask: keep the masked result even when the unmasked FSC reaches further [--force_mask].
-        flatten: cisTEM-style: flatten the spectrum beyond ``flatten_from`` Å and weight by the
-            FOM ``SSNR/(1+SSNR)`` instead of FSC weighting + B-factor.
-        flatten_from: resolution (Å) beyond which the spectrum is flattened.
-        flip_hand: mirror the sharpened map (invert its hand).
-        mtf_pixel_size: detector pixel size (Å) of an MTF curve given to :func:`postprocess` [--mtf_angpix].
+
+@dataclass
+class PostprocessParams(Params):
+    """Options of :func:`postprocess`, each declared once (RELION ``relion_postprocess`` names in the help).
+
+    ``autob_high_res``: RELION's default range (0: as far as the FSC-weighted amplitudes are
+    non-zero) reaches into shells where the weights are tiny, which makes its B swing by ~±15 %
+    between phase randomisations of the same half maps; ending at the final resolution (None,
+    the default) gave the same B to ~5 % as ``relion_postprocess --autob_highres`` at that
+    resolution, stable across seeds. ``flatten``: cisTEM-style, the spectrum is flattened beyond
+    ``flatten_from`` and weighted by the FOM ``SSNR/(1+SSNR)`` instead of FSC weighting + B-factor.
     """
 
-    mask: MaskParams = field(default_factory=MaskParams)
-    bfactor: float | None = None
-    autob_low_res: float = 10.0
-    autob_high_res: float | None = None
-    fsc_weighting: bool = True
-    low_pass: float | None = None
-    filter_edge_shells: float = 2.0
-    randomize_at_fsc: float = 0.8
-    randomize_at_angstrom: float | None = None
-    force_mask: bool = False
-    flatten: bool = False
-    flatten_from: float = 8.0
-    flip_hand: bool = False
-    mtf_pixel_size: float | None = None
+    mask: MaskParams = option(default_factory=MaskParams, cli=False, help="How to build the FSC mask")
+    bfactor: float | None = option(None, parse=parse_bfactor, text=lambda b: "auto" if b is None else f"{b:g}",
+                                   metavar="auto|B", unit="Å²",
+                                   help="'auto' (Guinier fit, the default; RELION --auto_bfac) or a B-factor "
+                                        "(negative sharpens; 0: none; --adhoc_bfac)")
+    autob_low_res: float = option(10.0, flag="--autob-lowres", unit="Å", gt=0,
+                                  help="Lowest resolution of the Guinier fit")
+    autob_high_res: float | None = option(None, flag="--autob-highres", unit="Å", ge=0,
+                                          help="Highest resolution of the Guinier fit (default: the final "
+                                               "resolution; 0: as far as the FSC-weighted amplitudes reach, as "
+                                               "RELION)")
+    fsc_weighting: bool = option(True, flag="--fsc-weighting/--skip-fsc-weighting",
+                                 help="Weight shells by sqrt(2FSC/(1+FSC))")
+    low_pass: float | None = option(None, unit="Å", gt=0,
+                                    help="Low-pass the map at this resolution (default: the final resolution)")
+    filter_edge_shells: float = option(2.0, ge=0, help="Width of the low-pass raised cosine in shells")
+    randomize_at_fsc: float = option(0.8, gt=0, lt=1,
+                                     help="Randomise phases where the unmasked FSC drops below this")
+    randomize_at_angstrom: float | None = option(None, flag="--randomize-at", unit="Å", gt=0,
+                                                 help="Randomise phases from this resolution instead")
+    force_mask: bool = option(False, help="Keep the masked FSC even when the unmasked one reaches further")
+    flatten: bool = option(False, help="cisTEM-style: flatten the spectrum beyond --flatten-from and weight by "
+                                       "the FOM instead of B-factor sharpening")
+    flatten_from: float = option(8.0, unit="Å", gt=0, help="Resolution beyond which --flatten flattens")
+    flip_hand: bool = option(False, help="Mirror the sharpened map (invert its hand)")
+    mtf_pixel_size: float | None = option(None, unit="Å", gt=0,
+                                          help="Detector pixel size of the MTF (default: the maps')")
 
-    def validate(self) -> None:
+    def check(self) -> None:
+        """The mask's own rules; the Guinier range in the right order."""
         self.mask.validate()
-        if self.autob_low_res <= 0:
-            raise ValueError("autob_low_res must be positive (Å)")
-        if self.autob_high_res is not None and (self.autob_high_res < 0 or self.autob_high_res >= self.autob_low_res):
-            raise ValueError("autob_high_res must be 0 or finer (smaller, in Å) than autob_low_res")
-        if self.low_pass is not None and self.low_pass <= 0:
-            raise ValueError("low_pass must be positive (Å)")
-        if self.filter_edge_shells < 0:
-            raise ValueError("filter_edge_shells must not be negative")
-        if not 0.0 < self.randomize_at_fsc < 1.0:
-            raise ValueError("randomize_at_fsc must lie between 0 and 1")
-        if self.randomize_at_angstrom is not None and self.randomize_at_angstrom <= 0:
-            raise ValueError("randomize_at_angstrom must be positive (Å)")
-        if self.flatten_from <= 0:
-            raise ValueError("flatten_from must be positive (Å)")
-        if self.mtf_pixel_size is not None and self.mtf_pixel_size <= 0:
-            raise ValueError("mtf_pixel_size must be positive (Å)")
+        if self.autob_high_res is not None and self.autob_high_res >= self.autob_low_res:
+            raise ValueError(f"--autob-highres {self.autob_high_res:g}: must be 0 or finer (smaller, in Å) than "
+                             f"--autob-lowres {self.autob_low_res:g}")
 
 
 @dataclass
