@@ -18,7 +18,7 @@ import torch
 from cryolens.motion import MotionParams, align_movie
 from cryolens.motion.dose_weight import DoseWeights, motion_statistics
 from cryolens.motion.global_align import apply_shifts, correlation_peaks
-from cryolens.simulate.dose import damage_weights
+from cryolens.core.dose import damage_weights
 from cryolens.simulate.movies import MovieParams, field_shape, make_detector, movie_margin, simulate_movie
 
 APIX = 1.5

@@ -181,7 +181,7 @@ def test_local_motion_blocks_have_relions_layout(shared_data: Path, tmp_path: Pa
 
     from cryolens.jobs.motion_unit import MovieTask, motion_star_blocks
     from cryolens.motion.preprocess import PreprocessParams
-    from cryolens.simulate.motion import PolynomialMotion
+    from cryolens.core.motion import PolynomialMotion
 
     real = starfile.read(shared_data / "metadata/relion5_betagal_project/MotionCorr/job002/Movies/"
                          "20170629_00021_frameImage.star", always_dict=True)

@@ -23,8 +23,9 @@ import tifffile
 import torch
 
 from cryolens.io import write_star
-from cryolens.simulate.dose import critical_exposure, damage_filter, damage_weights, frame_exposures
-from cryolens.simulate.motion import PolynomialMotion, random_drift, random_local_motion, relion_patch_centres
+from cryolens.core.dose import critical_exposure, damage_filter, damage_weights, frame_exposures
+from cryolens.core.motion import PolynomialMotion, relion_patch_centres
+from cryolens.simulate.motion import random_drift, random_local_motion
 from cryolens.simulate.movies import (MOVIE_PRESETS, MovieParams, field_shape, make_detector, movie_margin,
                                       simulate_movie, storage_dtype)
 

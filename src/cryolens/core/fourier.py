@@ -18,8 +18,10 @@ import torch
 __all__ = [
     "ft2", "ift2", "ft3", "ift3", "freq_grid_2d", "freq_grid_3d", "radius_2d", "radius_3d",
     "shell_index", "shift_phase", "fourier_resize", "resample", "radial_filter", "bandpass",
-    "rfft_weights", "shell_average",
+    "rfft_weights", "shell_average", "good_fft_size", "welch_power_spectrum", "pad_or_crop",
 ]
+
+WELCH_TILE_BATCH = 32  # tiles per FFT batch in welch_power_spectrum (32 × 512² complex ≈ 64 MB)
 
 
 def ft2(images: torch.Tensor) -> torch.Tensor:
@@ -192,3 +194,92 @@ def bandpass(x: torch.Tensor, *, pixel_size: float, low_res: float | None = None
     if ndim == 3:
         return ift3(ft3(x) * w, n)
     return ift2(ft2(x) * w, n)
+
+
+def good_fft_size(n: int, *, primes: tuple[int, ...] = (2, 3, 5, 7)) -> int:
+    """Smallest even length ``>= n`` (at least 2) whose prime factors are all in ``primes``.
+
+    FFTs of such lengths are fast (pocketfft and cuFFT have kernels for 2, 3, 5 and 7).
+    The default set is {2, 3, 5, 7}; callers whose pinned outputs were made on
+    {2, 3, 5}-smooth grids (the micrograph simulator, motion correction's alignment
+    grid) pass ``primes=(2, 3, 5)`` so their results do not change.
+    """
+    m = max(2, int(n) + (int(n) % 2))
+    while True:
+        r = m
+        for p in primes:
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 2
+
+
+def _tile_starts(n: int, box: int, step: int) -> list[int]:
+    """Tile origins covering ``[0, n)``: every ``step`` and one flush with the far edge."""
+    s = list(range(0, n - box + 1, step))
+    if s[-1] != n - box:
+        s.append(n - box)
+    return s
+
+
+def welch_power_spectrum(image: torch.Tensor, *, box: int, overlap: float = 0.5) -> torch.Tensor:
+    """Average periodogram ``|FT|² / box²`` of overlapping ``box``² tiles (Welch, as CTFFIND's).
+
+    Args:
+        image: ``(H, W)`` image or ``(S, H, W)`` images (e.g. frame sub-sums); the tiles of
+            all of them are averaged. Any real dtype, computed in float32.
+        box: tile size [px], at most ``H`` and ``W``.
+        overlap: fraction of a tile shared with its neighbour, in [0, 1); the tiles start
+            every ``round(box · (1 - overlap))`` px and one more lies flush with the far edge.
+
+    Returns:
+        ``(box, box // 2 + 1)`` float64 on the image's device in the unshifted rfft layout
+        (DC at ``[0, 0]``); the power per pixel of mean-free tiles (the DC term is 0).
+
+    Cost: one batched ``rfft2`` per band of tile rows, read from strided views of the
+    image (no tile copies); removing a tile's mean only changes its DC term, so the DC
+    term is zeroed instead.
+    """
+    img = torch.as_tensor(image)
+    if img.ndim == 2:
+        img = img[None]
+    if img.ndim != 3:
+        raise ValueError("image must be (H, W) or (S, H, W)")
+    if not 0 <= overlap < 1:
+        raise ValueError("overlap must be within [0, 1)")
+    _, h, w = img.shape
+    if box < 2 or h < box or w < box:
+        raise ValueError(f"the image ({w}x{h}) is smaller than the spectrum box {box}")
+    step = max(1, int(round(box * (1 - overlap))))
+    ys = _tile_starts(h, box, step)
+    xs = torch.tensor(_tile_starts(w, box, step), device=img.device)
+    rows_per_batch = max(1, WELCH_TILE_BATCH // len(xs))
+    acc = torch.zeros((box, box // 2 + 1), dtype=torch.float64, device=img.device)
+    n = 0
+    for frame in img:
+        f = frame if frame.dtype == torch.float32 else frame.float()
+        for i in range(0, len(ys), rows_per_batch):
+            band = [f[y:y + box] for y in ys[i:i + rows_per_batch]]  # (box, W) views
+            strips = torch.stack(band) if len(band) > 1 else band[0][None]
+            tiles = strips[:, :, xs[:, None] + torch.arange(box, device=img.device)]  # (R, box, X, box)
+            ft = torch.fft.rfft2(tiles.transpose(1, 2))  # (R, X, box, box//2+1)
+            acc += torch.view_as_real(ft).square().sum((0, 1, -1)).double()
+            n += ft.shape[0] * ft.shape[1]
+    acc[0, 0] = 0.0  # each tile's mean removed
+    return acc / (n * box * box)
+
+
+def pad_or_crop(vol: torch.Tensor, box: int) -> torch.Tensor:
+    """Real-space zero-pad or crop a cubic volume ``(n, n, n)`` to ``(box, box, box)``.
+
+    The centre voxel ``n // 2`` lands on ``box // 2`` (RELION's centre); voxel values are
+    unchanged (no resampling: for a new pixel size use :func:`resample`). Returns a new
+    tensor of ``vol``'s dtype on the CPU.
+    """
+    n = vol.shape[-1]
+    out = torch.zeros((box, box, box), dtype=vol.dtype)
+    m = min(n, box)
+    so, do = n // 2 - m // 2, box // 2 - m // 2
+    out[do:do + m, do:do + m, do:do + m] = vol[so:so + m, so:so + m, so:so + m]
+    return out

@@ -19,13 +19,13 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["power_spectrum", "looks_like_power_spectrum", "SpectrumGrid", "spectrum_grid", "radial_bins", "hat_basis", "background_fit"]
+from cryolens.core.fourier import welch_power_spectrum
 
-_TILE_BATCH = 32  # tiles per FFT batch (bounded memory: 32 × 512² complex ≈ 64 MB)
+__all__ = ["power_spectrum", "looks_like_power_spectrum", "SpectrumGrid", "spectrum_grid", "radial_bins", "hat_basis", "background_fit"]
 
 
 def power_spectrum(image: torch.Tensor, *, box: int, overlap: float) -> torch.Tensor:
-    """Average periodogram ``|FT|²`` of overlapping ``box``² tiles (Welch, as CTFFIND's).
+    """Average periodogram ``|FT|²`` of overlapping ``box``² tiles (Welch, as CTFFIND's), centred.
 
     Args:
         image: ``(H, W)`` micrograph or ``(S, H, W)`` frame sub-sums (e.g. ~4-5 e⁻/Å² each,
@@ -34,52 +34,18 @@ def power_spectrum(image: torch.Tensor, *, box: int, overlap: float) -> torch.Te
 
     Returns:
         ``(box, box)`` float32 on the image's device, DC at ``(box//2, box//2)``; each tile's
-        mean is removed and the power is divided by ``box²``.
-
-    Cost: one batched real-input FFT (``rfft2``) per row of tiles, read straight from strided
-    views of the image (no tile copies); removing a tile's mean only changes its DC term, so
-    the DC term is zeroed instead of subtracting the means.
+        mean is removed and the power is divided by ``box²``
+        (:func:`cryolens.core.fourier.welch_power_spectrum`, completed by Friedel symmetry).
     """
     img = torch.as_tensor(image)
-    if img.ndim == 2:
-        img = img[None]
-    if img.ndim != 3:
+    if img.ndim not in (2, 3):
         raise ValueError("image must be (H, W) or (S, H, W)")
     if box % 2 or box < 16:
         raise ValueError("box must be even and at least 16 pixels")
-    if not 0 <= overlap < 1:
-        raise ValueError("overlap must be within [0, 1)")
-    _, h, w = img.shape
-    if h < box or w < box:
-        raise ValueError(f"the image ({w}x{h}) is smaller than the spectrum box {box}")
-    step = max(1, int(round(box * (1 - overlap))))
-    ys = _starts(h, box, step)
-    xs = torch.tensor(_starts(w, box, step), device=img.device)
-    rows_per_batch = max(1, _TILE_BATCH // len(xs))
-    acc = torch.zeros((box, box // 2 + 1), dtype=torch.float64, device=img.device)
-    n = 0
-    for frame in img:
-        f = frame if frame.dtype == torch.float32 else frame.float()
-        for i in range(0, len(ys), rows_per_batch):
-            band = [f[y:y + box] for y in ys[i:i + rows_per_batch]]  # (box, W) views
-            strips = torch.stack(band) if len(band) > 1 else band[0][None]
-            tiles = strips[:, :, xs[:, None] + torch.arange(box, device=img.device)]  # (R, box, X, box)
-            ft = torch.fft.rfft2(tiles.transpose(1, 2))  # (R, X, box, box//2+1)
-            acc += torch.view_as_real(ft).square().sum((0, 1, -1)).double()
-            n += ft.shape[0] * ft.shape[1]
-    acc[0, 0] = 0.0  # each tile's mean removed
-    half = acc / (n * box * box)
+    half = welch_power_spectrum(img, box=box, overlap=overlap)
     rows = (-torch.arange(box, device=half.device)) % box  # Friedel mates fill the kx < 0 half
     full = torch.cat([half, half[rows][:, 1:box // 2].flip(1)], dim=1)
     return torch.fft.fftshift(full, dim=(-2, -1)).float()
-
-
-def _starts(n: int, box: int, step: int) -> list[int]:
-    """Tile origins covering ``[0, n)``: every ``step`` and one flush with the far edge."""
-    s = list(range(0, n - box + 1, step))
-    if s[-1] != n - box:
-        s.append(n - box)
-    return s
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 import mrcfile
 import numpy as np
 
-from cryolens.io.mrc import temporary_path
+from cryolens.io.atomic import temporary_path
 
 __all__ = ["MovieWriter", "MRC_MODES"]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -20,8 +19,9 @@ import mrcfile
 import numpy as np
 
 from cryolens.errors import InputError
+from cryolens.io.atomic import atomic_output, temporary_path  # noqa: F401  (temporary_path: old import site)
 
-__all__ = ["MrcInfo", "read_mrc", "read_mrc_header", "open_stack", "write_mrc", "clear_stack_cache", "temporary_path"]
+__all__ = ["MrcInfo", "read_mrc", "read_mrc_header", "open_stack", "write_mrc", "clear_stack_cache"]
 
 PathLike = str | os.PathLike
 
@@ -232,12 +232,6 @@ def clear_stack_cache() -> None:
 # ---------------------------------------------------------------- writing
 
 
-def temporary_path(path: PathLike) -> Path:
-    """A unique hidden name next to ``path`` for an atomic write (then ``os.replace``)."""
-    p = Path(path)
-    return p.with_name(f".{p.name}.{uuid.uuid4().hex[:12]}.tmp")
-
-
 def write_mrc(
     path: PathLike,
     data: np.ndarray,
@@ -272,20 +266,14 @@ def write_mrc(
         is_stack = ".mrcs" in suffixes
     if is_stack and arr.ndim == 2:
         arr = arr[None]
-    tmp = temporary_path(path)
-    try:
-        with mrcfile.new(tmp, overwrite=True, compression=compression) as m:
-            m.set_data(arr)
-            if arr.ndim == 3:
-                if is_stack:
-                    m.set_image_stack()
-                else:
-                    m.set_volume()
-            m.voxel_size = float(voxel_size)
-            if origin is not None:
-                m.header.origin.x, m.header.origin.y, m.header.origin.z = (float(v) for v in origin)
-            m.update_header_stats()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, mrcfile.new(tmp, overwrite=True, compression=compression) as m:
+        m.set_data(arr)
+        if arr.ndim == 3:
+            if is_stack:
+                m.set_image_stack()
+            else:
+                m.set_volume()
+        m.voxel_size = float(voxel_size)
+        if origin is not None:
+            m.header.origin.x, m.header.origin.y, m.header.origin.z = (float(v) for v in origin)
+        m.update_header_stats()

@@ -17,7 +17,7 @@ import pandas as pd
 import starfile
 
 from cryolens.errors import InputError
-from cryolens.io.mrc import temporary_path
+from cryolens.io.atomic import write_text_atomic
 
 __all__ = [
     "StarBlock", "read_star", "write_star", "read_particles", "read_micrographs",
@@ -276,14 +276,7 @@ def write_star(path: PathLike, blocks: dict[str, StarBlock]) -> None:
         data = _prepare(block) if isinstance(block, pd.DataFrame) else dict(block)
         text = starfile.to_string({name: data}, float_format=_float_text)  # type: ignore[arg-type]
         parts.append(f"{_VERSION_LINE}\n\n{text[text.index('data_'):]}")
-    p = Path(path)
-    tmp = temporary_path(p)
-    try:
-        tmp.write_text("\n" + "".join(parts))
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, "\n" + "".join(parts))
 
 
 def _check_optics(optics: pd.DataFrame, table: pd.DataFrame, pix_label: str) -> pd.DataFrame:

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from cryolens.core.ctf import CTFParams, ctf_phase_and_envelope
-from cryolens.jobs.report import save_figure
+from cryolens.jobs.report import new_figure, save_figure
 
 __all__ = ["ctf_phase_grid", "draw_ctf_2d", "draw_ctf_1d", "plot_ctf_diagnostic", "plot_ctf_summary",
            "plot_defocus_candidates", "rotational_average", "flatten_power"]
@@ -31,13 +31,6 @@ def _np(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def _freq_axis(box: int, pixel_size: float) -> np.ndarray:
@@ -203,9 +196,8 @@ def plot_ctf_diagnostic(fit, path: str | os.PathLike, *, pixel_size: float, volt
                         title: str = "", patch=None, image_size: tuple[int, int] | None = None) -> Path:
     """One PNG per micrograph: the 2-D diagnostic next to the 1-D plot (and the patch plane when given;
     ``image_size`` is ``(width, height)`` in pixels then)."""
-    plt = _plt()
     n = 3 if patch is not None else 2
-    fig, axes = plt.subplots(1, n, figsize=(5.6 * n, 5.2), gridspec_kw=dict(width_ratios=[1, 1.25] + [1] * (n - 2)))
+    fig, axes = new_figure(ncols=n, figsize=(5.6 * n, 5.2), gridspec_kw=dict(width_ratios=[1, 1.25] + [1] * (n - 2)))
     draw_ctf_2d(axes[0], fit, pixel_size=pixel_size, voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast,
                 res_low_A=res_low_A, res_high_A=res_high_A)
     draw_ctf_1d(axes[1], fit, res_low_A=res_low_A, res_high_A=res_high_A)
@@ -221,9 +213,8 @@ def plot_ctf_diagnostic(fit, path: str | os.PathLike, *, pixel_size: float, volt
 
 def plot_ctf_summary(table: pd.DataFrame, path: str | os.PathLike, *, title: str = "CTF over micrographs") -> Path:
     """Defocus U/V, astigmatism, fit resolution and figure of merit per micrograph (RELION columns)."""
-    plt = _plt()
     idx = np.arange(1, len(table) + 1)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    fig, axes = new_figure(nrows=2, ncols=2, figsize=(11, 7))
     ax = axes[0, 0]
     ax.plot(idx, table["rlnDefocusU"], "o", ms=3, label="U")
     ax.plot(idx, table["rlnDefocusV"], "s", ms=3, label="V")
@@ -292,10 +283,9 @@ def plot_defocus_candidates(spectrum: np.ndarray, path: str | os.PathLike, *, pi
     normalised independently of any fit (:func:`flatten_power`): the spectrum with each candidate's
     zeros over its left half, and the rotational average against each candidate's CTF² (mean defocus)
     in the band."""
-    plt = _plt()
     box = _np(spectrum).shape[-1]
     n = len(candidates)
-    fig, axes = plt.subplots(1, n + 1, figsize=(5.2 * n + 6.5, 5.2), gridspec_kw=dict(width_ratios=[1] * n + [1.4]))
+    fig, axes = new_figure(ncols=n + 1, figsize=(5.2 * n + 6.5, 5.2), gridspec_kw=dict(width_ratios=[1] * n + [1.4]))
     f = _freq_axis(box, pixel_size)
     fy, fx = np.meshgrid(f, f, indexing="ij")
     s = np.hypot(fx, fy)

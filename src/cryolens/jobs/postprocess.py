@@ -22,7 +22,7 @@ from cryolens.core.fsc import FSCResult
 from cryolens.errors import InputError
 from cryolens.io import read_star, write_mrc, write_star
 from cryolens.jobs.fsc_maps import load_cubic_map, load_map_pair
-from cryolens.jobs.report import plot_central_slices, plot_fsc, save_figure, write_report
+from cryolens.jobs.report import new_figure, plot_central_slices, plot_fsc, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.postprocess import (PostprocessParams, PostprocessResult, check_mask, flip_hand, particle_fraction_fsc,
                                   postprocess)
@@ -95,11 +95,8 @@ def postprocess_star_blocks(res: PostprocessResult, params: PostprocessParams, *
 
 def plot_guinier(res: PostprocessResult, path: str | os.PathLike) -> Path:
     """ln amplitude against 1/d² for the original, weighted and sharpened map, with the fitted line."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     g = res.guinier
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = new_figure(figsize=(6.4, 4.2))
     s2 = g["s2"][1:]
     ax.plot(s2, g["original"][1:], lw=1.4, label="original")
     if not np.allclose(g["mtf_corrected"], g["original"], equal_nan=True):

@@ -27,7 +27,7 @@ from cryolens.errors import InputError
 from cryolens.io import ImageSource, merge_optics, read_mrc, read_particles, write_mrc, \
     write_particles, write_star
 from cryolens.jobs.reconstruct import _checked_batches, _single_pixel_size, fsc_table, require_particle_columns
-from cryolens.jobs.report import _figure, plot_central_slices, plot_fsc, save_figure, write_report
+from cryolens.jobs.report import new_figure, plot_central_slices, plot_fsc, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.structures import pad_or_crop
 from cryolens.particles import assign_half_sets
@@ -69,7 +69,7 @@ def iterations_table(result: RefineResult) -> pd.DataFrame:
 
 def plot_angular_distribution(rot: np.ndarray, tilt: np.ndarray, path: str | os.PathLike) -> Path:
     """Viewing directions as a 2-D histogram of (rot, tilt) on equal-solid-angle bins (uniform in cos tilt)."""
-    plt, (fig, ax) = _figure(figsize=(6.4, 3.6))
+    fig, ax = new_figure(figsize=(6.4, 3.6))
     tilt_edges = np.rad2deg(np.arccos(np.linspace(1, -1, 19)))
     rot_edges = np.linspace(-180, 180, 37)
     h, _, _ = np.histogram2d(((rot + 180) % 360) - 180, tilt, bins=(rot_edges, tilt_edges))

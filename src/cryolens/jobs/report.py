@@ -15,27 +15,43 @@ from typing import Any
 import numpy as np
 
 from cryolens.core.fsc import FSCResult
-from cryolens.io.atomic import write_text_atomic
-from cryolens.io.mrc import temporary_path
+from cryolens.io.atomic import atomic_output, write_text_atomic
 
-__all__ = ["plot_fsc", "plot_central_slices", "plot_gallery", "save_figure", "write_report"]
+__all__ = ["plot_fsc", "plot_central_slices", "plot_gallery", "new_figure", "save_figure", "write_report"]
 
 
-def _figure(**kw):
+_backend_chosen = False
+
+
+def new_figure(**subplots_kwargs):
+    """A new matplotlib figure and its axes: ``plt.subplots(**subplots_kwargs)`` -> ``(fig, axes)``.
+
+    The first call selects the non-interactive Agg backend (``force=False``: a backend
+    already in use stays), so plots work without a display; matplotlib is imported here,
+    not when cryolens is imported.
+    """
+    global _backend_chosen
     import matplotlib
-    matplotlib.use("Agg", force=False)
+    if not _backend_chosen:
+        matplotlib.use("Agg", force=False)
+        _backend_chosen = True
     import matplotlib.pyplot as plt
-    return plt, plt.subplots(**kw)
+    return plt.subplots(**subplots_kwargs)
 
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> Path:
-    """Save a matplotlib figure atomically (temporary PNG, then rename) and close it."""
+    """Save a matplotlib figure atomically (temporary file, then rename) and close it.
+
+    The format follows ``path``'s suffix (PNG for ``.png``); ``dpi`` in dots per inch.
+    The figure is closed even if saving fails.
+    """
     import matplotlib.pyplot as plt
     path = Path(path)
-    tmp = temporary_path(path).with_suffix(".png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -54,7 +70,7 @@ def _resolution_axis(ax, f_max: float) -> None:
 def plot_fsc(curves: Mapping[str, FSCResult], path: str | os.PathLike, *,
              thresholds: Sequence[float] = (0.143, 0.5), title: str = "Fourier shell correlation") -> Path:
     """FSC curves against spatial frequency (1/Å) with threshold lines and crossings in the legend."""
-    plt, (fig, ax) = _figure(figsize=(6.4, 4.2))
+    fig, ax = new_figure(figsize=(6.4, 4.2))
     for label, c in curves.items():
         ax.plot(c.frequency, c.fsc, lw=1.6, label=f"{label} ({c.resolution_at(0.143):.2f} Å at 0.143)")
     for t in thresholds:
@@ -76,7 +92,7 @@ def plot_central_slices(volume: np.ndarray, path: str | os.PathLike, *, title: s
     """Central z, y and x slices of a volume side by side."""
     v = np.asarray(volume)
     c = v.shape[0] // 2
-    plt, (fig, axes) = _figure(ncols=3, figsize=(9, 3.2))
+    fig, axes = new_figure(ncols=3, figsize=(9, 3.2))
     for ax, img, name in zip(axes, (v[c], v[:, c], v[:, :, c]), ("z (xy plane)", "y (xz plane)", "x (yz plane)")):
         ax.imshow(img, cmap="gray", origin="lower")
         ax.set_title(f"central slice {name}", fontsize=9)
@@ -107,7 +123,7 @@ def plot_gallery(images: np.ndarray, path: str | os.PathLike, *, title: str = ""
     """A grid of 2-D images (e.g. the first particles of a stack), each scaled on its own."""
     imgs = np.asarray(images)
     nrows = max(1, int(np.ceil(len(imgs) / ncols)))
-    plt, (fig, axes) = _figure(nrows=nrows, ncols=ncols, figsize=(1.4 * ncols, 1.4 * nrows), squeeze=False)
+    fig, axes = new_figure(nrows=nrows, ncols=ncols, figsize=(1.4 * ncols, 1.4 * nrows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, img in zip(axes.ravel(), imgs):

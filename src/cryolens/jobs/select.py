@@ -20,7 +20,7 @@ import pandas as pd
 
 from cryolens.errors import InputError
 from cryolens.io import merge_optics, read_micrographs, read_particles, write_micrographs, write_particles
-from cryolens.jobs.report import save_figure, write_report
+from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.select import MissingColumnError, SelectParams, Selection, select_rows
 
@@ -48,10 +48,7 @@ def _plot(table: pd.DataFrame, params: SelectParams, sel: Selection, path: Path)
     panels = [(t, v[np.isfinite(v)], x) for t, v, x in panels]
     if not panels:
         return None
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(ncols=len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
+    fig, axes = new_figure(ncols=len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
     for ax, (title, values, threshold) in zip(axes[0], panels):
         ax.hist(values, bins=min(50, max(5, len(values) // 4 or 5)), color="#4477aa")
         ax.axvline(threshold, color="red", lw=1.2)

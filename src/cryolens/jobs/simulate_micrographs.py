@@ -36,7 +36,7 @@ import torch
 
 from cryolens.errors import InputError
 from cryolens.io import write_mrc, write_star
-from cryolens.jobs.report import save_figure, write_report
+from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.structures import load_structures, structure_inputs
 from cryolens.simulate.micrographs import MicrographParams, centred_spectrum, power_spectrum, simulate_micrograph
@@ -64,9 +64,6 @@ def _load(structures: list[str] | None, *, pixel_size: float | None, box: int | 
 def _plot_micrograph(counts: np.ndarray, particles: pd.DataFrame, pixel_size: float, radius_px: float,
                      path: Path) -> Path:
     """Thumbnail (low-passed, binned) with the true picks circled, next to its power spectrum."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Circle
 
     h, w = counts.shape
@@ -76,7 +73,7 @@ def _plot_micrograph(counts: np.ndarray, particles: pd.DataFrame, pixel_size: fl
     sigma = min(0.25, f * pixel_size / 30.0)  # Gaussian low-pass to ~30 Å, in cycles per binned pixel
     small = np.fft.irfft2(np.fft.rfft2(small) * np.exp(-k / (2 * sigma ** 2)), s=small.shape)
     lo, hi = np.percentile(small, [1, 99])
-    fig, axes = plt.subplots(1, 2, figsize=(13, 6.2), gridspec_kw=dict(width_ratios=[w / h, 1]))
+    fig, axes = new_figure(ncols=2, figsize=(13, 6.2), gridspec_kw=dict(width_ratios=[w / h, 1]))
     axes[0].imshow(small, cmap="gray", vmin=lo, vmax=hi, origin="upper")
     for x, y in zip(particles["rlnCoordinateX"], particles["rlnCoordinateY"]):
         axes[0].add_patch(Circle((x / f, y / f), radius_px / f, fill=False, color="#ffcc00", lw=0.8))

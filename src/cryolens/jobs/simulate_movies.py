@@ -46,7 +46,7 @@ from cryolens.errors import InputError
 from cryolens.io import write_mrc, write_star
 from cryolens.io.atomic import write_text_atomic
 from cryolens.io.movie_writer import MovieWriter
-from cryolens.jobs.report import save_figure, write_report
+from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.structures import structure_inputs
 from cryolens.simulate.movies import (Detector, MovieParams, MovieTruth, field_shape, make_detector, movie_margin,
@@ -111,11 +111,7 @@ def _write_frames(movie, writer: MovieWriter, dtype, progress: Callable[[int], N
 
 def _plot_drift(truths: list[MovieTruth], pixel_size: float, path: Path) -> Path:
     """Global trajectories of all movies (Å), their frame-to-frame speed, and movie 1's local field."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    fig, axes = new_figure(ncols=3, figsize=(15, 4.8))
     for k, t in enumerate(truths):
         d = t.displacements * t.pixel_size
         axes[0].plot(d[:, 0], d[:, 1], "-", lw=1, alpha=0.8, label=f"movie {k + 1}" if k < 8 else None)

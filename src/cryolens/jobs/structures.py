@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryolens.core.fourier import resample
+from cryolens.core.fourier import pad_or_crop, resample
 from cryolens.errors import InputError
 from cryolens.io import read_mrc
 from cryolens.simulate.structures import (
@@ -43,7 +43,7 @@ from cryolens.simulate.structures import (
 )
 
 __all__ = ["DEFAULT_MODEL_PIXEL_SIZE", "parse_spec", "load_structure", "load_structures", "structure_inputs", "load_morph",
-           "read_model", "pad_or_crop"]
+           "read_model"]
 
 DEFAULT_MODEL_PIXEL_SIZE = 1.0
 _MODEL_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".ent.gz", ".cif.gz", ".mmcif.gz")
@@ -53,16 +53,6 @@ _OPTIONS = {
     "model": {"population", "name", "bfactor", "keep_coordinates"},
 }
 _FLOAT_OPTIONS = {"population", "diameter", "bfactor", "apix", "map_pixel_size", "mass_kda"}
-
-
-def pad_or_crop(vol: torch.Tensor, box: int) -> torch.Tensor:
-    """Real-space pad (zeros) or crop a cubic volume to ``box`` around its centre n//2."""
-    n = vol.shape[-1]
-    out = torch.zeros((box, box, box), dtype=vol.dtype)
-    m = min(n, box)
-    so, do = n // 2 - m // 2, box // 2 - m // 2
-    out[do:do + m, do:do + m, do:do + m] = vol[so:so + m, so:so + m, so:so + m]
-    return out
 
 
 def _kind(path: str) -> str:

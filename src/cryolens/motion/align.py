@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 
+from cryolens.core.fourier import good_fft_size
 from cryolens.motion.dose_weight import DoseWeights, motion_statistics, rejection_reason
 from cryolens.motion.global_align import align_frames, bfactor_filter, crop_spectrum, cross_mask, phase_ramp, freq_axes
 from cryolens.motion.params import MotionParams, MotionResult
@@ -36,19 +37,14 @@ def alignment_shape(height: int, width: int, pixel_size: float, params: MotionPa
 
 
 def _fft_size(n: int, binning: float) -> int:
-    """Even size near ``n / binning`` (never above ``n``, at least 32) whose prime factors are 2, 3 and 5."""
+    """Even size near ``n / binning`` (never above ``n``, at least 32) whose prime factors are 2, 3 and 5.
+
+    {2, 3, 5} rather than :func:`good_fft_size`'s default {2, 3, 5, 7}: the alignment grid
+    decides the measured shifts, which tests and benchmarks against RELION pin.
+    """
     top = n - n % 2
     target = min(top, max(32, int(round(n / binning))))
-    if target >= top:
-        return top
-    for m in range(target + target % 2, top + 1, 2):
-        r = m
-        for p in (2, 3, 5):
-            while r % p == 0:
-                r //= p
-        if r == 1:
-            return m
-    return top
+    return min(top, good_fft_size(target, primes=(2, 3, 5)))
 
 
 def align_movie(frames: torch.Tensor, *, pixel_size: float, params: MotionParams, dose_per_frame: float | None = None,

@@ -3,7 +3,7 @@
 Frame ``i``'s Fourier component at spatial frequency ``k`` (1/Å) is weighted by
 ``w_i(k) = exp(-N_i / (2 N_e(k)))`` with ``N_i`` the accumulated exposure at the frame's
 middle (``pre + (i + ½)·dose``) and ``N_e`` the critical exposure of
-:mod:`cryolens.simulate.dose`. Per frequency the weights are then divided by
+:mod:`cryolens.core.dose`. Per frequency the weights are then divided by
 ``sqrt(Σ_i w_i²)`` (Grant & Grigorieff eq. 9, RELION; ``restore_power=True``) or by
 ``Σ_i w_i / F`` (the plain sum's scale where there is no damage).
 """
@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from cryolens.simulate.dose import critical_exposure, frame_exposures
+from cryolens.core.dose import critical_exposure, frame_exposures
 
 __all__ = ["DoseWeights", "motion_statistics", "rejection_reason"]
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cryolens.simulate.motion import PolynomialMotion
+from cryolens.core.motion import PolynomialMotion
 
 __all__ = ["MotionParams", "MotionResult"]
 

@@ -4,7 +4,7 @@
    frame by frame against the sum of its other frames (a running group of frames for
    signal), all patches at once.
 2. :func:`fit_polynomial_model`: weighted least squares of RELION's third-order model
-   (MotionCor2's; :class:`cryolens.simulate.motion.PolynomialMotion`, 18 coefficients
+   (MotionCor2's; :class:`cryolens.core.motion.PolynomialMotion`, 18 coefficients
    per axis, zero at frame 0) to the patch shifts, with a free offset per patch (the
    reference of a patch sits at its frames' mean position) and one pass of outlier
    down-weighting.
@@ -23,7 +23,7 @@ import torch
 
 from cryolens.motion.dose_weight import DoseWeights
 from cryolens.motion.global_align import align_frames, bfactor_filter, cross_mask, phase_ramp, freq_axes
-from cryolens.simulate.motion import PolynomialMotion, relion_patch_centres
+from cryolens.core.motion import PolynomialMotion, relion_patch_centres
 
 __all__ = ["PatchMeasurement", "measure_patches", "fit_polynomial_model", "evaluate_model", "local_sums"]
 

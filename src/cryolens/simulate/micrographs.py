@@ -85,6 +85,7 @@ import pandas as pd
 import torch
 
 from cryolens.core.ctf import CTFParams, ctf_phase_and_envelope, electron_wavelength
+from cryolens.core.fourier import good_fft_size
 from cryolens.core.rotations import matrix_to_euler, random_rotations
 from cryolens.simulate import ice as icemod
 from cryolens.simulate.detector import detector_mtf, expose, gaussian_filter_rfft
@@ -119,6 +120,9 @@ MICROGRAPH_PRESETS: dict[str, dict] = {
                       voltage=300.0, contaminants=2, aggregates=2),
 }
 
+# FFT lengths of the canvas and projection boxes: {2, 3, 5}-smooth, as the simulator always
+# used (seeded outputs depend on the canvas size; core's default set adds 7).
+_PRIMES = (2, 3, 5)
 _PHASE_SAT = 0.5  # rad, saturation of thick objects' phase (contaminants, carbon step)
 _LAMBDA_CONTAMINANT = 800.0  # Å, effective absorption length of contaminants
 _LAMBDA_CARBON = 800.0  # Å, effective absorption length of the carbon film (scattering outside the aperture)
@@ -267,19 +271,6 @@ def local_defocus(ctf: dict, x, y, *, width: int, height: int):
 # ------------------------------------------------------------------------------------- optics
 
 
-def _fast_size(n: int) -> int:
-    """Smallest even 2^a 3^b 5^c ≥ n (fast FFT lengths)."""
-    m = n + (n % 2)
-    while True:
-        k = m
-        for p in (2, 3, 5):
-            while k % p == 0:
-                k //= p
-        if k == 1:
-            return m
-        m += 2
-
-
 def _rect_grid(shape: tuple[int, int], pixel_size: float, device):
     """|s|² (Å⁻²), cos 2φ, sin 2φ on the rfft grid of a rectangular image."""
     h, w = shape
@@ -377,9 +368,9 @@ def simulate_micrograph_signal(structures: Sequence, populations: Sequence[float
     mean_df = (ctf["defocus_u"] + ctf["defocus_v"]) / 2
     corner = abs(ctf["gradient_x"]) * W / 2 + abs(ctf["gradient_y"]) * H / 2
     deloc = int(math.ceil(_delocalisation(ctf, max(ctf["defocus_u"], ctf["defocus_v"]) + corner, apix) / apix))
-    box = _fast_size(n_max + 2 * deloc + 4)
+    box = good_fft_size(n_max + 2 * deloc + 4, primes=_PRIMES)
     off = box // 2 + 2  # canvas margin ≥ delocalisation: nothing wraps (same canvas tilted or not)
-    Hc, Wc = _fast_size(H + 2 * off), _fast_size(W + 2 * off)
+    Hc, Wc = good_fft_size(H + 2 * off, primes=_PRIMES), good_fft_size(W + 2 * off, primes=_PRIMES)
 
     # --- layout: carbon, contaminants, aggregates; then the particles around them
     edge = icemod.draw_hole_edge((H, W), pixel_size=apix, rng=rng) if params.carbon else None

@@ -11,10 +11,10 @@ Image model of frame ``i`` (counts per movie pixel):
 - ``e = dose_per_frame · pixel_size²``: electrons per pixel per frame.
 - ``MTF``: the detector's modulation transfer function (optional).
 - ``D_i = exp(-N_i / (2 N_e(k)))``: Grant & Grigorieff (2015) damage at the exposure
-  ``N_i`` of the frame's middle (:mod:`cryolens.simulate.dose`).
+  ``N_i`` of the frame's middle (:mod:`cryolens.core.dose`).
 - ``B_i = sinc(k · t_i)``: blur by the straight-line travel ``t_i`` during the frame.
 - ``R_i = exp(-2πi k · d_i)``: the global displacement ``d_i`` of the frame's middle
-  (:mod:`cryolens.simulate.motion`): frame ``i`` shows the specimen moved by ``d_i``.
+  (:mod:`cryolens.core.motion`): frame ``i`` shows the specimen moved by ``d_i``.
 - Local motion: a smooth displacement field ``L(x)`` (RELION's polynomial model, zero at
   the first frame) on top of ``d_i``, applied after the inverse FFT by resampling the
   frame at ``x - L(x)`` (bicubic ``grid_sample``; RELION's inverse, ``x + L(x)``, differs
@@ -46,13 +46,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.simulate.dose import critical_exposure
+from cryolens.core.dose import critical_exposure
+from cryolens.core.fourier import good_fft_size
+from cryolens.core.motion import DriftTrajectory, PolynomialMotion, relion_patch_centres
 from cryolens.simulate.frame_kernels import Accelerated, fourier_frame, fourier_frame_fused, poisson_counts
-from cryolens.simulate.motion import (DriftTrajectory, PolynomialMotion, random_drift, random_local_motion,
-                                      relion_patch_centres)
+from cryolens.simulate.motion import random_drift, random_local_motion
 
 __all__ = ["MovieParams", "MoviePreset", "MOVIE_PRESETS", "Detector", "MovieTruth", "SimulatedMovie",
-           "make_detector", "movie_margin", "field_shape", "good_fft_size", "storage_dtype", "simulate_movie"]
+           "make_detector", "movie_margin", "field_shape", "storage_dtype", "simulate_movie"]
 
 
 @dataclass
@@ -98,7 +99,7 @@ class MovieParams:
 
     def validate(self) -> None:
         """Raise ValueError with a one-line reason for impossible values."""
-        from cryolens.simulate.dose import voltage_factor
+        from cryolens.core.dose import voltage_factor
         if self.n_frames < 1:
             raise ValueError("n_frames must be at least 1")
         if not self.dose_per_frame > 0 or self.pre_exposure < 0:
@@ -150,19 +151,6 @@ MOVIE_PRESETS: dict[str, MoviePreset] = {
 
 
 # ---------------------------------------------------------------- geometry
-
-
-def good_fft_size(n: int) -> int:
-    """Smallest even integer >= ``n`` whose prime factors are 2, 3, 5 and 7 (fast FFTs)."""
-    m = max(2, int(n) + (int(n) % 2))
-    while True:
-        r = m
-        for p in (2, 3, 5, 7):
-            while r % p == 0:
-                r //= p
-        if r == 1:
-            return m
-        m += 2
 
 
 def movie_margin(params: MovieParams, pixel_size: float) -> int:
@@ -258,7 +246,7 @@ def make_detector(height: int, width: int, params: MovieParams, *, device=None) 
 
 @dataclass
 class MovieTruth:
-    """The ground truth of one movie, in RELION's conventions (see :mod:`cryolens.simulate.motion`).
+    """The ground truth of one movie, in RELION's conventions (see :mod:`cryolens.core.motion`).
 
     Attributes:
         pixel_size: movie pixel [Å] (half the physical pixel with super-resolution).

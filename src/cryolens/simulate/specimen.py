@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from cryolens.core.ctf import CTFParams, ctf_2d
+from cryolens.core.dose import critical_exposure
 from cryolens.core.fourier import ft2, ft3, ift2, ift3, radius_3d
 from cryolens.core.projector import FourierVolume, SliceGrid, prepare_volume, project
 from cryolens.simulate import ice as icemod
@@ -133,10 +134,12 @@ def radiation_damage(s: torch.Tensor, *, dose: float, voltage: float, start: flo
     """Mean amplitude of protein signal exposed from ``start`` to ``dose`` e⁻/Å² at frequency ``s`` (1/Å).
 
     Grant & Grigorieff (2015): critical exposure ``N_e(s) = 0.245 s^-1.665 + 2.81`` e⁻/Å² at
-    300 kV (exposures scaled by 0.8 at 200 kV, i.e. ``N_e`` × voltage/300 below 300 kV,
-    a linear interpolation), amplitude ``exp(-N/(2 N_e))`` averaged over N in [start, dose].
+    300 kV (:func:`cryolens.core.dose.critical_exposure`), scaled below 300 kV by a factor
+    interpolated linearly from 1 at 300 kV to 0.8 at 200 kV and held at 0.8 below (unlike
+    :func:`cryolens.core.dose.voltage_factor`, which takes 0.64 at 100 kV); amplitude
+    ``exp(-N/(2 N_e))`` averaged over N in [start, dose].
     """
-    ne = 0.245 * s.clamp_min(1e-4) ** -1.665 + 2.81
+    ne = critical_exposure(s.clamp_min(1e-4), 300.0)
     if voltage < 300:
         ne = ne * (0.8 + 0.2 * (voltage - 200.0) / 100.0) if voltage >= 200 else ne * 0.8
     width = max(dose - start, 1e-9)

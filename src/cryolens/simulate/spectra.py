@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["radial_profile", "power_spectrum", "centred_spectrum"]
+from cryolens.core.fourier import welch_power_spectrum
 
+__all__ = ["radial_profile", "power_spectrum", "centred_spectrum"]
 
 
 def radial_profile(values: torch.Tensor, shape: tuple[int, int], *, pixel_size: float,
@@ -34,18 +35,17 @@ def power_spectrum(image: torch.Tensor, *, pixel_size: float,
                    tile: int = 512) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """Averaged periodogram of half-overlapping ``tile``² tiles (Welch, as CTFFIND's).
 
+    Args:
+        image: ``(h, w)`` micrograph; pixel_size: Å; tile: px (at most ``min(h, w)`` is used).
+
     Returns ``(s (1/Å), 1-D rotational average, 2-D spectrum (tile, tile//2+1))``, the
-    power per pixel normalised by the tile area, each tile's mean removed.
+    power per pixel normalised by the tile area, each tile's mean removed
+    (:func:`cryolens.core.fourier.welch_power_spectrum` with ``overlap=0.5``).
     """
     img = torch.as_tensor(image, dtype=torch.float32)
     h, w = img.shape
     tile = min(tile, h, w)
-    t = img.unfold(0, tile, tile // 2).unfold(1, tile, tile // 2).reshape(-1, tile, tile)
-    t = t - t.mean(dim=(-2, -1), keepdim=True)
-    p = torch.zeros((tile, tile // 2 + 1))
-    for s in range(0, t.shape[0], 16):
-        p += (torch.fft.rfft2(t[s:s + 16]).abs() ** 2).sum(0)
-    p /= t.shape[0] * tile * tile
+    p = welch_power_spectrum(img, box=tile, overlap=0.5).float()
     s, prof = radial_profile(p, (tile, tile), pixel_size=pixel_size)
     return s, prof, p
 

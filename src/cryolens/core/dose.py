@@ -16,9 +16,12 @@ exposure at its middle, ``(N_start + N_end) / 2``, as Grant & Grigorieff do (REL
 motion correction uses the exposure at the frame's *end*; ``at="end"`` gives that).
 ``k = 0`` has an infinite critical exposure and a weight of 1.
 
-These are pure functions of tensors: the movie simulator applies
-:func:`damage_filter` to each frame, and motion correction reuses
-:func:`damage_weights` (``normalize=True``) for dose-weighted sums.
+The model is shared by the simulator and the stages, so it lives in ``core``: pure
+functions of tensors. The movie simulator applies :func:`damage_filter` to each frame
+and :func:`critical_exposure` to its Fourier frames; motion correction's dose weighting
+(:mod:`cryolens.motion.dose_weight`) builds on :func:`critical_exposure` and
+:func:`frame_exposures`; :func:`damage_weights` (``normalize=True``) gives RELION's
+dose-weighted sum in one call.
 """
 
 from __future__ import annotations
