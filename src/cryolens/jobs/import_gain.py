@@ -16,7 +16,7 @@ import numpy as np
 
 from cryolens.errors import InputError
 from cryolens.io.movies import MovieInfo, read_gain
-from cryolens.jobs.report import save_figure
+from cryolens.jobs.report import new_figure, save_figure
 
 __all__ = ["GainOptions", "parse_gain_flip", "oriented_gain", "plot_gain"]
 
@@ -84,10 +84,7 @@ def oriented_gain(gain: GainOptions, first: MovieInfo) -> tuple[np.ndarray, np.n
 
 def plot_gain(raw: np.ndarray, oriented: np.ndarray, path: Path, gain: GainOptions) -> None:
     """``gain.png``: the gain as given next to the gain written (both down-sampled to ~512 px)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+    fig, axes = new_figure(nrows=1, ncols=2, figsize=(8, 4))
     for ax, img, title in ((axes[0], raw, "gain as given"),
                            (axes[1], oriented, f"written (--gain-rot {gain.rotation}, --gain-flip {gain.flip})")):
         step = max(1, max(img.shape) // 512)

@@ -42,7 +42,7 @@ from cryolens.io import write_particles, write_star
 from cryolens.io.images import resolve_path
 from cryolens.io.movies import MOVIE_SUFFIXES as _MOVIE_FORMATS
 from cryolens.io.movies import MovieInfo, movie_info, read_defects
-from cryolens.io.mrc import temporary_path
+from cryolens.io.atomic import atomic_output
 from cryolens.jobs.import_gain import GainOptions, oriented_gain, plot_gain
 from cryolens.jobs.report import plot_central_slices, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
@@ -298,13 +298,8 @@ def run_import_movies(files: list[Path], out_dir: str | os.PathLike, acq: Acquis
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = temporary_path(dst)
-    try:
+    with atomic_output(dst) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------ micrographs
@@ -450,9 +445,8 @@ def run_import_map(path: str | os.PathLike, out_dir: str | os.PathLike, *, pixel
             data, _ = read_mrc(src)
             write_mrc(target, data, apix, is_stack=False, origin=info.origin)
         elif link:
-            tmp = temporary_path(target)
-            os.symlink(os.path.abspath(src), tmp)
-            os.replace(tmp, target)
+            with atomic_output(target) as tmp:
+                os.symlink(os.path.abspath(src), tmp)
         else:
             _copy_atomic(src, target)
         job.add_output("map", target)

@@ -1,45 +1,34 @@
 """Plots of ``cryolens motion``: one movie's drift (``Movies/<name>_shifts.png``) and all movies' (``drift.png``).
 
-Figures are built on an Agg canvas without pyplot (no global figure registry) and drawn one
-at a time (:data:`PLOT_LOCK`): movies finish in several threads at once, and matplotlib is
-not thread-safe. PNGs are written atomically.
+Figures come from :func:`cryolens.jobs.report.new_figure` and are drawn one at a time
+(:data:`PLOT_LOCK`): movies finish in several threads at once, and matplotlib is not
+thread-safe. PNGs are written atomically, without a tight bounding box (one draw).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from cryolens.io.mrc import temporary_path
+from cryolens.io.atomic import atomic_output
+from cryolens.jobs.report import new_figure
 
 __all__ = ["PLOT_LOCK", "plot_movie_drift", "plot_drift_summary", "warm_matplotlib"]
 
 PLOT_LOCK = threading.Lock()  # matplotlib is not thread-safe: one figure at a time
 
 
-def _figure(width: float, height: float):
-    """A matplotlib Figure on an Agg canvas, without pyplot (no global figure registry)."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def _save_png(fig, path: Path, *, dpi: int) -> Path:
-    """Write the figure atomically (temporary PNG, then rename); one draw (no tight bounding box)."""
-    tmp = temporary_path(path).with_suffix(".png")
+    """Write the figure atomically (temporary PNG, then rename) and close it; one draw (no tight bounding box)."""
+    import matplotlib.pyplot as plt
+
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
     finally:
-        tmp.unlink(missing_ok=True)
+        plt.close(fig)
     return path
 
 
@@ -47,8 +36,8 @@ def plot_movie_drift(shifts_px: np.ndarray, pixel_size: float, path: Path, *, ti
                      patches: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """Trajectory of a movie: the specimen displacement (minus the correction shifts) in Å per frame."""
     with PLOT_LOCK:
-        fig = _figure(4.2, 4.0)
-        ax = fig.add_axes((0.2, 0.13, 0.58, 0.77))
+        fig, ax = new_figure(figsize=(4.2, 4.0))
+        ax.set_position((0.2, 0.13, 0.58, 0.77))
         cax = fig.add_axes((0.82, 0.13, 0.04, 0.77))
         d = -np.asarray(shifts_px) * pixel_size
         ax.plot(d[:, 0], d[:, 1], "-", color="0.3", lw=1)
@@ -65,8 +54,13 @@ def plot_movie_drift(shifts_px: np.ndarray, pixel_size: float, path: Path, *, ti
 
 def plot_drift_summary(summaries: list[dict], path: Path) -> Path:
     """All trajectories (Å) and the accumulated motion per movie."""
-    fig = _figure(11, 4.4)
-    axes = fig.subplots(1, 2)
+    with PLOT_LOCK:
+        fig, axes = new_figure(nrows=1, ncols=2, figsize=(11, 4.4))
+        return _draw_summary(fig, axes, summaries, path)
+
+
+def _draw_summary(fig, axes, summaries: list[dict], path: Path) -> Path:
+    """Draw :func:`plot_drift_summary`'s two panels on ``axes`` and save ``path``."""
     for k, s in enumerate(summaries):
         d = -np.asarray(s["shifts_px"]) * s["pixel_size"]
         axes[0].plot(d[:, 0], d[:, 1], "-", lw=1, alpha=0.8, color="tab:red" if s["rejected"] else None,
@@ -91,9 +85,9 @@ def plot_drift_summary(summaries: list[dict], path: Path) -> Path:
 
 
 def warm_matplotlib() -> None:
-    """Import matplotlib's Agg parts (GIL-bound, ~1 s): run in a thread to overlap the first reads and FFTs."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.figure  # noqa: F401
-    import matplotlib.backends.backend_agg  # noqa: F401
-
+    """Import matplotlib and select its backend (GIL-bound, ~1 s): run in a thread to overlap the first
+    reads and FFTs of a job."""
+    with PLOT_LOCK:
+        fig, _ = new_figure(figsize=(1, 1))
+        import matplotlib.pyplot as plt
+        plt.close(fig)
