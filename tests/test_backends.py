@@ -1,4 +1,4 @@
-"""Compute backends (project.backends) and run profiles (project.profiles)."""
+"""Compute backends (compute.backends, compute.threads) and run profiles (compute.profiles)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from cryolens.errors import InputError
-from cryolens.project.backends import (BackendError, Dask, InProcess, LocalProcesses, get_backend)
-from cryolens.project.profiles import Profile, cluster_kwargs, get_profile, load_profiles, lsf_walltime, parse_profiles
+from cryolens.compute.backends import (BackendError, Dask, InProcess, LocalProcesses, get_backend)
+from cryolens.compute.profiles import Profile, cluster_kwargs, get_profile, load_profiles, lsf_walltime, parse_profiles
+from cryolens.compute.threads import Ready, Staged, Threads
 
 RECIPES = Path(__file__).resolve().parents[2] / "shared" / "recipes"
 
@@ -105,9 +106,47 @@ def test_worker_death_bounded_retries_clear_error(local2):
     assert local2.map(square, range(3)) == [0, 1, 4]  # the backend still works afterwards
 
 
-@pytest.mark.parametrize("kind", ["inprocess", "local", "dask"])
+class TwoPhase(Staged):
+    """load: Ready for multiples of 4 (done before), else the item; run: square it. Counts loads in flight."""
+
+    def __init__(self):
+        import threading
+        self.lock, self.held, self.most = threading.Lock(), 0, 0
+
+    def load(self, x):
+        if x % 4 == 0:
+            return Ready(-x)
+        with self.lock:
+            self.held += 1
+            self.most = max(self.most, self.held)
+        return x
+
+    def run(self, x, loaded):
+        time.sleep(0.01 * (x % 3))
+        with self.lock:
+            self.held -= 1
+        return loaded * loaded
+
+
+def test_threads_keep_order_read_ahead_and_restore_torch_threads():
+    import torch
+    before = torch.get_num_threads()
+    seen = []
+    out = Threads(2).map(slow_square, range(12), progress=lambda d, n: seen.append(d))
+    assert out == [x * x for x in range(12)] and seen == list(range(1, 13))
+    unit = TwoPhase()
+    assert Threads(2).map(unit, range(12)) == [-x if x % 4 == 0 else x * x for x in range(12)]
+    assert unit.most <= 3  # at most workers + 1 loaded items in memory
+    assert InProcess().map(TwoPhase(), range(5)) == [0, 1, 4, 9, -4]  # a Staged unit is a plain function too
+    assert Threads(3).map(square, []) == [] and torch.get_num_threads() == before
+    assert get_backend("threads:3").n_workers == 3 and get_backend("threads").n_workers >= 1
+    with pytest.raises(InputError, match="threads:2"):
+        get_backend("threads:0")
+
+
+@pytest.mark.parametrize("kind", ["inprocess", "threads", "local", "dask"])
 def test_input_error_surfaces(kind, local2, dask_backend):
-    backend = {"inprocess": InProcess(), "local": local2, "dask": dask_backend}[kind]
+    backend = {"inprocess": InProcess(), "threads": Threads(2), "local": local2, "dask": dask_backend}[kind]
     with pytest.raises(InputError) as e:
         backend.map(bad_input, range(5), retries=1)
     assert type(e.value) is InputError

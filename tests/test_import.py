@@ -20,10 +20,12 @@ import pandas as pd
 import pytest
 import starfile
 import tifffile
+import torch
 
 from cryolens.io import read_mrc, read_mrc_header, write_mrc, write_star
-from cryolens.jobs.importing import orient_gain
-from cryolens.project.db import MIGRATIONS, SCHEMA_VERSION, Project, open_project
+from cryolens.motion.preprocess import orient_gain
+from cryolens.project.db import SCHEMA_VERSION, Project, open_project
+from cryolens.project.schema import MIGRATIONS
 
 H, W, NF = 48, 64, 5  # movie frame rows, columns, frames (non-square: rotations change the shape)
 ACQ = ["--pixel-size", "0.885", "--voltage", "300", "--cs", "2.7", "--amplitude-contrast", "0.1"]
@@ -77,7 +79,7 @@ def test_movies_star_gain_oriented_once_and_defects(tmp_path: Path):
     write_mrc(tmp_path / "gain_raw.mrc", raw_gain((W, H)), 0.885)  # stored as the camera gives it: W x H
     (tmp_path / "defects.txt").write_text("10 12 1 1\n0 5 64 1\n")
     out = cli("import", "movies", "--glob", "Movies/*.tiff", *ACQ, "--exposure-per-frame", "1.2",
-              "--gain", "gain_raw.mrc", "--gain-rot", "90", "--gain-flip", "y", "--defect", "defects.txt",
+              "--gain", "gain_raw.mrc", "--gain-rot", "1", "--gain-flip", "1", "--defect", "defects.txt",
               "--out", "imp", cwd=tmp_path)
     assert "3 movies" in out and "5 frames" in out and "6 e/Å² total" in out
     blocks = star(tmp_path / "imp" / "movies.star")
@@ -92,7 +94,7 @@ def test_movies_star_gain_oriented_once_and_defects(tmp_path: Path):
     assert set(movies["rlnMicrographDefectFile"]) == {"imp/defects.txt"}
     assert (tmp_path / "imp" / "defects.txt").read_text() == "10 12 1 1\n0 5 64 1\n"
     assert (tmp_path / "imp" / "movies.star").read_text().count("# version 30001") == 2
-    # rotate 90° clockwise then flip upside down, by value: out[i, j] = raw[Hr-1-j, Wr-1-i] (raw is Hr x Wr = 64 x 48)
+    # rotate one quarter turn clockwise then flip upside down, by value: out[i, j] = raw[Hr-1-j, Wr-1-i] (raw is Hr x Wr = 64 x 48)
     raw = raw_gain((W, H))
     gain, apix = read_mrc(tmp_path / "imp" / "gain.mrc")
     assert gain.shape == (H, W) and apix == pytest.approx(0.885)
@@ -100,20 +102,37 @@ def test_movies_star_gain_oriented_once_and_defects(tmp_path: Path):
         assert gain[i, j] == raw[W - 1 - j, H - 1 - i]
     job = json.loads((tmp_path / "imp" / "job.json").read_text())
     assert job["status"] == "finished" and job["results"]["n_frames"] == NF and job["results"]["gain"] is True
-    assert job["params"]["gain"] == {"path": "gain_raw.mrc", "rotation": 90, "flip": "y"}
+    assert job["params"]["gain"] == {"path": "gain_raw.mrc", "rotation": 1, "flip": 1}
 
 
-@pytest.mark.parametrize("rotation,flip,expect", [
-    (0, "x", lambda r, i, j: r[i, r.shape[1] - 1 - j]),
-    (180, "none", lambda r, i, j: r[r.shape[0] - 1 - i, r.shape[1] - 1 - j]),
-    (270, "none", lambda r, i, j: r[j, r.shape[1] - 1 - i]),  # counter-clockwise: out[i, j] = in[j, W-1-i]
+@pytest.mark.parametrize("rot,flip,expect", [
+    (0, 2, lambda r, i, j: r[i, r.shape[1] - 1 - j]),  # left to right
+    (2, 0, lambda r, i, j: r[r.shape[0] - 1 - i, r.shape[1] - 1 - j]),
+    (3, 0, lambda r, i, j: r[j, r.shape[1] - 1 - i]),  # counter-clockwise: out[i, j] = in[j, W-1-i]
 ])
-def test_orient_gain_by_value(rotation: int, flip: str, expect):
+def test_orient_gain_by_value(rot: int, flip: int, expect):
     raw = raw_gain((6, 9))
-    out = orient_gain(raw, rotation=rotation, flip=flip)
+    out = orient_gain(torch.from_numpy(raw), rot=rot, flip=flip).numpy()
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
             assert out[i, j] == expect(raw, i, j)
+
+
+def test_old_gain_spelling_names_the_relion_value(tmp_path: Path):
+    """--gain-rot in degrees and --gain-flip x/y (the spelling before RELION's) get one sentence with the value."""
+    make_movies(tmp_path / "Movies", n=1)
+    write_mrc(tmp_path / "g.mrc", raw_gain((W, H)), 1.0)
+    base = ["import", "movies", "--glob", "Movies/*.tiff", *ACQ, "--exposure-per-frame", "1", "--gain", "g.mrc",
+            "--out", "x"]
+    out = cli(*base, "--gain-rot", "90", cwd=tmp_path, code=2)
+    assert "--gain-rot 90: give quarter turns 0-3 as relion_run_motioncorr --gain_rot, i.e. --gain-rot 1" in out
+    out = cli(*base, "--gain-rot", "1", "--gain-flip", "y", cwd=tmp_path, code=2)
+    assert "i.e. --gain-flip 1" in out and "relion_run_motioncorr --gain_flip" in out
+    out = cli(*base, "--gain-rot", "1", "--gain-flip", "x", cwd=tmp_path, code=2)
+    assert "i.e. --gain-flip 2" in out
+    out = cli(*base, "--gain-rot", "1", "--gain-flip", "3", cwd=tmp_path, code=2)
+    assert "--gain-flip 3" in out
+    assert not (tmp_path / "x" / "movies.star").exists()
 
 
 @pytest.mark.relion
@@ -124,8 +143,8 @@ def test_gain_orientation_matches_relion_motioncorr(tmp_path: Path):
     write_mrc(tmp_path / "gain_raw.mrc", raw, 0.885)
     cli("import", "movies", "--glob", "Movies/*.mrcs", *ACQ, "--exposure-per-frame", "1", "--out", "imp",
         cwd=tmp_path)
-    for k, rotation in enumerate((0, 90, 180, 270)):
-        for f, flip in enumerate(("none", "y", "x")):
+    for k in range(4):
+        for f in range(3):
             if (k, f) == (0, 0):
                 continue  # RELION writes no gain.mrc when nothing changes
             mc = tmp_path / f"MC_{k}{f}"
@@ -134,7 +153,7 @@ def test_gain_orientation_matches_relion_motioncorr(tmp_path: Path):
                             "--gainref", "gain_raw.mrc", "--gain_rot", str(k), "--gain_flip", str(f),
                             "--patch_x", "1", "--patch_y", "1", "--j", "1"], cwd=tmp_path, capture_output=True)
             theirs = mrcfile.read(mc / "gain.mrc")
-            np.testing.assert_array_equal(orient_gain(raw, rotation=rotation, flip=flip), theirs)
+            np.testing.assert_array_equal(orient_gain(torch.from_numpy(raw), rot=k, flip=f).numpy(), theirs)
 
 
 @pytest.mark.relion
@@ -144,7 +163,7 @@ def test_relion_reads_and_motion_corrects_our_import(tmp_path: Path):
     make_movies(tmp_path / "Movies", n=2, fmt="mrc")
     write_mrc(tmp_path / "gain_raw.mrc", raw_gain((W, H)), 0.885)
     cli("import", "movies", "--glob", "Movies/*.mrcs", *ACQ, "--exposure-per-frame", "1.2", "--gain",
-        "gain_raw.mrc", "--gain-rot", "270", "--out", "imp", cwd=tmp_path)
+        "gain_raw.mrc", "--gain-rot", "3", "--out", "imp", cwd=tmp_path)
     (tmp_path / "MC").mkdir()
     p = subprocess.run(["relion_run_motioncorr", "--i", "imp/movies.star", "--o", "MC/", "--use_own", "--gainref",
                         "imp/gain.mrc", "--patch_x", "1", "--patch_y", "1", "--j", "1", "--dose_per_frame", "1.2",

@@ -179,7 +179,7 @@ def test_local_motion_blocks_have_relions_layout(shared_data: Path, tmp_path: Pa
     import torch
     from types import SimpleNamespace
 
-    from cryolens.jobs.motion import MovieTask, motion_star_blocks
+    from cryolens.jobs.motion_unit import MovieTask, motion_star_blocks
     from cryolens.motion.preprocess import PreprocessParams
     from cryolens.core.motion import PolynomialMotion
 
@@ -302,7 +302,7 @@ def test_default_threads_match_worker_processes_and_restore_torch_threads(aligne
     r = run("motion", "--in", "sim/movies.star", "--out", str(out), "--dose-per-frame", "4", "--quiet",
             "--device", "cpu", cwd=aligned)
     assert "(2 done before)" in r.output
-    from cryolens.project.backends import cpu_count
+    from cryolens.compute.backends import cpu_count
     if cpu_count() >= 2:  # the default for 2 movies on 2+ cores
         assert json.loads((out / "job.json").read_text())["results"]["backend"] == "threads:2"
     bad = run("motion", "--in", "sim/movies.star", "--out", str(tmp_path / "x"), "--backend", "threads:two",

@@ -22,7 +22,8 @@ from cryolens.cli.run import stage_catalog
 from cryolens.errors import InputError
 from cryolens.jobs.runner import SUCCESS_MARKER
 from cryolens.project.db import Project, open_project
-from cryolens.project.workflow import build_argv, load_workflow, plan_workflow, run_workflow, state_path
+from cryolens.project.workflow import build_argv, load_workflow
+from cryolens.project.workflow_run import plan_workflow, run_workflow, state_path
 
 SIM = 'stage = "simulate particles"\nparams = { n = 100, box = 24, pixel_size = 5, seed = 3, defocus = [12000, 20000] }'
 

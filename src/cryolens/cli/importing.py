@@ -81,10 +81,10 @@ def movies(
                                                 help="Exposure before the first frame (e/Å²).")] = 0.0,
     gain: Annotated[Optional[Path], typer.Option("--gain", help="Gain reference (MRC; TIFF/.gain read as RELION "
                                                  "does); written once oriented as gain.mrc.")] = None,
-    gain_rot: Annotated[int, typer.Option("--gain-rot", help="Rotate the gain this many degrees clockwise "
-                                          "(0/90/180/270 = RELION --gain_rot 0/1/2/3, MotionCor2 -RotGain).")] = 0,
-    gain_flip: Annotated[str, typer.Option("--gain-flip", help="Then flip it: none, y (upside down = RELION "
-                                           "--gain_flip 1) or x (left-right = 2).")] = "none",
+    gain_rot: Annotated[int, typer.Option("--gain-rot", help="Rotate the gain this many times 90° clockwise, as "
+                                          "relion_run_motioncorr --gain_rot (0-3; MotionCor2 -RotGain).")] = 0,
+    gain_flip: Annotated[str, typer.Option("--gain-flip", help="Then flip the gain: 0 no, 1 upside down, 2 left to "
+                                           "right (relion_run_motioncorr --gain_flip).")] = "0",
     defect: Annotated[Optional[Path], typer.Option("--defect", help="Defect file: MotionCor2 'x y w h' list or a "
                                                    "defect map (rlnMicrographDefectFile).")] = None,
     mtf: MtfOpt = None,
@@ -106,16 +106,17 @@ def movies(
     Example:
 
       cryolens import movies --glob 'Movies/*.tiff' --pixel-size 0.885 --voltage 300 --cs 2.7
-      --amplitude-contrast 0.1 --exposure-per-frame 1.2 --gain Movies/gain.mrc --gain-rot 90 --gain-flip y
+      --amplitude-contrast 0.1 --exposure-per-frame 1.2 --gain Movies/gain.mrc --gain-rot 1 --gain-flip 1
     """
-    from cryolens.jobs.importing import MOVIE_SUFFIXES, Acquisition, GainOptions, run_import_movies
+    from cryolens.jobs.import_gain import GainOptions, parse_gain_flip
+    from cryolens.jobs.importing import MOVIE_SUFFIXES, Acquisition, run_import_movies
 
     acq = Acquisition(pixel_size=pixel_size, voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast,
                       exposure_per_frame=exposure_per_frame, pre_exposure=pre_exposure, optics_group=optics_group,
                       mtf=str(mtf) if mtf else None)
-    gopt = GainOptions(path=str(gain) if gain else None, rotation=gain_rot, flip=gain_flip.lower())
 
     def body():
+        gopt = GainOptions(path=str(gain) if gain else None, rotation=gain_rot, flip=parse_gain_flip(gain_flip))
         found, source = _files(glob, files, more_files, what="movie", suffixes=MOVIE_SUFFIXES)
         with job_target("import_movies", out, project) as target:
             _need_project(target, group)

@@ -38,7 +38,7 @@ def list_profiles(
 
       cryolens profiles list
     """
-    from cryolens.project.profiles import default_profile_files, load_profiles
+    from cryolens.compute.profiles import default_profile_files, load_profiles
 
     def body():
         profiles = load_profiles(project)
@@ -73,8 +73,8 @@ def test_profile(
 
       cryolens profiles test cpu --items 16
     """
-    from cryolens.project.backends import Dask
-    from cryolens.project.profiles import get_profile, make_cluster, wait_for_workers
+    from cryolens.compute.backends import Dask
+    from cryolens.compute.profiles import get_profile, make_cluster, wait_for_workers
 
     def body():
         p = get_profile(name, project_dir=project)

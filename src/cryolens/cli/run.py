@@ -83,7 +83,8 @@ def run_command(
 
       cryolens run workflow.toml --force rec
     """
-    from cryolens.project.workflow import load_workflow, plan_workflow, run_workflow
+    from cryolens.project.workflow import load_workflow
+    from cryolens.project.workflow_run import plan_workflow, run_workflow
 
     def body():
         wf = load_workflow(workflow, stage_catalog(), project=project)

@@ -11,8 +11,10 @@ Outputs in the job folder:
   pixel (x, y) is ``rlnDefocusU/V + gx (x - W/2) + gy (y - H/2)``.
 * ``diagnostics/<micrograph>_ctf.png``: the spectrum with the fitted CTF² in one quadrant and
   the fit's zeros as rings, next to CTFFIND's 1-D plot (spectrum, fit, quality of fit).
-* ``diagnostics/<micrograph>_ctf.json``: the numbers of one micrograph; a rerun with the same
-  parameters and an unchanged micrograph reuses it (the job resumes where it stopped).
+* ``diagnostics/<micrograph>_ctf.json``: the numbers of one micrograph, written last; a rerun with
+  the same parameters and an unchanged micrograph reuses it (the job resumes where it stopped;
+  :mod:`cryolens.jobs.units`). ``<micrograph>`` is the file stem, with its folder's name in front
+  where two micrographs share a stem.
 * ``summary.png`` (defocus, astigmatism, fit resolution, CC over micrographs), ``report.html``,
   ``job.json`` (results: medians, warnings), ``run.log``.
 
@@ -22,9 +24,8 @@ Each micrograph is one unit of work for the compute backend (``--backend``/``--j
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +34,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cryolens.compute.backends import Backend, InProcess, LocalProcesses, get_backend
 from cryolens.ctf import CTFFitParams, fit_ctf, fit_ctf_patches, looks_like_power_spectrum, power_spectrum
 from cryolens.errors import InputError
 from cryolens.io import merge_optics, read_micrographs, read_mrc, read_star, require_columns, write_micrographs
-from cryolens.io.atomic import write_json_atomic
 from cryolens.io.images import resolve_path
 from cryolens.jobs.ctf_plots import plot_ctf_diagnostic, plot_ctf_summary
 from cryolens.jobs.report import write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
-from cryolens.project.backends import Backend, InProcess, LocalProcesses, get_backend
+from cryolens.jobs.units import UnitRecord, fingerprint, unique_stems
 
 __all__ = ["run_ctf", "run_ctf_power_spectrum", "MicrographUnit", "fit_micrograph", "CTF_COLUMNS", "PLANE_COLUMNS"]
 
@@ -51,6 +52,7 @@ CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift",
 #: Patch-CTF plane columns (only with patches; stale input values are dropped otherwise).
 PLANE_COLUMNS = ("cryolensDefocusPlaneC0", "cryolensDefocusGradientX", "cryolensDefocusGradientY")
 _PIXEL_TOLERANCE = 0.02  # relative disagreement between header and optics pixel sizes that is an error
+_PLOT_LOCK = threading.Lock()  # pyplot is not thread-safe (backend threads:N): one diagnostic at a time
 _SUBSUM_DOSE = 4.5  # e-/Å² per movie-frame sub-sum (Thon rings show best at ~4-5, McMullan et al. 2015)
 
 
@@ -86,16 +88,13 @@ class MicrographUnit:
 
 def _fingerprint(unit: MicrographUnit) -> str:
     """Parameters, optics and the input file's size and modification time, hashed."""
-    src = Path(unit.movie or unit.path)
-    st = src.stat()
     d = dict(params=dataclasses.asdict(unit.params), optics=[unit.pixel_size, unit.voltage, unit.cs,
-             unit.amplitude_contrast], source=str(src.resolve()), size=st.st_size, mtime=st.st_mtime_ns,
-             frames=unit.frames_per_subsum, gain=unit.gain)
-    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+             unit.amplitude_contrast], frames=unit.frames_per_subsum, gain=unit.gain)
+    return fingerprint(d, files=[unit.movie or unit.path])
 
 
-def _result_path(unit: MicrographUnit) -> Path:
-    return Path(unit.out_dir) / "diagnostics" / f"{unit.stem}_ctf.json"
+def _record(unit: MicrographUnit) -> UnitRecord:
+    return UnitRecord(str(Path(unit.out_dir) / "diagnostics" / f"{unit.stem}_ctf.json"), unit.key)
 
 
 def _read_image(unit: MicrographUnit) -> np.ndarray:
@@ -136,14 +135,10 @@ def fit_micrograph(unit: MicrographUnit) -> dict:
     Returns the numbers as a dict (``reused`` True when an earlier run's result was taken);
     the PNG is written first and the JSON last, so a JSON on disk means a complete unit.
     """
-    res_path = _result_path(unit)
-    if res_path.is_file():
-        try:
-            old = json.loads(res_path.read_text())
-            if old.get("key") == unit.key and (res_path.parent / old["png"]).is_file():
-                return {**old, "reused": True}
-        except (ValueError, KeyError):
-            pass  # unreadable: fit again
+    record = _record(unit)
+    old = record.done()
+    if old is not None:
+        return {**old, "reused": True}
     img = _read_image(unit)
     dev = torch.device(unit.device)
     p = unit.params
@@ -156,12 +151,13 @@ def fit_micrograph(unit: MicrographUnit) -> dict:
     if p.patches is not None:
         patch = fit_ctf_patches(x if x.ndim == 2 else x.sum(0), fit, **optics, params=p)
     h, w = img.shape[-2:]
-    png = res_path.parent / f"{unit.stem}_ctf.png"
+    png = Path(record.path).parent / f"{unit.stem}_ctf.png"
     png.parent.mkdir(parents=True, exist_ok=True)
-    plot_ctf_diagnostic(fit, png, pixel_size=unit.pixel_size, voltage=unit.voltage, cs=unit.cs,
-                        amplitude_contrast=unit.amplitude_contrast, res_low_A=p.res_low_A, res_high_A=p.res_high_A,
-                        title=unit.name, patch=patch, image_size=(w, h))
-    out = {"key": unit.key, "name": unit.name, "png": png.name, "width": int(w), "height": int(h),
+    with _PLOT_LOCK:
+        plot_ctf_diagnostic(fit, png, pixel_size=unit.pixel_size, voltage=unit.voltage, cs=unit.cs,
+                            amplitude_contrast=unit.amplitude_contrast, res_low_A=p.res_low_A,
+                            res_high_A=p.res_high_A, title=unit.name, patch=patch, image_size=(w, h))
+    out = {"name": unit.name, "png": png.name, "width": int(w), "height": int(h),
            "rlnDefocusU": float(fit.defocus_u_A), "rlnDefocusV": float(fit.defocus_v_A),
            "rlnDefocusAngle": float(fit.angle_deg), "rlnPhaseShift": float(fit.phase_shift_deg),
            "rlnCtfAstigmatism": float(fit.astigmatism_A), "rlnCtfFigureOfMerit": float(fit.cc),
@@ -172,19 +168,10 @@ def fit_micrograph(unit: MicrographUnit) -> dict:
         c0, gx, gy = (float(v) for v in patch.plane)
         out.update(cryolensDefocusPlaneC0=c0, cryolensDefocusGradientX=gx, cryolensDefocusGradientY=gy,
                    patch_defocus_A=[float(d) for d in np.asarray(torch.as_tensor(patch.defocus_A).cpu())])
-    write_json_atomic(res_path, out)
-    return {**out, "reused": False}
+    return {**record.finish(out, outputs=[png]), "reused": False}
 
 
 # ------------------------------------------------------------------------------ inputs
-
-
-def _stems(names: list[str]) -> list[str]:
-    """Output names per micrograph: the file stem, prefixed by the row number where stems repeat."""
-    stems = [Path(n).stem for n in names]
-    if len(set(stems)) == len(stems):
-        return stems
-    return [f"{i + 1:05d}_{s}" for i, s in enumerate(stems)]
 
 
 def _resolve(name: str, star: Path, row: int, what: str) -> Path:
@@ -227,7 +214,7 @@ def _units(star: Path, out: Path, params: CTFFitParams, device: str, from_movies
         raise InputError(f"{star}: data_micrographs has no rows; give a STAR file listing micrographs.")
     rows = merge_optics(optics, mics)
     names = [str(n) for n in mics[name_col]]
-    stems = _stems(names)
+    stems = unique_stems(names)
     units = []
     for i, (name, stem) in enumerate(zip(names, stems)):
         r = rows.iloc[i]
@@ -290,7 +277,7 @@ def run_ctf(star: str | os.PathLike, out_dir: str | os.PathLike, params: CTFFitP
             progress: Callable[[int, int], None] | None = None, observer: JobObserver | None = None) -> Job:
     """Estimate the CTF of every micrograph in ``star`` into ``out_dir``; returns the finished :class:`Job`.
 
-    ``backend``: compute backend spec (:func:`cryolens.project.backends.get_backend`); ``workers``:
+    ``backend``: compute backend spec (:func:`cryolens.compute.backends.get_backend`); ``workers``:
     local processes (``--j``). ``from_movies``: spectra from movie-frame sub-sums of ~4.5 e-/Å²
     (movie, gain and dose per frame from rlnMicrographMetadata; ``frame_dose`` overrides the dose).
     """

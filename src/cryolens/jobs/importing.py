@@ -9,8 +9,8 @@ current folder when the file lies below it, else absolute: RELION's rule):
   (rlnMicrographMovieName, rlnOpticsGroup, [rlnMicrographGainName, rlnMicrographDefectFile]), the
   columns ``relion_import --do_movies`` writes plus the dose, which RELION keeps per movie
   (MotionCorr's ``data_general``) under the same labels; motion correction reads it from optics.
-  ``gain.mrc``: the gain reference oriented once (see :func:`orient_gain`), so downstream needs no
-  flip/rotation flags; ``defects.<ext>``: a copy of the defect file.
+  ``gain.mrc``: the gain reference oriented once (RELION's ``--gain_rot``/``--gain_flip``, see
+  :mod:`cryolens.jobs.import_gain`), so downstream needs no flip/rotation flags; ``defects.<ext>``: a copy of the defect file.
 * micrographs: ``micrographs.star`` (rlnMicrographName; optics with rlnMicrographPixelSize and
   rlnMicrographOriginalPixelSize, as ``relion_import --do_micrographs``).
 * particles: ``particles.star`` (RELION 3.0 files upgraded to 3.1 with the given acquisition values;
@@ -41,12 +41,13 @@ from cryolens.io import ImageSource, read_mrc, read_mrc_header, read_particles, 
 from cryolens.io import write_particles, write_star
 from cryolens.io.images import resolve_path
 from cryolens.io.movies import MOVIE_SUFFIXES as _MOVIE_FORMATS
-from cryolens.io.movies import MovieInfo, movie_info, read_defects, read_gain
-from cryolens.io.mrc import temporary_path
-from cryolens.jobs.report import plot_central_slices, save_figure, write_report
+from cryolens.io.movies import MovieInfo, movie_info, read_defects
+from cryolens.io.atomic import atomic_output
+from cryolens.jobs.import_gain import GainOptions, oriented_gain, plot_gain
+from cryolens.jobs.report import plot_central_slices, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 
-__all__ = ["Acquisition", "GainOptions", "orient_gain", "expand_inputs", "star_name",
+__all__ = ["Acquisition", "expand_inputs", "star_name",
            "run_import_movies", "run_import_micrographs", "run_import_particles",
            "run_import_map", "MOVIE_SUFFIXES", "MICROGRAPH_SUFFIXES"]
 
@@ -91,45 +92,6 @@ class Acquisition:
             raise ValueError("--pre-exposure must be >= 0 (e/Å²)")
         if not re.fullmatch(r"[^\s\"']+", self.optics_group or ""):
             raise ValueError("--optics-group must be one word without spaces or quotes")
-
-
-@dataclass
-class GainOptions:
-    """Gain reference and its orientation relative to the movie frames.
-
-    Attributes:
-        path: MRC gain reference (or TIFF, read flipped in y as RELION reads TIFF); None = no gain.
-        rotation: degrees clockwise as shown with row 0 at the top (relion_display): 0, 90, 180, 270
-            = RELION ``--gain_rot`` 0..3 = MotionCor2 ``-RotGain``.
-        flip: ``none``, ``y`` (upside down, RELION ``--gain_flip 1``) or ``x`` (left-right, 2); applied
-            after the rotation, as RELION and MotionCor2 do.
-    """
-
-    path: str | None = None
-    rotation: int = 0
-    flip: str = "none"
-
-    def validate(self) -> None:
-        if self.rotation not in (0, 90, 180, 270):
-            raise ValueError("--gain-rot must be 0, 90, 180 or 270 (degrees clockwise)")
-        if self.flip not in ("none", "x", "y"):
-            raise ValueError("--gain-flip must be none, x (left-right) or y (upside down)")
-
-
-def orient_gain(gain: np.ndarray, *, rotation: int = 0, flip: str = "none") -> np.ndarray:
-    """Rotate then flip a gain reference ``(y, x)`` exactly as ``relion_run_motioncorr --gain_rot/--gain_flip``.
-
-    Rotation by 90° (RELION 1) maps ``out[x, ny-1-y] = in[y, x]`` (clockwise with row 0 at the top,
-    ``np.rot90(in, -1)``); 180° maps ``out[ny-1-y, nx-1-x] = in[y, x]``; 270° is the inverse of 90°.
-    Flip ``y`` reverses rows (``out[y] = in[ny-1-y]``), flip ``x`` reverses columns. Checked against
-    the ``gain.mrc`` RELION 3.1 writes for every combination (tests/test_import.py).
-    """
-    out = np.rot90(gain, (-(rotation // 90)) % 4)  # k quarter turns counter-clockwise
-    if flip == "y":
-        out = out[::-1, :]
-    elif flip == "x":
-        out = out[:, ::-1]
-    return np.ascontiguousarray(out)
 
 
 def star_name(path: str | os.PathLike) -> str:
@@ -274,23 +236,6 @@ def _require(acq: Acquisition, names: tuple[str, ...], what: str) -> None:
 
 # ------------------------------------------------------------------------------------------ movies
 
-def _plot_gain(raw: np.ndarray, oriented: np.ndarray, path: Path, gain: GainOptions) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
-    for ax, img, title in ((axes[0], raw, "gain as given"),
-                           (axes[1], oriented, f"written (rot {gain.rotation}°, flip {gain.flip})")):
-        step = max(1, max(img.shape) // 512)
-        small = img[::step, ::step]
-        lo, hi = np.percentile(small, [1, 99])
-        ax.imshow(small, cmap="gray", vmin=lo, vmax=hi, origin="upper")
-        ax.set_title(title, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    save_figure(fig, path)
-
-
 def run_import_movies(files: list[Path], out_dir: str | os.PathLike, acq: Acquisition, gain: GainOptions, *,
                       defect: str | None = None, append: str | None = None, optics_from: str | None = None,
                       check_all: bool = False, source: str = "", observer: JobObserver | None = None) -> Job:
@@ -311,13 +256,7 @@ def run_import_movies(files: list[Path], out_dir: str | os.PathLike, acq: Acquis
                                  "optics group.")
     raw = oriented = None
     if gain.path is not None:
-        raw = read_gain(gain.path)
-        oriented = orient_gain(raw, rotation=gain.rotation, flip=gain.flip)
-        if first.fmt != "eer" and oriented.shape != (first.height, first.width):
-            hint = (" (a 90° rotation would fit: try --gain-rot 90 or 270)"
-                    if oriented.shape[::-1] == (first.height, first.width) else "")
-            raise InputError(f"{gain.path}: the oriented gain is {oriented.shape[1]}x{oriented.shape[0]} but the "
-                             f"movies are {first.width}x{first.height}{hint}; give the matching gain or --gain-rot.")
+        raw, oriented = oriented_gain(gain, first)
     if defect is not None:
         read_defects(defect, (first.height, first.width))  # validates the list or the map
     optics, groups = _optics_groups(files, acq, optics_from, kind="movies")
@@ -331,7 +270,7 @@ def run_import_movies(files: list[Path], out_dir: str | os.PathLike, acq: Acquis
             write_mrc(out / "gain.mrc", oriented, acq.pixel_size)
             job.add_output("gain", out / "gain.mrc")
             table["rlnMicrographGainName"] = star_name(out / "gain.mrc")
-            _plot_gain(raw, oriented, out / "gain.png", gain)
+            plot_gain(raw, oriented, out / "gain.png", gain)
             images.append("gain.png")
         if defect is not None:
             copy = out / f"defects{Path(defect).suffix.lower() or '.txt'}"
@@ -359,13 +298,8 @@ def run_import_movies(files: list[Path], out_dir: str | os.PathLike, acq: Acquis
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = temporary_path(dst)
-    try:
+    with atomic_output(dst) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------ micrographs
@@ -511,9 +445,8 @@ def run_import_map(path: str | os.PathLike, out_dir: str | os.PathLike, *, pixel
             data, _ = read_mrc(src)
             write_mrc(target, data, apix, is_stack=False, origin=info.origin)
         elif link:
-            tmp = temporary_path(target)
-            os.symlink(os.path.abspath(src), tmp)
-            os.replace(tmp, target)
+            with atomic_output(target) as tmp:
+                os.symlink(os.path.abspath(src), tmp)
         else:
             _copy_atomic(src, target)
         job.add_output("map", target)

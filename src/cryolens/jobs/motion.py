@@ -1,15 +1,15 @@
 """``cryolens motion``: align movies, write micrographs and RELION MotionCorr metadata.
 
-Each movie is one work unit: read (:func:`load_movie`), preprocess
+Each movie is one work unit (:mod:`cryolens.jobs.motion_unit`): read, preprocess
 (:mod:`cryolens.motion.preprocess`), align (:func:`cryolens.motion.align_movie`), write its
-outputs, return a small summary (:func:`align_loaded`; :func:`process_movie` does both). On
-the CPU movies run in this process, one per core in threads with one torch thread each while
-a reader thread reads ahead (:func:`map_threads`, backend ``threads:N``: on 2 cores 12 movies
-took 12 s this way against 20 s in worker processes, which each pay a Python + torch start);
-``--j``/``--backend`` send them to worker processes or any backend of
-:mod:`cryolens.project.backends`; on a GPU they run one after the other in this process. A unit's files are written atomically and
-``Movies/<name>.json`` last, so a rerun with the same options skips movies already done
-(resumable) and redoes the rest.
+outputs, return a small summary. On the CPU movies run in this process, one per core in threads
+with one torch thread each while a reader thread reads ahead (backend ``threads:N``,
+:class:`cryolens.compute.threads.Threads`: on 2 cores 12 movies took 12 s this way against 20 s
+in worker processes, which each pay a Python + torch start); ``--j``/``--backend`` send them to
+worker processes or any backend of :mod:`cryolens.compute.backends`; on a GPU they run one after
+the other in this process. A unit's files are written atomically and ``Movies/<name>.json`` last
+(:mod:`cryolens.jobs.units`), so a rerun with the same options skips movies already done
+(resumable) and redoes the rest. Plots: :mod:`cryolens.jobs.motion_plots`.
 
 Outputs in the job folder (paths inside STAR files are relative to the current folder,
 RELION's rule):
@@ -38,15 +38,10 @@ RELION's rule):
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +49,19 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cryolens.compute.backends import cpu_count, get_backend
+from cryolens.compute.threads import Threads
 from cryolens.errors import InputError
-from cryolens.io import read_micrographs, require_columns, resolve_path, write_micrographs, write_mrc, write_star
-from cryolens.io.atomic import write_json_atomic
-from cryolens.io.mrc import temporary_path
-from cryolens.io.movies import frame_range, movie_info, read_defects, read_gain, read_movie
+from cryolens.io import read_micrographs, require_columns, resolve_path, write_micrographs
+from cryolens.io.movies import frame_range, movie_info, read_gain
+from cryolens.jobs.motion_plots import plot_drift_summary, warm_matplotlib
+from cryolens.jobs.motion_unit import MOVIE_UNIT, MovieTask
 from cryolens.jobs.report import write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
-from cryolens.motion.preprocess import PreprocessParams, orient_gain, preprocess_movie
+from cryolens.jobs.units import unique_stems
+from cryolens.motion.preprocess import PreprocessParams, orient_gain
 
-__all__ = ["MotionJobOptions", "MovieTask", "run_motion", "process_movie", "load_movie", "align_loaded",
-           "map_threads", "motion_star_blocks"]
+__all__ = ["MotionJobOptions", "run_motion", "DOSE_LABELS", "PRE_EXPOSURE_LABELS"]
 
 #: Columns of the movie STAR that may carry the exposure per frame (e⁻/Å²) and the pre-exposure.
 DOSE_LABELS = ("rlnMicrographDoseRate", "rlnMicrographDosePerFrame", "cryolensDosePerFrame")
@@ -112,318 +109,6 @@ class MotionJobOptions:
             raise ValueError("--eer-grouping must be at least 1 and --eer-upsampling 1 or 2")
 
 
-@dataclass(frozen=True)
-class MovieTask:
-    """One movie's work unit (picklable; paths absolute except the names written into STAR files)."""
-
-    movie: str
-    movie_name: str
-    out_stem: str
-    rel_stem: str
-    gain: str | None
-    gain_name: str | None
-    defect: str | None
-    defect_name: str | None
-    pixel_size: float
-    voltage: float
-    dose_per_frame: float | None
-    pre_exposure: float
-    first_frame: int
-    last_frame: int | None
-    eer_grouping: int
-    eer_upsampling: int
-    preprocess: PreprocessParams
-    motion: Any
-    device: str
-    plots: bool
-
-    def key(self) -> str:
-        """A digest of everything that determines the outputs (movie file identity included)."""
-        st = os.stat(self.movie)
-        d = dataclasses.asdict(self)
-        d.update(preprocess=dataclasses.asdict(self.preprocess), motion=dataclasses.asdict(self.motion),
-                 movie_stat=(st.st_size, st.st_mtime_ns), device=None, plots=None)
-        return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
-
-
-# ------------------------------------------------------------------------------------ one movie
-
-
-@lru_cache(maxsize=4)
-def _cached_gain(path: str, mtime: int) -> np.ndarray:
-    return read_gain(path)
-
-
-@lru_cache(maxsize=4)
-def _cached_defects(path: str, mtime: int, shape: tuple[int, int]) -> np.ndarray:
-    return read_defects(path, shape)
-
-
-def motion_star_blocks(task: MovieTask, result, *, n_frames_movie: int, height: int, width: int,
-                       hot_pixels: np.ndarray, bin_factor: float) -> dict:
-    """The blocks of RELION's per-movie MotionCorr STAR for an alignment ``result`` (shifts in unbinned pixels)."""
-    has_local = getattr(result, "local_model", None) is not None
-    general = {"rlnImageSizeX": int(width), "rlnImageSizeY": int(height), "rlnImageSizeZ": int(n_frames_movie),
-               "rlnMicrographMovieName": task.movie_name}
-    if task.gain_name:
-        general["rlnMicrographGainName"] = task.gain_name
-    if task.defect_name:
-        general["rlnMicrographDefectFile"] = task.defect_name
-    general.update(rlnMicrographBinning=float(bin_factor), rlnMicrographOriginalPixelSize=float(task.pixel_size),
-                   rlnMicrographDoseRate=float(task.dose_per_frame or 0.0),
-                   rlnMicrographPreExposure=float(task.pre_exposure), rlnVoltage=float(task.voltage),
-                   rlnMicrographStartFrame=int(task.first_frame), rlnMotionModelVersion=1 if has_local else 0)
-    shifts = _numpy(result.shifts_px).astype(np.float64) * bin_factor
-    frames = np.arange(task.first_frame, task.first_frame + len(shifts))
-    blocks: dict = {"general": general,
-                    "global_shift": pd.DataFrame({"rlnMicrographFrameNumber": frames,
-                                                  "rlnMicrographShiftX": shifts[:, 0],
-                                                  "rlnMicrographShiftY": shifts[:, 1]})}
-    if has_local:
-        model = result.local_model
-        coeffs = np.asarray(getattr(model, "coefficients", model), dtype=np.float64).reshape(-1) * bin_factor
-        blocks["local_motion_model"] = pd.DataFrame({"rlnMotionModelCoeffsIdx": np.arange(len(coeffs)),
-                                                     "rlnMotionModelCoeff": coeffs})
-    blocks["hot_pixels"] = pd.DataFrame({"rlnCoordinateX": hot_pixels[:, 0].astype(float),
-                                         "rlnCoordinateY": hot_pixels[:, 1].astype(float)})
-    if has_local and getattr(result, "patch_shifts", None) is not None:
-        centres = _numpy(result.patch_centres).astype(np.float64) * bin_factor  # (P, 2) x, y
-        local = _numpy(result.patch_shifts).astype(np.float64) * bin_factor  # beyond the global shifts
-        p, f = local.shape[:2]
-        blocks["local_shift"] = pd.DataFrame({
-            "rlnMicrographFrameNumber": np.tile(frames, p),
-            "rlnCoordinateX": np.repeat(centres[:, 0], f), "rlnCoordinateY": np.repeat(centres[:, 1], f),
-            "rlnMicrographShiftX": local[..., 0].reshape(-1), "rlnMicrographShiftY": local[..., 1].reshape(-1)})
-    return blocks
-
-
-_PLOT_LOCK = threading.Lock()  # matplotlib is not thread-safe: one figure at a time
-
-
-def _figure(width: float, height: float):
-    """A matplotlib Figure on an Agg canvas, without pyplot (no global figure registry)."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save_png(fig, path: Path, *, dpi: int) -> Path:
-    """Write the figure atomically (temporary PNG, then rename); one draw (no tight bounding box)."""
-    tmp = temporary_path(path).with_suffix(".png")
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def plot_movie_drift(shifts_px: np.ndarray, pixel_size: float, path: Path, *, title: str,
-                     patches: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
-    """Trajectory of a movie: the specimen displacement (minus the correction shifts) in Å per frame."""
-    with _PLOT_LOCK:
-        fig = _figure(4.2, 4.0)
-        ax = fig.add_axes((0.2, 0.13, 0.58, 0.77))
-        cax = fig.add_axes((0.82, 0.13, 0.04, 0.77))
-        d = -np.asarray(shifts_px) * pixel_size
-        ax.plot(d[:, 0], d[:, 1], "-", color="0.3", lw=1)
-        sc = ax.scatter(d[:, 0], d[:, 1], c=np.arange(1, len(d) + 1), s=12, cmap="viridis", zorder=3)
-        ax.plot(0, 0, "k+", ms=10)
-        fig.colorbar(sc, cax=cax, label="frame")
-        ax.set_aspect("equal", adjustable="datalim")
-        ax.invert_yaxis()
-        ax.set_xlabel("x (Å)")
-        ax.set_ylabel("y (Å)")
-        ax.set_title(title, fontsize=9)
-        return _save_png(fig, path, dpi=80)
-
-
-def _done_summary(task: MovieTask, key: str) -> dict | None:
-    """The summary of a movie already processed with the same options, or None."""
-    side = Path(task.out_stem + ".json")
-    try:
-        rec = json.loads(side.read_text())
-    except (OSError, ValueError):
-        return None
-    if rec.get("key") != key:
-        return None
-    if not all(Path(task.out_stem + s).is_file() for s in rec.get("files", [])):
-        return None
-    return {**rec["summary"], "skipped": True}
-
-
-@dataclass
-class LoadedMovie:
-    """A movie's frames and reference files as read, before any computation (see :func:`load_movie`)."""
-
-    key: str
-    info: Any
-    raw: np.ndarray
-    gain: torch.Tensor | None
-    defects: torch.Tensor | None
-    read_seconds: float
-
-
-def load_movie(task: MovieTask) -> LoadedMovie | dict:
-    """Read one movie (float32, writable, never the memory map) and its gain/defects; or, when
-    ``Movies/<name>.json`` records the same options and its files exist, that movie's summary."""
-    t0 = time.perf_counter()
-    key = task.key()
-    done = _done_summary(task, key)
-    if done is not None:
-        return done
-    info = movie_info(task.movie, eer_grouping=task.eer_grouping, eer_upsampling=task.eer_upsampling)
-    raw = read_movie(task.movie, first_frame=task.first_frame, last_frame=task.last_frame,
-                     eer_grouping=task.eer_grouping, eer_upsampling=task.eer_upsampling)
-    raw = np.array(raw, dtype=np.float32)  # one writable float32 copy, changed in place later
-    gain = defects = None
-    if task.gain:
-        gain = torch.from_numpy(_cached_gain(task.gain, os.stat(task.gain).st_mtime_ns))
-    if task.defect:
-        defects = torch.from_numpy(_cached_defects(task.defect, os.stat(task.defect).st_mtime_ns,
-                                                   (info.height, info.width)))
-    return LoadedMovie(key=key, info=info, raw=raw, gain=gain, defects=defects,
-                       read_seconds=time.perf_counter() - t0)
-
-
-def align_loaded(task: MovieTask, movie: LoadedMovie) -> dict:
-    """Preprocess, align and write a movie read by :func:`load_movie`; returns its summary.
-
-    Every file is written atomically and ``Movies/<name>.json`` last (what a rerun checks).
-    """
-    from cryolens.motion import align_movie
-
-    t_read = time.perf_counter()
-    dev = torch.device(task.device)
-    prep = preprocess_movie(torch.from_numpy(movie.raw), pixel_size=task.pixel_size, params=task.preprocess,
-                            gain=movie.gain, defects=movie.defects, device=dev, copy=False)
-    movie.raw = None  # type: ignore[assignment]  # the frames now live in prep (in place on the CPU)
-    if not bool(torch.isfinite(torch.stack(torch.aminmax(prep.frames))).all()):  # one pass, NaN propagates
-        raise InputError(f"{task.movie}: the frames contain NaN or infinite values (after the gain reference); "
-                         "check the movie and the gain file.")
-    dose = task.dose_per_frame
-    pre = task.pre_exposure + (task.first_frame - 1) * (dose or 0.0)
-    t_prep = time.perf_counter()
-    result = align_movie(prep.frames, pixel_size=prep.pixel_size, params=task.motion, dose_per_frame=dose,
-                         pre_exposure=pre, voltage=task.voltage)
-    del prep.frames
-    t_align = time.perf_counter()
-    out = Path(task.out_stem)
-    apix = prep.pixel_size
-    dw = getattr(result, "dose_weighted_sum", None)
-    files = [".mrc", ".star"]
-    if dw is not None:
-        write_mrc(out.with_name(out.name + ".mrc"), _numpy(dw), apix)
-        write_mrc(out.with_name(out.name + "_noDW.mrc"), _numpy(result.aligned_sum), apix)
-        files.append("_noDW.mrc")
-    else:
-        write_mrc(out.with_name(out.name + ".mrc"), _numpy(result.aligned_sum), apix)
-    bin_factor = task.preprocess.bin_factor
-    info = movie.info
-    write_star(out.with_name(out.name + ".star"),
-               motion_star_blocks(task, result, n_frames_movie=info.n_frames, height=info.height, width=info.width,
-                                  hot_pixels=prep.hot_pixels, bin_factor=bin_factor))
-    shifts = _numpy(result.shifts_px).astype(np.float64)
-    if task.plots:
-        plot_movie_drift(shifts, apix, out.with_name(out.name + "_shifts.png"), title=Path(task.movie_name).name)
-        files.append("_shifts.png")
-    summary = {
-        "name": out.name, "movie": task.movie_name, "micrograph": task.rel_stem + ".mrc",
-        "metadata": task.rel_stem + ".star", "rejected": getattr(result, "rejected", None),
-        "accum_total_A": float(result.accum_motion_total_A), "accum_early_A": float(result.accum_motion_early_A),
-        "accum_late_A": float(result.accum_motion_late_A), "shifts_px": (shifts * bin_factor).tolist(),
-        "pixel_size": task.pixel_size, "n_frames": int(len(shifts)), "hot_pixels": int(len(prep.hot_pixels)),
-        "dose_weighted": dw is not None, "local_model": getattr(result, "local_model", None) is not None,
-        "local_fallback": getattr(result, "local_fallback", None),
-        "seconds": {"read": round(movie.read_seconds, 3), "preprocess": round(t_prep - t_read, 3),
-                    "align": round(t_align - t_prep, 3), "write": round(time.perf_counter() - t_align, 3)},
-    }
-    write_json_atomic(out.with_name(out.name + ".json"), {"key": movie.key, "files": files, "summary": summary})
-    return {**summary, "skipped": False}
-
-
-def process_movie(task: MovieTask) -> dict:
-    """Read, preprocess, align and write one movie (the unit of work of the process backends);
-    returns its summary (a small dict). Skips the work when ``Movies/<name>.json`` records the same
-    options and the files exist."""
-    movie = load_movie(task)
-    return movie if isinstance(movie, dict) else align_loaded(task, movie)
-
-
-def map_threads(tasks: list[MovieTask], workers: int, *,
-                progress: Callable[[int, int], None] | None = None) -> list[dict]:
-    """Process movies in this process: ``workers`` movies at once in threads, each with one torch
-    thread (torch releases the GIL inside its kernels, so the threads use separate cores), while a
-    reader thread reads the next movies ahead (at most ``workers + 1`` movies in memory).
-
-    The torch thread count is restored afterwards. Summaries come back in the order of ``tasks``;
-    the first error is raised after the running movies finish (movies not started are dropped).
-    """
-    threads = torch.get_num_threads()
-    ahead = threading.Semaphore(workers + 1)
-    stop = threading.Event()
-
-    def read(task: MovieTask) -> LoadedMovie | dict | None:
-        while not ahead.acquire(timeout=0.2):
-            if stop.is_set():
-                return None
-        try:
-            movie = load_movie(task)
-        except BaseException:
-            ahead.release()
-            raise
-        if isinstance(movie, dict):
-            ahead.release()
-        return movie
-
-    def work(task: MovieTask, loaded: Future) -> dict:
-        movie = loaded.result()
-        if movie is None or isinstance(movie, dict):
-            return movie  # type: ignore[return-value]  # None only after another movie failed
-        try:
-            return align_loaded(task, movie)
-        finally:
-            del movie
-            ahead.release()
-
-    _warm_matplotlib = threading.Thread(target=_import_matplotlib, daemon=True) if any(t.plots for t in tasks) \
-        else None
-    torch.set_num_threads(1)
-    reader = ThreadPoolExecutor(1, thread_name_prefix="motion-read")
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="motion")
-    try:
-        if _warm_matplotlib is not None:
-            _warm_matplotlib.start()  # the import (GIL-bound) overlaps the first reads and FFTs
-        futures = [pool.submit(work, t, reader.submit(read, t)) for t in tasks]
-        done = 0
-        for fut in as_completed(futures):
-            fut.result()  # raise the first error at once
-            done += 1
-            if progress is not None:
-                progress(done, len(tasks))
-        return [f.result() for f in futures]
-    finally:
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-        reader.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(threads)
-
-
-def _import_matplotlib() -> None:
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.figure  # noqa: F401
-    import matplotlib.backends.backend_agg  # noqa: F401
-
-
-def _numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
 
 # ------------------------------------------------------------------------------------ the job
 
@@ -435,21 +120,6 @@ def _first_value(row: pd.Series, labels) -> Any:
     return None
 
 
-def _unique_names(paths: list[str]) -> list[str]:
-    """Output names: the movie file stems, made unique with the parent folder when two collide."""
-    stems = [Path(p).stem for p in paths]
-    seen: dict[str, int] = {}
-    for s in stems:
-        seen[s] = seen.get(s, 0) + 1
-    out, used = [], set()
-    for p, s in zip(paths, stems):
-        name = s if seen[s] == 1 else f"{Path(p).parent.name}_{s}"
-        base, k = name, 2
-        while name in used:
-            name, k = f"{base}_{k}", k + 1
-        used.add(name)
-        out.append(name)
-    return out
 
 
 def _rel(path: Path) -> str:
@@ -466,7 +136,7 @@ def _build_tasks(star: str | os.PathLike, out: Path, motion_params, options: Mot
     table = movies.merge(optics, on="rlnOpticsGroup", how="left", suffixes=("", "_optics"))
     notes: list[str] = []
     paths = [resolve_path(str(n), star, row=i + 1) for i, n in enumerate(movies["rlnMicrographMovieName"])]
-    names = _unique_names([str(p) for p in paths])
+    names = unique_stems([str(p) for p in paths])
     gains_checked: dict[tuple[str, tuple[int, int]], bool] = {}
     tasks = []
     no_dose = 0
@@ -529,31 +199,6 @@ def _build_tasks(star: str | os.PathLike, out: Path, motion_params, options: Mot
     return tasks, optics, movies, notes
 
 
-def _plot_all(summaries: list[dict], path: Path) -> Path:
-    """All trajectories (Å) and the accumulated motion per movie."""
-    fig = _figure(11, 4.4)
-    axes = fig.subplots(1, 2)
-    for k, s in enumerate(summaries):
-        d = -np.asarray(s["shifts_px"]) * s["pixel_size"]
-        axes[0].plot(d[:, 0], d[:, 1], "-", lw=1, alpha=0.8, color="tab:red" if s["rejected"] else None,
-                     label=s["name"] if k < 8 else None)
-    axes[0].plot(0, 0, "k+", ms=10)
-    axes[0].set_aspect("equal", adjustable="datalim")
-    axes[0].invert_yaxis()
-    axes[0].set_xlabel("x (Å)")
-    axes[0].set_ylabel("y (Å)")
-    axes[0].set_title("specimen drift (+ = first frame; red = rejected)")
-    axes[0].legend(fontsize=7)
-    idx = np.arange(1, len(summaries) + 1)
-    early = np.array([s["accum_early_A"] for s in summaries])
-    late = np.array([s["accum_late_A"] for s in summaries])
-    axes[1].bar(idx, early, label="early")
-    axes[1].bar(idx, late, bottom=early, label="late")
-    axes[1].set_xlabel("movie")
-    axes[1].set_ylabel("accumulated motion (Å)")
-    axes[1].legend(fontsize=8)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.25)
-    return _save_png(fig, path, dpi=90)
 
 
 def run_motion(star: str | os.PathLike, out_dir: str | os.PathLike, motion_params, options: MotionJobOptions, *,
@@ -566,14 +211,13 @@ def run_motion(star: str | os.PathLike, out_dir: str | os.PathLike, motion_param
         motion_params: :class:`cryolens.motion.MotionParams`.
         options: preprocessing, frame range, dose and files (:class:`MotionJobOptions`).
         backend: compute backend spec (``local``, ``local:N``, ``inprocess`` (one movie after the
-            other), ``threads[:N]`` (N movies at once in this process, see :func:`map_threads`),
+            other), ``threads[:N]`` (N movies at once in this process, read ahead, see
+            :class:`cryolens.compute.threads.Threads`),
             ``tcp://...``, ``profile:NAME``); default on the CPU: ``threads:cores``, or
             ``local:workers`` processes when ``workers`` is given; on a GPU: ``inprocess``.
         workers: movies processed at once by the local backend (default: one per core).
         device: where each unit computes.
     """
-    from cryolens.project.backends import cpu_count, get_backend
-
     out = Path(out_dir)
     check_params("motion", motion_params, options)
     dev = str(device)
@@ -585,19 +229,21 @@ def run_motion(star: str | os.PathLike, out_dir: str | os.PathLike, motion_param
         spec = "inprocess"  # one process owns the GPU; one core: nothing to overlap
     else:
         spec = f"threads:{n_workers}" if workers is None else f"local:{n_workers}"
-    n_threads = _thread_count(spec, n_workers, len(tasks)) if spec.split(":")[0] == "threads" else 0
+    threads = None  # threads are checked before the job starts; other backends open inside it (Dask connects)
+    if spec == "threads":
+        threads = Threads(n_workers)
+    elif spec.startswith("threads:"):
+        threads = get_backend(spec)
     params = {"motion": dataclasses.asdict(motion_params), "job": dataclasses.asdict(options), "backend": spec}
     with Job("motion", out, params=params, inputs={"movies": star}, device=dev, observer=observer) as job:
         (out / "Movies").mkdir(exist_ok=True)
         for note in notes:
             job.log.warning(note)
         job.log.info("%d movies through backend %s", len(tasks), spec)
-        with job.timed("align_all"):
-            if n_threads:
-                summaries = map_threads(tasks, n_threads, progress=progress)
-            else:
-                with get_backend(spec) as be:
-                    summaries = be.map(process_movie, tasks, desc="motion", progress=progress)
+        with job.timed("align_all"), threads or get_backend(spec) as be:
+            if isinstance(be, Threads) and any(t.plots for t in tasks):
+                threading.Thread(target=warm_matplotlib, daemon=True).start()  # overlaps the first reads
+            summaries = be.map(MOVIE_UNIT, tasks, desc="motion", progress=progress)
         for s in summaries:
             if s.get("local_fallback"):
                 job.log.warning("%s: global alignment only: %s", s["name"], s["local_fallback"])
@@ -624,7 +270,7 @@ def run_motion(star: str | os.PathLike, out_dir: str | os.PathLike, motion_param
             job.add_output("rejected", out / "rejected.star")
         else:
             (out / "rejected.star").unlink(missing_ok=True)
-        _plot_all(summaries, out / "drift.png")
+        plot_drift_summary(summaries, out / "drift.png")
         total = np.array([s["accum_total_A"] for s in summaries])
         fresh = [s for s in summaries if not s["skipped"]]
         job.results.update(
@@ -644,15 +290,6 @@ def run_motion(star: str | os.PathLike, out_dir: str | os.PathLike, motion_param
     return job
 
 
-def _thread_count(spec: str, default: int, n_tasks: int) -> int:
-    """Movies at once for ``threads`` / ``threads:N``."""
-    _, _, n = spec.partition(":")
-    if not n:
-        return max(1, min(default, n_tasks))
-    if not n.isdigit() or int(n) < 1:
-        raise InputError(f"backend '{spec}': the number of threads after 'threads:' must be a positive integer, "
-                         "e.g. threads:2")
-    return max(1, min(int(n), n_tasks))
 
 
 def _micrograph_optics(optics: pd.DataFrame, bin_factor: float) -> pd.DataFrame:

@@ -37,6 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from cryolens.errors import InputError
+from cryolens.project.groups import GroupRecord, ProjectGroups
+from cryolens.project.processes import process_alive
+from cryolens.project.schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["DB_NAME", "SCHEMA_VERSION", "STATUSES", "GroupRecord", "JobRecord", "Project", "init_project",
            "open_project", "find_project", "stage_folder_name"]
@@ -45,79 +48,6 @@ DB_NAME = "cryolens.db"
 STATUSES = ("queued", "running", "finished", "failed", "killed")
 HASH_LIMIT = 64 * 2**20  # files up to this size get a sha256; all get size + mtime
 STALE_S = 300.0  # a running job on another host without a heartbeat for this long is killed
-
-MIGRATIONS: list[str] = [
-    # version 1: the initial schema
-    """
-    CREATE TABLE jobs (
-        id INTEGER PRIMARY KEY,
-        number INTEGER NOT NULL UNIQUE,
-        stage TEXT NOT NULL,
-        folder TEXT NOT NULL,
-        params TEXT NOT NULL DEFAULT '{}',
-        inputs TEXT NOT NULL DEFAULT '{}',
-        outputs TEXT NOT NULL DEFAULT '{}',
-        results TEXT NOT NULL DEFAULT '{}',
-        status TEXT NOT NULL DEFAULT 'queued'
-            CHECK (status IN ('queued', 'running', 'finished', 'failed', 'killed')),
-        created REAL NOT NULL,
-        started REAL,
-        ended REAL,
-        host TEXT,
-        pid INTEGER,
-        heartbeat REAL,
-        versions TEXT NOT NULL DEFAULT '{}',
-        seed INTEGER,
-        command TEXT NOT NULL DEFAULT '[]',
-        error TEXT
-    );
-    CREATE INDEX jobs_folder ON jobs(folder);
-    CREATE INDEX jobs_status ON jobs(status);
-    CREATE TABLE assets (
-        id INTEGER PRIMARY KEY,
-        path TEXT NOT NULL UNIQUE,
-        kind TEXT,
-        job_id INTEGER REFERENCES jobs(id),
-        sha256 TEXT,
-        size INTEGER,
-        mtime REAL
-    );
-    CREATE TABLE edges (
-        asset_id INTEGER NOT NULL REFERENCES assets(id),
-        job_id INTEGER NOT NULL REFERENCES jobs(id),
-        name TEXT NOT NULL,
-        PRIMARY KEY (asset_id, job_id, name)
-    );
-    CREATE INDEX edges_job ON edges(job_id);
-    CREATE TABLE notes (
-        id INTEGER PRIMARY KEY,
-        job_id INTEGER REFERENCES jobs(id),
-        asset_id INTEGER REFERENCES assets(id),
-        text TEXT NOT NULL,
-        time REAL NOT NULL
-    );
-    """,
-    # version 2: named groups (subsets) of assets or of STAR rows (movies, micrographs, particles)
-    """
-    CREATE TABLE asset_groups (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        description TEXT,
-        created REAL NOT NULL
-    );
-    CREATE TABLE group_members (
-        group_id INTEGER NOT NULL REFERENCES asset_groups(id) ON DELETE CASCADE,
-        position INTEGER NOT NULL,
-        item TEXT NOT NULL,
-        source TEXT,
-        asset_id INTEGER REFERENCES assets(id),
-        job_id INTEGER REFERENCES jobs(id),
-        PRIMARY KEY (group_id, item)
-    );
-    CREATE INDEX group_members_item ON group_members(item);
-    """,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def stage_folder_name(stage: str) -> str:
@@ -168,38 +98,11 @@ def _row_to_job(row: sqlite3.Row) -> JobRecord:
     return JobRecord(**d)
 
 
-def _process_alive(pid: int, since: float | None) -> bool:
-    """Whether ``pid`` is a live process on this host started no later than ``since`` (guards pid reuse)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return True  # no /proc (macOS): trust os.kill
-    if fields[0] in ("Z", "X"):  # zombie: exited, not yet reaped
-        return False
-    if since is not None:
-        try:
-            ticks = os.sysconf("SC_CLK_TCK")
-            boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                        if line.startswith("btime"))
-            if boot + int(fields[19]) / ticks > since + 5.0:
-                return False  # the pid now belongs to a process started after the job
-        except (OSError, ValueError, StopIteration, IndexError):
-            pass
-    return True
-
-
 def _json(value: Any) -> str:
     return json.dumps(value, default=str, allow_nan=True)
 
 
-class Project:
+class Project(ProjectGroups):
     """A project folder with its database; every method opens its own short-lived connection."""
 
     def __init__(self, root: str | os.PathLike, *, stale_s: float = STALE_S) -> None:
@@ -370,7 +273,7 @@ class Project:
                                "WHERE status IN ('running', 'queued')").fetchall()
         dead = [r["id"] for r in live
                 if (r["host"] == host and r["pid"] is not None
-                    and not _process_alive(r["pid"], r["started"] or r["created"]))
+                    and not process_alive(r["pid"], r["started"] or r["created"]))
                 or (r["host"] != host and now - (r["heartbeat"] or r["started"] or r["created"] or 0) > self.stale_s)]
         if dead:
             with self._write() as con:
@@ -468,143 +371,6 @@ class Project:
         return {"project": str(self.root), "schema_version": version, "integrity": integrity, "jobs": len(jobs),
                 "by_status": {s: sum(j.status == s for j in jobs) for s in STATUSES}, "assets": n_assets,
                 "notes": n_notes, "running": [f"{j.folder}" for j in jobs if j.status == "running"]}
-
-    # -- groups -------------------------------------------------------------------------------------------
-    def add_to_group(self, name: str, items: list[str], *, source: str | os.PathLike | None = None,
-                     job: int | str | None = None, description: str | None = None) -> GroupRecord:
-        """Add ``items`` to the group ``name`` (created when missing); items already in it are kept once.
-
-        An item is a file path (stored like assets: relative to the project when inside it) when
-        ``source`` is None, else a row key of the STAR file ``source`` (e.g. a movie name as written
-        there). ``job`` is the job that made the items (recorded per member).
-        """
-        name = _group_name(name)
-        job_id = self.job(job).id if job is not None else None
-        src = self.rel(source) if source is not None else None
-        keys = [self.rel(i) for i in items] if source is None else [str(i) for i in items]
-        with self._write() as con:
-            row = con.execute("SELECT id FROM asset_groups WHERE name=?", (name,)).fetchone()
-            if row is None:
-                gid = con.execute("INSERT INTO asset_groups (name, description, created) VALUES (?, ?, ?)",
-                                  (name, description, time.time())).lastrowid
-            else:
-                gid = row[0]
-                if description is not None:
-                    con.execute("UPDATE asset_groups SET description=? WHERE id=?", (description, gid))
-            start = con.execute("SELECT COALESCE(MAX(position), 0) FROM group_members WHERE group_id=?",
-                                (gid,)).fetchone()[0]
-            assets = {r["path"]: r["id"] for r in con.execute("SELECT id, path FROM assets").fetchall()} \
-                if source is None else {}
-            con.executemany("INSERT OR IGNORE INTO group_members (group_id, position, item, source, asset_id, job_id) "
-                            "VALUES (?, ?, ?, ?, ?, ?)",
-                            [(gid, start + k + 1, key, src, assets.get(key), job_id) for k, key in enumerate(keys)])
-        return self.group(name)
-
-    def group_from_job(self, name: str, job: int | str, *, description: str | None = None) -> GroupRecord:
-        """Group the files a job produced (its output assets)."""
-        rec = self.job(job)
-        with self._read() as con:
-            paths = [r[0] for r in con.execute("SELECT path FROM assets WHERE job_id=? ORDER BY id", (rec.id,))]
-        if not paths:
-            raise InputError(f"{rec.folder}: {rec.name} recorded no output files; group another job or a STAR file.")
-        return self.add_to_group(name, paths, job=rec.id, description=description)
-
-    def group_from_star(self, name: str, star: str | os.PathLike, *, column: str | None = None,
-                        job: int | str | None = None, description: str | None = None) -> GroupRecord:
-        """Group the rows of a STAR file (a subset of movies, micrographs or particles) by their key column.
-
-        The key is ``column`` or, by the table: movies -> rlnMicrographMovieName, micrographs and
-        coordinate files -> rlnMicrographName, particles -> rlnImageName.
-        """
-        from cryolens.io.star import read_star  # the database alone needs no STAR reader
-        blocks = {k: v for k, v in read_star(star).items() if hasattr(v, "columns") and k != "optics"}
-        key, table = _star_key(blocks, column, star)
-        items = list(dict.fromkeys(table[key].astype(str).tolist()))
-        return self.add_to_group(name, items, source=star, job=job, description=description)
-
-    def groups(self) -> list[GroupRecord]:
-        """All groups by name, with member counts, sources and the jobs that made their members."""
-        with self._read() as con:
-            names = [r[0] for r in con.execute("SELECT name FROM asset_groups ORDER BY name")]
-        return [self.group(n) for n in names]
-
-    def group(self, name: str) -> GroupRecord:
-        """One group (InputError naming ``project groups`` when there is none of that name)."""
-        with self._read() as con:
-            row = con.execute("SELECT * FROM asset_groups WHERE name=?", (name,)).fetchone()
-            if row is None:
-                raise InputError(f"{name}: no such group in {self.root}; see `cryolens project groups`.")
-            n = con.execute("SELECT COUNT(*) FROM group_members WHERE group_id=?", (row["id"],)).fetchone()[0]
-            sources = [r[0] for r in con.execute("SELECT DISTINCT source FROM group_members WHERE group_id=? "
-                                                 "AND source IS NOT NULL ORDER BY source", (row["id"],))]
-            jobs = [f"job{r[0]:03d}" for r in con.execute(
-                "SELECT DISTINCT j.number FROM group_members m JOIN jobs j ON j.id = m.job_id WHERE m.group_id=? "
-                "ORDER BY j.number", (row["id"],))]
-        return GroupRecord(id=row["id"], name=row["name"], description=row["description"], created=row["created"],
-                           n_members=n, sources=sources, jobs=jobs)
-
-    def group_members(self, name: str) -> list[dict[str, Any]]:
-        """Members in the order added: ``{"item", "source" (STAR or None), "asset" (bool), "job" (name or None)}``."""
-        gid = self.group(name).id
-        with self._read() as con:
-            rows = con.execute("SELECT m.item, m.source, m.asset_id, j.number FROM group_members m "
-                               "LEFT JOIN jobs j ON j.id = m.job_id WHERE m.group_id=? ORDER BY m.position",
-                               (gid,)).fetchall()
-        return [{"item": r[0], "source": r[1], "asset": r[2] is not None,
-                 "job": f"job{r[3]:03d}" if r[3] is not None else None} for r in rows]
-
-    def delete_group(self, name: str) -> None:
-        """Forget a group (its members' files are untouched)."""
-        gid = self.group(name).id
-        with self._write() as con:
-            con.execute("DELETE FROM group_members WHERE group_id=?", (gid,))
-            con.execute("DELETE FROM asset_groups WHERE id=?", (gid,))
-
-
-@dataclass(frozen=True)
-class GroupRecord:
-    """A named group: ``n_members`` items, the STAR files they came from and the jobs that made them."""
-
-    id: int
-    name: str
-    description: str | None
-    created: float
-    n_members: int
-    sources: list[str]
-    jobs: list[str]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-#: STAR table -> the column naming its rows (for groups of STAR rows).
-STAR_KEYS = {"particles": "rlnImageName", "movies": "rlnMicrographMovieName", "micrographs": "rlnMicrographName",
-             "coordinate_files": "rlnMicrographName"}
-
-
-def _group_name(name: str) -> str:
-    if not name or name != name.strip() or any(c in name for c in "\n\t"):
-        raise InputError(f"{name!r}: not a usable group name; give a name without leading or trailing spaces.")
-    return name
-
-
-def _star_key(blocks: dict[str, Any], column: str | None, star: str | os.PathLike) -> tuple[str, Any]:
-    """(key column, table) of a STAR file's data table."""
-    if column is not None:
-        for table in blocks.values():
-            if column in table.columns:
-                return column, table
-        raise InputError(f"{star}: no table has the column {column}; give another --column.")
-    for block, key in STAR_KEYS.items():
-        if block in blocks and key in blocks[block].columns:
-            return key, blocks[block]
-    for key in ("rlnImageName", "rlnMicrographName", "rlnMicrographMovieName"):
-        for table in blocks.values():
-            if key in table.columns:
-                return key, table
-    raise InputError(f"{star}: no rlnImageName, rlnMicrographName or rlnMicrographMovieName column; "
-                     "give the key with --column.")
-
 
 def find_project(path: str | os.PathLike) -> Path | None:
     """``path`` when it holds ``cryolens.db``, else None."""

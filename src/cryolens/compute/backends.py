@@ -14,11 +14,13 @@ Backends (``get_backend(spec)``):
 
 - ``None`` / ``"local"`` / ``"local:N"`` -> :class:`LocalProcesses` (default; a
   process pool, N workers, default one per core)
-- ``"inprocess"`` -> :class:`InProcess` (tiny work, debugging)
+- ``"inprocess"`` -> :class:`InProcess` (tiny work, debugging, one GPU)
+- ``"threads"`` / ``"threads:N"`` -> :class:`cryolens.compute.threads.Threads` (N units at once
+  in threads of this process, one torch thread each; default one per core)
 - ``"tcp://host:port"`` (any ``scheme://`` address) -> :class:`Dask` (a running
   ``distributed`` scheduler)
 - ``"profile:NAME"`` or ``"NAME"`` -> :class:`JobQueue` (a dask-jobqueue cluster
-  from a run profile, see :mod:`cryolens.project.profiles`)
+  from a run profile, see :mod:`cryolens.compute.profiles`)
 
 ``retries`` bounds how often a unit is re-run after its worker *died* (killed,
 out of memory, node lost); ordinary exceptions are not retried locally.
@@ -318,7 +320,7 @@ class JobQueue(Dask):
     """A dask-jobqueue cluster (SLURM, SGE, PBS, LSF) started from a run profile; closed with the backend."""
 
     def __init__(self, profile, *, wait_timeout: float | None = None):
-        from cryolens.project.profiles import make_cluster, wait_for_workers
+        from cryolens.compute.profiles import make_cluster, wait_for_workers
 
         self.profile = profile
         self.cluster = make_cluster(profile)
@@ -340,25 +342,34 @@ class JobQueue(Dask):
 
 
 # --------------------------------------------------------------------------- factory
+def parse_count(spec: str, what: str, *, example: str) -> int | None:
+    """The positive count after ``name:`` in a backend spec (``local:4`` -> 4, ``threads`` -> None);
+    anything else raises InputError naming ``what`` is counted and an ``example``."""
+    kind, colon, n = spec.partition(":")
+    if not colon:
+        return None
+    if not n.isdigit() or int(n) < 1:
+        raise InputError(f"backend '{spec}': the number of {what} after '{kind}:' must be a positive integer, "
+                         f"e.g. {example}")
+    return int(n)
+
+
 def get_backend(spec: str | None = None, *, project_dir: str | Path | None = None) -> Backend:
     """The backend named by ``spec`` (see the module docstring); unknown names raise InputError."""
     s = (spec or "local").strip()
     if s in ("", "local"):
         return LocalProcesses()
     if s.startswith("local:"):
-        try:
-            n = int(s.split(":", 1)[1])
-            if n < 1:
-                raise ValueError
-        except ValueError:
-            raise InputError(f"backend '{s}': the number of workers after 'local:' must be a "
-                             f"positive integer, e.g. local:4") from None
-        return LocalProcesses(n)
+        return LocalProcesses(parse_count(s, "workers", example="local:4"))
     if s == "inprocess":
         return InProcess()
+    if s == "threads" or s.startswith("threads:"):
+        from cryolens.compute.threads import Threads  # threads.py builds on this module
+
+        return Threads(parse_count(s, "threads", example="threads:2"))
     if "://" in s:
         return Dask(s)
-    from cryolens.project.profiles import get_profile
+    from cryolens.compute.profiles import get_profile
 
     name = s.split(":", 1)[1] if s.startswith("profile:") else s
     return JobQueue(get_profile(name, project_dir=project_dir, what=f"backend '{s}'"))
