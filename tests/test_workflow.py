@@ -65,8 +65,8 @@ def integrity(root: Path) -> str:
      r"step rec: \{sim.particles\} refers to a later step"),
     (f'[steps.sim]\n{SIM}\n[steps.rec]\nstage = "reconstruct"\nparams = {{ in = "{{sim.mapp}}" }}',
      r"step rec: \{sim.mapp\}: simulate particles has no output mapp; outputs: particles, stack"),
-    ('[steps.rec]\nstage = "reconstruct"\nparams = { in = "x.star", symmetry = "C2" }',
-     r"step rec: reconstruct has no option symmetry; options: .*sym"),
+    ('[steps.rec]\nstage = "reconstruct"\nparams = { in = "x.star", symetry = "C2" }',
+     r"step rec: reconstruct has no option symetry; options: .*sym"),
     ('[steps.rec]\nstage = "reconstruct"\nparams = { in = "x.star", out = "here" }', r"step rec: out is set by the workflow runner"),
     ('[steps.rec]\nstage = "reconstruct"\nparams = { in = "x.star", no-ctf = 1 }', r"step rec: no-ctf is a flag; give true or false"),
     ('[steps.rec]\nstage = "reconstruct"\nparams = { in = "x.star", pad = "two" }', r"step rec: reconstruct: Invalid value for '--pad'"),
@@ -135,8 +135,8 @@ def test_run_skip_fail_change_force_until(tmp_path: Path, catalog):
     from typer.testing import CliRunner
 
     from cryolens.cli.main import app
-    rec_step = '[steps.rec]\nstage = "reconstruct"\nparams = {{ in = "{{sim.particles}}", sym = "{sym}" }}'
-    path = write(tmp_path, f"[steps.sim]\n{SIM}\n" + rec_step.format(sym="C1"))
+    rec_step = '[steps.rec]\nstage = "reconstruct"\nparams = {{ in = "{inp}", sym = "{sym}" }}'
+    path = write(tmp_path, f"[steps.sim]\n{SIM}\n" + rec_step.format(inp="{sim.particles}", sym="C1"))
     root = tmp_path
 
     # --until sim: only the first step (the project is created)
@@ -160,21 +160,27 @@ def test_run_skip_fail_change_force_until(tmp_path: Path, catalog):
     assert {f: mtimes(root / f) for f in before} == before and len(jobs_of(root)) == 2
     assert json.loads(state_path(root, "wf").read_text())["steps"] == state_before["steps"]
 
-    # a param of step 2 changes: only step 2 re-runs; here to a value the step rejects while running,
+    # an impossible value is refused when the workflow is read, before anything runs
+    write(tmp_path, f"[steps.sim]\n{SIM}\n" + rec_step.format(inp="{sim.particles}", sym="C0"))
+    with pytest.raises(InputError, match=r"step rec: reconstruct: --sym C0: must be C1, Cn, Dn, T, O or I"):
+        load_workflow(path, catalog)
+
+    # a param of step 2 changes: only step 2 re-runs; here to an input the step rejects while running,
     # so the run exits 2 with the step's message and step 1's results stay
-    write(tmp_path, f"[steps.sim]\n{SIM}\n" + rec_step.format(sym="C0"))
+    write(tmp_path, f"[steps.sim]\n{SIM}\n" + rec_step.format(inp="Simulate/job001/none.star", sym="C1"))
     assert [(r.action, r.reason) for r in plan_workflow(load_workflow(path, catalog))] == [
         ("skip", "unchanged"), ("run", "params or inputs changed")]
     result = CliRunner().invoke(app, ["run", str(path), "--quiet"])
     assert result.exit_code == 2, result.output
-    assert "step rec (reconstruct) failed: unknown symmetry 'C0'" in result.output and "Traceback" not in result.output
+    assert "step rec (reconstruct) failed: Simulate/job001/none.star: file not found" in result.output
+    assert "Traceback" not in result.output
     assert jobs_of(root)[1:] == [(2, "reconstruct", "finished"), (3, "reconstruct", "failed")]
     failed = json.loads(state_path(root, "wf").read_text())["steps"]["rec"]
-    assert (failed["status"], failed["folder"]) == ("failed", "Reconstruct/job003") and "C0" in failed["error"]
+    assert (failed["status"], failed["folder"]) == ("failed", "Reconstruct/job003") and "none.star" in failed["error"]
     assert mtimes(root / "Simulate/job001") == before["Simulate/job001"]
 
     # back to C1: the earlier finished run of rec matches again and is reused, nothing runs
-    write(tmp_path, f"[steps.sim]\n{SIM}\n" + rec_step.format(sym="C1"))
+    write(tmp_path, f"[steps.sim]\n{SIM}\n" + rec_step.format(inp="{sim.particles}", sym="C1"))
     wf = load_workflow(path, catalog)
     assert run_workflow(wf) == {"sim": "skipped", "rec": "skipped"} and len(jobs_of(root)) == 3
     assert {f: mtimes(root / f) for f in before} == before

@@ -31,7 +31,7 @@ from cryolens.cli.common import run_guarded
 from cryolens.errors import InputError
 from cryolens.params import Declared, Params, apply_preset, bounds_text, declared
 
-__all__ = ["declare", "help_text", "build_params", "DECLARED_ATTR", "OUTPUTS_ATTR"]
+__all__ = ["declare", "help_text", "build_params", "check_declared", "DECLARED_ATTR", "OUTPUTS_ATTR"]
 
 DECLARED_ATTR = "cryolens_params"
 OUTPUTS_ATTR = "cryolens_outputs"
@@ -149,6 +149,24 @@ def build_params(cls: type[Params], values: dict[str, Any], explicit: set[str] =
     return params
 
 
+def _build_all(classes: dict[str, type[Params]], owned: dict[str, list[str]], kwargs: dict[str, Any],
+               ctx: click.Context | None) -> dict[str, Params]:
+    explicit = {n for n in kwargs if ctx is not None and ctx.get_parameter_source(n) in
+                (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)}
+    return {key: build_params(cls, {n: kwargs[n] for n in owned[key]}, explicit) for key, cls in classes.items()}
+
+
+def check_declared(callback: Callable, ctx: click.Context) -> None:
+    """Build and validate the declared params a parsed context gives ``callback`` (a :func:`declare`'d command).
+
+    Raises:
+        InputError: an impossible value (one sentence naming the flag).
+    """
+    spec = getattr(callback, DECLARED_ATTR, {})
+    _build_all({k: cls for k, (cls, _) in spec.items()}, {k: names for k, (_, names) in spec.items()},
+               ctx.params, ctx)
+
+
 def declare(*, outputs: Sequence[str] | None = None, **classes: type[Params]) -> Callable[[Callable], Callable]:
     """Decorator: each keyword argument ``NAME=ParamsClass`` turns the command's ``NAME`` argument into
     that class's declared options (see the module docstring)."""
@@ -169,21 +187,18 @@ def declare(*, outputs: Sequence[str] | None = None, **classes: type[Params]) ->
         if clash:
             raise TypeError(f"{fn.__name__}: option names declared twice: {', '.join(sorted(clash))}")
 
+        built_names = {n for names in owned.values() for n in names}
+
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
             ctx = click.get_current_context(silent=True)
-            explicit = {n for n in kwargs if ctx is not None and ctx.get_parameter_source(n) in
-                        (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)}
-            built = {}
-            for key, cls in classes.items():
-                values = {n: kwargs.pop(n) for n in owned[key]}
-                built[key] = run_guarded(lambda cls=cls, values=values: build_params(cls, values, explicit))
-            return fn(**kwargs, **built)
+            built = run_guarded(lambda: _build_all(classes, owned, kwargs, ctx))
+            return fn(**{k: v for k, v in kwargs.items() if k not in built_names}, **built)
 
         del command.__wrapped__  # typer must see the built signature, not fn's
         command.__signature__ = sig.replace(parameters=params)
         command.__annotations__ = {p.name: p.annotation for p in params}
-        setattr(command, DECLARED_ATTR, dict(classes))
+        setattr(command, DECLARED_ATTR, {key: (cls, owned[key]) for key, cls in classes.items()})
         setattr(command, OUTPUTS_ATTR, tuple(outputs) if outputs is not None else None)
         return command
 

@@ -17,6 +17,7 @@ def stage_catalog() -> dict[str, Any]:
     """Every cryolens command that records a job (takes --project and --out, no positional argument), as StageSpecs."""
     import typer.main
 
+    from cryolens.cli.declare import OUTPUTS_ATTR, check_declared
     from cryolens.cli.main import app
     from cryolens.project.workflow import OptionSpec, StageSpec
 
@@ -38,12 +39,12 @@ def stage_catalog() -> dict[str, Any]:
 
         def check(argv: list[str]) -> None:
             try:
-                cmd.make_context(" ".join(words), list(argv))
+                check_declared(cmd.callback, cmd.make_context(" ".join(words), list(argv)))
             except Exception as e:  # noqa: BLE001 - any parser complaint becomes the step's error
                 message = e.format_message() if hasattr(e, "format_message") else str(e)
                 raise ValueError(f"{' '.join(words)}: {message.rstrip('.')}; fix its params.") from None
 
-        return StageSpec(words=words, options=options, check=check)
+        return StageSpec(words=words, options=options, check=check, outputs=getattr(cmd.callback, OUTPUTS_ATTR, None))
 
     out: dict[str, StageSpec] = {}
 

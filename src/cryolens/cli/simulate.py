@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from cryolens.cli.declare import declare
 from cryolens.cli.common import (DEVICE_HELP, OUT_HELP, PROJECT_HELP, QUIET_HELP, console, device_option, job_target,
                                  progress_bar, run_guarded)
 
@@ -20,6 +21,7 @@ _PARAM_KEYS = {"n_particles", "snr", "dose", "defocus_min", "defocus_max", "asti
 
 
 @app.command("particles")
+@declare(outputs=("particles", "stack", r"truth_map(_class\d+|_morph[01])?"))
 def particles(
     preset: Annotated[Optional[str], typer.Option(help="Option set: tutorial (1 500 phantom particles, box 96, 1.75 Å/px, SNR 0.05) or benchmark (EMPIAR-10291-like: box 180, 1.232 Å/px, 300 kV, 10 000 particles). Explicit options override it.")] = None,
     structure: Annotated[Optional[list[str]], typer.Option("--structure", help="Structure spec, repeatable (discrete heterogeneity): phantom[:seed=S], MAP.mrc[:population=P,apix=A,mass_kda=M], MODEL.pdb|cif[:bfactor=B,keep_coordinates,population=P]. Default: the phantom.")] = None,

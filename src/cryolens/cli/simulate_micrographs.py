@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from cryolens.cli.declare import declare
 from cryolens.cli.common import (DEVICE_HELP, OUT_HELP, PROJECT_HELP, QUIET_HELP, console, device_option, job_target,
                                  progress_bar, run_guarded)
 from cryolens.errors import InputError
@@ -14,6 +15,7 @@ from cryolens.errors import InputError
 __all__ = ["micrographs"]
 
 
+@declare(outputs=("micrographs", "coords", "particles_truth", r"truth_map(_class\d+)?"))
 def micrographs(
     preset: Annotated[str, typer.Option(help="Starting values: tutorial (20 x 1024², 1.75 Å/px) or benchmark "
                                              "(3710x3838, 1.232 Å/px); the options below override them.")] = "tutorial",

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from cryolens.cli.declare import declare
 from cryolens.cli.common import (DEVICE_HELP, OUT_HELP, PROJECT_HELP, QUIET_HELP, console, device_option, job_target,
                                  progress_bar, run_guarded)
 from cryolens.errors import InputError
@@ -15,6 +16,7 @@ from cryolens.errors import InputError
 __all__ = ["movies"]
 
 
+@declare(outputs=("movies", "micrographs_truth", "particles_truth", r"truth_map(_class\d+)?"))
 def movies(
     preset: Annotated[str, typer.Option(
         help="Starting values: tutorial (20 movies of 1024², 32 frames, 1.75 Å/px) or benchmark (3710x3838x40, "

@@ -48,21 +48,12 @@ from typing import Any
 
 from cryolens.errors import InputError
 
-__all__ = ["OptionSpec", "StageSpec", "Step", "Workflow", "KNOWN_OUTPUTS", "load_workflow", "build_argv",
+__all__ = ["OptionSpec", "StageSpec", "Step", "Workflow", "load_workflow", "build_argv",
            "substitute_refs"]
 
 RESERVED = frozenset({"out", "project", "quiet", "help"})
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _REF = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_-]*)\.([A-Za-z_][A-Za-z0-9_-]*)\}")
-#: Output names of the stages whose outputs are known before running (others are checked when they ran).
-KNOWN_OUTPUTS: dict[str, str] = {
-    "simulate particles": r"particles|stack|truth_map(_class\d+|_morph[01])?",
-    "simulate micrographs": r"micrographs|coords|particles_truth|truth_map(_class\d+)?",
-    "simulate movies": r"movies|micrographs_truth|particles_truth|truth_map(_class\d+)?",
-    "reconstruct": r"particles|half1|half2|map|fsc",
-    "select micrographs": r"micrographs|rejected",
-    "select particles": r"particles|rejected",
-}
 
 
 def _norm(key: str) -> str:
@@ -85,12 +76,15 @@ class StageSpec:
     """A command usable as a step: its words, options by normalised name, and an argv checker.
 
     ``check(argv)`` raises ValueError with the command line parser's message when ``argv``
-    does not parse (types, missing required options); the CLI layer builds these specs.
+    does not parse (types, missing required options, impossible values); ``outputs`` are the
+    names (or regular expressions) of the outputs the command declares, None when they are
+    known only after it ran. The CLI layer builds these specs from the commands' declarations.
     """
 
     words: tuple[str, ...]
     options: Mapping[str, OptionSpec]
     check: Callable[[list[str]], None] | None = None
+    outputs: tuple[str, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -217,10 +211,10 @@ def _parse_step(path: Path, name: str, body: Any, catalog: Mapping[str, StageSpe
         if ref_step not in by_name:
             raise InputError(f"{where}: {{{ref_step}.{attr}}} names no step; steps above: "
                              f"{', '.join(by_name) or 'none'}.")
-        pattern = KNOWN_OUTPUTS.get(by_name[ref_step].stage.name)
-        if attr != "folder" and pattern is not None and not re.fullmatch(pattern, attr):
+        outputs = by_name[ref_step].stage.outputs
+        if attr != "folder" and outputs is not None and not re.fullmatch("|".join(outputs), attr):
             raise InputError(f"{where}: {{{ref_step}.{attr}}}: {by_name[ref_step].stage.name} has no output {attr}; "
-                             f"outputs: {pattern.replace('|', ', ')} (or folder).")
+                             f"outputs: {', '.join(outputs)} (or folder).")
     if spec.check is not None:  # types and required options, with a stand-in for each reference
         try:
             spec.check(build_argv(spec, substitute_refs(params, lambda s, a: f"{s}.{a}")))
