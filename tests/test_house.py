@@ -16,7 +16,8 @@ MAX_LINES = 500
 
 #: The layers, low to high, as in ARCHITECTURE.md's table. Each row: the layer, the top-level names
 #: under ``cryolens/`` that belong to it (``__init__`` is ``cryolens/__init__.py``; ``None``: every
-#: name no other row claims), and the layers it may import besides its own.
+#: name no other row claims; ``__main__`` would be ``cryolens/__main__.py``), and the layers it may import
+#: besides its own.
 LAYERS = [
     # layer     top-level names under cryolens/                               may import
     ("core",    {"core", "io", "errors", "params", "particles", "__init__"},   set()),
@@ -24,7 +25,7 @@ LAYERS = [
     ("compute", {"compute"},                                                   {"core"}),
     ("jobs",    {"jobs"},                                                      {"core", "stage", "compute"}),
     ("project", {"project"},                                                   {"core", "stage", "compute", "jobs"}),
-    ("cli",     {"cli", "report"},                                   {"core", "stage", "compute", "jobs", "project"}),
+    ("cli",     {"cli", "report", "__main__"},                       {"core", "stage", "compute", "jobs", "project"}),
 ]
 # "stage" is motion, ctf, refine, reconstruct, simulate, postprocess, select, picking, extract, class2d,
 # abinitio, class3d, ...: a stage may import another stage, never compute, jobs, project or cli.
