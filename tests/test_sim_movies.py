@@ -1,6 +1,6 @@
 """Movie simulator: shot noise, damage filter, motion truth, detector, file formats, RELION.
 
-Small movies (256² × 12 frames) keep the suite fast; the benchmark timing is marked slow.
+Small movies (256² × 12 frames) keep the suite fast; the full-size benchmark movie is marked slow.
 Sign convention checked throughout: RELION's rlnMicrographShiftX/Y is the shift that
 aligns a frame with frame 1, i.e. minus the simulated specimen displacement.
 """
@@ -11,7 +11,6 @@ import json
 import math
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import mrcfile
@@ -452,13 +451,16 @@ def test_presets_match_the_issue():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["mrc", "tiff"])
-def test_benchmark_movie_speed(tmp_path, fmt):
-    """One benchmark movie (3710x3838x40); the target is 20 s on 2 CPU cores (report, lenient assert)."""
-    t0 = time.perf_counter()
+def test_benchmark_preset_writes_one_full_size_movie(tmp_path, fmt):
+    """One benchmark movie (3710x3838x40) in each format; its speed is measured by
+    ``benchmarks/motion.py --preset-movie`` (target: 20 s on 2 CPU cores)."""
     run_cli("simulate", "movies", "--preset", "benchmark", "--n-movies", "1", "--format", fmt, "--device", "cpu",
             "--quiet", "--out", "bench", cwd=tmp_path)
-    wall = time.perf_counter() - t0
-    res = json.loads((tmp_path / "bench/job.json").read_text())
-    per_movie = res["timings_s"]["movie_0001"]
-    print(f"benchmark movie ({fmt}): {per_movie:.1f} s in the job, {wall:.1f} s for the whole command")
-    assert per_movie < 60
+    assert json.loads((tmp_path / "bench/job.json").read_text())["status"] == "finished"
+    if fmt == "mrc":
+        with mrcfile.open(tmp_path / "bench/Movies/movie_0001.mrcs", header_only=True) as m:
+            shape = (int(m.header.nz), int(m.header.ny), int(m.header.nx))
+    else:
+        with tifffile.TiffFile(tmp_path / "bench/Movies/movie_0001.tif") as t:
+            shape = (len(t.pages), *t.pages[0].shape)
+    assert shape == (40, 3838, 3710)
