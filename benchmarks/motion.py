@@ -142,6 +142,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None,
                     help="JSON (default results/motion.json; results/motion_kernel.json with --kernel-only)")
     args = ap.parse_args()
+    if not args.kernel_only and shutil.which("relion_run_motioncorr") is None:
+        raise SystemExit("relion_run_motioncorr not found: apt-get install relion (or run --kernel-only)")
     cryolens = str(BIN / "cryolens")
     kernel = kernel_timings(args.kernel or ["1024x24", "1024x24:5x5"], args.kernel_threads)
     preset = preset_movie_timings(cryolens, ["mrc", "tiff"]) if args.preset_movie else None
@@ -151,8 +153,6 @@ def main() -> None:
         out.write_text(json.dumps({"benchmark": "motion_kernel", "align_movie": kernel, "preset_movie": preset,
                                    "load_average_after": [round(x, 2) for x in os.getloadavg()]}, indent=2) + "\n")
         return
-    if shutil.which("relion_run_motioncorr") is None:
-        raise SystemExit("relion_run_motioncorr not found: apt-get install relion")
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cryolens-bench-motion-"))
     work.mkdir(parents=True, exist_ok=True)
