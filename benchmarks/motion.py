@@ -14,6 +14,15 @@ Each repeat runs both programs, alternating which goes first; the JSON keeps eve
 median wall/CPU time per tool, the load average (1 min) before each run, and the ratio of the
 median wall times.
 
+Two more measurements, reported (not asserted): the alignment kernel alone,
+``cryolens.motion.align_movie`` in this process with ``--kernel-threads`` torch threads on
+synthetic frames (``--kernel SIZExFRAMES[:PXxPY]``, repeatable; default 1024x24 and 1024x24:5x5,
+add e.g. 4096x40 and 4096x40:5x5 for full-size movies), and with ``--preset-movie`` the time
+to simulate one ``--preset benchmark`` movie (3710x3838x40) per format (target: 20 s on 2 cores).
+``--kernel-only`` runs just these (no RELION needed) and writes ``results/motion_kernel.json``.
+
+    python benchmarks/motion.py --kernel-only --kernel 1024x24 --kernel 4096x40:5x5 --preset-movie
+
 RELION gets ``--j threads`` (threads per movie, one movie at a time); cryolens gets the same
 number of cores through ``OMP_NUM_THREADS`` and its default backend (in-process threads for a
 few movies, local worker processes for many), or ``--backend`` / ``--cryolens-j`` when given.
@@ -27,6 +36,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +66,58 @@ def shift_errors(work: Path, n: int, folder: str) -> dict:
     return {"shift_rmse_px": round(float(np.sqrt(np.concatenate(sq).mean())), 3), "shift_rmse_px_per_movie": per}
 
 
+def kernel_timings(cases: list[str], threads: int) -> list[dict]:
+    """Seconds per movie of ``align_movie`` in this process with ``threads`` torch threads, one case
+    ``SIZExFRAMES`` or ``SIZExFRAMES:PXxPY`` (patches) each: a still Poisson image (1.5 counts/px)
+    plus per-frame shot noise (1 count/px), 1 Å/px, 1 e⁻/Å² per frame. On shared cores extra
+    threads mostly spin, so the default is one thread per movie and movies in parallel processes."""
+    import torch
+
+    from cryolens.motion import MotionParams, align_movie
+
+    out = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for case in cases:
+            dims, _, patch = case.partition(":")
+            size, n_frames = (int(v) for v in dims.split("x"))
+            patches = tuple(int(v) for v in patch.split("x")) if patch else None
+            g = torch.Generator().manual_seed(0)
+            base = torch.poisson(torch.full((size, size), 1.5), generator=g)
+            frames = base.expand(n_frames, -1, -1) + torch.poisson(torch.full((n_frames, size, size), 1.0),
+                                                                   generator=g)
+            t = time.perf_counter()
+            r = align_movie(frames, pixel_size=1.0, params=MotionParams(patches=patches), dose_per_frame=1.0)
+            dt = time.perf_counter() - t
+            out.append({"case": case, "size": size, "frames": n_frames, "patches": list(patches) if patches else None,
+                        "threads": threads, "seconds": round(dt, 2), "rounds": r.iterations})
+            print(f"align_movie {size}x{size}x{n_frames} patches={patches} ({threads} thread(s)): {dt:.2f} s, "
+                  f"{r.iterations} rounds", flush=True)
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+def preset_movie_timings(cryolens: str, formats: list[str]) -> list[dict]:
+    """Seconds to simulate one ``--preset benchmark`` movie (3710x3838x40) per output format: the job's
+    own time for the movie and the wall time of the whole command (start-up and writing included)."""
+    out = []
+    for fmt in formats:
+        work = Path(tempfile.mkdtemp(prefix="cryolens-bench-preset-movie-"))
+        try:
+            r = timed([cryolens, "simulate", "movies", "--preset", "benchmark", "--n-movies", "1", "--format", fmt,
+                       "--device", "cpu", "--quiet", "--out", "bench"], work)
+            job = json.loads((work / "bench" / "job.json").read_text())
+            r = {"format": fmt, "movie_seconds": job["timings_s"]["movie_0001"], **r}
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        out.append(r)
+        print(f"benchmark movie ({fmt}): {r['movie_seconds']:.1f} s in the job, {r['wall_s']:.1f} s for the command",
+              flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=24,
@@ -70,14 +132,30 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="runs of each tool, alternating which goes first")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--workdir", type=Path, default=None, help="keep data here (default: a temporary folder)")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "motion.json")
+    ap.add_argument("--kernel", action="append", default=None, metavar="SIZExFRAMES[:PXxPY]",
+                    help="align_movie kernel case (repeatable; default 1024x24 and 1024x24:5x5)")
+    ap.add_argument("--kernel-threads", type=int, default=1, help="torch threads for the kernel cases")
+    ap.add_argument("--preset-movie", action="store_true",
+                    help="also time simulating one --preset benchmark movie (mrc and tiff)")
+    ap.add_argument("--kernel-only", action="store_true",
+                    help="only the kernel cases (and --preset-movie); no RELION run")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON (default results/motion.json; results/motion_kernel.json with --kernel-only)")
     args = ap.parse_args()
-    if shutil.which("relion_run_motioncorr") is None:
-        raise SystemExit("relion_run_motioncorr not found: apt-get install relion")
+    if not args.kernel_only and shutil.which("relion_run_motioncorr") is None:
+        raise SystemExit("relion_run_motioncorr not found: apt-get install relion (or run --kernel-only)")
+    cryolens = str(BIN / "cryolens")
+    kernel = kernel_timings(args.kernel or ["1024x24", "1024x24:5x5"], args.kernel_threads)
+    preset = preset_movie_timings(cryolens, ["mrc", "tiff"]) if args.preset_movie else None
+    if args.kernel_only:
+        out = args.out or HERE / "results" / "motion_kernel.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"benchmark": "motion_kernel", "align_movie": kernel, "preset_movie": preset,
+                                   "load_average_after": [round(x, 2) for x in os.getloadavg()]}, indent=2) + "\n")
+        return
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cryolens-bench-motion-"))
     work.mkdir(parents=True, exist_ok=True)
-    cryolens = str(BIN / "cryolens")
     dose = str(args.dose_per_frame)
     if not (work / "sim" / "movies.star").is_file():
         sim = timed([cryolens, "simulate", "movies", "--preset", "tutorial", "--n-movies", str(args.n),
@@ -133,13 +211,15 @@ def main() -> None:
         "time_ratio_relion_over_cryolens": round(rel["wall_s"] / ours["wall_s"], 2),
         "cpu_ratio_relion_over_cryolens": round(rel["cpu_s"] / max(ours["cpu_s"], 1e-9), 2),
         "rmse_ratio_cryolens_over_relion": round(ours["shift_rmse_px"] / max(rel["shift_rmse_px"], 1e-9), 3),
+        "align_movie_kernel": kernel, "preset_movie": preset,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "note": "median of the runs; wall times on shared cores are noisy (see load_1min_before per run); "
                 "both tools ran in the same session on the same files",
         "workdir": str(work),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out = args.out or HERE / "results" / "motion.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'tool (median)':<24}{'wall s':>8}{'CPU s':>8}{'peak MB':>9}{'RMSE px':>9}")
     for name, r in (("cryolens motion", ours), ("relion_run_motioncorr", rel)):
         print(f"{name:<24}{r['wall_s']:>8.2f}{r['cpu_s']:>8.2f}{r['peak_rss_mb'] or 0:>9.0f}{r['shift_rmse_px']:>9.3f}")

@@ -1,8 +1,21 @@
-"""Shared fixtures and helpers for the cryolens test suite."""
+"""Shared fixtures and helpers for the cryolens test suite.
+
+Besides the fixtures, this module holds the one way the tests run the ``cryolens`` command:
+
+- :func:`run_cli` runs it as a user would, ``python -m cryolens.cli.main ARGS`` in a subprocess with
+  the current interpreter (``PYTHONPATH`` and the rest of the environment are inherited);
+- :func:`invoke_cli` runs it in this process through typer's ``CliRunner`` (fast; no new interpreter).
+
+Test modules import them with ``from conftest import run_cli, invoke_cli`` (the tests folder is on
+``sys.path`` under pytest's default import mode).
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +23,45 @@ import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HAVE_RELION = shutil.which("relion_project") is not None and shutil.which("relion_reconstruct") is not None
+
+#: The ``cryolens`` command line with the interpreter running the tests (for ``subprocess.Popen`` uses).
+CLI = [sys.executable, "-m", "cryolens.cli.main"]
+
+
+def run_cli(*args: str, cwd: Path | str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``cryolens ARGS`` in a subprocess from folder ``cwd`` (default: the current one).
+
+    Output is captured as text (``p.stdout``, ``p.stderr``). By default (``check=True``) a non-zero
+    exit status fails the test with the command's stderr; with ``check=False`` the caller checks
+    ``p.returncode`` (hostile-input tests).
+    """
+    p = subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def invoke_cli(*args: str, cwd: Path | str | None = None, code: int | None = 0, catch_exceptions: bool = True):
+    """Run ``cryolens ARGS`` in this process (typer's ``CliRunner``) from folder ``cwd``; returns the
+    ``click.testing.Result``.
+
+    The working directory is restored afterwards. When ``code`` is not None the exit status must equal
+    it (the assertion shows the output and any exception). ``catch_exceptions=False`` lets an
+    exception raised by the command propagate into the test with its traceback.
+    """
+    from typer.testing import CliRunner
+
+    from cryolens.cli.main import app
+    here = Path.cwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=catch_exceptions)
+    finally:
+        os.chdir(here)
+    if code is not None:
+        assert result.exit_code == code, (result.output[-3000:], result.exception)
+    return result
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,9 +78,11 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+HAVE_CUDA = torch.cuda.is_available()
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAVE_CUDA, reason="no CUDA device"))]
 
 
 @pytest.fixture(params=DEVICES)
 def device(request) -> torch.device:
+    """Each device a kernel test runs on: ``cpu`` always, ``cuda`` (skipped where there is no GPU)."""
     return torch.device(request.param)

@@ -9,25 +9,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import mrcfile
 import numpy as np
 import pytest
 import starfile
+from conftest import run_cli
 
 from cryolens.core.fsc import fsc
 from cryolens.io import read_mrc
-
-CLI = [sys.executable, "-m", "cryolens.cli.main"]
-
-
-def run(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True)
-    if ok:
-        assert p.returncode == 0, p.stderr
-    return p
 
 
 def assert_user_error(p: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -42,8 +33,8 @@ def assert_user_error(p: subprocess.CompletedProcess, *fragments: str) -> None:
 def simulated(tmp_path_factory) -> Path:
     """600 noise-free-ish particles of the phantom at box 32, 4 Å/px."""
     work = tmp_path_factory.mktemp("cli")
-    run("simulate", "particles", "--out", "sim", "--n", "600", "--box", "32", "--pixel-size", "4",
-        "--snr", "1.0", "--defocus", "8000", "15000", "--seed", "3", "--quiet", cwd=work)
+    run_cli("simulate", "particles", "--out", "sim", "--n", "600", "--box", "32", "--pixel-size", "4",
+            "--snr", "1.0", "--defocus", "8000", "15000", "--seed", "3", "--quiet", cwd=work)
     return work
 
 
@@ -71,7 +62,7 @@ def test_simulate_outputs_and_ground_truth(simulated: Path):
 
 
 def test_reconstruct_outputs_and_accuracy(simulated: Path):
-    run("reconstruct", "--in", "sim/particles.star", "--out", "rec", "--quiet", cwd=simulated)
+    run_cli("reconstruct", "--in", "sim/particles.star", "--out", "rec", "--quiet", cwd=simulated)
     rec = simulated / "rec"
     for name in ("half1.mrc", "half2.mrc", "map.mrc", "fsc.star", "fsc.png", "map_slices.png", "particles.star",
                  "report.html", "job.json", "CRYOLENS_JOB_EXIT_SUCCESS"):
@@ -88,15 +79,15 @@ def test_reconstruct_outputs_and_accuracy(simulated: Path):
     r = fsc(torch.tensor(full), torch.tensor(truth), pixel_size=apix)
     assert r.resolution_at(0.5) < 12.0  # 600 particles at SNR 1, Nyquist 8 Å
     # the fsc command reports the same curve
-    p = run("fsc", "rec/map.mrc", "sim/truth_map.mrc", cwd=simulated)
+    p = run_cli("fsc", "rec/map.mrc", "sim/truth_map.mrc", cwd=simulated)
     assert f"{r.resolution_at(0.5):.2f}" in p.stdout
 
 
 def test_reconstruct_resumes_into_existing_folder(simulated: Path):
     """Running again into the same folder replaces outputs atomically and succeeds."""
-    run("reconstruct", "--in", "sim/particles.star", "--out", "rec2", "--quiet", cwd=simulated)
+    run_cli("reconstruct", "--in", "sim/particles.star", "--out", "rec2", "--quiet", cwd=simulated)
     first = read_mrc(simulated / "rec2" / "map.mrc")[0]
-    run("reconstruct", "--in", "sim/particles.star", "--out", "rec2", "--quiet", cwd=simulated)
+    run_cli("reconstruct", "--in", "sim/particles.star", "--out", "rec2", "--quiet", cwd=simulated)
     assert np.allclose(read_mrc(simulated / "rec2" / "map.mrc")[0], first, atol=1e-5)
     assert not list((simulated / "rec2").glob("*.tmp"))
 
@@ -105,27 +96,27 @@ def test_bad_inputs_exit_2_without_traceback(simulated: Path, tmp_path: Path):
     # truncated MRC as the structure
     good = (simulated / "sim" / "truth_map.mrc").read_bytes()
     (tmp_path / "cut.mrc").write_bytes(good[: len(good) // 2])
-    assert_user_error(run("simulate", "particles", "--map", str(tmp_path / "cut.mrc"), "--out", str(tmp_path / "o"),
-                          cwd=tmp_path, ok=False), "cut.mrc")
+    assert_user_error(run_cli("simulate", "particles", "--map", str(tmp_path / "cut.mrc"), "--out", str(tmp_path / "o"),
+                              cwd=tmp_path, check=False), "cut.mrc")
     # STAR without the angles
     star = starfile.read(simulated / "sim" / "particles.star")
     star["particles"] = star["particles"].drop(columns=["rlnAngleRot"])
     starfile.write(star, tmp_path / "noangles.star")
-    assert_user_error(run("reconstruct", "--in", str(tmp_path / "noangles.star"), "--out", str(tmp_path / "r"),
-                          cwd=simulated, ok=False), "rlnAngleRot")
+    assert_user_error(run_cli("reconstruct", "--in", str(tmp_path / "noangles.star"), "--out", str(tmp_path / "r"),
+                              cwd=simulated, check=False), "rlnAngleRot")
     # missing stack file
     star = starfile.read(simulated / "sim" / "particles.star")
     star["particles"]["rlnImageName"] = star["particles"]["rlnImageName"].str.replace("particles.mrcs", "gone.mrcs")
     starfile.write(star, tmp_path / "gone.star")
-    assert_user_error(run("reconstruct", "--in", str(tmp_path / "gone.star"), "--out", str(tmp_path / "r"),
-                          cwd=simulated, ok=False), "gone.mrcs")
+    assert_user_error(run_cli("reconstruct", "--in", str(tmp_path / "gone.star"), "--out", str(tmp_path / "r"),
+                              cwd=simulated, check=False), "gone.mrcs")
     # unknown symmetry, missing input file, impossible parameters
-    assert_user_error(run("reconstruct", "--in", "sim/particles.star", "--out", str(tmp_path / "r"), "--sym", "X5",
-                          cwd=simulated, ok=False), "X5")
-    assert_user_error(run("reconstruct", "--in", "nothere.star", "--out", str(tmp_path / "r"), cwd=simulated,
-                          ok=False), "nothere.star")
-    assert_user_error(run("simulate", "particles", "--out", str(tmp_path / "o"), "--n", "0", cwd=tmp_path,
-                          ok=False), "n_particles")
+    assert_user_error(run_cli("reconstruct", "--in", "sim/particles.star", "--out", str(tmp_path / "r"), "--sym", "X5",
+                              cwd=simulated, check=False), "X5")
+    assert_user_error(run_cli("reconstruct", "--in", "nothere.star", "--out", str(tmp_path / "r"), cwd=simulated,
+                              check=False), "nothere.star")
+    assert_user_error(run_cli("simulate", "particles", "--out", str(tmp_path / "o"), "--n", "0", cwd=tmp_path,
+                              check=False), "n_particles")
 
 
 def test_nan_image_is_refused(simulated: Path, tmp_path: Path):
@@ -137,7 +128,7 @@ def test_nan_image_is_refused(simulated: Path, tmp_path: Path):
     star = starfile.read(simulated / "sim" / "particles.star")
     star["particles"]["rlnImageName"] = [f"{i + 1:06d}@nan.mrcs" for i in range(len(star["particles"]))]
     starfile.write(star, tmp_path / "nan.star")
-    p = run("reconstruct", "--in", "nan.star", "--out", "r", cwd=tmp_path, ok=False)
+    p = run_cli("reconstruct", "--in", "nan.star", "--out", "r", cwd=tmp_path, check=False)
     assert_user_error(p, "000006@nan.mrcs", "NaN")
     assert (tmp_path / "r" / "CRYOLENS_JOB_EXIT_FAILURE").is_file()
     assert json.loads((tmp_path / "r" / "job.json").read_text())["status"] == "failed"

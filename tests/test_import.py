@@ -9,7 +9,6 @@ and motion-corrects our imported movies with our gain.mrc).
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -33,16 +32,8 @@ ACQ = ["--pixel-size", "0.885", "--voltage", "300", "--cs", "2.7", "--amplitude-
 
 def cli(*args: str, cwd: Path, code: int = 0) -> str:
     """Run ``cryolens ARGS`` in this process from ``cwd``; returns stdout + stderr."""
-    from typer.testing import CliRunner
-
-    from cryolens.cli.main import app
-    here = Path.cwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(app, list(args))
-    finally:
-        os.chdir(here)
-    assert result.exit_code == code, (result.output, result.exception)
+    from conftest import invoke_cli
+    result = invoke_cli(*args, cwd=cwd, code=code)
     assert "Traceback" not in result.output
     return " ".join(result.output.split())  # unwrap rich's line breaks
 

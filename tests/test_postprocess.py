@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from cryolens.postprocess import (MaskParams, PostprocessParams, apply_bfactor, 
                                   guinier_curve, make_mask, noise_substitution, postprocess, randomize_from_shell,
                                   spherical_mask)
 from cryolens.simulate.phantom import asymmetric_phantom
+from conftest import run_cli
 from helpers import correlation
 
 N, APIX = 64, 1.5
@@ -241,10 +241,7 @@ def _cli():
 
 def test_cli_writes_relion_style_outputs(half_files: Path):
     out = half_files / "pp"
-    p = subprocess.run([sys.executable, "-m", "cryolens.cli.main", "postprocess", "--half1", "half1.mrc",
-                        "--half2", "half2.mrc", "--out", "pp", "--quiet"], cwd=half_files, capture_output=True,
-                       text=True)
-    assert p.returncode == 0, p.stderr
+    run_cli("postprocess", "--half1", "half1.mrc", "--half2", "half2.mrc", "--out", "pp", "--quiet", cwd=half_files)
     for name in ("fsc.star", "fsc.png", "guinier.png", "map_sharp.mrc", "map_sharp_masked.mrc", "mask.mrc",
                  "report.html", "job.json", "CRYOLENS_JOB_EXIT_SUCCESS"):
         assert (out / name).is_file(), name

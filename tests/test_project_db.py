@@ -17,36 +17,19 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import CLI, invoke_cli, run_cli
 
 from cryolens.errors import InputError
 from cryolens.jobs.runner import FAILURE_MARKER, Job
 from cryolens.project.db import SCHEMA_VERSION, Project, init_project, open_project, stage_folder_name
 from cryolens.project.recording import ProjectObserver
 
-CLI = [sys.executable, "-m", "cryolens.cli.main"]
 REPEAT = range(int(os.environ.get("CRYOLENS_STRESS_REPEAT", "1")))
-
-
-def run(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True)
-    if ok:
-        assert p.returncode == 0, p.stderr
-    return p
 
 
 def cli(*args: str, cwd: Path, code: int = 0) -> str:
     """Run a ``cryolens`` command in this process (fast; for the project commands); returns its output."""
-    from typer.testing import CliRunner
-
-    from cryolens.cli.main import app
-    here = Path.cwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(app, list(args))
-    finally:
-        os.chdir(here)
-    assert result.exit_code == code, (result.output, result.exception)
-    return result.output
+    return invoke_cli(*args, cwd=cwd, code=code).output
 
 
 def integrity(project: Path) -> str:
@@ -111,8 +94,9 @@ def test_killed_detection_on_read(tmp_path: Path):
 def test_reconstruct_in_project_recorded_with_lineage(tmp_path: Path):
     cli("project", "init", "P", cwd=tmp_path)
     proj = tmp_path / "P"
-    run("simulate", "particles", "--n", "200", "--box", "32", "--pixel-size", "4", "--seed", "1", "--quiet", cwd=proj)
-    run("reconstruct", "--in", "Simulate/job001/particles.star", "--quiet", "--project", ".", cwd=proj)
+    run_cli("simulate", "particles", "--n", "200", "--box", "32", "--pixel-size", "4", "--seed", "1", "--quiet",
+            cwd=proj)
+    run_cli("reconstruct", "--in", "Simulate/job001/particles.star", "--quiet", "--project", ".", cwd=proj)
     assert (proj / "Reconstruct" / "job002" / "map.mrc").is_file()
     jobs = json.loads(cli("project", "jobs", "--json", cwd=proj))
     assert [(j["name"], j["stage"], j["status"]) for j in jobs] == [
@@ -140,7 +124,7 @@ def test_reconstruct_in_project_recorded_with_lineage(tmp_path: Path):
     here = open_project(proj).job("rec_here")
     assert here.status == "finished" and here.number == 3 and here.outputs["map"] == "rec_here/map.mrc"
     # outside a project --out is required (one sentence, exit 2)
-    bad = run("reconstruct", "--in", "P/Simulate/job001/particles.star", cwd=tmp_path, ok=False)
+    bad = run_cli("reconstruct", "--in", "P/Simulate/job001/particles.star", cwd=tmp_path, check=False)
     assert bad.returncode == 2 and "--out is required" in bad.stderr and "Traceback" not in bad.stderr
 
 SLOW_JOB = textwrap.dedent("""
@@ -169,10 +153,10 @@ def test_simulation_lineage_names_its_map_and_runs_from_outside(tmp_path: Path):
     vol = np.zeros((24, 24, 24), np.float32)
     vol[8:16, 10:14, 9:15] = 1.0
     write_mrc(proj / "blob.mrc", vol, 4.0)
-    run("simulate", "particles", "--map", "blob.mrc", "--n", "60", "--seed", "2", "--quiet", cwd=proj)
+    run_cli("simulate", "particles", "--map", "blob.mrc", "--n", "60", "--seed", "2", "--quiet", cwd=proj)
     tree = json.loads(cli("project", "lineage", "Simulate/job001/particles.star", "--json", cwd=proj))
     assert [n["path"] for n in tree["inputs"]] == ["blob.mrc"]
-    run("reconstruct", "--in", "P/Simulate/job001/particles.star", "--project", "P", "--quiet", cwd=tmp_path)
+    run_cli("reconstruct", "--in", "P/Simulate/job001/particles.star", "--project", "P", "--quiet", cwd=tmp_path)
     assert (proj / "Reconstruct" / "job002" / "map.mrc").is_file()
 
 

@@ -85,20 +85,21 @@ def test_band_projector_matches_the_projector(phantom):
         assert torch.allclose(got, band.gather(full), atol=1e-5 * float(full.abs().max()))
 
 
-def test_ml_score_is_the_gaussian_log_likelihood(phantom):
+def test_ml_score_is_the_gaussian_log_likelihood(phantom, device):
     """score = Σ w(|X|² − |X·e(t) − CTF·P|²)/σ²: the engine's GEMM form equals the explicit sum."""
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the random inputs are drawn on the CPU: the same numbers on every device
     n = 32
-    band = FrequencyBand.build(n, 9.0)
-    fvol = prepare_volume(phantom)
-    rots = random_rotations(7)
-    shifts = shift_grid(1.0, 1.5)
+    band = FrequencyBand.build(n, 9.0, device=device)
+    fvol = prepare_volume(phantom.to(device))
+    rots = random_rotations(7).to(device)
+    shifts = shift_grid(1.0, 1.5, device=device)
     B = 3
-    x = torch.randn(B, len(band), dtype=torch.complex64) * 5
-    ctf = torch.rand(B, len(band)) * 2 - 1
-    inv = torch.rand(len(band)) + 0.5
+    x = (torch.randn(B, len(band), dtype=torch.complex64) * 5).to(device)
+    ctf = (torch.rand(B, len(band)) * 2 - 1).to(device)
+    inv = (torch.rand(len(band)) + 0.5).to(device)
     data = SearchData(x, ctf, inv)
     cand = global_search(BandProjector(fvol, band), data, rots, shifts, top_k=len(rots) * len(shifts), mode="ml")
+    assert cand.score.device.type == device.type
     for b in range(B):
         for j in (0, 5, 20):
             R, t = cand.rotations[b, j], cand.shifts[b, j]
@@ -109,21 +110,22 @@ def test_ml_score_is_the_gaussian_log_likelihood(phantom):
     assert (cand.score[:, :-1] >= cand.score[:, 1:]).all()  # best first
 
 
-def test_global_and_local_search_find_noise_free_poses(phantom):
+def test_global_and_local_search_find_noise_free_poses(phantom, device):
     """Noise-free CTF-modulated projections at off-grid poses and sub-pixel origins are found again."""
-    torch.manual_seed(1)
+    torch.manual_seed(1)  # poses drawn on the CPU: the same on every device
     n = 32
-    true_r = random_rotations(12)
-    true_t = (torch.rand(12, 2) - 0.5) * 4  # px
-    band = FrequencyBand.build(n, 12.0)
-    fvol = prepare_volume(phantom)
+    true_r = random_rotations(12).to(device)
+    true_t = ((torch.rand(12, 2) - 0.5) * 4).to(device)  # px
+    band = FrequencyBand.build(n, 12.0, device=device)
+    fvol = prepare_volume(phantom.to(device))
     table = pd.DataFrame({"rlnDefocusU": [12000.0] * 12, "rlnDefocusV": [11000.0] * 12, "rlnDefocusAngle": [30.0] * 12})
-    ctf = band.gather(ctf_2d(ctf_params_from_table(table), box=n, pixel_size=APIX))
+    ctf = band.gather(ctf_2d(ctf_params_from_table(table), box=n, pixel_size=APIX, device=device))
     proj = BandProjector(fvol, band)
     x = ctf * best_projections(proj, true_r, true_t)  # the image model, in the image frame
-    data = SearchData(x, ctf, torch.ones(len(band)))
-    grid = so3_grid(2).matrices
-    cand = global_search(proj, data, grid, shift_grid(1.0, 3.0), top_k=4, mode="cc")
+    data = SearchData(x, ctf, torch.ones(len(band), device=device))
+    grid = so3_grid(2).matrices.to(device)
+    cand = global_search(proj, data, grid, shift_grid(1.0, 3.0, device=device), top_k=4, mode="cc")
+    assert cand.rotations.device.type == device.type
     assert float(geodesic_distance(cand.rotations[:, 0], true_r).median()) < 12.0
     for step, rng_, ostep, orng in ((7.5, 15.0, 0.5, 1.0), (3.75, 7.5, 0.25, 0.5), (1.0, 2.0, 0.1, 0.2)):
         cand = local_search(proj, data, cand, angular_step=step, angular_range=rng_, offset_step=ostep,

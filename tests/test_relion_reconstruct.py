@@ -9,17 +9,16 @@ the A·g expansion convention).
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import mrcfile
 import pytest
 import torch
+from conftest import run_cli
 
 from cryolens.core.fsc import fsc
 
 pytestmark = pytest.mark.relion
-CLI = [sys.executable, "-m", "cryolens.cli.main"]
 
 
 def sh(cmd: list[str], cwd: Path) -> None:
@@ -34,13 +33,13 @@ def load(path: Path) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("relrec")
-    sh([*CLI, "simulate", "particles", "--out", "sim", "--n", "2500", "--box", "48", "--pixel-size", "2.5",
-        "--snr", "0.1", "--seed", "11", "--quiet"], work)
+    run_cli("simulate", "particles", "--out", "sim", "--n", "2500", "--box", "48", "--pixel-size", "2.5",
+            "--snr", "0.1", "--seed", "11", "--quiet", cwd=work)
     return work
 
 
 def test_resolution_vs_truth_within_5_percent_of_relion(sim: Path):
-    sh([*CLI, "reconstruct", "--in", "sim/particles.star", "--out", "rec", "--quiet"], sim)
+    run_cli("reconstruct", "--in", "sim/particles.star", "--out", "rec", "--quiet", cwd=sim)
     sh(["relion_reconstruct", "--i", "sim/particles.star", "--o", "relion.mrc", "--ctf"], sim)
     truth = load(sim / "sim" / "truth_map.mrc")
     ours = fsc(load(sim / "rec" / "map.mrc"), truth, pixel_size=2.5)
@@ -54,7 +53,7 @@ def test_resolution_vs_truth_within_5_percent_of_relion(sim: Path):
 @pytest.mark.parametrize("sym", ["C3", "D2", "D7", "O"])
 def test_symmetric_reconstruction_matches_relion(sim: Path, sym: str):
     """Same particles, same symmetry: the two maps must be the same map (RELION's axes, A·g expansion)."""
-    sh([*CLI, "reconstruct", "--in", "sim/particles.star", "--out", f"rec_{sym}", "--sym", sym, "--quiet"], sim)
+    run_cli("reconstruct", "--in", "sim/particles.star", "--out", f"rec_{sym}", "--sym", sym, "--quiet", cwd=sim)
     sh(["relion_reconstruct", "--i", "sim/particles.star", "--o", f"relion_{sym}.mrc", "--ctf", "--sym", sym], sim)
     a, b = load(sim / f"rec_{sym}" / "map.mrc"), load(sim / f"relion_{sym}.mrc")
     curve = fsc(a, b, pixel_size=2.5)

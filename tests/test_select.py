@@ -23,12 +23,8 @@ N = 60
 
 
 def cli(*args: str, code: int = 0) -> str:
-    from typer.testing import CliRunner
-
-    from cryolens.cli.main import app
-    result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == code, (result.output, result.exception)
-    return result.output
+    from conftest import invoke_cli
+    return invoke_cli(*args, code=code).output
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import starfile
 import torch
+from conftest import run_cli
 
 from cryolens.core.ctf import CTFParams, ctf_1d
 from cryolens.io import read_mrc
@@ -30,7 +31,6 @@ from cryolens.simulate.micrographs import (
 )
 from cryolens.simulate.structures import phantom_structure
 
-CLI = [sys.executable, "-m", "cryolens.cli.main"]
 APIX = 1.75
 
 
@@ -202,17 +202,13 @@ def test_spectrum_decay_resembles_real_epu(shared_data):
 
 # --------------------------------------------------------------------------- job, CLI, RELION
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True)
-
 
 @pytest.fixture(scope="module")
 def job_dir(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("mics")
-    p = run("simulate", "micrographs", "--preset", "tutorial", "--n-micrographs", "2", "--size", "384", "320",
+    run_cli("simulate", "micrographs", "--preset", "tutorial", "--n-micrographs", "2", "--size", "384", "320",
             "--particles-per-micrograph", "12", "--tilt-max", "10", "--carbon", "--contaminants", "1",
             "--seed", "4", "--quiet", "--out", "sim", cwd=work)
-    assert p.returncode == 0, p.stderr
     return work
 
 

@@ -1,6 +1,6 @@
 """Movie simulator: shot noise, damage filter, motion truth, detector, file formats, RELION.
 
-Small movies (256² × 12 frames) keep the suite fast; the benchmark timing is marked slow.
+Small movies (256² × 12 frames) keep the suite fast; the full-size benchmark movie is marked slow.
 Sign convention checked throughout: RELION's rlnMicrographShiftX/Y is the shift that
 aligns a frame with frame 1, i.e. minus the simulated specimen displacement.
 """
@@ -11,8 +11,6 @@ import json
 import math
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import mrcfile
@@ -21,6 +19,7 @@ import pytest
 import starfile
 import tifffile
 import torch
+from conftest import run_cli
 
 from cryolens.io import write_star
 from cryolens.core.dose import critical_exposure, damage_filter, damage_weights, frame_exposures
@@ -29,7 +28,6 @@ from cryolens.simulate.motion import random_drift, random_local_motion
 from cryolens.simulate.movies import (MOVIE_PRESETS, MovieParams, field_shape, make_detector, movie_margin,
                                       simulate_movie, storage_dtype)
 
-CLI = [sys.executable, "-m", "cryolens.cli.main"]
 HAVE_RELION_MC = shutil.which("relion_run_motioncorr") is not None
 
 
@@ -83,13 +81,6 @@ def estimate_shift(ref: np.ndarray, img: np.ndarray, *, upsample: int = 100) -> 
     fine = (ey @ cross @ ex).real
     iy, ix = np.unravel_index(np.argmax(fine), fine.shape)
     return px + u[ix], py + u[iy]
-
-
-def run(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True)
-    if ok:
-        assert p.returncode == 0, p.stderr
-    return p
 
 
 def read_movie(path: Path) -> np.ndarray:
@@ -285,8 +276,8 @@ def movie_job(tmp_path_factory) -> Path:
     common = ["simulate", "movies", "--preset", "tutorial", "--n-movies", "2", "--frames", "12", "--size", "256", "256",
               "--particles-per-movie", "4", "--hot-pixels", "6", "--dead-pixels", "3", "--gain", "--seed", "3",
               "--quiet"]
-    run(*common, "--out", "sim", cwd=work)
-    run(*common, "--format", "tiff", "--out", "sim_tif", cwd=work)
+    run_cli(*common, "--out", "sim", cwd=work)
+    run_cli(*common, "--format", "tiff", "--out", "sim_tif", cwd=work)
     return work
 
 
@@ -349,9 +340,9 @@ def test_tiff_reads_back_identical_to_the_mrc(movie_job: Path):
 
 def test_super_resolution_movies(tmp_path):
     """Frames twice as large at half the pixel; shifts in movie pixels; particle truth in output pixels."""
-    run("simulate", "movies", "--preset", "tutorial", "--n-movies", "1", "--frames", "6", "--size", "128", "160",
-        "--particles-per-movie", "2", "--super-resolution", "--drift", "7", "--no-local-motion", "--seed", "2",
-        "--quiet", "--out", "sr", cwd=tmp_path)
+    run_cli("simulate", "movies", "--preset", "tutorial", "--n-movies", "1", "--frames", "6", "--size", "128", "160",
+            "--particles-per-movie", "2", "--super-resolution", "--drift", "7", "--no-local-motion", "--seed", "2",
+            "--quiet", "--out", "sr", cwd=tmp_path)
     sr = tmp_path / "sr"
     with mrcfile.open(sr / "Movies/movie_0001.mrcs") as m:
         assert m.data.shape == (6, 320, 256) and float(m.voxel_size.x) == pytest.approx(0.875)
@@ -415,9 +406,9 @@ def test_relion_reads_int8_mrc_and_uint8_tiff_movies(tmp_path):
 def test_relion_motioncorr_recovers_the_true_shifts(tmp_path):
     """RELION's own motion correction (with our gain and defect files) finds the shifts of the truth STAR,
     with the same sign."""
-    run("simulate", "movies", "--preset", "tutorial", "--n-movies", "1", "--frames", "16", "--size", "512", "512",
-        "--dose-per-frame", "3", "--drift", "12", "--no-local-motion", "--hot-pixels", "4", "--seed", "5", "--quiet",
-        "--out", "sim", cwd=tmp_path)
+    run_cli("simulate", "movies", "--preset", "tutorial", "--n-movies", "1", "--frames", "16", "--size", "512", "512",
+            "--dose-per-frame", "3", "--drift", "12", "--no-local-motion", "--hot-pixels", "4", "--seed", "5",
+            "--quiet", "--out", "sim", cwd=tmp_path)
     p = subprocess.run(["relion_run_motioncorr", "--i", "sim/movies.star", "--o", "MC/", "--use_own", "--j", "2",
                         "--gainref", "sim/gain.mrc", "--defect_file", "sim/defects.txt", "--bfactor", "150",
                         "--patch_x", "1", "--patch_y", "1"], cwd=tmp_path, capture_output=True, text=True)
@@ -444,7 +435,7 @@ def test_relion_motioncorr_recovers_the_true_shifts(tmp_path):
     (["--size", "10", "10"], "--size"),
 ])
 def test_cli_bad_input_exits_2_with_one_sentence(tmp_path, args, fragment):
-    p = run("simulate", "movies", "--out", "x", "--quiet", *args, cwd=tmp_path, ok=False)
+    p = run_cli("simulate", "movies", "--out", "x", "--quiet", *args, cwd=tmp_path, check=False)
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert "Traceback" not in p.stderr and fragment in p.stderr
     assert p.stderr.strip().count("\n") <= 1, p.stderr
@@ -461,13 +452,16 @@ def test_presets_match_the_issue():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["mrc", "tiff"])
-def test_benchmark_movie_speed(tmp_path, fmt):
-    """One benchmark movie (3710x3838x40); the target is 20 s on 2 CPU cores (report, lenient assert)."""
-    t0 = time.perf_counter()
-    run("simulate", "movies", "--preset", "benchmark", "--n-movies", "1", "--format", fmt, "--device", "cpu",
-        "--quiet", "--out", "bench", cwd=tmp_path)
-    wall = time.perf_counter() - t0
-    res = json.loads((tmp_path / "bench/job.json").read_text())
-    per_movie = res["timings_s"]["movie_0001"]
-    print(f"benchmark movie ({fmt}): {per_movie:.1f} s in the job, {wall:.1f} s for the whole command")
-    assert per_movie < 60
+def test_benchmark_preset_writes_one_full_size_movie(tmp_path, fmt):
+    """One benchmark movie (3710x3838x40) in each format; its speed is measured by
+    ``benchmarks/motion.py --preset-movie`` (target: 20 s on 2 CPU cores)."""
+    run_cli("simulate", "movies", "--preset", "benchmark", "--n-movies", "1", "--format", fmt, "--device", "cpu",
+            "--quiet", "--out", "bench", cwd=tmp_path)
+    assert json.loads((tmp_path / "bench/job.json").read_text())["status"] == "finished"
+    if fmt == "mrc":
+        with mrcfile.open(tmp_path / "bench/Movies/movie_0001.mrcs", header_only=True) as m:
+            shape = (int(m.header.nz), int(m.header.ny), int(m.header.nx))
+    else:
+        with tifffile.TiffFile(tmp_path / "bench/Movies/movie_0001.tif") as t:
+            shape = (len(t.pages), *t.pages[0].shape)
+    assert shape == (40, 3838, 3710)

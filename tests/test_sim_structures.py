@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import starfile
 import torch
+from conftest import SHARED_DATA, run_cli
 from helpers import correlation
 from scipy import stats
 
@@ -44,12 +44,9 @@ from cryolens.simulate.structures import (
     relativistic_phase_scale,
 )
 
-CLI = [sys.executable, "-m", "cryolens.cli.main"]
-
 
 @pytest.fixture(scope="module")
 def hb_model():
-    from conftest import SHARED_DATA
     path = SHARED_DATA / "models" / "5me2.pdb"
     if not path.is_file():
         pytest.skip("shared data not found")
@@ -279,15 +276,10 @@ def test_presets():
         resolve_preset("nope", {})
 
 
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True)
-
-
 def test_cli_classes_morph_and_relion_reads_it(tmp_path):
-    p = _cli("simulate", "particles", "--out", "cls", "--n", "40", "--box", "24", "--pixel-size", "5",
-             "--structure", "phantom:population=1", "--structure", "phantom:seed=3,population=3",
-             "--preset", "tutorial", "--concentration", "5", "--dose", "40", "-q", cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
+    run_cli("simulate", "particles", "--out", "cls", "--n", "40", "--box", "24", "--pixel-size", "5",
+            "--structure", "phantom:population=1", "--structure", "phantom:seed=3,population=3",
+            "--preset", "tutorial", "--concentration", "5", "--dose", "40", "-q", cwd=tmp_path)
     star = starfile.read(tmp_path / "cls" / "particles.star")
     assert set(star["particles"]["rlnClassNumber"]) <= {1, 2} and float(star["optics"]["rlnImagePixelSize"][0]) == 5
     t1, t2, t = (read_mrc(tmp_path / "cls" / f)[0] for f in ("truth_map_class1.mrc", "truth_map_class2.mrc",
@@ -297,9 +289,8 @@ def test_cli_classes_morph_and_relion_reads_it(tmp_path):
     job = json.loads((tmp_path / "cls" / "job.json").read_text())
     assert job["params"]["dose"] == 40 and job["params"]["snr"] is None
     assert job["params"]["pose_distribution"] == "preferred" and job["results"]["image_snr"] > 0
-    p = _cli("simulate", "particles", "--out", "mo", "--n", "20", "--box", "24", "--pixel-size", "5",
-             "--morph", "phantom", "phantom:seed=2", "-q", cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
+    run_cli("simulate", "particles", "--out", "mo", "--n", "20", "--box", "24", "--pixel-size", "5",
+            "--morph", "phantom", "phantom:seed=2", "-q", cwd=tmp_path)
     for f in ("truth_map.mrc", "truth_map_morph0.mrc", "truth_map_morph1.mrc"):
         assert (tmp_path / "mo" / f).is_file()
     assert MORPH_COLUMN in starfile.read(tmp_path / "mo" / "particles.star")["particles"].columns
@@ -324,7 +315,7 @@ def test_relion_reads_the_morph_column(tmp_path):
 def test_cli_bad_model_inputs_exit_2(tmp_path):
     (tmp_path / "corrupt.pdb").write_bytes(b"ATOM  garbage\x00\x01\x02" * 20)
     for spec, name in (("missing_model.pdb", "missing_model.pdb"), ("corrupt.pdb", "corrupt.pdb")):
-        p = _cli("simulate", "particles", "--out", "o", "--n", "4", "--structure", spec, cwd=tmp_path)
+        p = run_cli("simulate", "particles", "--out", "o", "--n", "4", "--structure", spec, cwd=tmp_path, check=False)
         assert p.returncode == 2, (p.stdout, p.stderr)
         assert "Traceback" not in p.stderr and name in p.stderr
         assert p.stderr.count(".") >= 1 and len(p.stderr.strip().splitlines()) <= 3

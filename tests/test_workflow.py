@@ -11,7 +11,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -230,7 +229,8 @@ def test_sigkill_in_second_step_then_resume(tmp_path: Path):
         stage = "reconstruct"
         params = { in = "{sim.particles}", sym = "O", batch-size = 32 }
         """)
-    cmd = [sys.executable, "-m", "cryolens.cli.main", "run", str(path), "--quiet"]
+    from conftest import CLI
+    cmd = [*CLI, "run", str(path), "--quiet"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
