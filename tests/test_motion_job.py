@@ -146,8 +146,8 @@ def test_rerun_skips_done_movies_and_changed_options_redo_them(aligned: Path, tm
     (["--patches", "5by5"], "--patches"),
     (["--first-frame", "40"], "frame range"),
     (["--gain", "sim/gain.mrc", "--gain-rot", "1", "--size-check"], None),
-    (["--gain-rot", "5"], "gain rotation"),
-    (["--bin", "0.5"], "binning factor"),
+    (["--gain-rot", "5"], "--gain-rot 5"),
+    (["--bin", "0.5"], "--bin 0.5"),
     (["--in", "nothing.star"], "nothing.star"),
 ])
 def test_bad_input_exits_2_with_one_sentence(aligned: Path, tmp_path: Path, args, fragment):

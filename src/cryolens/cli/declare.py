@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import keyword
 import typing
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Optional
@@ -94,25 +95,31 @@ def _defaults(cls: type) -> dict[str, Any]:
     return out
 
 
-def _options(cls: type[Params]) -> list[inspect.Parameter]:
-    """One keyword parameter (Annotated with a typer.Option) per declared CLI field of ``cls``."""
+def _options(cls: type[Params]) -> tuple[list[inspect.Parameter], dict[str, str]]:
+    """One keyword parameter (Annotated with a typer.Option) per declared CLI field of ``cls``, named after its
+    flag (``--sym`` -> ``sym``), and the map from those names to the fields."""
     hints = typing.get_type_hints(cls)
     defaults = _defaults(cls)
-    out = []
+    out, fields_of = [], {}
     for name, d in declared(cls).items():
         if not d.cli:
             continue
         annotation, default = _cli_type(name, d, hints, defaults)
-        opt = typer.Option(*_flag_words(name, d, default), help=help_text(d), metavar=d.metavar,
+        words = _flag_words(name, d, default)
+        param = words[0].split("/")[0][2:].replace("-", "_")
+        param += "_" if keyword.iskeyword(param) else ""
+        opt = typer.Option(*words, help=help_text(d), metavar=d.metavar,
                            show_default=default is not None and not (isinstance(default, bool) and not default))
-        out.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+        out.append(inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=default,
                                      annotation=Annotated[annotation, opt]))
+        fields_of[param] = name
     if cls.PRESETS:
         opt = typer.Option("--preset", help=f"Option set: {', '.join(cls.PRESETS)}; options given explicitly "
                                             "override it.")
         out.append(inspect.Parameter(PRESET, inspect.Parameter.KEYWORD_ONLY, default=None,
                                      annotation=Annotated[Optional[str], opt]))
-    return out
+        fields_of[PRESET] = PRESET
+    return out, fields_of
 
 
 def build_params(cls: type[Params], values: dict[str, Any], explicit: set[str] = frozenset()) -> Params:
@@ -149,11 +156,13 @@ def build_params(cls: type[Params], values: dict[str, Any], explicit: set[str] =
     return params
 
 
-def _build_all(classes: dict[str, type[Params]], owned: dict[str, list[str]], kwargs: dict[str, Any],
+def _build_all(classes: dict[str, type[Params]], owned: dict[str, dict[str, str]], kwargs: dict[str, Any],
                ctx: click.Context | None) -> dict[str, Params]:
-    explicit = {n for n in kwargs if ctx is not None and ctx.get_parameter_source(n) in
-                (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)}
-    return {key: build_params(cls, {n: kwargs[n] for n in owned[key]}, explicit) for key, cls in classes.items()}
+    given = {n for n in kwargs if ctx is not None and ctx.get_parameter_source(n) in
+             (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)}
+    return {key: build_params(cls, {f: kwargs[p] for p, f in owned[key].items()},
+                              {f for p, f in owned[key].items() if p in given})
+            for key, cls in classes.items()}
 
 
 def check_declared(callback: Callable, ctx: click.Context) -> None:
@@ -174,11 +183,10 @@ def declare(*, outputs: Sequence[str] | None = None, **classes: type[Params]) ->
     def wrap(fn: Callable) -> Callable:
         sig = inspect.signature(fn, eval_str=True)
         params: list[inspect.Parameter] = []
-        owned: dict[str, list[str]] = {}
+        owned: dict[str, dict[str, str]] = {}
         for p in sig.parameters.values():
             if p.name in classes:
-                opts = _options(classes[p.name])
-                owned[p.name] = [o.name for o in opts]
+                opts, owned[p.name] = _options(classes[p.name])
                 params += opts
             else:
                 params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))

@@ -41,7 +41,6 @@ import dataclasses
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,55 +58,14 @@ from cryolens.jobs.motion_unit import MOVIE_UNIT, MovieTask
 from cryolens.jobs.report import write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.units import unique_stems
-from cryolens.motion.preprocess import PreprocessParams, orient_gain
+from cryolens.motion.params import MotionJobOptions
+from cryolens.motion.preprocess import orient_gain
 
-__all__ = ["MotionJobOptions", "run_motion", "DOSE_LABELS", "PRE_EXPOSURE_LABELS"]
+__all__ = ["run_motion", "DOSE_LABELS", "PRE_EXPOSURE_LABELS"]
 
 #: Columns of the movie STAR that may carry the exposure per frame (e⁻/Å²) and the pre-exposure.
 DOSE_LABELS = ("rlnMicrographDoseRate", "rlnMicrographDosePerFrame", "cryolensDosePerFrame")
 PRE_EXPOSURE_LABELS = ("rlnMicrographPreExposure", "cryolensPreExposure")
-
-
-@dataclass
-class MotionJobOptions:
-    """What the job needs besides the alignment parameters.
-
-    Attributes:
-        preprocess: gain orientation, hot pixels, binning.
-        gain: gain reference for every movie (overrides ``rlnMicrographGainName``).
-        defect_file: MotionCor2 defect file or defect map (overrides ``rlnMicrographDefectFile``).
-        dose_per_frame: exposure per frame [e⁻/Å²]; None = from the STAR file, else no dose weighting.
-        pre_exposure: exposure before the first frame [e⁻/Å²]; None = from the STAR file, else 0.
-        first_frame, last_frame: 1-based inclusive frame range (last None or <= 0 = the last).
-        eer_grouping, eer_upsampling: EER readouts per frame, and 1 (4K) or 2 (8K) rendering.
-        plots: write ``Movies/<name>_shifts.png`` per movie.
-    """
-
-    preprocess: PreprocessParams = field(default_factory=PreprocessParams)
-    gain: str | None = None
-    defect_file: str | None = None
-    dose_per_frame: float | None = None
-    pre_exposure: float | None = None
-    first_frame: int = 1
-    last_frame: int | None = None
-    eer_grouping: int = 40
-    eer_upsampling: int = 1
-    plots: bool = True
-
-    def validate(self) -> None:
-        """Raise ValueError with a one-line reason for impossible values."""
-        self.preprocess.validate()
-        if self.dose_per_frame is not None and not self.dose_per_frame > 0:
-            raise ValueError("--dose-per-frame must be positive (e⁻/Å²)")
-        if self.pre_exposure is not None and self.pre_exposure < 0:
-            raise ValueError("--pre-exposure must not be negative (e⁻/Å²)")
-        if self.first_frame < 1:
-            raise ValueError("--first-frame must be 1 or more (frames are numbered from 1)")
-        if self.last_frame is not None and 0 < self.last_frame < self.first_frame:
-            raise ValueError("--last-frame must not come before --first-frame")
-        if self.eer_grouping < 1 or self.eer_upsampling not in (1, 2):
-            raise ValueError("--eer-grouping must be at least 1 and --eer-upsampling 1 or 2")
-
 
 
 # ------------------------------------------------------------------------------------ the job

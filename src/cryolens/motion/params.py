@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from cryolens.core.motion import PolynomialMotion
+from cryolens.motion.preprocess import PreprocessParams
 from cryolens.params import Params, option
 
-__all__ = ["MotionParams", "MotionResult", "parse_patch_grid"]
+__all__ = ["MotionParams", "MotionJobOptions", "MotionResult", "parse_patch_grid"]
 
 
 def parse_patch_grid(text: str) -> tuple[int, int] | None:
@@ -141,6 +142,37 @@ class MotionParams(Params):
             if int(self.patches[0]) * int(self.patches[1]) < self.min_patches:
                 raise ValueError(f"--patches {self.patches[0]}x{self.patches[1]}: fewer than --min-patches "
                                  f"{self.min_patches} patches; use e.g. 5x5")
+
+
+@dataclass
+class MotionJobOptions(Params):
+    """What the job needs besides the alignment parameters, each declared once.
+
+    ``preprocess`` (gain orientation, hot pixels, binning) is declared by :class:`PreprocessParams`.
+    """
+
+    preprocess: PreprocessParams = option(default_factory=PreprocessParams, cli=False, help="Preprocessing")
+    gain: str | None = option(None, help="Gain reference (MRC or TIFF; corrected = raw × gain); default: "
+                                         "rlnMicrographGainName per movie")
+    defect_file: str | None = option(None, flag="--defect",
+                                     help="Defect file (MotionCor2 'x y w h' lines) or defect map (non-zero = bad); "
+                                          "default: rlnMicrographDefectFile per movie")
+    dose_per_frame: float | None = option(None, unit="e⁻/Å²", gt=0,
+                                          help="Exposure per frame; default: rlnMicrographDoseRate from the STAR "
+                                               "file, else no dose weighting")
+    pre_exposure: float | None = option(None, unit="e⁻/Å²", ge=0,
+                                        help="Exposure before the first frame; default: from the STAR file, else 0")
+    first_frame: int = option(1, ge=1, help="First frame to use (1-based)")
+    last_frame: int | None = option(None, help="Last frame to use (1-based; default, 0 or negative: the last)")
+    eer_grouping: int = option(40, ge=1, help="EER readouts summed into one frame")
+    eer_upsampling: int = option(1, choices=(1, 2), help="EER rendering: 1 = 4K, 2 = 8K")
+    plots: bool = option(True, help="A drift plot per movie")
+
+    def check(self) -> None:
+        """The preprocessing rules; the frame range in order."""
+        self.preprocess.validate()
+        if self.last_frame is not None and 0 < self.last_frame < self.first_frame:
+            raise ValueError(f"--last-frame {self.last_frame}: must not come before --first-frame {self.first_frame}")
 
 
 @dataclass

@@ -29,42 +29,27 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cryolens.params import Params, option
+
 __all__ = ["PreprocessParams", "PreprocessResult", "orient_gain", "hot_pixel_mask", "fill_defects",
            "binned_shape", "fourier_bin", "preprocess_movie"]
 
 
 @dataclass
-class PreprocessParams:
-    """Preprocessing options.
+class PreprocessParams(Params):
+    """Preprocessing options, each declared once (gain orientation as RELION's ``--gain_rot``/``--gain_flip``)."""
 
-    Attributes:
-        gain_rot: rotate the gain reference this many times 90° clockwise (0-3; RELION ``--gain_rot``).
-        gain_flip: then flip it: 0 none, 1 upside down, 2 left to right (RELION ``--gain_flip``).
-        hot_pixels: detect hot pixels automatically and fill them.
-        hot_pixel_sigma: detection threshold in robust standard deviations of the summed frames.
-        bin_factor: Fourier binning factor (>= 1; 2 takes super-resolution to the physical pixel).
-        chunk_frames: frames transformed at once while binning (bounds memory).
-    """
-
-    gain_rot: int = 0
-    gain_flip: int = 0
-    hot_pixels: bool = True
-    hot_pixel_sigma: float = 6.0
-    bin_factor: float = 1.0
-    chunk_frames: int = 8
-
-    def validate(self) -> None:
-        """Raise ValueError with a one-line reason for impossible values."""
-        if self.gain_rot not in (0, 1, 2, 3):
-            raise ValueError(f"gain rotation must be 0, 1, 2 or 3 quarter turns, not {self.gain_rot}")
-        if self.gain_flip not in (0, 1, 2):
-            raise ValueError(f"gain flip must be 0 (none), 1 (upside down) or 2 (left to right), not {self.gain_flip}")
-        if not self.hot_pixel_sigma > 0:
-            raise ValueError("the hot-pixel threshold must be a positive number of standard deviations")
-        if not self.bin_factor >= 1:
-            raise ValueError(f"the binning factor must be at least 1, not {self.bin_factor}")
-        if self.chunk_frames < 1:
-            raise ValueError("chunk_frames must be at least 1")
+    gain_rot: int = option(0, ge=0, le=3, help="Rotate the gain this many times 90° clockwise, as "
+                                               "relion_run_motioncorr --gain_rot")
+    gain_flip: int = option(0, choices=(0, 1, 2), help="Then flip the gain: 0 no, 1 upside down, 2 left to right "
+                                                       "(relion_run_motioncorr --gain_flip)")
+    hot_pixels: bool = option(True, help="Find hot pixels in the summed frames and fill them")
+    hot_pixel_sigma: float = option(6.0, gt=0, help="Hot-pixel threshold in robust standard deviations above the "
+                                                    "median sum")
+    bin_factor: float = option(1.0, flag="--bin", ge=1, help="Fourier binning factor (2: super-resolution to the "
+                                                             "physical pixel)")
+    chunk_frames: int = option(8, flag="--bin-chunk-frames", ge=1,
+                               help="Frames transformed at once while binning (bounds memory)")
 
 
 @dataclass

@@ -7,14 +7,7 @@ The pure pieces are importable on their own (``refine`` uses them):
 :func:`postprocess` chains them as ``relion_postprocess`` does.
 """
 
-from cryolens.postprocess.fsc_correction import (FSCCurves, corrected_fsc, noise_substitution, randomize_from_shell,
-                                                 randomize_phases_beyond, with_curve)
-from cryolens.postprocess.masking import (MASK_KINDS, MaskParams, auto_mask, check_mask, make_mask,
-                                          particle_fraction_fsc, solvent_fraction_factor, spherical_mask)
-from cryolens.postprocess.pipeline import PostprocessParams, PostprocessResult, postprocess
-from cryolens.postprocess.sharpen import (GuinierFit, apply_bfactor, apply_shell_weights, divide_by_mtf, fit_guinier,
-                                          flatten_spectrum, flip_hand, fom_weights, fsc_weights, guinier_curve,
-                                          lowpass)
+from cryolens.lazy import lazy_exports
 
 __all__ = [
     "PostprocessParams", "PostprocessResult", "postprocess", "MaskParams", "MASK_KINDS", "auto_mask", "make_mask",
@@ -23,3 +16,14 @@ __all__ = [
     "fsc_weights", "fom_weights", "apply_shell_weights", "guinier_curve", "fit_guinier", "apply_bfactor", "lowpass",
     "flatten_spectrum", "divide_by_mtf", "flip_hand",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "cryolens.postprocess.fsc_correction": ["FSCCurves", "corrected_fsc", "noise_substitution",
+                                            "randomize_from_shell", "randomize_phases_beyond", "with_curve"],
+    "cryolens.postprocess.masking": ["MASK_KINDS", "MaskParams", "auto_mask", "check_mask", "make_mask",
+                                     "particle_fraction_fsc", "solvent_fraction_factor", "spherical_mask"],
+    "cryolens.postprocess.pipeline": ["PostprocessParams", "PostprocessResult", "postprocess"],
+    "cryolens.postprocess.sharpen": ["GuinierFit", "apply_bfactor", "apply_shell_weights", "divide_by_mtf",
+                                     "fit_guinier", "flatten_spectrum", "flip_hand", "fom_weights", "fsc_weights",
+                                     "guinier_curve", "lowpass"],
+})

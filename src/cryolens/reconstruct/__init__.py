@@ -1,5 +1,9 @@
 """Reconstruction of half maps and the full map from particles with known poses."""
 
-from cryolens.reconstruct.half_maps import ReconstructParams, ReconstructResult, reconstruct_half_maps
+from cryolens.lazy import lazy_exports
 
 __all__ = ["ReconstructParams", "ReconstructResult", "reconstruct_half_maps"]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "cryolens.reconstruct.half_maps": ["ReconstructParams", "ReconstructResult", "reconstruct_half_maps"],
+})

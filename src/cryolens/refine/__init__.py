@@ -1,9 +1,13 @@
 """3D refinement: the reusable pose-search engine and gold-standard auto-refinement."""
 
-from cryolens.refine.auto_refine import IterationStats, RefineResult, auto_refine, fsc_weight
-from cryolens.refine.params import RefineParams
-from cryolens.refine.pose_search import (BandProjector, Candidates, FrequencyBand, SearchData, global_search, local_search,
-                                         project_band, shift_grid)
+from cryolens.lazy import lazy_exports
 
 __all__ = ["BandProjector", "RefineParams", "RefineResult", "IterationStats", "auto_refine", "fsc_weight", "Candidates",
            "FrequencyBand", "SearchData", "global_search", "local_search", "project_band", "shift_grid"]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "cryolens.refine.auto_refine": ["IterationStats", "RefineResult", "auto_refine", "fsc_weight"],
+    "cryolens.refine.params": ["RefineParams"],
+    "cryolens.refine.pose_search": ["BandProjector", "Candidates", "FrequencyBand", "SearchData", "global_search",
+                                    "local_search", "project_band", "shift_grid"],
+})
