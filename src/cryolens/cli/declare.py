@@ -95,14 +95,14 @@ def _defaults(cls: type) -> dict[str, Any]:
     return out
 
 
-def _options(cls: type[Params]) -> tuple[list[inspect.Parameter], dict[str, str]]:
-    """One keyword parameter (Annotated with a typer.Option) per declared CLI field of ``cls``, named after its
-    flag (``--sym`` -> ``sym``), and the map from those names to the fields."""
+def _options(cls: type[Params], omit: Sequence[str] = ()) -> tuple[list[inspect.Parameter], dict[str, str]]:
+    """One keyword parameter (Annotated with a typer.Option) per declared CLI field of ``cls`` (not in ``omit``),
+    named after its flag (``--sym`` -> ``sym``), and the map from those names to the fields."""
     hints = typing.get_type_hints(cls)
     defaults = _defaults(cls)
     out, fields_of = [], {}
     for name, d in declared(cls).items():
-        if not d.cli:
+        if not d.cli or name in omit:
             continue
         annotation, default = _cli_type(name, d, hints, defaults)
         words = _flag_words(name, d, default)
@@ -176,9 +176,11 @@ def check_declared(callback: Callable, ctx: click.Context) -> None:
                ctx.params, ctx)
 
 
-def declare(*, outputs: Sequence[str] | None = None, **classes: type[Params]) -> Callable[[Callable], Callable]:
+def declare(*, outputs: Sequence[str] | None = None, omit: Sequence[str] = (),
+            **classes: type[Params]) -> Callable[[Callable], Callable]:
     """Decorator: each keyword argument ``NAME=ParamsClass`` turns the command's ``NAME`` argument into
-    that class's declared options (see the module docstring)."""
+    that class's declared options (see the module docstring); fields named in ``omit`` keep their
+    defaults and get no option in this command."""
 
     def wrap(fn: Callable) -> Callable:
         sig = inspect.signature(fn, eval_str=True)
@@ -186,7 +188,7 @@ def declare(*, outputs: Sequence[str] | None = None, **classes: type[Params]) ->
         owned: dict[str, dict[str, str]] = {}
         for p in sig.parameters.values():
             if p.name in classes:
-                opts, owned[p.name] = _options(classes[p.name])
+                opts, owned[p.name] = _options(classes[p.name], omit)
                 params += opts
             else:
                 params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))

@@ -7,15 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import OUT_HELP, PROJECT_HELP, QUIET_HELP, console, job_target, run_guarded
+from cryolens.cli.common import OutOption, ProjectOption, QuietOption, console, job_target, run_guarded
+from cryolens.cli.declare import declare
+from cryolens.jobs.import_options import Acquisition, GainOptions, ParticleOptics
 from cryolens.errors import InputError
 
 app = typer.Typer(help="Import movies, micrographs, particles, coordinates or a map into a job folder "
                        "(RELION 3.1 STAR with optics groups).", no_args_is_help=True)
 
-OutOpt = Annotated[Optional[Path], typer.Option("--out", help=OUT_HELP)]
-ProjectOpt = Annotated[Optional[Path], typer.Option("--project", help=PROJECT_HELP)]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)]
 GroupOpt = Annotated[Optional[str], typer.Option("--group", help="Add the imported items to this named group of the "
                                                 "project (created when new); see `cryolens project groups`.")]
 FilesArg = Annotated[Optional[list[Path]], typer.Argument(help="Files (a shell pattern expands to these).",
@@ -24,15 +23,9 @@ GlobOpt = Annotated[Optional[list[str]], typer.Option("--glob", help="Quoted fil
                                                       "(** for subfolders); repeatable.", show_default=False)]
 MoreFilesOpt = Annotated[Optional[list[Path]], typer.Option("--files", help="One more file; repeatable.",
                                                             show_default=False)]
-PixelOpt = Annotated[Optional[float], typer.Option("--pixel-size", help="Pixel size of the files as stored (Å).")]
-VoltageOpt = Annotated[float, typer.Option("--voltage", help="Acceleration voltage (kV).")]
-CsOpt = Annotated[float, typer.Option("--cs", help="Spherical aberration (mm).")]
-Q0Opt = Annotated[float, typer.Option("--amplitude-contrast", help="Amplitude contrast (fraction).")]
-OpticsOpt = Annotated[str, typer.Option("--optics-group", help="Optics group name (rlnOpticsGroupName).")]
 OpticsFromOpt = Annotated[Optional[str], typer.Option(
     "--optics-from", help="Regular expression on file names: one optics group per value of its first group "
                           "(named <optics-group>_<value>), e.g. '_(\\d+)_Data' for EPU hole positions.")]
-MtfOpt = Annotated[Optional[Path], typer.Option("--mtf", help="Detector MTF STAR file (rlnMtfFileName).")]
 AppendOpt = Annotated[Optional[Path], typer.Option(
     "--append", help="STAR of an earlier import: write it with this import's files and optics group added.")]
 
@@ -67,36 +60,23 @@ def _files(glob: Optional[list[str]], files: Optional[list[Path]], more: Optiona
 
 
 @app.command("movies")
+@declare(acq=Acquisition, gopt=GainOptions, outputs=("movies", "gain", "defects"))
 def movies(
     files: FilesArg = None,
     glob: GlobOpt = None,
     more_files: MoreFilesOpt = None,
-    pixel_size: PixelOpt = None,
-    voltage: VoltageOpt = 300.0,
-    cs: CsOpt = 2.7,
-    amplitude_contrast: Q0Opt = 0.1,
-    exposure_per_frame: Annotated[Optional[float], typer.Option(
-        "--exposure-per-frame", help="Electron exposure per frame (e/Å²); written as rlnMicrographDoseRate.")] = None,
-    pre_exposure: Annotated[float, typer.Option("--pre-exposure",
-                                                help="Exposure before the first frame (e/Å²).")] = 0.0,
-    gain: Annotated[Optional[Path], typer.Option("--gain", help="Gain reference (MRC; TIFF/.gain read as RELION "
-                                                 "does); written once oriented as gain.mrc.")] = None,
-    gain_rot: Annotated[int, typer.Option("--gain-rot", help="Rotate the gain this many times 90° clockwise, as "
-                                          "relion_run_motioncorr --gain_rot (0-3; MotionCor2 -RotGain).")] = 0,
-    gain_flip: Annotated[str, typer.Option("--gain-flip", help="Then flip the gain: 0 no, 1 upside down, 2 left to "
-                                           "right (relion_run_motioncorr --gain_flip).")] = "0",
+    acq: Acquisition = None,
+    gopt: GainOptions = None,
     defect: Annotated[Optional[Path], typer.Option("--defect", help="Defect file: MotionCor2 'x y w h' list or a "
                                                    "defect map (rlnMicrographDefectFile).")] = None,
-    mtf: MtfOpt = None,
-    optics_group: OpticsOpt = "opticsGroup1",
     optics_from: OpticsFromOpt = None,
     append: AppendOpt = None,
     check_all: Annotated[bool, typer.Option("--check-all", help="Read every movie's header and require one size "
                                             "and frame count (default: the first only).")] = False,
     group: GroupOpt = None,
-    out: OutOpt = None,
-    project: ProjectOpt = None,
-    quiet: QuietOpt = False,
+    out: OutOption = None,
+    project: ProjectOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Import movies (MRC, TIFF, EER) with their acquisition settings into movies.star.
 
@@ -108,15 +88,9 @@ def movies(
       cryolens import movies --glob 'Movies/*.tiff' --pixel-size 0.885 --voltage 300 --cs 2.7
       --amplitude-contrast 0.1 --exposure-per-frame 1.2 --gain Movies/gain.mrc --gain-rot 1 --gain-flip 1
     """
-    from cryolens.jobs.import_gain import GainOptions, parse_gain_flip
-    from cryolens.jobs.importing import MOVIE_SUFFIXES, Acquisition, run_import_movies
-
-    acq = Acquisition(pixel_size=pixel_size, voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast,
-                      exposure_per_frame=exposure_per_frame, pre_exposure=pre_exposure, optics_group=optics_group,
-                      mtf=str(mtf) if mtf else None)
+    from cryolens.jobs.importing import MOVIE_SUFFIXES, run_import_movies
 
     def body():
-        gopt = GainOptions(path=str(gain) if gain else None, rotation=gain_rot, flip=parse_gain_flip(gain_flip))
         found, source = _files(glob, files, more_files, what="movie", suffixes=MOVIE_SUFFIXES)
         with job_target("import_movies", out, project) as target:
             _need_project(target, group)
@@ -135,22 +109,18 @@ def movies(
 
 
 @app.command("micrographs")
+@declare(acq=Acquisition, omit=("exposure_per_frame", "pre_exposure"), outputs=("micrographs",))
 def micrographs(
     files: FilesArg = None,
     glob: GlobOpt = None,
     more_files: MoreFilesOpt = None,
-    pixel_size: PixelOpt = None,
-    voltage: VoltageOpt = 300.0,
-    cs: CsOpt = 2.7,
-    amplitude_contrast: Q0Opt = 0.1,
-    mtf: MtfOpt = None,
-    optics_group: OpticsOpt = "opticsGroup1",
+    acq: Acquisition = None,
     optics_from: OpticsFromOpt = None,
     append: AppendOpt = None,
     group: GroupOpt = None,
-    out: OutOpt = None,
-    project: ProjectOpt = None,
-    quiet: QuietOpt = False,
+    out: OutOption = None,
+    project: ProjectOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Import micrographs (MRC or single-page TIFF) into micrographs.star.
 
@@ -158,10 +128,7 @@ def micrographs(
 
       cryolens import micrographs --glob 'Micrographs/*.mrc' --pixel-size 1.06 --voltage 300 --cs 2.7
     """
-    from cryolens.jobs.importing import MICROGRAPH_SUFFIXES, Acquisition, run_import_micrographs, star_name
-
-    acq = Acquisition(pixel_size=pixel_size, voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast,
-                      optics_group=optics_group, mtf=str(mtf) if mtf else None)
+    from cryolens.jobs.importing import MICROGRAPH_SUFFIXES, run_import_micrographs, star_name
 
     def body():
         found, source = _files(glob, files, more_files, what="micrograph", suffixes=MICROGRAPH_SUFFIXES)
@@ -179,18 +146,14 @@ def micrographs(
 
 
 @app.command("particles")
+@declare(acq=ParticleOptics, outputs=("particles",))
 def particles(
     star: Annotated[Path, typer.Option("--in", help="Particle STAR file (RELION 3.0 or 3.1+).")],
-    pixel_size: PixelOpt = None,
-    voltage: Annotated[Optional[float], typer.Option("--voltage", help="kV, for a RELION 3.0 file without it.")] = None,
-    cs: Annotated[Optional[float], typer.Option("--cs", help="mm, for a RELION 3.0 file without it.")] = None,
-    amplitude_contrast: Annotated[Optional[float], typer.Option("--amplitude-contrast",
-                                                                help="For a RELION 3.0 file without it.")] = None,
-    optics_group: Annotated[Optional[str], typer.Option("--optics-group", help="Rename the optics group(s).")] = None,
+    acq: ParticleOptics = None,
     group: GroupOpt = None,
-    out: OutOpt = None,
-    project: ProjectOpt = None,
-    quiet: QuietOpt = False,
+    out: OutOption = None,
+    project: ProjectOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Import a particle STAR: validate it, upgrade RELION 3.0 to 3.1, check every image exists.
 
@@ -201,14 +164,12 @@ def particles(
       cryolens import particles --in old/particles.star --pixel-size 1.34 --voltage 300 --cs 2.7
       --amplitude-contrast 0.1
     """
-    from cryolens.jobs.importing import Acquisition, run_import_particles
-
-    acq = Acquisition(pixel_size=pixel_size, voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast)
+    from cryolens.jobs.importing import run_import_particles
 
     def body():
         with job_target("import_particles", out, project) as target:
             _need_project(target, group)
-            job = run_import_particles(star, target.out, acq, optics_group=optics_group, observer=target.observer)
+            job = run_import_particles(star, target.out, acq, observer=target.observer)
             extra = _group(target, group, star=target.out / "particles.star", key="rlnImageName")
         r = job.results
         console.print(f"{r['n_particles']} particles (box {r['box']}, {r['pixel_size_A']:g} Å/px, RELION "
@@ -219,6 +180,7 @@ def particles(
 
 
 @app.command("coords")
+@declare(outputs=("coords",))
 def coords(
     files: FilesArg = None,
     glob: GlobOpt = None,
@@ -228,9 +190,9 @@ def coords(
     scale: Annotated[float, typer.Option("--scale", help="Multiply coordinates (2 for picks on 2x-binned "
                                          "micrographs).")] = 1.0,
     group: GroupOpt = None,
-    out: OutOpt = None,
-    project: ProjectOpt = None,
-    quiet: QuietOpt = False,
+    out: OutOption = None,
+    project: ProjectOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Import particle coordinates: RELION .star, EMAN .box (corner + size -> centre) or 'x y' text.
 
@@ -259,15 +221,16 @@ def coords(
 
 
 @app.command("map")
+@declare(outputs=("map",))
 def map_(
     path: Annotated[Path, typer.Option("--in", help="3-D map (MRC).")],
     pixel_size: Annotated[Optional[float], typer.Option("--pixel-size", help="Correct the header's pixel size "
                                                         "(Å; the map is rewritten).")] = None,
     link: Annotated[bool, typer.Option("--link", help="Link instead of copying (when the header is kept).")] = False,
     group: GroupOpt = None,
-    out: OutOpt = None,
-    project: ProjectOpt = None,
-    quiet: QuietOpt = False,
+    out: OutOption = None,
+    project: ProjectOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Import a 3-D map (reference, mask or published map) as map.mrc after checking its header and values.
 

@@ -9,7 +9,6 @@ The import writes the oriented gain once as ``gain.mrc``, so later stages need n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,53 +16,9 @@ import numpy as np
 from cryolens.errors import InputError
 from cryolens.io.movies import MovieInfo, read_gain
 from cryolens.jobs.report import new_figure, save_figure
+from cryolens.jobs.import_options import GainOptions
 
-__all__ = ["GainOptions", "parse_gain_flip", "oriented_gain", "plot_gain"]
-
-_OLD_ROTATION = {90: 1, 180: 2, 270: 3}  # degrees, the spelling before RELION's
-_OLD_FLIP = {"none": 0, "y": 1, "x": 2}
-
-
-@dataclass
-class GainOptions:
-    """Gain reference and its orientation relative to the movie frames.
-
-    Attributes:
-        path: MRC gain reference (or TIFF, read flipped in y as RELION reads TIFF); None = no gain.
-        rotation: quarter turns clockwise as shown with row 0 at the top (relion_display), 0-3
-            = RELION ``--gain_rot`` = MotionCor2 ``-RotGain``.
-        flip: then 0 (none), 1 (upside down, rows reversed) or 2 (left to right, columns reversed)
-            = RELION ``--gain_flip``.
-    """
-
-    path: str | None = None
-    rotation: int = 0
-    flip: int = 0
-
-    def validate(self) -> None:
-        if self.rotation in _OLD_ROTATION:
-            raise ValueError(f"--gain-rot {self.rotation}: give quarter turns 0-3 as relion_run_motioncorr "
-                             f"--gain_rot, i.e. --gain-rot {_OLD_ROTATION[self.rotation]}")
-        if self.rotation not in (0, 1, 2, 3):
-            raise ValueError(f"--gain-rot {self.rotation}: give quarter turns clockwise, 0, 1, 2 or 3, as "
-                             "relion_run_motioncorr --gain_rot")
-        if self.flip not in (0, 1, 2):
-            raise ValueError(f"--gain-flip {self.flip}: give 0 (none), 1 (upside down) or 2 (left to right), as "
-                             "relion_run_motioncorr --gain_flip")
-
-
-def parse_gain_flip(text: str) -> int:
-    """``--gain-flip`` as typed: ``0``, ``1`` or ``2``; the old letters (``none``/``y``/``x``) and
-    anything else raise an InputError that names the RELION value."""
-    t = text.strip().lower()
-    if t.isdigit():
-        return int(t)
-    if t in _OLD_FLIP:
-        raise InputError(f"--gain-flip {text}: give 0 (none), 1 (upside down) or 2 (left to right) as "
-                         f"relion_run_motioncorr --gain_flip, i.e. --gain-flip {_OLD_FLIP[t]}.")
-    raise InputError(f"--gain-flip {text}: give 0 (none), 1 (upside down) or 2 (left to right) as "
-                     "relion_run_motioncorr --gain_flip.")
-
+__all__ = ["oriented_gain", "plot_gain"]
 
 def oriented_gain(gain: GainOptions, first: MovieInfo) -> tuple[np.ndarray, np.ndarray]:
     """(gain as read, gain oriented) ``(rows, columns)`` float32; InputError when the oriented gain

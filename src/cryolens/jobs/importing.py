@@ -28,7 +28,7 @@ import glob as globlib
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,55 +43,17 @@ from cryolens.io.images import resolve_path
 from cryolens.io.movies import MOVIE_SUFFIXES as _MOVIE_FORMATS
 from cryolens.io.movies import MovieInfo, movie_info, read_defects
 from cryolens.io.atomic import atomic_output
-from cryolens.jobs.import_gain import GainOptions, oriented_gain, plot_gain
+from cryolens.jobs.import_gain import oriented_gain, plot_gain
+from cryolens.jobs.import_options import Acquisition, GainOptions, ParticleOptics
 from cryolens.jobs.report import plot_central_slices, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 
-__all__ = ["Acquisition", "expand_inputs", "star_name",
+__all__ = ["expand_inputs", "star_name",
            "run_import_movies", "run_import_micrographs", "run_import_particles",
            "run_import_map", "MOVIE_SUFFIXES", "MICROGRAPH_SUFFIXES"]
 
 MOVIE_SUFFIXES = tuple(_MOVIE_FORMATS)
 MICROGRAPH_SUFFIXES = (".mrc", ".tif", ".tiff")
-
-
-@dataclass
-class Acquisition:
-    """Microscope settings of one optics group.
-
-    Attributes:
-        pixel_size: Å per pixel of the files as stored (super-resolution movies: the super-resolution pixel).
-        voltage: kV.  cs: spherical aberration, mm.  amplitude_contrast: fraction in [0, 1).
-        exposure_per_frame: e⁻/Å² per movie frame (movies only; written as rlnMicrographDoseRate).
-        pre_exposure: e⁻/Å² before the first frame (rlnMicrographPreExposure).
-        optics_group: rlnOpticsGroupName (one STAR token: no spaces).
-        mtf: detector MTF STAR file (rlnMtfFileName), optional.
-    """
-
-    pixel_size: float | None = None
-    voltage: float | None = 300.0
-    cs: float | None = 2.7
-    amplitude_contrast: float | None = 0.1
-    exposure_per_frame: float | None = None
-    pre_exposure: float = 0.0
-    optics_group: str = "opticsGroup1"
-    mtf: str | None = None
-
-    def validate(self) -> None:
-        if self.pixel_size is not None and not self.pixel_size > 0:
-            raise ValueError("--pixel-size must be positive (Å)")
-        if self.voltage is not None and not 0 < self.voltage <= 3000:
-            raise ValueError("--voltage must be in (0, 3000] kV")
-        if self.cs is not None and not 0 <= self.cs < 100:
-            raise ValueError("--cs must be in [0, 100) mm")
-        if self.amplitude_contrast is not None and not 0 <= self.amplitude_contrast < 1:
-            raise ValueError("--amplitude-contrast must be in [0, 1)")
-        if self.exposure_per_frame is not None and not self.exposure_per_frame > 0:
-            raise ValueError("--exposure-per-frame must be positive (e/Å² per frame)")
-        if not self.pre_exposure >= 0:
-            raise ValueError("--pre-exposure must be >= 0 (e/Å²)")
-        if not re.fullmatch(r"[^\s\"']+", self.optics_group or ""):
-            raise ValueError("--optics-group must be one word without spaces or quotes")
 
 
 def star_name(path: str | os.PathLike) -> str:
@@ -336,14 +298,15 @@ def run_import_micrographs(files: list[Path], out_dir: str | os.PathLike, acq: A
 _NAME = r"^(?:(?P<index>\d+)@)?(?P<path>.+)$"
 
 
-def run_import_particles(star: str | os.PathLike, out_dir: str | os.PathLike, acq: Acquisition, *,
-                         optics_group: str | None = None, observer: JobObserver | None = None) -> Job:
+def run_import_particles(star: str | os.PathLike, out_dir: str | os.PathLike, acq: ParticleOptics, *,
+                         observer: JobObserver | None = None) -> Job:
     """Validate a RELION 3.0/3.1 particle STAR, upgrade it to 3.1 and write ``particles.star``.
 
     ``acq`` values fill what a 3.0 file lacks (voltage, Cs, amplitude contrast, pixel size); a
-    value given that disagrees with the file is an error. ``optics_group`` renames the groups.
+    value given that disagrees with the file is an error. ``acq.optics_group`` renames the groups.
     """
     out = Path(out_dir)
+    optics_group = acq.optics_group
     check_params("import particles", acq)
     blocks = read_star(star)
     version = "3.1" if "optics" in blocks else "3.0"

@@ -25,24 +25,65 @@ Conventions (pinned by tests against ``relion_run_motioncorr``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from cryolens.params import Params, option
 
-__all__ = ["PreprocessParams", "PreprocessResult", "orient_gain", "hot_pixel_mask", "fill_defects",
-           "binned_shape", "fourier_bin", "preprocess_movie"]
+__all__ = ["PreprocessParams", "parse_gain_rot", "parse_gain_flip", "gain_rot_option", "gain_flip_option",
+           "PreprocessResult", "orient_gain", "hot_pixel_mask", "fill_defects", "binned_shape", "fourier_bin",
+           "preprocess_movie"]
+
+
+_OLD_ROTATION = {90: 1, 180: 2, 270: 3}  # degrees, the spelling before RELION's
+_OLD_FLIP = {"none": 0, "y": 1, "x": 2}
+_ROT_RULE = "quarter turns 0-3 as relion_run_motioncorr --gain_rot"
+_FLIP_RULE = "0 (none), 1 (upside down) or 2 (left to right), as relion_run_motioncorr --gain_flip"
+
+
+def parse_gain_rot(text: str) -> int:
+    """``--gain-rot`` as typed (RELION's quarter turns 0-3); degrees (90/180/270) get the RELION value."""
+    t = text.strip()
+    if t.lstrip("-").isdigit() and int(t) in _OLD_ROTATION:
+        raise ValueError(f"give {_ROT_RULE}, i.e. --gain-rot {_OLD_ROTATION[int(t)]}")
+    if not t.isdigit():
+        raise ValueError(f"give {_ROT_RULE}")
+    return int(t)
+
+
+def parse_gain_flip(text: str) -> int:
+    """``--gain-flip`` as typed (RELION's 0/1/2); the old letters (none/y/x) get the RELION value."""
+    t = text.strip().lower()
+    if t in _OLD_FLIP:
+        raise ValueError(f"give {_FLIP_RULE}, i.e. --gain-flip {_OLD_FLIP[t]}")
+    if not t.isdigit():
+        raise ValueError(f"give {_FLIP_RULE}")
+    return int(t)
+
+
+def gain_rot_option() -> Any:
+    """The one declaration of ``--gain-rot`` (used by motion and by import movies)."""
+    return option(0, flag="--gain-rot", parse=parse_gain_rot, text=str, metavar="0-3",
+                  rule=(lambda r: r in (0, 1, 2, 3), _ROT_RULE),
+                  help="Rotate the gain this many times 90° clockwise, as relion_run_motioncorr --gain_rot "
+                       "(MotionCor2 -RotGain)")
+
+
+def gain_flip_option() -> Any:
+    """The one declaration of ``--gain-flip`` (used by motion and by import movies)."""
+    return option(0, flag="--gain-flip", parse=parse_gain_flip, text=str, metavar="0-2",
+                  rule=(lambda f: f in (0, 1, 2), _FLIP_RULE),
+                  help="Then flip the gain: 0 no, 1 upside down, 2 left to right (relion_run_motioncorr --gain_flip)")
 
 
 @dataclass
 class PreprocessParams(Params):
     """Preprocessing options, each declared once (gain orientation as RELION's ``--gain_rot``/``--gain_flip``)."""
 
-    gain_rot: int = option(0, ge=0, le=3, help="Rotate the gain this many times 90° clockwise, as "
-                                               "relion_run_motioncorr --gain_rot")
-    gain_flip: int = option(0, choices=(0, 1, 2), help="Then flip the gain: 0 no, 1 upside down, 2 left to right "
-                                                       "(relion_run_motioncorr --gain_flip)")
+    gain_rot: int = gain_rot_option()
+    gain_flip: int = gain_flip_option()
     hot_pixels: bool = option(True, help="Find hot pixels in the summed frames and fill them")
     hot_pixel_sigma: float = option(6.0, gt=0, help="Hot-pixel threshold in robust standard deviations above the "
                                                     "median sum")
