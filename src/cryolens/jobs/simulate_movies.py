@@ -49,8 +49,9 @@ from cryolens.io.movie_writer import MovieWriter
 from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.structures import structure_inputs
-from cryolens.simulate.movies import (Detector, MovieParams, MovieTruth, field_shape, make_detector, movie_margin,
-                                      simulate_movie, storage_dtype)
+from cryolens.simulate.movie_truth import MovieTruth
+from cryolens.simulate.movies import (Detector, MovieParams, field_shape, make_detector, movie_margin, simulate_movie,
+                                      storage_dtype)
 
 __all__ = ["run_simulate_movies", "movie_truth_blocks"]
 
