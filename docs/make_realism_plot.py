@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from cryolens.io import read_mrc
+from cryolens.jobs.report import new_figure
 from cryolens.simulate.micrographs import MicrographParams, centred_spectrum, power_spectrum, simulate_micrograph
 from cryolens.simulate.structures import phantom_structure
 
@@ -110,12 +111,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(ROOT / "docs" / "micrograph_realism.png"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(CASES), 5, figsize=(19, 4.2 * len(CASES)),
-                             gridspec_kw=dict(width_ratios=[1, 1, 1, 1, 2.2]))
+    fig, axes = new_figure(nrows=len(CASES), ncols=5, figsize=(19, 4.2 * len(CASES)),
+                           gridspec_kw=dict(width_ratios=[1, 1, 1, 1, 2.2]))
     numbers = {}
     for row, name in zip(axes, CASES):
         real, apix = read_mrc(DATA / name)

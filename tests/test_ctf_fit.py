@@ -216,7 +216,8 @@ def test_simulated_accuracy_over_range(accuracy_set, search):
 
 def with_phase_plate(monkeypatch, phase_deg: float):
     """Make the simulator image through a phase plate (its CTF gets ``phase_shift``)."""
-    draw, params = simmic.draw_ctf, simmic._ctf_params
+    from cryolens.simulate import canvas
+    draw, params = simmic.draw_ctf, canvas.ctf_params
 
     def draw_ctf(*a, **k):
         return {**draw(*a, **k), "phase_shift": phase_deg}
@@ -227,7 +228,7 @@ def with_phase_plate(monkeypatch, phase_deg: float):
         return p
 
     monkeypatch.setattr(simmic, "draw_ctf", draw_ctf)
-    monkeypatch.setattr(simmic, "_ctf_params", ctf_params)
+    monkeypatch.setattr(canvas, "ctf_params", ctf_params)
 
 
 @pytest.mark.slow

@@ -139,11 +139,11 @@ def test_frame_spectra_follow_the_damage_filter():
 
 @pytest.mark.parametrize("accelerate", [False, True], ids=["eager", "compiled"])
 def test_shot_noise_is_poisson_with_the_set_dose(accelerate):
-    from cryolens.simulate import movies as mv
+    from cryolens.simulate import movie_frames as mf
     p = quiet_params(dose_per_frame=0.8)
     movie, _ = make_movie(p, contrast=lambda shape: torch.zeros(shape), accelerate=accelerate)
     x = np.stack([f for _, f in movie.frames(np.uint16)]).astype(np.float64)
-    if accelerate and mv._COUNTS.failed:
+    if accelerate and mf.COUNTS_KERNEL.failed:
         pytest.skip("torch.compile is not available here; the eager sampler was used")
     lam = p.dose_per_frame * 1.5 ** 2
     n = x.size
@@ -163,13 +163,13 @@ def test_shot_noise_is_poisson_with_the_set_dose(accelerate):
 
 def test_compiled_and_eager_frames_agree():
     """The fused (torch.compile) spectrum kernel computes the same frames as the eager one."""
-    from cryolens.simulate import movies as mv
+    from cryolens.simulate import movie_frames as mf
     p = quiet_params(drift=8.0, damage=True, frame_blur=True, local_motion=True, local_motion_rms=2.0, n_frames=4)
     eager, _ = make_movie(p, accelerate=False)
     fast, _ = make_movie(p, accelerate=True)
     a = np.stack([f for _, f in eager.frames(noise=False)])
     b = np.stack([f for _, f in fast.frames(noise=False)])
-    if mv._FOURIER.failed:
+    if mf.FOURIER_KERNEL.failed:
         pytest.skip("torch.compile is not available here")
     assert np.abs(a - b).max() < 1e-4 * np.abs(a).max()
 

@@ -36,6 +36,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,9 @@ from cryolens.io.movie_writer import MovieWriter
 from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.structures import structure_inputs
-from cryolens.simulate.movies import (Detector, MovieParams, MovieTruth, field_shape, make_detector, movie_margin,
-                                      simulate_movie, storage_dtype)
+from cryolens.simulate.movie_truth import MovieTruth
+from cryolens.simulate.movies import (Detector, MovieParams, field_shape, make_detector, movie_margin, simulate_movie,
+                                      storage_dtype)
 
 __all__ = ["run_simulate_movies", "movie_truth_blocks"]
 
@@ -178,9 +180,6 @@ def run_simulate_movies(out_dir: str | os.PathLike, params: MovieParams, microgr
     specimen (ice, CTF, particles); its size is the movie's (physical pixels), ``pixel_size``
     the output (physical) pixel size in Å and ``box`` the structures' box at that size.
     """
-    from cryolens.jobs.structures import load_structures
-    from cryolens.simulate.micrographs import detector_mtf, simulate_micrograph_signal
-
     out = Path(out_dir)
     check_params("simulate movies", params, micrograph_params)
     if n_movies < 1:
@@ -189,13 +188,86 @@ def run_simulate_movies(out_dir: str | os.PathLike, params: MovieParams, microgr
         raise InputError(f"simulate movies: --format {fmt} is not supported; use mrc or tiff (EER cannot be written).")
     if pixel_size is not None and not pixel_size > 0:
         raise InputError("simulate movies: --pixel-size must be positive (Å).")
-    f = 2 if params.super_resolution else 1
-    width, height = micrograph_params.width, micrograph_params.height
     job_params = {"movie": dataclasses.asdict(params), "micrograph": dataclasses.asdict(micrograph_params),
                   "n_movies": n_movies, "format": fmt}
     inputs = structure_inputs(structures)
     with Job("simulate_movies", out, params=job_params, inputs=inputs, seed=params.seed, device=str(device),
              observer=observer) as job:
+        run = _MovieRun.start(job, out, params, micrograph_params, structures=structures, pixel_size=pixel_size,
+                              box=box, map_pixel_size=map_pixel_size, fmt=fmt, device=device)
+        total = n_movies * params.n_frames
+        for i in range(n_movies):
+            done = i * params.n_frames
+            run.simulate(i, (lambda k, d=done: progress(d + k, total)) if progress else None)
+        n_particles = run.write_tables()
+        _plot_drift(run.truths, run.mpix, out / "drift.png")
+        secs = [job.timings[f"movie_{i + 1:04d}"] for i in range(n_movies)]
+        job.results.update(
+            n_movies=n_movies, n_frames=params.n_frames, width=run.w, height=run.h, movie_pixel_size_A=run.mpix,
+            output_pixel_size_A=run.apix, super_resolution=params.super_resolution, format=fmt,
+            frame_dtypes=sorted(run.dtypes), dose_per_frame=params.dose_per_frame,
+            total_dose=params.n_frames * params.dose_per_frame, n_particles=n_particles,
+            max_drift_A=round(max(float(np.linalg.norm(t.displacements, axis=1).max()) * run.mpix
+                                  for t in run.truths), 2),
+            hot_pixels=int(len(run.det.hot_pixels)), dead_pixels=int(len(run.det.dead_pixels)),
+            saturated_pixels=int(run.saturated), seconds_per_movie=round(float(np.mean(secs)), 2),
+            cpu_seconds_per_movie=round(float(np.mean(run.cpu_seconds)), 2),
+            compiled_kernels=run.compiled)
+        write_report(out / "report.html", title="Simulated movies", summary=job.results,
+                     params={**{f"movie.{k}": v for k, v in job.params["movie"].items()},
+                             **{f"micrograph.{k}": v for k, v in job.params["micrograph"].items()}},
+                     images=["drift.png"])
+        job.log.info("wrote %d movies of %dx%dx%d at %.4f Å/px", n_movies, run.w, run.h, params.n_frames, run.mpix)
+    return job
+
+
+@dataclass
+class _MovieRun:
+    """State of one ``simulate movies`` job: the structures, the field geometry, the detector,
+    and the rows of the output tables gathered movie by movie.
+
+    Pixel sizes [Å]: ``apix`` of the output (physical pixel), ``mpix`` of the movie (half of it
+    with super-resolution, ``f = 2``); ``(h, w)`` the movie, ``(hf, wf)`` the contrast field
+    holding it at ``(oy, ox)``.
+    """
+
+    job: Job
+    out: Path
+    params: MovieParams
+    mp: object  # MicrographParams of the field
+    structs: list
+    pops: list[float]
+    apix: float
+    n_box: int
+    f: int
+    mpix: float
+    h: int
+    w: int
+    oy: int
+    ox: int
+    det: Detector
+    mtf: torch.Tensor
+    fmt: str
+    device: torch.device | str
+    gain_name: str | None
+    defect_name: str | None
+    rows: list = field(default_factory=list)
+    mic_rows: list = field(default_factory=list)
+    truth_parts: list = field(default_factory=list)
+    truths: list = field(default_factory=list)
+    dtypes: set = field(default_factory=set)
+    cpu_seconds: list = field(default_factory=list)
+    saturated: int = 0
+    compiled: bool = False
+
+    @classmethod
+    def start(cls, job: Job, out: Path, params: MovieParams, micrograph_params, *, structures, pixel_size, box,
+              map_pixel_size, fmt: str, device) -> "_MovieRun":
+        """Load and write the truth maps, size the field, make the detector and write its files."""
+        from cryolens.jobs.structures import load_structures
+        from cryolens.simulate.micrographs import detector_mtf
+
+        f = 2 if params.super_resolution else 1
         structs = load_structures(list(structures or []), pixel_size=pixel_size, box=box, seed=params.seed,
                                   map_pixel_size=map_pixel_size)
         apix = float(structs[0].pixel_size)  # output (physical) pixel
@@ -208,11 +280,8 @@ def run_simulate_movies(out_dir: str | os.PathLike, params: MovieParams, microgr
             structs = load_structures(list(structures or []), pixel_size=apix / 2, box=2 * n_box, seed=params.seed,
                                       map_pixel_size=map_pixel_size)
         mpix = apix / f
-        pops = [float(s.population) for s in structs]
-        h, w = height * f, width * f
-        margin = movie_margin(params, mpix)
-        hf, wf = field_shape(h, w, margin)
-        oy, ox = (hf - h) // 2, (wf - w) // 2
+        h, w = micrograph_params.height * f, micrograph_params.width * f
+        hf, wf = field_shape(h, w, movie_margin(params, mpix))
         # particles fill the field around the movie at the density of particles_per_micrograph per movie
         # frame; the truth keeps those centred inside the frame
         edge = (micrograph_params.margin / mpix) if micrograph_params.margin is not None else structs[0].box / 2
@@ -223,88 +292,85 @@ def run_simulate_movies(out_dir: str | os.PathLike, params: MovieParams, microgr
         det = make_detector(h, w, params, device=device)
         gain_name, defect_name = _detector_files(out, det, mpix)
         (out / "Movies").mkdir(exist_ok=True)
-        suffix = ".mrcs" if fmt == "mrc" else ".tif"
         mtf = detector_mtf((hf, wf), device=device, nyquist_gaussian=mp.mtf_gaussian)
-        rows, mic_rows, truth_parts, truths = [], [], [], []
-        saturated, dtypes = 0, set()
-        total = n_movies * params.n_frames
-        cpu_seconds, compiled = [], False
-        for i in range(n_movies):
-            cpu0 = time.process_time()
-            with job.timed(f"movie_{i + 1:04d}"):
-                sig = simulate_micrograph_signal(structs, pops, pixel_size=mpix, params=mp, index=i, device=device)
-                movie = simulate_movie(sig.contrast, pixel_size=mpix, params=params, detector=det, mtf=mtf, index=i,
-                                       device=device)
-                dtype = storage_dtype(movie.truth.max_count, fmt)
-                dtypes.add(str(dtype))
-                path = out / "Movies" / f"movie_{i + 1:04d}{suffix}"
-                with MovieWriter(path, n_frames=params.n_frames, shape=(h, w), dtype=dtype, pixel_size=mpix) as wr:
-                    done = i * params.n_frames
-                    _write_frames(movie, wr, dtype, (lambda k, d=done: progress(d + k, total)) if progress else None)
-            cpu_seconds.append(time.process_time() - cpu0)
-            compiled = movie.compiled
-            saturated += sum(movie.saturated)
-            rel = os.path.relpath(path)
-            meta = path.with_suffix(".star")
-            write_star(meta, movie_truth_blocks(movie.truth, movie_name=rel, gain_name=gain_name,
-                                                defect_name=defect_name, binning=f, hot_pixels=det.hot_pixels))
-            row = {"rlnMicrographMovieName": rel, "rlnOpticsGroup": 1, "rlnMicrographMetadata": os.path.relpath(meta)}
-            if gain_name:
-                row["rlnMicrographGainName"] = gain_name
-            rows.append(row)
-            truths.append(movie.truth)
-            # particles: field pixels -> movie pixels -> output pixels (aligned to frame 1)
-            p = sig.particles.copy()
-            p["rlnCoordinateX"] = (p["rlnCoordinateX"] - ox) / f
-            p["rlnCoordinateY"] = (p["rlnCoordinateY"] - oy) / f
-            inside = (p["rlnCoordinateX"] >= 0) & (p["rlnCoordinateX"] < width) & \
-                     (p["rlnCoordinateY"] >= 0) & (p["rlnCoordinateY"] < height)
-            p = p[inside].reset_index(drop=True)
-            mic_name = os.path.relpath(path.with_suffix(".mrc"))
-            write_star(path.with_name(path.stem + "_truth.star"),
-                       {"": p[["rlnCoordinateX", "rlnCoordinateY", "rlnClassNumber"]]})
-            c = sig.ctf
-            mic_rows.append({"rlnMicrographName": mic_name, "rlnMicrographMovieName": rel, "rlnOpticsGroup": 1,
-                             "rlnDefocusU": c["defocus_u"], "rlnDefocusV": c["defocus_v"],
-                             "rlnDefocusAngle": c["defocus_angle"],
-                             "rlnCtfAstigmatism": abs(c["defocus_u"] - c["defocus_v"]), "rlnCtfBfactor": c["bfactor"],
-                             "cryolensTiltAngle": c["tilt_angle"], "cryolensTiltAxisAngle": c["tilt_axis"],
-                             "cryolensDose": params.n_frames * params.dose_per_frame,
-                             "cryolensNumberOfParticles": len(p)})
-            p.insert(0, "rlnMicrographName", mic_name)
-            p.insert(1, "rlnMicrographMovieName", rel)
-            p["rlnOpticsGroup"] = 1
-            truth_parts.append(p)
-            job.log.info("movie %d: %s, %d particles, drift %.1f Å, max count %d", i + 1, dtype, len(p),
-                         float(np.linalg.norm(movie.truth.displacements[-1])) * mpix, movie.truth.max_count)
+        return cls(job=job, out=out, params=params, mp=mp, structs=structs, pops=[float(s.population) for s in structs],
+                   apix=apix, n_box=n_box, f=f, mpix=mpix, h=h, w=w, oy=(hf - h) // 2, ox=(wf - w) // 2, det=det,
+                   mtf=mtf, fmt=fmt, device=device, gain_name=gain_name, defect_name=defect_name)
 
+    def simulate(self, i: int, progress: Callable[[int], None] | None) -> None:
+        """Movie ``i``: its specimen, frames (written as computed) and truth STAR files."""
+        from cryolens.simulate.micrographs import simulate_micrograph_signal
+
+        params, out = self.params, self.out
+        suffix = ".mrcs" if self.fmt == "mrc" else ".tif"
+        cpu0 = time.process_time()
+        with self.job.timed(f"movie_{i + 1:04d}"):
+            sig = simulate_micrograph_signal(self.structs, self.pops, pixel_size=self.mpix, params=self.mp, index=i,
+                                             device=self.device)
+            movie = simulate_movie(sig.contrast, pixel_size=self.mpix, params=params, detector=self.det, mtf=self.mtf,
+                                   index=i, device=self.device)
+            dtype = storage_dtype(movie.truth.max_count, self.fmt)
+            self.dtypes.add(str(dtype))
+            path = out / "Movies" / f"movie_{i + 1:04d}{suffix}"
+            with MovieWriter(path, n_frames=params.n_frames, shape=(self.h, self.w), dtype=dtype,
+                             pixel_size=self.mpix) as wr:
+                _write_frames(movie, wr, dtype, progress)
+        self.cpu_seconds.append(time.process_time() - cpu0)
+        self.compiled = movie.compiled
+        self.saturated += sum(movie.saturated)
+        rel = os.path.relpath(path)
+        meta = path.with_suffix(".star")
+        write_star(meta, movie_truth_blocks(movie.truth, movie_name=rel, gain_name=self.gain_name,
+                                            defect_name=self.defect_name, binning=self.f,
+                                            hot_pixels=self.det.hot_pixels))
+        row = {"rlnMicrographMovieName": rel, "rlnOpticsGroup": 1, "rlnMicrographMetadata": os.path.relpath(meta)}
+        if self.gain_name:
+            row["rlnMicrographGainName"] = self.gain_name
+        self.rows.append(row)
+        self.truths.append(movie.truth)
+        p = self._particles_in_frame(sig.particles)
+        mic_name = os.path.relpath(path.with_suffix(".mrc"))
+        write_star(path.with_name(path.stem + "_truth.star"),
+                   {"": p[["rlnCoordinateX", "rlnCoordinateY", "rlnClassNumber"]]})
+        c = sig.ctf
+        self.mic_rows.append({"rlnMicrographName": mic_name, "rlnMicrographMovieName": rel, "rlnOpticsGroup": 1,
+                              "rlnDefocusU": c["defocus_u"], "rlnDefocusV": c["defocus_v"],
+                              "rlnDefocusAngle": c["defocus_angle"],
+                              "rlnCtfAstigmatism": abs(c["defocus_u"] - c["defocus_v"]), "rlnCtfBfactor": c["bfactor"],
+                              "cryolensTiltAngle": c["tilt_angle"], "cryolensTiltAxisAngle": c["tilt_axis"],
+                              "cryolensDose": params.n_frames * params.dose_per_frame,
+                              "cryolensNumberOfParticles": len(p)})
+        p.insert(0, "rlnMicrographName", mic_name)
+        p.insert(1, "rlnMicrographMovieName", rel)
+        p["rlnOpticsGroup"] = 1
+        self.truth_parts.append(p)
+        self.job.log.info("movie %d: %s, %d particles, drift %.1f Å, max count %d", i + 1, dtype, len(p),
+                          float(np.linalg.norm(movie.truth.displacements[-1])) * self.mpix, movie.truth.max_count)
+
+    def _particles_in_frame(self, particles: pd.DataFrame) -> pd.DataFrame:
+        """Particles whose centre lies in the movie: field pixels -> movie pixels -> output pixels
+        (aligned to frame 1)."""
+        p = particles.copy()
+        p["rlnCoordinateX"] = (p["rlnCoordinateX"] - self.ox) / self.f
+        p["rlnCoordinateY"] = (p["rlnCoordinateY"] - self.oy) / self.f
+        width, height = self.w // self.f, self.h // self.f
+        inside = (p["rlnCoordinateX"] >= 0) & (p["rlnCoordinateX"] < width) & \
+                 (p["rlnCoordinateY"] >= 0) & (p["rlnCoordinateY"] < height)
+        return p[inside].reset_index(drop=True)
+
+    def write_tables(self) -> int:
+        """movies.star, micrographs_truth.star and particles_truth.star; returns the particle count."""
+        out, job, params, mp = self.out, self.job, self.params, self.mp
         optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
-                               "rlnMicrographOriginalPixelSize": [mpix], "rlnVoltage": [params.voltage],
+                               "rlnMicrographOriginalPixelSize": [self.mpix], "rlnVoltage": [params.voltage],
                                "rlnSphericalAberration": [mp.cs], "rlnAmplitudeContrast": [mp.amplitude_contrast]})
-        write_star(out / "movies.star", {"optics": optics, "movies": pd.DataFrame(rows)})
+        write_star(out / "movies.star", {"optics": optics, "movies": pd.DataFrame(self.rows)})
         job.add_output("movies", out / "movies.star")
-        mic_optics = optics.drop(columns=["rlnMicrographOriginalPixelSize"]).assign(rlnMicrographPixelSize=apix)
-        write_star(out / "micrographs_truth.star", {"optics": mic_optics, "micrographs": pd.DataFrame(mic_rows)})
+        mic_optics = optics.drop(columns=["rlnMicrographOriginalPixelSize"]).assign(rlnMicrographPixelSize=self.apix)
+        write_star(out / "micrographs_truth.star", {"optics": mic_optics, "micrographs": pd.DataFrame(self.mic_rows)})
         job.add_output("micrographs_truth", out / "micrographs_truth.star")
-        all_parts = pd.concat(truth_parts, ignore_index=True)
-        part_optics = mic_optics.assign(rlnImagePixelSize=apix, rlnImageSize=n_box, rlnImageDimensionality=2)
+        all_parts = pd.concat(self.truth_parts, ignore_index=True)
+        part_optics = mic_optics.assign(rlnImagePixelSize=self.apix, rlnImageSize=self.n_box, rlnImageDimensionality=2)
         write_star(out / "particles_truth.star", {"optics": part_optics, "particles": all_parts})
         job.add_output("particles_truth", out / "particles_truth.star")
-        _plot_drift(truths, mpix, out / "drift.png")
-        secs = [job.timings[f"movie_{i + 1:04d}"] for i in range(n_movies)]
-        job.results.update(
-            n_movies=n_movies, n_frames=params.n_frames, width=w, height=h, movie_pixel_size_A=mpix,
-            output_pixel_size_A=apix, super_resolution=params.super_resolution, format=fmt,
-            frame_dtypes=sorted(dtypes), dose_per_frame=params.dose_per_frame,
-            total_dose=params.n_frames * params.dose_per_frame, n_particles=int(len(all_parts)),
-            max_drift_A=round(max(float(np.linalg.norm(t.displacements, axis=1).max()) * mpix for t in truths), 2),
-            hot_pixels=int(len(det.hot_pixels)), dead_pixels=int(len(det.dead_pixels)),
-            saturated_pixels=int(saturated), seconds_per_movie=round(float(np.mean(secs)), 2),
-            cpu_seconds_per_movie=round(float(np.mean(cpu_seconds)), 2),
-            compiled_kernels=compiled)
-        write_report(out / "report.html", title="Simulated movies", summary=job.results,
-                     params={**{f"movie.{k}": v for k, v in job.params["movie"].items()},
-                             **{f"micrograph.{k}": v for k, v in job.params["micrograph"].items()}},
-                     images=["drift.png"])
-        job.log.info("wrote %d movies of %dx%dx%d at %.4f Å/px", n_movies, w, h, params.n_frames, mpix)
-    return job
+        return int(len(all_parts))

@@ -18,10 +18,12 @@ Pipeline (all frames batched, memory bounded by frame chunks):
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from cryolens.core.fourier import good_fft_size
+from cryolens.core.motion import PolynomialMotion
 from cryolens.motion.dose_weight import DoseWeights, motion_statistics, rejection_reason
 from cryolens.motion.global_align import align_frames, bfactor_filter, crop_spectrum, cross_mask, phase_ramp, freq_axes
 from cryolens.motion.params import MotionParams, MotionResult
@@ -70,6 +72,59 @@ def align_movie(frames: torch.Tensor, *, pixel_size: float, params: MotionParams
             H, W >= 32, a non-positive pixel size, or non-finite values.
     """
     params.validate()
+    _check_inputs(frames, pixel_size, dose_per_frame, pre_exposure)
+    n, hh, ww = frames.shape
+    dev = frames.device
+    h, w = alignment_shape(hh, ww, pixel_size, params)
+    bx, by = ww / w, hh / h
+    apix = pixel_size * (bx + by) / 2  # alignment pixel [Å]
+    n_chunks = -(-n // params.chunk_frames)
+    local_asked = params.patches is not None and n >= 3
+    ticker = _Ticker(progress, 2 * n_chunks + 1 + int(local_asked))
+
+    small, cache = _frame_spectra(frames, (h, w), params, ticker)  # 1. spectra
+    shifts_a, iterations, converged, score = _global_alignment(small, apix, (bx, by), params)  # 2.
+    shifts = (shifts_a * torch.tensor([bx, by], dtype=torch.float64, device=dev)).cpu()
+    ticker.tick()
+    local = _LocalMotion()  # 3. local motion
+    if local_asked:
+        local = _local_motion(small, shifts_a, (hh, ww), apix, params)
+        ticker.tick()
+    elif params.patches is not None:
+        local = _LocalMotion(fallback="fewer than 3 frames: no local model")
+    del small
+
+    weights = None  # 4. sums
+    if params.dose_weighting and dose_per_frame is not None:
+        def weights(th: int, tw: int) -> DoseWeights:
+            return DoseWeights(th, tw, pixel_size=pixel_size, n_frames=n, dose_per_frame=dose_per_frame,
+                               pre_exposure=pre_exposure, voltage=voltage, restore_power=params.restore_power,
+                               device=dev)
+    if local.coeffs is not None:
+        cache.clear()  # the local sums cut tiles from the frames themselves
+        stride = params.local_tile_px or max(64, min(256, 2 * (min(hh, ww) // 16)))
+        stride -= stride % 2
+        aligned_sum, dw_sum = local_sums(frames, shifts, local.coeffs, stride=stride, weights=weights,
+                                         progress=ticker.within(n_chunks))
+        ticker.tick(n_chunks)
+    else:
+        aligned_sum, dw_sum = _global_sums(frames, shifts, cache, weights, params.chunk_frames, ticker.tick)
+
+    stats = motion_statistics(shifts, pixel_size, dose_per_frame=dose_per_frame, pre_exposure=pre_exposure,
+                              early_exposure=params.early_exposure)
+    return MotionResult(
+        shifts_px=shifts, aligned_sum=aligned_sum, dose_weighted_sum=dw_sum,
+        patch_centres=local.centres, patch_shifts=local.patch_shifts, patch_snr=local.patch_snr,
+        local_model=local.model, local_fallback=local.fallback, accum_motion_total_A=stats["total"],
+        accum_motion_early_A=stats["early"], accum_motion_late_A=stats["late"], max_frame_shift_A=stats["max_step"],
+        rejected=rejection_reason(stats, max_frame_shift_A=params.max_frame_shift_A,
+                                  max_total_travel_A=params.max_total_travel_A),
+        iterations=iterations, converged=converged, score=score, align_pixel_size=apix,
+        accum_motion_total_px=stats["total"] / pixel_size, accum_motion_early_px=stats["early"] / pixel_size,
+        accum_motion_late_px=stats["late"] / pixel_size)
+
+
+def _check_inputs(frames: torch.Tensor, pixel_size: float, dose_per_frame: float | None, pre_exposure: float) -> None:
     if frames.ndim != 3 or frames.shape[0] < 1 or min(frames.shape[1:]) < 32:
         raise ValueError(f"frames must be (F, H, W) with F >= 1 and H, W >= 32, not {tuple(frames.shape)}")
     if not pixel_size > 0:
@@ -78,115 +133,101 @@ def align_movie(frames: torch.Tensor, *, pixel_size: float, params: MotionParams
         raise ValueError("dose_per_frame must be positive (e/Å²) or None")
     if pre_exposure < 0:
         raise ValueError("pre_exposure must not be negative (e/Å²)")
+
+
+class _Ticker:
+    """Progress in work units: ``tick(k)`` after finished units, ``within(k)`` for a step of ``k`` units."""
+
+    def __init__(self, progress: Callable[[int, int], None] | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def tick(self, k: int = 1) -> None:
+        self.done += k
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def within(self, units: int) -> Callable[[int, int], None]:
+        """A ``progress(k, total)`` callback of a step worth ``units`` units (does not advance ``done``)."""
+        def report(k: int, total: int) -> None:
+            if self.progress is not None:
+                self.progress(self.done + round(units * k / total), self.total)
+        return report
+
+
+def _frame_spectra(frames: torch.Tensor, shape: tuple[int, int], params: MotionParams,
+                   ticker: _Ticker) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Edge-tapered spectra ``(F, h, w//2+1)`` on the alignment grid ``shape``, and the full-size
+    spectra of each chunk of frames when they fit ``params.cache_bytes`` (else an empty list)."""
     n, hh, ww = frames.shape
-    dev = frames.device
-    h, w = alignment_shape(hh, ww, pixel_size, params)
-    bx, by = ww / w, hh / h
-    apix = pixel_size * (bx + by) / 2  # alignment pixel [Å]
-    n_chunks = -(-n // params.chunk_frames)
-    local_asked = params.patches is not None and n >= 3
-    total_work = 2 * n_chunks + 1 + int(local_asked)
-    done = 0
-
-    def tick(k: int = 1) -> None:
-        nonlocal done
-        done += k
-        if progress is not None:
-            progress(done, total_work)
-
-    # 1. spectra
+    h, w = shape
     cache_ok = n * hh * (ww // 2 + 1) * 8 <= params.cache_bytes
     cache: list[torch.Tensor] = []
-    small = torch.empty(n, h, w // 2 + 1, dtype=torch.complex64, device=dev)
-    for c in range(n_chunks):
+    small = torch.empty(n, h, w // 2 + 1, dtype=torch.complex64, device=frames.device)
+    for c in range(-(-n // params.chunk_frames)):
         sl = slice(c * params.chunk_frames, min(n, (c + 1) * params.chunk_frames))
         spec = torch.fft.rfft2(frames[sl].to(torch.float32))
         small[sl] = crop_spectrum(spec, (hh, ww), (h, w))
         if cache_ok:
             cache.append(spec)
         del spec
-        tick()
+        ticker.tick()
     if not bool(torch.isfinite(torch.view_as_real(small).sum())):  # NaN and inf propagate
         raise ValueError("the frames contain NaN or infinite values; fill defects and check the gain reference")
-    small = _taper_edges(small, h, w)
+    return _taper_edges(small, h, w), cache
 
-    # 2. global alignment
+
+def _global_alignment(small: torch.Tensor, apix: float, binning: tuple[float, float], params: MotionParams):
+    """``(shifts (F, 2) [alignment px] relative to frame 0, iterations, converged, score)``."""
+    n, h, w = small.shape[0], small.shape[1], 2 * (small.shape[2] - 1)
+    dev = small.device
     filt = bfactor_filter(h, w, apix, params.bfactor_A2, device=dev)
     if params.mask_central_cross:
         filt = filt * cross_mask(h, w, params.cross_width_x, params.cross_width_y, device=dev)
-    if n > 1:
-        trace = align_frames(small, w, filt=filt, max_shift=params.max_shift_A / apix,
-                             min_shift_first=params.min_shift_A / apix, termination=params.termination_px,
-                             max_iterations=params.max_iterations, px_scale=(bx, by),
-                             smoothing=params.smoothing_window)
-        shifts_a = trace.shifts - trace.shifts[:1]
-        iterations, converged, score = trace.iterations, trace.converged, float(trace.snr.mean())
-    else:
-        shifts_a = torch.zeros(1, 2, dtype=torch.float64, device=dev)
-        iterations, converged, score = 0, True, 0.0
-    shifts = (shifts_a * torch.tensor([bx, by], dtype=torch.float64, device=dev)).cpu()
-    tick()
+    if n == 1:
+        return torch.zeros(1, 2, dtype=torch.float64, device=dev), 0, True, 0.0
+    trace = align_frames(small, w, filt=filt, max_shift=params.max_shift_A / apix,
+                         min_shift_first=params.min_shift_A / apix, termination=params.termination_px,
+                         max_iterations=params.max_iterations, px_scale=binning, smoothing=params.smoothing_window)
+    return trace.shifts - trace.shifts[:1], trace.iterations, trace.converged, float(trace.snr.mean())
 
-    # 3. local motion
-    centres = patch_shifts = patch_snr = model = fallback = None
-    coeffs = None
-    if local_asked:
-        ky, kx = freq_axes(h, w, device=dev)
-        aligned = torch.fft.irfft2(small * phase_ramp(shifts_a, ky, kx), s=(h, w))
-        meas = measure_patches(aligned, full_shape=(hh, ww), grid=tuple(int(p) for p in params.patches),
-                               overlap=params.patch_overlap, pixel_size=apix, bfactor=params.local_bfactor_A2,
-                               max_shift_A=params.local_max_shift_A, group=params.local_group_frames,
-                               cross=(params.cross_width_x, params.cross_width_y) if params.mask_central_cross
-                               else None, termination=params.termination_px,
-                               max_iterations=params.local_max_iterations)
-        del aligned
-        centres, patch_snr = meas.centres, meas.snr
-        use = meas.snr >= params.min_patch_snr
-        if int(use.sum()) < params.min_patches:
-            fallback = (f"only {int(use.sum())} of {len(use)} patches have a correlation-peak SNR >= "
+
+@dataclass
+class _LocalMotion:
+    """Patch measurements and the local model (see :class:`MotionResult`); ``coeffs`` ``(2, 18)``."""
+
+    centres: torch.Tensor | None = None
+    patch_shifts: torch.Tensor | None = None
+    patch_snr: torch.Tensor | None = None
+    model: PolynomialMotion | None = None
+    fallback: str | None = None
+    coeffs: torch.Tensor | None = None
+
+
+def _local_motion(small: torch.Tensor, shifts_a: torch.Tensor, full_shape: tuple[int, int], apix: float,
+                  params: MotionParams) -> _LocalMotion:
+    """Patch trajectories on the globally aligned frames and the polynomial model fitted to them,
+    unless fewer than ``params.min_patches`` patches reach ``params.min_patch_snr``."""
+    h, w = small.shape[1], 2 * (small.shape[2] - 1)
+    ky, kx = freq_axes(h, w, device=small.device)
+    aligned = torch.fft.irfft2(small * phase_ramp(shifts_a, ky, kx), s=(h, w))
+    meas = measure_patches(aligned, full_shape=full_shape, grid=tuple(int(p) for p in params.patches),
+                           overlap=params.patch_overlap, pixel_size=apix, bfactor=params.local_bfactor_A2,
+                           max_shift_A=params.local_max_shift_A, group=params.local_group_frames,
+                           cross=(params.cross_width_x, params.cross_width_y) if params.mask_central_cross
+                           else None, termination=params.termination_px,
+                           max_iterations=params.local_max_iterations)
+    del aligned
+    out = _LocalMotion(centres=meas.centres, patch_snr=meas.snr)
+    use = meas.snr >= params.min_patch_snr
+    if int(use.sum()) < params.min_patches:
+        out.fallback = (f"only {int(use.sum())} of {len(use)} patches have a correlation-peak SNR >= "
                         f"{params.min_patch_snr:g} (need {params.min_patches}); global alignment only")
-            patch_shifts = meas.shifts - meas.shifts[:, :1]
-        else:
-            model, patch_shifts = fit_polynomial_model(meas, use, width=ww, height=hh)
-            coeffs = torch.tensor([model.coeff_x, model.coeff_y], dtype=torch.float64)
-        tick()
-    elif params.patches is not None:
-        fallback = "fewer than 3 frames: no local model"
-    del small
-
-    # 4. sums
-    weights = None
-    if params.dose_weighting and dose_per_frame is not None:
-        def weights(th: int, tw: int) -> DoseWeights:
-            return DoseWeights(th, tw, pixel_size=pixel_size, n_frames=n, dose_per_frame=dose_per_frame,
-                               pre_exposure=pre_exposure, voltage=voltage, restore_power=params.restore_power,
-                               device=dev)
-    if coeffs is not None:
-        cache.clear()  # the local sums cut tiles from the frames themselves
-        stride = params.local_tile_px or max(64, min(256, 2 * (min(hh, ww) // 16)))
-        stride -= stride % 2
-
-        def sum_progress(k: int, total: int) -> None:
-            if progress is not None:
-                progress(done + round(n_chunks * k / total), total_work)
-        aligned_sum, dw_sum = local_sums(frames, shifts, coeffs, stride=stride, weights=weights,
-                                         progress=sum_progress)
-        tick(n_chunks)
+        out.patch_shifts = meas.shifts - meas.shifts[:, :1]
     else:
-        aligned_sum, dw_sum = _global_sums(frames, shifts, cache, weights, params.chunk_frames, tick)
-
-    stats = motion_statistics(shifts, pixel_size, dose_per_frame=dose_per_frame, pre_exposure=pre_exposure,
-                              early_exposure=params.early_exposure)
-    return MotionResult(
-        shifts_px=shifts, aligned_sum=aligned_sum, dose_weighted_sum=dw_sum,
-        patch_centres=centres, patch_shifts=patch_shifts, patch_snr=patch_snr, local_model=model,
-        local_fallback=fallback, accum_motion_total_A=stats["total"], accum_motion_early_A=stats["early"],
-        accum_motion_late_A=stats["late"], max_frame_shift_A=stats["max_step"],
-        rejected=rejection_reason(stats, max_frame_shift_A=params.max_frame_shift_A,
-                                  max_total_travel_A=params.max_total_travel_A),
-        iterations=iterations, converged=converged, score=score, align_pixel_size=apix,
-        accum_motion_total_px=stats["total"] / pixel_size, accum_motion_early_px=stats["early"] / pixel_size,
-        accum_motion_late_px=stats["late"] / pixel_size)
+        hh, ww = full_shape
+        out.model, out.patch_shifts = fit_polynomial_model(meas, use, width=ww, height=hh)
+        out.coeffs = torch.tensor([out.model.coeff_x, out.model.coeff_y], dtype=torch.float64)
+    return out
 
 
 def _taper_edges(spec: torch.Tensor, h: int, w: int, fraction: float = 0.1) -> torch.Tensor:

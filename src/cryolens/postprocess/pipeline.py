@@ -162,26 +162,58 @@ def postprocess(half1: torch.Tensor, half2: torch.Tensor, *, pixel_size: float, 
 
     curves = corrected_fsc(h1, h2, mask, pixel_size=pixel_size, randomize_at_fsc=params.randomize_at_fsc,
                            randomize_at_angstrom=params.randomize_at_angstrom, seed=seed)
-    res_unmasked = curves.unmasked.resolution_at(0.143)
+    final, used_unmasked = _final_resolution(curves, box=h1.shape[-1], pixel_size=pixel_size,
+                                             force_mask=params.force_mask, warnings=warnings)
+    report(2, total)
+
+    final_curve = curves.unmasked.fsc if used_unmasked else curves.corrected.fsc
+    sharp, bfactor, fit, guinier = _sharpen(ft3(average), final_curve, final, mtf=mtf, pixel_size=pixel_size,
+                                            params=params, warnings=warnings)
+    report(3, total)
+
+    lp = float(params.low_pass) if params.low_pass else float(final)
+    sharp = lowpass(sharp, lp, pixel_size=pixel_size, edge_shells=params.filter_edge_shells)
+    out = ift3(sharp, h1.shape[-1])
+    if params.flip_hand:
+        out = flip_hand(out)
+    report(4, total)
     res_masked = curves.masked.resolution_at(0.143) if curves.masked is not None else None
+    return PostprocessResult(
+        mask=mask, curves=curves, final_resolution=float(final),
+        resolution_unmasked=float(curves.unmasked.resolution_at(0.143)),
+        resolution_masked=None if res_masked is None else float(res_masked), used_unmasked=used_unmasked,
+        bfactor=float(bfactor), guinier_fit=fit, guinier=guinier, map_sharp=out, low_pass=lp,
+        solvent_factor=solvent_fraction_factor(mask) if mask is not None else float("nan"), warnings=warnings)
+
+
+def _final_resolution(curves: FSCCurves, *, box: int, pixel_size: float, force_mask: bool,
+                      warnings: list[str]) -> tuple[float, bool]:
+    """The final resolution [Å] at FSC 0.143 of the mask-corrected curve (or of the unmasked one
+    when it reaches further, unless ``force_mask``) and whether the unmasked curve was used;
+    sentences about either choice are appended to ``warnings``."""
+    res_unmasked = curves.unmasked.resolution_at(0.143)
     final = curves.corrected.resolution_at(0.143)
     used_unmasked = False
-    if mask is not None and res_unmasked < final:
-        if params.force_mask:
+    if res_unmasked < final:
+        if force_mask:
             warnings.append("the unmasked FSC extends beyond the mask-corrected FSC (mask kept: force_mask)")
         else:
             warnings.append("the unmasked FSC extends beyond the mask-corrected FSC, so the unmasked FSC is used; "
                             "check the mask")
             used_unmasked, final = True, res_unmasked
     if curves.random_masked is not None and not used_unmasked:
-        shell = int(min(len(curves.random_masked.fsc) - 1, np.floor(h1.shape[-1] * pixel_size / final)))
+        shell = int(min(len(curves.random_masked.fsc) - 1, np.floor(box * pixel_size / final)))
         if curves.random_masked.fsc[shell] > 0.1:
             warnings.append(f"the phase-randomised masked FSC is {curves.random_masked.fsc[shell]:.2f} (> 0.10) at "
                             "the final resolution; a softer mask would give a more reliable estimate")
-    report(2, total)
+    return final, used_unmasked
 
-    final_curve = curves.unmasked.fsc if used_unmasked else curves.corrected.fsc
-    f = ft3(average)
+
+def _sharpen(f: torch.Tensor, final_curve: np.ndarray, final: float, *, mtf, pixel_size: float,
+             params: PostprocessParams, warnings: list[str]) -> tuple[torch.Tensor, float, GuinierFit | None, dict]:
+    """Sharpened transform of the average map ``f``: MTF correction, FSC weighting and B-factor
+    (or flattening and FOM weighting); returns it with the B-factor [Å²], the Guinier fit and
+    the Guinier curves ``{s2, original, mtf_corrected, weighted, sharpened}``."""
     s2, g_in = guinier_curve(f, pixel_size=pixel_size)
     if mtf is not None:
         f = divide_by_mtf(f, mtf[0], mtf[1], pixel_size=pixel_size, mtf_pixel_size=params.mtf_pixel_size)
@@ -205,18 +237,5 @@ def postprocess(half1: torch.Tensor, half2: torch.Tensor, *, pixel_size: float, 
             bfactor = fit.bfactor if fit is not None else 0.0
         sharp = apply_bfactor(weighted, bfactor, pixel_size=pixel_size) if bfactor else weighted
     _, g_sharp = guinier_curve(sharp, pixel_size=pixel_size)
-    report(3, total)
-
-    lp = float(params.low_pass) if params.low_pass else float(final)
-    sharp = lowpass(sharp, lp, pixel_size=pixel_size, edge_shells=params.filter_edge_shells)
-    out = ift3(sharp, h1.shape[-1])
-    if params.flip_hand:
-        out = flip_hand(out)
-    report(4, total)
-    return PostprocessResult(
-        mask=mask, curves=curves, final_resolution=float(final), resolution_unmasked=float(res_unmasked),
-        resolution_masked=None if res_masked is None else float(res_masked), used_unmasked=used_unmasked,
-        bfactor=float(bfactor), guinier_fit=fit,
-        guinier={"s2": s2, "original": g_in, "mtf_corrected": g_mtf, "weighted": g_weighted, "sharpened": g_sharp},
-        map_sharp=out, low_pass=lp, solvent_factor=solvent_fraction_factor(mask) if mask is not None else float("nan"),
-        warnings=warnings)
+    guinier = {"s2": s2, "original": g_in, "mtf_corrected": g_mtf, "weighted": g_weighted, "sharpened": g_sharp}
+    return sharp, bfactor, fit, guinier

@@ -84,10 +84,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.core.ctf import CTFParams, ctf_phase_and_envelope, electron_wavelength
-from cryolens.core.fourier import good_fft_size
 from cryolens.core.rotations import matrix_to_euler, random_rotations
 from cryolens.simulate import ice as icemod
+from cryolens.simulate.canvas import absorbing_objects, canvas_geometry, image_canvas, local_defocus
 from cryolens.simulate.detector import detector_mtf, expose, gaussian_filter_rfft
 from cryolens.simulate.specimen import (
     PreparedStructure,
@@ -120,12 +119,6 @@ MICROGRAPH_PRESETS: dict[str, dict] = {
                       voltage=300.0, contaminants=2, aggregates=2),
 }
 
-# FFT lengths of the canvas and projection boxes: {2, 3, 5}-smooth, as the simulator always
-# used (seeded outputs depend on the canvas size; core's default set adds 7).
-_PRIMES = (2, 3, 5)
-_PHASE_SAT = 0.5  # rad, saturation of thick objects' phase (contaminants, carbon step)
-_LAMBDA_CONTAMINANT = 800.0  # Å, effective absorption length of contaminants
-_LAMBDA_CARBON = 800.0  # Å, effective absorption length of the carbon film (scattering outside the aperture)
 
 
 @dataclass
@@ -263,67 +256,6 @@ def draw_ctf(params: MicrographParams, rng: np.random.Generator, *, pixel_size: 
                 bfactor=params.bfactor)
 
 
-def local_defocus(ctf: dict, x, y, *, width: int, height: int):
-    """Defocus offset (Å) of the specimen plane at pixel ``(x, y)`` relative to the centre (W/2, H/2)."""
-    return ctf["gradient_x"] * (x - width / 2) + ctf["gradient_y"] * (y - height / 2)
-
-
-# ------------------------------------------------------------------------------------- optics
-
-
-def _rect_grid(shape: tuple[int, int], pixel_size: float, device):
-    """|s|² (Å⁻²), cos 2φ, sin 2φ on the rfft grid of a rectangular image."""
-    h, w = shape
-    ky = torch.fft.fftfreq(h, d=pixel_size, device=device)[:, None]
-    kx = torch.fft.rfftfreq(w, d=pixel_size, device=device)[None, :]
-    s2 = kx * kx + ky * ky
-    r2 = s2.clamp_min(1e-20)
-    return s2, (kx * kx - ky * ky) / r2, 2 * kx * ky / r2
-
-
-_TERMS: dict = {}  # one entry: the canvas grid and background amplitudes of the last shape/params
-
-
-def _canvas_terms(shape: tuple[int, int], pixel_size: float, params: MicrographParams, device) -> dict:
-    """Frequency grid (|s|², cos 2φ, sin 2φ) and the ice fields' amplitudes on the canvas, cached
-    while the canvas shape, pixel size, device and ice parameters stay the same."""
-    key = (shape, float(pixel_size), str(device), params.ice_thickness, params.ice_variation,
-           params.ice_correlation, params.ice_ring)
-    if _TERMS.get("key") != key:
-        _TERMS.clear()
-        grid = _rect_grid(shape, pixel_size, device)
-        s = torch.sqrt(grid[0])
-        t = params.ice_thickness
-        thick = icemod.radial_table(lambda x: icemod.thickness_psd(x, std=params.ice_variation * t,
-                                                                   correlation=params.ice_correlation), s)
-        ice = icemod.radial_table(lambda x: icemod.ice_structure_psd(x, thickness=t, ring_height=params.ice_ring), s)
-        _TERMS.update(key=key, grid=grid,
-                      thickness_amp=icemod.field_amplitude(thick, shape, pixel_size=pixel_size),
-                      ice_amp=icemod.field_amplitude(ice, shape, pixel_size=pixel_size))
-    return _TERMS
-
-
-def _ctf_params(ctf: dict, du=0.0, *, device=None) -> CTFParams:
-    return CTFParams(defocus_u=torch.as_tensor(ctf["defocus_u"] + du, dtype=torch.float32, device=device),
-                     defocus_v=torch.as_tensor(ctf["defocus_v"] + du, dtype=torch.float32, device=device),
-                     defocus_angle=ctf["defocus_angle"], voltage=ctf["voltage"], cs=ctf["cs"],
-                     amplitude_contrast=ctf["amplitude_contrast"], bfactor=ctf["bfactor"])
-
-
-def _rect_ctf(ctf: dict, du: float, grid) -> torch.Tensor:
-    """The CTF (core.ctf's formula) on a rectangular rfft grid, defocus shifted by ``du`` Å."""
-    s2, cos2, sin2 = grid
-    chi, env = ctf_phase_and_envelope(_ctf_params(ctf, du, device=s2.device), s2[None], cos2, sin2)
-    return (-torch.sin(chi) * env)[0]
-
-
-def _delocalisation(ctf: dict, defocus_max: float, pixel_size: float) -> float:
-    """CTF delocalisation radius (Å) at Nyquist: λΔf s + Cs λ³ s³."""
-    lam = electron_wavelength(ctf["voltage"])
-    s = 0.5 / pixel_size
-    return lam * defocus_max * s + ctf["cs"] * 1e7 * lam ** 3 * s ** 3
-
-
 # --------------------------------------------------------------------------------- simulation
 
 
@@ -352,27 +284,66 @@ def simulate_micrograph_signal(structures: Sequence, populations: Sequence[float
     rng = np.random.default_rng(seed)
     gen = torch.Generator(device=dev).manual_seed(seed)
     H, W, apix = params.height, params.width, float(pixel_size)
-    preps = prepared_structures(structures, pixel_size=apix, units=params.structure_units,
-                                hydrogen_factor=params.hydrogen_factor, device=dev)
-    if len(preps) == 0:
-        raise ValueError("at least one structure is needed")
-    pops = np.ones(len(preps)) if populations is None else np.asarray(populations, dtype=float)
-    if len(pops) != len(preps) or pops.sum() <= 0 or (pops < 0).any():
-        raise ValueError("populations must be one non-negative weight per structure, not all 0")
-    pops = pops / pops.sum()
+    preps, pops = _prepared_with_populations(structures, populations, params, apix, dev)
 
     ctf = draw_ctf(params, rng, pixel_size=apix)
     tilted = ctf["tilt_angle"] > 0
     n_max = max(p.n for p in preps)
     diam = max(p.diameter for p in preps) / apix  # px
-    mean_df = (ctf["defocus_u"] + ctf["defocus_v"]) / 2
-    corner = abs(ctf["gradient_x"]) * W / 2 + abs(ctf["gradient_y"]) * H / 2
-    deloc = int(math.ceil(_delocalisation(ctf, max(ctf["defocus_u"], ctf["defocus_v"]) + corner, apix) / apix))
-    box = good_fft_size(n_max + 2 * deloc + 4, primes=_PRIMES)
-    off = box // 2 + 2  # canvas margin ≥ delocalisation: nothing wraps (same canvas tilted or not)
-    Hc, Wc = good_fft_size(H + 2 * off, primes=_PRIMES), good_fft_size(W + 2 * off, primes=_PRIMES)
+    box, off, Hc, Wc = canvas_geometry(ctf, n_max=n_max, height=H, width=W, pixel_size=apix)
+    layout = _draw_layout(params, rng, apix, diameter_px=diam, n_max=n_max)
+    xy, agg_pts = layout["xy"], layout["agg_pts"]
+    k = len(xy)
+    cls = rng.choice(len(preps), size=k, p=pops) if k else np.zeros(0, dtype=int)
+    rot = random_rotations(k + len(agg_pts), generator=gen, device=dev)
+    agg_cls = rng.choice(len(preps), size=len(agg_pts), p=pops)
+    all_xy = np.concatenate([xy, agg_pts]) if len(agg_pts) else xy
+    all_cls = np.concatenate([cls, agg_cls]).astype(int)
+    ddf = local_defocus(ctf, all_xy[:, 0], all_xy[:, 1], width=W, height=H) if len(all_xy) else np.zeros(0)
 
-    # --- layout: carbon, contaminants, aggregates; then the particles around them
+    gl = relativistic_phase_scale(params.voltage)
+    q = params.amplitude_contrast
+    gain = -2.0 / math.sqrt(1 - q * q) * gl  # contrast per unit of ∫Δρ dz (Å⁻¹)
+    contrast = torch.zeros((Hc, Wc), device=dev)
+    real = torch.zeros((Hc, Wc), device=dev)  # coherent projected density (Å⁻¹) that needs the global CTF
+    _paste_particles(preps, rot, all_xy, all_cls, ddf, ctf, params=params, pixel_size=apix, gain=gain, box=box,
+                     offset=off, tilted=tilted, contrast=contrast, real=real)
+
+    # background on the canvas: carbon and contaminants in real space, ice in Fourier space
+    absorb = absorbing_objects(layout["edge"], layout["blobs"], real, offset=off, pixel_size=apix, params=params,
+                               phase_scale=gl, generator=gen)
+    density_ft = torch.fft.rfft2(real)
+    del real
+    contrast = image_canvas(contrast, density_ft, ctf, params=params, pixel_size=apix, gain=gain, absorb=absorb,
+                            offset=off, size=(H, W), tilted=tilted, generator=gen)
+    contrast = contrast[off:off + H, off:off + W].clamp_min(-1.0).contiguous()
+
+    particles = _particle_table(xy, rot[:k], ctf, ddf[:k], cls)
+    extras = dict(carbon=layout["edge"], contaminants=layout["blobs"], aggregates=layout["aggs"],
+                  min_distance_px=layout["min_d"], margin_px=layout["margin"], padded_box=box,
+                  mean_defocus=(ctf["defocus_u"] + ctf["defocus_v"]) / 2)
+    return MicrographTruth(contrast.float(), particles, ctf, apix, extras)
+
+
+def _prepared_with_populations(structures: Sequence, populations: Sequence[float] | None, params: MicrographParams,
+                               pixel_size: float, device) -> tuple[list[PreparedStructure], np.ndarray]:
+    """The prepared structures and their class probabilities (summing to 1)."""
+    preps = prepared_structures(structures, pixel_size=pixel_size, units=params.structure_units,
+                                hydrogen_factor=params.hydrogen_factor, device=device)
+    if len(preps) == 0:
+        raise ValueError("at least one structure is needed")
+    pops = np.ones(len(preps)) if populations is None else np.asarray(populations, dtype=float)
+    if len(pops) != len(preps) or pops.sum() <= 0 or (pops < 0).any():
+        raise ValueError("populations must be one non-negative weight per structure, not all 0")
+    return preps, pops / pops.sum()
+
+
+def _draw_layout(params: MicrographParams, rng: np.random.Generator, pixel_size: float, *, diameter_px: float,
+                 n_max: int) -> dict:
+    """Carbon edge, contaminants and aggregates, then the particle centres around them (drawn from
+    ``rng`` in that order): a dict of ``edge``, ``blobs``, ``aggs``, ``agg_pts`` ``(A, 2)``,
+    ``xy`` ``(k, 2)`` (x, y px), ``min_d`` and ``margin`` [px]."""
+    H, W, apix, diam = params.height, params.width, pixel_size, diameter_px
     edge = icemod.draw_hole_edge((H, W), pixel_size=apix, rng=rng) if params.carbon else None
     blobs = icemod.draw_contaminants(params.contaminants, (H, W), pixel_size=apix, rng=rng)
     aggs = draw_aggregates(params.aggregates, width=W, height=H, diameter_px=diam, rng=rng)
@@ -392,112 +363,42 @@ def simulate_micrograph_signal(structures: Sequence, populations: Sequence[float
 
     xy = place_particles(params.particles_per_micrograph, width=W, height=H, min_distance=min_d, margin=margin,
                          rng=rng, forbidden=forbidden)
-    k = len(xy)
-    cls = rng.choice(len(preps), size=k, p=pops) if k else np.zeros(0, dtype=int)
-    rot = random_rotations(k + len(agg_pts), generator=gen, device=dev)
-    agg_cls = rng.choice(len(preps), size=len(agg_pts), p=pops)
-    all_xy = np.concatenate([xy, agg_pts]) if len(agg_pts) else xy
-    all_cls = np.concatenate([cls, agg_cls]).astype(int)
-    ddf = local_defocus(ctf, all_xy[:, 0], all_xy[:, 1], width=W, height=H) if len(all_xy) else np.zeros(0)
+    return dict(edge=edge, blobs=blobs, aggs=aggs, agg_pts=agg_pts, xy=xy, min_d=min_d, margin=margin)
 
-    gl = relativistic_phase_scale(params.voltage)
-    q = params.amplitude_contrast
-    gain = -2.0 / math.sqrt(1 - q * q) * gl  # contrast per unit of ∫Δρ dz (Å⁻¹)
-    contrast = torch.zeros((Hc, Wc), device=dev)
-    real = torch.zeros((Hc, Wc), device=dev)  # coherent projected density (Å⁻¹) that needs the global CTF
+
+def _paste_particles(preps: list[PreparedStructure], rot: torch.Tensor, xy: np.ndarray, cls: np.ndarray,
+                     ddf: np.ndarray, ctf: dict, *, params: MicrographParams, pixel_size: float, gain: float, box: int,
+                     offset: int, tilted: bool, contrast: torch.Tensor, real: torch.Tensor) -> None:
+    """Paste every particle, class by class: tilted, imaged with the CTF at its own defocus into
+    ``contrast``; untilted, as projected density into ``real`` (imaged with the canvas later)."""
+    dev = rot.device
     damage = ((lambda x: radiation_damage(x, dose=params.dose, voltage=params.voltage))
               if params.radiation_damage else None)
     for c, prep in enumerate(preps):
-        sel = np.nonzero(all_cls == c)[0]
+        sel = np.nonzero(cls == c)[0]
         if not len(sel):
             continue
         r = rot[torch.as_tensor(sel, device=dev)]
         if tilted:
-            paste_ctf_particles(prep, r, all_xy[sel], ctf["defocus_u"] + ddf[sel], ctf["defocus_v"] + ddf[sel], ctf,
-                                 pixel_size=apix, gain=gain, box=box, canvas=contrast, offset=off,
-                                 batch_size=params.batch_size, damage=damage)
+            paste_ctf_particles(prep, r, xy[sel], ctf["defocus_u"] + ddf[sel], ctf["defocus_v"] + ddf[sel], ctf,
+                                pixel_size=pixel_size, gain=gain, box=box, canvas=contrast, offset=offset,
+                                batch_size=params.batch_size, damage=damage)
         else:
-            paste_projections(prep, r, all_xy[sel], pixel_size=apix, canvas=real, offset=off,
-                               batch_size=params.batch_size, damage=damage)
+            paste_projections(prep, r, xy[sel], pixel_size=pixel_size, canvas=real, offset=offset,
+                              batch_size=params.batch_size, damage=damage)
 
-    # --- background on the canvas: carbon and contaminants in real space, ice in Fourier space
-    absorb = None
-    if edge is not None or blobs:
-        thick = torch.zeros((Hc, Wc), device=dev)
-        if edge is not None and params.carbon_thickness > 0:
-            mask = icemod.hole_edge_mask(edge, (Hc, Wc), offset=(off, off), device=dev)
-            s_c = torch.sqrt(_canvas_terms((Hc, Wc), apix, params, dev)["grid"][0])
-            cpsd = icemod.radial_table(lambda x: icemod.carbon_structure_psd(x, thickness=params.carbon_thickness), s_c)
-            cnoise = torch.fft.irfft2(icemod.gaussian_field(cpsd, (Hc, Wc), pixel_size=apix, generator=gen),
-                                      s=(Hc, Wc))
-            del s_c, cpsd
-            step = icemod.CARBON_ATOMS_PER_A3 * float(icemod.scattering_factor("C", torch.zeros(())))
-            step_phase = _PHASE_SAT * math.tanh(gl * step * params.carbon_thickness / _PHASE_SAT)
-            real += mask * (step_phase / gl + cnoise)
-            thick += mask * params.carbon_thickness * (_LAMBDA_CONTAMINANT / _LAMBDA_CARBON)
-        if blobs:
-            t = icemod.render_blobs(blobs, (Hc, Wc), offset=(off, off), device=dev)
-            real += _PHASE_SAT * torch.tanh(gl * icemod.ice_density() * t / _PHASE_SAT) / gl
-            thick += t
-        absorb = torch.exp(-thick / _LAMBDA_CONTAMINANT)
-    terms = _canvas_terms((Hc, Wc), apix, params, dev)
-    grid = terms["grid"]
-    t_mean = params.ice_thickness
 
-    def field(amp: torch.Tensor) -> torch.Tensor:  # a Gaussian field of known amplitude, mean 0
-        f = torch.randn(amp.shape, dtype=torch.complex64, generator=gen, device=dev) * amp
-        f[0, 0] = 0
-        return f
-
-    thickness = field(terms["thickness_amp"])  # Å, the smooth thickness variation about t_mean
-    coherent = torch.fft.rfft2(real) + icemod.ice_density() * thickness
-    del real
-    if params.energy_filter:  # zero-loss filtering removes the inelastically scattered electrons
-        lam_in = icemod.inelastic_mean_free_path(params.voltage)
-        zero_loss = torch.exp(-torch.fft.irfft2(thickness, s=(Hc, Wc)) / lam_in)
-        absorb = zero_loss if absorb is None else absorb * zero_loss
-    del thickness
-    ice_noise = field(terms["ice_amp"])
-    lam = electron_wavelength(params.voltage)
-
-    def band(du: float) -> torch.Tensor:
-        chi, env = ctf_phase_and_envelope(_ctf_params(ctf, du, device=dev), grid[0][None], grid[1], grid[2])
-        chi, env = chi[0], env[0]
-        f = coherent * (-torch.sin(chi) * env)
-        f += ice_noise * (env * torch.sqrt(icemod.depth_averaged_ctf2(chi, grid[0], wavelength=lam, thickness=t_mean)))
-        return torch.fft.irfft2(f, s=(Hc, Wc)) * gain
-
-    if not tilted:
-        contrast += band(0.0)
-    else:  # linear interpolation in defocus between background CTFs defocus_band apart
-        yy = torch.arange(Hc, device=dev, dtype=torch.float32)[:, None] - off
-        xx = torch.arange(Wc, device=dev, dtype=torch.float32)[None, :] - off
-        ddf_map = local_defocus(ctf, xx, yy, width=W, height=H)
-        lo, hi = float(ddf_map.min()), float(ddf_map.max())
-        if hi - lo < 1e-3 * params.defocus_band:
-            contrast += band((lo + hi) / 2)
-        else:
-            nb = max(2, int(math.ceil((hi - lo) / params.defocus_band)) + 1)
-            centres = np.linspace(lo, hi, nb)
-            step = centres[1] - centres[0]
-            for d in centres:
-                contrast += (1 - (ddf_map - d).abs() / step).clamp_min(0) * band(float(d))
-    if absorb is not None:
-        contrast = (1 + contrast) * absorb - 1
-    contrast = contrast[off:off + H, off:off + W].clamp_min(-1.0).contiguous()
-
-    rot_t = rot[:k].double().cpu()
-    r, t_, p = (a.numpy() for a in matrix_to_euler(rot_t)) if k else (np.zeros(0),) * 3
-    particles = pd.DataFrame({
+def _particle_table(xy: np.ndarray, rot: torch.Tensor, ctf: dict, ddf: np.ndarray, cls: np.ndarray) -> pd.DataFrame:
+    """The truth of the ``k`` particles (aggregates excluded): RELION columns, classes 1-based."""
+    k = len(xy)
+    r, t_, p = (a.numpy() for a in matrix_to_euler(rot.double().cpu())) if k else (np.zeros(0),) * 3
+    return pd.DataFrame({
         "rlnCoordinateX": xy[:, 0], "rlnCoordinateY": xy[:, 1],
         "rlnAngleRot": r, "rlnAngleTilt": t_, "rlnAnglePsi": p,
-        "rlnDefocusU": ctf["defocus_u"] + ddf[:k], "rlnDefocusV": ctf["defocus_v"] + ddf[:k],
+        "rlnDefocusU": ctf["defocus_u"] + ddf, "rlnDefocusV": ctf["defocus_v"] + ddf,
         "rlnDefocusAngle": np.full(k, ctf["defocus_angle"]),
         "rlnClassNumber": cls.astype(int) + 1,
     })
-    extras = dict(carbon=edge, contaminants=blobs, aggregates=aggs, min_distance_px=min_d, margin_px=margin,
-                  padded_box=box, mean_defocus=mean_df)
-    return MicrographTruth(contrast.float(), particles, ctf, apix, extras)
 
 
 def simulate_micrograph(structures: Sequence, populations: Sequence[float] | None, *, pixel_size: float,

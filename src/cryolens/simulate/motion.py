@@ -8,12 +8,14 @@ instances of them from a seeded generator.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from cryolens.core.motion import SPATIAL_TERMS, DriftTrajectory, PolynomialMotion
 
-__all__ = ["random_drift", "random_local_motion"]
+__all__ = ["random_drift", "random_local_motion", "MovieMotion", "draw_movie_motion"]
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
@@ -81,3 +83,48 @@ def random_local_motion(n_frames: int, rms: float, *, generator: torch.Generator
     current = float(torch.sqrt((sx * sx + sy * sy).mean()))
     scale = rms / current if current > 0 else 0.0
     return PolynomialMotion(tuple(c * scale for c in model.coeff_x), tuple(c * scale for c in model.coeff_y))
+
+
+@dataclass
+class MovieMotion:
+    """The specimen motion of one simulated movie, in movie pixels.
+
+    Attributes:
+        drift: the global trajectory [Å].
+        displacements: ``(n_frames, 2)`` ``(x, y)`` displacement of each frame's middle [px], row 0 = 0.
+        travel: ``(n_frames, 2)`` straight-line travel during each frame [px] (0 without frame blur).
+        local: the local *displacement* model [px] (negate it for RELION's correction), or None.
+    """
+
+    drift: DriftTrajectory
+    displacements: np.ndarray
+    travel: np.ndarray
+    local: PolynomialMotion | None
+
+    def margin_needed(self) -> int:
+        """Pixels of field needed around the movie: the largest global plus local displacement,
+        half the largest travel, and 8 px for the interpolation kernels."""
+        max_local = 0.0
+        if self.local is not None:
+            u = torch.linspace(-0.5, 0.5, 17, dtype=torch.float64)
+            for z in range(len(self.displacements)):
+                lx, ly = self.local.shift_at(z, u[None, :], u[:, None])
+                max_local = max(max_local, float(torch.sqrt(lx * lx + ly * ly).max()))
+        disp, travel = self.displacements, self.travel
+        return int(math.ceil(float(np.sqrt((disp ** 2).sum(1)).max()) + max_local + np.abs(travel).max() / 2)) + 8
+
+
+def draw_movie_motion(n_frames: int, *, drift: float, local_rms: float | None, frame_blur: bool, pixel_size: float,
+                      generator: torch.Generator) -> MovieMotion:
+    """Draw a movie's global drift (``drift`` Å first to last frame) and, when ``local_rms`` (Å)
+    is given and positive and there are several frames, its local motion, from ``generator``
+    in that order; lengths are converted to pixels of ``pixel_size`` Å."""
+    trajectory = random_drift(n_frames, drift, generator=generator)
+    disp = (trajectory.frame_displacements(n_frames) / pixel_size).numpy()
+    travel = (trajectory.frame_travel(n_frames) / pixel_size).numpy()
+    if not frame_blur:
+        travel = np.zeros_like(travel)
+    local = None
+    if local_rms is not None and local_rms > 0 and n_frames > 1:
+        local = random_local_motion(n_frames, local_rms / pixel_size, generator=generator)
+    return MovieMotion(drift=trajectory, displacements=disp, travel=travel, local=local)

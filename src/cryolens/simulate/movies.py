@@ -39,20 +39,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
 
-from cryolens.core.dose import critical_exposure
 from cryolens.core.fourier import good_fft_size
-from cryolens.core.motion import DriftTrajectory, PolynomialMotion, relion_patch_centres
-from cryolens.simulate.frame_kernels import Accelerated, fourier_frame, fourier_frame_fused, poisson_counts
-from cryolens.simulate.motion import random_drift, random_local_motion
+from cryolens.simulate.motion import draw_movie_motion
+from cryolens.simulate.movie_frames import FrameRenderer, FrameSampler, poisson_quantile, seeded_generator
+from cryolens.simulate.movie_truth import MovieTruth
 
-__all__ = ["MovieParams", "MoviePreset", "MOVIE_PRESETS", "Detector", "MovieTruth", "SimulatedMovie",
+__all__ = ["MovieParams", "MoviePreset", "MOVIE_PRESETS", "Detector", "SimulatedMovie",
            "make_detector", "movie_margin", "field_shape", "storage_dtype", "simulate_movie"]
 
 
@@ -179,15 +176,6 @@ def storage_dtype(max_count: int, fmt: str) -> np.dtype:
     return np.dtype(small[0]) if max_count <= small[1] else np.dtype(np.uint16)
 
 
-def _seed(*parts: int) -> int:
-    """A 63-bit seed derived from integers (stable across runs and platforms)."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def _generator(device: torch.device, *parts: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(_seed(*parts))
-
-
 # ---------------------------------------------------------------- detector
 
 
@@ -217,7 +205,7 @@ class Detector:
 def make_detector(height: int, width: int, params: MovieParams, *, device=None) -> Detector:
     """Sensitivity, gain reference and defects of a ``height × width`` detector (seeded by ``params.seed``)."""
     device = torch.device(device or "cpu")
-    g = _generator(torch.device("cpu"), params.seed, 0xDE7EC7)
+    g = seeded_generator(torch.device("cpu"), params.seed, 0xDE7EC7)
     sens = torch.ones(height, width)
     if params.gain:
         coarse = torch.randn(1, 1, 6, 6, generator=g)
@@ -241,68 +229,6 @@ def make_detector(height: int, width: int, params: MovieParams, *, device=None) 
                     hot_pixel_factor=float(params.hot_pixel_factor))
 
 
-# ---------------------------------------------------------------- truth
-
-
-@dataclass
-class MovieTruth:
-    """The ground truth of one movie, in RELION's conventions (see :mod:`cryolens.core.motion`).
-
-    Attributes:
-        pixel_size: movie pixel [Å] (half the physical pixel with super-resolution).
-        n_frames, height, width: movie geometry [px].
-        drift: the global trajectory [Å].
-        displacements: ``(n_frames, 2)`` specimen displacement of each frame [px], row 0 = 0.
-        shifts: ``(n_frames, 2)`` RELION global shifts [px] = ``-displacements``.
-        local_model: RELION's polynomial model of the local *correction* [px], or None.
-        exposures: accumulated exposure at each frame's middle [e⁻/Å²].
-        dose_per_frame, pre_exposure, voltage: as simulated [e⁻/Å², e⁻/Å², kV].
-        max_count: a bound on any count (Poisson 1e-12 upper quantile of the largest rate).
-    """
-
-    pixel_size: float
-    n_frames: int
-    height: int
-    width: int
-    drift: DriftTrajectory
-    displacements: np.ndarray
-    shifts: np.ndarray
-    local_model: PolynomialMotion | None
-    exposures: np.ndarray
-    dose_per_frame: float
-    pre_exposure: float
-    voltage: float
-    max_count: int
-
-    def global_shift_table(self) -> pd.DataFrame:
-        """RELION's ``data_global_shift``: frame number (1-based) and correction shifts [px]."""
-        return pd.DataFrame({"rlnMicrographFrameNumber": np.arange(1, self.n_frames + 1),
-                             "rlnMicrographShiftX": self.shifts[:, 0], "rlnMicrographShiftY": self.shifts[:, 1]})
-
-    def local_shift_table(self, n_patches: tuple[int, int] = (5, 5)) -> pd.DataFrame:
-        """RELION's ``data_local_shift``: the local correction (beyond the global one) at the
-        centres of a ``(nx, ny)`` patch grid placed as RELION places it, every frame [px]."""
-        xs = relion_patch_centres(self.width, n_patches[0])
-        ys = relion_patch_centres(self.height, n_patches[1])
-        rows = []
-        model = self.local_model or PolynomialMotion()
-        for y in ys:
-            for x in xs:
-                for z in range(self.n_frames):
-                    sx, sy = model.shift_at_pixels(z, x, y, width=self.width, height=self.height)
-                    rows.append((z + 1, float(x), float(y), float(sx), float(sy)))
-        return pd.DataFrame(rows, columns=["rlnMicrographFrameNumber", "rlnCoordinateX", "rlnCoordinateY",
-                                           "rlnMicrographShiftX", "rlnMicrographShiftY"])
-
-    def shift_at(self, frame: int, x: float, y: float) -> tuple[float, float]:
-        """Total RELION correction (global + local) at 0-based ``frame`` and pixel ``(x, y)`` [px]."""
-        sx, sy = self.shifts[frame]
-        if self.local_model is not None:
-            lx, ly = self.local_model.shift_at_pixels(frame, x, y, width=self.width, height=self.height)
-            sx, sy = sx + float(lx), sy + float(ly)
-        return float(sx), float(sy)
-
-
 @dataclass
 class SimulatedMovie:
     """A movie's ground truth and a lazy frame source.
@@ -323,15 +249,6 @@ class SimulatedMovie:
 
 
 # ---------------------------------------------------------------- the simulator
-
-_FOURIER = Accelerated(fourier_frame_fused, "fourier_frame")
-_COUNTS = Accelerated(poisson_counts, "poisson_counts")
-
-
-def _poisson_quantile(rate: float, tail: float = 1e-12) -> int:
-    """Smallest count whose upper tail at ``rate`` is below ``tail``, plus one."""
-    from scipy.stats import poisson
-    return int(poisson.isf(tail, max(rate, 1e-9))) + 1
 
 
 def simulate_movie(contrast: torch.Tensor, *, pixel_size: float, params: MovieParams, detector: Detector,
@@ -359,29 +276,17 @@ def simulate_movie(contrast: torch.Tensor, *, pixel_size: float, params: MoviePa
     dev = torch.device(device) if device is not None else contrast.device
     hf, wf = contrast.shape[-2:]
     h, w = detector.shape
-    oy, ox = (hf - h) // 2, (wf - w) // 2
     n = params.n_frames
     fast = accelerate if accelerate is not None else (dev.type == "cpu" and h * w >= 1 << 22)
 
-    g = _generator(torch.device("cpu"), params.seed, index, 0x301)
-    drift = random_drift(n, params.drift, generator=g)
-    disp = (drift.frame_displacements(n) / pixel_size).numpy()
-    travel = (drift.frame_travel(n) / pixel_size).numpy()
-    if not params.frame_blur:
-        travel = np.zeros_like(travel)
-    local = None
-    if params.local_motion and params.local_motion_rms > 0 and n > 1:
-        local = random_local_motion(n, params.local_motion_rms / pixel_size, generator=g)
-    max_local = 0.0
-    if local is not None:
-        u = torch.linspace(-0.5, 0.5, 17, dtype=torch.float64)
-        for z in range(n):
-            lx, ly = local.shift_at(z, u[None, :], u[:, None])
-            max_local = max(max_local, float(torch.sqrt(lx * lx + ly * ly).max()))
-    need = int(math.ceil(float(np.sqrt((disp ** 2).sum(1)).max()) + max_local + np.abs(travel).max() / 2)) + 8
-    if min(oy, ox) < need:
-        raise ValueError(f"the contrast field {hf}x{wf} leaves a margin of {min(oy, ox)} px around the {h}x{w} "
-                         f"movie, but the motion needs {need} px; size it with field_shape()")
+    local_rms = params.local_motion_rms if params.local_motion else None
+    g = seeded_generator(torch.device("cpu"), params.seed, index, 0x301)
+    motion = draw_movie_motion(n, drift=params.drift, local_rms=local_rms, frame_blur=params.frame_blur,
+                               pixel_size=pixel_size, generator=g)
+    need = motion.margin_needed()
+    if min((hf - h) // 2, (wf - w) // 2) < need:
+        raise ValueError(f"the contrast field {hf}x{wf} leaves a margin of {min((hf - h) // 2, (wf - w) // 2)} px "
+                         f"around the {h}x{w} movie, but the motion needs {need} px; size it with field_shape()")
 
     spec = torch.fft.rfft2(contrast.to(dev, torch.float32))
     if mtf is not None:
@@ -389,149 +294,23 @@ def simulate_movie(contrast: torch.Tensor, *, pixel_size: float, params: MoviePa
             raise ValueError(f"mtf has shape {tuple(mtf.shape)}, expected the field's rfft grid {tuple(spec.shape)}")
         spec = spec * mtf.to(dev, torch.float32)
     sens = detector.sensitivity.to(dev, torch.float32)
-    e = params.dose_per_frame * pixel_size ** 2
+    e = params.dose_per_frame * pixel_size ** 2  # electrons per pixel per frame
     peak = float(torch.fft.irfft2(spec, s=(hf, wf)).abs().max())
     top_normal = float(sens.max()) * (1.0 + 2.0 * peak) * e
     hot_rate = detector.hot_pixel_factor * e
     top = max(top_normal, hot_rate) if len(detector.hot_pixels) else top_normal
-    n_terms = -(-_poisson_quantile(top_normal) // 8) * 8
     exposures = params.pre_exposure + (np.arange(n) + 0.5) * params.dose_per_frame
-    ky, kx = torch.fft.fftfreq(hf, device=dev), torch.fft.rfftfreq(wf, device=dev)
-    a = None
-    if params.damage:  # 1 / (2 N_e(|k|)) on the rfft grid, 0 at DC
-        a = 0.5 / critical_exposure(torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2) / pixel_size, params.voltage)
-    spec_ri = torch.view_as_real(spec) if fast else None
-    a0 = (a if a is not None else torch.zeros(spec.shape, device=dev)) if fast else None
+    renderer = FrameRenderer(spec, field_shape=(hf, wf), movie_shape=(h, w), exposures=exposures, motion=motion,
+                             damage_voltage=params.voltage if params.damage else None, pixel_size=pixel_size,
+                             fast=fast)
 
-    def frame_field(i: int, out: torch.Tensor) -> torch.Tensor:
-        """The padded field of frame ``i`` (into ``out``): damaged, blurred, moved by the global displacement."""
-        if fast and not _FOURIER.failed:
-            q = torch.tensor([exposures[i], travel[i, 0], travel[i, 1], disp[i, 0], disp[i, 1]], dtype=torch.float32,
-                             device=dev)
-            try:
-                f = torch.view_as_complex(_FOURIER(spec_ri, a0, ky, kx, q, key=tuple(spec.shape)))
-                return torch.fft.irfft2(f, s=(hf, wf), out=out)
-            except RuntimeError:
-                pass
-        f = fourier_frame(spec, a, ky, kx, float(exposures[i]), tuple(travel[i]), tuple(disp[i]))
-        return torch.fft.irfft2(f, s=(hf, wf), out=out)
-
-    # grid_sample coordinates (align_corners=True) of the movie pixels inside the field
-    gx0 = (torch.arange(w, dtype=torch.float64) + ox) * (2.0 / (wf - 1)) - 1.0
-    gy0 = (torch.arange(h, dtype=torch.float64) + oy) * (2.0 / (hf - 1)) - 1.0
-    xn = torch.arange(w, dtype=torch.float64) / w - 0.5
-    yn = torch.arange(h, dtype=torch.float64) / h - 0.5
-
-    def warp_terms(i: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per axis ``(R (H,), P (W,), Q (W,))`` with grid = ``R[y] + P[x] + y·Q[x]`` at frame ``i``.
-
-        The sampling position is ``x - L(x)``, ``L = T0 + T1 x + T2 x² + T3 y + T4 y² + T5 xy``.
-        """
-        out = []
-        for axis, (t, size) in enumerate(zip(local.temporal(float(i)), (wf, hf))):
-            sc = 2.0 / (size - 1)
-            r = -sc * t[4] * yn * yn + (gy0 if axis == 1 else 0.0)
-            pp = -sc * (t[0] + t[1] * xn + t[2] * xn * xn) + (gx0 if axis == 0 else 0.0)
-            out.append(tuple(v.to(dev, torch.float32) for v in (r, pp, -sc * (t[3] + t[5] * xn))))
-        return out
-
-    yn32 = yn.to(dev, torch.float32)
-
-    def warp_rows(field: torch.Tensor, terms, r0: int, r1: int) -> torch.Tensor:
-        """Rows ``r0:r1`` of the frame resampled at ``x - L(x)`` (bicubic)."""
-        grid = torch.empty(1, r1 - r0, w, 2, device=dev)
-        for axis, (r, pp, q) in enumerate(terms):
-            grid[0, :, :, axis] = torch.addcmul(r[r0:r1, None] + pp[None, :], yn32[r0:r1, None], q[None, :])
-        return torch.nn.functional.grid_sample(field[None, None], grid, mode="bicubic", padding_mode="border",
-                                               align_corners=True)[0, 0]
-
-    truth = MovieTruth(pixel_size=float(pixel_size), n_frames=n, height=h, width=w, drift=drift,
+    disp, local = motion.displacements, motion.local
+    truth = MovieTruth(pixel_size=float(pixel_size), n_frames=n, height=h, width=w, drift=motion.drift,
                        displacements=disp, shifts=-disp + 0.0, local_model=None if local is None else local.negated(),
                        exposures=exposures, dose_per_frame=params.dose_per_frame, pre_exposure=params.pre_exposure,
-                       voltage=params.voltage, max_count=_poisson_quantile(top))
+                       voltage=params.voltage, max_count=poisson_quantile(top))
     movie = SimulatedMovie(truth=truth, _make=lambda dtype, noise: iter(()))
-    hot_flat = torch.as_tensor(detector.hot_pixels[:, 1] * w + detector.hot_pixels[:, 0], dtype=torch.long).to(dev)
-    e_t = torch.tensor(e, dtype=torch.float32, device=dev)
-
-    def make(dtype: np.dtype, noise: bool) -> Iterator[tuple[int, np.ndarray]]:
-        cap = float(np.iinfo(dtype).max) if dtype.kind in "iu" else math.inf
-        small = dtype.kind in "iu" and dtype.itemsize == 1
-        block = h if dev.type != "cpu" else 128
-        spans = [(r0, min(r0 + block, h)) for r0 in range(0, h, block)]
-        pool = ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) if dev.type == "cpu" else None
-        # buffers reused by every frame (fewer page faults than fresh 100-MB tensors)
-        field_buf = torch.empty(hf, wf, device=dev)
-        img_buf = torch.empty(h, w, device=dev) if local is not None else None
-        u_buf = torch.empty(h, w, device=dev) if noise and fast else None
-
-        def run(fn) -> list:
-            return list(pool.map(fn, spans)) if pool is not None else [fn(s) for s in spans]
-
-        def rate_of(img: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
-            rate = img.add(1.0).clamp_(min=0.0).mul_(sens[r0:r1]).mul_(e)
-            sel = (hot_flat >= r0 * w) & (hot_flat < r1 * w)
-            rate.view(-1)[hot_flat[sel] - r0 * w] = hot_rate
-            return rate
-
-        def to_numpy(counts: torch.Tensor) -> np.ndarray:
-            if dtype.kind == "f":
-                return counts.to(torch.float32).cpu().numpy()
-            if counts.dtype == torch.uint8:
-                return counts.cpu().numpy().view(dtype)
-            return counts.to(torch.uint8 if small else torch.int32).cpu().numpy().astype(dtype, copy=False)
-
-        def fast_counts(i: int, img: torch.Tensor) -> torch.Tensor | None:
-            """Compiled inverse-CDF sampler (None when unavailable); hot pixels drawn apart."""
-            def draw(span) -> None:
-                r0, r1 = span
-                torch.rand(r1 - r0, w, out=u_buf[r0:r1], generator=_generator(dev, params.seed, index, i, r0))
-            run(draw)
-            try:
-                counts = _COUNTS(img, sens, u_buf, e_t, n_terms, cap, torch.uint8 if small else torch.int32,
-                                 key=(h, w, n_terms, cap, small, local is None))
-            except RuntimeError:
-                return None
-            if len(hot_flat):
-                hot = torch.poisson(torch.full((len(hot_flat),), hot_rate, device=dev),
-                                    generator=_generator(dev, params.seed, index, i, 0x407))
-                counts.view(-1)[hot_flat] = hot.clamp_(max=cap).to(counts.dtype)
-            return counts
-
-        try:
-            for i in range(n):
-                field = frame_field(i, field_buf)
-                if local is None:
-                    img = field[oy:oy + h, ox:ox + w]
-                else:
-                    terms = warp_terms(i)
-
-                    def warp(span, field=field, terms=terms) -> None:
-                        img_buf[span[0]:span[1]] = warp_rows(field, terms, *span)
-                    run(warp)
-                    img = img_buf
-                counts = None
-                if not noise:
-                    counts = rate_of(img.clone(), 0, h)
-                elif fast and not _COUNTS.failed:
-                    counts = fast_counts(i, img)
-                if counts is None:
-                    counts = torch.empty(h, w, device=dev)
-
-                    def sample(span, img=img, counts=counts, i=i) -> None:
-                        r0, r1 = span
-                        counts[r0:r1] = torch.poisson(rate_of(img[r0:r1], r0, r1),
-                                                      generator=_generator(dev, params.seed, index, i, r0))
-                    run(sample)
-                over = 0
-                if noise and float(counts.max()) >= cap:  # the compiled sampler clamps: count the pixels at the cap
-                    over = int((counts >= cap).sum())
-                    counts.clamp_(max=cap)
-                movie.saturated.append(over)
-                movie.compiled = fast and not (_FOURIER.failed or (noise and _COUNTS.failed))
-                yield i, to_numpy(counts)
-        finally:
-            if pool is not None:
-                pool.shutdown()
-
-    movie._make = make
+    movie._make = FrameSampler(renderer, sensitivity=sens, hot_pixels=detector.hot_pixels, hot_rate=hot_rate,
+                               electrons=e, n_terms=-(-poisson_quantile(top_normal) // 8) * 8, seed=params.seed,
+                               index=index, movie=movie)
     return movie
