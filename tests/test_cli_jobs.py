@@ -116,7 +116,7 @@ def test_bad_inputs_exit_2_without_traceback(simulated: Path, tmp_path: Path):
     assert_user_error(run_cli("reconstruct", "--in", "nothere.star", "--out", str(tmp_path / "r"), cwd=simulated,
                               check=False), "nothere.star")
     assert_user_error(run_cli("simulate", "particles", "--out", str(tmp_path / "o"), "--n", "0", cwd=tmp_path,
-                              check=False), "n_particles")
+                              check=False), "--n 0")
 
 
 def test_nan_image_is_refused(simulated: Path, tmp_path: Path):

@@ -26,11 +26,11 @@ from cryolens.core.fourier import bandpass
 from cryolens.errors import InputError
 from cryolens.io import read_mrc
 from cryolens.jobs.structures import load_morph, load_structures, parse_spec
+from cryolens.params import apply_preset
 from cryolens.simulate.particles import (
     MORPH_COLUMN,
     PARTICLE_PRESETS,
     ParticleSimParams,
-    resolve_preset,
     simulate_particles,
 )
 from cryolens.simulate.poses import sample_rotations, viewing_directions, vmf_mean_cosine
@@ -270,10 +270,10 @@ def test_dose_needs_scattering_units():
 def test_presets():
     assert PARTICLE_PRESETS["tutorial"]["box"] == 96 and PARTICLE_PRESETS["tutorial"]["pixel_size"] == 1.75
     assert PARTICLE_PRESETS["benchmark"]["box"] == 180 and PARTICLE_PRESETS["benchmark"]["pixel_size"] == 1.232
-    opts = resolve_preset("tutorial", {"n_particles": 10, "snr": None, "box": 32})
-    assert opts["n_particles"] == 10 and opts["box"] == 32 and opts["snr"] == 0.05 and opts["pixel_size"] == 1.75
-    with pytest.raises(ValueError, match="unknown preset"):
-        resolve_preset("nope", {})
+    p = apply_preset(ParticleSimParams(n_particles=10), "tutorial", explicit={"n_particles"})
+    assert p.n_particles == 10 and p.snr == 0.05 and p.defocus_min == 8000.0  # the preset fills what was not given
+    with pytest.raises(ValueError, match="--preset nope: unknown preset; use one of tutorial, benchmark"):
+        apply_preset(ParticleSimParams(), "nope", explicit=set())
 
 
 def test_cli_classes_morph_and_relion_reads_it(tmp_path):

@@ -169,10 +169,12 @@ class Params:
 
     Subclasses are ``@dataclass`` classes whose fields use :func:`option`; they add
     cross-field rules in :meth:`check` (raise ``ValueError`` naming the flags, see
-    :meth:`flag`). ``PRESETS`` (name -> {field: value}) makes ``--preset NAME`` available.
+    :meth:`flag`). ``PRESETS`` (name -> {field: value}) makes ``--preset NAME`` available
+    (``PRESETS_HELP`` describes them in ``--help``).
     """
 
     PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    PRESETS_HELP: ClassVar[str] = ""
 
     def validate(self) -> None:
         """Raise ValueError ``"--flag VALUE: must be ..."`` for the first impossible value."""

@@ -114,8 +114,8 @@ def _options(cls: type[Params], omit: Sequence[str] = ()) -> tuple[list[inspect.
                                      annotation=Annotated[annotation, opt]))
         fields_of[param] = name
     if cls.PRESETS:
-        opt = typer.Option("--preset", help=f"Option set: {', '.join(cls.PRESETS)}; options given explicitly "
-                                            "override it.")
+        opt = typer.Option("--preset", help=cls.PRESETS_HELP or f"Option set: {', '.join(cls.PRESETS)}; options "
+                                                                "given explicitly override it.")
         out.append(inspect.Parameter(PRESET, inspect.Parameter.KEYWORD_ONLY, default=None,
                                      annotation=Annotated[Optional[str], opt]))
         fields_of[PRESET] = PRESET
@@ -186,7 +186,10 @@ def declare(*, outputs: Sequence[str] | None = None, omit: Sequence[str] = (),
         sig = inspect.signature(fn, eval_str=True)
         params: list[inspect.Parameter] = []
         owned: dict[str, dict[str, str]] = {}
+        wants_preset = PRESET in sig.parameters  # the command reads --preset too (built once, below)
         for p in sig.parameters.values():
+            if p.name == PRESET:
+                continue
             if p.name in classes:
                 opts, owned[p.name] = _options(classes[p.name], omit)
                 params += opts
@@ -203,7 +206,8 @@ def declare(*, outputs: Sequence[str] | None = None, omit: Sequence[str] = (),
         def command(**kwargs: Any) -> Any:
             ctx = click.get_current_context(silent=True)
             built = run_guarded(lambda: _build_all(classes, owned, kwargs, ctx))
-            return fn(**{k: v for k, v in kwargs.items() if k not in built_names}, **built)
+            passed = {PRESET: kwargs.get(PRESET)} if wants_preset else {}
+            return fn(**{k: v for k, v in kwargs.items() if k not in built_names}, **built, **passed)
 
         del command.__wrapped__  # typer must see the built signature, not fn's
         command.__signature__ = sig.replace(parameters=params)

@@ -41,8 +41,9 @@ Noise, one of:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -52,12 +53,13 @@ from cryolens.core.ctf import ctf_2d
 from cryolens.core.fourier import ift2
 from cryolens.core.projector import SliceGrid, prepare_volume, project
 from cryolens.core.rotations import matrix_to_euler
+from cryolens.params import Params, option
 from cryolens.particles import ctf_params_from_table, origins_px_from_table, rotations_from_table
 from cryolens.simulate.poses import POSE_DISTRIBUTIONS, sample_rotations
 from cryolens.simulate.structures import Structure, relativistic_phase_scale
 
 __all__ = ["ParticleSimParams", "SimulatedParticles", "simulate_particles", "optics_table", "PARTICLE_PRESETS",
-           "MORPH_COLUMN", "resolve_preset"]
+           "MORPH_COLUMN"]
 
 Progress = Callable[[int, int], None]
 
@@ -78,83 +80,55 @@ PARTICLE_PRESETS: dict[str, dict] = {
 }
 
 
-def resolve_preset(preset: str | None, explicit: dict) -> dict:
-    """A preset's options updated with the explicit ones (``None`` values are not explicit).
-
-    Raises:
-        ValueError: unknown preset name.
-    """
-    if preset is not None and preset not in PARTICLE_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PARTICLE_PRESETS)}")
-    out = dict(PARTICLE_PRESETS[preset]) if preset else {}
-    out.update({k: v for k, v in explicit.items() if v is not None})
-    return out
-
-
 @dataclass
-class ParticleSimParams:
-    """Options of the particle simulator (units in brackets).
+class ParticleSimParams(Params):
+    """Options of the particle simulator, each declared once (flag, help, unit, default, bounds).
 
-    Attributes:
-        n_particles: number of images.
-        snr: signal-to-noise variance ratio per image (``inf`` for noise-free); unused with ``dose``.
-        dose: electrons per Å² (Poisson noise of an ideal counting detector) instead of ``snr``.
-        defocus_min, defocus_max: range of the mean defocus [Å], uniform.
-        astigmatism: maximum |ΔfU - ΔfV| [Å], uniform in [0, astigmatism].
-        max_shift: origins uniform in [-max_shift, max_shift] per axis [Å].
-        voltage [kV], cs [mm], amplitude_contrast [fraction], bfactor: CTF envelope [Å²],
-        phase_shift [degrees].
-        ctf: apply the CTF at all (False: pure projections plus noise).
-        pose_distribution: ``"uniform"`` or ``"preferred"`` (see :func:`sample_rotations`).
-        preferred_direction: viewing direction ``(x, y, z)`` favoured by ``"preferred"``.
-        concentration: von Mises–Fisher κ of the viewing direction (0 = uniform).
-        uniform_fraction: fraction of particles with uniform viewing directions.
-        seed: random seed of poses, CTFs and noise.
-        batch_size: images per projection batch (bounds memory).
+    ``snr`` is the signal-to-noise variance ratio per image (``inf``: noise-free), unused with
+    ``dose`` (electrons per Å², Poisson noise of an ideal counting detector). ``pose_distribution``
+    ``"preferred"`` draws von Mises-Fisher viewing directions (:func:`sample_rotations`).
+    ``PRESETS`` also name ``pixel_size``, ``box`` and ``structures``, which the job takes apart.
     """
 
-    n_particles: int = 2000
-    snr: float | None = 0.1
-    defocus_min: float = 10000.0
-    defocus_max: float = 25000.0
-    astigmatism: float = 1000.0
-    max_shift: float = 4.0
-    voltage: float = 300.0
-    cs: float = 2.7
-    amplitude_contrast: float = 0.1
-    bfactor: float = 0.0
-    phase_shift: float = 0.0
-    ctf: bool = True
-    seed: int = 0
-    batch_size: int = 256
-    dose: float | None = None
-    pose_distribution: str = "uniform"
-    preferred_direction: tuple[float, float, float] = (0.0, 0.0, 1.0)
-    concentration: float = 0.0
-    uniform_fraction: float = 0.0
+    PRESETS: ClassVar[Mapping[str, Mapping]] = PARTICLE_PRESETS
+    PRESETS_HELP: ClassVar[str] = ("Option set: tutorial (1 500 phantom particles, box 96, 1.75 Å/px, SNR 0.05) or "
+                                   "benchmark (EMPIAR-10291-like: box 180, 1.232 Å/px, 300 kV, 10 000 particles). "
+                                   "Explicit options override it.")
 
-    def validate(self) -> None:
-        """Raise ValueError with a one-line reason for impossible values."""
-        if self.n_particles < 1:
-            raise ValueError("n_particles must be at least 1")
-        if self.dose is None and not (self.snr is not None and self.snr > 0):
-            raise ValueError("snr must be positive (use inf for noise-free images)")
+    n_particles: int = option(2000, flag="--n", ge=1, help="Number of particles")
+    snr: float | None = option(0.1, gt=0, help="Signal-to-noise variance ratio per image; 'inf' for no noise")
+    defocus_min: float = option(10000.0, flag="--defocus", join=("defocus_max",), unit="Å", gt=0,
+                                metavar="MIN MAX", help="Mean defocus range MIN MAX (underfocus positive)")
+    defocus_max: float = option(25000.0, cli=False, unit="Å", gt=0, help="Largest mean defocus")
+    astigmatism: float = option(1000.0, unit="Å", ge=0, help="Maximum |defocusU - defocusV|")
+    max_shift: float = option(4.0, unit="Å", ge=0, help="Origins uniform within ±this per axis")
+    voltage: float = option(300.0, unit="kV", gt=0, le=3000, help="Acceleration voltage")
+    cs: float = option(2.7, unit="mm", ge=0, lt=100, help="Spherical aberration")
+    amplitude_contrast: float = option(0.1, ge=0, lt=1, help="Amplitude contrast fraction")
+    bfactor: float = option(0.0, unit="Å²", ge=0, help="CTF envelope B-factor")
+    phase_shift: float = option(0.0, unit="°", help="Phase-plate phase shift")
+    ctf: bool = option(True, help="Apply the CTF (--no-ctf: pure projections plus noise)")
+    seed: int = option(0, help="Random seed (poses, classes, CTFs, noise)")
+    batch_size: int = option(256, ge=1, help="Images per batch (bounds memory)")
+    dose: float | None = option(None, unit="e⁻/Å²", gt=0, rule=(math.isfinite, "finite"),
+                                help="Instead of --snr: electron dose, Poisson counting noise of a weak-phase "
+                                     "object in vacuum; needs a model, the phantom, or a map with mass_kda")
+    pose_distribution: str = option("uniform", choices=POSE_DISTRIBUTIONS,
+                                    help="uniform, or preferred (von Mises-Fisher viewing directions); preferred "
+                                         "is implied by --concentration/--preferred-direction")
+    preferred_direction: tuple[float, float, float] = option(
+        (0.0, 0.0, 1.0), metavar="X Y Z", rule=(lambda v: any(abs(float(c)) > 0 for c in v), "not all 0"),
+        help="Preferred viewing direction X Y Z in the map's frame")
+    concentration: float = option(0.0, ge=0, help="von Mises-Fisher concentration κ of the viewing direction "
+                                                  "(0 uniform; 10 ≈ 25° spread)")
+    uniform_fraction: float = option(0.0, ge=0, le=1, help="Fraction of particles with uniform viewing directions")
+
+    def check(self) -> None:
+        """Noise from --snr or --dose; the defocus range in order."""
+        if self.dose is None and self.snr is None:
+            raise ValueError("--snr: give a positive signal-to-noise ratio (inf for noise-free images) or --dose")
         if self.defocus_max < self.defocus_min:
-            raise ValueError("defocus_max must not be smaller than defocus_min")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        if not 0.0 <= self.amplitude_contrast < 1.0:
-            raise ValueError("amplitude_contrast must lie in [0, 1)")
-        if self.dose is not None and not (self.dose > 0 and math.isfinite(self.dose)):
-            raise ValueError("dose must be a positive number of electrons per Å²")
-        if self.pose_distribution not in POSE_DISTRIBUTIONS:
-            raise ValueError(f"pose_distribution must be one of {', '.join(POSE_DISTRIBUTIONS)}")
-        if not self.concentration >= 0:
-            raise ValueError("concentration must not be negative")
-        if not 0.0 <= self.uniform_fraction <= 1.0:
-            raise ValueError("uniform_fraction must lie between 0 and 1")
-        if len(self.preferred_direction) != 3 or not any(abs(float(c)) > 0 for c in self.preferred_direction):
-            raise ValueError("preferred_direction must be three numbers, not all 0")
+            raise ValueError(f"--defocus {self.defocus_min:g} {self.defocus_max:g}: give MIN MAX with MIN <= MAX (Å)")
 
 
 @dataclass
