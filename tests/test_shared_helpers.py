@@ -58,14 +58,25 @@ def test_text_and_json_writers(tmp_path):
 
 def test_new_figure_uses_agg_and_save_figure_writes_a_png_atomically(tmp_path):
     import matplotlib
-    fig, axes = new_figure(ncols=2, figsize=(3, 2))
+    fig, axes = new_figure(ncols=2, figsize=(3, 2), gridspec_kw=dict(width_ratios=[1, 2]))
     assert matplotlib.get_backend().lower() == "agg" and len(axes) == 2
+    assert tuple(fig.get_size_inches()) == (3, 2)
     axes[0].plot([0, 1], [1, 0])
     out = save_figure(fig, tmp_path / "plot.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
     import matplotlib.pyplot as plt
-    assert not plt.fignum_exists(fig.number)  # closed
+    assert plt.get_fignums() == []  # not registered with pyplot: nothing left open
+    _, grid = new_figure(nrows=2, ncols=3, squeeze=False)
+    assert grid.shape == (2, 3)
+
+
+def test_save_figure_closes_pyplot_figures(tmp_path):
+    import matplotlib.pyplot as plt
+    new_figure()  # selects Agg
+    fig, _ = plt.subplots()
+    save_figure(fig, tmp_path / "p.png")
+    assert not plt.fignum_exists(fig.number)
 
 
 def test_no_module_calls_matplotlib_use_outside_the_figure_helper():

@@ -1,8 +1,9 @@
 """Atomic writes: a temporary file next to the target, then ``os.replace``.
 
 A reader (or a job killed at any moment) sees the old file or the new one, never half
-of one. Every writer of cryolens goes through :func:`atomic_output` (or, for writers
-that stream into a memory map, :func:`temporary_path` and ``os.replace``).
+of one. Writers go through :func:`atomic_output`; the streaming writers whose commit is
+split between ``__enter__`` and ``__exit__`` (:class:`cryolens.io.stack_writer.StackWriter`,
+:class:`cryolens.io.movie_writer.MovieWriter`) use :func:`temporary_path` and ``os.replace``.
 """
 
 from __future__ import annotations

@@ -21,37 +21,48 @@ __all__ = ["plot_fsc", "plot_central_slices", "plot_gallery", "new_figure", "sav
 
 
 _backend_chosen = False
+_SUBPLOTS_ARGS = {"nrows", "ncols", "sharex", "sharey", "squeeze", "width_ratios", "height_ratios", "subplot_kw",
+                  "gridspec_kw"}
 
 
 def new_figure(**subplots_kwargs):
-    """A new matplotlib figure and its axes: ``plt.subplots(**subplots_kwargs)`` -> ``(fig, axes)``.
+    """A new matplotlib figure and its axes, as ``plt.subplots(**subplots_kwargs)`` -> ``(fig, axes)``.
 
-    The first call selects the non-interactive Agg backend (``force=False``: a backend
-    already in use stays), so plots work without a display; matplotlib is imported here,
-    not when cryolens is imported.
+    Grid options (``nrows``, ``ncols``, ``squeeze``, ``gridspec_kw``, ...) go to
+    ``Figure.subplots``, the rest (``figsize`` in inches, ``dpi``, ...) to the ``Figure``.
+    The figure is drawn on an Agg canvas and not registered with pyplot (no global figure
+    list: nothing leaks when a caller forgets to close it, and threads that each draw their
+    own figure do not share state). The first call also selects the Agg backend
+    (``force=False``: a backend already in use stays) for code that goes on to use pyplot.
+    matplotlib is imported here, not when cryolens is imported.
     """
     global _backend_chosen
-    import matplotlib
     if not _backend_chosen:
+        import matplotlib
         matplotlib.use("Agg", force=False)
         _backend_chosen = True
-    import matplotlib.pyplot as plt
-    return plt.subplots(**subplots_kwargs)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    grid = {k: v for k, v in subplots_kwargs.items() if k in _SUBPLOTS_ARGS}
+    fig = Figure(**{k: v for k, v in subplots_kwargs.items() if k not in _SUBPLOTS_ARGS})
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(**grid)
 
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> Path:
     """Save a matplotlib figure atomically (temporary file, then rename) and close it.
 
     The format follows ``path``'s suffix (PNG for ``.png``); ``dpi`` in dots per inch.
-    The figure is closed even if saving fails.
+    A pyplot figure is closed even if saving fails.
     """
-    import matplotlib.pyplot as plt
     path = Path(path)
     try:
         with atomic_output(path) as tmp:
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     finally:
-        plt.close(fig)
+        if getattr(fig.canvas, "manager", None) is not None:  # made by pyplot: drop it from pyplot's list
+            import matplotlib.pyplot as plt
+            plt.close(fig)
     return path
 
 
