@@ -194,7 +194,9 @@ def iter_extract(micrograph: torch.Tensor, coords: torch.Tensor, *, params: Extr
     for start in range(0, total, params.batch_size):
         sel = idx[start:start + params.batch_size]
         if params.phase_flip:
-            p = ctf.ctf_params(c.cpu()[sel].to(torch.float64), shape=shape)
+            where = c.cpu()[sel].to(torch.float64)
+            flat = ctf.gradient_x == 0 and ctf.gradient_y == 0
+            p = ctf.ctf_params(where[:1] if flat else where, shape=shape)  # a flat specimen: one CTF for all
             boxes = _flipped_boxes(micrograph, corners[sel], p, params=params, pixel_size=pixel_size, fill=fill)
         else:
             boxes = window_boxes(micrograph, corners[sel], box=params.box).to(torch.float32)

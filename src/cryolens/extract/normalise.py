@@ -6,8 +6,8 @@ pixels). With ``ramp`` a plane ``a·j + b·i + c`` is fitted to the background p
 least squares and subtracted from the whole image (RELION's ``subtractBackgroundRamp``,
 on unless ``--no_ramp``); then the background's mean is subtracted and the image divided
 by the background's standard deviation (population SD, RELION's
-``calculateBackgroundAvgStddev``). An image whose background SD is below 1e-10 is left
-unscaled (RELION skips it with a warning).
+``calculateBackgroundAvgStddev``). An image whose background SD is below 1e-10 is only
+shifted, not scaled (RELION skips its normalisation with a warning).
 """
 
 from __future__ import annotations
@@ -39,26 +39,30 @@ def normalise_background(images: torch.Tensor, *, radius: float, ramp: bool = Tr
         ramp: subtract the least-squares plane through the background first.
 
     Returns:
-        ``(N, b, b)`` in ``images``' dtype; the statistics are computed in float64.
+        ``(N, b, b)`` in ``images``' dtype (computed in float32, or float64 for float64
+        input, on images first centred on their own mean).
 
     Raises:
         ValueError: no background pixel (``radius`` too large for the box).
     """
     n, b = images.shape[0], images.shape[-1]
-    x = images.to(torch.float64)
-    mask = background_mask(b, radius, device=images.device)
+    dev = images.device
+    mask = background_mask(b, radius, device=dev).reshape(-1)
     count = int(mask.sum())
     if count == 0:
         raise ValueError(f"a background radius of {radius:g} px leaves no background in a {b} px box")
+    dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+    x = images.reshape(n, b * b).to(dtype)
+    x = x - x.mean(1, keepdim=True)  # centred first, so float32 sums keep their digits
+    weight = mask.to(dtype)
     if ramp and count >= 3:
-        i, j = _offsets(b, images.device)
-        design = torch.stack([j[mask], i[mask], torch.ones(count, dtype=torch.float64, device=images.device)], 1)
-        coef = torch.linalg.pinv(design) @ x[:, mask].T  # (3, N): one solve for all images
-        plane = (coef[0, :, None, None] * j + coef[1, :, None, None] * i + coef[2, :, None, None])
-        x = x - plane
-    bg = x[:, mask]
-    mean = bg.mean(1)
-    sd = (bg - mean[:, None]).pow(2).mean(1).sqrt()
-    scale = torch.where(sd < 1e-10, torch.ones_like(sd), sd)
-    out = torch.where((sd < 1e-10)[:, None, None], x, (x - mean[:, None, None]) / scale[:, None, None])
-    return out.reshape(n, b, b).to(images.dtype)
+        i, j = (t.reshape(-1) for t in _offsets(b, dev))
+        basis = torch.stack([j, i, torch.ones_like(i)])  # (3, b²): the plane a·j + b·i + c
+        fit = torch.zeros(3, b * b, dtype=torch.float64, device=dev)
+        fit[:, mask] = torch.linalg.pinv(basis[:, mask].T)  # least squares on the background pixels only
+        x = x - (x @ fit.T.to(dtype)) @ basis.to(dtype)  # one solve and one subtraction for the whole batch
+    mean = (x @ weight) / count
+    x = x - mean[:, None]
+    sd = ((x * x) @ weight / count).sqrt()
+    x = x / torch.where(sd < 1e-10, torch.ones_like(sd), sd)[:, None]
+    return x.reshape(n, b, b).to(images.dtype)

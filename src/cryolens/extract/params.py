@@ -35,9 +35,10 @@ class ExtractParams(Params):
     """Options of :func:`cryolens.extract.extract_particles`; see each field's help (units there).
 
     Order of operations per particle (RELION's): window the box (``box`` px centred on the
-    coordinate), optional phase flip at the micrograph pixel size, Fourier crop to
-    ``bin_to``, background normalisation (plane fitted to the background pixels
-    subtracted when ``ramp``, then zero mean and unit SD outside ``bg_radius``), inversion.
+    coordinate), optional phase flip at the micrograph pixel size (in a ``flip_box`` window,
+    then cut to ``box``), Fourier crop to ``bin_to``, background normalisation (plane fitted
+    to the background pixels subtracted when ``ramp``, then zero mean and unit SD outside
+    ``bg_radius``), inversion. ``edge`` decides what happens to boxes leaving the micrograph.
     """
 
     box: int = option(256, unit="px", ge=2, rule=_EVEN,
