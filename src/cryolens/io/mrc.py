@@ -19,7 +19,7 @@ import mrcfile
 import numpy as np
 
 from cryolens.errors import InputError
-from cryolens.io.atomic import atomic_output, temporary_path  # noqa: F401  (temporary_path: old import site)
+from cryolens.io.atomic import atomic_output
 
 __all__ = ["MrcInfo", "read_mrc", "read_mrc_header", "open_stack", "write_mrc", "clear_stack_cache"]
 
