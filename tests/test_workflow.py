@@ -119,11 +119,11 @@ def test_both_step_forms_and_argv(tmp_path: Path, catalog):
 def test_example_workflow_is_valid(tmp_path: Path, catalog):
     example = Path(__file__).resolve().parents[1] / "examples" / "workflow.toml"
     wf = load_workflow(example, catalog, project=tmp_path)
-    assert [s.name for s in wf.steps] == ["sim", "rec", "close_to_focus", "rec_close"]
+    assert [s.name for s in wf.steps] == ["sim", "rec", "close_to_focus", "rec_close", "post"]
     assert [(r.action, r.reason) for r in plan_workflow(wf)] == [
         ("run", "never run"), ("run", "new input from sim"), ("run", "new input from rec"),
-        ("run", "new input from close_to_focus")]
-    assert [(r.action, r.reason) for r in plan_workflow(wf, until="rec")][2:] == [("stop", "after --until rec")] * 2
+        ("run", "new input from close_to_focus"), ("run", "new input from rec")]
+    assert [(r.action, r.reason) for r in plan_workflow(wf, until="rec")][2:] == [("stop", "after --until rec")] * 3
     for kw in ({"until": "nope"}, {"force": ["rec", "nope"]}):
         with pytest.raises(InputError, match=r"workflow.toml: --(until|force) nope: no such step \(steps: sim, rec"):
             plan_workflow(wf, **kw)
@@ -269,3 +269,16 @@ def test_sigkill_in_second_step_then_resume(tmp_path: Path):
     assert (state["sim"]["job_id"], state["rec"]["job_id"], state["rec"]["status"]) == (sim.id, jobs[2].id, "finished")
     assert jobs[2].inputs["particles"] == "Simulate/job001/particles.star"
     assert integrity(tmp_path) == "ok"
+
+
+def test_example_workflow_runs_and_sets_a_tuning_option(tmp_path: Path, catalog):
+    """examples/workflow.toml runs as shipped; its postprocess step sets --filter-edge-shells (no option before)."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "workflow.toml"
+    path = tmp_path / "workflow.toml"
+    path.write_text(example.read_text())
+    wf = load_workflow(path, catalog)
+    assert [s.name for s in wf.steps] == ["sim", "rec", "close_to_focus", "rec_close", "post"]
+    assert run_workflow(wf) == {name: "ran" for name in ("sim", "rec", "close_to_focus", "rec_close", "post")}
+    job = json.loads((tmp_path / "project" / "Postprocess" / "job005" / "job.json").read_text())
+    assert job["status"] == "finished" and job["params"]["filter_edge_shells"] == 3
+    assert job["params"]["mask"]["kind"] == "loose"
