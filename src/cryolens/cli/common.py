@@ -31,6 +31,20 @@ OutOption = Annotated[Optional[Path], typer.Option("--out", help=OUT_HELP)]
 ProjectOption = Annotated[Optional[Path], typer.Option("--project", help=PROJECT_HELP)]
 DeviceOption = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)]
+#: ... and those of the per-micrograph commands (motion, ctf, and picking and extraction next).
+BackendOption = Annotated[Optional[str], typer.Option(
+    "--backend", help="Compute backend for the micrographs: threads[:N] (N at once in this process), local[:N] "
+                      "(worker processes), inprocess (one at a time), tcp://scheduler:port (Dask) or profile:NAME; "
+                      "default: the stage's best on this machine.")]
+WorkersOption = Annotated[Optional[int], typer.Option(
+    "--j", help="Micrographs processed at once in N local worker processes (same as --backend local:N).")]
+
+
+def checked_workers(j: int | None) -> int | None:
+    """``--j`` as given, or an InputError (exit 2) when it is below 1."""
+    if j is not None and j < 1:
+        raise InputError(f"--j {j}: give at least 1 worker process.")
+    return j
 
 
 def run_guarded(fn: Callable[[], T]) -> T:

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import (DeviceOption, OutOption, ProjectOption, QuietOption, console, device_option,
-                                 job_target, progress_bar, run_guarded)
+from cryolens.cli.common import (BackendOption, DeviceOption, OutOption, ProjectOption, QuietOption, WorkersOption,
+                                 checked_workers, console, device_option, job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
 from cryolens.ctf.params import CTFFitParams
 from cryolens.errors import InputError
@@ -34,10 +34,8 @@ def ctf(
     voltage: Annotated[Optional[float], typer.Option(help="Voltage (kV) for --power-spectrum.")] = None,
     cs: Annotated[Optional[float], typer.Option(help="Spherical aberration (mm) for --power-spectrum.")] = None,
     amplitude_contrast: Annotated[Optional[float], typer.Option(help="Amplitude contrast for --power-spectrum.")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="Compute backend: local (default), local:N, inprocess, "
-                                                        "tcp://scheduler:port or a run profile name.")] = None,
-    j: Annotated[Optional[int], typer.Option("--j", help="Local worker processes (default: one per core; one on "
-                                                         "a GPU).")] = None,
+    backend: BackendOption = None,
+    j: WorkersOption = None,
     out: OutOption = None,
     project: ProjectOption = None,
     device: DeviceOption = "auto",
@@ -62,8 +60,7 @@ def ctf(
     def body():
         if (star is None) == (power_spectrum is None):
             raise InputError("ctf: give exactly one of --in micrographs.star or --power-spectrum PS.mrc.")
-        if j is not None and j < 1:
-            raise InputError(f"--j {j}: the number of worker processes must be at least 1.")
+        checked_workers(j)
         dev = device_option(device)
         if power_spectrum is not None:
             from cryolens.jobs.ctf import run_ctf_power_spectrum

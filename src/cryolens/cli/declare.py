@@ -186,9 +186,10 @@ def declare(*, outputs: Sequence[str] | None = None, omit: Sequence[str] = (),
         sig = inspect.signature(fn, eval_str=True)
         params: list[inspect.Parameter] = []
         owned: dict[str, dict[str, str]] = {}
-        wants_preset = PRESET in sig.parameters  # the command reads --preset too (built once, below)
+        # a command that reads --preset itself gets the value of the one option built for its classes
+        wants_preset = PRESET in sig.parameters and any(cls.PRESETS for cls in classes.values())
         for p in sig.parameters.values():
-            if p.name == PRESET:
+            if p.name == PRESET and wants_preset:
                 continue
             if p.name in classes:
                 opts, owned[p.name] = _options(classes[p.name], omit)

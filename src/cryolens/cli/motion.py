@@ -8,12 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import (DeviceOption, OutOption, ProjectOption, QuietOption, console, device_option,
-                                 job_target, progress_bar, run_guarded)
+from cryolens.cli.common import (BackendOption, DeviceOption, OutOption, ProjectOption, QuietOption, WorkersOption,
+                                 checked_workers, console, device_option, job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
 from cryolens.motion.params import MotionJobOptions, MotionParams
 from cryolens.motion.preprocess import PreprocessParams
-from cryolens.errors import InputError
 
 __all__ = ["motion"]
 
@@ -25,13 +24,8 @@ def motion(
     options: MotionJobOptions = None,
     preprocess: PreprocessParams = None,
     params: MotionParams = None,
-    backend: Annotated[Optional[str], typer.Option(
-        help="Compute backend: threads[:N] (N movies at once in this process; the default on the "
-             "CPU), local[:N] processes, inprocess (one at a time), tcp://scheduler:port (Dask) or profile:NAME.")]
-    = None,
-    j: Annotated[Optional[int], typer.Option(
-        "--j", help="Movies processed at once in N local worker processes (default: in-process threads, one "
-                    "movie per core, which start faster).")] = None,
+    backend: BackendOption = None,
+    j: WorkersOption = None,
     out: OutOption = None,
     project: ProjectOption = None,
     device: DeviceOption = "auto",
@@ -55,8 +49,7 @@ def motion(
 
     def body():
         job_options = dataclasses.replace(options, preprocess=preprocess)
-        if j is not None and j < 1:
-            raise InputError(f"--j {j}: give at least 1 movie at a time.")
+        checked_workers(j)
         dev = device_option(device)
         with job_target("motion", out, project) as target, progress_bar("movies", quiet=quiet) as cb:
             job = run_motion(star, target.out, params, job_options, backend=backend, workers=j, device=dev, progress=cb,
