@@ -40,6 +40,8 @@ from pathlib import Path
 
 from timing import timed
 
+from cryolens.refine.params import RefineParams
+
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 DATA = HERE.parent.parent / "shared" / "data"
@@ -240,7 +242,8 @@ def main() -> None:
     ap.add_argument("--box", type=int, default=64)
     ap.add_argument("--pixel-size", type=float, default=4.0)
     ap.add_argument("--snr", type=float, default=0.05)
-    ap.add_argument("--ini-high", type=float, default=40.0)
+    ap.add_argument("--ini-high", type=float, default=RefineParams().ini_high,
+                    help="initial low-pass (Å) for both tools; default cryolens refine's")
     ap.add_argument("--diameter", type=float, default=220.0, help="particle (mask) diameter, Å")
     ap.add_argument("--max-iter", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
