@@ -63,6 +63,7 @@ class CTFFitParams(Params):
                                       help="Largest |U - V| of the search grid (the refinement may go beyond)")
     patches: tuple[int, int] | None = option(
         None, parse=parse_grid, text=grid_text, metavar="NXxNY",
+        rule=(lambda g: len(g) == 2 and min(g) >= 1, "two positive integers NXxNY"),
         help="Patch CTF on an NXxNY grid (e.g. 5x5): a defocus plane per micrograph (cryolensDefocusPlaneC0, "
              "cryolensDefocusGradientX/Y)")
     fit_threshold: float = option(0.3, gt=-1, lt=1,
