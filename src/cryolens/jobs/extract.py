@@ -149,7 +149,7 @@ def extract_micrograph(unit: ExtractUnit) -> dict:
     n = int(boxes_inside(coords, box=p.box, shape=unit.shape, edge=p.edge).sum())
     outputs = []
     if n:
-        mic = torch.as_tensor(_read_micrograph(unit), device=torch.device(unit.device))
+        mic = torch.as_tensor(np.require(_read_micrograph(unit), requirements="W"), device=torch.device(unit.device))
         apix_out = unit.pixel_size * p.box / p.out_box
         unit.stack.parent.mkdir(parents=True, exist_ok=True)
         with StackWriter(unit.stack, n=n, box=p.out_box, voxel_size=apix_out) as w:
@@ -201,6 +201,10 @@ def _header_shape(path: Path, apix: float, box: int) -> tuple[int, int]:
     if nz != 1:
         raise InputError(f"{path}: holds {nz} images, not one micrograph; give single-image micrographs in "
                          "rlnMicrographName.")
+    compressed = path.suffix.lower() in (".gz", ".bz2")
+    if not compressed and path.stat().st_size < 1024 + nx * ny * info.dtype.itemsize:
+        raise InputError(f"{path}: the file is shorter than its header's {nx} x {ny} {info.dtype} image (truncated); "
+                         "re-copy or re-export it.")
     if info.voxel_size > 0 and abs(info.voxel_size - apix) > _PIXEL_TOLERANCE * apix:
         raise InputError(f"{path}: the header pixel size {info.voxel_size:.4f} Å disagrees with "
                          f"rlnMicrographPixelSize {apix:.4f} Å of its optics group; correct the STAR file's optics "
