@@ -173,6 +173,26 @@ def test_reextract_recentred_other_box(work: Path):
     assert (o2["rlnImagePixelSize"].iloc[0], o2["rlnImageSize"].iloc[0]) == (pytest.approx(APIX), 64)
 
 
+def test_phase_flip_uses_each_particles_defocus(work: Path):
+    """--phase-flip: the job hands the stage the micrograph's CTF with its defocus plane; RELION's optics flag."""
+    from cryolens.extract import ExtractParams, MicrographCTF, extract_particles
+    from cryolens.io import merge_optics, read_micrographs
+
+    extract(work, "ext_flip", "--phase-flip")
+    optics, parts = read_particles(work / "ext_flip" / "particles.star")
+    assert int(optics["rlnCtfDataArePhaseFlipped"].iloc[0]) == 1
+    mo, mics = read_micrographs(work / "sim" / "micrographs.star")
+    row = merge_optics(mo, mics).iloc[1].to_dict()
+    assert abs(row["cryolensDefocusGradientX"]) > 0  # a tilted specimen
+    mic = torch.from_numpy(mrcfile.read(work / row["rlnMicrographName"]).astype(np.float32))
+    xy = torch.tensor(parts.loc[parts["rlnMicrographName"] == row["rlnMicrographName"],
+                                ["rlnCoordinateX", "rlnCoordinateY"]].to_numpy())
+    expected = extract_particles(mic, xy, params=ExtractParams(box=BOX, bin_to=BIN, phase_flip=True), pixel_size=APIX,
+                                 ctf=MicrographCTF.from_row(row)).images
+    got = torch.from_numpy(mrcfile.read(work / "ext_flip" / "Particles" / "mic_0002.mrcs").copy())
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
 def test_bad_inputs_exit_2_and_write_nothing(work: Path):
     t = truth(work)[["rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"]]
     t.assign(rlnMicrographName="other/x.mrc").pipe(starfile.write, work / "unknown.star")

@@ -27,7 +27,8 @@ def extract(
     params: ExtractParams = None,
     recentre: Annotated[bool, typer.Option(
         "--recentre", help="Re-extraction from a particles.star: move each box by the whole pixels of its "
-                           "rlnOriginXAngst/YAngst and keep the remainder as its origin (RELION's --recenter).")] = False,
+                           "rlnOriginXAngst/YAngst and keep the remainder as its origin (RELION's "
+                           "--recenter).")] = False,
     backend: BackendOption = None,
     j: WorkersOption = None,
     out: OutOption = None,

@@ -177,6 +177,7 @@ class _Plan:
     n_unmatched: int
     has_ctf: bool
     kind: str  # of the positions: files, table or particles
+    n_without: int  # micrographs of the STAR file without positions
 
 
 def _positions_of(pos: Positions, mics: pd.DataFrame, mics_star: Path) -> tuple[pd.DataFrame, int, list[str]]:
@@ -218,7 +219,11 @@ def _header_shape(path: Path, apix: float, box: int) -> tuple[int, int]:
 def _plan(coords_star: Path, mics_star: Path, out: Path, params: ExtractParams, device: str,
           recentre_on: bool) -> _Plan:
     pos = read_positions(coords_star)
+    if not len(pos.table):
+        raise InputError(f"{coords_star}: holds no particle positions; pick the micrographs first or give another "
+                         "file.")
     optics, mics = read_micrographs(mics_star)
+    require_columns(mics, ["rlnMicrographName"], mics_star, "micrographs")
     if recentre_on:
         if pos.kind != "particles":
             raise InputError(f"{coords_star}: --recentre needs a particles.star with rlnOriginXAngst/YAngst (refined "
@@ -253,7 +258,8 @@ def _plan(coords_star: Path, mics_star: Path, out: Path, params: ExtractParams, 
                 raise InputError(f"{mics_star}: {e.args[0]} of micrograph {names[i]} (row {i + 1}) is not a number; "
                                  "re-run CTF estimation or remove the micrograph.") from None
         u = ExtractUnit(name=names[i], path=str(paths[i]), stem=stems[i], out_dir=str(out), shape=shape,
-                        pixel_size=apix, coords=np.array(t[XY].to_numpy(), dtype=np.float64), ctf=ctf, params=params, device=device)
+                        pixel_size=apix, coords=np.array(t[XY].to_numpy(), dtype=np.float64), ctf=ctf,
+                        params=params, device=device)
         units.append(dataclasses.replace(u, key=_fingerprint(u)))
         tables.append(t)
         rows.append(row)
@@ -264,7 +270,7 @@ def _plan(coords_star: Path, mics_star: Path, out: Path, params: ExtractParams, 
         raise InputError(f"{coords_star}: none of its {n} particle boxes of {params.box} px lies inside its "
                          "micrograph; check that the coordinates are in pixels of these micrographs, or give a "
                          "smaller --box (or --edge replicate).")
-    return _Plan(optics, units, tables, rows, warnings, n_unmatched, has_ctf, pos.kind)
+    return _Plan(optics, units, tables, rows, warnings, n_unmatched, has_ctf, pos.kind, len(mics) - len(used))
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -378,7 +384,8 @@ def run_extract(coords_star: str | os.PathLike, micrographs_star: str | os.PathL
         if len(particles) != sum(r["n"] for r in results):
             raise RuntimeError("extract: the stacks and the particle table disagree on the number of particles")
         groups = sorted(particles["rlnOpticsGroup"].unique().tolist())
-        write_particles(out / "particles.star", _particle_optics(plan.optics, groups, params), particles)
+        optics_out = _particle_optics(plan.optics, groups, params)
+        write_particles(out / "particles.star", optics_out, particles)
         job.add_output("particles", out / "particles.star")
         skipped = {r["name"]: r["n_skipped"] for r in results if r["n_skipped"]}
         warnings = list(plan.warnings)
@@ -389,10 +396,10 @@ def run_extract(coords_star: str | os.PathLike, micrographs_star: str | os.PathL
             job.log.warning(warnings[-1])
         fresh = len(results) - sum(bool(r["reused"]) for r in results)
         job.results.update(
-            n_micrographs=len(results), n_particles=len(particles), n_positions=sum(len(t) for t in plan.tables),
-            n_skipped=n_skipped, skipped_per_micrograph=skipped, n_unmatched_positions=plan.n_unmatched,
-            n_reused=len(results) - fresh, box=params.box, image_size=params.out_box,
-            pixel_size_A=round(float(_particle_optics(plan.optics, groups, params)["rlnImagePixelSize"].iloc[0]), 6),
+            n_micrographs=len(results), n_micrographs_without_positions=plan.n_without, n_particles=len(particles),
+            n_positions=sum(len(t) for t in plan.tables), n_skipped=n_skipped, skipped_per_micrograph=skipped,
+            n_unmatched_positions=plan.n_unmatched, n_reused=len(results) - fresh, box=params.box,
+            image_size=params.out_box, pixel_size_A=round(float(optics_out["rlnImagePixelSize"].iloc[0]), 6),
             backend=spec, seconds_per_micrograph=round(job.timings["extract"] / max(fresh, 1), 3), warnings=warnings)
         images = ["gallery.png"] if _gallery(plan.units, results, out / "gallery.png") else []
         write_report(out / "report.html", title="Particle extraction",
