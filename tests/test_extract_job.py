@@ -207,7 +207,13 @@ def test_bad_inputs_exit_2_and_write_nothing(work: Path):
     starfile.write({"optics": mics["optics"], "micrographs": m}, work / "bad_mics.star")
     no_ctf = mics["micrographs"].drop(columns=["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle"])
     starfile.write({"optics": mics["optics"], "micrographs": no_ctf}, work / "no_ctf.star")
+    index = pd.DataFrame({"rlnMicrographName": ["sim/micrographs/mic_0001.mrc"],
+                          "rlnMicrographCoordinates": ["sim/micrographs/gone_coords.star"]})
+    starfile.write({"coordinate_files": index}, work / "gone.star")
+    t.iloc[:0].pipe(starfile.write, work / "empty.star")
     cases = [
+        (dict(inp="gone.star"), (), ["gone.star", "coordinate file sim/micrographs/gone_coords.star (row 1)"]),
+        (dict(inp="empty.star"), (), ["empty.star", "holds no particle positions"]),
         (dict(inp="unknown.star"), (), ["unknown.star", "sim/micrographs.star", "other/x.mrc"]),
         (dict(inp="outside.star"), (), ["outside.star", "none of its 24 particle boxes"]),
         (dict(), ("--box", "600", "--bin-to", "64"), ["mic_0001.mrc", "box of 600 px is larger than the micrograph"]),

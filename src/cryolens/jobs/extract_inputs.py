@@ -62,11 +62,13 @@ def resolve_file(name: str, star: str | os.PathLike, row: int, what: str) -> Pat
     try:
         return resolve_path(name, star, row=row)
     except InputError:
-        raise InputError(f"{star}: {what} {name} (row {row}) was not found in {Path.cwd()} or next to the STAR "
-                         "file; check the path or run from the project folder.") from None
+        raise InputError(f"{star}: {what} {name} (row {row}) was not found in {Path.cwd()}, next to the STAR "
+                         "file or in the folders above it; check the path or run from the project folder.") from None
 
 
 def _from_index(path: Path, index: pd.DataFrame) -> pd.DataFrame:
+    """Every coordinate file of a coordinate index, one table: rlnMicrographName, rlnCoordinateX/Y, then the
+    columns all the files share (e.g. rlnAutopickFigureOfMerit, rlnClassNumber)."""
     require_columns(index, ["rlnMicrographName"], path, "coordinate_files")
     parts = []
     for i, (mic, name) in enumerate(zip(index["rlnMicrographName"].astype(str),
@@ -95,14 +97,14 @@ def read_positions(path: str | os.PathLike) -> Positions:
         kind = "files"
         table = _from_index(p, next(b for b in loops.values() if "rlnMicrographCoordinates" in b.columns))
     else:
-        found = [b for b in loops.values() if "rlnCoordinateX" in b.columns]
+        found = [(n, b) for n, b in loops.items() if "rlnCoordinateX" in b.columns]
         if not found:
             raise InputError(f"{p}: holds no coordinate index (rlnMicrographCoordinates), pick table "
                              "(rlnMicrographName, rlnCoordinateX/Y) or particles (rlnImageName); give the coords.star "
                              "of picking or `cryolens import coords`, or a particles.star.")
         kind = "table"
-        table = found[0]
-        require_columns(table, ["rlnMicrographName", *XY], p, "particles" if "particles" in loops else "")
+        block, table = found[0]
+        require_columns(table, ["rlnMicrographName", *XY], p, block)
     table = table.copy().reset_index(drop=True)
     table["rlnMicrographName"] = table["rlnMicrographName"].astype(str)
     for c in XY:
