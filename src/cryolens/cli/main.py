@@ -6,6 +6,7 @@ import typer
 
 from cryolens import __version__
 from cryolens.cli import ctf as _ctf
+from cryolens.cli import extract as _extract
 from cryolens.cli import fsc as _fsc
 from cryolens.cli import importing as _importing
 from cryolens.cli import motion as _motion
@@ -29,6 +30,7 @@ app.add_typer(_project.app, name="project")
 app.add_typer(_importing.app, name="import")
 app.command("motion")(_motion.motion)
 app.command("ctf")(_ctf.ctf)
+app.command("extract")(_extract.extract)
 app.add_typer(_select.app, name="select")
 app.command("reconstruct")(_reconstruct.reconstruct)
 app.command("refine")(_refine.refine)

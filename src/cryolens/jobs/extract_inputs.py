@@ -1,0 +1,134 @@
+"""Inputs of ``cryolens extract``: the particle positions and the micrographs they belong to.
+
+Three kinds of position file are read (:func:`read_positions`), told apart by their columns:
+
+* ``files``: a coordinate index, as ``cryolens import coords`` and the simulator write it and
+  RELION's ``autopick.star`` is (rlnMicrographName, rlnMicrographCoordinates): one RELION
+  coordinate STAR (or EMAN ``.box``, or ``x y`` text) per micrograph, rlnCoordinateX/Y in
+  pixels of the micrograph;
+* ``table``: one table of every pick (rlnMicrographName, rlnCoordinateX/Y), as ``cryolens
+  pick`` writes it;
+* ``particles``: a particle STAR file (rlnImageName; RELION 3.0 or 3.1) for re-extraction;
+  its rlnOriginXAngst/YAngst (Å) can re-centre the boxes (:func:`cryolens.extract.recentre`).
+
+Positions are matched to the rows of the micrographs STAR by rlnMicrographName, or by the
+file's stem when the name differs but the stem is unique (:func:`match_micrographs`).
+Every user-fixable problem raises :class:`cryolens.errors.InputError` with one sentence
+naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryolens.errors import InputError
+from cryolens.io import read_particles, read_star, require_columns
+from cryolens.io.images import resolve_path
+from cryolens.jobs.import_coords import read_coordinates
+
+__all__ = ["Positions", "read_positions", "match_micrographs", "resolve_file"]
+
+XY = ["rlnCoordinateX", "rlnCoordinateY"]
+
+
+@dataclass(frozen=True)
+class Positions:
+    """The particle positions of an extraction, one row per particle.
+
+    Attributes:
+        path: the file as given (messages name it).
+        kind: ``"files"`` (a coordinate index), ``"table"`` (one pick table) or ``"particles"``
+            (a particle STAR file: re-extraction).
+        table: rlnMicrographName, rlnCoordinateX/Y [px of the micrograph] and whatever else
+            the file holds (for particles: their RELION 3.1 columns, origins in Å).
+    """
+
+    path: str | os.PathLike
+    kind: str
+    table: pd.DataFrame
+
+
+def resolve_file(name: str, star: str | os.PathLike, row: int, what: str) -> Path:
+    """A file named in row ``row`` (1-based) of ``star``, found as RELION does (:func:`cryolens.io.resolve_path`).
+
+    Raises:
+        InputError: the file is in none of the places tried (names the STAR file, the row and ``what``).
+    """
+    try:
+        return resolve_path(name, star, row=row)
+    except InputError:
+        raise InputError(f"{star}: {what} {name} (row {row}) was not found in {Path.cwd()}, next to the STAR "
+                         "file or in the folders above it; check the path or run from the project folder.") from None
+
+
+def _from_index(path: Path, index: pd.DataFrame) -> pd.DataFrame:
+    """Every coordinate file of a coordinate index, one table: rlnMicrographName, rlnCoordinateX/Y, then the
+    columns all the files share (e.g. rlnAutopickFigureOfMerit, rlnClassNumber)."""
+    require_columns(index, ["rlnMicrographName"], path, "coordinate_files")
+    parts = []
+    for i, (mic, name) in enumerate(zip(index["rlnMicrographName"].astype(str),
+                                        index["rlnMicrographCoordinates"].astype(str))):
+        parts.append(read_coordinates(resolve_file(name, path, i + 1, "coordinate file")).assign(rlnMicrographName=mic))
+    if not parts:
+        return pd.DataFrame(columns=["rlnMicrographName", *XY])
+    common = [c for c in parts[0].columns if all(c in t.columns for t in parts) and c not in XY + ["rlnMicrographName"]]
+    return pd.concat([t[["rlnMicrographName", *XY, *common]] for t in parts], ignore_index=True)
+
+
+def read_positions(path: str | os.PathLike) -> Positions:
+    """The particle positions of ``path`` (see the module docstring for the three kinds).
+
+    Raises:
+        InputError: a file that is none of the three kinds, a missing column or coordinate
+            file, or coordinates that are not finite numbers.
+    """
+    p = Path(path)
+    loops = {n: b for n, b in read_star(p).items() if isinstance(b, pd.DataFrame)}
+    if any("rlnImageName" in b.columns for b in loops.values()):
+        kind = "particles"
+        _, table = read_particles(p)
+        require_columns(table, ["rlnMicrographName", *XY], p, "particles")
+    elif any("rlnMicrographCoordinates" in b.columns for b in loops.values()):
+        kind = "files"
+        table = _from_index(p, next(b for b in loops.values() if "rlnMicrographCoordinates" in b.columns))
+    else:
+        found = [(n, b) for n, b in loops.items() if "rlnCoordinateX" in b.columns]
+        if not found:
+            raise InputError(f"{p}: holds no coordinate index (rlnMicrographCoordinates), pick table "
+                             "(rlnMicrographName, rlnCoordinateX/Y) or particles (rlnImageName); give the coords.star "
+                             "of picking or `cryolens import coords`, or a particles.star.")
+        kind = "table"
+        block, table = found[0]
+        require_columns(table, ["rlnMicrographName", *XY], p, block)
+    table = table.copy().reset_index(drop=True)
+    table["rlnMicrographName"] = table["rlnMicrographName"].astype(str)
+    for c in XY:
+        table[c] = pd.to_numeric(table[c], errors="coerce").astype(np.float64)
+    if not np.isfinite(table[XY].to_numpy()).all():
+        raise InputError(f"{p}: some particle coordinates are not numbers; fix or remove those rows.")
+    return Positions(path=path, kind=kind, table=table)
+
+
+def match_micrographs(names: pd.Series, micrographs: list[str]) -> np.ndarray:
+    """Row of ``micrographs`` for each name in ``names`` (``-1`` where none matches).
+
+    A name matches a micrograph with the same name, else the one micrograph with the same
+    file stem (``Movies/a.mrc`` and ``MotionCorr/job002/Movies/a.mrc``).
+    """
+    exact = {m: i for i, m in enumerate(micrographs)}
+    stems: dict[str, list[int]] = {}
+    for i, m in enumerate(micrographs):
+        stems.setdefault(Path(m).stem, []).append(i)
+    lookup = {}
+    for n in pd.unique(names):
+        if n in exact:
+            lookup[n] = exact[n]
+        else:
+            hits = stems.get(Path(n).stem, [])
+            lookup[n] = hits[0] if len(hits) == 1 else -1
+    return names.map(lookup).to_numpy(dtype=np.int64)
