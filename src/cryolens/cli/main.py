@@ -21,7 +21,7 @@ from cryolens.cli import simulate as _simulate
 
 app = typer.Typer(
     name="cryolens",
-    help="Cryo-EM single-particle analysis: import, motion, ctf, select, reconstruct, refine, postprocess; workflows (run), projects, simulation.",
+    help="Cryo-EM single-particle analysis: import, motion, ctf, extract, select, reconstruct, refine, postprocess; workflows (run), projects, simulation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
