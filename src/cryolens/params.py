@@ -113,7 +113,7 @@ def flag_of(cls_or_obj: Any, name: str) -> str:
 
 
 def _flag(name: str, d: Declared) -> str:
-    return d.flag or "--" + name.replace("_", "-")
+    return (d.flag or "--" + name.replace("_", "-")).split("/")[0]
 
 
 def bounds_text(d: Declared) -> str:
