@@ -104,6 +104,9 @@ def test_micrographs_star_has_relions_motioncorr_layout(aligned: Path, shared_da
         travel = np.linalg.norm(np.diff(s, axis=0), axis=1).sum()
         assert row["rlnAccumMotionTotal"] == pytest.approx(travel, rel=1e-6)
         assert row["rlnAccumMotionEarly"] == 0 and row["rlnAccumMotionLate"] == pytest.approx(travel, rel=1e-6)
+    results = json.loads((mc / "job.json").read_text())["results"]  # the summary says both units
+    assert results["mean_total_motion_px"] == pytest.approx(mics["rlnAccumMotionTotal"].mean(), rel=1e-3)
+    assert results["mean_total_motion_A"] == pytest.approx(results["mean_total_motion_px"] * 1.75, rel=1e-3)
     with mrcfile.open(mc / "Movies/movie_0001.mrc") as m:
         assert m.data.shape == (256, 256) and float(m.voxel_size.x) == pytest.approx(1.75)
         dw = np.asarray(m.data)

@@ -56,7 +56,8 @@ def motion(
                              observer=target.observer)
         r = job.results
         console.print(f"{r['n_movies']} movies ({r['n_skipped']} done before), {r['n_rejected']} rejected, "
-                      f"mean total motion [bold]{r['mean_total_motion_A']:.2f} Å[/] -> "
+                      f"mean total motion [bold]{r['mean_total_motion_A']:.2f} Å[/] ({r['mean_total_motion_px']:.2f} movie px, "
+                      f"the unit of rlnAccumMotionTotal) -> "
                       f"{target.out / 'micrographs.star'}")
 
     run_guarded(body)

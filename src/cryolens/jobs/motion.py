@@ -234,6 +234,7 @@ def run_motion(star: str | os.PathLike, out_dir: str | os.PathLike, motion_param
         job.results.update(
             n_movies=len(summaries), n_rejected=int(rejected.sum()), n_skipped=len(summaries) - len(fresh),
             mean_total_motion_A=round(float(total.mean()), 3), max_total_motion_A=round(float(total.max()), 3),
+            mean_total_motion_px=round(float(np.mean([s["accum_total_A"] / s["pixel_size"] for s in summaries])), 3),
             dose_weighted=all(s["dose_weighted"] for s in summaries),
             local_motion=any(s["local_model"] for s in summaries),
             hot_pixels_per_movie=round(float(np.mean([s["hot_pixels"] for s in summaries])), 1),
