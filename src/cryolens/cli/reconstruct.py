@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from cryolens.cli.common import (DeviceOption, OutOption, ProjectOption, QuietOption, console, device_option,
                                  job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
-from cryolens.reconstruct import ReconstructParams
+from cryolens.reconstruct.params import ReconstructParams
 
 
 @declare(params=ReconstructParams, outputs=("particles", "half1", "half2", "map", "fsc"))

@@ -9,7 +9,7 @@ import typer
 
 from cryolens.cli.common import OutOption, ProjectOption, QuietOption, console, job_target, run_guarded
 from cryolens.cli.declare import declare
-from cryolens.select import SelectParams
+from cryolens.select.params import SelectParams
 
 app = typer.Typer(help="Select micrographs or particles by rules (thresholds, classes, CTF consensus).",
                   no_args_is_help=True)

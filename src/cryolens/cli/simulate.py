@@ -11,7 +11,7 @@ import typer
 from cryolens.cli.common import (DeviceOption, OutOption, ProjectOption, QuietOption, console, device_option,
                                  job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
-from cryolens.simulate.particles import ParticleSimParams
+from cryolens.simulate.particle_params import ParticleSimParams
 
 app = typer.Typer(help="Simulate cryo-EM data with ground truth.", no_args_is_help=True)
 

@@ -25,28 +25,13 @@ from cryolens.core.ctf import ctf_2d
 from cryolens.core.fourier import ft2
 from cryolens.core.fsc import FSCResult, fsc, fsc_to_ssnr
 from cryolens.core.projector import BackProjector
-from cryolens.core.symmetry import SYMMETRY_HELP, SYMMETRY_RULE, symmetry_matrices
-from cryolens.params import Params, option
+from cryolens.core.symmetry import symmetry_matrices
+from cryolens.reconstruct.params import ReconstructParams
 from cryolens.particles import ctf_params_from_table, has_ctf, origins_px_from_table, rotations_from_table
 
 __all__ = ["ReconstructParams", "ReconstructResult", "reconstruct_half_maps"]
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass
-class ReconstructParams(Params):
-    """Options of the reconstruction (each declared once: flag, help, unit, default, bounds).
-
-    ``batch_size`` bounds memory at about ``batch · |G| · box² · 100 B``.
-    """
-
-    symmetry: str = option("C1", flag="--sym", help=SYMMETRY_HELP, rule=SYMMETRY_RULE)
-    pad: int = option(2, ge=2, help="Fourier padding factor")
-    ctf: bool = option(True, help="Model the CTF when the particles carry defocus values (--no-ctf ignores it)")
-    wiener: bool = option(False, help="Wiener-filter the full map with the half maps' FSC (smoother, lower FSC vs "
-                                      "truth)")
-    batch_size: int = option(128, ge=1, help="Images per insertion batch (bounds memory)")
 
 
 @dataclass

@@ -13,9 +13,12 @@ import operator
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["OPERATORS", "Rule", "MissingColumnError", "parse_rule", "parse_classes", "require_numeric"]
 
@@ -82,6 +85,8 @@ def require_numeric(table: pd.DataFrame, column: str) -> np.ndarray:
     """The column as float64; MissingColumnError when absent, ValueError when not numeric."""
     if column not in table.columns:
         raise MissingColumnError(column, table.columns)
+    import pandas as pd  # here: the CLI imports these rules at start-up, pandas only when a table is read
+
     values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64)
     if len(values) and np.isnan(values).all() and not table[column].isna().all():
         raise ValueError(f"column {column} holds text, not numbers; a rule compares a numeric column")
