@@ -103,3 +103,15 @@ def test_params_reach_job_json(tmp_path: Path):
     """Joined and text options land in job.json as the dataclass fields they fill."""
     p = build_params(CTFFitParams, {"res_low_A": (25.0, 6.0), "patches": "3x2", "box": 256})
     assert dataclasses.asdict(p)["res_high_A"] == 6.0 and p.patches == (3, 2)
+
+
+def test_preset_fills_what_the_command_line_did_not_give(tmp_path: Path):
+    """Through the real CLI: --preset fills the fields not given; the ones given win."""
+    import json
+
+    invoke_cli("simulate", "particles", "--preset", "tutorial", "--n", "12", "--box", "24", "--pixel-size", "6",
+               "--voltage", "200", "--out", str(tmp_path / "sim"), "--quiet", "--device", "cpu")
+    job = json.loads((tmp_path / "sim" / "job.json").read_text())
+    assert job["params"]["n_particles"] == 12 and job["params"]["voltage"] == 200.0  # given
+    assert job["params"]["snr"] == 0.05 and job["params"]["defocus_min"] == 8000.0  # from the preset
+    assert job["results"]["box"] == 24

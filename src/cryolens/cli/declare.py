@@ -37,6 +37,7 @@ __all__ = ["declare", "help_text", "build_params", "check_declared", "DECLARED_A
 DECLARED_ATTR = "cryolens_params"
 OUTPUTS_ATTR = "cryolens_outputs"
 PRESET = "preset"
+CONTEXT = "cryolens_context"
 
 
 def help_text(d: Declared) -> str:
@@ -158,8 +159,9 @@ def build_params(cls: type[Params], values: dict[str, Any], explicit: set[str] =
 
 def _build_all(classes: dict[str, type[Params]], owned: dict[str, dict[str, str]], kwargs: dict[str, Any],
                ctx: click.Context | None) -> dict[str, Params]:
-    given = {n for n in kwargs if ctx is not None and ctx.get_parameter_source(n) in
-             (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)}
+    # typer runs on its own copy of click (typer._click): compare the source by name
+    given = {n for n in kwargs if ctx is not None and
+             getattr(ctx.get_parameter_source(n), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
     return {key: build_params(cls, {f: kwargs[p] for p, f in owned[key].items()},
                               {f for p, f in owned[key].items() if p in given})
             for key, cls in classes.items()}
@@ -205,12 +207,13 @@ def declare(*, outputs: Sequence[str] | None = None, omit: Sequence[str] = (),
 
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
-            ctx = click.get_current_context(silent=True)
+            ctx = kwargs.pop(CONTEXT)  # typer's context: click.get_current_context() is another click's
             built = run_guarded(lambda: _build_all(classes, owned, kwargs, ctx))
             passed = {PRESET: kwargs.get(PRESET)} if wants_preset else {}
             return fn(**{k: v for k, v in kwargs.items() if k not in built_names}, **built, **passed)
 
         del command.__wrapped__  # typer must see the built signature, not fn's
+        params.append(inspect.Parameter(CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
         command.__signature__ = sig.replace(parameters=params)
         command.__annotations__ = {p.name: p.annotation for p in params}
         setattr(command, DECLARED_ATTR, {key: (cls, owned[key]) for key, cls in classes.items()})
