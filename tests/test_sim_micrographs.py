@@ -6,6 +6,7 @@ spectrum's envelope decay with the real EPU/Falcon micrograph in shared/data.
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -15,12 +16,12 @@ import numpy as np
 import pytest
 import starfile
 import torch
-from conftest import run_cli
+from conftest import invoke_cli, run_cli
 
 from cryolens.core.ctf import CTFParams, ctf_1d
 from cryolens.io import read_mrc
+from cryolens.simulate.micrograph_params import MICROGRAPH_PRESETS
 from cryolens.simulate.micrographs import (
-    MICROGRAPH_PRESETS,
     MicrographParams,
     detector_mtf,
     expose,
@@ -164,9 +165,10 @@ def test_deterministic_and_index_seeded(phantom):
 
 
 def test_presets_are_valid():
-    for name, preset in MICROGRAPH_PRESETS.items():
-        fields = {k: v for k, v in preset.items() if k not in ("pixel_size", "box", "structures")}
-        MicrographParams(**fields).validate()
+    for preset in MICROGRAPH_PRESETS.values():
+        MicrographParams(**preset).validate()
+    assert MicrographParams.PRESETS is MICROGRAPH_PRESETS
+    assert MicrographParams() == MicrographParams(**MICROGRAPH_PRESETS["tutorial"]), "the defaults are the tutorial's"
     assert MICROGRAPH_PRESETS["benchmark"]["width"] == 3710 and MICROGRAPH_PRESETS["benchmark"]["height"] == 3838
 
 
@@ -206,7 +208,7 @@ def test_spectrum_decay_resembles_real_epu(shared_data):
 @pytest.fixture(scope="module")
 def job_dir(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("mics")
-    run_cli("simulate", "micrographs", "--preset", "tutorial", "--n-micrographs", "2", "--size", "384", "320",
+    run_cli("simulate", "micrographs", "--n-micrographs", "2", "--size", "384", "320",
             "--particles-per-micrograph", "12", "--tilt-max", "10", "--carbon", "--contaminants", "1",
             "--seed", "4", "--quiet", "--out", "sim", cwd=work)
     return work
@@ -237,20 +239,63 @@ def test_cli_outputs_and_truth(job_dir: Path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--preset", "nope"], "unknown preset"),
-    (["--defocus", "20000", "10000"], "defocus"),
-    (["--dose", "-1"], "dose"),
-    (["--size", "32", "32"], "64"),
+    (["--preset", "nope"], "--preset nope: unknown preset"),
+    (["--defocus", "20000", "10000"], "--defocus 20000 10000"),
+    (["--dose", "-1"], "--dose -1: must be > 0"),
+    (["--size", "32", "32"], "--size 32: must be ≥ 64"),
+    (["--size", "-512", "512"], "--size -512"),
+    (["--pixel-size", "0"], "--pixel-size 0: must be > 0 Å"),
+    (["--voltage", "0"], "--voltage 0: must be > 0 kV"),
+    (["--box", "8"], "--box 8: must be ≥ 16 px"),
+    (["--amplitude-contrast", "nan"], "--amplitude-contrast nan: must be a number, not NaN"),
+    (["--tilt-max", "80"], "--tilt-max 80"),
+    (["--n-micrographs", "0"], "--n-micrographs 0: must be ≥ 1"),
 ])
 def test_cli_bad_input_exits_2(tmp_path: Path, args, fragment):
+    """An impossible value: exit 2, one sentence naming the flag and the value, no job folder."""
     from typer.testing import CliRunner
 
     from cryolens.cli.main import app
     r = CliRunner().invoke(app, ["simulate", "micrographs", "--quiet", "--out", str(tmp_path / "x"),
                                  "--n-micrographs", "1", *args])
     assert r.exit_code == 2, (r.exit_code, r.stderr)
-    assert "Traceback" not in r.stderr and fragment in r.stderr
+    assert "Traceback" not in r.stderr and fragment in r.stderr, r.stderr
     assert len([ln for ln in r.stderr.strip().splitlines() if ln.strip()]) <= 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_preset_fills_what_is_not_given(tmp_path: Path, monkeypatch):
+    """--preset benchmark with explicit options: those win, the preset fills the rest, the defaults the
+    others; options that had no flag before (--ice-variation, --no-radiation-damage) are settable."""
+    import cryolens.jobs.simulate_micrographs as job_module
+    from cryolens.errors import InputError
+
+    args = ["simulate", "micrographs", "--preset", "benchmark", "--n-micrographs", "1", "--size", "192", "160",
+            "--pixel-size", "5", "--box", "24", "--particles-per-micrograph", "3", "--contaminants", "0",
+            "--ice-variation", "0.25", "--no-radiation-damage", "--quiet"]
+    seen = []
+
+    def capture(out, params, **kw):
+        seen.append(params)
+        raise InputError("stop")
+
+    with monkeypatch.context() as m:  # first only the params the command builds (a wrong build must not run)
+        m.setattr(job_module, "run_simulate_micrographs", capture)
+        invoke_cli(*args, "--out", "a", cwd=tmp_path, code=2)
+    assert (seen[0].width, seen[0].n_micrographs) == (192, 1), "explicit options must win over the preset"
+    invoke_cli(*args, "--out", "b", cwd=tmp_path, code=0)
+    params = json.loads((tmp_path / "b/job.json").read_text())["params"]
+    bench = MICROGRAPH_PRESETS["benchmark"]
+    assert (params["n_micrographs"], params["width"], params["height"], params["particles_per_micrograph"],
+            params["contaminants"]) == (1, 192, 160, 3, 0)
+    assert (params["pixel_size"], params["box"]) == (5.0, 24)
+    assert (params["defocus_max"], params["dose"], params["aggregates"]) == (bench["defocus_max"], bench["dose"],
+                                                                             bench["aggregates"])
+    assert params["astigmatism"] == MicrographParams().astigmatism  # in no preset: the default
+    assert params["ice_variation"] == 0.25 and params["radiation_damage"] is False
+    assert params["structures"] == ["phantom"]
+    mics = starfile.read(tmp_path / "b/micrographs.star")
+    assert float(mics["micrographs"]["cryolensDose"][0]) == bench["dose"]
 
 
 @pytest.mark.relion

@@ -19,14 +19,14 @@ import pytest
 import starfile
 import tifffile
 import torch
-from conftest import run_cli
+from conftest import invoke_cli, run_cli
 
 from cryolens.io import write_star
 from cryolens.core.dose import critical_exposure, damage_filter, damage_weights, frame_exposures
 from cryolens.core.motion import PolynomialMotion, relion_patch_centres
 from cryolens.simulate.motion import random_drift, random_local_motion
-from cryolens.simulate.movies import (MOVIE_PRESETS, MovieParams, field_shape, make_detector, movie_margin,
-                                      simulate_movie, storage_dtype)
+from cryolens.simulate.movie_params import MOVIE_PRESETS, MovieDataSet
+from cryolens.simulate.movies import MovieParams, field_shape, make_detector, movie_margin, simulate_movie, storage_dtype
 
 HAVE_RELION_MC = shutil.which("relion_run_motioncorr") is not None
 
@@ -273,7 +273,7 @@ def test_gain_reference_flattens_the_raw_frames():
 def movie_job(tmp_path_factory) -> Path:
     """The same small data set as MRC and TIFF (2 movies of 256² × 12 frames, hot/dead pixels, gain)."""
     work = tmp_path_factory.mktemp("movies")
-    common = ["simulate", "movies", "--preset", "tutorial", "--n-movies", "2", "--frames", "12", "--size", "256", "256",
+    common = ["simulate", "movies", "--n-movies", "2", "--frames", "12", "--size", "256", "256",
               "--particles-per-movie", "4", "--hot-pixels", "6", "--dead-pixels", "3", "--gain", "--seed", "3",
               "--quiet"]
     run_cli(*common, "--out", "sim", cwd=work)
@@ -340,7 +340,7 @@ def test_tiff_reads_back_identical_to_the_mrc(movie_job: Path):
 
 def test_super_resolution_movies(tmp_path):
     """Frames twice as large at half the pixel; shifts in movie pixels; particle truth in output pixels."""
-    run_cli("simulate", "movies", "--preset", "tutorial", "--n-movies", "1", "--frames", "6", "--size", "128", "160",
+    run_cli("simulate", "movies", "--n-movies", "1", "--frames", "6", "--size", "128", "160",
             "--particles-per-movie", "2", "--super-resolution", "--drift", "7", "--no-local-motion", "--seed", "2",
             "--quiet", "--out", "sr", cwd=tmp_path)
     sr = tmp_path / "sr"
@@ -406,7 +406,7 @@ def test_relion_reads_int8_mrc_and_uint8_tiff_movies(tmp_path):
 def test_relion_motioncorr_recovers_the_true_shifts(tmp_path):
     """RELION's own motion correction (with our gain and defect files) finds the shifts of the truth STAR,
     with the same sign."""
-    run_cli("simulate", "movies", "--preset", "tutorial", "--n-movies", "1", "--frames", "16", "--size", "512", "512",
+    run_cli("simulate", "movies", "--n-movies", "1", "--frames", "16", "--size", "512", "512",
             "--dose-per-frame", "3", "--drift", "12", "--no-local-motion", "--hot-pixels", "4", "--seed", "5",
             "--quiet", "--out", "sim", cwd=tmp_path)
     p = subprocess.run(["relion_run_motioncorr", "--i", "sim/movies.star", "--o", "MC/", "--use_own", "--j", "2",
@@ -427,27 +427,73 @@ def test_relion_motioncorr_recovers_the_true_shifts(tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--preset", "huge"], "--preset huge"),
-    (["--format", "eer"], "--format eer"),
-    (["--frames", "0"], "--frames 0"),
-    (["--dose-per-frame", "-1"], "--dose-per-frame"),
-    (["--voltage", "120"], "120"),
-    (["--size", "10", "10"], "--size"),
+    (["--preset", "huge"], "--preset huge: unknown preset"),
+    (["--format", "eer"], "--format eer: must be one of mrc, tiff"),
+    (["--frames", "0"], "--frames 0: must be ≥ 1"),
+    (["--dose-per-frame", "-1"], "--dose-per-frame -1: must be > 0 e⁻/Å²"),
+    (["--voltage", "120"], "--voltage 120: the radiation-damage model knows 100, 200 and 300 kV"),
+    (["--voltage", "0", "--no-damage"], "--voltage 0: must be > 0 kV"),
+    (["--size", "10", "10"], "--size 10: must be ≥ 64 px"),
+    (["--pixel-size", "0"], "--pixel-size 0: must be > 0 Å"),
+    (["--n-movies", "0"], "--n-movies 0: must be ≥ 1"),
+    (["--particles-per-movie", "-2"], "--particles-per-movie -2: must be ≥ 0"),
+    (["--drift", "nan"], "--drift nan: must be a number, not NaN"),
+    (["--gain-variation", "0.7"], "--gain-variation 0.7"),
+    (["--defocus", "9000", "8000"], "--defocus 9000 8000"),
 ])
 def test_cli_bad_input_exits_2_with_one_sentence(tmp_path, args, fragment):
-    p = run_cli("simulate", "movies", "--out", "x", "--quiet", *args, cwd=tmp_path, check=False)
-    assert p.returncode == 2, (p.stdout, p.stderr)
-    assert "Traceback" not in p.stderr and fragment in p.stderr
-    assert p.stderr.strip().count("\n") <= 1, p.stderr
+    """An impossible value: exit 2, one sentence naming the flag and the value, no job folder."""
+    r = invoke_cli("simulate", "movies", "--out", "x", "--quiet", *args, cwd=tmp_path, code=2)
+    assert "Traceback" not in r.stderr and fragment in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") <= 1, r.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_presets_match_the_issue():
     t, b = MOVIE_PRESETS["tutorial"], MOVIE_PRESETS["benchmark"]
-    assert t.n_movies == 20 and (t.micrograph["width"], t.micrograph["height"]) == (1024, 1024)
-    assert t.micrograph["pixel_size"] == 1.75 and 24 <= t.params.n_frames <= 40
-    assert (b.micrograph["width"], b.micrograph["height"], b.params.n_frames) == (3710, 3838, 40)
-    assert b.micrograph["pixel_size"] == 1.232 and b.params.voltage == 300
-    assert 40 <= b.params.n_frames * b.params.dose_per_frame <= 50
+    assert t["n_movies"] == 20 and (t["width"], t["height"]) == (1024, 1024)
+    assert t["pixel_size"] == 1.75 and 24 <= t["n_frames"] <= 40
+    assert (b["width"], b["height"], b["n_frames"]) == (3710, 3838, 40)
+    assert b["pixel_size"] == 1.232 and b["voltage"] == 300
+    assert 40 <= b["n_frames"] * b["dose_per_frame"] <= 50
+    for preset in MOVIE_PRESETS.values():
+        MovieDataSet(**preset).validate()
+    assert MovieDataSet() == MovieDataSet(**t), "the defaults are the tutorial's"
+
+
+def test_cli_preset_fills_what_is_not_given(tmp_path, monkeypatch):
+    """--preset benchmark with explicit options: those win, the preset fills the rest (movie and specimen
+    alike); options that had no flag before (--hot-pixel-factor, --no-frame-blur, --ice-thickness) are settable."""
+    import cryolens.jobs.simulate_movies as job_module
+    from cryolens.errors import InputError
+
+    args = ["simulate", "movies", "--preset", "benchmark", "--n-movies", "1", "--frames", "3", "--size", "128", "96",
+            "--pixel-size", "4", "--box", "24", "--particles-per-movie", "2", "--hot-pixels", "5",
+            "--hot-pixel-factor", "7", "--no-frame-blur", "--ice-thickness", "450", "--quiet"]
+    seen = []
+
+    def capture(out, params, micrograph_params, **kw):
+        seen.append((params, micrograph_params, kw))
+        raise InputError("stop")
+
+    with monkeypatch.context() as m:  # first only the params the command builds (a wrong build must not run)
+        m.setattr(job_module, "run_simulate_movies", capture)
+        invoke_cli(*args, "--out", "a", cwd=tmp_path, code=2)
+    movie, specimen, kw = seen[0]
+    assert (kw["n_movies"], movie.n_frames, specimen.width) == (1, 3, 128), "explicit options must win over the preset"
+    invoke_cli(*args, "--format", "tiff", "--out", "b", cwd=tmp_path, code=0)
+    job = json.loads((tmp_path / "b/job.json").read_text())
+    movie, specimen, bench = job["params"]["movie"], job["params"]["micrograph"], MOVIE_PRESETS["benchmark"]
+    assert (job["params"]["n_movies"], job["params"]["format"]) == (1, "tiff")
+    assert (movie["n_frames"], movie["hot_pixels"], movie["hot_pixel_factor"], movie["frame_blur"]) == (3, 5, 7.0, False)
+    assert (movie["dose_per_frame"], movie["drift"], movie["dead_pixels"]) == (bench["dose_per_frame"], bench["drift"],
+                                                                               bench["dead_pixels"])
+    assert (specimen["width"], specimen["height"], specimen["particles_per_micrograph"]) == (128, 96, 2)
+    assert (specimen["pixel_size"], specimen["box"], specimen["structures"]) == (4.0, 24, ["phantom"])
+    assert (specimen["defocus_max"], specimen["contaminants"], specimen["bfactor"]) == (bench["defocus_max"],
+                                                                                        bench["contaminants"], 20.0)
+    assert specimen["ice_thickness"] == 450.0
+    assert job["results"]["hot_pixels"] == 5 and (tmp_path / "b/Movies/movie_0001.tif").is_file()
 
 
 @pytest.mark.slow

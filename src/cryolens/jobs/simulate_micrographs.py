@@ -25,7 +25,6 @@ folder, RELION's rule):
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +33,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.errors import InputError
 from cryolens.io import write_mrc, write_star
 from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
@@ -54,11 +52,10 @@ def micrograph_optics(params: MicrographParams, *, pixel_size: float, box: int |
     return pd.DataFrame(d)
 
 
-def _load(structures: list[str] | None, *, pixel_size: float | None, box: int | None, seed: int,
-          map_pixel_size: float | None):
-    """Structures (volume, pixel_size, name, population, units) on one grid; phantom by default."""
-    return load_structures(list(structures or []), pixel_size=pixel_size, box=box, seed=seed,
-                           map_pixel_size=map_pixel_size)
+def _load(params: MicrographParams):
+    """The structures of ``params`` (volume, pixel_size, name, population, units) on one grid; phantom by default."""
+    return load_structures(list(params.structures or []), pixel_size=params.pixel_size, box=params.box,
+                           seed=params.seed, map_pixel_size=params.map_pixel_size)
 
 
 def _plot_micrograph(counts: np.ndarray, particles: pd.DataFrame, pixel_size: float, radius_px: float,
@@ -91,22 +88,17 @@ def _plot_micrograph(counts: np.ndarray, particles: pd.DataFrame, pixel_size: fl
 
 
 def run_simulate_micrographs(out_dir: str | os.PathLike, params: MicrographParams, *,
-                             structures: list[str] | None = None, pixel_size: float | None = None,
-                             box: int | None = None, map_pixel_size: float | None = None,
                              device: torch.device | str = "cpu",
                              progress: Callable[[int, int], None] | None = None,
                              observer: JobObserver | None = None) -> Job:
-    """Simulate ``params.n_micrographs`` micrographs into ``out_dir``; returns the finished :class:`Job`."""
+    """Simulate ``params.n_micrographs`` micrographs of ``params.structures`` (at ``params.pixel_size``
+    and ``params.box``) into ``out_dir``; returns the finished :class:`Job`."""
     out = Path(out_dir)
     check_params("simulate micrographs", params)
-    if pixel_size is not None and not pixel_size > 0:
-        raise InputError("simulate micrographs: --pixel-size must be positive (Å).")
-    if box is not None and box < 16:
-        raise InputError("simulate micrographs: --box must be at least 16 pixels.")
-    inputs = structure_inputs(structures)
+    inputs = structure_inputs(list(params.structures))
     with Job("simulate_micrographs", out, params=params, inputs=inputs, seed=params.seed, device=str(device),
              observer=observer) as job:
-        structs = _load(structures, pixel_size=pixel_size, box=box, seed=params.seed, map_pixel_size=map_pixel_size)
+        structs = _load(params)
         apix = float(structs[0].pixel_size)
         n_box = int(structs[0].volume.shape[-1])
         job.params.update(pixel_size=apix, box=n_box, structures=[s.name for s in structs])
@@ -173,11 +165,3 @@ def run_simulate_micrographs(out_dir: str | os.PathLike, params: MicrographParam
                      len(all_truth), apix)
     return job
 
-
-def params_from_preset(preset: dict, overrides: dict) -> tuple[MicrographParams, dict]:
-    """MicrographParams from a preset dict and explicit overrides (None = not given); returns
-    ``(params, extras)`` where extras holds pixel_size, box and structures."""
-    merged = {**preset, **{k: v for k, v in overrides.items() if v is not None}}
-    fields = {f.name for f in dataclasses.fields(MicrographParams)}
-    extras = {k: merged.pop(k) for k in list(merged) if k not in fields}
-    return MicrographParams(**merged), extras

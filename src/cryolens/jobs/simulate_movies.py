@@ -50,6 +50,7 @@ from cryolens.io.movie_writer import MovieWriter
 from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.structures import structure_inputs
+from cryolens.simulate.micrograph_params import MicrographParams
 from cryolens.simulate.movie_truth import MovieTruth
 from cryolens.simulate.movies import (Detector, MovieParams, field_shape, make_detector, movie_margin, simulate_movie,
                                       storage_dtype)
@@ -168,17 +169,17 @@ def _detector_files(out: Path, det: Detector, pixel_size: float) -> tuple[str | 
     return gain_name, defect_name
 
 
-def run_simulate_movies(out_dir: str | os.PathLike, params: MovieParams, micrograph_params, *, n_movies: int,
-                        structures: list[str] | None = None, pixel_size: float | None = None, box: int | None = None,
-                        map_pixel_size: float | None = None, fmt: str = "mrc",
-                        device: torch.device | str = "cpu",
+def run_simulate_movies(out_dir: str | os.PathLike, params: MovieParams, micrograph_params: MicrographParams, *,
+                        n_movies: int, fmt: str = "mrc", device: torch.device | str = "cpu",
                         progress: Callable[[int, int], None] | None = None,
                         observer: JobObserver | None = None) -> Job:
-    """Simulate ``n_movies`` movies into ``out_dir``; returns the finished :class:`Job`.
+    """Simulate ``n_movies`` movies (``fmt``: ``mrc`` stacks or ``tiff``) into ``out_dir``; returns the finished
+    :class:`Job`.
 
-    ``micrograph_params`` (:class:`cryolens.simulate.micrographs.MicrographParams`) sets the
-    specimen (ice, CTF, particles); its size is the movie's (physical pixels), ``pixel_size``
-    the output (physical) pixel size in Å and ``box`` the structures' box at that size.
+    ``micrograph_params`` sets the specimen (structures, ice, CTF, particles): its ``width`` and
+    ``height`` are the movie's size (physical pixels), ``pixel_size`` the output (physical) pixel
+    size in Å and ``box`` the structures' box at that size; its dose, voltage, seed and radiation
+    damage are replaced by the movie's (damage is applied frame by frame).
     """
     out = Path(out_dir)
     check_params("simulate movies", params, micrograph_params)
@@ -186,15 +187,12 @@ def run_simulate_movies(out_dir: str | os.PathLike, params: MovieParams, microgr
         raise InputError("simulate movies: --n-movies must be at least 1.")
     if fmt not in ("mrc", "tiff"):
         raise InputError(f"simulate movies: --format {fmt} is not supported; use mrc or tiff (EER cannot be written).")
-    if pixel_size is not None and not pixel_size > 0:
-        raise InputError("simulate movies: --pixel-size must be positive (Å).")
     job_params = {"movie": dataclasses.asdict(params), "micrograph": dataclasses.asdict(micrograph_params),
                   "n_movies": n_movies, "format": fmt}
-    inputs = structure_inputs(structures)
+    inputs = structure_inputs(list(micrograph_params.structures))
     with Job("simulate_movies", out, params=job_params, inputs=inputs, seed=params.seed, device=str(device),
              observer=observer) as job:
-        run = _MovieRun.start(job, out, params, micrograph_params, structures=structures, pixel_size=pixel_size,
-                              box=box, map_pixel_size=map_pixel_size, fmt=fmt, device=device)
+        run = _MovieRun.start(job, out, params, micrograph_params, fmt=fmt, device=device)
         total = n_movies * params.n_frames
         for i in range(n_movies):
             done = i * params.n_frames
@@ -234,7 +232,7 @@ class _MovieRun:
     job: Job
     out: Path
     params: MovieParams
-    mp: object  # MicrographParams of the field
+    mp: MicrographParams  # of the field
     structs: list
     pops: list[float]
     apix: float
@@ -261,23 +259,25 @@ class _MovieRun:
     compiled: bool = False
 
     @classmethod
-    def start(cls, job: Job, out: Path, params: MovieParams, micrograph_params, *, structures, pixel_size, box,
-              map_pixel_size, fmt: str, device) -> "_MovieRun":
+    def start(cls, job: Job, out: Path, params: MovieParams, micrograph_params: MicrographParams, *, fmt: str,
+              device) -> "_MovieRun":
         """Load and write the truth maps, size the field, make the detector and write its files."""
         from cryolens.jobs.structures import load_structures
         from cryolens.simulate.micrographs import detector_mtf
 
         f = 2 if params.super_resolution else 1
-        structs = load_structures(list(structures or []), pixel_size=pixel_size, box=box, seed=params.seed,
-                                  map_pixel_size=map_pixel_size)
+        specs, map_pixel_size = list(micrograph_params.structures), micrograph_params.map_pixel_size
+        structs = load_structures(specs, pixel_size=micrograph_params.pixel_size, box=micrograph_params.box,
+                                  seed=params.seed, map_pixel_size=map_pixel_size)
         apix = float(structs[0].pixel_size)  # output (physical) pixel
         n_box = structs[0].box
+        job.params["micrograph"].update(pixel_size=apix, box=n_box, structures=[s.name for s in structs])
         for i, s in enumerate(structs):
             name = "truth_map.mrc" if i == 0 else f"truth_map_class{i + 1}.mrc"
             write_mrc(out / name, s.volume.numpy(), apix)
             job.add_output(name[:-4], out / name)
         if f == 2:  # the same structures on the super-resolution grid
-            structs = load_structures(list(structures or []), pixel_size=apix / 2, box=2 * n_box, seed=params.seed,
+            structs = load_structures(specs, pixel_size=apix / 2, box=2 * n_box, seed=params.seed,
                                       map_pixel_size=map_pixel_size)
         mpix = apix / f
         h, w = micrograph_params.height * f, micrograph_params.width * f

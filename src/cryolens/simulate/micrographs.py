@@ -88,6 +88,7 @@ from cryolens.core.rotations import matrix_to_euler, random_rotations
 from cryolens.simulate import ice as icemod
 from cryolens.simulate.canvas import absorbing_objects, canvas_geometry, image_canvas, local_defocus
 from cryolens.simulate.detector import detector_mtf, expose, gaussian_filter_rfft
+from cryolens.simulate.micrograph_params import MicrographParams
 from cryolens.simulate.specimen import (
     PreparedStructure,
     draw_aggregates,
@@ -101,115 +102,13 @@ from cryolens.simulate.specimen import (
 from cryolens.simulate.spectra import centred_spectrum, power_spectrum, radial_profile
 from cryolens.simulate.structures import relativistic_phase_scale
 
+# MicrographParams (declared in cryolens.simulate.micrograph_params) is this stage's Params.
 __all__ = [
-    "MICROGRAPH_PRESETS", "MicrographParams", "MicrographTruth", "PreparedStructure", "prepare_structure",
+    "MicrographParams", "MicrographTruth", "PreparedStructure", "prepare_structure",
     "simulate_micrograph_signal", "simulate_micrograph", "detector_mtf", "gaussian_filter_rfft", "expose",
     "draw_ctf", "local_defocus", "radiation_damage", "place_particles", "power_spectrum", "radial_profile",
     "centred_spectrum",
 ]
-
-#: Presets for ``cryolens simulate micrographs --preset``: MicrographParams fields plus the
-#: structure's ``pixel_size`` (Å), ``box`` (px) and ``structures`` (specs).
-MICROGRAPH_PRESETS: dict[str, dict] = {
-    "tutorial": dict(n_micrographs=20, width=1024, height=1024, particles_per_micrograph=75, pixel_size=1.75,
-                     box=96, structures=["phantom"], defocus_min=8000.0, defocus_max=20000.0, dose=40.0,
-                     voltage=300.0),
-    "benchmark": dict(n_micrographs=50, width=3710, height=3838, particles_per_micrograph=90, pixel_size=1.232,
-                      box=180, structures=["phantom"], defocus_min=8000.0, defocus_max=25000.0, dose=50.0,
-                      voltage=300.0, contaminants=2, aggregates=2),
-}
-
-
-
-@dataclass
-class MicrographParams:
-    """Options of the micrograph simulator (units in brackets).
-
-    Attributes:
-        n_micrographs: number of micrographs; width, height: pixels (x, y).
-        particles_per_micrograph: target count (fewer when they do not fit; the
-            density is this over the usable area).
-        min_distance: minimum centre distance [Å]; None = the largest particle diameter.
-        margin: minimum distance of centres from the edges [Å]; None = half the box.
-        defocus_min, defocus_max [Å], astigmatism (max |U−V|) [Å], tilt_max [degrees].
-        voltage [kV], cs [mm], amplitude_contrast [fraction], bfactor: envelope [Å²].
-        dose: total exposure [e⁻/Å²].
-        ice_thickness [Å], ice_variation [fraction, std of thickness], ice_correlation [Å],
-        ice_ring: height of the ice ring in S(s).
-        carbon: draw a carbon film edge; carbon_thickness [Å].
-        contaminants, aggregates: number of blobs and particle aggregates per micrograph.
-        mtf_gaussian: Gaussian MTF factor at Nyquist; interpolation_blur: σ [px] of a
-            post-counting blur (0 = none).
-        energy_filter: zero-loss imaging: thicker ice is darker by ``exp(-Δt/Λ_in)``.
-        hydrogen_factor: scale of scattering-scale maps for missing hydrogens (1: none added).
-        radiation_damage: attenuate the particles' signal by the exposure-averaged
-            Grant-Grigorieff damage over [0, dose] (off for movies, which apply it per frame).
-        structure_units: scale of structures passed as bare tensors.
-        defocus_band [Å]: background defocus step under specimen tilt.
-        seed: micrograph i uses ``seed + i``; batch_size: projections per batch.
-    """
-
-    n_micrographs: int = 20
-    width: int = 1024
-    height: int = 1024
-    particles_per_micrograph: int = 75
-    min_distance: float | None = None
-    margin: float | None = None
-    defocus_min: float = 8000.0
-    defocus_max: float = 20000.0
-    astigmatism: float = 400.0
-    tilt_max: float = 0.0
-    voltage: float = 300.0
-    cs: float = 2.7
-    amplitude_contrast: float = 0.07
-    bfactor: float = 60.0
-    dose: float = 40.0
-    ice_thickness: float = 300.0
-    ice_variation: float = 0.1
-    ice_correlation: float = 2000.0
-    ice_ring: float = 1.3
-    carbon: bool = False
-    carbon_thickness: float = 100.0
-    contaminants: int = 0
-    aggregates: int = 0
-    mtf_gaussian: float = 0.8
-    interpolation_blur: float = 0.0
-    energy_filter: bool = False
-    hydrogen_factor: float = 1.0
-    radiation_damage: bool = True
-    structure_units: str = "scattering"
-    defocus_band: float = 200.0
-    seed: int = 0
-    batch_size: int = 64
-
-    def validate(self) -> None:
-        """Raise ValueError with a one-line reason for impossible values."""
-        checks = [
-            (self.n_micrographs >= 1, "n_micrographs must be at least 1"),
-            (self.width >= 64 and self.height >= 64, "the micrograph must be at least 64x64 pixels"),
-            (self.particles_per_micrograph >= 0, "particles_per_micrograph must not be negative"),
-            (self.defocus_min > 0 and self.defocus_max >= self.defocus_min,
-             "the defocus range must be positive with MIN <= MAX (Å, underfocus positive)"),
-            (self.astigmatism >= 0, "astigmatism must not be negative"),
-            (0 <= self.tilt_max < 70, "tilt_max must be within [0, 70) degrees"),
-            (self.voltage > 0 and self.cs >= 0, "voltage must be positive and Cs not negative"),
-            (0 <= self.amplitude_contrast < 1, "amplitude_contrast must be within [0, 1)"),
-            (self.dose > 0, "the dose must be positive (e/Å²)"),
-            (self.ice_thickness > 0, "the ice thickness must be positive (Å)"),
-            (self.ice_variation >= 0 and self.ice_correlation > 0, "ice variation/correlation must be positive"),
-            (self.carbon_thickness >= 0, "carbon_thickness must not be negative"),
-            (self.contaminants >= 0 and self.aggregates >= 0, "contaminants/aggregates must not be negative"),
-            (0 < self.mtf_gaussian <= 1, "mtf_gaussian must be within (0, 1]"),
-            (self.interpolation_blur >= 0, "interpolation_blur must not be negative"),
-            (self.min_distance is None or self.min_distance >= 0, "min_distance must not be negative"),
-            (self.margin is None or self.margin >= 0, "margin must not be negative"),
-            (self.structure_units in ("scattering", "arbitrary"), "structure_units must be scattering or arbitrary"),
-            (self.defocus_band > 0, "defocus_band must be positive"),
-            (self.batch_size >= 1, "batch_size must be at least 1"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(msg)
 
 
 @dataclass

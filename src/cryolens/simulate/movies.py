@@ -47,104 +47,12 @@ import torch
 from cryolens.core.fourier import good_fft_size
 from cryolens.simulate.motion import draw_movie_motion
 from cryolens.simulate.movie_frames import FrameRenderer, FrameSampler, poisson_quantile, seeded_generator
+from cryolens.simulate.movie_params import MovieParams
 from cryolens.simulate.movie_truth import MovieTruth
 
-__all__ = ["MovieParams", "MoviePreset", "MOVIE_PRESETS", "Detector", "SimulatedMovie",
+# MovieParams (declared in cryolens.simulate.movie_params) is this simulator's Params.
+__all__ = ["MovieParams", "Detector", "SimulatedMovie",
            "make_detector", "movie_margin", "field_shape", "storage_dtype", "simulate_movie"]
-
-
-@dataclass
-class MovieParams:
-    """Options of the movie simulator (units in brackets).
-
-    Attributes:
-        n_frames: frames per movie.
-        dose_per_frame: exposure per frame [e⁻/Å²].
-        pre_exposure: exposure before the first frame [e⁻/Å²].
-        voltage: [kV] (100, 200 or 300 when ``damage`` is on: the damage model's voltages).
-        drift: global drift from the first to the last frame [Å]; direction random.
-        local_motion: add a smooth patch-varying displacement field.
-        local_motion_rms: RMS over the image of the local displacement at the last frame [Å].
-        damage: apply the Grant & Grigorieff radiation-damage filter.
-        frame_blur: blur each frame by its straight-line travel during the frame.
-        gain: simulate a non-uniform detector sensitivity and write its gain reference.
-        gain_variation: RMS of the smooth part of the sensitivity (fraction).
-        gain_pixel_variation: RMS of the per-pixel part of the sensitivity (fraction).
-        hot_pixels, dead_pixels: number of defective pixels of the detector.
-        hot_pixel_factor: a hot pixel counts this many times the mean electrons per pixel per frame.
-        super_resolution: record at half the physical pixel size (frames twice as large).
-        seed: random seed (drift, local motion, detector, shot noise).
-    """
-
-    n_frames: int = 32
-    dose_per_frame: float = 1.25
-    pre_exposure: float = 0.0
-    voltage: float = 300.0
-    drift: float = 15.0
-    local_motion: bool = True
-    local_motion_rms: float = 1.5
-    damage: bool = True
-    frame_blur: bool = True
-    gain: bool = False
-    gain_variation: float = 0.05
-    gain_pixel_variation: float = 0.03
-    hot_pixels: int = 0
-    dead_pixels: int = 0
-    hot_pixel_factor: float = 20.0
-    super_resolution: bool = False
-    seed: int = 0
-
-    def validate(self) -> None:
-        """Raise ValueError with a one-line reason for impossible values."""
-        from cryolens.core.dose import voltage_factor
-        if self.n_frames < 1:
-            raise ValueError("n_frames must be at least 1")
-        if not self.dose_per_frame > 0 or self.pre_exposure < 0:
-            raise ValueError("dose_per_frame must be positive and pre_exposure not negative")
-        if self.drift < 0 or self.local_motion_rms < 0:
-            raise ValueError("drift and local_motion_rms must not be negative")
-        if self.hot_pixels < 0 or self.dead_pixels < 0 or self.hot_pixel_factor <= 0:
-            raise ValueError("hot_pixels and dead_pixels must not be negative, hot_pixel_factor must be positive")
-        if not 0 <= self.gain_variation < 0.5 or not 0 <= self.gain_pixel_variation < 0.5:
-            raise ValueError("gain variations must be fractions between 0 and 0.5")
-        if self.damage:
-            voltage_factor(self.voltage)
-
-
-@dataclass(frozen=True)
-class MoviePreset:
-    """A data-set recipe: the movie options, how many movies, and the specimen.
-
-    ``micrograph_preset`` names a preset of the micrograph simulator
-    (:data:`cryolens.simulate.micrographs.MICROGRAPH_PRESETS`: ice, CTF, structures) and
-    ``micrograph`` overrides its fields; ``width``/``height`` are the movie size and
-    ``pixel_size`` the physical (output) pixel [Å] (with super-resolution the frames are
-    twice as large at half that pixel). The CTF envelope ``bfactor`` stands for
-    coherence only: the movie simulator applies drift and radiation damage itself.
-    """
-
-    n_movies: int
-    params: MovieParams
-    micrograph_preset: str
-    micrograph: dict = field(default_factory=dict)
-
-
-MOVIE_PRESETS: dict[str, MoviePreset] = {
-    # A laptop-sized tutorial: 20 movies of 1024², 32 frames, 40 e⁻/Å² in total.
-    "tutorial": MoviePreset(
-        n_movies=20,
-        params=MovieParams(n_frames=32, dose_per_frame=1.25, voltage=300.0, drift=15.0, local_motion=True,
-                           local_motion_rms=1.5, gain=True, hot_pixels=8, dead_pixels=4),
-        micrograph_preset="tutorial",
-        micrograph=dict(width=1024, height=1024, pixel_size=1.75, particles_per_micrograph=75, bfactor=20.0)),
-    # EMPIAR-10291-like: K2-sized frames at 1.232 Å/px, 40 frames, 44 e⁻/Å² in total.
-    "benchmark": MoviePreset(
-        n_movies=10,
-        params=MovieParams(n_frames=40, dose_per_frame=1.1, voltage=300.0, drift=20.0, local_motion=True,
-                           local_motion_rms=2.0, gain=True, hot_pixels=60, dead_pixels=20),
-        micrograph_preset="benchmark",
-        micrograph=dict(width=3710, height=3838, pixel_size=1.232, particles_per_micrograph=90, bfactor=20.0)),
-}
 
 
 # ---------------------------------------------------------------- geometry
