@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cryolens.core.device import resolve_device
 from cryolens.errors import InputError
+from cryolens.params import Params, option
 
 T = TypeVar("T")
 err_console = Console(stderr=True, soft_wrap=True)
@@ -26,25 +27,26 @@ PROJECT_HELP = ("Record the job in this project (cryolens.db) and, without --out
                 "<project>/<Stage>/jobNNN/. Default: the current folder when it holds cryolens.db.")
 OUT_HELP = "Output folder (created). Optional inside a project (default <project>/<Stage>/jobNNN/)."
 
-#: The options every job-recording command shares, declared once.
-OutOption = Annotated[Optional[Path], typer.Option("--out", help=OUT_HELP)]
-ProjectOption = Annotated[Optional[Path], typer.Option("--project", help=PROJECT_HELP)]
-DeviceOption = Annotated[str, typer.Option("--device", help=DEVICE_HELP)]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)]
-#: ... and those of the per-micrograph commands (motion, ctf, and picking and extraction next).
-BackendOption = Annotated[Optional[str], typer.Option(
-    "--backend", help="Compute backend for the micrographs: threads[:N] (N at once in this process), local[:N] "
-                      "(worker processes), inprocess (one at a time), tcp://scheduler:port (Dask) or profile:NAME; "
-                      "default: the stage's best on this machine.")]
-WorkersOption = Annotated[Optional[int], typer.Option(
-    "--j", help="Micrographs processed at once in N local worker processes (same as --backend local:N).")]
+@dataclass
+class JobOptions(Params):
+    """The options every job-recording command shares, declared once (``run: JobOptions`` in a command)."""
+
+    out: Optional[Path] = option(None, help=OUT_HELP)
+    project: Optional[Path] = option(None, help=PROJECT_HELP)
+    device: str = option("auto", help=DEVICE_HELP)
+    quiet: bool = option(False, short="-q", help=QUIET_HELP)
 
 
-def checked_workers(j: int | None) -> int | None:
-    """``--j`` as given, or an InputError (exit 2) when it is below 1."""
-    if j is not None and j < 1:
-        raise InputError(f"--j {j}: give at least 1 worker process.")
-    return j
+@dataclass
+class MicrographJobOptions(JobOptions):
+    """... and those of the per-micrograph commands (motion, ctf, extract, pick)."""
+
+    backend: Optional[str] = option(
+        None, help="Compute backend for the micrographs: threads[:N] (N at once in this process), local[:N] "
+                   "(worker processes), inprocess (one at a time), tcp://scheduler:port (Dask) or profile:NAME; "
+                   "default: the stage's best on this machine")
+    j: Optional[int] = option(None, flag="--j", ge=1, help="Micrographs processed at once in N local worker "
+                                                           "processes (same as --backend local:N)")
 
 
 def run_guarded(fn: Callable[[], T]) -> T:

@@ -7,8 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import (BackendOption, DeviceOption, OutOption, ProjectOption, QuietOption, WorkersOption,
-                                 checked_workers, console, device_option, job_target, progress_bar, run_guarded)
+from cryolens.cli.common import (MicrographJobOptions, console, device_option, job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
 from cryolens.ctf.params import CTFFitParams
 from cryolens.errors import InputError
@@ -16,7 +15,7 @@ from cryolens.errors import InputError
 __all__ = ["ctf"]
 
 
-@declare(params=CTFFitParams, outputs=("micrographs", "report"))
+@declare(run=MicrographJobOptions, params=CTFFitParams, outputs=("micrographs", "report"))
 def ctf(
     star: Annotated[Optional[Path], typer.Option("--in", help="micrographs.star (RELION 3.0 or 3.1+; optics give "
                                                               "voltage, Cs, amplitude contrast, pixel size).")] = None,
@@ -34,12 +33,7 @@ def ctf(
     voltage: Annotated[Optional[float], typer.Option(help="Voltage (kV) for --power-spectrum.")] = None,
     cs: Annotated[Optional[float], typer.Option(help="Spherical aberration (mm) for --power-spectrum.")] = None,
     amplitude_contrast: Annotated[Optional[float], typer.Option(help="Amplitude contrast for --power-spectrum.")] = None,
-    backend: BackendOption = None,
-    j: WorkersOption = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    device: DeviceOption = "auto",
-    quiet: QuietOption = False,
+    run: MicrographJobOptions = None,
 ) -> None:
     """Estimate the CTF of every micrograph: defocus U/V/angle, astigmatism, phase shift, fit resolution.
 
@@ -60,8 +54,7 @@ def ctf(
     def body():
         if (star is None) == (power_spectrum is None):
             raise InputError("ctf: give exactly one of --in micrographs.star or --power-spectrum PS.mrc.")
-        checked_workers(j)
-        dev = device_option(device)
+        dev = device_option(run.device)
         if power_spectrum is not None:
             from cryolens.jobs.ctf import run_ctf_power_spectrum
             missing = [n for n, v in (("--voltage", voltage), ("--cs", cs), ("--amplitude-contrast",
@@ -69,7 +62,7 @@ def ctf(
             if missing:
                 raise InputError(f"ctf --power-spectrum {power_spectrum}: give {', '.join(missing)} (the spectrum "
                                  "carries no optics).")
-            with job_target("ctf", out, project) as target:
+            with job_target("ctf", run.out, run.project) as target:
                 job = run_ctf_power_spectrum(power_spectrum, target.out, params, pixel_size=pixel_size,
                                              voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast,
                                              device=dev, observer=target.observer)
@@ -79,8 +72,8 @@ def ctf(
                           f"{r['rlnCtfMaxResolution']:.1f} Å -> {target.out / 'micrographs_ctf.star'}")
         else:
             from cryolens.jobs.ctf import run_ctf
-            with job_target("ctf", out, project) as target, progress_bar("fitting CTF", quiet=quiet) as cb:
-                job = run_ctf(star, target.out, params, backend=backend, workers=j, device=dev,
+            with job_target("ctf", run.out, run.project) as target, progress_bar("fitting CTF", quiet=run.quiet) as cb:
+                job = run_ctf(star, target.out, params, backend=run.backend, workers=run.j, device=dev,
                               from_movies=from_movies, frame_dose=frame_dose, progress=cb, observer=target.observer)
             r = job.results
             console.print(f"{r['n_micrographs']} micrographs ({r['n_reused']} reused): median defocus "

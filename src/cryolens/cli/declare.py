@@ -2,8 +2,8 @@
 
 A command module writes only what is not a parameter (inputs, outputs, printing)::
 
-    @declare(params=RefineParams, outputs=("particles", "half1", "half2", "map", "fsc"))
-    def refine(star: InOption, ref: ..., params: RefineParams, out: OutOption = None, ...):
+    @declare(params=RefineParams, run=JobOptions, outputs=("particles", "half1", "half2", "map", "fsc"))
+    def refine(star: InOption, ref: ..., params: RefineParams = None, run: JobOptions = None):
         ...
 
 :func:`declare` replaces the ``params`` argument by one option per declared field (same

@@ -7,15 +7,14 @@ from typing import Annotated
 
 import typer
 
-from cryolens.cli.common import (BackendOption, DeviceOption, OutOption, ProjectOption, QuietOption, WorkersOption,
-                                 checked_workers, console, device_option, job_target, progress_bar, run_guarded)
+from cryolens.cli.common import (MicrographJobOptions, console, device_option, job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
 from cryolens.extract.params import ExtractParams
 
 __all__ = ["extract"]
 
 
-@declare(params=ExtractParams, outputs=("particles",))
+@declare(run=MicrographJobOptions, params=ExtractParams, outputs=("particles",))
 def extract(
     positions: Annotated[Path, typer.Option(
         "--in", help="Particle positions: coords.star (rlnMicrographName + rlnMicrographCoordinates files, as "
@@ -29,12 +28,7 @@ def extract(
         "--recentre", help="Re-extraction from a particles.star: move each box by the whole pixels of its "
                            "rlnOriginXAngst/YAngst and keep the remainder as its origin (RELION's "
                            "--recenter).")] = False,
-    backend: BackendOption = None,
-    j: WorkersOption = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    device: DeviceOption = "auto",
-    quiet: QuietOption = False,
+    run: MicrographJobOptions = None,
 ) -> None:
     """Extract particles: a box around each position, binned, normalised and inverted as RELION 3.1 does.
 
@@ -55,11 +49,10 @@ def extract(
     from cryolens.jobs.extract import run_extract
 
     def body():
-        checked_workers(j)
-        dev = device_option(device)
-        with job_target("extract", out, project) as target, progress_bar("extracting", quiet=quiet) as cb:
-            job = run_extract(positions, micrographs, target.out, params, recentre=recentre, backend=backend,
-                              workers=j, device=dev, progress=cb, observer=target.observer)
+        dev = device_option(run.device)
+        with job_target("extract", run.out, run.project) as target, progress_bar("extracting", quiet=run.quiet) as cb:
+            job = run_extract(positions, micrographs, target.out, params, recentre=recentre, backend=run.backend,
+                              workers=run.j, device=dev, progress=cb, observer=target.observer)
         r = job.results
         console.print(f"{r['n_particles']} particles from {r['n_micrographs']} micrographs ({r['n_reused']} reused), "
                       f"{r['image_size']} px at {r['pixel_size_A']:.4g} Å/px, {r['n_skipped']} skipped at the edges "

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import OutOption, ProjectOption, QuietOption, console, job_target, run_guarded
+from cryolens.cli.common import JobOptions, console, job_target, run_guarded
 from cryolens.cli.declare import declare
 from cryolens.jobs.import_options import Acquisition, GainOptions, ParticleOptics
 from cryolens.errors import InputError
@@ -60,7 +60,7 @@ def _files(glob: Optional[list[str]], files: Optional[list[Path]], more: Optiona
 
 
 @app.command("movies")
-@declare(acq=Acquisition, gopt=GainOptions, outputs=("movies", "gain", "defects"))
+@declare(run=JobOptions, omit=("device",), acq=Acquisition, gopt=GainOptions, outputs=("movies", "gain", "defects"))
 def movies(
     files: FilesArg = None,
     glob: GlobOpt = None,
@@ -74,9 +74,7 @@ def movies(
     check_all: Annotated[bool, typer.Option("--check-all", help="Read every movie's header and require one size "
                                             "and frame count (default: the first only).")] = False,
     group: GroupOpt = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    quiet: QuietOption = False,
+    run: JobOptions = None,
 ) -> None:
     """Import movies (MRC, TIFF, EER) with their acquisition settings into movies.star.
 
@@ -92,7 +90,7 @@ def movies(
 
     def body():
         found, source = _files(glob, files, more_files, what="movie", suffixes=MOVIE_SUFFIXES)
-        with job_target("import_movies", out, project) as target:
+        with job_target("import_movies", run.out, run.project) as target:
             _need_project(target, group)
             job = run_import_movies(found, target.out, acq, gopt, defect=str(defect) if defect else None,
                                     append=str(append) if append else None, optics_from=optics_from,
@@ -109,7 +107,7 @@ def movies(
 
 
 @app.command("micrographs")
-@declare(acq=Acquisition, omit=("exposure_per_frame", "pre_exposure"), outputs=("micrographs",))
+@declare(run=JobOptions, acq=Acquisition, omit=("device", "exposure_per_frame", "pre_exposure"), outputs=("micrographs",))
 def micrographs(
     files: FilesArg = None,
     glob: GlobOpt = None,
@@ -118,9 +116,7 @@ def micrographs(
     optics_from: OpticsFromOpt = None,
     append: AppendOpt = None,
     group: GroupOpt = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    quiet: QuietOption = False,
+    run: JobOptions = None,
 ) -> None:
     """Import micrographs (MRC or single-page TIFF) into micrographs.star.
 
@@ -132,7 +128,7 @@ def micrographs(
 
     def body():
         found, source = _files(glob, files, more_files, what="micrograph", suffixes=MICROGRAPH_SUFFIXES)
-        with job_target("import_micrographs", out, project) as target:
+        with job_target("import_micrographs", run.out, run.project) as target:
             _need_project(target, group)
             job = run_import_micrographs(found, target.out, acq, append=str(append) if append else None,
                                          optics_from=optics_from, source=source, observer=target.observer)
@@ -146,14 +142,12 @@ def micrographs(
 
 
 @app.command("particles")
-@declare(acq=ParticleOptics, outputs=("particles",))
+@declare(run=JobOptions, omit=("device",), acq=ParticleOptics, outputs=("particles",))
 def particles(
     star: Annotated[Path, typer.Option("--in", help="Particle STAR file (RELION 3.0 or 3.1+).")],
     acq: ParticleOptics = None,
     group: GroupOpt = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    quiet: QuietOption = False,
+    run: JobOptions = None,
 ) -> None:
     """Import a particle STAR: validate it, upgrade RELION 3.0 to 3.1, check every image exists.
 
@@ -167,7 +161,7 @@ def particles(
     from cryolens.jobs.importing import run_import_particles
 
     def body():
-        with job_target("import_particles", out, project) as target:
+        with job_target("import_particles", run.out, run.project) as target:
             _need_project(target, group)
             job = run_import_particles(star, target.out, acq, observer=target.observer)
             extra = _group(target, group, star=target.out / "particles.star", key="rlnImageName")
@@ -180,7 +174,7 @@ def particles(
 
 
 @app.command("coords")
-@declare(outputs=("coords",))
+@declare(run=JobOptions, omit=("device",), outputs=("coords",))
 def coords(
     files: FilesArg = None,
     glob: GlobOpt = None,
@@ -190,9 +184,7 @@ def coords(
     scale: Annotated[float, typer.Option("--scale", help="Multiply coordinates (2 for picks on 2x-binned "
                                          "micrographs).")] = 1.0,
     group: GroupOpt = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    quiet: QuietOption = False,
+    run: JobOptions = None,
 ) -> None:
     """Import particle coordinates: RELION .star, EMAN .box (corner + size -> centre) or 'x y' text.
 
@@ -207,7 +199,7 @@ def coords(
 
     def body():
         found, source = _files(glob, files, more_files, what="coordinate", suffixes=None)
-        with job_target("import_coords", out, project) as target:
+        with job_target("import_coords", run.out, run.project) as target:
             _need_project(target, group)
             job = run_import_coords(found, micrographs_star, target.out, scale=scale, source=source,
                                     observer=target.observer)
@@ -221,16 +213,14 @@ def coords(
 
 
 @app.command("map")
-@declare(outputs=("map",))
+@declare(run=JobOptions, omit=("device",), outputs=("map",))
 def map_(
     path: Annotated[Path, typer.Option("--in", help="3-D map (MRC).")],
     pixel_size: Annotated[Optional[float], typer.Option("--pixel-size", help="Correct the header's pixel size "
                                                         "(Å; the map is rewritten).")] = None,
     link: Annotated[bool, typer.Option("--link", help="Link instead of copying (when the header is kept).")] = False,
     group: GroupOpt = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    quiet: QuietOption = False,
+    run: JobOptions = None,
 ) -> None:
     """Import a 3-D map (reference, mask or published map) as map.mrc after checking its header and values.
 
@@ -241,7 +231,7 @@ def map_(
     from cryolens.jobs.importing import run_import_map
 
     def body():
-        with job_target("import_map", out, project) as target:
+        with job_target("import_map", run.out, run.project) as target:
             _need_project(target, group)
             job = run_import_map(path, target.out, pixel_size=pixel_size, link=link, observer=target.observer)
             extra = _group(target, group)

@@ -8,8 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cryolens.cli.common import (BackendOption, DeviceOption, OutOption, ProjectOption, QuietOption, WorkersOption,
-                                 checked_workers, console, device_option, job_target, progress_bar, run_guarded)
+from cryolens.cli.common import (MicrographJobOptions, console, device_option, job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
 from cryolens.motion.params import MotionJobOptions, MotionParams
 from cryolens.motion.preprocess import PreprocessParams
@@ -17,19 +16,14 @@ from cryolens.motion.preprocess import PreprocessParams
 __all__ = ["motion"]
 
 
-@declare(params=MotionParams, preprocess=PreprocessParams, options=MotionJobOptions,
+@declare(run=MicrographJobOptions, params=MotionParams, preprocess=PreprocessParams, options=MotionJobOptions,
          outputs=("micrographs", "rejected"))
 def motion(
     star: Annotated[Path, typer.Option("--in", help="movies.star (RELION 3.1 data_optics + data_movies, or 3.0).")],
     options: MotionJobOptions = None,
     preprocess: PreprocessParams = None,
     params: MotionParams = None,
-    backend: BackendOption = None,
-    j: WorkersOption = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    device: DeviceOption = "auto",
-    quiet: QuietOption = False,
+    run: MicrographJobOptions = None,
 ) -> None:
     """Align the frames of each movie (global, and local with --patches) and write the micrographs.
 
@@ -49,10 +43,9 @@ def motion(
 
     def body():
         job_options = dataclasses.replace(options, preprocess=preprocess)
-        checked_workers(j)
-        dev = device_option(device)
-        with job_target("motion", out, project) as target, progress_bar("movies", quiet=quiet) as cb:
-            job = run_motion(star, target.out, params, job_options, backend=backend, workers=j, device=dev, progress=cb,
+        dev = device_option(run.device)
+        with job_target("motion", run.out, run.project) as target, progress_bar("movies", quiet=run.quiet) as cb:
+            job = run_motion(star, target.out, params, job_options, backend=run.backend, workers=run.j, device=dev, progress=cb,
                              observer=target.observer)
         r = job.results
         console.print(f"{r['n_movies']} movies ({r['n_skipped']} done before), {r['n_rejected']} rejected, "

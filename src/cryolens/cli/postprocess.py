@@ -8,13 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import (DeviceOption, OutOption, ProjectOption, QuietOption, console, device_option,
+from cryolens.cli.common import (JobOptions, console, device_option,
                                  job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
 from cryolens.postprocess import MASK_KINDS, MaskParams, PostprocessParams
 
 
-@declare(params=PostprocessParams, mask_params=MaskParams, outputs=("map_sharp", "mask", "map_sharp_masked", "fsc"))
+@declare(run=JobOptions, params=PostprocessParams, mask_params=MaskParams, outputs=("map_sharp", "mask", "map_sharp_masked", "fsc"))
 def postprocess(
     half1: Annotated[Path, typer.Option("--half1", help="First unfiltered half map (MRC).")],
     half2: Annotated[Path, typer.Option("--half2", help="Second half map, same box and pixel size.")],
@@ -25,10 +25,7 @@ def postprocess(
     mtf: Annotated[Optional[Path], typer.Option(help="Detector MTF (RELION STAR) to divide the map by.")] = None,
     pixel_size: Annotated[Optional[float], typer.Option(help="Pixel size (Å) when the headers lack it.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the phase randomisation.")] = 0,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    device: DeviceOption = "auto",
-    quiet: QuietOption = False,
+    run: JobOptions = None,
 ) -> None:
     """Mask-corrected FSC (Chen et al. 2013), resolution, B-factor and sharpened map from two half maps.
 
@@ -48,8 +45,8 @@ def postprocess(
         mask_file = None if kind in MASK_KINDS else Path(mask)
         full = dataclasses.replace(params, mask=dataclasses.replace(mask_params, kind=kind if mask_file is None
                                                                     else "tight"))
-        dev = device_option(device)
-        with job_target("postprocess", out, project) as target, progress_bar("postprocessing", quiet=quiet) as cb:
+        dev = device_option(run.device)
+        with job_target("postprocess", run.out, run.project) as target, progress_bar("postprocessing", quiet=run.quiet) as cb:
             job = run_postprocess(half1, half2, target.out, full, mask_file=mask_file, mtf_file=mtf,
                                   pixel_size=pixel_size, seed=seed, device=dev, progress=cb, observer=target.observer)
         r = job.results

@@ -7,21 +7,18 @@ from typing import Annotated
 
 import typer
 
-from cryolens.cli.common import (DeviceOption, OutOption, ProjectOption, QuietOption, console, device_option,
+from cryolens.cli.common import (JobOptions, console, device_option,
                                  job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
 from cryolens.reconstruct.params import ReconstructParams
 
 
-@declare(params=ReconstructParams, outputs=("particles", "half1", "half2", "map", "fsc"))
+@declare(run=JobOptions, params=ReconstructParams, outputs=("particles", "half1", "half2", "map", "fsc"))
 def reconstruct(
     star: Annotated[Path, typer.Option("--in", help="particles.star (RELION 3.0 or 3.1+) with poses.")],
     params: ReconstructParams = None,
     seed: Annotated[int, typer.Option(help="Seed for half-set assignment when rlnRandomSubset is absent.")] = 0,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    device: DeviceOption = "auto",
-    quiet: QuietOption = False,
+    run: JobOptions = None,
 ) -> None:
     """Reconstruct half maps (rlnRandomSubset; assigned at random and written back when absent) and the map.
 
@@ -34,9 +31,9 @@ def reconstruct(
     from cryolens.jobs.reconstruct import run_reconstruct
 
     def body():
-        dev = device_option(device)
-        with job_target("reconstruct", out, project) as target, \
-                progress_bar("inserting", quiet=quiet) as cb:
+        dev = device_option(run.device)
+        with job_target("reconstruct", run.out, run.project) as target, \
+                progress_bar("inserting", quiet=run.quiet) as cb:
             job = run_reconstruct(star, target.out, params, seed=seed, device=dev, progress=cb, observer=target.observer)
         r = job.results
         console.print(f"resolution (half-map FSC = 0.143): [bold]{r['resolution_0143_A']:.2f} Å[/]  "

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import (DeviceOption, OutOption, ProjectOption, QuietOption, console, device_option,
+from cryolens.cli.common import (JobOptions, console, device_option,
                                  err_console, job_target, run_guarded)
 from cryolens.cli.declare import declare
 from cryolens.refine.params import RefineParams
@@ -35,16 +35,13 @@ def iteration_progress(*, quiet: bool) -> Iterator[Callable[[int, int, int, floa
         yield update
 
 
-@declare(params=RefineParams, outputs=("particles", "half1", "half2", "map", "fsc", "iterations"))
+@declare(run=JobOptions, params=RefineParams, outputs=("particles", "half1", "half2", "map", "fsc", "iterations"))
 def refine(
     star: Annotated[Path, typer.Option("--in", help="particles.star (RELION 3.0 or 3.1+), CTF columns optional.")],
     ref: Annotated[Path, typer.Option("--ref", help="Starting reference map (MRC); resampled to the particles' grid.")],
     mask: Annotated[Optional[Path], typer.Option("--mask", help="Soft reference mask (0..1) instead of the automatic one.")] = None,
     params: RefineParams = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    device: DeviceOption = "auto",
-    quiet: QuietOption = False,
+    run: JobOptions = None,
 ) -> None:
     """Refine poses with independent half sets (gold standard) and reconstruct the map.
 
@@ -58,8 +55,8 @@ def refine(
     from cryolens.jobs.refine import run_refine
 
     def body():
-        dev = device_option(device)
-        with job_target("refine", out, project) as target, iteration_progress(quiet=quiet) as cb:
+        dev = device_option(run.device)
+        with job_target("refine", run.out, run.project) as target, iteration_progress(quiet=run.quiet) as cb:
             job = run_refine(star, ref, target.out, params, mask=mask, device=dev, progress=cb,
                              observer=target.observer)
         r = job.results

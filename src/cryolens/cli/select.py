@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import OutOption, ProjectOption, QuietOption, console, job_target, run_guarded
+from cryolens.cli.common import JobOptions, console, job_target, run_guarded
 from cryolens.cli.declare import declare
 from cryolens.select.params import SelectParams
 
@@ -19,15 +19,14 @@ CONSENSUS_HELP = ("A second STAR of the same items (another CTF estimation): kee
 OUTPUTS = {"micrographs": ("micrographs", "rejected"), "particles": ("particles", "rejected")}
 
 
-def _select(kind: str, star: Path, params: SelectParams, consensus: Optional[Path], out: Optional[Path],
-            project: Optional[Path], quiet: bool) -> None:
+def _select(kind: str, star: Path, params: SelectParams, consensus: Optional[Path], run: JobOptions) -> None:
     from cryolens.jobs.select import run_select
 
     def body():
-        with job_target(f"select_{kind}", out, project) as target:
+        with job_target(f"select_{kind}", run.out, run.project) as target:
             job = run_select(kind, star, target.out, params, consensus=consensus, observer=target.observer)
         r = job.results
-        if not quiet:
+        if not run.quiet:
             for criterion, n in r["criteria"].items():
                 console.print(f"  {criterion}: {n['passed']} passed, {n['failed']} failed", highlight=False)
         console.print(f"kept [bold]{r['n_kept']}[/] of {r['n_in']} {kind} -> {target.out / (kind + '.star')} "
@@ -37,14 +36,12 @@ def _select(kind: str, star: Path, params: SelectParams, consensus: Optional[Pat
 
 
 @app.command("micrographs")
-@declare(params=SelectParams, outputs=OUTPUTS["micrographs"])
+@declare(run=JobOptions, omit=("device",), params=SelectParams, outputs=OUTPUTS["micrographs"])
 def micrographs(
     star: Annotated[Path, typer.Option("--in", help="micrographs.star (e.g. from CTF estimation).")],
     params: SelectParams = None,
     consensus: Annotated[Optional[Path], typer.Option("--consensus", help=CONSENSUS_HELP)] = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    quiet: QuietOption = False,
+    run: JobOptions = None,
 ) -> None:
     """Keep micrographs that pass every rule; write micrographs.star (kept) and rejected.star.
 
@@ -54,18 +51,16 @@ def micrographs(
 
       cryolens select micrographs --in ctf_a/micrographs.star --consensus ctf_b/micrographs.star --tolerance-defocus 0.05 --tolerance-angle 15 --out agreed
     """
-    _select("micrographs", star, params, consensus, out, project, quiet)
+    _select("micrographs", star, params, consensus, run)
 
 
 @app.command("particles")
-@declare(params=SelectParams, outputs=OUTPUTS["particles"])
+@declare(run=JobOptions, omit=("device",), params=SelectParams, outputs=OUTPUTS["particles"])
 def particles(
     star: Annotated[Path, typer.Option("--in", help="particles.star (e.g. from 2D classification).")],
     params: SelectParams = None,
     consensus: Annotated[Optional[Path], typer.Option("--consensus", help=CONSENSUS_HELP)] = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    quiet: QuietOption = False,
+    run: JobOptions = None,
 ) -> None:
     """Keep particles that pass every rule and class list; write particles.star (kept) and rejected.star.
 
@@ -75,4 +70,4 @@ def particles(
 
       cryolens select particles --in Refine3D/job010/particles.star --where "rlnMaxValueProbDistribution > 0.2"
     """
-    _select("particles", star, params, consensus, out, project, quiet)
+    _select("particles", star, params, consensus, run)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import (DeviceOption, OutOption, ProjectOption, QuietOption, console, device_option,
+from cryolens.cli.common import (JobOptions, console, device_option,
                                  job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
 from cryolens.simulate.particle_params import ParticleSimParams
@@ -17,7 +17,7 @@ app = typer.Typer(help="Simulate cryo-EM data with ground truth.", no_args_is_he
 
 
 @app.command("particles")
-@declare(params=ParticleSimParams, outputs=("particles", "stack", r"truth_map(_class\d+|_morph[01])?"))
+@declare(run=JobOptions, params=ParticleSimParams, outputs=("particles", "stack", r"truth_map(_class\d+|_morph[01])?"))
 def particles(
     structure: Annotated[Optional[list[str]], typer.Option("--structure", help="Structure spec, repeatable (discrete heterogeneity): phantom[:seed=S], MAP.mrc[:population=P,apix=A,mass_kda=M], MODEL.pdb|cif[:bfactor=B,keep_coordinates,population=P]. Default: the phantom.")] = None,
     map: Annotated[Optional[Path], typer.Option("--map", help="An MRC map (same as --structure MAP).")] = None,
@@ -27,10 +27,7 @@ def particles(
     map_pixel_size: Annotated[Optional[float], typer.Option(help="Override the maps' header voxel size (Å).")] = None,
     params: ParticleSimParams = None,
     preset: Optional[str] = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    device: DeviceOption = "auto",
-    quiet: QuietOption = False,
+    run: JobOptions = None,
 ) -> None:
     """Project maps, atomic models or the phantom at chosen poses with origins, per-particle CTF and noise.
 
@@ -61,9 +58,9 @@ def particles(
             sim = dataclasses.replace(sim, snr=None)  # recorded as null in job.json: the noise comes from the dose
         if sim.concentration > 0 and sim.pose_distribution == "uniform":
             sim = dataclasses.replace(sim, pose_distribution="preferred")
-        dev = device_option(device)
-        with job_target("simulate_particles", out, project) as target, \
-                progress_bar("simulating", quiet=quiet) as cb:
+        dev = device_option(run.device)
+        with job_target("simulate_particles", run.out, run.project) as target, \
+                progress_bar("simulating", quiet=run.quiet) as cb:
             job = run_simulate_particles(target.out, sim, structures=None if morph else structures, morph=morph,
                                          pixel_size=pixel_size if pixel_size is not None else extra.get("pixel_size"),
                                          box=box if box is not None else extra.get("box"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cryolens.cli.common import (DeviceOption, OutOption, ProjectOption, QuietOption, console, device_option,
+from cryolens.cli.common import (JobOptions, console, device_option,
                                  job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
 from cryolens.simulate.micrograph_params import MicrographParams
@@ -10,13 +10,10 @@ from cryolens.simulate.micrograph_params import MicrographParams
 __all__ = ["micrographs"]
 
 
-@declare(params=MicrographParams, outputs=("micrographs", "coords", "particles_truth", r"truth_map(_class\d+)?"))
+@declare(run=JobOptions, params=MicrographParams, outputs=("micrographs", "coords", "particles_truth", r"truth_map(_class\d+)?"))
 def micrographs(
     params: MicrographParams = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    device: DeviceOption = "auto",
-    quiet: QuietOption = False,
+    run: JobOptions = None,
 ) -> None:
     """Simulate micrographs: particles at random non-overlapping positions and poses in vitreous ice,
     per-micrograph CTF (optional specimen tilt), carbon edge, contaminants, counting detector.
@@ -36,9 +33,9 @@ def micrographs(
     from cryolens.jobs.simulate_micrographs import run_simulate_micrographs
 
     def body():
-        dev = device_option(device)
-        with job_target("simulate_micrographs", out, project) as target, \
-                progress_bar("simulating micrographs", quiet=quiet) as cb:
+        dev = device_option(run.device)
+        with job_target("simulate_micrographs", run.out, run.project) as target, \
+                progress_bar("simulating micrographs", quiet=run.quiet) as cb:
             job = run_simulate_micrographs(target.out, params, device=dev, progress=cb, observer=target.observer)
         r = job.results
         console.print(f"{r['n_micrographs']} micrographs of {r['width']}x{r['height']} px at {r['pixel_size_A']:.3f} Å/px, "

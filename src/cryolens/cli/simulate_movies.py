@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cryolens.cli.common import (DeviceOption, OutOption, ProjectOption, QuietOption, console, device_option,
+from cryolens.cli.common import (JobOptions, console, device_option,
                                  job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
 from cryolens.simulate.movie_params import MovieDataSet
@@ -10,13 +10,10 @@ from cryolens.simulate.movie_params import MovieDataSet
 __all__ = ["movies"]
 
 
-@declare(params=MovieDataSet, outputs=("movies", "micrographs_truth", "particles_truth", r"truth_map(_class\d+)?"))
+@declare(run=JobOptions, params=MovieDataSet, outputs=("movies", "micrographs_truth", "particles_truth", r"truth_map(_class\d+)?"))
 def movies(
     params: MovieDataSet = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    device: DeviceOption = "auto",
-    quiet: QuietOption = False,
+    run: JobOptions = None,
 ) -> None:
     """Simulate dose-fractionated movies: drift with a fast initial phase, local motion, damage, shot noise.
 
@@ -39,9 +36,9 @@ def movies(
     from cryolens.jobs.simulate_movies import run_simulate_movies
 
     def body():
-        dev = device_option(device)
-        with job_target("simulate_movies", out, project) as target, \
-                progress_bar("simulating movie frames", quiet=quiet) as cb:
+        dev = device_option(run.device)
+        with job_target("simulate_movies", run.out, run.project) as target, \
+                progress_bar("simulating movie frames", quiet=run.quiet) as cb:
             job = run_simulate_movies(target.out, params.movie_params(), params.micrograph_params(),
                                       n_movies=params.n_movies, fmt=params.fmt, device=dev, progress=cb,
                                       observer=target.observer)
