@@ -31,8 +31,10 @@ class PickParams(Params):
                          help="matched: blob matched filter on the whitened, CTF-aware micrograph; "
                               "log: Laplacian of Gaussian over the diameter range; template: normalised "
                               "cross-correlation with templates (class averages or map projections)")
-    threshold: float = option(3.0, help="Keep peaks whose score exceeds this many standard deviations of the "
-                                        "score map (robust SD: 1.4826 × median absolute deviation)")
+    threshold: float | None = option(None, help="Keep peaks whose score exceeds this many standard deviations of "
+                                                "the score map (robust SD: 1.4826 × median absolute deviation); "
+                                                "default 3 (matched), 1.5 (log: plain SD of each scale's map) or 3.5 "
+                                                "(template)")
     min_distance: float | None = option(None, unit="Å", gt=0,
                                         help="Minimum distance between picks (default 0.8 × diameter)")
     edge: float | None = option(None, unit="Å", ge=0,
@@ -51,7 +53,7 @@ class PickParams(Params):
                                                "robust z-score exceeds this")
     blob_radius: float = option(0.33, gt=0, le=0.6, help="--method matched: radius of the blob (a projected sphere) "
                                                         "as a fraction of the diameter")
-    psi_step: float = option(10.0, unit="°", gt=0, le=90, help="--method template: in-plane rotation step")
+    psi_step: float = option(15.0, unit="°", gt=0, le=90, help="--method template: in-plane rotation step")
     healpix_order: int = option(1, ge=0, le=3, help="--method template with a map: HEALPix order of the "
                                                     "projection directions (0 = 60°, 1 = 30°)")
     lowpass: float | None = option(None, unit="Å", gt=0, help="Ignore detail finer than this when scoring "
@@ -78,6 +80,14 @@ class PickParams(Params):
         """``(smallest, largest)`` diameter in Å."""
         d = float(self.diameter or 0.0)
         return d, float(self.diameter_max if self.diameter_max is not None else d)
+
+    def resolved_threshold(self) -> float:
+        """Score threshold in SDs: the given one, else 3 for the matched filter, 1.5 for LoG (whose maps are
+        scaled by their plain SD, particles included) and 3.5 for templates (a maximum over many templates,
+        whose noise reaches higher)."""
+        if self.threshold is not None:
+            return float(self.threshold)
+        return {"template": 3.5, "log": 1.5}.get(self.method, 3.0)
 
     def resolved_min_distance(self) -> float:
         """Minimum distance between picks in Å."""

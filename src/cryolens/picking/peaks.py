@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from cryolens.picking.filters import local_mean_sd
 
-__all__ = ["fill_areas", "robust_z", "mode_z", "local_maxima", "refine_subpixel", "suppress_non_maxima", "avoidance_mask"]
+__all__ = ["fill_areas", "robust_z", "mode_stats", "mode_z", "local_maxima", "refine_subpixel", "suppress_non_maxima", "avoidance_mask"]
 
 _MAD_TO_SD = 1.4826  # SD of a normal distribution per median absolute deviation
 
@@ -32,21 +32,26 @@ def robust_z(values: torch.Tensor, valid: torch.Tensor | None = None) -> torch.T
     return (values - med) / mad.clamp_min(1e-12 * (med.abs() + 1))
 
 
-def mode_z(values: torch.Tensor, *, bins: int = 512, iterations: int = 30, clip: float = 5.0) -> torch.Tensor:
-    """z-score about the dominant level, robust to outliers covering most of the area.
+def mode_stats(values: torch.Tensor, *, bins: int = 512, iterations: int = 30, clip: float = 5.0,
+               side: int = 0) -> tuple[float, float]:
+    """``(centre, scale)`` of the dominant population of ``values``, robust to outliers covering most of the area.
 
     Starts at the peak of the histogram (between the 0.5 and 99.5 percentiles) with a scale of
     two histogram bins, then clips iteratively: median and 1.4826 × MAD of the values
     within 3 scales of the current centre. This converges on the most common population
     (ordinary ice in maps of the local mean or SD) even when carbon or contaminants cover more
-    than half of the micrograph, where the plain median would not.
+    than half of the micrograph, where the plain median would not. ``side=+1`` (``-1``) looks
+    for the histogram's peak above (below) the median only: a flat dark carbon film makes a
+    sharper histogram peak than ice with particles, but ice is the brighter level.
     """
     v = values.reshape(-1)
     if v.numel() > 1_000_000:
         v = v[:: v.numel() // 500_000 + 1]
-    lo, hi = torch.quantile(v, torch.tensor([0.005, 0.995], device=v.device, dtype=v.dtype)).tolist()
+    q = torch.quantile(v, torch.tensor([0.005, 0.5, 0.995], device=v.device, dtype=v.dtype)).tolist()
+    lo, hi = (q[1], q[2]) if side > 0 else (q[0], q[1]) if side < 0 else (q[0], q[2])
     if not hi > lo:
-        return robust_z(values)
+        med = v.median()
+        return float(med), float((v - med).abs().median() * _MAD_TO_SD) or 1.0
     hist = torch.histc(v, bins=bins, min=lo, max=hi)
     hist = F.avg_pool1d(F.pad(hist[None, None], (2, 2), mode="replicate"), 5, stride=1)[0, 0]
     centre = torch.tensor(lo + (int(hist.argmax()) + 0.5) * (hi - lo) / bins, device=v.device, dtype=v.dtype)
@@ -57,7 +62,13 @@ def mode_z(values: torch.Tensor, *, bins: int = 512, iterations: int = 30, clip:
             break
         centre = sel.median()
         scale = (sel - centre).abs().median() * _MAD_TO_SD
-    return (values - centre) / scale.clamp_min(1e-12 * (float(centre.abs()) + 1))
+    return float(centre), max(float(scale), 1e-12 * (abs(float(centre)) + 1))
+
+
+def mode_z(values: torch.Tensor, valid: torch.Tensor | None = None, *, side: int = 0) -> torch.Tensor:
+    """``(values - centre) / scale`` with :func:`mode_stats` of the values (of those in ``valid`` if given)."""
+    centre, scale = mode_stats(values[valid] if valid is not None else values, side=side)
+    return (values - centre) / scale
 
 
 def local_maxima(score: torch.Tensor, *, valid: torch.Tensor, floor: float) -> torch.Tensor:
@@ -130,7 +141,8 @@ def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z:
 
     Local mean and SD are Gaussian-weighted at ``sigma_px`` (the particle's scale) on the
     low-resolution image; each is turned into a robust z-score over the micrograph
-    (:func:`mode_z`: about the most common level, ordinary ice). A pixel is bad where ``|z_mean| > mean_z`` (carbon film, thick ice,
+    (:func:`mode_z`: about the most common level, for the mean among the brighter half, for the
+    SD among the pixels whose mean is normal, i.e. ordinary ice with its particles). A pixel is bad where ``|z_mean| > mean_z`` (carbon film, thick ice,
     contaminants: absorbing objects are dark) or ``z_sd > sd_z`` (edges of carbon or
     contaminants, ice crystals); the bad area is then dilated by a disc of ``dilate_px`` so
     that the rims of dark blobs are avoided too.
@@ -139,8 +151,10 @@ def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z:
         ``(bad, z_mean, z_sd)``, each ``(H, W)``; ``bad`` is bool.
     """
     mean, sd = local_mean_sd(image, sigma_px=sigma_px)
-    z_mean, z_sd = mode_z(mean), mode_z(sd)
-    bad = (z_mean.abs() > mean_z) | (z_sd > sd_z)
+    z_mean = mode_z(mean, side=1)
+    normal = z_mean.abs() <= mean_z
+    z_sd = mode_z(sd, normal if int(normal.sum()) > 16 else None)
+    bad = ~normal | (z_sd > sd_z)
     r = int(round(dilate_px))
     if r > 0 and bool(bad.any()):
         yy, xx = torch.meshgrid(torch.arange(-r, r + 1, device=image.device), torch.arange(-r, r + 1, device=image.device),

@@ -32,7 +32,7 @@ from cryolens.picking.filters import (
     whitening_filter,
 )
 from cryolens.picking.params import PickParams
-from cryolens.picking.peaks import avoidance_mask, fill_areas, local_maxima, refine_subpixel, robust_z, suppress_non_maxima
+from cryolens.picking.peaks import avoidance_mask, fill_areas, local_maxima, mode_z, refine_subpixel, robust_z, suppress_non_maxima
 from cryolens.picking.templates import correlate_templates, map_projections, prepare_templates
 
 __all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape"]
@@ -169,7 +169,7 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
     contrast = -micrograph_ctf(ctf, shape, p, device=dev) if ctf is not None else -torch.ones_like(band)
 
     if params.method == "log":
-        score, size = _log_scores(f, shape, p, contrast, band, d_min, d_max)
+        score, size = _log_scores(f, shape, p, contrast, band * whitening_filter(f, shape), d_min, d_max)
     else:
         white = whitening_filter(f, shape) * band
         if params.method == "matched":
@@ -179,8 +179,12 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
                                            volume, volume_pixel_size, progress)
     crop = (slice(pad, pad + h), slice(pad, pad + w))
     score, size = score[crop], size[crop]
-    zmap = robust_z(score, valid if int(valid.sum()) > 16 else None)
-    floor = min(params.keep_floor, params.threshold)
+    if params.method == "log":  # already in SDs (see _log_scores)
+        zmap = score
+    else:  # SDs of the background between particles
+        zmap = mode_z(score, valid if int(valid.sum()) > 16 else None)
+    threshold = params.resolved_threshold()
+    floor = min(params.keep_floor, threshold)
     rc = local_maxima(zmap, valid=valid, floor=floor)
     sub = refine_subpixel(zmap, rc)
     vals = zmap[rc[:, 0], rc[:, 1]]
@@ -188,9 +192,9 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
     sub, rc, vals = sub[keep], rc[keep], vals[keep]
     cand = torch.stack([sub[:, 1] * sx, sub[:, 0] * sy, vals, size[rc[:, 0], rc[:, 1]]], dim=1)
     picks = Picks(x=cand[:, 0], y=cand[:, 1], score=cand[:, 2], diameter=cand[:, 3], candidates=cand, floor=floor,
-                  threshold=params.threshold, max_per_micrograph=None, score_map=zmap, avoid=avoid,
+                  threshold=threshold, max_per_micrograph=None, score_map=zmap, avoid=avoid,
                   pick_pixel_size=(pixel_size * sy, pixel_size * sx), scale=(sy, sx))
-    return select_picks(picks, threshold=params.threshold, max_per_micrograph=params.max_per_micrograph)
+    return select_picks(picks, threshold=threshold, max_per_micrograph=params.max_per_micrograph)
 
 
 def _sizes(d_min: float, d_max: float, step: float) -> torch.Tensor:
@@ -227,11 +231,19 @@ def _matched_scores(fw: torch.Tensor, shape, p: float, transfer: torch.Tensor, d
 
 def _log_scores(f: torch.Tensor, shape, p: float, contrast: torch.Tensor, band: torch.Tensor, d_min: float,
                 d_max: float):
-    """Scale-normalised LoG of the phase-flipped, band-passed, contrast-inverted image; best scale per pixel."""
+    """Scale-normalised LoG of the phase-flipped, whitened, contrast-inverted image; best scale per pixel.
+
+    Each scale's map is divided by its own standard deviation over the whole map (not a robust
+    one: at the particle's scale a crowded micrograph has too few independent background
+    samples for a median-based estimate), then the best scale is taken per pixel."""
     sizes = _sizes(d_min, d_max, 0.1)
     flipped = f * torch.sign(contrast) * band  # protein made bright (and phase-flipped with a CTF)
     filt = log_filters(sizes / (2 * math.sqrt(2)), shape, p, device=f.device)
-    return _best_over(torch.fft.irfft2(flipped * filt, s=shape), sizes)
+    maps = torch.fft.irfft2(flipped * filt, s=shape)
+    flat = maps.reshape(maps.shape[0], -1)
+    z = (maps - flat.median(dim=1).values[:, None, None]) / flat.std(dim=1).clamp_min(1e-30)[:, None, None]
+    best, arg = z.max(dim=0)
+    return best, sizes.to(best.device)[arg]
 
 
 def _template_scores(fw, shape, p, transfer, params: PickParams, templates, template_pixel_size, volume,
