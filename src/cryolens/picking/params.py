@@ -16,11 +16,16 @@ PICK_METHODS = ("matched", "log", "template")
 class PickParams(Params):
     """Options of :func:`cryolens.picking.pick_micrograph`; see each field's help (units there).
 
-    Derived defaults (``None``): ``diameter_max`` = ``diameter`` (one size);
+    Derived defaults (``None``): ``diameter_max`` = ``diameter`` (one size); ``threshold`` = 3
+    SD (matched), 1.5 (log), 3.5 (template);
     ``min_distance`` = 0.8 × the largest diameter; ``edge`` = half the largest diameter;
     ``pick_pixel_size`` = the mean diameter / 20 (never finer than the micrograph's pixel).
-    The score is in standard deviations of the score map (robust: 1.4826 × its median absolute
-    deviation about the median), so ``--threshold`` means the same for every method.
+    The score is in standard deviations of the score map's background (1.4826 × the median
+    absolute deviation of its dominant population, :func:`cryolens.picking.peaks.mode_stats`);
+    LoG maps are in their plain SD instead, hence the lower default threshold there.
+    Avoidance (``avoid_blobs``): the local mean and SD at σ = diameter/4 become z-scores about
+    ordinary ice (:func:`cryolens.picking.peaks.avoidance_mask`); areas beyond ``avoid_mean_z`` /
+    ``avoid_sd_z`` grown by a quarter diameter get no picks.
     """
 
     diameter: float | None = option(None, unit="Å", gt=0, help="Particle diameter (the smallest of a range "
@@ -32,7 +37,7 @@ class PickParams(Params):
                               "log: Laplacian of Gaussian over the diameter range; template: normalised "
                               "cross-correlation with templates (class averages or map projections)")
     threshold: float | None = option(None, help="Keep peaks whose score exceeds this many standard deviations of "
-                                                "the score map (robust SD: 1.4826 × median absolute deviation); "
+                                                "the score map's background (robust SD); "
                                                 "default 3 (matched), 1.5 (log: plain SD of each scale's map) or 3.5 "
                                                 "(template)")
     min_distance: float | None = option(None, unit="Å", gt=0,
