@@ -42,7 +42,7 @@ from cryolens.picking.filters import (
     whitening_filter,
 )
 from cryolens.picking.params import PickParams
-from cryolens.picking.peaks import avoidance_mask, fill_areas, local_maxima, mode_z, refine_subpixel, robust_z, suppress_non_maxima
+from cryolens.picking.peaks import avoidance_mask, fill_areas, local_maxima, mode_z, refine_subpixel, suppress_non_maxima
 from cryolens.picking.templates import correlate_templates, map_projections, prepare_templates
 
 __all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape"]
@@ -217,10 +217,11 @@ def _sizes(d_min: float, d_max: float, step: float) -> torch.Tensor:
 
 
 def _best_over(maps: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-size maps made comparable (robust z each), then the best per pixel and its size (Å)."""
+    """Per-size maps made comparable (each in SDs of its background, :func:`mode_z`), then the best per
+    pixel and its size (Å)."""
     if maps.shape[0] == 1:
         return maps[0], torch.full_like(maps[0], float(sizes[0]))
-    z = torch.stack([robust_z(m) for m in maps])
+    z = torch.stack([mode_z(m) for m in maps])
     best, arg = z.max(dim=0)
     return best, sizes.to(best.device)[arg]
 
