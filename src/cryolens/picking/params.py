@@ -1,0 +1,103 @@
+"""Options of particle picking, each declared once (flag, help, unit, default, bounds)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryolens.params import Params, option
+
+__all__ = ["PickParams", "PICK_METHODS"]
+
+#: Picking methods: matched filter (default), Laplacian of Gaussian, templates.
+PICK_METHODS = ("matched", "log", "template")
+
+
+@dataclass
+class PickParams(Params):
+    """Options of :func:`cryolens.picking.pick_micrograph`; see each field's help (units there).
+
+    Derived defaults (``None``): ``diameter_max`` = ``diameter`` (one size);
+    ``min_distance`` = 0.8 × the largest diameter; ``edge`` = half the largest diameter;
+    ``pick_pixel_size`` = the mean diameter / 20 (never finer than the micrograph's pixel).
+    The score is in standard deviations of the score map (robust: 1.4826 × its median absolute
+    deviation about the median), so ``--threshold`` means the same for every method.
+    """
+
+    diameter: float | None = option(None, unit="Å", gt=0, help="Particle diameter (the smallest of a range "
+                                                            "with --diameter-max)")
+    diameter_max: float | None = option(None, unit="Å", gt=0, help="Largest particle diameter of a range "
+                                                                "(default: --diameter)")
+    method: str = option("matched", choices=PICK_METHODS,
+                         help="matched: blob matched filter on the whitened, CTF-aware micrograph; "
+                              "log: Laplacian of Gaussian over the diameter range; template: normalised "
+                              "cross-correlation with templates (class averages or map projections)")
+    threshold: float | None = option(None, help="Keep peaks whose score exceeds this many standard deviations of "
+                                                "the score map (robust SD: 1.4826 × median absolute deviation); "
+                                                "default 3 (matched), 1.5 (log: plain SD of each scale's map) or 3.5 "
+                                                "(template)")
+    min_distance: float | None = option(None, unit="Å", gt=0,
+                                        help="Minimum distance between picks (default 0.8 × diameter)")
+    edge: float | None = option(None, unit="Å", ge=0,
+                                help="No picks closer than this to the micrograph's border (default diameter/2)")
+    max_per_micrograph: int | None = option(None, ge=1, help="Keep at most this many picks per micrograph "
+                                                             "(the highest scores)")
+    pick_pixel_size: float | None = option(None, unit="Å", gt=0,
+                                           help="Pixel size at which to pick, by Fourier cropping "
+                                                "(default diameter/20)")
+    avoid_blobs: bool = option(True, help="Avoid carbon, contamination and ice crystals: no picks where the "
+                                          "local mean or variance at the particle's scale is an outlier, nor at "
+                                          "their rims")
+    avoid_mean_z: float = option(15.0, gt=0, help="--avoid-blobs: reject where the local mean's robust z-score "
+                                                 "exceeds this in magnitude")
+    avoid_sd_z: float = option(12.0, gt=0, help="--avoid-blobs: reject where the local standard deviation's "
+                                               "robust z-score exceeds this")
+    blob_radius: float = option(0.33, gt=0, le=0.6, help="--method matched: radius of the blob (a projected sphere) "
+                                                        "as a fraction of the diameter")
+    psi_step: float = option(15.0, unit="°", gt=0, le=90, help="--method template: in-plane rotation step")
+    healpix_order: int = option(1, ge=0, le=3, help="--method template with a map: HEALPix order of the "
+                                                    "projection directions (0 = 60°, 1 = 30°)")
+    lowpass: float | None = option(None, unit="Å", gt=0, help="Ignore detail finer than this when scoring "
+                                                              "(default: the picking pixel size × 2.5)")
+    highpass: float | None = option(None, unit="Å", gt=0, help="Ignore features larger than this when scoring "
+                                                               "(default: 2 × the largest diameter)")
+    keep_floor: float = option(1.0, cli=False, help="Candidates down to this score are kept for re-selection "
+                                                    "(select_picks) without picking again")
+    batch_size: int = option(32, ge=1, help="Templates per correlation batch (bounds memory)")
+
+    def check(self) -> None:
+        if self.diameter is None:
+            raise ValueError(f"{self.flag('diameter')} is needed: the particle diameter in Å")
+        if self.diameter_max is not None and self.diameter_max < self.diameter:
+            raise ValueError(f"{self.flag('diameter_max')} {self.diameter_max:g}: must be ≥ "
+                             f"{self.flag('diameter')} {self.diameter:g} Å")
+        if self.lowpass is not None and self.highpass is not None and self.highpass <= self.lowpass:
+            raise ValueError(f"{self.flag('highpass')} {self.highpass:g}: must be larger than "
+                             f"{self.flag('lowpass')} {self.lowpass:g} Å")
+
+    # ---- derived values (Å)
+    @property
+    def diameters(self) -> tuple[float, float]:
+        """``(smallest, largest)`` diameter in Å."""
+        d = float(self.diameter or 0.0)
+        return d, float(self.diameter_max if self.diameter_max is not None else d)
+
+    def resolved_threshold(self) -> float:
+        """Score threshold in SDs: the given one, else 3 for the matched filter, 1.5 for LoG (whose maps are
+        scaled by their plain SD, particles included) and 3.5 for templates (a maximum over many templates,
+        whose noise reaches higher)."""
+        if self.threshold is not None:
+            return float(self.threshold)
+        return {"template": 3.5, "log": 1.5}.get(self.method, 3.0)
+
+    def resolved_min_distance(self) -> float:
+        """Minimum distance between picks in Å."""
+        return self.min_distance if self.min_distance is not None else 0.8 * self.diameters[1]
+
+    def resolved_edge(self) -> float:
+        """Edge margin in Å."""
+        return self.edge if self.edge is not None else 0.5 * self.diameters[1]
+
+    def resolved_pick_pixel_size(self, pixel_size: float) -> float:
+        """Target picking pixel size in Å (never finer than ``pixel_size``)."""
+        target = self.pick_pixel_size if self.pick_pixel_size is not None else sum(self.diameters) / 2 / 20
+        return max(float(target), float(pixel_size))

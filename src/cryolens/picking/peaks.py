@@ -1,0 +1,185 @@
+"""Peaks of a score map: local maxima, sub-pixel refinement, greedy non-maximum suppression,
+robust normalisation and the avoidance of abnormal areas.
+
+All batched torch; the suppression is the exact greedy result (a peak survives when no
+surviving higher peak lies within the minimum distance) computed by a vectorised fixed-point
+iteration instead of a Python loop over peaks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cryolens.picking.filters import local_mean_sd
+
+__all__ = ["fill_areas", "robust_z", "mode_stats", "mode_z", "local_maxima", "refine_subpixel", "suppress_non_maxima", "avoidance_mask"]
+
+_MAD_TO_SD = 1.4826  # SD of a normal distribution per median absolute deviation
+
+
+def robust_z(values: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``(values - median) / (1.4826 · MAD)``, the statistics taken over ``valid`` (all if None).
+
+    A robust z-score: particles, carbon or contaminants covering less than half of the area
+    do not move the median and the MAD much, so the score of ordinary areas is ~N(0, 1).
+    """
+    v = values[valid] if valid is not None else values.reshape(-1)
+    if v.numel() > 2_000_000:  # a fixed strided subset keeps the median cheap on big maps
+        v = v[:: v.numel() // 1_000_000 + 1]
+    med = v.median()
+    mad = (v - med).abs().median() * _MAD_TO_SD
+    return (values - med) / mad.clamp_min(1e-12 * (med.abs() + 1))
+
+
+def mode_stats(values: torch.Tensor, *, bins: int = 512, iterations: int = 30, clip: float = 5.0,
+               side: int = 0) -> tuple[float, float]:
+    """``(centre, scale)`` of the dominant population of ``values``, robust to outliers covering most of the area.
+
+    Starts at the peak of the histogram (between the 0.5 and 99.5 percentiles) with a scale of
+    two histogram bins, then clips iteratively: median and 1.4826 × MAD of the values
+    within 3 scales of the current centre. This converges on the most common population
+    (ordinary ice in maps of the local mean or SD) even when carbon or contaminants cover more
+    than half of the micrograph, where the plain median would not. ``side=+1`` (``-1``) looks
+    for the histogram's peak above (below) the median only: a flat dark carbon film makes a
+    sharper histogram peak than ice with particles, but ice is the brighter level.
+    """
+    v = values.reshape(-1)
+    if v.numel() > 1_000_000:
+        v = v[:: v.numel() // 500_000 + 1]
+    q = torch.quantile(v, torch.tensor([0.005, 0.5, 0.995], device=v.device, dtype=v.dtype)).tolist()
+    lo, hi = (q[1], q[2]) if side > 0 else (q[0], q[1]) if side < 0 else (q[0], q[2])
+    if not hi > lo:
+        med = v.median()
+        return float(med), float((v - med).abs().median() * _MAD_TO_SD) or 1.0
+    hist = torch.histc(v, bins=bins, min=lo, max=hi)
+    hist = F.avg_pool1d(F.pad(hist[None, None], (2, 2), mode="replicate"), 5, stride=1)[0, 0]
+    centre = torch.tensor(lo + (int(hist.argmax()) + 0.5) * (hi - lo) / bins, device=v.device, dtype=v.dtype)
+    scale = torch.tensor(2 * (hi - lo) / bins, device=v.device, dtype=v.dtype)  # grows to the population's spread
+    for _ in range(iterations):
+        sel = v[(v - centre).abs() < clip * scale]
+        if sel.numel() < 16:
+            break
+        centre = sel.median()
+        scale = (sel - centre).abs().median() * _MAD_TO_SD
+    return float(centre), max(float(scale), 1e-12 * (abs(float(centre)) + 1))
+
+
+def mode_z(values: torch.Tensor, valid: torch.Tensor | None = None, *, side: int = 0) -> torch.Tensor:
+    """``(values - centre) / scale`` with :func:`mode_stats` of the values (of those in ``valid`` if given)."""
+    centre, scale = mode_stats(values[valid] if valid is not None else values, side=side)
+    return (values - centre) / scale
+
+
+def local_maxima(score: torch.Tensor, *, valid: torch.Tensor, floor: float) -> torch.Tensor:
+    """``(K, 2)`` long (row, col) of pixels that are the maximum of their 3×3 neighbourhood,
+    inside ``valid`` and with ``score >= floor``."""
+    pooled = F.max_pool2d(score[None, None], 3, stride=1, padding=1)[0, 0]
+    return torch.nonzero((score >= pooled) & valid & (score >= floor))
+
+
+def refine_subpixel(score: torch.Tensor, rc: torch.Tensor) -> torch.Tensor:
+    """Sub-pixel ``(K, 2)`` float (row, col) of peaks by a separable parabola through 3 samples."""
+    h, w = score.shape
+    r, c = rc[:, 0], rc[:, 1]
+    rm, rp = (r - 1).clamp(0, h - 1), (r + 1).clamp(0, h - 1)
+    cm, cp = (c - 1).clamp(0, w - 1), (c + 1).clamp(0, w - 1)
+    s0 = score[r, c]
+
+    def offset(a, b):
+        den = a - 2 * s0 + b
+        return torch.where(den < 0, 0.5 * (a - b) / den.clamp_max(-1e-20), torch.zeros_like(den)).clamp(-0.5, 0.5)
+
+    return torch.stack([r.float() + offset(score[rm, c], score[rp, c]), c.float() + offset(score[r, cm], score[r, cp])],
+                       dim=1)
+
+
+def suppress_non_maxima(xy: torch.Tensor, score: torch.Tensor, min_distance: float, *,
+                        block: int = 4096) -> torch.Tensor:
+    """Indices of the peaks kept by greedy non-maximum suppression, in descending score.
+
+    Greedy rule: visiting peaks from the highest score down, a peak is kept unless a kept
+    peak lies closer than ``min_distance`` (same units as ``xy``). Computed exactly by
+    iterating: a peak is kept once no undecided-or-kept higher neighbour remains, dropped once
+    a kept higher neighbour exists. Ties in score are broken by index.
+
+    Args:
+        xy: ``(K, 2)`` positions; score: ``(K,)``; block: peaks per neighbour-matrix block
+            (larger sets are first thinned to the maximum of each grid cell of side
+            ``min_distance/√2``, an approximation of the greedy rule for such crowded maps).
+    """
+    k = xy.shape[0]
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long, device=xy.device)
+    order = torch.argsort(score, descending=True, stable=True)
+    p = xy[order].float()
+    if k > block:  # thin to cell maxima first; two peaks in one cell are closer than min_distance
+        cell = max(min_distance / 2 ** 0.5, 1e-6)
+        key = torch.floor(p / cell).long()
+        key = (key[:, 0] - key[:, 0].min()) * (int(key[:, 1].max() - key[:, 1].min()) + 1) + (key[:, 1] - key[:, 1].min())
+        first = torch.full((int(key.max()) + 1,), k, dtype=torch.long, device=p.device)
+        first.scatter_reduce_(0, key, torch.arange(k, device=p.device), reduce="amin")
+        keep_idx = torch.unique(first[first < k])
+        order, p = order[keep_idx], p[keep_idx]
+        k = p.shape[0]
+    d2 = torch.cdist(p, p).square()
+    ar = torch.arange(k, device=p.device)
+    higher = (d2 < min_distance ** 2) & (ar[None, :] < ar[:, None])  # [i, j]: j is a higher neighbour of i
+    state = torch.zeros(k, dtype=torch.int8, device=p.device)  # 0 undecided, 1 kept, -1 dropped
+    while bool((state == 0).any()):
+        kept_nb = (higher & (state == 1)[None, :]).any(1)
+        open_nb = (higher & (state == 0)[None, :]).any(1)
+        undecided = state == 0
+        state = torch.where(undecided & kept_nb, torch.full_like(state, -1), state)
+        state = torch.where(undecided & ~kept_nb & ~open_nb, torch.ones_like(state), state)
+    return order[state == 1]
+
+
+def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z: float, dilate_px: float,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Areas to avoid: abnormal local mean or high local variance, grown by ``dilate_px``.
+
+    Local mean and SD are Gaussian-weighted at ``sigma_px`` (the particle's scale) on the
+    low-resolution image; each is turned into a robust z-score over the micrograph
+    (:func:`mode_z`: about the most common level, for the mean among the brighter half, for the
+    SD among the pixels whose mean is normal, i.e. ordinary ice with its particles). A pixel is bad where ``|z_mean| > mean_z`` (carbon film, thick ice,
+    contaminants: absorbing objects are dark) or ``z_sd > sd_z`` (edges of carbon or
+    contaminants, ice crystals); the bad area is then dilated by a disc of ``dilate_px`` so
+    that the rims of dark blobs are avoided too.
+
+    Returns:
+        ``(bad, z_mean, z_sd)``, each ``(H, W)``; ``bad`` is bool.
+    """
+    mean, sd = local_mean_sd(image, sigma_px=sigma_px)
+    z_mean = mode_z(mean, side=1)
+    normal = z_mean.abs() <= mean_z
+    z_sd = mode_z(sd, normal if int(normal.sum()) > 16 else None)
+    bad = ~normal | (z_sd > sd_z)
+    r = int(round(dilate_px))
+    if r > 0 and bool(bad.any()):
+        yy, xx = torch.meshgrid(torch.arange(-r, r + 1, device=image.device), torch.arange(-r, r + 1, device=image.device),
+                                indexing="ij")
+        disc = ((yy * yy + xx * xx) <= r * r).float()[None, None]
+        grown = F.conv2d(F.pad(bad.float()[None, None], (r, r, r, r)), disc)[0, 0]
+        bad = grown > 0.5
+    return bad, z_mean, z_sd
+
+
+def fill_areas(image: torch.Tensor, bad: torch.Tensor, *, edge_px: float = 2.0) -> torch.Tensor:
+    """``image`` with the ``bad`` areas replaced by the median of the rest, blended over a soft edge.
+
+    Keeps carbon, contaminants and their edges from dominating the spectrum used for whitening
+    and from ringing into neighbouring areas after filtering.
+    """
+    if not bool(bad.any()) or bool(bad.all()):
+        return image
+    fill = image[~bad].median()
+    soft = bad.float()
+    if edge_px > 0:
+        r = int(round(2 * edge_px))
+        k = torch.exp(-torch.arange(-r, r + 1, device=image.device, dtype=torch.float32) ** 2 / (2 * edge_px ** 2))
+        k = k / k.sum()
+        x = F.pad(soft[None, None], (r, r, r, r), mode="replicate")
+        x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))[0, 0]
+        soft = torch.maximum(soft, x)
+    return image * (1 - soft) + fill * soft

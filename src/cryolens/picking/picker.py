@@ -1,0 +1,267 @@
+"""Pick one micrograph: score map (matched filter, LoG or templates), peaks, avoidance, selection.
+
+The default (``method="matched"``) follows cisTEM's Find Particles (Sigworth 2004): the
+micrograph is Fourier-cropped to ~diameter/20 Å per pixel, whitened by its own radially
+averaged power spectrum, and correlated with a blob (a projected sphere of the particle's
+radius) that carries the micrograph's CTF and contrast (protein dark). Scores are robust
+z-scores of the score map (standard deviations). Peaks above the threshold, outside the edge
+margin and outside abnormal areas (:func:`cryolens.picking.peaks.avoidance_mask`) go through
+greedy non-maximum suppression at the minimum distance.
+
+Coordinates returned are in pixels of the input micrograph (x = column, y = row, 0-based),
+as ``rlnCoordinateX/Y``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from cryolens.core.ctf import CTFParams
+from cryolens.picking.filters import (
+    fourier_crop_2d,
+    frequency_grid,
+    log_filters,
+    micrograph_ctf,
+    reflect_pad,
+    sphere_projection_ft,
+    whitening_filter,
+)
+from cryolens.picking.params import PickParams
+from cryolens.picking.peaks import avoidance_mask, fill_areas, local_maxima, mode_z, refine_subpixel, robust_z, suppress_non_maxima
+from cryolens.picking.templates import correlate_templates, map_projections, prepare_templates
+
+__all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape"]
+
+
+@dataclass
+class Picks:
+    """Picks of one micrograph.
+
+    Attributes:
+        x, y: ``(K,)`` float32 pick centres in micrograph pixels (x column, y row), by
+            descending score.
+        score: ``(K,)`` scores in standard deviations of the score map.
+        diameter: ``(K,)`` best-matching diameter in Å (the diameter when one size is searched).
+        candidates: ``(N, 4)`` every candidate (x, y, score, diameter) with a score down to
+            ``floor``, already suppressed, edge- and avoidance-filtered, by descending score;
+            :func:`select_picks` re-selects from them without picking again.
+        floor: lowest score kept among the candidates.
+        threshold, max_per_micrograph: the selection that gave ``x, y, score``.
+        score_map: ``(h, w)`` score (SDs) at the picking pixel size, for overlays and histograms.
+        avoid: ``(h, w)`` bool, areas avoided (carbon, contamination, edges), or None.
+        pick_pixel_size: ``(y, x)`` Å per pixel of ``score_map``; scale: ``(y, x)``
+            micrograph pixels per score-map pixel.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    score: torch.Tensor
+    diameter: torch.Tensor
+    candidates: torch.Tensor
+    floor: float
+    threshold: float
+    max_per_micrograph: int | None
+    score_map: torch.Tensor
+    avoid: torch.Tensor | None
+    pick_pixel_size: tuple[float, float]
+    scale: tuple[float, float]
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def xy(self) -> torch.Tensor:
+        """``(K, 2)`` pick centres ``(x, y)`` in micrograph pixels."""
+        return torch.stack([self.x, self.y], dim=1)
+
+
+def select_picks(picks: Picks, *, threshold: float | None = None, max_per_micrograph: int | None = None) -> Picks:
+    """Re-select picks from ``picks.candidates``: score > ``threshold`` (SDs; default: as before),
+    at most ``max_per_micrograph`` (highest scores). Equal to picking again with those options
+    (suppression keeps a peak only for higher ones), as long as ``threshold >= picks.floor``.
+
+    Raises:
+        ValueError: a threshold below the candidates' floor.
+    """
+    t = picks.threshold if threshold is None else float(threshold)
+    if t < picks.floor:
+        raise ValueError(f"--threshold {t:g}: the candidates were kept down to {picks.floor:g} SD only; pick again "
+                         "to go lower")
+    c = picks.candidates
+    sel = c[c[:, 2] > t]
+    if max_per_micrograph is not None:
+        sel = sel[:max_per_micrograph]
+    return dataclasses.replace(picks, x=sel[:, 0].contiguous(), y=sel[:, 1].contiguous(), score=sel[:, 2].contiguous(),
+                               diameter=sel[:, 3].contiguous(), threshold=t, max_per_micrograph=max_per_micrograph)
+
+
+def picking_shape(shape: tuple[int, int], pixel_size: float, target: float) -> tuple[int, int]:
+    """``(h, w)`` of the Fourier-cropped micrograph: even sizes with pixels of about ``target`` Å."""
+    f = max(1.0, target / pixel_size)
+    return tuple(min(n, max(16, 2 * int(round(n / f / 2)))) for n in shape)  # type: ignore[return-value]
+
+
+def _band(shape: tuple[int, int], pixel_size: float, *, low: float, high: float, device) -> torch.Tensor:
+    """Soft band-pass on the rfft grid: removes features larger than ``high`` Å and finer than ``low`` Å."""
+    s2 = frequency_grid(shape, pixel_size, device)[0]
+    return (1 - torch.exp(-s2 * high * high / 2)) * torch.exp(-s2 * low * low / 2)
+
+
+def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParams, ctf: CTFParams | None = None,
+                    templates: torch.Tensor | None = None, template_pixel_size: float | None = None,
+                    volume: torch.Tensor | None = None, volume_pixel_size: float | None = None, device=None,
+                    progress: Callable[[int, int], None] | None = None) -> Picks:
+    """Pick particles in one micrograph.
+
+    Args:
+        image: ``(H, W)`` micrograph as recorded (protein dark), any float dtype.
+        pixel_size: Å per pixel of ``image``.
+        params: :class:`PickParams` (validated here).
+        ctf: the micrograph's CTF (scalar :class:`CTFParams`; defocus in Å); None: no CTF
+            modulation (the blob is taken as dark, right for low-resolution contrast).
+        templates: ``(T, b, b)`` white-on-black class averages at ``template_pixel_size`` Å
+            (``method="template"``).
+        volume: ``(n, n, n)`` map at ``volume_pixel_size`` Å whose projections serve as
+            templates (``method="template"`` without ``templates``).
+        device: where to compute (default: the image's device).
+        progress: ``progress(done, total)`` while correlating templates.
+
+    Returns:
+        :class:`Picks` (on ``device``).
+
+    Raises:
+        ValueError: impossible params, a diameter larger than the micrograph, or
+        ``method="template"`` without templates or a map.
+    """
+    params.validate()
+    dev = torch.device(device) if device is not None else image.device
+    img = image.to(device=dev, dtype=torch.float32)
+    H, W = img.shape
+    d_min, d_max = params.diameters
+    if d_max >= min(H, W) * pixel_size:
+        raise ValueError(f"--diameter {d_max:g} Å: larger than the micrograph ({W}x{H} px at {pixel_size:g} Å)")
+    h, w = picking_shape((H, W), pixel_size, params.resolved_pick_pixel_size(pixel_size))
+    sy, sx = H / h, W / w
+    p = pixel_size * (sy + sx) / 2  # Å per picking pixel (square to within rounding)
+    small = fourier_crop_2d(img - img.mean(), (h, w))
+    valid = torch.zeros((h, w), dtype=torch.bool, device=dev)
+    e = params.resolved_edge()
+    ey, ex = int(math.ceil(e / (pixel_size * sy))), int(math.ceil(e / (pixel_size * sx)))
+    valid[ey:max(ey, h - ey), ex:max(ex, w - ex)] = True
+    avoid = None
+    if params.avoid_blobs:
+        avoid = avoidance_mask(small, sigma_px=d_max / 4 / p, mean_z=params.avoid_mean_z, sd_z=params.avoid_sd_z,
+                               dilate_px=d_max / 4 / p)[0]
+        valid &= ~avoid
+        small = fill_areas(small, avoid)
+    pad = int(math.ceil(d_max / p))
+    padded = reflect_pad(small, pad)
+    pad = (padded.shape[-1] - w) // 2
+    shape = tuple(padded.shape)
+    f = torch.fft.rfft2(padded)
+    low = params.lowpass if params.lowpass is not None else 2.5 * p
+    high = params.highpass if params.highpass is not None else 2.0 * d_max
+    band = _band(shape, p, low=low, high=high, device=dev)
+    contrast = -micrograph_ctf(ctf, shape, p, device=dev) if ctf is not None else -torch.ones_like(band)
+
+    if params.method == "log":
+        score, size = _log_scores(f, shape, p, contrast, band * whitening_filter(f, shape), d_min, d_max)
+    else:
+        white = whitening_filter(f, shape) * band
+        if params.method == "matched":
+            score, size = _matched_scores(f * white, shape, p, contrast * white, d_min, d_max, params.blob_radius)
+        else:
+            score, size = _template_scores(f * white, shape, p, contrast * white, params, templates, template_pixel_size,
+                                           volume, volume_pixel_size, progress)
+    crop = (slice(pad, pad + h), slice(pad, pad + w))
+    score, size = score[crop], size[crop]
+    if params.method == "log":  # already in SDs (see _log_scores)
+        zmap = score
+    else:  # SDs of the background between particles
+        zmap = mode_z(score, valid if int(valid.sum()) > 16 else None)
+    threshold = params.resolved_threshold()
+    floor = min(params.keep_floor, threshold)
+    rc = local_maxima(zmap, valid=valid, floor=floor)
+    sub = refine_subpixel(zmap, rc)
+    vals = zmap[rc[:, 0], rc[:, 1]]
+    keep = suppress_non_maxima(sub, vals, params.resolved_min_distance() / p)
+    sub, rc, vals = sub[keep], rc[keep], vals[keep]
+    cand = torch.stack([sub[:, 1] * sx, sub[:, 0] * sy, vals, size[rc[:, 0], rc[:, 1]]], dim=1)
+    picks = Picks(x=cand[:, 0], y=cand[:, 1], score=cand[:, 2], diameter=cand[:, 3], candidates=cand, floor=floor,
+                  threshold=threshold, max_per_micrograph=None, score_map=zmap, avoid=avoid,
+                  pick_pixel_size=(pixel_size * sy, pixel_size * sx), scale=(sy, sx))
+    return select_picks(picks, threshold=threshold, max_per_micrograph=params.max_per_micrograph)
+
+
+def _sizes(d_min: float, d_max: float, step: float) -> torch.Tensor:
+    """Diameters (Å) from d_min to d_max, geometric, about ``step`` (relative) apart; one when equal."""
+    if d_max <= d_min * 1.001:
+        return torch.tensor([d_min])
+    n = max(2, int(math.ceil(math.log(d_max / d_min) / math.log(1 + step))) + 1)
+    return torch.exp(torch.linspace(math.log(d_min), math.log(d_max), n))
+
+
+def _best_over(maps: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-size maps made comparable (robust z each), then the best per pixel and its size (Å)."""
+    if maps.shape[0] == 1:
+        return maps[0], torch.full_like(maps[0], float(sizes[0]))
+    z = torch.stack([robust_z(m) for m in maps])
+    best, arg = z.max(dim=0)
+    return best, sizes.to(best.device)[arg]
+
+
+def _matched_scores(fw: torch.Tensor, shape, p: float, transfer: torch.Tensor, d_min: float, d_max: float,
+                    radius_fraction: float):
+    """Matched filter with projected spheres of the diameters' range (whitened image ``fw``).
+
+    The sphere's radius is ``radius_fraction`` × the diameter: after whitening the blob's edge
+    dominates, and a blob as large as the particle's outline turns each peak into a ring
+    around the particle; a smaller characteristic radius (cisTEM's advice too) keeps one
+    peak at the centre for elongated and round particles alike."""
+    sizes = _sizes(d_min, d_max, 0.15)
+    t = sphere_projection_ft(sizes * radius_fraction, shape, p, device=fw.device) * transfer
+    norm = torch.fft.irfft2(t, s=shape).square().sum(dim=(-2, -1)).sqrt().clamp_min(1e-30)
+    maps = torch.fft.irfft2(fw * t.conj(), s=shape) / norm[:, None, None]
+    return _best_over(maps, sizes)
+
+
+def _log_scores(f: torch.Tensor, shape, p: float, contrast: torch.Tensor, band: torch.Tensor, d_min: float,
+                d_max: float):
+    """Scale-normalised LoG of the phase-flipped, whitened, contrast-inverted image; best scale per pixel.
+
+    Each scale's map is divided by its own standard deviation over the whole map (not a robust
+    one: at the particle's scale a crowded micrograph has too few independent background
+    samples for a median-based estimate), then the best scale is taken per pixel."""
+    sizes = _sizes(d_min, d_max, 0.1)
+    flipped = f * torch.sign(contrast) * band  # protein made bright (and phase-flipped with a CTF)
+    filt = log_filters(sizes / (2 * math.sqrt(2)), shape, p, device=f.device)
+    maps = torch.fft.irfft2(flipped * filt, s=shape)
+    flat = maps.reshape(maps.shape[0], -1)
+    z = (maps - flat.median(dim=1).values[:, None, None]) / flat.std(dim=1).clamp_min(1e-30)[:, None, None]
+    best, arg = z.max(dim=0)
+    return best, sizes.to(best.device)[arg]
+
+
+def _template_scores(fw, shape, p, transfer, params: PickParams, templates, template_pixel_size, volume,
+                     volume_pixel_size, progress):
+    """Best NCC with (rotated) templates; the size map holds the diameter for every pixel."""
+    d_max = params.diameters[1]
+    if templates is None:
+        if volume is None:
+            raise ValueError("--method template needs templates (class averages) or a map")
+        if volume_pixel_size is None:
+            raise ValueError("the map's pixel size is needed")
+        templates = map_projections(volume.to(fw.device), pixel_size=volume_pixel_size, out_pixel_size=p,
+                                    healpix_order=params.healpix_order)
+        template_pixel_size = p
+    elif template_pixel_size is None:
+        raise ValueError("the templates' pixel size is needed")
+    prepared = prepare_templates(templates.to(fw.device), pixel_size=template_pixel_size, out_pixel_size=p,
+                                 diameter=d_max, psi_step=params.psi_step)
+    best, _ = correlate_templates(fw, shape, prepared, transfer=transfer, mask_radius_px=d_max / 2 / p,
+                                  batch_size=params.batch_size, progress=progress)
+    return best, torch.full_like(best, d_max)

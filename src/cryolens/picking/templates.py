@@ -1,0 +1,156 @@
+"""Templates for template matching: projections of a 3D map, in-plane rotations, and the batched
+normalised cross-correlation of a whitened micrograph with CTF-modulated templates.
+
+Templates are white-on-black (protein bright) like class averages and particle stacks; the
+correlation applies the micrograph's contrast (protein dark: ``-CTF``) itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from cryolens.core.fourier import ift2, resample
+from cryolens.core.masks import soft_sphere
+from cryolens.core.projector import prepare_volume, project
+from cryolens.core.rotations import euler_to_matrix
+from cryolens.core.so3_grid import healpix_directions
+
+__all__ = ["map_projections", "rotate_images", "prepare_templates", "correlate_templates"]
+
+
+def map_projections(volume: torch.Tensor, *, pixel_size: float, out_pixel_size: float | None = None,
+                    healpix_order: int = 1) -> torch.Tensor:
+    """Projections of a cubic map along the HEALPix directions of ``healpix_order``, in-plane angle 0.
+
+    Args:
+        volume: ``(n, n, n)`` map (protein positive, centre n//2) at ``pixel_size`` Å.
+        out_pixel_size: Fourier-resample the map to this pixel size (Å) first (default: as is).
+        healpix_order: 0 gives 12 directions (~60° apart), 1 gives 48 (~30°), 2 gives 192.
+
+    Returns:
+        ``(D, m, m)`` float32 projections (white on black) on the map's device.
+    """
+    v = volume.float()
+    if out_pixel_size is not None and abs(out_pixel_size - pixel_size) > 1e-6 * pixel_size:
+        v = resample(v, pixel_size, out_pixel_size, ndim=3)
+    if v.shape[-1] % 2:  # an even box keeps the centre convention simple for the projector
+        v = F.pad(v, (0, 1, 0, 1, 0, 1))
+    _, ang = healpix_directions(healpix_order, device=v.device)
+    rot = euler_to_matrix(ang[:, 0], ang[:, 1], torch.zeros_like(ang[:, 0]))
+    return ift2(project(prepare_volume(v), rot), v.shape[-1])
+
+
+def rotate_images(images: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
+    """Every image rotated by every angle about its centre ``(b//2, b//2)`` (bilinear).
+
+    Args:
+        images: ``(T, b, b)``; angles_deg: ``(P,)`` counter-clockwise in the (x right, y down) array.
+
+    Returns:
+        ``(T·P, b, b)``, index ``t·P + p``.
+    """
+    t, b = images.shape[0], images.shape[-1]
+    dev = images.device
+    a = torch.deg2rad(angles_deg.to(device=dev, dtype=torch.float32))
+    c = torch.arange(b, device=dev, dtype=torch.float32) - b // 2
+    yy, xx = torch.meshgrid(c, c, indexing="ij")
+    cos, sin = torch.cos(a)[:, None, None], torch.sin(a)[:, None, None]
+    xs = cos * xx + sin * yy + b // 2  # source of each output pixel: the inverse rotation
+    ys = -sin * xx + cos * yy + b // 2
+    grid = torch.stack([(2 * xs + 1) / b - 1, (2 * ys + 1) / b - 1], dim=-1)  # (P, b, b, 2), align_corners=False
+    p = grid.shape[0]
+    src = images.float()[:, None].expand(t, p, b, b).reshape(t * p, 1, b, b)
+    g = grid[None].expand(t, p, b, b, 2).reshape(t * p, b, b, 2)
+    return F.grid_sample(src, g, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
+
+
+def prepare_templates(templates: torch.Tensor, *, pixel_size: float, out_pixel_size: float, diameter: float,
+                      psi_step: float) -> torch.Tensor:
+    """Class averages or projections ready to correlate: resampled, masked, zero-mean, rotated.
+
+    Args:
+        templates: ``(T, b, b)`` white-on-black images at ``pixel_size`` Å.
+        out_pixel_size: the picking pixel size (Å); diameter: largest particle diameter (Å),
+            the radius of the soft circular mask (plus a 2-pixel cosine edge).
+        psi_step: in-plane rotation step (degrees); 360/psi_step rotations (rounded).
+
+    Returns:
+        ``(T·P, m, m)`` float32 templates, zero mean inside the mask and zero outside.
+    """
+    t = templates.float()
+    if t.shape[-1] != t.shape[-2]:
+        raise ValueError(f"templates must be square, got {tuple(t.shape[-2:])}")
+    if abs(out_pixel_size - pixel_size) > 1e-6 * pixel_size:
+        t = resample(t, pixel_size, out_pixel_size, ndim=2)
+    m = t.shape[-1]
+    radius = 0.5 * diameter / out_pixel_size
+    need = int(2 * math.ceil(radius + 3))  # a box that holds the mask
+    if need < m:
+        o = m // 2 - need // 2
+        t, m = t[:, o:o + need, o:o + need], need
+    mask = soft_sphere(m, radius=radius, edge_width=2.0, ndim=2, device=t.device)
+    n_psi = max(1, int(round(360.0 / psi_step)))
+    rot = rotate_images(t, torch.arange(n_psi, device=t.device) * (360.0 / n_psi)) * mask
+    mean = rot.sum(dim=(-2, -1), keepdim=True) / mask.sum()
+    return (rot - mean) * mask
+
+
+def correlate_templates(image_ft: torch.Tensor, shape: tuple[int, int], templates: torch.Tensor, *,
+                        transfer: torch.Tensor, mask_radius_px: float, batch_size: int = 32,
+                        progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best normalised cross-correlation over templates at every pixel.
+
+    ``NCC(x) = Σ_m I(x+m)·T'(m) / (‖T'‖ · sd_M(I)(x) · √|M|)`` where ``I`` is the (whitened)
+    image, ``T'`` a template passed through ``transfer`` (the CTF with the micrograph's sign,
+    times the whitening and band-pass, so that template and image live in one space) and made
+    zero-mean, and ``sd_M`` the image's standard deviation in the disc ``M`` of radius
+    ``mask_radius_px`` around ``x`` (zero-mean template: the local mean drops out).
+
+    Args:
+        image_ft: rfft2 of the (whitened) image ``(H, W//2+1)``; shape: ``(H, W)``.
+        templates: ``(T, m, m)`` centred at ``m//2``, from :func:`prepare_templates`.
+        transfer: ``(H, W//2+1)`` real filter applied to the templates.
+        batch_size: templates per batch (bounds memory: ``batch_size·H·W`` complex values).
+        progress: called as ``progress(done, total)`` after each batch.
+
+    Returns:
+        ``(best, index)``: ``(H, W)`` best NCC and the index of the template that gave it.
+    """
+    h, w = shape
+    dev = image_ft.device
+    m = templates.shape[-1]
+    rows = (torch.arange(m, device=dev) - m // 2) % h
+    cols = (torch.arange(m, device=dev) - m // 2) % w
+    # local SD of the image over the disc M (FFT correlation with the disc)
+    yy = torch.fft.fftfreq(h, d=1.0 / h, device=dev)[:, None]
+    xx = torch.fft.fftfreq(w, d=1.0 / w, device=dev)[None, :]
+    disc = ((yy * yy + xx * xx) <= mask_radius_px ** 2).float()
+    n_m = disc.sum()
+    img = torch.fft.irfft2(image_ft, s=(h, w))
+    dft = torch.fft.rfft2(disc).conj()
+    s1 = torch.fft.irfft2(image_ft * dft, s=(h, w))
+    s2 = torch.fft.irfft2(torch.fft.rfft2(img * img) * dft, s=(h, w))
+    local_sd = ((s2 - s1 * s1 / n_m) / n_m).clamp_min(0).sqrt()
+    denom = local_sd.clamp_min(1e-6 * float(local_sd.max()) + 1e-30) * n_m.sqrt()
+    best = torch.full((h, w), -float("inf"), device=dev)
+    index = torch.zeros((h, w), dtype=torch.long, device=dev)
+    total = templates.shape[0]
+    for start in range(0, total, batch_size):  # batches of templates, each one batched FFT
+        tb = templates[start:start + batch_size].to(dev)
+        canvas = torch.zeros((tb.shape[0], h, w), device=dev)
+        canvas[:, rows[:, None], cols[None, :]] = tb
+        tf = torch.fft.rfft2(canvas) * transfer
+        tf[:, 0, 0] = 0  # zero mean after the transfer too
+        norm = (torch.fft.irfft2(tf, s=(h, w)).square().sum(dim=(-2, -1))).sqrt().clamp_min(1e-30)
+        cc = torch.fft.irfft2(image_ft * tf.conj(), s=(h, w)) / norm[:, None, None]
+        val, arg = cc.max(dim=0)
+        better = val > best
+        best = torch.where(better, val, best)
+        index = torch.where(better, arg + start, index)
+        if progress is not None:
+            progress(min(start + batch_size, total), total)
+    return best / denom, index
