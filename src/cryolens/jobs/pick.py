@@ -11,8 +11,8 @@ Each micrograph is one unit of work (:mod:`cryolens.jobs.units`) for the compute
 it, :func:`cryolens.picking.pick_micrograph`, write its candidates (every pick down to the floor
 ``PickParams.keep_floor``, with score and diameter) to ``Candidates/<stem>.star`` and, for a
 sample of micrographs, a low-passed copy ``Overlays/<stem>.mrc`` for the overlays, then the
-record ``Candidates/<stem>.json`` last; a rerun with the same inputs and options skips finished
-micrographs. Memory follows one micrograph per worker. Then the candidates are gathered and the
+record ``Candidates/<stem>.json`` last; a rerun with the same inputs and options (the threshold
+and ``--max-per-micrograph`` aside: they only select among the candidates) skips finished micrographs. Memory follows one micrograph per worker. Then the candidates are gathered and the
 selection (threshold, at most N per micrograph) and every output written by
 :func:`cryolens.jobs.pick_outputs.write_selection` (``picks_all.star``, ``coords.star``, RELION's
 ``*_autopick.star`` layout, overlays, plots, ``report.html``). :func:`run_rethreshold`
@@ -162,8 +162,9 @@ def _display(img: np.ndarray, pixel_size: float, diameter: float) -> tuple[np.nd
 def pick_unit(unit: PickUnit) -> dict:
     """Pick one micrograph into ``Candidates/<stem>.star`` (a unit of work).
 
-    Returns ``{"name", "n_candidates", "n_selected", "floor", "threshold", "seconds", "reused"}``;
-    ``reused`` is True when an earlier run's candidates were taken.
+    Returns ``{"name", "n_candidates", "floor" (SD), "seconds", "reused"}``; ``reused`` is True when an
+    earlier run's candidates were taken (its options but the selection were the same: the candidates do
+    not depend on the threshold above their floor nor on ``max_per_micrograph``).
     """
     record = unit.record
     old = record.done()
@@ -174,6 +175,7 @@ def pick_unit(unit: PickUnit) -> dict:
     picks = _pick(unit, img)
     c = picks.candidates.detach().cpu().double().numpy().reshape(-1, 4).round(4)  # float32 digits, no more
     table = pd.DataFrame({XY[0]: c[:, 0], XY[1]: c[:, 1], FOM: c[:, 2], DIAMETER: c[:, 3]})
+    table = table.sort_values(FOM, ascending=False, kind="stable", ignore_index=True)
     unit.table.parent.mkdir(parents=True, exist_ok=True)
     write_star(unit.table, {"picks": table})
     outputs = [unit.table]
@@ -182,8 +184,8 @@ def pick_unit(unit: PickUnit) -> dict:
         unit.small.parent.mkdir(parents=True, exist_ok=True)
         write_mrc(unit.small, small, apix)
         outputs.append(unit.small)
-    result = {"name": unit.name, "n_candidates": int(len(c)), "n_selected": len(picks), "floor": float(picks.floor),
-              "threshold": float(picks.threshold), "seconds": round(time.perf_counter() - t0, 3)}
+    result = {"name": unit.name, "n_candidates": int(len(c)), "floor": float(picks.floor),
+              "seconds": round(time.perf_counter() - t0, 3)}
     return {**record.finish(result, outputs=outputs), "reused": False}
 
 
@@ -255,11 +257,20 @@ def _plan(mics_star: Path, out: Path, params: PickParams, device: str, templates
                                  "re-run CTF estimation or remove the micrograph.") from None
         u = PickUnit(name=name, path=str(path), stem=stem, out_dir=str(out), pixel_size=apix, ctf=ctf, params=params,
                      templates=templates, map=map_, overlay=i in sample, device=device)
-        key = fingerprint({"params": dataclasses.asdict(params), "pixel_size": apix, "overlay": u.overlay,
+        key = fingerprint({"params": _candidate_options(params), "pixel_size": apix, "overlay": u.overlay,
                            "ctf": dataclasses.asdict(ctf) if ctf is not None else None},
                           files=[path, *(f for f in (templates, map_) if f is not None)])
         units.append(dataclasses.replace(u, key=key))
     return units, has_ctf
+
+
+def _candidate_options(params: PickParams) -> dict:
+    """What the candidates depend on: every option but the selection (threshold, at most N per micrograph),
+    with the floor they are kept down to; a rerun with another selection reuses the candidates."""
+    d = dataclasses.asdict(params)
+    for k in ("threshold", "max_per_micrograph", "keep_floor"):
+        d.pop(k)
+    return {**d, "floor": min(params.keep_floor, params.resolved_threshold())}
 
 
 def pick_backend_spec(backend: str | None, workers: int | None, n_units: int, device: str) -> str:
