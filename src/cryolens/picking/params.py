@@ -39,6 +39,8 @@ class PickParams(Params):
                                         help="Minimum distance between picks (default 0.8 × diameter)")
     edge: float | None = option(None, unit="Å", ge=0,
                                 help="No picks closer than this to the micrograph's border (default diameter/2)")
+    halo: tuple[float, float] = option((1.2, 0.0), cli=False, help="Side-lobe suppression: within this many "
+                                       "diameters of a pick, drop peaks scoring below this fraction of it (0: off)")
     max_per_micrograph: int | None = option(None, ge=1, help="Keep at most this many picks per micrograph "
                                                              "(the highest scores)")
     pick_pixel_size: float | None = option(None, unit="Å", gt=0,
@@ -53,7 +55,7 @@ class PickParams(Params):
                                                "robust z-score exceeds this")
     blob_radius: float = option(0.33, gt=0, le=0.6, help="--method matched: radius of the blob (a projected sphere) "
                                                         "as a fraction of the diameter")
-    psi_step: float = option(15.0, unit="°", gt=0, le=90, help="--method template: in-plane rotation step")
+    psi_step: float = option(10.0, unit="°", gt=0, le=90, help="--method template: in-plane rotation step")
     healpix_order: int = option(1, ge=0, le=3, help="--method template with a map: HEALPix order of the "
                                                     "projection directions (0 = 60°, 1 = 30°)")
     lowpass: float | None = option(None, unit="Å", gt=0, help="Ignore detail finer than this when scoring "

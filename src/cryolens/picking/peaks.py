@@ -95,13 +95,17 @@ def refine_subpixel(score: torch.Tensor, rc: torch.Tensor) -> torch.Tensor:
 
 
 def suppress_non_maxima(xy: torch.Tensor, score: torch.Tensor, min_distance: float, *,
-                        block: int = 4096) -> torch.Tensor:
+                        halo: tuple[float, float] | None = None, block: int = 4096) -> torch.Tensor:
     """Indices of the peaks kept by greedy non-maximum suppression, in descending score.
 
     Greedy rule: visiting peaks from the highest score down, a peak is kept unless a kept
     peak lies closer than ``min_distance`` (same units as ``xy``). Computed exactly by
     iterating: a peak is kept once no undecided-or-kept higher neighbour remains, dropped once
     a kept higher neighbour exists. Ties in score are broken by index.
+
+    With ``halo = (distance, ratio)`` a kept peak also suppresses, within ``distance``, the
+    peaks whose score is below ``ratio`` × its own: the side lobes that CTF-modulated
+    correlations leave around a strong particle, just beyond the minimum distance.
 
     Args:
         xy: ``(K, 2)`` positions; score: ``(K,)``; block: peaks per neighbour-matrix block
@@ -113,6 +117,7 @@ def suppress_non_maxima(xy: torch.Tensor, score: torch.Tensor, min_distance: flo
         return torch.zeros(0, dtype=torch.long, device=xy.device)
     order = torch.argsort(score, descending=True, stable=True)
     p = xy[order].float()
+    sc = score[order].float()
     if k > block:  # thin to cell maxima first; two peaks in one cell are closer than min_distance
         cell = max(min_distance / 2 ** 0.5, 1e-6)
         key = torch.floor(p / cell).long()
@@ -120,11 +125,13 @@ def suppress_non_maxima(xy: torch.Tensor, score: torch.Tensor, min_distance: flo
         first = torch.full((int(key.max()) + 1,), k, dtype=torch.long, device=p.device)
         first.scatter_reduce_(0, key, torch.arange(k, device=p.device), reduce="amin")
         keep_idx = torch.unique(first[first < k])
-        order, p = order[keep_idx], p[keep_idx]
+        order, p, sc = order[keep_idx], p[keep_idx], sc[keep_idx]
         k = p.shape[0]
     d2 = torch.cdist(p, p).square()
     ar = torch.arange(k, device=p.device)
     higher = (d2 < min_distance ** 2) & (ar[None, :] < ar[:, None])  # [i, j]: j is a higher neighbour of i
+    if halo is not None:
+        higher |= (d2 < halo[0] ** 2) & (sc[:, None] < halo[1] * sc[None, :]) & (ar[None, :] < ar[:, None])
     state = torch.zeros(k, dtype=torch.int8, device=p.device)  # 0 undecided, 1 kept, -1 dropped
     while bool((state == 0).any()):
         kept_nb = (higher & (state == 1)[None, :]).any(1)

@@ -188,7 +188,8 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
     rc = local_maxima(zmap, valid=valid, floor=floor)
     sub = refine_subpixel(zmap, rc)
     vals = zmap[rc[:, 0], rc[:, 1]]
-    keep = suppress_non_maxima(sub, vals, params.resolved_min_distance() / p)
+    halo = (params.diameters[1] * params.halo[0] / p, params.halo[1]) if params.halo[1] > 0 else None
+    keep = suppress_non_maxima(sub, vals, params.resolved_min_distance() / p, halo=halo)
     sub, rc, vals = sub[keep], rc[keep], vals[keep]
     cand = torch.stack([sub[:, 1] * sx, sub[:, 0] * sy, vals, size[rc[:, 0], rc[:, 1]]], dim=1)
     picks = Picks(x=cand[:, 0], y=cand[:, 1], score=cand[:, 2], diameter=cand[:, 3], candidates=cand, floor=floor,

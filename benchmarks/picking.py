@@ -1,0 +1,210 @@
+"""Benchmark: cryolens pickers against ``relion_autopick --LoG`` on the same simulated micrographs.
+
+Simulates micrographs (carbon hole edge, two contaminant clusters, ice thickness variation;
+no aggregates) of two particle shapes (the phantom, 150 Å, at 1.75 Å/px; ASPIRE's 70S
+ribosome map clamped at 0, ~220 Å, at 2.5 Å/px), writes them as MRC files with a RELION 3.1
+``micrographs.star`` per case, then
+
+* cryolens: reads each MRC and runs ``cryolens.picking.pick_micrograph`` with the matched
+  filter (default), LoG and templates (projections of the true map), timed per micrograph;
+* RELION 3.1: ``relion_autopick --LoG`` over the diameter range 0.8-1.0 × d on the same STAR
+  (whole run timed under GNU time, divided by the number of micrographs), its
+  ``*_autopick.star`` read back.
+
+Accuracy: precision, recall and F1 with a match within 0.2 × diameter
+(:func:`cryolens.picking.match_picks`), pooled over the micrographs of a case, twice: on all
+true particles, and on the "clean" ones (disc not touching the carbon; picks matched to the
+others ignored), the picker being asked to avoid the rims of carbon. Writes
+``benchmarks/results/picking.json``::
+
+    .venv/bin/python benchmarks/picking.py [--n 3] [--size 1024] [--threads 2] [--no-relion]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SHARED = ROOT.parent / "shared" / "data"
+RIBOSOME = SHARED / "maps" / "clean70SRibosome_vol_65p.mrc"
+sys.path.insert(0, str(HERE))
+from timing import timed  # noqa: E402
+
+CASES = {"phantom": 1.75, "ribosome": 2.5}
+METHODS = ("matched", "log", "template")
+
+
+def structure(name: str, apix: float):
+    """(volume, diameter Å, units) as in tests/test_picking.py."""
+    from cryolens.jobs.structures import load_structures
+    from cryolens.simulate.structures import phantom_structure
+
+    if name == "phantom":
+        box = int(round(150 / apix * 1.4 / 2)) * 2
+        return phantom_structure(box, apix, diameter=150.0).volume, 150.0, "scattering"
+    s = load_structures([f"{RIBOSOME}:apix=3.94"], pixel_size=apix, box=None)[0]
+    return s.volume.clamp_min(0), 220.0, "arbitrary"  # negative background would read as lighter than ice
+
+
+def simulate_case(name: str, apix: float, n: int, size: int, seed: int, work: Path) -> dict:
+    """Write n micrographs + micrographs.star; return truth, CTFs and the volume."""
+    import pandas as pd
+    import starfile
+
+    from cryolens.io import write_mrc
+    from cryolens.simulate.micrographs import MicrographParams, simulate_micrograph
+
+    vol, d, units = structure(name, apix)
+    p = MicrographParams(n_micrographs=n, width=size, height=size, particles_per_micrograph=10_000, carbon=True,
+                         contaminants=2, aggregates=0, defocus_min=8000, defocus_max=25000, seed=seed,
+                         structure_units=units)
+    (work / "Micrographs").mkdir(parents=True, exist_ok=True)
+    mics = []
+    for i in range(n):
+        img, truth = simulate_micrograph([vol], None, pixel_size=apix, params=p, index=i)
+        path = work / "Micrographs" / f"mic_{i:03d}.mrc"
+        write_mrc(path, img.numpy(), apix)
+        xy = truth.particles[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()
+        e = truth.extras["carbon"]
+        clean = (e.radius - np.hypot(xy[:, 0] - e.x, xy[:, 1] - e.y)) >= d / 2 / apix
+        mics.append(dict(path=path, xy=xy, clean=clean, ctf=truth.ctf))
+    c = mics[0]["ctf"]
+    optics = pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
+                           "rlnMicrographPixelSize": [apix], "rlnVoltage": [c["voltage"]],
+                           "rlnSphericalAberration": [c["cs"]], "rlnAmplitudeContrast": [c["amplitude_contrast"]]})
+    table = pd.DataFrame({"rlnMicrographName": [f"Micrographs/{m['path'].name}" for m in mics],
+                          "rlnOpticsGroup": 1,
+                          "rlnDefocusU": [m["ctf"]["defocus_u"] for m in mics],
+                          "rlnDefocusV": [m["ctf"]["defocus_v"] for m in mics],
+                          "rlnDefocusAngle": [m["ctf"]["defocus_angle"] for m in mics]})
+    starfile.write({"optics": optics, "micrographs": table}, work / "micrographs.star", overwrite=True)
+    return dict(mics=mics, diameter=d, volume=vol, apix=apix)
+
+
+def accuracy(picks: list[np.ndarray], case: dict) -> dict:
+    """Pooled precision/recall/F1 on all particles and on the clean ones."""
+    from cryolens.picking import match_picks
+
+    r = 0.2 * case["diameter"] / case["apix"]
+    out = {}
+    for label in ("all", "clean"):
+        tp = fp = fn = 0
+        for p, m in zip(picks, case["mics"]):
+            p = np.asarray(p, dtype=float).reshape(-1, 2)
+            if label == "clean":
+                mm = match_picks(p, m["xy"], r)
+                drop = np.zeros(len(p), dtype=bool)
+                drop[mm.pairs[:, 0][~m["clean"][mm.pairs[:, 1]]]] = True
+                res = match_picks(p[~drop], m["xy"][m["clean"]], r)
+            else:
+                res = match_picks(p, m["xy"], r)
+            tp, fp, fn = tp + res.tp, fp + res.fp, fn + res.fn
+        prec, rec = tp / max(1, tp + fp), tp / max(1, tp + fn)
+        out[label] = dict(tp=tp, fp=fp, fn=fn, precision=round(prec, 3), recall=round(rec, 3),
+                          f1=round(2 * tp / max(1, 2 * tp + fp + fn), 3))
+    return out
+
+
+def run_cryolens(case: dict, method: str) -> dict:
+    import torch
+
+    from cryolens.core.ctf import CTFParams
+    from cryolens.io import read_mrc
+    from cryolens.picking import PickParams, pick_micrograph
+
+    times, picks = [], []
+    for m in case["mics"]:
+        c = m["ctf"]
+        ctf = CTFParams(defocus_u=c["defocus_u"], defocus_v=c["defocus_v"], defocus_angle=c["defocus_angle"],
+                        voltage=c["voltage"], cs=c["cs"], amplitude_contrast=c["amplitude_contrast"])
+        t = time.perf_counter()
+        data, apix = read_mrc(m["path"])
+        res = pick_micrograph(torch.from_numpy(np.array(data, dtype=np.float32)), pixel_size=case["apix"],
+                              params=PickParams(diameter=case["diameter"], method=method), ctf=ctf,
+                              volume=case["volume"], volume_pixel_size=case["apix"])
+        times.append(time.perf_counter() - t)
+        picks.append(res.xy().numpy())
+    return dict(seconds_per_micrograph=round(float(np.median(times)), 3), n_picks=int(sum(len(p) for p in picks)),
+                **accuracy(picks, case))
+
+
+def run_relion(case: dict, work: Path, threads: int) -> dict:
+    import starfile
+
+    d = case["diameter"]
+    odir = work / "AutoPick"
+    shutil.rmtree(odir, ignore_errors=True)
+    cmd = ["relion_autopick", "--i", "micrographs.star", "--odir", "AutoPick/", "--pickname", "autopick", "--LoG",
+           "--LoG_diam_min", f"{0.8 * d:g}", "--LoG_diam_max", f"{d:g}", "--angpix", f"{case['apix']:g}",
+           "--shrink", "0", "--lowpass", "20", "--LoG_adjust_threshold", "0"]
+    if threads > 1:
+        cmd += ["--j", str(threads)]
+    cost = timed(cmd, cwd=work, log=work / "relion_autopick.log", timeout=1800)
+    picks = []
+    for m in case["mics"]:
+        found = list(odir.rglob(f"{m['path'].stem}_autopick.star"))
+        if not found:
+            picks.append(np.zeros((0, 2)))
+            continue
+        t = starfile.read(found[0], always_dict=True)
+        t = next(iter(t.values()))
+        picks.append(t[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(dtype=float) if len(t) else np.zeros((0, 2)))
+    n = len(case["mics"])
+    return dict(seconds_per_micrograph=round(cost["wall_s"] / n, 3),
+                cpu_seconds_per_micrograph=round(cost["cpu_s"] / n, 3) if cost.get("cpu_s") else None,
+                peak_rss_mb=cost.get("peak_rss_mb"), n_picks=int(sum(len(p) for p in picks)),
+                files_found=sum(1 for p in picks if len(p)), **accuracy(picks, case))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=3, help="micrographs per case")
+    ap.add_argument("--size", type=int, default=1024, help="micrograph width = height (px)")
+    ap.add_argument("--seed", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--no-relion", action="store_true")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "picking.json")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    have_relion = shutil.which("relion_autopick") is not None and not args.no_relion
+    results = dict(n_micrographs=args.n, size=args.size, seed=args.seed, threads=args.threads,
+                   load_start=os.getloadavg()[0], cases={})
+    with tempfile.TemporaryDirectory(prefix="cryolens-pick-bench-") as tmp:
+        for name in args.cases:
+            work = Path(tmp) / name
+            case = simulate_case(name, CASES[name], args.n, args.size, args.seed, work)
+            row = dict(pixel_size=case["apix"], diameter=case["diameter"],
+                       n_true=int(sum(len(m["xy"]) for m in case["mics"])),
+                       n_clean=int(sum(m["clean"].sum() for m in case["mics"])))
+            for method in METHODS:
+                row[f"cryolens_{method}"] = run_cryolens(case, method)
+                print(name, method, json.dumps(row[f"cryolens_{method}"]), flush=True)
+            if have_relion:
+                row["relion_log"] = run_relion(case, work, args.threads)
+                print(name, "relion LoG", json.dumps(row["relion_log"]), flush=True)
+                rel = row["relion_log"]["seconds_per_micrograph"]
+                row["time_ratio_relion_over_cryolens_matched"] = round(
+                    rel / max(1e-9, row["cryolens_matched"]["seconds_per_micrograph"]), 2)
+            results["cases"][name] = row
+    results["load_end"] = os.getloadavg()[0]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
