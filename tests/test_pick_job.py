@@ -14,11 +14,14 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
 import starfile
+import torch
 from conftest import invoke_cli
+from helpers import assert_images_correlated
 
 from cryolens.jobs.pick_outputs import relion_coord_name
 from cryolens.picking import match_picks
@@ -102,8 +105,6 @@ def test_picks_match_truth_and_outputs(work: Path):
 
 def test_job_picks_what_the_stage_picks(work: Path):
     """The job hands the stage the micrograph, its pixel size and its CTF (at the centre): same picks."""
-    import torch
-
     from cryolens.extract import MicrographCTF
     from cryolens.io import merge_optics, read_micrographs, read_mrc
     from cryolens.picking import PickParams, pick_micrograph
@@ -122,7 +123,6 @@ def test_job_picks_what_the_stage_picks(work: Path):
 
 def test_templates_and_map(work: Path):
     """Class averages (here: three projections of the true map, white on black) or the map itself as templates."""
-    import mrcfile
     with mrcfile.open(work / "sim" / "truth_map.mrc") as m:
         v = m.data.astype(np.float32)
     with mrcfile.new(work / "tpl.mrcs", overwrite=True) as m:
@@ -181,6 +181,19 @@ def test_preview_writes_png(work: Path):
     assert not (work / "prev" / "job.json").exists()
     r = invoke_cli("pick", "--preview", "sim/micrographs/mic_0002.mrc", "--out", "prev", *PICK, cwd=work)  # a file
     assert (work / "prev" / "preview_mic_0002.png").is_file() and "picks" in r.output
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "micrographs" / "fei-extended.mrc"
+
+
+@pytest.mark.skipif(not REAL.is_file(), reason=f"shared data not found: {REAL}")
+def test_preview_of_a_real_micrograph(tmp_path: Path):
+    """A real 3710 x 3838 uint16 micrograph (FEI extended header, 0.854 Å/px from the header), no STAR file."""
+    r = invoke_cli("pick", "--preview", str(REAL), "--diameter", "150", "--out", "prev", "--device", "cpu", cwd=tmp_path)
+    png = tmp_path / "prev" / "preview_fei-extended.png"
+    assert png.is_file()
+    n = int(r.output.split(" picks")[0].split()[-1])
+    assert 30 <= n <= 400, r.output  # isolated particles across the whole micrograph (99 at 150 Å here)
 
 
 def test_consensus_with_truth(work: Path):
@@ -248,7 +261,6 @@ def test_bad_inputs_exit_2_and_write_nothing(work: Path):
         assert not (work / f"badp_out{i}").exists(), kw
     # a micrograph whose data are NaN is found while its unit runs: exit 2, no coords.star
     shutil.copy(work / "sim" / "micrographs" / "mic_0001.mrc", work / "badp" / "mic_0001.mrc")
-    import mrcfile
     with mrcfile.open(work / "badp" / "mic_0001.mrc", "r+") as f:
         f.data[100:110, 100:110] = np.nan
     r = pick(work, "badp_nan", mics="garbage_mic.star", code=None)
@@ -298,7 +310,8 @@ HAVE_PREPROCESS = shutil.which("relion_preprocess") is not None
 @pytest.mark.relion
 @pytest.mark.skipif(not HAVE_PREPROCESS, reason="relion_preprocess (RELION 3.1) not on PATH")
 def test_relion_preprocess_reads_our_autopick_files(work: Path):
-    """relion_preprocess --extract with --coord_dir pk/ --coord_suffix _autopick.star extracts every pick."""
+    """relion_preprocess --extract with --coord_dir pk/ --coord_suffix _autopick.star extracts every pick, the
+    same particles as `cryolens extract --in pk/coords.star` (per-particle correlation >= 0.99)."""
     p = subprocess.run(["relion_preprocess", "--i", "sim/micrographs.star", "--coord_dir", "pk/", "--coord_suffix",
                         "_autopick.star", "--part_dir", "RelPick/", "--part_star", "RelPick/particles.star", "--extract",
                         "--extract_size", "64", "--norm", "--bg_radius", "24", "--invert_contrast"],
@@ -308,3 +321,11 @@ def test_relion_preprocess_reads_our_autopick_files(work: Path):
     c = coords(work / "pk")
     assert len(theirs) == len(c)
     assert np.allclose(np.sort(theirs["rlnCoordinateX"].to_numpy()), np.sort(c["rlnCoordinateX"].to_numpy()), atol=1e-3)
+    # and they are the particles `cryolens extract` cuts at our coords.star (same box, normalisation, inversion)
+    invoke_cli("extract", "--in", "pk/coords.star", "--micrographs", "sim/micrographs.star", "--box", "64",
+               "--bg-radius", "24", "--edge", "replicate", "--out", "ext_vs_rel", "--device", "cpu", "--quiet", cwd=work)
+    for i in (1, 2):
+        rel = torch.from_numpy(mrcfile.read(work / "RelPick" / "sim" / "micrographs" / f"mic_000{i}.mrcs").astype(np.float64))
+        ours = torch.from_numpy(mrcfile.read(work / "ext_vs_rel" / "Particles" / f"mic_000{i}.mrcs").astype(np.float64))
+        assert ours.shape == rel.shape
+        assert_images_correlated(ours, rel, 0.99, what=f"cryolens extract vs relion_preprocess on our picks, mic {i}")

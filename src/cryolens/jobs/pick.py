@@ -149,10 +149,10 @@ def _pick(unit: PickUnit, img: np.ndarray, progress=None):
 
 
 def _display(img: np.ndarray, pixel_size: float, diameter: float) -> tuple[np.ndarray, float]:
-    """The micrograph Fourier-cropped (a low-pass) to about diameter/10 Å per pixel, at most 1024 px a side;
+    """The micrograph Fourier-cropped (a low-pass) to about diameter/20 Å per pixel, at most 1024 px a side;
     returns ``(image, Å per pixel)``."""
     H, W = img.shape
-    target = max(diameter / 10, pixel_size * max(H, W) / _OVERLAY_MAX_PX)
+    target = max(diameter / 20, pixel_size * max(H, W) / _OVERLAY_MAX_PX)
     h, w = picking_shape((H, W), pixel_size, target)
     t = torch.from_numpy(np.require(img, dtype=np.float32, requirements="W"))
     small = fourier_crop_2d(t - t.mean(), (h, w)).numpy()
