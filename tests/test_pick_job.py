@@ -269,8 +269,25 @@ def test_bad_inputs_exit_2_and_write_nothing(work: Path):
     assert (work / "badp_nan" / "CRYOLENS_JOB_EXIT_FAILURE").exists()
     r = invoke_cli("pick", "--in", "sim/micrographs.star", "--out", "badp_nodiam", "--quiet", cwd=work, code=None)
     assert_user_error(r, "--diameter is needed")
+    r = invoke_cli("pick", "--rethreshold", "pk", "--in", "sim/micrographs.star", "--out", "badp_rt", cwd=work,
+                   code=None)
+    assert_user_error(r, "--rethreshold pk", "drop --in")
     r = invoke_cli("pick", "--rethreshold", "sim", "--out", "badp_rt", cwd=work, code=None)
     assert_user_error(r, "sim/job.json", "not a finished `cryolens pick` job")
+
+
+def test_in_a_project(work: Path):
+    """Inside a project the pick, its re-selection and a consensus are recorded as Pick/jobNNN."""
+    invoke_cli("project", "init", "proj", cwd=work)
+    invoke_cli("pick", "--in", "../sim/micrographs.star", *PICK, cwd=work / "proj")
+    invoke_cli("pick", "--rethreshold", "Pick/job001", "--threshold", "4", cwd=work / "proj")
+    invoke_cli("pick-consensus", "--in", "Pick/job001/coords.star", "--in", "Pick/job002/coords.star", "--radius", "5",
+               "--min-agree", "1", cwd=work / "proj")
+    for n in (1, 2, 3):
+        assert (work / "proj" / "Pick" / f"job00{n}" / "CRYOLENS_JOB_EXIT_SUCCESS").is_file(), n
+    assert len(coords(work / "proj" / "Pick" / "job003")) == len(coords(work / "proj" / "Pick" / "job001"))
+    r = invoke_cli("project", "jobs", cwd=work / "proj")
+    assert r.output.count("finished") >= 3, r.output
 
 
 def test_workflow_steps_parse(tmp_path: Path):

@@ -92,6 +92,11 @@ def pick(
     def body():
         checked_workers(j)
         if rethreshold is not None:
+            extra = [f for f, v in (("--in", micrographs), ("--templates", templates), ("--map", map_),
+                                    ("--preview", preview)) if v is not None]
+            if extra:
+                raise InputError(f"--rethreshold {rethreshold}: re-selects the picks that job stored, so "
+                                 f"{', '.join(extra)} cannot apply; drop {extra[0]} (or --rethreshold to pick again).")
             _rethreshold(rethreshold, params, out, project)
             return
         if params.diameter is None:
