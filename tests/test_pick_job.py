@@ -91,6 +91,9 @@ def test_picks_match_truth_and_outputs(work: Path):
     assert r["threshold"] == 3.0 and r["floor"] <= r["threshold"]
     every = starfile.read(out / "picks_all.star")
     assert len(every["micrographs"]) == 2 and len(every["picks"]) == r["n_candidates"] >= len(c)
+    chosen = every["picks"][every["picks"]["cryolensSelected"] == 1]
+    assert np.array_equal(chosen[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(),
+                          c[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy())
     assert (c["rlnAutopickFigureOfMerit"] > r["threshold"]).all()
     for f in ("scores.png", "picks_per_micrograph.png", "report.html", "autopick.star", "Overlays/mic_0001.png",
               "Overlays/mic_0002.png", "coords_suffix_autopick.star"):
@@ -162,6 +165,7 @@ def test_rethreshold_reads_stored_scores(work: Path):
     assert len(coords(work / "pk_t45")) == n45 < results(work / "pk")["n_picks"]
     assert f"{n45} picks" in r.output
     assert len(coords(work / "pk_max3")) == 6
+    assert int(starfile.read(work / "pk_max3" / "picks_all.star")["picks"]["cryolensSelected"].sum()) == 6
     assert results(work / "pk_max3")["threshold"] == 3.0
     assert (work / "pk_t45" / "Overlays" / "mic_0001.png").is_file()
     assert_user_error(low, "picks_all.star", "--threshold 0.5")

@@ -105,9 +105,14 @@ def as_pick_params(params: PickParams) -> PickParams:
     return PickParams(**{f.name: getattr(params, f.name) for f in dataclasses.fields(PickParams)})
 
 
-@functools.lru_cache(maxsize=2)
 def _reference(path: str, kind: str) -> tuple[torch.Tensor, float]:
-    """Templates ``(T, b, b)`` or a map ``(n, n, n)`` with its pixel size [Å] from the header (cached per process)."""
+    """Templates ``(T, b, b)`` or a map ``(n, n, n)`` with its pixel size [Å] from the header (cached per process
+    while the file is unchanged)."""
+    return _load_reference(path, kind, os.stat(path).st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_reference(path: str, kind: str, stamp: int) -> tuple[torch.Tensor, float]:
     data, apix = read_mrc(path)
     arr = np.asarray(data, dtype=np.float32)
     if kind == "templates" and arr.ndim == 2:

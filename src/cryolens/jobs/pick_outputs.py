@@ -9,7 +9,7 @@ the stored candidates. Files written into a job folder ``out``:
 * ``picks_all.star``: ``data_micrographs`` (rlnMicrographName, rlnMicrographPixelSize [Å],
   cryolensStem: the output name of the micrograph) and ``data_picks`` (every candidate:
   rlnMicrographName, rlnCoordinateX/Y [px of the micrograph], rlnAutopickFigureOfMerit [SD
-  of the score map], cryolensPickDiameter [Å]);
+  of the score map], cryolensPickDiameter [Å], cryolensSelected: 1 for the picks in coords.star);
 * ``coords.star``: one table ``data_particles`` of the selected picks (rlnMicrographName,
   rlnCoordinateX/Y [px], rlnAutopickFigureOfMerit), what ``cryolens extract --in`` reads;
 * RELION's layout: ``<path>_autopick.star`` per micrograph (rlnCoordinateX/Y,
@@ -40,13 +40,14 @@ from cryolens.io.atomic import write_text_atomic
 from cryolens.jobs.importing import star_name
 from cryolens.jobs.report import new_figure, save_figure, write_report
 
-__all__ = ["XY", "FOM", "DIAMETER", "SUFFIX", "relion_coord_name", "select_candidates", "write_picks_all",
+__all__ = ["XY", "FOM", "DIAMETER", "SELECTED", "SUFFIX", "relion_coord_name", "select_candidates", "write_picks_all",
            "read_picks_all", "write_coordinates", "draw_overlay", "plot_scores", "plot_picks_per_micrograph",
            "write_selection"]
 
 XY = ["rlnCoordinateX", "rlnCoordinateY"]
 FOM = "rlnAutopickFigureOfMerit"
 DIAMETER = "cryolensPickDiameter"
+SELECTED = "cryolensSelected"
 SUFFIX = "_autopick.star"
 _JOB_PART = re.compile(r"^(.*?/)job\d{3}[^/]*/(.*)$")
 
@@ -64,19 +65,21 @@ def relion_coord_name(micrograph: str, suffix: str = SUFFIX) -> str:
     return str(Path(rest).with_suffix("")) + suffix
 
 
-def select_candidates(candidates: pd.DataFrame, *, threshold: float, max_per_micrograph: int | None) -> pd.DataFrame:
-    """The picks of ``candidates`` (sorted by descending score within each micrograph) whose score is above
+def select_candidates(candidates: pd.DataFrame, *, threshold: float, max_per_micrograph: int | None) -> pd.Series:
+    """Which of ``candidates`` (sorted by descending score within each micrograph) are picks: score above
     ``threshold`` (SD), at most ``max_per_micrograph`` per micrograph (the highest), as
-    :func:`cryolens.picking.select_picks` selects them."""
-    sel = candidates[candidates[FOM] > threshold]
+    :func:`cryolens.picking.select_picks` selects them. Returns a bool Series on ``candidates``' index."""
+    above = candidates[FOM] > threshold
     if max_per_micrograph is not None:
-        sel = sel.groupby("rlnMicrographName", sort=False, group_keys=False).head(max_per_micrograph)
-    return sel.reset_index(drop=True)
+        rank = above.groupby(candidates["rlnMicrographName"], sort=False).cumsum()
+        above &= rank <= max_per_micrograph
+    return above
 
 
-def write_picks_all(path: Path, micrographs: pd.DataFrame, candidates: pd.DataFrame) -> None:
-    """``picks_all.star``: the micrographs (name, pixel size [Å], stem) and every candidate with its score."""
-    write_star(path, {"micrographs": micrographs, "picks": candidates})
+def write_picks_all(path: Path, micrographs: pd.DataFrame, candidates: pd.DataFrame, selected: pd.Series) -> None:
+    """``picks_all.star``: the micrographs (name, pixel size [Å], stem) and every candidate with its score and
+    ``cryolensSelected`` (1: in coords.star, 0: below the threshold or beyond --max-per-micrograph)."""
+    write_star(path, {"micrographs": micrographs, "picks": candidates.assign(**{SELECTED: selected.astype(int)})})
 
 
 def read_picks_all(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -90,7 +93,7 @@ def read_picks_all(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     mics = mics.copy()
     mics["rlnMicrographName"] = mics["rlnMicrographName"].astype(str)
     mics["cryolensStem"] = mics["cryolensStem"].astype(str)
-    picks = picks.copy()
+    picks = picks.drop(columns=[SELECTED], errors="ignore")
     picks["rlnMicrographName"] = picks["rlnMicrographName"].astype(str)
     return mics, picks
 
@@ -196,8 +199,9 @@ def write_selection(out: Path, micrographs: pd.DataFrame, candidates: pd.DataFra
 
     Returns the job results: counts, threshold, floor and picks per micrograph statistics.
     """
-    write_picks_all(out / "picks_all.star", micrographs, candidates)
-    picks = select_candidates(candidates, threshold=threshold, max_per_micrograph=max_per_micrograph)
+    selected = select_candidates(candidates, threshold=threshold, max_per_micrograph=max_per_micrograph)
+    write_picks_all(out / "picks_all.star", micrographs, candidates, selected)
+    picks = candidates[selected].reset_index(drop=True)
     names = micrographs["rlnMicrographName"].tolist()
     write_coordinates(out, names, picks, micrographs_star=micrographs_star)
     counts = picks.groupby("rlnMicrographName", sort=False).size().reindex(names, fill_value=0).to_numpy()
