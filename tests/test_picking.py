@@ -219,6 +219,14 @@ def test_non_maximum_suppression_is_greedy():
     assert keep.tolist() == [0, 2]
 
 
+def test_halo_drops_weak_side_lobes_only():
+    """With a halo, a weak peak just beyond the minimum distance goes; a comparable neighbour stays."""
+    xy = torch.tensor([[0.0, 0.0], [12.0, 0.0], [0.0, 12.0]])
+    score = torch.tensor([10.0, 5.0, 9.0])
+    assert sorted(suppress_non_maxima(xy, score, 10.0).tolist()) == [0, 1, 2]
+    assert sorted(suppress_non_maxima(xy, score, 10.0, halo=(15.0, 0.7)).tolist()) == [0, 2]
+
+
 def test_fourier_crop_keeps_values():
     img = torch.full((64, 96), 5.0)
     assert torch.allclose(fourier_crop_2d(img, (32, 48)), torch.full((32, 48), 5.0), atol=1e-5)

@@ -16,11 +16,16 @@ PICK_METHODS = ("matched", "log", "template")
 class PickParams(Params):
     """Options of :func:`cryolens.picking.pick_micrograph`; see each field's help (units there).
 
-    Derived defaults (``None``): ``diameter_max`` = ``diameter`` (one size);
-    ``min_distance`` = 0.8 × the largest diameter; ``edge`` = half the largest diameter;
+    Derived defaults (``None``): ``diameter_max`` = ``diameter`` (one size); ``threshold`` = 3
+    SD (matched), 1.5 (log), 3.5 (template);
+    ``min_distance`` = 0.8 × the smallest diameter; ``edge`` = half the largest diameter;
     ``pick_pixel_size`` = the mean diameter / 20 (never finer than the micrograph's pixel).
-    The score is in standard deviations of the score map (robust: 1.4826 × its median absolute
-    deviation about the median), so ``--threshold`` means the same for every method.
+    The score is in standard deviations of the score map's background (1.4826 × the median
+    absolute deviation of its dominant population, :func:`cryolens.picking.peaks.mode_stats`);
+    LoG maps are in their plain SD instead, hence the lower default threshold there.
+    Avoidance (``avoid_blobs``): the local mean and SD at σ = diameter/4 become z-scores about
+    ordinary ice (:func:`cryolens.picking.peaks.avoidance_mask`); areas beyond ``avoid_mean_z`` /
+    ``avoid_sd_z`` grown by a quarter diameter get no picks.
     """
 
     diameter: float | None = option(None, unit="Å", gt=0, help="Particle diameter (the smallest of a range "
@@ -32,11 +37,11 @@ class PickParams(Params):
                               "log: Laplacian of Gaussian over the diameter range; template: normalised "
                               "cross-correlation with templates (class averages or map projections)")
     threshold: float | None = option(None, help="Keep peaks whose score exceeds this many standard deviations of "
-                                                "the score map (robust SD: 1.4826 × median absolute deviation); "
+                                                "the score map's background (robust SD); "
                                                 "default 3 (matched), 1.5 (log: plain SD of each scale's map) or 3.5 "
                                                 "(template)")
     min_distance: float | None = option(None, unit="Å", gt=0,
-                                        help="Minimum distance between picks (default 0.8 × diameter)")
+                                        help="Minimum distance between picks (default 0.8 × --diameter)")
     edge: float | None = option(None, unit="Å", ge=0,
                                 help="No picks closer than this to the micrograph's border (default diameter/2)")
     halo: tuple[float, float] = option((1.2, 0.0), cli=False, help="Side-lobe suppression: within this many "
@@ -93,7 +98,7 @@ class PickParams(Params):
 
     def resolved_min_distance(self) -> float:
         """Minimum distance between picks in Å."""
-        return self.min_distance if self.min_distance is not None else 0.8 * self.diameters[1]
+        return self.min_distance if self.min_distance is not None else 0.8 * self.diameters[0]
 
     def resolved_edge(self) -> float:
         """Edge margin in Å."""

@@ -2,11 +2,21 @@
 
 The default (``method="matched"``) follows cisTEM's Find Particles (Sigworth 2004): the
 micrograph is Fourier-cropped to ~diameter/20 Å per pixel, whitened by its own radially
-averaged power spectrum, and correlated with a blob (a projected sphere of the particle's
-radius) that carries the micrograph's CTF and contrast (protein dark). Scores are robust
-z-scores of the score map (standard deviations). Peaks above the threshold, outside the edge
-margin and outside abnormal areas (:func:`cryolens.picking.peaks.avoidance_mask`) go through
-greedy non-maximum suppression at the minimum distance.
+averaged power spectrum, and correlated with a blob (a projected sphere of radius
+``blob_radius`` × diameter, 0.33 by default) that carries the micrograph's CTF and contrast
+(protein dark). Before that, abnormal areas (carbon, contaminants, their rims:
+:func:`cryolens.picking.peaks.avoidance_mask`) are found on the cropped micrograph and filled
+with the ice level, so that they neither dominate the whitening spectrum nor ring into their
+surroundings. Scores are z-scores of the score map about its background level
+(:func:`cryolens.picking.peaks.mode_z`; in standard deviations). Peaks above the threshold,
+outside the edge margin and outside the avoided areas go through greedy non-maximum
+suppression at the minimum distance, with a parabolic sub-pixel refinement.
+
+``method="log"``: scale-normalised Laplacian of Gaussian (σ = d/(2√2) over the diameter
+range) of the phase-flipped, whitened micrograph, each scale in SDs of its own map.
+``method="template"``: normalised cross-correlation with CTF-modulated templates (class
+averages, or projections of a map at HEALPix directions) at every ``psi_step`` in-plane
+rotation (:mod:`cryolens.picking.templates`).
 
 Coordinates returned are in pixels of the input micrograph (x = column, y = row, 0-based),
 as ``rlnCoordinateX/Y``.
@@ -32,7 +42,7 @@ from cryolens.picking.filters import (
     whitening_filter,
 )
 from cryolens.picking.params import PickParams
-from cryolens.picking.peaks import avoidance_mask, fill_areas, local_maxima, mode_z, refine_subpixel, robust_z, suppress_non_maxima
+from cryolens.picking.peaks import avoidance_mask, fill_areas, local_maxima, mode_z, refine_subpixel, suppress_non_maxima
 from cryolens.picking.templates import correlate_templates, map_projections, prepare_templates
 
 __all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape"]
@@ -207,10 +217,11 @@ def _sizes(d_min: float, d_max: float, step: float) -> torch.Tensor:
 
 
 def _best_over(maps: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-size maps made comparable (robust z each), then the best per pixel and its size (Å)."""
+    """Per-size maps made comparable (each in SDs of its background, :func:`mode_z`), then the best per
+    pixel and its size (Å)."""
     if maps.shape[0] == 1:
         return maps[0], torch.full_like(maps[0], float(sizes[0]))
-    z = torch.stack([robust_z(m) for m in maps])
+    z = torch.stack([mode_z(m) for m in maps])
     best, arg = z.max(dim=0)
     return best, sizes.to(best.device)[arg]
 
