@@ -320,6 +320,9 @@ def test_workflow_steps_parse(tmp_path: Path):
     pk = wf.steps[1]
     assert build_argv(pk.stage, {**pk.params, "in": "S/micrographs.star"}) == [
         "--in", "S/micrographs.star", "--diameter", "150", "--threshold", "3.5"]
+    path.write_text(textwrap.dedent(body.replace("{both.coords}", "{both.particles}")))
+    with pytest.raises(InputError, match="both"):  # pick-consensus declares its outputs: no particles
+        load_workflow(path, catalog)
     path.write_text(textwrap.dedent(body.replace("diameter = 150", "diameter = -1")))
     with pytest.raises(InputError, match=r"step pk: pick: .*--diameter -1"):
         load_workflow(path, catalog)

@@ -127,6 +127,7 @@ def _rethreshold(source: Path, params: PickParams, out: Path | None, project: Pa
     _print_picks(job.results, target.out)
 
 
+@declare(outputs=("coords", "autopick"))
 def pick_consensus(
     coords: Annotated[list[Path], typer.Option(
         "--in", help="A pick file (repeat for each set, two or more) of the same micrographs: coords.star of "
