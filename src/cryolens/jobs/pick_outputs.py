@@ -207,7 +207,7 @@ def write_selection(out: Path, micrographs: pd.DataFrame, candidates: pd.DataFra
     counts = picks.groupby("rlnMicrographName", sort=False).size().reindex(names, fill_value=0).to_numpy()
     images = _overlays(out, overlays_from, micrographs, picks)
     plot_scores(candidates[FOM].to_numpy(), threshold, out / "scores.png",
-                title=f"{len(candidates)} candidates, {len(picks)} above the threshold")
+                title=f"{len(candidates)} candidates, {len(picks)} picked")
     plot_picks_per_micrograph(counts, out / "picks_per_micrograph.png")
     results = dict(extra)
     results.update(n_micrographs=len(names), n_picks=len(picks), n_candidates=len(candidates),
