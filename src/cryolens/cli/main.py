@@ -10,6 +10,7 @@ from cryolens.cli import extract as _extract
 from cryolens.cli import fsc as _fsc
 from cryolens.cli import importing as _importing
 from cryolens.cli import motion as _motion
+from cryolens.cli import pick as _pick
 from cryolens.cli import postprocess as _postprocess
 from cryolens.cli import profiles as _profiles
 from cryolens.cli import project as _project
@@ -21,7 +22,7 @@ from cryolens.cli import simulate as _simulate
 
 app = typer.Typer(
     name="cryolens",
-    help="Cryo-EM single-particle analysis: import, motion, ctf, extract, select, reconstruct, refine, postprocess; workflows (run), projects, simulation.",
+    help="Cryo-EM single-particle analysis: import, motion, ctf, pick, extract, select, reconstruct, refine, postprocess; workflows (run), projects, simulation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -30,6 +31,8 @@ app.add_typer(_project.app, name="project")
 app.add_typer(_importing.app, name="import")
 app.command("motion")(_motion.motion)
 app.command("ctf")(_ctf.ctf)
+app.command("pick")(_pick.pick)
+app.command("pick-consensus")(_pick.pick_consensus)
 app.command("extract")(_extract.extract)
 app.add_typer(_select.app, name="select")
 app.command("reconstruct")(_reconstruct.reconstruct)
