@@ -237,8 +237,9 @@ def test_fourier_crop_keeps_values():
 
 
 def test_params_validation_names_flags():
-    with pytest.raises(ValueError, match="--diameter"):
-        PickParams().validate()
+    PickParams().validate()  # a re-selection needs no diameter; picking does:
+    with pytest.raises(ValueError, match="--diameter is needed"):
+        pick_micrograph(torch.zeros(64, 64), pixel_size=1.0, params=PickParams())
     with pytest.raises(ValueError, match="--diameter-max"):
         PickParams(diameter=200.0, diameter_max=100.0).validate()
     with pytest.raises(ValueError, match="--method"):

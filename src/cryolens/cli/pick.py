@@ -10,29 +10,18 @@ command as a step (the catalogue takes only commands made of options).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import (BackendOption, DeviceOption, OutOption, ProjectOption, QuietOption, WorkersOption,
-                                 checked_workers, console, device_option, job_target, progress_bar, run_guarded)
+from cryolens.cli.common import (JobOptions, MicrographJobOptions, console, device_option, job_target, progress_bar,
+                                 run_guarded)
 from cryolens.cli.declare import declare
 from cryolens.errors import InputError
 from cryolens.picking.params import PickParams
 
-__all__ = ["pick", "pick_consensus", "PickOptions"]
-
-
-@dataclass
-class PickOptions(PickParams):
-    """:class:`PickParams` as the command declares them: ``--diameter`` is checked by the job, not at parsing,
-    because ``--rethreshold`` needs none (picking still requires it: the job validates PickParams in full)."""
-
-    def check(self) -> None:
-        if self.diameter is not None:
-            super().check()
+__all__ = ["pick", "pick_consensus"]
 
 
 def _print_picks(r: dict, out: Path) -> None:
@@ -43,12 +32,12 @@ def _print_picks(r: dict, out: Path) -> None:
         console.print(f"[yellow]warning[/] {w}", highlight=False)
 
 
-@declare(params=PickOptions, outputs=("coords", "picks_all", "autopick"))
+@declare(params=PickParams, run=MicrographJobOptions, outputs=("coords", "picks_all", "autopick"))
 def pick(
     micrographs: Annotated[Optional[Path], typer.Option(
         "--in", help="micrographs_ctf.star (RELION 3.1 optics + micrographs); CTF columns, when present, make the "
                      "picker CTF-aware.")] = None,
-    params: PickOptions = None,
+    params: PickParams = None,
     templates: Annotated[Optional[Path], typer.Option(
         "--templates", help="Class averages (MRC stack, white on black, pixel size in the header) to pick with "
                             "(--method template).")] = None,
@@ -61,12 +50,7 @@ def pick(
     preview: Annotated[Optional[str], typer.Option(
         "--preview", help="Pick only this micrograph (a name in --in, or an MRC file) and write "
                           "preview_<name>.png into --out (default: the current folder); no job.")] = None,
-    backend: BackendOption = None,
-    j: WorkersOption = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    device: DeviceOption = "auto",
-    quiet: QuietOption = False,
+    run: MicrographJobOptions = None,
 ) -> None:
     """Pick particles: a CTF-aware matched filter (default), Laplacian of Gaussian or templates.
 
@@ -90,44 +74,43 @@ def pick(
       cryolens pick --in ctf/micrographs_ctf.star --diameter 120 --diameter-max 180 --method log --out pick_log --j 4
     """
     def body():
-        checked_workers(j)
         if rethreshold is not None:
             extra = [f for f, v in (("--in", micrographs), ("--templates", templates), ("--map", map_),
                                     ("--preview", preview)) if v is not None]
             if extra:
                 raise InputError(f"--rethreshold {rethreshold}: re-selects the picks that job stored, so "
                                  f"{', '.join(extra)} cannot apply; drop {extra[0]} (or --rethreshold to pick again).")
-            _rethreshold(rethreshold, params, out, project)
+            _rethreshold(rethreshold, params, run)
             return
         if params.diameter is None:
             raise InputError("--diameter is needed: the particle diameter in Å.")
         if preview is not None:
             from cryolens.jobs.pick import preview_pick
-            png, n = preview_pick(preview, params, micrographs_star=micrographs, out_dir=out or Path("."),
-                                  templates=templates, map=map_, device=device_option(device))
+            png, n = preview_pick(preview, params, micrographs_star=micrographs, out_dir=run.out or Path("."),
+                                  templates=templates, map=map_, device=device_option(run.device))
             console.print(f"{n} picks -> {png}", highlight=False)
             return
         if micrographs is None:
             raise InputError("--in micrographs.star is needed (or --rethreshold DIR, or --preview MICROGRAPH).")
         from cryolens.jobs.pick import run_pick
-        dev = device_option(device)
-        with job_target("pick", out, project) as target, progress_bar("picking", quiet=quiet) as cb:
-            job = run_pick(micrographs, target.out, params, templates=templates, map=map_, backend=backend,
-                           workers=j, device=dev, progress=cb, observer=target.observer)
+        dev = device_option(run.device)
+        with job_target("pick", run.out, run.project) as target, progress_bar("picking", quiet=run.quiet) as cb:
+            job = run_pick(micrographs, target.out, params, templates=templates, map=map_, backend=run.backend,
+                           workers=run.j, device=dev, progress=cb, observer=target.observer)
         _print_picks(job.results, target.out)
 
     run_guarded(body)
 
 
-def _rethreshold(source: Path, params: PickParams, out: Path | None, project: Path | None) -> None:
+def _rethreshold(source: Path, params: PickParams, run: JobOptions) -> None:
     from cryolens.jobs.pick_select import run_rethreshold
-    with job_target("pick", out, project) as target:
+    with job_target("pick", run.out, run.project) as target:
         job = run_rethreshold(source, target.out, threshold=params.threshold,
                               max_per_micrograph=params.max_per_micrograph, observer=target.observer)
     _print_picks(job.results, target.out)
 
 
-@declare(outputs=("coords", "autopick"))
+@declare(run=JobOptions, omit=("device",), outputs=("coords", "autopick"))
 def pick_consensus(
     coords: Annotated[list[Path], typer.Option(
         "--in", help="A pick file (repeat for each set, two or more) of the same micrographs: coords.star of "
@@ -136,9 +119,7 @@ def pick_consensus(
         "--radius", help="Picks of different sets closer than this are one particle (pixels of the micrograph).")],
     min_agree: Annotated[Optional[int], typer.Option(
         "--min-agree", help="Keep particles found by at least this many sets (default: all of them).")] = None,
-    out: OutOption = None,
-    project: ProjectOption = None,
-    quiet: QuietOption = False,
+    run: JobOptions = None,
 ) -> None:
     """Consensus of pick sets (Scipion's): the number of sets agreeing on a particle is its rlnAutopickFigureOfMerit.
 
@@ -152,7 +133,7 @@ def pick_consensus(
     """
     def body():
         from cryolens.jobs.pick_select import run_pick_consensus
-        with job_target("pick", out, project) as target:
+        with job_target("pick", run.out, run.project) as target:
             job = run_pick_consensus(coords, target.out, radius=radius, min_agree=min_agree, observer=target.observer)
         r = job.results
         console.print(f"{r['n_picks']} picks found by at least {r['min_agree']} of {r['n_sets']} sets in "

@@ -46,7 +46,7 @@ from cryolens.picking import PickParams, pick_micrograph
 from cryolens.picking.filters import fourier_crop_2d
 from cryolens.picking.picker import picking_shape
 
-__all__ = ["PickUnit", "pick_unit", "run_pick", "preview_pick", "pick_backend_spec", "as_pick_params",
+__all__ = ["PickUnit", "pick_unit", "run_pick", "preview_pick", "pick_backend_spec",
            "N_OVERLAYS", "OUTPUTS"]
 
 #: The outputs recorded in job.json (name -> file in the job folder).
@@ -96,13 +96,6 @@ class PickUnit:
     def record(self) -> UnitRecord:
         """The unit's results JSON ``Candidates/<stem>.json`` (written last)."""
         return UnitRecord(str(Path(self.out_dir) / "Candidates" / f"{self.stem}.json"), self.key)
-
-
-def as_pick_params(params: PickParams) -> PickParams:
-    """``params`` as a plain :class:`PickParams` (a command's subclass of it becomes the stage's class)."""
-    if type(params) is PickParams:
-        return params
-    return PickParams(**{f.name: getattr(params, f.name) for f in dataclasses.fields(PickParams)})
 
 
 def _reference(path: str, kind: str) -> tuple[torch.Tensor, float]:
@@ -316,8 +309,11 @@ def run_pick(micrographs_star: str | os.PathLike, out_dir: str | os.PathLike, pa
             touched unless a micrograph's data turn out unreadable.
     """
     mics_star, out = Path(micrographs_star), Path(out_dir)
-    params = as_pick_params(params)
     check_params("pick", params)
+    try:
+        params.require_diameter()
+    except ValueError as e:
+        raise InputError(f"pick: {e}.") from None
     tpath = Path(templates) if templates is not None else None
     mpath = Path(map) if map is not None else None
     params = _method(params, tpath, mpath)
@@ -375,8 +371,11 @@ def preview_pick(micrograph: str, params: PickParams, *, micrographs_star: str |
     ``micrograph`` is a name in ``micrographs_star`` (its pixel size and CTF are used) or an MRC
     file (pixel size from its header, no CTF). Returns ``(png path, number of picks)``.
     """
-    params = as_pick_params(params)
     check_params("pick", params)
+    try:
+        params.require_diameter()
+    except ValueError as e:
+        raise InputError(f"pick: {e}.") from None
     tpath = Path(templates) if templates is not None else None
     mpath = Path(map) if map is not None else None
     params = _method(params, tpath, mpath)

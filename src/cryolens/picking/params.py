@@ -72,14 +72,19 @@ class PickParams(Params):
     batch_size: int = option(32, ge=1, help="Templates per correlation batch (bounds memory)")
 
     def check(self) -> None:
-        if self.diameter is None:
-            raise ValueError(f"{self.flag('diameter')} is needed: the particle diameter in Å")
-        if self.diameter_max is not None and self.diameter_max < self.diameter:
+        """Ranges in order. ``--diameter`` may be missing here (``cryolens pick --rethreshold`` needs none);
+        :meth:`require_diameter` is what picking calls."""
+        if self.diameter is not None and self.diameter_max is not None and self.diameter_max < self.diameter:
             raise ValueError(f"{self.flag('diameter_max')} {self.diameter_max:g}: must be ≥ "
                              f"{self.flag('diameter')} {self.diameter:g} Å")
         if self.lowpass is not None and self.highpass is not None and self.highpass <= self.lowpass:
             raise ValueError(f"{self.flag('highpass')} {self.highpass:g}: must be larger than "
                              f"{self.flag('lowpass')} {self.lowpass:g} Å")
+
+    def require_diameter(self) -> None:
+        """ValueError naming ``--diameter`` when it is missing (picking needs it)."""
+        if self.diameter is None:
+            raise ValueError(f"{self.flag('diameter')} is needed: the particle diameter in Å")
 
     # ---- derived values (Å)
     @property

@@ -148,6 +148,7 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
         ``method="template"`` without templates or a map.
     """
     params.validate()
+    params.require_diameter()
     dev = torch.device(device) if device is not None else image.device
     img = image.to(device=dev, dtype=torch.float32)
     H, W = img.shape
