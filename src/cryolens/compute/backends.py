@@ -60,6 +60,24 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def default_spec(backend: str | None, workers: int | None, n_units: int, device: str) -> str:
+    """The backend spec a per-micrograph job uses for ``--backend``/``--j``: the one given; else on the CPU
+    ``threads:N`` (N = cores, at most one per unit), or ``local:N`` processes when ``workers`` is given;
+    ``inprocess`` on a GPU (one process owns it) or for a single unit.
+
+    Raises:
+        InputError: ``workers`` together with ``backend`` (``--j`` only sizes the local backend).
+    """
+    if backend is not None:
+        if workers is not None:
+            raise InputError(f"--j {workers} applies to the local backend only; drop it or drop --backend.")
+        return backend.strip()
+    n = max(1, min(workers or cpu_count(), n_units))
+    if str(device).startswith("cuda") or n == 1:
+        return "inprocess"
+    return f"threads:{n}" if workers is None else f"local:{n}"
+
+
 class Backend:
     """Maps a picklable function over picklable items; use as a context manager."""
 

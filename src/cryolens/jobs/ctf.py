@@ -42,7 +42,7 @@ from cryolens.io.images import resolve_path
 from cryolens.jobs.ctf_plots import plot_ctf_diagnostic, plot_ctf_summary
 from cryolens.jobs.report import write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
-from cryolens.jobs.units import UnitRecord, fingerprint, unique_stems
+from cryolens.jobs.units import UnitRecord, check_pixel_size, fingerprint, unique_stems
 
 __all__ = ["run_ctf", "run_ctf_power_spectrum", "MicrographUnit", "fit_micrograph", "CTF_COLUMNS", "PLANE_COLUMNS"]
 
@@ -51,7 +51,6 @@ CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift",
                "rlnCtfFigureOfMerit", "rlnCtfMaxResolution")
 #: Patch-CTF plane columns (only with patches; stale input values are dropped otherwise).
 PLANE_COLUMNS = ("cryolensDefocusPlaneC0", "cryolensDefocusGradientX", "cryolensDefocusGradientY")
-_PIXEL_TOLERANCE = 0.02  # relative disagreement between header and optics pixel sizes that is an error
 _PLOT_LOCK = threading.Lock()  # pyplot is not thread-safe (backend threads:N): one diagnostic at a time
 _SUBSUM_DOSE = 4.5  # e-/Å² per movie-frame sub-sum (Thon rings show best at ~4-5, McMullan et al. 2015)
 
@@ -114,10 +113,7 @@ def _read_image(unit: MicrographUnit) -> np.ndarray:
         if img.ndim != 2:
             raise InputError(f"{unit.path}: holds {img.shape[0]} images, not one micrograph; give single-image "
                              "micrographs in rlnMicrographName.")
-        if header_apix > 0 and abs(header_apix - unit.pixel_size) > _PIXEL_TOLERANCE * unit.pixel_size:
-            raise InputError(f"{unit.path}: the header pixel size {header_apix:.4f} Å disagrees with "
-                             f"rlnMicrographPixelSize {unit.pixel_size:.4f} Å of its optics group; correct the STAR "
-                             "file's optics (or the MRC header).")
+        check_pixel_size(unit.path, header_apix, unit.pixel_size)
     if not np.isfinite(img).all():
         raise InputError(f"{what}: contains NaN or infinite values; repair or remove it from the STAR file.")
     if unit.movie is None and looks_like_power_spectrum(torch.as_tensor(img)):

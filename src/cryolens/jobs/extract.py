@@ -51,10 +51,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.compute.backends import cpu_count, get_backend
+from cryolens.compute.backends import default_spec, get_backend
 from cryolens.errors import InputError
 from cryolens.extract import ExtractParams, MicrographCTF, boxes_inside, iter_extract, recentre
-from cryolens.io import (merge_optics, open_stack, read_micrographs, read_mrc, read_mrc_header, require_columns,
+from cryolens.io import (merge_optics, open_stack, read_micrographs, read_mrc, require_columns,
                          write_particles)
 from cryolens.io.images import format_image_name
 from cryolens.io.stack_writer import StackWriter
@@ -62,7 +62,7 @@ from cryolens.jobs.extract_inputs import XY, Positions, match_micrographs, read_
 from cryolens.jobs.importing import star_name
 from cryolens.jobs.report import plot_gallery, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
-from cryolens.jobs.units import UnitRecord, fingerprint, unique_stems
+from cryolens.jobs.units import UnitRecord, check_micrograph_header, fingerprint, unique_stems
 
 __all__ = ["run_extract", "ExtractUnit", "extract_micrograph", "MICROGRAPH_CTF_COLUMNS"]
 
@@ -70,7 +70,6 @@ __all__ = ["run_extract", "ExtractUnit", "extract_micrograph", "MICROGRAPH_CTF_C
 MICROGRAPH_CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnPhaseShift", "rlnCtfBfactor",
                           "rlnCtfScalefactor", "rlnCtfAstigmatism", "rlnCtfMaxResolution", "rlnCtfFigureOfMerit")
 ORIGINS = ["rlnOriginXAngst", "rlnOriginYAngst"]
-_PIXEL_TOLERANCE = 0.02  # relative disagreement between header and optics pixel sizes that is an error
 _GALLERY = 32  # particles shown in gallery.png
 
 
@@ -197,19 +196,7 @@ def _positions_of(pos: Positions, mics: pd.DataFrame, mics_star: Path) -> tuple[
 
 
 def _header_shape(path: Path, apix: float, box: int) -> tuple[int, int]:
-    info = read_mrc_header(path)
-    nz, ny, nx = info.shape
-    if nz != 1:
-        raise InputError(f"{path}: holds {nz} images, not one micrograph; give single-image micrographs in "
-                         "rlnMicrographName.")
-    compressed = path.suffix.lower() in (".gz", ".bz2")
-    if not compressed and path.stat().st_size < 1024 + nx * ny * info.dtype.itemsize:
-        raise InputError(f"{path}: the file is shorter than its header's {nx} x {ny} {info.dtype} image (truncated); "
-                         "re-copy or re-export it.")
-    if info.voxel_size > 0 and abs(info.voxel_size - apix) > _PIXEL_TOLERANCE * apix:
-        raise InputError(f"{path}: the header pixel size {info.voxel_size:.4f} Å disagrees with "
-                         f"rlnMicrographPixelSize {apix:.4f} Å of its optics group; correct the STAR file's optics "
-                         "(or the MRC header).")
+    ny, nx = check_micrograph_header(path, apix)
     if box > min(nx, ny):
         raise InputError(f"{path}: the box of {box} px is larger than the micrograph ({nx} x {ny} px); give a "
                          "smaller --box.")
@@ -322,18 +309,6 @@ def _gallery(units: list[ExtractUnit], results: list[dict], path: Path) -> bool:
     return True
 
 
-def _backend_spec(backend: str | None, workers: int | None, n_units: int, device: str) -> str:
-    """``--backend``/``--j``: threads on the CPU, one process on a GPU or for one micrograph."""
-    if backend is not None:
-        if workers is not None:
-            raise InputError(f"--j {workers} applies to the local backend only; drop it or drop --backend.")
-        return backend.strip()
-    n = max(1, min(workers or cpu_count(), n_units))
-    if device.startswith("cuda") or n == 1:
-        return "inprocess"
-    return f"threads:{n}" if workers is None else f"local:{n}"
-
-
 def run_extract(coords_star: str | os.PathLike, micrographs_star: str | os.PathLike, out_dir: str | os.PathLike,
                 params: ExtractParams, *, recentre: bool = False, backend: str | None = None,
                 workers: int | None = None, device: torch.device | str = "cpu",
@@ -366,7 +341,7 @@ def run_extract(coords_star: str | os.PathLike, micrographs_star: str | os.PathL
     check_params("extract", params)
     dev = str(torch.device(device))
     plan = _plan(coords_star, mics_star, out, params, dev, recentre)
-    spec = _backend_spec(backend, workers, len(plan.units), dev)
+    spec = default_spec(backend, workers, len(plan.units), dev)
     local = spec.split(":")[0] in ("threads", "inprocess", "local")
     be = get_backend(spec) if local else None  # a bad local spec fails here; remote backends connect in the job
     job_params = {**dataclasses.asdict(params), "recentre": recentre, "backend": spec, "workers": workers}

@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.compute.backends import cpu_count, get_backend
+from cryolens.compute.backends import cpu_count, default_spec, get_backend
 from cryolens.compute.threads import Threads
 from cryolens.errors import InputError
 from cryolens.io import read_micrographs, require_columns, resolve_path, write_micrographs
@@ -181,12 +181,7 @@ def run_motion(star: str | os.PathLike, out_dir: str | os.PathLike, motion_param
     dev = str(device)
     tasks, optics, movies, notes = _build_tasks(star, out, motion_params, options, dev)
     n_workers = max(1, min(workers or cpu_count(), len(tasks)))
-    if backend is not None:
-        spec = backend.strip()
-    elif dev.startswith("cuda") or n_workers == 1:
-        spec = "inprocess"  # one process owns the GPU; one core: nothing to overlap
-    else:
-        spec = f"threads:{n_workers}" if workers is None else f"local:{n_workers}"
+    spec = default_spec(backend, workers, len(tasks), dev)
     threads = None  # threads are checked before the job starts; other backends open inside it (Dask connects)
     if spec == "threads":
         threads = Threads(n_workers)

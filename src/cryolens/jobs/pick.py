@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.compute.backends import cpu_count, get_backend
+from cryolens.compute.backends import default_spec, get_backend
 from cryolens.errors import InputError
 from cryolens.extract import MicrographCTF
 from cryolens.io import (merge_optics, read_micrographs, read_mrc, read_mrc_header, read_star, require_columns, write_mrc,
@@ -41,12 +41,12 @@ from cryolens.io import (merge_optics, read_micrographs, read_mrc, read_mrc_head
 from cryolens.jobs.extract_inputs import match_micrographs, resolve_file
 from cryolens.jobs.pick_outputs import DIAMETER, FOM, XY, draw_overlay, write_selection
 from cryolens.jobs.runner import Job, JobObserver, check_params
-from cryolens.jobs.units import UnitRecord, fingerprint, unique_stems
+from cryolens.jobs.units import UnitRecord, check_micrograph_header, fingerprint, unique_stems
 from cryolens.picking import PickParams, pick_micrograph
 from cryolens.picking.filters import fourier_crop_2d
 from cryolens.picking.picker import picking_shape
 
-__all__ = ["PickUnit", "pick_unit", "run_pick", "preview_pick", "pick_backend_spec",
+__all__ = ["PickUnit", "pick_unit", "run_pick", "preview_pick", 
            "N_OVERLAYS", "OUTPUTS"]
 
 #: The outputs recorded in job.json (name -> file in the job folder).
@@ -201,15 +201,8 @@ def _check_reference(path: Path | None, what: str, flag: str) -> str | None:
 
 
 def _header_check(path: Path, apix: float, diameter: float) -> None:
-    """One micrograph's header: one image, not truncated, larger than the diameter."""
-    info = read_mrc_header(path)
-    nz, ny, nx = info.shape
-    if nz != 1:
-        raise InputError(f"{path}: holds {nz} images, not one micrograph; give single-image micrographs in "
-                         "rlnMicrographName.")
-    if path.suffix.lower() not in (".gz", ".bz2") and path.stat().st_size < 1024 + nx * ny * info.dtype.itemsize:
-        raise InputError(f"{path}: the file is shorter than its header's {nx} x {ny} {info.dtype} image (truncated); "
-                         "re-copy or re-export it.")
+    """One micrograph's header: one image, not truncated, its pixel size, larger than the diameter."""
+    ny, nx = check_micrograph_header(path, apix)
     if diameter >= min(nx, ny) * apix:
         raise InputError(f"{path}: the particle diameter {diameter:g} Å is not smaller than the micrograph "
                          f"({nx} x {ny} px at {apix:g} Å/px); give a smaller --diameter (in Å).")
@@ -271,18 +264,6 @@ def _candidate_options(params: PickParams) -> dict:
     return {**d, "floor": min(params.keep_floor, params.resolved_threshold())}
 
 
-def pick_backend_spec(backend: str | None, workers: int | None, n_units: int, device: str) -> str:
-    """``--backend``/``--j``: threads on the CPU, one process on a GPU or for one micrograph."""
-    if backend is not None:
-        if workers is not None:
-            raise InputError(f"--j {workers} applies to the local backend only; drop it or drop --backend.")
-        return backend.strip()
-    n = max(1, min(workers or cpu_count(), n_units))
-    if device.startswith("cuda") or n == 1:
-        return "inprocess"
-    return f"threads:{n}" if workers is None else f"local:{n}"
-
-
 def run_pick(micrographs_star: str | os.PathLike, out_dir: str | os.PathLike, params: PickParams, *,
              templates: str | os.PathLike | None = None, map: str | os.PathLike | None = None,  # noqa: A002
              backend: str | None = None, workers: int | None = None, device: torch.device | str = "cpu",
@@ -321,7 +302,7 @@ def run_pick(micrographs_star: str | os.PathLike, out_dir: str | os.PathLike, pa
     mname = _check_reference(mpath, "map", "--map")
     dev = str(torch.device(device))
     units, has_ctf = _plan(mics_star, out, params, dev, tname, mname)
-    spec = pick_backend_spec(backend, workers, len(units), dev)
+    spec = default_spec(backend, workers, len(units), dev)
     local = spec.split(":")[0] in ("threads", "inprocess", "local")
     be = get_backend(spec) if local else None  # a bad local spec fails here; remote backends connect in the job
     threshold = params.resolved_threshold()

@@ -33,9 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryolens.errors import InputError
 from cryolens.io.atomic import write_json_atomic
+from cryolens.io.mrc import read_mrc_header
 
-__all__ = ["UnitRecord", "file_stamp", "fingerprint", "unique_stems"]
+__all__ = ["UnitRecord", "file_stamp", "fingerprint", "unique_stems", "PIXEL_TOLERANCE", "check_pixel_size",
+           "check_micrograph_header"]
+
+#: Relative disagreement between a micrograph header's pixel size and its optics group's that is an error.
+PIXEL_TOLERANCE = 0.02
 
 
 def file_stamp(path: str | os.PathLike) -> list:
@@ -107,3 +113,26 @@ class UnitRecord:
         record = {"key": self.key, "files": names, **results}
         write_json_atomic(p, record)
         return dict(results)
+
+
+def check_pixel_size(path: str | os.PathLike, header_apix: float, apix: float) -> None:
+    """One policy for every per-micrograph stage: a header pixel size (0 = unset) that disagrees with the optics
+    group's ``rlnMicrographPixelSize`` by more than :data:`PIXEL_TOLERANCE` is an InputError naming both."""
+    if header_apix > 0 and abs(header_apix - apix) > PIXEL_TOLERANCE * apix:
+        raise InputError(f"{path}: the header pixel size {header_apix:.4f} Å disagrees with rlnMicrographPixelSize "
+                         f"{apix:.4f} Å of its optics group; correct the STAR file's optics (or the MRC header).")
+
+
+def check_micrograph_header(path: Path, apix: float) -> tuple[int, int]:
+    """``(rows, columns)`` of a micrograph from its header alone (cheap, before a job starts): one image, not
+    truncated, its pixel size as the optics say (:func:`check_pixel_size`); InputError naming the file otherwise."""
+    info = read_mrc_header(path)
+    nz, ny, nx = info.shape
+    if nz != 1:
+        raise InputError(f"{path}: holds {nz} images, not one micrograph; give single-image micrographs in "
+                         "rlnMicrographName.")
+    if path.suffix.lower() not in (".gz", ".bz2") and path.stat().st_size < 1024 + nx * ny * info.dtype.itemsize:
+        raise InputError(f"{path}: the file is shorter than its header's {nx} x {ny} {info.dtype} image (truncated); "
+                         "re-copy or re-export it.")
+    check_pixel_size(path, info.voxel_size, apix)
+    return ny, nx
