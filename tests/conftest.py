@@ -64,6 +64,22 @@ def invoke_cli(*args: str, cwd: Path | str | None = None, code: int | None = 0, 
     return result
 
 
+def job_results(folder: Path | str) -> dict:
+    """The ``results`` of a job folder's ``job.json``."""
+    import json
+    return json.loads((Path(folder) / "job.json").read_text())["results"]
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    """A user error as the house wants it: exit 2, no traceback, one sentence holding every fragment
+    (``result``: a ``click.testing.Result``)."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert "Traceback" not in result.output
+    text = " ".join(result.output.split())
+    for f in fragments:
+        assert f in text, text
+
+
 def pytest_collection_modifyitems(config, items):
     skip_relion = pytest.mark.skip(reason="RELION 3.1 binaries not on PATH (apt-get install relion)")
     for item in items:

@@ -9,7 +9,6 @@ Runs the CLI in-process on two small simulated micrographs (512², 1.75 Å/px, s
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import textwrap
@@ -21,7 +20,7 @@ import pandas as pd
 import pytest
 import starfile
 import torch
-from conftest import invoke_cli
+from conftest import assert_user_error, invoke_cli, job_results as results
 from helpers import assert_images_correlated
 
 from cryolens.extract import recentre
@@ -36,19 +35,6 @@ def extract(work: Path, out: str, *args: str, inp: str = "sim/coords.star", mics
             code: int | None = 0):
     return invoke_cli("extract", "--in", inp, "--micrographs", mics, "--out", out, *EXTRACT, *args, cwd=work,
                       code=code)
-
-
-def results(folder: Path) -> dict:
-    return json.loads((folder / "job.json").read_text())["results"]
-
-
-def assert_user_error(r, *fragments: str) -> None:
-    """Exit 2, one sentence naming what it should, no traceback."""
-    assert r.exit_code == 2, (r.exit_code, r.output)
-    assert "Traceback" not in r.output
-    text = " ".join(r.output.split())
-    for f in fragments:
-        assert f in text, text
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import starfile
 import torch
-from conftest import invoke_cli
+from conftest import assert_user_error, invoke_cli, job_results as results
 from helpers import assert_images_correlated
 
 from cryolens.jobs.pick_outputs import relion_coord_name
@@ -35,19 +35,6 @@ PICK = ("--diameter", str(DIAMETER), "--device", "cpu", "--quiet")
 
 def pick(work: Path, out: str, *args: str, mics: str = "sim/micrographs.star", code: int | None = 0):
     return invoke_cli("pick", "--in", mics, "--out", out, *PICK, *args, cwd=work, code=code)
-
-
-def results(folder: Path) -> dict:
-    return json.loads((folder / "job.json").read_text())["results"]
-
-
-def assert_user_error(r, *fragments: str) -> None:
-    """Exit 2, one sentence naming what it should, no traceback."""
-    assert r.exit_code == 2, (r.exit_code, r.output)
-    assert "Traceback" not in r.output
-    text = " ".join(r.output.split())
-    for f in fragments:
-        assert f in text, text
 
 
 @pytest.fixture(scope="module")
