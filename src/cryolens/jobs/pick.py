@@ -264,6 +264,21 @@ def _candidate_options(params: PickParams) -> dict:
     return {**d, "floor": min(params.keep_floor, params.resolved_threshold())}
 
 
+def _checked_inputs(params: PickParams, templates, map):
+    """Params validated (a diameter required) and the method set by the references given; the references'
+    paths and checked names."""
+    check_params("pick", params)
+    try:
+        params.require_diameter()
+    except ValueError as e:
+        raise InputError(f"pick: {e}.") from None
+    tpath = Path(templates) if templates is not None else None
+    mpath = Path(map) if map is not None else None
+    params = _method(params, tpath, mpath)
+    return params, tpath, mpath, _check_reference(tpath, "templates", "--templates"), \
+        _check_reference(mpath, "map", "--map")
+
+
 def run_pick(micrographs_star: str | os.PathLike, out_dir: str | os.PathLike, params: PickParams, *,
              templates: str | os.PathLike | None = None, map: str | os.PathLike | None = None,  # noqa: A002
              backend: str | None = None, workers: int | None = None, device: torch.device | str = "cpu",
@@ -290,16 +305,7 @@ def run_pick(micrographs_star: str | os.PathLike, out_dir: str | os.PathLike, pa
             touched unless a micrograph's data turn out unreadable.
     """
     mics_star, out = Path(micrographs_star), Path(out_dir)
-    check_params("pick", params)
-    try:
-        params.require_diameter()
-    except ValueError as e:
-        raise InputError(f"pick: {e}.") from None
-    tpath = Path(templates) if templates is not None else None
-    mpath = Path(map) if map is not None else None
-    params = _method(params, tpath, mpath)
-    tname = _check_reference(tpath, "templates", "--templates")
-    mname = _check_reference(mpath, "map", "--map")
+    params, tpath, mpath, tname, mname = _checked_inputs(params, templates, map)
     dev = str(torch.device(device))
     units, has_ctf = _plan(mics_star, out, params, dev, tname, mname)
     spec = default_spec(backend, workers, len(units), dev)
@@ -352,16 +358,7 @@ def preview_pick(micrograph: str, params: PickParams, *, micrographs_star: str |
     ``micrograph`` is a name in ``micrographs_star`` (its pixel size and CTF are used) or an MRC
     file (pixel size from its header, no CTF). Returns ``(png path, number of picks)``.
     """
-    check_params("pick", params)
-    try:
-        params.require_diameter()
-    except ValueError as e:
-        raise InputError(f"pick: {e}.") from None
-    tpath = Path(templates) if templates is not None else None
-    mpath = Path(map) if map is not None else None
-    params = _method(params, tpath, mpath)
-    tname = _check_reference(tpath, "templates", "--templates")
-    mname = _check_reference(mpath, "map", "--map")
+    params, tpath, mpath, tname, mname = _checked_inputs(params, templates, map)
     dev = str(torch.device(device))
     unit = None
     if micrographs_star is not None:
