@@ -1,9 +1,10 @@
 """Coordinate formats of `cryolens import coords` and `cryolens extract`: crYOLO CBOX and STAR, Topaz,
-cisTEM, and the real RELION-5 picks of ../shared/data read unchanged.
+cisTEM (text in Å and .plt), and the real RELION-5 picks of ../shared/data read unchanged.
 
 Oracles: centres written by hand (crYOLO writes a CBOX box's corner as centre - box/2; cisTEM's
-RELION export writes x/pixel size as rlnCoordinateX), the RELION-5 autopick files as RELION
-wrote them, and RELION 3.1's extraction reading the coordinate STAR files we write.
+RELION export writes x/pixel size as rlnCoordinateX, its .plt export row = height - y/pixel size
++ 1), the RELION-5 autopick files as RELION wrote them, and RELION 3.1's extraction reading the
+coordinate STAR files we write.
 """
 
 from __future__ import annotations
@@ -171,6 +172,17 @@ def test_import_cistem_angstrom_to_pixels(tmp_path: Path):
     assert np.allclose(written(tmp_path, "ik", "mic1")[XY].values, [[10.0, 0.0]])
     r = import_coords(tmp_path, "cistem.txt", "--format", "cistem", "--scale", "2", "--out", "ik2", code=2)
     assert_user_error(r, "--scale")
+
+
+def test_import_cistem_plt_export(tmp_path: Path):
+    """cisTEM writes row = height - y/apix + 1, column = x/apix + 1: a pick at (20, 30) px of an 80-row
+    micrograph is '51 21 1'."""
+    make_project(tmp_path)
+    (tmp_path / "mic1.plt").write_text(f"{51:14.5f} {21:14.5f} {1:14.5f}\n{80:14.5f} {1:14.5f} {1:14.5f}\n")
+    import_coords(tmp_path, "mic1.plt", "--out", "ip")
+    assert written(tmp_path, "ip", "mic1")[XY].values.tolist() == [[20.0, 30.0], [0.0, 1.0]]
+    (tmp_path / "Mics" / "mic1.mrc").unlink()
+    assert_user_error(import_coords(tmp_path, "mic1.plt", "--out", "ip2", code=2), "mic1.plt", "must be readable")
 
 
 def test_unknown_format_names_the_flag(tmp_path: Path):

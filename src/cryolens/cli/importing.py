@@ -189,7 +189,7 @@ def coords(
     run: JobOptions = None,
 ) -> None:
     """Import particle coordinates: RELION or crYOLO .star, crYOLO .cbox and EMAN .box (corner + size -> centre),
-    'x y' text, a Topaz table (--scale for downsampled picks) or cisTEM text (Å; --format cistem).
+    'x y' text, a Topaz table (--scale for downsampled picks), cisTEM .plt or cisTEM text (Å; --format cistem).
 
     Writes one RELION coordinate STAR per micrograph and coords.star (rlnMicrographName,
     rlnMicrographCoordinates).

@@ -8,7 +8,11 @@ One file per micrograph (:func:`read_coordinates`):
   _CoordinateY`` = the box's lower-left corner (smallest indices) and ``_Width _Height``, so the
   centre is corner + size/2 (as crYOLO writes it: centre - box/2); ``_Confidence`` is kept;
 * ``box``: EMAN ``x y width height`` (lower-left corner + size/2 = centre, as RELION converts it);
-* ``xy``: ``x y`` text, particle centres.
+* ``xy``: ``x y`` text, particle centres;
+* ``plt``: cisTEM's particle-position export, ``row column 1`` per line (``%14.5f``; ``#`` or
+  ``C`` starts a comment) with row = height - y/pixel size + 1 and column = x/pixel size + 1
+  (1-based, rows from the top), so x = column - 1 and y = height + 1 - row: reading it needs
+  the micrograph's height.
 
 One file for many micrographs (:func:`read_pick_list`):
 
@@ -41,7 +45,7 @@ __all__ = ["PER_MICROGRAPH", "PICK_LISTS", "detect_format", "read_coordinates", 
 
 XY = ["rlnCoordinateX", "rlnCoordinateY"]
 FOM = "rlnAutopickFigureOfMerit"
-PER_MICROGRAPH = ("relion", "cryolo", "box", "xy", "cbox")
+PER_MICROGRAPH = ("relion", "cryolo", "box", "xy", "cbox", "plt")
 PICK_LISTS = ("topaz", "cistem")
 TOPAZ_HEADER = ["image_name", "x_coord", "y_coord"]
 
@@ -57,12 +61,13 @@ def _lines(path: Path) -> list[str]:
 
 
 def detect_format(path: str | os.PathLike) -> str:
-    """The format of a coordinate file from its extension (``.star``, ``.cbox``, ``.box``), a Topaz
+    """The format of a coordinate file from its extension (``.star``, ``.cbox``, ``.box``, ``.plt``), a Topaz
     header (``image_name x_coord y_coord``), else ``xy``; cisTEM text is never guessed."""
     p = Path(path)
     suffix = p.suffix.lower()
-    if suffix in (".star", ".cbox", ".box"):
-        return {".star": "relion", ".cbox": "cbox", ".box": "box"}[suffix]
+    kinds = {".star": "relion", ".cbox": "cbox", ".box": "box", ".plt": "plt"}
+    if suffix in kinds:
+        return kinds[suffix]
     if p.is_file():
         with p.open(errors="replace") as f:
             first = next((ln for ln in f if ln.strip()), "")
@@ -122,9 +127,25 @@ def _read_cbox(p: Path) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def read_coordinates(path: str | os.PathLike, fmt: str = "auto") -> pd.DataFrame:
+def _read_plt(p: Path, height: int | None) -> pd.DataFrame:
+    """Centres of a cisTEM ``.plt`` export (``row column 1``, 1-based, rows from the top)."""
+    if height is None:
+        raise InputError(f"{p}: a cisTEM .plt file counts rows from the top of its micrograph, whose height is not "
+                         "known here; import it with `cryolens import coords` next to readable micrographs.")
+    rows = [ln.split() for ln in _lines(p) if not ln.lstrip().startswith(("#", "C"))]
+    try:
+        if any(len(r) < 2 for r in rows):
+            raise ValueError
+        a = np.array([r[:2] for r in rows], dtype=np.float64).reshape(-1, 2)
+    except ValueError:
+        raise InputError(f"{p}: expected cisTEM's 'row column 1' numbers on every line; fix the file.") from None
+    return pd.DataFrame({"rlnCoordinateX": a[:, 1] - 1.0, "rlnCoordinateY": height + 1.0 - a[:, 0]})
+
+
+def read_coordinates(path: str | os.PathLike, fmt: str = "auto", *, height: int | None = None) -> pd.DataFrame:
     """Particle centres in pixels of one micrograph from a file of format ``fmt`` (see the module docstring).
 
+    ``height``: the micrograph's number of rows [px], needed by ``plt`` only.
     Returns rlnCoordinateX/Y (+ the other columns of a STAR file, or rlnAutopickFigureOfMerit
     from a CBOX confidence).
 
@@ -146,6 +167,8 @@ def read_coordinates(path: str | os.PathLike, fmt: str = "auto") -> pd.DataFrame
         return table
     if fmt == "cbox":
         return _read_cbox(p)
+    if fmt == "plt":
+        return _read_plt(p, height)
     if fmt == "box":
         rows = _numeric_table(p, 4, "x y width height")
         return pd.DataFrame({"rlnCoordinateX": rows[:, 0] + rows[:, 2] / 2,

@@ -1,12 +1,12 @@
 """``cryolens import coords``: particle coordinates from RELION or crYOLO STAR, crYOLO CBOX, EMAN
-``.box``, ``x y`` text, Topaz tables or cisTEM text (the readers: :mod:`cryolens.jobs.coord_formats`).
+``.box``, ``x y`` text, Topaz tables, cisTEM text or .plt (the readers: :mod:`cryolens.jobs.coord_formats`).
 
 Outputs in the job folder: one RELION coordinate STAR per micrograph
 (``<dirs>/<micrograph stem>_coords.star``, rlnCoordinateX/Y in pixels of the micrograph =
 particle centres; an EMAN or CBOX box's lower-left corner + size/2; cisTEM's Å divided by the
-micrograph's pixel size; a score (Topaz score, crYOLO confidence) as rlnAutopickFigureOfMerit)
-and ``coords.star`` (``data_coordinate_files``: rlnMicrographName, rlnMicrographCoordinates,
-as RELION's autopick.star), ``job.json``, ``run.log``, ``report.html``.
+micrograph's pixel size; a cisTEM .plt export's rows counted back from the bottom; a score (Topaz
+score, crYOLO confidence) as rlnAutopickFigureOfMerit) and ``coords.star`` (``data_coordinate_files``:
+rlnMicrographName, rlnMicrographCoordinates, as RELION's autopick.star), ``job.json``, ``run.log``, ``report.html``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,15 @@ def _match_micrographs(files: list[Path], names: list[str], micrographs: str | o
         seen[stems[hit][0]] = f
         out.append(stems[hit][0])
     return out
+
+
+def _plt_height(path: Path, mic: str, micrographs: str | os.PathLike) -> int:
+    """Rows of micrograph ``mic`` [px], which a cisTEM ``.plt`` file of it counts from the top."""
+    try:
+        return int(read_mrc_header(resolve_path(mic, micrographs)).shape[1])
+    except InputError:
+        raise InputError(f"{path}: a cisTEM .plt file counts rows from the top, so its micrograph {mic} must be "
+                         "readable to convert them; run from the project folder.") from None
 
 
 def _from_pick_lists(files: list[Path], fmt: str, micrographs: str | os.PathLike, optics: pd.DataFrame,
@@ -106,7 +115,9 @@ def run_import_coords(files: list[Path], micrographs: str | os.PathLike, out_dir
         matched, tables = _from_pick_lists(files, fmt, micrographs, optics, mics)
     else:
         matched = _match_micrographs(files, names, micrographs)
-        tables = [read_coordinates(f, fmt) for f in files]
+        tables = [read_coordinates(f, fmt, height=_plt_height(f, m, micrographs)
+                                   if (detect_format(f) if fmt == "auto" else fmt) == "plt" else None)
+                  for f, m in zip(files, matched)]
         for f, t in zip(files, tables):
             if not np.isfinite(t[XY].to_numpy()).all():
                 raise InputError(f"{f}: some coordinates are not numbers; fix the file.")
