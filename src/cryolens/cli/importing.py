@@ -9,6 +9,7 @@ import typer
 
 from cryolens.cli.common import JobOptions, console, job_target, run_guarded
 from cryolens.cli.declare import declare
+from cryolens.jobs.coord_options import CoordinateFormat
 from cryolens.jobs.import_options import Acquisition, GainOptions, ParticleOptics
 from cryolens.errors import InputError
 
@@ -174,7 +175,7 @@ def particles(
 
 
 @app.command("coords")
-@declare(run=JobOptions, omit=("device",), outputs=("coords",))
+@declare(run=JobOptions, cfmt=CoordinateFormat, omit=("device",), outputs=("coords",))
 def coords(
     files: FilesArg = None,
     glob: GlobOpt = None,
@@ -183,10 +184,12 @@ def coords(
                                                    "(files are matched by micrograph name prefix).")] = ...,
     scale: Annotated[float, typer.Option("--scale", help="Multiply coordinates (2 for picks on 2x-binned "
                                          "micrographs).")] = 1.0,
+    cfmt: CoordinateFormat = None,
     group: GroupOpt = None,
     run: JobOptions = None,
 ) -> None:
-    """Import particle coordinates: RELION .star, EMAN .box (corner + size -> centre) or 'x y' text.
+    """Import particle coordinates: RELION or crYOLO .star, crYOLO .cbox and EMAN .box (corner + size -> centre),
+    'x y' text, a Topaz table (--scale for downsampled picks), cisTEM .plt or cisTEM text (Å; --format cistem).
 
     Writes one RELION coordinate STAR per micrograph and coords.star (rlnMicrographName,
     rlnMicrographCoordinates).
@@ -194,6 +197,8 @@ def coords(
     Example:
 
       cryolens import coords --glob 'picks/*.box' --micrographs MotionCorr/job002/micrographs.star
+
+      cryolens import coords topaz_picks.txt --scale 8 --micrographs MotionCorr/job002/micrographs.star
     """
     from cryolens.jobs.import_coords import run_import_coords
 
@@ -201,8 +206,8 @@ def coords(
         found, source = _files(glob, files, more_files, what="coordinate", suffixes=None)
         with job_target("import_coords", run.out, run.project) as target:
             _need_project(target, group)
-            job = run_import_coords(found, micrographs_star, target.out, scale=scale, source=source,
-                                    observer=target.observer)
+            job = run_import_coords(found, micrographs_star, target.out, scale=scale, fmt=cfmt.format,
+                                    source=source, observer=target.observer)
             extra = _group(target, group, star=target.out / "coords.star", key="rlnMicrographName")
         r = job.results
         outside = f", {r['n_outside']} outside their micrograph" if r["n_outside"] else ""

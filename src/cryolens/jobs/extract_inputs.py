@@ -4,7 +4,7 @@ Three kinds of position file are read (:func:`read_positions`), told apart by th
 
 * ``files``: a coordinate index, as ``cryolens import coords`` and the simulator write it and
   RELION's ``autopick.star`` is (rlnMicrographName, rlnMicrographCoordinates): one RELION
-  coordinate STAR (or EMAN ``.box``, or ``x y`` text) per micrograph, rlnCoordinateX/Y in
+  coordinate STAR (or crYOLO CBOX, EMAN ``.box``, or ``x y`` text) per micrograph, rlnCoordinateX/Y in
   pixels of the micrograph;
 * ``table``: one table of every pick (rlnMicrographName, rlnCoordinateX/Y), as ``cryolens
   pick`` writes it;
@@ -29,7 +29,7 @@ import pandas as pd
 from cryolens.errors import InputError
 from cryolens.io import read_particles, read_star, require_columns
 from cryolens.io.images import resolve_path
-from cryolens.jobs.import_coords import read_coordinates
+from cryolens.jobs.coord_formats import read_coordinates
 
 __all__ = ["Positions", "read_positions", "match_micrographs", "resolve_file"]
 

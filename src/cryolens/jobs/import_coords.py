@@ -1,10 +1,12 @@
-"""``cryolens import coords``: particle coordinates from RELION STAR, EMAN ``.box`` or ``x y`` text files.
+"""``cryolens import coords``: particle coordinates from RELION or crYOLO STAR, crYOLO CBOX, EMAN
+``.box``, ``x y`` text, Topaz tables, cisTEM text or .plt (the readers: :mod:`cryolens.jobs.coord_formats`).
 
 Outputs in the job folder: one RELION coordinate STAR per micrograph
 (``<dirs>/<micrograph stem>_coords.star``, rlnCoordinateX/Y in pixels of the micrograph =
-particle centres; an EMAN box's lower-left corner + size/2) and ``coords.star``
-(``data_coordinate_files``: rlnMicrographName, rlnMicrographCoordinates, as RELION's
-autopick.star), ``job.json``, ``run.log``, ``report.html``.
+particle centres; an EMAN or CBOX box's lower-left corner + size/2; cisTEM's Å divided by the
+micrograph's pixel size; a cisTEM .plt export's rows counted back from the bottom; a score (Topaz
+score, crYOLO confidence) as rlnAutopickFigureOfMerit) and ``coords.star`` (``data_coordinate_files``:
+rlnMicrographName, rlnMicrographCoordinates, as RELION's autopick.star), ``job.json``, ``run.log``, ``report.html``.
 """
 
 from __future__ import annotations
@@ -16,55 +18,15 @@ import numpy as np
 import pandas as pd
 
 from cryolens.errors import InputError
-from cryolens.io import read_micrographs, read_mrc_header, read_star, write_star
+from cryolens.io import merge_optics, read_micrographs, read_mrc_header, write_star
 from cryolens.io.images import resolve_path
+from cryolens.jobs.coord_formats import PICK_LISTS, XY, detect_format, match_names, read_coordinates, read_pick_list
+from cryolens.jobs.coord_options import COORD_FORMATS
 from cryolens.jobs.importing import star_name
 from cryolens.jobs.report import write_report
 from cryolens.jobs.runner import Job, JobObserver
 
-__all__ = ["read_coordinates", "run_import_coords"]
-
-
-def _numeric_table(path: Path, min_cols: int, what: str) -> np.ndarray:
-    """Rows of numbers of a text file (``#`` comments, blank lines, commas and one header line allowed)."""
-    rows = [line.split("#")[0].replace(",", " ").split() for line in path.read_text(errors="replace").splitlines()]
-    rows = [r for r in rows if r]
-    try:
-        if rows:
-            float(rows[0][0])
-    except ValueError:
-        rows = rows[1:]  # a header line such as "x y"
-    try:
-        if any(len(r) < min_cols for r in rows):
-            raise ValueError
-        return np.array([r[:min_cols] for r in rows], dtype=np.float64).reshape(-1, min_cols)
-    except ValueError:
-        raise InputError(f"{path}: expected {what} ({min_cols} numbers) on every line; fix the file or its "
-                         "extension (.star, .box, .txt).") from None
-
-
-def read_coordinates(path: str | os.PathLike) -> pd.DataFrame:
-    """Particle centres in pixels of the micrograph from a RELION STAR, EMAN ``.box`` or plain ``x y`` text file.
-
-    ``.box`` rows are ``x y width height`` with (x, y) the box's lower-left corner (smallest
-    indices), so the centre is ``(x + width/2, y + height/2)``, as RELION converts them.
-    Returns rlnCoordinateX/Y (+ the other columns of a STAR file).
-    """
-    p = Path(path)
-    if p.suffix.lower() == ".star":
-        loops = [b for b in read_star(p).values() if isinstance(b, pd.DataFrame) and "rlnCoordinateX" in b.columns]
-        if not loops or "rlnCoordinateY" not in loops[0].columns:
-            raise InputError(f"{p}: no table with rlnCoordinateX and rlnCoordinateY; give a RELION coordinate file.")
-        table = loops[0].copy()
-        for c in ("rlnCoordinateX", "rlnCoordinateY"):
-            table[c] = pd.to_numeric(table[c], errors="coerce").astype(float)
-        return table
-    if p.suffix.lower() == ".box":
-        rows = _numeric_table(p, 4, "x y width height")
-        return pd.DataFrame({"rlnCoordinateX": rows[:, 0] + rows[:, 2] / 2,
-                             "rlnCoordinateY": rows[:, 1] + rows[:, 3] / 2})
-    rows = _numeric_table(p, 2, "x y")
-    return pd.DataFrame({"rlnCoordinateX": rows[:, 0], "rlnCoordinateY": rows[:, 1]})
+__all__ = ["run_import_coords"]
 
 
 def _match_micrographs(files: list[Path], names: list[str], micrographs: str | os.PathLike) -> list[str]:
@@ -89,29 +51,83 @@ def _match_micrographs(files: list[Path], names: list[str], micrographs: str | o
     return out
 
 
+def _plt_height(path: Path, mic: str, micrographs: str | os.PathLike) -> int:
+    """Rows of micrograph ``mic`` [px], which a cisTEM ``.plt`` file of it counts from the top."""
+    try:
+        return int(read_mrc_header(resolve_path(mic, micrographs)).shape[1])
+    except InputError:
+        raise InputError(f"{path}: a cisTEM .plt file counts rows from the top, so its micrograph {mic} must be "
+                         "readable to convert them; run from the project folder.") from None
+
+
+def _from_pick_lists(files: list[Path], fmt: str, micrographs: str | os.PathLike, optics: pd.DataFrame,
+                     mics: pd.DataFrame) -> tuple[list[str], list[pd.DataFrame]]:
+    """The picks of Topaz or cisTEM files (many micrographs each), one table per micrograph in pixels
+    (cisTEM's Å divided by the micrograph's pixel size), in the order of the micrographs STAR."""
+    names = mics["rlnMicrographName"].astype(str).tolist()
+    parts = []
+    for f in files:
+        t = read_pick_list(f, fmt)
+        t["rlnMicrographName"] = match_names(t["rlnMicrographName"].tolist(), names, f, micrographs)
+        parts.append(t)
+    picks = pd.concat(parts, ignore_index=True)
+    if fmt == "cistem":
+        table = merge_optics(optics, mics)
+        apix = pd.to_numeric(table.get("rlnMicrographPixelSize", pd.Series(np.nan, index=table.index)),
+                             errors="coerce")
+        size = picks["rlnMicrographName"].map(dict(zip(names, apix))).to_numpy(dtype=np.float64)
+        if not (np.isfinite(size) & (size > 0)).all():
+            raise InputError(f"{micrographs}: no rlnMicrographPixelSize for some micrographs, so cisTEM's Å cannot "
+                             "become pixels; give a micrographs STAR with its optics table.")
+        picks[XY] = picks[XY].to_numpy() / size[:, None]
+    groups = dict(tuple(picks.groupby("rlnMicrographName", sort=False)))
+    matched = [n for n in names if n in groups]
+    return matched, [groups[n].drop(columns="rlnMicrographName").reset_index(drop=True) for n in matched]
+
+
 def run_import_coords(files: list[Path], micrographs: str | os.PathLike, out_dir: str | os.PathLike, *,
-                      scale: float = 1.0, source: str = "", observer: JobObserver | None = None) -> Job:
+                      scale: float = 1.0, fmt: str = "auto", source: str = "",
+                      observer: JobObserver | None = None) -> Job:
     """Convert coordinate files to RELION coordinate STARs and ``coords.star``; returns the finished :class:`Job`.
 
-    ``scale`` multiplies the coordinates (e.g. 2 for picks made on 2x-binned micrographs).
+    ``scale`` multiplies the coordinates (e.g. 2 for picks made on 2x-binned micrographs);
+    ``fmt`` is one of :data:`cryolens.jobs.coord_options.COORD_FORMATS` (``auto``: by extension).
+    A Topaz or cisTEM file holds many micrographs: one RELION STAR is written per micrograph
+    with picks, and ``n_files`` counts those.
     """
     out = Path(out_dir)
     if not scale > 0:
         raise InputError("import coords: --scale must be positive.")
-    _, mics = read_micrographs(micrographs)
+    if fmt not in COORD_FORMATS:
+        raise InputError(f"import coords: --format {fmt} is not one of {', '.join(COORD_FORMATS)}.")
+    if fmt == "cistem" and scale != 1.0:
+        raise InputError("import coords: cisTEM positions are in Å and become pixels through the micrographs' "
+                         "pixel size; leave out --scale.")
+    if fmt == "auto":
+        topaz = [f for f in files if detect_format(f) == "topaz"]
+        if topaz and len(topaz) < len(files):
+            raise InputError(f"{topaz[0]}: is a Topaz table of many micrographs; import it apart from the "
+                             "per-micrograph coordinate files.")
+        fmt = "topaz" if topaz else fmt
+    optics, mics = read_micrographs(micrographs)
     names = mics["rlnMicrographName"].astype(str).tolist()
-    matched = _match_micrographs(files, names, micrographs)
-    tables = [read_coordinates(f) for f in files]
-    for f, t in zip(files, tables):
-        if not np.isfinite(t[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()).all():
-            raise InputError(f"{f}: some coordinates are not numbers; fix the file.")
-    params = {"micrographs": str(micrographs), "scale": scale, "n_files": len(files)}
+    if fmt in PICK_LISTS:
+        matched, tables = _from_pick_lists(files, fmt, micrographs, optics, mics)
+    else:
+        matched = _match_micrographs(files, names, micrographs)
+        tables = [read_coordinates(f, fmt, height=_plt_height(f, m, micrographs)
+                                   if (detect_format(f) if fmt == "auto" else fmt) == "plt" else None)
+                  for f, m in zip(files, matched)]
+        for f, t in zip(files, tables):
+            if not np.isfinite(t[XY].to_numpy()).all():
+                raise InputError(f"{f}: some coordinates are not numbers; fix the file.")
+    params = {"micrographs": str(micrographs), "scale": scale, "format": fmt, "n_files": len(files)}
     with Job("import_coords", out, params=params, inputs={"micrographs": micrographs, "coordinates": source},
              observer=observer) as job:
         rows, n_out, n_picks = [], 0, 0
-        for f, mic, t in zip(files, matched, tables):
+        for mic, t in zip(matched, tables):
             t = t.copy()
-            t[["rlnCoordinateX", "rlnCoordinateY"]] *= scale
+            t[XY] *= scale
             parts = [q for q in Path(mic).parent.parts if q not in ("..", ".", "/")] if not Path(mic).is_absolute() \
                 else []
             target = out.joinpath(*parts, f"{Path(mic).stem}_coords.star")
@@ -127,7 +143,7 @@ def run_import_coords(files: list[Path], micrographs: str | os.PathLike, out_dir
                 pass  # the micrograph file is not here: its size cannot be checked
         write_star(out / "coords.star", {"coordinate_files": pd.DataFrame(rows)})
         job.add_output("coords", out / "coords.star")
-        job.results.update(n_files=len(files), n_micrographs=len(names), n_picks=n_picks, n_outside=n_out,
+        job.results.update(n_files=len(tables), n_micrographs=len(names), n_picks=n_picks, n_outside=n_out,
                            scale=scale)
         if n_out:
             job.log.warning("%d coordinates lie outside their micrograph", n_out)
