@@ -284,3 +284,23 @@ def test_example_workflow_runs_and_sets_a_tuning_option(tmp_path: Path, catalog)
     job = json.loads((tmp_path / "project" / "Postprocess" / "job005" / "job.json").read_text())
     assert job["status"] == "finished" and job["params"]["filter_edge_shells"] == 3
     assert job["params"]["mask"]["kind"] == "loose"
+
+
+def test_a_workflow_starts_from_raw_files(tmp_path: Path, catalog):
+    """import micrographs|movies|coords are steps too: the files come by --glob or --files, not positionally."""
+    import numpy as np
+
+    from cryolens.io import write_mrc
+
+    (tmp_path / "raw").mkdir()
+    for k in range(2):
+        write_mrc(tmp_path / "raw" / f"mic_{k}.mrc", np.random.default_rng(k).normal(size=(64, 64)).astype(np.float32),
+                  1.5)
+    path = write(tmp_path, '[steps.mics]\nstage = "import micrographs"\n'
+                           'params = { glob = ["raw/*.mrc"], pixel_size = 1.5, voltage = 200 }\n'
+                           '[steps.good]\nstage = "select micrographs"\n'
+                           'params = { in = "{mics.micrographs}", where = ["rlnMicrographOriginalPixelSize > 0"] }\n')
+    assert "import movies" in catalog and "import coords" in catalog
+    assert run_workflow(load_workflow(path, catalog)) == {"mics": "ran", "good": "ran"}
+    star = (tmp_path / "Import" / "job001" / "micrographs.star").read_text()
+    assert "raw/mic_0.mrc" in star and "raw/mic_1.mrc" in star and "200" in star

@@ -14,7 +14,8 @@ __all__ = ["run_command", "stage_catalog"]
 
 
 def stage_catalog() -> dict[str, Any]:
-    """Every cryolens command that records a job (takes --project and --out, no positional argument), as StageSpecs."""
+    """Every cryolens command that records a job (takes --project and --out, no required positional argument), as
+    StageSpecs."""
     import typer.main
 
     from cryolens.cli.declare import OUTPUTS_ATTR, check_declared
@@ -26,7 +27,9 @@ def stage_catalog() -> dict[str, Any]:
         for p in cmd.params:
             longs = [o for o in getattr(p, "opts", []) if o.startswith("--")]
             if not longs or not hasattr(p, "is_flag"):
-                return None  # a positional argument: not a step
+                if getattr(p, "required", False):
+                    return None  # a required positional argument: not a step
+                continue  # an optional positional (import's FILES): a step names its files by option (glob, files)
             offs = [o for o in p.secondary_opts if o.startswith("--")]
             o = OptionSpec(flag=longs[0], is_flag=bool(p.is_flag), off_flag=offs[0] if offs else None,
                            multiple=bool(p.multiple), nargs=int(p.nargs or 1))
