@@ -347,3 +347,12 @@ def test_profile_job_scripts_carry_each_schedulers_directives(scheduler, expecte
                                            ("2-01", "49:00"), ("00:00:01", "00:01")])
 def test_lsf_walltime_is_rounded_up_to_minutes(walltime, lsf):
     assert lsf_walltime(walltime) == lsf
+
+
+def test_profiles_list_example_keeps_its_brackets(tmp_path, monkeypatch):
+    """The example printed when there are no profiles is pasteable TOML: [profiles.cpu] is not eaten as markup."""
+    from conftest import invoke_cli
+
+    monkeypatch.setenv("CRYOLENS_PROFILES", str(tmp_path / "none.toml"))
+    out = invoke_cli("profiles", "list", cwd=tmp_path).output
+    assert "[profiles.cpu]" in out and 'scheduler = "slurm"' in out

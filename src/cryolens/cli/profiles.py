@@ -46,7 +46,7 @@ def list_profiles(
         if not profiles:
             console.print(f"No run profiles. Searched: {files}.\nAdd one, e.g.:\n\n"
                           '[profiles.cpu]\nscheduler = "slurm"\nqueue = "cpu"\ncores = 8\nmemory = "32GB"\n'
-                          'walltime = "04:00:00"\nn_workers = 4', highlight=False)
+                          'walltime = "04:00:00"\nn_workers = 4', highlight=False, markup=False)
             return
         t = Table(title="run profiles", caption=f"from {files}")
         for col in ("name", "scheduler", "queue", "cores", "memory", "walltime", "n_workers", "source"):
