@@ -154,7 +154,8 @@ def test_input_error_surfaces(kind, local2, dask_backend):
 
 
 def test_get_backend_specs(tmp_path, monkeypatch):
-    monkeypatch.setenv("CRYOLENS_PROFILES", str(tmp_path / "none.toml"))
+    monkeypatch.delenv("CRYOLENS_PROFILES", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     assert isinstance(get_backend("inprocess"), InProcess)
     b = get_backend(None)
     assert isinstance(b, LocalProcesses) and b.n_workers >= 1
@@ -353,6 +354,7 @@ def test_profiles_list_example_keeps_its_brackets(tmp_path, monkeypatch):
     """The example printed when there are no profiles is pasteable TOML: [profiles.cpu] is not eaten as markup."""
     from conftest import invoke_cli
 
-    monkeypatch.setenv("CRYOLENS_PROFILES", str(tmp_path / "none.toml"))
+    monkeypatch.delenv("CRYOLENS_PROFILES", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     out = invoke_cli("profiles", "list", cwd=tmp_path).output
     assert "[profiles.cpu]" in out and 'scheduler = "slurm"' in out
