@@ -290,6 +290,14 @@ def test_particles_relion30_upgraded_and_paths_rewritten(tmp_path: Path):
     out = cli("import", "particles", "--in", "old/Extract/particles.star", "--voltage", "300", "--cs", "2.7",
               "--amplitude-contrast", "0.07", "--out", "ip2", cwd=tmp_path, code=2)
     assert "parts.mrcs" in out and "not found" in out
+    # a truncated stack is found from its header and file size alone
+    moved = tmp_path / "old" / "moved.mrcs"
+    moved.write_bytes(moved.read_bytes()[:-100])
+    moved.rename(tmp_path / "old" / "Extract" / "parts.mrcs")
+    out = cli("import", "particles", "--in", "old/Extract/particles.star", "--voltage", "300", "--cs", "2.7",
+              "--amplitude-contrast", "0.07", "--out", "ip3", cwd=tmp_path, code=2)
+    assert "parts.mrcs: the file is truncated" in out and "re-copy or re-export it" in out
+    assert not (tmp_path / "ip3").exists()
 
 
 @pytest.mark.relion

@@ -137,10 +137,18 @@ def read_mrc_header(path: PathLike) -> MrcInfo:
         origin in Å ``(x, y, z)``.
 
     Raises:
-        InputError: missing, truncated or corrupt file.
+        InputError: missing, truncated (the file is shorter than its header's data, checked from the
+            file size alone) or corrupt file.
     """
     with _open(path, header_only=True) as m:
-        return _info_from(m)
+        info = _info_from(m)
+        extended, mode = int(m.header.nsymbt), int(m.header.mode)
+    if Path(path).suffix.lower() not in (".gz", ".bz2") and mode != 101:  # a file size is cheap
+        nz, ny, nx = info.shape
+        expected = 1024 + extended + nx * ny * nz * info.dtype.itemsize
+        if Path(path).stat().st_size < expected:
+            raise _bad_file_error(path, f"header says {nx}x{ny}x{nz} {info.dtype} but the data is shorter")
+    return info
 
 
 def read_mrc(path: PathLike) -> tuple[np.ndarray, float]:

@@ -125,14 +125,12 @@ def check_pixel_size(path: str | os.PathLike, header_apix: float, apix: float) -
 
 def check_micrograph_header(path: Path, apix: float) -> tuple[int, int]:
     """``(rows, columns)`` of a micrograph from its header alone (cheap, before a job starts): one image, not
-    truncated, its pixel size as the optics say (:func:`check_pixel_size`); InputError naming the file otherwise."""
+    truncated (:func:`cryolens.io.mrc.read_mrc_header` compares the file size), its pixel size as the optics say
+    (:func:`check_pixel_size`); InputError naming the file otherwise."""
     info = read_mrc_header(path)
     nz, ny, nx = info.shape
     if nz != 1:
         raise InputError(f"{path}: holds {nz} images, not one micrograph; give single-image micrographs in "
                          "rlnMicrographName.")
-    if path.suffix.lower() not in (".gz", ".bz2") and path.stat().st_size < 1024 + nx * ny * info.dtype.itemsize:
-        raise InputError(f"{path}: the file is shorter than its header's {nx} x {ny} {info.dtype} image (truncated); "
-                         "re-copy or re-export it.")
     check_pixel_size(path, info.voxel_size, apix)
     return ny, nx
