@@ -209,6 +209,13 @@ def test_bad_inputs_exit_2_naming_the_file(work: Path, monkeypatch, tmp_path):
     starfile.write({"optics": star["optics"], "micrographs": mics}, tmp_path / "nan.star")
     assert_user_error(cli("ctf", "--in", str(tmp_path / "nan.star"), "--out", str(tmp_path / "o2"), "--box", "256",
                           ok=False), "nan.mrc", "NaN")
+    with mrcfile.new(tmp_path / "flat.mrc") as m:  # a failed export: every pixel 0
+        m.set_data(np.zeros((600, 600), np.float32))
+        m.voxel_size = 1.5
+    mics["rlnMicrographName"] = str(tmp_path / "flat.mrc")
+    starfile.write({"optics": star["optics"], "micrographs": mics}, tmp_path / "flat.star")
+    assert_user_error(cli("ctf", "--in", str(tmp_path / "flat.star"), "--out", str(tmp_path / "o6"), "--box", "256",
+                          ok=False), "flat.mrc", "every pixel holds the same value")
     assert_user_error(cli("ctf", "--in", "sim/micrographs.star", "--out", str(tmp_path / "o3"), "--res", "5", "30",
                           ok=False), "res")
     assert_user_error(cli("ctf", "--power-spectrum", "sim/micrographs/mic_0001.mrc", "--out", str(tmp_path / "o4"),

@@ -92,6 +92,16 @@ def test_too_few_particles_are_refused(tmp_path):
     assert len(open_particles(star, pose=False)) == 4  # no minimum by default
 
 
+def test_a_star_without_particles_is_refused(tmp_path):
+    star = _write_set(tmp_path, n=4)
+    text = star.read_text()
+    head, rows = text.rsplit("loop_", 1)
+    kept = "\n".join(ln for ln in rows.splitlines() if not ln.strip() or ln.strip().startswith("_"))
+    (tmp_path / "empty.star").write_text(head + "loop_" + kept + "\n")
+    with pytest.raises(InputError, match="empty.star: holds no particles; give a particle STAR with at least one row"):
+        open_particles(tmp_path / "empty.star", pose=False)
+
+
 def test_batches_stream_every_image_once_in_order(tmp_path):
     rng = np.random.default_rng(3)
     images = rng.standard_normal((N, BOX, BOX)).astype(np.float32)

@@ -11,20 +11,18 @@ import typer
 from cryolens.cli.common import (JobOptions, console, device_option,
                                  job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
-from cryolens.simulate.particle_params import ParticleSimParams
+from cryolens.simulate.particle_params import ParticleSimParams, StackGeometry
 
 app = typer.Typer(help="Simulate cryo-EM data with ground truth.", no_args_is_help=True)
 
 
 @app.command("particles")
-@declare(run=JobOptions, params=ParticleSimParams, outputs=("particles", "stack", r"truth_map(_class\d+|_morph[01])?"))
+@declare(run=JobOptions, grid=StackGeometry, params=ParticleSimParams, outputs=("particles", "stack", r"truth_map(_class\d+|_morph[01])?"))
 def particles(
     structure: Annotated[Optional[list[str]], typer.Option("--structure", help="Structure spec, repeatable (discrete heterogeneity): phantom[:seed=S], MAP.mrc[:population=P,apix=A,mass_kda=M], MODEL.pdb|cif[:bfactor=B,keep_coordinates,population=P]. Default: the phantom.")] = None,
     map: Annotated[Optional[Path], typer.Option("--map", help="An MRC map (same as --structure MAP).")] = None,
     morph: Annotated[Optional[tuple[str, str]], typer.Option("--morph", help="Continuous heterogeneity: two structure specs A B; each particle is (1-t)·A + t·B with t uniform in [0,1], written to rlnCryolensMorph.")] = None,
-    pixel_size: Annotated[Optional[float], typer.Option(help="Stack pixel size (Å); maps are Fourier-resampled. Default: the first structure's (phantom 2, model 1).")] = None,
-    box: Annotated[Optional[int], typer.Option(help="Stack box (px); maps are padded/cropped. Default: the first structure's (phantom 64).")] = None,
-    map_pixel_size: Annotated[Optional[float], typer.Option(help="Override the maps' header voxel size (Å).")] = None,
+    grid: StackGeometry = None,
     params: ParticleSimParams = None,
     preset: Optional[str] = None,
     run: JobOptions = None,
@@ -62,9 +60,10 @@ def particles(
         with job_target("simulate_particles", run.out, run.project) as target, \
                 progress_bar("simulating", quiet=run.quiet) as cb:
             job = run_simulate_particles(target.out, sim, structures=None if morph else structures, morph=morph,
-                                         pixel_size=pixel_size if pixel_size is not None else extra.get("pixel_size"),
-                                         box=box if box is not None else extra.get("box"),
-                                         map_pixel_size=map_pixel_size, device=dev, progress=cb, observer=target.observer)
+                                         pixel_size=grid.pixel_size if grid.pixel_size is not None else
+                                         extra.get("pixel_size"),
+                                         box=grid.box if grid.box is not None else extra.get("box"),
+                                         map_pixel_size=grid.map_pixel_size, device=dev, progress=cb, observer=target.observer)
         r = job.results
         console.print(f"{r['n_particles']} particles, box {r['box']} px at {r['pixel_size_A']:.3f} Å/px -> "
                       f"{target.out / 'particles.star'}")

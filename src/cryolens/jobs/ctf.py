@@ -116,6 +116,9 @@ def _read_image(unit: MicrographUnit) -> np.ndarray:
         check_pixel_size(unit.path, header_apix, unit.pixel_size)
     if not np.isfinite(img).all():
         raise InputError(f"{what}: contains NaN or infinite values; repair or remove it from the STAR file.")
+    if not float(np.ptp(img)) > 0:
+        raise InputError(f"{what}: every pixel holds the same value ({float(img.flat[0]):g}): there is no image to "
+                         "fit; check the file (a failed export or motion correction?) or remove it from the STAR file.")
     if unit.movie is None and looks_like_power_spectrum(torch.as_tensor(img)):
         raise InputError(f"{unit.path}: is a power spectrum (point-symmetric about its centre), not a micrograph; "
                          "fit it with `cryolens ctf --power-spectrum` (the spectrum of a spectrum has no Thon rings).")

@@ -111,9 +111,11 @@ def open_particles(star: str | os.PathLike, *, pose: bool, min_particles: int = 
     Raises:
         InputError: a missing column (``rlnImageName``, the angles when ``pose``, defocus V
             without U or the reverse), a missing or short stack, stacks of different box
-            sizes, optics groups of different pixel sizes, or too few particles.
+            sizes, optics groups of different pixel sizes, no particles or too few.
     """
     optics, particles = read_particles(star)
+    if not len(particles):
+        raise InputError(f"{star}: holds no particles; give a particle STAR with at least one row.")
     require_particle_columns(particles, star, pose=pose)
     source = ImageSource(particles, star)
     pixel_size = single_pixel_size(optics, star)

@@ -10,7 +10,7 @@ from typing import ClassVar
 from cryolens.params import Params, option
 from cryolens.simulate.poses import POSE_DISTRIBUTIONS
 
-__all__ = ["ParticleSimParams", "PARTICLE_PRESETS"]
+__all__ = ["ParticleSimParams", "StackGeometry", "PARTICLE_PRESETS"]
 
 #: Named option sets of ``cryolens simulate particles --preset``. Keys are
 #: :class:`ParticleSimParams` fields plus ``pixel_size`` (Å), ``box`` (px) and
@@ -75,3 +75,14 @@ class ParticleSimParams(Params):
             raise ValueError("--snr: give a positive signal-to-noise ratio (inf for noise-free images) or --dose")
         if self.defocus_max < self.defocus_min:
             raise ValueError(f"--defocus {self.defocus_min:g} {self.defocus_max:g}: give MIN MAX with MIN <= MAX (Å)")
+
+
+@dataclass
+class StackGeometry(Params):
+    """The simulated stack's grid (the job resamples the structures to it); None: the first structure's."""
+
+    pixel_size: float | None = option(None, unit="Å", gt=0, help="Stack pixel size; maps are Fourier-resampled. "
+                                                                "Default: the first structure's (phantom 2, model 1)")
+    box: int | None = option(None, unit="px", ge=8, help="Stack box; maps are padded/cropped. Default: the first "
+                                                         "structure's (phantom 64)")
+    map_pixel_size: float | None = option(None, unit="Å", gt=0, help="Override the maps' header voxel size")
