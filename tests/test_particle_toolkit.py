@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
@@ -172,3 +173,16 @@ def test_write_half_maps_writes_and_records_the_outputs(tmp_path):
     for png in ("fsc.png", "map_slices.png"):
         assert (out / png).stat().st_size > 0
     assert not list(out.glob("*.tmp*"))
+
+
+def test_stack_header_and_star_pixel_sizes_must_agree(tmp_path):
+    """One pixel-size policy (as ctf, extract and pick have): a stack header that disagrees with the optics is named."""
+    star = _write_set(tmp_path)
+    with mrcfile.open(tmp_path / "stack.mrcs", mode="r+") as m:
+        m.voxel_size = 2 * APIX
+    with pytest.raises(InputError, match=rf"stack.mrcs: the header pixel size {2 * APIX:.4f} Å disagrees with "
+                                         rf"rlnImagePixelSize {APIX:.4f} Å"):
+        open_particles(star, pose=False)
+    with mrcfile.open(tmp_path / "stack.mrcs", mode="r+") as m:
+        m.voxel_size = 0.0  # unset: the STAR decides (RELION ignores stack headers)
+    assert len(open_particles(star, pose=False)) == N

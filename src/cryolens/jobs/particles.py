@@ -33,9 +33,11 @@ import torch
 from cryolens.core.fourier import pad_or_crop, resample
 from cryolens.core.fsc import FSCResult
 from cryolens.errors import InputError
-from cryolens.io import ImageSource, merge_optics, read_mrc, read_particles, require_columns, write_mrc, write_star
+from cryolens.io import (ImageSource, merge_optics, read_mrc, read_mrc_header, read_particles, require_columns, write_mrc,
+                         write_star)
 from cryolens.jobs.report import plot_central_slices, plot_fsc
 from cryolens.jobs.runner import Job
+from cryolens.jobs.units import check_pixel_size
 from cryolens.particles import CTF_COLUMNS, POSE_COLUMNS, assign_half_sets
 
 __all__ = ["ParticleSet", "open_particles", "require_particle_columns", "single_pixel_size", "checked_batches",
@@ -119,6 +121,8 @@ def open_particles(star: str | os.PathLike, *, pose: bool, min_particles: int = 
     require_particle_columns(particles, star, pose=pose)
     source = ImageSource(particles, star)
     pixel_size = single_pixel_size(optics, star)
+    first = source.stack_paths[0]
+    check_pixel_size(first, read_mrc_header(first).voxel_size, pixel_size, "rlnImagePixelSize")
     if len(particles) < min_particles:
         reason = f" ({why})" if why else ""
         raise InputError(f"{star}: only {len(particles)} particles; {purpose} needs at least {min_particles}{reason}.")

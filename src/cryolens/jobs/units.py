@@ -115,12 +115,13 @@ class UnitRecord:
         return dict(results)
 
 
-def check_pixel_size(path: str | os.PathLike, header_apix: float, apix: float) -> None:
-    """One policy for every per-micrograph stage: a header pixel size (0 = unset) that disagrees with the optics
-    group's ``rlnMicrographPixelSize`` by more than :data:`PIXEL_TOLERANCE` is an InputError naming both."""
+def check_pixel_size(path: str | os.PathLike, header_apix: float, apix: float,
+                     label: str = "rlnMicrographPixelSize") -> None:
+    """One policy for every stage: an image header's pixel size (0 = unset) that disagrees with the optics
+    group's (``label``) by more than :data:`PIXEL_TOLERANCE` is an InputError naming both values and the fix."""
     if header_apix > 0 and abs(header_apix - apix) > PIXEL_TOLERANCE * apix:
-        raise InputError(f"{path}: the header pixel size {header_apix:.4f} Å disagrees with rlnMicrographPixelSize "
-                         f"{apix:.4f} Å of its optics group; correct the STAR file's optics (or the MRC header).")
+        raise InputError(f"{path}: the header pixel size {header_apix:.4f} Å disagrees with {label} {apix:.4f} Å of "
+                         "its optics group; correct the STAR file's optics (or the MRC header).")
 
 
 def check_micrograph_header(path: Path, apix: float) -> tuple[int, int]:
