@@ -18,7 +18,7 @@ import torch
 __all__ = [
     "ft2", "ift2", "ft3", "ift3", "freq_grid_2d", "freq_grid_3d", "radius_2d", "radius_3d",
     "shell_index", "shift_phase", "fourier_resize", "resample", "radial_filter", "bandpass",
-    "rfft_weights", "shell_average", "good_fft_size", "welch_power_spectrum", "pad_or_crop",
+    "rfft_weights", "shell_average", "good_fft_size", "welch_power_spectrum", "pad_or_crop", "rfft_polar_grid",
 ]
 
 WELCH_TILE_BATCH = 32  # tiles per FFT batch in welch_power_spectrum (32 × 512² complex ≈ 64 MB)
@@ -283,3 +283,14 @@ def pad_or_crop(vol: torch.Tensor, box: int) -> torch.Tensor:
     so, do = n // 2 - m // 2, box // 2 - m // 2
     out[do:do + m, do:do + m, do:do + m] = vol[so:so + m, so:so + m, so:so + m]
     return out
+
+
+def rfft_polar_grid(shape: tuple[int, int], pixel_size: float, device=None) -> tuple[torch.Tensor, ...]:
+    """``(s², cos 2φ, sin 2φ)`` on the rfft grid of an ``(H, W)`` image (rectangular allowed); s in cycles/Å,
+    φ the azimuth of the frequency (what an astigmatic CTF needs)."""
+    h, w = shape
+    ky = torch.fft.fftfreq(h, d=pixel_size, device=device)[:, None]
+    kx = torch.fft.rfftfreq(w, d=pixel_size, device=device)[None, :]
+    s2 = kx * kx + ky * ky
+    r2 = s2.clamp_min(1e-20)
+    return s2, (kx * kx - ky * ky) / r2, 2 * kx * ky / r2

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cryolens.core.ctf import CTFParams, ctf_phase_and_envelope, electron_wavelength
-from cryolens.core.fourier import good_fft_size
+from cryolens.core.fourier import good_fft_size, rfft_polar_grid
 from cryolens.simulate import ice as icemod
 
 __all__ = ["canvas_geometry", "canvas_terms", "ctf_params", "delocalisation", "local_defocus",
@@ -53,16 +53,6 @@ def canvas_geometry(ctf: dict, *, n_max: int, height: int, width: int, pixel_siz
     return box, off, good_fft_size(height + 2 * off, primes=_PRIMES), good_fft_size(width + 2 * off, primes=_PRIMES)
 
 
-def _rect_grid(shape: tuple[int, int], pixel_size: float, device):
-    """|s|² (Å⁻²), cos 2φ, sin 2φ on the rfft grid of a rectangular image."""
-    h, w = shape
-    ky = torch.fft.fftfreq(h, d=pixel_size, device=device)[:, None]
-    kx = torch.fft.rfftfreq(w, d=pixel_size, device=device)[None, :]
-    s2 = kx * kx + ky * ky
-    r2 = s2.clamp_min(1e-20)
-    return s2, (kx * kx - ky * ky) / r2, 2 * kx * ky / r2
-
-
 _TERMS: dict = {}  # one entry: the canvas grid and background amplitudes of the last shape/params
 
 
@@ -74,7 +64,7 @@ def canvas_terms(shape: tuple[int, int], pixel_size: float, params, device) -> d
            params.ice_correlation, params.ice_ring)
     if _TERMS.get("key") != key:
         _TERMS.clear()
-        grid = _rect_grid(shape, pixel_size, device)
+        grid = rfft_polar_grid(shape, pixel_size, device)
         s = torch.sqrt(grid[0])
         t = params.ice_thickness
         thick = icemod.radial_table(lambda x: icemod.thickness_psd(x, std=params.ice_variation * t,
