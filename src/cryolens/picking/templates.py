@@ -19,7 +19,7 @@ from cryolens.core.projector import prepare_volume, project
 from cryolens.core.rotations import euler_to_matrix
 from cryolens.core.so3_grid import healpix_directions
 
-__all__ = ["map_projections", "rotate_images", "prepare_templates", "correlate_templates", "side_lobes"]
+__all__ = ["map_projections", "rotate_images", "prepare_templates", "correlate_templates", "side_lobes", "rfft_energy"]
 
 
 def map_projections(volume: torch.Tensor, *, pixel_size: float, out_pixel_size: float | None = None,
@@ -146,7 +146,7 @@ def correlate_templates(image_ft: torch.Tensor, shape: tuple[int, int], template
         canvas[:, rows[:, None], cols[None, :]] = tb
         tf = torch.fft.rfft2(canvas) * transfer
         tf[:, 0, 0] = 0  # zero mean after the transfer too
-        norm = (torch.fft.irfft2(tf, s=(h, w)).square().sum(dim=(-2, -1))).sqrt().clamp_min(1e-30)
+        norm = rfft_energy(tf, w).sqrt().clamp_min(1e-30)
         cc = torch.fft.irfft2(image_ft * tf.conj(), s=(h, w)) / norm[:, None, None]
         val, arg = cc.max(dim=0)
         better = val > best
@@ -155,6 +155,22 @@ def correlate_templates(image_ft: torch.Tensor, shape: tuple[int, int], template
         if progress is not None:
             progress(min(start + batch_size, total), total)
     return best / denom, index, denom
+
+
+def rfft_energy(f: torch.Tensor, width: int) -> torch.Tensor:
+    """``Σ x²`` of the real images ``x = irfft2(f, s=(H, width))`` from their half spectra ``f`` (Parseval).
+
+    Columns other than DC (and Nyquist for an even ``width``) stand for two conjugate ones. Exact
+    when ``f`` is Hermitian along those columns, as the transform of a real image through a real
+    point-symmetric filter (CTF, whitening, band-pass) is; saves an inverse FFT per template.
+    """
+    h = f.shape[-2]
+    p = f.real.square() + f.imag.square()
+    wgt = torch.full((f.shape[-1],), 2.0, device=f.device)
+    wgt[0] = 1.0
+    if width % 2 == 0:
+        wgt[-1] = 1.0
+    return (p * wgt).sum(dim=(-2, -1)) / (h * width)
 
 
 def side_lobes(templates: torch.Tensor, shape: tuple[int, int], *, transfer: torch.Tensor, rc: torch.Tensor,
