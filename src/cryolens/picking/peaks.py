@@ -127,9 +127,10 @@ def suppress_non_maxima(xy: torch.Tensor, score: torch.Tensor, min_distance: flo
     correlations leave around a strong particle, just beyond the minimum distance.
 
     Args:
-        xy: ``(K, 2)`` positions; score: ``(K,)``; block: peaks per neighbour-matrix block
-            (larger sets are first thinned to the maximum of each grid cell of side
-            ``min_distance/√2``, an approximation of the greedy rule for such crowded maps).
+        xy: ``(K, 2)`` positions; score: ``(K,)``; block: larger sets are first thinned to the
+            maximum of each grid cell of side ``min_distance/√2`` (an approximation of the
+            greedy rule for such crowded maps). Neighbours are found through grid cells, not a
+            K×K distance matrix.
     """
     k = xy.shape[0]
     if k == 0:
@@ -146,12 +147,12 @@ def suppress_non_maxima(xy: torch.Tensor, score: torch.Tensor, min_distance: flo
         keep_idx = torch.unique(first[first < k])
         order, p, sc = order[keep_idx], p[keep_idx], sc[keep_idx]
         k = p.shape[0]
-    d2 = torch.cdist(p, p).square()
-    ar = torch.arange(k, device=p.device)
-    higher = (d2 < min_distance ** 2) & (ar[None, :] < ar[:, None])  # [i, j]: j is a higher neighbour of i
+    reach = max(min_distance, halo[0]) if halo is not None else min_distance
+    pi, pj, d2 = _pairs_within(p, reach)  # sparse pairs: each peak has few neighbours
+    higher = (pj < pi) & (d2 < min_distance ** 2)  # pj is a higher neighbour of pi
     if halo is not None:
-        higher |= (d2 < halo[0] ** 2) & (sc[:, None] < halo[1] * sc[None, :]) & (ar[None, :] < ar[:, None])
-    pi, pj = higher.nonzero(as_tuple=True)  # sparse pairs: each peak has few higher neighbours
+        higher |= (pj < pi) & (d2 < halo[0] ** 2) & (sc[pi] < halo[1] * sc[pj])
+    pi, pj = pi[higher], pj[higher]
     state = torch.zeros(k, dtype=torch.int8, device=p.device)  # 0 undecided, 1 kept, -1 dropped
     while bool((state == 0).any()):
         sj = state[pj]
@@ -161,6 +162,32 @@ def suppress_non_maxima(xy: torch.Tensor, score: torch.Tensor, min_distance: flo
         state = torch.where(undecided & kept_nb, torch.full_like(state, -1), state)
         state = torch.where(undecided & ~kept_nb & ~open_nb, torch.ones_like(state), state)
     return order[state == 1]
+
+
+def _pairs_within(p: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All ordered pairs ``(i, j)``, ``i != j``, of points ``p (K, 2)`` closer than ``radius``, with their
+    squared distances: points binned in square cells of side ``radius``, each compared with the
+    points of its own and the 8 neighbouring cells (no K×K matrix)."""
+    k = p.shape[0]
+    dev = p.device
+    radius = max(float(radius), 1e-6)
+    cell = torch.floor(p / radius).long()
+    cell = cell - cell.min(dim=0).values + 1  # a margin of one empty cell on every side
+    ncol = int(cell[:, 1].max()) + 2
+    key = cell[:, 0] * ncol + cell[:, 1]
+    n_cells = (int(cell[:, 0].max()) + 2) * ncol
+    order = torch.argsort(key, stable=True)
+    ks = key[order]
+    counts = torch.bincount(ks, minlength=n_cells)
+    start = torch.cumsum(counts, 0) - counts
+    table = torch.full((n_cells, int(counts.max())), -1, dtype=torch.long, device=dev)
+    table[ks, torch.arange(k, device=dev) - start[ks]] = order
+    offsets = torch.tensor([dy * ncol + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)], device=dev)
+    cand = table[key[:, None] + offsets[None, :]].reshape(k, -1)  # (K, 9·max per cell)
+    i = torch.arange(k, device=dev)[:, None].expand_as(cand)
+    d2 = (p[:, None, :] - p[cand.clamp_min(0)]).square().sum(-1)
+    ok = (cand >= 0) & (cand != i) & (d2 < radius * radius)
+    return i[ok], cand[ok], d2[ok]
 
 
 def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z: float, dilate_px: float,
