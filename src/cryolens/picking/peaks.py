@@ -8,6 +8,8 @@ iteration instead of a Python loop over peaks.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -196,7 +198,7 @@ def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z:
 
     Local mean and SD are Gaussian-weighted at ``sigma_px`` (the particle's scale) on the
     low-resolution image; each is turned into a robust z-score over the micrograph
-    (:func:`mode_stats` on every ``max(1, sigma_px // 2)``-th pixel: about the most common level, for the mean among the brighter half, for the
+    (:func:`mode_stats` on a strided subset of at most ~20 000 pixels, none closer than ``sigma_px/2``: about the most common level, for the mean among the brighter half, for the
     SD among the pixels whose mean is normal, i.e. ordinary ice with its particles). A pixel is bad where ``|z_mean| > mean_z`` (carbon film, thick ice,
     contaminants: absorbing objects are dark) or ``z_sd > sd_z`` (edges of carbon or
     contaminants, ice crystals); the bad area is then dilated by a disc of ``dilate_px`` so
@@ -206,7 +208,8 @@ def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z:
         ``(bad, z_mean, z_sd)``, each ``(H, W)``; ``bad`` is bool.
     """
     mean, sd = local_mean_sd(image, sigma_px=sigma_px)
-    step = max(1, int(sigma_px / 2))  # the maps are smooth at sigma_px: a strided subset gives their statistics
+    # The maps are smooth at sigma_px: a strided subset (at most ~20 000 values) gives their statistics.
+    step = max(1, int(sigma_px / 2), math.ceil(math.sqrt(image.numel() / 20_000)))
     c, s = mode_stats(mean[::step, ::step], side=1)
     z_mean = (mean - c) / s
     normal = z_mean.abs() <= mean_z
@@ -218,8 +221,13 @@ def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z:
     if r > 0 and bool(bad.any()):
         yy, xx = torch.meshgrid(torch.arange(-r, r + 1, device=image.device), torch.arange(-r, r + 1, device=image.device),
                                 indexing="ij")
-        disc = ((yy * yy + xx * xx) <= r * r).float()[None, None]
-        grown = F.conv2d(F.pad(bad.float()[None, None], (r, r, r, r)), disc)[0, 0]
+        disc = ((yy * yy + xx * xx) <= r * r).float()
+        h, w = bad.shape
+        shape = (h + 2 * r, w + 2 * r)  # zero-padded: no wrap-around; the disc's centre at (0, 0)
+        kernel = torch.zeros(shape, device=image.device)
+        kernel[yy % shape[0], xx % shape[1]] = disc
+        grown = torch.fft.irfft2(torch.fft.rfft2(F.pad(bad.float(), (0, 2 * r, 0, 2 * r))) * torch.fft.rfft2(kernel),
+                                 s=shape)[:h, :w]  # disc counts by FFT convolution (cheaper than conv2d on big maps)
         bad = grown > 0.5
     return bad, z_mean, z_sd
 

@@ -160,7 +160,8 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
     h, w = picking_shape((H, W), pixel_size, params.resolved_pick_pixel_size(pixel_size))
     sy, sx = H / h, W / w
     p = pixel_size * (sy + sx) / 2  # Å per picking pixel (square to within rounding)
-    small = fourier_crop_2d(img - img.mean(), (h, w))
+    small = fourier_crop_2d(img, (h, w))
+    small = small - small.mean()  # Fourier cropping keeps the mean: cheaper than centring the full image
     valid = torch.zeros((h, w), dtype=torch.bool, device=dev)
     e = params.resolved_edge()
     ey, ex = int(math.ceil(e / (pixel_size * sy))), int(math.ceil(e / (pixel_size * sx)))
