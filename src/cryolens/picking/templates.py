@@ -19,7 +19,7 @@ from cryolens.core.projector import prepare_volume, project
 from cryolens.core.rotations import euler_to_matrix
 from cryolens.core.so3_grid import healpix_directions
 
-__all__ = ["map_projections", "rotate_images", "prepare_templates", "correlate_templates", "side_lobes", "rfft_energy"]
+__all__ = ["map_projections", "rotate_images", "prepare_templates", "correlate_templates", "side_lobes", "rfft_energy", "wrap_centred"]
 
 
 def map_projections(volume: torch.Tensor, *, pixel_size: float, out_pixel_size: float | None = None,
@@ -123,9 +123,6 @@ def correlate_templates(image_ft: torch.Tensor, shape: tuple[int, int], template
     """
     h, w = shape
     dev = image_ft.device
-    m = templates.shape[-1]
-    rows = (torch.arange(m, device=dev) - m // 2) % h
-    cols = (torch.arange(m, device=dev) - m // 2) % w
     # local SD of the image over the disc M (FFT correlation with the disc)
     yy = torch.fft.fftfreq(h, d=1.0 / h, device=dev)[:, None]
     xx = torch.fft.fftfreq(w, d=1.0 / w, device=dev)[None, :]
@@ -142,9 +139,7 @@ def correlate_templates(image_ft: torch.Tensor, shape: tuple[int, int], template
     total = templates.shape[0]
     for start in range(0, total, batch_size):  # batches of templates, each one batched FFT
         tb = templates[start:start + batch_size].to(dev)
-        canvas = torch.zeros((tb.shape[0], h, w), device=dev)
-        canvas[:, rows[:, None], cols[None, :]] = tb
-        tf = torch.fft.rfft2(canvas) * transfer
+        tf = torch.fft.rfft2(wrap_centred(tb, (h, w))) * transfer
         tf[:, 0, 0] = 0  # zero mean after the transfer too
         norm = rfft_energy(tf, w).sqrt().clamp_min(1e-30)
         cc = torch.fft.irfft2(image_ft * tf.conj(), s=(h, w)) / norm[:, None, None]
@@ -155,6 +150,23 @@ def correlate_templates(image_ft: torch.Tensor, shape: tuple[int, int], template
         if progress is not None:
             progress(min(start + batch_size, total), total)
     return best / denom, index, denom
+
+
+def wrap_centred(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``(B, m, m)`` images centred at ``m//2`` placed on an ``(H, W)`` canvas of zeros with their centre
+    at pixel (0, 0), wrapping around (four slice copies; ``m <= H, W``)."""
+    h, w = shape
+    b, m = images.shape[0], images.shape[-1]
+    c = m // 2
+    if m > h or m > w:
+        raise ValueError(f"templates of {m} px do not fit a {h}x{w} image")
+    canvas = torch.zeros((b, h, w), device=images.device)
+    t = images.float()
+    canvas[:, :m - c, :m - c] = t[:, c:, c:]
+    canvas[:, :m - c, w - c:] = t[:, c:, :c]
+    canvas[:, h - c:, :m - c] = t[:, :c, c:]
+    canvas[:, h - c:, w - c:] = t[:, :c, :c]
+    return canvas
 
 
 def rfft_energy(f: torch.Tensor, width: int) -> torch.Tensor:
@@ -216,9 +228,7 @@ def side_lobes(templates: torch.Tensor, shape: tuple[int, int], *, transfer: tor
     wins = []
     for start in range(0, used.numel(), 64):  # filtered templates T', kept in a window around the origin
         tb = templates[used[start:start + 64]].to(dev)
-        canvas = torch.zeros((tb.shape[0], h, w), device=dev)
-        canvas[:, (torch.arange(m, device=dev) - m // 2)[:, None] % h, (torch.arange(m, device=dev) - m // 2)[None, :] % w] = tb
-        tf = torch.fft.rfft2(canvas) * transfer
+        tf = torch.fft.rfft2(wrap_centred(tb, (h, w))) * transfer
         tf[:, 0, 0] = 0
         full = torch.fft.irfft2(tf, s=(h, w))
         wins.append(full[:, (win % h)[:, None], (win % w)[None, :]])
