@@ -17,7 +17,9 @@ true particles, and on the "clean" ones (disc not touching the carbon; picks mat
 others ignored), the picker being asked to avoid the rims of carbon. Writes
 ``benchmarks/results/picking.json``::
 
-    .venv/bin/python benchmarks/picking.py [--n 3] [--size 1024] [--threads 2] [--no-relion]
+    .venv/bin/python benchmarks/picking.py [--n 3] [--size 1024] [--height H] [--threads 2] [--no-relion]
+
+(``--size 3838 --height 3710`` gives micrographs of a K3 camera's shape.)
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def structure(name: str, apix: float):
     return s.volume.clamp_min(0), 220.0, "arbitrary"  # negative background would read as lighter than ice
 
 
-def simulate_case(name: str, apix: float, n: int, size: int, seed: int, work: Path) -> dict:
+def simulate_case(name: str, apix: float, n: int, size: int, seed: int, work: Path, height: int | None = None) -> dict:
     """Write n micrographs + micrographs.star; return truth, CTFs and the volume."""
     import pandas as pd
     import starfile
@@ -65,7 +67,7 @@ def simulate_case(name: str, apix: float, n: int, size: int, seed: int, work: Pa
     from cryolens.simulate.micrographs import MicrographParams, simulate_micrograph
 
     vol, d, units = structure(name, apix)
-    p = MicrographParams(n_micrographs=n, width=size, height=size, particles_per_micrograph=10_000, carbon=True,
+    p = MicrographParams(n_micrographs=n, width=size, height=height or size, particles_per_micrograph=10_000, carbon=True,
                          contaminants=2, aggregates=0, defocus_min=8000, defocus_max=25000, seed=seed,
                          structure_units=units)
     (work / "Micrographs").mkdir(parents=True, exist_ok=True)
@@ -169,7 +171,8 @@ def run_relion(case: dict, work: Path, threads: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=3, help="micrographs per case")
-    ap.add_argument("--size", type=int, default=1024, help="micrograph width = height (px)")
+    ap.add_argument("--size", type=int, default=1024, help="micrograph width (px)")
+    ap.add_argument("--height", type=int, default=None, help="micrograph height (px; default: the width)")
     ap.add_argument("--seed", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -181,12 +184,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     have_relion = shutil.which("relion_autopick") is not None and not args.no_relion
-    results = dict(n_micrographs=args.n, size=args.size, seed=args.seed, threads=args.threads,
+    results = dict(n_micrographs=args.n, size=args.size, height=args.height or args.size, seed=args.seed, threads=args.threads,
                    load_start=os.getloadavg()[0], cases={})
     with tempfile.TemporaryDirectory(prefix="cryolens-pick-bench-") as tmp:
         for name in args.cases:
             work = Path(tmp) / name
-            case = simulate_case(name, CASES[name], args.n, args.size, args.seed, work)
+            case = simulate_case(name, CASES[name], args.n, args.size, args.seed, work, args.height)
             row = dict(pixel_size=case["apix"], diameter=case["diameter"],
                        n_true=int(sum(len(m["xy"]) for m in case["mics"])),
                        n_clean=int(sum(m["clean"].sum() for m in case["mics"])))

@@ -34,7 +34,8 @@ def fourier_crop_2d(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor
         return image
     if h > H or w > W:
         raise ValueError(f"cannot Fourier-crop {H}x{W} to a larger {h}x{w}")
-    f = torch.fft.rfft2(image)
+    # rfft2 in two passes, the second on the kept columns only (a third to a half of the work)
+    f = torch.fft.fft(torch.fft.rfft(image, dim=-1)[..., :w // 2 + 1], dim=-2)
     hy = (h - 1) // 2  # frequencies |ky| <= hy kept on both sides (Nyquist of an even h dropped)
     rows = torch.cat([f[..., :hy + 1, :], torch.zeros_like(f[..., :h - 2 * hy - 1, :]), f[..., H - hy:, :]], dim=-2)
     cols = rows[..., :w // 2 + 1].clone()

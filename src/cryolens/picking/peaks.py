@@ -8,6 +8,8 @@ iteration instead of a Python loop over peaks.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -38,7 +40,7 @@ def mode_stats(values: torch.Tensor, *, bins: int = 512, iterations: int = 30, c
 
     Starts at the peak of the histogram (between the 0.5 and 99.5 percentiles) with a scale of
     two histogram bins, then clips iteratively: median and 1.4826 × MAD of the values
-    within 3 scales of the current centre. This converges on the most common population
+    within ``clip`` scales of the current centre. This converges on the most common population
     (ordinary ice in maps of the local mean or SD) even when carbon or contaminants cover more
     than half of the micrograph, where the plain median would not. ``side=+1`` (``-1``) looks
     for the histogram's peak above (below) the median only: a flat dark carbon film makes a
@@ -47,26 +49,41 @@ def mode_stats(values: torch.Tensor, *, bins: int = 512, iterations: int = 30, c
     v = values.reshape(-1)
     if v.numel() > 200_000:  # a fixed strided subset: the statistics of a smooth map need no more
         v = v[:: v.numel() // 100_000]
-    q = torch.quantile(v, torch.tensor([0.005, 0.5, 0.995], device=v.device, dtype=v.dtype)).tolist()
-    lo, hi = (q[1], q[2]) if side > 0 else (q[0], q[1]) if side < 0 else (q[0], q[2])
+    # One sort serves the percentiles and every clipping step: the values within ``clip`` scales of
+    # the centre are a contiguous slice of the sorted values, whose median is its middle element.
+    sv = v.sort().values
+    n = sv.numel()
+    lo, med, hi = (_sorted_quantile(sv, q) for q in (0.005, 0.5, 0.995))
+    lo, hi = (med, hi) if side > 0 else (lo, med) if side < 0 else (lo, hi)
     if not hi > lo:
-        med = v.median()
-        return float(med), float((v - med).abs().median() * _MAD_TO_SD) or 1.0
+        m = sv[(n - 1) // 2]
+        return float(m), float((v - m).abs().median() * _MAD_TO_SD) or 1.0
     hist = torch.histc(v, bins=bins, min=lo, max=hi)
     hist = F.avg_pool1d(F.pad(hist[None, None], (2, 2), mode="replicate"), 5, stride=1)[0, 0]
-    centre = torch.tensor(lo + (int(hist.argmax()) + 0.5) * (hi - lo) / bins, device=v.device, dtype=v.dtype)
-    scale = torch.tensor(2 * (hi - lo) / bins, device=v.device, dtype=v.dtype)  # grows to the population's spread
+    centre = lo + (int(hist.argmax()) + 0.5) * (hi - lo) / bins
+    scale = 2 * (hi - lo) / bins  # grows to the population's spread
     for _ in range(iterations):
-        sel = v[(v - centre).abs() < clip * scale]
-        if sel.numel() < 16:
+        bounds = torch.tensor([centre - clip * scale, centre + clip * scale], device=sv.device, dtype=sv.dtype)
+        a = int(torch.searchsorted(sv, bounds[:1], right=True))  # first value above the lower bound
+        b = int(torch.searchsorted(sv, bounds[1:], right=False))  # first value at or above the upper bound
+        if b - a < 16:
             break
-        new_centre = sel.median()
-        new_scale = (sel - new_centre).abs().median() * _MAD_TO_SD
-        done = bool((new_centre - centre).abs() <= 1e-4 * new_scale and (new_scale - scale).abs() <= 1e-4 * new_scale)
+        sel = sv[a:b]
+        new_centre = float(sel[(b - a - 1) // 2])
+        new_scale = float((sel - new_centre).abs().median()) * _MAD_TO_SD
+        done = abs(new_centre - centre) <= 1e-4 * new_scale and abs(new_scale - scale) <= 1e-4 * new_scale
         centre, scale = new_centre, new_scale
         if done:
             break
     return float(centre), max(float(scale), 1e-12 * (abs(float(centre)) + 1))
+
+
+def _sorted_quantile(sv: torch.Tensor, q: float) -> float:
+    """The ``q`` quantile of sorted values ``sv`` (linear interpolation, as :func:`torch.quantile`)."""
+    pos = q * (sv.numel() - 1)
+    i = int(pos)
+    j = min(i + 1, sv.numel() - 1)
+    return float(sv[i] + (sv[j] - sv[i]) * (pos - i))
 
 
 def mode_z(values: torch.Tensor, valid: torch.Tensor | None = None, *, side: int = 0) -> torch.Tensor:
@@ -112,9 +129,10 @@ def suppress_non_maxima(xy: torch.Tensor, score: torch.Tensor, min_distance: flo
     correlations leave around a strong particle, just beyond the minimum distance.
 
     Args:
-        xy: ``(K, 2)`` positions; score: ``(K,)``; block: peaks per neighbour-matrix block
-            (larger sets are first thinned to the maximum of each grid cell of side
-            ``min_distance/√2``, an approximation of the greedy rule for such crowded maps).
+        xy: ``(K, 2)`` positions; score: ``(K,)``; block: larger sets are first thinned to the
+            maximum of each grid cell of side ``min_distance/√2`` (an approximation of the
+            greedy rule for such crowded maps). Neighbours are found through grid cells, not a
+            K×K distance matrix.
     """
     k = xy.shape[0]
     if k == 0:
@@ -131,19 +149,47 @@ def suppress_non_maxima(xy: torch.Tensor, score: torch.Tensor, min_distance: flo
         keep_idx = torch.unique(first[first < k])
         order, p, sc = order[keep_idx], p[keep_idx], sc[keep_idx]
         k = p.shape[0]
-    d2 = torch.cdist(p, p).square()
-    ar = torch.arange(k, device=p.device)
-    higher = (d2 < min_distance ** 2) & (ar[None, :] < ar[:, None])  # [i, j]: j is a higher neighbour of i
+    reach = max(min_distance, halo[0]) if halo is not None else min_distance
+    pi, pj, d2 = _pairs_within(p, reach)  # sparse pairs: each peak has few neighbours
+    higher = (pj < pi) & (d2 < min_distance ** 2)  # pj is a higher neighbour of pi
     if halo is not None:
-        higher |= (d2 < halo[0] ** 2) & (sc[:, None] < halo[1] * sc[None, :]) & (ar[None, :] < ar[:, None])
+        higher |= (pj < pi) & (d2 < halo[0] ** 2) & (sc[pi] < halo[1] * sc[pj])
+    pi, pj = pi[higher], pj[higher]
     state = torch.zeros(k, dtype=torch.int8, device=p.device)  # 0 undecided, 1 kept, -1 dropped
     while bool((state == 0).any()):
-        kept_nb = (higher & (state == 1)[None, :]).any(1)
-        open_nb = (higher & (state == 0)[None, :]).any(1)
+        sj = state[pj]
+        kept_nb = torch.zeros(k, dtype=torch.int32, device=p.device).index_add_(0, pi, (sj == 1).int()) > 0
+        open_nb = torch.zeros(k, dtype=torch.int32, device=p.device).index_add_(0, pi, (sj == 0).int()) > 0
         undecided = state == 0
         state = torch.where(undecided & kept_nb, torch.full_like(state, -1), state)
         state = torch.where(undecided & ~kept_nb & ~open_nb, torch.ones_like(state), state)
     return order[state == 1]
+
+
+def _pairs_within(p: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All ordered pairs ``(i, j)``, ``i != j``, of points ``p (K, 2)`` closer than ``radius``, with their
+    squared distances: points binned in square cells of side ``radius``, each compared with the
+    points of its own and the 8 neighbouring cells (no K×K matrix)."""
+    k = p.shape[0]
+    dev = p.device
+    radius = max(float(radius), 1e-6)
+    cell = torch.floor(p / radius).long()
+    cell = cell - cell.min(dim=0).values + 1  # a margin of one empty cell on every side
+    ncol = int(cell[:, 1].max()) + 2
+    key = cell[:, 0] * ncol + cell[:, 1]
+    n_cells = (int(cell[:, 0].max()) + 2) * ncol
+    order = torch.argsort(key, stable=True)
+    ks = key[order]
+    counts = torch.bincount(ks, minlength=n_cells)
+    start = torch.cumsum(counts, 0) - counts
+    table = torch.full((n_cells, int(counts.max())), -1, dtype=torch.long, device=dev)
+    table[ks, torch.arange(k, device=dev) - start[ks]] = order
+    offsets = torch.tensor([dy * ncol + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)], device=dev)
+    cand = table[key[:, None] + offsets[None, :]].reshape(k, -1)  # (K, 9·max per cell)
+    i = torch.arange(k, device=dev)[:, None].expand_as(cand)
+    d2 = (p[:, None, :] - p[cand.clamp_min(0)]).square().sum(-1)
+    ok = (cand >= 0) & (cand != i) & (d2 < radius * radius)
+    return i[ok], cand[ok], d2[ok]
 
 
 def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z: float, dilate_px: float,
@@ -152,7 +198,7 @@ def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z:
 
     Local mean and SD are Gaussian-weighted at ``sigma_px`` (the particle's scale) on the
     low-resolution image; each is turned into a robust z-score over the micrograph
-    (:func:`mode_z`: about the most common level, for the mean among the brighter half, for the
+    (:func:`mode_stats` on a strided subset of at most ~20 000 pixels, none closer than ``sigma_px/2``: about the most common level, for the mean among the brighter half, for the
     SD among the pixels whose mean is normal, i.e. ordinary ice with its particles). A pixel is bad where ``|z_mean| > mean_z`` (carbon film, thick ice,
     contaminants: absorbing objects are dark) or ``z_sd > sd_z`` (edges of carbon or
     contaminants, ice crystals); the bad area is then dilated by a disc of ``dilate_px`` so
@@ -162,16 +208,26 @@ def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z:
         ``(bad, z_mean, z_sd)``, each ``(H, W)``; ``bad`` is bool.
     """
     mean, sd = local_mean_sd(image, sigma_px=sigma_px)
-    z_mean = mode_z(mean, side=1)
+    # The maps are smooth at sigma_px: a strided subset (at most ~20 000 values) gives their statistics.
+    step = max(1, int(sigma_px / 2), math.ceil(math.sqrt(image.numel() / 20_000)))
+    c, s = mode_stats(mean[::step, ::step], side=1)
+    z_mean = (mean - c) / s
     normal = z_mean.abs() <= mean_z
-    z_sd = mode_z(sd, normal if int(normal.sum()) > 16 else None)
+    sub = normal[::step, ::step]
+    c, s = mode_stats(sd[::step, ::step][sub] if int(sub.sum()) > 16 else sd[::step, ::step])
+    z_sd = (sd - c) / s
     bad = ~normal | (z_sd > sd_z)
     r = int(round(dilate_px))
     if r > 0 and bool(bad.any()):
         yy, xx = torch.meshgrid(torch.arange(-r, r + 1, device=image.device), torch.arange(-r, r + 1, device=image.device),
                                 indexing="ij")
-        disc = ((yy * yy + xx * xx) <= r * r).float()[None, None]
-        grown = F.conv2d(F.pad(bad.float()[None, None], (r, r, r, r)), disc)[0, 0]
+        disc = ((yy * yy + xx * xx) <= r * r).float()
+        h, w = bad.shape
+        shape = (h + 2 * r, w + 2 * r)  # zero-padded: no wrap-around; the disc's centre at (0, 0)
+        kernel = torch.zeros(shape, device=image.device)
+        kernel[yy % shape[0], xx % shape[1]] = disc
+        grown = torch.fft.irfft2(torch.fft.rfft2(F.pad(bad.float(), (0, 2 * r, 0, 2 * r))) * torch.fft.rfft2(kernel),
+                                 s=shape)[:h, :w]  # disc counts by FFT convolution (cheaper than conv2d on big maps)
         bad = grown > 0.5
     return bad, z_mean, z_sd
 

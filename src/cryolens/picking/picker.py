@@ -42,8 +42,10 @@ from cryolens.picking.filters import (
     whitening_filter,
 )
 from cryolens.picking.params import PickParams
-from cryolens.picking.peaks import avoidance_mask, fill_areas, local_maxima, mode_z, refine_subpixel, suppress_non_maxima
-from cryolens.picking.templates import correlate_templates, map_projections, prepare_templates
+from cryolens.picking.peaks import (
+    avoidance_mask, fill_areas, local_maxima, mode_stats, mode_z, refine_subpixel, suppress_non_maxima,
+)
+from cryolens.picking.templates import correlate_templates, map_projections, prepare_templates, side_lobes
 
 __all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape"]
 
@@ -158,7 +160,8 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
     h, w = picking_shape((H, W), pixel_size, params.resolved_pick_pixel_size(pixel_size))
     sy, sx = H / h, W / w
     p = pixel_size * (sy + sx) / 2  # Å per picking pixel (square to within rounding)
-    small = fourier_crop_2d(img - img.mean(), (h, w))
+    small = fourier_crop_2d(img, (h, w))
+    small = small - small.mean()  # Fourier cropping keeps the mean: cheaper than centring the full image
     valid = torch.zeros((h, w), dtype=torch.bool, device=dev)
     e = params.resolved_edge()
     ey, ex = int(math.ceil(e / (pixel_size * sy))), int(math.ceil(e / (pixel_size * sx)))
@@ -178,6 +181,7 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
     high = params.highpass if params.highpass is not None else 2.0 * d_max
     band = _band(shape, p, low=low, high=high, device=dev)
     contrast = -micrograph_ctf(ctf, shape, p, device=dev) if ctf is not None else -torch.ones_like(band)
+    lobes = None
 
     if params.method == "log":
         score, size = _log_scores(f, shape, p, contrast, band * whitening_filter(f, shape), d_min, d_max)
@@ -186,14 +190,15 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
         if params.method == "matched":
             score, size = _matched_scores(f * white, shape, p, contrast * white, d_min, d_max, params.blob_radius)
         else:
-            score, size = _template_scores(f * white, shape, p, contrast * white, params, templates, template_pixel_size,
-                                           volume, volume_pixel_size, progress)
+            score, size, lobes = _template_scores(f * white, shape, p, contrast * white, params, templates,
+                                                  template_pixel_size, volume, volume_pixel_size, progress)
     crop = (slice(pad, pad + h), slice(pad, pad + w))
     score, size = score[crop], size[crop]
     if params.method == "log":  # already in SDs (see _log_scores)
         zmap = score
     else:  # SDs of the background between particles
-        zmap = mode_z(score, valid if int(valid.sum()) > 16 else None)
+        centre, sd = mode_stats(score[valid] if int(valid.sum()) > 16 else score)
+        zmap = (score - centre) / sd
     threshold = params.resolved_threshold()
     floor = min(params.keep_floor, threshold)
     rc = local_maxima(zmap, valid=valid, floor=floor)
@@ -202,6 +207,10 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
     halo = (params.diameters[1] * params.halo[0] / p, params.halo[1]) if params.halo[1] > 0 else None
     keep = suppress_non_maxima(sub, vals, params.resolved_min_distance() / p, halo=halo)
     sub, rc, vals = sub[keep], rc[keep], vals[keep]
+    if lobes is not None:  # template: remove the side lobes that accepted particles predict at each peak
+        vals = vals - _predicted_lobes(lobes, rc + pad, score, vals > threshold, params.diameters[1] * 1.25 / p) / sd
+        order = torch.argsort(vals, descending=True, stable=True)
+        sub, rc, vals = sub[order], rc[order], vals[order]
     cand = torch.stack([sub[:, 1] * sx, sub[:, 0] * sy, vals, size[rc[:, 0], rc[:, 1]]], dim=1)
     picks = Picks(x=cand[:, 0], y=cand[:, 1], score=cand[:, 2], diameter=cand[:, 3], candidates=cand, floor=floor,
                   threshold=threshold, max_per_micrograph=None, score_map=zmap, avoid=avoid,
@@ -275,6 +284,16 @@ def _template_scores(fw, shape, p, transfer, params: PickParams, templates, temp
         raise ValueError("the templates' pixel size is needed")
     prepared = prepare_templates(templates.to(fw.device), pixel_size=template_pixel_size, out_pixel_size=p,
                                  diameter=d_max, psi_step=params.psi_step)
-    best, _ = correlate_templates(fw, shape, prepared, transfer=transfer, mask_radius_px=d_max / 2 / p,
-                                  batch_size=params.batch_size, progress=progress)
-    return best, torch.full_like(best, d_max)
+    best, index, denom = correlate_templates(fw, shape, prepared, transfer=transfer, mask_radius_px=d_max / 2 / p,
+                                             batch_size=params.batch_size, progress=progress)
+    return best, torch.full_like(best, d_max), dict(templates=prepared, shape=shape, transfer=transfer, index=index,
+                                                    denom=denom)
+
+
+def _predicted_lobes(lobes: dict, rc: torch.Tensor, ncc: torch.Tensor, parent: torch.Tensor, radius_px: float):
+    """Side-lobe NCC at peaks ``rc`` (padded-grid pixels) predicted by the ``parent`` peaks
+    (:func:`cryolens.picking.templates.side_lobes`); ``ncc`` is the cropped NCC map."""
+    pad = (lobes["shape"][0] - ncc.shape[0]) // 2
+    r, c = rc[:, 0], rc[:, 1]
+    return side_lobes(lobes["templates"], lobes["shape"], transfer=lobes["transfer"], rc=rc, index=lobes["index"][r, c],
+                      ncc=ncc[r - pad, c - pad], denom=lobes["denom"][r, c], parent=parent, radius_px=radius_px)

@@ -19,7 +19,7 @@ from cryolens.core.projector import prepare_volume, project
 from cryolens.core.rotations import euler_to_matrix
 from cryolens.core.so3_grid import healpix_directions
 
-__all__ = ["map_projections", "rotate_images", "prepare_templates", "correlate_templates"]
+__all__ = ["map_projections", "rotate_images", "prepare_templates", "correlate_templates", "side_lobes", "rfft_energy", "wrap_centred"]
 
 
 def map_projections(volume: torch.Tensor, *, pixel_size: float, out_pixel_size: float | None = None,
@@ -118,13 +118,11 @@ def correlate_templates(image_ft: torch.Tensor, shape: tuple[int, int], template
         progress: called as ``progress(done, total)`` after each batch.
 
     Returns:
-        ``(best, index)``: ``(H, W)`` best NCC and the index of the template that gave it.
+        ``(best, index, denom)``: ``(H, W)`` best NCC, the index of the template that gave it, and
+        the NCC's image term ``sd_M(I)·√|M|`` (used by :func:`side_lobes`).
     """
     h, w = shape
     dev = image_ft.device
-    m = templates.shape[-1]
-    rows = (torch.arange(m, device=dev) - m // 2) % h
-    cols = (torch.arange(m, device=dev) - m // 2) % w
     # local SD of the image over the disc M (FFT correlation with the disc)
     yy = torch.fft.fftfreq(h, d=1.0 / h, device=dev)[:, None]
     xx = torch.fft.fftfreq(w, d=1.0 / w, device=dev)[None, :]
@@ -141,11 +139,9 @@ def correlate_templates(image_ft: torch.Tensor, shape: tuple[int, int], template
     total = templates.shape[0]
     for start in range(0, total, batch_size):  # batches of templates, each one batched FFT
         tb = templates[start:start + batch_size].to(dev)
-        canvas = torch.zeros((tb.shape[0], h, w), device=dev)
-        canvas[:, rows[:, None], cols[None, :]] = tb
-        tf = torch.fft.rfft2(canvas) * transfer
+        tf = torch.fft.rfft2(wrap_centred(tb, (h, w))) * transfer
         tf[:, 0, 0] = 0  # zero mean after the transfer too
-        norm = (torch.fft.irfft2(tf, s=(h, w)).square().sum(dim=(-2, -1))).sqrt().clamp_min(1e-30)
+        norm = rfft_energy(tf, w).sqrt().clamp_min(1e-30)
         cc = torch.fft.irfft2(image_ft * tf.conj(), s=(h, w)) / norm[:, None, None]
         val, arg = cc.max(dim=0)
         better = val > best
@@ -153,4 +149,102 @@ def correlate_templates(image_ft: torch.Tensor, shape: tuple[int, int], template
         index = torch.where(better, arg + start, index)
         if progress is not None:
             progress(min(start + batch_size, total), total)
-    return best / denom, index
+    return best / denom, index, denom
+
+
+def wrap_centred(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``(B, m, m)`` images centred at ``m//2`` placed on an ``(H, W)`` canvas of zeros with their centre
+    at pixel (0, 0), wrapping around (four slice copies; ``m <= H, W``)."""
+    h, w = shape
+    b, m = images.shape[0], images.shape[-1]
+    c = m // 2
+    if m > h or m > w:
+        raise ValueError(f"templates of {m} px do not fit a {h}x{w} image")
+    canvas = torch.zeros((b, h, w), device=images.device)
+    t = images.float()
+    canvas[:, :m - c, :m - c] = t[:, c:, c:]
+    canvas[:, :m - c, w - c:] = t[:, c:, :c]
+    canvas[:, h - c:, :m - c] = t[:, :c, c:]
+    canvas[:, h - c:, w - c:] = t[:, :c, :c]
+    return canvas
+
+
+def rfft_energy(f: torch.Tensor, width: int) -> torch.Tensor:
+    """``Σ x²`` of the real images ``x = irfft2(f, s=(H, width))`` from their half spectra ``f`` (Parseval).
+
+    Columns other than DC (and Nyquist for an even ``width``) stand for two conjugate ones. Exact
+    when ``f`` is Hermitian along those columns, as the transform of a real image through a real
+    point-symmetric filter (CTF, whitening, band-pass) is; saves an inverse FFT per template.
+    """
+    h = f.shape[-2]
+    p = f.real.square() + f.imag.square()
+    wgt = torch.full((f.shape[-1],), 2.0, device=f.device)
+    wgt[0] = 1.0
+    if width % 2 == 0:
+        wgt[-1] = 1.0
+    return (p * wgt).sum(dim=(-2, -1)) / (h * width)
+
+
+def side_lobes(templates: torch.Tensor, shape: tuple[int, int], *, transfer: torch.Tensor, rc: torch.Tensor,
+               index: torch.Tensor, ncc: torch.Tensor, denom: torch.Tensor, parent: torch.Tensor,
+               radius_px: float) -> torch.Tensor:
+    """The NCC that the accepted particles predict at each peak: their CTF side lobes (CLEAN's model).
+
+    A particle at ``x_i`` that matches template ``T_i`` with NCC ``c_i`` is modelled as
+    ``a_i·T'_i(· - x_i)`` with the least-squares amplitude ``a_i = c_i·D(x_i)/‖T'_i‖`` (``T'`` the
+    template through ``transfer``, ``D`` the NCC's image term). Its contribution to the NCC of
+    peak ``j`` with template ``T_j`` is ``c_i · D(x_i)/D(x_j) · ρ_ij``, ``ρ_ij`` the normalised
+    correlation of ``T'_i`` shifted by ``x_i - x_j`` with ``T'_j``. The sum over parents
+    ``i`` that score higher than ``j`` and lie within ``radius_px`` is returned, each term
+    counted only where positive (a side lobe adds to a peak; what it takes away is not given back).
+
+    Args:
+        templates: ``(T, m, m)`` from :func:`prepare_templates`; shape, transfer: as for
+            :func:`correlate_templates` (the padded grid ``(H, W)``).
+        rc: ``(K, 2)`` long peak pixels (row, col) on that grid, by descending NCC.
+        index, ncc, denom: ``(K,)`` best template, its NCC and the image term at each peak.
+        parent: ``(K,)`` bool, the peaks accepted as particles (they predict side lobes).
+        radius_px: farthest parent considered (picking pixels).
+
+    Returns:
+        ``(K,)`` predicted side-lobe NCC (≥ 0) at each peak.
+    """
+    k = rc.shape[0]
+    dev = rc.device
+    out = torch.zeros(k, device=dev)
+    if k < 2 or not bool(parent.any()):
+        return out
+    d = torch.cdist(rc.float(), rc.float())
+    ar = torch.arange(k, device=dev)
+    pairs = ((d <= radius_px) & (ar[None, :] < ar[:, None]) & parent[None, :]).nonzero()  # (j, i): i parent of j
+    if pairs.shape[0] == 0:
+        return out
+    j, i = pairs[:, 0], pairs[:, 1]
+    used, inv = torch.unique(torch.cat([index[i], index[j]]), return_inverse=True)
+    h, w = shape
+    m = templates.shape[-1]
+    half = int(math.ceil(radius_px + m / 2 + 4))  # window around a filtered template's centre
+    win = torch.arange(-half, half + 1, device=dev)
+    wins = []
+    for start in range(0, used.numel(), 64):  # filtered templates T', kept in a window around the origin
+        tb = templates[used[start:start + 64]].to(dev)
+        tf = torch.fft.rfft2(wrap_centred(tb, (h, w))) * transfer
+        tf[:, 0, 0] = 0
+        full = torch.fft.irfft2(tf, s=(h, w))
+        wins.append(full[:, (win % h)[:, None], (win % w)[None, :]])
+    tw = torch.cat(wins)
+    tw = tw / tw.square().sum(dim=(-2, -1), keepdim=True).sqrt().clamp_min(1e-30)
+    ti, tj = inv[:i.numel()], inv[i.numel():]
+    delta = rc[i] - rc[j]  # T'_i(m - delta) against T'_j(m)
+    s = tw.shape[-1]
+    padded = F.pad(tw, (s, s, s, s))
+    rho = torch.zeros(i.numel(), device=dev)
+    grid = torch.arange(s, device=dev)
+    for start in range(0, i.numel(), 256):
+        sl = slice(start, start + 256)
+        rows = grid[None, :] - delta[sl, 0:1] + s
+        cols = grid[None, :] - delta[sl, 1:2] + s
+        shifted = padded[ti[sl][:, None, None], rows[:, :, None], cols[:, None, :]]
+        rho[sl] = (shifted * tw[tj[sl]]).sum(dim=(-2, -1))
+    lobe = (ncc[i] * denom[i] / denom[j].clamp_min(1e-30) * rho).clamp_min(0)
+    return out.index_add_(0, j, lobe)
