@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from cryolens.core.ctf import CTFParams, ctf_phase_and_envelope
+from cryolens.core.fourier import rfft_polar_grid
 
 __all__ = [
-    "fourier_crop_2d", "frequency_grid", "radial_spectrum", "whitening_filter", "micrograph_ctf",
+    "fourier_crop_2d", "radial_spectrum", "whitening_filter", "micrograph_ctf",
     "sphere_projection_ft", "log_filters", "local_mean_sd", "reflect_pad",
 ]
 
@@ -42,16 +43,6 @@ def fourier_crop_2d(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor
     if w % 2 == 0:
         cols[..., -1] = 0
     return torch.fft.irfft2(cols, s=(h, w)) * (h * w / (H * W))
-
-
-def frequency_grid(shape: tuple[int, int], pixel_size: float, device=None):
-    """``(s², cos 2φ, sin 2φ)`` on the rfft grid of an ``(H, W)`` image; s in cycles/Å."""
-    h, w = shape
-    ky = torch.fft.fftfreq(h, d=pixel_size, device=device)[:, None]
-    kx = torch.fft.rfftfreq(w, d=pixel_size, device=device)[None, :]
-    s2 = kx * kx + ky * ky
-    r2 = s2.clamp_min(1e-20)
-    return s2, (kx * kx - ky * ky) / r2, 2 * kx * ky / r2
 
 
 def radial_spectrum(f: torch.Tensor, shape: tuple[int, int], *, nbins: int | None = None) -> torch.Tensor:
@@ -85,7 +76,7 @@ def whitening_filter(f: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
 
 def micrograph_ctf(ctf: CTFParams, shape: tuple[int, int], pixel_size: float, device=None) -> torch.Tensor:
     """The CTF (:mod:`cryolens.core.ctf`, RELION's form) on the rfft grid of an ``(H, W)`` image."""
-    s2, cos2, sin2 = frequency_grid(shape, pixel_size, device)
+    s2, cos2, sin2 = rfft_polar_grid(shape, pixel_size, device)
     chi, env = ctf_phase_and_envelope(ctf, s2[None], cos2, sin2)
     return (-torch.sin(chi) * env)[0]
 
@@ -118,7 +109,7 @@ def log_filters(sigmas: torch.Tensor, shape: tuple[int, int], pixel_size: float,
     gives its strongest response at ``σ ≈ r/√2``. Args: ``sigmas (S,)`` in Å; returns
     ``(S, H, W//2+1)`` real filters (multiply an rfft image by them).
     """
-    s2 = frequency_grid(shape, pixel_size, device)[0]
+    s2 = rfft_polar_grid(shape, pixel_size, device)[0]
     sg = sigmas.to(device=device, dtype=torch.float32)[:, None, None]
     return sg * sg * 4 * math.pi ** 2 * s2[None] * torch.exp(-2 * math.pi ** 2 * sg * sg * s2[None])
 

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 import torch
 
 from cryolens.core.ctf import CTFParams
+from cryolens.core.fourier import rfft_polar_grid
 from cryolens.picking.filters import (
     fourier_crop_2d,
-    frequency_grid,
     log_filters,
     micrograph_ctf,
     reflect_pad,
@@ -119,7 +119,7 @@ def picking_shape(shape: tuple[int, int], pixel_size: float, target: float) -> t
 
 def _band(shape: tuple[int, int], pixel_size: float, *, low: float, high: float, device) -> torch.Tensor:
     """Soft band-pass on the rfft grid: removes features larger than ``high`` Å and finer than ``low`` Å."""
-    s2 = frequency_grid(shape, pixel_size, device)[0]
+    s2 = rfft_polar_grid(shape, pixel_size, device)[0]
     return (1 - torch.exp(-s2 * high * high / 2)) * torch.exp(-s2 * low * low / 2)
 
 
