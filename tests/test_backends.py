@@ -154,8 +154,7 @@ def test_input_error_surfaces(kind, local2, dask_backend):
 
 
 def test_get_backend_specs(tmp_path, monkeypatch):
-    monkeypatch.delenv("CRYOLENS_PROFILES", raising=False)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("CRYOLENS_PROFILES", str(tmp_path / "none.toml"))
     assert isinstance(get_backend("inprocess"), InProcess)
     b = get_backend(None)
     assert isinstance(b, LocalProcesses) and b.n_workers >= 1
