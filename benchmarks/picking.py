@@ -16,8 +16,10 @@ ribosome map clamped at 0, ~220 Å, at 2.5 Å/px), writes them as MRC files with
   pixels (``particle_size`` = d / pixel size); it drops a margin (99-100 px) on each side and
   keeps only the largest square left, so it picks nothing outside it (recall is capped). Its
   tau1/tau2 (windows taken as particle / as possibly particle) are set as fractions of the
-  micrograph's query windows, 0.25/0.6 by default: APPLE's 0.03/0.3, meant for a sparse 4k
-  micrograph, pick almost nothing on these crowded 1k ones. Its centres come back as
+  micrograph's query windows, 0.1/0.4 by default: APPLE's 0.03/0.3, meant for a sparse 4k
+  micrograph, pick almost nothing on these crowded 1k ones, and the result is sensitive to them
+  (first micrograph, F1: phantom 0.31 at 0.1/0.4, 0.55 at 0.15/0.5, 0.6 at 0.25/0.6; ribosome
+  0.33 at 0.1/0.4, 0 picks at 0.15/0.5 and above). Its centres come back as
   (x, y) = (column, row) in full-size micrograph pixels, with APPLE's own +1 offset (taken off here); the
   JSON also scores them swapped (``f1_if_row_col``) and gives the median offset of matched
   picks from the truth (``median_offset_xy_px``) to show the convention is right.
@@ -29,7 +31,7 @@ others ignored), the picker being asked to avoid the rims of carbon. Writes
 ``benchmarks/results/picking.json``::
 
     .venv/bin/python benchmarks/picking.py [--n 3] [--size 1024] [--height H] [--threads 2] [--no-relion]
-        [--apple-python /work/aspire-venv/bin/python] [--apple-tau1 0.25] [--apple-tau2 0.6]
+        [--apple-python /work/aspire-venv/bin/python] [--apple-tau1 0.1] [--apple-tau2 0.4]
 
 (``--size 3838 --height 3710`` gives micrographs of a K3 camera's shape.)
 """
@@ -249,10 +251,10 @@ def main() -> None:
     ap.add_argument("--apple-python", type=Path, default=APPLE_PYTHON if APPLE_PYTHON.exists() else None,
                     help="Python interpreter with ASPIRE 0.14 installed, for APPLE (default: /work/aspire-venv/bin/python"
                          " if it exists; without one APPLE is skipped)")
-    ap.add_argument("--apple-tau1", type=float, default=0.25,
-                    help="APPLE's tau1, fraction of query windows taken as particles (APPLE: 0.03 of a 4k micrograph;"
-                         " on these crowded 1k ones 0.03 finds ~nothing, 0.1 F1 0.31, 0.25 F1 0.6 on phantom mic 0)")
-    ap.add_argument("--apple-tau2", type=float, default=0.6,
+    ap.add_argument("--apple-tau1", type=float, default=0.1,
+                    help="APPLE's tau1, fraction of query windows taken as particles (APPLE: 0.03, for a sparse 4k"
+                         " micrograph)")
+    ap.add_argument("--apple-tau2", type=float, default=0.4,
                     help="APPLE's tau2, fraction of query windows that may hold particles (APPLE: 0.3)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "picking.json")
     args = ap.parse_args()
