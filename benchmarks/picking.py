@@ -9,7 +9,20 @@ ribosome map clamped at 0, ~220 Å, at 2.5 Å/px), writes them as MRC files with
   filter (default), LoG and templates (projections of the true map), timed per micrograph;
 * RELION 3.1: ``relion_autopick --LoG`` over the diameter range 0.8-1.0 × d on the same STAR
   (whole run timed under GNU time, divided by the number of micrographs), its
-  ``*_autopick.star`` read back.
+  ``*_autopick.star`` read back;
+* ASPIRE's APPLE picker (``aspire.apple.apple.Apple``, ASPIRE 0.14, GPL, so not a cryolens
+  dependency: it runs in a subprocess with the interpreter of its own virtual environment,
+  ``--apple-python``), one run per micrograph, timed under GNU time. APPLE's sizes are in
+  pixels (``particle_size`` = d / pixel size); it drops a margin (99-100 px) on each side and
+  keeps only the largest square left, so it picks nothing outside it (recall is capped). Its
+  tau1/tau2 (windows taken as particle / as possibly particle) are set as fractions of the
+  micrograph's query windows, 0.1/0.4 by default: APPLE's 0.03/0.3, meant for a sparse 4k
+  micrograph, pick almost nothing on these crowded 1k ones, and the result is sensitive to them
+  (first micrograph, F1: phantom 0.31 at 0.1/0.4, 0.55 at 0.15/0.5, 0.6 at 0.25/0.6; ribosome
+  0.33 at 0.1/0.4, 0 picks at 0.15/0.5 and above). Its centres come back as
+  (x, y) = (column, row) in full-size micrograph pixels, with APPLE's own +1 offset (taken off here); the
+  JSON also scores them swapped (``f1_if_row_col``) and gives the median offset of matched
+  picks from the truth (``median_offset_xy_px``) to show the convention is right.
 
 Accuracy: precision, recall and F1 with a match within 0.2 × diameter
 (:func:`cryolens.picking.match_picks`), pooled over the micrographs of a case, twice: on all
@@ -18,6 +31,7 @@ others ignored), the picker being asked to avoid the rims of carbon. Writes
 ``benchmarks/results/picking.json``::
 
     .venv/bin/python benchmarks/picking.py [--n 3] [--size 1024] [--height H] [--threads 2] [--no-relion]
+        [--apple-python /work/aspire-venv/bin/python] [--apple-tau1 0.1] [--apple-tau2 0.4]
 
 (``--size 3838 --height 3710`` gives micrographs of a K3 camera's shape.)
 """
@@ -43,6 +57,31 @@ sys.path.insert(0, str(HERE))
 from timing import timed  # noqa: E402
 
 CASES = {"phantom": 1.75, "ribosome": 2.5}
+APPLE_PYTHON = Path("/work/aspire-venv/bin/python")
+# argv: micrograph, particle size (px), output dir, threads, JSON path, tau1, tau2 (fractions);
+# writes [[x, y], ...] (x = column, y = row)
+# ASPIRE 0.14.3's APPLE opens the micrograph with no pixel size, which fails on an MRC whose
+# header has one ("Mismatched pixel size"): the script hands it the header's. Its default tau1 and
+# tau2 (3 % and 30 % of the query windows, the windows assumed to hold particles and those that
+# may) count the windows of a 4000-px micrograph and overrun those of a smaller one (IndexError):
+# they are given here as fractions of this micrograph's windows (--apple-tau1, --apple-tau2).
+APPLE_SCRIPT = """
+import json, sys
+import aspire.apple.picking as picking
+from aspire.apple.apple import Apple
+from aspire.image import Image
+mic, size, odir, threads, out, tau1, tau2 = sys.argv[1:]
+source = picking.DiskMicrographSource
+picking.DiskMicrographSource = lambda path, **kw: source(path, pixel_size=Image.load(path).pixel_size, **kw)
+apple = Apple(particle_size=int(size), output_dir=odir, conv_map_nthreads=int(threads))
+h, w = Image.load(mic).asnumpy().shape[-2:]
+side = min(h - apple.mrc_margin_top - apple.mrc_margin_bottom, w - apple.mrc_margin_left - apple.mrc_margin_right)
+windows = (side / apple.query_image_size) ** 2 * 4
+apple.tau1, apple.tau2 = int(float(tau1) * windows), int(float(tau2) * windows)
+centers = apple.process_micrograph_centers(mic)
+with open(out, "w") as f:
+    json.dump([[float(x), float(y)] for x, y in centers], f)
+"""
 METHODS = ("matched", "log", "template")
 
 
@@ -168,6 +207,38 @@ def run_relion(case: dict, work: Path, threads: int) -> dict:
                 files_found=sum(1 for p in picks if len(p)), **accuracy(picks, case))
 
 
+def run_apple(case: dict, work: Path, python: Path, threads: int, tau: tuple[float, float]) -> dict:
+    """APPLE on each micrograph in its own process: median wall time, CPU and peak RSS per micrograph.
+    ``tau``: APPLE's tau1, tau2 as fractions of the micrograph's query windows."""
+    size = int(round(case["diameter"] / case["apix"]))
+    odir = work / "Apple"
+    odir.mkdir(exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.pop("PYTHONPATH", None)
+    costs, picks = [], []
+    for m in case["mics"]:
+        out = odir / f"{m['path'].stem}.json"
+        cost = timed([str(python), "-c", APPLE_SCRIPT, str(m["path"]), str(size), str(odir), str(threads), str(out),
+                      str(tau[0]), str(tau[1])],
+                     cwd=work, env=env, log=odir / f"{m['path'].stem}.log", timeout=1800)
+        costs.append(cost)
+        xy = np.array(json.loads(out.read_text()), dtype=float).reshape(-1, 2) if out.exists() else np.zeros((0, 2))
+        picks.append(xy - 1.0)  # APPLE adds 1 (1-based, RELION style); ours are 0-based
+    swapped = accuracy([p[:, ::-1] for p in picks], case)
+    from cryolens.picking import match_picks
+
+    r = 0.2 * case["diameter"] / case["apix"]
+    d = [p[mm.pairs[:, 0]] - m["xy"][mm.pairs[:, 1]]
+         for p, m in zip(picks, case["mics"]) for mm in [match_picks(p, m["xy"], r)] if len(mm.pairs)]
+    offset = np.median(np.concatenate(d), axis=0).round(2).tolist() if d else None
+    return dict(seconds_per_micrograph=round(float(np.median([c["wall_s"] for c in costs])), 3),
+                cpu_seconds_per_micrograph=round(float(np.median([c["cpu_s"] or np.nan for c in costs])), 3),
+                peak_rss_mb=max((c["peak_rss_mb"] or 0) for c in costs), particle_size_px=size,
+                n_picks=int(sum(len(p) for p in picks)), **accuracy(picks, case),
+                f1_if_row_col=dict(all=swapped["all"]["f1"], clean=swapped["clean"]["f1"]),
+                median_offset_xy_px=offset)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=3, help="micrographs per case")
@@ -177,6 +248,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--no-relion", action="store_true")
+    ap.add_argument("--apple-python", type=Path, default=APPLE_PYTHON if APPLE_PYTHON.exists() else None,
+                    help="Python interpreter with ASPIRE 0.14 installed, for APPLE (default: /work/aspire-venv/bin/python"
+                         " if it exists; without one APPLE is skipped)")
+    ap.add_argument("--apple-tau1", type=float, default=0.1,
+                    help="APPLE's tau1, fraction of query windows taken as particles (APPLE: 0.03, for a sparse 4k"
+                         " micrograph)")
+    ap.add_argument("--apple-tau2", type=float, default=0.4,
+                    help="APPLE's tau2, fraction of query windows that may hold particles (APPLE: 0.3)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "picking.json")
     args = ap.parse_args()
 
@@ -184,6 +263,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     have_relion = shutil.which("relion_autopick") is not None and not args.no_relion
+    if args.apple_python is None:
+        print("no --apple-python (ASPIRE) given and /work/aspire-venv/bin/python missing: skipping APPLE", flush=True)
     results = dict(n_micrographs=args.n, size=args.size, height=args.height or args.size, seed=args.seed, threads=args.threads,
                    load_start=os.getloadavg()[0], cases={})
     with tempfile.TemporaryDirectory(prefix="cryolens-pick-bench-") as tmp:
@@ -202,6 +283,10 @@ def main() -> None:
                 rel = row["relion_log"]["seconds_per_micrograph"]
                 row["time_ratio_relion_over_cryolens_matched"] = round(
                     rel / max(1e-9, row["cryolens_matched"]["seconds_per_micrograph"]), 2)
+            if args.apple_python is not None:
+                row["apple"] = run_apple(case, work, args.apple_python, args.threads,
+                                        (args.apple_tau1, args.apple_tau2))
+                print(name, "APPLE", json.dumps(row["apple"]), flush=True)
             results["cases"][name] = row
     results["load_end"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
