@@ -223,14 +223,18 @@ def test_real_relion5_autopick_read_unchanged(shared_data: Path, tmp_path: Path,
     theirs = starfile.read(project / PICKS21)
     assert len(theirs) == 242
     cols = ["rlnCoordinateX", "rlnCoordinateY", FOM, "rlnClassNumber", "rlnAnglePsi"]
-    # autopick.star lists 10 micrographs, of which only 00021's picks are kept in shared/data
-    with pytest.raises(InputError, match="20170629_00022_frameImage_autopick.star"):
-        read_positions(project / "AutoPick/job008/autopick.star")
+    # an index none of whose coordinate files exists is refused, naming the index
     index = starfile.read(project / "AutoPick/job008/autopick.star")
-    starfile.write({"coordinate_files": index.iloc[:1]}, tmp_path / "autopick.star")
+    starfile.write({"coordinate_files": index.iloc[1:]}, tmp_path / "autopick.star")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InputError, match="autopick.star: none of its 9 coordinate files was found"):
+        read_positions(tmp_path / "autopick.star")
+    # autopick.star lists 10 micrographs, of which only 00021's picks are kept in shared/data: the other
+    # nine are skipped, as RELION skips micrographs without a coordinate file
     monkeypatch.chdir(project)  # RELION's names are relative to the project folder
-    pos = read_positions(tmp_path / "autopick.star")
+    pos = read_positions(project / "AutoPick/job008/autopick.star")
     assert pos.kind == "files" and (pos.table["rlnMicrographName"] == MIC21).all()
+    assert len(pos.missing) == 9 and "20170629_00022_frameImage_autopick.star" in pos.missing[0]
     pd.testing.assert_frame_equal(pos.table[cols], theirs[cols], check_dtype=False)
 
     result = invoke_cli("import", "coords", str(project / PICKS21), "--micrographs",

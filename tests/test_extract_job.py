@@ -198,7 +198,7 @@ def test_bad_inputs_exit_2_and_write_nothing(work: Path):
     starfile.write({"coordinate_files": index}, work / "gone.star")
     t.iloc[:0].pipe(starfile.write, work / "empty.star")
     cases = [
-        (dict(inp="gone.star"), (), ["gone.star", "coordinate file sim/micrographs/gone_coords.star (row 1)"]),
+        (dict(inp="gone.star"), (), ["gone.star", "its coordinate file sim/micrographs/gone_coords.star was not found"]),
         (dict(inp="empty.star"), (), ["empty.star", "holds no particle positions"]),
         (dict(inp="unknown.star"), (), ["unknown.star", "sim/micrographs.star", "other/x.mrc"]),
         (dict(inp="outside.star"), (), ["outside.star", "none of its 24 particle boxes"]),

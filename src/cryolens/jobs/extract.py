@@ -185,6 +185,9 @@ def _positions_of(pos: Positions, mics: pd.DataFrame, mics_star: Path) -> tuple[
     table["_mic"] = match_micrographs(table["rlnMicrographName"], mics["rlnMicrographName"].astype(str).tolist())
     lost = table["_mic"] < 0
     warnings = []
+    if pos.missing:
+        warnings.append(f"{len(pos.missing)} coordinate files named in {pos.path} do not exist (e.g. {pos.missing[0]}): "
+                        "their micrographs have no picks")
     if len(table) and lost.all():
         raise InputError(f"{pos.path}: none of its micrographs (e.g. {table['rlnMicrographName'].iloc[0]}) is in "
                          f"{mics_star}; give the micrographs STAR the positions were picked on.")

@@ -46,11 +46,14 @@ class Positions:
             (a particle STAR file: re-extraction).
         table: rlnMicrographName, rlnCoordinateX/Y [px of the micrograph] and whatever else
             the file holds (for particles: their RELION 3.1 columns, origins in Å).
+        missing: coordinate files a ``files`` index names that do not exist (skipped, as RELION
+            skips micrographs without picks).
     """
 
     path: str | os.PathLike
     kind: str
     table: pd.DataFrame
+    missing: tuple[str, ...] = ()
 
 
 def resolve_file(name: str, star: str | os.PathLike, row: int, what: str) -> Path:
@@ -66,28 +69,43 @@ def resolve_file(name: str, star: str | os.PathLike, row: int, what: str) -> Pat
                          "file or in the folders above it; check the path or run from the project folder.") from None
 
 
-def _from_index(path: Path, index: pd.DataFrame) -> pd.DataFrame:
+def _from_index(path: Path, index: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, ...]]:
     """Every coordinate file of a coordinate index, one table: rlnMicrographName, rlnCoordinateX/Y, then the
-    columns all the files share (e.g. rlnAutopickFigureOfMerit, rlnClassNumber)."""
+    columns all the files share (e.g. rlnAutopickFigureOfMerit, rlnClassNumber); and the files that are missing.
+
+    A missing coordinate file is skipped (RELION's autopick.star lists every micrograph, also those where
+    the picker wrote nothing); when every file is missing the index is refused.
+    """
     require_columns(index, ["rlnMicrographName"], path, "coordinate_files")
-    parts = []
+    parts, missing = [], []
     for i, (mic, name) in enumerate(zip(index["rlnMicrographName"].astype(str),
                                         index["rlnMicrographCoordinates"].astype(str))):
-        parts.append(read_coordinates(resolve_file(name, path, i + 1, "coordinate file")).assign(rlnMicrographName=mic))
+        try:
+            found = resolve_path(name, path, row=i + 1)
+        except InputError:
+            missing.append(name)
+            continue
+        parts.append(read_coordinates(found).assign(rlnMicrographName=mic))
+    if missing and not parts:
+        which = (f"its coordinate file {missing[0]} was not found" if len(missing) == 1 else
+                 f"none of its {len(missing)} coordinate files was found (first: {missing[0]})")
+        raise InputError(f"{path}: {which} in {Path.cwd()}, next to the STAR file or in the folders above it; run "
+                         "from the project folder or fix the paths.")
     if not parts:
-        return pd.DataFrame(columns=["rlnMicrographName", *XY])
+        return pd.DataFrame(columns=["rlnMicrographName", *XY]), ()
     common = [c for c in parts[0].columns if all(c in t.columns for t in parts) and c not in XY + ["rlnMicrographName"]]
-    return pd.concat([t[["rlnMicrographName", *XY, *common]] for t in parts], ignore_index=True)
+    return pd.concat([t[["rlnMicrographName", *XY, *common]] for t in parts], ignore_index=True), tuple(missing)
 
 
 def read_positions(path: str | os.PathLike) -> Positions:
     """The particle positions of ``path`` (see the module docstring for the three kinds).
 
     Raises:
-        InputError: a file that is none of the three kinds, a missing column or coordinate
-            file, or coordinates that are not finite numbers.
+        InputError: a file that is none of the three kinds, a missing column, an index whose
+            coordinate files are all missing (some missing are skipped: ``Positions.missing``), or coordinates that are not finite numbers.
     """
     p = Path(path)
+    missing: tuple[str, ...] = ()
     loops = {n: b for n, b in read_star(p).items() if isinstance(b, pd.DataFrame)}
     if any("rlnImageName" in b.columns for b in loops.values()):
         kind = "particles"
@@ -95,7 +113,7 @@ def read_positions(path: str | os.PathLike) -> Positions:
         require_columns(table, ["rlnMicrographName", *XY], p, "particles")
     elif any("rlnMicrographCoordinates" in b.columns for b in loops.values()):
         kind = "files"
-        table = _from_index(p, next(b for b in loops.values() if "rlnMicrographCoordinates" in b.columns))
+        table, missing = _from_index(p, next(b for b in loops.values() if "rlnMicrographCoordinates" in b.columns))
     else:
         found = [(n, b) for n, b in loops.items() if "rlnCoordinateX" in b.columns]
         if not found:
@@ -111,7 +129,7 @@ def read_positions(path: str | os.PathLike) -> Positions:
         table[c] = pd.to_numeric(table[c], errors="coerce").astype(np.float64)
     if not np.isfinite(table[XY].to_numpy()).all():
         raise InputError(f"{p}: some particle coordinates are not numbers; fix or remove those rows.")
-    return Positions(path=path, kind=kind, table=table)
+    return Positions(path=path, kind=kind, table=table, missing=missing)
 
 
 def match_micrographs(names: pd.Series, micrographs: list[str]) -> np.ndarray:

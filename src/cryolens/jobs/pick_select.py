@@ -113,7 +113,8 @@ def run_pick_consensus(coords: Sequence[str | os.PathLike], out_dir: str | os.Pa
         raise InputError(f"--min-agree {k}: must be between 1 and the number of pick files ({len(files)}).")
     if not radius > 0:
         raise InputError(f"--radius {radius:g}: must be a positive distance in micrograph pixels.")
-    sets = [read_positions(f).table for f in files]
+    positions = [read_positions(f) for f in files]
+    sets = [pos.table for pos in positions]
     names: list[str] = list(dict.fromkeys(n for t in sets for n in t["rlnMicrographName"]))
     if not names:
         raise InputError(f"{files[0]}: the pick files hold no picks; give coords.star files of picking jobs.")
@@ -140,6 +141,10 @@ def run_pick_consensus(coords: Sequence[str | os.PathLike], out_dir: str | os.Pa
         job.results.update(n_micrographs=len(names), n_picks=len(picks), n_sets=len(files), min_agree=k,
                            radius_px=radius, n_particles_any=int(sum(len(s) for s in scores)),
                            picks_per_set=[int(len(t)) for t in sets])
+        for pos in positions:
+            if pos.missing:
+                job.log.warning("%d coordinate files named in %s do not exist (e.g. %s): no picks there",
+                                len(pos.missing), pos.path, pos.missing[0])
         write_report(out / "report.html", title="Consensus picking", summary=job.results, params=params,
                      images=["scores.png", "picks_per_micrograph.png"])
         for name in ("coords", "autopick", "report"):
