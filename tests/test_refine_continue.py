@@ -23,9 +23,9 @@ import torch
 from conftest import CLI, assert_user_error, invoke_cli, run_cli
 
 from cryolens.io import merge_optics, read_mrc, read_particles, read_star, write_mrc
-from cryolens.jobs.checkpoint import (capture_rng, continue_point, finished_iterations, iteration_path, latest_iteration,
-                                      load_iteration, prune_iterations, remove_unfinished, restore_rng, save_iteration,
-                                      state_path)
+from cryolens.jobs.checkpoint import (capture_rng, clear_iterations, continue_point, finished_iterations,
+                                      iteration_path, latest_iteration, load_iteration, prune_iterations,
+                                      remove_unfinished, restore_rng, save_iteration, state_path)
 from cryolens.particles import assign_half_sets
 from cryolens.refine import RefineParams, RefineState, auto_refine
 from cryolens.simulate.particles import ParticleSimParams, simulate_particles
@@ -71,6 +71,7 @@ def test_only_the_last_iterations_are_kept(tmp_path):
     save_iteration(tmp_path, 6, keep=None)
     assert finished_iterations(tmp_path) == [4, 5, 6] and prune_iterations(tmp_path, keep=1) == [4, 5]
     assert float(load_iteration(tmp_path, 6).tensors.get("x", torch.zeros(1))[0]) == 0.0
+    assert clear_iterations(tmp_path) == [6] and list(tmp_path.iterdir()) == []  # a fresh start
 
 
 def test_rng_states_restore_the_same_draws():
@@ -176,7 +177,8 @@ def test_killed_refine_continues_to_the_uninterrupted_result(sim_set, tmp_path, 
     _, pb = read_particles(folder / "particles.star")
     num = [c for c in pa.columns if c != "rlnImageName"]
     assert np.array_equal(pa[num].to_numpy(float), pb[num].to_numpy(float))
-    ia, ib = (read_star(f / "iterations.star")["iterations"].drop(columns="rlnCryolensSeconds") for f in (whole, folder))
+    ia, ib = (read_star(f / "iterations.star")["iterations"].drop(columns="rlnCryolensSeconds")
+              for f in (whole, folder))
     assert ia.equals(ib) and len(ia) == 5
     job = json.loads((folder / "job.json").read_text())
     assert job["status"] == "finished" and job["results"]["iterations"] == 5

@@ -65,12 +65,15 @@ def refine(
 
     def body():
         if continue_ is not None:
-            c = continued_job("refine", continue_, params=params, given=given, run=run,
-                              inputs={"particles": ("--in", star), "reference": ("--ref", ref), "mask": ("--mask", mask)})
+            typed = {"particles": ("--in", star), "reference": ("--ref", ref), "mask": ("--mask", mask)}
+            c = continued_job("refine", continue_, params=params, given=given, run=run, inputs=typed)
             if c.finished:
                 console.print(c.message, highlight=False)
                 return
-            dev = device_option(c.device)
+            try:
+                dev = device_option(c.device)
+            except InputError:  # the job's recorded device is not on this machine: --device (auto) decides
+                dev = device_option(run.device)
             with continue_target("refine", c.folder, run.project) as target, \
                     iteration_progress(quiet=run.quiet) as cb:
                 job = run_refine(c.inputs["particles"], c.inputs["reference"], target.out, c.params,

@@ -46,9 +46,9 @@ from cryolens.errors import InputError
 from cryolens.io.atomic import temporary_path
 from cryolens.jobs.runner import SUCCESS_MARKER
 
-__all__ = ["KEEP_ITERATIONS", "IterationState", "ContinuePoint", "continue_point", "iteration_path", "state_path", "finished_iterations",
-           "latest_iteration", "save_iteration", "load_iteration", "prune_iterations", "remove_unfinished",
-           "capture_rng", "restore_rng"]
+__all__ = ["KEEP_ITERATIONS", "IterationState", "ContinuePoint", "continue_point", "iteration_path", "state_path",
+           "finished_iterations", "latest_iteration", "save_iteration", "load_iteration", "prune_iterations",
+           "remove_unfinished", "clear_iterations", "capture_rng", "restore_rng"]
 
 #: Finished iterations whose files are kept by default (the latest and the one before it).
 KEEP_ITERATIONS = 2
@@ -105,7 +105,7 @@ def save_iteration(job_dir: str | os.PathLike, iteration: int, *, tensors: dict[
     Args:
         job_dir: the job folder (exists).
         iteration: the finished iteration, from 1.
-        tensors: named tensors (moved to the CPU; any dtype, e.g. a generator state).
+        tensors: named tensors (copied to the CPU, views compacted; any dtype, e.g. a generator state).
         values: JSON values (numbers, strings, lists, dicts; tuples come back as lists); floats
             round-trip exactly (``repr``), inf and NaN included.
         rng: global RNG states from :func:`capture_rng`, or None.
@@ -120,7 +120,7 @@ def save_iteration(job_dir: str | os.PathLike, iteration: int, *, tensors: dict[
     tmp = temporary_path(final)
     tmp.mkdir()
     try:
-        torch.save({k: v.detach().cpu().contiguous() for k, v in (tensors or {}).items()}, tmp / "tensors.pt")
+        torch.save({k: v.detach().cpu().clone() for k, v in (tensors or {}).items()}, tmp / "tensors.pt")
         (tmp / "state.json").write_text(json.dumps({
             "format": STATE_FORMAT, "iteration": iteration, "values": values or {},
             "rng": rng}, indent=1, allow_nan=True) + "\n")
@@ -174,6 +174,15 @@ def _remove(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def _remove_iterations(job_dir: Path, files: dict[int, list[Path]], iterations: list[int]) -> list[int]:
+    """Remove the files of ``iterations``, each one's state folder first (never finished with files missing)."""
+    for it in sorted(iterations):
+        state = state_path(job_dir, it)
+        for p in sorted(files[it], key=lambda q: q != state):
+            _remove(p)
+    return sorted(iterations)
+
+
 def prune_iterations(job_dir: str | os.PathLike, *, keep: int = KEEP_ITERATIONS) -> list[int]:
     """Remove every ``run_itNNN_*`` file of the finished iterations older than the last ``keep``.
 
@@ -190,12 +199,7 @@ def prune_iterations(job_dir: str | os.PathLike, *, keep: int = KEEP_ITERATIONS)
         return []
     kept_from = done[-keep]
     files = _iteration_files(Path(job_dir))
-    gone = [it for it in files if it < kept_from]
-    for it in sorted(gone):
-        state = state_path(job_dir, it)
-        for p in sorted(files[it], key=lambda q: q != state):
-            _remove(p)
-    return sorted(gone)
+    return _remove_iterations(Path(job_dir), files, [it for it in files if it < kept_from])
 
 
 def remove_unfinished(job_dir: str | os.PathLike) -> list[Path]:
@@ -211,6 +215,19 @@ def remove_unfinished(job_dir: str | os.PathLike) -> list[Path]:
     for p in removed:
         _remove(p)
     return removed
+
+
+def clear_iterations(job_dir: str | os.PathLike) -> list[int]:
+    """Remove every ``run_itNNN_*`` file (a job that starts afresh in a folder an earlier run left them in).
+
+    Returns:
+        the iterations removed.
+    """
+    d = Path(job_dir)
+    if not d.is_dir():
+        return []
+    files = _iteration_files(d)
+    return _remove_iterations(d, files, list(files))
 
 
 def capture_rng() -> dict[str, Any]:

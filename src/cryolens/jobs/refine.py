@@ -31,7 +31,8 @@ import torch
 from cryolens.core.rotations import matrix_to_euler
 from cryolens.errors import InputError
 from cryolens.io import write_mrc, write_particles, write_star
-from cryolens.jobs.checkpoint import iteration_path, load_iteration, remove_unfinished, save_iteration
+from cryolens.jobs.checkpoint import (clear_iterations, iteration_path, load_iteration, remove_unfinished,
+                                      save_iteration)
 from cryolens.jobs.particles import open_particles, read_reference, write_half_maps
 from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
@@ -132,6 +133,8 @@ def run_refine(star: str | os.PathLike, ref: str | os.PathLike, out_dir: str | o
         particles = parts.particles
         if state is not None:
             _check_state(state, particles, box, star)
+        else:  # a fresh start: iterations an earlier run left here must not mix with this run's
+            clear_iterations(out)
 
         def batches():
             return parts.batches(params.batch_size)

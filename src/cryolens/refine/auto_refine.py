@@ -377,7 +377,8 @@ def auto_refine(batches: Batches, particles: pd.DataFrame, reference: torch.Tens
             but the final one (the job saves it, so that a killed run can continue).
         resume: a state from ``on_iteration`` of an earlier run on the same particles, reference,
             mask and params: the refinement continues after its iteration and gives the same result
-            as the uninterrupted run (same device and thread count: bitwise).
+            as the uninterrupted run (bitwise on the CPU with the same thread count; on a GPU to float
+            tolerance, its atomic additions being unordered).
 
     Returns:
         :class:`RefineResult`.
