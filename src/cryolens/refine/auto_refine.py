@@ -58,9 +58,9 @@ from cryolens.core.symmetry import symmetry_matrices
 from cryolens.particles import ctf_params_from_table, has_ctf, origins_px_from_table, rotations_from_table
 from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.params import RefineParams
-from cryolens.refine.state import IterationStats, RefineState, Schedule
 from cryolens.refine.pose_search import (BandProjector, Candidates, FrequencyBand, SearchData, best_projections,
                                          global_search, local_search, shift_grid)
+from cryolens.refine.state import IterationStats, RefineState, Schedule
 
 __all__ = ["RefineResult", "auto_refine", "fsc_weight"]
 
