@@ -22,7 +22,7 @@ import pytest
 import torch
 from conftest import CLI, assert_user_error, invoke_cli, run_cli
 
-from cryolens.io import merge_optics, read_mrc, read_particles, read_star, write_mrc
+from cryolens.io import merge_optics, read_mrc, read_particles, read_star, write_mrc, write_particles
 from cryolens.jobs.checkpoint import (capture_rng, clear_iterations, continue_point, finished_iterations,
                                       iteration_path, latest_iteration, load_iteration, prune_iterations,
                                       remove_unfinished, restore_rng, save_iteration, state_path)
@@ -213,6 +213,15 @@ def test_continue_refuses_what_it_cannot_continue(sim_set, tmp_path):
                       "--ref")
     assert_user_error(invoke_cli("refine", "--continue", stopped, "--out", tmp_path / "elsewhere", code=None), "--out")
     assert np.array_equal(read_mrc(stopped / "map.mrc")[0], before) and not (tmp_path / "elsewhere").exists()
+    # particles that are not the saved state's (here: 40 of the 60) are refused before anything runs
+    optics, parts = read_particles(work / "sim" / "particles.star")
+    fewer = work / "sim" / "fewer.star"  # next to the stack its rows name
+    write_particles(fewer, optics, parts.iloc[:40])
+    from cryolens.errors import InputError
+    from cryolens.jobs.refine import run_refine
+    with pytest.raises(InputError, match="not those of the saved state"):
+        run_refine(fewer, work / "ref.mrc", stopped, RefineParams(**record["params"]), resume=True)
+    assert json.loads((stopped / "job.json").read_text())["status"] == "running"  # untouched
     # the same values repeated are fine; the job ends with its final iteration redone from the state of iteration 1
     invoke_cli("refine", "--continue", stopped, "--max-iter", "2", "--in", work / "sim" / "particles.star", "--quiet")
     assert json.loads((stopped / "job.json").read_text())["status"] == "finished"

@@ -125,15 +125,14 @@ def run_refine(star: str | os.PathLike, ref: str | os.PathLike, out_dir: str | o
         mask_vol = mask_vol.clamp(0, 1)
     inputs = {"particles": star, "reference": ref, **({"mask": mask} if mask is not None else {})}
     state = _saved_state(out) if resume else None
-    if resume:
+    if state is not None:  # checked before the job starts: a refused continue leaves the folder as it was
+        _check_state(state, parts.with_half_sets(seed=params.seed).particles, box, star)
         remove_unfinished(out)
     with Job("refine", out, params=params, inputs=inputs, seed=params.seed, device=str(device),
              observer=observer) as job:
         parts = parts.with_half_sets(seed=params.seed)
         particles = parts.particles
-        if state is not None:
-            _check_state(state, particles, box, star)
-        else:  # a fresh start: iterations an earlier run left here must not mix with this run's
+        if state is None:  # a fresh start: iterations an earlier run left here must not mix with this run's
             clear_iterations(out)
 
         def batches():
