@@ -12,7 +12,10 @@ when the class has presets, and validates it before the command body runs: an
 impossible value exits 2 with one sentence naming the flag, before any job folder or
 project record exists. The declared ``outputs`` (names or regular expressions of the
 outputs in ``job.json``) let ``cryolens run`` check ``{step.output}`` references before
-running anything.
+running anything. A command with a keyword argument named ``given`` receives, per declared
+class (its argument name), the set of field names the user typed on the command line or set
+through the environment, e.g. ``{"params": {"max_iterations"}, "run": {"out"}}`` (``--continue``
+uses it to tell a repeated option from a default).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ DECLARED_ATTR = "cryolens_params"
 OUTPUTS_ATTR = "cryolens_outputs"
 PRESET = "preset"
 CONTEXT = "cryolens_context"
+GIVEN = "given"
 
 
 def help_text(d: Declared) -> str:
@@ -157,13 +161,18 @@ def build_params(cls: type[Params], values: dict[str, Any], explicit: set[str] =
     return params
 
 
+def _given(owned: dict[str, dict[str, str]], kwargs: dict[str, Any], ctx: click.Context | None) -> dict[str, set[str]]:
+    """Per declared class, the fields whose option the user typed (command line or environment)."""
+    # typer runs on its own copy of click (typer._click): compare the source by name
+    typed = {n for n in kwargs if ctx is not None and
+             getattr(ctx.get_parameter_source(n), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
+    return {key: {f for p, f in names.items() if p in typed} for key, names in owned.items()}
+
+
 def _build_all(classes: dict[str, type[Params]], owned: dict[str, dict[str, str]], kwargs: dict[str, Any],
                ctx: click.Context | None) -> dict[str, Params]:
-    # typer runs on its own copy of click (typer._click): compare the source by name
-    given = {n for n in kwargs if ctx is not None and
-             getattr(ctx.get_parameter_source(n), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
-    return {key: build_params(cls, {f: kwargs[p] for p, f in owned[key].items()},
-                              {f for p, f in owned[key].items() if p in given})
+    given = _given(owned, kwargs, ctx)
+    return {key: build_params(cls, {f: kwargs[p] for p, f in owned[key].items()}, given[key])
             for key, cls in classes.items()}
 
 
@@ -190,8 +199,9 @@ def declare(*, outputs: Sequence[str] | None = None, omit: Sequence[str] = (),
         owned: dict[str, dict[str, str]] = {}
         # a command that reads --preset itself gets the value of the one option built for its classes
         wants_preset = PRESET in sig.parameters and any(cls.PRESETS for cls in classes.values())
+        wants_given = GIVEN in sig.parameters
         for p in sig.parameters.values():
-            if p.name == PRESET and wants_preset:
+            if (p.name == PRESET and wants_preset) or (p.name == GIVEN and wants_given):
                 continue
             if p.name in classes:
                 opts, owned[p.name] = _options(classes[p.name], omit)
@@ -210,6 +220,8 @@ def declare(*, outputs: Sequence[str] | None = None, omit: Sequence[str] = (),
             ctx = kwargs.pop(CONTEXT)  # typer's context: click.get_current_context() is another click's
             built = run_guarded(lambda: _build_all(classes, owned, kwargs, ctx))
             passed = {PRESET: kwargs.get(PRESET)} if wants_preset else {}
+            if wants_given:
+                passed[GIVEN] = _given(owned, kwargs, ctx)
             return fn(**{k: v for k, v in kwargs.items() if k not in built_names}, **built, **passed)
 
         del command.__wrapped__  # typer must see the built signature, not fn's

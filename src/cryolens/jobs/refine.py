@@ -7,6 +7,13 @@ Outputs in the job folder: ``half1.mrc``, ``half2.mrc`` (unfiltered half maps), 
 ``fsc.star``, ``iterations.star`` (per-iteration resolution, sampling and pose changes),
 ``angdist.png``, ``fsc.png``, ``map_slices.png``, ``report.html``, ``job.json``.
 
+After each iteration but the final one: ``run_itNNN_half1.mrc``, ``run_itNNN_half2.mrc``
+(unfiltered half maps), ``run_itNNN_data.star`` (the poses so far) and ``run_itNNN_state/``
+(what ``--continue`` needs, :mod:`cryolens.jobs.checkpoint`); the last
+:data:`~cryolens.jobs.checkpoint.KEEP_ITERATIONS` iterations are kept. ``run_refine(...,
+resume=True)`` continues a killed job in its folder from its last finished iteration and ends
+with the same outputs as the uninterrupted run.
+
 Postprocessing (solvent-corrected FSC, sharpening, automatic masks) belongs to
 ``cryolens postprocess``; run it on ``half1.mrc``/``half2.mrc``.
 """
@@ -23,11 +30,13 @@ import torch
 
 from cryolens.core.rotations import matrix_to_euler
 from cryolens.errors import InputError
-from cryolens.io import write_particles, write_star
+from cryolens.io import write_mrc, write_particles, write_star
+from cryolens.jobs.checkpoint import (clear_iterations, iteration_path, load_iteration, remove_unfinished,
+                                      save_iteration)
 from cryolens.jobs.particles import open_particles, read_reference, write_half_maps
 from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
-from cryolens.refine import RefineParams, RefineResult, auto_refine
+from cryolens.refine import RefineParams, RefineResult, RefineState, auto_refine
 
 __all__ = ["run_refine", "iterations_table", "plot_angular_distribution"]
 
@@ -58,22 +67,50 @@ def plot_angular_distribution(rot: np.ndarray, tilt: np.ndarray, path: str | os.
     return save_figure(fig, path)
 
 
-def _refined_table(particles: pd.DataFrame, res: RefineResult, pixel_size: float) -> pd.DataFrame:
+def _refined_table(particles: pd.DataFrame, res: RefineResult | RefineState, pixel_size: float) -> pd.DataFrame:
     out = particles.copy()
     rot, tilt, psi = (t.numpy() for t in matrix_to_euler(torch.as_tensor(res.rotations)))
     out["rlnAngleRot"], out["rlnAngleTilt"], out["rlnAnglePsi"] = rot, tilt, psi
-    out["rlnOriginXAngst"] = res.shifts[:, 0] * pixel_size
-    out["rlnOriginYAngst"] = res.shifts[:, 1] * pixel_size
-    out["rlnLogLikeliContribution"] = res.log_likelihood
-    out["rlnMaxValueProbDistribution"] = res.max_probability
+    shifts = np.asarray(res.shifts)
+    out["rlnOriginXAngst"] = shifts[:, 0] * pixel_size
+    out["rlnOriginYAngst"] = shifts[:, 1] * pixel_size
+    out["rlnLogLikeliContribution"] = np.asarray(res.log_likelihood)
+    out["rlnMaxValueProbDistribution"] = np.asarray(res.max_probability)
     return out.drop(columns=[c for c in ("rlnOriginX", "rlnOriginY") if c in out.columns])
+
+
+def _saved_state(out: Path) -> RefineState:
+    """The last finished iteration's state in ``out`` (InputError when there is none or it is not refine's)."""
+    saved = load_iteration(out)
+    if saved is None:
+        raise InputError(f"{out}: the job stopped before its first iteration finished, so no state was saved to "
+                         "continue from; run the refine job again without --continue.")
+    try:
+        return RefineState.from_saved(saved.iteration, saved.tensors, saved.values)
+    except (KeyError, TypeError) as e:
+        raise InputError(f"{saved.path}: not a refine state ({e}); delete that folder to continue from the "
+                         "iteration before it.") from None
+
+
+def _check_state(state: RefineState, particles: pd.DataFrame, box: int, star: str | os.PathLike) -> None:
+    """The saved state must belong to these particles (count, half sets) and this box."""
+    subset = particles["rlnRandomSubset"].to_numpy().astype(np.int64)
+    if (state.rotations.shape[0] != len(particles) or state.references.shape[-1] != box
+            or not np.array_equal(state.subset.numpy(), subset)):
+        raise InputError(f"{star}: its {len(particles)} particles (box {box}) are not those of the saved state "
+                         f"({state.rotations.shape[0]} particles, box {state.references.shape[-1]}) or their half "
+                         "sets differ; continue with the particles the job started with.")
 
 
 def run_refine(star: str | os.PathLike, ref: str | os.PathLike, out_dir: str | os.PathLike, params: RefineParams, *,
                mask: str | os.PathLike | None = None, device: torch.device | str = "cpu",
                progress: Callable[[int, int, int, float], None] | None = None,
-               observer: JobObserver | None = None) -> Job:
-    """Refine ``star`` against the reference ``ref`` into ``out_dir``; returns the finished :class:`Job`."""
+               observer: JobObserver | None = None, resume: bool = False) -> Job:
+    """Refine ``star`` against the reference ``ref`` into ``out_dir``; returns the finished :class:`Job`.
+
+    With ``resume``, ``out_dir`` holds an interrupted refine job: it continues from its last finished
+    iteration (the caller passes the job's own inputs and params, see ``cryolens refine --continue``).
+    """
     out = Path(out_dir)
     check_params("refine", params)
     parts = open_particles(star, pose=False, min_particles=10, purpose="refinement", why="two half sets")
@@ -87,10 +124,16 @@ def run_refine(star: str | os.PathLike, ref: str | os.PathLike, out_dir: str | o
                              "(e.g. relion_mask_create) and pass it again.")
         mask_vol = mask_vol.clamp(0, 1)
     inputs = {"particles": star, "reference": ref, **({"mask": mask} if mask is not None else {})}
+    state = _saved_state(out) if resume else None
+    if state is not None:  # checked before the job starts: a refused continue leaves the folder as it was
+        _check_state(state, parts.with_half_sets(seed=params.seed).particles, box, star)
+        remove_unfinished(out)
     with Job("refine", out, params=params, inputs=inputs, seed=params.seed, device=str(device),
              observer=observer) as job:
         parts = parts.with_half_sets(seed=params.seed)
         particles = parts.particles
+        if state is None:  # a fresh start: iterations an earlier run left here must not mix with this run's
+            clear_iterations(out)
 
         def batches():
             return parts.batches(params.batch_size)
@@ -101,9 +144,20 @@ def run_refine(star: str | os.PathLike, ref: str | os.PathLike, out_dir: str | o
             if progress is not None:
                 progress(it, done, total, resolution)
 
+        def save(st: RefineState) -> None:
+            """The iteration's visible files, then its state (committed last: its presence marks the iteration)."""
+            write_mrc(iteration_path(out, st.iteration, "half1.mrc"), st.half1.numpy(), pixel_size)
+            write_mrc(iteration_path(out, st.iteration, "half2.mrc"), st.half2.numpy(), pixel_size)
+            write_particles(iteration_path(out, st.iteration, "data.star"), parts.optics,
+                            _refined_table(particles, st, pixel_size))
+            save_iteration(out, st.iteration, tensors=st.to_tensors(), values=st.to_values())
+            job.log.info("iteration %d saved (%s)", st.iteration, iteration_path(out, st.iteration, "state").name)
+
+        if state is not None:
+            job.log.info("continuing from iteration %d", state.iteration)
         with job.timed("refine"):
             res = auto_refine(batches, parts.table(), reference, pixel_size=pixel_size, params=params, mask=mask_vol,
-                              device=device, progress=logged)
+                              device=device, progress=logged, on_iteration=save, resume=state)
         for h in res.history:
             job.log.info("iteration %d: %.2f Å (band %.1f Å, step %.2f°, %.2f px), pose change median %.2f°, "
                          "rms shift %.2f px, %.1f s", h.iteration, h.resolution, h.band_limit, h.angular_step,

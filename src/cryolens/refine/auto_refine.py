@@ -25,6 +25,10 @@ finest the resolution asks for and the median pose change is within the angular 
 ``min_iterations`` and the global iterations are done); one final iteration then inserts the
 full box (earlier ones insert only up to 1.5 × the alignment band).
 
+After every iteration but the final one, ``on_iteration`` receives a
+:class:`~cryolens.refine.state.RefineState`; passed back as ``resume``, the refinement continues
+after that iteration exactly as the uninterrupted run would have (``cryolens refine --continue``).
+
 Noise model vs weighted CC: we use a per-shell Gaussian noise model (ML score, sigma² from the
 residuals per half), which weights every shell by its actual noise power, makes scores
 log-likelihoods (so a best-pose posterior probability per particle is available), and keeps
@@ -34,6 +38,7 @@ scale-free CC because the user's reference is not on the data's scale.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -55,31 +60,13 @@ from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.params import RefineParams
 from cryolens.refine.pose_search import (BandProjector, Candidates, FrequencyBand, SearchData, best_projections,
                                          global_search, local_search, shift_grid)
+from cryolens.refine.state import IterationStats, RefineState, Schedule
 
-__all__ = ["RefineResult", "IterationStats", "auto_refine", "fsc_weight"]
+__all__ = ["RefineResult", "auto_refine", "fsc_weight"]
 
 Batches = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 Progress = Callable[[int, int, int, float], None]
-
-
-@dataclass
-class IterationStats:
-    """One iteration: resolution (Å, half-map FSC 0.143), band limit (Å), sampling, pose changes.
-
-    ``mode`` is the score and the search: ``cc-global``, ``ml-global`` or ``ml-local``;
-    angle changes are in degrees (modulo symmetry), the shift change in px.
-    """
-
-    iteration: int
-    resolution: float
-    band_limit: float
-    angular_step: float
-    offset_step: float
-    mean_angle_change: float
-    median_angle_change: float
-    rms_shift_change: float
-    mode: str
-    seconds: float
+OnIteration = Callable[[RefineState], None]
 
 
 @dataclass
@@ -273,7 +260,7 @@ class _Refiner:
                      median_angle_change=float(dang.median()), rms_shift_change=float(dsh.pow(2).mean().sqrt()),
                      mode=("cc" if it == 1 else "ml") + ("-global" if it <= p.global_iterations else "-local"),
                      seconds=time.perf_counter() - t0)
-        self._bps = bps
+        self._bps, self._half = bps, half
         return stats, curve
 
     def _auto_mask(self, ref: torch.Tensor, resolution: float) -> torch.Tensor:
@@ -288,23 +275,61 @@ class _Refiner:
         return m * self.sphere
 
     # -- the loop ---------------------------------------------------------------------------
-    def run(self) -> RefineResult:
+    def state(self, it: int, schedule: Schedule) -> RefineState:
+        """The state after finished iteration ``it`` (CPU copies), to continue with ``schedule``."""
+        auto = self.masks[1] is not self.masks[2]  # dynamic masks, one per half; else the shared initial one
+        return RefineState(
+            iteration=it, rotations=self.rot.cpu().clone(), shifts=self.shift.cpu().clone(),
+            log_likelihood=self.loglik.cpu().clone(), max_probability=self.maxprob.cpu().clone(),
+            subset=self.subset.clone(), references=torch.stack([self.refs[1], self.refs[2]]).cpu(),
+            masks=torch.stack([self.masks[1], self.masks[2]]).cpu() if auto else None,
+            sigma2=torch.stack([self.noise[1].sigma2, self.noise[2].sigma2]).cpu(),
+            schedule=dataclasses.replace(schedule), history=list(self.history),
+            half1=self._half[1].cpu(), half2=self._half[2].cpu())
+
+    def restore(self, state: RefineState) -> Schedule:
+        """Take up a saved state (the images' power spectrum is not needed then); returns its schedule.
+
+        Raises:
+            ValueError: the state does not belong to these particles or this box.
+        """
+        if state.rotations.shape != (self.N, 3, 3) or state.references.shape[-1] != self.n:
+            raise ValueError(f"the saved state holds {state.rotations.shape[0]} particles and box "
+                             f"{state.references.shape[-1]}, these are {self.N} particles and box {self.n}")
+        if not torch.equal(state.subset.to(torch.int64), self.subset):
+            raise ValueError("the saved state's half sets differ from these particles' rlnRandomSubset")
+        dev = self.dev
+        self.rot, self.shift = state.rotations.to(dev).clone(), state.shifts.to(dev).clone()
+        self.loglik, self.maxprob = state.log_likelihood.to(dev).clone(), state.max_probability.to(dev).clone()
+        self.refs = {h: state.references[h - 1].to(dev).clone() for h in (1, 2)}
+        if state.masks is not None:
+            self.masks = {h: state.masks[h - 1].to(dev).clone() for h in (1, 2)}
+        self.noise = {h: NoiseModel(state.sigma2[h - 1].to(dev)) for h in (1, 2)}
+        for h in (1, 2):
+            self.noise[h].sigma2 = state.sigma2[h - 1].to(dev).clone()  # exactly as saved
+        self.history = list(state.history)
+        return dataclasses.replace(state.schedule)
+
+    def run(self, resume: RefineState | None = None, on_iteration: OnIteration | None = None) -> RefineResult:
         p = self.p
         self._grid = so3_grid(p.global_order, sym=p.symmetry, device=self.dev).matrices
-        self._image_power()
-        resolution = p.ini_high
-        step = healpix_step_deg(p.global_order) / 4
-        ostep = p.offset_step / 4
-        best, stall, converged = math.inf, 0, False
+        if resume is None:
+            self._image_power()
+            sched = Schedule(resolution=p.ini_high, step=healpix_step_deg(p.global_order) / 4,
+                             offset_step=p.offset_step / 4)
+            first = 1
+        else:
+            sched, first = self.restore(resume), resume.iteration + 1
         curve = None
-        for it in range(1, p.max_iterations + 1):
-            final = converged or it == p.max_iterations
-            st, curve = self.iterate(it, resolution, step, ostep, final=final)
+        for it in range(first, p.max_iterations + 1):
+            final = sched.converged or it == p.max_iterations
+            step, ostep = sched.step, sched.offset_step
+            st, curve = self.iterate(it, sched.resolution, step, ostep, final=final)
             self.history.append(IterationStats(iteration=it, angular_step=step if it > 1 else healpix_step_deg(
                 p.global_order), offset_step=ostep if it > 1 else p.offset_step, **st))
             if final:
                 break
-            resolution = st["resolution"]
+            resolution = sched.resolution = st["resolution"]
             # RELION-like auto-sampling: halve the steps until they match the resolution
             target = max(2 * p.min_angular_step, 0.5 * math.degrees(resolution / self.diameter))
             otarget = max(2 * p.min_offset_step, resolution / (4 * self.apix))
@@ -313,23 +338,29 @@ class _Refiner:
             new_ostep = ostep if otarget > 0.8 * ostep else max(otarget, ostep / 2)
             finest = new_step >= step - 1e-9 and new_ostep >= ostep - 1e-9
             settled = st["median_angle_change"] <= step and st["rms_shift_change"] <= 2 * ostep
-            stall = stall + 1 if (resolution > 0.99 * best and finest and settled) else 0
-            best = min(best, resolution)
-            step, ostep = new_step, new_ostep
+            sched.stall = sched.stall + 1 if (resolution > 0.99 * sched.best and finest and settled) else 0
+            sched.best = min(sched.best, resolution)
+            sched.step, sched.offset_step = new_step, new_ostep
             # converged: one more (final) iteration inserts the full box with these poses' sampling
-            converged = it + 1 >= max(2, p.min_iterations) and it >= p.global_iterations and stall >= 2
+            sched.converged = it + 1 >= max(2, p.min_iterations) and it >= p.global_iterations and sched.stall >= 2
+            if on_iteration is not None:
+                on_iteration(self.state(it, sched))
+        if curve is None:
+            raise ValueError(f"the saved state is at iteration {first - 1}, the last of --max-iter "
+                             f"{p.max_iterations}: nothing is left to run")
         bps = self._bps
         half1, half2 = bps[1].reconstruct(), bps[2].reconstruct()
         bps[1].add(bps[2])
         full = bps[1].reconstruct()
         return RefineResult(half1.cpu(), half2.cpu(), fsc_weight(full, curve.fsc).cpu(), full.cpu(), curve,
                             self.rot.cpu().numpy(), self.shift.cpu().numpy(), self.loglik.cpu().numpy(),
-                            self.maxprob.cpu().numpy(), self.history, converged)
+                            self.maxprob.cpu().numpy(), self.history, sched.converged)
 
 
 def auto_refine(batches: Batches, particles: pd.DataFrame, reference: torch.Tensor, *, pixel_size: float,
                 params: RefineParams, mask: torch.Tensor | None = None, device: torch.device | str = "cpu",
-                progress: Progress | None = None) -> RefineResult:
+                progress: Progress | None = None, on_iteration: OnIteration | None = None,
+                resume: RefineState | None = None) -> RefineResult:
     """Refine poses and reconstruct gold-standard half maps.
 
     Args:
@@ -342,6 +373,12 @@ def auto_refine(batches: Batches, particles: pd.DataFrame, reference: torch.Tens
         params: :class:`RefineParams`.
         mask: optional ``(n, n, n)`` soft reference mask (0..1) used instead of the automatic one.
         progress: ``progress(iteration, done, total, resolution_A)`` after each batch.
+        on_iteration: called with the :class:`~cryolens.refine.state.RefineState` after every iteration
+            but the final one (the job saves it, so that a killed run can continue).
+        resume: a state from ``on_iteration`` of an earlier run on the same particles, reference,
+            mask and params: the refinement continues after its iteration and gives the same result
+            as the uninterrupted run (bitwise on the CPU with the same thread count; on a GPU to float
+            tolerance, its atomic additions being unordered).
 
     Returns:
         :class:`RefineResult`.
@@ -356,4 +393,4 @@ def auto_refine(batches: Batches, particles: pd.DataFrame, reference: torch.Tens
         raise ValueError(f"mask shape {tuple(mask.shape)} differs from the reference's {tuple(reference.shape)}")
     dev = torch.device(device)
     return _Refiner(batches, particles.reset_index(drop=True), reference, pixel_size=pixel_size, params=params,
-                    mask=mask, device=dev, progress=progress).run()
+                    mask=mask, device=dev, progress=progress).run(resume, on_iteration)
