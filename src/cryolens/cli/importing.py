@@ -96,8 +96,9 @@ def movies(
             job = run_import_movies(found, target.out, acq, gopt, defect=str(defect) if defect else None,
                                     append=str(append) if append else None, optics_from=optics_from,
                                     check_all=check_all, source=source, observer=target.observer)
-            from cryolens.jobs.importing import star_name
-            extra = _group(target, group, items=[star_name(f) for f in found], star=target.out / "movies.star")
+            from cryolens.io.paths import star_name
+            extra = _group(target, group, items=[star_name(f, into=target.out) for f in found],
+                           star=target.out / "movies.star")
         r = job.results
         dose = f", {r['total_exposure_e_per_A2']:g} e/Å² total" if r["total_exposure_e_per_A2"] is not None else ""
         console.print(f"{r['n_imported']} movies ({r['width']}x{r['height']}, {r['n_frames']} frames, "
@@ -125,7 +126,8 @@ def micrographs(
 
       cryolens import micrographs --glob 'Micrographs/*.mrc' --pixel-size 1.06 --voltage 300 --cs 2.7
     """
-    from cryolens.jobs.importing import MICROGRAPH_SUFFIXES, run_import_micrographs, star_name
+    from cryolens.io.paths import star_name
+    from cryolens.jobs.importing import MICROGRAPH_SUFFIXES, run_import_micrographs
 
     def body():
         found, source = _files(glob, files, more_files, what="micrograph", suffixes=MICROGRAPH_SUFFIXES)
@@ -133,7 +135,7 @@ def micrographs(
             _need_project(target, group)
             job = run_import_micrographs(found, target.out, acq, append=str(append) if append else None,
                                          optics_from=optics_from, source=source, observer=target.observer)
-            extra = _group(target, group, items=[star_name(f) for f in found],
+            extra = _group(target, group, items=[star_name(f, into=target.out) for f in found],
                            star=target.out / "micrographs.star")
         r = job.results
         console.print(f"{r['n_imported']} micrographs ({r['width']}x{r['height']}, {r['pixel_size_A']:g} Å/px) "
