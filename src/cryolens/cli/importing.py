@@ -72,8 +72,8 @@ def movies(
                                                    "defect map (rlnMicrographDefectFile).")] = None,
     optics_from: OpticsFromOpt = None,
     append: AppendOpt = None,
-    check_all: Annotated[bool, typer.Option("--check-all", help="Read every movie's header and require one size "
-                                            "and frame count (default: the first only).")] = False,
+    check_all: Annotated[bool, typer.Option("--check-all", help="Require every movie to have the first one's size "
+                                            "and frame count (every header is read and checked either way).")] = False,
     group: GroupOpt = None,
     run: JobOptions = None,
 ) -> None:

@@ -94,6 +94,17 @@ def read_frame_info(path: Path) -> MovieInfo:
     return movie_info(path, eer_grouping=1)
 
 
+def read_headers(files: list[Path]) -> list[MovieInfo]:
+    """Every file's header, each checked to open and to be as long as it says (a header and a file size,
+    for TIFF/EER the page directories, never the data), so a missing, truncated or corrupt file is named
+    before anything is written.
+
+    Raises:
+        InputError: the first bad file, named with the fix.
+    """
+    return [read_frame_info(f) for f in files]
+
+
 # ------------------------------------------------------------------------------------------ optics
 
 def _optics_row(acq: Acquisition, number: int, *, kind: str, into: Path) -> dict[str, Any]:
@@ -194,13 +205,14 @@ def run_import_movies(files: list[Path], out_dir: str | os.PathLike, acq: Acquis
     out = Path(out_dir)
     check_params("import movies", acq, gain)
     _require(acq, ("pixel_size", "voltage", "cs", "amplitude_contrast", "exposure_per_frame"), "movies")
-    first = read_frame_info(files[0])
-    if first.n_frames < 2 and first.fmt != "eer":
-        raise InputError(f"{files[0]}: holds {first.n_frames} frame; it looks like a micrograph: use "
-                         "`cryolens import micrographs`.")
+    infos = read_headers(files)
+    first = infos[0]
+    for info in infos:
+        if info.n_frames < 2 and info.fmt != "eer":
+            raise InputError(f"{info.path}: holds {info.n_frames} frame; it looks like a micrograph: use "
+                             "`cryolens import micrographs` (or leave it out).")
     if check_all:
-        for f in files[1:]:
-            info = read_frame_info(f)
+        for f, info in zip(files[1:], infos[1:]):
             if (info.n_frames, info.height, info.width) != (first.n_frames, first.height, first.width):
                 raise InputError(f"{f}: {info.width}x{info.height}x{info.n_frames} differs from {files[0]} "
                                  f"({first.width}x{first.height}x{first.n_frames}); import them as another "
@@ -262,10 +274,12 @@ def run_import_micrographs(files: list[Path], out_dir: str | os.PathLike, acq: A
     out = Path(out_dir)
     check_params("import micrographs", acq)
     _require(acq, ("pixel_size", "voltage", "cs", "amplitude_contrast"), "micrographs")
-    first = read_frame_info(files[0])
-    if first.n_frames > 1:
-        raise InputError(f"{files[0]}: holds {first.n_frames} frames; it looks like a movie: use "
-                         "`cryolens import movies`.")
+    infos = read_headers(files)
+    first = infos[0]
+    for info in infos:
+        if info.n_frames > 1:
+            raise InputError(f"{info.path}: holds {info.n_frames} frames; it looks like a movie: use "
+                             "`cryolens import movies` (or leave it out).")
     optics, groups = _optics_groups(files, acq, optics_from, kind="micrographs", into=out)
     params = {"acquisition": asdict(acq), "append": append, "optics_from": optics_from, "n_micrographs": len(files)}
     inputs = {k: v for k, v in {"micrographs": source, "append": append}.items() if v}
