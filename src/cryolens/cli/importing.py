@@ -9,6 +9,7 @@ import typer
 
 from cryolens.cli.common import JobOptions, console, job_target, run_guarded
 from cryolens.cli.declare import declare
+from cryolens.cli.markup import literal
 from cryolens.jobs.coord_options import CoordinateFormat
 from cryolens.jobs.import_options import Acquisition, GainOptions, ParticleOptics
 from cryolens.errors import InputError
@@ -43,7 +44,7 @@ def _group(target, name: Optional[str], *, items: list[str] | None = None, star:
         g = project.group_from_star(name, star, column=key, job=job_id)
     else:
         g = project.group_from_job(name, job_id)
-    return f"; group [bold]{g.name}[/] now has {g.n_members} items"
+    return f"; group [bold]{literal(g.name)}[/] now has {g.n_members} items"
 
 
 def _need_project(target, group: Optional[str]) -> None:
