@@ -135,7 +135,9 @@ def run_command(
 ) -> None:
     """Run a workflow: each step is a cryolens command recorded as a job in the project.
 
-    A step whose stage, params and input files are unchanged since it last finished is skipped; a failed or killed step runs again, so rerunning resumes. Each step shows a progress line (n/N, elapsed time, status) unless --quiet. Step state: <project>/.cryolens/workflows/<name>.json; step logs next to it.
+    A step whose stage, params and input files are unchanged since it last finished is skipped; a failed or killed
+    step runs again, so rerunning resumes. Each step shows a progress line (n/N, elapsed time, status) unless
+    --quiet. Step state: <project>/.cryolens/workflows/<name>.json; step logs next to it.
 
     Examples:
 

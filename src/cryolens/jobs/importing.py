@@ -122,8 +122,8 @@ def _optics_row(acq: Acquisition, number: int, *, kind: str, into: Path) -> dict
     return row
 
 
-def _optics_groups(files: list[Path], acq: Acquisition, rule: str | None, *, kind: str, into: Path) -> tuple[pd.DataFrame,
-                                                                                               np.ndarray]:
+def _optics_groups(files: list[Path], acq: Acquisition, rule: str | None, *, kind: str,
+                   into: Path) -> tuple[pd.DataFrame, np.ndarray]:
     """Optics table and each file's group number: one group, or one per value of the regular expression
     ``rule`` on the file name (its first capture group, else the whole match), named ``<optics group>_<value>``."""
     if rule is None:
@@ -227,7 +227,8 @@ def run_import_movies(files: list[Path], out_dir: str | os.PathLike, acq: Acquis
               "optics_from": optics_from, "n_movies": len(files)}
     inputs = {k: v for k, v in {"movies": source, "gain": gain.path, "defect": defect, "append": append}.items() if v}
     with Job("import_movies", out, params=params, inputs=inputs, observer=observer) as job:
-        table = pd.DataFrame({"rlnMicrographMovieName": [star_name(f, into=out) for f in files], "rlnOpticsGroup": groups})
+        table = pd.DataFrame({"rlnMicrographMovieName": [star_name(f, into=out) for f in files],
+                              "rlnOpticsGroup": groups})
         images = []
         if oriented is not None:
             write_mrc(out / "gain.mrc", oriented, acq.pixel_size)

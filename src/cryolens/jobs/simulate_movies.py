@@ -323,7 +323,8 @@ class _MovieRun:
         write_star(meta, movie_truth_blocks(movie.truth, movie_name=rel, gain_name=self.gain_name,
                                             defect_name=self.defect_name, binning=self.f,
                                             hot_pixels=self.det.hot_pixels))
-        row = {"rlnMicrographMovieName": rel, "rlnOpticsGroup": 1, "rlnMicrographMetadata": star_name(meta, into=meta, up=True)}
+        row = {"rlnMicrographMovieName": rel, "rlnOpticsGroup": 1,
+               "rlnMicrographMetadata": star_name(meta, into=meta, up=True)}
         if self.gain_name:
             row["rlnMicrographGainName"] = self.gain_name
         self.rows.append(row)
