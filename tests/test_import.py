@@ -278,6 +278,10 @@ def test_micrographs_star(tmp_path: Path):
     out = cli(*base, "--glob", "Mics/*.mrc", cwd=tmp_path, code=2)
     assert "mic3.mrc: the file is truncated" in out and "header says 100x80x1 float32" in out
     assert not (tmp_path / "bad").exists()
+    cli("project", "init", "P", cwd=tmp_path)  # inside a project the bad file takes no job number either
+    out = cli("import", "micrographs", "--glob", "../Mics/*.mrc", "--pixel-size", "1.06", cwd=tmp_path / "P", code=2)
+    assert "mic3.mrc: the file is truncated" in out
+    assert open_project(tmp_path / "P").jobs() == [] and not (tmp_path / "P" / "Import").exists()
 
 
 # ----------------------------------------------------------------------------------------- particles

@@ -61,6 +61,12 @@ def _files(glob: Optional[list[str]], files: Optional[list[Path]], more: Optiona
     return found, source
 
 
+def _checked(found: list[Path]):
+    """Every file's header, checked against its size before a job folder is taken (a bad file: exit 2)."""
+    from cryolens.jobs.importing import read_headers
+    return read_headers(found)
+
+
 @app.command("movies")
 @declare(run=JobOptions, omit=("device",), acq=Acquisition, gopt=GainOptions, outputs=("movies", "gain", "defects"))
 def movies(
@@ -92,11 +98,12 @@ def movies(
 
     def body():
         found, source = _files(glob, files, more_files, what="movie", suffixes=MOVIE_SUFFIXES)
+        headers = _checked(found)
         with job_target("import_movies", run.out, run.project) as target:
             _need_project(target, group)
             job = run_import_movies(found, target.out, acq, gopt, defect=str(defect) if defect else None,
                                     append=str(append) if append else None, optics_from=optics_from,
-                                    check_all=check_all, source=source, observer=target.observer)
+                                    check_all=check_all, source=source, headers=headers, observer=target.observer)
             from cryolens.io.paths import star_name
             extra = _group(target, group, items=[star_name(f, into=target.out) for f in found],
                            star=target.out / "movies.star")
@@ -132,10 +139,12 @@ def micrographs(
 
     def body():
         found, source = _files(glob, files, more_files, what="micrograph", suffixes=MICROGRAPH_SUFFIXES)
+        headers = _checked(found)
         with job_target("import_micrographs", run.out, run.project) as target:
             _need_project(target, group)
             job = run_import_micrographs(found, target.out, acq, append=str(append) if append else None,
-                                         optics_from=optics_from, source=source, observer=target.observer)
+                                         optics_from=optics_from, source=source, headers=headers,
+                                         observer=target.observer)
             extra = _group(target, group, items=[star_name(f, into=target.out) for f in found],
                            star=target.out / "micrographs.star")
         r = job.results

@@ -49,7 +49,7 @@ from cryolens.jobs.import_options import Acquisition, GainOptions, ParticleOptic
 from cryolens.jobs.report import plot_central_slices, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 
-__all__ = ["expand_inputs",
+__all__ = ["expand_inputs", "read_headers",
            "run_import_movies", "run_import_micrographs", "run_import_particles",
            "run_import_map", "MOVIE_SUFFIXES", "MICROGRAPH_SUFFIXES"]
 
@@ -200,12 +200,15 @@ def _require(acq: Acquisition, names: tuple[str, ...], what: str) -> None:
 
 def run_import_movies(files: list[Path], out_dir: str | os.PathLike, acq: Acquisition, gain: GainOptions, *,
                       defect: str | None = None, append: str | None = None, optics_from: str | None = None,
-                      check_all: bool = False, source: str = "", observer: JobObserver | None = None) -> Job:
-    """Write ``movies.star`` (+ ``gain.mrc``, defects copy) for ``files``; returns the finished :class:`Job`."""
+                      check_all: bool = False, source: str = "", headers: list[MovieInfo] | None = None,
+                      observer: JobObserver | None = None) -> Job:
+    """Write ``movies.star`` (+ ``gain.mrc``, defects copy) for ``files``; returns the finished :class:`Job`.
+
+    ``headers``: :func:`read_headers` of ``files`` when the caller checked them already (read here otherwise)."""
     out = Path(out_dir)
     check_params("import movies", acq, gain)
     _require(acq, ("pixel_size", "voltage", "cs", "amplitude_contrast", "exposure_per_frame"), "movies")
-    infos = read_headers(files)
+    infos = read_headers(files) if headers is None else headers
     first = infos[0]
     for info in infos:
         if info.n_frames < 2 and info.fmt != "eer":
@@ -270,12 +273,13 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 def run_import_micrographs(files: list[Path], out_dir: str | os.PathLike, acq: Acquisition, *,
                            append: str | None = None, optics_from: str | None = None, source: str = "",
-                           observer: JobObserver | None = None) -> Job:
-    """Write ``micrographs.star`` for ``files``; returns the finished :class:`Job`."""
+                           headers: list[MovieInfo] | None = None, observer: JobObserver | None = None) -> Job:
+    """Write ``micrographs.star`` for ``files``; returns the finished :class:`Job` (``headers``: as for
+    :func:`run_import_movies`)."""
     out = Path(out_dir)
     check_params("import micrographs", acq)
     _require(acq, ("pixel_size", "voltage", "cs", "amplitude_contrast"), "micrographs")
-    infos = read_headers(files)
+    infos = read_headers(files) if headers is None else headers
     first = infos[0]
     for info in infos:
         if info.n_frames > 1:
