@@ -330,6 +330,11 @@ def test_particles_relion30_upgraded_and_paths_rewritten(tmp_path: Path):
               "--amplitude-contrast", "0.07", "--out", "ip3", cwd=tmp_path, code=2)
     assert "parts.mrcs: the file is truncated" in out and "re-copy or re-export it" in out
     assert not (tmp_path / "ip3").exists()
+    cli("project", "init", "P", cwd=tmp_path)  # inside a project the bad stack takes no job number either
+    out = cli("import", "particles", "--in", "../old/Extract/particles.star", "--voltage", "300", "--cs", "2.7",
+              "--amplitude-contrast", "0.07", cwd=tmp_path / "P", code=2)
+    assert "parts.mrcs: the file is truncated" in out
+    assert open_project(tmp_path / "P").jobs() == [] and not (tmp_path / "P" / "Import").exists()
     # an index beyond the stack is named with its row, and nothing is written
     moved = tmp_path / "old" / "Extract" / "parts.mrcs"
     write_mrc(moved, np.zeros((10, 16, 16), np.float32), 2.0)

@@ -171,12 +171,13 @@ def particles(
       cryolens import particles --in old/particles.star --pixel-size 1.34 --voltage 300 --cs 2.7
       --amplitude-contrast 0.1
     """
-    from cryolens.jobs.importing import run_import_particles
+    from cryolens.jobs.importing import check_particle_import, run_import_particles
 
     def body():
+        checked = check_particle_import(star, acq)  # before a job folder is taken
         with job_target("import_particles", run.out, run.project) as target:
             _need_project(target, group)
-            job = run_import_particles(star, target.out, acq, observer=target.observer)
+            job = run_import_particles(star, target.out, acq, checked=checked, observer=target.observer)
             extra = _group(target, group, star=target.out / "particles.star", key="rlnImageName")
         r = job.results
         console.print(f"{r['n_particles']} particles (box {r['box']}, {r['pixel_size_A']:g} Å/px, RELION "

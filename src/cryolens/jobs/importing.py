@@ -29,7 +29,7 @@ import glob as globlib
 import os
 import re
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from cryolens.jobs.import_options import Acquisition, GainOptions, ParticleOptic
 from cryolens.jobs.report import plot_central_slices, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 
-__all__ = ["expand_inputs", "read_headers",
+__all__ = ["expand_inputs", "read_headers", "check_particle_import", "CheckedParticles",
            "run_import_movies", "run_import_micrographs", "run_import_particles",
            "run_import_map", "MOVIE_SUFFIXES", "MICROGRAPH_SUFFIXES"]
 
@@ -306,14 +306,20 @@ def run_import_micrographs(files: list[Path], out_dir: str | os.PathLike, acq: A
 _NAME = r"^(?:(?P<index>\d+)@)?(?P<path>.+)$"
 
 
-def run_import_particles(star: str | os.PathLike, out_dir: str | os.PathLike, acq: ParticleOptics, *,
-                         observer: JobObserver | None = None) -> Job:
-    """Validate a RELION 3.0/3.1 particle STAR, upgrade it to 3.1 and write ``particles.star``.
+@dataclass
+class CheckedParticles:
+    """A particle STAR read and checked by :func:`check_particle_import`: optics upgraded to RELION 3.1, every
+    stack located, its header and size read, indices and box checked (``source``); ``version`` of the input."""
 
-    ``acq`` values fill what a 3.0 file lacks (voltage, Cs, amplitude contrast, pixel size); a
-    value given that disagrees with the file is an error. ``acq.optics_group`` renames the groups.
-    """
-    out = Path(out_dir)
+    optics: pd.DataFrame
+    particles: pd.DataFrame
+    source: ImageSource
+    version: str
+
+
+def check_particle_import(star: str | os.PathLike, acq: ParticleOptics) -> CheckedParticles:
+    """Read and check a RELION 3.0/3.1 particle STAR for :func:`run_import_particles` (headers and file sizes
+    only, never the images); InputError names the first problem and its fix."""
     optics_group = acq.optics_group
     check_params("import particles", acq)
     blocks = read_star(star)
@@ -341,6 +347,21 @@ def run_import_particles(star: str | os.PathLike, out_dir: str | os.PathLike, ac
     if optics_group is not None:
         optics["rlnOpticsGroupName"] = ([optics_group] if len(optics) == 1
                                         else [f"{optics_group}_{g}" for g in optics["rlnOpticsGroup"]])
+    return CheckedParticles(optics, parts, source, version)
+
+
+def run_import_particles(star: str | os.PathLike, out_dir: str | os.PathLike, acq: ParticleOptics, *,
+                         checked: CheckedParticles | None = None, observer: JobObserver | None = None) -> Job:
+    """Validate a RELION 3.0/3.1 particle STAR, upgrade it to 3.1 and write ``particles.star``.
+
+    ``acq`` values fill what a 3.0 file lacks (voltage, Cs, amplitude contrast, pixel size); a
+    value given that disagrees with the file is an error. ``acq.optics_group`` renames the groups.
+    ``checked``: :func:`check_particle_import` of the same STAR when the caller ran it already.
+    """
+    out = Path(out_dir)
+    c = checked if checked is not None else check_particle_import(star, acq)
+    optics, parts, source, version = c.optics, c.particles, c.source, c.version
+    box = source.image_size
     parts_ = parts["rlnImageName"].astype(str).str.extract(_NAME)
     renamed, in_project = {}, project_root(out) is not None
     for name in parts_["path"].unique():
@@ -352,7 +373,7 @@ def run_import_particles(star: str | os.PathLike, out_dir: str | os.PathLike, ac
                                                paths))
     header_apix = read_mrc_header(source.stack_paths[0]).voxel_size
     apix = float(optics["rlnImagePixelSize"].iloc[0])
-    params = {"acquisition": asdict(acq), "optics_group": optics_group}
+    params = {"acquisition": asdict(acq), "optics_group": acq.optics_group}
     with Job("import_particles", out, params=params, inputs={"particles": star}, observer=observer) as job:
         write_particles(out / "particles.star", optics, parts)
         job.add_output("particles", out / "particles.star")
