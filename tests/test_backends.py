@@ -357,3 +357,10 @@ def test_profiles_list_example_keeps_its_brackets(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     out = invoke_cli("profiles", "list", cwd=tmp_path).output
     assert "[profiles.cpu]" in out and 'scheduler = "slurm"' in out
+    # pasted as printed, the example defines the profile; a table cell with brackets is shown as written
+    example = out[out.index("[profiles.cpu]"):].strip()
+    user = tmp_path / "config" / "cryolens" / "profiles.toml"
+    user.parent.mkdir(parents=True)
+    user.write_text(example.replace('queue = "cpu"', 'queue = "[cpu]"') + "\n")
+    out = " ".join(invoke_cli("profiles", "list", cwd=tmp_path).output.split())
+    assert "cpu │ slurm │ [cpu] │ 8 │ 32GB │ 04:00:00 │ 4" in out

@@ -225,6 +225,25 @@ def test_movie_input_errors_name_the_file(tmp_path: Path):
     assert not (tmp_path / "x" / "movies.star").exists()
 
 
+def test_every_movie_is_checked_from_its_header_and_size(tmp_path: Path):
+    """Each movie (not only the first) must open and be as long as its header says; nothing is written otherwise."""
+    make_movies(tmp_path / "Movies", n=3)
+    make_movies(tmp_path / "Stacks", n=3, fmt="mrc")
+    base = ["import", "movies", *ACQ, "--exposure-per-frame", "1", "--out", "x"]
+    last = tmp_path / "Movies" / "movie_003.tiff"
+    last.write_bytes(last.read_bytes()[:-50])  # cut inside the last frame's data
+    out = cli(*base, "--glob", "Movies/*.tiff", cwd=tmp_path, code=2)
+    assert "movie_003.tiff: the file is truncated" in out and "re-copy the movie" in out
+    last.write_bytes(last.read_bytes()[:400])  # cut before the later pages' directories
+    out = cli(*base, "--glob", "Movies/*.tiff", cwd=tmp_path, code=2)
+    assert "movie_003.tiff: the file is truncated" in out
+    second = tmp_path / "Stacks" / "movie_002.mrcs"
+    second.write_bytes(second.read_bytes()[:-100])
+    out = cli(*base, "--glob", "Stacks/*.mrcs", cwd=tmp_path, code=2)
+    assert "movie_002.mrcs: the file is truncated" in out and "header says 64x48x5" in out
+    assert not (tmp_path / "x").exists()
+
+
 # ----------------------------------------------------------------------------------------- micrographs
 
 def make_micrographs(folder: Path, n: int = 3, shape: tuple[int, int] = (80, 100)) -> list[Path]:
@@ -250,6 +269,19 @@ def test_micrographs_star(tmp_path: Path):
     out = cli("import", "micrographs", "Movies/movie_001.mrcs", "--pixel-size", "1", "--out", "bad", cwd=tmp_path,
               code=2)
     assert "not a micrograph file" in out or "movie" in out
+    # a missing or truncated micrograph (not the first) is named, and nothing is written
+    base = ["import", "micrographs", "--pixel-size", "1.06", "--out", "bad"]
+    out = cli(*base, "--glob", "Mics/*.mrc", "--files", "Mics/mic9.mrc", cwd=tmp_path, code=2)
+    assert "Mics/mic9.mrc: file not found" in out
+    third = tmp_path / "Mics" / "mic3.mrc"
+    third.write_bytes(third.read_bytes()[:-8])
+    out = cli(*base, "--glob", "Mics/*.mrc", cwd=tmp_path, code=2)
+    assert "mic3.mrc: the file is truncated" in out and "header says 100x80x1 float32" in out
+    assert not (tmp_path / "bad").exists()
+    cli("project", "init", "P", cwd=tmp_path)  # inside a project the bad file takes no job number either
+    out = cli("import", "micrographs", "--glob", "../Mics/*.mrc", "--pixel-size", "1.06", cwd=tmp_path / "P", code=2)
+    assert "mic3.mrc: the file is truncated" in out
+    assert open_project(tmp_path / "P").jobs() == [] and not (tmp_path / "P" / "Import").exists()
 
 
 # ----------------------------------------------------------------------------------------- particles
@@ -298,6 +330,20 @@ def test_particles_relion30_upgraded_and_paths_rewritten(tmp_path: Path):
               "--amplitude-contrast", "0.07", "--out", "ip3", cwd=tmp_path, code=2)
     assert "parts.mrcs: the file is truncated" in out and "re-copy or re-export it" in out
     assert not (tmp_path / "ip3").exists()
+    cli("project", "init", "P", cwd=tmp_path)  # inside a project the bad stack takes no job number either
+    out = cli("import", "particles", "--in", "../old/Extract/particles.star", "--voltage", "300", "--cs", "2.7",
+              "--amplitude-contrast", "0.07", cwd=tmp_path / "P", code=2)
+    assert "parts.mrcs: the file is truncated" in out
+    assert open_project(tmp_path / "P").jobs() == [] and not (tmp_path / "P" / "Import").exists()
+    # an index beyond the stack is named with its row, and nothing is written
+    moved = tmp_path / "old" / "Extract" / "parts.mrcs"
+    write_mrc(moved, np.zeros((10, 16, 16), np.float32), 2.0)
+    text = (tmp_path / "old" / "Extract" / "particles.star").read_text()
+    (tmp_path / "old" / "Extract" / "particles.star").write_text(text.replace("000010@parts.mrcs", "000011@parts.mrcs"))
+    out = cli("import", "particles", "--in", "old/Extract/particles.star", "--voltage", "300", "--cs", "2.7",
+              "--amplitude-contrast", "0.07", "--out", "ip4", cwd=tmp_path, code=2)
+    assert "row 10 asks for image 11 of parts.mrcs, which holds 10 images" in out
+    assert not (tmp_path / "ip4").exists()
 
 
 @pytest.mark.relion

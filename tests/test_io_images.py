@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import cryolens.io.images as images_module
 from cryolens.errors import InputError
-from cryolens.io.images import ImageSource, format_image_name, parse_image_name, resolve_path, write_stack_and_names
+from cryolens.io.images import ImageSource, format_image_name, parse_image_name, write_stack_and_names
+from cryolens.io.paths import PROJECT_DB, project_root, resolve_path, star_name
 from cryolens.io.mrc import open_stack, read_mrc, read_mrc_header
 from cryolens.io.star import read_particles, read_star
 
@@ -68,6 +69,33 @@ def test_resolve_path_cwd_first_then_star_folder(tmp_path, monkeypatch):
     message = str(err.value)
     assert message.startswith("particles.star: stack Particles/x.mrcs (referenced by row 3) was not found in ")
     assert str(project) in message and str(star_dir) in message
+
+
+def test_paths_inside_a_project_are_relative_to_its_root(tmp_path, monkeypatch):
+    """Inside a project STAR names are project-relative and resolve against the root first, from any folder."""
+    root, elsewhere = tmp_path / "P", tmp_path / "elsewhere"
+    job = root / "Extract" / "job002"
+    job.mkdir(parents=True)
+    elsewhere.mkdir()
+    (root / PROJECT_DB).write_bytes(b"")
+    (job / "s.mrcs").write_bytes(b"root")
+    (elsewhere / "Extract" / "job002").mkdir(parents=True)
+    (elsewhere / "Extract" / "job002" / "s.mrcs").write_bytes(b"cwd")  # the same name under the current folder
+    monkeypatch.chdir(elsewhere)
+    assert project_root(job / "particles.star") == root and project_root(elsewhere) is None
+    assert project_root(root / "Refine3D" / "job009") == root  # a job folder not made yet
+    assert star_name(job / "s.mrcs", into=job) == "Extract/job002/s.mrcs"
+    outside = tmp_path / "raw" / "m.tiff"
+    assert star_name(outside, into=job) == outside.as_posix()  # outside the project: absolute
+    assert star_name(elsewhere / "a.mrc") == "a.mrc"  # outside a project: the current folder's rule
+    assert star_name(job / "s.mrcs") == (job / "s.mrcs").as_posix()
+    assert star_name(job / "s.mrcs", up=True) == "../P/Extract/job002/s.mrcs"
+    assert resolve_path("Extract/job002/s.mrcs", job / "particles.star").read_bytes() == b"root"
+    assert resolve_path("Extract/job002/s.mrcs", tmp_path / "x.star").read_bytes() == b"cwd"  # no project
+    moved = tmp_path / "Q"
+    root.rename(moved)  # the whole project moves: its names still resolve
+    assert resolve_path("Extract/job002/s.mrcs", moved / "Extract" / "job002" / "particles.star").read_bytes() == \
+        b"root"
 
 
 def test_image_source_empiar_star_folder_rule(shared_data, tmp_path, monkeypatch):

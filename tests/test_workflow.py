@@ -171,6 +171,7 @@ def test_run_skip_fail_change_force_until(tmp_path: Path, catalog):
         ("skip", "unchanged"), ("run", "params or inputs changed")]
     result = CliRunner().invoke(app, ["run", str(path), "--quiet"])
     assert result.exit_code == 2, result.output
+    assert "2/2 rec" not in result.output  # no progress lines with --quiet
     assert "step rec (reconstruct) failed: Simulate/job001/none.star: file not found" in result.output
     assert "Traceback" not in result.output
     assert jobs_of(root)[1:] == [(2, "reconstruct", "finished"), (3, "reconstruct", "failed")]
@@ -204,6 +205,7 @@ def test_select_step_fails_on_missing_column_then_resumes(tmp_path: Path, catalo
     path = write(tmp_path, f"[steps.sim]\n{SIM}\n" + sel.format(rule="rlnCtfFigureOfMerit > 0.1"))
     result = CliRunner().invoke(app, ["run", str(path), "--quiet"])
     assert result.exit_code == 2, result.output
+    assert "2/2 rec" not in result.output  # no progress lines with --quiet
     assert "step sel (select particles) failed" in result.output and "rlnCtfFigureOfMerit" in result.output
     assert "Traceback" not in result.output
     assert [j[1:] for j in jobs_of(tmp_path)] == [("simulate_particles", "finished"), ("select_particles", "failed")]
@@ -304,3 +306,37 @@ def test_a_workflow_starts_from_raw_files(tmp_path: Path, catalog):
     assert run_workflow(load_workflow(path, catalog)) == {"mics": "ran", "good": "ran"}
     star = (tmp_path / "Import" / "job001" / "micrographs.star").read_text()
     assert "raw/mic_0.mrc" in star and "raw/mic_1.mrc" in star and "200" in star
+
+
+def test_a_moved_project_still_runs_and_keeps_its_lineage(tmp_path: Path, catalog):
+    """Inside a project every STAR names files relative to the project root, so the folder can move: after `mv`,
+    `cryolens run` skips the finished steps and runs a new one on their outputs, and `project lineage` works."""
+    from conftest import invoke_cli
+
+    old, new = tmp_path / "A", tmp_path / "elsewhere" / "B"
+    invoke_cli("simulate", "particles", "--n", "100", "--box", "24", "--pixel-size", "5", "--seed", "3", "--out",
+               "A/raw", "--quiet", cwd=tmp_path)  # raw data inside the project folder, written before it is one
+    path = write(old, '[steps.imp]\nstage = "import particles"\nparams = { in = "raw/particles.star" }\n'
+                      '[steps.rec]\nstage = "reconstruct"\nparams = { in = "{imp.particles}" }\n')
+    assert run_workflow(load_workflow(path, catalog)) == {"imp": "ran", "rec": "ran"}
+    names = (old / "Import/job001/particles.star").read_text()
+    assert "000001@raw/particles.mrcs" in names and str(tmp_path) not in names
+    # a command run from outside the project (--project) names files relative to the project, not to its folder
+    invoke_cli("import", "particles", "--in", old / "raw/particles.star", "--project", "A", "--quiet", cwd=tmp_path)
+    assert "000001@raw/particles.mrcs" in (old / "Import/job003/particles.star").read_text()
+
+    new.parent.mkdir()
+    old.rename(new)
+    with (new / "wf.toml").open("a") as f:
+        f.write('[steps.rec2]\nstage = "reconstruct"\nparams = { in = "{imp.particles}", sym = "C2" }\n')
+    out = " ".join(invoke_cli("run", "wf.toml", cwd=new).output.split())
+    assert "skip imp" in out and "skip rec " in out and "1 step(s) run, 2 skipped" in out
+    # one progress line per step (n/N, step, elapsed, status) on stderr
+    assert "1/3 imp (import particles)" in out and "skipped (Import/job001)" in out
+    assert "3/3 rec2 (reconstruct)" in out and "done -> Reconstruct/job004" in out
+    rec2 = json.loads((new / "Reconstruct/job004/job.json").read_text())
+    assert rec2["status"] == "finished" and rec2["inputs"]["particles"] == "Import/job001/particles.star"
+    out = " ".join(invoke_cli("project", "lineage", "Reconstruct/job004/map.mrc", cwd=new).output.split())
+    assert "Import/job001/particles.star <- job001 import_particles finished" in out
+    assert "raw/particles.star" in out
+    assert integrity(new) == "ok"

@@ -9,6 +9,7 @@ import typer
 
 from cryolens.cli.common import (MicrographJobOptions, console, device_option, job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
+from cryolens.cli.markup import literal
 from cryolens.ctf.params import CTFFitParams
 from cryolens.errors import InputError
 
@@ -82,6 +83,6 @@ def ctf(
                           f"{target.out / 'micrographs_ctf.star'}")
         for name, ws in job.results.get("warnings", {}).items():
             for w in ws:
-                console.print(f"[yellow]warning[/] {name}: {w}", highlight=False)
+                console.print(f"[yellow]warning[/] {literal(name)}: {literal(w)}", highlight=False)
 
     run_guarded(body)

@@ -9,6 +9,7 @@ import typer
 
 from cryolens.cli.common import (MicrographJobOptions, console, device_option, job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
+from cryolens.cli.markup import literal
 from cryolens.extract.params import ExtractParams
 
 __all__ = ["extract"]
@@ -58,6 +59,6 @@ def extract(
                       f"{r['image_size']} px at {r['pixel_size_A']:.4g} Å/px, {r['n_skipped']} skipped at the edges "
                       f"-> {target.out / 'particles.star'}", highlight=False)
         for w in r["warnings"]:
-            console.print(f"[yellow]warning[/] {w}", highlight=False)
+            console.print(f"[yellow]warning[/] {literal(w)}", highlight=False)
 
     run_guarded(body)

@@ -9,6 +9,7 @@ import typer
 
 from cryolens.cli.common import JobOptions, console, job_target, run_guarded
 from cryolens.cli.declare import declare
+from cryolens.cli.markup import literal
 from cryolens.jobs.coord_options import CoordinateFormat
 from cryolens.jobs.import_options import Acquisition, GainOptions, ParticleOptics
 from cryolens.errors import InputError
@@ -43,7 +44,7 @@ def _group(target, name: Optional[str], *, items: list[str] | None = None, star:
         g = project.group_from_star(name, star, column=key, job=job_id)
     else:
         g = project.group_from_job(name, job_id)
-    return f"; group [bold]{g.name}[/] now has {g.n_members} items"
+    return f"; group [bold]{literal(g.name)}[/] now has {g.n_members} items"
 
 
 def _need_project(target, group: Optional[str]) -> None:
@@ -60,6 +61,12 @@ def _files(glob: Optional[list[str]], files: Optional[list[Path]], more: Optiona
     return found, source
 
 
+def _checked(found: list[Path]):
+    """Every file's header, checked against its size before a job folder is taken (a bad file: exit 2)."""
+    from cryolens.jobs.importing import read_headers
+    return read_headers(found)
+
+
 @app.command("movies")
 @declare(run=JobOptions, omit=("device",), acq=Acquisition, gopt=GainOptions, outputs=("movies", "gain", "defects"))
 def movies(
@@ -72,8 +79,8 @@ def movies(
                                                    "defect map (rlnMicrographDefectFile).")] = None,
     optics_from: OpticsFromOpt = None,
     append: AppendOpt = None,
-    check_all: Annotated[bool, typer.Option("--check-all", help="Read every movie's header and require one size "
-                                            "and frame count (default: the first only).")] = False,
+    check_all: Annotated[bool, typer.Option("--check-all", help="Require every movie to have the first one's size "
+                                            "and frame count (every header is read and checked either way).")] = False,
     group: GroupOpt = None,
     run: JobOptions = None,
 ) -> None:
@@ -91,13 +98,15 @@ def movies(
 
     def body():
         found, source = _files(glob, files, more_files, what="movie", suffixes=MOVIE_SUFFIXES)
+        headers = _checked(found)
         with job_target("import_movies", run.out, run.project) as target:
             _need_project(target, group)
             job = run_import_movies(found, target.out, acq, gopt, defect=str(defect) if defect else None,
                                     append=str(append) if append else None, optics_from=optics_from,
-                                    check_all=check_all, source=source, observer=target.observer)
-            from cryolens.jobs.importing import star_name
-            extra = _group(target, group, items=[star_name(f) for f in found], star=target.out / "movies.star")
+                                    check_all=check_all, source=source, headers=headers, observer=target.observer)
+            from cryolens.io.paths import star_name
+            extra = _group(target, group, items=[star_name(f, into=target.out) for f in found],
+                           star=target.out / "movies.star")
         r = job.results
         dose = f", {r['total_exposure_e_per_A2']:g} e/Å² total" if r["total_exposure_e_per_A2"] is not None else ""
         console.print(f"{r['n_imported']} movies ({r['width']}x{r['height']}, {r['n_frames']} frames, "
@@ -125,15 +134,18 @@ def micrographs(
 
       cryolens import micrographs --glob 'Micrographs/*.mrc' --pixel-size 1.06 --voltage 300 --cs 2.7
     """
-    from cryolens.jobs.importing import MICROGRAPH_SUFFIXES, run_import_micrographs, star_name
+    from cryolens.io.paths import star_name
+    from cryolens.jobs.importing import MICROGRAPH_SUFFIXES, run_import_micrographs
 
     def body():
         found, source = _files(glob, files, more_files, what="micrograph", suffixes=MICROGRAPH_SUFFIXES)
+        headers = _checked(found)
         with job_target("import_micrographs", run.out, run.project) as target:
             _need_project(target, group)
             job = run_import_micrographs(found, target.out, acq, append=str(append) if append else None,
-                                         optics_from=optics_from, source=source, observer=target.observer)
-            extra = _group(target, group, items=[star_name(f) for f in found],
+                                         optics_from=optics_from, source=source, headers=headers,
+                                         observer=target.observer)
+            extra = _group(target, group, items=[star_name(f, into=target.out) for f in found],
                            star=target.out / "micrographs.star")
         r = job.results
         console.print(f"{r['n_imported']} micrographs ({r['width']}x{r['height']}, {r['pixel_size_A']:g} Å/px) "
@@ -159,12 +171,13 @@ def particles(
       cryolens import particles --in old/particles.star --pixel-size 1.34 --voltage 300 --cs 2.7
       --amplitude-contrast 0.1
     """
-    from cryolens.jobs.importing import run_import_particles
+    from cryolens.jobs.importing import check_particle_import, run_import_particles
 
     def body():
+        checked = check_particle_import(star, acq)  # before a job folder is taken
         with job_target("import_particles", run.out, run.project) as target:
             _need_project(target, group)
-            job = run_import_particles(star, target.out, acq, observer=target.observer)
+            job = run_import_particles(star, target.out, acq, checked=checked, observer=target.observer)
             extra = _group(target, group, star=target.out / "particles.star", key="rlnImageName")
         r = job.results
         console.print(f"{r['n_particles']} particles (box {r['box']}, {r['pixel_size_A']:g} Å/px, RELION "

@@ -9,6 +9,7 @@ from cryolens.cli import ctf as _ctf
 from cryolens.cli import extract as _extract
 from cryolens.cli import fsc as _fsc
 from cryolens.cli import importing as _importing
+from cryolens.cli.markup import LiteralHelpGroup
 from cryolens.cli import motion as _motion
 from cryolens.cli import pick as _pick
 from cryolens.cli import postprocess as _postprocess
@@ -26,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=LiteralHelpGroup,  # help text keeps its [brackets]
 )
 app.add_typer(_project.app, name="project")
 app.add_typer(_importing.app, name="import")

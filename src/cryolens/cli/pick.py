@@ -18,6 +18,7 @@ import typer
 from cryolens.cli.common import (JobOptions, MicrographJobOptions, console, device_option, job_target, progress_bar,
                                  run_guarded)
 from cryolens.cli.declare import declare
+from cryolens.cli.markup import literal
 from cryolens.errors import InputError
 from cryolens.picking.params import PickParams
 
@@ -29,7 +30,7 @@ def _print_picks(r: dict, out: Path) -> None:
                   f"per micrograph, {r['n_candidates']} candidates kept down to {r['floor']:g} SD), threshold "
                   f"{r['threshold']:g} -> {out / 'coords.star'}", highlight=False)
     for w in r.get("warnings", []):
-        console.print(f"[yellow]warning[/] {w}", highlight=False)
+        console.print(f"[yellow]warning[/] {literal(w)}", highlight=False)
 
 
 @declare(params=PickParams, run=MicrographJobOptions, outputs=("coords", "picks_all", "autopick"))

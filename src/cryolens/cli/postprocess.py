@@ -11,6 +11,7 @@ import typer
 from cryolens.cli.common import (JobOptions, console, device_option,
                                  job_target, progress_bar, run_guarded)
 from cryolens.cli.declare import declare
+from cryolens.cli.markup import literal
 from cryolens.postprocess import MASK_KINDS, MaskParams, PostprocessParams
 
 
@@ -55,6 +56,6 @@ def postprocess(
                       f"(unmasked {r['resolution_unmasked_A']:.2f} Å{masked}); B-factor {r['bfactor_A2']:.1f} Å² "
                       f"-> {target.out / 'map_sharp.mrc'}")
         for w in r["warnings"]:
-            console.print(f"[yellow]warning:[/] {w}")
+            console.print(f"[yellow]warning:[/] {literal(w)}")
 
     run_guarded(body)

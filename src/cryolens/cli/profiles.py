@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from cryolens.cli.common import console, run_guarded
+from cryolens.cli.markup import literal
 
 app = typer.Typer(help="Run profiles: Dask workers from SLURM, SGE, PBS or LSF (see 'profiles list').",
                   no_args_is_help=True)
@@ -48,12 +49,12 @@ def list_profiles(
                           '[profiles.cpu]\nscheduler = "slurm"\nqueue = "cpu"\ncores = 8\nmemory = "32GB"\n'
                           'walltime = "04:00:00"\nn_workers = 4', highlight=False, markup=False)
             return
-        t = Table(title="run profiles", caption=f"from {files}")
+        t = Table(title="run profiles", caption=f"from {literal(files)}")
         for col in ("name", "scheduler", "queue", "cores", "memory", "walltime", "n_workers", "source"):
             t.add_column(col)
         for p in profiles.values():
-            t.add_row(p.name, p.scheduler, p.queue or "-", str(p.cores), p.memory, p.walltime or "-",
-                      str(p.n_workers), p.source)
+            t.add_row(*(literal(v) for v in (p.name, p.scheduler, p.queue or "-", p.cores, p.memory,
+                                             p.walltime or "-", p.n_workers, p.source)))
         console.print(t)
 
     run_guarded(body)
@@ -83,8 +84,9 @@ def test_profile(
         try:
             t_checked = time.perf_counter() - t0
             cluster.scale(jobs=p.n_workers)
-            console.print(f"profile [bold]{p.name}[/] ({p.scheduler}, {p.source}): submitted {p.n_workers} "
-                          f"job(s); waiting for {p.n_workers * p.processes} worker(s) ...", highlight=False)
+            console.print(f"profile [bold]{literal(p.name)}[/] ({literal(p.scheduler)}, {literal(p.source)}): "
+                          f"submitted {p.n_workers} job(s); waiting for {p.n_workers * p.processes} worker(s) ...",
+                          highlight=False)
             with Dask(cluster) as backend:
                 waited = wait_for_workers(cluster, backend.client, p.n_workers * p.processes, profile=p,
                                           timeout=timeout or p.wait_timeout)
@@ -96,7 +98,7 @@ def test_profile(
         assert [o[0] for o in out] == [x * x for x in range(n_items)]
         hosts = sorted({o[1] for o in out})
         workers = len({(o[1], o[2]) for o in out})
-        console.print(f"ok: {n_items} units on {workers} worker process(es) on {', '.join(hosts)}\n"
+        console.print(f"ok: {n_items} units on {workers} worker process(es) on {literal(', '.join(hosts))}\n"
                       f"  cluster + job-script check  {t_checked:7.2f} s\n"
                       f"  workers started             {waited:7.2f} s\n"
                       f"  map                         {t_map:7.2f} s ({1e3 * t_map / n_items:.1f} ms/unit)\n"

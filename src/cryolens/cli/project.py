@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from cryolens.cli.common import console, run_guarded
+from cryolens.cli.markup import literal
 
 app = typer.Typer(help="Projects: a folder whose cryolens.db records every job, its inputs and outputs.",
                   no_args_is_help=True)
@@ -49,7 +50,7 @@ def init(folder: Annotated[Path, typer.Argument(help="Project folder (created if
     def body():
         from cryolens.project.db import init_project
         p = init_project(folder)
-        console.print(f"project [bold]{p.root}[/] (schema {p.schema_version()})")
+        console.print(f"project [bold]{literal(p.root)}[/] (schema {p.schema_version()})")
     run_guarded(body)
 
 
@@ -67,7 +68,8 @@ def jobs(project: Annotated[Optional[Path], PROJECT_OPT] = None, as_json: Annota
             return _print_json([j.to_dict() for j in records])
         table = Table("job", "stage", "folder", "status", "started", "took")
         for j in records:
-            table.add_row(j.name, j.stage, j.folder, f"[{_STYLE[j.status]}]{j.status}[/]", _when(j.started), _took(j))
+            table.add_row(j.name, j.stage, literal(j.folder), f"[{_STYLE[j.status]}]{j.status}[/]", _when(j.started),
+                          _took(j))
         console.print(table)
     run_guarded(body)
 
@@ -90,14 +92,14 @@ def show(job: Annotated[str, typer.Argument(help="Job: number (3, job003), id or
         table = Table("field", "value", show_header=False)
         for k in ("name", "stage", "folder", "status", "seed", "host", "pid", "error"):
             if getattr(j, k) is not None:
-                table.add_row(k, str(getattr(j, k)))
+                table.add_row(k, literal(getattr(j, k)))
         table.add_row("started", _when(j.started))
         table.add_row("took", _took(j))
         for group in ("inputs", "outputs", "params", "results"):
             for k, v in getattr(j, group).items():
-                table.add_row(f"{group}.{k}", str(v))
+                table.add_row(f"{group}.{k}", literal(v))
         for n in notes:
-            table.add_row(f"note {_when(n['time'])}", n["text"])
+            table.add_row(f"note {_when(n['time'])}", literal(n["text"]))
         console.print(table)
     run_guarded(body)
 
@@ -115,14 +117,14 @@ def status(project: Annotated[Optional[Path], PROJECT_OPT] = None, as_json: Anno
         if as_json:
             return _print_json(s)
         table = Table("", "", show_header=False)
-        table.add_row("project", s["project"])
+        table.add_row("project", literal(s["project"]))
         table.add_row("jobs", str(s["jobs"]))
         for k, n in s["by_status"].items():
             if n:
                 table.add_row(f"  [{_STYLE[k]}]{k}[/]", str(n))
         table.add_row("files", str(s["assets"]))
         table.add_row("notes", str(s["notes"]))
-        table.add_row("running", ", ".join(s["running"]) or "-")
+        table.add_row("running", literal(", ".join(s["running"]) or "-"))
         table.add_row("database", f"schema {s['schema_version']}, integrity {s['integrity']}")
         console.print(table)
     run_guarded(body)
@@ -130,7 +132,7 @@ def status(project: Annotated[Optional[Path], PROJECT_OPT] = None, as_json: Anno
 
 def _tree(node: dict, tree: Tree) -> None:
     job = node["job"]
-    label = f"[bold]{node['path']}[/]"
+    label = f"[bold]{literal(node['path'])}[/]"
     label += f"  <- {job['name']} {job['stage']} [{_STYLE[job['status']]}]{job['status']}[/]" if job else "  (input)"
     branch = tree.add(label)
     for child in node["inputs"]:
@@ -172,12 +174,12 @@ def note(job: Annotated[str, typer.Argument(help="Job (number, id or folder) or 
         try:
             target = p.job(job)
             p.add_note(text, job=target.id)
-            console.print(f"note added to {target.name} ({target.folder})")
+            console.print(f"note added to {target.name} ({target.folder})", markup=False)
         except InputError:
             if not Path(job).is_file():
                 raise
             p.add_note(text, asset=job)
-            console.print(f"note added to {job}")
+            console.print(f"note added to {job}", markup=False)
     run_guarded(body)
 
 
@@ -195,8 +197,8 @@ def groups(project: Annotated[Optional[Path], PROJECT_OPT] = None, as_json: Anno
             return _print_json([g.to_dict() for g in records])
         table = Table("group", "items", "from", "jobs", "created", "description")
         for g in records:
-            table.add_row(g.name, str(g.n_members), ", ".join(g.sources) or "files", ", ".join(g.jobs),
-                          _when(g.created), g.description or "")
+            table.add_row(literal(g.name), str(g.n_members), literal(", ".join(g.sources) or "files"),
+                          literal(", ".join(g.jobs)), _when(g.created), literal(g.description or ""))
         console.print(table)
     run_guarded(body)
 
@@ -223,7 +225,7 @@ def group(name: Annotated[str, typer.Argument(help="Group name.")],
         p = _open(project)
         if delete:
             p.delete_group(name)
-            return console.print(f"group {name} deleted")
+            return console.print(f"group {name} deleted", markup=False)
         if from_job is not None:
             p.group_from_job(name, from_job, description=description)
         if from_star is not None:
@@ -233,9 +235,9 @@ def group(name: Annotated[str, typer.Argument(help="Group name.")],
         if as_json:
             return _print_json(g.to_dict() | {"members": members})
         about = f" ({g.description})" if g.description else ""
-        console.print(f"group [bold]{g.name}[/]: {g.n_members} items{about}")
+        console.print(f"group [bold]{literal(g.name)}[/]: {g.n_members} items{literal(about)}")
         table = Table("item", "from", "job")
         for m in members:
-            table.add_row(m["item"], m["source"] or "file", m["job"] or "")
+            table.add_row(literal(m["item"]), literal(m["source"] or "file"), literal(m["job"] or ""))
         console.print(table)
     run_guarded(body)

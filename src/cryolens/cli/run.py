@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -9,8 +10,9 @@ import typer
 from rich.table import Table
 
 from cryolens.cli.common import QUIET_HELP, console, err_console, run_guarded
+from cryolens.cli.markup import literal
 
-__all__ = ["run_command", "stage_catalog"]
+__all__ = ["run_command", "stage_catalog", "StepProgress"]
 
 
 def stage_catalog() -> dict[str, Any]:
@@ -65,6 +67,64 @@ def stage_catalog() -> dict[str, Any]:
 _STYLE = {"run": "yellow", "skip": "green", "stop": "dim"}
 
 
+class StepProgress:
+    """One rich line per workflow step on stderr: ``n/N``, step (stage), a bar, elapsed time and status.
+
+    A step gets its line when it is skipped or starts; the bar pulses while it runs and fills when it ends.
+    Use as a context manager around :func:`cryolens.project.workflow_run.run_workflow` and pass
+    :meth:`event` on (with the run's other printing); ``quiet`` shows nothing.
+    """
+
+    def __init__(self, names: list[str], *, quiet: bool) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.number = {name: k + 1 for k, name in enumerate(names)}
+        self.total = len(names)
+        self.tasks: dict[str, Any] = {}
+        self.progress = None if quiet else Progress(
+            TextColumn("{task.fields[n]}"), TextColumn("[bold]{task.description}"), BarColumn(bar_width=20),
+            TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=err_console,
+            redirect_stdout=sys.stdout.isatty())  # printed lines go above the bars, or to the file stdout names
+
+    def __enter__(self) -> "StepProgress":
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def print(self, text: str, *, err: bool = False, **kw: Any) -> None:
+        """Print a line: above the bars while they show on the terminal stdout shares, else to stdout (stderr)."""
+        if self.progress is not None and self.progress.live.is_started and sys.stdout.isatty():
+            self.progress.console.print(text, **kw)
+        else:
+            (err_console if err else console).print(text, **kw)
+
+    def event(self, kind: str, step, info: dict) -> None:
+        """Follow ``run_workflow``'s events (skip, run, job, finish, fail) for ``step``."""
+        p = self.progress
+        if p is None or step.name not in self.number:
+            return
+        if kind in ("skip", "run"):
+            n = f"{self.number[step.name]}/{self.total}"
+            status = f"[green]skipped[/] ({literal(info['folder'])})" if kind == "skip" else "[yellow]running[/]"
+            task = p.add_task(literal(f"{step.name} ({step.stage.name})"), total=1 if kind == "skip" else None,
+                              completed=1 if kind == "skip" else 0, n=n, status=status)
+            self.tasks[step.name] = task
+            if kind == "skip":
+                p.stop_task(task)
+        elif step.name in self.tasks:
+            task = self.tasks[step.name]
+            if kind == "job":
+                p.update(task, status=f"[yellow]running[/] -> {literal(info['folder'])}")
+            elif kind in ("finish", "fail"):
+                status = (f"[green]done[/] -> {literal(info['folder'])}" if kind == "finish" else "[red]failed[/]")
+                p.update(task, total=1, completed=1 if kind == "finish" else 0, status=status)
+                p.stop_task(task)
+
+
 def run_command(
     workflow: Annotated[Path, typer.Argument(help="Workflow file (TOML; see examples/workflow.toml).")],
     until: Annotated[Optional[str], typer.Option("--until", help="Stop after this step.")] = None,
@@ -75,7 +135,9 @@ def run_command(
 ) -> None:
     """Run a workflow: each step is a cryolens command recorded as a job in the project.
 
-    A step whose stage, params and input files are unchanged since it last finished is skipped; a failed or killed step runs again, so rerunning resumes. Step state: <project>/.cryolens/workflows/<name>.json; step logs next to it.
+    A step whose stage, params and input files are unchanged since it last finished is skipped; a failed or killed
+    step runs again, so rerunning resumes. Each step shows a progress line (n/N, elapsed time, status) unless
+    --quiet. Step state: <project>/.cryolens/workflows/<name>.json; step logs next to it.
 
     Examples:
 
@@ -93,31 +155,37 @@ def run_command(
     def body():
         wf = load_workflow(workflow, stage_catalog(), project=project)
         if dry_run:
-            table = Table("step", "stage", "action", "why", "job", title=f"workflow {wf.name} in {wf.project}")
+            table = Table("step", "stage", "action", "why", "job", title=literal(f"workflow {wf.name} in {wf.project}"))
             for r in plan_workflow(wf, until=until, force=force or ()):
-                table.add_row(r.step, r.stage, f"[{_STYLE[r.action]}]{r.action}[/]", r.reason, r.job)
+                table.add_row(literal(r.step), r.stage, f"[{_STYLE[r.action]}]{r.action}[/]", literal(r.reason),
+                              literal(r.job))
             console.print(table)
             return
 
-        def on_event(kind: str, step, info: dict) -> None:
-            head = f"[bold]{step.name}[/] ({step.stage.name})"
-            if kind == "project":
-                console.print(f"created project {info['project']}", highlight=False)
-            elif kind == "skip":
-                console.print(f"[green]skip[/] {head}: {info['reason']} ({info['folder']})", highlight=False)
-            elif kind == "run" and not quiet:
-                console.print(f"[yellow]run[/]  {head}: {info['reason']}", highlight=False)
-            elif kind == "job" and not quiet:
-                console.print(f"     {step.name} -> {info['folder']}", highlight=False)
-            elif kind == "finish":
-                console.print(f"[green]done[/] {head} in {info['seconds']:.1f} s -> {info['folder']}"
-                              + (f"\n     {info['summary']}" if info["summary"] and not quiet else ""),
-                              highlight=False)
-            elif kind == "fail":
-                err_console.print(f"[red]failed[/] {head}; log: {info['log']}", highlight=False)
+        last = wf.index(until, "--until") if until is not None else len(wf.steps) - 1
 
-        done = run_workflow(wf, until=until, force=force or (), on_event=on_event)
+        def on_event(kind: str, step, info: dict) -> None:
+            head = f"[bold]{literal(step.name)}[/] ({step.stage.name})"
+            say = steps.print
+            if kind == "project":
+                say(f"created project {info['project']}", highlight=False, markup=False)
+            elif kind == "skip":
+                say(f"[green]skip[/] {head}: {literal(info['reason'])} ({literal(info['folder'])})", highlight=False)
+            elif kind == "run" and not quiet:
+                say(f"[yellow]run[/]  {head}: {literal(info['reason'])}", highlight=False)
+            elif kind == "job" and not quiet:
+                say(f"     {step.name} -> {info['folder']}", highlight=False, markup=False)
+            elif kind == "finish":
+                say(f"[green]done[/] {head} in {info['seconds']:.1f} s -> {literal(info['folder'])}"
+                    + (f"\n     {literal(info['summary'])}" if info["summary"] and not quiet else ""), highlight=False)
+            elif kind == "fail":
+                say(f"[red]failed[/] {head}; log: {literal(info['log'])}", err=True, highlight=False)
+            steps.event(kind, step, info)
+
+        with StepProgress([s.name for s in wf.steps[:last + 1]], quiet=quiet) as steps:
+            done = run_workflow(wf, until=until, force=force or (), on_event=on_event)
         ran = sum(v == "ran" for v in done.values())
-        console.print(f"workflow {wf.name}: {ran} step(s) run, {len(done) - ran} skipped", highlight=False)
+        console.print(f"workflow {wf.name}: {ran} step(s) run, {len(done) - ran} skipped", highlight=False,
+                      markup=False)
 
     run_guarded(body)

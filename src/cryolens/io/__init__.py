@@ -4,7 +4,8 @@ Units: Å for voxel/pixel sizes and shifts; arrays are ``(z, y, x)`` / ``(n, y, 
 Every user-fixable problem raises :class:`cryolens.errors.InputError`.
 """
 
-from cryolens.io.images import ImageSource, format_image_name, parse_image_name, resolve_path, write_stack_and_names
+from cryolens.io.images import ImageSource, format_image_name, parse_image_name, write_stack_and_names
+from cryolens.io.paths import project_root, resolve_path, star_name
 from cryolens.io.mrc import MrcInfo, clear_stack_cache, open_stack, read_mrc, read_mrc_header, write_mrc
 from cryolens.io.star import (
     merge_optics,
@@ -19,7 +20,7 @@ from cryolens.io.star import (
 
 __all__ = [
     "ImageSource", "MrcInfo", "clear_stack_cache", "format_image_name", "merge_optics", "open_stack",
-    "parse_image_name", "read_micrographs", "read_mrc", "read_mrc_header", "read_particles", "read_star",
-    "require_columns", "resolve_path", "write_micrographs", "write_mrc", "write_particles", "write_stack_and_names",
-    "write_star",
+    "parse_image_name", "project_root", "read_micrographs", "read_mrc", "read_mrc_header", "read_particles",
+    "read_star", "require_columns", "resolve_path", "star_name", "write_micrographs", "write_mrc", "write_particles",
+    "write_stack_and_names", "write_star",
 ]

@@ -16,8 +16,9 @@ import pandas as pd
 
 from cryolens.errors import InputError
 from cryolens.io.mrc import open_stack, read_mrc_header, write_mrc
+from cryolens.io.paths import resolve_path
 
-__all__ = ["parse_image_name", "format_image_name", "resolve_path", "ImageSource", "write_stack_and_names"]
+__all__ = ["parse_image_name", "format_image_name", "ImageSource", "write_stack_and_names"]
 
 PathLike = str | os.PathLike
 
@@ -57,43 +58,13 @@ def format_image_name(index: int, path: PathLike) -> str:
     return f"{int(index) + 1:06d}@{path}"
 
 
-def resolve_path(name: PathLike, star_path: PathLike, *, row: int | None = None) -> Path:
-    """Find a file named in a STAR file as RELION does.
-
-    A relative path is tried against the current working directory first, then
-    against the STAR file's folder and its ancestors (a STAR inside a project's job
-    folder names files relative to the project root, which lets a command run from
-    outside the project find them); an absolute path is used as is.
-
-    Args:
-        name: the path from the STAR file (without ``index@``).
-        star_path: the STAR file that references it.
-        row: 1-based table row, for the error message.
-
-    Raises:
-        InputError: the file exists in neither place.
-    """
-    p = Path(name)
-    star_folder = Path(star_path).absolute().parent
-    if p.is_absolute():
-        candidates = [p]
-    else:
-        candidates = [Path.cwd() / p, *(folder / p for folder in (star_folder, *star_folder.parents))]
-    for c in candidates:
-        if c.is_file():
-            return c
-    where = f" (referenced by row {row})" if row is not None else ""
-    places = "" if p.is_absolute() else f" in {Path.cwd()}, {star_folder} or the folders above it"
-    raise InputError(f"{Path(star_path).name}: stack {name}{where} was not found{places}; "
-                     "check the paths or run from the project folder.")
-
-
 class ImageSource:
     """Lazy, indexable view of the particle images named by a table's ``rlnImageName``.
 
     Stacks are memory-mapped on demand (see :func:`cryolens.io.mrc.open_stack`); a batch
     read groups the requested rows by stack and reads each stack with one fancy-indexing
-    call. At construction every stack is located (cwd, then the STAR folder), its header
+    call. At construction every stack is located (:func:`cryolens.io.paths.resolve_path`:
+    the project root, the current folder, then the STAR folder and above), its header
     read, the indices checked against its length and the box sizes checked to agree.
 
     Args:

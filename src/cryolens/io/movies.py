@@ -26,8 +26,12 @@ pixels) or defect maps (an image, non-zero = bad), as ``relion_run_motioncorr
 
 from __future__ import annotations
 
+import logging
 import os
+import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +98,8 @@ def _bad(path: Path, what: str) -> InputError:
 
 
 def _mrc_info(p: Path) -> MovieInfo:
+    from cryolens.io.mrc import read_mrc_header
+    read_mrc_header(p)  # a truncated file is named from its header and size alone
     try:
         with mrcfile.mmap(p, mode="r", permissive=False) as m:
             shape, vs, dtype = m.data.shape, float(m.voxel_size.x), m.data.dtype
@@ -117,17 +123,51 @@ def _tiff_pixel_size(page) -> float:
         return 0.0
 
 
+@contextmanager
+def _tifffile_quiet() -> Iterator[None]:
+    """Silence tifffile's log lines about damaged files (the caller names the problem in one sentence)."""
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _tiff_complete(t, p: Path) -> None:
+    """Check, from the page directories alone, that a TIFF holds every page it links and all of their data.
+
+    A file cut short either ends inside a page's data (its strips reach past the end) or drops pages whose
+    directory lies beyond the end (tifffile then stops early; the last page read still links to the next).
+    """
+    size = p.stat().st_size
+    pages = list(t.pages)
+    end = max((o + c for pg in pages for o, c in zip(pg.dataoffsets, pg.databytecounts)), default=0)
+    if end > size:
+        raise _bad(p, f"the file is truncated: its pages need {end} bytes but it holds {size}")
+    fmt, fh, last = t.tiff, t.filehandle, pages[-1]
+    fh.seek(last.offset)
+    (n_tags,) = struct.unpack(fmt.tagnoformat, fh.read(fmt.tagnosize))
+    fh.seek(last.offset + fmt.tagnosize + n_tags * fmt.tagsize)
+    raw = fh.read(fmt.offsetsize)
+    following = struct.unpack(fmt.offsetformat, raw)[0] if len(raw) == fmt.offsetsize else 1
+    if following:
+        raise _bad(p, f"the file is truncated after page {len(pages)}: the next page lies beyond its end")
+
+
 def _tiff_info(p: Path, fmt: str, eer_grouping: int, eer_upsampling: int) -> MovieInfo:
     import tifffile
     try:
-        with tifffile.TiffFile(p, superres=eer_upsampling - 1 if fmt == "eer" else None) as t:
+        with _tifffile_quiet(), tifffile.TiffFile(p, superres=eer_upsampling - 1 if fmt == "eer" else None) as t:
+            _tiff_complete(t, p)
             pages = [pg for pg in t.pages if fmt != "eer" or pg.compression in (65000, 65001, 65002)]
             first = pages[0]
             h, w = first.shape[-2:]
             dtype = np.dtype(first.dtype)
             apix = _tiff_pixel_size(first)
             n = len(pages)
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError) as e:
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, struct.error) as e:
         raise _bad(p, f"not a readable TIFF movie ({str(e).rstrip('.') or type(e).__name__})") from None
     if fmt == "eer":
         n = n // eer_grouping

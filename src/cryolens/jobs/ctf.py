@@ -38,7 +38,7 @@ from cryolens.compute.backends import Backend, InProcess, LocalProcesses, get_ba
 from cryolens.ctf import CTFFitParams, fit_ctf, fit_ctf_patches, looks_like_power_spectrum, power_spectrum
 from cryolens.errors import InputError
 from cryolens.io import merge_optics, read_micrographs, read_mrc, read_star, require_columns, write_micrographs
-from cryolens.io.images import resolve_path
+from cryolens.io.paths import resolve_path, star_name
 from cryolens.jobs.ctf_plots import plot_ctf_diagnostic, plot_ctf_summary
 from cryolens.jobs.report import write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
@@ -368,7 +368,7 @@ def run_ctf_power_spectrum(ps_path: str | os.PathLike, out_dir: str | os.PathLik
         optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
                                "rlnVoltage": [voltage], "rlnSphericalAberration": [cs],
                                "rlnAmplitudeContrast": [amplitude_contrast], "rlnMicrographPixelSize": [apix]})
-        row = {"rlnMicrographName": os.path.relpath(ps_path), "rlnOpticsGroup": 1,
+        row = {"rlnMicrographName": star_name(ps_path, into=out, up=True), "rlnOpticsGroup": 1,
                "rlnDefocusU": float(fit.defocus_u_A), "rlnDefocusV": float(fit.defocus_v_A),
                "rlnDefocusAngle": float(fit.angle_deg), "rlnPhaseShift": float(fit.phase_shift_deg),
                "rlnCtfAstigmatism": float(fit.astigmatism_A), "rlnCtfFigureOfMerit": float(fit.cc),

@@ -57,9 +57,9 @@ from cryolens.extract import ExtractParams, MicrographCTF, boxes_inside, iter_ex
 from cryolens.io import (merge_optics, open_stack, read_micrographs, read_mrc, require_columns,
                          write_particles)
 from cryolens.io.images import format_image_name
+from cryolens.io.paths import star_name
 from cryolens.io.stack_writer import StackWriter
 from cryolens.jobs.extract_inputs import XY, Positions, match_micrographs, read_positions, resolve_file
-from cryolens.jobs.importing import star_name
 from cryolens.jobs.report import plot_gallery, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.units import UnitRecord, check_micrograph_header, fingerprint, unique_stems
@@ -271,7 +271,7 @@ def _particle_rows(unit: ExtractUnit, t: pd.DataFrame, row: dict, *, kind: str, 
     p = unit.params
     kept = boxes_inside(_xy(unit.coords), box=p.box, shape=unit.shape, edge=p.edge).numpy()
     t = t[kept].reset_index(drop=True)
-    name = star_name(unit.stack)
+    name = star_name(unit.stack, into=unit.stack)
     out = pd.DataFrame({"rlnCoordinateX": t["rlnCoordinateX"], "rlnCoordinateY": t["rlnCoordinateY"],
                         "rlnImageName": [format_image_name(k, name) for k in range(len(t))],
                         "rlnMicrographName": unit.name, "rlnOpticsGroup": int(row["rlnOpticsGroup"])})

@@ -28,7 +28,7 @@ import pandas as pd
 
 from cryolens.errors import InputError
 from cryolens.io import read_particles, read_star, require_columns
-from cryolens.io.images import resolve_path
+from cryolens.io.paths import resolve_path
 from cryolens.jobs.coord_formats import read_coordinates
 
 __all__ = ["Positions", "read_positions", "match_micrographs", "resolve_file"]

@@ -19,10 +19,9 @@ import pandas as pd
 
 from cryolens.errors import InputError
 from cryolens.io import merge_optics, read_micrographs, read_mrc_header, write_star
-from cryolens.io.images import resolve_path
+from cryolens.io.paths import resolve_path, star_name
 from cryolens.jobs.coord_formats import PICK_LISTS, XY, detect_format, match_names, read_coordinates, read_pick_list
 from cryolens.jobs.coord_options import COORD_FORMATS
-from cryolens.jobs.importing import star_name
 from cryolens.jobs.report import write_report
 from cryolens.jobs.runner import Job, JobObserver
 
@@ -133,7 +132,7 @@ def run_import_coords(files: list[Path], micrographs: str | os.PathLike, out_dir
             target = out.joinpath(*parts, f"{Path(mic).stem}_coords.star")
             target.parent.mkdir(parents=True, exist_ok=True)
             write_star(target, {"": t})
-            rows.append({"rlnMicrographName": mic, "rlnMicrographCoordinates": star_name(target)})
+            rows.append({"rlnMicrographName": mic, "rlnMicrographCoordinates": star_name(target, into=out)})
             n_picks += len(t)
             try:
                 info = read_mrc_header(resolve_path(mic, micrographs))

@@ -1,7 +1,8 @@
 """``cryolens import movies|micrographs|particles|coords|map``: bring data into a job folder as RELION 3.1 STAR.
 
-Outputs (fixed names in the job folder; paths inside STAR files are relative to the
-current folder when the file lies below it, else absolute: RELION's rule):
+Outputs (fixed names in the job folder; paths inside STAR files are relative to the project
+root inside a project, else to the current folder, and absolute for files outside it: RELION's
+rule, see :func:`cryolens.io.paths.star_name`):
 
 * movies: ``movies.star`` = ``data_optics`` (rlnOpticsGroupName, rlnOpticsGroup, [rlnMtfFileName],
   rlnMicrographOriginalPixelSize Å, rlnVoltage kV, rlnSphericalAberration mm, rlnAmplitudeContrast,
@@ -14,8 +15,8 @@ current folder when the file lies below it, else absolute: RELION's rule):
 * micrographs: ``micrographs.star`` (rlnMicrographName; optics with rlnMicrographPixelSize and
   rlnMicrographOriginalPixelSize, as ``relion_import --do_micrographs``).
 * particles: ``particles.star`` (RELION 3.0 files upgraded to 3.1 with the given acquisition values;
-  every stack located, its header read, indices and box checked; stack paths rewritten so they
-  resolve from the current folder).
+  every stack located, its header and file size read, indices and box checked; stack paths rewritten
+  so they resolve from the project root, or outside a project from the current folder).
 * coords: see :mod:`cryolens.jobs.import_coords`.
 * map: ``map.mrc`` (a copy, a link, or a rewritten file when the pixel size is corrected).
 
@@ -28,7 +29,7 @@ import glob as globlib
 import os
 import re
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ import pandas as pd
 from cryolens.errors import InputError
 from cryolens.io import ImageSource, read_mrc, read_mrc_header, read_particles, read_star, write_mrc
 from cryolens.io import write_particles, write_star
-from cryolens.io.images import resolve_path
+from cryolens.io.paths import project_root, resolve_path, star_name
 from cryolens.io.movies import MOVIE_SUFFIXES as _MOVIE_FORMATS
 from cryolens.io.movies import MovieInfo, movie_info, read_defects
 from cryolens.io.atomic import atomic_output
@@ -48,24 +49,12 @@ from cryolens.jobs.import_options import Acquisition, GainOptions, ParticleOptic
 from cryolens.jobs.report import plot_central_slices, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 
-__all__ = ["expand_inputs", "star_name",
+__all__ = ["expand_inputs", "read_headers", "check_particle_import", "CheckedParticles",
            "run_import_movies", "run_import_micrographs", "run_import_particles",
            "run_import_map", "MOVIE_SUFFIXES", "MICROGRAPH_SUFFIXES"]
 
 MOVIE_SUFFIXES = tuple(_MOVIE_FORMATS)
 MICROGRAPH_SUFFIXES = (".mrc", ".tif", ".tiff")
-
-
-def star_name(path: str | os.PathLike) -> str:
-    """How a file is named in a STAR file: relative to the current folder when below it, else absolute."""
-    p = Path(os.path.abspath(path))
-    try:
-        return p.relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        try:
-            return p.relative_to(Path(os.path.abspath(Path.cwd()))).as_posix()
-        except ValueError:
-            return p.as_posix()
 
 
 def expand_inputs(patterns: list[str], files: list[str | os.PathLike], *, what: str,
@@ -105,12 +94,23 @@ def read_frame_info(path: Path) -> MovieInfo:
     return movie_info(path, eer_grouping=1)
 
 
+def read_headers(files: list[Path]) -> list[MovieInfo]:
+    """Every file's header, each checked to open and to be as long as it says (a header and a file size,
+    for TIFF/EER the page directories, never the data), so a missing, truncated or corrupt file is named
+    before anything is written.
+
+    Raises:
+        InputError: the first bad file, named with the fix.
+    """
+    return [read_frame_info(f) for f in files]
+
+
 # ------------------------------------------------------------------------------------------ optics
 
-def _optics_row(acq: Acquisition, number: int, *, kind: str) -> dict[str, Any]:
+def _optics_row(acq: Acquisition, number: int, *, kind: str, into: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"rlnOpticsGroupName": acq.optics_group, "rlnOpticsGroup": number}
     if acq.mtf:
-        row["rlnMtfFileName"] = star_name(acq.mtf)
+        row["rlnMtfFileName"] = star_name(acq.mtf, into=into)
     if kind == "micrographs":
         row["rlnMicrographPixelSize"] = float(acq.pixel_size)
     row["rlnMicrographOriginalPixelSize"] = float(acq.pixel_size)
@@ -122,8 +122,8 @@ def _optics_row(acq: Acquisition, number: int, *, kind: str) -> dict[str, Any]:
     return row
 
 
-def _optics_groups(files: list[Path], acq: Acquisition, rule: str | None, *, kind: str) -> tuple[pd.DataFrame,
-                                                                                               np.ndarray]:
+def _optics_groups(files: list[Path], acq: Acquisition, rule: str | None, *, kind: str,
+                   into: Path) -> tuple[pd.DataFrame, np.ndarray]:
     """Optics table and each file's group number: one group, or one per value of the regular expression
     ``rule`` on the file name (its first capture group, else the whole match), named ``<optics group>_<value>``."""
     if rule is None:
@@ -142,7 +142,7 @@ def _optics_groups(files: list[Path], acq: Acquisition, rule: str | None, *, kin
         unique = sorted(set(values))
         names = [f"{acq.optics_group}_{v}" for v in unique]
         groups = np.array([unique.index(v) + 1 for v in values], np.int64)
-    rows = [_optics_row(replace(acq, optics_group=n), k + 1, kind=kind) for k, n in enumerate(names)]
+    rows = [_optics_row(replace(acq, optics_group=n), k + 1, kind=kind, into=into) for k, n in enumerate(names)]
     return pd.DataFrame(rows), groups
 
 
@@ -200,18 +200,22 @@ def _require(acq: Acquisition, names: tuple[str, ...], what: str) -> None:
 
 def run_import_movies(files: list[Path], out_dir: str | os.PathLike, acq: Acquisition, gain: GainOptions, *,
                       defect: str | None = None, append: str | None = None, optics_from: str | None = None,
-                      check_all: bool = False, source: str = "", observer: JobObserver | None = None) -> Job:
-    """Write ``movies.star`` (+ ``gain.mrc``, defects copy) for ``files``; returns the finished :class:`Job`."""
+                      check_all: bool = False, source: str = "", headers: list[MovieInfo] | None = None,
+                      observer: JobObserver | None = None) -> Job:
+    """Write ``movies.star`` (+ ``gain.mrc``, defects copy) for ``files``; returns the finished :class:`Job`.
+
+    ``headers``: :func:`read_headers` of ``files`` when the caller checked them already (read here otherwise)."""
     out = Path(out_dir)
     check_params("import movies", acq, gain)
     _require(acq, ("pixel_size", "voltage", "cs", "amplitude_contrast", "exposure_per_frame"), "movies")
-    first = read_frame_info(files[0])
-    if first.n_frames < 2 and first.fmt != "eer":
-        raise InputError(f"{files[0]}: holds {first.n_frames} frame; it looks like a micrograph: use "
-                         "`cryolens import micrographs`.")
+    infos = read_headers(files) if headers is None else headers
+    first = infos[0]
+    for info in infos:
+        if info.n_frames < 2 and info.fmt != "eer":
+            raise InputError(f"{info.path}: holds {info.n_frames} frame; it looks like a micrograph: use "
+                             "`cryolens import micrographs` (or leave it out).")
     if check_all:
-        for f in files[1:]:
-            info = read_frame_info(f)
+        for f, info in zip(files[1:], infos[1:]):
             if (info.n_frames, info.height, info.width) != (first.n_frames, first.height, first.width):
                 raise InputError(f"{f}: {info.width}x{info.height}x{info.n_frames} differs from {files[0]} "
                                  f"({first.width}x{first.height}x{first.n_frames}); import them as another "
@@ -221,24 +225,25 @@ def run_import_movies(files: list[Path], out_dir: str | os.PathLike, acq: Acquis
         raw, oriented = oriented_gain(gain, first)
     if defect is not None:
         read_defects(defect, (first.height, first.width))  # validates the list or the map
-    optics, groups = _optics_groups(files, acq, optics_from, kind="movies")
+    optics, groups = _optics_groups(files, acq, optics_from, kind="movies", into=out)
     params = {"acquisition": asdict(acq), "gain": asdict(gain), "defect": defect, "append": append,
               "optics_from": optics_from, "n_movies": len(files)}
     inputs = {k: v for k, v in {"movies": source, "gain": gain.path, "defect": defect, "append": append}.items() if v}
     with Job("import_movies", out, params=params, inputs=inputs, observer=observer) as job:
-        table = pd.DataFrame({"rlnMicrographMovieName": [star_name(f) for f in files], "rlnOpticsGroup": groups})
+        table = pd.DataFrame({"rlnMicrographMovieName": [star_name(f, into=out) for f in files],
+                              "rlnOpticsGroup": groups})
         images = []
         if oriented is not None:
             write_mrc(out / "gain.mrc", oriented, acq.pixel_size)
             job.add_output("gain", out / "gain.mrc")
-            table["rlnMicrographGainName"] = star_name(out / "gain.mrc")
+            table["rlnMicrographGainName"] = star_name(out / "gain.mrc", into=out)
             plot_gain(raw, oriented, out / "gain.png", gain)
             images.append("gain.png")
         if defect is not None:
             copy = out / f"defects{Path(defect).suffix.lower() or '.txt'}"
             _copy_atomic(Path(defect), copy)
             job.add_output("defects", copy)
-            table["rlnMicrographDefectFile"] = star_name(copy)
+            table["rlnMicrographDefectFile"] = star_name(copy, into=out)
         if append is not None:
             optics, table = _merge_previous(Path(append), "movies", "rlnMicrographMovieName", optics, table)
         write_star(out / "movies.star", {"optics": optics, "movies": table})
@@ -268,20 +273,23 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 def run_import_micrographs(files: list[Path], out_dir: str | os.PathLike, acq: Acquisition, *,
                            append: str | None = None, optics_from: str | None = None, source: str = "",
-                           observer: JobObserver | None = None) -> Job:
-    """Write ``micrographs.star`` for ``files``; returns the finished :class:`Job`."""
+                           headers: list[MovieInfo] | None = None, observer: JobObserver | None = None) -> Job:
+    """Write ``micrographs.star`` for ``files``; returns the finished :class:`Job` (``headers``: as for
+    :func:`run_import_movies`)."""
     out = Path(out_dir)
     check_params("import micrographs", acq)
     _require(acq, ("pixel_size", "voltage", "cs", "amplitude_contrast"), "micrographs")
-    first = read_frame_info(files[0])
-    if first.n_frames > 1:
-        raise InputError(f"{files[0]}: holds {first.n_frames} frames; it looks like a movie: use "
-                         "`cryolens import movies`.")
-    optics, groups = _optics_groups(files, acq, optics_from, kind="micrographs")
+    infos = read_headers(files) if headers is None else headers
+    first = infos[0]
+    for info in infos:
+        if info.n_frames > 1:
+            raise InputError(f"{info.path}: holds {info.n_frames} frames; it looks like a movie: use "
+                             "`cryolens import movies` (or leave it out).")
+    optics, groups = _optics_groups(files, acq, optics_from, kind="micrographs", into=out)
     params = {"acquisition": asdict(acq), "append": append, "optics_from": optics_from, "n_micrographs": len(files)}
     inputs = {k: v for k, v in {"micrographs": source, "append": append}.items() if v}
     with Job("import_micrographs", out, params=params, inputs=inputs, observer=observer) as job:
-        table = pd.DataFrame({"rlnMicrographName": [star_name(f) for f in files], "rlnOpticsGroup": groups})
+        table = pd.DataFrame({"rlnMicrographName": [star_name(f, into=out) for f in files], "rlnOpticsGroup": groups})
         if append is not None:
             optics, table = _merge_previous(Path(append), "micrographs", "rlnMicrographName", optics, table)
         write_star(out / "micrographs.star", {"optics": optics, "micrographs": table})
@@ -298,14 +306,20 @@ def run_import_micrographs(files: list[Path], out_dir: str | os.PathLike, acq: A
 _NAME = r"^(?:(?P<index>\d+)@)?(?P<path>.+)$"
 
 
-def run_import_particles(star: str | os.PathLike, out_dir: str | os.PathLike, acq: ParticleOptics, *,
-                         observer: JobObserver | None = None) -> Job:
-    """Validate a RELION 3.0/3.1 particle STAR, upgrade it to 3.1 and write ``particles.star``.
+@dataclass
+class CheckedParticles:
+    """A particle STAR read and checked by :func:`check_particle_import`: optics upgraded to RELION 3.1, every
+    stack located, its header and size read, indices and box checked (``source``); ``version`` of the input."""
 
-    ``acq`` values fill what a 3.0 file lacks (voltage, Cs, amplitude contrast, pixel size); a
-    value given that disagrees with the file is an error. ``acq.optics_group`` renames the groups.
-    """
-    out = Path(out_dir)
+    optics: pd.DataFrame
+    particles: pd.DataFrame
+    source: ImageSource
+    version: str
+
+
+def check_particle_import(star: str | os.PathLike, acq: ParticleOptics) -> CheckedParticles:
+    """Read and check a RELION 3.0/3.1 particle STAR for :func:`run_import_particles` (headers and file sizes
+    only, never the images); InputError names the first problem and its fix."""
     optics_group = acq.optics_group
     check_params("import particles", acq)
     blocks = read_star(star)
@@ -333,17 +347,33 @@ def run_import_particles(star: str | os.PathLike, out_dir: str | os.PathLike, ac
     if optics_group is not None:
         optics["rlnOpticsGroupName"] = ([optics_group] if len(optics) == 1
                                         else [f"{optics_group}_{g}" for g in optics["rlnOpticsGroup"]])
+    return CheckedParticles(optics, parts, source, version)
+
+
+def run_import_particles(star: str | os.PathLike, out_dir: str | os.PathLike, acq: ParticleOptics, *,
+                         checked: CheckedParticles | None = None, observer: JobObserver | None = None) -> Job:
+    """Validate a RELION 3.0/3.1 particle STAR, upgrade it to 3.1 and write ``particles.star``.
+
+    ``acq`` values fill what a 3.0 file lacks (voltage, Cs, amplitude contrast, pixel size); a
+    value given that disagrees with the file is an error. ``acq.optics_group`` renames the groups.
+    ``checked``: :func:`check_particle_import` of the same STAR when the caller ran it already.
+    """
+    out = Path(out_dir)
+    c = checked if checked is not None else check_particle_import(star, acq)
+    optics, parts, source, version = c.optics, c.particles, c.source, c.version
+    box = source.image_size
     parts_ = parts["rlnImageName"].astype(str).str.extract(_NAME)
-    renamed = {}
+    renamed, in_project = {}, project_root(out) is not None
     for name in parts_["path"].unique():
         resolved = resolve_path(name, star)
-        renamed[name] = name if (Path.cwd() / name).is_file() or Path(name).is_absolute() else star_name(resolved)
+        keep = not in_project and ((Path.cwd() / name).is_file() or Path(name).is_absolute())
+        renamed[name] = name if keep else star_name(resolved, into=out)
     paths = parts_["path"].map(renamed)
     parts = parts.assign(rlnImageName=np.where(parts_["index"].notna(), parts_["index"].fillna("") + "@" + paths,
                                                paths))
     header_apix = read_mrc_header(source.stack_paths[0]).voxel_size
     apix = float(optics["rlnImagePixelSize"].iloc[0])
-    params = {"acquisition": asdict(acq), "optics_group": optics_group}
+    params = {"acquisition": asdict(acq), "optics_group": acq.optics_group}
     with Job("import_particles", out, params=params, inputs={"particles": star}, observer=observer) as job:
         write_particles(out / "particles.star", optics, parts)
         job.add_output("particles", out / "particles.star")

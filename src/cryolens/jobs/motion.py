@@ -51,7 +51,7 @@ import torch
 from cryolens.compute.backends import cpu_count, default_spec, get_backend
 from cryolens.compute.threads import Threads
 from cryolens.errors import InputError
-from cryolens.io import read_micrographs, require_columns, resolve_path, write_micrographs
+from cryolens.io import read_micrographs, require_columns, resolve_path, star_name, write_micrographs
 from cryolens.io.movies import frame_range, movie_info, read_gain
 from cryolens.jobs.motion_plots import plot_drift_summary, warm_matplotlib
 from cryolens.jobs.motion_unit import MOVIE_UNIT, MovieTask
@@ -81,7 +81,8 @@ def _first_value(row: pd.Series, labels) -> Any:
 
 
 def _rel(path: Path) -> str:
-    return os.path.relpath(path)
+    """The name of a file of this job in its STAR files (project-relative inside a project)."""
+    return star_name(path, into=path, up=True)
 
 
 def _build_tasks(star: str | os.PathLike, out: Path, motion_params, options: MotionJobOptions,

@@ -37,7 +37,7 @@ import pandas as pd
 
 from cryolens.io import read_mrc, read_star, write_star
 from cryolens.io.atomic import write_text_atomic
-from cryolens.jobs.importing import star_name
+from cryolens.io.paths import star_name
 from cryolens.jobs.report import new_figure, save_figure, write_report
 
 __all__ = ["XY", "FOM", "DIAMETER", "SELECTED", "SUFFIX", "relion_coord_name", "select_candidates", "write_picks_all",
@@ -110,7 +110,7 @@ def write_coordinates(out: Path, names: Sequence[str], picks: pd.DataFrame, *, m
         path.parent.mkdir(parents=True, exist_ok=True)
         g = groups.get(name, table.iloc[:0])
         write_star(path, {"": g[[*XY, FOM]].reset_index(drop=True)})
-        files.append(star_name(path))
+        files.append(star_name(path, into=out))
     write_star(out / "autopick.star", {"coordinate_files": pd.DataFrame(
         {"rlnMicrographName": list(names), "rlnMicrographCoordinates": files})})
     if micrographs_star is not None:

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.io import write_mrc, write_star
+from cryolens.io import star_name, write_mrc, write_star
 from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.structures import load_structures, structure_inputs
@@ -116,7 +116,7 @@ def run_simulate_micrographs(out_dir: str | os.PathLike, params: MicrographParam
                 counts = counts.cpu().numpy()
                 path = out / "micrographs" / f"mic_{i + 1:04d}.mrc"
                 write_mrc(path, counts, apix)
-                rel = os.path.relpath(path)
+                rel = star_name(path, into=out, up=True)
                 parts = t.particles.copy()
                 write_star(path.with_name(path.stem + "_truth.star"),
                            {"": parts[["rlnCoordinateX", "rlnCoordinateY", "rlnClassNumber"]]})
@@ -129,7 +129,7 @@ def run_simulate_micrographs(out_dir: str | os.PathLike, params: MicrographParam
                     "cryolensDefocusGradientX": c["gradient_x"], "cryolensDefocusGradientY": c["gradient_y"],
                     "cryolensDose": params.dose, "cryolensIceThickness": params.ice_thickness,
                     "cryolensNumberOfParticles": len(parts)})
-                coord_file = os.path.relpath(path.with_name(path.stem + "_truth.star"))
+                coord_file = star_name(path.with_name(path.stem + "_truth.star"), into=out, up=True)
                 coord_rows.append({"rlnMicrographName": rel, "rlnMicrographCoordinates": coord_file})
                 parts.insert(0, "rlnMicrographName", rel)
                 parts["rlnOpticsGroup"] = 1

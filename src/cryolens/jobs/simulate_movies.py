@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 
 from cryolens.errors import InputError
-from cryolens.io import write_mrc, write_star
+from cryolens.io import star_name, write_mrc, write_star
 from cryolens.io.atomic import write_text_atomic
 from cryolens.io.movie_writer import MovieWriter
 from cryolens.jobs.report import new_figure, save_figure, write_report
@@ -156,11 +156,11 @@ def _detector_files(out: Path, det: Detector, pixel_size: float) -> tuple[str | 
     gain_name = defect_name = None
     if det.gain_reference is not None:
         write_mrc(out / "gain.mrc", det.gain_reference.cpu().numpy(), pixel_size)
-        gain_name = os.path.relpath(out / "gain.mrc")
+        gain_name = star_name(out / "gain.mrc", into=out, up=True)
     bad = np.concatenate([det.dead_pixels, det.hot_pixels])
     if len(bad):
         write_text_atomic(out / "defects.txt", "".join(f"{x} {y} 1 1\n" for x, y in bad))
-        defect_name = os.path.relpath(out / "defects.txt")
+        defect_name = star_name(out / "defects.txt", into=out, up=True)
     write_star(out / "detector.star", {
         "hot_pixels": pd.DataFrame({"rlnCoordinateX": det.hot_pixels[:, 0].astype(float),
                                     "rlnCoordinateY": det.hot_pixels[:, 1].astype(float)}),
@@ -318,18 +318,19 @@ class _MovieRun:
         self.cpu_seconds.append(time.process_time() - cpu0)
         self.compiled = movie.compiled
         self.saturated += sum(movie.saturated)
-        rel = os.path.relpath(path)
+        rel = star_name(path, into=path, up=True)
         meta = path.with_suffix(".star")
         write_star(meta, movie_truth_blocks(movie.truth, movie_name=rel, gain_name=self.gain_name,
                                             defect_name=self.defect_name, binning=self.f,
                                             hot_pixels=self.det.hot_pixels))
-        row = {"rlnMicrographMovieName": rel, "rlnOpticsGroup": 1, "rlnMicrographMetadata": os.path.relpath(meta)}
+        row = {"rlnMicrographMovieName": rel, "rlnOpticsGroup": 1,
+               "rlnMicrographMetadata": star_name(meta, into=meta, up=True)}
         if self.gain_name:
             row["rlnMicrographGainName"] = self.gain_name
         self.rows.append(row)
         self.truths.append(movie.truth)
         p = self._particles_in_frame(sig.particles)
-        mic_name = os.path.relpath(path.with_suffix(".mrc"))
+        mic_name = star_name(path.with_suffix(".mrc"), into=path, up=True)
         write_star(path.with_name(path.stem + "_truth.star"),
                    {"": p[["rlnCoordinateX", "rlnCoordinateY", "rlnClassNumber"]]})
         c = sig.ctf

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cryolens.errors import InputError
+from cryolens.io.paths import PROJECT_DB
 from cryolens.project.groups import GroupRecord, ProjectGroups
 from cryolens.project.processes import process_alive
 from cryolens.project.schema import MIGRATIONS, SCHEMA_VERSION
@@ -44,7 +45,7 @@ from cryolens.project.schema import MIGRATIONS, SCHEMA_VERSION
 __all__ = ["DB_NAME", "SCHEMA_VERSION", "STATUSES", "GroupRecord", "JobRecord", "Project", "init_project",
            "open_project", "find_project", "stage_folder_name"]
 
-DB_NAME = "cryolens.db"
+DB_NAME = PROJECT_DB  # the file that marks a project folder
 STATUSES = ("queued", "running", "finished", "failed", "killed")
 HASH_LIMIT = 64 * 2**20  # files up to this size get a sha256; all get size + mtime
 STALE_S = 300.0  # a running job on another host without a heartbeat for this long is killed

@@ -11,6 +11,8 @@ every output; otherwise it runs (a failed or killed run is simply run again). A 
 that re-runs gets a new job folder, so the steps that use its outputs see new inputs
 and re-run too. ``until`` stops after a step, ``force`` re-runs steps regardless.
 Only one runner per workflow at a time (a lock file); the lock dies with its process.
+Everything is found relative to the project folder, so a project moved to another place
+(``mv``) keeps its finished steps.
 """
 
 from __future__ import annotations
@@ -125,11 +127,25 @@ def _intact(root: Path, folder: str) -> dict[str, str] | None:
         return None
     outputs = {}
     for name, p in record.get("outputs", {}).items():
-        full = Path(p) if Path(p).is_absolute() else root / p
+        full = _output_path(root, folder, p)
         if not full.exists():
             return None
         outputs[name] = _rel(root, full)
     return outputs
+
+
+def _output_path(root: Path, folder: str, name: str) -> Path:
+    """Where an output that ``job.json`` names lies now: a relative name is relative to the project; an absolute
+    one inside the job's folder (``.../<folder>/x``) is taken inside ``root/<folder>``, so a project that was
+    moved or copied to another place finds its own outputs there; any other absolute name is used as is."""
+    p = Path(name)
+    if not p.is_absolute():
+        return root / p
+    parts, inner = p.parts, Path(folder).parts
+    for i in range(len(parts) - len(inner), 0, -1):  # the rightmost match
+        if parts[i:i + len(inner)] == inner:
+            return root.joinpath(*inner, *parts[i + len(inner):])
+    return p
 
 
 def _rel(root: Path, path: Path) -> str:
