@@ -43,6 +43,7 @@ from cryolens.io.images import resolve_path
 from cryolens.io.movies import MOVIE_SUFFIXES as _MOVIE_FORMATS
 from cryolens.io.movies import MovieInfo, movie_info, read_defects
 from cryolens.io.atomic import atomic_output
+from cryolens.jobs.folders import final_path
 from cryolens.jobs.import_gain import oriented_gain, plot_gain
 from cryolens.jobs.import_options import Acquisition, GainOptions, ParticleOptics
 from cryolens.jobs.report import plot_central_slices, write_report
@@ -57,8 +58,9 @@ MICROGRAPH_SUFFIXES = (".mrc", ".tif", ".tiff")
 
 
 def star_name(path: str | os.PathLike) -> str:
-    """How a file is named in a STAR file: relative to the current folder when below it, else absolute."""
-    p = Path(os.path.abspath(path))
+    """How a file is named in a STAR file: relative to the current folder when below it, else absolute
+    (a file in a job's staging folder is named in its final folder: :func:`cryolens.jobs.folders.final_path`)."""
+    p = Path(os.path.abspath(final_path(path)))
     try:
         return p.relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:

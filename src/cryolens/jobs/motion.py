@@ -55,6 +55,7 @@ from cryolens.io import read_micrographs, require_columns, resolve_path, write_m
 from cryolens.io.movies import frame_range, movie_info, read_gain
 from cryolens.jobs.motion_plots import plot_drift_summary, warm_matplotlib
 from cryolens.jobs.motion_unit import MOVIE_UNIT, MovieTask
+from cryolens.jobs.folders import recorded_name
 from cryolens.jobs.report import write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.units import unique_stems
@@ -81,7 +82,7 @@ def _first_value(row: pd.Series, labels) -> Any:
 
 
 def _rel(path: Path) -> str:
-    return os.path.relpath(path)
+    return recorded_name(path)
 
 
 def _build_tasks(star: str | os.PathLike, out: Path, motion_params, options: MotionJobOptions,

@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from cryolens.io import write_mrc, write_star
+from cryolens.jobs.folders import recorded_name
 from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.structures import load_structures, structure_inputs
@@ -116,7 +117,7 @@ def run_simulate_micrographs(out_dir: str | os.PathLike, params: MicrographParam
                 counts = counts.cpu().numpy()
                 path = out / "micrographs" / f"mic_{i + 1:04d}.mrc"
                 write_mrc(path, counts, apix)
-                rel = os.path.relpath(path)
+                rel = recorded_name(path)
                 parts = t.particles.copy()
                 write_star(path.with_name(path.stem + "_truth.star"),
                            {"": parts[["rlnCoordinateX", "rlnCoordinateY", "rlnClassNumber"]]})
@@ -129,7 +130,7 @@ def run_simulate_micrographs(out_dir: str | os.PathLike, params: MicrographParam
                     "cryolensDefocusGradientX": c["gradient_x"], "cryolensDefocusGradientY": c["gradient_y"],
                     "cryolensDose": params.dose, "cryolensIceThickness": params.ice_thickness,
                     "cryolensNumberOfParticles": len(parts)})
-                coord_file = os.path.relpath(path.with_name(path.stem + "_truth.star"))
+                coord_file = recorded_name(path.with_name(path.stem + "_truth.star"))
                 coord_rows.append({"rlnMicrographName": rel, "rlnMicrographCoordinates": coord_file})
                 parts.insert(0, "rlnMicrographName", rel)
                 parts["rlnOpticsGroup"] = 1

@@ -47,6 +47,7 @@ from cryolens.errors import InputError
 from cryolens.io import write_mrc, write_star
 from cryolens.io.atomic import write_text_atomic
 from cryolens.io.movie_writer import MovieWriter
+from cryolens.jobs.folders import recorded_name
 from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.structures import structure_inputs
@@ -156,11 +157,11 @@ def _detector_files(out: Path, det: Detector, pixel_size: float) -> tuple[str | 
     gain_name = defect_name = None
     if det.gain_reference is not None:
         write_mrc(out / "gain.mrc", det.gain_reference.cpu().numpy(), pixel_size)
-        gain_name = os.path.relpath(out / "gain.mrc")
+        gain_name = recorded_name(out / "gain.mrc")
     bad = np.concatenate([det.dead_pixels, det.hot_pixels])
     if len(bad):
         write_text_atomic(out / "defects.txt", "".join(f"{x} {y} 1 1\n" for x, y in bad))
-        defect_name = os.path.relpath(out / "defects.txt")
+        defect_name = recorded_name(out / "defects.txt")
     write_star(out / "detector.star", {
         "hot_pixels": pd.DataFrame({"rlnCoordinateX": det.hot_pixels[:, 0].astype(float),
                                     "rlnCoordinateY": det.hot_pixels[:, 1].astype(float)}),
@@ -318,18 +319,18 @@ class _MovieRun:
         self.cpu_seconds.append(time.process_time() - cpu0)
         self.compiled = movie.compiled
         self.saturated += sum(movie.saturated)
-        rel = os.path.relpath(path)
+        rel = recorded_name(path)
         meta = path.with_suffix(".star")
         write_star(meta, movie_truth_blocks(movie.truth, movie_name=rel, gain_name=self.gain_name,
                                             defect_name=self.defect_name, binning=self.f,
                                             hot_pixels=self.det.hot_pixels))
-        row = {"rlnMicrographMovieName": rel, "rlnOpticsGroup": 1, "rlnMicrographMetadata": os.path.relpath(meta)}
+        row = {"rlnMicrographMovieName": rel, "rlnOpticsGroup": 1, "rlnMicrographMetadata": recorded_name(meta)}
         if self.gain_name:
             row["rlnMicrographGainName"] = self.gain_name
         self.rows.append(row)
         self.truths.append(movie.truth)
         p = self._particles_in_frame(sig.particles)
-        mic_name = os.path.relpath(path.with_suffix(".mrc"))
+        mic_name = recorded_name(path.with_suffix(".mrc"))
         write_star(path.with_name(path.stem + "_truth.star"),
                    {"": p[["rlnCoordinateX", "rlnCoordinateY", "rlnClassNumber"]]})
         c = sig.ctf

@@ -27,6 +27,7 @@ import torch
 from cryolens.errors import InputError
 from cryolens.io import format_image_name, write_mrc, write_particles
 from cryolens.io.stack_writer import StackWriter
+from cryolens.jobs.folders import recorded_name
 from cryolens.jobs.report import plot_central_slices, plot_gallery, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.jobs.structures import load_morph, load_structure, load_structures, structure_inputs
@@ -85,7 +86,7 @@ def run_simulate_particles(out_dir: str | os.PathLike, params: ParticleSimParams
                 w.write(start, images)
                 first = images[:16] if first is None else first
         job.add_output("stack", stack)
-        rel = os.path.relpath(stack)
+        rel = recorded_name(stack)
         particles = sim.particles.copy()
         particles.insert(0, "rlnImageName", [format_image_name(i, rel) for i in range(len(particles))])
         write_particles(out / "particles.star", sim.optics, particles)
