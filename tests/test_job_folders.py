@@ -14,7 +14,6 @@ from pathlib import Path
 
 import mrcfile
 import numpy as np
-import pytest
 from conftest import CLI, assert_user_error, invoke_cli
 
 from cryolens.jobs.folders import (ABORTED_MARKER, FAILURE_MARKER, SUCCESS_MARKER, folder_state,
@@ -51,32 +50,26 @@ def test_finished_folder_refused_then_overwritten_in_place_of_the_old(tmp_path: 
     assert leftovers(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["sim"]
 
 
-@pytest.fixture
-def good_then_nan(tmp_path: Path, monkeypatch):
-    """A finished simulate job in ``tmp_path/sim``, then every later stack NaN."""
-    invoke_cli(*SIM, "--out", "sim", cwd=tmp_path)
+def nan_stacks(monkeypatch) -> None:
+    """From now on the particle simulator writes NaN images (a diverged computation)."""
     from cryolens.io.stack_writer import StackWriter
     write = StackWriter.write
     monkeypatch.setattr(StackWriter, "write", lambda self, start, images: write(self, start, images * np.nan))
-    return tmp_path
 
 
-def test_failed_overwrite_keeps_old_job(good_then_nan: Path):
-    work = good_then_nan
-    before = snapshot(work / "sim")
-    r = invoke_cli(*SIM, "--out", "sim", "--overwrite", cwd=work, code=None)
+def test_nan_output_ends_failure_and_a_failed_overwrite_keeps_the_old_job(tmp_path: Path, monkeypatch):
+    invoke_cli(*SIM, "--out", "sim", cwd=tmp_path)
+    before = snapshot(tmp_path / "sim")
+    nan_stacks(monkeypatch)
+    r = invoke_cli(*SIM, "--out", "sim", "--overwrite", cwd=tmp_path, code=None)
     assert_user_error(r, "sim/particles.mrcs", "non-finite")
-    assert snapshot(work / "sim") == before and leftovers(work) == []
-
-
-def test_nan_output_ends_failure_not_success(good_then_nan: Path):
-    work = good_then_nan
-    r = invoke_cli(*SIM, "--out", "bad", cwd=work, code=None)
+    assert snapshot(tmp_path / "sim") == before and leftovers(tmp_path) == []
+    r = invoke_cli(*SIM, "--out", "bad", cwd=tmp_path, code=None)
     assert_user_error(r, "bad/particles.mrcs", "non-finite", "FAILURE")
-    job = json.loads((work / "bad" / "job.json").read_text())
+    job = json.loads((tmp_path / "bad" / "job.json").read_text())
     assert job["status"] == "failed" and "non-finite" in job["error"]
-    assert (work / "bad" / FAILURE_MARKER).exists() and not (work / "bad" / SUCCESS_MARKER).exists()
-    assert folder_state(work / "bad") == "failed"
+    assert (tmp_path / "bad" / FAILURE_MARKER).exists() and not (tmp_path / "bad" / SUCCESS_MARKER).exists()
+    assert folder_state(tmp_path / "bad") == "failed"
 
 
 def test_output_checks(tmp_path: Path):
@@ -113,7 +106,7 @@ def test_recorded_names_point_at_the_final_folder(tmp_path: Path, monkeypatch):
     assert not s.path.exists()  # never committed: removed
 
 
-def test_project_folder_belongs_to_one_job(tmp_path: Path):
+def test_project_folder_belongs_to_one_job(tmp_path: Path, monkeypatch):
     init_project(tmp_path / "P")
     P = tmp_path / "P"
     invoke_cli(*SIM, cwd=P)  # Simulate/job001
@@ -128,28 +121,21 @@ def test_project_folder_belongs_to_one_job(tmp_path: Path):
     assert [(j.name, j.status, j.folder) for j in jobs] == [("job001", "finished", "Simulate/job001")]
     assert jobs[0].params["n_particles"] == 5 and snapshot(P / "Simulate" / "job001") != before
     assert open_project(P).lineage(P / star)["job"]["name"] == "job001"
+    # a failing overwrite leaves the job's folder and its record as they were
+    record = open_project(P).job(1)
+    before = snapshot(P / "Simulate" / "job001")
+    nan_stacks(monkeypatch)
+    r = invoke_cli(*SIM, "--out", "Simulate/job001", "--overwrite", cwd=P, code=None)
+    assert_user_error(r, "non-finite")
+    assert snapshot(P / "Simulate" / "job001") == before
+    after = open_project(P).job(1)
+    assert after.status == "finished" and after.outputs == record.outputs and after.params == record.params
     # an option error after the job number was taken: no folder left without a marker
     r = invoke_cli("reconstruct", "--in", "nothere.star", "--quiet", cwd=P, code=None)
     assert r.exit_code == 2
     failed = open_project(P).jobs()[-1]
     folder = P / failed.folder
     assert failed.status == "failed" and (not folder.exists() or (folder / FAILURE_MARKER).exists())
-
-
-def test_failed_overwrite_in_project_restores_the_record(tmp_path: Path, monkeypatch):
-    P = tmp_path / "P"
-    init_project(P)
-    invoke_cli(*SIM, cwd=P)
-    record = open_project(P).job(1)
-    before = snapshot(P / "Simulate" / "job001")
-    from cryolens.io.stack_writer import StackWriter
-    write = StackWriter.write
-    monkeypatch.setattr(StackWriter, "write", lambda self, start, images: write(self, start, images * np.nan))
-    r = invoke_cli(*SIM, "--out", "Simulate/job001", "--overwrite", cwd=P, code=None)
-    assert_user_error(r, "non-finite")
-    assert snapshot(P / "Simulate" / "job001") == before
-    after = open_project(P).job(1)
-    assert after.status == "finished" and after.outputs == record.outputs and after.params == record.params
 
 
 def _spawn_and_kill(args: list[str], cwd: Path, folder: Path, timeout: float = 120.0) -> None:

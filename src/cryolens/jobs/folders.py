@@ -6,7 +6,8 @@ A job folder's state is read from its exit markers and ``job.json`` (:func:`fold
 * ``finished``: ``CRYOLENS_JOB_EXIT_SUCCESS`` (or ``job.json`` status ``finished``);
 * ``failed``: ``CRYOLENS_JOB_EXIT_FAILURE``;
 * ``killed``: ``CRYOLENS_JOB_EXIT_ABORTED``, or ``job.json`` says running and its process is gone;
-* ``running``: ``job.json`` says running and its process (same host) is alive.
+* ``running``: ``job.json`` says running and its process is alive (another host: the folder changed in
+  the last :data:`STALE_S` seconds).
 
 ``CRYOLENS_JOB_EXIT_ABORTED`` is our analogue of RELION's ``RELION_JOB_EXIT_ABORTED``: the job's process
 ended without writing an exit (SIGKILL, power loss, wall-time limit); whoever notices it first (the
@@ -34,6 +35,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +59,7 @@ MARKERS = (SUCCESS_MARKER, FAILURE_MARKER, ABORTED_MARKER)
 #: A temporary name of :func:`cryolens.io.atomic.temporary_path` (optionally followed by the target's suffix).
 TMP_PATTERN = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp(\.[^.]+)?$")
 KILLED_ERROR = "the process ended without recording an exit (killed)"
+STALE_S = 300.0  # a job of another host whose folder has not changed for this long is taken as killed
 
 
 def read_job_json(folder: str | os.PathLike) -> dict | None:
@@ -86,10 +90,7 @@ def folder_state(folder: str | os.PathLike) -> str:
         return "finished"
     if status in ("failed", "killed"):
         return str(status)
-    pid = rec.get("pid")
-    if isinstance(pid, int) and _same_host(rec) and process_alive(pid, rec.get("started") or None):
-        return "running"
-    return "killed"
+    return "running" if _alive(d, rec) else "killed"
 
 
 def check_target(folder: str | os.PathLike, *, overwrite: bool) -> str:
@@ -122,9 +123,14 @@ def mark_unstarted(folder: str | os.PathLike) -> None:
     (d / FAILURE_MARKER).touch()
 
 
-def _same_host(rec: dict) -> bool:
-    import socket
-    return rec.get("host") in (None, socket.gethostname())
+def _alive(d: Path, rec: dict) -> bool:
+    """Whether the job recorded in ``rec`` (job.json says running) still runs: on this host its process
+    lives; on another host (a shared file system) its folder changed within :data:`STALE_S` seconds."""
+    if rec.get("host") not in (None, socket.gethostname()):
+        stamps = [p.stat().st_mtime for p in (d, d / "job.json", d / "run.log") if p.exists()]
+        return time.time() - max(stamps, default=0.0) < STALE_S
+    pid = rec.get("pid")
+    return isinstance(pid, int) and process_alive(pid, rec.get("started") or None)
 
 
 # -- staging ----------------------------------------------------------------------------------------------------------
@@ -206,7 +212,7 @@ def recorded_name(path: str | os.PathLike, start: str | os.PathLike | None = Non
     return os.path.relpath(final_path(path), start if start is None else final_path(start))
 
 
-# -- cleaning -----------------------------------------------------------------------------------------------------------
+# -- cleaning ----------------------------------------------------------------------------------------------------
 def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files (:data:`TMP_PATTERN`) anywhere below ``folder``; returns those removed."""
     d = Path(folder)

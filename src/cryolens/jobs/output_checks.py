@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +29,11 @@ MRC_SUFFIXES = (".mrc", ".mrcs", ".map", ".st", ".ali")
 ROW_TABLES = ("particles", "micrographs", "movies")
 
 
-def check_outputs(outputs: Mapping[str, str | os.PathLike]) -> str | None:
-    """The first problem among the recorded outputs (one sentence naming the file), or None when all pass."""
+def check_outputs(outputs: Mapping[str, str | os.PathLike], *, empty_ok: Collection[str] = ()) -> str | None:
+    """The first problem among the recorded outputs (one sentence naming the file), or None when all pass.
+
+    ``empty_ok``: names of STAR outputs whose tables may be empty (not checked for rows).
+    """
     for name, value in outputs.items():
         p = Path(value)
         if not p.exists():
@@ -38,7 +41,10 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike]) -> str | None:
         if not p.is_file():
             continue
         suffix = p.suffix.lower()
-        problem = check_mrc(p) if suffix in MRC_SUFFIXES else check_star(p) if suffix == ".star" else None
+        if suffix in MRC_SUFFIXES:
+            problem = check_mrc(p)
+        else:
+            problem = check_star(p) if suffix == ".star" and name not in empty_ok else None
         if problem:
             return problem
     return None

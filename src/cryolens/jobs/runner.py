@@ -126,6 +126,7 @@ class Job:
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
         self.check_error: str | None = None
+        self.empty_ok: set[str] = set()
 
     def _record(self, status: str, error: str | None = None) -> None:
         write_json_atomic(self.dir / "job.json", {
@@ -179,9 +180,13 @@ class Job:
             self.timings[name] = round(time.perf_counter() - t, 4)
             self.log.info("%s took %.2f s", name, self.timings[name])
 
-    def add_output(self, name: str, path: str | os.PathLike) -> Path:
-        """Record an output file (already written atomically) under a name."""
+    def add_output(self, name: str, path: str | os.PathLike, *, rows: bool = True) -> Path:
+        """Record an output file (already written atomically) under a name; it is checked before SUCCESS
+        (:mod:`cryolens.jobs.output_checks`). ``rows=False``: a STAR file whose tables may legitimately be
+        empty (rejections, a selection that kept nothing)."""
         self.outputs[name] = str(path)
+        if not rows:
+            self.empty_ok.add(name)
         return Path(path)
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -205,7 +210,7 @@ class Job:
             self._beat.join()
         self.timings["total"] = round(time.time() - self._t0, 4)
         if status == "finished":
-            self.check_error = check_outputs(self.outputs)
+            self.check_error = check_outputs(self.outputs, empty_ok=self.empty_ok)
             if self.check_error is not None:
                 if self.staging is not None:  # name the files where the user looks for them
                     for a, b in ((self.dir, self.folder), (os.path.relpath(self.dir), os.path.relpath(self.folder))):

@@ -58,8 +58,9 @@ def claim_job(proj: Project, stage: str, out: Path | None, *,
     try:
         yield proj, folder, observer
     except BaseException as e:
-        if snapshot is not None and snapshot["row"]["status"] == "finished" and folder_state(folder) == "finished":
-            proj.restore_job(snapshot)  # the old job is intact in its folder: so is its record
+        if (snapshot is not None and snapshot["row"]["status"] == "finished" and folder_state(folder) == "finished"
+                and proj.job(rec.id).status != "finished"):
+            proj.restore_job(snapshot)  # the new job failed, the old one is intact in its folder: so is its record
         elif not observer.seen_start:
             proj.record_failure(rec.id, f"{type(e).__name__}: {e}")
             mark_unstarted(folder)
