@@ -144,5 +144,9 @@ def staged_target(folder: Path, *, overwrite: bool) -> Iterator[JobTarget]:
     if not overwrite or state == "empty":
         yield JobTarget(folder=folder)
         return
+    here, target = Path.cwd().resolve(), folder.resolve()
+    if target == here or target in here.parents:
+        raise InputError(f"{folder}: --overwrite cannot replace the folder you are working in; run the command "
+                         "from outside it, or choose another --out.")
     with staged(folder) as staging:
         yield JobTarget(folder=folder, staging=staging)
