@@ -130,6 +130,16 @@ def test_project_folder_belongs_to_one_job(tmp_path: Path, monkeypatch):
     assert snapshot(P / "Simulate" / "job001") == before
     after = open_project(P).job(1)
     assert after.status == "finished" and after.outputs == record.outputs and after.params == record.params
+    # an overwrite killed mid-way: the old job is intact, so is its record once the project is read
+    proj = open_project(P)
+    proj.reopen_job(1)
+    proj.record_start(1, pid=2**22 + 17)  # above pid_max: a process that is gone
+    stale = P / "Simulate" / ".job001.overwrite.0123456789ab.tmp"
+    stale.mkdir()
+    (stale / ".particles.mrcs.0123456789ab.tmp").write_bytes(b"x")
+    rec = open_project(P).job(1)
+    assert rec.status == "finished" and rec.params == record.params and not stale.exists()
+    assert snapshot(P / "Simulate" / "job001") == before
     # an option error after the job number was taken: no folder left without a marker
     r = invoke_cli("reconstruct", "--in", "nothere.star", "--quiet", cwd=P, code=None)
     assert r.exit_code == 2

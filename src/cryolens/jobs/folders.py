@@ -255,14 +255,16 @@ def reconcile_killed(folder: str | os.PathLike, *, ended: float | None = None) -
     """Tidy the folder of a job whose process ended without an exit; returns the folder's state after.
 
     If the folder still holds a finished job (the kill hit an ``--overwrite`` staging folder) only the
-    staging folders go and ``finished`` is returned. Otherwise the temporary files are removed, ``job.json``
+    staging folders go and ``finished`` is returned; a folder where another job runs now is left alone
+    (``running``). Otherwise the temporary files are removed, ``job.json``
     (if any) says ``status: killed`` with the error, and :data:`ABORTED_MARKER` is written (the folder is
     created if the job never made it): ``killed``.
     """
     d = Path(folder)
     remove_stale_staging(d)
-    if folder_state(d) == "finished":
-        return "finished"
+    state = folder_state(d)
+    if state in ("finished", "running"):  # running: another live job writes there now; leave it alone
+        return state
     remove_temporaries(d)
     rec = read_job_json(d)
     if rec is not None and rec.get("status") not in ("killed", "failed"):

@@ -331,6 +331,10 @@ class Project(ProjectGroups):
         rec = read_job_json(folder) if state == "finished" else None
         if rec is None:
             return
+        with self._read() as con:  # older projects let jobs share a folder: the job.json may be another's
+            if con.execute("SELECT COUNT(*) FROM jobs WHERE folder=(SELECT folder FROM jobs WHERE id=?)",
+                           (job_id,)).fetchone()[0] != 1:
+                return
         outputs = {k: self.rel(v if os.path.isabs(v) else self.root / v) for k, v in (rec.get("outputs") or {}).items()}
         with self._write() as con:
             con.execute("UPDATE jobs SET status='finished', started=?, ended=?, params=?, inputs=?, outputs=?, "
