@@ -47,10 +47,10 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cryolens-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     cryolens = str(BIN / "cryolens")
-    sim = timed([cryolens, "simulate", "particles", "--out", "sim", "--n", str(args.n), "--box", str(args.box),
+    sim = timed([cryolens, "simulate", "particles", "--out", "sim", "--overwrite", "--n", str(args.n), "--box", str(args.box),
                  "--pixel-size", str(args.pixel_size), "--snr", str(args.snr), "--quiet", "--device", "cpu"], work)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    ours = timed([cryolens, "reconstruct", "--in", "sim/particles.star", "--out", "rec", "--quiet", "--device", "cpu"],
+    ours = timed([cryolens, "reconstruct", "--in", "sim/particles.star", "--out", "rec", "--overwrite", "--quiet", "--device", "cpu"],
                  work, env)
     # Both read the same STAR; RELION reconstructs all particles into one map.
     rel = timed(["relion_reconstruct", "--i", "sim/particles.star", "--o", "relion.mrc", "--ctf"], work)

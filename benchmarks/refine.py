@@ -99,7 +99,7 @@ def simulate(work: Path, name: str, structure: str, args, *, seed: int = 1) -> P
     cryolens = str(BIN / "cryolens")
     timed([cryolens, "simulate", "particles", "--structure", structure, "--map-pixel-size", str(args.pixel_size),
            "--pixel-size", str(args.pixel_size), "--box", str(args.box), "--n", str(args.n), "--snr", str(args.snr),
-           "--defocus", "10000", "25000", "--max-shift", "4", "--seed", str(seed), "--out", name, "--quiet",
+           "--defocus", "10000", "25000", "--max-shift", "4", "--seed", str(seed), "--out", name, "--overwrite", "--quiet",
            "--device", "cpu"], work)
     write_reference(work / name / "truth_map.mrc", work / name / "ref_40A.mrc", args.ini_high)
     return work / name
@@ -110,7 +110,7 @@ def run_cryolens(work: Path, sim: Path, out: str, args, *, sym: str = "C1", eval
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     r = timed([str(BIN / "cryolens"), "refine", "--in", str(sim / "particles.star"), "--ref", str(sim / "ref_40A.mrc"),
                "--ini-high", str(args.ini_high), "--sym", sym, "--particle-diameter", str(args.diameter),
-               "--max-iter", str(args.max_iter), "--out", out, "--quiet", "--device", "cpu"], work, env,
+               "--max-iter", str(args.max_iter), "--out", out, "--overwrite", "--quiet", "--device", "cpu"], work, env,
               log=work / f"{out}.log")
     job = json.loads((work / out / "job.json").read_text())
     r.update(iterations=job["results"]["iterations"], converged=job["results"]["converged"],
@@ -226,7 +226,7 @@ def relion_symmetry_check(work: Path, refined: str, sym: str, pixel_size: float)
     star = f"{refined}/particles.star"
     timed(["relion_reconstruct", "--i", star, "--o", f"{refined}_relion_{sym}.mrc", "--ctf", "--sym", sym], work,
           log=work / f"{refined}_relion_reconstruct.log")
-    timed([str(BIN / "cryolens"), "reconstruct", "--in", star, "--sym", sym, "--out", f"{refined}_rec", "--quiet",
+    timed([str(BIN / "cryolens"), "reconstruct", "--in", star, "--sym", sym, "--out", f"{refined}_rec", "--overwrite", "--quiet",
            "--device", "cpu"], work)
     a = torch.tensor(mrcfile.read(work / f"{refined}_rec" / "map.mrc"))
     b = torch.tensor(mrcfile.read(work / f"{refined}_relion_{sym}.mrc"))

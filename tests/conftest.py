@@ -102,3 +102,11 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAVE_CUDA, r
 def device(request) -> torch.device:
     """Each device a kernel test runs on: ``cpu`` always, ``cuda`` (skipped where there is no GPU)."""
     return torch.device(request.param)
+
+
+def unfinish(folder: Path | str) -> None:
+    """Make a finished job folder look interrupted (killed before its SUCCESS marker), so the next run
+    into it resumes there instead of being refused (a finished folder needs ``--overwrite``)."""
+    from cryolens.jobs.folders import ABORTED_MARKER, SUCCESS_MARKER
+    (Path(folder) / SUCCESS_MARKER).unlink()
+    (Path(folder) / ABORTED_MARKER).touch()

@@ -83,13 +83,15 @@ def test_reconstruct_outputs_and_accuracy(simulated: Path):
     assert f"{r.resolution_at(0.5):.2f}" in p.stdout
 
 
-def test_reconstruct_resumes_into_existing_folder(simulated: Path):
-    """Running again into the same folder replaces outputs atomically and succeeds."""
+def test_reconstruct_overwrites_existing_folder(simulated: Path):
+    """Running again into a finished job's folder needs --overwrite; the new job replaces it and succeeds."""
     run_cli("reconstruct", "--in", "sim/particles.star", "--out", "rec2", "--quiet", cwd=simulated)
     first = read_mrc(simulated / "rec2" / "map.mrc")[0]
-    run_cli("reconstruct", "--in", "sim/particles.star", "--out", "rec2", "--quiet", cwd=simulated)
+    assert_user_error(run_cli("reconstruct", "--in", "sim/particles.star", "--out", "rec2", "--quiet",
+                              cwd=simulated, check=False), "rec2", "--overwrite")
+    run_cli("reconstruct", "--in", "sim/particles.star", "--out", "rec2", "--quiet", "--overwrite", cwd=simulated)
     assert np.allclose(read_mrc(simulated / "rec2" / "map.mrc")[0], first, atol=1e-5)
-    assert not list((simulated / "rec2").glob("*.tmp"))
+    assert not list((simulated / "rec2").glob("*.tmp")) and not list(simulated.glob(".rec2.*"))
 
 
 def test_bad_inputs_exit_2_without_traceback(simulated: Path, tmp_path: Path):

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import starfile
 import torch
+from conftest import unfinish
 from typer.testing import CliRunner
 
 from cryolens.cli.main import app
@@ -163,6 +164,7 @@ def test_rerun_reuses_results(work: Path, monkeypatch):
     before = starfile.read(work / "ctf" / "micrographs_ctf.star")["micrographs"]
     png = work / "ctf" / "diagnostics" / "mic_0001_ctf.png"
     stamp = png.stat().st_mtime_ns
+    unfinish(work / "ctf")  # a finished folder is refused (or overwritten afresh); an interrupted one resumes
     cli("ctf", "--in", "sim/micrographs.star", "--out", "ctf", *FAST, "--j", "1", "--device", "cpu", "--quiet")
     job = json.loads((work / "ctf" / "job.json").read_text())
     assert job["results"]["n_reused"] == 2

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import starfile
 import torch
-from conftest import assert_user_error, invoke_cli, job_results as results
+from conftest import assert_user_error, invoke_cli, job_results as results, unfinish
 from helpers import assert_images_correlated
 
 from cryolens.extract import recentre
@@ -109,13 +109,16 @@ def test_rerun_skips_finished_micrographs(work: Path):
     extract(work, "ext_resume")
     stacks = sorted((out / "Particles").glob("*.mrcs"))
     before = {p.name: p.stat().st_mtime_ns for p in stacks}
+    unfinish(out)  # a finished folder is refused (or overwritten afresh); an interrupted one resumes
     extract(work, "ext_resume")
     assert results(out)["n_reused"] == 2
     assert {p.name: p.stat().st_mtime_ns for p in stacks} == before
     (out / "Particles" / "mic_0002.json").unlink()  # as if killed before mic_0002's record
+    unfinish(out)
     r = extract(work, "ext_resume")
     assert results(out)["n_reused"] == 1 and "(1 reused)" in r.output
     assert stacks[0].stat().st_mtime_ns == before[stacks[0].name] != stacks[1].stat().st_mtime_ns
+    unfinish(out)
     extract(work, "ext_resume", "--no-ramp")  # other options: every micrograph again
     assert results(out)["n_reused"] == 0
 

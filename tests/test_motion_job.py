@@ -18,6 +18,7 @@ import mrcfile
 import numpy as np
 import pytest
 import starfile
+from conftest import unfinish
 from typer.testing import CliRunner
 
 from cryolens.cli.main import app
@@ -130,11 +131,13 @@ def test_rerun_skips_done_movies_and_changed_options_redo_them(aligned: Path, tm
     assert starfile.read(tmp_path / "mc/Movies/movie_0002.star")["general"]["rlnMicrographDoseRate"] == 4.0
     assert (tmp_path / "mc/Movies/movie_0002_noDW.mrc").is_file()  # dose-weighted with the STAR's exposure
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "mc/Movies").iterdir()}
+    unfinish(tmp_path / "mc")  # a finished folder is refused (or overwritten afresh); an interrupted one resumes
     r = run(*common, cwd=aligned)
     assert "(1 done before)" in r.output
     assert {q.name: q.stat().st_mtime_ns for q in (tmp_path / "mc/Movies").iterdir()} == before
     assert json.loads((tmp_path / "mc/job.json").read_text())["results"]["n_skipped"] == 1
     # other options (a rejection threshold) redo the movie: rejected, as its 12 Å drift travels > 5 Å
+    unfinish(tmp_path / "mc")
     run(*common, "--max-travel", "5", cwd=aligned)
     r = json.loads((tmp_path / "mc/job.json").read_text())["results"]
     assert r["n_movies"] == 1 and r["n_skipped"] == 0 and r["n_rejected"] == 1
@@ -302,6 +305,7 @@ def test_default_threads_match_worker_processes_and_restore_torch_threads(aligne
         with mrcfile.open(out / f"Movies/movie_000{k}.mrc") as a, \
                 mrcfile.open(aligned / f"mc/Movies/movie_000{k}.mrc") as b:
             assert np.allclose(a.data, b.data, rtol=1e-4, atol=1e-3 * float(np.abs(b.data).mean()))
+    unfinish(out)
     r = run("motion", "--in", "sim/movies.star", "--out", str(out), "--dose-per-frame", "4", "--quiet",
             "--device", "cpu", cwd=aligned)
     assert "(2 done before)" in r.output

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import starfile
 import torch
-from conftest import assert_user_error, invoke_cli, job_results as results
+from conftest import assert_user_error, invoke_cli, job_results as results, unfinish
 from helpers import assert_images_correlated
 
 from cryolens.jobs.pick_outputs import relion_coord_name
@@ -216,15 +216,19 @@ def test_extract_reads_the_picks(work: Path):
 def test_rerun_skips_finished_micrographs(work: Path):
     pick(work, "pk_resume")
     first = coords(work / "pk_resume")
+    unfinish(work / "pk_resume")  # a finished folder is refused (or overwritten afresh); an interrupted one resumes
     r = pick(work, "pk_resume")
     assert results(work / "pk_resume")["n_reused"] == 2
     pd.testing.assert_frame_equal(coords(work / "pk_resume"), first)
     (work / "pk_resume" / "Candidates" / "mic_0002.json").unlink()
+    unfinish(work / "pk_resume")
     pick(work, "pk_resume")
     assert results(work / "pk_resume")["n_reused"] == 1 and "picks" in r.output
+    unfinish(work / "pk_resume")
     pick(work, "pk_resume", "--threshold", "4")  # another selection: the candidates are reused
     assert results(work / "pk_resume")["n_reused"] == 2
     assert len(coords(work / "pk_resume")) == int((first["rlnAutopickFigureOfMerit"] > 4).sum())
+    unfinish(work / "pk_resume")
     pick(work, "pk_resume", "--min-distance", "100")  # other picking options: every micrograph again
     assert results(work / "pk_resume")["n_reused"] == 0
 

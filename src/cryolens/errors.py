@@ -12,3 +12,10 @@ class InputError(Exception):
     """Bad input the user can fix; the message is one sentence naming file and fix."""
 
     exit_code = 2
+
+
+class OutputError(InputError):
+    """A job's output failed its checks (NaN/Inf, wrong size, empty table); the job ended FAILURE.
+
+    A subclass of :class:`InputError` so the CLI prints its one sentence and exits with status 2.
+    """

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cryolens.core.device import resolve_device
 from cryolens.errors import InputError
+from cryolens.jobs.folders import check_target, staged
 from cryolens.params import Params, option
 
 T = TypeVar("T")
@@ -27,6 +28,9 @@ QUIET_HELP = "No progress bar (the job's run.log still records everything)."
 PROJECT_HELP = ("Record the job in this project (cryolens.db) and, without --out, write it to "
                 "<project>/<Stage>/jobNNN/. Default: the current folder when it holds cryolens.db.")
 OUT_HELP = "Output folder (created). Optional inside a project (default <project>/<Stage>/jobNNN/)."
+OVERWRITE_HELP = ("Replace the finished job in the --out folder: the new job is built aside and swapped in only "
+                  "when it succeeds, so a failure leaves the old job as it was. Without it a folder holding a "
+                  "finished job is refused (an unfinished one is resumed).")
 
 @dataclass
 class JobOptions(Params):
@@ -36,6 +40,7 @@ class JobOptions(Params):
     project: Optional[Path] = option(None, help=PROJECT_HELP)
     device: str = option("auto", help=DEVICE_HELP)
     quiet: bool = option(False, short="-q", help=QUIET_HELP)
+    overwrite: bool = option(False, help=OVERWRITE_HELP)
 
 
 @dataclass
@@ -86,36 +91,63 @@ def device_option(name: str):
 
 @dataclass
 class JobTarget:
-    """Where a command writes (``out``) and who records it (``observer``, None outside a project)."""
+    """Where a command writes and who records it.
 
-    out: Path
+    ``folder`` is the job folder the user named (or the project allocated); ``out`` is where the job writes:
+    ``folder`` itself, or during ``--overwrite`` a staging folder until the job succeeds and is swapped in
+    (then ``folder`` again, so code after the job reads and prints the final paths). ``observer`` is None
+    outside a project.
+    """
+
+    folder: Path
     project: Any = None
     observer: Any = None
+    staging: Any = None
+
+    @property
+    def out(self) -> Path:
+        s = self.staging
+        return s.path if s is not None and not s.committed else self.folder
 
 
 @contextmanager
-def job_target(stage: str, out: Path | None, project: Path | None) -> Iterator[JobTarget]:
+def job_target(stage: str, out: Path | None, project: Path | None, *, overwrite: bool = False) -> Iterator[JobTarget]:
     """Resolve the project (``--project``, else the current folder when it holds cryolens.db), the job folder
     and the observer that records the job; use inside :func:`run_guarded`.
 
-    A job allocated here that fails before it starts (bad input) is recorded as failed.
+    The folder is a transaction (:mod:`cryolens.jobs.folders`): one that holds a finished job is refused
+    unless ``overwrite`` (then the job is staged aside and swapped in on success); one where a job is running
+    is refused; inside a project a folder belongs to one job (see :func:`cryolens.project.claim.claim_job`).
+    A job allocated here that fails before it starts (bad input) is recorded as failed, and its folder
+    carries a FAILURE marker (or is removed when still empty).
     """
+    from cryolens.project.claim import claim_job
     from cryolens.project.db import find_project, open_project
-    from cryolens.project.recording import ProjectObserver
 
     root = project if project is not None else find_project(Path.cwd())
     if root is None:
         if out is None:
             raise InputError("--out is required outside a project; give --out DIR, or run in a project folder "
                              "(`cryolens project init DIR`) or pass --project DIR.")
-        yield JobTarget(out=out)
+        with staged_target(out, overwrite=overwrite) as target:
+            yield target
         return
-    proj = open_project(root)
-    rec = proj.new_job(stage, folder=out)
-    observer = ProjectObserver(proj, rec.id)
-    try:
-        yield JobTarget(out=out if out is not None else proj.abs(rec.folder), project=proj, observer=observer)
-    except BaseException as e:
-        if not observer.seen_start:
-            proj.record_failure(rec.id, f"{type(e).__name__}: {e}")
-        raise
+    with claim_job(open_project(root), stage, out, overwrite=overwrite) as (proj, folder, observer):
+        with staged_target(folder, overwrite=overwrite) as target:
+            target.project, target.observer = proj, observer
+            yield target
+
+
+@contextmanager
+def staged_target(folder: Path, *, overwrite: bool) -> Iterator[JobTarget]:
+    """A :class:`JobTarget` for ``folder`` after its checks; staged aside when overwriting a job."""
+    state = check_target(folder, overwrite=overwrite)
+    if not overwrite or state == "empty":
+        yield JobTarget(folder=folder)
+        return
+    here, target = Path.cwd().resolve(), folder.resolve()
+    if target == here or target in here.parents:
+        raise InputError(f"{folder}: --overwrite cannot replace the folder you are working in; run the command "
+                         "from outside it, or choose another --out.")
+    with staged(folder) as staging:
+        yield JobTarget(folder=folder, staging=staging)

@@ -23,7 +23,7 @@ def _select(kind: str, star: Path, params: SelectParams, consensus: Optional[Pat
     from cryolens.jobs.select import run_select
 
     def body():
-        with job_target(f"select_{kind}", run.out, run.project) as target:
+        with job_target(f"select_{kind}", run.out, run.project, overwrite=run.overwrite) as target:
             job = run_select(kind, star, target.out, params, consensus=consensus, observer=target.observer)
         r = job.results
         if not run.quiet:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryolens.errors import InputError
 
-__all__ = ["PROJECT_DB", "project_root", "star_name", "resolve_path"]
+__all__ = ["PROJECT_DB", "project_root", "star_name", "resolve_path", "alias_folder", "final_path"]
 
 PathLike = str | os.PathLike
 
@@ -36,6 +36,31 @@ def project_root(path: PathLike) -> Path | None:
     return None
 
 
+_ALIASES: dict[str, str] = {}  # absolute folder being written -> absolute folder it will become (this process)
+
+
+def alias_folder(folder: PathLike, final: PathLike | None) -> None:
+    """Name files under ``folder`` as if they lay under ``final`` (a job built aside and swapped in later:
+    :mod:`cryolens.jobs.folders`); ``final`` None forgets the alias."""
+    key = os.path.abspath(folder)
+    if final is None:
+        _ALIASES.pop(key, None)
+    else:
+        _ALIASES[key] = os.path.abspath(final)
+
+
+def final_path(path: PathLike) -> PathLike:
+    """``path`` with an aliased folder (:func:`alias_folder`) replaced by its final folder (absolute then);
+    else unchanged."""
+    if not _ALIASES:
+        return path
+    a = os.path.abspath(path)
+    for folder, final in _ALIASES.items():
+        if a == folder or a.startswith(folder + os.sep):
+            return final + a[len(folder):]
+    return path
+
+
 def _inside(path: Path, folder: Path) -> str | None:
     try:
         return path.relative_to(folder).as_posix()
@@ -50,9 +75,10 @@ def star_name(path: PathLike, *, into: PathLike | None = None, up: bool = False)
     the project, else absolute (the project folder can then move or be shared). Otherwise
     (outside a project, or ``into`` None): relative to the current folder when the file lies
     below it, else absolute; with ``up`` a relative path that may climb (``../x``) instead,
-    as ``os.path.relpath`` gives.
+    as ``os.path.relpath`` gives. A file in a folder built aside is named in its final folder
+    (:func:`final_path`).
     """
-    p = Path(os.path.abspath(path))
+    p = Path(os.path.abspath(final_path(path)))
     root = project_root(into) if into is not None else None
     if root is not None:
         return _inside(p, root) or _inside(p, root.resolve()) or p.as_posix()

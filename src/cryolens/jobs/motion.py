@@ -217,11 +217,11 @@ def run_motion(star: str | os.PathLike, out_dir: str | os.PathLike, motion_param
         rejected = np.array([bool(s["rejected"]) for s in summaries])
         mic_optics = _micrograph_optics(optics, options.preprocess.bin_factor)
         write_micrographs(out / "micrographs.star", mic_optics, rows[~rejected].reset_index(drop=True))
-        job.add_output("micrographs", out / "micrographs.star")
+        job.add_output("micrographs", out / "micrographs.star", rows=not rejected.all())  # all rejected: said so
         if rejected.any():
             rej = rows[rejected].assign(cryolensRejectReason=[s["rejected"] for s in summaries if s["rejected"]])
             write_micrographs(out / "rejected.star", mic_optics, rej.reset_index(drop=True))
-            job.add_output("rejected", out / "rejected.star")
+            job.add_output("rejected", out / "rejected.star", rows=False)
         else:
             (out / "rejected.star").unlink(missing_ok=True)
         plot_drift_summary(summaries, out / "drift.png")

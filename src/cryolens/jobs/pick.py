@@ -335,7 +335,7 @@ def run_pick(micrographs_star: str | os.PathLike, out_dir: str | os.PathLike, pa
         job.results.update(n_reused=len(results) - fresh, backend=spec, warnings=warnings,
                            seconds_per_micrograph=round(job.timings["pick"] / max(fresh, 1), 3))
         for name, file in OUTPUTS.items():
-            job.add_output(name, out / file)
+            job.add_output(name, out / file, rows=False)  # zero picks is a result (reported), not a fault
         r = job.results
         job.log.info("%d picks (%d candidates) in %d micrographs (%d reused), threshold %.3g", r["n_picks"],
                      r["n_candidates"], len(results), r["n_reused"], threshold)

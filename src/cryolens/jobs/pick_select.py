@@ -88,7 +88,7 @@ def run_rethreshold(source_dir: str | os.PathLike, out_dir: str | os.PathLike, *
             overlays_from=source, micrographs_star=mics_star, title="Particle picking (re-selected)", params=params,
             extra=dict(rethreshold_of=str(source), method=old.get("method"), ctf_aware=old.get("ctf_aware"))))
         for name, file in OUTPUTS.items():
-            job.add_output(name, out / file)
+            job.add_output(name, out / file, rows=False)  # zero picks is a result (reported), not a fault
     return job
 
 
@@ -148,5 +148,5 @@ def run_pick_consensus(coords: Sequence[str | os.PathLike], out_dir: str | os.Pa
         write_report(out / "report.html", title="Consensus picking", summary=job.results, params=params,
                      images=["scores.png", "picks_per_micrograph.png"])
         for name in ("coords", "autopick", "report"):
-            job.add_output(name, out / OUTPUTS[name])
+            job.add_output(name, out / OUTPUTS[name], rows=False)
     return job

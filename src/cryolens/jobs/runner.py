@@ -1,17 +1,37 @@
-"""The job folder: ``job.json``, ``run.log``, exit markers, outputs written atomically.
+"""The job folder: ``job.json``, ``run.log``, exit markers, outputs written atomically and checked.
 
 A job records its parameters, inputs, seed, package versions, host, timings,
-results and status (``running`` -> ``finished`` | ``failed``) in ``job.json``. The
-exit state is also visible as a marker file, as RELION does:
-``CRYOLENS_JOB_EXIT_SUCCESS`` or ``CRYOLENS_JOB_EXIT_FAILURE`` (a job whose
-``job.json`` says running but has no marker and whose process is gone was killed).
+results and status (``running`` -> ``finished`` | ``failed``; ``killed`` when
+reconciled) in ``job.json``. The exit state is also visible as a marker file, as
+RELION does: ``CRYOLENS_JOB_EXIT_SUCCESS``, ``CRYOLENS_JOB_EXIT_FAILURE`` or
+``CRYOLENS_JOB_EXIT_ABORTED`` (RELION's ``RELION_JOB_EXIT_ABORTED``: written for a job
+whose process ended without an exit, see :mod:`cryolens.jobs.folders`).
+
+Before SUCCESS every recorded output (:meth:`Job.add_output`) is checked
+(:mod:`cryolens.jobs.output_checks`: maps and stacks finite and of their header's
+size, particle/micrograph/movie tables not empty); a failed check makes the job end
+FAILURE with the reason in ``job.json`` and raises :class:`cryolens.errors.OutputError`.
+
+A job folder is a transaction (:mod:`cryolens.jobs.folders`). The CLI refuses a folder
+that holds a finished job unless ``--overwrite``; with it the job is built in a sibling
+staging folder and swapped in by :meth:`Job.__exit__` only on success, so a failure
+leaves the old job byte for byte. Choice made for the paths that outputs record
+(STAR files name stacks and micrographs relative to the current folder, RELION's
+convention, so the job folder's own name is part of them): the job writes its files
+into the staging folder but names them under the final folder
+(:func:`cryolens.io.paths.star_name`), and ``job.json``/the observer get the
+final paths; after the swap every recorded path is right, and no output needs
+rewriting. A job started in a folder whose previous job was killed first removes
+that job's temporary files. A folder that holds an unfinished job (no marker,
+FAILURE, killed) is reused in place: the per-micrograph stages resume there.
 
 An optional *observer* hears about the job's life (the project database records
 jobs this way, without this layer knowing about projects): ``started(job)`` once
 ``job.json`` says running, ``heartbeat(job)`` every ``heartbeat_s`` seconds from a
-daemon thread, then ``finished(job)`` or ``failed(job, error)`` after the marker
-is written. An observer error in ``heartbeat``/``finished``/``failed`` is logged,
-never raised: the job's files stay the truth.
+daemon thread, then ``finished(job)`` (after the swap, with the final paths) or
+``failed(job, error)`` after the marker is written. An observer error in
+``heartbeat``/``finished``/``failed`` is logged, never raised: the job's files stay
+the truth.
 """
 
 from __future__ import annotations
@@ -29,13 +49,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cryolens import __version__
-from cryolens.errors import InputError
+from cryolens.errors import InputError, OutputError
 from cryolens.io.atomic import write_json_atomic
+from cryolens.io.paths import final_path
+from cryolens.jobs.folders import (ABORTED_MARKER, FAILURE_MARKER, MARKERS, SUCCESS_MARKER, commit,
+                                   folder_state, remove_temporaries, staging_of)
+from cryolens.jobs.output_checks import check_outputs
 
-__all__ = ["Job", "check_params", "JobObserver", "SUCCESS_MARKER", "FAILURE_MARKER", "package_versions"]
-
-SUCCESS_MARKER = "CRYOLENS_JOB_EXIT_SUCCESS"
-FAILURE_MARKER = "CRYOLENS_JOB_EXIT_FAILURE"
+__all__ = ["Job", "check_params", "JobObserver", "SUCCESS_MARKER", "FAILURE_MARKER", "ABORTED_MARKER",
+           "package_versions"]
 
 
 def check_params(command: str, *params) -> None:
@@ -89,6 +111,8 @@ class Job:
                  heartbeat_s: float = 30.0) -> None:
         self.stage = stage
         self.dir = Path(out_dir)
+        self.staging = staging_of(self.dir)  # an --overwrite: self.dir is swapped onto staging.final on success
+        self.folder = self.staging.final if self.staging is not None else self.dir
         self.params = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)
         self.inputs = {k: str(v) for k, v in inputs.items()}
         self.seed, self.device = seed, device
@@ -102,6 +126,8 @@ class Job:
         self.heartbeat_s = heartbeat_s
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self.check_error: str | None = None
+        self.empty_ok: set[str] = set()
 
     def _record(self, status: str, error: str | None = None) -> None:
         write_json_atomic(self.dir / "job.json", {
@@ -113,15 +139,17 @@ class Job:
         })
 
     def __enter__(self) -> "Job":
+        if folder_state(self.dir) == "killed":
+            remove_temporaries(self.dir)  # the previous job's half-written files
         self.dir.mkdir(parents=True, exist_ok=True)
-        for marker in (SUCCESS_MARKER, FAILURE_MARKER):
+        for marker in MARKERS:
             (self.dir / marker).unlink(missing_ok=True)
         self._handler = logging.FileHandler(self.dir / "run.log")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.log.addHandler(self._handler)
         self.log.setLevel(logging.INFO)
         self._t0 = time.time()
-        self.log.info("cryolens %s %s -> %s", __version__, self.stage, self.dir)
+        self.log.info("cryolens %s %s -> %s", __version__, self.stage, self.folder)
         self._record("running")
         if self.observer is not None:
             try:
@@ -153,14 +181,29 @@ class Job:
             self.timings[name] = round(time.perf_counter() - t, 4)
             self.log.info("%s took %.2f s", name, self.timings[name])
 
-    def add_output(self, name: str, path: str | os.PathLike) -> Path:
-        """Record an output file (already written atomically) under a name."""
+    def add_output(self, name: str, path: str | os.PathLike, *, rows: bool = True) -> Path:
+        """Record an output file (already written atomically) under a name; it is checked before SUCCESS
+        (:mod:`cryolens.jobs.output_checks`). ``rows=False``: a STAR file whose tables may legitimately be
+        empty (rejections, a selection that kept nothing)."""
         self.outputs[name] = str(path)
+        if not rows:
+            self.empty_ok.add(name)
         return Path(path)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._close("finished" if exc_type is None else "failed",
                     None if exc_type is None else f"{exc_type.__name__}: {exc}")
+        if exc_type is None and self.check_error is not None:
+            raise OutputError(f"{self.stage}: {self.check_error}; the job ended FAILURE.")
+
+    def _final_outputs(self) -> dict[str, str]:
+        """The recorded outputs named in the final folder (unchanged unless the job is staged)."""
+        out = {}
+        for name, value in self.outputs.items():
+            mapped = final_path(value)
+            out[name] = value if mapped is value else (str(mapped) if Path(value).is_absolute()
+                                                       else os.path.relpath(mapped))
+        return out
 
     def _close(self, status: str, error: str | None) -> None:
         self._stop.set()
@@ -168,18 +211,32 @@ class Job:
             self._beat.join()
         self.timings["total"] = round(time.time() - self._t0, 4)
         if status == "finished":
+            self.check_error = check_outputs(self.outputs, empty_ok=self.empty_ok)
+            if self.check_error is not None:
+                if self.staging is not None:  # name the files where the user looks for them
+                    for a, b in ((self.dir, self.folder), (os.path.relpath(self.dir), os.path.relpath(self.folder))):
+                        self.check_error = self.check_error.replace(str(a), str(b))
+                status, error = "failed", f"OutputError: {self.check_error}"
+        if status == "finished":
+            self.log.info("finished in %.2f s", self.timings["total"])
+            self.outputs = self._final_outputs()
             self._record("finished")
             (self.dir / SUCCESS_MARKER).touch()
-            self.log.info("finished in %.2f s", self.timings["total"])
+            if self.staging is not None:
+                self.dir = commit(self.staging)
         else:
+            self.log.error("failed: %s", error)
             self._record("failed", error=error)
             (self.dir / FAILURE_MARKER).touch()
-            self.log.error("failed: %s", error)
         if self.observer is not None:
             if status == "finished":
                 self._notify("finished")
             else:
                 self._notify("failed", error)
+        self._close_log()
+
+    def _close_log(self) -> None:
         if self._handler is not None:
             self.log.removeHandler(self._handler)
             self._handler.close()
+            self._handler = None

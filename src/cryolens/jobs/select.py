@@ -96,7 +96,7 @@ def run_select(kind: str, star: str | os.PathLike, out_dir: str | os.PathLike, p
         write(out / f"{block}.star", optics, kept)
         job.add_output(block, out / f"{block}.star")
         write(out / "rejected.star", optics, rejected)
-        job.add_output("rejected", out / "rejected.star")
+        job.add_output("rejected", out / "rejected.star", rows=False)
         job.results.update(n_in=len(table), n_kept=len(kept), n_rejected=len(rejected), criteria=sel.summary)
         images = ["select.png"] if _plot(merged, params, sel, out / "select.png") else []
         summary = {"rows in": len(table), "kept": len(kept), "rejected": len(rejected)}

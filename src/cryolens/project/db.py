@@ -9,7 +9,11 @@ relative to its folder, others absolute.
 A job marked ``running`` (or still ``queued``: allocated by a command that never
 started it) whose process is gone (same host: its pid no longer exists or
 belongs to a newer process; another host: no heartbeat for ``stale_s`` seconds)
-is reported, and updated, as ``killed`` when read.
+is reported, and updated, as ``killed`` when read, and its folder reconciled
+(:func:`cryolens.jobs.folders.reconcile_killed`: temporary files removed,
+``job.json`` says killed, ``CRYOLENS_JOB_EXIT_ABORTED`` written). A job killed while
+overwriting a finished job (``--overwrite``) left that job intact in its folder: its
+record goes back to ``finished`` from the folder's ``job.json``.
 
 Example::
 
@@ -38,8 +42,9 @@ from typing import Any
 
 from cryolens.errors import InputError
 from cryolens.io.paths import PROJECT_DB
+from cryolens.jobs.folders import read_job_json, reconcile_killed
 from cryolens.project.groups import GroupRecord, ProjectGroups
-from cryolens.project.processes import process_alive
+from cryolens.jobs.processes import process_alive
 from cryolens.project.schema import MIGRATIONS, SCHEMA_VERSION
 
 __all__ = ["DB_NAME", "SCHEMA_VERSION", "STATUSES", "GroupRecord", "JobRecord", "Project", "init_project",
@@ -196,6 +201,38 @@ class Project(ProjectGroups):
         self.abs(where).mkdir(parents=True, exist_ok=True)
         return self.job(job_id)
 
+    def job_in_folder(self, folder: str | os.PathLike) -> JobRecord | None:
+        """The job whose folder is ``folder`` (the latest if several, as older projects allowed), or None."""
+        self._refresh_killed()
+        with self._read() as con:
+            row = con.execute("SELECT * FROM jobs WHERE folder=? ORDER BY number DESC",
+                              (self.rel(folder),)).fetchone()
+        return None if row is None else _row_to_job(row)
+
+    def reopen_job(self, job_id: int) -> dict[str, Any]:
+        """Make job ``job_id`` queued again for this process (a rerun in its folder, same number); its input
+        edges go (the rerun records its own). Returns a snapshot for :meth:`restore_job`."""
+        with self._write() as con:
+            row = dict(con.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+            edges = [tuple(e) for e in con.execute("SELECT asset_id, job_id, name FROM edges WHERE job_id=?",
+                                                   (job_id,))]
+            con.execute("DELETE FROM edges WHERE job_id=?", (job_id,))
+            con.execute("UPDATE jobs SET status='queued', created=?, host=?, pid=?, command=?, started=NULL, "
+                        "ended=NULL, heartbeat=NULL, error=NULL WHERE id=?",
+                        (time.time(), socket.gethostname(), os.getpid(), _json(sys.argv), job_id))
+        return {"row": row, "edges": edges}
+
+    def restore_job(self, snapshot: dict[str, Any]) -> None:
+        """Put a job's record and input edges back as :meth:`reopen_job` found them."""
+        row = snapshot["row"]
+        cols = [c for c in row if c != "id"]
+        with self._write() as con:
+            con.execute(f"UPDATE jobs SET {', '.join(f'{c}=?' for c in cols)} WHERE id=?",
+                        [row[c] for c in cols] + [row["id"]])
+            con.execute("DELETE FROM edges WHERE job_id=?", (row["id"],))
+            con.executemany("INSERT OR IGNORE INTO edges (asset_id, job_id, name) VALUES (?, ?, ?)",
+                            snapshot["edges"])
+
     def record_start(self, job_id: int, *, stage: str | None = None, params: dict | None = None,
                      inputs: dict | None = None, seed: int | None = None, versions: dict | None = None,
                      command: list | None = None, pid: int | None = None, host: str | None = None) -> None:
@@ -281,6 +318,31 @@ class Project(ProjectGroups):
                 con.executemany("UPDATE jobs SET status='killed', ended=COALESCE(ended, heartbeat, created), "
                                 "error=COALESCE(error, 'the process ended without recording an exit') "
                                 "WHERE id=? AND status IN ('running', 'queued')", [(i,) for i in dead])
+                folders = {r["id"]: r["folder"] for r in con.execute(
+                    f"SELECT id, folder FROM jobs WHERE id IN ({','.join('?' * len(dead))})", dead)}
+            for job_id, folder in folders.items():
+                self._reconcile(job_id, self.abs(folder))
+
+    def _reconcile(self, job_id: int, folder: Path) -> None:
+        """Tidy a killed job's folder; a killed overwrite gets its finished record back from ``job.json``."""
+        try:
+            state = reconcile_killed(folder)
+        except OSError:
+            return  # the folder is not ours to tidy (read-only, gone): the record says killed
+        rec = read_job_json(folder) if state == "finished" else None
+        if rec is None:
+            return
+        with self._read() as con:  # older projects let jobs share a folder: the job.json may be another's
+            if con.execute("SELECT COUNT(*) FROM jobs WHERE folder=(SELECT folder FROM jobs WHERE id=?)",
+                           (job_id,)).fetchone()[0] != 1:
+                return
+        outputs = {k: self.rel(v if os.path.isabs(v) else self.root / v) for k, v in (rec.get("outputs") or {}).items()}
+        with self._write() as con:
+            con.execute("UPDATE jobs SET status='finished', started=?, ended=?, params=?, inputs=?, outputs=?, "
+                        "results=?, seed=?, error=NULL WHERE id=?",
+                        (rec.get("started"), rec.get("ended"), _json(rec.get("params") or {}),
+                         _json(rec.get("inputs") or {}), _json(outputs), _json(rec.get("results") or {}),
+                         rec.get("seed"), job_id))
 
     def jobs(self) -> list[JobRecord]:
         """All jobs by number (killed ones detected first)."""

@@ -34,7 +34,7 @@ from cryolens.errors import InputError
 from cryolens.io.atomic import write_json_atomic
 from cryolens.jobs.runner import SUCCESS_MARKER
 from cryolens.project.db import HASH_LIMIT, Project, find_project, init_project, open_project
-from cryolens.project.processes import process_alive
+from cryolens.jobs.processes import process_alive
 from cryolens.project.workflow import Step, Workflow, build_argv, substitute_refs
 
 __all__ = ["PlanRow", "plan_workflow", "run_workflow", "state_path", "STATE_DIR"]
