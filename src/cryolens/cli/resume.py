@@ -167,7 +167,7 @@ def continue_target(stage: str, folder: Path, project: Path | None) -> Iterator[
     if root is None:
         root = next((p for p in (Path.cwd(), folder.resolve().parent.parent) if find_project(p) is not None), None)
     if root is None:
-        yield JobTarget(out=folder)
+        yield JobTarget(folder=folder)
         return
     proj = open_project(root)
     try:
@@ -175,6 +175,6 @@ def continue_target(stage: str, folder: Path, project: Path | None) -> Iterator[
     except InputError:
         if project is not None:
             raise
-        yield JobTarget(out=folder)
+        yield JobTarget(folder=folder)
         return
-    yield JobTarget(out=proj.abs(rec.folder), project=proj, observer=ProjectObserver(proj, rec.id))
+    yield JobTarget(folder=proj.abs(rec.folder), project=proj, observer=ProjectObserver(proj, rec.id))
