@@ -18,16 +18,21 @@ __all__ = ["lazy_exports"]
 
 def lazy_exports(package: str, exports: Mapping[str, Sequence[str]]) -> tuple[Callable[[str], Any], Callable[[], list]]:
     """``(__getattr__, __dir__)`` for ``package``: each name in ``exports[module]`` is imported from that module
-    when first looked up (then cached in the package's namespace)."""
+    when first looked up (then cached in the package's namespace).
+
+    Importing a submodule binds it in the package under its own name, so when a module and one of its
+    exports share a name (``cryolens.refine.auto_refine.auto_refine``), every export of the module is
+    cached at once: the name then means the export, never the submodule."""
     where = {name: module for module, names in exports.items() for name in names}
 
     def getattr_(name: str) -> Any:
         module = where.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
-        setattr(importlib.import_module(package), name, value)
-        return value
+        mod, pkg = importlib.import_module(module), importlib.import_module(package)
+        for export in exports[module]:
+            setattr(pkg, export, getattr(mod, export))
+        return getattr(mod, name)
 
     def dir_() -> list:
         return sorted(where)

@@ -73,7 +73,12 @@ def _from_index(path: Path, index: pd.DataFrame) -> pd.DataFrame:
     parts = []
     for i, (mic, name) in enumerate(zip(index["rlnMicrographName"].astype(str),
                                         index["rlnMicrographCoordinates"].astype(str))):
-        parts.append(read_coordinates(resolve_file(name, path, i + 1, "coordinate file")).assign(rlnMicrographName=mic))
+        file = resolve_file(name, path, i + 1, "coordinate file")
+        coords = read_coordinates(file)
+        if not np.isfinite(coords[XY].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)).all():
+            raise InputError(f"{file} (row {i + 1} of {path}): some particle coordinates are not numbers; fix or "
+                             "remove those rows.")
+        parts.append(coords.assign(rlnMicrographName=mic))
     if not parts:
         return pd.DataFrame(columns=["rlnMicrographName", *XY])
     common = [c for c in parts[0].columns if all(c in t.columns for t in parts) and c not in XY + ["rlnMicrographName"]]
