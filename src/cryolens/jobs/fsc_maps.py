@@ -42,9 +42,6 @@ def load_map_pair(map1: str | os.PathLike, map2: str | os.PathLike, *,
         raise InputError(f"--pixel-size {pixel_size:g}: must be > 0 Å.")
     v1, a1 = _load(map1)
     v2, a2 = _load(map2)
-    for v, path in ((v1, map1), (v2, map2)):
-        if float(v.max()) == float(v.min()):
-            raise InputError(f"{path}: the map is constant ({float(v.max()):g} everywhere); give a map with density.")
     if v1.shape != v2.shape:
         raise InputError(f"{map2}: box {tuple(v2.shape)} differs from {map1} {tuple(v1.shape)}; resample one to the other.")
     apix = pixel_size or a1
@@ -52,6 +49,9 @@ def load_map_pair(map1: str | os.PathLike, map2: str | os.PathLike, *,
         raise InputError(f"{map1}: the header's voxel size is 0; give it with --pixel-size.")
     if a2 and abs(a2 - apix) > 1e-3 * apix and not pixel_size:
         raise InputError(f"{map2}: voxel size {a2:g} Å differs from {map1}'s {apix:g} Å; resample one to the other.")
+    for v, path in ((v1, map1), (v2, map2)):
+        if float(v.max()) == float(v.min()):
+            raise InputError(f"{path}: the map is constant ({float(v.max()):g} everywhere); give a map with density.")
     return v1, v2, float(apix)
 
 
