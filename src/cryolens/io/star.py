@@ -48,7 +48,8 @@ STRING_LABELS = [
 FLOAT_LABELS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize",
                 "rlnMicrographPixelSize", "rlnMicrographOriginalPixelSize", "rlnBeamTiltX", "rlnBeamTiltY")
 _VERSION_LINE = "# version 30001"
-#: Optics values checked on read: label -> (lowest, lowest allowed, highest allowed below, unit).
+#: Optics values checked on read: label -> (lower bound or None, whether the bound itself is allowed,
+#: exclusive upper bound or None, unit).
 OPTICS_BOUNDS = {
     "rlnVoltage": (0.0, False, None, "kV"),
     "rlnImagePixelSize": (0.0, False, None, "Å"),

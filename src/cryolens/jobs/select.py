@@ -65,8 +65,8 @@ def run_select(kind: str, star: str | os.PathLike, out_dir: str | os.PathLike, p
         consensus: a second STAR of the same items (another CTF estimate) to agree with.
 
     Raises:
-        InputError: no rule, a missing column, an input without rows, or a selection that keeps nothing
-            (all before the job folder is written).
+        InputError: a missing column, an input without rows, or a selection that keeps nothing (all before
+            the job folder is written).
     """
     if kind not in KINDS:
         raise InputError(f"select {kind}: unknown kind; use micrographs or particles.")
@@ -74,8 +74,6 @@ def run_select(kind: str, star: str | os.PathLike, out_dir: str | os.PathLike, p
     out = Path(out_dir)
     check_params(f"select {kind}", params)
     optics, table = read(star)
-    if not params.rules() and not params.classes and consensus is None:
-        raise InputError(f"select {kind}: no rule given; give --where 'COLUMN OP NUMBER', --class or --consensus.")
     other = read(consensus)[1] if consensus is not None else None
     merged = merge_optics(optics, table)
     for rule in params.rules():
