@@ -97,7 +97,8 @@ def test_bad_value_exits_2_before_a_job_is_taken(tmp_path: Path):
     assert "--res 5 30: give LOW HIGH with LOW > HIGH" in out
     out = invoke_cli("motion", "--in", "x.star", "--gain-rot", "90", "--out", str(tmp_path / "c"), code=2).output
     assert "--gain-rot 90: give quarter turns 0-3 as relion_run_motioncorr --gain_rot, i.e. --gain-rot 1" in out
-    for args, message in ((("--box", "0"), "--box 0: must be ≥ 8 px"), (("--box", "-64"), "--box -64: must be ≥ 8 px"),
+    for args, message in ((("--box", "0"), "--box 0: must be 8–1024 px"),
+                          (("--box", "-64"), "--box -64: must be 8–1024 px"),
                           (("--pixel-size", "-1"), "--pixel-size -1: must be > 0 Å"),
                           (("--voltage", "0"), "--voltage 0: must be > 0, ≤ 3000 kV")):
         out = invoke_cli("simulate", "particles", *args, "--out", str(tmp_path / "c"), code=2).output

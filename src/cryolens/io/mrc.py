@@ -91,9 +91,15 @@ def _open(path: PathLike, *, header_only: bool = False) -> Any:
     """Open strictly; fall back to permissive mode only if the data is complete."""
     _check_exists(path)
     try:
-        return mrcfile.open(path, mode="r", permissive=False, header_only=header_only)
-    except (ValueError, OSError, EOFError) as strict_error:
-        detail = str(strict_error)
+        m = mrcfile.open(path, mode="r", permissive=False, header_only=header_only)
+    except Exception as strict_error:  # noqa: BLE001 - mrcfile/numpy raise many types on corrupt headers
+        detail = str(strict_error) or type(strict_error).__name__
+    else:
+        h = m.header
+        if int(h.mode) in _MODE_NAMES and min(int(h.nx), int(h.ny), int(h.nz)) >= 1:
+            return m
+        m.close()  # a strict header-only open does not check the mode or the sizes
+        raise _bad_file_error(path, f"header gives mode {int(h.mode)} and size {int(h.nx)}x{int(h.ny)}x{int(h.nz)}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -194,7 +200,7 @@ def _load_stack(path: Path) -> np.ndarray:
         try:
             with mrcfile.mmap(path, mode="r", permissive=False) as m:
                 data = m.data  # numpy memmap; stays valid after the file is closed
-        except (ValueError, OSError, EOFError):
+        except Exception:  # noqa: BLE001 - any strict failure (e.g. OverflowError from a negative nx)
             with _open(path) as m:  # raises InputError unless a permissive read is complete
                 data = np.array(m.data)
     if np.iscomplexobj(data):

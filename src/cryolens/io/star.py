@@ -21,7 +21,7 @@ from cryolens.io.atomic import write_text_atomic
 
 __all__ = [
     "StarBlock", "read_star", "write_star", "read_particles", "read_micrographs",
-    "write_particles", "write_micrographs", "merge_optics", "require_columns", "INT_LABELS",
+    "write_particles", "write_micrographs", "merge_optics", "require_columns", "require_finite", "INT_LABELS",
 ]
 
 PathLike = str | os.PathLike
@@ -48,6 +48,16 @@ STRING_LABELS = [
 FLOAT_LABELS = ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnImagePixelSize",
                 "rlnMicrographPixelSize", "rlnMicrographOriginalPixelSize", "rlnBeamTiltX", "rlnBeamTiltY")
 _VERSION_LINE = "# version 30001"
+#: Optics values checked on read: label -> (lower bound or None, whether the bound itself is allowed,
+#: exclusive upper bound or None, unit).
+OPTICS_BOUNDS = {
+    "rlnVoltage": (0.0, False, None, "kV"),
+    "rlnImagePixelSize": (0.0, False, None, "Å"),
+    "rlnMicrographPixelSize": (0.0, False, None, "Å"),
+    "rlnMicrographOriginalPixelSize": (0.0, False, None, "Å"),
+    "rlnSphericalAberration": (None, True, None, "mm"),
+    "rlnAmplitudeContrast": (0.0, True, 1.0, ""),
+}
 
 
 def read_star(path: PathLike) -> dict[str, StarBlock]:
@@ -83,6 +93,41 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], path: PathLike, bl
                          "or re-run the job that made this file.")
 
 
+def require_finite(df: pd.DataFrame, columns: Iterable[str], path: PathLike, block: str) -> None:
+    """Raise InputError naming the file, block, column and first bad row when one of ``columns`` (those
+    present in ``df``) holds a value that is not a finite number (text, NaN, infinity)."""
+    for c in columns:
+        if c not in df.columns:
+            continue
+        values = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{path}: column {c} of data_{block} holds {df[c].iloc[row]!r} in row {row + 1}, "
+                             "not a finite number; fix or remove that row.")
+
+
+def _check_optics_values(optics: pd.DataFrame, path: PathLike) -> None:
+    """Optics values a microscope can have (:data:`OPTICS_BOUNDS`); InputError naming the file otherwise."""
+    require_finite(optics, OPTICS_BOUNDS, path, "optics")
+    for label, (low, low_ok, high, unit) in OPTICS_BOUNDS.items():
+        if label not in optics.columns:
+            continue
+        values = optics[label].astype(np.float64).to_numpy()
+        bad = np.zeros(len(values), bool)
+        if low is not None:
+            bad |= values < low if low_ok else values <= low
+        if high is not None:
+            bad |= values >= high
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            rule = " and ".join(r for r in (
+                None if low is None else f"{'≥' if low_ok else '>'} {low:g}",
+                None if high is None else f"< {high:g}") if r)
+            raise InputError(f"{path}: data_optics gives {label} {values[row]:g}{' ' + unit if unit else ''} in row "
+                             f"{row + 1}; it must be {rule}; fix the optics table.")
+
+
 def _int_columns(df: pd.DataFrame) -> pd.DataFrame:
     """Cast integer RELION labels held as whole floats back to int64."""
     for c in df.columns:
@@ -93,7 +138,8 @@ def _int_columns(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _finish(optics: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _finish(optics: pd.DataFrame, table: pd.DataFrame, path: PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    _check_optics_values(optics, path)
     for c in FLOAT_LABELS:
         if c in optics.columns and pd.api.types.is_numeric_dtype(optics[c]):
             optics[c] = optics[c].astype(np.float64)
@@ -115,10 +161,12 @@ def _pick_table(loops: dict[str, pd.DataFrame], names: tuple[str, ...], key: str
 
 
 def _upgrade(table: pd.DataFrame, *, kind: str, path: PathLike, pixel_size: float | None,
-             image_size: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+             image_size: int | None, block: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """RELION 3.0 table -> (optics, table) in RELION 3.1 form, as ``relion_convert_star`` does."""
     t = table.copy()
     pix_label = "rlnImagePixelSize" if kind == "particles" else "rlnMicrographPixelSize"
+    require_finite(t, ("rlnImagePixelSize", "rlnMicrographPixelSize", "rlnDetectorPixelSize", "rlnMagnification",
+                       "rlnOriginX", "rlnOriginY", "rlnOriginZ"), path, block)
     given = [c for c in (pix_label, "rlnImagePixelSize", "rlnMicrographPixelSize") if c in t.columns]
     if given:
         apix = t[given[0]].astype(float).to_numpy()
@@ -166,8 +214,9 @@ def _read_relion(path: PathLike, *, kind: str, names: tuple[str, ...], key: str,
     blocks = read_star(path)
     loops = {n: b for n, b in blocks.items() if isinstance(b, pd.DataFrame)}
     if "optics" not in loops:
-        _, table = _pick_table(loops, names, key, path, blocks)
-        return _finish(*_upgrade(table, kind=kind, path=path, pixel_size=pixel_size, image_size=image_size))
+        name, table = _pick_table(loops, names, key, path, blocks)
+        return _finish(*_upgrade(table, kind=kind, path=path, pixel_size=pixel_size, image_size=image_size,
+                                 block=name), path)
     others = {n: b for n, b in loops.items() if n != "optics"}
     name, table = _pick_table(others, names, key, path, blocks)
     optics, table = loops["optics"].copy(), table.copy()
@@ -192,7 +241,7 @@ def _read_relion(path: PathLike, *, kind: str, names: tuple[str, ...], key: str,
         optics["rlnImageSize"] = int(image_size)
     if "rlnOpticsGroupName" not in optics.columns:
         optics.insert(1, "rlnOpticsGroupName", [f"opticsGroup{g}" for g in optics["rlnOpticsGroup"]])
-    return _finish(optics, table)
+    return _finish(optics, table, path)
 
 
 def read_particles(path: PathLike, *, pixel_size: float | None = None,
@@ -208,6 +257,10 @@ def read_particles(path: PathLike, *, pixel_size: float | None = None,
     Returns:
         optics with ``rlnOpticsGroup``, ``rlnOpticsGroupName``, ``rlnImagePixelSize`` (Å) and
         whatever else the file has; particles with ``rlnOpticsGroup`` and shifts in Å.
+
+    Raises:
+        InputError: the file cannot be read, lacks the table or the pixel size, or its optics hold
+            impossible values (:data:`OPTICS_BOUNDS`: a voltage or pixel size that is not > 0, ...).
     """
     return _read_relion(path, kind="particles", names=("particles", "images"), key="rlnImageName",
                         pixel_size=pixel_size, image_size=image_size)
@@ -218,6 +271,7 @@ def read_micrographs(path: PathLike, *, pixel_size: float | None = None) -> tupl
 
     Optics carries ``rlnMicrographPixelSize`` (Å); for a ``data_movies`` file lacking it,
     ``rlnMicrographOriginalPixelSize`` is used. ``pixel_size`` (Å) fills it when absent.
+    Impossible optics values (:data:`OPTICS_BOUNDS`) raise InputError as in :func:`read_particles`.
     """
     return _read_relion(path, kind="micrographs", names=("micrographs", "movies"), key="rlnMicrographName",
                         pixel_size=pixel_size, image_size=None)

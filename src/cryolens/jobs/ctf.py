@@ -42,7 +42,7 @@ from cryolens.io.paths import resolve_path, star_name
 from cryolens.jobs.ctf_plots import plot_ctf_diagnostic, plot_ctf_summary
 from cryolens.jobs.report import write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
-from cryolens.jobs.units import UnitRecord, check_pixel_size, fingerprint, unique_stems
+from cryolens.jobs.units import UnitRecord, check_micrograph_header, check_pixel_size, fingerprint, unique_stems
 
 __all__ = ["run_ctf", "run_ctf_power_spectrum", "MicrographUnit", "fit_micrograph", "CTF_COLUMNS", "PLANE_COLUMNS"]
 
@@ -233,6 +233,10 @@ def _units(star: Path, out: Path, params: CTFFitParams, device: str, from_movies
                 apix = float(r["rlnMicrographOriginalPixelSize"])  # movies are at the original pixel size
         else:
             path = str(_resolve(name, star, i + 1, "micrograph"))
+            ny, nx = check_micrograph_header(Path(path), apix)  # header and file size: before any job starts
+            if min(ny, nx) < params.box:
+                raise InputError(f"micrograph {path}: {nx}x{ny} px is smaller than the spectrum box {params.box}; "
+                                 "use a smaller --box.")
         u = MicrographUnit(index=i, name=name, path=path, stem=stem, out_dir=str(out), pixel_size=apix,
                            voltage=float(r["rlnVoltage"]), cs=float(r["rlnSphericalAberration"]),
                            amplitude_contrast=float(r["rlnAmplitudeContrast"]), params=params, device=device,

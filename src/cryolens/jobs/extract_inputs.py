@@ -81,11 +81,15 @@ def _from_index(path: Path, index: pd.DataFrame) -> tuple[pd.DataFrame, tuple[st
     for i, (mic, name) in enumerate(zip(index["rlnMicrographName"].astype(str),
                                         index["rlnMicrographCoordinates"].astype(str))):
         try:
-            found = resolve_path(name, path, row=i + 1)
+            file = resolve_path(name, path, row=i + 1)
         except InputError:
             missing.append(name)
             continue
-        parts.append(read_coordinates(found).assign(rlnMicrographName=mic))
+        coords = read_coordinates(file)
+        if not np.isfinite(coords[XY].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)).all():
+            raise InputError(f"{file} (row {i + 1} of {path}): some particle coordinates are not numbers; fix or "
+                             "remove those rows.")
+        parts.append(coords.assign(rlnMicrographName=mic))
     if missing and not parts:
         which = (f"its coordinate file {missing[0]} was not found" if len(missing) == 1 else
                  f"none of its {len(missing)} coordinate files was found (first: {missing[0]})")

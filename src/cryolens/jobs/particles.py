@@ -33,15 +33,15 @@ import torch
 from cryolens.core.fourier import pad_or_crop, resample
 from cryolens.core.fsc import FSCResult
 from cryolens.errors import InputError
-from cryolens.io import (ImageSource, merge_optics, read_mrc, read_mrc_header, read_particles, require_columns, write_mrc,
-                         write_star)
+from cryolens.io import (ImageSource, merge_optics, read_mrc, read_mrc_header, read_particles, require_columns,
+                         require_finite, write_mrc, write_star)
 from cryolens.jobs.report import plot_central_slices, plot_fsc
 from cryolens.jobs.runner import Job
 from cryolens.jobs.units import check_pixel_size
 from cryolens.particles import CTF_COLUMNS, POSE_COLUMNS, assign_half_sets
 
 __all__ = ["ParticleSet", "open_particles", "require_particle_columns", "single_pixel_size", "checked_batches",
-           "read_reference", "fsc_table", "write_half_maps"]
+           "read_reference", "fsc_table", "write_half_maps", "NUMERIC_COLUMNS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,14 +80,21 @@ class ParticleSet:
         return checked_batches(self.source, self.particles["rlnImageName"], batch_size, self.star)
 
 
+#: Per-particle columns a job computes with: where present, each value must be a finite number.
+NUMERIC_COLUMNS = [*POSE_COLUMNS, "rlnOriginXAngst", "rlnOriginYAngst", *CTF_COLUMNS, "rlnPhaseShift",
+                   "rlnCtfBfactor", "rlnCtfScalefactor"]
+
+
 def require_particle_columns(particles: pd.DataFrame, star: str | os.PathLike, pose: bool) -> None:
     """Image names (and poses when ``pose``) must be present, and defocus U and V together or not at all.
 
-    A table with only one of the two would otherwise be read as "no CTF" without a word.
+    A table with only one of the two would otherwise be read as "no CTF" without a word. The numbers a
+    job computes with (:data:`NUMERIC_COLUMNS`; the angles only when ``pose``) must be finite.
     """
     require_columns(particles, ["rlnImageName", *(POSE_COLUMNS if pose else [])], star, "particles")
     if any(c in particles.columns for c in CTF_COLUMNS[:2]):
         require_columns(particles, CTF_COLUMNS[:2], star, "particles")
+    require_finite(particles, NUMERIC_COLUMNS if pose else NUMERIC_COLUMNS[len(POSE_COLUMNS):], star, "particles")
 
 
 def single_pixel_size(optics: pd.DataFrame, star: str | os.PathLike) -> float:
@@ -112,8 +119,9 @@ def open_particles(star: str | os.PathLike, *, pose: bool, min_particles: int = 
 
     Raises:
         InputError: a missing column (``rlnImageName``, the angles when ``pose``, defocus V
-            without U or the reverse), a missing or short stack, stacks of different box
-            sizes, optics groups of different pixel sizes, no particles or too few.
+            without U or the reverse), a value that is not a finite number, a missing or short
+            stack, stacks of different box sizes, optics groups of different pixel sizes, a pixel
+            size or box (``rlnImageSize``) that disagrees with the images, no particles or too few.
     """
     optics, particles = read_particles(star)
     if not len(particles):
@@ -123,6 +131,12 @@ def open_particles(star: str | os.PathLike, *, pose: bool, min_particles: int = 
     pixel_size = single_pixel_size(optics, star)
     first = source.stack_paths[0]
     check_pixel_size(first, read_mrc_header(first).voxel_size, pixel_size, "rlnImagePixelSize")
+    if "rlnImageSize" in optics.columns:
+        require_finite(optics, ["rlnImageSize"], star, "optics")
+        sizes = sorted(set(int(v) for v in optics["rlnImageSize"]) - {source.image_size})
+        if sizes:
+            raise InputError(f"{star}: data_optics gives rlnImageSize {sizes[0]} but the images in {first} are "
+                             f"{source.image_size} px; correct rlnImageSize (or re-extract the particles).")
     if len(particles) < min_particles:
         reason = f" ({why})" if why else ""
         raise InputError(f"{star}: only {len(particles)} particles; {purpose} needs at least {min_particles}{reason}.")

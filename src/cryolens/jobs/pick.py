@@ -197,6 +197,12 @@ def _check_reference(path: Path | None, what: str, flag: str) -> str | None:
     if not info.voxel_size > 0:
         raise InputError(f"{path}: the header gives no pixel size; set it (e.g. `relion_image_handler --i {path} "
                          f"--o fixed.mrc --angpix A`) and pass the fixed {what} to {flag}.")
+    data, _ = read_mrc(path)  # small (class averages or one map): check the values before any job starts
+    if not np.isfinite(data).all():
+        raise InputError(f"{path}: the {what} holds NaN or infinite values; regenerate it and pass it to {flag}.")
+    if data.size and float(data.max()) == float(data.min()):
+        raise InputError(f"{path}: the {what} is constant ({float(data.max()):g} everywhere); give real {what} "
+                         f"to {flag}.")
     return str(path)
 
 

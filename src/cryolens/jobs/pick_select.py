@@ -107,7 +107,8 @@ def run_pick_consensus(coords: Sequence[str | os.PathLike], out_dir: str | os.Pa
     """
     files = [Path(c) for c in coords]
     if len(files) < 2:
-        raise InputError("pick-consensus needs at least two pick files (e.g. A/coords.star B/coords.star).")
+        raise InputError("pick-consensus needs at least two pick files; give --in twice or more "
+                         "(e.g. --in A/coords.star --in B/coords.star).")
     k = len(files) if min_agree is None else int(min_agree)
     if not 1 <= k <= len(files):
         raise InputError(f"--min-agree {k}: must be between 1 and the number of pick files ({len(files)}).")
@@ -118,6 +119,14 @@ def run_pick_consensus(coords: Sequence[str | os.PathLike], out_dir: str | os.Pa
     names: list[str] = list(dict.fromkeys(n for t in sets for n in t["rlnMicrographName"]))
     if not names:
         raise InputError(f"{files[0]}: the pick files hold no picks; give coords.star files of picking jobs.")
+    for f, t in zip(files, sets):
+        if not len(t):
+            raise InputError(f"{f}: holds no picks; give the coords.star of a picking job that found particles.")
+    in_sets = [set(t["rlnMicrographName"]) for t in sets]
+    shared = [n for n in names if sum(n in s for s in in_sets) >= k]
+    if not shared:
+        raise InputError(f"{', '.join(map(str, files))}: no micrograph is in {k} of the pick files; give pick sets "
+                         "of the same micrographs (matched by rlnMicrographName).")
     groups = [{n: g[XY].to_numpy() for n, g in t.groupby("rlnMicrographName", sort=False)} for t in sets]
     empty = np.zeros((0, 2))
     out = Path(out_dir)

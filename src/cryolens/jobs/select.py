@@ -63,6 +63,10 @@ def run_select(kind: str, star: str | os.PathLike, out_dir: str | os.PathLike, p
     Args:
         kind: ``micrographs`` or ``particles``.
         consensus: a second STAR of the same items (another CTF estimate) to agree with.
+
+    Raises:
+        InputError: a missing column, an input without rows, or a selection that keeps nothing (all before
+            the job folder is written).
     """
     if kind not in KINDS:
         raise InputError(f"select {kind}: unknown kind; use micrographs or particles.")
@@ -83,15 +87,21 @@ def run_select(kind: str, star: str | os.PathLike, out_dir: str | os.PathLike, p
             missing = [c for c in needed if c not in t.columns]
             if missing:
                 raise _column_error(MissingColumnError(missing[0], t.columns), name, block, "--consensus file")
+    if not len(table):
+        raise InputError(f"{star}: data_{block} holds no {kind}; give a STAR file with at least one row.")
+    try:
+        sel = select_rows(merged, params, other=other, key=key,
+                          other_name=Path(consensus).name if consensus is not None else "other")
+    except MissingColumnError as e:
+        raise _column_error(e, star, block, "selection") from None
+    except ValueError as e:
+        raise InputError(f"{star}: {e}.") from None
+    if not sel.keep.any():
+        failed = "; ".join(f"{c}: {n['failed']} of {len(table)} fail" for c, n in sel.summary.items())
+        raise InputError(f"{star}: none of its {len(table)} {kind} passes the selection ({failed}); "
+                         "loosen the rules or check the column's values.")
     inputs = {kind: star} | ({"consensus": consensus} if consensus is not None else {})
     with Job(f"select_{kind}", out, params=params, inputs=inputs, observer=observer) as job:
-        try:
-            sel = select_rows(merged, params, other=other, key=key,
-                              other_name=Path(consensus).name if consensus is not None else "other")
-        except MissingColumnError as e:
-            raise _column_error(e, star, block, "selection") from None
-        except ValueError as e:
-            raise InputError(f"{star}: {e}.") from None
         kept, rejected = table[sel.keep], table[~sel.keep]
         write(out / f"{block}.star", optics, kept)
         job.add_output(block, out / f"{block}.star")

@@ -116,6 +116,8 @@ def _map_volume(path: str, *, pixel_size: float | None, box: int | None,
         raise InputError(f"{path}: the map is {data.shape}, not a cubic volume; pad it to a cube first.")
     if not np.isfinite(data).all():
         raise InputError(f"{path}: the map contains NaN or infinite values; fix or regenerate it.")
+    if float(data.max()) == float(data.min()):
+        raise InputError(f"{path}: the map is constant ({float(data.max()):g} everywhere); give a map with density.")
     if not apix > 0:
         raise InputError(f"{path}: the header's voxel size is 0; give it with --map-pixel-size "
                          f"or as {Path(path).name}:apix=VALUE.")

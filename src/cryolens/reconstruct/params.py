@@ -18,7 +18,7 @@ class ReconstructParams(Params):
     """
 
     symmetry: str = option("C1", flag="--sym", help=SYMMETRY_HELP, rule=SYMMETRY_RULE)
-    pad: int = option(2, ge=2, help="Fourier padding factor")
+    pad: int = option(2, ge=2, le=4, help="Fourier padding factor")
     ctf: bool = option(True, help="Model the CTF when the particles carry defocus values (--no-ctf ignores it)")
     wiener: bool = option(False, help="Wiener-filter the full map with the half maps' FSC (smoother, lower FSC vs "
                                       "truth)")

@@ -109,7 +109,10 @@ class MicrographParams(Params):
     batch_size: int = option(64, ge=1, help="Projections per batch (bounds memory)")
 
     def check(self) -> None:
-        """The defocus range in the right order."""
+        """The defocus range in the right order; a structure box that fits in the micrograph."""
         if not self.defocus_min <= self.defocus_max:
             raise ValueError(f"{self.flag('defocus_min')} {self.defocus_min:g} {self.defocus_max:g}: give MIN MAX "
                              "with MIN <= MAX (Å, underfocus positive)")
+        if self.box is not None and self.box > min(self.width, self.height):
+            raise ValueError(f"{self.flag('box')} {self.box}: larger than the micrograph ({self.width} x "
+                             f"{self.height} px); give a smaller {self.flag('box')} or a larger {self.flag('width')}")

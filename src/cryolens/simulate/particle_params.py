@@ -83,6 +83,6 @@ class StackGeometry(Params):
 
     pixel_size: float | None = option(None, unit="Å", gt=0, help="Stack pixel size; maps are Fourier-resampled. "
                                                                 "Default: the first structure's (phantom 2, model 1)")
-    box: int | None = option(None, unit="px", ge=8, help="Stack box; maps are padded/cropped. Default: the first "
+    box: int | None = option(None, unit="px", ge=8, le=1024, help="Stack box; maps are padded/cropped. Default: the first "
                                                          "structure's (phantom 64)")
     map_pixel_size: float | None = option(None, unit="Å", gt=0, help="Override the maps' header voxel size")
