@@ -22,6 +22,6 @@ from cryolens.io.star import (
 __all__ = [
     "ImageSource", "MrcInfo", "clear_stack_cache", "format_image_name", "merge_optics", "open_stack",
     "parse_image_name", "project_root", "read_micrographs", "read_mrc", "read_mrc_header", "read_particles",
-    "read_star", "require_columns", "require_finite", "resolve_path", "star_name", "write_micrographs", "write_mrc", "write_particles",
-    "write_stack_and_names", "write_star",
+    "read_star", "require_columns", "require_finite", "resolve_path", "star_name", "write_micrographs", "write_mrc",
+    "write_particles", "write_stack_and_names", "write_star",
 ]
