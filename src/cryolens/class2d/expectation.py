@@ -11,7 +11,7 @@ image by ``+t``) and ``N`` complex Gaussian noise of variance ``sigma²(|q|)``. 
 (``w`` = ½ on the ``kx = 0`` column). The cross terms of all (image, shift) × (class, psi)
 pairs of a batch are one real GEMM; the posterior adds ``log π_k`` and normalises over the
 grid. Poses whose posterior is below ``significance`` × the particle's best are dropped
-(and the rest renormalised), so the M-step sums skip the classes a particle does not visit.
+(and the rest renormalised).
 
 Sums for the M-step (image frame, per class and psi, on the band), in :class:`Accumulator`:
 ``G_kj = Σ_i Σ_t γ CTF_i X_i e(t)`` (complex) and ``D_kj = Σ_i Σ_t γ CTF_i²`` (real), plus
@@ -104,22 +104,14 @@ class Accumulator:
         self.n_images = 0
 
     def add(self, x: torch.Tensor, ctf: torch.Tensor, ramps: torch.Tensor, gamma: torch.Tensor) -> None:
-        """Add a batch: ``x``, ``ctf`` ``(B, M)``, ``ramps`` ``(T, M)``, ``gamma`` ``(B, T, K·J)``.
-
-        Only the images with weight on a class enter that class's GEMM.
-        """
+        """Add a batch: ``x``, ``ctf`` ``(B, M)``, ``ramps`` ``(T, M)``, ``gamma`` ``(B, T, K·J)``."""
         b, t = gamma.shape[:2]
-        g4 = gamma.reshape(b, t, self.k, self.j)
-        mass = g4.sum(dim=(1, 3))  # (B, K)
-        v = x * ctf
-        c2 = ctf * ctf
-        for k in torch.nonzero(mass.sum(0) > 0).flatten().tolist():
-            rows = torch.nonzero(mass[:, k] > 0).flatten()
-            gk = g4[rows, :, k, :]  # (Bk, T, J)
-            y = v[rows, None, :] * ramps[None]  # (Bk, T, M)
-            acc = gk.reshape(-1, self.j).T @ _ri(y).reshape(rows.numel() * t, -1)  # (J, 2M)
-            self.g[k] += torch.view_as_complex(acc.reshape(self.j, -1, 2).contiguous())
-            self.d[k] += gk.sum(dim=1).T @ c2[rows]
+        yr = _ri((x * ctf)[:, None, :] * ramps[None]).reshape(b * t, -1)  # (B·T, 2M)
+        acc = gamma.reshape(b * t, -1).T @ yr  # (K·J, 2M): one GEMM, as the scores
+        self.g += torch.view_as_complex(acc.reshape(self.k, self.j, -1, 2).contiguous())
+        marg = gamma.sum(dim=1)  # (B, K·J)
+        self.d += (marg.T @ (ctf * ctf)).reshape(self.k, self.j, -1)
+        mass = marg.reshape(b, self.k, self.j).sum(-1)
         self.x_power += (x.real ** 2 + x.imag ** 2).sum(dim=0).double()
         self.class_mass += mass.sum(dim=0).double()
         self.n_images += b

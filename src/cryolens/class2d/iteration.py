@@ -22,6 +22,9 @@ from cryolens.refine.pose_search import FrequencyBand, phase_ramps, shift_grid
 
 __all__ = ["Setup", "Sampling", "sampling_for", "run_iteration", "initial_classes"]
 
+#: From iteration LOCAL_FROM on, shifts are searched within this many steps of each particle's current origin.
+LOCAL_SHIFT_STEPS = 1.5
+LOCAL_FROM = 3
 #: Classes whose share falls below this fraction of the average share are reseeded.
 RESEED_FRACTION = 0.2
 
@@ -56,14 +59,19 @@ class Sampling:
     shift_step: float
 
 
-def sampling_for(res: float, setup: Setup, rng: np.random.Generator, *, shifts: bool = True) -> Sampling:
-    """Band (Fourier crop) at ``res`` Å, psi grid with a random offset, and the shift grid (just 0 if not ``shifts``)."""
+def sampling_for(res: float, setup: Setup, rng: np.random.Generator, *, shifts: bool = True,
+                 local: bool = False) -> Sampling:
+    """Band (Fourier crop) at ``res`` Å, psi grid with a random offset, and the shift grid: within ``offset_range``,
+    or within 1.5 steps when ``local`` (offsets from each particle's current origin), or just 0 if not ``shifts``."""
     p, dev = setup.params, setup.device
     band = FrequencyBand.build(setup.box, setup.box * setup.pixel_size / res, device=dev)
     sub = torch.searchsorted(setup.images.band.flat, band.flat)
     psi = psi_grid(res, setup.radius_a, p, rng).to(dev)
     step = max(p.shift_step_min, res / (6.0 * setup.pixel_size))
-    grid = shift_grid(step, p.offset_range / setup.pixel_size, device=dev) if shifts else torch.zeros(1, 2, device=dev)
+    radius = p.offset_range / setup.pixel_size
+    if local:
+        radius = min(radius, LOCAL_SHIFT_STEPS * step)
+    grid = shift_grid(step, radius, device=dev) if shifts else torch.zeros(1, 2, device=dev)
     return Sampling(res, band, BandRotator(band, device=dev), sub, psi, inplane_matrices(psi).to(dev), grid,
                     phase_ramps(band, grid), step)
 
@@ -125,7 +133,9 @@ def run_iteration(state: Class2DState, it: int, setup: Setup, rng: np.random.Gen
     t0 = time.perf_counter()
     p, dev, apix = setup.params, setup.device, setup.pixel_size
     res = resolution_schedule(it, p, pixel_size=apix)
-    smp = sampling_for(res, setup, rng)
+    smp = sampling_for(res, setup, rng, local=it >= LOCAL_FROM)
+    local = it >= LOCAL_FROM
+    range_px = p.offset_range / apix
     k, j, t = p.classes, len(smp.psi), len(smp.shifts)
     band = smp.band
     refs = smp.rotator.rotate(images_to_band(state.classes, band),
@@ -145,13 +155,22 @@ def run_iteration(state: Class2DState, it: int, setup: Setup, rng: np.random.Gen
     loglik_sum, done = 0.0, 0
     for rows, xb in setup.images.select(rows_all):
         x = xb[:, smp.sub]
+        centre = torch.as_tensor(state.particle_shift[rows] if local else np.zeros((len(rows), 2)), device=dev,
+                                 dtype=torch.float32)
+        if local:
+            x = x * phase_ramps(band, centre)
         ctf = ctf_on_band(setup.table, rows, band, apix, setup.use_ctf, dev)
-        post = posterior(score_batch(x, ctf, refs_flat, smp.ramps, inv_w), log_prior, significance=p.significance)
+        scores = score_batch(x, ctf, refs_flat, smp.ramps, inv_w)
+        if local:  # the origin stays within the search range
+            outside = (centre[:, None, :] + smp.shifts[None]).norm(dim=-1) > range_px + 1e-3
+            outside[:, 0] = False
+            scores = scores.masked_fill(outside[:, :, None], -float("inf"))
+        post = posterior(scores, log_prior, significance=p.significance)
         gamma = post.gamma
         forced = [(i, state.seeds[int(r)]) for i, r in enumerate(rows) if int(r) in state.seeds]
         for i, c in forced:
-            ti = int(torch.argmin((smp.shifts - torch.as_tensor(state.particle_shift[rows[i]], device=dev,
-                                                                 dtype=torch.float32)).norm(dim=1)))
+            ti = int(torch.argmin((smp.shifts + centre[i] - torch.as_tensor(
+                state.particle_shift[rows[i]], device=dev, dtype=torch.float32)).norm(dim=1)))
             ji = int(torch.argmin(circular_deviation(smp.psi, torch.tensor(float(state.particle_psi[rows[i]]),
                                                                            device=dev))))
             gamma[i].zero_()
@@ -175,7 +194,7 @@ def run_iteration(state: Class2DState, it: int, setup: Setup, rng: np.random.Gen
         loglik_sum += float(ll.sum())
         state.particle_class[rows] = kb.cpu().numpy()
         state.particle_psi[rows] = smp.psi[jb].cpu().numpy()
-        state.particle_shift[rows] = smp.shifts[tb].cpu().numpy()
+        state.particle_shift[rows] = (smp.shifts[tb] + centre).cpu().numpy()
         state.particle_max_prob[rows] = post.max_prob.cpu().numpy()
         state.particle_loglik[rows] = ll.cpu().numpy()
         state.particle_n_significant[rows] = post.n_significant.cpu().numpy()

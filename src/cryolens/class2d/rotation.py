@@ -74,30 +74,32 @@ class BandRotator:
         return torch.fft.fftshift(torch.fft.irfft2(grid, s=(nc, nc)), dim=(-2, -1))
 
     def padded_spectrum(self, values: torch.Tensor) -> torch.Tensor:
-        """``(N, 2, P, P)`` real/imaginary channels of the 2x padded, centred (fftshifted) full spectrum."""
+        """``(N, 2, P, P//2+1)`` real/imaginary channels of the 2x padded rfft, rows centred (``ky = 0`` at ``P//2``)."""
         img = self.to_image(values) / self.correction
         nc, p = self.nc, 2 * self.nc
         padded = F.pad(img, (nc // 2, p - nc - nc // 2, nc // 2, p - nc - nc // 2))
-        spec = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(padded, dim=(-2, -1))), dim=(-2, -1))
+        spec = torch.fft.fftshift(torch.fft.rfft2(torch.fft.ifftshift(padded, dim=(-2, -1))), dim=-2)
         return torch.stack([spec.real, spec.imag], dim=1)
 
     def sample(self, spectrum: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
         """``F(R q)`` on the band for each spectrum and each of its rotations.
 
         Args:
-            spectrum: ``(N, 2, P, P)`` from :meth:`padded_spectrum`.
+            spectrum: ``(N, 2, P, P//2+1)`` from :meth:`padded_spectrum`.
             matrices: ``(N, J, 2, 2)`` rotations acting on ``(kx, ky)``.
 
         Returns:
-            ``(N, J, M)`` complex64.
+            ``(N, J, M)`` complex64. Frequencies with ``kx < 0`` are read from their Friedel mate.
         """
-        p = spectrum.shape[-1]
+        p, w = spectrum.shape[-2], spectrum.shape[-1]
         k = self.band.k.to(spectrum.device)  # (M, 2) (kx, ky)
         rk = torch.einsum("njab,mb->njma", matrices.to(spectrum.device, torch.float32), k) * 2.0
-        # grid_sample with align_corners=True: index i <-> -1 + 2 i / (p - 1); the centre p/2 holds DC.
-        grid = (rk + p // 2) * (2.0 / (p - 1)) - 1.0
+        flip = rk[..., :1] < 0
+        rk = torch.where(flip, -rk, rk)
+        # grid_sample with align_corners=True: index i <-> -1 + 2 i / (size - 1); x index = kx, y index = ky + p/2.
+        grid = torch.stack([rk[..., 0] * (2.0 / (w - 1)) - 1.0, (rk[..., 1] + p // 2) * (2.0 / (p - 1)) - 1.0], -1)
         out = F.grid_sample(spectrum, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-        return torch.complex(out[:, 0], out[:, 1])
+        return torch.complex(out[:, 0], torch.where(flip[..., 0], -out[:, 1], out[:, 1]))
 
     def rotate(self, values: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
         """``(N, M)`` band values and ``(N, J, 2, 2)`` rotations -> ``(N, J, M)`` values ``F(R q)``."""
