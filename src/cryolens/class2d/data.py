@@ -63,19 +63,21 @@ def psi_grid(res: float, radius_a: float, params: Class2DParams, rng: np.random.
 
 
 class ImageStore:
-    """The masked images' Fourier coefficients on the final (widest) band.
+    """The masked images' Fourier coefficients and the particles' CTFs on the final (widest) band.
 
-    Kept on ``device`` when ``n_total · M · 8`` bytes fit ``cache_bytes``; otherwise every
-    :meth:`select` reads the images again through ``batches``.
+    Kept on ``device`` when ``n_total · M · 12`` bytes fit ``cache_bytes``; otherwise every
+    :meth:`select` reads the images again through ``batches`` and recomputes the CTFs with ``ctf``
+    (``ctf(rows) -> (len(rows), M)``).
     """
 
     def __init__(self, batches: Batches, n_total: int, n: int, mask: torch.Tensor, band: FrequencyBand,
-                 batch_size: int, cache_bytes: float, device):
-        self.batches, self.n, self.mask, self.band = batches, n, mask, band
+                 batch_size: int, cache_bytes: float, device, ctf: Callable[[np.ndarray], torch.Tensor]):
+        self.batches, self.n, self.mask, self.band, self.ctf = batches, n, mask, band, ctf
         self.batch_size, self.device = batch_size, device
         self.outside = mask <= 1e-6
-        fits = n_total * len(band) * 8 <= cache_bytes
+        fits = n_total * len(band) * 12 <= cache_bytes
         self.cache = torch.zeros(n_total, len(band), dtype=torch.complex64, device=device) if fits else None
+        self.ctf_cache = torch.zeros(n_total, len(band), dtype=torch.float32, device=device) if fits else None
         self.filled = False
 
     def prepare(self, images: np.ndarray) -> torch.Tensor:
@@ -87,23 +89,27 @@ class ImageStore:
             bg = x.mean(dim=(1, 2))
         return ft2((x - bg[:, None, None]) * self.mask)
 
-    def first_pass(self, power: ShellAccumulator, full: FrequencyBand) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """Read everything once (filling the cache and the images' power spectrum); yields rows and final-band values."""
+    def first_pass(self, power: ShellAccumulator, full: FrequencyBand
+                   ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """Read everything once (filling the caches and the images' power spectrum); yields rows, final-band image
+        values and CTFs."""
         for idx, images in self.batches():
             f = self.prepare(images)
             power.add(full.gather(f), full)
-            xb = self.band.gather(f)
+            xb, cb = self.band.gather(f), self.ctf(idx)
             if self.cache is not None:
-                self.cache[torch.as_tensor(idx, device=self.device)] = xb
-            yield idx, xb
+                where = torch.as_tensor(idx, device=self.device)
+                self.cache[where], self.ctf_cache[where] = xb, cb
+            yield idx, xb, cb
         self.filled = self.cache is not None
 
-    def select(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """``(row indices, final-band values)`` of the particles in ``rows`` (sorted), in batches."""
+    def select(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """``(row indices, final-band image values, CTFs)`` of the particles in ``rows`` (sorted), in batches."""
         if self.filled:
             for a in range(0, len(rows), self.batch_size):
                 r = rows[a:a + self.batch_size]
-                yield r, self.cache[torch.as_tensor(r, device=self.device)]
+                where = torch.as_tensor(r, device=self.device)
+                yield r, self.cache[where], self.ctf_cache[where]
             return
         keep = np.zeros(int(rows.max()) + 1 if len(rows) else 0, dtype=bool)
         keep[rows] = True
@@ -112,7 +118,7 @@ class ImageStore:
             sel = sel[keep[sel]]
             if sel.size:
                 pos = np.searchsorted(idx, sel)
-                yield sel, self.band.gather(self.prepare(images[pos]))
+                yield sel, self.band.gather(self.prepare(images[pos])), self.ctf(sel)
 
 
 def ctf_on_band(table: pd.DataFrame, rows: np.ndarray, band: FrequencyBand, pixel_size: float, use_ctf: bool,

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.class2d.data import Batches, ImageStore, image_mask, resolution_schedule
+from cryolens.class2d.data import Batches, ImageStore, ctf_on_band, image_mask, resolution_schedule
 from cryolens.class2d.iteration import Setup, initial_classes, run_iteration
 from cryolens.class2d.params import Class2DParams
 from cryolens.class2d.state import Class2DResult, Class2DState, IterationStats
@@ -63,9 +63,11 @@ def classify_2d(batches: Batches, table: pd.DataFrame, *, pixel_size: float, box
     rng = np.random.default_rng(params.seed)
     final_res = min(resolution_schedule(i, params, pixel_size=pixel_size) for i in range(1, params.iterations + 1))
     final_band = FrequencyBand.build(box, box * pixel_size / final_res, device=device)
-    store = ImageStore(batches, n_total, box, mask, final_band, params.batch_size, params.cache_mb * 1e6, device)
+    use_ctf = params.ctf and has_ctf(table)
+    store = ImageStore(batches, n_total, box, mask, final_band, params.batch_size, params.cache_mb * 1e6, device,
+                       ctf=lambda rows: ctf_on_band(table, rows, final_band, pixel_size, use_ctf, device))
     setup = Setup(table=table, pixel_size=pixel_size, box=box, params=params, device=device, mask=mask,
-                  images=store, radius_a=diameter / 2, use_ctf=params.ctf and has_ctf(table))
+                  images=store, radius_a=diameter / 2, use_ctf=use_ctf)
     state = Class2DState.empty(n_total, k, box, device=device)
     n_init = min(n_total, params.particles_per_class * k) if params.subset == "auto" else n_total
     assign = np.full(n_total, -1, dtype=np.int64)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.class2d.data import ImageStore, ctf_on_band, particles_per_iteration, psi_grid, resolution_schedule
+from cryolens.class2d.data import ImageStore, particles_per_iteration, psi_grid, resolution_schedule
 from cryolens.class2d.expectation import Accumulator, circular_deviation, posterior, score_batch
 from cryolens.class2d.maximisation import band_to_images, images_to_band, recentre, shell_mean, update_classes
 from cryolens.class2d.params import Class2DParams
@@ -102,17 +102,18 @@ def initial_classes(state: Class2DState, setup: Setup, rng: np.random.Generator,
     acc = Accumulator(k, j, len(smp.band), device=dev)
     power = ShellAccumulator(setup.box, device=dev)
     full = FrequencyBand.build(setup.box, setup.box / 2, device=dev)
-    for rows, xb in setup.images.first_pass(power, full):
+    for rows, xb, cb in setup.images.first_pass(power, full):
         a = assign[rows]
         use = np.flatnonzero(a >= 0)
         if not use.size:
             continue
         r = rows[use]
-        x = xb[torch.as_tensor(use, device=dev)][:, smp.sub]
+        keep = torch.as_tensor(use, device=dev)
+        x, ctf = xb[keep][:, smp.sub], cb[keep][:, smp.sub]
         gamma = torch.zeros(len(r), 1, k * j, device=dev)
         col = torch.as_tensor(a[use] * j + rng.integers(0, j, size=len(r)), device=dev)
         gamma[torch.arange(len(r), device=dev), 0, col] = 1.0
-        acc.add(x, ctf_on_band(setup.table, r, smp.band, setup.pixel_size, setup.use_ctf, dev), smp.ramps, gamma)
+        acc.add(x, ctf, smp.ramps, gamma)
     sigma2 = NoiseModel(power.mean()).sigma2
     _finish_classes(acc, smp, setup, state, sigma2)
     state.class_weights = torch.full((k,), 1.0 / k, device=dev)
@@ -153,13 +154,12 @@ def run_iteration(state: Class2DState, it: int, setup: Setup, rng: np.random.Gen
     prev_class = state.particle_class[rows_all].copy()
     prev_psi, prev_shift = state.particle_psi[rows_all].copy(), state.particle_shift[rows_all].copy()
     loglik_sum, done = 0.0, 0
-    for rows, xb in setup.images.select(rows_all):
-        x = xb[:, smp.sub]
+    for rows, xb, cb in setup.images.select(rows_all):
+        x, ctf = xb[:, smp.sub], cb[:, smp.sub]
         centre = torch.as_tensor(state.particle_shift[rows] if local else np.zeros((len(rows), 2)), device=dev,
                                  dtype=torch.float32)
         if local:
             x = x * phase_ramps(band, centre)
-        ctf = ctf_on_band(setup.table, rows, band, apix, setup.use_ctf, dev)
         scores = score_batch(x, ctf, refs_flat, smp.ramps, inv_w)
         if local:  # the origin stays within the search range
             outside = (centre[:, None, :] + smp.shifts[None]).norm(dim=-1) > range_px + 1e-3
