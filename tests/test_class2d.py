@@ -88,7 +88,8 @@ def test_band_rotator_matches_an_analytic_rotation():
     y, x = centred_coords(n, ndim=2)
 
     def image(xx, yy):
-        return torch.exp(-((xx - 8.0) ** 2 + (yy - 3.0) ** 2) / 18.0) + 0.5 * torch.exp(-((xx + 5) ** 2 + (yy + 9) ** 2) / 8.0)
+        return (torch.exp(-((xx - 8.0) ** 2 + (yy - 3.0) ** 2) / 18.0)
+                + 0.5 * torch.exp(-((xx + 5) ** 2 + (yy + 9) ** 2) / 8.0))
 
     band = FrequencyBand.build(n, 14.0)
     rot = BandRotator(band)
@@ -218,6 +219,20 @@ def test_class2d_bad_input(tiny, args, fragments):
     result = invoke_cli("class2d", *args, "--out", out, "--quiet", cwd=tiny, code=None)
     assert_user_error(result, *fragments)
     assert not (out / "classes.mrcs").exists()
+
+
+def test_classify_2d_runs_on_device(tmp_path, device):
+    """The engine on each device (cuda where present): two views, two classes, a few iterations."""
+    from cryolens.class2d import classify_2d
+    from cryolens.jobs.particles import open_particles
+    star, view, _ = make_views(tmp_path / "sim", n=80, snr=0.5, seed=3)
+    parts = open_particles(star, pose=False)
+    params = Class2DParams(classes=3, iterations=3, particle_diameter=200.0, res_end=20.0, batch_size=32)
+    res = classify_2d(lambda: parts.batches(32), parts.table(), pixel_size=APIX, box=BOX, params=params,
+                      device=device)
+    assert res.classes.shape == (3, BOX, BOX) and np.isfinite(res.classes).all()
+    assert len(res.history) == 3 and (res.particle_class >= 0).all()
+    assert abs(res.distribution.sum() - 1) < 1e-4 and res.state.iteration == 3
 
 
 def test_class2d_params_defaults():

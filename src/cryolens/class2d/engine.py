@@ -6,9 +6,12 @@ Fourier-cropped to it, :class:`cryolens.refine.pose_search.FrequencyBand`):
 1. E-step (:mod:`cryolens.class2d.expectation`): every image is scored against every class
    at every in-plane angle of a grid (step from 15° down to ``psi_step`` as the resolution
    rises, with a fresh random offset each iteration, as cisTEM) and every shift of a grid
-   within ``offset_range`` (step ``resolution / 6``, at least ``shift_step_min`` px), with the
-   particle's CTF in the model and a per-shell noise spectrum; posteriors (soft assignments)
-   with a significance cut;
+   (step ``resolution / 6``, at least ``shift_step_min`` px) within ``offset_range`` of the box
+   centre in the first two iterations, later within 1.5 steps of each particle's current
+   origin (still inside ``offset_range``), with the particle's CTF in the model and a
+   per-shell noise spectrum; posteriors (soft assignments) with a significance cut. The
+   scores of a batch are one GEMM (images × shifts by classes × angles), and so are the
+   M-step sums;
 2. M-step (:mod:`cryolens.class2d.maximisation`): noise spectrum, class weights and
    regularised class averages (``tau2_fudge``), each masked by the soft disc of
    ``particle_diameter`` and recentred on its centre of mass;
@@ -18,7 +21,8 @@ Fourier-cropped to it, :class:`cryolens.refine.pose_search.FrequencyBand`):
 
 The first classes are averages of random subsets of the particles, each particle at a
 random in-plane angle (seeded). ``subset="auto"`` uses cisTEM's schedule of particles per
-iteration (:func:`particles_per_iteration`); the last iteration always uses all of them.
+iteration (:func:`cryolens.class2d.data.particles_per_iteration`); the last iteration
+always uses all of them.
 Everything runs on ``device``; memory is bounded by ``batch_size`` and ``cache_mb``.
 """
 

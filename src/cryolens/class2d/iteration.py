@@ -1,4 +1,7 @@
-"""One iteration of 2D classification (E-step over the particles used, then M-step), see :mod:`cryolens.class2d.engine`."""
+"""One iteration of 2D classification (E-step over the particles used, then M-step).
+
+See :mod:`cryolens.class2d.engine` for the algorithm.
+"""
 
 from __future__ import annotations
 

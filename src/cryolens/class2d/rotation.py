@@ -74,7 +74,8 @@ class BandRotator:
         return torch.fft.fftshift(torch.fft.irfft2(grid, s=(nc, nc)), dim=(-2, -1))
 
     def padded_spectrum(self, values: torch.Tensor) -> torch.Tensor:
-        """``(N, 2, P, P//2+1)`` real/imaginary channels of the 2x padded rfft, rows centred (``ky = 0`` at ``P//2``)."""
+        """``(N, 2, P, P//2+1)`` real/imaginary channels of the 2x padded rfft, rows centred (``ky = 0`` at
+        ``P//2``)."""
         img = self.to_image(values) / self.correction
         nc, p = self.nc, 2 * self.nc
         padded = F.pad(img, (nc // 2, p - nc - nc // 2, nc // 2, p - nc - nc // 2))

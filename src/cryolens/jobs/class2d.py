@@ -43,7 +43,7 @@ __all__ = ["run_class2d", "classes_table", "iterations_table", "classified_parti
 
 
 def classes_table(res: Class2DResult, stack_name: str, pixel_size: float, optics_group: int = 1) -> pd.DataFrame:
-    """One row per class (RELION labels) for the classes of ``res`` stored in ``stack_name`` (999 for unknown values)."""
+    """One row per class (RELION labels) for the classes of ``res`` stored in ``stack_name`` (999: unknown)."""
     k = len(res.classes)
     counts = np.bincount(res.particle_class[res.particle_class >= 0], minlength=k)
     finite = lambda a, fill: np.where(np.isfinite(a), a, fill)  # noqa: E731
@@ -100,7 +100,8 @@ def plot_class_gallery(res: Class2DResult, path: str | os.PathLike, *, ncols: in
     for ax, c in zip(axes.ravel(), order):
         ax.imshow(res.classes[c], cmap="gray", origin="lower")
         r = res.resolution[c]
-        ax.set_title(f"#{c + 1} · {counts[c]}\n{r:.1f} Å" if np.isfinite(r) else f"#{c + 1} · {counts[c]}", fontsize=7)
+        label = f"#{c + 1} · {counts[c]}" + (f"\n{r:.1f} Å" if np.isfinite(r) else "")
+        ax.set_title(label, fontsize=7)
     fig.suptitle(f"{k} classes by population (class · particles, estimated resolution)", fontsize=9)
     return save_figure(fig, path)
 
