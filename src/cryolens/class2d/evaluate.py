@@ -7,6 +7,12 @@ members' viewing directions. :func:`class_truth_ncc` takes, for each class, up t
 returns the best NCC over those projections, all in-plane angles (step ``psi_step``) and
 shifts up to ``max_shift`` px, after masking both images with the same soft disc and
 low-passing both to ``resolution`` Å (a class holds nothing finer than its alignment limit).
+
+A class of a dataset with uniformly spread views covers a cone of directions, so even a
+perfect class is a blend of projections and its NCC with any single one stays below 1.
+:func:`ideal_class_average` gives what a class should be given its members: the CTF-free
+projections at their true poses, brought into the class frame by *our* in-plane angles and
+origins and averaged; the NCC of a class with it measures the alignment and averaging alone.
 """
 
 from __future__ import annotations
@@ -16,12 +22,12 @@ import torch
 
 from cryolens.class2d.data import image_mask
 from cryolens.class2d.rotation import BandRotator, inplane_matrices
-from cryolens.core.fourier import bandpass, ft2, ift2
+from cryolens.core.fourier import bandpass, ft2, ift2, shift_phase
 from cryolens.core.projector import prepare_volume, project
 from cryolens.core.rotations import euler_to_matrix
 from cryolens.refine.pose_search import FrequencyBand
 
-__all__ = ["class_truth_ncc", "aligned_ncc"]
+__all__ = ["class_truth_ncc", "aligned_ncc", "ideal_class_average"]
 
 
 def aligned_ncc(reference: torch.Tensor, candidates: torch.Tensor, *, psi_step: float = 3.0,
@@ -90,3 +96,30 @@ def class_truth_ncc(classes: np.ndarray | torch.Tensor, truth: np.ndarray | torc
         ref = bandpass(cls[k] * mask, pixel_size=pixel_size, high_res=resolution)
         out[k] = float(aligned_ncc(ref, proj, psi_step=psi_step, max_shift=max_shift).max())
     return out
+
+
+def ideal_class_average(truth: np.ndarray | torch.Tensor, angles: np.ndarray, origins: np.ndarray, psi: np.ndarray,
+                        shifts: np.ndarray) -> torch.Tensor:
+    """The average of the members' clean images brought into the class frame by the classification's alignment.
+
+    Args:
+        truth: ``(n, n, n)`` map.
+        angles: ``(m, 3)`` true ``(rot, tilt, psi)`` (°); origins: ``(m, 2)`` true origins (px).
+        psi: ``(m,)`` the classification's in-plane angles (°); shifts: ``(m, 2)`` its origins (px).
+
+    Returns:
+        ``(n, n)`` CTF-free average (image = class at ``Rᵀ q``, so the class frame is ``F(R q)``).
+    """
+    vol = torch.as_tensor(np.asarray(truth), dtype=torch.float32)
+    n = vol.shape[-1]
+    a = torch.as_tensor(np.asarray(angles), dtype=torch.float32)
+    f = project(prepare_volume(vol), euler_to_matrix(a[:, 0], a[:, 1], a[:, 2]),
+                torch.as_tensor(np.asarray(origins), dtype=torch.float32))
+    f = shift_phase(f, torch.as_tensor(np.asarray(shifts), dtype=torch.float32), n)
+    band = FrequencyBand.build(n, n / 2)
+    rot = BandRotator(band)
+    inplane = inplane_matrices(torch.as_tensor(np.asarray(psi), dtype=torch.float32))[:, None]
+    aligned = rot.rotate(band.gather(f), inplane)[:, 0].mean(0, keepdim=True)
+    grid = torch.zeros(1, n * (n // 2 + 1), dtype=torch.complex64)
+    grid[:, band.flat] = aligned
+    return ift2(grid.reshape(1, n, n // 2 + 1), n)[0]
