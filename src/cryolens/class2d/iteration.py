@@ -222,7 +222,7 @@ def run_iteration(state: Class2DState, it: int, setup: Setup, rng: np.random.Gen
     return IterationStats(
         iteration=it, resolution_limit=res, psi_step=float(360.0 / j), shift_step=smp.shift_step * apix,
         n_shifts=t, n_particles=len(rows_all), log_likelihood=loglik_sum / max(len(rows_all), 1),
-        class_change=float((seen & ~same).sum() / max(seen.sum(), 1)),
+        class_change=float((seen & ~same).sum() / seen.sum()) if seen.any() else float("nan"),
         psi_change=float(dpsi[same].mean()) if same.any() else float("nan"),
         shift_change=float(dshift[same].mean()) if same.any() else float("nan"),
         class_sizes=[int(s) for s in sizes], reseeded=reseeded, seconds=time.perf_counter() - t0)

@@ -61,7 +61,8 @@ class Class2DState:
 @dataclass
 class IterationStats:
     """One iteration: resolution limit (Å), sampling, particles used, mean log-likelihood per particle,
-    fraction changing class, mean psi (°) and shift (Å) changes of those staying, class sizes, seconds."""
+    fraction changing class, mean psi (°) and shift (Å) changes of those staying (NaN where no particle had a
+    class before), class sizes (best class counts over all particles), reseeded classes, seconds."""
 
     iteration: int
     resolution_limit: float

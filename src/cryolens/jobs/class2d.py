@@ -75,12 +75,14 @@ def classified_particles(particles: pd.DataFrame, res: Class2DResult, pixel_size
 
 
 def iterations_table(res: Class2DResult) -> pd.DataFrame:
-    """Per-iteration log as a STAR table (cryolens columns, RELION-style names; class sizes comma-separated)."""
+    """Per-iteration log as a STAR table (cryolens columns, RELION-style names; class sizes comma-separated;
+    -1 for a change not defined in the first iteration)."""
     return pd.DataFrame([{
         "rlnCryolensIteration": h.iteration, "rlnCryolensResolutionLimit": round(h.resolution_limit, 3),
         "rlnCryolensPsiStep": round(h.psi_step, 3), "rlnCryolensShiftStepAngst": round(h.shift_step, 3),
         "rlnCryolensShifts": h.n_shifts, "rlnCryolensParticles": h.n_particles,
-        "rlnCryolensLogLikelihood": round(h.log_likelihood, 4), "rlnCryolensClassChange": round(h.class_change, 4),
+        "rlnCryolensLogLikelihood": round(h.log_likelihood, 4),
+        "rlnCryolensClassChange": round(h.class_change, 4) if np.isfinite(h.class_change) else -1.0,
         "rlnCryolensPsiChange": round(h.psi_change, 3) if np.isfinite(h.psi_change) else -1.0,
         "rlnCryolensShiftChangeAngst": round(h.shift_change, 3) if np.isfinite(h.shift_change) else -1.0,
         "rlnCryolensClassSizes": ",".join(map(str, h.class_sizes)), "rlnCryolensReseeded": h.reseeded,
@@ -102,7 +104,8 @@ def plot_class_gallery(res: Class2DResult, path: str | os.PathLike, *, ncols: in
         r = res.resolution[c]
         label = f"#{c + 1} · {counts[c]}" + (f"\n{r:.1f} Å" if np.isfinite(r) else "")
         ax.set_title(label, fontsize=7)
-    fig.suptitle(f"{k} classes by population (class · particles, estimated resolution)", fontsize=9)
+    fig.suptitle(f"{k} classes by population (class · particles, estimated resolution)", fontsize=9,
+                 y=1.0 + 0.12 / nrows)
     return save_figure(fig, path)
 
 
@@ -110,7 +113,7 @@ def plot_convergence(res: Class2DResult, path: str | os.PathLike) -> Path:
     """Log-likelihood, changes and class sizes per iteration."""
     h = res.history
     it = [s.iteration for s in h]
-    fig, axes = new_figure(ncols=3, figsize=(12, 3.4))
+    fig, axes = new_figure(ncols=3, figsize=(13, 3.4), gridspec_kw={"wspace": 0.45})
     axes[0].plot(it, [s.log_likelihood for s in h], "o-")
     axes[0].set_ylabel("mean log-likelihood per particle")
     ax2 = axes[0].twinx()
@@ -182,7 +185,7 @@ def run_class2d(star: str | os.PathLike, out_dir: str | os.PathLike, params: Cla
                            median_class_resolution_A=round(float(np.median(res.resolution[populated])), 2),
                            largest_class=int(np.argmax(counts)) + 1, largest_class_particles=int(counts.max()),
                            median_max_probability=round(float(np.median(res.max_probability)), 4),
-                           final_class_change=round(res.history[-1].class_change, 4))
+                           final_class_change=round(float(np.nan_to_num(res.history[-1].class_change, nan=-1.0)), 4))
         write_report(out / "report.html", title="2D classification", summary=job.results, params=job.params,
                      images=["classes.png", "convergence.png"])
         job.log.info("%d classes (%d populated) from %d particles", params.classes, int(populated.sum()), len(parts))
