@@ -15,9 +15,10 @@ Fourier-cropped to it, :class:`cryolens.refine.pose_search.FrequencyBand`):
 2. M-step (:mod:`cryolens.class2d.maximisation`): noise spectrum, class weights and
    regularised class averages (``tau2_fudge``), each masked by the soft disc of
    ``particle_diameter`` and recentred on its centre of mass;
-3. classes whose share falls below a fifth of the average are reseeded (iterations in the
-   first 70 %) from the worst-fitting particles of the largest class, which are assigned to
-   the emptied class (at their current alignment) in the next iteration.
+3. classes whose weight or share of best assignments falls below a fifth of the average are
+   reseeded (iterations in the first 70 %) from the worst-fitting particles of the largest
+   class, which are assigned to the emptied class (at their current alignment) in the next
+   iteration.
 
 The first classes are averages of random subsets of the particles, each particle at a
 random in-plane angle (seeded). ``subset="auto"`` uses cisTEM's schedule of particles per

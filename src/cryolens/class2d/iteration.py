@@ -229,12 +229,16 @@ def run_iteration(state: Class2DState, it: int, setup: Setup, rng: np.random.Gen
 
 
 def _reseed(state: Class2DState, it: int, rows: np.ndarray, setup: Setup) -> int:
-    """Mark the worst-fitting members of the largest class as the seeds of each tiny class (early iterations)."""
+    """Mark the worst-fitting members of the largest class as the seeds of each tiny class (early iterations).
+
+    A class is tiny when its weight or its share of best assignments is below ``RESEED_FRACTION`` of the average.
+    """
     p = setup.params
     if it >= math.ceil(0.7 * p.iterations) or p.classes < 2:
         return 0
     w = state.class_weights.cpu().numpy()
-    tiny = np.flatnonzero(w < RESEED_FRACTION / p.classes)
+    share = np.bincount(state.particle_class[rows], minlength=p.classes) / max(len(rows), 1)
+    tiny = np.flatnonzero(np.minimum(w, share) < RESEED_FRACTION / p.classes)
     if not tiny.size:
         return 0
     largest = int(np.argmax(w))
