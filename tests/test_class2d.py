@@ -1,0 +1,281 @@
+"""2D classification (``cryolens class2d``): kernels, classes against ground truth, RELION-style outputs, bad input.
+
+The fast case: 300 particles (box 32, 8 Å/px, CTF, SNR 0.1) of three distinct views of a blob
+model at random in-plane angles and shifts; four classes must separate the views and their
+averages must match the truth's projections. The slow case runs the simulator's ribosome set
+(1 000 particles, box 64, SNR 0.05) with K 20 and 10 iterations, as the benchmark does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import assert_user_error, invoke_cli, run_cli
+from cryolens.class2d import BandRotator, Class2DParams, class_truth_ncc
+from cryolens.class2d.evaluate import aligned_ncc
+from cryolens.class2d.rotation import inplane_matrices
+from cryolens.core.ctf import CTFParams, ctf_2d
+from cryolens.core.fourier import ft2, ift2
+from cryolens.core.projector import prepare_volume, project
+from cryolens.core.rotations import euler_to_matrix
+from cryolens.io import read_mrc, read_particles, read_star, write_mrc, write_particles
+from cryolens.refine.pose_search import FrequencyBand
+from helpers import centred_coords, gaussian_blobs
+
+BOX, APIX = 32, 8.0
+VIEWS = [(0.0, 0.0), (0.0, 90.0), (90.0, 90.0)]  # (rot, tilt) in degrees
+
+
+def blob_model(n: int = BOX) -> torch.Tensor:
+    """An asymmetric arrangement of Gaussian blobs (distinct projections along x, y and z)."""
+    centres = [(0, 0, 0), (6, 0, 0), (-3, 5, 0), (0, -4, 5), (2, 2, -6)]
+    return gaussian_blobs(n, centres, [2.5, 2.0, 2.0, 1.8, 1.5], [1.0, 0.8, 0.9, 0.7, 0.6])
+
+
+def make_views(folder, *, n: int = 300, snr: float = 0.1, seed: int = 0, box: int = BOX, apix: float = APIX):
+    """Write ``folder/particles.mrcs|star``: ``n`` images of the three views (random psi, shifts ±1 px, CTF, noise)."""
+    rng = np.random.default_rng(seed)
+    vol = blob_model(box)
+    view = rng.integers(0, len(VIEWS), n)
+    rot = np.array([VIEWS[v][0] for v in view])
+    tilt = np.array([VIEWS[v][1] for v in view])
+    psi = rng.uniform(-180, 180, n)
+    origin = rng.uniform(-1, 1, (n, 2))
+    du = rng.uniform(8000, 20000, n)
+    mats = euler_to_matrix(torch.as_tensor(rot), torch.as_tensor(tilt), torch.as_tensor(psi)).float()
+    f = project(prepare_volume(vol), mats, torch.as_tensor(origin, dtype=torch.float32))
+    ctf = ctf_2d(CTFParams(defocus_u=torch.as_tensor(du, dtype=torch.float32),
+                           defocus_v=torch.as_tensor(du - 200, dtype=torch.float32),
+                           defocus_angle=torch.as_tensor(rng.uniform(0, 180, n), dtype=torch.float32)),
+                 box=box, pixel_size=apix)
+    clean = ift2(f * ctf, box)
+    sigma = float(clean.std()) / math.sqrt(snr)
+    images = (clean + sigma * torch.as_tensor(rng.standard_normal(clean.shape), dtype=torch.float32)).numpy()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_mrc(folder / "particles.mrcs", images.astype(np.float32), apix, is_stack=True)
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"], "rlnVoltage": [300.0],
+                           "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1],
+                           "rlnImagePixelSize": [apix], "rlnImageSize": [box], "rlnImageDimensionality": [2]})
+    parts = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@{folder / 'particles.mrcs'}" for i in range(n)],
+                          "rlnAngleRot": rot, "rlnAngleTilt": tilt, "rlnAnglePsi": psi,
+                          "rlnOriginXAngst": origin[:, 0] * apix, "rlnOriginYAngst": origin[:, 1] * apix,
+                          "rlnDefocusU": du, "rlnDefocusV": du - 200, "rlnDefocusAngle": 0.0, "rlnOpticsGroup": 1})
+    write_particles(folder / "particles.star", optics, parts)
+    return folder / "particles.star", view, vol
+
+
+@pytest.fixture(scope="module")
+def classified(tmp_path_factory):
+    """The fast case run once through the command: (input STAR, true views, model, output folder)."""
+    root = tmp_path_factory.mktemp("class2d")
+    star, view, vol = make_views(root / "sim")
+    out = root / "c2d"
+    invoke_cli("class2d", "--in", star, "--out", out, "--classes", "4", "--iter", "6", "--particle-diameter", "200",
+               "--res-start", "30", "--res-end", "16", "--device", "cpu", "--quiet")
+    return star, view, vol, out
+
+
+def test_band_rotator_matches_an_analytic_rotation():
+    """Rotating a band-limited image by F(R q) equals the analytically rotated image's transform (1-2 %)."""
+    n = 64
+    y, x = centred_coords(n, ndim=2)
+
+    def image(xx, yy):
+        return (torch.exp(-((xx - 8.0) ** 2 + (yy - 3.0) ** 2) / 18.0)
+                + 0.5 * torch.exp(-((xx + 5) ** 2 + (yy + 9) ** 2) / 8.0))
+
+    band = FrequencyBand.build(n, 14.0)
+    rot = BandRotator(band)
+    angles = torch.tensor([0.0, 30.0, 90.0, 217.0])
+    out = rot.rotate(band.gather(ft2(image(x, y)[None])), inplane_matrices(angles)[None])[0]
+    for a, got in zip(angles, out):
+        r = inplane_matrices(a)
+        xs, ys = r[0, 0] * x + r[0, 1] * y, r[1, 0] * x + r[1, 1] * y  # the image at R r
+        want = band.gather(ft2(image(xs, ys)[None]))[0]
+        assert float((got - want).abs().norm() / want.abs().norm()) < 0.03, float(a)
+
+
+def test_aligned_ncc_finds_rotation_and_shift():
+    n = 48
+    y, x = centred_coords(n, ndim=2)
+    img = torch.exp(-((x - 6.0) ** 2 + (y - 2.0) ** 2) / 10.0) + 0.6 * torch.exp(-((x + 4) ** 2 + (y + 7) ** 2) / 6.0)
+    band = FrequencyBand.build(n, n / 2)
+    turned = BandRotator(band).rotate(band.gather(ft2(img[None])), inplane_matrices(torch.tensor([[40.0]])))[:, 0]
+    grid = torch.zeros(1, n * (n // 2 + 1), dtype=torch.complex64)
+    grid[:, band.flat] = turned
+    moved = torch.roll(ift2(grid.reshape(1, n, n // 2 + 1), n), shifts=(2, -1), dims=(-2, -1))
+    ncc = aligned_ncc(img, torch.cat([moved, torch.randn(1, n, n)]), psi_step=2.0, max_shift=3)
+    assert ncc[0] > 0.98 and ncc[1] < 0.3
+
+
+def test_class2d_separates_views_and_matches_truth(classified):
+    star, view, vol, out = classified
+    _, parts = read_particles(out / "particles.star")
+    cls = parts["rlnClassNumber"].to_numpy()
+    assert set(cls) <= {1, 2, 3, 4}
+    confusion = np.zeros((5, len(VIEWS)), dtype=int)  # class x view
+    np.add.at(confusion, (cls, view), 1)
+    majority = confusion.argmax(axis=1)
+    big = confusion.sum(axis=1) >= 0.05 * len(cls)
+    for c in np.flatnonzero(big):  # every sizeable class holds one view (a view may fill two classes)
+        assert confusion[c].max() >= 0.9 * confusion[c].sum(), confusion
+    assert set(majority[big]) == set(range(len(VIEWS))), confusion
+    majority = set(np.flatnonzero(big))
+    classes, apix = read_mrc(out / "classes.mrcs")
+    classes = np.array(classes)
+    assert classes.shape == (4, BOX, BOX) and abs(apix - APIX) < 1e-3
+    members = [np.array([VIEWS[v] for v in view[cls == c + 1]]).reshape(-1, 2) for c in range(4)]
+    ncc = class_truth_ncc(classes, vol.numpy(), members, pixel_size=APIX, resolution=20.0, diameter=200.0)
+    for c in majority:
+        assert ncc[c - 1] >= 0.9, ncc
+
+
+def test_class2d_outputs_are_relion_style(classified):
+    star, view, vol, out = classified
+    optics, table = read_particles(out / "classes.star")
+    assert list(table["rlnClassNumber"]) == [1, 2, 3, 4]
+    for col in ("rlnReferenceImage", "rlnImageName", "rlnClassDistribution", "rlnEstimatedResolution",
+                "rlnAccuracyRotations", "rlnAccuracyTranslationsAngst"):
+        assert col in table.columns, col
+    assert table["rlnReferenceImage"].iloc[1].startswith("000002@") and table["rlnReferenceImage"].iloc[1].endswith(
+        "classes.mrcs")
+    assert abs(table["rlnClassDistribution"].sum() - 1) < 1e-3
+    assert (table["rlnEstimatedResolution"] > 0).all()
+    _, parts = read_particles(out / "particles.star")
+    for col in ("rlnClassNumber", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst", "rlnMaxValueProbDistribution",
+                "rlnLogLikeliContribution", "rlnNrOfSignificantSamples", "rlnDefocusU", "rlnAngleTilt"):
+        assert col in parts.columns, col
+    assert parts["rlnMaxValueProbDistribution"].between(0, 1).all()
+    assert (parts["rlnOriginXAngst"].abs() <= 10.0 + 1e-6).all()
+    its = read_star(out / "iterations.star")["iterations"]
+    assert len(its) == 6 and its["rlnCryolensResolutionLimit"].iloc[-1] < its["rlnCryolensResolutionLimit"].iloc[0]
+    job = json.loads((out / "job.json").read_text())
+    assert job["status"] == "finished" and job["params"]["classes"] == 4
+    for name in ("classes.png", "convergence.png", "report.html", "CRYOLENS_JOB_EXIT_SUCCESS"):
+        assert (out / name).is_file(), name
+
+
+def test_class2d_psi_follows_relion_convention(classified):
+    """Within a class of one view, true psi minus ours is the same for every member (RELION's psi sense; doubled
+    angles, as a low-resolution view may be matched at psi + 180°); the sum, for the opposite sense, is not."""
+    star, view, vol, out = classified
+    _, truth = read_particles(star)
+    _, parts = read_particles(out / "particles.star")
+    cls = parts["rlnClassNumber"].to_numpy()
+    same, opposite = [], []
+    for c in np.flatnonzero(np.bincount(cls) >= 0.1 * len(cls)):
+        m = cls == c
+        t, ours = np.deg2rad(truth["rlnAnglePsi"].to_numpy()[m]), np.deg2rad(parts["rlnAnglePsi"].to_numpy()[m])
+        same.append(abs(np.exp(2j * (t - ours)).mean()))
+        opposite.append(abs(np.exp(2j * (t + ours)).mean()))
+    assert np.median(same) > 0.85 and max(opposite) < 0.35, (same, opposite)
+
+
+@pytest.mark.relion
+def test_relion_reads_class2d_outputs(classified, tmp_path):
+    out = classified[3]
+    for name in ("classes.star", "particles.star"):
+        p = subprocess.run(["relion_star_handler", "--i", str(out / name), "--o", str(tmp_path / name),
+                            "--select", "rlnClassNumber", "--minval", "1"], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        assert (tmp_path / name).read_text().count("@") >= 4
+    p = subprocess.run(["relion_image_handler", "--i", str(out / "classes.mrcs"), "--stats"], capture_output=True,
+                       text=True)
+    assert p.returncode == 0 and p.stdout.count("angpix") == 4, p.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Ten noise images (box 16) with a valid STAR: enough for the bad-input checks."""
+    root = tmp_path_factory.mktemp("class2d_bad")
+    images = np.random.default_rng(0).standard_normal((10, 16, 16)).astype(np.float32)
+    write_mrc(root / "p.mrcs", images, 5.0, is_stack=True)
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["g"], "rlnVoltage": [300.0],
+                           "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1], "rlnImagePixelSize": [5.0],
+                           "rlnImageSize": [16], "rlnImageDimensionality": [2]})
+    parts = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@{root / 'p.mrcs'}" for i in range(10)], "rlnOpticsGroup": 1})
+    write_particles(root / "p.star", optics, parts)
+    write_particles(root / "noimages.star", optics, parts.drop(columns="rlnImageName").assign(rlnDefocusU=1e4,
+                                                                                               rlnDefocusV=1e4))
+    return root
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (("--in", "noimages.star"), ("noimages.star", "rlnImageName")),
+    (("--in", "p.star", "--classes", "11"), ("only 10 particles", "--classes 11")),
+    (("--in", "p.star", "--classes", "2", "--particle-diameter", "100"), ("--particle-diameter 100", "box")),
+    (("--in", "p.star", "--res-start", "20", "--res-end", "30"), ("--res-end 30", "--res-start")),
+    (("--in", "p.star", "--classes", "0"), ("--classes",)),
+])
+def test_class2d_bad_input(tiny, args, fragments):
+    out = tiny / f"out_{abs(hash(args))}"
+    result = invoke_cli("class2d", *args, "--out", out, "--quiet", cwd=tiny, code=None)
+    assert_user_error(result, *fragments)
+    assert not (out / "classes.mrcs").exists()
+
+
+def test_classify_2d_runs_on_device(tmp_path, device):
+    """The engine on each device (cuda where present): two views, two classes, a few iterations."""
+    from cryolens.class2d import classify_2d
+    from cryolens.jobs.particles import open_particles
+    star, view, _ = make_views(tmp_path / "sim", n=80, snr=0.5, seed=3)
+    parts = open_particles(star, pose=False)
+    params = Class2DParams(classes=3, iterations=3, particle_diameter=200.0, res_end=20.0, batch_size=32)
+    res = classify_2d(lambda: parts.batches(32), parts.table(), pixel_size=APIX, box=BOX, params=params,
+                      device=device)
+    assert res.classes.shape == (3, BOX, BOX) and np.isfinite(res.classes).all()
+    assert len(res.history) == 3 and (res.particle_class >= 0).all()
+    assert abs(res.distribution.sum() - 1) < 1e-4 and res.state.iteration == 3
+
+
+def test_class2d_params_defaults():
+    p = Class2DParams()
+    assert p.tau2_fudge == 2.0 and p.classes == 20 and p.psi_step <= 15
+    p.validate()
+
+
+@pytest.mark.slow
+def test_class2d_ribosome_accuracy(tmp_path, shared_data):
+    """Simulator ribosome, 1 000 particles, box 64, SNR 0.05, CTF; K 20, 10 iterations (the benchmark's case).
+
+    Views are uniform, so a class spans a cone of directions: measured here, the average of its members' true
+    projections aligned by our psi and origins matched the class with NCC 0.97-0.98 (15 Å), while it matched
+    the best single projection only at 0.82-0.90 (and the class itself at 0.82-0.87).
+    """
+    from cryolens.class2d.evaluate import aligned_ncc, ideal_class_average
+    from cryolens.class2d.data import image_mask
+    from cryolens.core.fourier import bandpass
+    sim = tmp_path / "sim"
+    run_cli("simulate", "particles", "--structure", str(shared_data / "maps" / "clean70SRibosome_vol_65p.mrc"),
+            "--map-pixel-size", "3.94", "--pixel-size", "4.0", "--box", "64", "--n", "1000", "--snr", "0.05",
+            "--seed", "1", "--out", str(sim), "--quiet")
+    out = tmp_path / "c2d"
+    run_cli("class2d", "--in", str(sim / "particles.star"), "--out", str(out), "--classes", "20", "--iter", "10",
+            "--particle-diameter", "240", "--quiet")
+    _, truth = read_particles(sim / "particles.star")
+    _, parts = read_particles(out / "particles.star")
+    classes, apix = read_mrc(out / "classes.mrcs")
+    classes = np.array(classes)
+    vol = np.array(read_mrc(sim / "truth_map.mrc")[0])
+    cls = parts["rlnClassNumber"].to_numpy() - 1
+    members = [truth[["rlnAngleRot", "rlnAngleTilt"]].to_numpy()[cls == c] for c in range(20)]
+    single = class_truth_ncc(classes, vol, members, pixel_size=apix, resolution=15.0, diameter=240.0)
+    mask = image_mask(64, 240.0 / apix)
+    ideal_ncc = []
+    for c in np.flatnonzero(np.bincount(cls, minlength=20) >= 20):
+        m = cls == c
+        ideal = ideal_class_average(vol, truth[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()[m],
+                                    truth[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()[m] / apix,
+                                    parts["rlnAnglePsi"].to_numpy()[m],
+                                    parts[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()[m] / apix)
+        lp = [bandpass(torch.as_tensor(img) * mask, pixel_size=apix, high_res=15.0) for img in (classes[c], ideal)]
+        ideal_ncc.append(float(aligned_ncc(lp[0], lp[1][None], psi_step=2.0, max_shift=2)[0]))
+    assert np.median(ideal_ncc) >= 0.95, ideal_ncc
+    assert np.nanmedian(single[np.bincount(cls, minlength=20) >= 20]) >= 0.8, single
