@@ -34,13 +34,11 @@ def C(id: str, line: str, *names: str, marks: tuple = ()) -> tuple:  # noqa: N80
 
 
 def G2(reason: str) -> tuple:  # noqa: N802
-    """A case whose fix belongs to the import checks of jobs/importing.py (helper G2's)."""
+    """A case expected to fail until the import checks of jobs/importing.py cover it."""
     return (pytest.mark.xfail(strict=True, reason=f"G2: {reason}"),)
 
 
 IMPORT_MARKS = {
-    "p_apix_header": G2("import particles does not compare the STAR pixel size with the stack header"),
-    "p_apix_star": G2("import particles does not compare the STAR pixel size with the stack header"),
 }
 
 
@@ -304,7 +302,7 @@ ROWS: dict[str, list[tuple]] = {
         C("voltage-text", f"import micrographs sm/micrographs/mic_0001.mrc --pixel-size 4 --voltage high "
           f"--cs 2.7 --amplitude-contrast 0.1 {OUT}", "--voltage"),
         C("mtf-missing", f"import micrographs sm/micrographs/mic_0001.mrc {ACQ} --mtf bad/gone.star {OUT}",
-          "gone.star", marks=G2("import does not check that the --mtf file exists")),
+          "gone.star"),
     ],
     "import particles": [
         *(C(f"in-{i}", f"import particles --in {f} {OUT}", name, marks=IMPORT_MARKS.get(i, ()))
@@ -334,8 +332,7 @@ ROWS: dict[str, list[tuple]] = {
     ],
     "import map": [
         *(C(f"in-{i}", f"import map --in {f} {OUT}", name) for (i, f), name in zip(_ids(MAPS), MAPS.values())),
-        C("stack", f"import map --in sp/particles.mrcs {OUT}", "particles.mrcs",
-          marks=G2("import map accepts an image stack (ispg 0) as a 3D map")),
+        C("stack", f"import map --in sp/particles.mrcs {OUT}", "particles.mrcs",),
         C("pixel-size-0", f"import map --in sp/truth_map.mrc --pixel-size 0 {OUT}", "--pixel-size"),
         C("pixel-size-negative", f"import map --in sp/truth_map.mrc --pixel-size -1 {OUT}", "--pixel-size"),
         C("pixel-size-text", f"import map --in sp/truth_map.mrc --pixel-size small {OUT}", "--pixel-size"),

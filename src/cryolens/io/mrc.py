@@ -41,8 +41,9 @@ class MrcInfo:
         dtype: numpy dtype of the stored data (e.g. ``float16``, ``uint16``).
         origin: header origin in Å as ``(x, y, z)``.
         start: ``(nxstart, nystart, nzstart)`` in voxels.
-        is_stack: True when the header marks images, not a volume (``ispg == 0``: a
-            single image or an image stack).
+        is_stack: True when the header marks images, not a volume: ``ispg == 0`` with a
+            sampling ``mz`` other than ``nz`` (MRC2014 image stacks have ``mz = 1``; some
+            older volumes carry ``ispg == 0`` with ``mz == nz`` and count as volumes).
     """
 
     shape: tuple[int, int, int]
@@ -131,7 +132,7 @@ def _info_from(m: Any) -> MrcInfo:
         dtype=np.dtype(mrcfile.utils.data_dtype_from_header(h)),
         origin=(_f32(h.origin.x), _f32(h.origin.y), _f32(h.origin.z)),
         start=(int(h.nxstart), int(h.nystart), int(h.nzstart)),
-        is_stack=int(h.ispg) == 0,
+        is_stack=int(h.ispg) == 0 and (int(h.nz) == 1 or int(h.mz) != int(h.nz)),
     )
 
 

@@ -48,6 +48,7 @@ from cryolens.jobs.import_gain import oriented_gain, plot_gain
 from cryolens.jobs.import_options import Acquisition, GainOptions, ParticleOptics
 from cryolens.jobs.report import plot_central_slices, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
+from cryolens.jobs.units import check_pixel_size
 
 __all__ = ["expand_inputs", "read_headers", "check_particle_import", "CheckedParticles",
            "run_import_movies", "run_import_micrographs", "run_import_particles",
@@ -110,6 +111,9 @@ def read_headers(files: list[Path]) -> list[MovieInfo]:
 def _optics_row(acq: Acquisition, number: int, *, kind: str, into: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"rlnOpticsGroupName": acq.optics_group, "rlnOpticsGroup": number}
     if acq.mtf:
+        if not Path(acq.mtf).is_file():
+            raise InputError(f"{acq.mtf}: the --mtf file does not exist; give the detector's MTF STAR file (or drop "
+                             "--mtf).")
         row["rlnMtfFileName"] = star_name(acq.mtf, into=into)
     if kind == "micrographs":
         row["rlnMicrographPixelSize"] = float(acq.pixel_size)
@@ -338,6 +342,10 @@ def check_particle_import(star: str | os.PathLike, acq: ParticleOptics) -> Check
         else:
             optics[label] = float(value)
     source = ImageSource(parts, star)  # locates every stack, checks indices and box sizes
+    apix = optics["rlnImagePixelSize"].astype(float)
+    if apix.nunique() == 1:  # one policy with every stage: each stack header agrees with the optics
+        for stack in source.stack_paths:
+            check_pixel_size(stack, read_mrc_header(stack).voxel_size, float(apix.iloc[0]), "rlnImagePixelSize")
     box = source.image_size
     if "rlnImageSize" in optics.columns and (optics["rlnImageSize"].astype(int) != box).any():
         raise InputError(f"{star}: rlnImageSize says {int(optics['rlnImageSize'].iloc[0])} but the stacks are "
@@ -426,6 +434,9 @@ def run_import_map(path: str | os.PathLike, out_dir: str | os.PathLike, *, pixel
     nz, ny, nx = info.shape
     if nz < 2:
         raise InputError(f"{src}: is a 2-D image ({nx}x{ny}), not a 3-D map; give a map.")
+    if info.is_stack:
+        raise InputError(f"{src}: its header marks a stack of {nz} images (space group 0), not a 3-D map; give a "
+                         "map, or set the space group to 1 (e.g. relion_image_handler or mrcfile) if it is one.")
     if pixel_size is None and not info.voxel_size > 0:
         raise InputError(f"{src}: the header has no pixel size; give --pixel-size in Å.")
     apix = float(pixel_size) if pixel_size is not None else info.voxel_size
