@@ -3,7 +3,6 @@
 ``ROWS`` maps each command (its words, e.g. ``"import particles"``) to its cases; a case is
 a command line run in the shared input folder (see ``hostile_world``; ``{out}`` is a fresh
 folder) and the words the one-sentence error must hold: the file or the flag at fault.
-Cases whose fix belongs to another helper's code carry a strict xfail naming it.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from hostile_world import COORDS, MAPS, MICS, MOVIES, PARTICLE_STAR, POSES
 
 __all__ = ["Case", "ROWS", "PENDING", "CASES", "command_names"]
@@ -31,15 +29,6 @@ class Case:
 
 def C(id: str, line: str, *names: str, marks: tuple = ()) -> tuple:  # noqa: N802 - a table row
     return id, line, names, marks
-
-
-def G2(reason: str) -> tuple:  # noqa: N802
-    """A case expected to fail until the import checks of jobs/importing.py cover it."""
-    return (pytest.mark.xfail(strict=True, reason=f"G2: {reason}"),)
-
-
-IMPORT_MARKS = {
-}
 
 
 def _ids(table: dict[str, str]) -> list[tuple[str, str]]:
@@ -305,7 +294,7 @@ ROWS: dict[str, list[tuple]] = {
           "gone.star"),
     ],
     "import particles": [
-        *(C(f"in-{i}", f"import particles --in {f} {OUT}", name, marks=IMPORT_MARKS.get(i, ()))
+        *(C(f"in-{i}", f"import particles --in {f} {OUT}", name)
           for (i, f), name in zip(_ids(PARTICLE_STAR), PARTICLE_STAR.values())
           if i not in ("p_nan_image",)),  # import checks headers and sizes, not the pixels: the jobs refuse NaN
         C("pixel-size-0", f"import particles {SP} --pixel-size 0 {OUT}", "--pixel-size"),
