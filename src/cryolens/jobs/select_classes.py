@@ -1,0 +1,192 @@
+"""``cryolens select classes``: keep the particles of chosen 2D classes, by list or by automatic score.
+
+Input: a 2D classification folder ``DIR`` with ``classes.mrcs`` (K averages), ``classes.star``
+(one row per class: ``rlnReferenceImage``, ``rlnClassDistribution``, ``rlnEstimatedResolution``
+Å, ... and ``rlnClassNumber`` or the class number in the image name) and ``particles.star``
+(``rlnClassNumber`` per particle). Outputs in the job folder:
+
+* ``particles.star``: the particles of the kept classes (optics kept, input order), and
+  ``rejected.star`` the others;
+* ``classes.mrcs`` + ``classes.star``: the kept averages (ready for ``pick --templates``),
+  with ``rlnClassNumber`` the original class number and ``rlnCryolensClassCount`` the hard
+  count: the number of its particles in ``particles.star`` (the soft
+  ``rlnClassDistribution`` is kept as given; RELION #815);
+* ``class_scores.star``: every class with its hard count, features, sub-scores, score and
+  ``kept`` (:mod:`cryolens.select.class_scores`);
+* ``classes.png`` (the averages sorted by score, kept ones framed green, dropped red),
+  ``report.html``, ``job.json`` (results: ``n_in``, ``n_kept``, ``kept_classes``, ``counts``).
+
+An empty selection is a user error (exit 2) and writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cryolens.errors import InputError
+from cryolens.io import format_image_name, parse_image_name, read_mrc, read_particles, read_star, write_mrc, \
+    write_particles, write_star
+from cryolens.jobs.report import new_figure, save_figure, write_report
+from cryolens.jobs.runner import Job, JobObserver, check_params
+from cryolens.select.class_params import ClassSelectParams
+from cryolens.select.class_scores import class_features, hard_counts, score_classes
+
+__all__ = ["run_select_classes", "read_class_folder", "COUNT_COLUMN"]
+
+#: cryolens-specific classes.star column: the class's hard particle count in particles.star.
+COUNT_COLUMN = "rlnCryolensClassCount"
+
+
+def _class_table(path: Path, k: int) -> pd.DataFrame:
+    blocks = read_star(path)
+    loops = [b for b in blocks.values() if isinstance(b, pd.DataFrame) and len(b.columns)]
+    table = next((b for b in loops if "rlnReferenceImage" in b.columns or "rlnClassNumber" in b.columns), None)
+    if table is None:
+        raise InputError(f"{path}: holds no class table (rlnReferenceImage or rlnClassNumber); give the classes.star "
+                         "of a 2D classification.")
+    table = table.reset_index(drop=True)
+    if "rlnClassNumber" not in table.columns:
+        if "rlnReferenceImage" in table.columns:
+            numbers = [parse_image_name(str(n))[0] + 1 for n in table["rlnReferenceImage"]]
+        else:
+            numbers = list(range(1, len(table) + 1))
+        table.insert(0, "rlnClassNumber", numbers)
+    if len(table) != k:
+        raise InputError(f"{path}: lists {len(table)} classes but classes.mrcs holds {k} averages; give the files of "
+                         "one 2D classification.")
+    return table
+
+
+def read_class_folder(folder: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray, float, pd.DataFrame,
+                                                          pd.DataFrame]:
+    """``(classes table, averages (K, n, n), pixel size Å, optics, particles)`` of a 2D classification folder.
+
+    Raises:
+        InputError: a missing file or column, or files that do not belong together.
+    """
+    d = Path(folder)
+    if not d.is_dir():
+        raise InputError(f"{d}: no such folder; give --in the folder of a 2D classification (cryolens class2d --out).")
+    for name in ("classes.mrcs", "classes.star", "particles.star"):
+        if not (d / name).is_file():
+            raise InputError(f"{d / name}: missing; give --in the folder of a finished 2D classification.")
+    averages, apix = read_mrc(d / "classes.mrcs")
+    averages = np.asarray(averages, dtype=np.float32)
+    averages = averages[None] if averages.ndim == 2 else averages
+    if not np.isfinite(averages).all():
+        raise InputError(f"{d / 'classes.mrcs'}: contains NaN or infinite values; rerun the 2D classification.")
+    classes = _class_table(d / "classes.star", len(averages))
+    optics, particles = read_particles(d / "particles.star")
+    if "rlnClassNumber" not in particles.columns:
+        raise InputError(f"{d / 'particles.star'}: has no rlnClassNumber column; give the particles.star written by "
+                         "the 2D classification.")
+    known = set(classes["rlnClassNumber"].astype(int))
+    stray = sorted(set(particles["rlnClassNumber"].astype(int)) - known)
+    if stray:
+        raise InputError(f"{d / 'particles.star'}: assigns class {stray[0]}, which {d / 'classes.star'} does not list; "
+                         "give the files of one 2D classification.")
+    if not apix and "rlnImagePixelSize" in optics.columns:
+        apix = float(optics["rlnImagePixelSize"].iloc[0])
+    return classes, averages, float(apix), optics, particles
+
+
+def _diameter(folder: Path, params: ClassSelectParams, box: int, apix: float) -> float:
+    if params.particle_diameter is not None:
+        return float(params.particle_diameter)
+    try:
+        d = json.loads((folder / "job.json").read_text())["params"]["particle_diameter"]
+        return float(d)
+    except (OSError, KeyError, TypeError, ValueError):
+        return 0.8 * box * apix
+
+
+def _gallery(averages: np.ndarray, scores: pd.DataFrame, kept: np.ndarray, path: Path, auto: bool) -> Path:
+    order = np.argsort(-scores["score"].to_numpy(), kind="stable") if auto else np.arange(len(averages))
+    ncols = min(8, len(order))
+    nrows = int(np.ceil(len(order) / ncols))
+    fig, axes = new_figure(nrows=nrows, ncols=ncols, figsize=(1.5 * ncols, 1.75 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), order):
+        row = scores.iloc[i]
+        ax.imshow(averages[i], cmap="gray", origin="lower")
+        colour = "#229944" if kept[i] else "#cc3311"
+        ax.axis("on")
+        ax.set_xticks([]), ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_edgecolor(colour)
+            spine.set_linewidth(3)
+        ax.set_title(f"{int(row.rlnClassNumber)}: n={int(row.n_particles)} s={row.score:.2f}", fontsize=7,
+                     color=colour)
+    fig.suptitle("class averages (green kept, red dropped" + (", by score)" if auto else ")"), fontsize=9)
+    return save_figure(fig, path)
+
+
+def _empty_selection(params: ClassSelectParams, scores: pd.DataFrame) -> InputError:
+    if params.auto:
+        best = scores.iloc[int(scores["score"].to_numpy().argmax())]
+        return InputError(f"select classes: no class scored at least --min-score {params.min_score:g} (best: class "
+                          f"{int(best.rlnClassNumber)} with {best.score:.2f}); lower --min-score or name classes "
+                          "with --class.")
+    return InputError(f"select classes: classes {', '.join(map(str, params.classes))} hold no particles; name other "
+                      "classes with --class.")
+
+
+def run_select_classes(folder: str | os.PathLike, out_dir: str | os.PathLike, params: ClassSelectParams, *,
+                       observer: JobObserver | None = None) -> Job:
+    """Select the particles of chosen 2D classes of ``folder`` into ``out_dir``; returns the finished :class:`Job`."""
+    check_params("select classes", params)
+    folder, out = Path(folder), Path(out_dir)
+    classes, averages, apix, optics, particles = read_class_folder(folder)
+    numbers = classes["rlnClassNumber"].astype(int).to_numpy()
+    missing = sorted(set(params.classes) - set(numbers))
+    if missing:
+        raise InputError(f"--class {missing[0]}: {folder / 'classes.star'} has no such class (classes "
+                         f"{numbers.min()} to {numbers.max()}).")
+    counts = hard_counts(particles["rlnClassNumber"].to_numpy(), int(numbers.max()))[numbers - 1]
+    diameter = _diameter(folder, params, averages.shape[-1], apix)
+    res = classes["rlnEstimatedResolution"].to_numpy(float) if "rlnEstimatedResolution" in classes.columns else None
+    scores = score_classes(class_features(averages, pixel_size=apix, diameter=diameter), counts=counts,
+                           pixel_size=apix, diameter=diameter, resolution=res)
+    scores.insert(0, "rlnClassNumber", numbers)
+    kept_cls = (scores["score"].to_numpy() >= params.min_score) if params.auto else np.isin(numbers, params.classes)
+    kept_cls &= counts > 0
+    if not kept_cls.any():
+        raise _empty_selection(params, scores)
+    scores["kept"] = kept_cls.astype(int)
+    keep = np.isin(particles["rlnClassNumber"].astype(int).to_numpy(), numbers[kept_cls])
+    inputs = {"classes": folder / "classes.star", "averages": folder / "classes.mrcs",
+              "particles": folder / "particles.star"}
+    with Job("select_classes", out, params=params, inputs=inputs, observer=observer) as job:
+        write_particles(out / "particles.star", optics, particles[keep])
+        job.add_output("particles", out / "particles.star")
+        write_particles(out / "rejected.star", optics, particles[~keep])
+        job.add_output("rejected", out / "rejected.star")
+        write_mrc(out / "classes.mrcs", averages[kept_cls], apix)
+        job.add_output("averages", out / "classes.mrcs")
+        sel = classes[kept_cls].copy()
+        rel = os.path.relpath(out / "classes.mrcs")
+        sel["rlnReferenceImage"] = [format_image_name(i, rel) for i in range(len(sel))]
+        sel[COUNT_COLUMN] = counts[kept_cls]
+        write_star(out / "classes.star", {"classes": sel.reset_index(drop=True)})
+        job.add_output("classes", out / "classes.star")
+        write_star(out / "class_scores.star", {"class_scores": scores})
+        job.add_output("scores", out / "class_scores.star")
+        _gallery(averages, scores, kept_cls, out / "classes.png", params.auto)
+        kept_numbers = [int(c) for c in numbers[kept_cls]]
+        job.results.update(n_in=len(particles), n_kept=int(keep.sum()), n_rejected=int((~keep).sum()),
+                           n_classes=len(numbers), kept_classes=kept_numbers, particle_diameter_A=diameter,
+                           counts={str(int(c)): int(n) for c, n in zip(numbers, counts)})
+        summary = {"particles in": len(particles), "kept": int(keep.sum()), "classes kept": len(kept_numbers),
+                   "kept classes": ", ".join(map(str, kept_numbers)),
+                   "selection": f"score >= {params.min_score:g}" if params.auto else "class list"}
+        write_report(out / "report.html", title="Selected classes", summary=summary, params=job.params,
+                     images=["classes.png"])
+        job.log.info("kept %d of %d particles in %d of %d classes", keep.sum(), len(particles), len(kept_numbers),
+                     len(numbers))
+    return job
