@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cryolens import __version__
+from cryolens.cli import class2d as _class2d
 from cryolens.cli import ctf as _ctf
 from cryolens.cli import extract as _extract
 from cryolens.cli import fsc as _fsc
@@ -22,7 +23,7 @@ from cryolens.cli import simulate as _simulate
 
 app = typer.Typer(
     name="cryolens",
-    help="Cryo-EM single-particle analysis: import, motion, ctf, pick, extract, select, reconstruct, refine, postprocess; workflows (run), projects, simulation.",
+    help="Cryo-EM single-particle analysis: import, motion, ctf, pick, extract, class2d, select, reconstruct, refine, postprocess; workflows (run), projects, simulation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -37,6 +38,7 @@ app.command("extract")(_extract.extract)
 app.add_typer(_select.app, name="select")
 app.command("reconstruct")(_reconstruct.reconstruct)
 app.command("refine")(_refine.refine)
+app.command("class2d")(_class2d.class2d)
 app.command("postprocess")(_postprocess.postprocess)
 app.command("fsc")(_fsc.fsc_command)
 app.command("run")(_run.run_command)

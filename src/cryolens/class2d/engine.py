@@ -1,0 +1,98 @@
+"""Maximum-likelihood 2D classification (Sigworth 1998; Scheres et al. 2005), as RELION and cisTEM do it.
+
+Each iteration, on the rfft coefficients below the current resolution limit (the images are
+Fourier-cropped to it, :class:`cryolens.refine.pose_search.FrequencyBand`):
+
+1. E-step (:mod:`cryolens.class2d.expectation`): every image is scored against every class
+   at every in-plane angle of a grid (step from 15° down to ``psi_step`` as the resolution
+   rises, with a fresh random offset each iteration, as cisTEM) and every shift of a grid
+   within ``offset_range`` (step ``resolution / 6``, at least ``shift_step_min`` px), with the
+   particle's CTF in the model and a per-shell noise spectrum; posteriors (soft assignments)
+   with a significance cut;
+2. M-step (:mod:`cryolens.class2d.maximisation`): noise spectrum, class weights and
+   regularised class averages (``tau2_fudge``), each masked by the soft disc of
+   ``particle_diameter`` and recentred on its centre of mass;
+3. classes whose share falls below a fifth of the average are reseeded (iterations in the
+   first 70 %) from the worst-fitting particles of the largest class, which are assigned to
+   the emptied class (at their current alignment) in the next iteration.
+
+The first classes are averages of random subsets of the particles, each particle at a
+random in-plane angle (seeded). ``subset="auto"`` uses cisTEM's schedule of particles per
+iteration (:func:`particles_per_iteration`); the last iteration always uses all of them.
+Everything runs on ``device``; memory is bounded by ``batch_size`` and ``cache_mb``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryolens.class2d.data import Batches, ImageStore, image_mask, resolution_schedule
+from cryolens.class2d.iteration import Setup, initial_classes, run_iteration
+from cryolens.class2d.params import Class2DParams
+from cryolens.class2d.state import Class2DResult, Class2DState, IterationStats
+from cryolens.particles import has_ctf
+from cryolens.refine.pose_search import FrequencyBand
+
+__all__ = ["Class2DState", "IterationStats", "Class2DResult", "classify_2d", "class_statistics"]
+
+
+def classify_2d(batches: Batches, table: pd.DataFrame, *, pixel_size: float, box: int, params: Class2DParams,
+                device: torch.device | str = "cpu", progress: Callable[[int, int, int, float], None] | None = None,
+                ) -> Class2DResult:
+    """Classify particle images into ``params.classes`` 2D classes.
+
+    Args:
+        batches: callable returning an iterable of ``(row indices, float32 images (b, box, box))`` over every
+            particle once (read lazily; called once per iteration unless the images fit ``cache_mb``).
+        table: per-particle table (optics merged, RELION columns; the CTF columns are used when present).
+        pixel_size: Å; box: image size in px.
+        params: :class:`Class2DParams`; device: where to compute.
+        progress: ``progress(iteration, done, total, resolution_limit_A)`` after every batch.
+
+    Returns:
+        :class:`Class2DResult`.
+    """
+    device = torch.device(device)
+    n_total, k = len(table), params.classes
+    diameter = params.particle_diameter if params.particle_diameter is not None else 0.9 * box * pixel_size
+    mask = image_mask(box, diameter / pixel_size, device=device)
+    rng = np.random.default_rng(params.seed)
+    final_res = min(resolution_schedule(i, params, pixel_size=pixel_size) for i in range(1, params.iterations + 1))
+    final_band = FrequencyBand.build(box, box * pixel_size / final_res, device=device)
+    store = ImageStore(batches, n_total, box, mask, final_band, params.batch_size, params.cache_mb * 1e6, device)
+    setup = Setup(table=table, pixel_size=pixel_size, box=box, params=params, device=device, mask=mask,
+                  images=store, radius_a=diameter / 2, use_ctf=params.ctf and has_ctf(table))
+    state = Class2DState.empty(n_total, k, box, device=device)
+    n_init = min(n_total, params.particles_per_class * k) if params.subset == "auto" else n_total
+    assign = np.full(n_total, -1, dtype=np.int64)
+    assign[rng.permutation(n_total)[:n_init]] = np.arange(n_init) % k
+    initial_classes(state, setup, rng, assign)
+    history: list[IterationStats] = []
+    for it in range(1, params.iterations + 1):
+        history.append(run_iteration(state, it, setup, rng, progress))
+        state.rng_state = rng.bit_generator.state
+    acc_psi, acc_shift = class_statistics(state)
+    return Class2DResult(classes=state.classes.cpu().numpy(), distribution=state.class_weights.cpu().numpy(),
+                         resolution=state.class_resolution.copy(), accuracy_psi=acc_psi, accuracy_shift=acc_shift,
+                         particle_class=state.particle_class.copy(), psi=state.particle_psi.copy(),
+                         shifts=state.particle_shift.copy(), max_probability=state.particle_max_prob.copy(),
+                         log_likelihood=state.particle_loglik.copy(),
+                         n_significant=state.particle_n_significant.copy(), history=history, state=state)
+
+
+def class_statistics(state: Class2DState) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the mean over its members of the posterior standard deviation of psi (°) and of the shift (px);
+    NaN for a class without members."""
+    k = state.classes.shape[0]
+    cls = state.particle_class
+    out_psi, out_shift = np.full(k, np.nan), np.full(k, np.nan)
+    for c in range(k):
+        m = cls == c
+        if m.any():
+            out_psi[c] = float(state.particle_psi_sd[m].mean())
+            out_shift[c] = float(state.particle_shift_sd[m].mean())
+    return out_psi, out_shift

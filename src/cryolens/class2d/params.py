@@ -1,0 +1,58 @@
+"""Options of the maximum-likelihood 2D classification, each declared once (flag, help, unit, default, bounds)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryolens.params import Params, option
+
+__all__ = ["Class2DParams"]
+
+
+@dataclass
+class Class2DParams(Params):
+    """Options of :func:`cryolens.class2d.classify_2d`; see each field's help (units in brackets there).
+
+    The alignment resolution limit rises from ``res_start`` to ``res_end`` (linearly in spatial
+    frequency over the first 70 % of the iterations, never beyond Nyquist); the in-plane
+    step follows it (``degrees(resolution / mask radius)``, between ``psi_step`` and 15°)
+    and so does the shift step (``resolution / 6``, at least ``shift_step_min`` px).
+    ``subset`` ``auto`` follows cisTEM: about ``particles_per_class`` particles per class in
+    the first 30 % of the iterations, then 30 % of the particles, then all of them.
+    """
+
+    classes: int = option(20, flag="--classes", short="-K", ge=1, help="Number of classes K")
+    iterations: int = option(20, flag="--iter", ge=1, help="EM iterations")
+    particle_diameter: float | None = option(None, unit="Å", gt=0, help="Diameter of the circular soft mask "
+                                                                       "applied to images and averages; default "
+                                                                       "90% of the box")
+    tau2_fudge: float = option(2.0, gt=0, help="Regularisation: weight of the data against the prior (RELION's "
+                                               "T; higher gives noisier averages at higher resolution)")
+    res_start: float = option(30.0, unit="Å", gt=0, help="Resolution limit of the first iteration")
+    res_end: float = option(8.0, unit="Å", gt=0, help="Resolution limit reached late in the run (capped at "
+                                                      "Nyquist)")
+    offset_range: float = option(10.0, unit="Å", ge=0, help="Translational search range (radius, around the "
+                                                            "box centre)")
+    psi_step: float = option(5.0, unit="°", gt=0, le=15, help="Finest in-plane angular step (the step starts "
+                                                              "at 15° and refines with the resolution)")
+    shift_step_min: float = option(1.0, unit="px", gt=0, help="Finest translational step")
+    significance: float = option(1e-4, ge=0, lt=1, help="Poses with a posterior below this fraction of a "
+                                                       "particle's best are dropped (speed; 0 keeps all)")
+    subset: str = option("auto", choices=("auto", "all"), help="Particles per iteration: auto (cisTEM's schedule: "
+                                                                "~--particles-per-class per class, then 30%, then "
+                                                                "all) or all")
+    particles_per_class: int = option(300, ge=1, help="Particles per class in the early iterations of "
+                                                      "--subset auto")
+    center: bool = option(True, help="Recentre the class averages on their centre of mass each iteration")
+    reseed: bool = option(True, help="Reseed empty or tiny classes from the worst-fitting particles of the "
+                                     "largest class (early iterations)")
+    ctf: bool = option(True, help="Model the CTF when the particles carry defocus values (--no-ctf ignores it)")
+    seed: int = option(0, help="Seed for the initial classes, particle subsets and in-plane offsets")
+    batch_size: int = option(128, ge=1, help="Images per batch (bounds memory)")
+    cache_mb: float = option(2048.0, unit="MB", ge=0, help="Memory for keeping the Fourier-cropped images between "
+                                                          "iterations (beyond it they are re-read each iteration)")
+
+    def check(self) -> None:
+        if self.res_end > self.res_start:
+            raise ValueError(f"{self.flag('res_end')} {self.res_end:g} must not exceed {self.flag('res_start')} "
+                             f"{self.res_start:g} Å (the limit rises from the start to the end value)")
