@@ -108,11 +108,11 @@ def test_select_classes_auto_keeps_good_classes_with_hard_counts(class_folder, t
     _, rejected = read_particles(out / "rejected.star")
     assert sorted(set(kept.rlnClassNumber)) == good
     assert len(kept) + len(rejected) == counts.sum()
-    sel = read_star(out / "classes.star")["classes"]
+    sel = read_star(out / "classes.star")["model_classes"]
     assert sel.rlnClassNumber.tolist() == good
     # hard counts: what the class table says is what particles.star holds (RELION #815)
-    assert sel.rlnCryolensClassCount.tolist() == kept.rlnClassNumber.value_counts().sort_index().tolist()
-    assert sel.rlnCryolensClassCount.tolist() == [int(counts[c - 1]) for c in good]
+    assert sel.rlnCryolensParticleCount.tolist() == kept.rlnClassNumber.value_counts().sort_index().tolist()
+    assert sel.rlnCryolensParticleCount.tolist() == [int(counts[c - 1]) for c in good]
     stack, apix = read_mrc(out / "classes.mrcs")
     avgs, _ = read_mrc(d / "classes.mrcs")
     np.testing.assert_array_equal(stack, avgs[np.array(good) - 1])

@@ -8,7 +8,8 @@ Input: a 2D classification folder ``DIR`` with ``classes.mrcs`` (K averages), ``
 * ``particles.star``: the particles of the kept classes (optics kept, input order), and
   ``rejected.star`` the others;
 * ``classes.mrcs`` + ``classes.star``: the kept averages (ready for ``pick --templates``),
-  with ``rlnClassNumber`` the original class number and ``rlnCryolensClassCount`` the hard
+  written in the input's form (its other blocks, e.g. ``data_optics``, kept) with
+  ``rlnClassNumber`` the original class number and ``rlnCryolensParticleCount`` the hard
   count: the number of its particles in ``particles.star`` (the soft
   ``rlnClassDistribution`` is kept as given; RELION #815);
 * ``class_scores.star``: every class with its hard count, features, sub-scores, score and
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,20 +38,22 @@ from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.select.class_params import ClassSelectParams
 from cryolens.select.class_scores import class_features, hard_counts, score_classes
 
-__all__ = ["run_select_classes", "read_class_folder", "COUNT_COLUMN"]
+__all__ = ["run_select_classes", "read_class_folder", "ClassFolder", "COUNT_COLUMN"]
 
 #: cryolens-specific classes.star column: the class's hard particle count in particles.star.
-COUNT_COLUMN = "rlnCryolensClassCount"
+COUNT_COLUMN = "rlnCryolensParticleCount"
 
 
-def _class_table(path: Path, k: int) -> pd.DataFrame:
+def _class_table(path: Path, k: int) -> tuple[pd.DataFrame, dict, str]:
+    """The class table of ``path``, all of its blocks and the class table's block name."""
     blocks = read_star(path)
-    loops = [b for b in blocks.values() if isinstance(b, pd.DataFrame) and len(b.columns)]
-    table = next((b for b in loops if "rlnReferenceImage" in b.columns or "rlnClassNumber" in b.columns), None)
-    if table is None:
+    loops = {n: b for n, b in blocks.items() if isinstance(b, pd.DataFrame) and len(b.columns)}
+    name = next((n for n, b in loops.items() if "rlnReferenceImage" in b.columns or "rlnClassNumber" in b.columns),
+                None)
+    if name is None:
         raise InputError(f"{path}: holds no class table (rlnReferenceImage or rlnClassNumber); give the classes.star "
                          "of a 2D classification.")
-    table = table.reset_index(drop=True)
+    table = loops[name].reset_index(drop=True)
     if "rlnClassNumber" not in table.columns:
         if "rlnReferenceImage" in table.columns:
             numbers = [parse_image_name(str(n))[0] + 1 for n in table["rlnReferenceImage"]]
@@ -59,12 +63,33 @@ def _class_table(path: Path, k: int) -> pd.DataFrame:
     if len(table) != k:
         raise InputError(f"{path}: lists {len(table)} classes but classes.mrcs holds {k} averages; give the files of "
                          "one 2D classification.")
-    return table
+    return table, blocks, name
 
 
-def read_class_folder(folder: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray, float, pd.DataFrame,
-                                                          pd.DataFrame]:
-    """``(classes table, averages (K, n, n), pixel size Å, optics, particles)`` of a 2D classification folder.
+@dataclass
+class ClassFolder:
+    """A 2D classification folder as read.
+
+    Attributes:
+        classes: the class loop of ``classes.star`` (the one with ``rlnReferenceImage`` or
+            ``rlnClassNumber``: cryolens class2d's ``data_particles``, RELION's ``model_classes``),
+            with ``rlnClassNumber`` filled in when absent.
+        blocks, block: all blocks of ``classes.star`` and the class loop's name.
+        averages: ``(K, n, n)`` float32; pixel_size: Å.
+        optics, particles: the tables of ``particles.star``.
+    """
+
+    classes: pd.DataFrame
+    blocks: dict
+    block: str
+    averages: np.ndarray
+    pixel_size: float
+    optics: pd.DataFrame
+    particles: pd.DataFrame
+
+
+def read_class_folder(folder: str | os.PathLike) -> ClassFolder:
+    """Read and check a 2D classification folder (``classes.mrcs``, ``classes.star``, ``particles.star``).
 
     Raises:
         InputError: a missing file or column, or files that do not belong together.
@@ -80,7 +105,7 @@ def read_class_folder(folder: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarr
     averages = averages[None] if averages.ndim == 2 else averages
     if not np.isfinite(averages).all():
         raise InputError(f"{d / 'classes.mrcs'}: contains NaN or infinite values; rerun the 2D classification.")
-    classes = _class_table(d / "classes.star", len(averages))
+    classes, blocks, name = _class_table(d / "classes.star", len(averages))
     optics, particles = read_particles(d / "particles.star")
     if "rlnClassNumber" not in particles.columns:
         raise InputError(f"{d / 'particles.star'}: has no rlnClassNumber column; give the particles.star written by "
@@ -92,7 +117,7 @@ def read_class_folder(folder: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarr
                          "give the files of one 2D classification.")
     if not apix and "rlnImagePixelSize" in optics.columns:
         apix = float(optics["rlnImagePixelSize"].iloc[0])
-    return classes, averages, float(apix), optics, particles
+    return ClassFolder(classes, blocks, name, averages, float(apix), optics, particles)
 
 
 def _diameter(folder: Path, params: ClassSelectParams, box: int, apix: float) -> float:
@@ -142,7 +167,8 @@ def run_select_classes(folder: str | os.PathLike, out_dir: str | os.PathLike, pa
     """Select the particles of chosen 2D classes of ``folder`` into ``out_dir``; returns the finished :class:`Job`."""
     check_params("select classes", params)
     folder, out = Path(folder), Path(out_dir)
-    classes, averages, apix, optics, particles = read_class_folder(folder)
+    cf = read_class_folder(folder)
+    classes, averages, apix, optics, particles = cf.classes, cf.averages, cf.pixel_size, cf.optics, cf.particles
     numbers = classes["rlnClassNumber"].astype(int).to_numpy()
     missing = sorted(set(params.classes) - set(numbers))
     if missing:
@@ -171,9 +197,12 @@ def run_select_classes(folder: str | os.PathLike, out_dir: str | os.PathLike, pa
         job.add_output("averages", out / "classes.mrcs")
         sel = classes[kept_cls].copy()
         rel = os.path.relpath(out / "classes.mrcs")
-        sel["rlnReferenceImage"] = [format_image_name(i, rel) for i in range(len(sel))]
+        for column in ("rlnReferenceImage", "rlnImageName"):
+            if column in sel.columns or column == "rlnReferenceImage":
+                sel[column] = [format_image_name(i, rel) for i in range(len(sel))]
         sel[COUNT_COLUMN] = counts[kept_cls]
-        write_star(out / "classes.star", {"classes": sel.reset_index(drop=True)})
+        blocks = {**cf.blocks, cf.block: sel.reset_index(drop=True)}
+        write_star(out / "classes.star", blocks)  # the input's blocks (e.g. data_optics) with the kept classes
         job.add_output("classes", out / "classes.star")
         write_star(out / "class_scores.star", {"class_scores": scores})
         job.add_output("scores", out / "class_scores.star")
