@@ -2,7 +2,7 @@
 
 The class folder is made here, as a 2D classification would write it: good classes are
 projections of the asymmetric phantom at different views (plus a little noise), junk
-classes are an empty average (noise only), a round blob, a carbon edge and a particle cut
+classes are an empty average (noise only), a dense round blob (ice), a carbon edge and a particle cut
 by the box edge. ``--auto`` must keep every good class and drop every junk class; the
 selected particles must be exactly those of the kept classes, in their hard counts.
 """
@@ -44,7 +44,7 @@ def fabricated_averages(seed: int = 0) -> tuple[np.ndarray, list[str]]:
     scale = float(good.std())
     yy, xx = (torch.arange(BOX, dtype=torch.float32) - BOX // 2,) * 2
     yy, xx = torch.meshgrid(yy, xx, indexing="ij")
-    blob = 2 * scale * torch.exp(-(xx ** 2 + yy ** 2) / (2 * 6.0 ** 2))
+    blob = 20 * scale * torch.exp(-(xx ** 2 + yy ** 2) / (2 * 6.0 ** 2))
     carbon = 2 * scale * torch.sigmoid((xx * 0.8 + yy * 0.6 - 4) / 0.7)
     cut = torch.roll(good[0], shifts=(int(0.4 * BOX), int(0.1 * BOX)), dims=(0, 1))
     cut[: int(0.4 * BOX)] = 0
@@ -101,7 +101,7 @@ def test_scores_separate_good_from_each_junk_kind():
 def test_select_classes_auto_keeps_good_classes_with_hard_counts(class_folder, tmp_path):
     d, kinds, counts = class_folder
     out = tmp_path / "sel"
-    res = cli("select", "classes", "--in", str(d), "--auto", "--out", str(out))
+    res = cli("select", "classes", "--in", str(d), "--auto", "--min-particle-z", "0", "--out", str(out))
     assert "kept" in res.output
     good = [i + 1 for i, k in enumerate(kinds) if k == "good"]
     _, kept = read_particles(out / "particles.star")
@@ -148,6 +148,7 @@ def test_select_classes_errors(class_folder, tmp_path):
     (tmp_path / "noise.mrcs").rename(d / "classes.mrcs")  # every class an empty box
     assert_user_error(cli("select", "classes", "--in", str(d), "--auto", "--out", str(tmp_path / "b"), code=2),
                       "no class scored at least --min-score 0.5")
+    assert not (tmp_path / "b").exists()
     assert_user_error(cli("select", "classes", "--in", str(d), "--class", "11", "--out", str(tmp_path / "c"),
                           code=2), "--class 11", "no such class")
     assert_user_error(cli("select", "classes", "--in", str(d), "--out", str(tmp_path / "d"), code=2),
@@ -159,6 +160,45 @@ def test_select_classes_errors(class_folder, tmp_path):
     (d / "classes.mrcs").unlink()
     assert_user_error(cli("select", "classes", "--in", str(d), "--auto", "--out", str(tmp_path / "f"), code=2),
                       "classes.mrcs", "missing")
+
+
+def test_particles_that_do_not_fit_their_class_are_dropped(tmp_path):
+    """Class 1: 60 particles = its average rotated by psi, shifted by -origin, plus noise (z ≈ 8); 40 = noise only."""
+    from cryolens.select.particle_fit import rotate_each
+    from cryolens.core.fourier import ft2, shift_phase
+    avgs, _ = fabricated_averages()
+    rng = np.random.default_rng(4)
+    n_sig, n = 60, 100
+    psi = rng.uniform(-180, 180, n).astype(np.float32)
+    origin = rng.uniform(-2, 2, (n, 2)).astype(np.float32)
+    a = torch.as_tensor(avgs[:1]).expand(n, BOX, BOX)
+    clean = ift2(shift_phase(ft2(rotate_each(a, torch.as_tensor(psi))), -torch.as_tensor(origin), BOX), BOX).numpy()
+    clean[n_sig:] = 0
+    sigma = clean[0].std() / math.sqrt(0.05)  # SNR 0.05
+    imgs = (clean + rng.normal(0, sigma, clean.shape)).astype(np.float32)
+    d = tmp_path / "c"
+    d.mkdir()
+    write_mrc(d / "particles.mrcs", imgs, APIX)
+    write_mrc(d / "classes.mrcs", avgs[:2], APIX)
+    write_star(d / "classes.star", {"classes": pd.DataFrame({"rlnClassNumber": [1, 2]})})
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [APIX], "rlnImageSize": [BOX],
+                           "rlnImageDimensionality": [2], "rlnVoltage": [300.0]})
+    table = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@{d}/particles.mrcs" for i in range(n)], "rlnOpticsGroup": 1,
+                          "rlnClassNumber": 1, "rlnAnglePsi": psi, "rlnOriginXAngst": origin[:, 0] * APIX,
+                          "rlnOriginYAngst": origin[:, 1] * APIX})
+    table.loc[n - 5:, "rlnClassNumber"] = 2  # class 2 is not selected: its particles are not scored
+    write_particles(d / "particles.star", optics, table)
+    out = tmp_path / "sel"
+    cli("select", "classes", "--in", str(d), "--class", "1", "--min-particle-z", "3", "--particle-diameter",
+        str(DIAMETER), "--out", str(out))
+    _, kept = read_particles(out / "particles.star")
+    _, rejected = read_particles(out / "rejected.star")
+    idx = kept.rlnImageName.str[:6].astype(int).to_numpy() - 1
+    assert set(idx) == set(range(n_sig)), sorted(set(range(n_sig)) ^ set(idx))
+    assert (kept.rlnCryolensClassFitZ > 5).all() and (rejected.rlnCryolensClassFitZ[:35] < 3).all()
+    assert (rejected.rlnCryolensClassFitZ.iloc[-5:] == -999).all()
+    sel = read_star(out / "classes.star")["classes"]
+    assert sel.rlnCryolensParticleCount.tolist() == [n_sig]
 
 
 def test_screen_particles_by_zscore(tmp_path):

@@ -14,6 +14,11 @@ Input: a 2D classification folder ``DIR`` with ``classes.mrcs`` (K averages), ``
   ``rlnClassDistribution`` is kept as given; RELION #815);
 * ``class_scores.star``: every class with its hard count, features, sub-scores, score and
   ``kept`` (:mod:`cryolens.select.class_scores`);
+* with particle screening (``--min-particle-z``, on by default with ``--auto``) the images are
+  read and each particle of a kept class gets ``rlnCryolensClassFitZ``, its fit with its
+  class average (:mod:`cryolens.select.particle_fit`); those below the threshold go to
+  ``rejected.star`` and the counts above are those of the particles kept
+  (``class_scores.star``: ``n_particles`` before, ``n_kept`` after);
 * ``classes.png`` (the averages sorted by score, kept ones framed green, dropped red),
   ``report.html``, ``job.json`` (results: ``n_in``, ``n_kept``, ``kept_classes``, ``counts``).
 
@@ -29,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from cryolens.errors import InputError
 from cryolens.io import format_image_name, parse_image_name, read_mrc, read_particles, read_star, write_mrc, \
@@ -37,11 +43,14 @@ from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.select.class_params import ClassSelectParams
 from cryolens.select.class_scores import class_features, hard_counts, score_classes
+from cryolens.select.particle_fit import particle_z
 
-__all__ = ["run_select_classes", "read_class_folder", "ClassFolder", "COUNT_COLUMN"]
+__all__ = ["run_select_classes", "read_class_folder", "ClassFolder", "COUNT_COLUMN", "Z_COLUMN"]
 
 #: cryolens-specific classes.star column: the class's hard particle count in particles.star.
 COUNT_COLUMN = "rlnCryolensParticleCount"
+#: cryolens-specific particles.star column: the particle's fit z-score with its class average.
+Z_COLUMN = "rlnCryolensClassFitZ"
 
 
 def _class_table(path: Path, k: int) -> tuple[pd.DataFrame, dict, str]:
@@ -130,6 +139,33 @@ def _diameter(folder: Path, params: ClassSelectParams, box: int, apix: float) ->
         return 0.8 * box * apix
 
 
+def _particle_z(folder: Path, cf: ClassFolder, numbers: np.ndarray, rows: np.ndarray, diameter: float) -> np.ndarray:
+    """Fit z-score of each particle with its class average (NaN where ``rows`` is False)."""
+    from cryolens.core.masks import soft_sphere
+    from cryolens.jobs.particles import open_particles
+    from cryolens.particles import ctf_params_from_table, has_ctf, origins_px_from_table
+
+    ps = open_particles(folder / "particles.star", pose=False)
+    table = ps.table()
+    index = {int(c): i for i, c in enumerate(numbers)}
+    averages = torch.as_tensor(np.array(cf.averages))
+    mask = soft_sphere(ps.box, radius=min(diameter / 2 / ps.pixel_size, ps.box / 2 - 1), edge_width=3, ndim=2)
+    z = np.full(len(table), np.nan)
+    for idx, images in ps.batches(256):
+        sel = rows[idx]
+        if not sel.any():
+            continue
+        idx, images = idx[sel], images[sel]
+        sub = table.iloc[idx]
+        psi = torch.as_tensor(sub["rlnAnglePsi"].to_numpy(np.float32)) if "rlnAnglePsi" in sub.columns \
+            else torch.zeros(len(sub))
+        ci = torch.as_tensor([index[int(c)] for c in sub["rlnClassNumber"]])
+        ctf = ctf_params_from_table(sub) if has_ctf(sub) else None
+        z[idx] = particle_z(torch.as_tensor(images), averages[ci], psi, origins_px_from_table(sub), ctf,
+                            pixel_size=ps.pixel_size, mask=mask).numpy()
+    return z
+
+
 def _gallery(averages: np.ndarray, scores: pd.DataFrame, kept: np.ndarray, path: Path, auto: bool) -> Path:
     order = np.argsort(-scores["score"].to_numpy(), kind="stable") if auto else np.arange(len(averages))
     ncols = min(8, len(order))
@@ -184,8 +220,20 @@ def run_select_classes(folder: str | os.PathLike, out_dir: str | os.PathLike, pa
     kept_cls &= counts > 0
     if not kept_cls.any():
         raise _empty_selection(params, scores)
-    scores["kept"] = kept_cls.astype(int)
     keep = np.isin(particles["rlnClassNumber"].astype(int).to_numpy(), numbers[kept_cls])
+    z_min = params.particle_z_threshold()
+    if z_min is not None:
+        z = _particle_z(folder, cf, numbers, keep, diameter)
+        particles = particles.assign(**{Z_COLUMN: np.round(np.nan_to_num(z, nan=-999.0), 3)})  # -999: not scored
+        keep &= z >= z_min
+        counts_kept = hard_counts(particles["rlnClassNumber"].to_numpy()[keep], int(numbers.max()))[numbers - 1]
+        kept_cls &= counts_kept > 0
+        if not kept_cls.any():
+            raise InputError(f"select classes: no particle of the kept classes fits its average with a z-score of at "
+                             f"least --min-particle-z {z_min:g}; lower it (0 keeps all).")
+        scores["n_kept"] = counts_kept
+        counts = counts_kept
+    scores["kept"] = kept_cls.astype(int)
     inputs = {"classes": folder / "classes.star", "averages": folder / "classes.mrcs",
               "particles": folder / "particles.star"}
     with Job("select_classes", out, params=params, inputs=inputs, observer=observer) as job:
@@ -210,7 +258,9 @@ def run_select_classes(folder: str | os.PathLike, out_dir: str | os.PathLike, pa
         kept_numbers = [int(c) for c in numbers[kept_cls]]
         job.results.update(n_in=len(particles), n_kept=int(keep.sum()), n_rejected=int((~keep).sum()),
                            n_classes=len(numbers), kept_classes=kept_numbers, particle_diameter_A=diameter,
-                           counts={str(int(c)): int(n) for c, n in zip(numbers, counts)})
+                           counts={str(int(c)): int(n) for c, n in zip(numbers, counts)},
+                           particle_z_threshold=z_min,
+                           n_dropped_by_fit=int(scores["n_particles"][kept_cls].sum() - keep.sum()))
         summary = {"particles in": len(particles), "kept": int(keep.sum()), "classes kept": len(kept_numbers),
                    "kept classes": ", ".join(map(str, kept_numbers)),
                    "selection": f"score >= {params.min_score:g}" if params.auto else "class list"}

@@ -7,18 +7,19 @@ Each class average ``a`` (white on black) is looked at inside the particle circl
 ========================  =====================================================  ==========================
 feature                   what it measures                                       sub-score
 ========================  =====================================================  ==========================
-``contrast``              RMS of ``a`` inside the circle over the reference      ``min(1, contrast / 0.5)``
-                          RMS (the population-weighted median over classes):
-                          an empty box averages to almost nothing
+``contrast``              RMS of ``a`` inside the circle over the reference      ``contrast / 0.5`` and
+                          RMS (the population-weighted median over classes):     ``(4 - contrast) / 1.5``,
+                          an empty box averages to almost nothing, ice and       the smaller
+                          aggregates are far denser than a particle
 ``centre_offset_A``       distance (Å) of the centre of mass of the positive     ``1 - (d - 0.15 R) / 0.35 R``
                           density from the box centre: edge-cut particles and
                           off-centre junk sit away from it
 ``concentration``         RMS inside ``0.6 R`` over the RMS of the ring           ``(c - 1) / 0.8``
                           ``0.6 R .. R``: a particle is concentrated in the
                           middle, a carbon edge or a cut particle is not
-``structure``             power not explained by the rotational average, as a    ``(structure - 0.03) / 0.09``
-                          fraction of the power inside the circle: ice and
-                          aggregate blobs are smooth and round
+``structure``             power not explained by the rotational average, as a    reported, weight 0: small
+                          fraction of the power inside the circle                and round particles have
+                                                                                 as little as blobs
 ``resolution_A``          ``rlnEstimatedResolution`` relative to the best class  ``1 - (res / best - 1) / 1.5``
 ``population``            hard particle count × K / N (1: an average class)       ``population / 0.25``
 ========================  =====================================================  ==========================
@@ -41,7 +42,7 @@ import torch
 __all__ = ["SCORE_WEIGHTS", "class_features", "score_classes", "hard_counts"]
 
 #: Exponent of each sub-score in the score's product.
-SCORE_WEIGHTS = {"contrast": 1.0, "centring": 1.0, "concentration": 1.0, "structure": 1.0, "resolution": 1.0,
+SCORE_WEIGHTS = {"contrast": 1.0, "centring": 1.0, "concentration": 1.0, "structure": 0.0, "resolution": 1.0,
                  "population": 0.5}
 
 
@@ -130,7 +131,7 @@ def score_classes(features: pd.DataFrame, *, counts: np.ndarray, pixel_size: flo
     ref = _weighted_median(out["contrast_rms"].to_numpy()[used], counts[used].astype(float)) if used.any() else 1.0
     out["contrast"] = out["contrast_rms"] / max(ref, 1e-30)
     sub = {
-        "contrast": out["contrast"] / 0.5,
+        "contrast": np.minimum(out["contrast"] / 0.5, (4 - out["contrast"]) / 1.5),
         "centring": 1 - (out["centre_offset_A"].fillna(radius_a) - 0.15 * radius_a) / (0.35 * radius_a),
         "concentration": (out["concentration"] - 1) / 0.8,
         "structure": (out["structure"] - 0.03) / 0.09,
