@@ -157,6 +157,8 @@ def test_select_classes_errors(class_folder, tmp_path):
                           str(tmp_path / "d"), code=2), "not both")
     assert_user_error(cli("select", "classes", "--in", str(tmp_path / "nope"), "--auto", "--out",
                           str(tmp_path / "e"), code=2), "no such folder")
+    assert_user_error(cli("select", "classes", "--in", str(d), "--auto", "--min-particle-z", "-1", "--out",
+                          str(tmp_path / "g"), code=2), "--min-particle-z -1")
     (d / "classes.mrcs").unlink()
     assert_user_error(cli("select", "classes", "--in", str(d), "--auto", "--out", str(tmp_path / "f"), code=2),
                       "classes.mrcs", "missing")
@@ -223,6 +225,12 @@ def test_screen_particles_by_zscore(tmp_path):
     assert len(kept) == n - 4 and sorted(rejected.rlnImageName.str[:6].astype(int) - 1) == bad
     assert "rlnCryolensZScore" in kept.columns and (kept.rlnCryolensZScore <= 6).all()
     assert math.isfinite(kept.rlnCryolensZScore.max())
+    from conftest import assert_user_error
+    assert_user_error(cli("select", "particles", "--in", str(tmp_path / "p.star"), "--max-zscore", "0", "--out",
+                          str(tmp_path / "t"), code=2), "--max-zscore 0")
+    res = cli("select", "micrographs", "--in", str(tmp_path / "p.star"), "--max-zscore", "3", "--out",
+              str(tmp_path / "u"), code=2)
+    assert "No such option" in res.output or "--max-zscore" in res.output
 
 
 @pytest.mark.slow

@@ -84,3 +84,10 @@ def test_cli_junk_column_reaches_the_star(tmp_path):
                "--quiet")
     _, p = read_particles(tmp_path / "s" / "particles.star")
     assert p[JUNK_COLUMN].sum() == 10 and set(p[JUNK_KIND_COLUMN]) == {"good", *JUNK_KINDS}
+
+
+def test_cli_impossible_junk_fraction_exits_2(tmp_path):
+    from conftest import assert_user_error, invoke_cli
+    assert_user_error(invoke_cli("simulate", "particles", "--n", "10", "--junk", "1.5", "--out", str(tmp_path / "s"),
+                                 code=2), "--junk 1.5")
+    assert not (tmp_path / "s").exists()
