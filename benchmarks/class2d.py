@@ -164,11 +164,12 @@ def class_quality(folder: Path, sim: Path, diameter: float, lowpass: float) -> d
             "estimated_resolution_A": None if res is None else [round(float(x), 1) for x in res]}
 
 
-def separation(work: Path, folder: Path, sim: Path, out: str) -> dict:
+def separation(work: Path, folder: Path, sim: Path, out: str, diameter: float) -> dict:
     """``cryolens select classes --auto`` on ``folder``; junk dropped and good kept against the truth."""
     import numpy as np
     from cryolens.io import read_particles
-    r = timed([str(BIN / "cryolens"), "select", "classes", "--in", str(folder), "--auto", "--out", out, "--quiet"],
+    r = timed([str(BIN / "cryolens"), "select", "classes", "--in", str(folder), "--auto", "--particle-diameter", str(diameter),
+               "--out", out, "--quiet"],
               work, log=work / f"{out}.log")
     _, kept = read_particles(work / out / "particles.star")
     _, truth = read_particles(sim / "particles.star")
@@ -215,13 +216,13 @@ def main() -> None:
         row: dict = {"structure": structure, "seed": seed, "particle_diameter_A": diameter}
         row["cryolens"] = run_cryolens(case, sim, "cryolens", args, diameter)
         row["cryolens"].update(class_quality(case / "cryolens", sim, diameter, args.ncc_lowpass))
-        row["cryolens"].update(separation(case, case / "cryolens", sim, "select_cryolens"))
+        row["cryolens"].update(separation(case, case / "cryolens", sim, "select_cryolens", diameter))
         print(structure, "cryolens", json.dumps(row["cryolens"]), flush=True)
         if not args.no_relion and not args.accuracy:
             row["relion"] = run_relion(case, sim, args, diameter)
             folder = relion_folder(case)
             row["relion"].update(class_quality(folder, sim, diameter, args.ncc_lowpass))
-            row["relion"].update(separation(case, folder, sim, "select_relion"))
+            row["relion"].update(separation(case, folder, sim, "select_relion", diameter))
             row["wall_ratio_cryolens_over_relion"] = round(row["cryolens"]["wall_s"] / row["relion"]["wall_s"], 3)
             print(structure, "relion", json.dumps(row["relion"]), flush=True)
         results["cases"][structure] = row

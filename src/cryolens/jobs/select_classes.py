@@ -136,7 +136,7 @@ def _diameter(folder: Path, params: ClassSelectParams, box: int, apix: float) ->
         d = json.loads((folder / "job.json").read_text())["params"]["particle_diameter"]
         return float(d)
     except (OSError, KeyError, TypeError, ValueError):
-        return 0.8 * box * apix
+        return 0.9 * box * apix  # class2d's own default mask
 
 
 def _particle_z(folder: Path, cf: ClassFolder, numbers: np.ndarray, rows: np.ndarray, diameter: float) -> np.ndarray:

@@ -33,7 +33,7 @@ class ClassSelectParams(Params):
                                                            "all). Default: 3 with --auto, off with --class")
     particle_diameter: float | None = option(None, unit="Å", gt=0,
                                              help="Circle in which a class average is scored. Default: the 2D "
-                                                  "classification's --particle-diameter (its job.json), else 80 % "
+                                                  "classification's --particle-diameter (its job.json), else 90 % "
                                                   "of the box")
 
     def check(self) -> None:
