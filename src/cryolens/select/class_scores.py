@@ -14,7 +14,7 @@ feature                   what it measures                                      
 ``centre_offset_A``       distance (Å) of the centre of mass of the positive     ``1 - (d - 0.15 R) / 0.35 R``
                           density from the box centre: edge-cut particles and
                           off-centre junk sit away from it
-``concentration``         RMS inside ``0.6 R`` over the RMS of the ring           ``(c - 1) / 0.8``
+``concentration``         RMS inside ``0.6 R`` over the RMS of the ring           ``(c - 1) / 0.4``
                           ``0.6 R .. R``: a particle is concentrated in the
                           middle, a carbon edge or a cut particle is not
 ``structure``             power not explained by the rotational average, as a    reported, weight 0: small
@@ -133,7 +133,7 @@ def score_classes(features: pd.DataFrame, *, counts: np.ndarray, pixel_size: flo
     sub = {
         "contrast": np.minimum(out["contrast"] / 0.5, (4 - out["contrast"]) / 1.5),
         "centring": 1 - (out["centre_offset_A"].fillna(radius_a) - 0.15 * radius_a) / (0.35 * radius_a),
-        "concentration": (out["concentration"] - 1) / 0.8,
+        "concentration": (out["concentration"] - 1) / 0.4,
         "structure": (out["structure"] - 0.03) / 0.09,
         "population": out["population"] / 0.25,
     }
