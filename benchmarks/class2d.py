@@ -25,6 +25,17 @@ Reported for each: wall and CPU time, peak memory, the wall-time ratio, and clas
 ``--accuracy`` instead runs the issue's accuracy check, cryolens only: ~3 000 particles of two
 structures not used to tune the scores (haemoglobin EMD-3488 and the 70S ribosome), each with
 its own seed; the target is >= 80 % of the junk dropped and >= 85 % of the good kept.
+Measured 2026-12-03 on the shared 2-core machine (load 12-16, so wall times are inflated and
+RELION did not finish): 1 000 haemoglobin particles (seed 1), K 20, 10 iterations: cryolens
+564 s wall, 147 s CPU; RELION 3.1 ``--j 2`` ~1 300 s wall and ~400 s CPU per iteration
+(iterations 1-4 in 55 min, stopped), i.e. cryolens ≈ 0.04 of RELION's projected 10-iteration
+time. ``select classes --auto``: on cryolens's classes 79 % junk dropped / 92 % good kept; on
+RELION's iteration 4, 89 % / 87 %. Median best NCC of mostly-good classes: cryolens 0.80
+(8 of 20 classes populated), RELION 0.92 (it. 4). Accuracy (3 000 particles, 10 iterations):
+ribosome seeds 12 and 22: 92 % / 100 % and 94 % / 100 % (target met); haemoglobin seeds 11
+and 21: 75 % / 85 % and 63 % / 86 % (junk target missed: carbon-edge and faint blob classes of
+this small round protein score as good).
+
 Writes ``benchmarks/results/class2d.json`` (or ``class2d_accuracy.json``)::
 
     python benchmarks/class2d.py [--n 1000] [--k 20] [--iter 10] [--threads 2] [--no-relion]
