@@ -1,4 +1,5 @@
-"""``cryolens select micrographs|particles``: keep the rows that pass threshold rules, a class list, a CTF consensus."""
+"""``cryolens select micrographs|particles|classes``: keep rows that pass rules, a class list, a CTF consensus, or
+the particles of 2D classes chosen by list or by automatic score."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import typer
 
 from cryolens.cli.common import JobOptions, console, job_target, run_guarded
 from cryolens.cli.declare import declare
+from cryolens.select.class_params import ClassSelectParams
 from cryolens.select.params import SelectParams
 
-app = typer.Typer(help="Select micrographs or particles by rules (thresholds, classes, CTF consensus).",
+app = typer.Typer(help="Select micrographs or particles by rules (thresholds, classes, CTF consensus, image "
+                       "z-scores), or 2D classes by list or automatic score.",
                   no_args_is_help=True)
 
 CONSENSUS_HELP = ("A second STAR of the same items (another CTF estimation): keep only rows where both agree "
                   "(paired by rlnMicrographName / rlnImageName, or by file name).")
-OUTPUTS = {"micrographs": ("micrographs", "rejected"), "particles": ("particles", "rejected")}
+OUTPUTS = {"micrographs": ("micrographs", "rejected"), "particles": ("particles", "rejected"),
+           "classes": ("particles", "rejected", "averages", "classes", "scores")}
 
 
 def _select(kind: str, star: Path, params: SelectParams, consensus: Optional[Path], run: JobOptions) -> None:
@@ -36,7 +40,7 @@ def _select(kind: str, star: Path, params: SelectParams, consensus: Optional[Pat
 
 
 @app.command("micrographs")
-@declare(run=JobOptions, omit=("device",), params=SelectParams, outputs=OUTPUTS["micrographs"])
+@declare(run=JobOptions, omit=("device", "max_zscore"), params=SelectParams, outputs=OUTPUTS["micrographs"])
 def micrographs(
     star: Annotated[Path, typer.Option("--in", help="micrographs.star (e.g. from CTF estimation).")],
     params: SelectParams = None,
@@ -69,5 +73,42 @@ def particles(
       cryolens select particles --in Class2D/job007/particles.star --class 1,3,4
 
       cryolens select particles --in Refine3D/job010/particles.star --where "rlnMaxValueProbDistribution > 0.2"
+
+      cryolens select particles --in Extract/job005/particles.star --max-zscore 3
     """
     _select("particles", star, params, consensus, run)
+
+
+@app.command("classes")
+@declare(run=JobOptions, omit=("device",), params=ClassSelectParams, outputs=OUTPUTS["classes"])
+def classes(
+    folder: Annotated[Path, typer.Option("--in", help="A 2D classification folder (classes.mrcs, classes.star, "
+                                                      "particles.star).")],
+    params: ClassSelectParams = None,
+    run: JobOptions = None,
+) -> None:
+    """Keep the particles of chosen 2D classes; write particles.star, rejected.star, the kept averages (classes.mrcs + classes.star, for pick --templates), class_scores.star and classes.png.
+
+    --auto scores each class from 0 to 1 (contrast, centring, concentration in the particle circle, in-plane structure, estimated resolution, population) and keeps those reaching --min-score.
+
+    Examples:
+
+      cryolens select classes --in Class2D/job008 --class 1,3,4
+
+      cryolens select classes --in Class2D/job008 --auto --min-score 0.4 --out Select/good
+    """
+    from cryolens.jobs.select_classes import run_select_classes
+
+    def body():
+        with job_target("select_classes", run.out, run.project) as target:
+            job = run_select_classes(folder, target.out, params, observer=target.observer)
+        r = job.results
+        if not run.quiet:
+            for c, n in r["counts"].items():
+                mark = "kept" if int(c) in r["kept_classes"] else "dropped"
+                console.print(f"  class {c}: {n} particles, {mark}", highlight=False)
+        console.print(f"kept [bold]{r['n_kept']}[/] of {r['n_in']} particles in {len(r['kept_classes'])} of "
+                      f"{r['n_classes']} classes -> {target.out / 'particles.star'} (averages: "
+                      f"{target.out / 'classes.mrcs'})")
+
+    run_guarded(body)

@@ -6,6 +6,10 @@ optics kept, RELION 3.1), ``rejected.star`` (the others, same optics), ``select.
 ``report.html``, ``job.json`` whose results hold ``n_in``, ``n_kept``, ``n_rejected`` and
 ``criteria``: per criterion the rows that passed and failed it, each counted on its own.
 
+``select particles --max-zscore Z`` also reads the images and rejects those whose robust
+z-score of mean, SD, min or max against the stack exceeds Z (:mod:`cryolens.select.screen`);
+the z-score is written to both tables as ``rlnCryolensZScore`` and its histogram to ``select.png``.
+
 Rules see the optics columns too (``rlnImagePixelSize < 2``); the written tables keep
 the input's columns and row order.
 """
@@ -23,8 +27,12 @@ from cryolens.io import merge_optics, read_micrographs, read_particles, write_mi
 from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.select import MissingColumnError, SelectParams, Selection, select_rows
+from cryolens.select.screen import image_statistics, robust_zscores
 
-__all__ = ["run_select", "KINDS"]
+__all__ = ["run_select", "KINDS", "ZSCORE_COLUMN"]
+
+#: cryolens-specific column with each particle image's robust z-score (``--max-zscore``).
+ZSCORE_COLUMN = "rlnCryolensZScore"
 
 #: kind -> (reader, writer, data block, key column pairing two files for a consensus)
 KINDS = {
@@ -40,8 +48,10 @@ def _column_error(e: MissingColumnError, star: str | os.PathLike, block: str, fl
 
 
 def _plot(table: pd.DataFrame, params: SelectParams, sel: Selection, path: Path) -> Path | None:
-    """Histogram of each rule's column with its threshold, and of the consensus defocus differences."""
+    """Histogram of each rule's column with its threshold, of the consensus defocus differences and z-scores."""
     panels = [(str(r), table[r.column].to_numpy(float), r.value) for r in params.rules()]
+    if ZSCORE_COLUMN in table.columns:
+        panels.append(("image z-score", table[ZSCORE_COLUMN].to_numpy(float), params.max_zscore))
     if sel.consensus is not None:
         panels.append(("relative defocus difference", sel.consensus.relative_defocus_difference,
                        params.tolerance_defocus))
@@ -54,6 +64,20 @@ def _plot(table: pd.DataFrame, params: SelectParams, sel: Selection, path: Path)
         ax.axvline(threshold, color="red", lw=1.2)
         ax.set_title(title, fontsize=9)
     return save_figure(fig, path)
+
+
+def _screen(star, table: pd.DataFrame, merged: pd.DataFrame, max_z: float, sel: Selection,
+            job: Job) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Add the images' z-scores to both tables and reject those above ``max_z`` (updates ``sel``)."""
+    from cryolens.jobs.particles import open_particles
+
+    ps = open_particles(star, pose=False)
+    with job.timed("screen"):
+        z = robust_zscores(image_statistics(ps.batches(256), len(ps)))
+    passed = z <= max_z
+    sel.summary[f"image z-score <= {max_z:g}"] = {"passed": int(passed.sum()), "failed": int((~passed).sum())}
+    sel.keep &= passed
+    return table.assign(**{ZSCORE_COLUMN: z}), merged.assign(**{ZSCORE_COLUMN: z})
 
 
 def run_select(kind: str, star: str | os.PathLike, out_dir: str | os.PathLike, params: SelectParams, *,
@@ -87,6 +111,8 @@ def run_select(kind: str, star: str | os.PathLike, out_dir: str | os.PathLike, p
             missing = [c for c in needed if c not in t.columns]
             if missing:
                 raise _column_error(MissingColumnError(missing[0], t.columns), name, block, "--consensus file")
+    if params.max_zscore is not None and kind != "particles":
+        raise InputError(f"select {kind}: --max-zscore screens particle images; use it with select particles.")
     if not len(table):
         raise InputError(f"{star}: data_{block} holds no {kind}; give a STAR file with at least one row.")
     try:
@@ -102,6 +128,11 @@ def run_select(kind: str, star: str | os.PathLike, out_dir: str | os.PathLike, p
                          "loosen the rules or check the column's values.")
     inputs = {kind: star} | ({"consensus": consensus} if consensus is not None else {})
     with Job(f"select_{kind}", out, params=params, inputs=inputs, observer=observer) as job:
+        if params.max_zscore is not None:
+            table, merged = _screen(star, table, merged, params.max_zscore, sel, job)
+            if not sel.keep.any():
+                raise InputError(f"{star}: no particle passes --max-zscore {params.max_zscore:g} and the other "
+                                 "rules; raise --max-zscore.")
         kept, rejected = table[sel.keep], table[~sel.keep]
         write(out / f"{block}.star", optics, kept)
         job.add_output(block, out / f"{block}.star")

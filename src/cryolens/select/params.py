@@ -29,6 +29,9 @@ class SelectParams(Params):
     tolerance_angle: float | None = option(None, unit="°", gt=0, le=90,
                                            help="Consensus: largest difference of astigmatism angle, compared where "
                                                 "both are astigmatic")
+    max_zscore: float | None = option(None, gt=0, help="Particles: reject images whose robust z-score of mean, SD, "
+                                                       "min or max against the stack exceeds this (Scipion's screen "
+                                                       "particles; 3 is its default)")
     astigmatism_threshold: float = option(300.0, unit="Å", ge=0, help="Consensus: compare angles only where both "
                                                                       "|defocusU - defocusV| exceed this")
 

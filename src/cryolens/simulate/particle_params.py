@@ -68,6 +68,10 @@ class ParticleSimParams(Params):
     concentration: float = option(0.0, ge=0, help="von Mises-Fisher concentration κ of the viewing direction "
                                                   "(0 uniform; 10 ≈ 25° spread)")
     uniform_fraction: float = option(0.0, ge=0, le=1, help="Fraction of particles with uniform viewing directions")
+    junk: float = option(0.0, ge=0, le=1, help="Fraction of particles replaced by junk of four kinds in equal "
+                                                "numbers (empty boxes, ice/aggregate blobs, particles cut by the box "
+                                                "edge, carbon edges) with the same CTF and noise; the truth is in "
+                                                "rlnCryolensJunk (1 junk, 0 good) and rlnCryolensJunkKind")
 
     def check(self) -> None:
         """Noise from --snr or --dose; the defocus range in order."""

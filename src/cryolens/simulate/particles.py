@@ -16,6 +16,11 @@ Heterogeneity:
 
 Poses: uniform on SO(3) or preferred orientation (:mod:`cryolens.simulate.poses`).
 
+Junk (``params.junk``, a fraction): empty boxes, ice/aggregate blobs, particles cut by
+the box edge and carbon edges replace that fraction of the particles, with the same CTF
+and noise (:mod:`cryolens.simulate.junk`; truth in ``rlnCryolensJunk`` and
+``rlnCryolensJunkKind``).
+
 Noise, one of:
 
 * ``snr``: white Gaussian noise of variance ``signal_variance / snr``, where the signal
@@ -40,6 +45,7 @@ Noise, one of:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +59,7 @@ from cryolens.core.fourier import ift2
 from cryolens.core.projector import SliceGrid, prepare_volume, project
 from cryolens.core.rotations import matrix_to_euler
 from cryolens.particles import ctf_params_from_table, origins_px_from_table, rotations_from_table
+from cryolens.simulate.junk import JUNK_KINDS, draw_junk, junk_images
 from cryolens.simulate.particle_params import PARTICLE_PRESETS, ParticleSimParams
 from cryolens.simulate.poses import sample_rotations
 from cryolens.simulate.structures import Structure, relativistic_phase_scale
@@ -116,10 +123,14 @@ def _draw_metadata(params: ParticleSimParams, gen: torch.Generator, *, populatio
     return df
 
 
+def _with_optics(df: pd.DataFrame, optics: pd.DataFrame) -> pd.DataFrame:
+    return df.assign(**{c: optics[c].iloc[0] for c in optics.columns if c != "rlnOpticsGroup"})
+
+
 def _clean_images(fvol, df: pd.DataFrame, params: ParticleSimParams, optics: pd.DataFrame,
                   grid: SliceGrid, device) -> torch.Tensor:
     """Noise-free CTF-modulated images ``(B, n, n)`` of one prepared volume for the rows of ``df``."""
-    merged = df.assign(**{c: optics[c].iloc[0] for c in optics.columns if c != "rlnOpticsGroup"})
+    merged = _with_optics(df, optics)
     f = project(fvol, rotations_from_table(merged, device), origins_px_from_table(merged, device), grid=grid)
     if params.ctf:
         apix = float(optics["rlnImagePixelSize"].iloc[0])
@@ -144,6 +155,39 @@ def _mixture_images(fvols: list, df: pd.DataFrame, params: ParticleSimParams, op
         out[torch.as_tensor(idx, device=device)] = _clean_images(fvols[c - 1], df.iloc[idx], params, optics,
                                                                  grid, device)
     return out
+
+
+class _Junk:
+    """The junk rows of a simulation and how to draw them (see :mod:`cryolens.simulate.junk`)."""
+
+    def __init__(self, df, params, fvols, pilot, optics, grid, device, is_morph) -> None:
+        apix, n = float(optics["rlnImagePixelSize"].iloc[0]), fvols[0].n
+        self.gen = torch.Generator().manual_seed(params.seed + 3)
+        self.table, self.codes = draw_junk(df, params.junk, box=n, pixel_size=apix, generator=self.gen)
+        self.args = (fvols, dataclasses.replace(params, ctf=False), optics, grid, device, is_morph)
+        self.ctf, self.apix = params.ctf, apix
+        self.peak = float(self.projections(pilot).amax(dim=(-2, -1)).mean())
+
+    def projections(self, rows: pd.DataFrame) -> torch.Tensor:
+        """Centred projections without CTF ``(b, n, n)``."""
+        return _mixture_images(self.args[0], rows.assign(rlnOriginXAngst=0.0, rlnOriginYAngst=0.0), *self.args[1:])
+
+    def replace(self, img: torch.Tensor, start: int, rows: pd.DataFrame) -> torch.Tensor:
+        """``img`` (noise-free images of ``rows``, which begin at row ``start``) with the junk rows replaced."""
+        codes = self.codes[start:start + len(rows)]
+        sel = np.flatnonzero(codes)
+        if not len(sel):
+            return img
+        jrows = _with_optics(rows.iloc[sel], self.args[2])
+        device = img.device
+        cut = torch.as_tensor(codes[sel] == 1 + JUNK_KINDS.index("cut"), device=device)[:, None]
+        shifts = torch.where(cut, -origins_px_from_table(jrows, device), torch.zeros((), device=device))
+        ctf = ctf_params_from_table(jrows, device) if self.ctf else None
+        img = img.clone()
+        img[torch.as_tensor(sel, device=device)] = junk_images(
+            codes[sel], self.projections(rows.iloc[sel]), ctf, pixel_size=self.apix, shifts_px=shifts,
+            peak=self.peak, generator=self.gen)
+        return img
 
 
 def _as_structures(volume, structures, morph, pixel_size, units) -> tuple[list[Structure], bool]:
@@ -187,7 +231,8 @@ def simulate_particles(volume: torch.Tensor | None = None, *, pixel_size: float 
         :class:`SimulatedParticles`; iterate ``.batches`` to get ``(start, images)``
         with images ``(b, n, n)`` float32 in row order of ``.particles``. ``info`` holds the
         realised class fractions, the per-image SNR (``image_snr``: pilot signal variance over
-        background noise variance) and, with ``dose``, the electrons per pixel.
+        background noise variance), with ``dose`` the electrons per pixel and, with junk, the
+        number of each junk kind (``junk_counts``).
 
     Raises:
         ValueError: impossible parameters, or ``dose`` with structures not on the scattering scale.
@@ -216,7 +261,12 @@ def simulate_particles(volume: torch.Tensor | None = None, *, pixel_size: float 
                            morph=is_morph)
     signal_var = float(_mixture_images(fvols, pilot, params, optics, grid, device, is_morph)
                        .var(dim=(-2, -1)).mean())
+    junk = _Junk(df, params, fvols, pilot, optics, grid, device, is_morph) if params.junk > 0 else None
+    if junk is not None:
+        df = junk.table
     info: dict = {}
+    if junk is not None:
+        info["junk_counts"] = {k: int((junk.codes == i + 1).sum()) for i, k in enumerate(JUNK_KINDS)}
     if not is_morph and len(items) > 1:
         counts = np.bincount(df["rlnClassNumber"].to_numpy(), minlength=len(items) + 1)[1:]
         info["class_fractions"] = [float(c) / len(df) for c in counts]
@@ -237,6 +287,8 @@ def simulate_particles(volume: torch.Tensor | None = None, *, pixel_size: float 
         for s in range(0, total, params.batch_size):
             rows = df.iloc[s:s + params.batch_size]
             img = _mixture_images(fvols, rows, params, optics, grid, device, is_morph)
+            if junk is not None:
+                img = junk.replace(img, s, rows)
             if params.dose is not None:
                 expected = (n0 * (1.0 - k2 * img)).clamp_min(0.0)
                 counts = torch.poisson(expected, generator=noise_gen)

@@ -1,0 +1,152 @@
+"""Automatic 2D class selection: a score per class average, the idea of RELION's class ranker without its model.
+
+Each class average ``a`` (white on black) is looked at inside the particle circle of radius
+``R = diameter / 2`` (px), after subtracting its background (the median of the ring
+``R - 2 .. R`` px). Six features, each turned into a sub-score in [0, 1]:
+
+========================  =====================================================  ==========================
+feature                   what it measures                                       sub-score
+========================  =====================================================  ==========================
+``contrast``              RMS of ``a`` inside the circle over the reference      ``contrast / 0.5`` and
+                          RMS (the population-weighted median over classes):     ``(4 - contrast) / 1.5``,
+                          an empty box averages to almost nothing, ice and       the smaller
+                          aggregates are far denser than a particle
+``centre_offset_A``       distance (Å) of the centre of mass of the positive     ``1 - (d - 0.15 R) / 0.35 R``
+                          density from the box centre: edge-cut particles and
+                          off-centre junk sit away from it
+``concentration``         RMS inside ``0.6 R`` over the RMS of the ring           ``(c - 1) / 0.4``
+                          ``0.6 R .. R``: a particle is concentrated in the
+                          middle, a carbon edge or a cut particle is not
+``structure``             power not explained by the rotational average, as a    reported, weight 0: small
+                          fraction of the power inside the circle                and round particles have
+                                                                                 as little as blobs
+``resolution_A``          ``rlnEstimatedResolution`` relative to the best class  ``1 - (res / best - 1) / 1.5``
+``population``            hard particle count × K / N (1: an average class)       ``population / 0.25``
+========================  =====================================================  ==========================
+
+Sub-scores are clipped to [0.01, 1]; the score is their weighted product
+``Π s_i ** w_i`` with :data:`SCORE_WEIGHTS` (a missing feature, e.g. no resolution column,
+drops out). The product acts as an AND: a good class has every sub-score near 1, and
+one clearly bad sign (``s ≤ 0.5`` at weight 1) takes the class below the default
+``--min-score`` of 0.5. A class with no particles scores 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = ["SCORE_WEIGHTS", "class_features", "score_classes", "hard_counts"]
+
+#: Exponent of each sub-score in the score's product.
+SCORE_WEIGHTS = {"contrast": 1.0, "centring": 1.0, "concentration": 1.0, "structure": 0.0, "resolution": 1.0,
+                 "population": 0.5}
+
+
+def hard_counts(class_numbers: np.ndarray, n_classes: int) -> np.ndarray:
+    """Particles per class (index 0 = class 1) from the per-particle ``rlnClassNumber`` (hard assignment)."""
+    c = np.asarray(class_numbers, dtype=np.int64)
+    return np.bincount(c[(c >= 1) & (c <= n_classes)] - 1, minlength=n_classes)
+
+
+def _radial_mean(img: torch.Tensor, ring: torch.Tensor, n_rings: int) -> torch.Tensor:
+    """``(K, n, n)`` images replaced by their rotational average (rings of 1 px)."""
+    flat = img.reshape(img.shape[0], -1)
+    idx = ring.reshape(-1).expand_as(flat)
+    sums = torch.zeros((img.shape[0], n_rings), dtype=img.dtype).scatter_add_(1, idx, flat)
+    counts = torch.bincount(ring.reshape(-1), minlength=n_rings).clamp_min(1).to(img.dtype)
+    return (sums / counts)[:, ring]
+
+
+def class_features(averages: torch.Tensor | np.ndarray, *, pixel_size: float, diameter: float) -> pd.DataFrame:
+    """Image features of class averages (see the module docstring).
+
+    Args:
+        averages: ``(K, n, n)`` class averages, protein bright.
+        pixel_size: Å per pixel.
+        diameter: particle circle diameter in Å (clipped to the box).
+
+    Returns:
+        One row per class: ``contrast_rms`` (RMS inside the circle, the average's units),
+        ``centre_offset_A``, ``concentration``, ``structure``.
+    """
+    a = torch.as_tensor(np.array(averages, dtype=np.float64))
+    k, n = a.shape[0], a.shape[-1]
+    radius = min(diameter / 2 / pixel_size, n / 2 - 1)
+    yy, xx = torch.meshgrid(*(torch.arange(n, dtype=torch.float64) - n // 2,) * 2, indexing="ij")
+    r = torch.hypot(yy, xx)
+    inside = r < radius
+    ring = (r >= radius - 2) & (r < radius)
+    a = a - a[:, ring].median(dim=1).values[:, None, None]
+    a = a * inside
+    rms_in = a[:, inside].pow(2).mean(1).sqrt()
+    pos = a.clamp_min(0) ** 2
+    mass = pos.sum((1, 2)).clamp_min(1e-30)
+    offset = torch.hypot((pos * xx).sum((1, 2)) / mass, (pos * yy).sum((1, 2)) / mass)
+    core = r < 0.6 * radius
+    shell = inside & ~core
+    concentration = a[:, core].pow(2).mean(1).sqrt() / a[:, shell].pow(2).mean(1).sqrt().clamp_min(1e-30)
+    rings = r.round().long().clamp_max(n)
+    residual = (a - _radial_mean(a, rings, n + 1)) * inside
+    structure = residual[:, inside].pow(2).sum(1) / a[:, inside].pow(2).sum(1).clamp_min(1e-30)
+    flat = rms_in <= 1e-12 * max(float(rms_in.max()), 1e-30)
+    return pd.DataFrame({
+        "contrast_rms": rms_in.numpy(),
+        "centre_offset_A": np.where(flat.numpy(), np.nan, offset.numpy() * pixel_size),
+        "concentration": np.where(flat.numpy(), 0.0, concentration.numpy()),
+        "structure": np.where(flat.numpy(), 0.0, structure.numpy()),
+    }, index=pd.RangeIndex(k))
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cum, 0.5 * cum[-1])])
+
+
+def score_classes(features: pd.DataFrame, *, counts: np.ndarray, pixel_size: float, diameter: float,
+                  resolution: np.ndarray | None = None) -> pd.DataFrame:
+    """Sub-scores and score per class (see the module docstring).
+
+    Args:
+        features: from :func:`class_features`, one row per class.
+        counts: hard particle count per class.
+        pixel_size: Å per pixel; diameter: the particle circle in Å.
+        resolution: ``rlnEstimatedResolution`` per class in Å (None: not scored).
+
+    Returns:
+        ``features`` with ``n_particles``, ``population``, ``contrast``, the sub-scores
+        ``s_contrast`` ... ``s_population`` and ``score`` (0 to 1).
+    """
+    out = features.copy()
+    counts = np.asarray(counts, dtype=np.int64)
+    k, total = len(out), max(int(counts.sum()), 1)
+    radius_a = diameter / 2
+    out["n_particles"] = counts
+    out["population"] = counts * k / total
+    used = counts > 0
+    ref = _weighted_median(out["contrast_rms"].to_numpy()[used], counts[used].astype(float)) if used.any() else 1.0
+    out["contrast"] = out["contrast_rms"] / max(ref, 1e-30)
+    sub = {
+        "contrast": np.minimum(out["contrast"] / 0.5, (4 - out["contrast"]) / 1.5),
+        "centring": 1 - (out["centre_offset_A"].fillna(radius_a) - 0.15 * radius_a) / (0.35 * radius_a),
+        "concentration": (out["concentration"] - 1) / 0.4,
+        "structure": (out["structure"] - 0.03) / 0.09,
+        "population": out["population"] / 0.25,
+    }
+    if resolution is not None:
+        res = np.asarray(resolution, dtype=np.float64)
+        ok = used & np.isfinite(res) & (res > 0)
+        best = float(res[ok].min()) if ok.any() else math.nan
+        out["resolution_A"] = res
+        sub["resolution"] = pd.Series(np.where(ok, 1 - (res / best - 1) / 1.5, 0.0), index=out.index)
+    log_sum = np.zeros(k)
+    for name, s in sub.items():
+        s = np.clip(np.asarray(s, dtype=np.float64), 0.01, 1.0)
+        out[f"s_{name}"] = s
+        log_sum += SCORE_WEIGHTS[name] * np.log(s)
+    out["score"] = np.where(used, np.exp(log_sum), 0.0)
+    return out
