@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cryolens import __version__
+from cryolens.cli import align_maps as _align_maps
 from cryolens.cli import ctf as _ctf
 from cryolens.cli import extract as _extract
 from cryolens.cli import fsc as _fsc
@@ -22,7 +23,7 @@ from cryolens.cli import simulate as _simulate
 
 app = typer.Typer(
     name="cryolens",
-    help="Cryo-EM single-particle analysis: import, motion, ctf, pick, extract, select, reconstruct, refine, postprocess; workflows (run), projects, simulation.",
+    help="Cryo-EM single-particle analysis: import, motion, ctf, pick, extract, select, reconstruct, refine, postprocess, align-maps; workflows (run), projects, simulation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -39,6 +40,8 @@ app.command("reconstruct")(_reconstruct.reconstruct)
 app.command("refine")(_refine.refine)
 app.command("postprocess")(_postprocess.postprocess)
 app.command("fsc")(_fsc.fsc_command)
+app.command("align-maps")(_align_maps.align_maps)
+app.command("flip-hand")(_align_maps.flip_hand)
 app.command("run")(_run.run_command)
 app.add_typer(_simulate.app, name="simulate")
 app.add_typer(_profiles.app, name="profiles")
