@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from cryolens import __version__
+from cryolens.cli import abinitio as _abinitio
 from cryolens.cli import align_maps as _align_maps
 from cryolens.cli import ctf as _ctf
 from cryolens.cli import extract as _extract
@@ -23,7 +24,7 @@ from cryolens.cli import simulate as _simulate
 
 app = typer.Typer(
     name="cryolens",
-    help="Cryo-EM single-particle analysis: import, motion, ctf, pick, extract, select, reconstruct, refine, postprocess, align-maps; workflows (run), projects, simulation.",
+    help="Cryo-EM single-particle analysis: import, motion, ctf, pick, extract, select, reconstruct, abinitio, refine, postprocess, align-maps; workflows (run), projects, simulation.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -37,6 +38,7 @@ app.command("pick-consensus")(_pick.pick_consensus)
 app.command("extract")(_extract.extract)
 app.add_typer(_select.app, name="select")
 app.command("reconstruct")(_reconstruct.reconstruct)
+app.command("abinitio")(_abinitio.abinitio)
 app.command("refine")(_refine.refine)
 app.command("postprocess")(_postprocess.postprocess)
 app.command("fsc")(_fsc.fsc_command)
