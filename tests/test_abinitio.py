@@ -119,3 +119,20 @@ def test_cli_bad_inputs_exit_2(sim_star, tmp_path):
         assert r.exit_code == 2, (extra, r.output)
         assert fragment in r.output, (fragment, r.output)
         assert "Traceback" not in r.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ribosome_target(seed):
+    """The issue's target: 70S ribosome (3.94 Å/px, box 64), 5 000 particles, SNR 0.05, CTF; FSC 0.5 with the truth
+    (after alignment, either hand) at <= 25 Å."""
+    path = os.path.join(SHARED, "maps", "clean70SRibosome_vol_65p.mrc")
+    if not os.path.exists(path):
+        pytest.skip("../shared/data is not present")
+    from cryolens.core.fourier import pad_or_crop
+    apix = 3.94
+    truth = pad_or_crop(torch.as_tensor(read_mrc(path)[0]), 64)
+    images, table = _simulate(truth, 5000, snr=0.05, seed=seed + 1, apix=apix)
+    res = abinitio(_batches(images, 500), table, pixel_size=apix, params=AbinitioParams(seed=seed))
+    a = align_maps(truth, res.maps[res.best_class], pixel_size=apix, params=AlignMapsParams())
+    assert fsc(truth, a.aligned, pixel_size=apix).resolution_at(0.5) <= 25.0
