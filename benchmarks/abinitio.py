@@ -9,7 +9,7 @@ the FSC 0.5 / 0.143 resolutions against the truth after alignment. A seed succee
 
 * ``ribosome``: the 70S map in ``../shared/data/maps`` at 3.94 Å/px (C1);
 * ``apoferritin``: an O 24-mer of the real chain ``models/7A4M_box.pdb`` (built as in
-  ``benchmarks/refine.py``) at 2.5 Å/px, run with ``--sym O`` and higher resolution limits.
+  ``benchmarks/refine.py``, 165 Å across) at 3 Å/px, run with ``--sym O`` and higher resolution limits.
 
 RELION's SGD initial model is not run here yet (the issue's comparison is still to do).
 Writes ``benchmarks/results/abinitio_<structure>.json``.
@@ -36,7 +36,7 @@ DATA = HERE.parent.parent / "shared" / "data"
 CASES = {
     "ribosome": dict(structure=str(DATA / "maps" / "clean70SRibosome_vol_65p.mrc"), pixel_size=3.94, sym="C1",
                      options=[]),
-    "apoferritin": dict(structure=None, pixel_size=2.5, sym="O",
+    "apoferritin": dict(structure=None, pixel_size=3.0, sym="O",
                         options=["--ini-resolution", "20", "--final-resolution", "10"]),
 }
 

@@ -59,11 +59,12 @@ def test_small_phantom_is_recovered():
     """200 particles of the phantom (box 24, 5 Å/px, SNR 2): the map correlates with the truth far above chance."""
     truth = asymmetric_phantom(24, APIX)
     images, table = _simulate(truth, 200, snr=2.0)
-    params = AbinitioParams(iterations=8, batch_size=60, starts=2, prune_after=3, ini_resolution=30.0,
-                            final_resolution=15.0, seed=3)
+    params = AbinitioParams(iterations=6, batch_size=60, starts=2, prune_after=3, ini_resolution=30.0,
+                            final_resolution=15.0, seed=3, healpix_order=1, top_k=2)
     res = abinitio(_batches(images), table, pixel_size=APIX, params=params)
     assert res.maps.shape == (1, 24, 24, 24) and np.isfinite(res.maps.numpy()).all()
-    assert len(res.history) == 8 and len(res.history[0].log_likelihood) == 2 and len(res.history[-1].log_likelihood) == 1
+    assert len(res.history) == 6 and len(res.history[0].log_likelihood) == 2 and len(res.history[-1].log_likelihood) == 1
+    assert res.history[-1].starts == [res.best_start]
     curve, _ = _fsc_to_truth(truth, res.maps[0], APIX)
     # a featureless blob of the right size crosses 0.5 near 40 Å here; the map must resolve far finer detail
     assert curve.resolution_at(0.5) <= 25.0, curve.fsc

@@ -58,11 +58,13 @@ Progress = Callable[[str, int, int, float], None]
 @dataclass
 class IterationRecord:
     """One mini-batch iteration: alignment limit (Å), mean log-likelihood per particle of each start
-    still running, class fractions of the best start (posterior sums), seconds."""
+    still running (``starts``: their 0-based numbers), class fractions of the first of them
+    (posterior sums), seconds."""
 
     iteration: int
     resolution: float
     log_likelihood: list[float]
+    starts: list[int]
     class_fractions: list[float]
     seconds: float
 
@@ -99,7 +101,8 @@ class AbinitioResult:
 class _Start:
     """One random start: per-class running sums, references and class priors."""
 
-    def __init__(self, K: int, n: int, device: torch.device):
+    def __init__(self, number: int, K: int, n: int, device: torch.device):
+        self.number = number
         self.bps = [BackProjector(n, pad=2, device=device) for _ in range(K)]
         self.refs: list[torch.Tensor] = []
         self.maps: list[torch.Tensor] = []
@@ -142,7 +145,7 @@ class _Abinitio:
     # -- the run --------------------------------------------------------------------------------
     def _init_start(self, s: int, resolution: float) -> _Start:
         p, K = self.p, self.p.classes
-        st = _Start(K, self.n, self.dev)
+        st = _Start(s, K, self.n, self.dev)
         r_max = self.searcher.r_max(resolution)
         for k in range(K):
             rows = self._rows(p.batch_size)
@@ -188,7 +191,8 @@ class _Abinitio:
                 fractions = [float(f) for f in w.sum((0, 2)) / len(rows)]
             if si == 0 or len(starts) == 1:
                 self.searcher.update_noise(post.residual_power)
-        self.history.append(IterationRecord(t + 1, resolution, lls, fractions, time.perf_counter() - t0))
+        self.history.append(IterationRecord(t + 1, resolution, lls, [st.number for st in starts], fractions,
+                                            time.perf_counter() - t0))
         if self.progress is not None:
             self.progress("iterations", t + 1, p.iterations, resolution)
 
@@ -242,8 +246,8 @@ class _Abinitio:
             if len(starts) > 1 and t + 1 == p.prune_after:
                 window = min(3, t + 1)
                 scores = [float(np.mean(s.ll[-window:])) for s in starts]
-                best = int(np.argmax(scores))
-                starts = [starts[best]]
+                starts = [starts[int(np.argmax(scores))]]
+                best = starts[0].number
             if t + 1 == max(1, T // 3):
                 self.snapshots.append((f"iteration {t + 1} ({schedule[t]:.0f} Å)", starts[0].refs[0].cpu().numpy()))
         st = starts[0]

@@ -43,9 +43,8 @@ def plot_convergence(res: AbinitioResult, path: str | os.PathLike) -> Path:
     """Mean log-likelihood per particle of each start, the resolution limit and class fractions per iteration."""
     fig, axes = new_figure(ncols=3, figsize=(12, 3.6))
     its = [h.iteration for h in res.history]
-    n_starts = max(len(h.log_likelihood) for h in res.history)
-    for s in range(n_starts):
-        pts = [(h.iteration, h.log_likelihood[s]) for h in res.history if len(h.log_likelihood) > s]
+    for s in sorted({s for h in res.history for s in h.starts}):
+        pts = [(h.iteration, ll) for h in res.history for n, ll in zip(h.starts, h.log_likelihood) if n == s]
         axes[0].plot(*zip(*pts), lw=1.4, label=f"start {s + 1}" + (" (kept)" if s == res.best_start else ""))
     axes[0].set_xlabel("iteration")
     axes[0].set_ylabel("log-likelihood per particle (+ const)")
