@@ -60,7 +60,7 @@ def test_small_phantom_is_recovered():
     truth = asymmetric_phantom(24, APIX)
     images, table = _simulate(truth, 200, snr=2.0)
     params = AbinitioParams(iterations=6, batch_size=60, starts=2, prune_after=3, ini_resolution=30.0,
-                            final_resolution=15.0, seed=3, healpix_order=1, top_k=2)
+                            final_resolution=15.0, seed=3, healpix_order=1, top_k=2, final_passes=1)
     res = abinitio(_batches(images), table, pixel_size=APIX, params=params)
     assert res.maps.shape == (1, 24, 24, 24) and np.isfinite(res.maps.numpy()).all()
     assert len(res.history) == 6 and len(res.history[0].log_likelihood) == 2 and len(res.history[-1].log_likelihood) == 1
@@ -85,7 +85,8 @@ def test_cli_writes_all_outputs(sim_star):
     out = work / "job"
     r = CliRunner().invoke(app, ["abinitio", "--in", str(work / "sim" / "particles.star"), "--out", str(out),
                                  "--classes", "2", "--iterations", "3", "--batch-size", "40", "--starts", "1",
-                                 "--ini-resolution", "30", "--final-resolution", "20", "--quiet", "--device", "cpu"])
+                                 "--ini-resolution", "30", "--final-resolution", "20", "--final-passes", "1", "--quiet",
+                                 "--device", "cpu"])
     assert r.exit_code == 0, r.output
     for name in ("map.mrc", "class001.mrc", "class002.mrc", "particles.star", "fsc.star", "iterations.star",
                  "convergence.png", "slices.png", "projections.png", "fsc.png", "report.html", "job.json", "run.log"):

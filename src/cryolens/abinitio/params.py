@@ -33,7 +33,7 @@ class AbinitioParams(Params):
     offset_range: float = option(4.0, unit="px", ge=0, help="Translational search range")
     healpix_order: int = option(2, ge=1, le=3, help="HEALPix order of the global search grid (2 = 15°)")
     top_k: int = option(4, ge=1, help="Poses per particle and class kept in the soft assignment")
-    final_passes: int = option(1, ge=1, help="Passes over all particles at the final resolution (poses, map)")
+    final_passes: int = option(2, ge=1, help="Passes over all particles at the final resolution (poses, map)")
     ctf: bool = option(True, help="Model the CTF when the particles carry defocus values (--no-ctf ignores it)")
     seed: int = option(0, help="Random seed (starting maps, mini-batches)")
     memory: float = option(3.0, gt=0, help="Mini-batches the running sums remember (older ones fade)", cli=False)
