@@ -82,10 +82,10 @@ def test_save_figure_closes_pyplot_figures(tmp_path):
 def test_no_module_calls_matplotlib_use_outside_the_figure_helper():
     from pathlib import Path
     src = Path(__file__).resolve().parents[1] / "src" / "cryolens"
-    mine = ["io", "core", "simulate", "ctf", "motion", "postprocess", "reconstruct", "refine"]
+    mine = ["io", "core", "simulate", "ctf", "motion", "postprocess", "reconstruct", "refine", "abinitio", "mapalign"]
     files = [src / "jobs" / f for f in ("report.py", "select.py", "postprocess.py", "simulate_movies.py",
                                         "simulate_micrographs.py", "simulate_particles.py", "ctf_plots.py",
-                                        "fsc_maps.py", "structures.py", "refine.py")]
+                                        "fsc_maps.py", "structures.py", "refine.py", "abinitio.py", "align_maps.py")]
     files += [f for d in mine for f in (src / d).rglob("*.py")]
     users = [f.name for f in files if "matplotlib.use(" in f.read_text()]
     assert users == ["report.py"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from cryolens import __version__
+from cryolens.cli import abinitio as _abinitio
+from cryolens.cli import align_maps as _align_maps
 from cryolens.cli import class2d as _class2d
 from cryolens.cli import ctf as _ctf
 from cryolens.cli import extract as _extract
@@ -24,7 +26,8 @@ from cryolens.cli import simulate as _simulate
 
 app = typer.Typer(
     name="cryolens",
-    help="Cryo-EM single-particle analysis: import, motion, ctf, pick, extract, class2d, select, reconstruct, refine, postprocess; workflows (run), projects, simulation.",
+    help=("Cryo-EM single-particle analysis: import, motion, ctf, pick, extract, class2d, select, reconstruct, "
+          "abinitio, refine, postprocess, align-maps; workflows (run), projects, simulation."),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -37,12 +40,15 @@ app.command("ctf")(_ctf.ctf)
 app.command("pick")(_pick.pick)
 app.command("pick-consensus")(_pick.pick_consensus)
 app.command("extract")(_extract.extract)
+app.command("class2d")(_class2d.class2d)
 app.add_typer(_select.app, name="select")
 app.command("reconstruct")(_reconstruct.reconstruct)
+app.command("abinitio")(_abinitio.abinitio)
 app.command("refine")(_refine.refine)
-app.command("class2d")(_class2d.class2d)
 app.command("postprocess")(_postprocess.postprocess)
 app.command("fsc")(_fsc.fsc_command)
+app.command("align-maps")(_align_maps.align_maps)
+app.command("flip-hand")(_align_maps.flip_hand)
 app.command("run")(_run.run_command)
 app.add_typer(_simulate.app, name="simulate")
 app.add_typer(_profiles.app, name="profiles")
