@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/cryolens simulate particles --out $(DEMO)/simulate --n 3000 --snr 0.05 --quiet
-	$(VENV)/bin/cryolens reconstruct --in $(DEMO)/simulate/particles.star --out $(DEMO)/reconstruct --quiet
+	$(VENV)/bin/cryolens simulate particles --out $(DEMO)/simulate --n 3000 --snr 0.05 --quiet --overwrite
+	$(VENV)/bin/cryolens reconstruct --in $(DEMO)/simulate/particles.star --out $(DEMO)/reconstruct --quiet --overwrite
 	$(VENV)/bin/cryolens fsc $(DEMO)/reconstruct/map.mrc $(DEMO)/simulate/truth_map.mrc
 
 test: $(STAMP)
