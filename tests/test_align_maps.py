@@ -93,6 +93,13 @@ def test_cli_align_maps_writes_outputs(files):
     assert "FSC after alignment" in r.output
     aligned, apix = read_mrc(out / "aligned.mrc")
     assert aligned.shape == (32, 32, 32) and apix == pytest.approx(APIX)
+    # the finished folder is refused without --overwrite, replaced with it
+    again = ["align-maps", str(files / "a.mrc"), str(files / "b.mrc"), "--out", str(out), "--coarse-box", "16",
+             "--refine-box", "32", "--top-k", "3", "--healpix-order", "1", "--quiet"]
+    r = CliRunner().invoke(app, again)
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    r = CliRunner().invoke(app, [*again, "--overwrite"])
+    assert r.exit_code == 0, r.output
 
 
 def test_cli_flip_hand_keeps_the_header(files):

@@ -56,7 +56,7 @@ def abinitio(
 
     def body():
         dev = device_option(run.device)
-        with job_target("abinitio", run.out, run.project) as target, stage_progress(quiet=run.quiet) as cb:
+        with job_target("abinitio", run) as target, stage_progress(quiet=run.quiet) as cb:
             job = run_abinitio(star, target.out, params, device=dev, progress=cb, observer=target.observer)
         r = job.results
         console.print(f"ab initio: class {r['best_class']} of {len(r['class_sizes'])} "

@@ -33,7 +33,7 @@ def align_maps(
     def body():
         dev = device_option(run.device)
         say = (lambda msg: None) if run.quiet else (lambda msg: err_console.print(msg))
-        with job_target("align-maps", run.out, run.project) as target:
+        with job_target("align-maps", run) as target:
             job = run_align_maps(fixed, moving, target.out, params, pixel_size=pixel_size, device=dev, progress=say,
                                  observer=target.observer)
         r = job.results

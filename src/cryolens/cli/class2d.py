@@ -35,7 +35,7 @@ def class2d(
 
     def body():
         dev = device_option(run.device)
-        with job_target("class2d", run.out, run.project) as target, iteration_progress(quiet=run.quiet) as cb:
+        with job_target("class2d", run) as target, iteration_progress(quiet=run.quiet) as cb:
             job = run_class2d(star, target.out, params, device=dev, progress=cb, observer=target.observer)
         r = job.results
         console.print(f"{r['populated_classes']} of {r['classes']} classes populated by {r['n_particles']} particles "

@@ -111,9 +111,9 @@ class JobTarget:
 
 
 @contextmanager
-def job_target(stage: str, out: Path | None, project: Path | None, *, overwrite: bool = False) -> Iterator[JobTarget]:
-    """Resolve the project (``--project``, else the current folder when it holds cryolens.db), the job folder
-    and the observer that records the job; use inside :func:`run_guarded`.
+def job_target(stage: str, run: JobOptions) -> Iterator[JobTarget]:
+    """Resolve the project (``run.project``, else the current folder when it holds cryolens.db), the job folder
+    (``run.out``) and the observer that records the job; use inside :func:`run_guarded`.
 
     The folder is a transaction (:mod:`cryolens.jobs.folders`): one that holds a finished job is refused
     unless ``overwrite`` (then the job is staged aside and swapped in on success); one where a job is running
@@ -124,7 +124,8 @@ def job_target(stage: str, out: Path | None, project: Path | None, *, overwrite:
     from cryolens.project.claim import claim_job
     from cryolens.project.db import find_project, open_project
 
-    root = project if project is not None else find_project(Path.cwd())
+    out, overwrite = run.out, run.overwrite
+    root = run.project if run.project is not None else find_project(Path.cwd())
     if root is None:
         if out is None:
             raise InputError("--out is required outside a project; give --out DIR, or run in a project folder "

@@ -63,7 +63,7 @@ def ctf(
             if missing:
                 raise InputError(f"ctf --power-spectrum {power_spectrum}: give {', '.join(missing)} (the spectrum "
                                  "carries no optics).")
-            with job_target("ctf", run.out, run.project, overwrite=run.overwrite) as target:
+            with job_target("ctf", run) as target:
                 job = run_ctf_power_spectrum(power_spectrum, target.out, params, pixel_size=pixel_size,
                                              voltage=voltage, cs=cs, amplitude_contrast=amplitude_contrast,
                                              device=dev, observer=target.observer)
@@ -73,7 +73,7 @@ def ctf(
                           f"{r['rlnCtfMaxResolution']:.1f} Å -> {target.out / 'micrographs_ctf.star'}")
         else:
             from cryolens.jobs.ctf import run_ctf
-            with job_target("ctf", run.out, run.project, overwrite=run.overwrite) as target, progress_bar("fitting CTF", quiet=run.quiet) as cb:
+            with job_target("ctf", run) as target, progress_bar("fitting CTF", quiet=run.quiet) as cb:
                 job = run_ctf(star, target.out, params, backend=run.backend, workers=run.j, device=dev,
                               from_movies=from_movies, frame_dose=frame_dose, progress=cb, observer=target.observer)
             r = job.results

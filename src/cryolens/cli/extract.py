@@ -51,7 +51,7 @@ def extract(
 
     def body():
         dev = device_option(run.device)
-        with job_target("extract", run.out, run.project, overwrite=run.overwrite) as target, progress_bar("extracting", quiet=run.quiet) as cb:
+        with job_target("extract", run) as target, progress_bar("extracting", quiet=run.quiet) as cb:
             job = run_extract(positions, micrographs, target.out, params, recentre=recentre, backend=run.backend,
                               workers=run.j, device=dev, progress=cb, observer=target.observer)
         r = job.results

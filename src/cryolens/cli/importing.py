@@ -99,7 +99,7 @@ def movies(
     def body():
         found, source = _files(glob, files, more_files, what="movie", suffixes=MOVIE_SUFFIXES)
         headers = _checked(found)
-        with job_target("import_movies", run.out, run.project, overwrite=run.overwrite) as target:
+        with job_target("import_movies", run) as target:
             _need_project(target, group)
             job = run_import_movies(found, target.out, acq, gopt, defect=str(defect) if defect else None,
                                     append=str(append) if append else None, optics_from=optics_from,
@@ -140,7 +140,7 @@ def micrographs(
     def body():
         found, source = _files(glob, files, more_files, what="micrograph", suffixes=MICROGRAPH_SUFFIXES)
         headers = _checked(found)
-        with job_target("import_micrographs", run.out, run.project, overwrite=run.overwrite) as target:
+        with job_target("import_micrographs", run) as target:
             _need_project(target, group)
             job = run_import_micrographs(found, target.out, acq, append=str(append) if append else None,
                                          optics_from=optics_from, source=source, headers=headers,
@@ -175,7 +175,7 @@ def particles(
 
     def body():
         checked = check_particle_import(star, acq)  # before a job folder is taken
-        with job_target("import_particles", run.out, run.project, overwrite=run.overwrite) as target:
+        with job_target("import_particles", run) as target:
             _need_project(target, group)
             job = run_import_particles(star, target.out, acq, checked=checked, observer=target.observer)
             extra = _group(target, group, star=target.out / "particles.star", key="rlnImageName")
@@ -217,7 +217,7 @@ def coords(
 
     def body():
         found, source = _files(glob, files, more_files, what="coordinate", suffixes=None)
-        with job_target("import_coords", run.out, run.project, overwrite=run.overwrite) as target:
+        with job_target("import_coords", run) as target:
             _need_project(target, group)
             job = run_import_coords(found, micrographs_star, target.out, scale=scale, fmt=cfmt.format,
                                     source=source, observer=target.observer)
@@ -249,7 +249,7 @@ def map_(
     from cryolens.jobs.importing import run_import_map
 
     def body():
-        with job_target("import_map", run.out, run.project, overwrite=run.overwrite) as target:
+        with job_target("import_map", run) as target:
             _need_project(target, group)
             job = run_import_map(path, target.out, pixel_size=pixel_size, link=link, observer=target.observer)
             extra = _group(target, group)

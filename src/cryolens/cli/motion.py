@@ -44,7 +44,7 @@ def motion(
     def body():
         job_options = dataclasses.replace(options, preprocess=preprocess)
         dev = device_option(run.device)
-        with job_target("motion", run.out, run.project, overwrite=run.overwrite) as target, progress_bar("movies", quiet=run.quiet) as cb:
+        with job_target("motion", run) as target, progress_bar("movies", quiet=run.quiet) as cb:
             job = run_motion(star, target.out, params, job_options, backend=run.backend, workers=run.j, device=dev, progress=cb,
                              observer=target.observer)
         r = job.results

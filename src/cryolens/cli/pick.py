@@ -95,7 +95,7 @@ def pick(
             raise InputError("--in micrographs.star is needed (or --rethreshold DIR, or --preview MICROGRAPH).")
         from cryolens.jobs.pick import run_pick
         dev = device_option(run.device)
-        with job_target("pick", run.out, run.project, overwrite=run.overwrite) as target, progress_bar("picking", quiet=run.quiet) as cb:
+        with job_target("pick", run) as target, progress_bar("picking", quiet=run.quiet) as cb:
             job = run_pick(micrographs, target.out, params, templates=templates, map=map_, backend=run.backend,
                            workers=run.j, device=dev, progress=cb, observer=target.observer)
         _print_picks(job.results, target.out)
@@ -105,7 +105,7 @@ def pick(
 
 def _rethreshold(source: Path, params: PickParams, run: JobOptions) -> None:
     from cryolens.jobs.pick_select import run_rethreshold
-    with job_target("pick", run.out, run.project, overwrite=run.overwrite) as target:
+    with job_target("pick", run) as target:
         job = run_rethreshold(source, target.out, threshold=params.threshold,
                               max_per_micrograph=params.max_per_micrograph, observer=target.observer)
     _print_picks(job.results, target.out)
@@ -134,7 +134,7 @@ def pick_consensus(
     """
     def body():
         from cryolens.jobs.pick_select import run_pick_consensus
-        with job_target("pick", run.out, run.project, overwrite=run.overwrite) as target:
+        with job_target("pick", run) as target:
             job = run_pick_consensus(coords, target.out, radius=radius, min_agree=min_agree, observer=target.observer)
         r = job.results
         console.print(f"{r['n_picks']} picks found by at least {r['min_agree']} of {r['n_sets']} sets in "

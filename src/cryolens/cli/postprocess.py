@@ -47,7 +47,7 @@ def postprocess(
         full = dataclasses.replace(params, mask=dataclasses.replace(mask_params, kind=kind if mask_file is None
                                                                     else "tight"))
         dev = device_option(run.device)
-        with job_target("postprocess", run.out, run.project, overwrite=run.overwrite) as target, progress_bar("postprocessing", quiet=run.quiet) as cb:
+        with job_target("postprocess", run) as target, progress_bar("postprocessing", quiet=run.quiet) as cb:
             job = run_postprocess(half1, half2, target.out, full, mask_file=mask_file, mtf_file=mtf,
                                   pixel_size=pixel_size, seed=seed, device=dev, progress=cb, observer=target.observer)
         r = job.results

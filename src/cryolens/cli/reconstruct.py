@@ -32,7 +32,7 @@ def reconstruct(
 
     def body():
         dev = device_option(run.device)
-        with job_target("reconstruct", run.out, run.project, overwrite=run.overwrite) as target, \
+        with job_target("reconstruct", run) as target, \
                 progress_bar("inserting", quiet=run.quiet) as cb:
             job = run_reconstruct(star, target.out, params, seed=seed, device=dev, progress=cb, observer=target.observer)
         r = job.results

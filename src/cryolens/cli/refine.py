@@ -85,7 +85,7 @@ def refine(
                     raise InputError(f"{flag} is required to start a refinement; give it, or continue an "
                                      "interrupted job with --continue JOBDIR.")
             dev = device_option(run.device)
-            with job_target("refine", run.out, run.project, overwrite=run.overwrite) as target, iteration_progress(quiet=run.quiet) as cb:
+            with job_target("refine", run) as target, iteration_progress(quiet=run.quiet) as cb:
                 job = run_refine(star, ref, target.out, params, mask=mask, device=dev, progress=cb,
                                  observer=target.observer)
         r = job.results

@@ -27,7 +27,7 @@ def _select(kind: str, star: Path, params: SelectParams, consensus: Optional[Pat
     from cryolens.jobs.select import run_select
 
     def body():
-        with job_target(f"select_{kind}", run.out, run.project, overwrite=run.overwrite) as target:
+        with job_target(f"select_{kind}", run) as target:
             job = run_select(kind, star, target.out, params, consensus=consensus, observer=target.observer)
         r = job.results
         if not run.quiet:
@@ -100,7 +100,7 @@ def classes(
     from cryolens.jobs.select_classes import run_select_classes
 
     def body():
-        with job_target("select_classes", run.out, run.project) as target:
+        with job_target("select_classes", run) as target:
             job = run_select_classes(folder, target.out, params, observer=target.observer)
         r = job.results
         if not run.quiet:

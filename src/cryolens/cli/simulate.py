@@ -57,7 +57,7 @@ def particles(
         if sim.concentration > 0 and sim.pose_distribution == "uniform":
             sim = dataclasses.replace(sim, pose_distribution="preferred")
         dev = device_option(run.device)
-        with job_target("simulate_particles", run.out, run.project, overwrite=run.overwrite) as target, \
+        with job_target("simulate_particles", run) as target, \
                 progress_bar("simulating", quiet=run.quiet) as cb:
             job = run_simulate_particles(target.out, sim, structures=None if morph else structures, morph=morph,
                                          pixel_size=grid.pixel_size if grid.pixel_size is not None else

@@ -34,7 +34,7 @@ def micrographs(
 
     def body():
         dev = device_option(run.device)
-        with job_target("simulate_micrographs", run.out, run.project, overwrite=run.overwrite) as target, \
+        with job_target("simulate_micrographs", run) as target, \
                 progress_bar("simulating micrographs", quiet=run.quiet) as cb:
             job = run_simulate_micrographs(target.out, params, device=dev, progress=cb, observer=target.observer)
         r = job.results

@@ -37,7 +37,7 @@ def movies(
 
     def body():
         dev = device_option(run.device)
-        with job_target("simulate_movies", run.out, run.project, overwrite=run.overwrite) as target, \
+        with job_target("simulate_movies", run) as target, \
                 progress_bar("simulating movie frames", quiet=run.quiet) as cb:
             job = run_simulate_movies(target.out, params.movie_params(), params.micrograph_params(),
                                       n_movies=params.n_movies, fmt=params.fmt, device=dev, progress=cb,
