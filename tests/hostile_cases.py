@@ -44,6 +44,12 @@ REC = "--in sp/particles.star --ref sp/truth_map.mrc"
 MICS_OK = "--in sm/micrographs.star"
 EXTRACT = "--in sm/coords.star --micrographs sm/micrographs.star"
 ACQ = "--pixel-size 4 --voltage 300 --cs 2.7 --amplitude-contrast 0.1"
+#: cryoSPARC .cs files (hostile_world) -> what the sentence names.
+CS_FILES = {"bad/cs_text.cs": "cs_text.cs", "bad/cs_empty.cs": "cs_empty.cs", "bad/cs_trunc.cs": "cs_trunc.cs",
+            "bad/gone.cs": "gone.cs", "bad/cs_no_ctf.cs": "cs_no_ctf.cs", "bad/cs_zero_rows.cs": "cs_zero_rows.cs",
+            "bad/cs_missing_stack.cs": "gone.mrcs", "bad/cs_nan.cs": "ctf/df1_A", "bad/cs_index.cs": "cs_index.cs",
+            "bad/cs_rect.cs": "blob/shape", "bad/cs_apix.cs": "blob/psize_A", "bad/cs_voltage.cs": "ctf/accel_kv"}
+CS_4K = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "metadata" / "cryosparc" / "4k_dataset.cs")
 
 ROWS: dict[str, list[tuple]] = {
     "motion": [
@@ -300,6 +306,25 @@ ROWS: dict[str, list[tuple]] = {
         C("pixel-size-0", f"import particles {SP} --pixel-size 0 {OUT}", "--pixel-size"),
         C("voltage-0", f"import particles {SP} --voltage 0 {OUT}", "--voltage"),
         C("optics-group-quotes", f"import particles {SP} --optics-group 'a\"b' {OUT}", "--optics-group"),
+        *(C(f"cs-{Path(f).stem}", f"import particles --in {f} {OUT}", name) for f, name in CS_FILES.items()),
+        C("cs-4k-dataset-no-blob", f"import particles --in {CS_4K} {OUT}", "4k_dataset.cs", "blob/path"),
+        C("cs-passthrough-other-uids", f"import particles --in bad/cs_ok.cs --passthrough bad/cs_other_uids.cs "
+          f"{OUT}", "cs_other_uids.cs"),
+        C("cs-passthrough-gone", f"import particles --in bad/cs_ok.cs --passthrough bad/gone.cs {OUT}", "gone.cs"),
+        C("cs-project-dir-file", f"import particles --in bad/cs_ok.cs --cs-project-dir bad/not_a_folder {OUT}",
+          "--cs-project-dir"),
+        C("cs-voltage-disagrees", f"import particles --in bad/cs_ok.cs --voltage 200 {OUT}", "--voltage"),
+        C("star-with-passthrough", f"import particles {SP} --passthrough bad/cs_ok.cs {OUT}", "--passthrough"),
+    ],
+    "export cryosparc": [
+        *(C(f"in-{i}", f"export cryosparc --in {f} {OUT}", name)
+          for (i, f), name in zip(_ids(PARTICLE_STAR), PARTICLE_STAR.values())
+          if i not in ("p_nan_image",)),  # the export links the stacks, it does not read the pixels
+        C("no-ctf", f"export cryosparc --in bad/p_no_ctf.star {OUT}", "p_no_ctf.star", "rlnDefocusU"),
+        C("nan-defocus", f"export cryosparc --in bad/p_nan_defocus.star {OUT}", "rlnDefocusU"),
+        C("nan-angle", f"export cryosparc --in bad/p_nan_angle.star {OUT}", "rlnAngleTilt"),
+        C("one-angle-missing", f"export cryosparc --in bad/p_no_angles.star {OUT}", "rlnAngleRot"),
+        C("a-map", f"export cryosparc --in rec/half1.mrc {OUT}", "half1.mrc"),
     ],
     "import coords": [
         C("no-files", f"import coords --glob 'nothing/*.star' --micrographs sm/micrographs.star {OUT}", "nothing"),

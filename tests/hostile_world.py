@@ -124,6 +124,8 @@ def _build_bad(w: Path) -> None:
     _edit_star(sp, bad / "p_apix_zero.star", "optics", _set("rlnImagePixelSize", 0.0))
     _edit_star(sp, bad / "p_box.star", "optics", _set("rlnImageSize", 64))
     _edit_star(sp, bad / "p_voltage_zero.star", "optics", _set("rlnVoltage", 0.0))
+    _edit_star(sp, bad / "p_no_ctf.star", "particles", lambda df: df.drop(columns=["rlnDefocusU", "rlnDefocusV"]))
+    _build_cs(bad, n)
 
     # micrographs
     sm = w / "sm" / "micrographs.star"
@@ -202,6 +204,44 @@ def _build_bad(w: Path) -> None:
     (bad / "no_profiles.toml").write_text("")  # $CRYOLENS_PROFILES of the cases: no user profiles
     (bad / "wf_ok.toml").write_text('[workflow]\nproject = "wfp"\n[steps.a]\nstage = "reconstruct"\n'
                                     'params = { in = "../sp/particles.star" }\n')
+
+
+def _build_cs(bad: Path, n: int) -> None:
+    """cryoSPARC .cs files for ``import particles`` (blob/path ``sp/particles.mrcs``: found above ``bad``)."""
+    from cryosparc.dataset import Dataset
+
+    def cs(name: str, **edits) -> None:
+        ds = Dataset.allocate(n, [("blob/path", "O"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
+                                  ("blob/psize_A", "<f4"), ("ctf/accel_kv", "<f4"), ("ctf/cs_mm", "<f4"),
+                                  ("ctf/amp_contrast", "<f4"), ("ctf/df1_A", "<f4"), ("ctf/df2_A", "<f4"),
+                                  ("ctf/df_angle_rad", "<f4")])
+        ds["blob/path"] = np.array(["sp/particles.mrcs"] * n, dtype=object)
+        ds["blob/idx"], ds["blob/shape"], ds["blob/psize_A"] = np.arange(n), 32, 4.0
+        ds["ctf/accel_kv"], ds["ctf/cs_mm"], ds["ctf/amp_contrast"] = 300.0, 2.7, 0.1
+        ds["ctf/df1_A"], ds["ctf/df2_A"], ds["ctf/df_angle_rad"] = 15000.0, 14000.0, 0.3
+        for field, value in edits.items():
+            ds[field.replace("__", "/")] = value
+        if name == "cs_no_ctf.cs":
+            ds = ds.filter_fields(lambda f: not f.startswith("ctf/"))
+        if name == "cs_zero_rows.cs":
+            ds = ds.mask(np.zeros(n, bool))
+        ds.save(bad / name)
+
+    cs("cs_ok.cs")
+    cs("cs_no_ctf.cs")
+    cs("cs_zero_rows.cs")
+    cs("cs_missing_stack.cs", blob__path=np.array(["bad/gone.mrcs"] * n, dtype=object))
+    cs("cs_nan.cs", ctf__df1_A=np.where(np.arange(n) == 3, np.nan, 15000.0))
+    cs("cs_index.cs", blob__idx=np.arange(n) + 900)
+    cs("cs_rect.cs", blob__shape=np.array([[32, 40]] * n))
+    cs("cs_apix.cs", blob__psize_A=2.0)
+    cs("cs_voltage.cs", ctf__accel_kv=0.0)
+    raw = (bad / "cs_ok.cs").read_bytes()
+    (bad / "cs_trunc.cs").write_bytes(raw[: len(raw) // 2])
+    (bad / "cs_text.cs").write_text("this is not a cryoSPARC file\n")
+    (bad / "cs_empty.cs").write_bytes(b"")
+    other = Dataset.allocate(n, [("ctf/bfactor", "<f4")])  # new uids: another job's passthrough
+    other.save(bad / "cs_other_uids.cs")
 
 
 def build_world(w: Path) -> Path:

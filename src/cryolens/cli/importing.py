@@ -14,8 +14,8 @@ from cryolens.jobs.coord_options import CoordinateFormat
 from cryolens.jobs.import_options import Acquisition, GainOptions, ParticleOptics
 from cryolens.errors import InputError
 
-app = typer.Typer(help="Import movies, micrographs, particles, coordinates or a map into a job folder "
-                       "(RELION 3.1 STAR with optics groups).", no_args_is_help=True)
+app = typer.Typer(help="Import movies, micrographs, particles (STAR or cryoSPARC .cs), coordinates or a map into a "
+                       "job folder (RELION 3.1 STAR with optics groups).", no_args_is_help=True)
 
 GroupOpt = Annotated[Optional[str], typer.Option("--group", help="Add the imported items to this named group of the "
                                                 "project (created when new); see `cryolens project groups`.")]
@@ -157,32 +157,55 @@ def micrographs(
 @app.command("particles")
 @declare(run=JobOptions, omit=("device",), acq=ParticleOptics, outputs=("particles",))
 def particles(
-    star: Annotated[Path, typer.Option("--in", help="Particle STAR file (RELION 3.0 or 3.1+).")],
+    star: Annotated[Path, typer.Option("--in", help="Particle STAR file (RELION 3.0 or 3.1+) or cryoSPARC .cs file.")],
+    passthrough: Annotated[Optional[list[Path]], typer.Option(
+        "--passthrough", help="cryoSPARC passthrough .cs joined to a .cs --in by uid; repeatable. Default: every "
+                              "*_passthrough_*.cs beside it that holds all its particles.", show_default=False)] = None,
+    cs_project_dir: Annotated[Optional[Path], typer.Option(
+        "--cs-project-dir", help="cryoSPARC project folder that blob/path names are relative to (default: look "
+                                 "beside the .cs file and in the folder above it).")] = None,
     acq: ParticleOptics = None,
     group: GroupOpt = None,
     run: JobOptions = None,
 ) -> None:
-    """Import a particle STAR: validate it, upgrade RELION 3.0 to 3.1, check every image exists.
+    """Import a particle STAR or a cryoSPARC .cs: validate it, upgrade RELION 3.0 (or convert cryoSPARC) to
+    RELION 3.1, check every image exists.
 
-    Values given must agree with the file; they fill what a RELION 3.0 file lacks.
+    Values given must agree with the file; they fill what a RELION 3.0 file lacks. A .cs file's poses
+    (alignments3D), shifts, CTF, half sets and classes become RELION columns.
 
     Example:
 
       cryolens import particles --in old/particles.star --pixel-size 1.34 --voltage 300 --cs 2.7
       --amplitude-contrast 0.1
+
+      cryolens import particles --in P3/J42/J42_particles.cs --cs-project-dir /data/cryosparc/P3
     """
     from cryolens.jobs.importing import check_particle_import, run_import_particles
 
     def body():
-        checked = check_particle_import(star, acq)  # before a job folder is taken
+        is_cs = star.suffix.lower() == ".cs"
+        if not is_cs and (passthrough or cs_project_dir is not None):
+            raise InputError(f"{star}: --passthrough and --cs-project-dir apply to a cryoSPARC .cs file only; drop "
+                             "them for a STAR file.")
+        if is_cs:
+            from cryolens.jobs.import_cryosparc import check_cryosparc_import, run_import_cryosparc
+            checked = check_cryosparc_import(star, acq, passthrough=list(passthrough or []),
+                                             project_dir=cs_project_dir)
+        else:
+            checked = check_particle_import(star, acq)  # before a job folder is taken
         with job_target("import_particles", run) as target:
             _need_project(target, group)
-            job = run_import_particles(star, target.out, acq, checked=checked, observer=target.observer)
+            if is_cs:
+                job = run_import_cryosparc(star, target.out, acq, checked=checked, observer=target.observer)
+            else:
+                job = run_import_particles(star, target.out, acq, checked=checked, observer=target.observer)
             extra = _group(target, group, star=target.out / "particles.star", key="rlnImageName")
         r = job.results
-        console.print(f"{r['n_particles']} particles (box {r['box']}, {r['pixel_size_A']:g} Å/px, RELION "
-                      f"{r['input_version']} file, {r['n_stacks']} stacks) -> {target.out / 'particles.star'}"
-                      f"{extra}")
+        what = (f"cryoSPARC file, {r['n_passthrough']} passthrough, {'with' if r['poses'] else 'no'} poses"
+                if is_cs else f"RELION {r['input_version']} file")
+        console.print(f"{r['n_particles']} particles (box {r['box']}, {r['pixel_size_A']:g} Å/px, {what}, "
+                      f"{r['n_stacks']} stacks) -> {target.out / 'particles.star'}{extra}")
 
     run_guarded(body)
 

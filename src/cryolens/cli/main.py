@@ -9,6 +9,7 @@ from cryolens.cli import abinitio as _abinitio
 from cryolens.cli import align_maps as _align_maps
 from cryolens.cli import class2d as _class2d
 from cryolens.cli import ctf as _ctf
+from cryolens.cli import export as _export
 from cryolens.cli import extract as _extract
 from cryolens.cli import fsc as _fsc
 from cryolens.cli import importing as _importing
@@ -35,6 +36,7 @@ app = typer.Typer(
 )
 app.add_typer(_project.app, name="project")
 app.add_typer(_importing.app, name="import")
+app.add_typer(_export.app, name="export")
 app.command("motion")(_motion.motion)
 app.command("ctf")(_ctf.ctf)
 app.command("pick")(_pick.pick)

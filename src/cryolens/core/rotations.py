@@ -33,6 +33,9 @@ __all__ = [
     "geodesic_distance",
     "axis_angle_to_matrix",
     "rotvec_to_matrix",
+    "matrix_to_rotvec",
+    "cryosparc_pose_to_euler",
+    "euler_to_cryosparc_pose",
 ]
 
 
@@ -226,3 +229,44 @@ def rotvec_to_matrix(rotvec_deg: torch.Tensor) -> torch.Tensor:
     axis = rotvec_deg / torch.where(ang > 0, ang, torch.ones_like(ang))
     q = torch.cat([torch.cos(half), torch.sin(half) * axis], dim=-1)
     return quaternion_to_matrix(q)
+
+
+def matrix_to_rotvec(R: torch.Tensor) -> torch.Tensor:
+    """Logarithm map, inverse of :func:`rotvec_to_matrix`.
+
+    Args:
+        R: ``(..., 3, 3)`` rotation matrices.
+
+    Returns:
+        ``(..., 3)`` rotation vectors in degrees, ``(x, y, z)``, of length in ``[0, 180]``.
+    """
+    q = matrix_to_quaternion(R)  # w >= 0: angle in [0, 180]
+    v = q[..., 1:]
+    s = v.norm(dim=-1, keepdim=True)
+    ang = torch.rad2deg(2 * torch.atan2(s, q[..., :1]))
+    return v * (ang / torch.where(s > 0, s, torch.ones_like(s)))
+
+
+def cryosparc_pose_to_euler(pose_rad) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RELION Euler angles of cryoSPARC poses (``alignments3D/pose``).
+
+    cryoSPARC stores a particle's orientation as a rotation vector ``r`` (radians; axis
+    ``r/|r|``, angle ``|r|``). Its rotation matrix (Rodrigues) is the transpose of RELION's
+    :func:`euler_to_matrix` ``A`` (volume -> image), so ``A = rotvec_to_matrix(-r)``; pyem
+    (``csparc2star``) and cryoDRGN convert the same way.
+
+    Args:
+        pose_rad: ``(..., 3)`` rotation vectors in radians (tensor or array).
+
+    Returns:
+        ``(rot, tilt, psi)`` in degrees, each ``(...)`` (:func:`matrix_to_euler` ranges).
+    """
+    r = _as_tensor(pose_rad).to(torch.float64)
+    return matrix_to_euler(rotvec_to_matrix(-torch.rad2deg(r)))
+
+
+def euler_to_cryosparc_pose(rot, tilt, psi) -> torch.Tensor:
+    """cryoSPARC ``alignments3D/pose`` (``(..., 3)`` rotation vectors, radians) of RELION Euler angles in
+    degrees; the inverse of :func:`cryosparc_pose_to_euler` (computed in float64)."""
+    A = euler_to_matrix(*(_as_tensor(t).to(torch.float64) for t in (rot, tilt, psi)))
+    return torch.deg2rad(matrix_to_rotvec(A.transpose(-1, -2)))
