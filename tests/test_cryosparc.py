@@ -204,3 +204,18 @@ def test_passthrough_found_beside_or_given(simulated: Path, tmp_path: Path):
     (job / "P1_J7_passthrough_particles.cs").unlink()
     result = invoke_cli("import", "particles", "--in", job / "J7_particles.cs", "--out", "c", cwd=tmp_path, code=None)
     assert_user_error(result, "J7_particles.cs", "ctf/")
+
+
+def test_real_exported_2d_classification_cs(tmp_path: Path, shared_data: Path):
+    """A real cryoSPARC export after 2D classification: '>' (cryoSPARC's mark for imported, linked stacks) is
+    dropped from blob/path, the 2D class becomes rlnClassNumber, and there are no 3D poses to convert."""
+    src = shared_data / "metadata" / "cryodrgn" / "cryosparc_J2_particles_exported.cs"
+    ds = read_cs(src)
+    sparse_stacks(ds, tmp_path / "P1", 1.345)
+    invoke_cli("import", "particles", "--in", src, "--cs-project-dir", tmp_path / "P1", "--out", "imp", "--quiet",
+               cwd=tmp_path)
+    optics, parts = read_particles(tmp_path / "imp" / "particles.star")
+    assert len(parts) == 22 and "rlnAngleRot" not in parts.columns
+    assert (parts["rlnClassNumber"] == ds["alignments2D/class"] + 1).all()
+    assert ">" not in "".join(parts["rlnImageName"]) and parts["rlnImageName"].iloc[0].startswith("000001@")
+    assert optics["rlnSphericalAberration"].iloc[0] == pytest.approx(2.7)

@@ -93,7 +93,7 @@ def run_export_cryosparc(star: str | os.PathLike, out_dir: str | os.PathLike, *,
         (out / "stacks").mkdir(exist_ok=True)
         for stack, name in zip(stacks, links):
             with atomic_output(out / "stacks" / name) as tmp:
-                os.symlink(os.path.abspath(stack), tmp)
+                os.symlink(os.path.realpath(stack), tmp)  # the file itself, not a chain of links
         blob = [f"stacks/{links[w]}" for w in which]
         ds = relion_to_cs(optics, parts, blob_paths=blob, blob_idx=idx)
         write_cs(out / "particles.cs", ds)
