@@ -4,12 +4,14 @@ Each panel reads the job's output files in its folder and the truth (:mod:`cryol
 writes its PNG into the folder and returns a :class:`Panel` (rows of numbers, image names):
 
 * ``pick``: precision and recall of ``coords.star`` against the true coordinates (a pick matches the
-  nearest true particle on its micrograph within a quarter of the particle diameter; each true
+  nearest true particle on its micrograph within 0.2 particle diameters; each true
   particle counts once), and an overlay of picks and truth on the first micrograph;
 * ``refine``: angular error (degrees) of each particle's pose after the best global rotation (the
   map's frame is arbitrary) and shift error (Å) after the best 3-D translation of the map;
-* ``abinitio``: the truth map aligned onto the ab-initio map (:func:`cryolens.mapalign.align_maps`,
-  both hands), FSC between them and which hand the ab-initio map has;
+* ``abinitio``: the truth map brought onto the ab-initio map through the particles' poses (global
+  rotation and hand from true vs found poses, shift from the cross-correlation peak; no map search, so
+  seconds) or, when the poses are far from the truth (:data:`POSE_ALIGN_MAX_DEG`), by
+  :func:`cryolens.mapalign.align_maps` with coarse settings; FSC between them and the map's hand;
 * ``reconstruct``: FSC of the map against the truth map without alignment (the poses given are the
   simulator's, or in its frame);
 * any job that writes ``particles.star`` and ``rejected.star`` (class selection): keep/reject against
@@ -33,7 +35,7 @@ from cryolens.io import read_mrc, read_star
 from cryolens.jobs.report import new_figure, plot_fsc, save_figure
 from cryolens.jobs.truth import Truth, find_truth, match_particles, micrograph_key, nearest_rows, particle_table
 
-__all__ = ["Panel", "truth_panels", "pose_errors", "PANELS"]
+__all__ = ["Panel", "truth_panels", "pose_errors", "frame_fit", "align_truth_by_poses", "PANELS"]
 
 
 @dataclass
@@ -60,7 +62,7 @@ def _pick_panel(folder: Path, params: Mapping[str, Any], truth: Truth) -> Panel 
             names = set(micrograph_key(mics["rlnMicrographName"]))
             true = true[micrograph_key(true["rlnMicrographName"]).isin(names)].reset_index(drop=True)
     diameter = params.get("diameter") or 0
-    radius = max(2.0, 0.25 * float(diameter) / apix) if diameter else 10.0
+    radius = max(2.0, 0.2 * float(diameter) / apix) if diameter else 10.0
     rows = nearest_rows(picks, true, radius_px=radius) if len(picks) else np.array([])
     tp = len(np.unique(rows[~np.isnan(rows)]))
     precision = tp / len(picks) if len(picks) else float("nan")
@@ -85,7 +87,7 @@ def _pick_overlay(folder: Path, picks: pd.DataFrame, true: pd.DataFrame, radius:
         f = base / str(t["rlnMicrographName"].iloc[0])
         if f.is_file():
             try:
-                image = read_mrc(f)
+                image = read_mrc(f)[0]
             except Exception:  # noqa: BLE001 - the overlay is drawn without the image
                 image = None
             break
@@ -106,32 +108,39 @@ def _pick_overlay(folder: Path, picks: pd.DataFrame, true: pd.DataFrame, radius:
     return True
 
 
+def _matrices(df: pd.DataFrame) -> torch.Tensor:
+    from cryolens.core.rotations import euler_to_matrix
+    return euler_to_matrix(*[torch.tensor(df[c].to_numpy(np.float64)) for c in
+                             ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")])
+
+
+def _project_so3(m: torch.Tensor) -> torch.Tensor:
+    u, _, vt = torch.linalg.svd(m)
+    d = torch.sign(torch.det(u @ vt))
+    return u @ torch.diag(torch.stack([torch.ones_like(d), torch.ones_like(d), d])) @ vt
+
+
+def frame_fit(r_est: torch.Tensor, r_true: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, str]:
+    """The global rotation between two sets of poses ``(n, 3, 3)``: ``(angular errors in degrees, G, side)``
+    with ``R_est ≈ G·R_true`` (side ``left``) or ``R_est ≈ R_true·G`` (side ``right``: the estimated map is
+    the true one rotated, ``est(x) = true(G·x)``), whichever fits better (median error)."""
+    from cryolens.core.rotations import geodesic_distance
+    g_left = _project_so3((r_est @ r_true.transpose(-1, -2)).mean(0))
+    g_right = _project_so3((r_true.transpose(-1, -2) @ r_est).mean(0))
+    left = geodesic_distance(r_est, g_left @ r_true).numpy()
+    right = geodesic_distance(r_est, r_true @ g_right).numpy()
+    return (left, g_left, "left") if np.median(left) < np.median(right) else (right, g_right, "right")
+
+
 def pose_errors(est: pd.DataFrame, true: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Per-particle angular error (degrees) and shift error (Å) of estimated poses against true ones.
 
     ``est`` and ``true`` have rlnAngleRot/Tilt/Psi (degrees) and rlnOriginX/YAngst (Å), row for row.
-    The estimated frame may differ from the truth's by a global rotation (found by averaging
-    ``R_est·R_trueᵀ`` or ``R_trueᵀ·R_est`` and projecting onto SO(3), whichever fits better) and a
+    The estimated frame may differ from the truth's by a global rotation (:func:`frame_fit`) and a
     3-D translation of the map (least squares on the shift differences).
     """
-    from cryolens.core.rotations import euler_to_matrix, geodesic_distance
-
-    def mats(df):
-        a = [torch.tensor(df[c].to_numpy(np.float64)) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")]
-        return euler_to_matrix(*a)
-
-    r_est, r_true = mats(est), mats(true)
-
-    def project(m):
-        u, _, vt = torch.linalg.svd(m)
-        d = torch.sign(torch.det(u @ vt))
-        return u @ torch.diag(torch.stack([torch.ones_like(d), torch.ones_like(d), d])) @ vt
-
-    g_left = project((r_est @ r_true.transpose(-1, -2)).mean(0))
-    g_right = project((r_true.transpose(-1, -2) @ r_est).mean(0))
-    left = geodesic_distance(r_est, g_left @ r_true).numpy()
-    right = geodesic_distance(r_est, r_true @ g_right).numpy()
-    angles = left if np.median(left) <= np.median(right) else right
+    r_est = _matrices(est)
+    angles, _, _ = frame_fit(r_est, _matrices(true))
     cols = ["rlnOriginXAngst", "rlnOriginYAngst"]
     if not set(cols) <= set(est.columns) or not set(cols) <= set(true.columns):
         return angles, np.full(len(est), np.nan)
@@ -145,13 +154,16 @@ def pose_errors(est: pd.DataFrame, true: pd.DataFrame) -> tuple[np.ndarray, np.n
     return angles, best
 
 
-def _refine_panel(folder: Path, params: Mapping[str, Any], truth: Truth) -> Panel | None:
+def _matched_poses(folder: Path, truth: Truth) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The job's particles (not junk, with a true pose) and their true rows, or None when fewer than 3."""
     star = folder / "particles.star"
     if not star.is_file():
         return None
     table = particle_table(star)
     matched = match_particles(table, truth, radius_px=15.0)
-    ok = matched["true_rlnAngleRot"].notna().to_numpy() if "true_rlnAngleRot" in matched else np.zeros(0, bool)
+    if "true_rlnAngleRot" not in matched or "rlnAngleRot" not in table:
+        return None
+    ok = matched["true_rlnAngleRot"].notna().to_numpy().copy()
     if "true_rlnCryolensJunk" in matched:
         ok &= matched["true_rlnCryolensJunk"].fillna(1).to_numpy() == 0
     if ok.sum() < 3:
@@ -160,7 +172,15 @@ def _refine_panel(folder: Path, params: Mapping[str, Any], truth: Truth) -> Pane
     for c in ("rlnOriginXAngst", "rlnOriginYAngst"):
         if c not in true.columns:
             true[c] = 0.0
-    angles, shifts = pose_errors(table[ok], true)
+    return table[ok], true
+
+
+def _refine_panel(folder: Path, params: Mapping[str, Any], truth: Truth) -> Panel | None:
+    pair = _matched_poses(folder, truth)
+    if pair is None:
+        return None
+    est, true = pair
+    angles, shifts = pose_errors(est, true)
     fig, axes = new_figure(ncols=2, figsize=(9, 3.4))
     axes[0].hist(angles, bins=40, color="tab:blue")
     axes[0].set_xlabel("angular error (°)")
@@ -170,7 +190,7 @@ def _refine_panel(folder: Path, params: Mapping[str, Any], truth: Truth) -> Pane
         ax.set_ylabel("particles")
     save_figure(fig, folder / "truth_poses.png")
     return Panel("Poses against the truth", {
-        "particles matched (not junk)": int(ok.sum()),
+        "particles matched (not junk)": len(est),
         "angular error median (°)": round(float(np.median(angles)), 3),
         "angular error 90th percentile (°)": round(float(np.percentile(angles, 90)), 3),
         "within 5° (%)": round(100 * float(np.mean(angles <= 5)), 1),
@@ -178,7 +198,53 @@ def _refine_panel(folder: Path, params: Mapping[str, Any], truth: Truth) -> Pane
         "shift error 90th percentile (Å)": round(float(np.nanpercentile(shifts, 90)), 3)}, ["truth_poses.png"])
 
 
+#: Above this median pose error (degrees, in the better hand) the truth map is aligned by a map search
+#: (:func:`cryolens.mapalign.align_maps`, coarse settings) instead of through the poses.
+POSE_ALIGN_MAX_DEG = 20.0
+
+
+def _best_shift(fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``moving`` rolled by the whole-voxel shift of highest cross-correlation with ``fixed``, and the
+    correlation coefficient of the two then."""
+    c = torch.fft.irfftn(torch.fft.rfftn(fixed) * torch.fft.rfftn(moving).conj(), s=fixed.shape)
+    idx = np.unravel_index(int(torch.argmax(c)), tuple(c.shape))
+    moved = torch.roll(moving, shifts=tuple(int(i) for i in idx), dims=(0, 1, 2))
+    a, b = fixed - fixed.mean(), moved - moved.mean()
+    return moved, float((a * b).sum() / ((a.norm() * b.norm()) + 1e-30))
+
+
+def align_truth_by_poses(vol: torch.Tensor, ref: torch.Tensor, est: pd.DataFrame,
+                         true: pd.DataFrame) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The truth map ``ref`` brought onto the map ``vol`` (both ``(n, n, n)``) with the frame and hand found
+    from the particles' poses: ``est`` (the job's poses) against ``true`` (row for row).
+
+    The poses give the global rotation in each hand (:func:`frame_fit`; a map mirrored along z has poses
+    ``F·R·F``, ``F = diag(1, 1, -1)``); the truth is rotated (``G`` or ``Gᵀ``), mirrored for the other hand,
+    shifted by the whole-voxel peak of the cross-correlation, and the candidate that correlates best wins.
+    Returns the aligned truth and ``{"flipped", "correlation", "pose error median (given hand)",
+    "pose error median (mirrored)"}`` (degrees). No map search: a few transforms, seconds at most.
+    """
+    from cryolens.mapalign import flip_hand, transform_volume
+    r_est, r_true = _matrices(est), _matrices(true)
+    mirror = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+    fits = {False: frame_fit(r_est, r_true), True: frame_fit(mirror @ r_est @ mirror, r_true)}
+    n = vol.shape[-1]
+    zero = torch.zeros(3)
+    best: tuple[float, torch.Tensor, bool] | None = None
+    for flipped, (_, g, _) in fits.items():
+        for rot in (g, g.T):
+            cand = transform_volume(ref, rot.float(), zero, oversample=2 if n <= 96 else 1)
+            cand, corr = _best_shift(vol, flip_hand(cand) if flipped else cand)
+            if best is None or corr > best[0]:
+                best = (corr, cand, flipped)
+    corr, aligned, flipped = best
+    return aligned, {"flipped": flipped, "correlation": round(corr, 4),
+                     "pose error median (given hand)": round(float(np.median(fits[False][0])), 2),
+                     "pose error median (mirrored)": round(float(np.median(fits[True][0])), 2)}
+
+
 def _map_fsc_panel(folder: Path, truth: Truth, *, align: bool) -> Panel | None:
+    """FSC of ``map.mrc`` against the truth map, as it is or aligned through the poses (:func:`align_truth_by_poses`)."""
     from cryolens.core.fsc import fsc
     from cryolens.jobs.fsc_maps import load_cubic_map
     from cryolens.jobs.particles import read_reference
@@ -189,12 +255,25 @@ def _map_fsc_panel(folder: Path, truth: Truth, *, align: bool) -> Panel | None:
     ref = read_reference(truth.map, box=n, pixel_size=apix, what="truth map")
     rows: dict[str, Any] = {}
     if align:
-        from cryolens.mapalign import AlignMapsParams, align_maps
-        res = align_maps(vol, ref, pixel_size=apix, params=AlignMapsParams(healpix_order=1, top_k=2))
-        ref = res.aligned
-        rows["hand"] = "mirrored: flip the map's hand" if res.flipped else "correct"
-        rows["correlation (other hand)"] = (f"{res.correlation:.3f}" +
-                                            ("" if res.other_hand is None else f" ({res.other_hand:.3f})"))
+        pair = _matched_poses(folder, truth)
+        if pair is None:
+            return None
+        est, true = pair
+        if "rlnClassNumber" in est.columns and est["rlnClassNumber"].nunique() > 1:  # map.mrc: the largest class
+            keep = (est["rlnClassNumber"] == est["rlnClassNumber"].mode().iloc[0]).to_numpy()
+            est, true = est[keep], true[keep]
+        aligned, info = align_truth_by_poses(vol, ref, est, true)
+        how = "through the poses"
+        if min(info["pose error median (given hand)"], info["pose error median (mirrored)"]) > POSE_ALIGN_MAX_DEG:
+            from cryolens.mapalign import AlignMapsParams, align_maps
+            res = align_maps(vol, ref, pixel_size=apix, params=AlignMapsParams(
+                healpix_order=1, top_k=1, coarse_box=min(16, n), refine_box=max(16, min(32, n))))
+            aligned, how = res.aligned, "map search (poses too far from the truth)"
+            info.update(flipped=res.flipped, correlation=round(res.correlation, 4))
+        ref = aligned
+        rows["hand"] = "mirrored: flip the map's hand" if info.pop("flipped") else "correct"
+        rows["aligned by"] = how
+        rows.update({k if k != "correlation" else "correlation after alignment": v for k, v in info.items()})
     curve = fsc(vol, ref, pixel_size=apix)
     rows = {"FSC 0.5 against the truth (Å)": round(curve.resolution_at(0.5), 2),
             "FSC 0.143 against the truth (Å)": round(curve.resolution_at(0.143), 2), **rows}
@@ -253,14 +332,19 @@ PANELS: dict[str, Callable[[Path, Mapping[str, Any], Truth], Panel | None]] = {
 
 
 def truth_panels(folder: str | Path, stage: str, params: Mapping[str, Any]) -> list[Panel]:
-    """The truth panels of a job in ``folder`` (empty when the data were not simulated)."""
+    """The truth panels of a job in ``folder`` (empty when the data were not simulated); a panel that fails
+    becomes a one-row panel giving the reason."""
     folder = Path(folder)
     truth = None if stage.startswith("simulate") else find_truth(folder)
     if truth is None:
         return []
     out = []
     fn = PANELS.get(stage)
-    if fn is not None:
-        out.append(fn(folder, params, truth))
-    out.append(_junk_panel(folder, truth))
+    for make in ((lambda: fn(folder, params, truth)) if fn is not None else None, lambda: _junk_panel(folder, truth)):
+        if make is None:
+            continue
+        try:
+            out.append(make())
+        except Exception as e:  # noqa: BLE001 - one panel failing must not take the others (or the verdict) along
+            out.append(Panel("Truth panel not drawn", {"reason": f"{type(e).__name__}: {e}"}))
     return [p for p in out if p is not None]

@@ -90,7 +90,7 @@ def _reconstruct(r: Results, p: Results) -> str:
 
 def _refine(r: Results, p: Results) -> str:
     conv = r.get("converged")
-    tail = "next: postprocess (mask, sharpen)." if conv else "Not converged: continue it (--continue) or check."
+    tail = "next: postprocess (mask, sharpen)." if conv else "not converged: continue it (--continue) or look closer."
     head = "" if conv else "Check: "
     return (f"{head}gold-standard FSC 0.143 at {_n(r, 'resolution_0143_A')} Å after {_n(r, 'iterations')} "
             f"iterations; {tail}")
