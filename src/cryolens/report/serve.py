@@ -2,10 +2,12 @@
 
 Routes (GET and HEAD):
 
-* ``/``: the job list with status and, for running jobs, live progress; the page refreshes its
+* ``/``: the job list with status, the verdict of finished jobs and the live progress of running
+  ones; the page refreshes its
   rows every :data:`REFRESH_S` seconds from ``/api/jobs`` (and reloads itself without JavaScript);
 * ``/api/jobs``: the jobs as JSON (``name``, ``stage``, ``folder``, ``status``, times in seconds,
-  ``report``: the URL of the job's report or null, ``progress`` for running jobs, see
+  ``report``: the URL of the job's report or null, ``verdict`` of finished jobs
+  (:mod:`cryolens.jobs.verdicts`), ``progress`` of running jobs, see
   :func:`cryolens.report.progress.job_progress`);
 * ``/project``: the project report (:mod:`cryolens.report.project_report`), made on each request;
 * ``/files/<path>``: a file of the project folder (job reports, their PNGs, STAR files...).
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from cryolens.jobs.verdicts import verdict
 from cryolens.project.db import Project
 from cryolens.report.progress import job_progress
 from cryolens.report.project_report import render_project_report
@@ -71,6 +74,7 @@ def jobs_json(project: Project) -> list[dict[str, Any]]:
             "started": j.started, "ended": j.ended, "error": j.error,
             "took_s": round(j.ended - j.started, 1) if j.started and j.ended else None,
             "report": f"{FILES}{j.folder}/report.html" if has_report else None,
+            "verdict": verdict(j.stage, j.results, j.params) if j.status == "finished" else None,
             "progress": job_progress(folder, params=j.params, started=j.started, heartbeat=j.heartbeat)
             if j.status == "running" else None})
     return out
@@ -78,13 +82,13 @@ def jobs_json(project: Project) -> list[dict[str, Any]]:
 
 _SCRIPT = """
 function cell(t){const d=document.createElement('td');d.textContent=t==null?'':t;return d}
-function bar(p){if(!p)return cell('');const d=cell(p.message||'');if(p.fraction!=null){const m=document.createElement('progress');
+function bar(p,j){if(!p)return cell(j.verdict||j.error||'');const d=cell(p.message||'');if(p.fraction!=null){const m=document.createElement('progress');
 m.max=1;m.value=p.fraction;d.prepend(m)}return d}
 async function refresh(){try{const r=await fetch('/api/jobs',{cache:'no-store'});const jobs=await r.json();
 const tb=document.getElementById('jobs');tb.replaceChildren();for(const j of jobs){const tr=document.createElement('tr');
 const a=document.createElement('td');if(j.report){const l=document.createElement('a');l.href=j.report;
 l.textContent=j.name;a.append(l)}else{a.textContent=j.name}tr.append(a,cell(j.stage));const s=cell(j.status);
-s.className=j.status;tr.append(s,cell(j.took_s==null?'':j.took_s+' s'),bar(j.progress));tb.append(tr)}
+s.className=j.status;tr.append(s,cell(j.took_s==null?'':j.took_s+' s'),bar(j.progress,j));tb.append(tr)}
 document.getElementById('updated').textContent=new Date().toLocaleTimeString()}catch(e){}}
 setInterval(refresh,REFRESH_MS);
 """
@@ -96,7 +100,7 @@ def jobs_page(project: Project) -> str:
     for j in jobs_json(project):
         name = (f'<a href="{html.escape(j["report"])}">{j["name"]}</a>' if j["report"] else j["name"])
         prog = j["progress"]
-        live = ""
+        live = html.escape(j["verdict"] or j["error"] or "")
         if prog:
             bar = f'<progress max="1" value="{prog["fraction"]}"></progress>' if prog["fraction"] is not None else ""
             live = bar + html.escape(prog["message"])
@@ -108,10 +112,10 @@ def jobs_page(project: Project) -> str:
 <noscript><meta http-equiv="refresh" content="{REFRESH_S * 2}"></noscript>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{border-bottom:1px solid #ddd;
 padding:3px 8px;text-align:left}}.finished{{color:#2e7d32}}.failed,.killed{{color:#c62828}}.running{{color:#e65100}}
-.queued{{color:#1565c0}}progress{{margin-right:.5em}}</style></head><body>
+.queued{{color:#1565c0}}progress{{margin-right:.5em}}td:nth-child(4){{white-space:nowrap}}</style></head><body>
 <h1>cryolens project {title}</h1><p><a href="/project">Project report</a> &middot; {html.escape(str(project.root))}
 &middot; updated <span id="updated">now</span></p>
-<table><thead><tr><th>job</th><th>stage</th><th>status</th><th>took</th><th>progress</th></tr></thead>
+<table><thead><tr><th>job</th><th>stage</th><th>status</th><th>took</th><th>progress or verdict</th></tr></thead>
 <tbody id="jobs">{''.join(rows)}</tbody></table>
 <script>const REFRESH_MS={REFRESH_S * 1000};{_SCRIPT}</script></body></html>
 """
