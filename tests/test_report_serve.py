@@ -78,6 +78,29 @@ def test_junk_panel_confusion(demo: Path, tmp_path: Path):
     assert p.table[1][1:] == [int((~junk).sum()), 0] and p.table[2][1:] == [2, int(junk.sum()) - 2]
 
 
+def test_class2d_junk_per_class_and_counts(demo: Path, tmp_path: Path):
+    """A fake 2D classification: junk in class 2, good particles in class 1; counts and junk per class."""
+    import starfile
+    from cryolens.jobs.report import write_report
+    from cryolens.jobs.report_panels import complete_report
+    star = demo / "Simulate" / "job001" / "particles.star"
+    blocks = starfile.read(star)
+    parts = blocks["particles"].copy()
+    parts["rlnClassNumber"] = 1 + parts["rlnCryolensJunk"].astype(int)
+    c2d = tmp_path / "c2d"
+    c2d.mkdir()
+    (c2d / "job.json").write_text(json.dumps({"stage": "class2d", "inputs": {"particles": str(star)}}))
+    write_star(c2d / "particles.star", {"optics": blocks["optics"], "particles": parts})
+    write_report(c2d / "report.html", title="2D classification", summary={}, params={})
+    complete_report(c2d, stage="class2d", results={"n_particles": len(parts), "classes": 2, "populated_classes": 2},
+                    params={})
+    page = (c2d / "report.html").read_text()
+    n_junk = int(parts["rlnCryolensJunk"].sum())
+    assert "Particles per class" in page and "Junk per class against the truth" in page
+    assert f"<td>2</td><td>{n_junk}</td><td>{n_junk}</td><td>100</td>" in page
+    assert f"<td>1</td><td>{len(parts) - n_junk}</td><td>0</td><td>0</td>" in page
+
+
 def test_pose_errors_recover_global_frame():
     """Poses off by a global rotation and a 3-D map shift score ~0° and ~0 Å; noise shows up."""
     from cryolens.core.rotations import euler_to_matrix, matrix_to_euler, random_rotations

@@ -16,7 +16,8 @@ writes its PNG into the folder and returns a :class:`Panel` (rows of numbers, im
   simulator's, or in its frame);
 * any job that writes ``particles.star`` and ``rejected.star`` (class selection): keep/reject against
   the junk labels (``rlnCryolensJunk``);
-* ``class3d``: confusion matrix of ``rlnClassNumber`` against the true class.
+* ``class3d``: confusion matrix of ``rlnClassNumber`` against the true class;
+* ``class2d``: junk particles in each class (what the class selection should drop).
 """
 
 from __future__ import annotations
@@ -321,12 +322,33 @@ def _class3d_panel(folder: Path, truth: Truth) -> Panel | None:
     return Panel("3D classes against the true classes", {"purity (%)": round(100 * purity, 1)}, [], rows)
 
 
+def _class_junk_panel(folder: Path, truth: Truth) -> Panel | None:
+    """Junk (``rlnCryolensJunk``) in each class of ``particles.star``: what a class selection should drop."""
+    star = folder / "particles.star"
+    if not star.is_file():
+        return None
+    table = particle_table(star)
+    m = match_particles(table, truth, radius_px=15.0)
+    if "rlnClassNumber" not in table or "true_rlnCryolensJunk" not in m:
+        return None
+    junk = m["true_rlnCryolensJunk"]
+    ok = junk.notna()
+    by = pd.DataFrame({"c": table.loc[ok, "rlnClassNumber"].astype(int), "j": junk[ok].astype(int)}).groupby("c")["j"]
+    rows = [["class", "particles", "junk", "junk %"]]
+    rows += [[int(c), int(n), int(j), f"{100 * j / max(n, 1):.0f}"] for c, n, j in zip(by.size().index, by.size(),
+                                                                                       by.sum())]
+    pure = int(sum(1 for r in rows[1:] if r[2] <= 0.1 * r[1]))
+    return Panel("Junk per class against the truth", {"junk particles": int(junk[ok].sum()),
+                                                       "classes with at most 10 % junk": pure}, [], rows)
+
+
 PANELS: dict[str, Callable[[Path, Mapping[str, Any], Truth], Panel | None]] = {
     "pick": _pick_panel,
     "refine": _refine_panel,
     "abinitio": lambda f, p, t: _map_fsc_panel(f, t, align=True),
     "reconstruct": lambda f, p, t: _map_fsc_panel(f, t, align=False),
     "class3d": lambda f, p, t: _class3d_panel(f, t),
+    "class2d": lambda f, p, t: _class_junk_panel(f, t),
 }
 """Truth panel of each stage (the junk panel applies to every stage with particles + rejected STAR files)."""
 
