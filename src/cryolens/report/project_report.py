@@ -3,9 +3,10 @@
 It lists the jobs in workflow order (by job number: a job runs after the jobs whose outputs it
 reads) with status, time and each job's verdict line (:mod:`cryolens.jobs.verdicts`) linking to
 its ``report.html``; above them the numbers that matter, each from the latest finished job that
-gives it (movies, micrographs kept, particles picked, extracted and kept, classes, resolution,
-B-factor); below them the lineage of the final map (the latest finished postprocess, refine,
-reconstruct or ab-initio map) from the project database. No server is needed: links are relative
+gives it (movies, micrographs kept, particles picked, particle images (extracted, simulated or
+imported), particles kept, classes, resolution, B-factor); below them the lineage of the final
+map (the latest finished postprocess, refine, reconstruct or ab-initio map) from the project
+database. No server is needed: links are relative
 to the project folder, where the page is written (``PROJECT/report.html``).
 """
 
@@ -57,7 +58,7 @@ HEADLINES: list[tuple[str, str, list[tuple[str, Getter]]]] = [
                               ("import_micrographs", _get("n_micrographs")), ("motion", _motion_kept),
                               ("ctf", _get("n_micrographs")), ("select", _select_of("micrographs"))]),
     ("particles picked", "", [("pick", _get("n_picks")), ("import_coords", _get("n_picks"))]),
-    ("particles extracted", "", [("extract", _get("n_particles")), ("simulate_particles", _get("n_particles")),
+    ("particle images", "", [("extract", _get("n_particles")), ("simulate_particles", _get("n_particles")),
                                  ("import_particles", _get("n_particles"))]),
     ("particles kept", "", [("select_classes", _get("n_kept")), ("select", _select_of("particles"))]),
     ("classes", "", [("class2d", _classes), ("abinitio", _classes), ("class3d", _classes)]),
@@ -123,7 +124,7 @@ def _took(j: JobRecord) -> str:
 _CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto}th{text-align:left;padding-right:1em}
 td,th{border-bottom:1px solid #ddd;padding:3px 8px;vertical-align:top}.finished{color:#2e7d32}
 .failed,.killed{color:#c62828}.running{color:#e65100}.queued{color:#1565c0}.check{color:#e65100}
-ul.lineage li{margin:2px 0}"""
+ul.lineage li{margin:2px 0}td:nth-child(3){white-space:nowrap}"""
 
 
 def render_project_report(project: Project, *, prefix: str = "") -> str:
