@@ -253,6 +253,19 @@ ROWS: dict[str, list[tuple]] = {
         C("delete-unknown", "project group nogroup --delete --project proj", "nogroup"),
         C("not-a-project", "project group g --from-star sp/particles.star --project unrelated", "unrelated"),
     ],
+    "report": [
+        C("not-a-project", "report unrelated", "unrelated"),
+        C("missing", "report bad/gone", "gone"),
+        C("is-a-file", "report bad/not_a_folder", "not_a_folder"),
+        C("out-is-a-folder", "report proj --out sp", "sp"),
+    ],
+    "serve": [
+        C("not-a-project", "serve unrelated --port 0", "unrelated"),
+        C("missing", "serve bad/gone --port 0", "gone"),
+        C("port-huge", "serve proj --port 70000", "--port"),
+        C("port-negative", "serve proj --port -1", "--port"),
+        C("port-text", "serve proj --port http", "--port"),
+    ],
     "import movies": [
         C("no-files", f"import movies --glob 'nothing/*.tiff' {ACQ} --exposure-per-frame 1 {OUT}", "nothing"),
         C("missing", f"import movies bad/gone.mrcs {ACQ} --exposure-per-frame 1 {OUT}", "gone.mrcs"),

@@ -21,6 +21,7 @@ from cryolens.cli import profiles as _profiles
 from cryolens.cli import project as _project
 from cryolens.cli import reconstruct as _reconstruct
 from cryolens.cli import refine as _refine
+from cryolens.cli import report as _report
 from cryolens.cli import run as _run
 from cryolens.cli import select as _select
 from cryolens.cli import simulate as _simulate
@@ -54,6 +55,8 @@ app.command("flip-hand")(_align_maps.flip_hand)
 app.command("run")(_run.run_command)
 app.add_typer(_simulate.app, name="simulate")
 app.add_typer(_profiles.app, name="profiles")
+app.command("report")(_report.report_command)
+app.command("serve")(_report.serve_command)
 
 
 def _version(value: bool) -> None:

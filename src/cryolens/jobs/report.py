@@ -17,7 +17,13 @@ import numpy as np
 from cryolens.core.fsc import FSCResult
 from cryolens.io.atomic import atomic_output, write_text_atomic
 
-__all__ = ["plot_fsc", "plot_central_slices", "plot_gallery", "new_figure", "save_figure", "write_report"]
+__all__ = ["plot_fsc", "plot_central_slices", "plot_gallery", "new_figure", "save_figure", "write_report",
+           "VERDICT_MARK", "PANELS_MARK"]
+
+#: Where the verdict line goes (after the title) and where the class-count and truth panels go (before the
+#: parameters); :func:`cryolens.jobs.report_panels.complete_report` fills them when the job finishes.
+VERDICT_MARK = "<!--cryolens:verdict-->"
+PANELS_MARK = "<!--cryolens:panels-->"
 
 
 _backend_chosen = False
@@ -115,15 +121,23 @@ def plot_central_slices(volume: np.ndarray, path: str | os.PathLike, *, title: s
 
 def write_report(path: str | os.PathLike, *, title: str, summary: Mapping[str, Any],
                  params: Mapping[str, Any], images: Sequence[str] = ()) -> Path:
-    """A self-contained HTML page: summary table, parameters, and the PNGs (relative paths)."""
+    """A self-contained HTML page: summary table, parameters, and the PNGs (relative paths).
+
+    The page carries :data:`VERDICT_MARK` and :data:`PANELS_MARK`, filled with the verdict line and the
+    class-count and truth panels when the job finishes (:mod:`cryolens.jobs.report_panels`).
+    """
     def table(d: Mapping[str, Any]) -> str:
         rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in d.items())
         return f"<table>{rows}</table>"
     imgs = "".join(f'<figure><img src="{html.escape(i)}" alt="{html.escape(i)}"></figure>' for i in images)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}th{{text-align:left;padding-right:1em}}
-td,th{{border-bottom:1px solid #ddd;padding:2px 6px}}img{{max-width:100%}}</style></head><body>
-<h1>{html.escape(title)}</h1><h2>Summary</h2>{table(summary)}{imgs}<h2>Parameters</h2>{table(params)}
+td,th{{border-bottom:1px solid #ddd;padding:2px 6px}}img{{max-width:100%}}
+.verdict{{font-size:1.1em;padding:.5em .8em;background:#e8f4ea;border-left:4px solid #2e7d32}}
+.verdict.check{{background:#fff4e0;border-left-color:#e65100}}table.grid td,table.grid th{{text-align:right}}
+</style></head><body>
+<h1>{html.escape(title)}</h1>{VERDICT_MARK}<h2>Summary</h2>{table(summary)}{imgs}{PANELS_MARK}
+<h2>Parameters</h2>{table(params)}
 </body></html>
 """
     write_text_atomic(path, page)

@@ -11,6 +11,8 @@ Before SUCCESS every recorded output (:meth:`Job.add_output`) is checked
 (:mod:`cryolens.jobs.output_checks`: maps and stacks finite and of their header's
 size, particle/micrograph/movie tables not empty); a failed check makes the job end
 FAILURE with the reason in ``job.json`` and raises :class:`cryolens.errors.OutputError`.
+After the checks pass, ``report.html`` gets its verdict line, class counts and (simulated data)
+truth panels (:mod:`cryolens.jobs.report_panels`; seconds in ``timings_s.report_panels``).
 
 A job folder is a transaction (:mod:`cryolens.jobs.folders`). The CLI refuses a folder
 that holds a finished job unless ``--overwrite``; with it the job is built in a sibling
@@ -218,6 +220,7 @@ class Job:
                         self.check_error = self.check_error.replace(str(a), str(b))
                 status, error = "failed", f"OutputError: {self.check_error}"
         if status == "finished":
+            self._complete_report()
             self.log.info("finished in %.2f s", self.timings["total"])
             self.outputs = self._final_outputs()
             self._record("finished")
@@ -234,6 +237,17 @@ class Job:
             else:
                 self._notify("failed", error)
         self._close_log()
+
+    def _complete_report(self) -> None:
+        """The verdict line, class counts and truth panels into ``report.html`` (:mod:`cryolens.jobs.report_panels`);
+        a failure there is logged and leaves the report as the stage wrote it."""
+        t = time.perf_counter()
+        try:
+            from cryolens.jobs.report_panels import complete_report
+            complete_report(self.dir, stage=self.stage, results=self.results, params=self.params)
+        except Exception as e:  # noqa: BLE001 - the job's outputs are done; the report extras are not essential
+            self.log.warning("report panels skipped: %s: %s", type(e).__name__, e)
+        self.timings["report_panels"] = round(time.perf_counter() - t, 4)
 
     def _close_log(self) -> None:
         if self._handler is not None:
