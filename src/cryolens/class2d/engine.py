@@ -16,7 +16,7 @@ Fourier-cropped to it, :class:`cryolens.refine.pose_search.FrequencyBand`):
    regularised class averages (``tau2_fudge``), each masked by the soft disc of
    ``particle_diameter`` and recentred on its centre of mass;
 3. classes whose weight or share of best assignments falls below a fifth of the average are
-   reseeded (iterations in the first 70 %) from the worst-fitting particles of the largest
+   reseeded (iterations in the first 90 %) from the worst-fitting particles of the largest
    class, which are assigned to the emptied class (at their current alignment) in the next
    iteration.
 
