@@ -3,8 +3,9 @@
 The fast case: 300 particles (box 32, 8 Å/px, CTF, SNR 0.1) of three distinct views of a blob
 model at random in-plane angles and shifts; four classes must separate the views and their
 averages must match the truth's projections; the same run, stopped inside iteration 5 and
-continued with ``--continue``, must end with the same files bitwise. The slow case runs the simulator's ribosome set
-(1 000 particles, box 64, SNR 0.05) with K 20 and 10 iterations, as the benchmark does.
+continued with ``--continue``, must end with the same files bitwise. The slow case runs the
+simulator's ribosome set (1 000 particles, box 64, SNR 0.05) with K 20 and 10 iterations, as
+the benchmark does.
 """
 
 from __future__ import annotations
