@@ -112,7 +112,8 @@ def test_interrupted_class2d_continues_to_the_uninterrupted_result(classified, t
     _, pb = read_particles(folder / "particles.star")
     num = [c for c in pa.columns if c != "rlnImageName"]
     assert np.array_equal(pa[num].to_numpy(float), pb[num].to_numpy(float))
-    ia, ib = (read_star(f / "iterations.star")["iterations"].drop(columns="rlnCryolensSeconds") for f in (whole, folder))
+    ia, ib = (read_star(f / "iterations.star")["iterations"].drop(columns="rlnCryolensSeconds")
+              for f in (whole, folder))
     assert ia.equals(ib) and len(ia) == 6
     assert json.loads((folder / "job.json").read_text())["status"] == "finished"
     assert "continuing from iteration 4" in (folder / "run.log").read_text()
