@@ -473,6 +473,7 @@ PENDING: dict[str, list[tuple]] = {
           "p_zero_rows.star"),
         C("in-trunc", f"class2d --in bad/p_trunc.star --classes 2 --particle-diameter 100 {OUT}", "trunc.mrcs"),
         C("classes-0", f"class2d {SP} --classes 0 --particle-diameter 100 {OUT}", "--classes"),
+        C("continue-gone", "class2d --continue bad/gone", "gone", "job.json"),
     ],
     "select classes": [
         C("in-gone", f"select classes --in bad/gone --class 1 {OUT}", "gone"),

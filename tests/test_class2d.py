@@ -2,8 +2,10 @@
 
 The fast case: 300 particles (box 32, 8 Å/px, CTF, SNR 0.1) of three distinct views of a blob
 model at random in-plane angles and shifts; four classes must separate the views and their
-averages must match the truth's projections. The slow case runs the simulator's ribosome set
-(1 000 particles, box 64, SNR 0.05) with K 20 and 10 iterations, as the benchmark does.
+averages must match the truth's projections; the same run, stopped inside iteration 5 and
+continued with ``--continue``, must end with the same files bitwise. The slow case runs the
+simulator's ribosome set (1 000 particles, box 64, SNR 0.05) with K 20 and 10 iterations, as
+the benchmark does.
 """
 
 from __future__ import annotations
@@ -80,6 +82,51 @@ def classified(tmp_path_factory):
     invoke_cli("class2d", "--in", star, "--out", out, "--classes", "4", "--iter", "6", "--particle-diameter", "200",
                "--res-start", "30", "--res-end", "16", "--device", "cpu", "--quiet")
     return star, view, vol, out
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_class2d_continues_to_the_uninterrupted_result(classified, tmp_path):
+    """Stopped inside iteration 5 (states of 3 and 4 kept), `--continue` ends with the fixture's result, bitwise."""
+    from cryolens.jobs.checkpoint import finished_iterations
+    from cryolens.jobs.class2d import run_class2d
+
+    star, _, _, whole = classified
+    folder = tmp_path / "stopped"
+    params = Class2DParams(classes=4, iterations=6, particle_diameter=200.0, res_start=30.0, res_end=16.0)
+
+    def stop(it, done, total, res):
+        if it == 5:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run_class2d(star, folder, params, progress=stop)
+    assert finished_iterations(folder) == [3, 4] and not (folder / "classes.mrcs").exists()
+    assert_user_error(invoke_cli("class2d", "--continue", folder, "--classes", "5", code=None),
+                      "--classes 5", "started with 4")
+    invoke_cli("class2d", "--continue", folder, "--quiet")
+    assert np.array_equal(read_mrc(whole / "classes.mrcs")[0], read_mrc(folder / "classes.mrcs")[0])
+    _, pa = read_particles(whole / "particles.star")
+    _, pb = read_particles(folder / "particles.star")
+    num = [c for c in pa.columns if c != "rlnImageName"]
+    assert np.array_equal(pa[num].to_numpy(float), pb[num].to_numpy(float))
+    ia, ib = (read_star(f / "iterations.star")["iterations"].drop(columns="rlnCryolensSeconds")
+              for f in (whole, folder))
+    assert ia.equals(ib) and len(ia) == 6
+    assert json.loads((folder / "job.json").read_text())["status"] == "finished"
+    assert "continuing from iteration 4" in (folder / "run.log").read_text()
+    assert finished_iterations(folder) == finished_iterations(whole) == [4, 5]
+    assert (folder / "run_it005_classes.mrcs").is_file() and (folder / "run_it005_data.star").is_file()
+    assert "already finished" in " ".join(invoke_cli("class2d", "--continue", folder).output.split())
+    assert_user_error(invoke_cli("class2d", "--continue", tmp_path / "nothing", code=None), "no job.json")
+    assert_user_error(invoke_cli("class2d", "--out", tmp_path / "o", code=None), "--in is required")
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "job.json").write_text(json.dumps({"stage": "class2d", "status": "running", "params": {},
+                                                "inputs": {"particles": str(star)}}))
+    assert_user_error(invoke_cli("class2d", "--continue", early, code=None), "before its first iteration finished")
 
 
 def test_band_rotator_matches_an_analytic_rotation():

@@ -103,6 +103,16 @@ class ImageStore:
             yield idx, xb, cb
         self.filled = self.cache is not None
 
+    def fill(self) -> None:
+        """Read everything once into the caches (when they fit), as :meth:`first_pass` does without the spectrum;
+        used when a run continues from a saved state."""
+        if self.cache is None:
+            return
+        for idx, images in self.batches():
+            where = torch.as_tensor(idx, device=self.device)
+            self.cache[where], self.ctf_cache[where] = self.band.gather(self.prepare(images)), self.ctf(idx)
+        self.filled = True
+
     def select(self, rows: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """``(row indices, final-band image values, CTFs)`` of the particles in ``rows`` (sorted), in batches."""
         if self.filled:

@@ -16,7 +16,7 @@ Fourier-cropped to it, :class:`cryolens.refine.pose_search.FrequencyBand`):
    regularised class averages (``tau2_fudge``), each masked by the soft disc of
    ``particle_diameter`` and recentred on its centre of mass;
 3. classes whose weight or share of best assignments falls below a fifth of the average are
-   reseeded (iterations in the first 70 %) from the worst-fitting particles of the largest
+   reseeded (iterations in the first 90 %) from the worst-fitting particles of the largest
    class, which are assigned to the emptied class (at their current alignment) in the next
    iteration.
 
@@ -47,6 +47,7 @@ __all__ = ["Class2DState", "IterationStats", "Class2DResult", "classify_2d", "cl
 
 def classify_2d(batches: Batches, table: pd.DataFrame, *, pixel_size: float, box: int, params: Class2DParams,
                 device: torch.device | str = "cpu", progress: Callable[[int, int, int, float], None] | None = None,
+                on_iteration: Callable[[Class2DState], None] | None = None, resume: Class2DState | None = None,
                 ) -> Class2DResult:
     """Classify particle images into ``params.classes`` 2D classes.
 
@@ -57,6 +58,9 @@ def classify_2d(batches: Batches, table: pd.DataFrame, *, pixel_size: float, box
         pixel_size: Å; box: image size in px.
         params: :class:`Class2DParams`; device: where to compute.
         progress: ``progress(iteration, done, total, resolution_limit_A)`` after every batch.
+        on_iteration: called with the state (history included) after every iteration but the last.
+        resume: a state from ``on_iteration`` of an earlier run on the same particles and params: the run goes on
+            from its iteration and ends with what the uninterrupted run gives.
 
     Returns:
         :class:`Class2DResult`.
@@ -73,15 +77,22 @@ def classify_2d(batches: Batches, table: pd.DataFrame, *, pixel_size: float, box
                        ctf=lambda rows: ctf_on_band(table, rows, final_band, pixel_size, use_ctf, device))
     setup = Setup(table=table, pixel_size=pixel_size, box=box, params=params, device=device, mask=mask,
                   images=store, radius_a=diameter / 2, use_ctf=use_ctf)
-    state = Class2DState.empty(n_total, k, box, device=device)
-    n_init = min(n_total, params.particles_per_class * k) if params.subset == "auto" else n_total
-    assign = np.full(n_total, -1, dtype=np.int64)
-    assign[rng.permutation(n_total)[:n_init]] = np.arange(n_init) % k
-    initial_classes(state, setup, rng, assign)
-    history: list[IterationStats] = []
-    for it in range(1, params.iterations + 1):
+    if resume is None:
+        state = Class2DState.empty(n_total, k, box, device=device)
+        n_init = min(n_total, params.particles_per_class * k) if params.subset == "auto" else n_total
+        assign = np.full(n_total, -1, dtype=np.int64)
+        assign[rng.permutation(n_total)[:n_init]] = np.arange(n_init) % k
+        initial_classes(state, setup, rng, assign)
+    else:
+        state = resume
+        rng.bit_generator.state = state.rng_state
+        store.fill()
+    history: list[IterationStats] = state.history
+    for it in range(state.iteration + 1, params.iterations + 1):
         history.append(run_iteration(state, it, setup, rng, progress))
         state.rng_state = rng.bit_generator.state
+        if on_iteration is not None and it < params.iterations:
+            on_iteration(state)
     acc_psi, acc_shift = class_statistics(state)
     return Class2DResult(classes=state.classes.cpu().numpy(), distribution=state.class_weights.cpu().numpy(),
                          resolution=state.class_resolution.copy(), accuracy_psi=acc_psi, accuracy_shift=acc_shift,

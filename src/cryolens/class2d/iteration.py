@@ -30,6 +30,11 @@ LOCAL_SHIFT_STEPS = 1.5
 LOCAL_FROM = 3
 #: Classes whose share falls below this fraction of the average share are reseeded.
 RESEED_FRACTION = 0.2
+#: Reseeding runs in the iterations before this fraction of the run (later ones settle the assignments). Stopping
+#: at 70 % let one class absorb most particles of a small protein in the free iterations (haemoglobin, 1 000
+#: particles, K 20: 875 of 1 000 in one class, 7 populated); at 90 % (two or three free iterations) 17 classes stay
+#: populated and the median best NCC of the good classes with the truth's projections is 0.90.
+RESEED_UNTIL = 0.9
 
 
 @dataclass
@@ -229,12 +234,13 @@ def run_iteration(state: Class2DState, it: int, setup: Setup, rng: np.random.Gen
 
 
 def _reseed(state: Class2DState, it: int, rows: np.ndarray, setup: Setup) -> int:
-    """Mark the worst-fitting members of the largest class as the seeds of each tiny class (early iterations).
+    """Mark the worst-fitting members of the largest class as the seeds of each tiny class (iterations before
+    ``RESEED_UNTIL`` of the run).
 
     A class is tiny when its weight or its share of best assignments is below ``RESEED_FRACTION`` of the average.
     """
     p = setup.params
-    if it >= math.ceil(0.7 * p.iterations) or p.classes < 2:
+    if it >= math.ceil(RESEED_UNTIL * p.iterations) or p.classes < 2:
         return 0
     w = state.class_weights.cpu().numpy()
     share = np.bincount(state.particle_class[rows], minlength=p.classes) / max(len(rows), 1)

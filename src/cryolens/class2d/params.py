@@ -45,7 +45,7 @@ class Class2DParams(Params):
                                                       "--subset auto")
     center: bool = option(True, help="Recentre the class averages on their centre of mass each iteration")
     reseed: bool = option(True, help="Reseed empty or tiny classes from the worst-fitting particles of the "
-                                     "largest class (early iterations)")
+                                     "largest class (all but the last 10 % of the iterations)")
     ctf: bool = option(True, help="Model the CTF when the particles carry defocus values (--no-ctf ignores it)")
     seed: int = option(0, help="Seed for the initial classes, particle subsets and in-plane offsets")
     batch_size: int = option(128, ge=1, help="Images per batch (bounds memory)")

@@ -1,8 +1,18 @@
-"""The state one 2D-classification iteration hands to the next, and what an iteration and a run report."""
+"""The state one 2D-classification iteration hands to the next, and what an iteration and a run report.
+
+:func:`cryolens.class2d.classify_2d` hands its :class:`Class2DState` (with the history so far) to
+``on_iteration`` after every iteration but the last, and takes one back as ``resume``: given the
+same particles and params, the continued run computes exactly what the uninterrupted one does
+(``cryolens class2d --continue``). :meth:`Class2DState.to_tensors` / :meth:`Class2DState.to_values`
+and :meth:`Class2DState.from_saved` convert to and from named tensors and JSON values, which the
+job layer stores (:mod:`cryolens.jobs.checkpoint`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +37,7 @@ class Class2DState:
         class_resolution: ``(K,)`` estimated resolution (Å) of the last M-step.
         seeds: particle row -> class it is assigned to in the next iteration (reseeding).
         rng_state: ``numpy.random.Generator`` bit-generator state.
+        history: :class:`IterationStats` of the iterations done.
     """
 
     iteration: int
@@ -44,6 +55,37 @@ class Class2DState:
     class_resolution: np.ndarray
     seeds: dict[int, int] = field(default_factory=dict)
     rng_state: dict = field(default_factory=dict)
+    history: list["IterationStats"] = field(default_factory=list)
+
+    _TENSORS = ("classes", "sigma2", "class_weights")
+    _ARRAYS = ("particle_class", "particle_psi", "particle_shift", "particle_max_prob", "particle_loglik",
+               "particle_n_significant", "particle_psi_sd", "particle_shift_sd", "class_resolution")
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The named CPU tensors to save (the per-particle arrays as tensors of their own dtype)."""
+        out = {k: getattr(self, k).detach().cpu() for k in self._TENSORS}
+        out.update({k: torch.from_numpy(np.ascontiguousarray(getattr(self, k))) for k in self._ARRAYS})
+        return out
+
+    def to_values(self) -> dict[str, Any]:
+        """The JSON values to save: iteration, reseeding seeds, RNG state and history."""
+        return {"iteration": self.iteration, "seeds": [[int(r), int(c)] for r, c in self.seeds.items()],
+                "rng_state": self.rng_state, "history": [dataclasses.asdict(h) for h in self.history]}
+
+    @classmethod
+    def from_saved(cls, tensors: dict[str, torch.Tensor], values: dict[str, Any], device=None) -> "Class2DState":
+        """Rebuild a state from :meth:`to_tensors` and :meth:`to_values` output (tensors moved to ``device``).
+
+        Raises:
+            KeyError: a tensor or value is missing.
+        """
+        missing = [k for k in (*cls._TENSORS, *cls._ARRAYS) if k not in tensors]
+        if missing:
+            raise KeyError(f"saved 2D classification state lacks {', '.join(missing)}")
+        return cls(iteration=int(values["iteration"]), **{k: tensors[k].to(device) for k in cls._TENSORS},
+                   **{k: tensors[k].numpy().copy() for k in cls._ARRAYS},
+                   seeds={int(r): int(c) for r, c in values["seeds"]}, rng_state=values["rng_state"],
+                   history=[IterationStats(**h) for h in values["history"]])
 
     @classmethod
     def empty(cls, n_particles: int, n_classes: int, box: int, device=None) -> "Class2DState":

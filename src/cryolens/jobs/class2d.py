@@ -18,7 +18,10 @@ Outputs in the job folder:
 * ``iterations.star`` (per iteration: resolution limit, sampling, particles, mean
   log-likelihood, fraction changing class, psi and shift changes, class sizes, seconds),
   ``classes.png`` (gallery sorted by population, labelled with size and resolution),
-  ``convergence.png``, ``report.html``, ``job.json``.
+  ``convergence.png``, ``report.html``, ``job.json``;
+* after each iteration but the last, ``run_itNNN_classes.mrcs``, ``run_itNNN_data.star`` (the
+  particles' classes so far) and ``run_itNNN_state/``, what ``--continue`` resumes from
+  (:mod:`cryolens.jobs.checkpoint`; the last two iterations are kept).
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.class2d import Class2DParams, Class2DResult, classify_2d
+from cryolens.class2d import Class2DParams, Class2DResult, Class2DState, classify_2d
 from cryolens.errors import InputError
+from cryolens.jobs.checkpoint import (clear_iterations, iteration_path, load_iteration, remove_unfinished,
+                                      save_iteration)
 from cryolens.io import format_image_name, write_mrc, write_particles, write_star
 from cryolens.jobs.particles import open_particles
 from cryolens.jobs.report import new_figure, save_figure, write_report
@@ -133,10 +138,41 @@ def plot_convergence(res: Class2DResult, path: str | os.PathLike) -> Path:
     return save_figure(fig, path)
 
 
+def _saved_state(out: Path, n_particles: int, box: int, star: str | os.PathLike, device) -> Class2DState:
+    """The last finished iteration's state in ``out``, checked against the particles (InputError otherwise)."""
+    saved = load_iteration(out)
+    if saved is None:
+        raise InputError(f"{out}: the job stopped before its first iteration finished, so no state was saved to "
+                         "continue from; run the class2d job again without --continue.")
+    try:
+        state = Class2DState.from_saved(saved.tensors, saved.values, device=device)
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{saved.path}: not a class2d state ({e}); delete that folder to continue from the "
+                         "iteration before it.") from None
+    if len(state.particle_class) != n_particles or state.classes.shape[-1] != box:
+        raise InputError(f"{star}: its {n_particles} particles (box {box}) are not those of the saved state "
+                         f"({len(state.particle_class)} particles, box {state.classes.shape[-1]}); continue with the "
+                         "particles the job started with.")
+    return state
+
+
+def _partial_result(state: Class2DState) -> Class2DResult:
+    """A state as a result (for the per-iteration files)."""
+    return Class2DResult(classes=state.classes.cpu().numpy(), distribution=state.class_weights.cpu().numpy(),
+                         resolution=state.class_resolution, accuracy_psi=np.array([]), accuracy_shift=np.array([]),
+                         particle_class=state.particle_class, psi=state.particle_psi, shifts=state.particle_shift,
+                         max_probability=state.particle_max_prob, log_likelihood=state.particle_loglik,
+                         n_significant=state.particle_n_significant, history=state.history, state=state)
+
+
 def run_class2d(star: str | os.PathLike, out_dir: str | os.PathLike, params: Class2DParams, *,
                 device: torch.device | str = "cpu", progress: Callable[[int, int, int, float], None] | None = None,
-                observer: JobObserver | None = None) -> Job:
-    """Classify the particles of ``star`` into ``out_dir``; returns the finished :class:`Job`."""
+                observer: JobObserver | None = None, resume: bool = False) -> Job:
+    """Classify the particles of ``star`` into ``out_dir``; returns the finished :class:`Job`.
+
+    With ``resume``, ``out_dir`` holds an interrupted class2d job: it continues from its last finished
+    iteration (the caller passes the job's own input and params, see ``cryolens class2d --continue``).
+    """
     out = Path(out_dir)
     check_params("class2d", params)
     parts = open_particles(star, pose=False, min_particles=1, purpose="2D classification")
@@ -147,8 +183,25 @@ def run_class2d(star: str | os.PathLike, out_dir: str | os.PathLike, params: Cla
     if params.particle_diameter is not None and params.particle_diameter > box * pixel_size:
         raise InputError(f"--particle-diameter {params.particle_diameter:g} Å is larger than the box "
                          f"({box} px × {pixel_size:g} Å = {box * pixel_size:g} Å); give a smaller diameter.")
+    state = _saved_state(out, len(parts), box, star, device) if resume else None
+    if state is not None:  # checked before the job starts: a refused continue leaves the folder as it was
+        remove_unfinished(out)
     with Job("class2d", out, params=params, inputs={"particles": star}, seed=params.seed, device=str(device),
              observer=observer) as job:
+        if state is None:  # a fresh start: iterations an earlier run left here must not mix with this run's
+            clear_iterations(out)
+
+        def save(st: Class2DState) -> None:
+            """The iteration's classes and particles, then its state (committed last: it marks the iteration)."""
+            write_mrc(iteration_path(out, st.iteration, "classes.mrcs"), st.classes.cpu().numpy().astype(np.float32),
+                      pixel_size, is_stack=True)
+            write_particles(iteration_path(out, st.iteration, "data.star"), parts.optics,
+                            classified_particles(parts.particles, _partial_result(st), pixel_size))
+            save_iteration(out, st.iteration, tensors=st.to_tensors(), values=st.to_values())
+            job.log.info("iteration %d saved (%s)", st.iteration, iteration_path(out, st.iteration, "state").name)
+
+        if state is not None:
+            job.log.info("continuing from iteration %d", state.iteration)
         def logged(it: int, done: int, total: int, resolution: float) -> None:
             if done == total:
                 job.log.info("iteration %d: %d particles aligned at %.1f Å", it, total, resolution)
@@ -157,7 +210,8 @@ def run_class2d(star: str | os.PathLike, out_dir: str | os.PathLike, params: Cla
 
         with job.timed("class2d"):
             res = classify_2d(lambda: parts.batches(params.batch_size), parts.table(), pixel_size=pixel_size,
-                              box=box, params=params, device=device, progress=logged)
+                              box=box, params=params, device=device, progress=logged, on_iteration=save,
+                              resume=state)
         for h in res.history:
             job.log.info("iteration %d: limit %.1f Å, psi step %.1f°, %d shifts, %d particles, log L %.1f, "
                          "%.1f%% changed class, %.1f s", h.iteration, h.resolution_limit, h.psi_step, h.n_shifts,

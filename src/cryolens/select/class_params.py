@@ -16,15 +16,17 @@ class ClassSelectParams(Params):
     """Classes to keep: a list (``--class``) or those whose automatic score reaches ``--min-score`` (``--auto``).
 
     The score (0 to 1) of :func:`cryolens.select.class_scores.score_classes` is a weighted
-    product of sub-scores: contrast, centring, concentration inside the particle circle,
-    estimated resolution and population (in-plane structure is reported, not scored). :meth:`particle_z_threshold`
+    product of sub-scores: contrast, centring, concentration inside the particle circle, straight
+    edges (carbon), estimated resolution and population (in-plane structure is reported, not scored).
+    :meth:`particle_z_threshold`
     is the per-particle fit threshold in use (None: no particle screening).
     """
 
     classes: tuple[int, ...] = option((), flag="--class", parse=parse_classes, text=class_list_text, metavar="1,3",
                                       help="Keep these classes (rlnClassNumber), comma-separated, e.g. 1,3")
-    auto: bool = option(False, help="Score every class from its contrast, centring, concentration, estimated "
-                                    "resolution and population, and keep those scoring at least --min-score")
+    auto: bool = option(False, help="Score every class from its contrast, centring, concentration, straight "
+                                    "edges, estimated resolution and population, and keep those scoring at "
+                                    "least --min-score")
     min_score: float = option(0.5, ge=0, le=1, help="--auto: keep classes scoring at least this (0 to 1; "
                                                     "lower keeps more)")
     min_particle_z: float | None = option(None, ge=0, help="Also drop particles of the kept classes that fit their "
