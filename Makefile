@@ -21,10 +21,10 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# Movies in, map out: simulated tutorial movies of apoferritin through the tutorial workflow
+# (cryolens/workflows/tutorial.toml); rerunning resumes or skips the finished steps.
 demo: $(STAMP)
-	$(VENV)/bin/cryolens simulate particles --out $(DEMO)/simulate --n 3000 --snr 0.05 --quiet --overwrite
-	$(VENV)/bin/cryolens reconstruct --in $(DEMO)/simulate/particles.star --out $(DEMO)/reconstruct --quiet --overwrite
-	$(VENV)/bin/cryolens fsc $(DEMO)/reconstruct/map.mrc $(DEMO)/simulate/truth_map.mrc
+	$(VENV)/bin/cryolens demo --out $(DEMO)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -259,6 +259,10 @@ ROWS: dict[str, list[tuple]] = {
         C("is-a-file", "report bad/not_a_folder", "not_a_folder"),
         C("out-is-a-folder", "report proj --out sp", "sp"),
     ],
+    "demo": [
+        C("out-is-a-file", "demo --out bad/not_a_folder/demo --quick", "not_a_folder"),
+        C("out-under-a-file", "demo --out sp/particles.star --quick", "particles.star"),
+    ],
     "serve": [
         C("not-a-project", "serve unrelated --port 0", "unrelated"),
         C("missing", "serve bad/gone --port 0", "gone"),

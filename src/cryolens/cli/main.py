@@ -9,6 +9,7 @@ from cryolens.cli import abinitio as _abinitio
 from cryolens.cli import align_maps as _align_maps
 from cryolens.cli import class2d as _class2d
 from cryolens.cli import ctf as _ctf
+from cryolens.cli import demo as _demo
 from cryolens.cli import export as _export
 from cryolens.cli import extract as _extract
 from cryolens.cli import fsc as _fsc
@@ -53,6 +54,7 @@ app.command("fsc")(_fsc.fsc_command)
 app.command("align-maps")(_align_maps.align_maps)
 app.command("flip-hand")(_align_maps.flip_hand)
 app.command("run")(_run.run_command)
+app.command("demo")(_demo.demo)
 app.add_typer(_simulate.app, name="simulate")
 app.add_typer(_profiles.app, name="profiles")
 app.command("report")(_report.report_command)

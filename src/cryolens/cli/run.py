@@ -125,12 +125,45 @@ class StepProgress:
                 p.stop_task(task)
 
 
+def execute_workflow(wf, *, until: str | None = None, force=(), quiet: bool = False) -> dict[str, str]:
+    """Run a loaded workflow with a progress line per step and a line per event; returns ``run_workflow``'s
+    ``{step: "ran"|"skipped"}`` after printing how many steps ran."""
+    from cryolens.project.workflow_run import run_workflow
+
+    last = wf.index(until, "--until") if until is not None else len(wf.steps) - 1
+
+    def on_event(kind: str, step, info: dict) -> None:
+        head = f"[bold]{literal(step.name)}[/] ({step.stage.name})"
+        say = steps.print
+        if kind == "project":
+            say(f"created project {info['project']}", highlight=False, markup=False)
+        elif kind == "skip":
+            say(f"[green]skip[/] {head}: {literal(info['reason'])} ({literal(info['folder'])})", highlight=False)
+        elif kind == "run" and not quiet:
+            say(f"[yellow]run[/]  {head}: {literal(info['reason'])}", highlight=False)
+        elif kind == "job" and not quiet:
+            say(f"     {step.name} -> {info['folder']}", highlight=False, markup=False)
+        elif kind == "finish":
+            say(f"[green]done[/] {head} in {info['seconds']:.1f} s -> {literal(info['folder'])}"
+                + (f"\n     {literal(info['summary'])}" if info["summary"] and not quiet else ""), highlight=False)
+        elif kind == "fail":
+            say(f"[red]failed[/] {head}; log: {literal(info['log'])}", err=True, highlight=False)
+        steps.event(kind, step, info)
+
+    with StepProgress([s.name for s in wf.steps[:last + 1]], quiet=quiet) as steps:
+        done = run_workflow(wf, until=until, force=force, on_event=on_event)
+    ran = sum(v == "ran" for v in done.values())
+    console.print(f"workflow {wf.name}: {ran} step(s) run, {len(done) - ran} skipped", highlight=False, markup=False)
+    return done
+
+
 def run_command(
     workflow: Annotated[Path, typer.Argument(help="Workflow file (TOML; see examples/workflow.toml).")],
     until: Annotated[Optional[str], typer.Option("--until", help="Stop after this step.")] = None,
     force: Annotated[Optional[list[str]], typer.Option("--force", help="Re-run this step even if unchanged (repeatable); the steps using its outputs re-run too.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (run or skip, and why) and run nothing.")] = False,
     project: Annotated[Optional[Path], typer.Option("--project", help="Project folder [the workflow's project, else the folder of the TOML]; created when missing.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="STEP.PARAM=VALUE: set or replace one step's option for this run (repeatable; VALUE as in TOML).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Run a workflow: each step is a cryolens command recorded as a job in the project.
@@ -148,12 +181,14 @@ def run_command(
       cryolens run workflow.toml --until sim
 
       cryolens run workflow.toml --force rec
+
+      cryolens run workflow.toml --set sim.n=500 --set rec.sym=C2
     """
-    from cryolens.project.workflow import load_workflow
-    from cryolens.project.workflow_run import plan_workflow, run_workflow
+    from cryolens.project.workflow import load_workflow, parse_settings
+    from cryolens.project.workflow_run import plan_workflow
 
     def body():
-        wf = load_workflow(workflow, stage_catalog(), project=project)
+        wf = load_workflow(workflow, stage_catalog(), project=project, settings=parse_settings(set_, workflow))
         if dry_run:
             table = Table("step", "stage", "action", "why", "job", title=literal(f"workflow {wf.name} in {wf.project}"))
             for r in plan_workflow(wf, until=until, force=force or ()):
@@ -161,31 +196,6 @@ def run_command(
                               literal(r.job))
             console.print(table)
             return
-
-        last = wf.index(until, "--until") if until is not None else len(wf.steps) - 1
-
-        def on_event(kind: str, step, info: dict) -> None:
-            head = f"[bold]{literal(step.name)}[/] ({step.stage.name})"
-            say = steps.print
-            if kind == "project":
-                say(f"created project {info['project']}", highlight=False, markup=False)
-            elif kind == "skip":
-                say(f"[green]skip[/] {head}: {literal(info['reason'])} ({literal(info['folder'])})", highlight=False)
-            elif kind == "run" and not quiet:
-                say(f"[yellow]run[/]  {head}: {literal(info['reason'])}", highlight=False)
-            elif kind == "job" and not quiet:
-                say(f"     {step.name} -> {info['folder']}", highlight=False, markup=False)
-            elif kind == "finish":
-                say(f"[green]done[/] {head} in {info['seconds']:.1f} s -> {literal(info['folder'])}"
-                    + (f"\n     {literal(info['summary'])}" if info["summary"] and not quiet else ""), highlight=False)
-            elif kind == "fail":
-                say(f"[red]failed[/] {head}; log: {literal(info['log'])}", err=True, highlight=False)
-            steps.event(kind, step, info)
-
-        with StepProgress([s.name for s in wf.steps[:last + 1]], quiet=quiet) as steps:
-            done = run_workflow(wf, until=until, force=force or (), on_event=on_event)
-        ran = sum(v == "ran" for v in done.values())
-        console.print(f"workflow {wf.name}: {ran} step(s) run, {len(done) - ran} skipped", highlight=False,
-                      markup=False)
+        execute_workflow(wf, until=until, force=force or (), quiet=quiet)
 
     run_guarded(body)

@@ -119,7 +119,7 @@ def _read_image(unit: MicrographUnit) -> np.ndarray:
     if not float(np.ptp(img)) > 0:
         raise InputError(f"{what}: every pixel holds the same value ({float(img.flat[0]):g}): there is no image to "
                          "fit; check the file (a failed export or motion correction?) or remove it from the STAR file.")
-    if unit.movie is None and looks_like_power_spectrum(torch.as_tensor(img)):
+    if unit.movie is None and looks_like_power_spectrum(torch.tensor(img)):
         raise InputError(f"{unit.path}: is a power spectrum (point-symmetric about its centre), not a micrograph; "
                          "fit it with `cryolens ctf --power-spectrum` (the spectrum of a spectrum has no Thon rings).")
     if min(img.shape[-2:]) < unit.params.box:

@@ -5,6 +5,8 @@ options (several separated by ``,`` or ``:``)::
 
     phantom                         the built-in asymmetric phantom (seed 0)
     phantom:seed=3,diameter=80      another fold / size (Å)
+    apoferritin                     the shipped apoferritin chain (PDB 7A4M) as an O 24-mer
+    model.pdb:assembly=D7           the model's first chain repeated by D7 symmetry
     map.mrc                         an MRC map (Fourier-resampled, padded/cropped)
     map.mrc:population=0.3          weight in a discrete mixture (default 1)
     map.mrc:apix=1.1                voxel size when the header's is wrong or 0
@@ -13,7 +15,7 @@ options (several separated by ``,`` or ``:``)::
     model.cif:keep_coordinates      deposited coordinates instead of centring
 
 Options valid for all: ``population``, ``name``. Models: ``bfactor``,
-``keep_coordinates``. Maps: ``apix`` (alias ``map_pixel_size``), ``mass_kda``.
+``keep_coordinates``, ``assembly`` (a point group; see :mod:`cryolens.simulate.assembly`). Maps: ``apix`` (alias ``map_pixel_size``), ``mass_kda``.
 Phantom: ``seed``, ``diameter``, ``bfactor``.
 
 All structures of one simulation share one pixel size and box: the given ones,
@@ -34,6 +36,7 @@ import torch
 from cryolens.core.fourier import pad_or_crop, resample
 from cryolens.errors import InputError
 from cryolens.io import read_mrc
+from cryolens.simulate.assembly import BUILTIN_MODELS, symmetric_assembly
 from cryolens.simulate.structures import (
     Structure,
     calibrate_mass,
@@ -50,7 +53,7 @@ _MODEL_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif", ".pdb.gz", ".ent.gz", ".cif
 _OPTIONS = {
     "phantom": {"population", "name", "seed", "diameter", "bfactor"},
     "map": {"population", "name", "apix", "map_pixel_size", "mass_kda"},
-    "model": {"population", "name", "bfactor", "keep_coordinates"},
+    "model": {"population", "name", "bfactor", "keep_coordinates", "assembly"},
 }
 _FLOAT_OPTIONS = {"population", "diameter", "bfactor", "apix", "map_pixel_size", "mass_kda"}
 
@@ -58,6 +61,8 @@ _FLOAT_OPTIONS = {"population", "diameter", "bfactor", "apix", "map_pixel_size",
 def _kind(path: str) -> str:
     if path.lower() == "phantom":
         return "phantom"
+    if path.lower() in BUILTIN_MODELS:
+        return "model"
     return "model" if path.lower().endswith(_MODEL_SUFFIXES) else "map"
 
 
@@ -78,7 +83,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
                              f"use one of {', '.join(sorted(_OPTIONS[kind]))}.")
         if key == "keep_coordinates":
             opts[key] = (not sep) or value.strip().lower() in ("1", "true", "yes", "on")
-        elif key == "name":
+        elif key in ("name", "assembly"):
             opts[key] = value.strip()
         else:
             try:
@@ -104,6 +109,19 @@ def read_model(path: str):
     if len(st) == 0 or st[0].count_atom_sites() == 0:
         raise InputError(f"{path}: no atoms could be read as a PDB/mmCIF model; "
                          "check that the file is a valid, complete model.")
+    return st
+
+
+def _model(path: str, assembly: str | None):
+    """The model of a spec: a file or a built-in name, repeated by ``assembly`` symmetry when given."""
+    builtin = BUILTIN_MODELS.get(path.lower())
+    if builtin:
+        st = read_model(str(builtin[0]))
+        assembly = assembly or builtin[1]
+    else:
+        st = read_model(path)
+    if assembly and assembly.upper() != "C1":
+        st = symmetric_assembly(st, assembly)  # an unknown point group is an InputError
     return st
 
 
@@ -139,7 +157,7 @@ def _load_one(spec: str, *, pixel_size: float | None, box: int | None, seed: int
         s = phantom_structure(box or 64, apix, seed=int(o.get("seed", seed)), diameter=o.get("diameter"),
                               bfactor=o.get("bfactor", 30.0), population=pop)
     elif kind == "model":
-        st = read_model(path)
+        st = _model(path, o.get("assembly"))
         apix = pixel_size or DEFAULT_MODEL_PIXEL_SIZE
         try:
             n = box or default_model_box(st[0], apix)
@@ -168,7 +186,7 @@ def structure_inputs(specs: list[str] | None) -> dict:
     """``Job`` inputs for structure specs: a readable description plus the files, so a project records them as
     input edges (the lineage of a simulation shows which map or model it came from)."""
     specs = list(specs or [])
-    files = [parse_spec(s)[1] for s in specs if parse_spec(s)[0] != "phantom"]
+    files = [p for k, p, _ in map(parse_spec, specs) if k != "phantom" and p.lower() not in BUILTIN_MODELS]
     out: dict = {"structures": ", ".join(specs) if specs else "built-in asymmetric phantom"}
     if files:
         out["structure_files"] = files

@@ -49,7 +49,7 @@ from typing import Any
 from cryolens.errors import InputError
 
 __all__ = ["OptionSpec", "StageSpec", "Step", "Workflow", "load_workflow", "build_argv",
-           "substitute_refs"]
+           "substitute_refs", "parse_settings"]
 
 RESERVED = frozenset({"out", "project", "quiet", "help"})
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -224,9 +224,30 @@ def _parse_step(path: Path, name: str, body: Any, catalog: Mapping[str, StageSpe
     return step
 
 
+def parse_settings(items: list[str] | None, path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """``--set STEP.PARAM=VALUE`` items as ``{step: {param: value}}``; VALUE is read as a TOML value
+    (``4``, ``2.5``, ``true``, ``[1, 2]``, ``"text"``), else taken as text."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        target, eq, text = item.partition("=")
+        step, dot, param = target.strip().partition(".")
+        if not (eq and dot and step and param):
+            raise InputError(f"{path}: --set {item!r}: write STEP.PARAM=VALUE, e.g. --set movies.n_movies=4.")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        out.setdefault(step, {})[param.strip()] = value
+    return out
+
+
 def load_workflow(path: str | os.PathLike, catalog: Mapping[str, StageSpec], *,
-                  project: str | os.PathLike | None = None) -> Workflow:
-    """Read and validate a workflow file (every step, every reference) before anything runs."""
+                  project: str | os.PathLike | None = None,
+                  settings: Mapping[str, Mapping[str, Any]] | None = None) -> Workflow:
+    """Read and validate a workflow file (every step, every reference) before anything runs.
+
+    ``settings`` (``{step: {param: value}}``, from :func:`parse_settings`) replace or add step params
+    before validation, so a changed value reruns that step and the steps using its outputs."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: workflow file not found; check the path.")
@@ -260,6 +281,12 @@ def load_workflow(path: str | os.PathLike, catalog: Mapping[str, StageSpec], *,
             raise InputError(f"{path}: step name {n!r} must start with a letter and hold letters, digits, '_', '-'.")
         if names.count(n) > 1:
             raise InputError(f"{path}: step name {n} is used twice; give each step its own name.")
+    for step_name, values in (settings or {}).items():
+        if step_name not in names:
+            raise InputError(f"{path}: --set {step_name}.…: no such step (steps: {', '.join(names)}).")
+        body = dict(items[names.index(step_name)][1])
+        body["params"] = {**body.get("params", {}), **values}
+        items[names.index(step_name)] = (step_name, body)
     steps: list[Step] = []
     for i, (n, body) in enumerate(items):
         steps.append(_parse_step(path, n, body, catalog, steps, set(names[i + 1:])))

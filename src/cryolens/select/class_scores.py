@@ -14,9 +14,11 @@ feature                   what it measures                                      
 ``centre_offset_A``       distance (Å) of the centre of mass of the positive     ``1 - (d - 0.15 R) / 0.35 R``
                           density from the box centre: edge-cut particles and
                           off-centre junk sit away from it
-``concentration``         RMS inside ``0.6 R`` over the RMS of the ring           ``(c - 1) / 0.4``
-                          ``0.6 R .. R``: a particle is concentrated in the
-                          middle, a carbon edge or a cut particle is not
+``concentration``         RMS inside ``f R`` over the RMS of the ring ``f R ..   ``(c - 1) / 0.4``
+                          R``, the larger for f = 0.6 and 0.8: a particle is
+                          concentrated inside the circle (a hollow one, such as
+                          apoferritin or a ring-shaped channel, in a shell
+                          inside 0.8 R), a carbon edge or a cut particle is not
 ``edge_coherence``        coherence of the gradient structure tensor inside      ``(0.65 - coherence) / 0.2``
                           ``0.8 R`` (:func:`edge_coherence`): 1 for a straight
                           step (carbon edge), 0.03-0.36 for particle views
@@ -98,9 +100,12 @@ def class_features(averages: torch.Tensor | np.ndarray, *, pixel_size: float, di
     pos = a.clamp_min(0) ** 2
     mass = pos.sum((1, 2)).clamp_min(1e-30)
     offset = torch.hypot((pos * xx).sum((1, 2)) / mass, (pos * yy).sum((1, 2)) / mass)
-    core = r < 0.6 * radius
-    shell = inside & ~core
-    concentration = a[:, core].pow(2).mean(1).sqrt() / a[:, shell].pow(2).mean(1).sqrt().clamp_min(1e-30)
+
+    def inner_over_outer(f: float) -> torch.Tensor:
+        core = r < f * radius
+        return a[:, core].pow(2).mean(1).sqrt() / a[:, inside & ~core].pow(2).mean(1).sqrt().clamp_min(1e-30)
+
+    concentration = torch.maximum(inner_over_outer(0.6), inner_over_outer(0.8))
     rings = r.round().long().clamp_max(n)
     residual = (a - _radial_mean(a, rings, n + 1)) * inside
     structure = residual[:, inside].pow(2).sum(1) / a[:, inside].pow(2).sum(1).clamp_min(1e-30)
