@@ -100,14 +100,13 @@ def correlate_bank(image_ft: torch.Tensor, shape: tuple[int, int], bank: Templat
     a = bank.coeffs.to(image_ft.device)
     norms = ((a @ gram) * a).sum(dim=1).clamp_min(1e-30).sqrt()
     ant = (a / norms[:, None]).T.contiguous()  # (r, K)
-    mt = maps.T  # (H·W, r), rows contiguous in r after the product below
     pix = torch.nonzero(where.reshape(-1))[:, 0] if where is not None else None
-    total = h * w if pix is None else int(pix.numel())
+    rows = (maps if pix is None else maps[:, pix]).T.contiguous()  # (pixels, r): one gather, contiguous rows
+    total = rows.shape[0]
     best = torch.empty(total, device=image_ft.device)
-    index = torch.zeros(total, dtype=torch.long, device=image_ft.device)
+    index = torch.empty(total, dtype=torch.long, device=image_ft.device)
     for start in range(0, total, chunk):  # (chunk, K) products: the max runs along contiguous rows
-        rows = mt[start:start + chunk] if pix is None else mt[pix[start:start + chunk]]
-        val, arg = (rows @ ant).max(dim=1)
+        val, arg = (rows[start:start + chunk] @ ant).max(dim=1)
         best[start:start + chunk], index[start:start + chunk] = val, arg
         if progress is not None:
             progress(min(start + chunk, total), total)
