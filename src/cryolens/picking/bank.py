@@ -43,10 +43,11 @@ class TemplateBank:
     def basis_ft(self, shape: tuple[int, int]) -> torch.Tensor:
         """``(r, H, W//2+1)`` rfft2 of the basis images centred at pixel (0, 0) of an ``(H, W)`` grid (kept per shape)."""
         key = (tuple(shape), self.basis.device)
-        if key not in self.transforms:
-            self.transforms.clear()  # one shape at a time: micrographs of a dataset share it
-            self.transforms[key] = torch.fft.rfft2(wrap_centred(self.basis, shape))
-        return self.transforms[key]
+        ft = self.transforms.get(key)
+        if ft is None:
+            ft = torch.fft.rfft2(wrap_centred(self.basis, shape))
+            self.transforms = {key: ft}  # one shape at a time (a dataset's micrographs share it); swapped whole
+        return ft
 
 
 def template_bank(templates: torch.Tensor, *, tolerance: float = 1e-3) -> TemplateBank:
