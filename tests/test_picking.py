@@ -9,6 +9,7 @@ picking nor missing them counts (picks matched to them are dropped before scorin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -247,3 +248,47 @@ def test_params_validation_names_flags():
         pick_micrograph(torch.zeros(64, 64), pixel_size=1.0, params=PickParams(diameter=100.0))
     with pytest.raises(ValueError, match="templates"):
         pick_micrograph(torch.randn(256, 256), pixel_size=2.0, params=PickParams(diameter=100.0, method="template"))
+
+
+def test_template_bank_matches_direct_correlation():
+    """The low-rank bank (kept whole) gives the direct NCC of every template; ``where`` scores a subset only."""
+    from cryolens.picking.bank import correlate_bank, template_bank
+    from cryolens.picking.templates import correlate_templates, prepare_templates
+
+    g = torch.Generator().manual_seed(0)
+    shape = (96, 80)
+    raw = torch.randn(3, 21, 21, generator=g)
+    prepared = prepare_templates(raw, pixel_size=2.0, out_pixel_size=2.0, diameter=30.0, psi_step=45.0)  # 24
+    image_ft = torch.fft.rfft2(torch.randn(shape, generator=g))
+    ky = torch.fft.fftfreq(shape[0])[:, None]
+    kx = torch.fft.rfftfreq(shape[1])[None, :]
+    transfer = torch.cos(40 * (kx * kx + ky * ky)) * torch.exp(-8 * (kx * kx + ky * ky))  # a CTF-like real filter
+    best, index, denom = correlate_templates(image_ft, shape, prepared, transfer=transfer, mask_radius_px=7.5)
+    bank = template_bank(prepared, tolerance=1e-9)
+    b2, i2, d2 = correlate_bank(image_ft, shape, bank, transfer=transfer, mask_radius_px=7.5, chunk=1000)
+    assert torch.allclose(b2, best, atol=1e-4) and torch.allclose(d2, denom)
+    assert (i2 == index).float().mean() > 0.99
+    where = torch.zeros(shape, dtype=torch.bool)
+    where[10:50, 20:60] = True
+    b3, i3, _ = correlate_bank(image_ft, shape, bank, transfer=transfer, mask_radius_px=7.5, where=where)
+    assert torch.allclose(b3[where], best[where], atol=1e-4)
+    assert torch.allclose(b3[~where], b3[where].median().expand(int((~where).sum())))
+    small = template_bank(prepared, tolerance=0.05)
+    assert small.coeffs.shape[1] < bank.coeffs.shape[1] and small.energy >= 0.95
+
+
+def test_template_bank_is_reused_across_micrographs(monkeypatch):
+    """The prepared, factorised templates are built once for the same map and options."""
+    import cryolens.picking.picker as picker_module
+
+    built = []
+    factorise = picker_module.template_bank
+    monkeypatch.setattr(picker_module, "template_bank", lambda *a, **k: built.append(1) or factorise(*a, **k))
+    img, xy, clean, ctf, d, vol, _ = simulated("ribosome", 2.5, SEEDS[0])
+    params = PickParams(diameter=d, method="template", healpix_order=0, psi_step=30.0)
+    for _ in range(2):
+        pick_micrograph(img, pixel_size=2.5, params=params, ctf=ctf, volume=vol, volume_pixel_size=2.5)
+    assert len(built) == 1
+    pick_micrograph(img, pixel_size=2.5, params=dataclasses.replace(params, psi_step=45.0), ctf=ctf, volume=vol,
+                    volume_pixel_size=2.5)
+    assert len(built) == 2

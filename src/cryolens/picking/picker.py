@@ -16,7 +16,9 @@ suppression at the minimum distance, with a parabolic sub-pixel refinement.
 range) of the phase-flipped, whitened micrograph, each scale in SDs of its own map.
 ``method="template"``: normalised cross-correlation with CTF-modulated templates (class
 averages, or projections of a map at HEALPix directions) at every ``psi_step`` in-plane
-rotation (:mod:`cryolens.picking.templates`).
+rotation (:mod:`cryolens.picking.templates`), through a low-rank factorisation of the
+templates (:mod:`cryolens.picking.bank`: a few dozen FFTs instead of one per template, the
+factorisation kept across micrographs), scored only where picks may fall.
 
 Coordinates returned are in pixels of the input micrograph (x = column, y = row, 0-based),
 as ``rlnCoordinateX/Y``.
@@ -30,9 +32,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from cryolens.core.ctf import CTFParams
-from cryolens.core.fourier import rfft_polar_grid
+from cryolens.core.fourier import good_fft_size, rfft_polar_grid
 from cryolens.picking.filters import (
     fourier_crop_2d,
     log_filters,
@@ -45,7 +48,8 @@ from cryolens.picking.params import PickParams
 from cryolens.picking.peaks import (
     avoidance_mask, fill_areas, local_maxima, mode_stats, mode_z, refine_subpixel, suppress_non_maxima,
 )
-from cryolens.picking.templates import correlate_templates, map_projections, prepare_templates, side_lobes
+from cryolens.picking.bank import TemplateBank, cached, correlate_bank, template_bank
+from cryolens.picking.templates import map_projections, prepare_templates, side_lobes
 
 __all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape"]
 
@@ -175,6 +179,10 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
     pad = int(math.ceil(d_max / p))
     padded = reflect_pad(small, pad)
     pad = (padded.shape[-1] - w) // 2
+    if params.method == "template":  # many FFTs on this grid: extend it (at the far edges) to fast FFT lengths
+        eh, ew = (good_fft_size(n) - n for n in padded.shape)
+        if 0 < pad + max(eh, ew) < min(h, w):
+            padded = F.pad(small[None, None], (pad, pad + ew, pad, pad + eh), mode="reflect")[0, 0]
     shape = tuple(padded.shape)
     f = torch.fft.rfft2(padded)
     low = params.lowpass if params.lowpass is not None else 2.5 * p
@@ -190,8 +198,10 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
         if params.method == "matched":
             score, size = _matched_scores(f * white, shape, p, contrast * white, d_min, d_max, params.blob_radius)
         else:
+            where = torch.zeros(shape, dtype=torch.bool, device=dev)  # score only where peaks may be, and around
+            where[pad:pad + h, pad:pad + w] = F.max_pool2d(valid[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
             score, size, lobes = _template_scores(f * white, shape, p, contrast * white, params, templates,
-                                                  template_pixel_size, volume, volume_pixel_size, progress)
+                                                  template_pixel_size, volume, volume_pixel_size, progress, where, pad)
     crop = (slice(pad, pad + h), slice(pad, pad + w))
     score, size = score[crop], size[crop]
     if params.method == "log":  # already in SDs (see _log_scores)
@@ -269,31 +279,41 @@ def _log_scores(f: torch.Tensor, shape, p: float, contrast: torch.Tensor, band: 
 
 
 def _template_scores(fw, shape, p, transfer, params: PickParams, templates, template_pixel_size, volume,
-                     volume_pixel_size, progress):
+                     volume_pixel_size, progress, where=None, pad=0):
     """Best NCC with (rotated) templates; the size map holds the diameter for every pixel."""
     d_max = params.diameters[1]
+    dev = fw.device
     if templates is None:
         if volume is None:
             raise ValueError("--method template needs templates (class averages) or a map")
         if volume_pixel_size is None:
             raise ValueError("the map's pixel size is needed")
-        templates = map_projections(volume.to(fw.device), pixel_size=volume_pixel_size, out_pixel_size=p,
-                                    healpix_order=params.healpix_order)
-        template_pixel_size = p
+        source, key = volume, ("map", float(volume_pixel_size), params.healpix_order)
     elif template_pixel_size is None:
         raise ValueError("the templates' pixel size is needed")
-    prepared = prepare_templates(templates.to(fw.device), pixel_size=template_pixel_size, out_pixel_size=p,
-                                 diameter=d_max, psi_step=params.psi_step)
-    best, index, denom = correlate_templates(fw, shape, prepared, transfer=transfer, mask_radius_px=d_max / 2 / p,
-                                             batch_size=params.batch_size, progress=progress)
-    return best, torch.full_like(best, d_max), dict(templates=prepared, shape=shape, transfer=transfer, index=index,
-                                                    denom=denom)
+    else:
+        source, key = templates, ("templates", float(template_pixel_size))
+
+    def build() -> TemplateBank:
+        if templates is None:
+            t, tp = map_projections(volume.to(dev), pixel_size=volume_pixel_size, out_pixel_size=p,
+                                    healpix_order=params.healpix_order), p
+        else:
+            t, tp = templates.to(dev), template_pixel_size
+        prepared = prepare_templates(t, pixel_size=tp, out_pixel_size=p, diameter=d_max, psi_step=params.psi_step)
+        return template_bank(prepared, tolerance=params.rank_tolerance)
+
+    bank = cached(source, (*key, round(p, 6), d_max, params.psi_step, params.rank_tolerance, str(dev)), build)
+    best, index, denom = correlate_bank(fw, shape, bank, transfer=transfer, mask_radius_px=d_max / 2 / p,
+                                        where=where, chunk=params.batch_size * 128, progress=progress)
+    return best, torch.full_like(best, d_max), dict(templates=bank.templates, shape=shape, transfer=transfer,
+                                                    index=index, denom=denom, pad=pad)
 
 
 def _predicted_lobes(lobes: dict, rc: torch.Tensor, ncc: torch.Tensor, parent: torch.Tensor, radius_px: float):
     """Side-lobe NCC at peaks ``rc`` (padded-grid pixels) predicted by the ``parent`` peaks
     (:func:`cryolens.picking.templates.side_lobes`); ``ncc`` is the cropped NCC map."""
-    pad = (lobes["shape"][0] - ncc.shape[0]) // 2
+    pad = lobes["pad"]
     r, c = rc[:, 0], rc[:, 1]
     return side_lobes(lobes["templates"], lobes["shape"], transfer=lobes["transfer"], rc=rc, index=lobes["index"][r, c],
                       ncc=ncc[r - pad, c - pad], denom=lobes["denom"][r, c], parent=parent, radius_px=radius_px)

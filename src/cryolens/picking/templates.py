@@ -19,7 +19,8 @@ from cryolens.core.projector import prepare_volume, project
 from cryolens.core.rotations import euler_to_matrix
 from cryolens.core.so3_grid import healpix_directions
 
-__all__ = ["map_projections", "rotate_images", "prepare_templates", "correlate_templates", "side_lobes", "rfft_energy", "wrap_centred"]
+__all__ = ["map_projections", "rotate_images", "prepare_templates", "correlate_templates", "side_lobes", "rfft_energy",
+           "wrap_centred", "local_sd_denominator"]
 
 
 def map_projections(volume: torch.Tensor, *, pixel_size: float, out_pixel_size: float | None = None,
@@ -102,7 +103,10 @@ def prepare_templates(templates: torch.Tensor, *, pixel_size: float, out_pixel_s
 def correlate_templates(image_ft: torch.Tensor, shape: tuple[int, int], templates: torch.Tensor, *,
                         transfer: torch.Tensor, mask_radius_px: float, batch_size: int = 32,
                         progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best normalised cross-correlation over templates at every pixel.
+    """Best normalised cross-correlation over templates at every pixel, one FFT per template.
+
+    The direct form of :func:`cryolens.picking.bank.correlate_bank` (which the picker uses: a
+    low-rank factorisation of the templates, far fewer FFTs), kept as its reference.
 
     ``NCC(x) = Σ_m I(x+m)·T'(m) / (‖T'‖ · sd_M(I)(x) · √|M|)`` where ``I`` is the (whitened)
     image, ``T'`` a template passed through ``transfer`` (the CTF with the micrograph's sign,
@@ -123,17 +127,7 @@ def correlate_templates(image_ft: torch.Tensor, shape: tuple[int, int], template
     """
     h, w = shape
     dev = image_ft.device
-    # local SD of the image over the disc M (FFT correlation with the disc)
-    yy = torch.fft.fftfreq(h, d=1.0 / h, device=dev)[:, None]
-    xx = torch.fft.fftfreq(w, d=1.0 / w, device=dev)[None, :]
-    disc = ((yy * yy + xx * xx) <= mask_radius_px ** 2).float()
-    n_m = disc.sum()
-    img = torch.fft.irfft2(image_ft, s=(h, w))
-    dft = torch.fft.rfft2(disc).conj()
-    s1 = torch.fft.irfft2(image_ft * dft, s=(h, w))
-    s2 = torch.fft.irfft2(torch.fft.rfft2(img * img) * dft, s=(h, w))
-    local_sd = ((s2 - s1 * s1 / n_m) / n_m).clamp_min(0).sqrt()
-    denom = local_sd.clamp_min(1e-6 * float(local_sd.max()) + 1e-30) * n_m.sqrt()
+    denom = local_sd_denominator(image_ft, shape, mask_radius_px)
     best = torch.full((h, w), -float("inf"), device=dev)
     index = torch.zeros((h, w), dtype=torch.long, device=dev)
     total = templates.shape[0]
@@ -150,6 +144,23 @@ def correlate_templates(image_ft: torch.Tensor, shape: tuple[int, int], template
         if progress is not None:
             progress(min(start + batch_size, total), total)
     return best / denom, index, denom
+
+
+def local_sd_denominator(image_ft: torch.Tensor, shape: tuple[int, int], radius_px: float) -> torch.Tensor:
+    """``sd_D(I)(x)·√|D|``: the image's standard deviation over the disc ``D`` of ``radius_px`` pixels around
+    every pixel, times the square root of the disc's pixel count (the NCC's image term), ``(H, W)``."""
+    h, w = shape
+    dev = image_ft.device
+    yy = torch.fft.fftfreq(h, d=1.0 / h, device=dev)[:, None]
+    xx = torch.fft.fftfreq(w, d=1.0 / w, device=dev)[None, :]
+    disc = ((yy * yy + xx * xx) <= radius_px ** 2).float()
+    n_m = disc.sum()
+    img = torch.fft.irfft2(image_ft, s=(h, w))
+    dft = torch.fft.rfft2(disc).conj()
+    s1 = torch.fft.irfft2(image_ft * dft, s=(h, w))
+    s2 = torch.fft.irfft2(torch.fft.rfft2(img * img) * dft, s=(h, w))
+    local_sd = ((s2 - s1 * s1 / n_m) / n_m).clamp_min(0).sqrt()
+    return local_sd.clamp_min(1e-6 * float(local_sd.max()) + 1e-30) * n_m.sqrt()
 
 
 def wrap_centred(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
