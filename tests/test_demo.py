@@ -1,6 +1,6 @@
 """``cryolens demo``: the tutorial workflow, movies in, map out, scored against the simulator's truth.
 
-The default suite runs the reduced chain (``--quick``: 4 short movies, a few hundred particles) through
+The default suite runs the reduced chain (``--quick``: 6 short movies, a few hundred particles) through
 the same workflow file as ``make demo`` with lower targets; the full demo, with the issue's targets
 (gold-standard resolution <= 8 Å; FSC 0.5 with the truth within 20 % of it), is ``slow``.
 """
@@ -82,7 +82,7 @@ def test_quick_settings_name_real_steps_and_options():
     from cryolens.project.workflow import load_workflow
 
     wf = load_workflow(TUTORIAL_WORKFLOW, stage_catalog(), project="/nonexistent/demo", settings=QUICK_SETTINGS)
-    assert wf.steps[0].params["n_movies"] == 4
+    assert wf.steps[0].params["n_movies"] == 6
 
 
 def test_set_values_parse_as_toml():

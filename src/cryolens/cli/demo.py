@@ -16,7 +16,7 @@ from cryolens.cli.markup import literal
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Project folder of the demo; created when missing, resumed when "
                                                     "it holds an unfinished demo.")] = Path("demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="The same chain on 4 short movies (a few hundred particles, "
+    quick: Annotated[bool, typer.Option("--quick", help="The same chain on 6 short movies (a few hundred particles, "
                                                         "fewer classes and iterations): a few minutes, lower resolution.")] = False,
     align: Annotated[bool, typer.Option("--align/--no-align", help="Align the final map onto the simulator's truth "
                                                                    "(both hands) and report their FSC 0.5.")] = True,

@@ -240,7 +240,7 @@ def run_select_classes(folder: str | os.PathLike, out_dir: str | os.PathLike, pa
         write_particles(out / "particles.star", optics, particles[keep])
         job.add_output("particles", out / "particles.star")
         write_particles(out / "rejected.star", optics, particles[~keep])
-        job.add_output("rejected", out / "rejected.star")
+        job.add_output("rejected", out / "rejected.star", rows=False)
         write_mrc(out / "classes.mrcs", averages[kept_cls], apix)
         job.add_output("averages", out / "classes.mrcs")
         sel = classes[kept_cls].copy()

@@ -15,7 +15,7 @@ simulator's truth is read here, after the workflow, to score the result:
      "hand_flipped": whether the map had the other hand, "wall_s": seconds of this run,
      "steps": [{"step", "stage", "job", "seconds", "summary"}, ...]}
 
-:data:`QUICK_SETTINGS` shrink the same workflow for tests (4 movies, a few hundred particles).
+:data:`QUICK_SETTINGS` shrink the same workflow for tests (6 movies, a few hundred particles).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ __all__ = ["TUTORIAL_WORKFLOW", "QUICK_SETTINGS", "step_records", "write_summary
 
 TUTORIAL_WORKFLOW = Path(__file__).resolve().parent.parent / "workflows" / "tutorial.toml"
 
-#: ``--quick``: the same chain on 4 movies of 16 frames (same total dose), fewer classes and iterations.
+#: ``--quick``: the same chain on 6 movies of 16 frames (same total dose), fewer classes and iterations.
 QUICK_SETTINGS: dict[str, dict[str, Any]] = {
-    "movies": {"n_movies": 4, "frames": 16, "dose_per_frame": 2.5},
+    "movies": {"n_movies": 6, "frames": 16, "dose_per_frame": 2.5},
     "import": {"exposure_per_frame": 2.5},
     "class2d": {"classes": 4, "iter": 10},
     "abinitio": {"iterations": 16, "batch_size": 100, "starts": 2},
