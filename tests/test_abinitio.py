@@ -10,6 +10,7 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -18,7 +19,7 @@ from cryolens.abinitio import AbinitioParams, abinitio, centre_of_mass, enforce_
 from cryolens.cli.main import app
 from cryolens.core.fsc import fsc
 from cryolens.core.masks import soft_sphere
-from cryolens.io import merge_optics, read_mrc, read_particles
+from cryolens.io import merge_optics, read_mrc, read_particles, write_particles
 from cryolens.mapalign import AlignMapsParams, align_maps, shift_volume
 from cryolens.simulate.particles import ParticleSimParams, simulate_particles
 from cryolens.simulate.phantom import asymmetric_phantom
@@ -108,6 +109,11 @@ def test_cli_bad_inputs_exit_2(sim_star, tmp_path):
     text = (sim_star / "sim" / "particles.star").read_text()
     head = text[:text.index("data_particles")]
     empty.write_text(head + "data_particles\n\nloop_\n_rlnImageName #1\n")
+    optics, parts = read_particles(sim_star / "sim" / "particles.star")
+    mixed = sim_star / "sim" / "mixed.star"  # two optics groups at different pixel sizes (images beside it)
+    two = pd.concat([optics, optics.assign(rlnOpticsGroup=2, rlnOpticsGroupName="opticsGroup2",
+                                           rlnImagePixelSize=6.0)], ignore_index=True)
+    write_particles(mixed, two, parts.assign(rlnOpticsGroup=[1 + i % 2 for i in range(len(parts))]))
     cases = [
         (["--in", str(empty)], "empty.star"),
         (["--in", str(tmp_path / "missing.star")], "missing.star"),
@@ -115,6 +121,8 @@ def test_cli_bad_inputs_exit_2(sim_star, tmp_path):
         (["--in", star, "--final-resolution", "4"], "--final-resolution"),
         (["--in", star, "--final-resolution", "40", "--ini-resolution", "30"], "--final-resolution"),
         (["--in", star, "--sym", "X9"], "--sym X9"),
+        (["--in", star, "--ini-resolution", "80", "--final-resolution", "20"], "box (24 px × 5 Å) is too small"),
+        (["--in", str(mixed)], "different pixel sizes"),
     ]
     for extra, fragment in cases:
         r = CliRunner().invoke(app, ["abinitio", "--out", str(tmp_path / "o"), "--quiet", "--device", "cpu", *extra])
