@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -325,7 +325,7 @@ def abinitio(batches: Batches, particles: pd.DataFrame, *, pixel_size: float, pa
         particles: table with optics merged in; CTF columns used when present (and ``params.ctf``).
             Poses in the table are ignored.
         pixel_size: Å per pixel of the images.
-        params: :class:`AbinitioParams`.
+        params: :class:`AbinitioParams` (unset resolution limits follow :meth:`AbinitioParams.with_limits`).
         progress: ``progress(stage, done, total, resolution_A)``.
         on_iteration: called with an :class:`AbinitioState` after every step (mini-batch iteration or
             final pass) but the last one (the job saves it, so that a killed run can continue).
@@ -339,6 +339,7 @@ def abinitio(batches: Batches, particles: pd.DataFrame, *, pixel_size: float, pa
     if len(particles) < params.classes:
         raise ValueError(f"{len(particles)} particles cannot make {params.classes} classes")
     dev = torch.device(device)
-    bank = ImageBank.load(batches, particles.reset_index(drop=True), pixel_size=pixel_size,
-                          n_work=None, params=params, device=dev)
+    bank = ImageBank.load(batches, particles.reset_index(drop=True), pixel_size=pixel_size, n_work=None,
+                          params=replace(params, final_resolution=params.final_limit(pixel_size)), device=dev)
+    params = params.with_limits(pixel_size, bank.box)
     return _Abinitio(bank, params, dev, progress).run(resume, on_iteration)

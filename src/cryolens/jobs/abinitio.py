@@ -129,12 +129,16 @@ def run_abinitio(star: str | os.PathLike, out_dir: str | os.PathLike, params: Ab
     parts = open_particles(star, pose=False, min_particles=params.classes, purpose=f"{params.classes} classes",
                            why="one particle per class at least")
     pixel_size, box = parts.pixel_size, parts.box
-    if params.final_resolution < 2 * pixel_size:
-        raise InputError(f"{star}: --final-resolution {params.final_resolution:g} Å is finer than the particles' "
+    ini, final = params.ini_limit(pixel_size, box), params.final_limit(pixel_size)
+    if final > ini:
+        raise InputError(f"{star}: --final-resolution {final:g} Å must not exceed --ini-resolution {ini:g} Å; give "
+                         "limits that fall from the first iteration to the last.")
+    if final < 2 * pixel_size:
+        raise InputError(f"{star}: --final-resolution {final:g} Å is finer than the particles' "
                          f"Nyquist limit ({2 * pixel_size:g} Å at {pixel_size:g} Å/px); ask for at least that.")
-    if params.ini_resolution > box * pixel_size / 2:
+    if ini > box * pixel_size / 2:
         raise InputError(f"{star}: the box ({box} px × {pixel_size:g} Å) is too small to align at "
-                         f"--ini-resolution {params.ini_resolution:g} Å; give at most {box * pixel_size / 2:g} Å.")
+                         f"--ini-resolution {ini:g} Å; give at most {box * pixel_size / 2:g} Å.")
     state = _saved_state(out, len(parts)) if resume else None
     if state is not None:  # checked before the job starts: a refused continue leaves the folder as it was
         remove_unfinished(out)
@@ -185,6 +189,7 @@ def run_abinitio(star: str | os.PathLike, out_dir: str | os.PathLike, params: Ab
         job.results.update(resolution_0143_A=round(curve.resolution_at(0.143), 3), best_class=best + 1,
                            class_sizes=[int(s) for s in sizes], iterations=len(res.history), box=box,
                            pixel_size_A=pixel_size, symmetry=params.symmetry, kept_start=res.best_start + 1,
+                           ini_resolution_A=ini, final_resolution_A=final,
                            n_particles=len(parts))
         write_report(out / "report.html", title="Ab-initio 3D", summary=job.results, params=job.params,
                      images=["convergence.png", "slices.png", "projections.png", "fsc.png"])
