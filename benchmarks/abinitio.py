@@ -77,10 +77,13 @@ def run_relion_sgd(work: Path, sim: Path, case: dict, args, env: dict) -> dict:
            "--i", str(sim / "particles.star"), "--ctf", "--K", "1", "--sym", case["sym"], "--flatten_solvent",
            "--zero_mask", "--dont_combine_weights_via_disc", "--pool", "3", "--pad", "1", "--skip_gridding",
            "--particle_diameter", str(case["diameter"]), "--oversampling", "1", "--healpix_order", "1",
-           "--offset_range", "6", "--offset_step", "2", "--random_seed", "0", "--j", str(args.threads)]
+           "--offset_range", "6", "--offset_step", "2", "--random_seed", "1", "--j", str(args.threads)]  # seed 0: no shuffling
     r = timed(cmd, work, env, log=work / "relion_sgd.log", timeout=args.relion_timeout)
     maps = sorted(d.glob("run_it*_class001.mrc"))
-    r.update(tool="relion_refine --sgd", last_iteration=None, finished=(d / "run_it300_class001.mrc").exists())
+    log = (work / "relion_sgd.log").read_text(errors="replace")
+    started = re.findall(r"Stochastic Gradient Descent iteration (\d+) of", log)
+    r.update(tool="relion_refine --sgd", last_iteration=None, finished=(d / "run_it300_class001.mrc").exists(),
+             iterations_started=int(started[-1]) if started else 0)
     if maps:
         r["last_iteration"] = int(re.search(r"_it(\d+)_", maps[-1].name).group(1))
         r.update(versus_truth(work, sim / "truth_map.mrc", maps[-1], case["sym"], "align_relion", env))
