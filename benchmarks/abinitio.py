@@ -14,7 +14,7 @@ the FSC 0.5 / 0.143 resolutions against the truth after alignment. A seed succee
 Both run with abinitio's default options (the defaults must work without tuning).
 
 ``--relion`` also runs RELION 3.1's SGD initial model (``relion_refine --denovo_3dref --sgd`` with
-the GUI's default schedule, ``--j`` = ``--threads``) on the same particles, stopped after
+the GUI's default schedule, ``--j`` = ``--threads``, ``--random_seed 1``: 0 would not shuffle) on the same particles, stopped after
 ``--relion-timeout`` s (900): its last written map is aligned to the truth the same way.
 
 ``--refine-seed S`` then runs ``cryolens refine`` twice, side by side, on the same particles (the
@@ -77,7 +77,7 @@ def run_relion_sgd(work: Path, sim: Path, case: dict, args, env: dict) -> dict:
            "--i", str(sim / "particles.star"), "--ctf", "--K", "1", "--sym", case["sym"], "--flatten_solvent",
            "--zero_mask", "--dont_combine_weights_via_disc", "--pool", "3", "--pad", "1", "--skip_gridding",
            "--particle_diameter", str(case["diameter"]), "--oversampling", "1", "--healpix_order", "1",
-           "--offset_range", "6", "--offset_step", "2", "--random_seed", "1", "--j", str(args.threads)]  # seed 0: no shuffling
+           "--offset_range", "6", "--offset_step", "2", "--random_seed", "1", "--j", str(args.threads)]
     r = timed(cmd, work, env, log=work / "relion_sgd.log", timeout=args.relion_timeout)
     maps = sorted(d.glob("run_it*_class001.mrc"))
     log = (work / "relion_sgd.log").read_text(errors="replace")
