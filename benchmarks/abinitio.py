@@ -14,8 +14,9 @@ the FSC 0.5 / 0.143 resolutions against the truth after alignment. A seed succee
 Both run with abinitio's default options (the defaults must work without tuning).
 
 ``--relion`` also runs RELION 3.1's SGD initial model (``relion_refine --denovo_3dref --sgd`` with
-the GUI's default schedule, ``--j`` = ``--threads``, ``--random_seed 1``: 0 would not shuffle) on the same particles, stopped after
-``--relion-timeout`` s (900): its last written map is aligned to the truth the same way.
+the GUI's default schedule, ``--j`` = ``--threads``, ``--random_seed 1``: 0 would not shuffle) on
+the same particles, stopped after ``--relion-timeout`` s (900): its last written map is aligned to
+the truth the same way.
 
 ``--refine-seed S`` then runs ``cryolens refine`` twice, side by side, on the same particles (the
 first ``--refine-n``, default all): from seed S's ab-initio map and from the truth low-passed to
