@@ -146,3 +146,36 @@ def test_ribosome_target(seed):
     res = abinitio(_batches(images, 500), table, pixel_size=apix, params=AbinitioParams(seed=seed))
     a = align_maps(truth, res.maps[res.best_class], pixel_size=apix, params=AlignMapsParams())
     assert fsc(truth, a.aligned, pixel_size=apix).resolution_at(0.5) <= 25.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0])
+def test_apoferritin_target(seed, tmp_path):
+    """The issue's second target: an O 24-mer of the real apoferritin chain (built as in benchmarks/refine.py; 3 Å/px,
+    box 64), 5 000 particles, SNR 0.05, CTF, `--sym O` and the default options; FSC 0.5 with the truth <= 25 Å
+    (seed 0: 6.6 Å in the benchmark; the success rate over seeds is benchmarks/abinitio.py's)."""
+    import importlib.util
+    import sys
+    bench = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+    if not os.path.exists(os.path.join(SHARED, "models", "7A4M_box.pdb")):
+        pytest.skip("../shared/data is not present")
+    sys.path.insert(0, bench)
+    try:
+        spec = importlib.util.spec_from_file_location("bench_refine", os.path.join(bench, "refine.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(bench)
+    pdb = module.symmetric_assembly(tmp_path, "O")
+    r = CliRunner().invoke(app, ["simulate", "particles", "--structure", str(pdb), "--pixel-size", "3", "--box", "64",
+                                 "--n", "5000", "--snr", "0.05", "--seed", str(seed + 1), "--out", str(tmp_path / "sim"),
+                                 "--quiet", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["abinitio", "--in", str(tmp_path / "sim" / "particles.star"), "--sym", "O", "--seed",
+                                 str(seed), "--out", str(tmp_path / "ab"), "--quiet", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    truth, apix = read_mrc(tmp_path / "sim" / "truth_map.mrc")
+    vol, _ = read_mrc(tmp_path / "ab" / "map.mrc")
+    truth, vol = torch.as_tensor(np.array(truth)), torch.as_tensor(np.array(vol))
+    a = align_maps(truth, vol, pixel_size=apix, params=AlignMapsParams(symmetry="O"))
+    assert fsc(truth, a.aligned, pixel_size=apix).resolution_at(0.5) <= 25.0
