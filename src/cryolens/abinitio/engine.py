@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,7 @@ import torch
 from cryolens.abinitio.params import AbinitioParams
 from cryolens.abinitio.search import ImageBank, Searcher, limited_grid, power_spectrum, working_box
 from cryolens.abinitio.priors import enforce_priors
+from cryolens.abinitio.state import AbinitioState
 from cryolens.core.fourier import fourier_resize
 from cryolens.core.fsc import FSCResult, fsc, fsc_to_ssnr
 from cryolens.core.masks import soft_sphere
@@ -53,6 +54,7 @@ __all__ = ["IterationRecord", "AbinitioResult", "abinitio", "working_box"]
 
 Batches = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 Progress = Callable[[str, int, int, float], None]
+OnIteration = Callable[[AbinitioState], None]
 
 
 @dataclass
@@ -234,14 +236,54 @@ class _Abinitio:
             curves.append(curve)
         return maps, curves, cls, rots, shifts, prob
 
-    def run(self) -> AbinitioResult:
+    def state(self, step: int, starts: list[_Start], best: int) -> AbinitioState:
+        """The run after finished ``step`` (CPU copies), to continue from it."""
+        cpu = lambda x: x.detach().cpu().clone()  # noqa: E731
+        return AbinitioState(
+            iteration=step, starts=[st.number for st in starts], best_start=best,
+            sums=torch.stack([torch.stack([cpu(bp.acc) for bp in st.bps]) for st in starts]),
+            maps=torch.stack([torch.stack([cpu(m) for m in st.maps]) for st in starts]),
+            references=torch.stack([torch.stack([cpu(r) for r in st.refs]) for st in starts]),
+            log_prior=torch.stack([cpu(st.log_prior) for st in starts]),
+            log_likelihood=[list(st.ll) for st in starts], sigma2=cpu(self.searcher.noise.sigma2),
+            generator=self.gen.get_state(), history=[asdict(h) for h in self.history],
+            snapshot_labels=[label for label, _ in self.snapshots],
+            snapshots=torch.stack([torch.as_tensor(v) for _, v in self.snapshots]), pixel_size=self.apix)
+
+    def restore(self, state: AbinitioState) -> tuple[list[_Start], int]:
+        """Starts, kept start, noise, generator, history and snapshots from ``state``."""
+        K, n = self.p.classes, self.n
+        S = len(state.starts)
+        if tuple(state.maps.shape) != (S, K, n, n, n) or state.sums.shape[:2] != (S, K):
+            raise ValueError(f"the saved state has maps {tuple(state.maps.shape)}, this run needs "
+                             f"({S}, {K}, {n}, {n}, {n})")
+        starts = []
+        for i, number in enumerate(state.starts):
+            st = _Start(number, K, n, self.dev)
+            for k, bp in enumerate(st.bps):
+                bp.acc = state.sums[i, k].to(self.dev).clone()
+            st.maps = [state.maps[i, k].to(self.dev).clone() for k in range(K)]
+            st.refs = [state.references[i, k].to(self.dev).clone() for k in range(K)]
+            st.log_prior = state.log_prior[i].to(self.dev).clone()
+            st.ll = list(state.log_likelihood[i])
+            starts.append(st)
+        self.searcher.noise.sigma2 = state.sigma2.clone()
+        self.gen.set_state(state.generator.clone())
+        self.history = [IterationRecord(**h) for h in state.history]
+        self.snapshots = [(label, v.numpy().copy()) for label, v in zip(state.snapshot_labels, state.snapshots)]
+        return starts, state.best_start
+
+    def run(self, resume: AbinitioState | None = None, on_iteration: OnIteration | None = None) -> AbinitioResult:
         p = self.p
         T = p.iterations
         schedule = [p.ini_resolution * (p.final_resolution / p.ini_resolution) ** (t / (T - 1)) for t in range(T)]
-        starts = [self._init_start(s, schedule[0]) for s in range(p.starts)]
-        self.snapshots.append(("random start", starts[0].refs[0].cpu().numpy()))
-        best = 0
-        for t in range(T):
+        if resume is None:
+            starts = [self._init_start(s, schedule[0]) for s in range(p.starts)]
+            self.snapshots.append(("random start", starts[0].refs[0].cpu().numpy()))
+            best, done = 0, 0
+        else:
+            (starts, best), done = self.restore(resume), resume.iteration
+        for t in range(done, T):
             self._iterate(t, starts, schedule[t])
             if len(starts) > 1 and t + 1 == p.prune_after:
                 window = min(3, t + 1)
@@ -250,13 +292,18 @@ class _Abinitio:
                 best = starts[0].number
             if t + 1 == max(1, T // 3):
                 self.snapshots.append((f"iteration {t + 1} ({schedule[t]:.0f} Å)", starts[0].refs[0].cpu().numpy()))
+            if t + 1 == T:
+                self.snapshots.append((f"iteration {T} ({schedule[-1]:.0f} Å)", starts[0].refs[0].cpu().numpy()))
+            if on_iteration is not None:
+                on_iteration(self.state(t + 1, starts, best))
         st = starts[0]
-        self.snapshots.append((f"iteration {T} ({schedule[-1]:.0f} Å)", st.refs[0].cpu().numpy()))
-        for i in range(p.final_passes):
+        for i in range(max(0, done - T), p.final_passes):
             maps, curves, cls, rots, shifts, prob = self._final_pass(st, p.final_resolution, f"final pass {i + 1}")
             if i + 1 < p.final_passes:
                 st.maps = maps
                 st.refs = [self._reference(m, p.final_resolution) for m in maps]
+                if on_iteration is not None:
+                    on_iteration(self.state(T + i + 1, starts, best))
         n_out = self.bank.box
         out = torch.stack([fourier_resize(m.cpu(), n_out, ndim=3) for m in maps])
         self.snapshots.append(("final map", out[0].numpy()))
@@ -267,7 +314,8 @@ class _Abinitio:
 
 
 def abinitio(batches: Batches, particles: pd.DataFrame, *, pixel_size: float, params: AbinitioParams,
-             device: torch.device | str = "cpu", progress: Progress | None = None) -> AbinitioResult:
+             device: torch.device | str = "cpu", progress: Progress | None = None,
+             on_iteration: OnIteration | None = None, resume: AbinitioState | None = None) -> AbinitioResult:
     """Initial maps and poses from particles without poses.
 
     Args:
@@ -277,8 +325,12 @@ def abinitio(batches: Batches, particles: pd.DataFrame, *, pixel_size: float, pa
         particles: table with optics merged in; CTF columns used when present (and ``params.ctf``).
             Poses in the table are ignored.
         pixel_size: Å per pixel of the images.
-        params: :class:`AbinitioParams`.
+        params: :class:`AbinitioParams` (unset resolution limits follow :meth:`AbinitioParams.with_limits`).
         progress: ``progress(stage, done, total, resolution_A)``.
+        on_iteration: called with an :class:`AbinitioState` after every step (mini-batch iteration or
+            final pass) but the last one (the job saves it, so that a killed run can continue).
+        resume: a state from ``on_iteration`` of an earlier run on the same particles and params: the
+            run continues after its step and gives the same result as the uninterrupted run.
 
     Returns:
         :class:`AbinitioResult`.
@@ -287,6 +339,7 @@ def abinitio(batches: Batches, particles: pd.DataFrame, *, pixel_size: float, pa
     if len(particles) < params.classes:
         raise ValueError(f"{len(particles)} particles cannot make {params.classes} classes")
     dev = torch.device(device)
-    bank = ImageBank.load(batches, particles.reset_index(drop=True), pixel_size=pixel_size,
-                          n_work=None, params=params, device=dev)
-    return _Abinitio(bank, params, dev, progress).run()
+    bank = ImageBank.load(batches, particles.reset_index(drop=True), pixel_size=pixel_size, n_work=None,
+                          params=replace(params, final_resolution=params.final_limit(pixel_size)), device=dev)
+    params = params.with_limits(pixel_size, bank.box)
+    return _Abinitio(bank, params, dev, progress).run(resume, on_iteration)

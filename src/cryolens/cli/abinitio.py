@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from cryolens.abinitio.params import AbinitioParams
 from cryolens.cli.common import JobOptions, console, device_option, err_console, job_target, run_guarded
 from cryolens.cli.declare import declare
+from cryolens.cli.resume import CONTINUE_HELP, continue_target, continued_job
+from cryolens.errors import InputError
 
 
 @contextmanager
@@ -37,27 +39,51 @@ def stage_progress(*, quiet: bool) -> Iterator[Callable[[str, int, int, float], 
 @declare(run=JobOptions, params=AbinitioParams,
          outputs=("map", "particles", "fsc", "iterations", r"class\d{3}"))
 def abinitio(
-    star: Annotated[Path, typer.Option("--in", help="particles.star (RELION 3.0 or 3.1+); poses are not needed "
-                                                    "(ignored), CTF columns optional.")],
+    star: Annotated[Optional[Path], typer.Option("--in", help="particles.star (RELION 3.0 or 3.1+); poses are not "
+                                                              "needed (ignored), CTF columns optional. Required "
+                                                              "unless --continue.")] = None,
+    continue_: Annotated[Optional[Path], typer.Option("--continue", metavar="JOBDIR", help=CONTINUE_HELP)] = None,
     params: AbinitioParams = None,
     run: JobOptions = None,
+    given: dict = None,
 ) -> None:
     """Initial maps from particles without poses: stochastic EM from random maps, resolution annealed.
 
     Writes map.mrc (largest class; class001.mrc... for --classes > 1), particles.star (class, poses),
     fsc.star, iterations.star, convergence.png, slices.png, projections.png, fsc.png, report.html,
-    job.json. The map's hand is arbitrary: compare both hands (cryolens align-maps).
+    job.json; after each iteration run_itNNN_class001.mrc... and the state that --continue resumes
+    from (the last two are kept). The map's hand is arbitrary: compare both hands (cryolens align-maps).
 
     Example:
 
       cryolens abinitio --in select/particles.star --out abinitio --classes 2 --sym C1
+
+      cryolens abinitio --continue abinitio   # after a crash or a wall-time limit
     """
     from cryolens.jobs.abinitio import run_abinitio
 
     def body():
-        dev = device_option(run.device)
-        with job_target("abinitio", run) as target, stage_progress(quiet=run.quiet) as cb:
-            job = run_abinitio(star, target.out, params, device=dev, progress=cb, observer=target.observer)
+        if continue_ is not None:
+            c = continued_job("abinitio", continue_, params=params, given=given, run=run,
+                              inputs={"particles": ("--in", star)})
+            if c.finished:
+                console.print(c.message, highlight=False)
+                return
+            try:
+                dev = device_option(c.device)
+            except InputError:  # the job's recorded device is not on this machine: --device (auto) decides
+                dev = device_option(run.device)
+            with continue_target("abinitio", c.folder, run.project) as target, \
+                    stage_progress(quiet=run.quiet) as cb:
+                job = run_abinitio(c.inputs["particles"], target.out, c.params, device=dev, progress=cb,
+                                   observer=target.observer, resume=True)
+        else:
+            if star is None:
+                raise InputError("--in is required to start ab initio; give it, or continue an interrupted job "
+                                 "with --continue JOBDIR.")
+            dev = device_option(run.device)
+            with job_target("abinitio", run) as target, stage_progress(quiet=run.quiet) as cb:
+                job = run_abinitio(star, target.out, params, device=dev, progress=cb, observer=target.observer)
         r = job.results
         console.print(f"ab initio: class {r['best_class']} of {len(r['class_sizes'])} "
                       f"({r['class_sizes'][r['best_class'] - 1]} of {r['n_particles']} particles), half-map FSC "

@@ -7,6 +7,13 @@ input with ``rlnClassNumber``, ``rlnAngleRot/Tilt/Psi``, ``rlnOriginXAngst/YAngs
 largest class), ``iterations.star``, ``convergence.png`` (log-likelihood per start, resolution
 limit, class sizes per iteration), ``slices.png`` and ``projections.png`` (orthogonal central
 slices and projections of the map at stages of the run), ``report.html``, ``job.json``.
+
+After each step but the last (a mini-batch iteration, or a final pass but the last):
+``run_itNNN_class001.mrc``… (the running start's maps at the particles' pixel size and box) and
+``run_itNNN_state/`` (what ``--continue`` needs, :mod:`cryolens.jobs.checkpoint`); the last
+:data:`~cryolens.jobs.checkpoint.KEEP_ITERATIONS` steps are kept. ``run_abinitio(..., resume=True)``
+continues a killed job in its folder from its last finished step and ends with the same outputs as
+the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -19,10 +26,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.abinitio import AbinitioParams, AbinitioResult, abinitio
+from cryolens.abinitio import AbinitioParams, AbinitioResult, AbinitioState, abinitio
+from cryolens.core.fourier import fourier_resize
 from cryolens.core.rotations import matrix_to_euler
 from cryolens.errors import InputError
 from cryolens.io import write_mrc, write_particles, write_star
+from cryolens.jobs.checkpoint import (clear_iterations, iteration_path, load_iteration, remove_unfinished,
+                                      save_iteration)
 from cryolens.jobs.particles import fsc_table, open_particles
 from cryolens.jobs.report import new_figure, plot_fsc, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
@@ -88,23 +98,63 @@ def _table(particles: pd.DataFrame, res: AbinitioResult, pixel_size: float) -> p
     return out.drop(columns=[c for c in ("rlnOriginX", "rlnOriginY") if c in out.columns])
 
 
+def _saved_state(out: Path, n_particles: int) -> AbinitioState:
+    """The last finished step's state in ``out`` (InputError when there is none or it is not ab initio's)."""
+    saved = load_iteration(out)
+    if saved is None:
+        raise InputError(f"{out}: the job stopped before its first iteration finished, so no state was saved to "
+                         "continue from; run the abinitio job again without --continue.")
+    try:
+        state = AbinitioState.from_saved(saved.iteration, saved.tensors, saved.values)
+    except (KeyError, TypeError) as e:
+        raise InputError(f"{saved.path}: not an ab-initio state ({e}); delete that folder to continue from the "
+                         "iteration before it.") from None
+    rows = saved.values.get("n_particles")
+    if rows != n_particles:
+        raise InputError(f"{out}: the saved state is of {rows} particles, the particles given are {n_particles}; "
+                         "continue with the particles the job started with.")
+    return state
+
+
 def run_abinitio(star: str | os.PathLike, out_dir: str | os.PathLike, params: AbinitioParams, *,
                  device: torch.device | str = "cpu", progress: Callable[[str, int, int, float], None] | None = None,
-                 observer: JobObserver | None = None) -> Job:
-    """Ab-initio maps from ``star`` into ``out_dir``; returns the finished :class:`Job`."""
+                 observer: JobObserver | None = None, resume: bool = False) -> Job:
+    """Ab-initio maps from ``star`` into ``out_dir``; returns the finished :class:`Job`.
+
+    With ``resume``, ``out_dir`` holds an interrupted abinitio job: it continues from its last finished
+    step (the caller passes the job's own input and params, see ``cryolens abinitio --continue``).
+    """
     out = Path(out_dir)
     check_params("abinitio", params)
     parts = open_particles(star, pose=False, min_particles=params.classes, purpose=f"{params.classes} classes",
                            why="one particle per class at least")
     pixel_size, box = parts.pixel_size, parts.box
-    if params.final_resolution < 2 * pixel_size:
-        raise InputError(f"{star}: --final-resolution {params.final_resolution:g} Å is finer than the particles' "
+    ini, final = params.ini_limit(pixel_size, box), params.final_limit(pixel_size)
+    if final > ini:
+        raise InputError(f"{star}: --final-resolution {final:g} Å must not exceed --ini-resolution {ini:g} Å; give "
+                         "limits that fall from the first iteration to the last.")
+    if final < 2 * pixel_size:
+        raise InputError(f"{star}: --final-resolution {final:g} Å is finer than the particles' "
                          f"Nyquist limit ({2 * pixel_size:g} Å at {pixel_size:g} Å/px); ask for at least that.")
-    if params.ini_resolution > box * pixel_size / 2:
+    if ini > box * pixel_size / 2:
         raise InputError(f"{star}: the box ({box} px × {pixel_size:g} Å) is too small to align at "
-                         f"--ini-resolution {params.ini_resolution:g} Å; give at most {box * pixel_size / 2:g} Å.")
+                         f"--ini-resolution {ini:g} Å; give at most {box * pixel_size / 2:g} Å.")
+    state = _saved_state(out, len(parts)) if resume else None
+    if state is not None:  # checked before the job starts: a refused continue leaves the folder as it was
+        remove_unfinished(out)
     with Job("abinitio", out, params=params, inputs={"particles": star}, seed=params.seed, device=str(device),
              observer=observer) as job:
+        if state is None:  # a fresh start: steps an earlier run left here must not mix with this run's
+            clear_iterations(out)
+
+        def save(st: AbinitioState) -> None:
+            """The step's maps, then its state (committed last: its presence marks the step as finished)."""
+            for k, m in enumerate(st.maps[0]):
+                write_mrc(iteration_path(out, st.iteration, f"class{k + 1:03d}.mrc"),
+                          fourier_resize(m, box, ndim=3).numpy(), pixel_size)
+            save_iteration(out, st.iteration, tensors=st.to_tensors(),
+                           values={**st.to_values(), "n_particles": len(parts)})
+
         def logged(stage: str, done: int, total: int, resolution: float) -> None:
             if done == total or stage == "iterations" and done % 10 == 0:
                 job.log.info("%s: %d/%d (alignment limit %.1f Å)", stage, done, total, resolution)
@@ -112,8 +162,10 @@ def run_abinitio(star: str | os.PathLike, out_dir: str | os.PathLike, params: Ab
                 progress(stage, done, total, resolution)
 
         with job.timed("abinitio"):
+            if state is not None:
+                job.log.info("continuing from step %d", state.iteration)
             res = abinitio(lambda: parts.batches(512), parts.table(), pixel_size=pixel_size, params=params,
-                           device=device, progress=logged)
+                           device=device, progress=logged, on_iteration=save, resume=state)
         maps = res.maps.numpy()
         best = res.best_class
         write_mrc(out / "map.mrc", maps[best], pixel_size)
@@ -137,6 +189,7 @@ def run_abinitio(star: str | os.PathLike, out_dir: str | os.PathLike, params: Ab
         job.results.update(resolution_0143_A=round(curve.resolution_at(0.143), 3), best_class=best + 1,
                            class_sizes=[int(s) for s in sizes], iterations=len(res.history), box=box,
                            pixel_size_A=pixel_size, symmetry=params.symmetry, kept_start=res.best_start + 1,
+                           ini_resolution_A=ini, final_resolution_A=final,
                            n_particles=len(parts))
         write_report(out / "report.html", title="Ab-initio 3D", summary=job.results, params=job.params,
                      images=["convergence.png", "slices.png", "projections.png", "fsc.png"])
