@@ -212,12 +212,49 @@ class _Classifier:
             a, o = max(a / 2, p.angular_step / 2), max(o / 2, 0.25)
         return cand.score[:, 0], cand, _pose_width(cand.score[:, 0], cand.log_evidence) * a / p.angular_step
 
+    def _classify(self, rows: torch.Tensor, masked: torch.Tensor, raw: torch.Tensor, ctf: torch.Tensor,
+                  projs: list[BandProjector], band: FrequencyBand, inv: torch.Tensor, score: str, *, hard: bool,
+                  bps: list[BackProjector], resid: ShellAccumulator) -> None:
+        """E-step for one batch of one half set against ``projs`` (one per class), M-step sums into ``bps``."""
+        K, dev = self.K, self.dev
+        x, c = band.gather(masked), band.gather(ctf)
+        data = SearchData(x, c, inv)
+        B = len(rows)
+        ll = torch.empty(B, K, device=dev)
+        rots = torch.empty(B, K, 3, 3, device=dev)
+        shs = torch.empty(B, K, 2, device=dev)
+        width = torch.empty(B, K, device=dev)
+        for k in range(K):
+            ll[:, k], cand, width[:, k] = self._search(projs[k], data, rows, score)
+            rots[:, k], shs[:, k] = cand.rotations[:, 0], cand.shifts[:, 0]
+        logits = ll + self.log_prior
+        best = logits.argmax(1)
+        gamma = torch.nn.functional.one_hot(best, K).float() if hard else torch.softmax(logits, 1)
+        ar = torch.arange(B, device=dev)
+        self.prob[rows], self.cls[rows] = gamma, best
+        self.loglik[rows] = torch.logsumexp(logits, 1)
+        self.rot[rows], self.shift[rows], self.width[rows] = rots[ar, best], shs[ar, best], width[ar, best]
+        for k in range(K):
+            sel = best == k
+            if sel.any():
+                model = c[sel] * best_projections(projs[k], rots[sel, k], shs[sel, k])
+                if score == "cc":  # fit each image's scale before taking residuals (as refine's first iteration)
+                    wv = band.weight * inv
+                    a = ((x[sel] * model.conj()).real * wv).sum(1) / ((model.abs() ** 2) * wv).sum(1).clamp_min(1e-30)
+                    model = model * a[:, None]
+                resid.add(x[sel] - model, band)
+            keep = gamma[:, k] > 1e-3
+            if keep.any():
+                sw = gamma[keep, k].sqrt()[:, None, None]
+                bps[k].insert(raw[keep] * sw, rots[keep, k], shs[keep, k], ctf[keep] * sw, symmetry=self.sym)
+
     def iterate(self, it: int, resolution: float, final: bool) -> float:
         t0 = time.perf_counter()
         p, n, dev, K = self.p, self.n, self.dev, self.K
         r_max = min(n / 2, n * self.apix / resolution + p.band_margin)
         band = FrequencyBand.build(n, r_max, dev)
-        projs = [BandProjector(prepare_volume(r * self.ref_mask, pad=2), band) for r in self.refs]
+        projs = {h: [BandProjector(prepare_volume(r * self.ref_mask, pad=2), band) for r in self.refs[h]]
+                 for h in (1, 2)}
         inv = self.noise.inverse_on(band)
         grid = limited_grid(self.full_grid, n / 2 if final else min(n / 2, 1.5 * r_max + 4))
         bps = [[BackProjector(n, pad=2, device=dev) for _ in (1, 2)] for _ in range(K)]
@@ -229,43 +266,13 @@ class _Classifier:
         old_rot, old_shift, old_cls = self.rot.clone(), self.shift.clone(), self.cls.clone()
         done = 0
         for rows, masked, raw, ctf in self._batches():
-            x, c = band.gather(masked), band.gather(ctf)
-            data = SearchData(x, c, inv)
-            B = len(rows)
-            ll = torch.empty(B, K, device=dev)
-            rots = torch.empty(B, K, 3, 3, device=dev)
-            shs = torch.empty(B, K, 2, device=dev)
-            width = torch.empty(B, K, device=dev)
-            for k in range(K):
-                ll[:, k], cand, width[:, k] = self._search(projs[k], data, rows, score)
-                rots[:, k], shs[:, k] = cand.rotations[:, 0], cand.shifts[:, 0]
-            logits = ll + self.log_prior
-            best = logits.argmax(1)
-            if score == "cc":
-                gamma = torch.nn.functional.one_hot(best, K).float()
-            else:
-                gamma = torch.softmax(logits, 1)
-            ar = torch.arange(B, device=dev)
-            self.prob[rows], self.cls[rows] = gamma, best
-            self.loglik[rows] = torch.logsumexp(logits, 1)
-            self.rot[rows], self.shift[rows], self.width[rows] = rots[ar, best], shs[ar, best], width[ar, best]
-            for k in range(K):
-                sel = best == k
+            for h in (1, 2):  # each half set is classified against the other half's maps (no self-reference)
+                sel = self.subset[rows] == h
                 if sel.any():
-                    model = c[sel] * best_projections(projs[k], rots[sel, k], shs[sel, k])
-                    if score == "cc":  # fit each image's scale before taking residuals (as refine's first iteration)
-                        wv = band.weight * inv
-                        a = ((x[sel] * model.conj()).real * wv).sum(1) / ((model.abs() ** 2) * wv).sum(1).clamp_min(1e-30)
-                        model = model * a[:, None]
-                    resid.add(x[sel] - model, band)
-                w = gamma[:, k]
-                for h in (1, 2):
-                    keep = (w > 1e-3) & (self.subset[rows] == h)
-                    if keep.any():
-                        sw = w[keep].sqrt()[:, None, None]
-                        bps[k][h - 1].insert(raw[keep] * sw, rots[keep, k], shs[keep, k], ctf[keep] * sw,
-                                             symmetry=self.sym)
-            done += B
+                    self._classify(rows[sel], masked[sel], raw[sel], ctf[sel], projs[3 - h], band, inv, score,
+                                   hard=score == "cc" or it <= p.hard_iterations, bps=[b[h - 1] for b in bps],
+                                   resid=resid)
+            done += len(rows)
             if self.progress is not None:
                 self.progress(it, done, self.N, resolution)
         self.noise.update(resid.mean())
@@ -274,15 +281,18 @@ class _Classifier:
         self.log_prior -= torch.logsumexp(self.log_prior, 0)
         self.curves, self.unfiltered = [], []
         for k in range(K):
-            h1, h2 = (bps[k][h].reconstruct(mask_corners=False) for h in (0, 1))  # the FSC masks them
-            curve = fsc(h1, h2, pixel_size=self.apix, mask=self.sphere)
+            half = [bps[k][h].reconstruct(mask_corners=False) for h in (0, 1)]  # the FSC masks them
+            curve = fsc(half[0], half[1], pixel_size=self.apix, mask=self.sphere)
             self.curves.append(curve)
-            bps[k][0].add(bps[k][1])
+            if float(mass[k]) >= 2:  # an (almost) empty class keeps its maps
+                ssnr = p.tau2_fudge * fsc_to_ssnr(np.nan_to_num(curve.fsc), full_map=False)
+                for h in (1, 2):
+                    self.refs[h][k] = bps[k][h - 1].reconstruct(ssnr=ssnr, mask_corners=False)
             if final:
+                bps[k][0].add(bps[k][1])
                 self.unfiltered.append(bps[k][0].reconstruct().cpu())
-            if float(mass[k]) >= 2:  # an (almost) empty class keeps its reference
-                ssnr = p.tau2_fudge * fsc_to_ssnr(np.nan_to_num(curve.fsc), full_map=True)
-                self.refs[k] = bps[k][0].reconstruct(ssnr=ssnr, mask_corners=final)
+                self.maps.append(bps[k][0].reconstruct(ssnr=p.tau2_fudge * fsc_to_ssnr(
+                    np.nan_to_num(curve.fsc), full_map=True)).cpu())
         res = [c.resolution_at(0.143) for c in self.curves]
         sizes = torch.bincount(self.cls, minlength=K).cpu().tolist()
         dang = pose_change(old_rot, self.rot, self.sym) if self.mode != "skip" else torch.zeros(1)
@@ -298,6 +308,8 @@ class _Classifier:
 
     def run(self) -> Class3DResult:
         self._prepass()
+        self.refs = {1: self.refs, 2: [r.clone() for r in self.refs]}
+        self.maps: list[torch.Tensor] = []
         resolution = self.p.ini_high
         for it in range(1, self.p.iterations + 1):
             final = it == self.p.iterations
@@ -313,7 +325,7 @@ class _Classifier:
                     acc_rot[k] = float(np.mean(w[cls == k])) * self.p.angular_step
                     acc_shift[k] = float(np.mean(w[cls == k])) * self.p.offset_step
         return Class3DResult(
-            maps=torch.stack([r.cpu() for r in self.refs]), unfiltered=torch.stack(self.unfiltered), fsc=self.curves,
+            maps=torch.stack(self.maps), unfiltered=torch.stack(self.unfiltered), fsc=self.curves,
             probabilities=self.prob.cpu().numpy(), particle_class=self.cls.cpu().numpy(),
             max_probability=self.prob.max(1).values.cpu().numpy(), rotations=self.rot.cpu().numpy(),
             shifts=self.shift.cpu().numpy(), log_likelihood=self.loglik.cpu().numpy(),

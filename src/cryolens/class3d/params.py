@@ -50,6 +50,9 @@ class Class3DParams(Params):
     tau2_fudge: float = option(4.0, gt=0, help="Regularisation: weight of the data against the prior (RELION's "
                                                "T; 2-4 for 3D classification)")
     band_margin: int = option(2, ge=0, help="Fourier shells aligned beyond the current resolution's shell")
+    hard_iterations: int = option(6, ge=0, help="First iterations that give each particle wholly to its most "
+                                                "probable class (K-means-like: separates classes that start from "
+                                                "one map; later iterations are soft)")
     perturb: float = option(0.3, ge=0, help="Noise added to each class's starting reference when fewer maps "
                                             "than classes are given (fraction of the map's power per shell)")
     ctf: bool = option(True, help="Model the CTF when the particles carry defocus values (--no-ctf ignores it)")
