@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import SHARED_DATA, run_cli
 from cryolens.core.fourier import bandpass
 from cryolens.io import read_mrc, read_particles, read_star, write_mrc
 from cryolens.simulate.variants import remove_lobe
@@ -49,9 +49,11 @@ def accuracy(result_star: Path, truth_star: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory, shared_data):
+def small_run(tmp_path_factory):
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED_DATA}")
     folder = tmp_path_factory.mktemp("class3d")
-    star, ref = two_state_data(folder, shared_data, lobe=80.0, n=400, box=40, pixel_size=6.4, snr=0.1, seed=3)
+    star, ref = two_state_data(folder, SHARED_DATA, lobe=80.0, n=400, box=40, pixel_size=6.4, snr=0.1, seed=3)
     out = folder / "c3d"
     p = run_cli("class3d", "--in", str(star), "--ref", str(ref), "--classes", "2", "--skip-align", "--iter", "8",
                 "--hard-iterations", "4", "--ini-high", "30", "--particle-diameter", "230", "--out", str(out))

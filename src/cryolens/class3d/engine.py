@@ -14,12 +14,19 @@ from the residuals at the best class and pose). Per iteration:
    * ``global``: the HEALPix grid × shifts, ``global_top_k`` best refined by local passes (``L_k`` = the best
      score); a first global iteration without input poses uses the scale-free CC score and hard assignment.
 
-   Class posteriors ``γ_k = softmax(L_k + log π_k)``; the particle's pose is that of its most probable class.
+   Class posteriors ``γ_k = softmax(L_k + log π_k)`` (the first ``hard_iterations``: all weight on the most
+   probable class, as K-means does, which separates classes that start from one map); the particle's pose
+   is that of its most probable class.
 2. **M-step**: each class's images are inserted at the class's best pose with weight ``γ_k`` into one of
    two back-projectors by ``rlnRandomSubset``; the FSC of the two halves (soft sphere) gives the class's
-   resolution and ``SSNR = FSC/(1−FSC)`` (full map), and the class map is the Wiener reconstruction of
-   both halves with ``tau2_fudge·SSNR`` (RELION's ``T``); the class priors are ``π_k = mean γ_k``; the
-   noise spectrum takes the residuals' power.
+   resolution and ``SSNR = FSC/(1−FSC)``; each half's class map is its Wiener reconstruction with
+   ``tau2_fudge·SSNR`` (RELION's ``T``); the class priors are ``π_k = mean γ_k``; the noise spectrum takes
+   the residuals' power.
+
+The particles of each half set are scored against the *other* half's class maps, so that no particle's
+own noise is in the maps it is scored against: with a single starting map, classes scored against maps
+that contain their own members lock onto noise (measured: 600 particles stayed at 50 % accuracy). The
+output maps combine both halves (Wiener filter of the full-map SSNR).
 
 Starting references: ``K`` maps, or one map copied ``K`` times with per-shell noise of ``perturb`` times its
 power added (seeded), low-passed to ``ini_high``; when the particles carry poses, each reference is first
