@@ -67,7 +67,8 @@ def test_two_states_separate_and_outputs(small_run):
                  "classes.star", "iterations.star", "class_sizes.png", "class_slices.png", "fsc.png", "report.html"):
         assert (out / name).is_file(), name
     vol, apix = read_mrc(out / "class001.mrc")
-    assert vol.shape == (40, 40, 40) and apix == pytest.approx(6.4, rel=1e-3) and np.isfinite(vol).all()
+    _, sim_apix = read_mrc(star.parent / "truth_map.mrc")
+    assert vol.shape == (40, 40, 40) and apix == pytest.approx(sim_apix, rel=1e-4) and np.isfinite(vol).all()
     _, parts = read_particles(out / "particles.star")
     assert set(parts["rlnClassNumber"]) <= {1, 2}
     assert parts["rlnMaxValueProbDistribution"].between(0, 1).all()
