@@ -19,9 +19,10 @@ from the residuals at the best class and pose). Per iteration:
    is that of its most probable class.
 2. **M-step**: each class's images are inserted at the class's best pose with weight ``γ_k`` into one of
    two back-projectors by ``rlnRandomSubset``; the FSC of the two halves (soft sphere) gives the class's
-   resolution and ``SSNR = FSC/(1−FSC)``; each half's class map is its Wiener reconstruction with
-   ``tau2_fudge·SSNR`` (RELION's ``T``); the class priors are ``π_k = mean γ_k``; the noise spectrum takes
-   the residuals' power.
+   resolution; each half's class map is its Wiener reconstruction with ``tau2_fudge·SSNR`` (RELION's ``T``),
+   ``SSNR = FSC/(1−FSC)`` from the FSC of all classes' halves together (one filter for every class, so that
+   a small class is not filtered harder and does not lose its members to the largest); the class priors are
+   ``π_k = mean γ_k`` once assignments are soft (uniform before); the noise spectrum takes the residuals' power.
 
 The particles of each half set are scored against the *other* half's class maps, so that no particle's
 own noise is in the maps it is scored against: with a single starting map, classes scored against maps
@@ -284,22 +285,25 @@ class _Classifier:
                 self.progress(it, done, self.N, resolution)
         self.noise.update(resid.mean())
         mass = self.prob.sum(0)
-        self.log_prior = torch.log((mass / self.N).clamp_min(1e-6))
-        self.log_prior -= torch.logsumexp(self.log_prior, 0)
+        if it >= p.hard_iterations:  # uniform priors while assignments are hard (they would favour the larger class)
+            self.log_prior = torch.log((mass / self.N).clamp_min(1e-6))
+            self.log_prior -= torch.logsumexp(self.log_prior, 0)
         self.curves, self.unfiltered = [], []
+        halves = [[bps[k][h].reconstruct(mask_corners=False) for h in (0, 1)] for k in range(K)]  # the FSC masks them
+        self.curves = [fsc(a, b, pixel_size=self.apix, mask=self.sphere) for a, b in halves]
+        # one Wiener filter for every class, from the FSC of all classes together: a class filtered by its own
+        # (lower) SSNR would score lower for every particle and lose its members to the larger class (collapse)
+        common = fsc(sum(h[0] for h in halves), sum(h[1] for h in halves), pixel_size=self.apix, mask=self.sphere)
+        ssnr = p.tau2_fudge * fsc_to_ssnr(np.nan_to_num(common.fsc), full_map=False)
         for k in range(K):
-            half = [bps[k][h].reconstruct(mask_corners=False) for h in (0, 1)]  # the FSC masks them
-            curve = fsc(half[0], half[1], pixel_size=self.apix, mask=self.sphere)
-            self.curves.append(curve)
             if float(mass[k]) >= 2:  # an (almost) empty class keeps its maps
-                ssnr = p.tau2_fudge * fsc_to_ssnr(np.nan_to_num(curve.fsc), full_map=False)
                 for h in (1, 2):
                     self.refs[h][k] = bps[k][h - 1].reconstruct(ssnr=ssnr, mask_corners=False)
             if final:
                 bps[k][0].add(bps[k][1])
                 self.unfiltered.append(bps[k][0].reconstruct().cpu())
                 self.maps.append(bps[k][0].reconstruct(ssnr=p.tau2_fudge * fsc_to_ssnr(
-                    np.nan_to_num(curve.fsc), full_map=True)).cpu())
+                    np.nan_to_num(self.curves[k].fsc), full_map=True)).cpu())
         res = [c.resolution_at(0.143) for c in self.curves]
         sizes = torch.bincount(self.cls, minlength=K).cpu().tolist()
         dang = pose_change(old_rot, self.rot, self.sym) if self.mode != "skip" else torch.zeros(1)
