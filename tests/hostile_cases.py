@@ -468,6 +468,27 @@ ROWS: dict[str, list[tuple]] = {
     ],
 }
 
+C3D = "--in sp/particles.star --ref sp/truth_map.mrc --skip-align --classes 2 --iter 1"
+ROWS["class3d"] = [
+    *(C(f"in-{i}", f"class3d --in {f} --ref sp/truth_map.mrc --classes 2 --iter 1 {OUT}", name)
+      for (i, f), name in zip(_ids(PARTICLE_STAR), PARTICLE_STAR.values())),
+    *(C(f"ref-{i}", f"class3d {SP} --ref {f} --classes 2 --iter 1 {OUT}", name)
+      for (i, f), name in zip(_ids(MAPS), MAPS.values())),
+    C("ref-rect", f"class3d {SP} --ref bad/rect.mrc --classes 2 {OUT}", "rect.mrc"),
+    C("classes-1", f"class3d {SP} --ref sp/truth_map.mrc --classes 1 {OUT}", "--classes"),
+    C("refs-vs-classes", f"class3d {SP} --ref sp/truth_map.mrc --ref sp/truth_map.mrc --classes 3 {OUT}",
+      "--classes"),
+    C("mask-outside-0-1", f"class3d {C3D} --mask bad/twos.mrc {OUT}", "twos.mrc"),
+    C("mask-zero", f"class3d {C3D} --mask bad/zeros.mrc {OUT}", "zeros.mrc"),
+    C("mask-nan", f"class3d {C3D} --mask bad/nan.mrc {OUT}", "nan.mrc"),
+    C("iter-0", f"class3d {C3D} --iter 0 {OUT}", "--iter"),
+    C("ini-high-0", f"class3d {C3D} --ini-high 0 {OUT}", "--ini-high"),
+    C("search-bad", f"class3d {C3D} --search everywhere {OUT}", "--search"),
+    C("sym-bad", f"class3d {C3D} --sym Q2 {OUT}", "Q2"),
+    C("diameter-too-big", f"class3d {C3D} --particle-diameter 100000 {OUT}", "--particle-diameter"),
+    C("no-ref", f"class3d {SP} --classes 2 {OUT}", "--ref"),
+]
+
 #: Cases of commands written on other branches at the same time; each joins ``ROWS`` once its command is in the
 #: app, so the merged suite covers it from the start (generic cases: missing, empty and corrupt inputs).
 PENDING: dict[str, list[tuple]] = {

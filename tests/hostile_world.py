@@ -89,6 +89,7 @@ def _build_bad(w: Path) -> None:
     inf[3, 4, 5] = np.inf
     write_mrc(bad / "inf.mrc", inf, apix)
     write_mrc(bad / "zeros.mrc", np.zeros_like(truth), apix)
+    write_mrc(bad / "twos.mrc", np.full_like(truth, 2.0), apix)  # a "mask" outside 0..1
     write_mrc(bad / "small.mrc", truth[8:24, 8:24, 8:24], apix)
     write_mrc(bad / "apix2.mrc", truth, 2.0)
     write_mrc(bad / "apix0.mrc", truth, 0.0)

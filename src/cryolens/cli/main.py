@@ -8,6 +8,7 @@ from cryolens import __version__
 from cryolens.cli import abinitio as _abinitio
 from cryolens.cli import align_maps as _align_maps
 from cryolens.cli import class2d as _class2d
+from cryolens.cli import class3d as _class3d
 from cryolens.cli import ctf as _ctf
 from cryolens.cli import demo as _demo
 from cryolens.cli import export as _export
@@ -30,7 +31,7 @@ from cryolens.cli import simulate as _simulate
 app = typer.Typer(
     name="cryolens",
     help=("Cryo-EM single-particle analysis: import, motion, ctf, pick, extract, class2d, select, reconstruct, "
-          "abinitio, refine, postprocess, align-maps; workflows (run), projects, simulation."),
+          "abinitio, refine, class3d, postprocess, align-maps; workflows (run), projects, simulation."),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -49,6 +50,7 @@ app.add_typer(_select.app, name="select")
 app.command("reconstruct")(_reconstruct.reconstruct)
 app.command("abinitio")(_abinitio.abinitio)
 app.command("refine")(_refine.refine)
+app.command("class3d")(_class3d.class3d)
 app.command("postprocess")(_postprocess.postprocess)
 app.command("fsc")(_fsc.fsc_command)
 app.command("align-maps")(_align_maps.align_maps)

@@ -23,10 +23,17 @@ def soft_edge_from_distance(dist: torch.Tensor, *, inner: float, outer: float) -
     return (0.5 * (1 + torch.cos(math.pi * t))).to(torch.float32)
 
 
-def soft_sphere(n: int, *, radius: float, edge_width: float = 6.0, ndim: int = 3, device=None) -> torch.Tensor:
-    """Soft sphere (or disc for ``ndim=2``): 1 inside ``radius`` px, cosine edge of ``edge_width`` px."""
+def soft_sphere(n: int, *, radius: float, edge_width: float = 6.0, ndim: int = 3, device=None,
+                centre: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Soft sphere (or disc for ``ndim=2``): 1 inside ``radius`` px, cosine edge of ``edge_width`` px.
+
+    ``centre``: offset of the sphere's centre from the box centre ``n // 2``, in px, in array
+    order (``(z, y, x)`` or ``(y, x)``); default the box centre.
+    """
     c = torch.arange(n, device=device, dtype=torch.float32) - n // 2
     grids = torch.meshgrid(*([c] * ndim), indexing="ij")
+    if centre is not None:
+        grids = [g - float(o) for g, o in zip(grids, centre)]
     r = torch.sqrt(sum(g * g for g in grids))
     return soft_edge_from_distance(r, inner=radius, outer=radius + edge_width)
 

@@ -276,9 +276,13 @@ class BackProjector:
             weight[:, :, x] = plane_w + mate(plane_w)
         return data, weight
 
-    def shell_weights(self) -> torch.Tensor:
-        """Mean CTF² weight per shell of the original box (``n//2 + 1`` shells)."""
-        _, weight = self._half_volumes()
+    def shell_weights(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean CTF² weight per shell of the original box (``n//2 + 1`` shells).
+
+        ``weight``: the padded weight volume of :meth:`_half_volumes` when the caller has it already.
+        """
+        if weight is None:
+            _, weight = self._half_volumes()
         r = radius_3d(self.P, device=self.device) / self.pad
         shells = torch.round(r).long()
         nsh = self.n // 2 + 1
@@ -306,7 +310,7 @@ class BackProjector:
         inside = r < self.n / 2
         denom = weight.clone()
         if ssnr is not None:
-            mean_w = self.shell_weights()
+            mean_w = self.shell_weights(weight)
             tau = (mean_w / ssnr.to(self.device).clamp_min(1e-6))
             sh = torch.round(r).long().clamp_max(self.n // 2)
             denom = denom + tau[sh]

@@ -41,7 +41,7 @@ from cryolens.jobs.units import check_pixel_size
 from cryolens.particles import CTF_COLUMNS, POSE_COLUMNS, assign_half_sets
 
 __all__ = ["ParticleSet", "open_particles", "require_particle_columns", "single_pixel_size", "checked_batches",
-           "read_reference", "fsc_table", "write_half_maps", "NUMERIC_COLUMNS"]
+           "read_reference", "read_mask", "fsc_table", "write_half_maps", "NUMERIC_COLUMNS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +191,20 @@ def read_reference(path: str | os.PathLike, *, box: int, pixel_size: float, what
             raise InputError(f"{path}: its voxel size {apix:g} Å cannot be resampled to the particles' "
                              f"{pixel_size:g} Å; resample the {what} (e.g. relion_image_handler --rescale_angpix).")
     return pad_or_crop(vol, box) if vol.shape[0] != box else vol
+
+
+def read_mask(path: str | os.PathLike, *, box: int, pixel_size: float) -> torch.Tensor:
+    """A soft mask on the particles' grid (:func:`read_reference`), values clamped to 0..1.
+
+    Raises:
+        InputError: as :func:`read_reference`, or values outside 0..1 (beyond a 0.001 tolerance) or no
+            value above 0.
+    """
+    vol = read_reference(path, box=box, pixel_size=pixel_size, what="mask")
+    if float(vol.min()) < -1e-3 or float(vol.max()) > 1 + 1e-3 or float(vol.max()) <= 0:
+        raise InputError(f"{path}: a mask must hold values between 0 and 1 with some 1s; make a soft mask "
+                         "(e.g. relion_mask_create) and pass it again.")
+    return vol.clamp(0, 1)
 
 
 def fsc_table(curve: FSCResult) -> pd.DataFrame:

@@ -33,7 +33,7 @@ from cryolens.errors import InputError
 from cryolens.io import write_mrc, write_particles, write_star
 from cryolens.jobs.checkpoint import (clear_iterations, iteration_path, load_iteration, remove_unfinished,
                                       save_iteration)
-from cryolens.jobs.particles import open_particles, read_reference, write_half_maps
+from cryolens.jobs.particles import open_particles, read_mask, read_reference, write_half_maps
 from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.refine import RefineParams, RefineResult, RefineState, auto_refine
@@ -118,11 +118,7 @@ def run_refine(star: str | os.PathLike, ref: str | os.PathLike, out_dir: str | o
     reference = read_reference(ref, box=box, pixel_size=pixel_size)
     mask_vol = None
     if mask is not None:
-        mask_vol = read_reference(mask, box=box, pixel_size=pixel_size, what="mask")
-        if float(mask_vol.min()) < -1e-3 or float(mask_vol.max()) > 1 + 1e-3 or float(mask_vol.max()) <= 0:
-            raise InputError(f"{mask}: a mask must hold values between 0 and 1 with some 1s; make a soft mask "
-                             "(e.g. relion_mask_create) and pass it again.")
-        mask_vol = mask_vol.clamp(0, 1)
+        mask_vol = read_mask(mask, box=box, pixel_size=pixel_size)
     inputs = {"particles": star, "reference": ref, **({"mask": mask} if mask is not None else {})}
     state = _saved_state(out) if resume else None
     if state is not None:  # checked before the job starts: a refused continue leaves the folder as it was

@@ -47,22 +47,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.core.ctf import ctf_2d
-from cryolens.core.fourier import bandpass, ft2, radius_3d, shell_index
+from cryolens.core.fourier import bandpass, radius_3d, shell_index
 from cryolens.core.fsc import FSCResult, fsc, fsc_to_ssnr
 from cryolens.core.masks import mask_from_map, soft_sphere
 from cryolens.core.projector import BackProjector, SliceGrid, prepare_volume
 from cryolens.core.rotations import geodesic_distance
 from cryolens.core.so3_grid import healpix_step_deg, so3_grid
 from cryolens.core.symmetry import symmetry_matrices
-from cryolens.particles import ctf_params_from_table, has_ctf, origins_px_from_table, rotations_from_table
+from cryolens.particles import has_ctf, origins_px_from_table, rotations_from_table
+from cryolens.refine.images import prepared_batches
 from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.params import RefineParams
 from cryolens.refine.pose_search import (BandProjector, Candidates, FrequencyBand, SearchData, best_projections,
                                          global_search, local_search, shift_grid)
 from cryolens.refine.state import IterationStats, RefineState, Schedule
 
-__all__ = ["RefineResult", "auto_refine", "fsc_weight"]
+__all__ = ["RefineResult", "auto_refine", "fsc_weight", "pose_change"]
 
 Batches = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 Progress = Callable[[int, int, int, float], None]
@@ -117,8 +117,8 @@ def _backprojector(n: int, pad: int, device: torch.device, r_insert: float) -> B
     return bp
 
 
-def _pose_change(r_old: torch.Tensor, r_new: torch.Tensor, sym: torch.Tensor) -> torch.Tensor:
-    """Geodesic angle (degrees) between poses, minimised over the symmetry group."""
+def pose_change(r_old: torch.Tensor, r_new: torch.Tensor, sym: torch.Tensor) -> torch.Tensor:
+    """Geodesic angle (degrees) between poses ``(N, 3, 3)``, minimised over the symmetry group ``sym (G, 3, 3)``."""
     return geodesic_distance((r_old[:, None] @ sym[None]), r_new[:, None]).amin(1)
 
 
@@ -151,19 +151,10 @@ class _Refiner:
         self.history: list[IterationStats] = []
 
     # -- data -------------------------------------------------------------------------------
-    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """``(rows, masked image transforms, raw transforms, CTF)`` per batch, on the device."""
-        for idx, images in self.batches():
-            rows = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-            img = torch.as_tensor(np.ascontiguousarray(images), dtype=torch.float32, device=self.dev)
-            raw = ft2(img)
-            masked = ft2(img * self.image_mask)
-            if self.use_ctf:
-                ctf = ctf_2d(ctf_params_from_table(self.table.iloc[rows.numpy()], self.dev), box=self.n,
-                             pixel_size=self.apix, device=self.dev)
-            else:
-                ctf = torch.ones(raw.shape, dtype=torch.float32, device=self.dev)
-            yield rows.to(self.dev), masked, raw, ctf
+        return prepared_batches(self.batches, self.table, pixel_size=self.apix, image_mask=self.image_mask,
+                                use_ctf=self.use_ctf, device=self.dev)
 
     def _image_power(self) -> None:
         full = FrequencyBand.build(self.n, self.n / 2, self.dev)
@@ -254,7 +245,7 @@ class _Refiner:
         new_res = curve.resolution_at(0.143)
         if self.user_mask is None and p.auto_mask and new_res < p.auto_mask_resolution:
             self.masks = {h: self._auto_mask(self.refs[h], new_res) for h in (1, 2)}
-        dang = _pose_change(old_rot, self.rot, self.sym)
+        dang = pose_change(old_rot, self.rot, self.sym)
         dsh = (self.shift - old_shift).norm(dim=1)
         stats = dict(resolution=new_res, band_limit=n * self.apix / r_max, mean_angle_change=float(dang.mean()),
                      median_angle_change=float(dang.median()), rms_shift_change=float(dsh.pow(2).mean().sqrt()),

@@ -1,0 +1,180 @@
+"""Benchmark: ``cryolens class3d`` against ``relion_refine`` 3D classification on the same particles.
+
+Simulates N particles (default 3 000) of a two-state set: the 70S ribosome map of ``../shared/data/maps``
+(4 Å/voxel assumed; its header says 0) and the same map with a peripheral lobe of ``--lobe`` Å (default 60)
+removed by a soft sphere (:func:`cryolens.simulate.variants.remove_lobe`), mixed 60 : 40 with
+``cryolens simulate particles`` at box 64, 4 Å/px, SNR 0.05, CTF. The poses are the truth (what a
+consensus refinement gives); the reference for both programs is the 60 : 40 consensus low-passed to
+30 Å. Then, for each mode, both programs run as separate processes under ``/usr/bin/time -v``, K 2 and
+the same number of iterations:
+
+* ``skip``: ``cryolens class3d --skip-align`` and ``relion_refine --skip_align``;
+* ``local``: ``cryolens class3d --search local --local-range 10 --angular-step 5`` and ``relion_refine``
+  with ``--healpix_order 3 --sigma_ang 3.33 --offset_range 3 --offset_step 1`` (searches within
+  3 sigma = 10°).
+
+RELION: ``--ctf --tau2_fudge 4 --ini_high 30 --firstiter_cc --flatten_solvent --zero_mask --norm --scale
+--particle_diameter 230 --j THREADS`` (no MPI). Reported per program and mode: wall and CPU time, peak
+memory and accuracy (fraction of particles in the right class, better of the two labellings), plus the
+Bayes limit: the accuracy of the true maps at the true poses (``--bayes``). Writes
+``benchmarks/results/class3d.json``.
+
+    python benchmarks/class3d.py [--n 3000] [--lobe 60] [--iter 25] [--modes skip,local] [--threads 2]
+                                 [--no-relion] [--relion-timeout S] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from timing import timed
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+DATA = HERE.parent.parent / "shared" / "data"
+RIBOSOME = DATA / "maps" / "clean70SRibosome_vol_65p.mrc"
+MAP_APIX = 4.0
+DIAMETER = 230.0
+
+
+def make_data(work: Path, args) -> tuple[Path, Path]:
+    """Write the two maps and the reference, simulate the particles; returns ``(particles.star, ref.mrc)``."""
+    import numpy as np
+    import torch
+    from cryolens.core.fourier import bandpass
+    from cryolens.io import read_mrc, write_mrc
+    from cryolens.simulate.variants import remove_lobe
+    vol, _ = read_mrc(RIBOSOME)
+    a = torch.as_tensor(np.array(vol))
+    b = remove_lobe(a, pixel_size=MAP_APIX, diameter=args.lobe)
+    write_mrc(work / "a.mrc", a.numpy(), MAP_APIX)
+    write_mrc(work / "b.mrc", b.numpy(), MAP_APIX)
+    sim = work / "sim"
+    timed([str(BIN / "cryolens"), "simulate", "particles", "--structure", f"{work / 'a.mrc'}:population=0.6",
+           "--structure", f"{work / 'b.mrc'}:population=0.4", "--n", str(args.n), "--box", "64", "--pixel-size", "4",
+           "--snr", "0.05", "--seed", str(args.seed), "--out", str(sim), "--quiet"], work)
+    c1, apix = read_mrc(sim / "truth_map_class1.mrc")
+    c2, _ = read_mrc(sim / "truth_map_class2.mrc")
+    ref = bandpass(torch.as_tensor(0.6 * np.array(c1) + 0.4 * np.array(c2)), pixel_size=apix, high_res=30.0, ndim=3)
+    write_mrc(work / "ref.mrc", ref.numpy(), apix)
+    return sim / "particles.star", work / "ref.mrc"
+
+
+def accuracy(result: Path, truth: Path) -> float:
+    import numpy as np
+    from cryolens.io import read_particles
+    _, got = read_particles(result)
+    _, true = read_particles(truth)
+    same = float(np.mean(got["rlnClassNumber"].to_numpy() == true["rlnClassNumber"].to_numpy()))
+    return round(max(same, 1 - same), 4)
+
+
+def bayes_limit(star: Path) -> float:
+    """Accuracy of the true maps at the true poses (per-shell noise from the residuals at the truth)."""
+    import numpy as np
+    import torch
+    from cryolens.core.masks import soft_sphere
+    from cryolens.core.projector import prepare_volume
+    from cryolens.jobs.particles import open_particles, read_reference
+    from cryolens.particles import origins_px_from_table, rotations_from_table
+    from cryolens.refine.images import prepared_batches
+    from cryolens.refine.noise import ShellAccumulator
+    from cryolens.refine.pose_search import BandProjector, FrequencyBand, best_projections
+    parts = open_particles(star, pose=True)
+    apix, n, table = parts.pixel_size, parts.box, parts.table()
+    truth = table["rlnClassNumber"].to_numpy() - 1
+    band = FrequencyBand.build(n, n / 2)
+    projs = [BandProjector(prepare_volume(read_reference(star.parent / f"truth_map_class{k}.mrc", box=n,
+                                                         pixel_size=apix), pad=2), band) for k in (1, 2)]
+    rot, sh = rotations_from_table(table), origins_px_from_table(table)
+    disc = soft_sphere(n, radius=n / 2 - 4, edge_width=3, ndim=2)
+    batches = list(prepared_batches(lambda: parts.batches(500), table, pixel_size=apix, image_mask=disc, use_ctf=True,
+                                    device=torch.device("cpu")))
+    acc = ShellAccumulator(n)
+    models = []
+    for rows, masked, _, ctf in batches:
+        x, c = band.gather(masked), band.gather(ctf)
+        m = [c * best_projections(p, rot[rows], sh[rows]) for p in projs]
+        t = torch.as_tensor(truth[rows.numpy()])[:, None]
+        acc.add(x - torch.where(t == 0, m[0], m[1]), band)
+        models.append((rows, x, m))
+    s2 = acc.mean()
+    inv = torch.where(band.shell == 0, 0.0, 1 / s2[band.shell.clamp_max(n // 2)])
+    right = 0
+    for rows, x, m in models:
+        ll = [-(((x - mk).abs() ** 2) * band.weight * inv).sum(1) for mk in m]
+        right += int(((ll[1] + np.log(0.4) > ll[0] + np.log(0.6)).long().numpy() == truth[rows.numpy()]).sum())
+    return round(right / len(truth), 4)
+
+
+def run_cryolens(star: Path, ref: Path, work: Path, mode: str, args) -> dict:
+    out = work / f"cryolens_{mode}"
+    extra = ["--skip-align"] if mode == "skip" else ["--search", "local", "--local-range", "10", "--angular-step", "5"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TORCH_NUM_THREADS": str(args.threads)}
+    r = timed([str(BIN / "cryolens"), "class3d", "--in", str(star), "--ref", str(ref), "--classes", "2", "--iter",
+               str(args.iter), "--ini-high", "30", "--particle-diameter", str(DIAMETER), *extra, "--out", str(out),
+               "--quiet"], work, env, log=work / f"cryolens_{mode}.log")
+    r["accuracy"] = accuracy(out / "particles.star", star)
+    return r
+
+
+def run_relion(star: Path, ref: Path, work: Path, mode: str, args) -> dict:
+    out = work / f"relion_{mode}"
+    out.mkdir(exist_ok=True)
+    extra = ["--skip_align"] if mode == "skip" else ["--healpix_order", "3", "--sigma_ang", "3.33", "--offset_range",
+                                                     "3", "--offset_step", "1"]
+    cmd = ["relion_refine", "--o", str(out / "run"), "--i", str(star), "--ref", str(ref), "--firstiter_cc",
+           "--ini_high", "30", "--dont_combine_weights_via_disc", "--pool", "30", "--pad", "2", "--ctf", "--iter",
+           str(args.iter), "--tau2_fudge", "4", "--particle_diameter", str(DIAMETER), "--K", "2", "--flatten_solvent",
+           "--zero_mask", "--sym", "C1", "--norm", "--scale", "--j", str(args.threads), *extra]
+    r = timed(cmd, work, {**os.environ, "OMP_NUM_THREADS": "1"}, log=work / f"relion_{mode}.log",
+              timeout=args.relion_timeout)
+    done = sorted(out.glob("run_it*_data.star"))
+    r["iterations"] = int(done[-1].name[6:9]) if done else 0
+    r["accuracy"] = accuracy(done[-1], star) if done else None
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=3000)
+    ap.add_argument("--lobe", type=float, default=60.0, help="diameter (Å) of the removed lobe")
+    ap.add_argument("--iter", type=int, default=25)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--modes", default="skip,local")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-relion", action="store_true")
+    ap.add_argument("--relion-timeout", type=float, default=None)
+    ap.add_argument("--bayes", action="store_true", help="also compute the Bayes limit (true maps, true poses)")
+    ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
+    args = ap.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="c3d_bench_"))
+    work.mkdir(parents=True, exist_ok=True)
+    star, ref = make_data(work, args)
+    result = {"n": args.n, "lobe_A": args.lobe, "iterations": args.iter, "threads": args.threads,
+              "load_average_at_start": os.getloadavg()[0], "modes": {}}
+    if args.bayes:
+        result["bayes_limit"] = bayes_limit(star)
+    for mode in args.modes.split(","):
+        row = {"cryolens": run_cryolens(star, ref, work, mode, args)}
+        if not args.no_relion:
+            row["relion"] = run_relion(star, ref, work, mode, args)
+            row["wall_ratio_cryolens_over_relion"] = round(row["cryolens"]["wall_s"] / row["relion"]["wall_s"], 3)
+        result["modes"][mode] = row
+        print(json.dumps({mode: row}, indent=1), flush=True)
+    result["load_average_at_end"] = os.getloadavg()[0]
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "class3d.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    if args.keep is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

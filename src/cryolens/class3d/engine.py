@@ -1,0 +1,383 @@
+"""Maximum-likelihood 3D classification (RELION's ``relion_refine --K``), on the refine pose-search engine.
+
+Model (RELION's, :mod:`cryolens.refine.pose_search`): an image is ``X = CTF·P_k(A)·e(−t) + N`` for one of
+``K`` class maps, ``N`` Gaussian with a per-shell variance ``sigma²`` (one spectrum for all particles,
+from the residuals at the best class and pose). Per iteration:
+
+1. **E-step** over the alignment band (the best class's resolution + ``band_margin`` shells): for each
+   particle and class ``k`` the log-likelihood ``L_k`` of the class, marginalised over the poses searched:
+
+   * ``skip``: the input pose only;
+   * ``local``: rotations ``A·exp(ω)``, ``|ω| <= local_range`` on a lattice of ``angular_step`` × shifts
+     within ``offset_range`` of the current origin (``L_k`` = log-sum-exp of the scores, the same grid for
+     every class), then a second pass at half the steps around the best pose;
+   * ``global``: the HEALPix grid × shifts, ``global_top_k`` best refined by local passes (``L_k`` = the best
+     score); a first global iteration without input poses uses the scale-free CC score and hard assignment.
+
+   Class posteriors ``γ_k = softmax(L_k + log π_k)`` (the first ``hard_iterations``: all weight on the most
+   probable class, as K-means does, which separates classes that start from one map); the particle's pose
+   is that of its most probable class.
+2. **M-step**: each class's images are inserted at the class's best pose with weight ``γ_k`` into one of
+   two back-projectors by ``rlnRandomSubset``; the FSC of the two halves (soft sphere) gives the class's
+   resolution; each half's class map is its Wiener reconstruction with ``tau2_fudge·SSNR`` (RELION's ``T``),
+   ``SSNR = FSC/(1−FSC)`` from the FSC of all classes' halves together (one filter for every class, so that
+   a small class is not filtered harder and does not lose its members to the largest); the class priors are
+   ``π_k = mean γ_k`` once assignments are soft (uniform before); the noise spectrum takes the residuals' power.
+
+The particles of each half set are scored against the *other* half's class maps, so that no particle's
+own noise is in the maps it is scored against: with a single starting map, classes scored against maps
+that contain their own members lock onto noise (measured: 600 particles stayed at 50 % accuracy). The
+output maps combine both halves (Wiener filter of the full-map SSNR).
+
+Starting references: ``K`` maps, or one map copied ``K`` times with per-shell noise of ``perturb`` times its
+power added (seeded), low-passed to ``ini_high``; when the particles carry poses, each reference is first
+scaled per shell to the data at those poses (so that the first iteration can use the ML score). The last
+iteration inserts the full box, earlier ones up to ``1.5×`` the band (as refinement does).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryolens.abinitio.search import limited_grid
+from cryolens.class3d.params import Class3DParams
+from cryolens.class3d.result import Class3DIteration, Class3DResult
+from cryolens.core.fourier import bandpass, ft3, ift3, radius_3d, shell_index
+from cryolens.core.fsc import fsc, fsc_to_ssnr
+from cryolens.core.masks import soft_sphere
+from cryolens.core.projector import BackProjector, SliceGrid, prepare_volume
+from cryolens.core.so3_grid import healpix_step_deg, so3_grid
+from cryolens.core.symmetry import symmetry_matrices
+from cryolens.particles import POSE_COLUMNS, has_ctf, origins_px_from_table, rotations_from_table
+from cryolens.refine.auto_refine import pose_change
+from cryolens.refine.images import prepared_batches
+from cryolens.refine.noise import NoiseModel, ShellAccumulator
+from cryolens.refine.pose_search import (BandProjector, Candidates, FrequencyBand, SearchData, best_projections,
+                                         global_search, local_search, shift_grid)
+
+__all__ = ["classify_3d", "starting_references"]
+
+Batches = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+Progress = Callable[[int, int, int, float], None]
+
+
+def starting_references(maps: torch.Tensor, k: int, *, pixel_size: float, ini_high: float, perturb: float,
+                        seed: int) -> torch.Tensor:
+    """``(K, n, n, n)`` starting references from ``maps (M, n, n, n)`` (``M`` = 1 or ``K``), low-passed to ``ini_high`` Å.
+
+    One map is copied ``K`` times, each copy with complex Gaussian noise of ``perturb`` times the map's
+    power per shell added (generator seeded with ``seed``) before the low-pass.
+    """
+    if maps.shape[0] not in (1, k):
+        raise ValueError(f"{maps.shape[0]} references for {k} classes; give one reference or one per class")
+    n = maps.shape[-1]
+    out = []
+    gen = torch.Generator().manual_seed(seed)
+    sh = shell_index(radius_3d(n, device=maps.device)).clamp_max(n // 2)
+    for i in range(k):
+        vol = maps[min(i, maps.shape[0] - 1)].float()
+        if maps.shape[0] == 1 and perturb > 0:
+            f = ft3(vol)
+            power = torch.zeros(n // 2 + 1, device=vol.device).index_add_(0, sh.reshape(-1), (f.abs() ** 2).reshape(-1))
+            count = torch.zeros(n // 2 + 1, device=vol.device).index_add_(0, sh.reshape(-1),
+                                                                            torch.ones(sh.numel(), device=vol.device))
+            amp = (perturb * power / count.clamp_min(1)).sqrt()[sh]
+            noise = torch.complex(torch.randn(f.shape, generator=gen), torch.randn(f.shape, generator=gen))
+            vol = ift3(f + noise.to(vol.device) * amp / math.sqrt(2), n)
+        out.append(bandpass(vol, pixel_size=pixel_size, high_res=ini_high, ndim=3))
+    return torch.stack(out)
+
+
+def _pose_width(score: torch.Tensor, log_evidence: torch.Tensor) -> torch.Tensor:
+    """Width of a pose posterior in grid steps from its maximum on a 5-D grid (3 angles, 2 shifts).
+
+    A Gaussian of standard deviation ``s`` steps peaks at ``p = ((2π)^½·s)^-5`` on the grid, so
+    ``s = p^(-1/5) / (2π)^½``, floored at 0.3 (a posterior narrower than the grid).
+    """
+    p = torch.exp(score - log_evidence).clamp(1e-30, 1)
+    return (p ** (-0.2) / math.sqrt(2 * math.pi)).clamp_min(0.3)
+
+
+class _Classifier:
+    def __init__(self, batches: Batches, table: pd.DataFrame, refs: torch.Tensor, *, pixel_size: float,
+                 params: Class3DParams, mask: torch.Tensor | None, device: torch.device, progress: Progress | None):
+        p = params
+        self.batches, self.table, self.p, self.apix, self.dev, self.progress = batches, table, p, pixel_size, device, \
+            progress
+        self.K, self.n, self.N = p.classes, refs.shape[-1], len(table)
+        n = self.n
+        self.has_poses = all(c in table.columns for c in POSE_COLUMNS)
+        self.mode = p.mode(self.has_poses)
+        self.use_ctf = p.ctf and has_ctf(table)
+        self.sym = symmetry_matrices(p.symmetry, device=device)
+        self.rot = rotations_from_table(table, device)
+        self.shift = origins_px_from_table(table, device)
+        self.subset = torch.as_tensor(table["rlnRandomSubset"].to_numpy().astype(np.int64), device=device)
+        self.diameter = p.particle_diameter or 0.9 * n * pixel_size
+        radius_px = min(self.diameter / 2 / pixel_size, n / 2 - 1)
+        self.image_mask = soft_sphere(n, radius=max(radius_px - 3, 1), edge_width=5, ndim=2, device=device)
+        self.sphere = soft_sphere(n, radius=max(radius_px - 3, 1), edge_width=5, ndim=3, device=device)
+        self.ref_mask = mask.to(device) if mask is not None else self.sphere
+        self.refs = [r.to(device) for r in starting_references(refs.cpu(), self.K, pixel_size=pixel_size,
+                                                               ini_high=p.ini_high, perturb=p.perturb, seed=p.seed)]
+        self.log_prior = torch.full((self.K,), -math.log(self.K), device=device)
+        self.prob = torch.zeros(self.N, self.K, device=device)
+        self.cls = torch.full((self.N,), -1, dtype=torch.long, device=device)
+        self.loglik = torch.zeros(self.N, device=device)
+        self.width = torch.full((self.N,), math.nan, device=device)
+        self.full_grid = SliceGrid.build(n, device)
+        self.grid = so3_grid(p.healpix_order, sym=p.symmetry, device=device).matrices if self.mode == "global" \
+            else None
+        self.history: list[Class3DIteration] = []
+        self._cache: list | None = None
+
+    def _batches(self):
+        """Prepared batches; kept in memory after the first pass when they fit in ``cache_mb``."""
+        if self._cache is not None:
+            yield from self._cache
+            return
+        per_image = self.n * (self.n // 2 + 1) * 20  # two complex64 transforms and a float32 CTF
+        keep = self.N * per_image <= self.p.cache_mb * 2**20
+        cache = []
+        for item in prepared_batches(self.batches, self.table, pixel_size=self.apix, image_mask=self.image_mask,
+                                     use_ctf=self.use_ctf, device=self.dev):
+            if keep:
+                cache.append(item)
+            yield item
+        if keep:
+            self._cache = cache
+
+    # -- before the first iteration --------------------------------------------------------------------
+    def _prepass(self) -> None:
+        """Noise from the images' power; with input poses, each reference scaled per shell to the data."""
+        n, dev = self.n, self.dev
+        full = FrequencyBand.build(n, n / 2, dev)
+        band = FrequencyBand.build(n, min(n / 2, n * self.apix / self.p.ini_high + self.p.band_margin), dev)
+        projs = [BandProjector(prepare_volume(r * self.ref_mask, pad=2), band) for r in self.refs]
+        acc = ShellAccumulator(n, dev)
+        nsh = n // 2 + 1
+        num = torch.zeros(self.K, nsh, dtype=torch.float64, device=dev)
+        den = torch.zeros(self.K, nsh, dtype=torch.float64, device=dev)
+        for rows, masked, _, ctf in self._batches():
+            acc.add(full.gather(masked), full)
+            if not self.has_poses:
+                continue
+            x, c = band.gather(masked), band.gather(ctf)
+            for k, proj in enumerate(projs):
+                m = c * best_projections(proj, self.rot[rows], self.shift[rows])
+                num[k].index_add_(0, band.shell, ((x * m.conj()).real * band.weight).sum(0).double())
+                den[k].index_add_(0, band.shell, ((m.abs() ** 2) * band.weight).sum(0).double())
+        self.noise = NoiseModel(acc.mean())
+        self.scaled = self.has_poses
+        if not self.has_poses:
+            return
+        sh = shell_index(radius_3d(n, device=dev)).clamp_max(n // 2)
+        for k in range(self.K):
+            ok = den[k] > 1e-12 * den[k].max().clamp_min(1e-30)
+            ok[0] = False
+            s = torch.where(ok, num[k] / den[k].clamp_min(1e-30), torch.zeros_like(num[k])).clamp_min(0).float()
+            last = int(torch.nonzero(ok).max()) if ok.any() else 1
+            s[last + 1:] = s[last]
+            s[0] = s[1]
+            self.refs[k] = ift3(ft3(self.refs[k]) * s[sh], n)
+
+    # -- one iteration ---------------------------------------------------------------------------------
+    def _search(self, proj: BandProjector, data: SearchData, rows: torch.Tensor, score: str
+                ) -> tuple[torch.Tensor, Candidates, torch.Tensor]:
+        """``(class log-likelihood (B,), best pose, pose width in grid steps (B,))`` of one class."""
+        p = self.p
+        current = Candidates(torch.zeros(len(rows), 1, device=self.dev), self.rot[rows][:, None],
+                             self.shift[rows][:, None])
+        nan = torch.full((len(rows),), math.nan, device=self.dev)
+        if self.mode == "skip":
+            c = local_search(proj, data, current, angular_step=1.0, angular_range=0.0, offset_step=1.0,
+                             offset_range=0.0, mode=score, max_block=p.max_block)
+            return c.score[:, 0], c, nan
+        if self.mode == "local":
+            a, o = p.angular_step, p.offset_step
+            c1 = local_search(proj, data, current, angular_step=a, angular_range=p.local_range, offset_step=o,
+                              offset_range=p.offset_range, mode=score, max_block=p.max_block)
+            c2 = local_search(proj, data, c1, angular_step=a / 2, angular_range=a, offset_step=o / 2,
+                              offset_range=o, mode=score, max_block=p.max_block)
+            ll = c1.log_evidence if score == "ml" else c2.score[:, 0]
+            return ll, c2, _pose_width(c1.score[:, 0], c1.log_evidence)
+        g = healpix_step_deg(p.healpix_order)
+        centre = self.shift[rows] if self.has_poses else torch.zeros_like(self.shift[rows])
+        cand = global_search(proj, data, self.grid, shift_grid(p.offset_step, p.offset_range, device=self.dev),
+                             top_k=p.global_top_k, mode=score, centre=centre, max_block=p.max_block)
+        a, o = g / 2, p.offset_step / 2
+        while True:
+            cand = local_search(proj, data, cand, angular_step=a, angular_range=2 * a, offset_step=o,
+                                offset_range=2 * o, mode=score, max_block=p.max_block)
+            if a <= p.angular_step / 2 + 1e-9:
+                break
+            a, o = max(a / 2, p.angular_step / 2), max(o / 2, 0.25)
+        return cand.score[:, 0], cand, _pose_width(cand.score[:, 0], cand.log_evidence) * a / p.angular_step
+
+    def _classify(self, rows: torch.Tensor, masked: torch.Tensor, raw: torch.Tensor, ctf: torch.Tensor,
+                  projs: list[BandProjector], band: FrequencyBand, inv: torch.Tensor, score: str, *, hard: bool,
+                  bps: list[BackProjector], resid: ShellAccumulator) -> None:
+        """E-step for one batch of one half set against ``projs`` (one per class), M-step sums into ``bps``."""
+        K, dev = self.K, self.dev
+        x, c = band.gather(masked), band.gather(ctf)
+        data = SearchData(x, c, inv)
+        B = len(rows)
+        ll = torch.empty(B, K, device=dev)
+        rots = torch.empty(B, K, 3, 3, device=dev)
+        shs = torch.empty(B, K, 2, device=dev)
+        width = torch.empty(B, K, device=dev)
+        for k in range(K):
+            ll[:, k], cand, width[:, k] = self._search(projs[k], data, rows, score)
+            rots[:, k], shs[:, k] = cand.rotations[:, 0], cand.shifts[:, 0]
+        logits = ll + self.log_prior
+        best = logits.argmax(1)
+        gamma = torch.nn.functional.one_hot(best, K).float() if hard else torch.softmax(logits, 1)
+        ar = torch.arange(B, device=dev)
+        self.prob[rows], self.cls[rows] = gamma, best
+        self.loglik[rows] = torch.logsumexp(logits, 1)
+        self.rot[rows], self.shift[rows], self.width[rows] = rots[ar, best], shs[ar, best], width[ar, best]
+        for k in range(K):
+            sel = best == k
+            if sel.any():
+                model = c[sel] * best_projections(projs[k], rots[sel, k], shs[sel, k])
+                if score == "cc":  # fit each image's scale before taking residuals (as refine's first iteration)
+                    wv = band.weight * inv
+                    a = ((x[sel] * model.conj()).real * wv).sum(1) / ((model.abs() ** 2) * wv).sum(1).clamp_min(1e-30)
+                    model = model * a[:, None]
+                resid.add(x[sel] - model, band)
+            keep = gamma[:, k] > 1e-3
+            if keep.any():
+                sw = gamma[keep, k].sqrt()[:, None, None]
+                bps[k].insert(raw[keep] * sw, rots[keep, k], shs[keep, k], ctf[keep] * sw, symmetry=self.sym)
+
+    def iterate(self, it: int, resolution: float, final: bool) -> float:
+        t0 = time.perf_counter()
+        p, n, dev, K = self.p, self.n, self.dev, self.K
+        r_max = min(n / 2, n * self.apix / resolution + p.band_margin)
+        band = FrequencyBand.build(n, r_max, dev)
+        projs = {h: [BandProjector(prepare_volume(r * self.ref_mask, pad=2), band) for r in self.refs[h]]
+                 for h in (1, 2)}
+        inv = self.noise.inverse_on(band)
+        grid = limited_grid(self.full_grid, n / 2 if final else min(n / 2, 1.5 * r_max + 4))
+        bps = [[BackProjector(n, pad=2, device=dev) for _ in (1, 2)] for _ in range(K)]
+        for pair in bps:
+            for bp in pair:
+                bp.grid = grid
+        score = "ml" if self.scaled or it > 1 else "cc"
+        resid = ShellAccumulator(n, dev)
+        old_rot, old_shift, old_cls = self.rot.clone(), self.shift.clone(), self.cls.clone()
+        done = 0
+        for rows, masked, raw, ctf in self._batches():
+            for h in (1, 2):  # each half set is classified against the other half's maps (no self-reference)
+                sel = self.subset[rows] == h
+                if sel.any():
+                    self._classify(rows[sel], masked[sel], raw[sel], ctf[sel], projs[3 - h], band, inv, score,
+                                   hard=score == "cc" or it <= p.hard_iterations, bps=[b[h - 1] for b in bps],
+                                   resid=resid)
+            done += len(rows)
+            if self.progress is not None:
+                self.progress(it, done, self.N, resolution)
+        self.noise.update(resid.mean())
+        mass = self.prob.sum(0)
+        if it >= p.hard_iterations:  # uniform priors while assignments are hard (they would favour the larger class)
+            self.log_prior = torch.log((mass / self.N).clamp_min(1e-6))
+            self.log_prior -= torch.logsumexp(self.log_prior, 0)
+        self.curves, self.unfiltered = [], []
+        halves = [[bps[k][h].reconstruct(mask_corners=False) for h in (0, 1)] for k in range(K)]  # the FSC masks them
+        self.curves = [fsc(a, b, pixel_size=self.apix, mask=self.sphere) for a, b in halves]
+        # one Wiener filter for every class, from the FSC of all classes together: a class filtered by its own
+        # (lower) SSNR would score lower for every particle and lose its members to the larger class (collapse)
+        common = fsc(sum(h[0] for h in halves), sum(h[1] for h in halves), pixel_size=self.apix, mask=self.sphere)
+        ssnr = p.tau2_fudge * fsc_to_ssnr(np.nan_to_num(common.fsc), full_map=False)
+        for k in range(K):
+            if float(mass[k]) >= 2:  # an (almost) empty class keeps its maps
+                for h in (1, 2):
+                    self.refs[h][k] = bps[k][h - 1].reconstruct(ssnr=ssnr, mask_corners=False)
+            if final:
+                bps[k][0].add(bps[k][1])
+                self.unfiltered.append(bps[k][0].reconstruct().cpu())
+                self.maps.append(bps[k][0].reconstruct(ssnr=p.tau2_fudge * fsc_to_ssnr(
+                    np.nan_to_num(self.curves[k].fsc), full_map=True)).cpu())
+        res = [c.resolution_at(0.143) for c in self.curves]
+        sizes = torch.bincount(self.cls, minlength=K).cpu().tolist()
+        dang = pose_change(old_rot, self.rot, self.sym) if self.mode != "skip" else torch.zeros(1)
+        self.history.append(Class3DIteration(
+            iteration=it, resolution_limit=n * self.apix / r_max, mode=("cc-" if score == "cc" else "") + self.mode,
+            class_sizes=sizes, distribution=[round(float(v), 5) for v in self.log_prior.exp()],
+            class_change=float((self.cls != old_cls).float().mean()), resolutions=res,
+            mean_log_likelihood=float(self.loglik.mean()), median_angle_change=float(dang.median()),
+            rms_shift_change=float(((self.shift - old_shift) ** 2).sum(1).mean().sqrt()),
+            seconds=time.perf_counter() - t0))
+        populated = [r for r, s in zip(res, sizes) if s > 0 and math.isfinite(r)]
+        return max(min(populated) if populated else resolution, 2 * self.apix)
+
+    def run(self) -> Class3DResult:
+        self._prepass()
+        self.refs = {1: self.refs, 2: [r.clone() for r in self.refs]}
+        self.maps: list[torch.Tensor] = []
+        resolution = self.p.ini_high
+        for it in range(1, self.p.iterations + 1):
+            final = it == self.p.iterations
+            new = self.iterate(it, resolution, final)
+            resolution = min(resolution, new) if it > 1 else new
+        acc_rot = np.full(self.K, np.nan)
+        acc_shift = np.full(self.K, np.nan)
+        if self.mode != "skip":
+            w = self.width.cpu().numpy()
+            cls = self.cls.cpu().numpy()
+            for k in range(self.K):
+                if (cls == k).any():
+                    acc_rot[k] = float(np.mean(w[cls == k])) * self.p.angular_step
+                    acc_shift[k] = float(np.mean(w[cls == k])) * self.p.offset_step
+        return Class3DResult(
+            maps=torch.stack(self.maps), unfiltered=torch.stack(self.unfiltered), fsc=self.curves,
+            probabilities=self.prob.cpu().numpy(), particle_class=self.cls.cpu().numpy(),
+            max_probability=self.prob.max(1).values.cpu().numpy(), rotations=self.rot.cpu().numpy(),
+            shifts=self.shift.cpu().numpy(), log_likelihood=self.loglik.cpu().numpy(),
+            distribution=self.log_prior.exp().cpu().numpy(), accuracy_rotations=acc_rot, accuracy_shifts=acc_shift,
+            history=self.history)
+
+
+def classify_3d(batches: Batches, particles: pd.DataFrame, references: torch.Tensor, *, pixel_size: float,
+                params: Class3DParams, mask: torch.Tensor | None = None, device: torch.device | str = "cpu",
+                progress: Progress | None = None) -> Class3DResult:
+    """Classify particles into ``params.classes`` 3D classes.
+
+    Args:
+        batches: called once per pass; returns an iterable of ``(row_indices, images)``, images ``(b, n, n)``
+            float32 (white on black), row indices into ``particles``.
+        particles: table with optics merged in, ``rlnRandomSubset`` (1/2) for the per-class FSC, CTF columns
+            (used when present and ``params.ctf``) and, for skip-align and local searches, the poses
+            (``rlnAngleRot/Tilt/Psi``, origins in Å).
+        references: ``(M, n, n, n)`` starting maps on the particles' grid, ``M`` = 1 (perturbed per class)
+            or ``params.classes``.
+        pixel_size: Å per pixel of images and references.
+        params: :class:`~cryolens.class3d.params.Class3DParams`.
+        mask: optional ``(n, n, n)`` soft mask (0..1) applied to the references (focused classification);
+            default a soft sphere of the particle diameter.
+        progress: ``progress(iteration, done, total, resolution_A)`` after each batch.
+
+    Returns:
+        :class:`~cryolens.class3d.result.Class3DResult`.
+    """
+    params.validate()
+    n = references.shape[-1]
+    if references.ndim != 4 or references.shape[1:] != (n, n, n):
+        raise ValueError(f"references must be (M, n, n, n), got {tuple(references.shape)}")
+    if "rlnRandomSubset" not in particles.columns or not particles["rlnRandomSubset"].isin([1, 2]).all():
+        raise ValueError("particles need rlnRandomSubset 1/2 for every row (see cryolens.particles.assign_half_sets)")
+    if params.mode(all(c in particles.columns for c in POSE_COLUMNS)) in ("skip", "local") and \
+            not all(c in particles.columns for c in POSE_COLUMNS):
+        raise ValueError("skip-align and local searches need the particles' poses (rlnAngleRot/Tilt/Psi)")
+    if mask is not None and mask.shape != (n, n, n):
+        raise ValueError(f"mask shape {tuple(mask.shape)} differs from the references' {(n, n, n)}")
+    if len(particles) < params.classes:
+        raise ValueError(f"{len(particles)} particles cannot make {params.classes} classes")
+    return _Classifier(batches, particles.reset_index(drop=True), references, pixel_size=pixel_size, params=params,
+                       mask=mask, device=torch.device(device), progress=progress).run()

