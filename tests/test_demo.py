@@ -1,8 +1,9 @@
 """``cryolens demo``: the tutorial workflow, movies in, map out, scored against the simulator's truth.
 
-The default suite runs the reduced chain (``--quick``: 6 short movies, a few hundred particles) through
-the same workflow file as ``make demo`` with lower targets; the full demo, with the issue's targets
-(gold-standard resolution <= 8 Å; FSC 0.5 with the truth within 20 % of it), is ``slow``.
+The reduced chain (``--quick``: 6 short movies, a few hundred particles) runs through the same workflow
+file as ``make demo`` with lower targets, and the full demo with the issue's targets (gold-standard
+resolution <= 8 Å; FSC 0.5 with the truth within 20 % of it). Both take minutes on 2 cores, so both are
+``slow``; the default suite checks the workflow file, the quick settings and ``run --set``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def quick_demo(tmp_path_factory) -> tuple[Path, str]:
     return root, p.stdout
 
 
+@pytest.mark.slow
 def test_quick_demo_goes_from_movies_to_a_map(quick_demo):
     root, stdout = quick_demo
     s = _check_summary(root)
@@ -57,6 +59,7 @@ def test_quick_demo_goes_from_movies_to_a_map(quick_demo):
     assert (root / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_rerun_skips_every_step(quick_demo):
     root, _ = quick_demo
     p = run_cli("demo", "--out", str(root), "--quick", "--no-align")
