@@ -51,8 +51,9 @@ def demo(
         report = write_project_report(open_project(wf.project))
         table = Table("step", "stage", "job", "s", "went in → came out", title="cryolens demo")
         for r in summary["steps"]:
+            said = r["summary"].split(" -> ")[0]  # what went in and came out, without the output path
             table.add_row(literal(r["step"]), r["stage"], literal(r["job"]),
-                          "" if r["seconds"] is None else f"{r['seconds']:.0f}", literal(r["summary"]))
+                          "" if r["seconds"] is None else f"{r['seconds']:.0f}", literal(said))
         if not quiet:
             console.print(table)
         truth = (f"; FSC 0.5 with the truth {summary['truth_fsc05_A']:.1f} Å"
