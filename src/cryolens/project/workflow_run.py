@@ -347,7 +347,11 @@ def run_workflow(wf: Workflow, *, until: str | None = None, force: Sequence[str]
     """
     on_event = on_event or (lambda kind, step, info: None)
     if find_project(wf.project) is None:
-        init_project(wf.project)
+        try:
+            init_project(wf.project)
+        except OSError as e:
+            raise InputError(f"{wf.project}: cannot create the project folder here ({e.strerror}); "
+                             "choose a writable folder with --project (cryolens demo: --out).") from None
         on_event("project", wf.steps[0], {"project": str(wf.project)})
     run = _Run(wf, until=until, force=force)
     done: dict[str, str] = {}

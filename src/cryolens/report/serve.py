@@ -138,7 +138,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         self.end_headers()
         if not head:
-            self.wfile.write(body)
+            try:
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):  # the browser left (reload, closed tab): nothing to do
+                pass
 
     def _error(self, status: int, *, head: bool) -> None:
         text = {403: "403 forbidden: outside the project", 404: "404 not found"}.get(status, str(status))
