@@ -164,56 +164,16 @@ def run_relion(work: Path, sim: Path, args) -> dict:
 
 
 def symmetric_assembly(work: Path, sym: str) -> Path:
-    """A ``sym`` assembly of the real apoferritin chain (``models/7A4M_box.pdb``), written as a PDB.
-
-    The deposited chain was re-boxed, so its native place in the 24-mer is unknown: the chain
-    keeps its orientation, its centroid is put at the smallest radius (2 Å steps) where no
-    two copies come closer than 3 Å (heavy atoms), along a direction on no symmetry axis
-    (for Dn: off the equator), and the copies are made with cryolens's own operators ``g`` acting
-    on ``(x, y, z)``. O gives a 24-mer like apoferritin; D7 a double heptameric ring.
-    """
+    """A ``sym`` assembly of the real apoferritin chain (``models/7A4M_box.pdb``), written as a PDB
+    (:func:`cryolens.simulate.assembly.symmetric_assembly`: O gives a 24-mer like apoferritin, D7 a
+    double heptameric ring)."""
     import gemmi
-    import numpy as np
-    import torch
-    from scipy.spatial import cKDTree
-    from cryolens.core.symmetry import symmetry_matrices
-    st = gemmi.read_structure(str(APOFERRITIN))
-    st.setup_entities()
-    st.remove_hydrogens()
-    st.remove_alternative_conformations()
-    st.remove_ligands_and_waters()
-    chain = st[0][0]
-    pos = np.array([a.pos.tolist() for r in chain for a in r])
-    com = pos.mean(0)
-    g = symmetry_matrices(sym, dtype=torch.float64).numpy()
-    u = np.array([0.62, 0.48, 0.62]) if sym.upper().startswith("D") else np.array([0.83, 0.41, 0.38])
-    u /= np.linalg.norm(u)
-    for radius in np.arange(20.0, 200.0, 2.0):
-        copies = [(pos - com + radius * u) @ m.T for m in g]
-        tree = cKDTree(np.concatenate(copies))
-        label = np.repeat(np.arange(len(g)), len(pos))
-        pairs = tree.query_pairs(3.0, output_type="ndarray")
-        if not (label[pairs[:, 0]] != label[pairs[:, 1]]).any():
-            break
-    out = gemmi.Structure()
-    out.cell = st.cell
-    model = gemmi.Model("1")
-    for i, m in enumerate(g):
-        c = gemmi.Chain(f"{chr(65 + i % 26)}{i // 26 or ''}")
-        for res in chain:
-            r = gemmi.Residue()
-            r.name, r.seqid, r.het_flag = res.name, res.seqid, res.het_flag
-            for a in res:
-                b = gemmi.Atom()
-                b.name, b.element, b.occ, b.b_iso = a.name, a.element, a.occ, a.b_iso
-                b.pos = gemmi.Position(*((np.array(a.pos.tolist()) - com + radius * u) @ m.T))
-                r.add_atom(b)
-            c.add_residue(r)
-        model.add_chain(c)
-    out.add_model(model)
+
+    from cryolens.simulate.assembly import symmetric_assembly as assemble
     path = work / f"apoferritin_{sym}.pdb"
-    out.write_pdb(str(path))
-    print(f"{sym}: {len(g)} apoferritin chains, centres at {radius:.0f} Å", flush=True)
+    st = assemble(gemmi.read_structure(str(APOFERRITIN)), sym)
+    st.write_pdb(str(path))
+    print(f"{sym}: {len(st[0])} apoferritin chains", flush=True)
     return path
 
 

@@ -1,4 +1,4 @@
-"""``--continue JOBDIR`` for the iterative commands (refine, class2d; ab initio to come).
+"""``--continue JOBDIR`` for the iterative commands (refine, class2d, abinitio).
 
 A continued job runs with the inputs and options recorded in its ``job.json``, in its own folder,
 from its last finished iteration (:mod:`cryolens.jobs.checkpoint`). The user need not repeat

@@ -1,4 +1,4 @@
-"""Per-iteration state of iterative jobs (refine, 2D classification; ab initio to come), for ``--continue``.
+"""Per-iteration state of iterative jobs (refine, 2D classification, ab initio), for ``--continue``.
 
 An iterative job saves, at the end of each finished iteration ``N``, everything it needs to go on
 from there, and RELION-like files a person may look at, all named ``run_itNNN_*`` in the job folder:
