@@ -69,10 +69,7 @@ def abinitio(
             if c.finished:
                 console.print(c.message, highlight=False)
                 return
-            try:
-                dev = device_option(c.device)
-            except InputError:  # the job's recorded device is not on this machine: --device (auto) decides
-                dev = device_option(run.device)
+            dev = c.torch_device(run)
             with continue_target("abinitio", c.folder, run.project) as target, \
                     stage_progress(quiet=run.quiet) as cb:
                 job = run_abinitio(c.inputs["particles"], target.out, c.params, device=dev, progress=cb,

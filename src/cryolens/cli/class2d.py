@@ -48,10 +48,7 @@ def class2d(
             if c.finished:
                 console.print(c.message, highlight=False)
                 return
-            try:
-                dev = device_option(c.device)
-            except InputError:  # the job's recorded device is not on this machine: --device (auto) decides
-                dev = device_option(run.device)
+            dev = c.torch_device(run)
             with continue_target("class2d", c.folder, run.project) as target, \
                     iteration_progress(quiet=run.quiet) as cb:
                 job = run_class2d(c.inputs["particles"], target.out, c.params, device=dev, progress=cb,

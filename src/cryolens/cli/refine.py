@@ -70,10 +70,7 @@ def refine(
             if c.finished:
                 console.print(c.message, highlight=False)
                 return
-            try:
-                dev = device_option(c.device)
-            except InputError:  # the job's recorded device is not on this machine: --device (auto) decides
-                dev = device_option(run.device)
+            dev = c.torch_device(run)
             with continue_target("refine", c.folder, run.project) as target, \
                     iteration_progress(quiet=run.quiet) as cb:
                 job = run_refine(c.inputs["particles"], c.inputs["reference"], target.out, c.params,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryolens.cli.common import JobOptions, JobTarget
+from cryolens.cli.common import JobOptions, JobTarget, device_option
 from cryolens.errors import InputError
 from cryolens.jobs.checkpoint import ContinuePoint, continue_point
 from cryolens.params import Params
@@ -58,6 +58,13 @@ class Continued:
     @property
     def finished(self) -> bool:
         return self.point.finished
+
+    def torch_device(self, run: JobOptions):
+        """The job's recorded device; when that one is not on this machine, what ``--device`` (auto) picks."""
+        try:
+            return device_option(self.device)
+        except InputError:
+            return device_option(run.device)
 
     @property
     def message(self) -> str:
