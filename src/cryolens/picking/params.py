@@ -19,7 +19,9 @@ class PickParams(Params):
     Derived defaults (``None``): ``diameter_max`` = ``diameter`` (one size); ``threshold`` = 3
     SD (matched), 1.5 (log), 3.5 (template);
     ``min_distance`` = 0.8 × the smallest diameter; ``edge`` = half the largest diameter;
-    ``pick_pixel_size`` = the mean diameter / 20 (never finer than the micrograph's pixel).
+    ``pick_pixel_size`` = the mean diameter / 20 (never finer than the micrograph's pixel);
+    ``blob_radius`` = 0.33 or 0.5 of the diameter, chosen per micrograph
+    (:data:`cryolens.picking.picker.BLOB_CHOICES`).
     The score is in standard deviations of the score map's background (1.4826 × the median
     absolute deviation of its dominant population, :func:`cryolens.picking.peaks.mode_stats`);
     LoG maps are in their plain SD instead, hence the lower default threshold there.
@@ -58,8 +60,9 @@ class PickParams(Params):
                                                  "exceeds this in magnitude")
     avoid_sd_z: float = option(12.0, gt=0, help="--avoid-blobs: reject where the local standard deviation's "
                                                "robust z-score exceeds this")
-    blob_radius: float = option(0.33, gt=0, le=0.6, help="--method matched: radius of the blob (a projected sphere) "
-                                                        "as a fraction of the diameter")
+    blob_radius: float | None = option(None, gt=0, le=0.6, help="--method matched: radius of the blob (a projected "
+                                       "sphere) as a fraction of the diameter (default: 0.33 or 0.5, whichever gives "
+                                       "the higher peaks on each micrograph: filled or hollow particles)")
     psi_step: float = option(10.0, unit="°", gt=0, le=90, help="--method template: in-plane rotation step")
     healpix_order: int = option(1, ge=0, le=3, help="--method template with a map: HEALPix order of the "
                                                     "projection directions (0 = 60°, 1 = 30°)")

@@ -3,8 +3,10 @@
 The default (``method="matched"``) follows cisTEM's Find Particles (Sigworth 2004): the
 micrograph is Fourier-cropped to ~diameter/20 Å per pixel, whitened by its own radially
 averaged power spectrum, and correlated with a blob (a projected sphere of radius
-``blob_radius`` × diameter, 0.33 by default) that carries the micrograph's CTF and contrast
-(protein dark). Before that, abnormal areas (carbon, contaminants, their rims:
+``blob_radius`` × diameter) that carries the micrograph's CTF and contrast (protein dark). By
+default (``blob_radius=None``) two blobs are tried on each micrograph, 0.33 × the diameter (filled
+particles) and 0.5 × (hollow ones, e.g. apoferritin's shell), and the one whose best peaks score
+higher is kept (:data:`BLOB_CHOICES`, :data:`AUTO_TOP`). Before that, abnormal areas (carbon, contaminants, their rims:
 :func:`cryolens.picking.peaks.avoidance_mask`) are found on the cropped micrograph and filled
 with the ice level, so that they neither dominate the whitening spectrum nor ring into their
 surroundings. Scores are z-scores of the score map about its background level
@@ -51,7 +53,18 @@ from cryolens.picking.peaks import (
 from cryolens.picking.bank import TemplateBank, cached, correlate_bank, template_bank
 from cryolens.picking.templates import map_projections, prepare_templates, side_lobes
 
-__all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape"]
+__all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape", "BLOB_CHOICES", "AUTO_TOP"]
+
+#: Blob radii (fractions of the diameter) the matched filter tries when ``blob_radius`` is None: a
+#: projected sphere of 0.33 × the diameter for compact, filled particles (its peak stays at the centre of
+#: elongated ones too), and one as large as the particle (0.5) for hollow or ring-like ones (apoferritin:
+#: a small blob lands on the shell, not the centre).
+BLOB_CHOICES = (0.33, 0.5)
+
+#: The blob whose score map's best ``AUTO_TOP`` candidates (after suppression, outside avoided areas and
+#: the edge) have the highest mean score wins: the matched filter of the right shape gives the highest
+#: peaks (a mismatched one correlates only with parts of the particle's outline).
+AUTO_TOP = 10
 
 
 @dataclass
@@ -72,6 +85,9 @@ class Picks:
         avoid: ``(h, w)`` bool, areas avoided (carbon, contamination, edges), or None.
         pick_pixel_size: ``(y, x)`` Å per pixel of ``score_map``; scale: ``(y, x)``
             micrograph pixels per score-map pixel.
+        blob_radius: the matched filter's blob radius (fraction of the diameter) that gave the
+            picks (the one chosen from :data:`BLOB_CHOICES` when none was given); None for
+            the other methods.
     """
 
     x: torch.Tensor
@@ -86,6 +102,7 @@ class Picks:
     avoid: torch.Tensor | None
     pick_pixel_size: tuple[float, float]
     scale: tuple[float, float]
+    blob_radius: float | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -189,43 +206,61 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
     high = params.highpass if params.highpass is not None else 2.0 * d_max
     band = _band(shape, p, low=low, high=high, device=dev)
     contrast = -micrograph_ctf(ctf, shape, p, device=dev) if ctf is not None else -torch.ones_like(band)
-    lobes = None
-
-    if params.method == "log":
-        score, size = _log_scores(f, shape, p, contrast, band * whitening_filter(f, shape), d_min, d_max)
-    else:
-        white = whitening_filter(f, shape) * band
-        if params.method == "matched":
-            score, size = _matched_scores(f * white, shape, p, contrast * white, d_min, d_max, params.blob_radius)
-        else:
-            where = torch.zeros(shape, dtype=torch.bool, device=dev)  # score only where peaks may be, and around
-            where[pad:pad + h, pad:pad + w] = F.max_pool2d(valid[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
-            score, size, lobes = _template_scores(f * white, shape, p, contrast * white, params, templates,
-                                                  template_pixel_size, volume, volume_pixel_size, progress, where, pad)
     crop = (slice(pad, pad + h), slice(pad, pad + w))
-    score, size = score[crop], size[crop]
+    white = band * whitening_filter(f, shape)
+    lobes, blob = None, None
     if params.method == "log":  # already in SDs (see _log_scores)
-        zmap = score
-    else:  # SDs of the background between particles
-        centre, sd = mode_stats(score[valid] if int(valid.sum()) > 16 else score)
-        zmap = (score - centre) / sd
+        zmap, size = (m[crop] for m in _log_scores(f, shape, p, contrast, white, d_min, d_max))
+        sub, rc, vals = _suppressed(zmap, valid, params, p)
+    elif params.method == "matched":
+        best = None
+        for fraction in ((params.blob_radius,) if params.blob_radius is not None else BLOB_CHOICES):
+            score, size = (m[crop] for m in _matched_scores(f * white, shape, p, contrast * white, d_min, d_max,
+                                                              fraction))
+            zmap = _background_z(score, valid)[0]
+            found = _suppressed(zmap, valid, params, p)
+            top = float(found[2][:AUTO_TOP].mean()) if found[2].numel() else -math.inf
+            if best is None or top > best[0]:  # ties keep the first (the compact blob)
+                best = (top, fraction, zmap, size, found)
+        _, blob, zmap, size, (sub, rc, vals) = best
+    else:
+        where = torch.zeros(shape, dtype=torch.bool, device=dev)  # score only where peaks may be, and around
+        where[pad:pad + h, pad:pad + w] = F.max_pool2d(valid[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+        score, size, lobes = _template_scores(f * white, shape, p, contrast * white, params, templates,
+                                              template_pixel_size, volume, volume_pixel_size, progress, where, pad)
+        score, size = score[crop], size[crop]
+        zmap, sd = _background_z(score, valid)
+        sub, rc, vals = _suppressed(zmap, valid, params, p)
+        # remove the side lobes that accepted particles predict at each peak
+        vals = vals - _predicted_lobes(lobes, rc + pad, score, vals > params.resolved_threshold(),
+                                       params.diameters[1] * 1.25 / p) / sd
+        order = torch.argsort(vals, descending=True, stable=True)
+        sub, rc, vals = sub[order], rc[order], vals[order]
     threshold = params.resolved_threshold()
     floor = min(params.keep_floor, threshold)
-    rc = local_maxima(zmap, valid=valid, floor=floor)
+    cand = torch.stack([sub[:, 1] * sx, sub[:, 0] * sy, vals, size[rc[:, 0], rc[:, 1]]], dim=1)
+    picks = Picks(x=cand[:, 0], y=cand[:, 1], score=cand[:, 2], diameter=cand[:, 3], candidates=cand, floor=floor,
+                  threshold=threshold, max_per_micrograph=None, score_map=zmap, avoid=avoid,
+                  pick_pixel_size=(pixel_size * sy, pixel_size * sx), scale=(sy, sx), blob_radius=blob)
+    return select_picks(picks, threshold=threshold, max_per_micrograph=params.max_per_micrograph)
+
+
+def _background_z(score: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The score map in SDs of its background between particles (:func:`mode_stats` over the valid pixels),
+    and that SD."""
+    centre, sd = mode_stats(score[valid] if int(valid.sum()) > 16 else score)
+    return (score - centre) / sd, sd
+
+
+def _suppressed(zmap: torch.Tensor, valid: torch.Tensor, params: PickParams, p: float):
+    """Local maxima of ``zmap`` (SDs) down to the candidates' floor, refined to sub-pixel and suppressed within
+    the minimum distance: ``(sub (K, 2), rc (K, 2) long, vals (K,))`` by descending score (``p``: Å per pixel)."""
+    rc = local_maxima(zmap, valid=valid, floor=min(params.keep_floor, params.resolved_threshold()))
     sub = refine_subpixel(zmap, rc)
     vals = zmap[rc[:, 0], rc[:, 1]]
     halo = (params.diameters[1] * params.halo[0] / p, params.halo[1]) if params.halo[1] > 0 else None
     keep = suppress_non_maxima(sub, vals, params.resolved_min_distance() / p, halo=halo)
-    sub, rc, vals = sub[keep], rc[keep], vals[keep]
-    if lobes is not None:  # template: remove the side lobes that accepted particles predict at each peak
-        vals = vals - _predicted_lobes(lobes, rc + pad, score, vals > threshold, params.diameters[1] * 1.25 / p) / sd
-        order = torch.argsort(vals, descending=True, stable=True)
-        sub, rc, vals = sub[order], rc[order], vals[order]
-    cand = torch.stack([sub[:, 1] * sx, sub[:, 0] * sy, vals, size[rc[:, 0], rc[:, 1]]], dim=1)
-    picks = Picks(x=cand[:, 0], y=cand[:, 1], score=cand[:, 2], diameter=cand[:, 3], candidates=cand, floor=floor,
-                  threshold=threshold, max_per_micrograph=None, score_map=zmap, avoid=avoid,
-                  pick_pixel_size=(pixel_size * sy, pixel_size * sx), scale=(sy, sx))
-    return select_picks(picks, threshold=threshold, max_per_micrograph=params.max_per_micrograph)
+    return sub[keep], rc[keep], vals[keep]
 
 
 def _sizes(d_min: float, d_max: float, step: float) -> torch.Tensor:
