@@ -203,6 +203,25 @@ def test_consensus_with_truth(work: Path):
     bad = invoke_cli("pick-consensus", "--in", "pk/coords.star", "--in", "sim/coords.star", "--radius", "5", "--min-agree", "3",
                      "--out", "cons_bad", cwd=work, code=None)
     assert_user_error(bad, "--min-agree 3")
+    # the issue's spelling: a subcommand of pick, the pick sets as arguments
+    r = invoke_cli("pick", "consensus", "pk/coords.star", "sim/coords.star", "--radius", str(RADIUS_PX), "--out",
+                   "cons_sub", cwd=work)
+    pd.testing.assert_frame_equal(coords(work / "cons_sub"), both)
+    assert "pick consensus" in invoke_cli("pick", "consensus", "--help", cwd=work).output
+
+
+def test_diameter_range_as_one_option(work: Path):
+    """``--diameter MIN MAX`` is ``--diameter MIN --diameter-max MAX``; one number stays one size."""
+    from cryolens.cli.pick import diameter_range_args
+
+    assert diameter_range_args(["--diameter", "120", "180", "--quiet"]) == ["--diameter", "120", "--diameter-max",
+                                                                           "180", "--quiet"]
+    assert diameter_range_args(["--diameter=120", "180"]) == ["--diameter=120", "--diameter-max", "180"]
+    assert diameter_range_args(["--diameter", "150", "--out", "x"]) == ["--diameter", "150", "--out", "x"]
+    bad = invoke_cli("pick", "--in", "sim/micrographs.star", "--diameter", "180", "120", "--out", "rng_bad", cwd=work,
+                     code=None)
+    assert_user_error(bad, "--diameter-max 120")
+    assert not (work / "rng_bad").exists()
 
 
 def test_extract_reads_the_picks(work: Path):

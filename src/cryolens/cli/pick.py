@@ -1,11 +1,14 @@
-"""``cryolens pick`` (pick, re-select, preview) and ``cryolens pick-consensus``.
+"""``cryolens pick`` (pick, re-select, preview) and ``cryolens pick consensus`` (alias ``pick-consensus``).
 
-Consensus is its own command, ``pick-consensus``, rather than a subcommand ``pick consensus``:
-a Typer group ``pick`` would have to parse all of ``pick``'s declared options before knowing
-whether a subcommand follows, and would turn ``pick`` into a group in ``--help`` and in the
-workflow catalogue; two plain commands keep both declarations simple. The pick sets are given
-as a repeated ``--in`` (not positional arguments) so that ``cryolens run`` workflows can use the
-command as a step (the catalogue takes only commands made of options).
+Consensus is declared as its own command, ``pick-consensus``, rather than as a subcommand of a
+Typer group ``pick``: a group would have to parse all of ``pick``'s declared options before
+knowing whether a subcommand follows, and would turn ``pick`` into a group in ``--help`` and in
+the workflow catalogue. :class:`PickCommand` (the click class of ``pick``) hands
+``cryolens pick consensus ...`` over to that command instead, and :class:`ConsensusCommand`
+turns its positional pick sets (``A/coords.star B/coords.star``) into the repeated ``--in`` it
+declares, so that ``cryolens run`` workflows can use it as a step (the catalogue takes only
+commands made of options). ``--diameter MIN MAX`` (two numbers; click options have a fixed
+number of values) becomes ``--diameter MIN --diameter-max MAX`` the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from cryolens.cli.common import (JobOptions, MicrographJobOptions, console, device_option, job_target, progress_bar,
                                  run_guarded)
@@ -22,7 +26,77 @@ from cryolens.cli.markup import literal
 from cryolens.errors import InputError
 from cryolens.picking.params import PickParams
 
-__all__ = ["pick", "pick_consensus"]
+__all__ = ["pick", "pick_consensus", "PickCommand", "ConsensusCommand", "diameter_range_args",
+           "positional_pick_sets"]
+
+
+def _number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return not token.startswith("-")
+
+
+def diameter_range_args(args: list[str]) -> list[str]:
+    """``--diameter MIN MAX`` (two numbers) in ``args`` rewritten as ``--diameter MIN --diameter-max MAX``;
+    everything else as given (also ``--diameter=MIN MAX``)."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            return out + args[i:]
+        if a == "--diameter" and i + 2 < len(args) and _number(args[i + 1]) and _number(args[i + 2]):
+            out += [a, args[i + 1], "--diameter-max", args[i + 2]]
+            i += 3
+        elif a.startswith("--diameter=") and i + 1 < len(args) and _number(args[i + 1]):
+            out += [a, "--diameter-max", args[i + 1]]
+            i += 2
+        else:
+            out.append(a)
+            i += 1
+    return out
+
+
+def positional_pick_sets(cmd, args: list[str]) -> list[str]:
+    """Bare arguments of ``pick consensus`` (the pick sets) turned into ``--in PATH``; ``cmd`` is the click
+    command whose options say which flags take a value."""
+    valued = {o for p in cmd.params if getattr(p, "param_type_name", "") == "option" and not p.is_flag
+              for o in (*p.opts, *p.secondary_opts)}
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            out += [x for b in args[i + 1:] for x in ("--in", b)]
+            break
+        if a.startswith("-"):
+            take = a in valued and i + 1 < len(args)
+            out += args[i:i + 2] if take else [a]
+            i += 2 if take else 1
+        else:
+            out += ["--in", a]
+            i += 1
+    return out
+
+
+class ConsensusCommand(TyperCommand):
+    """Click class of ``pick-consensus``: the pick sets may be given as positional arguments too."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        return super().make_context(info_name, positional_pick_sets(self, list(args)), parent=parent, **extra)
+
+
+class PickCommand(TyperCommand):
+    """Click class of ``pick``: ``pick consensus ...`` runs the sibling command ``pick-consensus`` (named so in
+    its usage line), and ``--diameter MIN MAX`` is read as ``--diameter MIN --diameter-max MAX``."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        args = list(args)
+        if args and args[0] == "consensus" and parent is not None:
+            sibling = parent.command.get_command(parent, "pick-consensus")
+            if sibling is not None:
+                return sibling.make_context(f"{info_name} consensus", args[1:], parent=parent, **extra)
+        return super().make_context(info_name, diameter_range_args(args), parent=parent, **extra)
 
 
 def _print_picks(r: dict, out: Path) -> None:
@@ -72,7 +146,9 @@ def pick(
 
       cryolens pick --in ctf/micrographs_ctf.star --diameter 150 --templates class2d/classes.mrcs --out pick_tpl
 
-      cryolens pick --in ctf/micrographs_ctf.star --diameter 120 --diameter-max 180 --method log --out pick_log --j 4
+      cryolens pick --in ctf/micrographs_ctf.star --diameter 120 180 --method log --out pick_log --j 4
+
+      cryolens pick consensus pick/coords.star pick_log/coords.star --radius 20 --out agreed  (see pick consensus --help)
     """
     def body():
         if rethreshold is not None:
@@ -114,8 +190,8 @@ def _rethreshold(source: Path, params: PickParams, run: JobOptions) -> None:
 @declare(run=JobOptions, omit=("device",), outputs=("coords", "autopick"))
 def pick_consensus(
     coords: Annotated[list[Path], typer.Option(
-        "--in", help="A pick file (repeat for each set, two or more) of the same micrographs: coords.star of "
-                     "`cryolens pick`, autopick.star, particles.star.")],
+        "--in", help="A pick file (repeat for each set, two or more; or give them as arguments) of the same "
+                     "micrographs: coords.star of `cryolens pick`, autopick.star, particles.star.")],
     radius: Annotated[float, typer.Option(
         "--radius", help="Picks of different sets closer than this are one particle (pixels of the micrograph).")],
     min_agree: Annotated[Optional[int], typer.Option(
@@ -125,12 +201,13 @@ def pick_consensus(
     """Consensus of pick sets (Scipion's): the number of sets agreeing on a particle is its rlnAutopickFigureOfMerit.
 
     Writes coords.star and RELION's <micrograph>_autopick.star files with autopick.star, plots, report.html.
+    Also spelled `cryolens pick-consensus`.
 
     Examples:
 
-      cryolens pick-consensus --in pick_mf/coords.star --in pick_log/coords.star --radius 20 --out consensus
+      cryolens pick consensus pick_mf/coords.star pick_log/coords.star --radius 20 --out consensus
 
-      cryolens pick-consensus --in a/coords.star --in b/coords.star --in c/coords.star --radius 15 --min-agree 2 --out consensus
+      cryolens pick consensus --in a/coords.star --in b/coords.star --in c/coords.star --radius 15 --min-agree 2 --out consensus
     """
     def body():
         from cryolens.jobs.pick_select import run_pick_consensus

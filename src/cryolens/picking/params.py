@@ -30,8 +30,9 @@ class PickParams(Params):
     ``avoid_sd_z`` grown by a quarter diameter get no picks.
     """
 
-    diameter: float | None = option(None, unit="Å", gt=0, help="Particle diameter (the smallest of a range "
-                                                            "with --diameter-max)")
+    diameter: float | None = option(None, unit="Å", gt=0, metavar="D [MAX]",
+                                    help="Particle diameter; two numbers give a range: --diameter MIN MAX is "
+                                         "--diameter MIN --diameter-max MAX")
     diameter_max: float | None = option(None, unit="Å", gt=0, help="Largest particle diameter of a range "
                                                                 "(default: --diameter)")
     method: str = option("matched", choices=PICK_METHODS,
