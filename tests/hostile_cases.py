@@ -346,6 +346,16 @@ ROWS: dict[str, list[tuple]] = {
         C("one-angle-missing", f"export cryosparc --in bad/p_no_angles.star {OUT}", "rlnAngleRot"),
         C("a-map", f"export cryosparc --in rec/half1.mrc {OUT}", "half1.mrc"),
     ],
+    "export coords": [
+        *(C(f"in-{i}", f"export coords --in {f} --format cistem --micrographs sm/micrographs.star {OUT}", name)
+          for (i, f), name in zip(_ids(COORDS), COORDS.values())),
+        C("no-format", f"export coords --in sm/coords.star {OUT}", "--format"),
+        C("cbox-no-box", f"export coords --in sm/coords.star --format cbox {OUT}", "--box"),
+        C("box-negative", f"export coords --in sm/coords.star --format cbox --box -3 {OUT}", "--box"),
+        C("cistem-no-mics", f"export coords --in sm/coords.star --format cistem {OUT}", "--micrographs"),
+        C("cistem-mics-gone", f"export coords --in sm/coords.star --format cistem --micrographs bad/gone.star {OUT}",
+          "gone.star"),
+    ],
     "import coords": [
         C("no-files", f"import coords --glob 'nothing/*.star' --micrographs sm/micrographs.star {OUT}", "nothing"),
         C("garbage", f"import coords bad/garbage.star --micrographs sm/micrographs.star {OUT}", "garbage.star"),

@@ -263,3 +263,46 @@ def test_relion_extracts_from_our_coordinates(tmp_path: Path):
     assert theirs["rlnMicrographName"].tolist() == ["Mics/mic1.mrc", "Mics/mic1.mrc", "Mics/mic3.mrc"]
     assert theirs[XY].values.tolist() == [[30.25, 40.0], [70.0, 39.0], [50.0, 50.0]]
     assert theirs[FOM].tolist() == [-0.5, 1.5, 0.25]
+
+
+# ------------------------------------------------------------------------------------- export coords
+
+def test_export_coords_round_trips_through_import(tmp_path: Path):
+    """`export coords` writes Topaz, cisTEM (Å), crYOLO CBOX and STAR; `import coords` reads each back to the same
+    centres (Topaz: integer pixels, as topaz extract writes them) and scores."""
+    make_project(tmp_path)
+    picks = pd.DataFrame({"rlnMicrographName": ["Mics/mic1.mrc", "Mics/mic1.mrc", "Mics/mic3.mrc"],
+                          "rlnCoordinateX": [30.25, 70.0, 50.5], "rlnCoordinateY": [40.0, 39.75, 50.0],
+                          FOM: [2.5, 4.0, 3.25]})
+    starfile.write({"particles": picks}, tmp_path / "coords.star")
+    cases = {"topaz": ([], "tp/picks_topaz.txt", []), "cistem": (["--micrographs", "im/micrographs.star"],
+                                                                  "cs/picks_cistem.txt", ["--format", "cistem"]),
+             "cbox": (["--box", "32"], "--glob", "cb/CBOX/*.cbox"), "cryolo": ([], "--glob", "cr/STAR/*.star")}
+    for fmt, (extra, *files) in cases.items():
+        out = {"topaz": "tp", "cistem": "cs", "cbox": "cb", "cryolo": "cr"}[fmt]
+        r = invoke_cli("export", "coords", "--in", "coords.star", "--format", fmt, *extra, "--out", out, cwd=tmp_path)
+        assert "3 picks of 2 micrographs" in r.output
+        args = [files[0], *files[1]] if fmt in ("topaz", "cistem") else list(files)
+        import_coords(tmp_path, *args, "--out", f"back_{fmt}")
+        for mic in ("mic1", "mic3"):
+            back = written(tmp_path, f"back_{fmt}", mic)
+            want = picks[picks["rlnMicrographName"] == f"Mics/{mic}.mrc"]
+            tol = 0.5 if fmt == "topaz" else 1e-3
+            assert np.allclose(back[XY].to_numpy(), want[XY].to_numpy(), atol=tol), (fmt, mic)
+            if fmt != "cistem":  # cisTEM's text has no score
+                assert np.allclose(back[FOM].to_numpy(), want[FOM].to_numpy()), (fmt, mic)
+    assert (tmp_path / "cs" / "picks_cistem.txt").read_text().splitlines()[1] == f"Mics/mic1.mrc {30.25 * APIX:.3f} " \
+                                                                                 f"{40.0 * APIX:.3f}"
+    assert job_results(tmp_path / "cb")["n_picks"] == 3
+
+
+def test_export_coords_bad_options(tmp_path: Path):
+    make_project(tmp_path, n=1)
+    starfile.write({"particles": pd.DataFrame({"rlnMicrographName": ["Mics/other.mrc"], "rlnCoordinateX": [1.0],
+                                               "rlnCoordinateY": [2.0]})}, tmp_path / "coords.star")
+    for args, fragment in ((["--format", "cbox"], "--box"), (["--format", "cistem"], "--micrographs"),
+                           (["--format", "cistem", "--micrographs", "im/micrographs.star"], "other.mrc"),
+                           (["--format", "cistem", "--scale", "2"], "--scale"), ([], "--format")):
+        r = invoke_cli("export", "coords", "--in", "coords.star", *args, "--out", "bad", cwd=tmp_path, code=None)
+        assert_user_error(r, fragment)
+        assert not (tmp_path / "bad" / "job.json").exists()
