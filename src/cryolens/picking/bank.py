@@ -40,12 +40,13 @@ class TemplateBank:
     energy: float
     transforms: dict = field(default_factory=dict, repr=False)
 
-    def basis_ft(self, shape: tuple[int, int]) -> torch.Tensor:
-        """``(r, H, W//2+1)`` rfft2 of the basis images centred at pixel (0, 0) of an ``(H, W)`` grid (kept per shape)."""
+    def basis_ft_conj(self, shape: tuple[int, int]) -> torch.Tensor:
+        """``(r, H, W//2+1)`` complex conjugate of the rfft2 of the basis images centred at pixel (0, 0) of an
+        ``(H, W)`` grid (kept per shape; conjugated in memory, so correlations need no conjugating copy)."""
         key = (tuple(shape), self.basis.device)
         ft = self.transforms.get(key)
         if ft is None:
-            ft = torch.fft.rfft2(wrap_centred(self.basis, shape))
+            ft = torch.fft.rfft2(wrap_centred(self.basis, shape)).conj_physical()
             self.transforms = {key: ft}  # one shape at a time (a dataset's micrographs share it); swapped whole
         return ft
 
@@ -86,18 +87,19 @@ def correlate_bank(image_ft: torch.Tensor, shape: tuple[int, int], bank: Templat
     """
     h, w = shape
     denom = local_sd_denominator(image_ft, shape, mask_radius_px)
-    bft = bank.basis_ft(shape)
+    bft = bank.basis_ft_conj(shape)  # conj(B)
     filt = image_ft * transfer
     filt[0, 0] = 0  # zero-mean templates after the transfer
-    maps = torch.fft.irfft2(filt[None] * bft.conj(), s=(h, w)).reshape(bft.shape[0], h * w)
-    fb = bft * transfer  # the basis through the transfer: Gram matrix by Parseval over the half spectrum
-    fb[:, 0, 0] = 0
-    wgt = torch.full((fb.shape[-1],), 2.0, device=fb.device)
-    wgt[0] = 1.0
+    maps = torch.fft.irfft2(bft * filt, s=(h, w)).reshape(bft.shape[0], h * w)  # correlations with the basis
+    # Gram matrix of the basis through the transfer (Parseval over the half spectrum), one real product:
+    # G_ij = Σ_f v(f)·(Re B_i Re B_j + Im B_i Im B_j), v = transfer²·(2 for the columns that stand for two)
+    v = transfer.square() * (2.0 / (h * w))
+    v[:, 0] *= 0.5
     if w % 2 == 0:
-        wgt[-1] = 1.0
-    flat = (fb * wgt.sqrt()).reshape(fb.shape[0], -1)
-    gram = (flat @ flat.conj().T).real / (h * w)
+        v[:, -1] *= 0.5
+    v[0, 0] = 0
+    x = torch.view_as_real(bft).reshape(bft.shape[0], -1)  # (r, 2F) without a copy (conj(B) gives the same G)
+    gram = (x * v.reshape(-1).repeat_interleave(2)) @ x.T
     a = bank.coeffs.to(image_ft.device)
     norms = ((a @ gram) * a).sum(dim=1).clamp_min(1e-30).sqrt()
     ant = (a / norms[:, None]).T.contiguous()  # (r, K)

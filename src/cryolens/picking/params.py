@@ -64,7 +64,9 @@ class PickParams(Params):
     blob_radius: float | None = option(None, gt=0, le=0.6, help="--method matched: radius of the blob (a projected "
                                        "sphere) as a fraction of the diameter (default: 0.33 or 0.5, whichever gives "
                                        "the higher peaks on each micrograph: filled or hollow particles)")
-    psi_step: float = option(10.0, unit="°", gt=0, le=90, help="--method template: in-plane rotation step")
+    psi_step: float = option(15.0, unit="°", gt=0, le=90, help="--method template: in-plane rotation step "
+                                                               "(at 15° a particle's rim is at most half the default "
+                                                               "low-pass from the nearest rotation)")
     healpix_order: int = option(1, ge=0, le=3, help="--method template with a map: HEALPix order of the "
                                                     "projection directions (0 = 60°, 1 = 30°)")
     lowpass: float | None = option(None, unit="Å", gt=0, help="Ignore detail finer than this when scoring "
