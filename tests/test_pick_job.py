@@ -76,6 +76,7 @@ def test_picks_match_truth_and_outputs(work: Path):
     r = results(out)
     assert r["n_picks"] == len(c) and r["n_micrographs"] == 2 and r["ctf_aware"] and r["method"] == "matched"
     assert r["threshold"] == 3.0 and r["floor"] <= r["threshold"]
+    assert r["micrographs_per_blob_radius"] == {"0.33": 2}  # the phantom is filled: the compact blob on both
     every = starfile.read(out / "picks_all.star")
     assert len(every["micrographs"]) == 2 and len(every["picks"]) == r["n_candidates"] >= len(c)
     chosen = every["picks"][every["picks"]["cryolensSelected"] == 1]

@@ -160,7 +160,8 @@ def _display(img: np.ndarray, pixel_size: float, diameter: float) -> tuple[np.nd
 def pick_unit(unit: PickUnit) -> dict:
     """Pick one micrograph into ``Candidates/<stem>.star`` (a unit of work).
 
-    Returns ``{"name", "n_candidates", "floor" (SD), "seconds", "reused"}``; ``reused`` is True when an
+    Returns ``{"name", "n_candidates", "floor" (SD), "seconds", "blob_radius", "reused"}`` (``blob_radius``: the
+    matched filter's blob, a fraction of the diameter, or None); ``reused`` is True when an
     earlier run's candidates were taken (its options but the selection were the same: the candidates do
     not depend on the threshold above their floor nor on ``max_per_micrograph``).
     """
@@ -183,7 +184,7 @@ def pick_unit(unit: PickUnit) -> dict:
         write_mrc(unit.small, small, apix)
         outputs.append(unit.small)
     result = {"name": unit.name, "n_candidates": int(len(c)), "floor": float(picks.floor),
-              "seconds": round(time.perf_counter() - t0, 3)}
+              "seconds": round(time.perf_counter() - t0, 3), "blob_radius": picks.blob_radius}
     return {**record.finish(result, outputs=outputs), "reused": False}
 
 
@@ -340,6 +341,11 @@ def run_pick(micrographs_star: str | os.PathLike, out_dir: str | os.PathLike, pa
             params=job.params, extra=dict(method=params.method, ctf_aware=has_ctf)))
         job.results.update(n_reused=len(results) - fresh, backend=spec, warnings=warnings,
                            seconds_per_micrograph=round(job.timings["pick"] / max(fresh, 1), 3))
+        blobs = [r.get("blob_radius") for r in results if r.get("blob_radius") is not None]
+        if blobs:  # the matched filter's blob chosen per micrograph (filled: 0.33, hollow: 0.5 of the diameter)
+            job.results["micrographs_per_blob_radius"] = {f"{b:g}": blobs.count(b) for b in sorted(set(blobs))}
+            job.log.info("matched filter blob radius (fraction of the diameter): %s",
+                         job.results["micrographs_per_blob_radius"])
         for name, file in OUTPUTS.items():
             job.add_output(name, out / file, rows=False)  # zero picks is a result (reported), not a fault
         r = job.results
