@@ -208,7 +208,7 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
     contrast = -micrograph_ctf(ctf, shape, p, device=dev) if ctf is not None else -torch.ones_like(band)
     crop = (slice(pad, pad + h), slice(pad, pad + w))
     white = band * whitening_filter(f, shape)
-    lobes, blob = None, None
+    blob = None
     if params.method == "log":  # already in SDs (see _log_scores)
         zmap, size = (m[crop] for m in _log_scores(f, shape, p, contrast, white, d_min, d_max))
         sub, rc, vals = _suppressed(zmap, valid, params, p)
