@@ -327,6 +327,10 @@ def test_template_bank_matches_direct_correlation():
     assert torch.allclose(b3[~where], b3[where].median().expand(int((~where).sum())))
     small = template_bank(prepared, tolerance=0.05)
     assert small.coeffs.shape[1] < bank.coeffs.shape[1] and small.energy >= 0.95
+    # kept whole, the band-weighted factorisation (the picker's: basis Uᵀ·T, not orthonormal) is exact too
+    whole = template_bank(prepared, tolerance=1e-9, band_px=(2.5, 30.0))
+    b4, _, _ = correlate_bank(image_ft, shape, whole, transfer=transfer, mask_radius_px=7.5, chunk=1000)
+    assert torch.allclose(b4, best, atol=1e-4)
 
 
 def test_template_bank_is_reused_across_micrographs(monkeypatch):

@@ -29,8 +29,8 @@ class TemplateBank:
 
     Attributes:
         templates: ``(K, m, m)`` prepared templates (zero mean in their mask), picking pixels.
-        coeffs: ``(K, r)`` coefficients ``U·S`` of the SVD.
-        basis: ``(r, m, m)`` orthonormal basis images ``Vᵀ``.
+        coeffs: ``(K, r)`` coefficients: ``U·S`` of the SVD (or ``U`` of the band-passed templates' SVD).
+        basis: ``(r, m, m)`` basis images: the orthonormal ``Vᵀ`` (or ``Uᵀ·templates``, see :func:`template_bank`).
         energy: fraction of the templates' summed energy that the ``r`` basis images keep.
     """
 
@@ -51,17 +51,33 @@ class TemplateBank:
         return ft
 
 
-def template_bank(templates: torch.Tensor, *, tolerance: float = 1e-3) -> TemplateBank:
+def template_bank(templates: torch.Tensor, *, tolerance: float = 1e-3,
+                  band_px: tuple[float, float] | None = None) -> TemplateBank:
     """Factorise ``(K, m, m)`` prepared templates, keeping the fewest basis images whose discarded energy
-    (sum of squared singular values left out) is at most ``tolerance`` of the total."""
+    (sum of squared singular values left out) is at most ``tolerance`` of the total.
+
+    ``band_px = (low, high)`` (pixels): measure that energy after the picker's band-pass (Gaussian low-pass
+    ``exp(-s²low²/2)``, high-pass ``1 - exp(-s²high²/2)``, s in cycles/pixel), the band the correlation sees:
+    the SVD of the band-passed templates ``T_b ≈ U·S·V_bᵀ`` gives the coefficients ``U`` and the basis
+    ``Uᵀ·T`` (unfiltered, not orthonormal), whose band-passed form is the best rank-``r`` approximation in
+    that band. Fine detail outside the band, which varies most between rotations, then costs no basis images.
+    """
     k, m = templates.shape[0], templates.shape[-1]
     x = templates.reshape(k, m * m).double()
-    u, s, vh = torch.linalg.svd(x, full_matrices=False)
+    xb = x
+    if band_px is not None:
+        low, high = band_px
+        f = torch.fft.fftfreq(m, device=templates.device, dtype=torch.float64)
+        s2 = f[:, None] ** 2 + f[None, :] ** 2
+        g = (1 - torch.exp(-s2 * high * high / 2)) * torch.exp(-s2 * low * low / 2)
+        xb = torch.fft.ifft2(torch.fft.fft2(templates.double()) * g).real.reshape(k, m * m)
+    u, s, vh = torch.linalg.svd(xb, full_matrices=False)
     e = s.square()
     left = 1.0 - torch.cumsum(e, 0) / e.sum().clamp_min(1e-300)  # energy discarded when keeping the first i+1
-    r = int((left > tolerance).sum()) + 1
-    r = min(r, s.numel())
-    return TemplateBank(templates=templates, coeffs=(u[:, :r] * s[:r]).float(), basis=vh[:r].reshape(r, m, m).float(),
+    r = min(int((left > tolerance).sum()) + 1, s.numel())
+    # unfiltered: U·S and the orthonormal Vᵀ; band-passed: U and Uᵀ·T (so that coeffs @ basis = U·Uᵀ·T)
+    coeffs, basis = (u[:, :r] * s[:r], vh[:r]) if band_px is None else (u[:, :r], u[:, :r].T @ x)
+    return TemplateBank(templates=templates, coeffs=coeffs.float(), basis=basis.reshape(r, m, m).float(),
                         energy=float(1.0 - left[r - 1]))
 
 

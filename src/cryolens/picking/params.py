@@ -76,7 +76,8 @@ class PickParams(Params):
     keep_floor: float = option(1.0, cli=False, help="Candidates down to this score are kept for re-selection "
                                                     "(select_picks) without picking again")
     rank_tolerance: float = option(0.01, cli=False, gt=0, lt=1, help="--method template: fraction of the templates' "
-                                   "energy the low-rank factorisation may leave out (cryolens.picking.bank)")
+                                   "energy in the scoring band (--lowpass to --highpass) the low-rank factorisation "
+                                   "may leave out (cryolens.picking.bank)")
     batch_size: int = option(32, ge=1, help="--method template: pixels scored per batch ÷ 128 (bounds memory at "
                                             "about this × 512 B per template)")
 

@@ -336,9 +336,12 @@ def _template_scores(fw, shape, p, transfer, params: PickParams, templates, temp
         else:
             t, tp = templates.to(dev), template_pixel_size
         prepared = prepare_templates(t, pixel_size=tp, out_pixel_size=p, diameter=d_max, psi_step=params.psi_step)
-        return template_bank(prepared, tolerance=params.rank_tolerance)
+        return template_bank(prepared, tolerance=params.rank_tolerance, band_px=(low / p, high / p))
 
-    bank = cached(source, (*key, round(p, 6), d_max, params.psi_step, params.rank_tolerance, str(dev)), build)
+    low = params.lowpass if params.lowpass is not None else 2.5 * p  # the band of _band (Å)
+    high = params.highpass if params.highpass is not None else 2.0 * d_max
+    bank = cached(source, (*key, round(p, 6), d_max, params.psi_step, params.rank_tolerance, round(low, 6),
+                           round(high, 6), str(dev)), build)
     best, index, denom = correlate_bank(fw, shape, bank, transfer=transfer, mask_radius_px=d_max / 2 / p,
                                         where=where, chunk=params.batch_size * 128, progress=progress)
     return best, torch.full_like(best, d_max), dict(templates=bank.templates, shape=shape, transfer=transfer,
