@@ -171,6 +171,11 @@ ROWS: dict[str, list[tuple]] = {
         C("offset-step-0", f"refine {REC} --offset-step 0 {OUT}", "--offset-step"),
         C("max-block-small", f"refine {REC} --max-block 10 {OUT}", "--max-block"),
         C("sym-bad", f"refine {REC} --sym Q2 {OUT}", "Q2"),
+        C("backend-unreachable", f"refine {REC} --max-iter 1 --backend tcp://127.0.0.1:9 {OUT}",
+          "tcp://127.0.0.1:9"),
+        C("profile-unknown", f"refine {REC} --max-iter 1 --profile nosuch-profile {OUT}", "nosuch-profile"),
+        C("backend-and-profile", f"refine {REC} --backend threads --profile x {OUT}", "--backend", "--profile"),
+        C("backend-local-0", f"refine {REC} --backend local:0 {OUT}", "local:0"),
     ],
     "postprocess": [
         *(C(f"half1-{i}", f"postprocess --half1 {f} --half2 {MAP2} {OUT}", name)

@@ -295,6 +295,29 @@ def _call_payload(payload: bytes):
         return _RaisedInputError(e)
 
 
+def _check_listening(address: str, timeout: float) -> None:
+    """Fail at once when nothing listens at a ``tcp://host:port`` address (the Dask client would retry for
+    its whole timeout); other schemes and unparsable addresses are left to the client."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return
+    if parts.scheme != "tcp" or host is None or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except ConnectionRefusedError:
+        raise BackendError(f"cannot reach the Dask scheduler at {address} (connection refused: nothing listens "
+                           f"there); start one with 'dask scheduler' and 'dask worker ADDRESS', or check the "
+                           f"address") from None
+    except OSError:
+        return  # timeouts, unknown hosts: the client says what it finds
+
+
 def _call_shared_payload(payload: bytes, shared: Any):
     """:func:`_call_payload` for :meth:`Dask.map_shared`: ``shared`` arrives resolved (scattered once)."""
     import pickle
@@ -325,6 +348,8 @@ class Dask(Backend):
         from distributed import Client
 
         self.name = str(getattr(address, "scheduler_address", address))
+        if isinstance(address, str):
+            _check_listening(address, min(timeout, 5.0))
         try:
             self.client = Client(address, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError) as e:
