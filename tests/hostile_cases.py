@@ -495,6 +495,8 @@ ROWS["class3d"] = [
     C("sym-bad", f"class3d {C3D} --sym Q2 {OUT}", "Q2"),
     C("diameter-too-big", f"class3d {C3D} --particle-diameter 100000 {OUT}", "--particle-diameter"),
     C("no-ref", f"class3d {SP} --classes 2 {OUT}", "--ref"),
+    C("backend-unreachable", f"class3d {C3D} --backend tcp://127.0.0.1:9 {OUT}", "tcp://127.0.0.1:9"),
+    C("profile-unknown", f"class3d {C3D} --profile nosuch-profile {OUT}", "nosuch-profile"),
 ]
 
 #: Cases of commands written on other branches at the same time; each joins ``ROWS`` once its command is in the

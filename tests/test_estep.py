@@ -1,4 +1,5 @@
-"""The distributed expectation step (:mod:`cryolens.compute.estep`, :mod:`cryolens.refine.estep`).
+"""The distributed expectation step (:mod:`cryolens.compute.estep`, :mod:`cryolens.refine.estep`,
+:mod:`cryolens.class3d.estep`).
 
 Same seed -> the same refinement in-process, on threads, on a Dask LocalCluster of 2 worker
 processes (and, slow, on the one-node SLURM of ../shared/recipes), to float tolerance: only the
@@ -20,12 +21,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cryolens.class3d.engine import classify_3d
+from cryolens.class3d.params import Class3DParams
 from cryolens.cli.main import app
 from cryolens.compute.backends import Dask, InProcess, get_backend
 from cryolens.compute.estep import Distributor, payload_bytes
 from cryolens.core.fourier import bandpass
 from cryolens.io import write_mrc
-from cryolens.refine import RefineParams, auto_refine
+from cryolens.refine.auto_refine import auto_refine
+from cryolens.refine.params import RefineParams
 from cryolens.refine.estep import HalfSums, accumulator_support
 from cryolens.simulate.phantom import asymmetric_phantom
 from test_refine import APIX, _batches, _simulate
@@ -72,14 +76,43 @@ def test_threads_equal_inprocess(data):
     assert all(r.bytes_shipped == 0 for r in dist.log)  # threads share memory
 
 
-def test_dask_local_cluster_of_two_processes_equals_inprocess(data):
+@pytest.fixture(scope="module")
+def dask2():
+    """A Dask LocalCluster of 2 single-threaded worker processes."""
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cl:
         with Dask(cl.scheduler_address) as be:
-            res, dist = _distributed(data, be)
+            yield be
+
+
+def test_dask_local_cluster_of_two_processes_equals_inprocess(data, dask2):
+    res, dist = _distributed(data, dask2)
     assert_same_refinement(data[3], res)
     it = dist.log[-1]
     assert it.chunks == 2 and it.shared_copies == 2 and it.bytes_shipped > it.items > 0
+
+
+C3D = Class3DParams(classes=2, iterations=2, hard_iterations=1, ini_high=30.0, search="local", local_range=6.0,
+                    angular_step=3.0, offset_range=1.0, batch_size=50)
+
+
+def test_class3d_threads_and_dask_equal_inprocess(data, dask2):
+    """3D classification (2 classes, local searches around the true poses) gives the same classes and maps."""
+    from test_refine import _simulate
+
+    vol = data[0]
+    images, table = _simulate(vol, 200, snr=1.0)
+    a = classify_3d(_batches(images, 50), table, vol[None], pixel_size=APIX, params=C3D)
+    with get_backend("threads:2") as be:
+        runs = [classify_3d(_batches(images, 50), table, vol[None], pixel_size=APIX, params=C3D,
+                            distributor=Distributor(be, chunk_size=100))]
+    runs.append(classify_3d(_batches(images, 50), table, vol[None], pixel_size=APIX, params=C3D,
+                            distributor=Distributor(dask2)))
+    for b in runs:
+        assert float((a.maps - b.maps).abs().max()) < 1e-4 * float(a.maps.abs().max())
+        assert np.array_equal(a.particle_class, b.particle_class)
+        assert np.allclose(a.probabilities, b.probabilities, atol=1e-3)
+        assert np.allclose(a.rotations, b.rotations, atol=1e-4)
 
 
 def test_chunks_follow_the_memory_bound_and_the_batch_size():

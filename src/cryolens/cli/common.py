@@ -77,7 +77,7 @@ class MicrographJobOptions(JobOptions):
 
 @dataclass
 class ParticleJobOptions(JobOptions):
-    """... and those of the particle stages whose expectation step can run on a compute backend (refine)."""
+    """... and those of the particle stages whose expectation step can run on a compute backend (refine, class3d)."""
 
     backend: Optional[str] = option(
         None, help="Compute backend for the expectation step, in chunks of particles whose images the workers "

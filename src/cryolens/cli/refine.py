@@ -37,11 +37,6 @@ def iteration_progress(*, quiet: bool) -> Iterator[Callable[[int, int, int, floa
         yield update
 
 
-def _project_dir(target) -> Path | None:
-    """The project folder of a job target (its profiles.toml holds project run profiles), None outside one."""
-    return getattr(target.project, "root", None)
-
-
 @declare(run=ParticleJobOptions, params=RefineParams, outputs=("particles", "half1", "half2", "map", "fsc", "iterations"))
 def refine(
     star: Annotated[Optional[Path], typer.Option("--in", help="particles.star (RELION 3.0 or 3.1+), CTF columns "
@@ -82,7 +77,8 @@ def refine(
                     iteration_progress(quiet=run.quiet) as cb:
                 job = run_refine(c.inputs["particles"], c.inputs["reference"], target.out, c.params,
                                  mask=c.inputs.get("mask"), device=dev, progress=cb, observer=target.observer,
-                                 resume=True, backend=run.backend_spec(), project_dir=_project_dir(target))
+                                 resume=True, backend=run.backend_spec(),
+                                 project_dir=getattr(target.project, "root", None))
         else:
             for flag, value in (("--in", star), ("--ref", ref)):
                 if value is None:
@@ -91,7 +87,8 @@ def refine(
             dev = device_option(run.device)
             with job_target("refine", run) as target, iteration_progress(quiet=run.quiet) as cb:
                 job = run_refine(star, ref, target.out, params, mask=mask, device=dev, progress=cb,
-                                 observer=target.observer, backend=run.backend_spec(), project_dir=_project_dir(target))
+                                 observer=target.observer, backend=run.backend_spec(),
+                                 project_dir=getattr(target.project, "root", None))
         r = job.results
         console.print(f"resolution (half-map FSC = 0.143): [bold]{r['resolution_0143_A']:.2f} Å[/] after "
                       f"{r['iterations']} iterations ({'converged' if r['converged'] else 'iteration cap'}; "

@@ -22,7 +22,7 @@ from cryolens.compute.estep import Distributor
 from cryolens.errors import InputError
 from cryolens.io import ImageSource
 
-__all__ = ["ParticleReader", "particle_distributor"]
+__all__ = ["ParticleReader", "particle_distributor", "log_distribution"]
 
 
 @dataclass(frozen=True)
@@ -56,4 +56,15 @@ def particle_distributor(spec: str | None, source: ImageSource, star: str | os.P
         yield None
         return
     with get_backend(spec, project_dir=project_dir) as backend:
-        yield Distributor(backend, reader=ParticleReader(source, str(star)))
+        dist = Distributor(backend, reader=ParticleReader(source, str(star)))
+        yield dist
+
+
+def log_distribution(job, dist: Distributor | None) -> None:
+    """Log each distributed map of ``dist`` in the job's run.log and record the backend in its results."""
+    if dist is None:
+        return
+    for rec in dist.log:
+        job.log.info("%s: %d chunks on %d workers, %.1f s (workers %.1f s), %.1f MB shipped", rec.desc, rec.chunks,
+                     rec.workers, rec.seconds, rec.worker_seconds, rec.bytes_shipped / 1e6)
+    job.results["backend"] = dist.backend.name

@@ -33,7 +33,7 @@ from cryolens.errors import InputError
 from cryolens.io import write_mrc, write_particles, write_star
 from cryolens.jobs.checkpoint import (clear_iterations, iteration_path, load_iteration, remove_unfinished,
                                       save_iteration)
-from cryolens.jobs.distribute import particle_distributor
+from cryolens.jobs.distribute import log_distribution, particle_distributor
 from cryolens.jobs.particles import open_particles, read_mask, read_reference, write_half_maps
 from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
@@ -163,11 +163,7 @@ def run_refine(star: str | os.PathLike, ref: str | os.PathLike, out_dir: str | o
                 job.log.info("expectation steps through backend %s (%d workers)", dist.backend.name, dist.n_workers)
             res = auto_refine(batches, parts.table(), reference, pixel_size=pixel_size, params=params, mask=mask_vol,
                               device=device, progress=logged, on_iteration=save, resume=state, distributor=dist)
-        if dist is not None:
-            for rec in dist.log:
-                job.log.info("%s: %d chunks on %d workers, %.1f s (workers %.1f s), %.1f MB shipped", rec.desc,
-                             rec.chunks, rec.workers, rec.seconds, rec.worker_seconds, rec.bytes_shipped / 1e6)
-            job.results["backend"] = dist.backend.name
+        log_distribution(job, dist)
         for h in res.history:
             job.log.info("iteration %d: %.2f Å (band %.1f Å, step %.2f°, %.2f px), pose change median %.2f°, "
                          "rms shift %.2f px, %.1f s", h.iteration, h.resolution, h.band_limit, h.angular_step,

@@ -63,7 +63,7 @@ from cryolens.particles import has_ctf, origins_px_from_table, rotations_from_ta
 from cryolens.refine.images import prepared_batches
 from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.params import RefineParams
-from cryolens.refine.estep import (HalfSums, RefineChunk, RefineShared, SearchSetup, accumulator_support,
+from cryolens.refine.estep import (HalfSums, RefineShared, SearchSetup, accumulator_support, chunk_items,
                                    expect_batch, image_power_batch, refine_chunk)
 from cryolens.refine.pose_search import BandProjector, FrequencyBand
 from cryolens.refine.state import IterationStats, RefineState, Schedule
@@ -179,17 +179,8 @@ class _Refiner:
 
     def _map(self, shared: RefineShared, desc: str, progress: Callable[[int, int], None] | None = None) -> list[dict]:
         """Chunks of particles through the distributor (images read by the workers or sent from here)."""
-        n = self.n
-        chunks = self.dist.chunks(self.N, bytes_per_item=4 * n * n, multiple=self.p.batch_size)
-        images = None
-        if self.dist.reader is None:  # no reader on the workers: the images travel with the chunks
-            images = np.empty((self.N, n, n), dtype=np.float32)
-            for idx, imgs in self.batches():
-                images[np.asarray(idx)] = imgs
-        numeric = self.table.select_dtypes("number")
-        rot, shift = self.rot.cpu(), self.shift.cpu()
-        items = [RefineChunk(rows=c, table=numeric.iloc[c], rotations=rot[c], shifts=shift[c],
-                             half=self.subset[c], images=None if images is None else images[c]) for c in chunks]
+        items = chunk_items(self.dist, self.batches, self.table, self.rot, self.shift, self.subset, n=self.n,
+                            batch_size=self.p.batch_size)
         return self.dist.map(refine_chunk, shared, items, desc=desc, progress=progress)
 
     def _expect_distributed(self, it: int, resolution: float, step: float, ostep: float, r_max: float,

@@ -4,7 +4,7 @@ One batch (:func:`expect_batch`): each half set's images are searched against th
 reference (global grid or local passes, :func:`search`), their residuals feed the half's noise
 accumulator and the best poses are inserted into the half's back-projector (:class:`HalfSums`).
 In-process, :mod:`cryolens.refine.auto_refine` calls it batch after batch. Distributed, a
-chunk of particles (:class:`RefineChunk`: row indices, CTF columns, current poses and, unless
+chunk of particles (:class:`ParticleChunk`: row indices, CTF columns, current poses and, unless
 the workers read them, the images) goes to a worker with the iteration's :class:`RefineShared`
 (references, noise spectra, search settings; sent once per worker), and :func:`refine_chunk`
 returns the chunk's sufficient statistics: the back-projector sums within the inserted radius,
@@ -15,6 +15,7 @@ The driver adds them (:meth:`HalfSums.add_tensors`) and maximises as in-process.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.compute.estep import SharedOnce
+from cryolens.compute.estep import Distributor, SharedOnce
 from cryolens.core.projector import BackProjector, SliceGrid, prepare_volume
 from cryolens.core.so3_grid import healpix_step_deg
 from cryolens.refine.images import prepared_batches
@@ -31,8 +32,9 @@ from cryolens.refine.params import RefineParams
 from cryolens.refine.pose_search import (BandProjector, Candidates, FrequencyBand, SearchData, best_projections,
                                          global_search, local_search, shift_grid)
 
-__all__ = ["SearchSetup", "HalfSums", "RefineShared", "RefineChunk", "band_backprojector", "search",
-           "expect_batch", "image_power_batch", "refine_chunk", "accumulator_support"]
+__all__ = ["SearchSetup", "HalfSums", "RefineShared", "ParticleChunk", "band_backprojector", "search",
+           "expect_batch", "image_power_batch", "refine_chunk", "accumulator_support", "ParticleChunk",
+           "chunk_items"]
 
 
 def band_backprojector(n: int, pad: int, device: torch.device, r_insert: float) -> BackProjector:
@@ -234,10 +236,10 @@ class RefineShared(SharedOnce):
 
 
 @dataclass
-class RefineChunk:
-    """One work unit: ``rows (b,)`` into the particle table, its numeric columns ``table`` (CTF), the current
-    ``rotations (b, 3, 3)`` and ``shifts (b, 2)`` px, half sets ``half (b,)`` and the ``images`` ``(b, n, n)``
-    float32 (None when the workers read them)."""
+class ParticleChunk:
+    """One work unit of a particle stage's expectation step: ``rows (b,)`` into the particle table, its
+    numeric columns ``table`` (CTF), the current ``rotations (b, 3, 3)`` and ``shifts (b, 2)`` px, half sets
+    ``half (b,)`` and the ``images`` ``(b, n, n)`` float32 (None when the workers read them)."""
 
     rows: np.ndarray
     table: pd.DataFrame
@@ -247,7 +249,28 @@ class RefineChunk:
     images: np.ndarray | None = None
 
 
-def refine_chunk(shared: RefineShared, chunk: RefineChunk) -> dict[str, Any]:
+def chunk_items(dist: Distributor, batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+                table: pd.DataFrame, rotations: torch.Tensor, shifts: torch.Tensor, half: torch.Tensor, *, n: int,
+                batch_size: int) -> list[ParticleChunk]:
+    """The work units of one distributed pass over ``table``'s particles: contiguous rows sized by
+    :meth:`Distributor.chunks` (a multiple of ``batch_size``, so that a chunk's batches are the in-process
+    batches), the table's numeric columns, the current ``rotations (N, 3, 3)``, ``shifts (N, 2)`` px and half
+    sets ``half (N,)``; when ``dist`` has no reader the images (box ``n``) are read here from ``batches()``
+    and travel with the chunks."""
+    N = len(table)
+    chunks = dist.chunks(N, bytes_per_item=4 * n * n, multiple=batch_size)
+    images = None
+    if dist.reader is None:
+        images = np.empty((N, n, n), dtype=np.float32)
+        for idx, imgs in batches():
+            images[np.asarray(idx)] = imgs
+    numeric = table.select_dtypes("number")
+    rot, shift, half = rotations.cpu(), shifts.cpu(), half.cpu()
+    return [ParticleChunk(rows=c, table=numeric.iloc[c], rotations=rot[c], shifts=shift[c], half=half[c],
+                          images=None if images is None else images[c]) for c in chunks]
+
+
+def refine_chunk(shared: RefineShared, chunk: ParticleChunk) -> dict[str, Any]:
     """The expectation step (or the image power pass) of one chunk, in batches of ``params.batch_size``.
 
     Returns ``rows``, ``sums`` (:meth:`HalfSums.to_tensors`), ``rotations``, ``shifts``, ``log_likelihood``,
