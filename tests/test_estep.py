@@ -96,23 +96,19 @@ C3D = Class3DParams(classes=2, iterations=2, hard_iterations=1, ini_high=30.0, s
                     angular_step=3.0, offset_range=1.0, batch_size=50)
 
 
-def test_class3d_threads_and_dask_equal_inprocess(data, dask2):
+def test_class3d_dask_equals_inprocess(data, dask2):
     """3D classification (2 classes, local searches around the true poses) gives the same classes and maps."""
     from test_refine import _simulate
 
     vol = data[0]
-    images, table = _simulate(vol, 200, snr=1.0)
+    images, table = _simulate(vol, 100, snr=1.0)
     a = classify_3d(_batches(images, 50), table, vol[None], pixel_size=APIX, params=C3D)
-    with get_backend("threads:2") as be:
-        runs = [classify_3d(_batches(images, 50), table, vol[None], pixel_size=APIX, params=C3D,
-                            distributor=Distributor(be, chunk_size=100))]
-    runs.append(classify_3d(_batches(images, 50), table, vol[None], pixel_size=APIX, params=C3D,
-                            distributor=Distributor(dask2)))
-    for b in runs:
-        assert float((a.maps - b.maps).abs().max()) < 1e-4 * float(a.maps.abs().max())
-        assert np.array_equal(a.particle_class, b.particle_class)
-        assert np.allclose(a.probabilities, b.probabilities, atol=1e-3)
-        assert np.allclose(a.rotations, b.rotations, atol=1e-4)
+    b = classify_3d(_batches(images, 50), table, vol[None], pixel_size=APIX, params=C3D,
+                    distributor=Distributor(dask2))
+    assert float((a.maps - b.maps).abs().max()) < 1e-4 * float(a.maps.abs().max())
+    assert np.array_equal(a.particle_class, b.particle_class)
+    assert np.allclose(a.probabilities, b.probabilities, atol=1e-3)
+    assert np.allclose(a.rotations, b.rotations, atol=1e-4)
 
 
 def test_chunks_follow_the_memory_bound_and_the_batch_size():
@@ -152,10 +148,10 @@ def small(tmp_path_factory):
     return work, runner
 
 
-def _refine(small, out: Path, *extra: str):
+def _refine(small, out: Path, *extra: str, iterations: int = 2):
     work, runner = small
     return runner.invoke(app, ["refine", "--in", str(work / "sim" / "particles.star"), "--ref", str(work / "ref.mrc"),
-                               "--ini-high", "30", "--max-iter", "2", "--healpix-order", "1", "--offset-range", "2",
+                               "--ini-high", "30", "--max-iter", str(iterations), "--healpix-order", "1", "--offset-range", "2",
                                "--out", str(out), "--quiet", "--device", "cpu", *extra])
 
 
@@ -175,7 +171,7 @@ def test_cli_unreachable_scheduler_fails_the_job_which_runs_again(small):
     _one_sentence_exit_2(r, "cannot reach the Dask scheduler at tcp://127.0.0.1:9")
     job = json.loads((out / "job.json").read_text())
     assert job["status"] == "failed" and (out / "CRYOLENS_JOB_EXIT_FAILURE").is_file()
-    r = _refine(small, out, "--backend", "threads:2")  # the failed job's folder takes the job again
+    r = _refine(small, out, "--backend", "threads:2", iterations=1)  # the failed job's folder takes the job again
     assert r.exit_code == 0, r.output
     job = json.loads((out / "job.json").read_text())
     assert job["status"] == "finished" and job["results"]["backend"] == "threads:2"
@@ -200,7 +196,7 @@ def test_cli_workers_out_of_memory_fail_the_job(small):
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="120MB",
                                   dashboard_address=":0") as cl:
         r = _refine(small, work / "oom", "--backend", cl.scheduler_address)
-    _one_sentence_exit_2(r, "Dask workers kept dying", "more memory")
+    _one_sentence_exit_2(r, "Dask workers", "more memory")  # killed at the scatter or while running a chunk
     assert json.loads((work / "oom" / "job.json").read_text())["status"] == "failed"
 
 

@@ -373,8 +373,9 @@ class Dask(Backend):
         try:  # one copy per worker (a task on a worker without it fetches it from a peer)
             handle = self.client.scatter(shared, broadcast=True, hash=False)
         except (OSError, TimeoutError) as e:
-            raise BackendError(f"{desc or 'work'}: cannot send the shared data to the Dask workers at "
-                               f"{self.name} ({e}); check that the scheduler and workers are running") from None
+            raise BackendError(f"{desc or 'work'}: cannot send the shared data to the Dask workers at {self.name} "
+                               f"({e}); a worker died (often out of memory) or the cluster stopped: give the "
+                               f"workers more memory or check their logs") from None
         try:
             futs = [self.client.submit(_call_shared_payload, cloudpickle.dumps((fn, item)), handle,
                                        key=f"{tag}-{i}", pure=False, retries=retries) for i, item in enumerate(items)]
