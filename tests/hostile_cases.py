@@ -171,6 +171,11 @@ ROWS: dict[str, list[tuple]] = {
         C("offset-step-0", f"refine {REC} --offset-step 0 {OUT}", "--offset-step"),
         C("max-block-small", f"refine {REC} --max-block 10 {OUT}", "--max-block"),
         C("sym-bad", f"refine {REC} --sym Q2 {OUT}", "Q2"),
+        C("backend-unreachable", f"refine {REC} --max-iter 1 --backend tcp://127.0.0.1:9 {OUT}",
+          "tcp://127.0.0.1:9"),
+        C("profile-unknown", f"refine {REC} --max-iter 1 --profile nosuch-profile {OUT}", "nosuch-profile"),
+        C("backend-and-profile", f"refine {REC} --backend threads --profile x {OUT}", "--backend", "--profile"),
+        C("backend-local-0", f"refine {REC} --backend local:0 {OUT}", "local:0"),
     ],
     "postprocess": [
         *(C(f"half1-{i}", f"postprocess --half1 {f} --half2 {MAP2} {OUT}", name)
@@ -500,6 +505,8 @@ ROWS["class3d"] = [
     C("sym-bad", f"class3d {C3D} --sym Q2 {OUT}", "Q2"),
     C("diameter-too-big", f"class3d {C3D} --particle-diameter 100000 {OUT}", "--particle-diameter"),
     C("no-ref", f"class3d {SP} --classes 2 {OUT}", "--ref"),
+    C("backend-unreachable", f"class3d {C3D} --backend tcp://127.0.0.1:9 {OUT}", "tcp://127.0.0.1:9"),
+    C("profile-unknown", f"class3d {C3D} --profile nosuch-profile {OUT}", "nosuch-profile"),
 ]
 
 #: Cases of commands written on other branches at the same time; each joins ``ROWS`` once its command is in the

@@ -340,3 +340,31 @@ def test_a_moved_project_still_runs_and_keeps_its_lineage(tmp_path: Path, catalo
     assert "Import/job001/particles.star <- job001 import_particles finished" in out
     assert "raw/particles.star" in out
     assert integrity(new) == "ok"
+
+
+# -- per-step run profiles ---------------------------------------------------------------------------------------------
+REFINE = 'stage = "refine"\nparams = { in = "x.star", ref = "r.mrc" }'
+
+
+@pytest.mark.parametrize("step, message", [
+    ('stage = "reconstruct"\nprofile = "gpu-queue"\nparams = { in = "x.star" }',
+     r"step a: reconstruct runs in one process and takes no profile; profiles apply to: .*refine"),
+    (f'{REFINE}\nprofile = "nosuch"', r"step a: no run profile named 'nosuch' in .*profiles.toml \(known: gpu-queue\)"),
+    ('stage = "refine"\nprofile = "gpu-queue"\nparams = { in = "x.star", ref = "r.mrc", backend = "threads" }',
+     r"step a: profile and params.backend both say where to compute; keep one"),
+    (f'{REFINE}\nprofile = 3', r"step a: profile must be the name of a run profile"),
+])
+def test_step_profile_is_validated(tmp_path: Path, catalog, monkeypatch, step: str, message: str):
+    monkeypatch.setenv("CRYOLENS_PROFILES", str(write(tmp_path, '[profiles.gpu-queue]\nscheduler = "slurm"\n',
+                                                      "profiles.toml")))
+    with pytest.raises(InputError, match=message):
+        load_workflow(write(tmp_path, f"[steps.a]\n{step}\n"), catalog)
+
+
+def test_step_profile_goes_to_the_command_not_the_hash(tmp_path: Path, catalog, monkeypatch):
+    monkeypatch.setenv("CRYOLENS_PROFILES", str(write(tmp_path, '[profiles.gpu-queue]\nscheduler = "slurm"\n',
+                                                      "profiles.toml")))
+    wf = load_workflow(write(tmp_path, f'[steps.a]\n{REFINE}\nprofile = "gpu-queue"\n'), catalog)
+    step = wf.steps[0]
+    assert step.profile == "gpu-queue"
+    assert "--profile" not in build_argv(step.stage, step.params)  # the hashed options: where it runs is not one

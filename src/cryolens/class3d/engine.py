@@ -24,6 +24,9 @@ from the residuals at the best class and pose). Per iteration:
    a small class is not filtered harder and does not lose its members to the largest); the class priors are
    ``π_k = mean γ_k`` once assignments are soft (uniform before); the noise spectrum takes the residuals' power.
 
+The E-step of an iteration (:mod:`cryolens.class3d.estep`) runs here batch by batch, or with a
+``distributor`` in chunks of particles on any compute backend, whose sums the driver adds before the M-step.
+
 The particles of each half set are scored against the *other* half's class maps, so that no particle's
 own noise is in the maps it is scored against: with a single starting map, classes scored against maps
 that contain their own members lock onto noise (measured: 600 particles stayed at 50 % accuracy). The
@@ -45,21 +48,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.abinitio.search import limited_grid
+from cryolens.class3d.estep import Class3DShared, ClassSetup, ClassSums, class3d_chunk, classify_batch
 from cryolens.class3d.params import Class3DParams
 from cryolens.class3d.result import Class3DIteration, Class3DResult
+from cryolens.compute.estep import Distributor
 from cryolens.core.fourier import bandpass, ft3, ift3, radius_3d, shell_index
 from cryolens.core.fsc import fsc, fsc_to_ssnr
 from cryolens.core.masks import soft_sphere
-from cryolens.core.projector import BackProjector, SliceGrid, prepare_volume
-from cryolens.core.so3_grid import healpix_step_deg, so3_grid
+from cryolens.core.projector import SliceGrid, prepare_volume
+from cryolens.core.so3_grid import so3_grid
 from cryolens.core.symmetry import symmetry_matrices
 from cryolens.particles import POSE_COLUMNS, has_ctf, origins_px_from_table, rotations_from_table
 from cryolens.refine.auto_refine import pose_change
 from cryolens.refine.images import prepared_batches
 from cryolens.refine.noise import NoiseModel, ShellAccumulator
-from cryolens.refine.pose_search import (BandProjector, Candidates, FrequencyBand, SearchData, best_projections,
-                                         global_search, local_search, shift_grid)
+from cryolens.refine.estep import accumulator_support, chunk_items
+from cryolens.refine.pose_search import BandProjector, FrequencyBand, best_projections
 
 __all__ = ["classify_3d", "starting_references"]
 
@@ -94,20 +98,12 @@ def starting_references(maps: torch.Tensor, k: int, *, pixel_size: float, ini_hi
     return torch.stack(out)
 
 
-def _pose_width(score: torch.Tensor, log_evidence: torch.Tensor) -> torch.Tensor:
-    """Width of a pose posterior in grid steps from its maximum on a 5-D grid (3 angles, 2 shifts).
-
-    A Gaussian of standard deviation ``s`` steps peaks at ``p = ((2π)^½·s)^-5`` on the grid, so
-    ``s = p^(-1/5) / (2π)^½``, floored at 0.3 (a posterior narrower than the grid).
-    """
-    p = torch.exp(score - log_evidence).clamp(1e-30, 1)
-    return (p ** (-0.2) / math.sqrt(2 * math.pi)).clamp_min(0.3)
-
-
 class _Classifier:
     def __init__(self, batches: Batches, table: pd.DataFrame, refs: torch.Tensor, *, pixel_size: float,
-                 params: Class3DParams, mask: torch.Tensor | None, device: torch.device, progress: Progress | None):
+                 params: Class3DParams, mask: torch.Tensor | None, device: torch.device, progress: Progress | None,
+                 distributor: Distributor | None = None):
         p = params
+        self.dist = distributor
         self.batches, self.table, self.p, self.apix, self.dev, self.progress = batches, table, p, pixel_size, device, \
             progress
         self.K, self.n, self.N = p.classes, refs.shape[-1], len(table)
@@ -188,102 +184,63 @@ class _Classifier:
             self.refs[k] = ift3(ft3(self.refs[k]) * s[sh], n)
 
     # -- one iteration ---------------------------------------------------------------------------------
-    def _search(self, proj: BandProjector, data: SearchData, rows: torch.Tensor, score: str
-                ) -> tuple[torch.Tensor, Candidates, torch.Tensor]:
-        """``(class log-likelihood (B,), best pose, pose width in grid steps (B,))`` of one class."""
-        p = self.p
-        current = Candidates(torch.zeros(len(rows), 1, device=self.dev), self.rot[rows][:, None],
-                             self.shift[rows][:, None])
-        nan = torch.full((len(rows),), math.nan, device=self.dev)
-        if self.mode == "skip":
-            c = local_search(proj, data, current, angular_step=1.0, angular_range=0.0, offset_step=1.0,
-                             offset_range=0.0, mode=score, max_block=p.max_block)
-            return c.score[:, 0], c, nan
-        if self.mode == "local":
-            a, o = p.angular_step, p.offset_step
-            c1 = local_search(proj, data, current, angular_step=a, angular_range=p.local_range, offset_step=o,
-                              offset_range=p.offset_range, mode=score, max_block=p.max_block)
-            c2 = local_search(proj, data, c1, angular_step=a / 2, angular_range=a, offset_step=o / 2,
-                              offset_range=o, mode=score, max_block=p.max_block)
-            ll = c1.log_evidence if score == "ml" else c2.score[:, 0]
-            return ll, c2, _pose_width(c1.score[:, 0], c1.log_evidence)
-        g = healpix_step_deg(p.healpix_order)
-        centre = self.shift[rows] if self.has_poses else torch.zeros_like(self.shift[rows])
-        cand = global_search(proj, data, self.grid, shift_grid(p.offset_step, p.offset_range, device=self.dev),
-                             top_k=p.global_top_k, mode=score, centre=centre, max_block=p.max_block)
-        a, o = g / 2, p.offset_step / 2
-        while True:
-            cand = local_search(proj, data, cand, angular_step=a, angular_range=2 * a, offset_step=o,
-                                offset_range=2 * o, mode=score, max_block=p.max_block)
-            if a <= p.angular_step / 2 + 1e-9:
-                break
-            a, o = max(a / 2, p.angular_step / 2), max(o / 2, 0.25)
-        return cand.score[:, 0], cand, _pose_width(cand.score[:, 0], cand.log_evidence) * a / p.angular_step
+    def _take(self, rows: torch.Tensor, got: dict[str, torch.Tensor]) -> None:
+        """Per-particle results of :func:`~cryolens.class3d.estep.classify_batch` (or a chunk) into the state."""
+        self.prob[rows], self.cls[rows], self.loglik[rows] = got["prob"], got["cls"], got["loglik"]
+        self.rot[rows], self.shift[rows], self.width[rows] = got["rot"], got["shift"], got["width"]
 
-    def _classify(self, rows: torch.Tensor, masked: torch.Tensor, raw: torch.Tensor, ctf: torch.Tensor,
-                  projs: list[BandProjector], band: FrequencyBand, inv: torch.Tensor, score: str, *, hard: bool,
-                  bps: list[BackProjector], resid: ShellAccumulator) -> None:
-        """E-step for one batch of one half set against ``projs`` (one per class), M-step sums into ``bps``."""
-        K, dev = self.K, self.dev
-        x, c = band.gather(masked), band.gather(ctf)
-        data = SearchData(x, c, inv)
-        B = len(rows)
-        ll = torch.empty(B, K, device=dev)
-        rots = torch.empty(B, K, 3, 3, device=dev)
-        shs = torch.empty(B, K, 2, device=dev)
-        width = torch.empty(B, K, device=dev)
-        for k in range(K):
-            ll[:, k], cand, width[:, k] = self._search(projs[k], data, rows, score)
-            rots[:, k], shs[:, k] = cand.rotations[:, 0], cand.shifts[:, 0]
-        logits = ll + self.log_prior
-        best = logits.argmax(1)
-        gamma = torch.nn.functional.one_hot(best, K).float() if hard else torch.softmax(logits, 1)
-        ar = torch.arange(B, device=dev)
-        self.prob[rows], self.cls[rows] = gamma, best
-        self.loglik[rows] = torch.logsumexp(logits, 1)
-        self.rot[rows], self.shift[rows], self.width[rows] = rots[ar, best], shs[ar, best], width[ar, best]
-        for k in range(K):
-            sel = best == k
-            if sel.any():
-                model = c[sel] * best_projections(projs[k], rots[sel, k], shs[sel, k])
-                if score == "cc":  # fit each image's scale before taking residuals (as refine's first iteration)
-                    wv = band.weight * inv
-                    a = ((x[sel] * model.conj()).real * wv).sum(1) / ((model.abs() ** 2) * wv).sum(1).clamp_min(1e-30)
-                    model = model * a[:, None]
-                resid.add(x[sel] - model, band)
-            keep = gamma[:, k] > 1e-3
-            if keep.any():
-                sw = gamma[keep, k].sqrt()[:, None, None]
-                bps[k].insert(raw[keep] * sw, rots[keep, k], shs[keep, k], ctf[keep] * sw, symmetry=self.sym)
+    def _expect_distributed(self, it: int, resolution: float, score: str, hard: bool, r_max: float,
+                            sums: ClassSums) -> None:
+        """The E-step in chunks of particles through the distributor; their sums added into ``sums``."""
+        dev, n = self.dev, self.n
+        shared = Class3DShared(
+            params=self.p, mode=self.mode, score=score, hard=hard, has_poses=self.has_poses, r_max=r_max,
+            r_insert=sums.r_insert, volumes=torch.stack([torch.stack([r * self.ref_mask for r in self.refs[h]])
+                                                         for h in (1, 2)]).cpu(),
+            sigma2=self.noise.sigma2.cpu(), log_prior=self.log_prior.cpu(),
+            grid=None if self.grid is None else self.grid.cpu(), sym=self.sym.cpu(), image_mask=self.image_mask.cpu(),
+            use_ctf=self.use_ctf, pixel_size=self.apix, device=str(dev), reader=self.dist.reader)
+        items = chunk_items(self.dist, self.batches, self.table, self.rot, self.shift, self.subset, n=n,
+                            batch_size=self.p.batch_size)
+        cb = self.progress
+        progress = None if cb is None else (  # chunks done -> particles done
+            lambda done, total: cb(it, round(self.N * done / total), self.N, resolution))
+        support = accumulator_support(n, 2, sums.r_insert, dev)
+        for out in self.dist.map(class3d_chunk, shared, items, desc=f"class3d iteration {it}", progress=progress):
+            sums.add_tensors(out["sums"], support)
+            self._take(torch.as_tensor(out["rows"], device=dev), {k: out[k].to(dev) for k in
+                                                                   ("prob", "cls", "loglik", "rot", "shift", "width")})
 
     def iterate(self, it: int, resolution: float, final: bool) -> float:
         t0 = time.perf_counter()
         p, n, dev, K = self.p, self.n, self.dev, self.K
         r_max = min(n / 2, n * self.apix / resolution + p.band_margin)
         band = FrequencyBand.build(n, r_max, dev)
-        projs = {h: [BandProjector(prepare_volume(r * self.ref_mask, pad=2), band) for r in self.refs[h]]
-                 for h in (1, 2)}
-        inv = self.noise.inverse_on(band)
-        grid = limited_grid(self.full_grid, n / 2 if final else min(n / 2, 1.5 * r_max + 4))
-        bps = [[BackProjector(n, pad=2, device=dev) for _ in (1, 2)] for _ in range(K)]
-        for pair in bps:
-            for bp in pair:
-                bp.grid = grid
+        r_insert = n / 2 if final else min(n / 2, 1.5 * r_max + 4)
+        sums = ClassSums(K, n, dev, r_insert, self.full_grid)
         score = "ml" if self.scaled or it > 1 else "cc"
-        resid = ShellAccumulator(n, dev)
+        hard = score == "cc" or it <= p.hard_iterations
         old_rot, old_shift, old_cls = self.rot.clone(), self.shift.clone(), self.cls.clone()
-        done = 0
-        for rows, masked, raw, ctf in self._batches():
-            for h in (1, 2):  # each half set is classified against the other half's maps (no self-reference)
-                sel = self.subset[rows] == h
-                if sel.any():
-                    self._classify(rows[sel], masked[sel], raw[sel], ctf[sel], projs[3 - h], band, inv, score,
-                                   hard=score == "cc" or it <= p.hard_iterations, bps=[b[h - 1] for b in bps],
-                                   resid=resid)
-            done += len(rows)
-            if self.progress is not None:
-                self.progress(it, done, self.N, resolution)
-        self.noise.update(resid.mean())
+        if self.dist is not None:
+            self._expect_distributed(it, resolution, score, hard, r_max, sums)
+        else:
+            setup = ClassSetup(p, self.mode, band, {h: [BandProjector(prepare_volume(r * self.ref_mask, pad=2), band)
+                                                        for r in self.refs[h]] for h in (1, 2)},
+                               self.noise.inverse_on(band), self.log_prior, self.grid, score, hard, self.has_poses,
+                               self.sym, dev)
+            done = 0
+            for rows, masked, raw, ctf in self._batches():
+                for h in (1, 2):  # each half set is classified against the other half's maps (no self-reference)
+                    sel = self.subset[rows] == h
+                    if sel.any():
+                        r = rows[sel]
+                        self._take(r, classify_batch(setup, sums, h, masked[sel], raw[sel], ctf[sel], self.rot[r],
+                                                     self.shift[r]))
+                done += len(rows)
+                if self.progress is not None:
+                    self.progress(it, done, self.N, resolution)
+        bps = sums.bps
+        self.noise.update(sums.resid.mean())
         mass = self.prob.sum(0)
         if it >= p.hard_iterations:  # uniform priors while assignments are hard (they would favour the larger class)
             self.log_prior = torch.log((mass / self.N).clamp_min(1e-6))
@@ -346,7 +303,7 @@ class _Classifier:
 
 def classify_3d(batches: Batches, particles: pd.DataFrame, references: torch.Tensor, *, pixel_size: float,
                 params: Class3DParams, mask: torch.Tensor | None = None, device: torch.device | str = "cpu",
-                progress: Progress | None = None) -> Class3DResult:
+                progress: Progress | None = None, distributor: Distributor | None = None) -> Class3DResult:
     """Classify particles into ``params.classes`` 3D classes.
 
     Args:
@@ -362,6 +319,10 @@ def classify_3d(batches: Batches, particles: pd.DataFrame, references: torch.Ten
         mask: optional ``(n, n, n)`` soft mask (0..1) applied to the references (focused classification);
             default a soft sphere of the particle diameter.
         progress: ``progress(iteration, done, total, resolution_A)`` after each batch.
+        distributor: send each iteration's E-step, in chunks of particles, through a compute backend
+            (:class:`cryolens.compute.estep.Distributor`); None (default) computes it here. The pass before the
+            first iteration (noise spectrum, reference scaling) stays here. Results equal the in-process ones
+            to float tolerance.
 
     Returns:
         :class:`~cryolens.class3d.result.Class3DResult`.
@@ -380,4 +341,4 @@ def classify_3d(batches: Batches, particles: pd.DataFrame, references: torch.Ten
     if len(particles) < params.classes:
         raise ValueError(f"{len(particles)} particles cannot make {params.classes} classes")
     return _Classifier(batches, particles.reset_index(drop=True), references, pixel_size=pixel_size, params=params,
-                       mask=mask, device=torch.device(device), progress=progress).run()
+                       mask=mask, device=torch.device(device), progress=progress, distributor=distributor).run()

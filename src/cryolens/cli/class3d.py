@@ -8,12 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from cryolens.class3d.params import Class3DParams
-from cryolens.cli.common import JobOptions, console, device_option, err_console, job_target, run_guarded
+from cryolens.cli.common import ParticleJobOptions, console, device_option, err_console, job_target, run_guarded
 from cryolens.cli.declare import declare
 from cryolens.cli.refine import iteration_progress
 
 
-@declare(run=JobOptions, params=Class3DParams, outputs=("particles", "classes", "iterations", r"class\d{3}(_unfil)?"))
+@declare(run=ParticleJobOptions, params=Class3DParams, outputs=("particles", "classes", "iterations", r"class\d{3}(_unfil)?"))
 def class3d(
     star: Annotated[Path, typer.Option("--in", help="particles.star (RELION 3.0 or 3.1+), with the consensus "
                                                     "poses for --skip-align and local searches; CTF columns "
@@ -24,7 +24,7 @@ def class3d(
     mask: Annotated[Optional[Path], typer.Option("--mask", help="Soft mask (0..1) on the references: focused "
                                                                 "classification of the masked region.")] = None,
     params: Class3DParams = None,
-    run: JobOptions = None,
+    run: ParticleJobOptions = None,
 ) -> None:
     """Classify particles into 3D classes (maximum likelihood over classes and poses, RELION-style).
 
@@ -46,7 +46,8 @@ def class3d(
         dev = device_option(run.device)
         with job_target("class3d", run) as target, iteration_progress(quiet=run.quiet) as cb:
             job = run_class3d(star, [str(r) for r in ref], target.out, params, mask=mask, device=dev, progress=cb,
-                              observer=target.observer)
+                              observer=target.observer, backend=run.backend_spec(),
+                              project_dir=getattr(target.project, "root", None))
         r = job.results
         for w in r["warnings"]:
             err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)

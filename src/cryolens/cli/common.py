@@ -43,6 +43,21 @@ class JobOptions(Params):
     overwrite: bool = option(False, help=OVERWRITE_HELP)
 
 
+PROFILE_HELP = ("Run profile (a [profiles.NAME] table of profiles.toml, see 'cryolens profiles list') whose "
+                "cluster does the work; same as --backend profile:NAME")
+
+
+def backend_spec(backend: str | None, profile: str | None) -> str | None:
+    """The backend spec of ``--backend``/``--profile`` (``profile:NAME``), None when neither is given.
+
+    Raises:
+        InputError: both are given.
+    """
+    if backend is not None and profile is not None:
+        raise InputError(f"--backend {backend} and --profile {profile} both name where to compute; give one.")
+    return f"profile:{profile.strip()}" if profile is not None else backend
+
+
 @dataclass
 class MicrographJobOptions(JobOptions):
     """... and those of the per-micrograph commands (motion, ctf, extract, pick)."""
@@ -51,8 +66,28 @@ class MicrographJobOptions(JobOptions):
         None, help="Compute backend for the micrographs: threads[:N] (N at once in this process), local[:N] "
                    "(worker processes), inprocess (one at a time), tcp://scheduler:port (Dask) or profile:NAME; "
                    "default: the stage's best on this machine")
+    profile: Optional[str] = option(None, help=PROFILE_HELP)
     j: Optional[int] = option(None, flag="--j", ge=1, help="Micrographs processed at once in N local worker "
                                                            "processes (same as --backend local:N)")
+
+    def backend_spec(self) -> str | None:
+        """``--backend`` or ``--profile NAME`` as one backend spec (:func:`backend_spec`)."""
+        return backend_spec(self.backend, self.profile)
+
+
+@dataclass
+class ParticleJobOptions(JobOptions):
+    """... and those of the particle stages whose expectation step can run on a compute backend (refine, class3d)."""
+
+    backend: Optional[str] = option(
+        None, help="Compute backend for the expectation step, in chunks of particles whose images the workers "
+                   "read: threads[:N] (N chunks at once in this process), local[:N] (worker processes), inprocess, "
+                   "tcp://scheduler:port (Dask) or profile:NAME; default: this process, batch by batch")
+    profile: Optional[str] = option(None, help=PROFILE_HELP)
+
+    def backend_spec(self) -> str | None:
+        """``--backend`` or ``--profile NAME`` as one backend spec (:func:`backend_spec`)."""
+        return backend_spec(self.backend, self.profile)
 
 
 def run_guarded(fn: Callable[[], T]) -> T:

@@ -74,7 +74,7 @@ def ctf(
         else:
             from cryolens.jobs.ctf import run_ctf
             with job_target("ctf", run) as target, progress_bar("fitting CTF", quiet=run.quiet) as cb:
-                job = run_ctf(star, target.out, params, backend=run.backend, workers=run.j, device=dev,
+                job = run_ctf(star, target.out, params, backend=run.backend_spec(), workers=run.j, device=dev,
                               from_movies=from_movies, frame_dose=frame_dose, progress=cb, observer=target.observer)
             r = job.results
             console.print(f"{r['n_micrographs']} micrographs ({r['n_reused']} reused): median defocus "

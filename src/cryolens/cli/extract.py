@@ -52,7 +52,7 @@ def extract(
     def body():
         dev = device_option(run.device)
         with job_target("extract", run) as target, progress_bar("extracting", quiet=run.quiet) as cb:
-            job = run_extract(positions, micrographs, target.out, params, recentre=recentre, backend=run.backend,
+            job = run_extract(positions, micrographs, target.out, params, recentre=recentre, backend=run.backend_spec(),
                               workers=run.j, device=dev, progress=cb, observer=target.observer)
         r = job.results
         console.print(f"{r['n_particles']} particles from {r['n_micrographs']} micrographs ({r['n_reused']} reused), "

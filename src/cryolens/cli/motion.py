@@ -45,7 +45,7 @@ def motion(
         job_options = dataclasses.replace(options, preprocess=preprocess)
         dev = device_option(run.device)
         with job_target("motion", run) as target, progress_bar("movies", quiet=run.quiet) as cb:
-            job = run_motion(star, target.out, params, job_options, backend=run.backend, workers=run.j, device=dev, progress=cb,
+            job = run_motion(star, target.out, params, job_options, backend=run.backend_spec(), workers=run.j, device=dev, progress=cb,
                              observer=target.observer)
         r = job.results
         console.print(f"{r['n_movies']} movies ({r['n_skipped']} done before), {r['n_rejected']} rejected, "

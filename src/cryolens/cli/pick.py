@@ -172,7 +172,7 @@ def pick(
         from cryolens.jobs.pick import run_pick
         dev = device_option(run.device)
         with job_target("pick", run) as target, progress_bar("picking", quiet=run.quiet) as cb:
-            job = run_pick(micrographs, target.out, params, templates=templates, map=map_, backend=run.backend,
+            job = run_pick(micrographs, target.out, params, templates=templates, map=map_, backend=run.backend_spec(),
                            workers=run.j, device=dev, progress=cb, observer=target.observer)
         _print_picks(job.results, target.out)
 

@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import (JobOptions, console, device_option,
-                                 err_console, job_target, run_guarded)
+from cryolens.cli.common import (ParticleJobOptions, console, device_option, err_console, job_target,
+                                 run_guarded)
 from cryolens.cli.declare import declare
 from cryolens.cli.resume import CONTINUE_HELP, continue_target, continued_job
 from cryolens.errors import InputError
@@ -37,7 +37,7 @@ def iteration_progress(*, quiet: bool) -> Iterator[Callable[[int, int, int, floa
         yield update
 
 
-@declare(run=JobOptions, params=RefineParams, outputs=("particles", "half1", "half2", "map", "fsc", "iterations"))
+@declare(run=ParticleJobOptions, params=RefineParams, outputs=("particles", "half1", "half2", "map", "fsc", "iterations"))
 def refine(
     star: Annotated[Optional[Path], typer.Option("--in", help="particles.star (RELION 3.0 or 3.1+), CTF columns "
                                                               "optional. Required unless --continue.")] = None,
@@ -46,7 +46,7 @@ def refine(
     mask: Annotated[Optional[Path], typer.Option("--mask", help="Soft reference mask (0..1) instead of the automatic one.")] = None,
     continue_: Annotated[Optional[Path], typer.Option("--continue", metavar="JOBDIR", help=CONTINUE_HELP)] = None,
     params: RefineParams = None,
-    run: JobOptions = None,
+    run: ParticleJobOptions = None,
     given: dict = None,
 ) -> None:
     """Refine poses with independent half sets (gold standard) and reconstruct the map.
@@ -60,6 +60,8 @@ def refine(
       cryolens refine --in sim/particles.star --ref start.mrc --ini-high 40 --sym C1 --out ref1
 
       cryolens refine --continue ref1   # after a crash or a wall-time limit
+
+      cryolens refine --in particles.star --ref start.mrc --profile gpu --out ref2   # on a cluster
     """
     from cryolens.jobs.refine import run_refine
 
@@ -75,7 +77,8 @@ def refine(
                     iteration_progress(quiet=run.quiet) as cb:
                 job = run_refine(c.inputs["particles"], c.inputs["reference"], target.out, c.params,
                                  mask=c.inputs.get("mask"), device=dev, progress=cb, observer=target.observer,
-                                 resume=True)
+                                 resume=True, backend=run.backend_spec(),
+                                 project_dir=getattr(target.project, "root", None))
         else:
             for flag, value in (("--in", star), ("--ref", ref)):
                 if value is None:
@@ -84,7 +87,8 @@ def refine(
             dev = device_option(run.device)
             with job_target("refine", run) as target, iteration_progress(quiet=run.quiet) as cb:
                 job = run_refine(star, ref, target.out, params, mask=mask, device=dev, progress=cb,
-                                 observer=target.observer)
+                                 observer=target.observer, backend=run.backend_spec(),
+                                 project_dir=getattr(target.project, "root", None))
         r = job.results
         console.print(f"resolution (half-map FSC = 0.143): [bold]{r['resolution_0143_A']:.2f} Å[/] after "
                       f"{r['iterations']} iterations ({'converged' if r['converged'] else 'iteration cap'}; "

@@ -10,6 +10,11 @@ module-level function or a ``functools.partial`` of one). ``progress(done, total
 is called as units finish. A task that raises :class:`cryolens.errors.InputError`
 surfaces as that same error (same message), so the CLI exits with status 2.
 
+``backend.map_shared(fn, shared, items)`` calls ``fn(shared, item)`` for every item, sending
+``shared`` (e.g. an iteration's references) to each worker once where the backend allows:
+in memory for in-process and threads, one scatter per worker for Dask; local processes
+receive it with every unit. ``backend.n_workers`` is how many units run at once.
+
 Backends (``get_backend(spec)``):
 
 - ``None`` / ``"local"`` / ``"local:N"`` -> :class:`LocalProcesses` (default; a
@@ -28,6 +33,7 @@ out of memory, node lost); ordinary exceptions are not retried locally.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -82,10 +88,20 @@ class Backend:
     """Maps a picklable function over picklable items; use as a context manager."""
 
     name = "backend"
+    n_workers = 1
+    #: ``shared`` of :meth:`map_shared` crosses a process boundary: once per worker (``"worker"``), with
+    #: every unit (``"unit"``), or not at all (``"none"``, same memory).
+    shared_copies = "none"
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any], *, desc: str | None = None,
             progress: Progress | None = None, retries: int = 2) -> list:
         raise NotImplementedError
+
+    def map_shared(self, fn: Callable[[Any, Any], Any], shared: Any, items: Iterable[Any], *,
+                   desc: str | None = None, progress: Progress | None = None, retries: int = 2) -> list:
+        """``[fn(shared, item) for item in items]`` on the workers, ``shared`` sent once per worker where
+        the backend allows (see the module docstring); otherwise as :meth:`map`."""
+        return self.map(functools.partial(fn, shared), items, desc=desc, progress=progress, retries=retries)
 
     def close(self) -> None:
         """Release workers; the backend cannot be used afterwards."""
@@ -169,6 +185,7 @@ class LocalProcesses(Backend):
         # spawn, not fork (unsafe with torch's threads)
         self.start_method = start_method or "spawn"
         self.name = f"local:{self.n_workers}"
+        self.shared_copies = "unit"
         self._pool: ProcessPoolExecutor | None = None
 
     def _get_pool(self) -> ProcessPoolExecutor:
@@ -278,6 +295,40 @@ def _call_payload(payload: bytes):
         return _RaisedInputError(e)
 
 
+def _check_listening(address: str, timeout: float) -> None:
+    """Fail at once when nothing listens at a ``tcp://host:port`` address (the Dask client would retry for
+    its whole timeout); other schemes and unparsable addresses are left to the client."""
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return
+    if parts.scheme != "tcp" or host is None or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except ConnectionRefusedError:
+        raise BackendError(f"cannot reach the Dask scheduler at {address} (connection refused: nothing listens "
+                           f"there); start one with 'dask scheduler' and 'dask worker ADDRESS', or check the "
+                           f"address") from None
+    except OSError:
+        return  # timeouts, unknown hosts: the client says what it finds
+
+
+def _call_shared_payload(payload: bytes, shared: Any):
+    """:func:`_call_payload` for :meth:`Dask.map_shared`: ``shared`` arrives resolved (scattered once)."""
+    import pickle
+
+    fn, item = pickle.loads(payload)
+    try:
+        return fn(shared, item)
+    except InputError as e:
+        return _RaisedInputError(e)
+
+
 class Dask(Backend):
     """A ``distributed`` scheduler: an address (``tcp://host:port``) or a cluster object.
 
@@ -285,10 +336,20 @@ class Dask(Backend):
     times through ``client.submit(..., retries=)``, except InputError (not retried).
     """
 
+    shared_copies = "worker"
+
+    @property
+    def n_workers(self) -> int:
+        """Worker threads of the cluster now (at least 1)."""
+        info = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        return max(1, sum(int(w.get("nthreads", 1)) for w in info.values()))
+
     def __init__(self, address: Any, *, timeout: float = 20.0):
         from distributed import Client
 
         self.name = str(getattr(address, "scheduler_address", address))
+        if isinstance(address, str):
+            _check_listening(address, min(timeout, 5.0))
         try:
             self.client = Client(address, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError) as e:
@@ -296,16 +357,37 @@ class Dask(Backend):
                                f"'dask scheduler' and 'dask worker ADDRESS', or check the address") from None
 
     def map(self, fn, items, *, desc=None, progress=None, retries=2) -> list:
+        import cloudpickle
+
+        items = list(items)
+        tag = f"{desc or getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex[:8]}"
+        futs = [self.client.submit(_call_payload, cloudpickle.dumps((fn, item)), key=f"{tag}-{i}", pure=False,
+                                   retries=retries) for i, item in enumerate(items)]
+        return self._gather(futs, desc=desc, progress=progress)
+
+    def map_shared(self, fn, shared, items, *, desc=None, progress=None, retries=2) -> list:
+        import cloudpickle
+
+        items = list(items)
+        tag = f"{desc or getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex[:8]}"
+        try:  # one copy per worker (a task on a worker without it fetches it from a peer)
+            handle = self.client.scatter(shared, broadcast=True, hash=False)
+        except (OSError, TimeoutError) as e:
+            raise BackendError(f"{desc or 'work'}: cannot send the shared data to the Dask workers at {self.name} "
+                               f"({e}); a worker died (often out of memory) or the cluster stopped: give the "
+                               f"workers more memory or check their logs") from None
+        try:
+            futs = [self.client.submit(_call_shared_payload, cloudpickle.dumps((fn, item)), handle,
+                                       key=f"{tag}-{i}", pure=False, retries=retries) for i, item in enumerate(items)]
+            return self._gather(futs, desc=desc, progress=progress)
+        finally:
+            self.client.cancel([handle])
+
+    def _gather(self, futs: list, *, desc: str | None, progress: Progress | None) -> list:
         from distributed import as_completed as dask_as_completed
         from distributed.scheduler import KilledWorker
 
-        items = list(items)
-        n = len(items)
-        tag = f"{desc or getattr(fn, '__name__', 'task')}-{uuid.uuid4().hex[:8]}"
-        import cloudpickle
-
-        futs = [self.client.submit(_call_payload, cloudpickle.dumps((fn, item)), key=f"{tag}-{i}", pure=False,
-                                   retries=retries) for i, item in enumerate(items)]
+        n = len(futs)
         ok = False
         try:
             done = 0

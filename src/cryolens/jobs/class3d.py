@@ -33,6 +33,7 @@ from cryolens.class3d import Class3DParams, Class3DResult, classify_3d
 from cryolens.core.rotations import matrix_to_euler
 from cryolens.errors import InputError
 from cryolens.io import read_mrc_header, write_mrc, write_particles, write_star
+from cryolens.jobs.distribute import log_distribution, particle_distributor
 from cryolens.jobs.particles import open_particles, read_mask, read_reference
 from cryolens.jobs.report import new_figure, plot_fsc, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
@@ -146,8 +147,13 @@ def _references(refs: list, box: int, pixel_size: float, classes: int, star) -> 
 def run_class3d(star: str | os.PathLike, refs: list[str | os.PathLike], out_dir: str | os.PathLike,
                 params: Class3DParams, *, mask: str | os.PathLike | None = None, device: torch.device | str = "cpu",
                 progress: Callable[[int, int, int, float], None] | None = None,
-                observer: JobObserver | None = None) -> Job:
-    """Classify the particles of ``star`` against the references ``refs`` into ``out_dir``; returns the :class:`Job`."""
+                observer: JobObserver | None = None, backend: str | None = None,
+                project_dir: str | os.PathLike | None = None) -> Job:
+    """Classify the particles of ``star`` against the references ``refs`` into ``out_dir``; returns the :class:`Job`.
+
+    ``backend``: a compute backend spec for the E-step, in chunks of particles whose images the workers read
+    (see :func:`cryolens.jobs.refine.run_refine`); None computes in this process.
+    """
     out = Path(out_dir)
     check_params("class3d", params)
     parts = open_particles(star, pose=False, min_particles=max(10, params.classes), purpose="3D classification",
@@ -177,9 +183,11 @@ def run_class3d(star: str | os.PathLike, refs: list[str | os.PathLike], out_dir:
             if progress is not None:
                 progress(it, done, total, resolution)
 
-        with job.timed("class3d"):
+        with job.timed("class3d"), particle_distributor(backend, parts.source, star, project_dir=project_dir) as dist:
             res = classify_3d(lambda: parts.batches(params.batch_size), parts.table(), references,
-                              pixel_size=pixel_size, params=params, mask=mask_vol, device=device, progress=logged)
+                              pixel_size=pixel_size, params=params, mask=mask_vol, device=device, progress=logged,
+                              distributor=dist)
+        log_distribution(job, dist)
         for h in res.history:
             job.log.info("iteration %d (%s, band %.1f Å): sizes %s, %.1f%% changed class, %.1f s", h.iteration,
                          h.mode, h.resolution_limit, h.class_sizes, 100 * h.class_change, h.seconds)

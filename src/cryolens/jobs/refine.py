@@ -33,6 +33,7 @@ from cryolens.errors import InputError
 from cryolens.io import write_mrc, write_particles, write_star
 from cryolens.jobs.checkpoint import (clear_iterations, iteration_path, load_iteration, remove_unfinished,
                                       save_iteration)
+from cryolens.jobs.distribute import log_distribution, particle_distributor
 from cryolens.jobs.particles import open_particles, read_mask, read_reference, write_half_maps
 from cryolens.jobs.report import new_figure, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
@@ -105,11 +106,17 @@ def _check_state(state: RefineState, particles: pd.DataFrame, box: int, star: st
 def run_refine(star: str | os.PathLike, ref: str | os.PathLike, out_dir: str | os.PathLike, params: RefineParams, *,
                mask: str | os.PathLike | None = None, device: torch.device | str = "cpu",
                progress: Callable[[int, int, int, float], None] | None = None,
-               observer: JobObserver | None = None, resume: bool = False) -> Job:
+               observer: JobObserver | None = None, resume: bool = False, backend: str | None = None,
+               project_dir: str | os.PathLike | None = None) -> Job:
     """Refine ``star`` against the reference ``ref`` into ``out_dir``; returns the finished :class:`Job`.
 
     With ``resume``, ``out_dir`` holds an interrupted refine job: it continues from its last finished
     iteration (the caller passes the job's own inputs and params, see ``cryolens refine --continue``).
+    ``backend``: a compute backend spec (:func:`cryolens.compute.backends.get_backend`; ``profile:NAME``
+    also from ``project_dir``/profiles.toml) for the expectation step, in chunks of particles whose
+    images the workers read; None computes in this process. A backend that fails (unreachable
+    scheduler, rejected profile, workers dying) ends the job FAILURE with one sentence; its finished
+    iterations stay, and ``--continue`` takes up from the last one.
     """
     out = Path(out_dir)
     check_params("refine", params)
@@ -151,9 +158,12 @@ def run_refine(star: str | os.PathLike, ref: str | os.PathLike, out_dir: str | o
 
         if state is not None:
             job.log.info("continuing from iteration %d", state.iteration)
-        with job.timed("refine"):
+        with job.timed("refine"), particle_distributor(backend, parts.source, star, project_dir=project_dir) as dist:
+            if dist is not None:
+                job.log.info("expectation steps through backend %s (%d workers)", dist.backend.name, dist.n_workers)
             res = auto_refine(batches, parts.table(), reference, pixel_size=pixel_size, params=params, mask=mask_vol,
-                              device=device, progress=logged, on_iteration=save, resume=state)
+                              device=device, progress=logged, on_iteration=save, resume=state, distributor=dist)
+        log_distribution(job, dist)
         for h in res.history:
             job.log.info("iteration %d: %.2f Å (band %.1f Å, step %.2f°, %.2f px), pose change median %.2f°, "
                          "rms shift %.2f px, %.1f s", h.iteration, h.resolution, h.band_limit, h.angular_step,

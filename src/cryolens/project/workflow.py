@@ -14,12 +14,21 @@ Format (see ``examples/workflow.toml``)::
     stage = "reconstruct"
     params = { in = "{sim.particles}", sym = "C1" }
 
+    [steps.ref]
+    stage = "refine"
+    profile = "gpu-queue"      # optional: run on this profile's cluster (--profile)
+    params = { in = "{sim.particles}", ref = "{rec.map}" }
+
     [steps.good]
     stage = "select particles"
     params = { in = "{rec.particles}", where = ["rlnDefocusU < 20000"] }
 
 * ``stage``: the command words (``simulate particles``, ``reconstruct``, ``select
   micrographs`` ...): any cryolens command that takes ``--project``.
+* ``profile``: optional; the run profile (``profiles.toml``, see ``cryolens profiles list``) whose
+  cluster runs the step (``--profile NAME``), for the stages that take ``--backend``. It must exist
+  in the user's or the project's profiles file. Where a step computes does not change its results,
+  so a changed profile does not re-run a finished step.
 * ``params``: its options without dashes, snake or kebab case (``pixel_size`` or
   ``pixel-size``); booleans are flags (``no_ctf = true``; ``carbon = false`` gives
   ``--no-carbon``); a list repeats an option that may repeat (``where = [..]``) and
@@ -97,6 +106,7 @@ class Step:
     stage: StageSpec
     params: dict[str, Any]
     refs: list[tuple[str, str]] = field(default_factory=list)
+    profile: str | None = None
 
 
 @dataclass
@@ -179,9 +189,10 @@ def _parse_step(path: Path, name: str, body: Any, catalog: Mapping[str, StageSpe
     where = f"{path}: step {name}"
     if not isinstance(body, dict):
         raise InputError(f"{where}: must be a table with stage and params.")
-    extra = sorted(set(body) - {"stage", "params", "name", "description"})
+    extra = sorted(set(body) - {"stage", "params", "name", "description", "profile"})
     if extra:
-        raise InputError(f"{where}: unknown key(s) {', '.join(extra)}; a step has stage, params (and description).")
+        raise InputError(f"{where}: unknown key(s) {', '.join(extra)}; a step has stage, params (and description, "
+                         "profile).")
     words = " ".join(str(body.get("stage", "")).replace("_", " ").split())
     if words not in catalog:
         raise InputError(f"{where}: unknown stage {body.get('stage')!r}; use one of: {', '.join(sorted(catalog))}.")
@@ -202,7 +213,19 @@ def _parse_step(path: Path, name: str, body: Any, catalog: Mapping[str, StageSpe
         if same:
             raise InputError(f"{where}: {key} and {same[0]} are the same option ({spec.options[k].flag}); keep one.")
         params[k] = value
-    step = Step(name, spec, params, list(_refs_in(list(params.values()))))
+    profile = body.get("profile")
+    if profile is not None:
+        if not isinstance(profile, str) or not _NAME.match(profile):
+            raise InputError(f"{where}: profile must be the name of a run profile, e.g. profile = \"gpu-queue\"; "
+                             f"got {profile!r}.")
+        if "profile" not in spec.options or "backend" not in spec.options:
+            usable = sorted(w for w, sp in catalog.items() if "profile" in sp.options and "backend" in sp.options)
+            raise InputError(f"{where}: {words} runs in one process and takes no profile; profiles apply to: "
+                             f"{', '.join(usable)}.")
+        both = [k for k in ("backend", "profile") if k in params]
+        if both:
+            raise InputError(f"{where}: profile and params.{both[0]} both say where to compute; keep one.")
+    step = Step(name, spec, params, list(_refs_in(list(params.values()))), profile=profile)
     by_name = {s.name: s for s in earlier}
     for ref_step, attr in step.refs:
         if ref_step == name or ref_step in later:
@@ -291,4 +314,21 @@ def load_workflow(path: str | os.PathLike, catalog: Mapping[str, StageSpec], *,
     for i, (n, body) in enumerate(items):
         steps.append(_parse_step(path, n, body, catalog, steps, set(names[i + 1:])))
     root = Path(project) if project is not None else path.parent / str(head.get("project", "."))
+    _check_profiles(path, steps, root.resolve())
     return Workflow(path=path, name=name, project=root.resolve(), steps=steps)
+
+
+def _check_profiles(path: Path, steps: list[Step], root: Path) -> None:
+    """Every step's ``profile`` names a run profile of the user's or the project's profiles file."""
+    named = [s for s in steps if s.profile is not None]
+    if not named:
+        return
+    from cryolens.compute.profiles import default_profile_files, load_profiles
+
+    known = load_profiles(root)
+    for s in named:
+        if s.profile not in known:
+            files = " or ".join(str(f) for f in default_profile_files(root))
+            have = f" (known: {', '.join(sorted(known))})" if known else ""
+            raise InputError(f"{path}: step {s.name}: no run profile named {s.profile!r} in {files}{have}; add "
+                             f"[profiles.{s.profile}] there or fix the name.")

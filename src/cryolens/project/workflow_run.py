@@ -5,9 +5,9 @@ Workflow files and their checks: :mod:`cryolens.project.workflow`.
 Execution: the state lives in ``<project>/.cryolens/workflows/<name>.json`` (written
 atomically), with each step's log next to it in ``<name>/<step>.log``. A step's *hash*
 covers its stage, its resolved options and the content (sha256; size and mtime above
-64 MiB) of every file they name. A step is skipped when an earlier run of it with the
-same hash finished and its folder still holds the success marker, ``job.json`` and
-every output; otherwise it runs (a failed or killed run is simply run again). A step
+64 MiB) of every file they name, not the step's ``profile`` (where it runs). A step is
+skipped when an earlier run of it with the same hash finished and its folder still holds
+the success marker, ``job.json`` and every output; otherwise it runs (a failed or killed run is simply run again). A step
 that re-runs gets a new job folder, so the steps that use its outputs see new inputs
 and re-run too. ``until`` stops after a step, ``force`` re-runs steps regardless.
 Only one runner per workflow at a time (a lock file); the lock dies with its process.
@@ -268,7 +268,9 @@ def _execute(run: _Run, step: Step, argv: list[str], digest: str, on_event: Even
     log = run.state_file.with_suffix("") / f"{step.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     quiet = ["--quiet"] if "quiet" in step.stage.options else []
-    command = [sys.executable, "-m", "cryolens.cli.main", *step.stage.words, *argv, "--project", str(run.root), *quiet]
+    where = ["--profile", step.profile] if step.profile else []  # not hashed: it does not change results
+    command = [sys.executable, "-m", "cryolens.cli.main", *step.stage.words, *argv, *where, "--project", str(run.root),
+               *quiet]
     record = run.state["steps"].setdefault(step.name, {})
     history = record.get("history", [])
     t0 = time.time()

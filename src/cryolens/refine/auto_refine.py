@@ -29,6 +29,10 @@ After every iteration but the final one, ``on_iteration`` receives a
 :class:`~cryolens.refine.state.RefineState`; passed back as ``resume``, the refinement continues
 after that iteration exactly as the uninterrupted run would have (``cryolens refine --continue``).
 
+The expectation step of an iteration (search, residuals, insertion; :mod:`cryolens.refine.estep`)
+runs here batch by batch, or with a ``distributor`` in chunks of particles on any compute backend,
+whose sums the driver adds before the maximisation.
+
 Noise model vs weighted CC: we use a per-shell Gaussian noise model (ML score, sigma² from the
 residuals per half), which weights every shell by its actual noise power, makes scores
 log-likelihoods (so a best-pose posterior probability per particle is available), and keeps
@@ -47,10 +51,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cryolens.compute.estep import Distributor
 from cryolens.core.fourier import bandpass, radius_3d, shell_index
 from cryolens.core.fsc import FSCResult, fsc, fsc_to_ssnr
 from cryolens.core.masks import mask_from_map, soft_sphere
-from cryolens.core.projector import BackProjector, SliceGrid, prepare_volume
+from cryolens.core.projector import prepare_volume
 from cryolens.core.rotations import geodesic_distance
 from cryolens.core.so3_grid import healpix_step_deg, so3_grid
 from cryolens.core.symmetry import symmetry_matrices
@@ -58,8 +63,9 @@ from cryolens.particles import has_ctf, origins_px_from_table, rotations_from_ta
 from cryolens.refine.images import prepared_batches
 from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.params import RefineParams
-from cryolens.refine.pose_search import (BandProjector, Candidates, FrequencyBand, SearchData, best_projections,
-                                         global_search, local_search, shift_grid)
+from cryolens.refine.estep import (HalfSums, RefineShared, SearchSetup, accumulator_support, chunk_items,
+                                   expect_batch, image_power_batch, refine_chunk)
+from cryolens.refine.pose_search import BandProjector, FrequencyBand
 from cryolens.refine.state import IterationStats, RefineState, Schedule
 
 __all__ = ["RefineResult", "auto_refine", "fsc_weight", "pose_change"]
@@ -104,19 +110,6 @@ def fsc_weight(volume: torch.Tensor, curve: np.ndarray) -> torch.Tensor:
     return ift3(ft3(volume) * w[sh], n)
 
 
-def _backprojector(n: int, pad: int, device: torch.device, r_insert: float) -> BackProjector:
-    """A back-projector that inserts only frequencies with radius < ``r_insert`` (cycles per box).
-
-    During iterations nothing beyond the alignment band's reach is needed, and insertion cost
-    scales with the coefficients inserted; the final iteration inserts the full box.
-    """
-    bp = BackProjector(n, pad=pad, device=device)
-    g = bp.grid
-    keep = g.k.norm(dim=1) < r_insert
-    bp.grid = SliceGrid(n, g.k[keep], g.flat[keep], g.column_weight[keep])
-    return bp
-
-
 def pose_change(r_old: torch.Tensor, r_new: torch.Tensor, sym: torch.Tensor) -> torch.Tensor:
     """Geodesic angle (degrees) between poses ``(N, 3, 3)``, minimised over the symmetry group ``sym (G, 3, 3)``."""
     return geodesic_distance((r_old[:, None] @ sym[None]), r_new[:, None]).amin(1)
@@ -126,8 +119,10 @@ class _Refiner:
     """State of one refinement (kept small: poses, per-half maps, noise spectra)."""
 
     def __init__(self, batches: Batches, particles: pd.DataFrame, reference: torch.Tensor, *, pixel_size: float,
-                 params: RefineParams, mask: torch.Tensor | None, device: torch.device, progress: Progress | None):
+                 params: RefineParams, mask: torch.Tensor | None, device: torch.device, progress: Progress | None,
+                 distributor: Distributor | None = None):
         self.batches, self.p, self.apix, self.dev, self.progress = batches, params, pixel_size, device, progress
+        self.dist = distributor
         self.n = n = reference.shape[-1]
         self.N = len(particles)
         self.table = particles
@@ -157,85 +152,79 @@ class _Refiner:
                                 use_ctf=self.use_ctf, device=self.dev)
 
     def _image_power(self) -> None:
-        full = FrequencyBand.build(self.n, self.n / 2, self.dev)
-        acc = {h: ShellAccumulator(self.n, self.dev) for h in (1, 2)}
-        for rows, masked, _, _ in self._batches():
-            for h in (1, 2):
-                sel = self.subset.to(self.dev)[rows] == h
-                if sel.any():
-                    acc[h].add(full.gather(masked[sel]), full)
+        n = self.n
+        acc = {h: ShellAccumulator(n, self.dev) for h in (1, 2)}
+        if self.dist is not None:
+            shared = self._shared("power", 0, 0.0, 0.0, n / 2, n / 2)
+            for out in self._map(shared, "refine image power"):
+                for h in (1, 2):
+                    acc[h].sum += out["sums"][f"rsum{h}"].to(self.dev)
+                    acc[h].count += out["sums"][f"rcount{h}"].to(self.dev)
+        else:
+            full = FrequencyBand.build(n, n / 2, self.dev)
+            subset = self.subset.to(self.dev)
+            for rows, masked, _, _ in self._batches():
+                image_power_batch(acc, full, masked, subset[rows])
         self.noise = {h: NoiseModel(acc[h].mean()) for h in (1, 2)}
 
-    # -- one iteration ----------------------------------------------------------------------
-    def _search(self, it: int, proj: BandProjector, data: SearchData, rows: torch.Tensor,
-                step: float, ostep: float) -> Candidates:
-        """Global (first ``global_iterations``) or local search of one half's batch; best pose per image."""
-        p = self.p
-        mode = "cc" if it == 1 else "ml"
-        current = Candidates(torch.zeros(len(rows), 1, device=self.dev), self.rot[rows][:, None],
-                             self.shift[rows][:, None])
-        if it <= p.global_iterations:
-            g = healpix_step_deg(p.global_order)
-            centre = torch.zeros_like(self.shift[rows]) if it == 1 else self.shift[rows]
-            cand = global_search(proj, data, self._grid, shift_grid(p.offset_step, p.offset_range, device=self.dev),
-                                 top_k=p.global_top_k, mode=mode, centre=centre, max_block=p.max_block)
-            if it > 1:  # the current pose competes too, so a good pose is never lost
-                cand = Candidates(torch.cat([cand.score, current.score], 1),
-                                  torch.cat([cand.rotations, current.rotations], 1),
-                                  torch.cat([cand.shifts, current.shifts], 1))
-            passes, a, o = [], g / 2, p.offset_step / 2
-            while True:  # halve from the grid's step down to the current sampling
-                passes.append((a, 2 * a, o, 2 * o))
-                if a <= step / 2 + 1e-9 or len(passes) >= 4:
-                    break
-                a, o = max(a / 2, step / 2), max(o / 2, ostep / 2)
-        else:
-            cand = current
-            passes = [(step, 2 * step, ostep, 2 * ostep), (step / 2, step, ostep / 2, ostep)]
-        for a_step, a_range, o_step, o_range in passes:
-            cand = local_search(proj, data, cand, angular_step=a_step, angular_range=a_range,
-                                offset_step=o_step, offset_range=o_range, mode=mode, max_block=p.max_block)
-        return cand
+    # -- distributed expectation --------------------------------------------------------------
+    def _shared(self, kind: str, it: int, step: float, ostep: float, r_max: float, r_insert: float) -> RefineShared:
+        search = kind == "search"
+        return RefineShared(
+            kind=kind, params=self.p, it=it, step=step, ostep=ostep, r_max=r_max, r_insert=r_insert,
+            volumes=torch.stack([self.refs[h] * self.masks[h] for h in (1, 2)]).cpu() if search else None,
+            sigma2=torch.stack([self.noise[h].sigma2 for h in (1, 2)]).cpu() if search else None,
+            image_mask=self.image_mask.cpu(), grid=self._grid.cpu() if search else None, sym=self.sym.cpu(),
+            use_ctf=self.use_ctf, pixel_size=self.apix, device=str(self.dev), reader=self.dist.reader)
 
+    def _map(self, shared: RefineShared, desc: str, progress: Callable[[int, int], None] | None = None) -> list[dict]:
+        """Chunks of particles through the distributor (images read by the workers or sent from here)."""
+        items = chunk_items(self.dist, self.batches, self.table, self.rot, self.shift, self.subset, n=self.n,
+                            batch_size=self.p.batch_size)
+        return self.dist.map(refine_chunk, shared, items, desc=desc, progress=progress)
+
+    def _expect_distributed(self, it: int, resolution: float, step: float, ostep: float, r_max: float,
+                            sums: HalfSums) -> None:
+        shared = self._shared("search", it, step, ostep, r_max, sums.r_insert)
+        support = accumulator_support(self.n, self.p.pad, sums.r_insert, self.dev)
+        cb = self.progress
+        progress = None if cb is None else (  # chunks done -> particles done
+            lambda done, total: cb(it, round(self.N * done / total), self.N, resolution))
+        for out in self._map(shared, f"refine iteration {it}", progress):
+            r = torch.as_tensor(out["rows"], device=self.dev)
+            sums.add_tensors(out["sums"], support)
+            self.rot[r], self.shift[r] = out["rotations"].to(self.dev), out["shifts"].to(self.dev)
+            self.loglik[r], self.maxprob[r] = out["log_likelihood"].to(self.dev), out["max_probability"].to(self.dev)
+
+    # -- one iteration ----------------------------------------------------------------------
     def iterate(self, it: int, resolution: float, step: float, ostep: float, *,
                 final: bool = False) -> tuple[dict, FSCResult]:
         import time
         t0 = time.perf_counter()
         p, n, dev = self.p, self.n, self.dev
         r_max = min(n / 2, n * self.apix / resolution + p.band_margin)
-        band = FrequencyBand.build(n, r_max, dev)
-        projs = {h: BandProjector(prepare_volume(self.refs[h] * self.masks[h], pad=p.pad), band) for h in (1, 2)}
-        inv = {h: self.noise[h].inverse_on(band) for h in (1, 2)}
         r_insert = n / 2 if final else min(n / 2, 1.5 * r_max + 4)
-        bps = {h: _backprojector(n, p.pad, dev, r_insert) for h in (1, 2)}
-        resid = {h: ShellAccumulator(n, dev) for h in (1, 2)}
+        sums = HalfSums(n, p.pad, dev, r_insert)
         old_rot, old_shift = self.rot.clone(), self.shift.clone()
-        subset = self.subset.to(dev)
-        done = 0
-        for rows, masked, raw, ctf in self._batches():
-            for h in (1, 2):
-                sel = subset[rows] == h
-                if not sel.any():
-                    continue
-                r = rows[sel]
-                x, c = band.gather(masked[sel]), band.gather(ctf[sel])
-                data = SearchData(x, c, inv[h])
-                cand = self._search(it, projs[h], data, r, step, ostep)
-                rot, sh = cand.rotations[:, 0], cand.shifts[:, 0]
-                model = c * best_projections(projs[h], rot, sh)
-                if it == 1:  # CC mode: fit each image's scale to the reference before taking residuals
-                    wv = band.weight * inv[h]
-                    a = ((x * model.conj()).real * wv).sum(1) / ((model.abs() ** 2) * wv).sum(1).clamp_min(1e-30)
-                    model = model * a[:, None]
-                res = x - model
-                resid[h].add(res, band)
-                self.loglik[r] = -((res.abs() ** 2) * band.weight * inv[h]).sum(1)
-                self.maxprob[r] = torch.exp(cand.score[:, 0] - cand.log_evidence).clamp(0, 1)
-                self.rot[r], self.shift[r] = rot, sh
-                bps[h].insert(raw[sel], rot, sh, ctf[sel] if self.use_ctf else None, symmetry=self.sym)
-            done += len(rows)
-            if self.progress is not None:
-                self.progress(it, done, self.N, resolution)
+        if self.dist is not None:
+            self._expect_distributed(it, resolution, step, ostep, r_max, sums)
+        else:
+            band = FrequencyBand.build(n, r_max, dev)
+            setup = SearchSetup(p, it, step, ostep, band,
+                                {h: BandProjector(prepare_volume(self.refs[h] * self.masks[h], pad=p.pad), band)
+                                 for h in (1, 2)},
+                                {h: self.noise[h].inverse_on(band) for h in (1, 2)}, self._grid, self.sym,
+                                self.use_ctf, dev)
+            subset = self.subset.to(dev)
+            done = 0
+            for rows, masked, raw, ctf in self._batches():
+                r, sh, ll, mp = expect_batch(setup, sums, masked, raw, ctf, subset[rows], self.rot[rows],
+                                             self.shift[rows])
+                self.rot[rows], self.shift[rows], self.loglik[rows], self.maxprob[rows] = r, sh, ll, mp
+                done += len(rows)
+                if self.progress is not None:
+                    self.progress(it, done, self.N, resolution)
+        bps, resid = sums.bps, sums.resid
         for h in (1, 2):
             self.noise[h].update(resid[h].mean())
         half = {h: bps[h].reconstruct() for h in (1, 2)}
@@ -351,7 +340,7 @@ class _Refiner:
 def auto_refine(batches: Batches, particles: pd.DataFrame, reference: torch.Tensor, *, pixel_size: float,
                 params: RefineParams, mask: torch.Tensor | None = None, device: torch.device | str = "cpu",
                 progress: Progress | None = None, on_iteration: OnIteration | None = None,
-                resume: RefineState | None = None) -> RefineResult:
+                resume: RefineState | None = None, distributor: Distributor | None = None) -> RefineResult:
     """Refine poses and reconstruct gold-standard half maps.
 
     Args:
@@ -370,6 +359,9 @@ def auto_refine(batches: Batches, particles: pd.DataFrame, reference: torch.Tens
             mask and params: the refinement continues after its iteration and gives the same result
             as the uninterrupted run (bitwise on the CPU with the same thread count; on a GPU to float
             tolerance, its atomic additions being unordered).
+        distributor: send each iteration's expectation step, in chunks of particles, through a compute
+            backend (:class:`cryolens.compute.estep.Distributor`); None (default) computes it here, batch
+            by batch. The result equals the in-process one to float tolerance (sums in another order).
 
     Returns:
         :class:`RefineResult`.
@@ -384,4 +376,4 @@ def auto_refine(batches: Batches, particles: pd.DataFrame, reference: torch.Tens
         raise ValueError(f"mask shape {tuple(mask.shape)} differs from the reference's {tuple(reference.shape)}")
     dev = torch.device(device)
     return _Refiner(batches, particles.reset_index(drop=True), reference, pixel_size=pixel_size, params=params,
-                    mask=mask, device=dev, progress=progress).run(resume, on_iteration)
+                    mask=mask, device=dev, progress=progress, distributor=distributor).run(resume, on_iteration)
