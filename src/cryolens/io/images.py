@@ -157,10 +157,13 @@ class ImageSource:
         if isinstance(indices, (int, np.integer)):
             return self[np.array([indices])][0]
         idx = self._normalise(indices)
-        out = np.empty((idx.size, *self._shape), dtype=np.float32)
         if idx.size == 0:
-            return out
+            return np.empty((0, *self._shape), dtype=np.float32)
         stacks = self._stack[idx]
+        sections = self._section[idx]
+        if (stacks == stacks[0]).all() and (np.diff(sections) > 0).all():  # one stack, in file order: no re-sort
+            return read_sections(self._paths[stacks[0]], sections, info=self._infos[stacks[0]])
+        out = np.empty((idx.size, *self._shape), dtype=np.float32)
         order = np.argsort(stacks, kind="stable")
         sorted_stacks = stacks[order]
         starts = np.flatnonzero(np.r_[True, sorted_stacks[1:] != sorted_stacks[:-1]])

@@ -275,11 +275,17 @@ def read_sections(path: PathLike, sections: np.ndarray, *, info: MrcInfo | None 
             if not run.size:
                 continue
             fh.seek(info.data_offset + int(sections[run[0]]) * per_image * info.dtype.itemsize)
-            block = np.fromfile(fh, dtype=info.dtype, count=run.size * per_image)
-            if block.size != run.size * per_image:
+            dest = out[run[0]:run[-1] + 1]  # runs are consecutive positions of out
+            if info.dtype == out.dtype:  # read straight into the result (no second copy)
+                complete = fh.readinto(memoryview(dest).cast("B")) == dest.nbytes
+            else:
+                block = np.fromfile(fh, dtype=info.dtype, count=run.size * per_image)
+                complete = block.size == run.size * per_image
+                if complete:
+                    dest[...] = block.reshape(run.size, *shape)
+            if not complete:
                 raise _bad_file_error(p, f"header says {info.shape[2]}x{info.shape[1]}x{info.shape[0]} "
                                          f"{info.dtype} but the data is shorter")
-            out[run] = block.reshape(run.size, *shape)
     return out
 
 
