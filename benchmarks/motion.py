@@ -73,19 +73,20 @@ def shift_errors(work: Path, n: int, folder: str) -> dict:
 
 
 def floor_estimate(size: int, frames: int, floor: dict) -> dict:
-    """Seconds per movie below which motion correction cannot go on this machine (one core): the
+    """CPU seconds per movie below which motion correction cannot go on this machine: the
     full-size rfft2 of every frame and the two inverse transforms of the sums (``2.5·N·log2 N / 2``
     flops each; the alignment itself runs on a binned grid and is left out), and the memory passes
     over each frame pixel: 2 bytes read from the file, 4 written and read as float32, 8 written and
     read as a spectrum, 8 read and written when shifted into the sums (~42 bytes per pixel per
-    frame). FFT GFLOP/s stands for the attainable flop rate, the copy rate for the bandwidth."""
+    frame). FFT GFLOP/s stands for the attainable flop rate, the copy rate for the bandwidth (both per
+    second of CPU time, see :func:`timing.machine_floor`)."""
     npx = size * size
     flops = (frames + 2) * 2.5 * npx * math.log2(npx) / 2
     nbytes = frames * npx * 42
-    t_flop = flops / (floor["fft_gflops"] * 1e9)
-    t_mem = nbytes / (floor["copy_gbps"] * 1e9)
-    return {"gflop": round(flops / 1e9, 2), "gbytes": round(nbytes / 1e9, 2), "flop_floor_s": round(t_flop, 3),
-            "memory_floor_s": round(t_mem, 3), "floor_s_per_movie": round(max(t_flop, t_mem), 3)}
+    t_flop = flops / (floor["fft_gflops_per_cpu_s"] * 1e9)
+    t_mem = nbytes / (floor["copy_gbps_per_cpu_s"] * 1e9)
+    return {"gflop": round(flops / 1e9, 2), "gbytes": round(nbytes / 1e9, 2), "flop_floor_cpu_s": round(t_flop, 3),
+            "memory_floor_cpu_s": round(t_mem, 3), "floor_cpu_s_per_movie": round(max(t_flop, t_mem), 3)}
 
 
 def kernel_timings(cases: list[str], threads: int) -> list[dict]:
