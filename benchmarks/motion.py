@@ -23,6 +23,10 @@ to simulate one ``--preset benchmark`` movie (3710x3838x40) per format (target: 
 
     python benchmarks/motion.py --kernel-only --kernel 1024x24 --kernel 4096x40:5x5 --preset-movie
 
+It also measures this machine's FFT and memory-copy throughput (:func:`timing.machine_floor`) and
+estimates from them the floor of motion correction per movie (:func:`floor_estimate`), reported
+with the measured seconds per movie.
+
 RELION gets ``--j threads`` (threads per movie, one movie at a time); cryolens gets the same
 number of cores through ``OMP_NUM_THREADS`` and its default backend (in-process threads for a
 few movies, local worker processes for many), or ``--backend`` / ``--cryolens-j`` when given.
@@ -41,7 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-from timing import timed
+import math
+
+from timing import machine_floor, timed
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -64,6 +70,23 @@ def shift_errors(work: Path, n: int, folder: str) -> dict:
         per.append(round(float(np.sqrt(d2.mean())), 3))
         sq.append(d2)
     return {"shift_rmse_px": round(float(np.sqrt(np.concatenate(sq).mean())), 3), "shift_rmse_px_per_movie": per}
+
+
+def floor_estimate(size: int, frames: int, floor: dict) -> dict:
+    """CPU seconds per movie below which motion correction cannot go on this machine: the
+    full-size rfft2 of every frame and the two inverse transforms of the sums (``2.5·N·log2 N / 2``
+    flops each; the alignment itself runs on a binned grid and is left out), and the memory passes
+    over each frame pixel: 2 bytes read from the file, 4 written and read as float32, 8 written and
+    read as a spectrum, 8 read and written when shifted into the sums (~42 bytes per pixel per
+    frame). FFT GFLOP/s stands for the attainable flop rate, the copy rate for the bandwidth (both per
+    second of CPU time, see :func:`timing.machine_floor`)."""
+    npx = size * size
+    flops = (frames + 2) * 2.5 * npx * math.log2(npx) / 2
+    nbytes = frames * npx * 42
+    t_flop = flops / (floor["fft_gflops_per_cpu_s"] * 1e9)
+    t_mem = nbytes / (floor["copy_gbps_per_cpu_s"] * 1e9)
+    return {"gflop": round(flops / 1e9, 2), "gbytes": round(nbytes / 1e9, 2), "flop_floor_cpu_s": round(t_flop, 3),
+            "memory_floor_cpu_s": round(t_mem, 3), "floor_cpu_s_per_movie": round(max(t_flop, t_mem), 3)}
 
 
 def kernel_timings(cases: list[str], threads: int) -> list[dict]:
@@ -199,6 +222,8 @@ def main() -> None:
         return out
 
     ours, rel = summary("cryolens", "mc"), summary("relion", "relion")
+    floor = machine_floor(1)
+    est = floor_estimate(args.size, args.frames, floor)
     job = json.loads((work / "mc" / "job.json").read_text())
     ours["job_seconds"] = job["timings_s"].get("total")
     ours["seconds_per_movie"] = job["results"].get("seconds_per_movie")
@@ -211,6 +236,9 @@ def main() -> None:
         "time_ratio_relion_over_cryolens": round(rel["wall_s"] / ours["wall_s"], 2),
         "cpu_ratio_relion_over_cryolens": round(rel["cpu_s"] / max(ours["cpu_s"], 1e-9), 2),
         "rmse_ratio_cryolens_over_relion": round(ours["shift_rmse_px"] / max(rel["shift_rmse_px"], 1e-9), 3),
+        "time_ratio_cryolens_over_relion": round(ours["wall_s"] / rel["wall_s"], 2),
+        "cpu_ratio_cryolens_over_relion": round(ours["cpu_s"] / max(rel["cpu_s"], 1e-9), 2),
+        "machine": floor, "floor": est,
         "align_movie_kernel": kernel, "preset_movie": preset,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "note": "median of the runs; wall times on shared cores are noisy (see load_1min_before per run); "

@@ -38,3 +38,40 @@ def timed(cmd: list[str], cwd: Path, env: dict | None = None, log: Path | None =
     cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", err))
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
             "peak_rss_mb": round(int(rss.group(1)) / 1024, 1) if rss else None}
+
+
+def machine_floor(threads: int = 1, *, fft_size: int = 1024, copy_mb: int = 256) -> dict:
+    """This machine's throughput for the two things every kernel here is made of, with ``threads`` torch
+    threads: a big batched real FFT (``rfft2`` of 8 frames of ``fft_size``², counted as
+    ``2.5·N·log2(N)`` flops per real transform of N points) in GFLOP/s, and a memory copy (``copy_`` of
+    ``copy_mb`` MB into a resident buffer, read + write counted) in GB/s. Best of 5; on shared cores the
+    wall-clock rates are what the process got, not what the hardware can do, so the rates per second of
+    CPU time (``*_per_cpu_s``: all threads' CPU summed) are given too: what one busy core delivers."""
+    import math
+
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(8, fft_size, fft_size)
+        n = fft_size * fft_size
+        flops = 8 * 2.5 * n * math.log2(n)
+        big = torch.empty(copy_mb * 2 ** 20 // 4).uniform_()
+        dst = torch.zeros_like(big)  # touched once here, so the copies below do not page-fault
+        fft_s = copy_s = fft_c = copy_c = float("inf")
+        for _ in range(5):
+            t, c = time.perf_counter(), time.process_time()
+            torch.fft.rfft2(x)
+            fft_s, fft_c = min(fft_s, time.perf_counter() - t), min(fft_c, time.process_time() - c)
+            t, c = time.perf_counter(), time.process_time()
+            dst.copy_(big)
+            copy_s, copy_c = min(copy_s, time.perf_counter() - t), min(copy_c, time.process_time() - c)
+    finally:
+        torch.set_num_threads(before)
+    nbytes = 2 * big.numel() * 4
+    return {"threads": threads, "fft_gflops": round(flops / fft_s / 1e9, 2),
+            "copy_gbps": round(nbytes / copy_s / 1e9, 2),
+            "fft_gflops_per_cpu_s": round(flops / max(fft_c, 1e-9) / 1e9, 2),
+            "copy_gbps_per_cpu_s": round(nbytes / max(copy_c, 1e-9) / 1e9, 2),
+            "load_1min": round(os.getloadavg()[0], 2)}

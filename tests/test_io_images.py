@@ -12,7 +12,7 @@ import cryolens.io.images as images_module
 from cryolens.errors import InputError
 from cryolens.io.images import ImageSource, format_image_name, parse_image_name, write_stack_and_names
 from cryolens.io.paths import PROJECT_DB, project_root, resolve_path, star_name
-from cryolens.io.mrc import open_stack, read_mrc, read_mrc_header
+from cryolens.io.mrc import open_stack, read_mrc, read_mrc_header, read_sections
 from cryolens.io.star import read_particles, read_star
 
 PROJECT = "metadata/relion5_betagal_project"
@@ -154,7 +154,8 @@ def test_image_source_groups_reads_by_stack(tmp_path, monkeypatch):
     table = pd.DataFrame({"rlnImageName": names})
     source = ImageSource(table, tmp_path / "particles.star")
     calls = []
-    monkeypatch.setattr(images_module, "open_stack", lambda p: calls.append(p) or open_stack(p))
+    monkeypatch.setattr(images_module, "read_sections",
+                        lambda p, s, info: calls.append(p) or read_sections(p, s, info=info))
     np.testing.assert_array_equal(source[np.arange(5)], expected)
     assert len(calls) == 2  # one read per stack, not one per particle
     np.testing.assert_array_equal(source[np.array([3, 0, 3])], expected[[3, 0, 3]])

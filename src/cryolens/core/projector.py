@@ -17,6 +17,7 @@ Conventions (pinned against ``relion_project`` / ``relion_reconstruct`` in tests
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ from cryolens.core.fourier import freq_grid_2d, ft3, ift3, radius_3d, shift_phas
 from cryolens.core.masks import soft_mask_outside
 
 __all__ = ["FourierVolume", "SliceGrid", "gridding_correction", "prepare_volume", "project",
-           "BackProjector"]
+           "BackProjector", "scatter_add_complex"]
 
 
 def gridding_correction(n: int, pad: int, *, device=None) -> torch.Tensor:
@@ -138,23 +139,44 @@ def _slice_coordinates(grid: SliceGrid, rotations: torch.Tensor, pad: int):
     return c, conj
 
 
-def _trilinear_corners(coords: torch.Tensor, P: int):
-    """Trilinear neighbours on the centred grid, one corner at a time (insertion).
+def _trilinear_corners(coords: torch.Tensor, P: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trilinear neighbours on the centred grid, all 8 corners at once (insertion).
 
-    Yields ``(flat_index (B, M), weight (B, M))`` for the 8 corners; never builds
-    ``(B, M, 8)`` tensors, which keeps insertion memory-light and fast.
+    Returns ``(flat_index (8, B, M) long, weight (8, B, M))``, both contiguous, corners
+    ordered z, y, x (x fastest). Built by broadcasting over the leading corner axis
+    (long, vectorised inner loops): one add for the indices, two products for the weights.
     """
     S, nx = _centred_extent(P)
     f = torch.floor(coords)
     t = coords - f
     i = f.long()
     base = ((i[..., 2] + P // 2) * S + (i[..., 1] + P // 2)) * nx + i[..., 0]
+    offsets = torch.tensor([dz * S * nx + dy * nx + dx for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)],
+                           device=coords.device)
+    # out= pins the (8, B, M) memory order (broadcast results may otherwise come out permuted).
+    index = torch.add(base, offsets[:, None, None], out=base.new_empty((8, *base.shape)))
     tx, ty, tz = t.unbind(-1)
-    for dz, wz in ((0, 1 - tz), (1, tz)):
-        for dy, wy in ((0, 1 - ty), (1, ty)):
-            wzy = wz * wy
-            for dx, wx in ((0, 1 - tx), (1, tx)):
-                yield base + (dz * S * nx + dy * nx + dx), wzy * wx
+    wz, wy, wx = (torch.stack([1 - u, u]) for u in (tz, ty, tx))
+    wzy = torch.mul(wz[:, None], wy[None], out=t.new_empty((2, 2, *base.shape)))
+    weight = torch.mul(wzy[:, :, None], wx[None, None], out=t.new_empty((2, 2, 2, *base.shape)))
+    return index, weight.reshape(8, *base.shape)
+
+
+def scatter_add_complex(dst: torch.Tensor, index: torch.Tensor, values: torch.Tensor, *,
+                        native: bool | None = None) -> None:
+    """``dst[index] += values`` for a 1-D complex64 ``dst`` and ``values`` shaped like ``index``.
+
+    ``native`` (default: on the CPU) scatters the complex values in one call (real and
+    imaginary parts share a cache line); otherwise the real and imaginary parts go into
+    the interleaved float view of ``dst`` (the path used on GPUs).
+    """
+    flat = index.reshape(-1)
+    if native if native is not None else dst.device.type == "cpu":
+        dst.scatter_add_(0, flat, values.reshape(-1))
+        return
+    parts = torch.view_as_real(dst).view(-1)
+    pair = (2 * flat)[:, None] + torch.arange(2, device=dst.device)
+    parts.scatter_add_(0, pair.reshape(-1), torch.view_as_real(values.reshape(-1)).reshape(-1))
 
 
 def project(fvol: FourierVolume, rotations: torch.Tensor, origins: torch.Tensor | None = None,
@@ -198,7 +220,8 @@ class BackProjector:
     ``insert`` is the exact adjoint of :func:`project` (for the data term), with the
     kx = 0 column of each image counted once. ``reconstruct`` divides data by weights
     (plus an optional per-shell Wiener term) and applies the gridding correction.
-    Memory: ``3 (P+1)² (P//2+1)`` float32, i.e. 102 MB at n = 128, pad = 2.
+    Memory: ``3 (P+1)² (P//2+1)`` float32 (complex data and a float weight), i.e. 102 MB at
+    n = 128, pad = 2.
     """
 
     def __init__(self, n: int, *, pad: int = 2, device=None):
@@ -206,11 +229,24 @@ class BackProjector:
         self.P = pad * n
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         S, nx = _centred_extent(self.P)
-        # Rows: real part, imaginary part, CTF² weight; centred layout (see _to_centred).
-        self.acc = torch.zeros(3, S * S * nx, device=self.device)
+        # Centred layout (see _to_centred): CTF-weighted data (complex) and CTF² weights.
+        self.data = torch.zeros(S * S * nx, dtype=torch.complex64, device=self.device)
+        self.weight = torch.zeros(S * S * nx, dtype=torch.float32, device=self.device)
         self.grid = SliceGrid.build(n, self.device)
         self.count = 0
-        self.chunk = 32 if self.device.type == "cpu" else 1024
+        self.chunk = 16 if self.device.type == "cpu" else 1024
+
+    @property
+    def acc(self) -> torch.Tensor:
+        """The sums as one ``(3, (P+1)²·(P//2+1))`` float32 tensor: real part, imaginary part, CTF² weight
+        (a copy; assigning a tensor of that shape replaces the sums, e.g. to restore a checkpoint)."""
+        return torch.cat([torch.view_as_real(self.data).T, self.weight[None]])
+
+    @acc.setter
+    def acc(self, value: torch.Tensor) -> None:
+        value = value.to(device=self.device, dtype=torch.float32)
+        self.data = torch.complex(value[0], value[1]).contiguous()
+        self.weight = value[2].clone()
 
     def insert(self, images_f: torch.Tensor, rotations: torch.Tensor, origins: torch.Tensor | None = None,
                ctf: torch.Tensor | None = None, *, symmetry: torch.Tensor | None = None) -> None:
@@ -224,19 +260,21 @@ class BackProjector:
                 for every ``g`` (symmetry expansion during insertion).
         """
         dev = self.device
-        f = images_f.to(dev)
+        B = images_f.shape[0]
+        f = images_f.to(dev).reshape(B, -1)[:, self.grid.flat]  # only the kept frequencies from here on
         if origins is not None:
-            f = shift_phase(f, origins.to(device=dev, dtype=torch.float32), self.n)
-        B = f.shape[0]
-        f = f.reshape(B, -1)[:, self.grid.flat]
+            # The phase ramp of shift_phase, on the kept frequencies only.
+            o = origins.to(device=dev, dtype=torch.float32)
+            phase = (-2.0 * math.pi / self.n) * (o @ self.grid.k.T)
+            f = f * torch.polar(torch.ones_like(phase), phase)
         cw = self.grid.column_weight
         if ctf is not None:
             c = ctf.to(dev).reshape(B, -1)[:, self.grid.flat]
-            f = f * c
+            f = f * (c * cw)
             wgt = c * c * cw
         else:
+            f = f * cw
             wgt = cw[None]
-        f = f * cw
         rot = rotations.to(device=dev, dtype=torch.float32)
         if symmetry is not None and symmetry.shape[0] > 1:
             G = symmetry.shape[0]
@@ -247,17 +285,18 @@ class BackProjector:
         for s in range(0, f.shape[0], self.chunk):  # small chunks keep the scatter cache-friendly
             coords, conj = _slice_coordinates(self.grid, rot[s:s + self.chunk], self.pad)
             fs = f[s:s + self.chunk]
+            fs = torch.where(conj, fs.conj(), fs)  # points folded to kx >= 0 take the Friedel mate's conjugate
             ws = wgt if wgt.shape[0] == 1 else wgt[s:s + self.chunk]
-            vals = (fs.real, torch.where(conj, -fs.imag, fs.imag), ws.expand_as(conj))
-            for idx, w in _trilinear_corners(coords, self.P):
-                flat = idx.reshape(-1)
-                for row, v in zip(self.acc, vals):  # 1-D scatter_add_: the fastest CPU path
-                    row.scatter_add_(0, flat, (v * w).reshape(-1))
+            index, w = _trilinear_corners(coords, self.P)  # (8, b, M)
+            # out= keeps the (8, b, M) memory order of index, so the reshapes below are views.
+            scatter_add_complex(self.data, index, torch.mul(fs, w, out=fs.new_empty(w.shape)))
+            self.weight.scatter_add_(0, index.reshape(-1), torch.mul(ws, w, out=torch.empty_like(w)).reshape(-1))
         self.count += B
 
     def add(self, other: "BackProjector") -> None:
         """Add another accumulator's sums (e.g. from a parallel worker)."""
-        self.acc += other.acc.to(self.device)
+        self.data += other.data.to(self.device)
+        self.weight += other.weight.to(self.device)
         self.count += other.count
 
     def _half_volumes(self):
@@ -267,14 +306,20 @@ class BackProjector:
         voxel there also receives the conjugate of what landed on its mate (-ky, -kz).
         """
         S, nx = _centred_extent(self.P)
-        re, im, weight = (_from_centred(row.reshape(S, S, nx)) for row in self.acc)
-        data = torch.complex(re, im)
+        data = _from_centred(self.data.reshape(S, S, nx))
+        weight = _from_centred(self.weight.reshape(S, S, nx))
         mate = lambda x: torch.roll(torch.flip(x, dims=(0, 1)), shifts=(1, 1), dims=(0, 1))  # noqa: E731
         for x in (0, nx - 1):
             plane_d, plane_w = data[:, :, x], weight[:, :, x]
             data[:, :, x] = plane_d + mate(plane_d).conj()
             weight[:, :, x] = plane_w + mate(plane_w)
         return data, weight
+
+    def _radius(self) -> torch.Tensor:
+        """Radius of each padded half-volume voxel in frequency units of the original box (cached)."""
+        if getattr(self, "_radius_cache", None) is None:
+            self._radius_cache = radius_3d(self.P, device=self.device) / self.pad
+        return self._radius_cache
 
     def shell_weights(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Mean CTF² weight per shell of the original box (``n//2 + 1`` shells).
@@ -283,8 +328,7 @@ class BackProjector:
         """
         if weight is None:
             _, weight = self._half_volumes()
-        r = radius_3d(self.P, device=self.device) / self.pad
-        shells = torch.round(r).long()
+        shells = torch.round(self._radius()).long()
         nsh = self.n // 2 + 1
         keep = shells < nsh
         num = torch.zeros(nsh, device=self.device).index_add_(0, shells[keep], weight[keep])
@@ -306,18 +350,20 @@ class BackProjector:
                 mean with a 3-px cosine edge, as RELION does to every reconstruction.
         """
         data, weight = self._half_volumes()
-        r = radius_3d(self.P, device=self.device) / self.pad
+        r = self._radius()
         inside = r < self.n / 2
-        denom = weight.clone()
+        denom = weight
         if ssnr is not None:
             mean_w = self.shell_weights(weight)
             tau = (mean_w / ssnr.to(self.device).clamp_min(1e-6))
             sh = torch.round(r).long().clamp_max(self.n // 2)
             denom = denom + tau[sh]
         floor = weight_floor * weight[inside].mean().clamp_min(1e-30)
-        f = torch.where(inside, data / denom.clamp_min(floor), torch.zeros_like(data))
-        vol = ift3(f, self.P)
-        o = self.P // 2 - self.n // 2
-        vol = vol[o:o + self.n, o:o + self.n, o:o + self.n]
+        f = data.mul_(torch.where(inside, denom.clamp_min(floor).reciprocal_(), 0.0))
+        # ift3 followed by the central crop, without shifting the whole padded volume: the centred
+        # index o + j (o = P//2 - n//2) is the unshifted index (j - n//2) mod P.
+        vol = torch.fft.irfftn(f, s=(self.P,) * 3, dim=(-3, -2, -1))
+        keep = (torch.arange(self.n, device=self.device) - self.n // 2) % self.P
+        vol = vol.index_select(0, keep).index_select(1, keep).index_select(2, keep)
         vol = vol / gridding_correction(self.n, self.pad, device=self.device)
         return soft_mask_outside(vol) if mask_corners else vol

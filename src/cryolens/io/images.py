@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cryolens.errors import InputError
-from cryolens.io.mrc import open_stack, read_mrc_header, write_mrc
+from cryolens.io.mrc import read_mrc_header, read_sections, write_mrc
 from cryolens.io.paths import resolve_path
 
 __all__ = ["parse_image_name", "format_image_name", "ImageSource", "write_stack_and_names"]
@@ -61,9 +61,10 @@ def format_image_name(index: int, path: PathLike) -> str:
 class ImageSource:
     """Lazy, indexable view of the particle images named by a table's ``rlnImageName``.
 
-    Stacks are memory-mapped on demand (see :func:`cryolens.io.mrc.open_stack`); a batch
-    read groups the requested rows by stack and reads each stack with one fancy-indexing
-    call. At construction every stack is located (:func:`cryolens.io.paths.resolve_path`:
+    Images are read from the stack files on demand, never whole and never memory-mapped
+    (:func:`cryolens.io.mrc.read_sections`): a batch read groups the requested rows by stack
+    and reads each stack front to back, one ``fromfile`` per run of consecutive images, so a
+    dataset larger than RAM streams with memory bounded by the batch. At construction every stack is located (:func:`cryolens.io.paths.resolve_path`:
     the project root, the current folder, then the STAR folder and above), its header
     read, the indices checked against its length and the box sizes checked to agree.
 
@@ -90,11 +91,13 @@ class ImageSource:
         codes, uniques = pd.factorize(parts["path"], sort=False)
         first_row = pd.Series(np.arange(len(codes))).groupby(codes).first().to_numpy()
         self._paths: list[Path] = []
+        self._infos = []
         shapes: list[tuple[int, int, int]] = []
         for k, name in enumerate(uniques):
             path = resolve_path(name, self.star_path, row=int(first_row[k]) + 1)
             info = read_mrc_header(path)
             self._paths.append(path)
+            self._infos.append(info)
             shapes.append(info.shape)
         self._stack = codes.astype(np.int64)
         self._section = np.where(has_index, index.fillna(1).to_numpy() - 1, 0).astype(np.int64)
@@ -154,10 +157,13 @@ class ImageSource:
         if isinstance(indices, (int, np.integer)):
             return self[np.array([indices])][0]
         idx = self._normalise(indices)
-        out = np.empty((idx.size, *self._shape), dtype=np.float32)
         if idx.size == 0:
-            return out
+            return np.empty((0, *self._shape), dtype=np.float32)
         stacks = self._stack[idx]
+        sections = self._section[idx]
+        if (stacks == stacks[0]).all() and (np.diff(sections) > 0).all():  # one stack, in file order: no re-sort
+            return read_sections(self._paths[stacks[0]], sections, info=self._infos[stacks[0]])
+        out = np.empty((idx.size, *self._shape), dtype=np.float32)
         order = np.argsort(stacks, kind="stable")
         sorted_stacks = stacks[order]
         starts = np.flatnonzero(np.r_[True, sorted_stacks[1:] != sorted_stacks[:-1]])
@@ -166,8 +172,8 @@ class ImageSource:
             positions = order[a:b]
             sections = self._section[idx[positions]]
             by_section = np.argsort(sections, kind="stable")  # read each file front to back
-            data = open_stack(self._paths[sorted_stacks[a]])
-            out[positions[by_section]] = _read_sections(data, sections[by_section])
+            k = sorted_stacks[a]
+            out[positions[by_section]] = read_sections(self._paths[k], sections[by_section], info=self._infos[k])
         return out
 
     def iter_batches(self, batch_size: int,
@@ -179,27 +185,6 @@ class ImageSource:
         for start in range(0, idx.size, batch_size):
             chunk = idx[start:start + batch_size]
             yield chunk, self[chunk]
-
-
-def _read_sections(data: np.ndarray, sections: np.ndarray) -> np.ndarray:
-    """Images at ascending ``sections`` of a stack, as float32.
-
-    A memory-mapped stack is read with one ``fromfile`` per contiguous run of sections,
-    so reading never leaves the stack's pages in this process's resident memory (a
-    dataset larger than RAM streams with bounded memory); in-memory stacks are indexed.
-    """
-    if not isinstance(data, np.memmap) or data.filename is None:
-        return data[sections].astype(np.float32, copy=False)
-    per_image = int(np.prod(data.shape[1:]))
-    out = np.empty((sections.size, *data.shape[1:]), dtype=np.float32)
-    breaks = np.flatnonzero(np.diff(sections) != 1) + 1
-    with open(data.filename, "rb") as fh:
-        for run in np.split(np.arange(sections.size), breaks):
-            first = int(sections[run[0]])
-            fh.seek(data.offset + first * per_image * data.dtype.itemsize)
-            block = np.fromfile(fh, dtype=data.dtype, count=run.size * per_image)
-            out[run] = block.reshape(run.size, *data.shape[1:])
-    return out
 
 
 def write_stack_and_names(stack_path: PathLike, images: np.ndarray, voxel_size: float) -> list[str]:

@@ -21,7 +21,8 @@ import numpy as np
 from cryolens.errors import InputError
 from cryolens.io.atomic import atomic_output
 
-__all__ = ["MrcInfo", "read_mrc", "read_mrc_header", "open_stack", "write_mrc", "clear_stack_cache"]
+__all__ = ["MrcInfo", "read_mrc", "read_mrc_header", "open_stack", "read_sections", "write_mrc",
+           "clear_stack_cache"]
 
 PathLike = str | os.PathLike
 
@@ -44,6 +45,8 @@ class MrcInfo:
         is_stack: True when the header marks images, not a volume: ``ispg == 0`` with a
             sampling ``mz`` other than ``nz`` (MRC2014 image stacks have ``mz = 1``; some
             older volumes carry ``ispg == 0`` with ``mz == nz`` and count as volumes).
+        data_offset: byte offset of the data in the (uncompressed) file: 1024 plus the
+            extended header.
     """
 
     shape: tuple[int, int, int]
@@ -53,6 +56,7 @@ class MrcInfo:
     origin: tuple[float, float, float]
     start: tuple[int, int, int]
     is_stack: bool
+    data_offset: int = 1024
 
 
 def _header_summary(path: PathLike) -> str | None:
@@ -133,6 +137,7 @@ def _info_from(m: Any) -> MrcInfo:
         origin=(_f32(h.origin.x), _f32(h.origin.y), _f32(h.origin.z)),
         start=(int(h.nxstart), int(h.nystart), int(h.nzstart)),
         is_stack=int(h.ispg) == 0 and (int(h.nz) == 1 or int(h.mz) != int(h.nz)),
+        data_offset=1024 + int(h.nsymbt),
     )
 
 
@@ -236,6 +241,52 @@ def open_stack(path: PathLike) -> np.ndarray:
         while len(_stack_cache) > _STACK_CACHE_SIZE:
             _stack_cache.popitem(last=False)
     return data
+
+
+def read_sections(path: PathLike, sections: np.ndarray, *, info: MrcInfo | None = None) -> np.ndarray:
+    """Images at ``sections`` (ascending 0-based indices) of a stack, as float32 ``(k, y, x)``.
+
+    An uncompressed file is read directly: one seek and ``fromfile`` per run of consecutive
+    sections. Nothing is memory-mapped or cached, so the process holds only these images, in
+    resident memory and in address space alike: a stack larger than RAM (or than a
+    ``ulimit -v``) streams in batches. Compressed and 4-bit files go through
+    :func:`open_stack` (read whole, cached).
+
+    Args:
+        path: the stack; sections: ascending indices into it.
+        info: its header (:func:`read_mrc_header`), when the caller has it already.
+
+    Raises:
+        InputError: missing file, or a file shorter than its header says.
+    """
+    sections = np.asarray(sections, dtype=np.int64)
+    p = Path(path)
+    info = info if info is not None else read_mrc_header(p)
+    shape = info.shape[1:]
+    per_image = int(np.prod(shape))
+    _check_exists(p)
+    packed = p.stat().st_size < info.data_offset + info.shape[0] * per_image * info.dtype.itemsize  # e.g. 4-bit
+    if packed or _is_compressed(p):
+        return np.asarray(open_stack(p)[sections], dtype=np.float32)
+    out = np.empty((sections.size, *shape), dtype=np.float32)
+    breaks = np.flatnonzero(np.diff(sections) != 1) + 1
+    with open(p, "rb") as fh:
+        for run in np.split(np.arange(sections.size), breaks):
+            if not run.size:
+                continue
+            fh.seek(info.data_offset + int(sections[run[0]]) * per_image * info.dtype.itemsize)
+            dest = out[run[0]:run[-1] + 1]  # runs are consecutive positions of out
+            if info.dtype == out.dtype:  # read straight into the result (no second copy)
+                complete = fh.readinto(memoryview(dest).cast("B")) == dest.nbytes
+            else:
+                block = np.fromfile(fh, dtype=info.dtype, count=run.size * per_image)
+                complete = block.size == run.size * per_image
+                if complete:
+                    dest[...] = block.reshape(run.size, *shape)
+            if not complete:
+                raise _bad_file_error(p, f"header says {info.shape[2]}x{info.shape[1]}x{info.shape[0]} "
+                                         f"{info.dtype} but the data is shorter")
+    return out
 
 
 def clear_stack_cache() -> None:

@@ -6,10 +6,16 @@ Pure algorithms on tensors (no file I/O, no printing). Entry points:
 :func:`match_picks` (precision/recall/F1 against ground truth).
 """
 
-from cryolens.picking.consensus import consensus
-from cryolens.picking.evaluate import PickMatch, match_picks
-from cryolens.picking.params import PICK_METHODS, PickParams
-from cryolens.picking.picker import Picks, pick_micrograph, select_picks
+from cryolens.lazy import lazy_exports
 
 __all__ = ["PICK_METHODS", "PickParams", "Picks", "pick_micrograph", "select_picks", "consensus", "match_picks",
            "PickMatch"]
+
+# Lazy (PEP 562): the CLI imports picking.params at start-up for every command, and evaluate pulls in
+# scipy.optimize (~0.3 s of CPU) that only picking needs.
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "cryolens.picking.consensus": ["consensus"],
+    "cryolens.picking.evaluate": ["PickMatch", "match_picks"],
+    "cryolens.picking.params": ["PICK_METHODS", "PickParams"],
+    "cryolens.picking.picker": ["Picks", "pick_micrograph", "select_picks"],
+})
