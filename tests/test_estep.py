@@ -28,7 +28,7 @@ from cryolens.compute.backends import Dask, InProcess, get_backend
 from cryolens.compute.estep import Distributor, payload_bytes
 from cryolens.core.fourier import bandpass
 from cryolens.io import write_mrc
-from cryolens.refine.auto_refine import auto_refine
+from cryolens.refine.gold_standard import auto_refine
 from cryolens.refine.params import RefineParams
 from cryolens.refine.estep import HalfSums, accumulator_support
 from cryolens.simulate.phantom import asymmetric_phantom

@@ -172,6 +172,20 @@ def test_no_private_name_imported_across_modules():
                      + "\n".join(bad))
 
 
+def test_no_submodule_shadows_a_package_export():
+    """A submodule named like one of its package's exports would replace that export once anything imports the
+    submodule (``cryolens.refine.auto_refine`` was both a module and the function it exports)."""
+    bad = []
+    for init in (SRC / "cryolens").rglob("__init__.py"):
+        tree = ast.parse(init.read_text())
+        exports = next((ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                        and any(getattr(t, "id", None) == "__all__" for t in node.targets)), [])
+        for name in exports:
+            if (init.parent / f"{name}.py").exists() or (init.parent / name / "__init__.py").exists():
+                bad.append(f"{init.parent.relative_to(SRC)}: {name}")
+    assert not bad, "exports that share their name with a submodule (rename the module):\n" + "\n".join(bad)
+
+
 # -- the checker itself, on a planted tree -----------------------------------------------------------
 
 def test_the_checks_find_planted_violations(tmp_path: Path):

@@ -60,7 +60,7 @@ def test_streamed_images_equal_the_in_memory_stack(tmp_path, monkeypatch):
 # -- a stack larger than the address space the process may use --------------------------------------------
 
 MARGIN = 2700 * 2 ** 20  # address space for the refine's work beyond its imports [bytes]
-PROBE = ("import re, torch, cryolens.cli.main, cryolens.jobs.refine, cryolens.refine.auto_refine; "
+PROBE = ("import re, torch, cryolens.cli.main, cryolens.jobs.refine, cryolens.refine.gold_standard; "
          "print(re.search(r'VmPeak:\\s*(\\d+) kB', open('/proc/self/status').read()).group(1))")
 
 

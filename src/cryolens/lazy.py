@@ -20,9 +20,8 @@ def lazy_exports(package: str, exports: Mapping[str, Sequence[str]]) -> tuple[Ca
     """``(__getattr__, __dir__)`` for ``package``: each name in ``exports[module]`` is imported from that module
     when first looked up (then cached in the package's namespace).
 
-    Importing a submodule binds it in the package under its own name, so when a module and one of its
-    exports share a name (``cryolens.refine.auto_refine.auto_refine``), every export of the module is
-    cached at once: the name then means the export, never the submodule."""
+    Importing a submodule binds it in the package under its own name, over any export of that name, so
+    no submodule may share its name with an export (``tests/test_house.py`` checks it)."""
     where = {name: module for module, names in exports.items() for name in names}
 
     def getattr_(name: str) -> Any:

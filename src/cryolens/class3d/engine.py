@@ -51,7 +51,7 @@ import torch
 from cryolens.class3d.estep import Class3DShared, ClassSetup, ClassSums, class3d_chunk, classify_batch
 from cryolens.class3d.params import Class3DParams
 from cryolens.class3d.result import Class3DIteration, Class3DResult
-from cryolens.compute.estep import Distributor
+from cryolens.core.worker import ChunkMapper
 from cryolens.core.fourier import bandpass, ft3, ift3, radius_3d, shell_index
 from cryolens.core.fsc import fsc, fsc_to_ssnr
 from cryolens.core.masks import soft_sphere
@@ -59,7 +59,7 @@ from cryolens.core.projector import SliceGrid, prepare_volume
 from cryolens.core.so3_grid import so3_grid
 from cryolens.core.symmetry import symmetry_matrices
 from cryolens.particles import POSE_COLUMNS, has_ctf, origins_px_from_table, rotations_from_table
-from cryolens.refine.auto_refine import pose_change
+from cryolens.refine.gold_standard import pose_change
 from cryolens.refine.images import prepared_batches
 from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.estep import accumulator_support, chunk_items
@@ -101,7 +101,7 @@ def starting_references(maps: torch.Tensor, k: int, *, pixel_size: float, ini_hi
 class _Classifier:
     def __init__(self, batches: Batches, table: pd.DataFrame, refs: torch.Tensor, *, pixel_size: float,
                  params: Class3DParams, mask: torch.Tensor | None, device: torch.device, progress: Progress | None,
-                 distributor: Distributor | None = None):
+                 distributor: ChunkMapper | None = None):
         p = params
         self.dist = distributor
         self.batches, self.table, self.p, self.apix, self.dev, self.progress = batches, table, p, pixel_size, device, \
@@ -303,7 +303,7 @@ class _Classifier:
 
 def classify_3d(batches: Batches, particles: pd.DataFrame, references: torch.Tensor, *, pixel_size: float,
                 params: Class3DParams, mask: torch.Tensor | None = None, device: torch.device | str = "cpu",
-                progress: Progress | None = None, distributor: Distributor | None = None) -> Class3DResult:
+                progress: Progress | None = None, distributor: ChunkMapper | None = None) -> Class3DResult:
     """Classify particles into ``params.classes`` 3D classes.
 
     Args:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from cryolens.abinitio.search import limited_grid
-from cryolens.compute.estep import SharedOnce
+from cryolens.core.worker import SharedOnce
 from cryolens.core.projector import BackProjector, SliceGrid, prepare_volume
 from cryolens.core.so3_grid import healpix_step_deg
 from cryolens.refine.estep import ParticleChunk, accumulator_support
@@ -77,10 +77,12 @@ class ClassSums:
         self.resid = ShellAccumulator(n, device)
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        """CPU tensors: ``acc (K, 2, 3, S)`` on :func:`~cryolens.refine.estep.accumulator_support`, counts and
-        residual sums."""
-        sup = accumulator_support(self.n, 2, self.r_insert, self.bps[0][0].acc.device)
-        return {"acc": torch.stack([torch.stack([bp.acc[:, sup] for bp in pair]) for pair in self.bps]).cpu(),
+        """CPU tensors: complex sums ``data (K, 2, S)`` and weights ``weight (K, 2, S)`` on
+        :func:`~cryolens.refine.estep.accumulator_support`, counts and residual sums."""
+        sup = accumulator_support(self.n, 2, self.r_insert, self.bps[0][0].device)
+        sums = [[bp.sums_at(sup) for bp in pair] for pair in self.bps]
+        return {"data": torch.stack([torch.stack([d for d, _ in pair]) for pair in sums]).cpu(),
+                "weight": torch.stack([torch.stack([w for _, w in pair]) for pair in sums]).cpu(),
                 "count": torch.tensor([[bp.count for bp in pair] for pair in self.bps]),
                 "rsum": self.resid.sum.cpu(), "rcount": self.resid.count.cpu()}
 
@@ -88,7 +90,7 @@ class ClassSums:
         """Add a chunk's :meth:`to_tensors`."""
         for k, pair in enumerate(self.bps):
             for h, bp in enumerate(pair):
-                bp.acc[:, support.to(bp.acc.device)] += t["acc"][k, h].to(bp.acc.device)
+                bp.add_at(support, t["data"][k, h], t["weight"][k, h])
                 bp.count += int(t["count"][k, h])
         self.resid.sum += t["rsum"].to(self.resid.sum.device)
         self.resid.count += t["rcount"].to(self.resid.count.device)

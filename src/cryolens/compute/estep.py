@@ -9,12 +9,12 @@ the step splits into chunks of particles, each a work unit of a compute backend
 maximisation itself. This module knows chunks, shared data and byte counts, not stages:
 
     dist = Distributor(get_backend("tcp://head:8786"))
-    rows = dist.chunks(n_particles, bytes_per_particle=4 * box * box, multiple=batch_size)
+    rows = dist.chunks(n_particles, bytes_per_item=4 * box * box, multiple=batch_size)
     results = dist.map(stage_chunk_fn, shared, items, desc="refine it 3")
 
 ``shared`` (the iteration's references, noise model, search settings) goes to every worker
 once per iteration where the backend allows (:meth:`Backend.map_shared`); a
-:class:`SharedOnce` subclass builds derived data (e.g. projectors) once per worker and keeps
+:class:`cryolens.core.worker.SharedOnce` subclass builds derived data (e.g. projectors) once per worker and keeps
 it. A worker that dies loses only the chunk it was running, which the backend re-runs
 (``retries``). :attr:`Distributor.log` records per map the wall time, the workers' own
 compute time and the bytes that crossed to and from the workers.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import numpy as np
 
 from cryolens.compute.backends import Backend
 
-__all__ = ["Distributor", "MapRecord", "SharedOnce", "payload_bytes", "DEFAULT_CHUNK_MEMORY_MB"]
+__all__ = ["Distributor", "MapRecord", "payload_bytes", "DEFAULT_CHUNK_MEMORY_MB"]
 
 #: Default bound on the image memory of one chunk on a worker, in MiB.
 DEFAULT_CHUNK_MEMORY_MB = 1024.0
@@ -59,27 +58,6 @@ def payload_bytes(obj: Any) -> int:
     if dataclasses.is_dataclass(obj):
         return sum(payload_bytes(getattr(obj, f.name)) for f in dataclasses.fields(obj))
     return 0
-
-
-class SharedOnce:
-    """Base for the data a map shares with every chunk: :meth:`cached` builds derived objects once per
-    copy (once per worker on Dask, once in this process for threads) and keeps them; the cache and its
-    lock are not pickled."""
-
-    def cached(self, key: str, build: Callable[[], Any]) -> Any:
-        """``build()`` the first time ``key`` is asked for on this copy, the same object afterwards (thread-safe)."""
-        lock = self.__dict__.setdefault("_shared_lock", threading.Lock())
-        with lock:
-            cache = self.__dict__.setdefault("_shared_cache", {})
-            if key not in cache:
-                cache[key] = build()
-            return cache[key]
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_shared_lock", "_shared_cache")}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
 
 
 @dataclass
@@ -112,7 +90,7 @@ class MapRecord:
 
 
 @dataclass
-class Distributor:
+class Distributor:  # implements cryolens.core.worker.ChunkMapper
     """Sends an expectation step's particle chunks through a compute backend.
 
     Attributes:

@@ -299,6 +299,17 @@ class BackProjector:
         self.weight += other.weight.to(self.device)
         self.count += other.count
 
+    def sums_at(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The complex sums and CTF² weights at flat ``index`` (copies; e.g. to ship a worker's partial sums)."""
+        index = index.to(self.device)
+        return self.data[index], self.weight[index]
+
+    def add_at(self, index: torch.Tensor, data: torch.Tensor, weight: torch.Tensor) -> None:
+        """Add partial sums (:meth:`sums_at` of another accumulator) at flat ``index``."""
+        index = index.to(self.device)
+        self.data[index] += data.to(self.device)
+        self.weight[index] += weight.to(self.device)
+
     def _half_volumes(self):
         """Data ``(P, P, nx)`` complex and weight ``(P, P, nx)``, the kx = 0 and kx = P/2 planes made Hermitian.
 

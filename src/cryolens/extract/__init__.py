@@ -19,7 +19,7 @@ from cryolens.extract.extraction import (
 )
 from cryolens.extract.normalise import background_mask, normalise_background
 from cryolens.extract.params import ExtractParams, default_bg_radius
-from cryolens.extract.recentre import recentre, round_half_away
+from cryolens.extract.origins import recentre, round_half_away
 
 __all__ = [
     "ExtractParams", "default_bg_radius", "Extracted", "extract_particles", "iter_extract", "box_corners",

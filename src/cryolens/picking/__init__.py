@@ -14,7 +14,7 @@ __all__ = ["PICK_METHODS", "PickParams", "Picks", "pick_micrograph", "select_pic
 # Lazy (PEP 562): the CLI imports picking.params at start-up for every command, and evaluate pulls in
 # scipy.optimize (~0.3 s of CPU) that only picking needs.
 __getattr__, __dir__ = lazy_exports(__name__, {
-    "cryolens.picking.consensus": ["consensus"],
+    "cryolens.picking.agreement": ["consensus"],
     "cryolens.picking.evaluate": ["PickMatch", "match_picks"],
     "cryolens.picking.params": ["PICK_METHODS", "PickParams"],
     "cryolens.picking.picker": ["Picks", "pick_micrograph", "select_picks"],

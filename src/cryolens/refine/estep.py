@@ -3,7 +3,7 @@
 One batch (:func:`expect_batch`): each half set's images are searched against that half's
 reference (global grid or local passes, :func:`search`), their residuals feed the half's noise
 accumulator and the best poses are inserted into the half's back-projector (:class:`HalfSums`).
-In-process, :mod:`cryolens.refine.auto_refine` calls it batch after batch. Distributed, a
+In-process, :mod:`cryolens.refine.gold_standard` calls it batch after batch. Distributed, a
 chunk of particles (:class:`ParticleChunk`: row indices, CTF columns, current poses and, unless
 the workers read them, the images) goes to a worker with the iteration's :class:`RefineShared`
 (references, noise spectra, search settings; sent once per worker), and :func:`refine_chunk`
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.compute.estep import Distributor, SharedOnce
+from cryolens.core.worker import ChunkMapper, SharedOnce
 from cryolens.core.projector import BackProjector, SliceGrid, prepare_volume
 from cryolens.core.so3_grid import healpix_step_deg
 from cryolens.refine.images import prepared_batches
@@ -93,10 +93,10 @@ class HalfSums:
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """The sums as CPU tensors (back-projector rows on :func:`accumulator_support` only)."""
-        sup = accumulator_support(self.n, self.pad, self.r_insert, self.bps[1].acc.device)
+        sup = accumulator_support(self.n, self.pad, self.r_insert, self.bps[1].device)
         out: dict[str, torch.Tensor] = {}
         for h in (1, 2):
-            out[f"acc{h}"] = self.bps[h].acc[:, sup].cpu()
+            out[f"data{h}"], out[f"weight{h}"] = (x.cpu() for x in self.bps[h].sums_at(sup))
             out[f"count{h}"] = torch.tensor(self.bps[h].count)
             out[f"rsum{h}"], out[f"rcount{h}"] = self.resid[h].sum.cpu(), self.resid[h].count.cpu()
         return out
@@ -104,8 +104,7 @@ class HalfSums:
     def add_tensors(self, t: dict[str, torch.Tensor], support: torch.Tensor) -> None:
         """Add a chunk's :meth:`to_tensors` (``support``: its :func:`accumulator_support`)."""
         for h in (1, 2):
-            acc = self.bps[h].acc
-            acc[:, support.to(acc.device)] += t[f"acc{h}"].to(acc.device)
+            self.bps[h].add_at(support, t[f"data{h}"], t[f"weight{h}"])
             self.bps[h].count += int(t[f"count{h}"])
             r = self.resid[h]
             r.sum += t[f"rsum{h}"].to(r.sum.device)
@@ -249,11 +248,11 @@ class ParticleChunk:
     images: np.ndarray | None = None
 
 
-def chunk_items(dist: Distributor, batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+def chunk_items(dist: ChunkMapper, batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
                 table: pd.DataFrame, rotations: torch.Tensor, shifts: torch.Tensor, half: torch.Tensor, *, n: int,
                 batch_size: int) -> list[ParticleChunk]:
     """The work units of one distributed pass over ``table``'s particles: contiguous rows sized by
-    :meth:`Distributor.chunks` (a multiple of ``batch_size``, so that a chunk's batches are the in-process
+    :meth:`~cryolens.core.worker.ChunkMapper.chunks` (a multiple of ``batch_size``, so that a chunk's batches are the in-process
     batches), the table's numeric columns, the current ``rotations (N, 3, 3)``, ``shifts (N, 2)`` px and half
     sets ``half (N,)``; when ``dist`` has no reader the images (box ``n``) are read here from ``batches()``
     and travel with the chunks."""

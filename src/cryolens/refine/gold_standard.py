@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cryolens.compute.estep import Distributor
+from cryolens.core.worker import ChunkMapper
 from cryolens.core.fourier import bandpass, radius_3d, shell_index
 from cryolens.core.fsc import FSCResult, fsc, fsc_to_ssnr
 from cryolens.core.masks import mask_from_map, soft_sphere
@@ -120,7 +120,7 @@ class _Refiner:
 
     def __init__(self, batches: Batches, particles: pd.DataFrame, reference: torch.Tensor, *, pixel_size: float,
                  params: RefineParams, mask: torch.Tensor | None, device: torch.device, progress: Progress | None,
-                 distributor: Distributor | None = None):
+                 distributor: ChunkMapper | None = None):
         self.batches, self.p, self.apix, self.dev, self.progress = batches, params, pixel_size, device, progress
         self.dist = distributor
         self.n = n = reference.shape[-1]
@@ -340,7 +340,7 @@ class _Refiner:
 def auto_refine(batches: Batches, particles: pd.DataFrame, reference: torch.Tensor, *, pixel_size: float,
                 params: RefineParams, mask: torch.Tensor | None = None, device: torch.device | str = "cpu",
                 progress: Progress | None = None, on_iteration: OnIteration | None = None,
-                resume: RefineState | None = None, distributor: Distributor | None = None) -> RefineResult:
+                resume: RefineState | None = None, distributor: ChunkMapper | None = None) -> RefineResult:
     """Refine poses and reconstruct gold-standard half maps.
 
     Args:
