@@ -41,7 +41,7 @@ global search without poses) the starting references are ``K`` maps, or one map 
 per-shell noise of ``perturb`` times its power added (seeded), low-passed to ``ini_high``; when the
 particles carry poses, each reference is first scaled per shell to the data at those poses (so that the
 first iteration can use the ML score). The last iteration inserts the full box, earlier ones up to
-``1.5×`` the band (as refinement does).
+6 shells past the band (enough for the FSC that sets the next band).
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ class _Classifier:
         projs = {h: [BandProjector(prepare_volume(r * self.ref_mask, pad=2), band) for r in self.refs[h]]
                  for h in (1, 2)}
         inv = self.noise.inverse_on(band)
-        grid = limited_grid(self.full_grid, n / 2 if final else min(n / 2, 1.5 * r_max + 4))
+        grid = limited_grid(self.full_grid, n / 2 if final else min(n / 2, r_max + 6))  # FSC 6 shells past the band
         bps = [[BackProjector(n, pad=2, device=dev) for _ in (1, 2)] for _ in range(K)]
         for pair in bps:
             for bp in pair:
