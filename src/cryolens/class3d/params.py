@@ -61,9 +61,9 @@ class Class3DParams(Params):
                             "probabilistic PCA at the input poses) or perturb (the reference copied K times with "
                             "noise, as without poses)")
     init_resolution: float = option(25.0, unit="Å", gt=0, help="Resolution limit of the principal directions "
-                                                              "(--init variability; the first half of the "
+                                                              "(--init variability; two thirds of the "
                                                               "passes at 1.5x this)")
-    init_iterations: int = option(12, ge=1, help="EM passes of the probabilistic PCA (--init variability)")
+    init_iterations: int = option(20, ge=1, help="EM passes of the probabilistic PCA (--init variability)")
     local_sigma: float = option(3.0, unit="px", ge=0, help="Window (Gaussian sigma) of the local correlation of "
                                                            "the two half sets' class deviations from the "
                                                            "consensus, which confines each class's difference to "

@@ -56,12 +56,12 @@ def variability_coordinates(prepared: Prepared, rotations: torch.Tensor, shifts:
         n: box (px); pixel_size: Å/px; mask: ``(n, n, n)`` soft mask (0..1) of the components.
         components: number of principal directions (``K − 1`` for ``K`` classes is enough).
         resolution: band limit (Å) of the scoring and of the components.
-        iterations: EM passes after the consensus pass; seed: the components' random start.
+        iterations: EM passes (two thirds on the band below 1.5 × ``resolution``); seed: the components' random start.
     """
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     vs = [torch.randn((n, n, n), generator=gen).to(dev) for _ in range(components)]
-    coarse = iterations // 2  # the first half on a coarser band (1.5x the resolution): fewer noise dimensions
+    coarse = (2 * iterations) // 3  # two thirds on a coarser band (1.5x the resolution): fewer noise dimensions
     z_all = torch.zeros(len(rotations), components, device=dev)
     for res, its in ((1.5 * resolution, coarse), (resolution, iterations - coarse)):
         if its > 0:
