@@ -305,20 +305,20 @@ class _Classifier:
         self.curves, self.unfiltered = [], []
         halves = [[bps[k][h].reconstruct(mask_corners=False) for h in (0, 1)] for k in range(K)]  # the FSC masks them
         self.curves = [fsc(a, b, pixel_size=self.apix, mask=self.sphere) for a, b in halves]
-        # one Wiener filter for every class, from the FSC of all classes together: a class filtered by its own
-        # (lower) SSNR would score lower for every particle and lose its members to the larger class (collapse)
-        common = fsc(sum(h[0] for h in halves), sum(h[1] for h in halves), pixel_size=self.apix, mask=self.sphere)
-        ssnr = p.tau2_fudge * fsc_to_ssnr(np.nan_to_num(common.fsc), full_map=False)
-        cons = []
+        cons = []  # per half set: the consensus of all classes, (Wiener-filtered, unfiltered)
         for h in (0, 1):
             c = BackProjector(n, pad=2, device=dev)
             for k in range(K):
                 c.add(bps[k][h])
-            cons.append((c.reconstruct(ssnr=ssnr, mask_corners=False), c.reconstruct(mask_corners=False)))
+            cons.append(c)
+        plain = [c.reconstruct(mask_corners=False) for c in cons]
+        common = fsc(plain[0], plain[1], pixel_size=self.apix, mask=self.sphere)
+        ssnr = p.tau2_fudge * fsc_to_ssnr(np.nan_to_num(common.fsc), full_map=False)
+        cons = [(c.reconstruct(ssnr=ssnr, mask_corners=False), r) for c, r in zip(cons, plain)]
         for k in range(K):
             if float(mass[k]) >= 2:  # an (almost) empty class keeps its maps
-                dk, _ = shrunk_deviations(halves[k], [c[1] for c in cons], pixel_size=self.apix, mask=self.sphere,
-                                           local_sigma=p.local_sigma)
+                dk, _ = shrunk_deviations(halves[k], [c[1] for c in cons], pixel_size=self.apix,
+                                          mask=self.ref_mask, local_sigma=p.local_sigma)
                 for h in (1, 2):
                     self.refs[h][k] = cons[h - 1][0] + dk[h - 1]
         for k in range(K):
