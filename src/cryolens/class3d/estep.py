@@ -130,9 +130,10 @@ def search_class(s: ClassSetup, proj: BandProjector, data: SearchData, rot0: tor
 
 
 def classify_batch(s: ClassSetup, sums: ClassSums, h: int, masked: torch.Tensor, raw: torch.Tensor,
-                   ctf: torch.Tensor, rot0: torch.Tensor, shift0: torch.Tensor) -> dict[str, torch.Tensor]:
+                   ctf: torch.Tensor, rot0: torch.Tensor, shift0: torch.Tensor, *,
+                   start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """E-step of one batch of half set ``h`` against the other half's class maps; sums into half ``h``'s
-    back-projectors. Returns per image ``prob (B, K)``, ``cls (B,)``, ``loglik (B,)``, ``rot (B, 3, 3)``,
+    back-projectors. ``start (B,)``: the starting classes, taken (hard) instead of the best. Returns per image ``prob (B, K)``, ``cls (B,)``, ``loglik (B,)``, ``rot (B, 3, 3)``,
     ``shift (B, 2)`` px and ``width (B,)`` (pose posterior width in grid steps)."""
     projs, band, inv, dev = s.projs[3 - h], s.band, s.inv, s.device
     K = len(projs)
@@ -147,8 +148,10 @@ def classify_batch(s: ClassSetup, sums: ClassSums, h: int, masked: torch.Tensor,
         ll[:, k], cand, width[:, k] = search_class(s, projs[k], data, rot0, shift0)
         rots[:, k], shs[:, k] = cand.rotations[:, 0], cand.shifts[:, 0]
     logits = ll + s.log_prior
-    best = logits.argmax(1)
-    gamma = torch.nn.functional.one_hot(best, K).float() if s.hard else torch.softmax(logits, 1)
+    best, hard = logits.argmax(1), s.hard
+    if start is not None:
+        best, hard = start.to(dev), True
+    gamma = torch.nn.functional.one_hot(best, K).float() if hard else torch.softmax(logits, 1)
     ar = torch.arange(B, device=dev)
     for k in range(K):
         sel = best == k
@@ -171,7 +174,8 @@ def classify_batch(s: ClassSetup, sums: ClassSums, h: int, masked: torch.Tensor,
 class Class3DShared(SharedOnce):
     """An iteration's data shared by every chunk (CPU tensors): ``volumes (2, K, n, n, n)`` the masked class maps
     per half, ``sigma2 (n//2+1,)``, ``log_prior (K,)``, band and insertion radii (cycles per box), search settings,
-    the ``(n, n)`` image mask, pixel size (Å), the workers' device and the image ``reader`` (or None)."""
+    the ``(n, n)`` image mask, pixel size (Å), the workers' device, the image ``reader`` (or None) and the first
+    iteration's ``start_labels (N,)`` (or None)."""
 
     params: Any
     mode: str
@@ -190,6 +194,7 @@ class Class3DShared(SharedOnce):
     pixel_size: float
     device: str
     reader: Any = None
+    start_labels: torch.Tensor | None = None
 
     def setup(self) -> ClassSetup:
         """The iteration's :class:`ClassSetup`, built once per copy."""
@@ -236,7 +241,9 @@ def class3d_chunk(shared: Class3DShared, chunk: ParticleChunk) -> dict[str, Any]
             sel = half[local] == h
             if sel.any():
                 r = local[sel]
-                got = classify_batch(s, sums, h, masked[sel], raw[sel], ctf[sel], out["rot"][r], out["shift"][r])
+                start = None if shared.start_labels is None else shared.start_labels[rows[r]]
+                got = classify_batch(s, sums, h, masked[sel], raw[sel], ctf[sel], out["rot"][r], out["shift"][r],
+                                     start=start)
                 for key, v in got.items():
                     out[key][r] = v
     return {"rows": rows, "sums": sums.to_tensors(), **{k: v.cpu() for k, v in out.items()},

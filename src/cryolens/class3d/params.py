@@ -50,11 +50,24 @@ class Class3DParams(Params):
     tau2_fudge: float = option(4.0, gt=0, help="Regularisation: weight of the data against the prior (RELION's "
                                                "T; 2-4 for 3D classification)")
     band_margin: int = option(2, ge=0, help="Fourier shells aligned beyond the current resolution's shell")
-    hard_iterations: int = option(6, ge=0, help="First iterations that give each particle wholly to its most "
+    hard_iterations: int = option(2, ge=0, help="First iterations that give each particle wholly to its most "
                                                 "probable class (K-means-like: separates classes that start from "
                                                 "one map; later iterations are soft)")
     perturb: float = option(0.3, ge=0, help="Noise added to each class's starting reference when fewer maps "
                                             "than classes are given (fraction of the map's power per shell)")
+    init: str = option("variability", choices=("variability", "perturb"),
+                       help="Starting classes when the particles carry poses: variability (K-means of the "
+                            "particles' coordinates along the principal directions of heterogeneity, found by "
+                            "probabilistic PCA at the input poses) or perturb (the reference copied K times with "
+                            "noise, as without poses)")
+    init_resolution: float = option(25.0, unit="Å", gt=0, help="Resolution limit of the principal directions "
+                                                              "(--init variability; two thirds of the "
+                                                              "passes at 1.5x this)")
+    init_iterations: int = option(20, ge=1, help="EM passes of the probabilistic PCA (--init variability)")
+    local_sigma: float = option(3.0, unit="px", ge=0, help="Window (Gaussian sigma) of the local correlation of "
+                                                           "the two half sets' class deviations from the "
+                                                           "consensus, which confines each class's difference to "
+                                                           "where it is reproducible (0: no real-space shrinkage)")
     ctf: bool = option(True, help="Model the CTF when the particles carry defocus values (--no-ctf ignores it)")
     seed: int = option(0, help="Seed for the perturbation of the starting references")
     batch_size: int = option(256, ge=1, help="Images per batch (bounds memory)")
