@@ -18,6 +18,10 @@ Reported for each: wall and CPU time, peak memory, the wall-time ratio, and clas
   projections (healpix order 3 directions, in-plane rotations every 5°, all shifts), both
   low-passed to ``--ncc-lowpass`` Å (default 15) inside the particle circle; summarised over
   the classes whose particles are mostly good (``median``, ``fraction >= 0.9``);
+* ``ncc_vs_ideal``: per class with >= 10 good members, the NCC (same filter) with its ideal, the
+  average of the members' CTF-free true projections brought into the class frame by the
+  classification's own psi and origins (:func:`ideal_ncc`): alignment and averaging alone, since
+  a class spanning a cone of views is a blend that no single projection matches;
 * class purity (fraction of particles in classes that are > 80 % good or > 80 % junk);
 * junk separation after ``select classes --auto``: fraction of the junk dropped (overall and
   per kind) and of the good particles kept (truth: ``rlnCryolensJunk``).
@@ -157,13 +161,45 @@ def best_ncc(averages, truth_map: Path, apix: float, diameter: float, lowpass: f
     return np.array(out)
 
 
+def ideal_ncc(averages, parts, truth, vol, apix: float, diameter: float, lowpass: float, min_members: int = 10):
+    """Per average: NCC with its *ideal* (the members' CTF-free true projections brought into the class frame by the
+    classification's own psi and origins and averaged, :func:`cryolens.class2d.evaluate.ideal_class_average`), both
+    masked and low-passed to ``lowpass`` Å; NaN for classes with fewer than ``min_members`` good members.
+
+    It measures alignment and averaging alone: a class spanning a cone of views is a blend that no single
+    projection matches (``best_ncc``), but its ideal is the same blend."""
+    import numpy as np
+    import torch
+    from cryolens.class2d.data import image_mask
+    from cryolens.class2d.evaluate import aligned_ncc, ideal_class_average
+    from cryolens.core.fourier import bandpass
+    n = averages.shape[-1]
+    mask = image_mask(n, diameter / apix)
+    cls = parts["rlnClassNumber"].to_numpy(int) - 1
+    good = truth["rlnCryolensJunk"].to_numpy() != 1
+    out = np.full(len(averages), np.nan)
+    for c in range(len(averages)):
+        m = (cls == c) & good
+        if m.sum() < min_members:
+            continue
+        ideal = ideal_class_average(vol, truth[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy()[m],
+                                    truth[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()[m] / apix,
+                                    parts["rlnAnglePsi"].to_numpy()[m],
+                                    parts[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy()[m] / apix)
+        a, b = (bandpass(torch.as_tensor(np.asarray(x, dtype=np.float32)) * mask, pixel_size=apix, high_res=lowpass)
+                for x in (averages[c], ideal))
+        out[c] = float(aligned_ncc(a, b[None], psi_step=2.0, max_shift=2)[0])
+    return out
+
+
 def class_quality(folder: Path, sim: Path, diameter: float, lowpass: float) -> dict:
     import numpy as np
     import pandas as pd
     from cryolens.io import read_mrc, read_particles, read_star
     _, parts = read_particles(folder / "particles.star")
     _, truth = read_particles(sim / "particles.star")
-    junk = truth.set_index("rlnImageName")["rlnCryolensJunk"].reindex(parts["rlnImageName"]).to_numpy()
+    truth = truth.set_index("rlnImageName").reindex(parts["rlnImageName"]).reset_index()
+    junk = truth["rlnCryolensJunk"].to_numpy()
     avgs, apix = read_mrc(folder / "classes.mrcs")
     table = next(b for b in read_star(folder / "classes.star").values()
                  if isinstance(b, pd.DataFrame) and ("rlnClassNumber" in b.columns or "rlnReferenceImage" in b.columns))
@@ -172,6 +208,8 @@ def class_quality(folder: Path, sim: Path, diameter: float, lowpass: float) -> d
     count = np.bincount(cls - 1, minlength=k)
     junk_frac = np.bincount(cls - 1, weights=junk, minlength=k) / np.maximum(count, 1)
     ncc = best_ncc(np.asarray(avgs), sim / "truth_map.mrc", apix, diameter, lowpass)
+    vs_ideal = ideal_ncc(np.asarray(avgs), parts, truth, np.asarray(read_mrc(sim / "truth_map.mrc")[0]), apix,
+                         diameter, lowpass)
     good = (count > 0) & (junk_frac < 0.5)
     pure = ((junk_frac > 0.8) | (junk_frac < 0.2)) & (count > 0)
     res = table["rlnEstimatedResolution"].to_numpy(float) if "rlnEstimatedResolution" in table.columns else None
@@ -179,6 +217,9 @@ def class_quality(folder: Path, sim: Path, diameter: float, lowpass: float) -> d
             "class_junk_fraction": [round(float(x), 2) for x in junk_frac], "class_counts": count.tolist(),
             "median_best_ncc_good_classes": round(float(np.median(ncc[good])), 3) if good.any() else None,
             "fraction_good_classes_ncc_ge_0.9": round(float((ncc[good] >= 0.9).mean()), 3) if good.any() else None,
+            "ncc_vs_ideal": [None if not np.isfinite(x) else round(float(x), 3) for x in vs_ideal],
+            "median_ncc_vs_ideal_good_classes": (round(float(np.nanmedian(vs_ideal[good])), 3)
+                                                 if np.isfinite(vs_ideal[good]).any() else None),
             "particles_in_pure_classes": round(float(count[pure].sum() / count.sum()), 3),
             "estimated_resolution_A": None if res is None else [round(float(x), 1) for x in res]}
 

@@ -295,7 +295,7 @@ def test_class_resolution_skips_a_one_shell_dip():
 
 def test_class2d_params_defaults():
     p = Class2DParams()
-    assert p.tau2_fudge == 2.0 and p.classes == 20 and p.psi_step <= 15
+    assert p.tau2_fudge == 2.0 and p.classes == 20 and p.psi_step <= 15 and not p.uniform_prior
     p.validate()
 
 
