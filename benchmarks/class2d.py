@@ -47,6 +47,13 @@ Accuracy (3 000 particles, K 20, 20 iterations) before the fix: ribosome seeds 1
 target missed: carbon, cut and empty particles spread thinly over the good classes);
 ribosome (1 000 particles, seed 31, not the accuracy set): 90 % / 99.8 %.
 
+Smaller comparison that finished (2026-12-03, load 3-5, ``--n 500 --k 10 --iter 10 --cryolens-iter 10
+--threads 2 --seed 1``, haemoglobin): cryolens 5.6 s wall / 6.5 s CPU, RELION 444 s / 578 s (ratio
+0.013). Median best_ncc of the mostly-good classes: cryolens 0.869, RELION 0.876; median
+ncc_vs_ideal 0.917 and 0.928. Populated classes 8 and 10 (largest 208 and 127). ``select classes
+--auto``: on cryolens's classes 81.0 % junk dropped / 86.5 % good kept, on RELION's 93.0 % / 92.2 %:
+RELION's classes hold less junk (its largest class is smaller), not sharper averages.
+
 Why best_ncc stays below 0.9 (2026-12-03, load 10-20; K 20, 20 iterations, 15 Å):
 
 * ribosome (1 000 particles, no junk, seed 3): class vs its ideal median 0.96, the ideal vs the best
