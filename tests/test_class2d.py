@@ -22,6 +22,7 @@ import torch
 from conftest import assert_user_error, invoke_cli, run_cli
 from cryolens.class2d import BandRotator, Class2DParams, class_truth_ncc
 from cryolens.class2d.evaluate import aligned_ncc
+from cryolens.class2d.maximisation import resolution_shell
 from cryolens.class2d.rotation import inplane_matrices
 from cryolens.core.ctf import CTFParams, ctf_2d
 from cryolens.core.fourier import ft2, ift2
@@ -282,9 +283,19 @@ def test_classify_2d_runs_on_device(tmp_path, device):
     assert abs(res.distribution.sum() - 1) < 1e-4 and res.state.iteration == 3
 
 
+def test_class_resolution_skips_a_one_shell_dip():
+    """A small particle's first Fourier minimum dips the SSNR below 1 for one shell; the estimated resolution is
+    where it drops below 1 to stay (RELION's first-shell rule read 48 Å for small haemoglobin classes)."""
+    ssnr = torch.tensor([50.0, 0.7, 9.0, 4.0, 1.5, 0.8, 0.3, 0.2])
+    assert resolution_shell(ssnr) == 6
+    assert resolution_shell(torch.tensor([5.0, 3.0, 0.5])) == 3  # the last shell may end the run
+    assert resolution_shell(torch.tensor([5.0, float("nan"), float("nan")])) == 2
+    assert resolution_shell(torch.tensor([5.0, 3.0])) is None
+
+
 def test_class2d_params_defaults():
     p = Class2DParams()
-    assert p.tau2_fudge == 2.0 and p.classes == 20 and p.psi_step <= 15
+    assert p.tau2_fudge == 2.0 and p.classes == 20 and p.psi_step <= 15 and not p.uniform_prior
     p.validate()
 
 

@@ -153,7 +153,7 @@ def run_iteration(state: Class2DState, it: int, setup: Setup, rng: np.random.Gen
     noise = NoiseModel(state.sigma2.clone())
     inv_w = noise.inverse_on(band) * band.weight
     seeded = sorted(set(state.seeds.values()))
-    log_pi = torch.log(state.class_weights.clamp_min(1e-12))
+    log_pi = torch.zeros(k, device=dev) if p.uniform_prior else torch.log(state.class_weights.clamp_min(1e-12))
     if seeded:
         log_pi[seeded] = -float("inf")
     log_prior = log_pi.repeat_interleave(j)

@@ -8,7 +8,8 @@ From the sums of :class:`cryolens.class2d.expectation.Accumulator` (image frame,
   (:meth:`Accumulator.residual_power`), averaged over the shell and the images;
 * signal prior: ``tau²_k(shell)`` from ``E|Num|² = tau² Den² + sigma² Den`` (least squares
   over the shell, floored at 0), so ``SSNR_k = tau²_k · <Den_k> / sigma²``; the class's
-  estimated resolution is where its SSNR first drops below 1 (RELION's definition);
+  estimated resolution is where its SSNR drops below 1 for two consecutive shells (RELION takes the
+  first shell below 1, which a small particle's first Fourier minimum can fake);
 * class average: ``A_k = Num_k / (Den_k + sigma² / (T · tau²_k))`` (``T`` = ``tau2_fudge``),
   zero beyond the band and where ``tau² = 0``; in real space it is masked by the soft disc
   and, optionally, moved so that the centre of mass of its positive density is at the box
@@ -25,7 +26,12 @@ from cryolens.class2d.rotation import BandRotator
 from cryolens.core.fourier import ft2, ift2, shift_phase
 from cryolens.refine.pose_search import FrequencyBand
 
-__all__ = ["ClassUpdate", "shell_mean", "update_classes", "band_to_images", "images_to_band", "recentre"]
+__all__ = ["ClassUpdate", "shell_mean", "update_classes", "resolution_shell", "band_to_images", "images_to_band",
+           "recentre", "SSNR_RUN"]
+
+#: The estimated resolution is where the SSNR drops below 1 for this many consecutive shells (see
+#: :func:`resolution_shell`).
+SSNR_RUN = 2
 
 
 def shell_mean(values: torch.Tensor, band: FrequencyBand, nshells: int, weights: torch.Tensor | None = None
@@ -50,8 +56,8 @@ class ClassUpdate:
     Attributes:
         averages: ``(K, M)`` complex class averages (class frame).
         ssnr: ``(K, nshells)`` spectral SNR per class (NaN beyond the band).
-        resolution: ``(K,)`` Å where the SSNR first drops below 1 (the band limit if it never does
-            inside the band; inf for an empty class).
+        resolution: ``(K,)`` Å where the SSNR drops below 1 to stay (:func:`resolution_shell`; the band limit
+            if it never does inside the band; inf for an empty class).
     """
 
     averages: torch.Tensor
@@ -96,15 +102,29 @@ def update_classes(g: torch.Tensor, d: torch.Tensor, psi_matrices: torch.Tensor,
     res = torch.empty(k, device=g.device)
     r_band = int(torch.ceil(torch.tensor(band.r_max))) - 1
     for c in range(k):
-        row = ssnr[c, 1:r_band + 1]
-        below = torch.nonzero(~(row >= 1.0)).flatten()
+        shell = resolution_shell(ssnr[c, 1:r_band + 1])
         if den[c].sum() <= 0:
             res[c] = float("inf")
-        elif below.numel():
-            res[c] = band.n * pixel_size / max(int(below[0]) + 1, 1)
+        elif shell is not None:
+            res[c] = band.n * pixel_size / shell
         else:
             res[c] = band.n * pixel_size / band.r_max
     return ClassUpdate(avg, ssnr, res)
+
+
+def resolution_shell(ssnr: torch.Tensor, *, run: int = SSNR_RUN) -> int | None:
+    """The first shell (1-based index into ``ssnr``, shells 1, 2, ...) from which the SSNR stays below 1 for
+    ``run`` consecutive shells (or up to the last shell); None if there is none.
+
+    RELION takes the first shell below 1; a single-shell dip (a small particle's first Fourier minimum, e.g.
+    haemoglobin's near 45 Å) then reads as the class's resolution although the SSNR is above 1 beyond it.
+    """
+    below = ~(ssnr >= 1.0)  # NaN (no signal estimate) counts as below
+    m = below.numel()
+    for i in range(m):
+        if bool(below[i:min(m, i + run)].all()):
+            return i + 1
+    return None
 
 
 def band_to_images(values: torch.Tensor, band: FrequencyBand) -> torch.Tensor:

@@ -43,6 +43,10 @@ class Class2DParams(Params):
                                                                 "all) or all")
     particles_per_class: int = option(300, ge=1, help="Particles per class in the early iterations of "
                                                       "--subset auto")
+    uniform_prior: bool = option(False, help="Give every class the same prior probability in the E-step instead "
+                                             "of weighing classes by their population (RELION); fewer particles "
+                                             "pile into one class at large K, but surplus classes stay mixed "
+                                             "instead of emptying at small K")
     center: bool = option(True, help="Recentre the class averages on their centre of mass each iteration")
     reseed: bool = option(True, help="Reseed empty or tiny classes from the worst-fitting particles of the "
                                      "largest class (all but the last 10 % of the iterations)")

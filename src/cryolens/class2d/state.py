@@ -127,8 +127,9 @@ class Class2DResult:
 
     Attributes:
         classes: ``(K, n, n)`` float32; distribution: ``(K,)`` class weights (sum 1);
-        resolution: ``(K,)`` estimated resolution (Å, SSNR = 1); accuracy_psi: ``(K,)`` mean posterior
-        standard deviation of psi of the members (°); accuracy_shift: ``(K,)`` the same for shifts (px).
+        resolution: ``(K,)`` estimated resolution (Å, where the SSNR drops below 1 to stay); accuracy_psi:
+        ``(K,)`` mean posterior standard deviation of psi of the members (°); accuracy_shift: ``(K,)`` the same
+        for shifts (px).
         particle_class: ``(N,)`` 0-based; psi: ``(N,)`` °; shifts: ``(N, 2)`` px; max_probability,
         log_likelihood, n_significant: ``(N,)``.
     """

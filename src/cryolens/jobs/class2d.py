@@ -9,7 +9,7 @@ Outputs in the job folder:
   files reads it: ``rlnImageName`` and ``rlnReferenceImage`` (both ``NNNNNN@<job>/classes.mrcs``,
   named like the particle stacks), ``rlnOpticsGroup`` (the first group's),
   ``rlnClassDistribution``, ``rlnEstimatedResolution`` (Å, where the class's SSNR drops
-  below 1), ``rlnAccuracyRotations`` (°) and ``rlnAccuracyTranslationsAngst`` (the members'
+  below 1 for two consecutive shells), ``rlnAccuracyRotations`` (°) and ``rlnAccuracyTranslationsAngst`` (the members'
   mean posterior standard deviations), ``rlnClassNumber`` and ``rlnCryolensParticleCount``
   (particles whose best class it is);
 * ``particles.star``: the input particles with ``rlnClassNumber``, ``rlnAnglePsi``,

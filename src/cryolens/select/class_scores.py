@@ -54,9 +54,11 @@ SCORE_WEIGHTS = {"contrast": 1.0, "centring": 1.0, "concentration": 1.0, "edge":
                  "resolution": 1.0, "population": 0.5}
 
 #: A class whose estimated resolution is ``1 + RESOLUTION_SLOPE`` times the reference scores 0 on resolution.
-#: Gentle: the good classes of a small protein with 50-130 particles estimate 48 Å against 11-16 Å for the large
-#: ones (their SSNR dips below 1 near the particle's first Fourier minimum), and a slope of 1.5 dropped 15 % of
-#: the good particles of 3 000 haemoglobin particles; junk classes fail on the other sub-scores.
+#: Gentle: before class2d's resolution skipped one-shell SSNR dips (:func:`cryolens.class2d.maximisation.
+#: resolution_shell`), the good classes of a small protein with 50-130 particles estimated 48 Å against 11-16 Å
+#: for the large ones (their SSNR dipped below 1 at the particle's first Fourier minimum), and a slope of 1.5
+#: dropped 15 % of the good particles of 3 000 haemoglobin particles; junk classes fail on the other sub-scores.
+#: RELION's classes.star (first shell below 1) can still show such dips.
 RESOLUTION_SLOPE = 6.0
 
 
