@@ -56,6 +56,7 @@ def test_priors_make_a_positive_centred_masked_map():
     assert float(centre_of_mass(moved)[0]) == pytest.approx(2.0, abs=0.3)
 
 
+@pytest.mark.slow  # ~45 s on 2 cores; the CLI and --continue tests run the engine in the default suite
 def test_small_phantom_is_recovered():
     """200 particles of the phantom (box 24, 5 Å/px, SNR 2): the map correlates with the truth far above chance."""
     truth = asymmetric_phantom(24, APIX)

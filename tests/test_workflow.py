@@ -273,6 +273,7 @@ def test_sigkill_in_second_step_then_resume(tmp_path: Path):
     assert integrity(tmp_path) == "ok"
 
 
+@pytest.mark.slow  # ~25 s: runs the example workflow end to end; test_examples dry-runs every example
 def test_example_workflow_runs_and_sets_a_tuning_option(tmp_path: Path, catalog):
     """examples/workflow.toml runs as shipped; its postprocess step sets --filter-edge-shells (no option before)."""
     example = Path(__file__).resolve().parents[1] / "examples" / "workflow.toml"
