@@ -42,7 +42,6 @@ QUICK_SETTINGS: dict[str, dict[str, Any]] = {
     "movies": {"n_movies": 6, "frames": 16, "dose_per_frame": 2.5},
     "import": {"exposure_per_frame": 2.5},
     "class2d": {"classes": 4, "iter": 10},
-    "abinitio": {"iterations": 16, "batch_size": 100, "starts": 2},
     "reextract": {"bin_to": 80},
     "refine": {"max_iter": 4},
 }
