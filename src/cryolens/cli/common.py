@@ -59,35 +59,36 @@ def backend_spec(backend: str | None, profile: str | None) -> str | None:
 
 
 @dataclass
-class MicrographJobOptions(JobOptions):
+class BackendJobOptions(JobOptions):
+    """... and ``--profile``, for the commands that also take a ``--backend`` (declared by each, with its own help)."""
+
+    profile: Optional[str] = option(None, help=PROFILE_HELP)
+
+    def backend_spec(self) -> str | None:
+        """``--backend`` or ``--profile NAME`` as one backend spec (:func:`backend_spec`)."""
+        return backend_spec(getattr(self, "backend", None), self.profile)
+
+
+@dataclass
+class MicrographJobOptions(BackendJobOptions):
     """... and those of the per-micrograph commands (motion, ctf, extract, pick)."""
 
     backend: Optional[str] = option(
         None, help="Compute backend for the micrographs: threads[:N] (N at once in this process), local[:N] "
                    "(worker processes), inprocess (one at a time), tcp://scheduler:port (Dask) or profile:NAME; "
                    "default: the stage's best on this machine")
-    profile: Optional[str] = option(None, help=PROFILE_HELP)
     j: Optional[int] = option(None, flag="--j", ge=1, help="Micrographs processed at once in N local worker "
                                                            "processes (same as --backend local:N)")
 
-    def backend_spec(self) -> str | None:
-        """``--backend`` or ``--profile NAME`` as one backend spec (:func:`backend_spec`)."""
-        return backend_spec(self.backend, self.profile)
-
 
 @dataclass
-class ParticleJobOptions(JobOptions):
+class ParticleJobOptions(BackendJobOptions):
     """... and those of the particle stages whose expectation step can run on a compute backend (refine, class3d)."""
 
     backend: Optional[str] = option(
         None, help="Compute backend for the expectation step, in chunks of particles whose images the workers "
                    "read: threads[:N] (N chunks at once in this process), local[:N] (worker processes), inprocess, "
                    "tcp://scheduler:port (Dask) or profile:NAME; default: this process, batch by batch")
-    profile: Optional[str] = option(None, help=PROFILE_HELP)
-
-    def backend_spec(self) -> str | None:
-        """``--backend`` or ``--profile NAME`` as one backend spec (:func:`backend_spec`)."""
-        return backend_spec(self.backend, self.profile)
 
 
 def run_guarded(fn: Callable[[], T]) -> T:
