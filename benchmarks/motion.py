@@ -47,7 +47,7 @@ import numpy as np
 
 import math
 
-from timing import machine_floor, timed
+from timing import alternate, machine_floor, timed
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -200,18 +200,9 @@ def main() -> None:
                "--bfactor", "150", "--dose_per_frame", dose, "--preexposure", "0", "--patch_x", "1",
                "--patch_y", "1", "--gainref", "sim/gain.mrc", "--gain_rot", "0", "--gain_flip", "0",
                "--dose_weighting"]
-    runs: dict[str, list[dict]] = {"cryolens": [], "relion": []}
-    for rep in range(max(1, args.repeats)):
-        order = ["cryolens", "relion"] if rep % 2 == 0 else ["relion", "cryolens"]
-        for tool in order:
-            folder = "mc" if tool == "cryolens" else "relion"
-            shutil.rmtree(work / folder, ignore_errors=True)
-            load = os.getloadavg()[0]
-            r = timed(ours_cmd, work, env) if tool == "cryolens" else timed(rel_cmd, work)
-            r["load_1min_before"] = round(load, 2)
-            runs[tool].append(r)
-            print(f"run {rep + 1} {tool:<9} wall {r['wall_s']:6.2f} s  CPU {r['cpu_s']:6.2f} s  load {load:.2f}",
-                  flush=True)
+    runs = alternate({"cryolens": (ours_cmd, env), "relion": (rel_cmd, None)}, work, args.repeats,
+                     before=lambda tool: shutil.rmtree(work / ("mc" if tool == "cryolens" else "relion"),
+                                                       ignore_errors=True))
 
     def summary(tool: str, folder: str) -> dict:
         rs = runs[tool]

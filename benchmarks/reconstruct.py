@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from timing import machine_floor, timed
+from timing import alternate, machine_floor, timed
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -89,15 +89,7 @@ def main() -> None:
                 "--device", "cpu"]
     # Both read the same STAR; RELION reconstructs all particles into one map.
     rel_cmd = ["relion_reconstruct", "--i", "sim/particles.star", "--o", "relion.mrc", "--ctf"]
-    runs: dict[str, list[dict]] = {"cryolens": [], "relion": []}
-    for rep in range(max(1, args.repeats)):
-        for tool in (["cryolens", "relion"] if rep % 2 == 0 else ["relion", "cryolens"]):
-            load = os.getloadavg()[0]
-            r = timed(ours_cmd, work, env) if tool == "cryolens" else timed(rel_cmd, work)
-            r["load_1min_before"] = round(load, 2)
-            runs[tool].append(r)
-            print(f"run {rep + 1} {tool:<9} wall {r['wall_s']:6.2f} s  CPU {r['cpu_s']:6.2f} s  load {load:.2f}",
-                  flush=True)
+    runs = alternate({"cryolens": (ours_cmd, env), "relion": (rel_cmd, None)}, work, args.repeats)
 
     def summary(tool: str) -> dict:
         rs = runs[tool]

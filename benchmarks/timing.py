@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -75,3 +76,25 @@ def machine_floor(threads: int = 1, *, fft_size: int = 1024, copy_mb: int = 256)
             "fft_gflops_per_cpu_s": round(flops / max(fft_c, 1e-9) / 1e9, 2),
             "copy_gbps_per_cpu_s": round(nbytes / max(copy_c, 1e-9) / 1e9, 2),
             "load_1min": round(os.getloadavg()[0], 2)}
+
+
+def alternate(commands: dict[str, tuple[list[str], dict | None]], cwd: Path, repeats: int,
+              before: Callable[[str], None] | None = None) -> dict[str, list[dict]]:
+    """Time each named command ``repeats`` times, alternating which goes first (so that a shared machine's load
+    drifts onto both alike): ``{name: [timed(...) + load_1min_before, ...]}``. ``commands``: name -> (argv, env);
+    ``before(name)`` runs first each time (e.g. to clear the output folder)."""
+    names = list(commands)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for rep in range(max(1, repeats)):
+        for name in (names if rep % 2 == 0 else names[::-1]):
+            if before is not None:
+                before(name)
+            load = os.getloadavg()[0]
+            cmd, env = commands[name]
+            r = timed(cmd, cwd, env)
+            r["load_1min_before"] = round(load, 2)
+            runs[name].append(r)
+            print(f"run {rep + 1} {name:<9} wall {r['wall_s']:6.2f} s  CPU {r['cpu_s']:6.2f} s  load {load:.2f}",
+                  flush=True)
+    return runs
+
