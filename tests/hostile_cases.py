@@ -7,6 +7,7 @@ folder) and the words the one-sentence error must hold: the file or the flag at 
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,20 @@ CS_FILES = {"bad/cs_text.cs": "cs_text.cs", "bad/cs_empty.cs": "cs_empty.cs", "b
             "bad/cs_missing_stack.cs": "gone.mrcs", "bad/cs_nan.cs": "ctf/df1_A", "bad/cs_index.cs": "cs_index.cs",
             "bad/cs_rect.cs": "blob/shape", "bad/cs_apix.cs": "blob/psize_A", "bad/cs_voltage.cs": "ctf/accel_kv"}
 CS_4K = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "metadata" / "cryosparc" / "4k_dataset.cs")
+#: A folder nobody can create, not even root (sysfs refuses new directories): the unwritable-folder case.
+UNWRITABLE = "/sys/cryolens-unwritable"
+
+
+def _refused(folder: str) -> bool:
+    try:
+        os.mkdir(folder)
+    except OSError:
+        return True
+    os.rmdir(folder)
+    return False
+
+
+NO_WRITE = (pytest.mark.skipif(not _refused(UNWRITABLE), reason=f"{UNWRITABLE} can be created here"),)
 
 ROWS: dict[str, list[tuple]] = {
     "motion": [
@@ -154,6 +169,7 @@ ROWS: dict[str, list[tuple]] = {
         C("batch-size-negative", f"reconstruct {SP} --batch-size -8 {OUT}", "--batch-size"),
         C("seed-text", f"reconstruct {SP} --seed one {OUT}", "--seed"),
         C("no-out", "reconstruct --in sp/particles.star", "--out"),
+        C("out-unwritable", f"reconstruct {SP} --out {UNWRITABLE}/rec", UNWRITABLE, marks=NO_WRITE),
     ],
     "refine": [
         *(C(f"in-{i}", f"refine --in {f} --ref sp/truth_map.mrc --max-iter 1 {OUT}", name)
@@ -223,6 +239,7 @@ ROWS: dict[str, list[tuple]] = {
         C("unknown-flag", "run bad/wf_flag.toml", "frobnicate"),
         C("until-unknown", "run bad/wf_ok.toml --until zzz --dry-run", "zzz"),
         C("force-unknown", "run bad/wf_ok.toml --force zzz --dry-run", "zzz"),
+        C("project-unwritable", f"run bad/wf_ok.toml --project {UNWRITABLE}", UNWRITABLE, marks=NO_WRITE),
     ],
     "project init": [
         C("is-a-file", "project init bad/not_a_folder", "not_a_folder"),
@@ -269,6 +286,7 @@ ROWS: dict[str, list[tuple]] = {
     "demo": [
         C("out-is-a-file", "demo --out bad/not_a_folder/demo --quick", "not_a_folder"),
         C("out-under-a-file", "demo --out sp/particles.star --quick", "particles.star"),
+        C("out-unwritable", f"demo --out {UNWRITABLE} --quick", UNWRITABLE, marks=NO_WRITE),
     ],
     "serve": [
         C("not-a-project", "serve unrelated --port 0", "unrelated"),
@@ -445,6 +463,7 @@ ROWS: dict[str, list[tuple]] = {
     ],
     "simulate micrographs": [
         C("n-0", f"simulate micrographs --n-micrographs 0 {OUT}", "--n-micrographs"),
+        C("out-unwritable", f"simulate micrographs --n-micrographs 1 --out {UNWRITABLE}", UNWRITABLE, marks=NO_WRITE),
         C("size-small", f"simulate micrographs --size 32 32 {OUT}", "--size"),
         C("size-negative", f"simulate micrographs --size -256 256 {OUT}", "--size"),
         C("pixel-size-0", f"simulate micrographs --pixel-size 0 {OUT}", "--pixel-size"),

@@ -143,10 +143,14 @@ class Job:
     def __enter__(self) -> "Job":
         if folder_state(self.dir) == "killed":
             remove_temporaries(self.dir)  # the previous job's half-written files
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for marker in MARKERS:
-            (self.dir / marker).unlink(missing_ok=True)
-        self._handler = logging.FileHandler(self.dir / "run.log")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for marker in MARKERS:
+                (self.dir / marker).unlink(missing_ok=True)
+            self._handler = logging.FileHandler(self.dir / "run.log")
+        except OSError as e:
+            raise InputError(f"{self.dir}: cannot write the job folder here ({e.strerror}); choose a writable "
+                             "folder with --out (or --project).") from None
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.log.addHandler(self._handler)
         self.log.setLevel(logging.INFO)
