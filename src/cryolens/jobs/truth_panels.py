@@ -244,8 +244,9 @@ def align_truth_by_poses(vol: torch.Tensor, ref: torch.Tensor, est: pd.DataFrame
                      "pose error median (mirrored)": round(float(np.median(fits[True][0])), 2)}
 
 
-def _map_fsc_panel(folder: Path, truth: Truth, *, align: bool) -> Panel | None:
-    """FSC of ``map.mrc`` against the truth map, as it is or aligned through the poses (:func:`align_truth_by_poses`)."""
+def _map_fsc_panel(folder: Path, truth: Truth, *, align: bool, symmetry: str = "C1") -> Panel | None:
+    """FSC of ``map.mrc`` against the truth map, as it is or aligned through the poses (:func:`align_truth_by_poses`),
+    else by a map search within the maps' ``symmetry`` (its asymmetric unit of rotations only)."""
     from cryolens.core.fsc import fsc
     from cryolens.jobs.fsc_maps import load_cubic_map
     from cryolens.jobs.particles import read_reference
@@ -267,8 +268,10 @@ def _map_fsc_panel(folder: Path, truth: Truth, *, align: bool) -> Panel | None:
         how = "through the poses"
         if min(info["pose error median (given hand)"], info["pose error median (mirrored)"]) > POSE_ALIGN_MAX_DEG:
             from cryolens.mapalign import AlignMapsParams, align_maps
+            symmetric = symmetry.strip().upper() != "C1"  # a smaller rotation set: a finer grid at the same cost
             res = align_maps(vol, ref, pixel_size=apix, params=AlignMapsParams(
-                healpix_order=1, top_k=1, coarse_box=min(16, n), refine_box=max(16, min(32, n))))
+                symmetry=symmetry, healpix_order=2 if symmetric else 1, top_k=1, coarse_box=min(16, n),
+                refine_box=max(16, min(32, n))))
             aligned, how = res.aligned, "map search (poses too far from the truth)"
             info.update(flipped=res.flipped, correlation=round(res.correlation, 4))
         ref = aligned
@@ -345,7 +348,7 @@ def _class_junk_panel(folder: Path, truth: Truth) -> Panel | None:
 PANELS: dict[str, Callable[[Path, Mapping[str, Any], Truth], Panel | None]] = {
     "pick": _pick_panel,
     "refine": _refine_panel,
-    "abinitio": lambda f, p, t: _map_fsc_panel(f, t, align=True),
+    "abinitio": lambda f, p, t: _map_fsc_panel(f, t, align=True, symmetry=p.get("symmetry") or "C1"),
     "reconstruct": lambda f, p, t: _map_fsc_panel(f, t, align=False),
     "class3d": lambda f, p, t: _class3d_panel(f, t),
     "class2d": lambda f, p, t: _class_junk_panel(f, t),
