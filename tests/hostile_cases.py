@@ -553,6 +553,9 @@ PENDING: dict[str, list[tuple]] = {
         C("in-gone", f"abinitio --in bad/gone.star {OUT}", "gone.star"),
         C("in-zero-rows", f"abinitio --in bad/p_zero_rows.star {OUT}", "p_zero_rows.star"),
         C("in-trunc", f"abinitio --in bad/p_trunc.star {OUT}", "trunc.mrcs"),
+        C("backend-unreachable", f"abinitio {SP} --iterations 2 --backend tcp://127.0.0.1:9 {OUT}",
+          "tcp://127.0.0.1:9"),
+        C("profile-unknown", f"abinitio {SP} --iterations 2 --profile nosuch-profile {OUT}", "nosuch-profile"),
     ],
     "align-maps": [
         C("fixed-gone", f"align-maps bad/gone.mrc {MAP2} {OUT}", "gone.mrc"),

@@ -1,10 +1,10 @@
 """The distributed expectation step (:mod:`cryolens.compute.estep`, :mod:`cryolens.refine.estep`,
-:mod:`cryolens.class3d.estep`, :mod:`cryolens.class2d.estep`).
+:mod:`cryolens.class3d.estep`, :mod:`cryolens.class2d.estep`, :mod:`cryolens.abinitio.estep`).
 
 Same seed -> the same refinement in-process, on threads, on a Dask LocalCluster of 2 worker
 processes (and, slow, on the one-node SLURM of ../shared/recipes), to float tolerance: only the
 order of the sums differs. Bad backends (unreachable scheduler, unknown profile, workers that run
-out of memory) end the refine (and class2d) job FAILURE with one sentence, exit 2, and the job can run again.
+out of memory) end the refine (class2d, abinitio) job FAILURE with one sentence, exit 2, and the job can run again.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cryolens.abinitio import AbinitioParams, abinitio
 from cryolens.class2d import Class2DParams, classify_2d
 from cryolens.class3d.engine import classify_3d
 from cryolens.class3d.params import Class3DParams
@@ -169,6 +170,46 @@ def test_class2d_dask_local_cluster_of_two_processes_equals_inprocess(views, das
     assert last.chunks == 2 and last.shared_copies == 2 and last.results > last.items > 0
 
 
+AB = AbinitioParams(iterations=4, batch_size=30, starts=2, prune_after=2, ini_resolution=30.0, final_resolution=15.0,
+                    seed=3, healpix_order=1, top_k=2, final_passes=2, classes=2)
+
+
+@pytest.fixture(scope="module")
+def poseless():
+    """80 particles (box 24) and their in-process ab initio (2 starts pruned after 2 iterations, 2 classes)."""
+    from cryolens.io import merge_optics
+    from cryolens.simulate.particles import ParticleSimParams, simulate_particles
+    sim = simulate_particles(asymmetric_phantom(24, 5.0), pixel_size=5.0, params=ParticleSimParams(
+        n_particles=80, snr=2.0, max_shift=2.0, defocus_min=8000, defocus_max=15000, seed=2))
+    images = np.concatenate([b for _, b in sim.batches])
+    table = merge_optics(sim.optics, sim.particles)
+    batches = _batches(images, 30)
+    return batches, table, abinitio(batches, table, pixel_size=5.0, params=AB)
+
+
+def _assert_same_abinitio(a, b) -> None:
+    assert float((a.maps - b.maps).abs().max()) < 1e-4 * float(a.maps.abs().max())
+    assert np.array_equal(a.classes, b.classes) and a.best_start == b.best_start
+    assert np.allclose(a.rotations, b.rotations, atol=1e-4) and np.allclose(a.shifts, b.shifts, atol=1e-4)
+    assert np.allclose(a.probability, b.probability, atol=1e-3)
+    for ha, hb in zip(a.history, b.history, strict=True):
+        assert ha.starts == hb.starts and np.allclose(ha.log_likelihood, hb.log_likelihood, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["threads", "dask"])
+def test_abinitio_distributed_equals_inprocess(poseless, backend, request):
+    """Every pose search (each start's mini-batches, the final passes) in chunks: the same maps and poses."""
+    batches, table, whole = poseless
+    if backend == "dask":
+        res = abinitio(batches, table, pixel_size=5.0, params=AB, distributor=Distributor(request.getfixturevalue("dask2")))
+    else:
+        with get_backend("threads:2") as be:
+            dist = Distributor(be)
+            res = abinitio(batches, table, pixel_size=5.0, params=AB, distributor=dist)
+        assert [r.chunks for r in dist.log] == [2] * 8  # 2 starts x 2 iterations, 2 iterations, 2 final passes
+    _assert_same_abinitio(whole, res)
+
+
 def test_chunks_follow_the_memory_bound_and_the_batch_size():
     d = Distributor(InProcess(), memory_mb=1.0)
     chunks = d.chunks(1000, bytes_per_item=4 * 64 * 64, multiple=50)  # 64 images fit 1 MiB -> 100 (x50)
@@ -264,6 +305,22 @@ def test_class2d_cli_unreachable_scheduler_fails_the_job_which_runs_again(views,
     assert job["status"] == "finished" and job["results"]["backend"] == "threads:2"
     log = (out / "run.log").read_text()
     assert "expectation steps through backend threads:2" in log and "class2d iteration 2: " in log
+
+
+def test_abinitio_cli_unreachable_scheduler_fails_the_job_which_runs_again(small):
+    work, runner = small
+    out = work / "abinitio"
+    args = ["abinitio", "--in", str(work / "sim" / "particles.star"), "--iterations", "2", "--batch-size", "20",
+            "--starts", "1", "--ini-resolution", "30", "--final-resolution", "20", "--healpix-order", "1",
+            "--top-k", "1", "--final-passes", "1", "--out", str(out), "--quiet", "--device", "cpu"]
+    _one_sentence_exit_2(runner.invoke(app, [*args, "--backend", "tcp://127.0.0.1:9"]),
+                         "cannot reach the Dask scheduler at tcp://127.0.0.1:9")
+    assert json.loads((out / "job.json").read_text())["status"] == "failed"
+    r = runner.invoke(app, [*args, "--backend", "threads:2"])
+    assert r.exit_code == 0, r.output
+    job = json.loads((out / "job.json").read_text())
+    assert job["status"] == "finished" and job["results"]["backend"] == "threads:2"
+    assert "pose searches through backend threads:2" in (out / "run.log").read_text()
 
 
 @pytest.mark.slow
