@@ -307,12 +307,16 @@ def test_class2d_cli_unreachable_scheduler_fails_the_job_which_runs_again(views,
     assert "expectation steps through backend threads:2" in log and "class2d iteration 2: " in log
 
 
+def _abinitio_args(work: Path, out: Path) -> list[str]:
+    return ["abinitio", "--in", str(work / "sim" / "particles.star"), "--iterations", "2", "--batch-size", "20",
+            "--starts", "1", "--ini-resolution", "30", "--final-resolution", "20", "--healpix-order", "1",
+            "--top-k", "1", "--final-passes", "1", "--out", str(out), "--quiet", "--device", "cpu"]
+
+
 def test_abinitio_cli_unreachable_scheduler_fails_the_job_which_runs_again(small):
     work, runner = small
     out = work / "abinitio"
-    args = ["abinitio", "--in", str(work / "sim" / "particles.star"), "--iterations", "2", "--batch-size", "20",
-            "--starts", "1", "--ini-resolution", "30", "--final-resolution", "20", "--healpix-order", "1",
-            "--top-k", "1", "--final-passes", "1", "--out", str(out), "--quiet", "--device", "cpu"]
+    args = _abinitio_args(work, out)
     _one_sentence_exit_2(runner.invoke(app, [*args, "--backend", "tcp://127.0.0.1:9"]),
                          "cannot reach the Dask scheduler at tcp://127.0.0.1:9")
     assert json.loads((out / "job.json").read_text())["status"] == "failed"
@@ -344,6 +348,18 @@ def test_class2d_cli_workers_out_of_memory_fail_the_job(views, tmp_path):
         r = _class2d(views, tmp_path / "oom", "--backend", cl.scheduler_address)
     _one_sentence_exit_2(r, "Dask workers", "more memory")
     assert json.loads((tmp_path / "oom" / "job.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_abinitio_cli_workers_out_of_memory_fail_the_job(small):
+    """As for refine: a worker killed by its nanny -> one sentence, exit 2, the job failed."""
+    distributed = pytest.importorskip("distributed")
+    work, runner = small
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="120MB",
+                                  dashboard_address=":0") as cl:
+        r = runner.invoke(app, [*_abinitio_args(work, work / "ab_oom"), "--backend", cl.scheduler_address])
+    _one_sentence_exit_2(r, "Dask workers", "more memory")
+    assert json.loads((work / "ab_oom" / "job.json").read_text())["status"] == "failed"
 
 
 # -- a real SLURM (slow; skipped without sbatch) ----------------------------------------------------------------------
