@@ -538,6 +538,12 @@ PENDING: dict[str, list[tuple]] = {
         C("in-trunc", f"class2d --in bad/p_trunc.star --classes 2 --particle-diameter 100 {OUT}", "trunc.mrcs"),
         C("classes-0", f"class2d {SP} --classes 0 --particle-diameter 100 {OUT}", "--classes"),
         C("continue-gone", "class2d --continue bad/gone", "gone", "job.json"),
+        C("backend-unreachable", f"class2d {SP} --classes 2 --iter 1 --backend tcp://127.0.0.1:9 {OUT}",
+          "tcp://127.0.0.1:9"),
+        C("profile-unknown", f"class2d {SP} --classes 2 --iter 1 --profile nosuch-profile {OUT}", "nosuch-profile"),
+        C("backend-and-profile", f"class2d {SP} --classes 2 --backend threads --profile x {OUT}", "--backend",
+          "--profile"),
+        C("backend-local-0", f"class2d {SP} --classes 2 --backend local:0 {OUT}", "local:0"),
     ],
     "select classes": [
         C("in-gone", f"select classes --in bad/gone --class 1 {OUT}", "gone"),
@@ -547,6 +553,9 @@ PENDING: dict[str, list[tuple]] = {
         C("in-gone", f"abinitio --in bad/gone.star {OUT}", "gone.star"),
         C("in-zero-rows", f"abinitio --in bad/p_zero_rows.star {OUT}", "p_zero_rows.star"),
         C("in-trunc", f"abinitio --in bad/p_trunc.star {OUT}", "trunc.mrcs"),
+        C("backend-unreachable", f"abinitio {SP} --iterations 2 --backend tcp://127.0.0.1:9 {OUT}",
+          "tcp://127.0.0.1:9"),
+        C("profile-unknown", f"abinitio {SP} --iterations 2 --profile nosuch-profile {OUT}", "nosuch-profile"),
     ],
     "align-maps": [
         C("fixed-gone", f"align-maps bad/gone.mrc {MAP2} {OUT}", "gone.mrc"),

@@ -1,10 +1,10 @@
 """The distributed expectation step (:mod:`cryolens.compute.estep`, :mod:`cryolens.refine.estep`,
-:mod:`cryolens.class3d.estep`).
+:mod:`cryolens.class3d.estep`, :mod:`cryolens.class2d.estep`, :mod:`cryolens.abinitio.estep`).
 
 Same seed -> the same refinement in-process, on threads, on a Dask LocalCluster of 2 worker
 processes (and, slow, on the one-node SLURM of ../shared/recipes), to float tolerance: only the
 order of the sums differs. Bad backends (unreachable scheduler, unknown profile, workers that run
-out of memory) end the refine job FAILURE with one sentence, exit 2, and the job can run again.
+out of memory) end the refine (class2d, abinitio) job FAILURE with one sentence, exit 2, and the job can run again.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from cryolens.abinitio import AbinitioParams, abinitio
+from cryolens.class2d import Class2DParams, classify_2d
 from cryolens.class3d.engine import classify_3d
 from cryolens.class3d.params import Class3DParams
 from cryolens.cli.main import app
@@ -111,6 +113,103 @@ def test_class3d_dask_equals_inprocess(data, dask2):
     assert np.allclose(a.rotations, b.rotations, atol=1e-4)
 
 
+C2D = Class2DParams(classes=6, iterations=5, particle_diameter=200.0, res_end=20.0, batch_size=20,
+                    particles_per_class=10)
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory):
+    """120 particles (box 32) of three views, and their in-process 2D classification into 6 classes (the first
+    iterations on subsets, reseeded classes)."""
+    from test_class2d import make_views
+
+    from cryolens.jobs.particles import open_particles
+    star, _, _ = make_views(tmp_path_factory.mktemp("c2d") / "sim", n=120, snr=0.5, seed=3)
+    parts = open_particles(star, pose=False)
+    res = classify_2d(lambda: parts.batches(20), parts.table(), pixel_size=8.0, box=32, params=C2D)
+    assert sum(h.reseeded for h in res.history) > 0 and res.history[0].n_particles < 120
+    return star, parts, res
+
+
+def _classify_2d(views, dist):
+    _, parts, _ = views
+    return classify_2d(lambda: parts.batches(20), parts.table(), pixel_size=8.0, box=32, params=C2D, distributor=dist)
+
+
+def assert_same_classes(a, b) -> None:
+    """Equal to float tolerance: class averages, weights, assignments, poses, scores and the history."""
+    assert float(np.abs(a.classes - b.classes).max()) < 1e-4 * float(np.abs(a.classes).max())
+    assert np.allclose(a.distribution, b.distribution, atol=1e-5)
+    assert np.array_equal(a.particle_class, b.particle_class)
+    assert np.allclose(a.psi, b.psi, atol=1e-3) and np.allclose(a.shifts, b.shifts, atol=1e-4)
+    assert np.allclose(a.max_probability, b.max_probability, atol=1e-4)
+    assert np.allclose(a.log_likelihood, b.log_likelihood, rtol=1e-5, atol=1e-3)
+    assert [(h.n_particles, h.reseeded, h.class_sizes) for h in a.history] == \
+        [(h.n_particles, h.reseeded, h.class_sizes) for h in b.history]
+
+
+def test_class2d_threads_equal_inprocess(views):
+    """Chunks of 40 on 2 threads, images sent from here: the same classification."""
+    with get_backend("threads:2") as be:
+        dist = Distributor(be, chunk_size=40)
+        res = _classify_2d(views, dist)
+    assert_same_classes(views[2], res)
+    # the initial classes (120 particles), then 5 iterations (the first ones on subsets)
+    assert [r.chunks for r in dist.log] == [3] + [-(-h.n_particles // 40) for h in res.history]
+    assert all(r.bytes_shipped == 0 for r in dist.log)
+
+
+def test_class2d_dask_local_cluster_of_two_processes_equals_inprocess(views, dask2):
+    """Two worker processes that read their particles' images themselves: the same classification."""
+    from cryolens.jobs.distribute import ParticleReader
+    star, parts, _ = views
+    dist = Distributor(dask2, reader=ParticleReader(parts.source, str(star)))
+    res = _classify_2d(views, dist)
+    assert_same_classes(views[2], res)
+    last = dist.log[-1]
+    assert last.chunks == 2 and last.shared_copies == 2 and last.results > last.items > 0
+
+
+AB = AbinitioParams(iterations=4, batch_size=30, starts=2, prune_after=2, ini_resolution=30.0, final_resolution=15.0,
+                    seed=3, healpix_order=1, top_k=2, final_passes=2, classes=2)
+
+
+@pytest.fixture(scope="module")
+def poseless():
+    """80 particles (box 24) and their in-process ab initio (2 starts pruned after 2 iterations, 2 classes)."""
+    from cryolens.io import merge_optics
+    from cryolens.simulate.particles import ParticleSimParams, simulate_particles
+    sim = simulate_particles(asymmetric_phantom(24, 5.0), pixel_size=5.0, params=ParticleSimParams(
+        n_particles=80, snr=2.0, max_shift=2.0, defocus_min=8000, defocus_max=15000, seed=2))
+    images = np.concatenate([b for _, b in sim.batches])
+    table = merge_optics(sim.optics, sim.particles)
+    batches = _batches(images, 30)
+    return batches, table, abinitio(batches, table, pixel_size=5.0, params=AB)
+
+
+def _assert_same_abinitio(a, b) -> None:
+    assert float((a.maps - b.maps).abs().max()) < 1e-4 * float(a.maps.abs().max())
+    assert np.array_equal(a.classes, b.classes) and a.best_start == b.best_start
+    assert np.allclose(a.rotations, b.rotations, atol=1e-4) and np.allclose(a.shifts, b.shifts, atol=1e-4)
+    assert np.allclose(a.probability, b.probability, atol=1e-3)
+    for ha, hb in zip(a.history, b.history, strict=True):
+        assert ha.starts == hb.starts and np.allclose(ha.log_likelihood, hb.log_likelihood, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["threads", "dask"])
+def test_abinitio_distributed_equals_inprocess(poseless, backend, request):
+    """Every pose search (each start's mini-batches, the final passes) in chunks: the same maps and poses."""
+    batches, table, whole = poseless
+    if backend == "dask":
+        res = abinitio(batches, table, pixel_size=5.0, params=AB, distributor=Distributor(request.getfixturevalue("dask2")))
+    else:
+        with get_backend("threads:2") as be:
+            dist = Distributor(be)
+            res = abinitio(batches, table, pixel_size=5.0, params=AB, distributor=dist)
+        assert [r.chunks for r in dist.log] == [2] * 8  # 2 starts x 2 iterations, 2 iterations, 2 final passes
+    _assert_same_abinitio(whole, res)
+
+
 def test_chunks_follow_the_memory_bound_and_the_batch_size():
     d = Distributor(InProcess(), memory_mb=1.0)
     chunks = d.chunks(1000, bytes_per_item=4 * 64 * 64, multiple=50)  # 64 images fit 1 MiB -> 100 (x50)
@@ -188,6 +287,46 @@ def test_cli_backend_and_profile_errors(small, tmp_path, monkeypatch):
     _one_sentence_exit_2(_refine(small, tmp_path / "c", "--backend", "local:0"), "must be a positive integer")
 
 
+def _class2d(views, out: Path, *extra: str):
+    return CliRunner().invoke(app, ["class2d", "--in", str(views[0]), "--classes", "3", "--iter", "2",
+                                    "--particle-diameter", "200", "--batch-size", "20", "--out", str(out), "--quiet",
+                                    "--device", "cpu", *extra])
+
+
+def test_class2d_cli_unreachable_scheduler_fails_the_job_which_runs_again(views, tmp_path):
+    out = tmp_path / "c2d"
+    _one_sentence_exit_2(_class2d(views, out, "--backend", "tcp://127.0.0.1:9"),
+                         "cannot reach the Dask scheduler at tcp://127.0.0.1:9")
+    job = json.loads((out / "job.json").read_text())
+    assert job["status"] == "failed" and (out / "CRYOLENS_JOB_EXIT_FAILURE").is_file()
+    r = _class2d(views, out, "--backend", "threads:2")
+    assert r.exit_code == 0, r.output
+    job = json.loads((out / "job.json").read_text())
+    assert job["status"] == "finished" and job["results"]["backend"] == "threads:2"
+    log = (out / "run.log").read_text()
+    assert "expectation steps through backend threads:2" in log and "class2d iteration 2: " in log
+
+
+def _abinitio_args(work: Path, out: Path) -> list[str]:
+    return ["abinitio", "--in", str(work / "sim" / "particles.star"), "--iterations", "2", "--batch-size", "20",
+            "--starts", "1", "--ini-resolution", "30", "--final-resolution", "20", "--healpix-order", "1",
+            "--top-k", "1", "--final-passes", "1", "--out", str(out), "--quiet", "--device", "cpu"]
+
+
+def test_abinitio_cli_unreachable_scheduler_fails_the_job_which_runs_again(small):
+    work, runner = small
+    out = work / "abinitio"
+    args = _abinitio_args(work, out)
+    _one_sentence_exit_2(runner.invoke(app, [*args, "--backend", "tcp://127.0.0.1:9"]),
+                         "cannot reach the Dask scheduler at tcp://127.0.0.1:9")
+    assert json.loads((out / "job.json").read_text())["status"] == "failed"
+    r = runner.invoke(app, [*args, "--backend", "threads:2"])
+    assert r.exit_code == 0, r.output
+    job = json.loads((out / "job.json").read_text())
+    assert job["status"] == "finished" and job["results"]["backend"] == "threads:2"
+    assert "pose searches through backend threads:2" in (out / "run.log").read_text()
+
+
 @pytest.mark.slow
 def test_cli_workers_out_of_memory_fail_the_job(small):
     """Dask workers with too little memory are killed by their nanny: KilledWorker -> one sentence, exit 2."""
@@ -198,6 +337,29 @@ def test_cli_workers_out_of_memory_fail_the_job(small):
         r = _refine(small, work / "oom", "--backend", cl.scheduler_address)
     _one_sentence_exit_2(r, "Dask workers", "more memory")  # killed at the scatter or while running a chunk
     assert json.loads((work / "oom" / "job.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_class2d_cli_workers_out_of_memory_fail_the_job(views, tmp_path):
+    """As for refine: a worker killed by its nanny -> one sentence, exit 2, the job failed."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="120MB",
+                                  dashboard_address=":0") as cl:
+        r = _class2d(views, tmp_path / "oom", "--backend", cl.scheduler_address)
+    _one_sentence_exit_2(r, "Dask workers", "more memory")
+    assert json.loads((tmp_path / "oom" / "job.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_abinitio_cli_workers_out_of_memory_fail_the_job(small):
+    """As for refine: a worker killed by its nanny -> one sentence, exit 2, the job failed."""
+    distributed = pytest.importorskip("distributed")
+    work, runner = small
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="120MB",
+                                  dashboard_address=":0") as cl:
+        r = runner.invoke(app, [*_abinitio_args(work, work / "ab_oom"), "--backend", cl.scheduler_address])
+    _one_sentence_exit_2(r, "Dask workers", "more memory")
+    assert json.loads((work / "ab_oom" / "job.json").read_text())["status"] == "failed"
 
 
 # -- a real SLURM (slow; skipped without sbatch) ----------------------------------------------------------------------

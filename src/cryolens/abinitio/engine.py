@@ -25,7 +25,10 @@ An equivalent of cryoSPARC's SGD (Punjani et al. 2017) in the form of online EM 
 
 Images are kept in memory as Fourier transforms on a working box whose Nyquist is about
 ``final_resolution / 1.5`` (Fourier-cropped when the particles are finer); outputs are resampled
-back to the particles' box and pixel size.
+back to the particles' box and pixel size. With a ``distributor`` every pose search (a start's
+mini-batch, a block of a final pass) runs in chunks of particles on any compute backend
+(:mod:`cryolens.abinitio.estep`); the rest stays here, in the same order, so the run ends with
+what the in-process run gives, to float tolerance.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cryolens.abinitio.estep import distributed_soft_poses
 from cryolens.abinitio.params import AbinitioParams
-from cryolens.abinitio.search import ImageBank, Searcher, limited_grid, power_spectrum, working_box
+from cryolens.abinitio.search import ImageBank, Posterior, Searcher, limited_grid, power_spectrum, working_box
 from cryolens.abinitio.priors import enforce_priors
 from cryolens.abinitio.state import AbinitioState
 from cryolens.core.fourier import fourier_resize
@@ -49,6 +53,7 @@ from cryolens.core.masks import soft_sphere
 from cryolens.core.projector import BackProjector, SliceGrid
 from cryolens.core.rotations import random_rotations
 from cryolens.core.symmetry import symmetry_matrices
+from cryolens.core.worker import ChunkMapper
 
 __all__ = ["IterationRecord", "AbinitioResult", "abinitio", "working_box"]
 
@@ -113,8 +118,10 @@ class _Start:
 
 
 class _Abinitio:
-    def __init__(self, bank: ImageBank, params: AbinitioParams, device: torch.device, progress: Progress | None):
+    def __init__(self, bank: ImageBank, params: AbinitioParams, device: torch.device, progress: Progress | None,
+                 distributor: ChunkMapper | None = None):
         self.bank, self.p, self.dev, self.progress = bank, params, device, progress
+        self.dist = distributor
         self.n, self.apix = bank.n, bank.pixel_size
         n = self.n
         diameter = params.particle_diameter or 0.9 * bank.box * bank.particle_pixel_size
@@ -131,6 +138,12 @@ class _Abinitio:
     # -- helpers ------------------------------------------------------------------------------
     def _rows(self, b: int) -> torch.Tensor:
         return torch.randperm(len(self.bank), generator=self.gen)[:min(b, len(self.bank))]
+
+    def _soft_poses(self, rows: torch.Tensor, st: _Start, resolution: float, desc: str) -> Posterior:
+        """The pose search of ``rows`` against ``st``'s references, here or in chunks through the distributor."""
+        if self.dist is None:
+            return self.searcher.soft_poses(rows, st.refs, st.log_prior, resolution)
+        return distributed_soft_poses(self.dist, self.searcher, rows, st.refs, st.log_prior, resolution, desc=desc)
 
     def _limit(self, bp: BackProjector, r_max: float) -> None:
         bp.grid = limited_grid(self.full_grid, r_max)
@@ -169,7 +182,7 @@ class _Abinitio:
         lls = []
         fractions: list[float] = []
         for si, st in enumerate(starts):
-            post = self.searcher.soft_poses(rows, st.refs, st.log_prior, resolution)
+            post = self._soft_poses(rows, st, resolution, f"abinitio iteration {t + 1} start {st.number + 1}")
             lls.append(float(post.log_likelihood.mean()))
             st.ll.append(lls[-1])
             w = post.weights  # (B, K, J)
@@ -209,7 +222,7 @@ class _Abinitio:
         chunk = max(p.batch_size, 256)
         for b0 in range(0, N, chunk):
             rows = torch.arange(b0, min(N, b0 + chunk))
-            post = self.searcher.soft_poses(rows, st.refs, st.log_prior, resolution)
+            post = self._soft_poses(rows, st, resolution, f"abinitio {label} rows {b0 + 1}-{int(rows[-1]) + 1}")
             flat = post.weights.reshape(len(rows), -1)
             best = flat.argmax(1)
             k, j = best // post.weights.shape[2], best % post.weights.shape[2]
@@ -315,7 +328,8 @@ class _Abinitio:
 
 def abinitio(batches: Batches, particles: pd.DataFrame, *, pixel_size: float, params: AbinitioParams,
              device: torch.device | str = "cpu", progress: Progress | None = None,
-             on_iteration: OnIteration | None = None, resume: AbinitioState | None = None) -> AbinitioResult:
+             on_iteration: OnIteration | None = None, resume: AbinitioState | None = None,
+             distributor: ChunkMapper | None = None) -> AbinitioResult:
     """Initial maps and poses from particles without poses.
 
     Args:
@@ -331,6 +345,9 @@ def abinitio(batches: Batches, particles: pd.DataFrame, *, pixel_size: float, pa
             final pass) but the last one (the job saves it, so that a killed run can continue).
         resume: a state from ``on_iteration`` of an earlier run on the same particles and params: the
             run continues after its step and gives the same result as the uninterrupted run.
+        distributor: run every pose search in chunks of particles through a compute backend
+            (:class:`cryolens.compute.estep.Distributor`; the chunks carry the images' transforms from here);
+            None computes here.
 
     Returns:
         :class:`AbinitioResult`.
@@ -342,4 +359,4 @@ def abinitio(batches: Batches, particles: pd.DataFrame, *, pixel_size: float, pa
     bank = ImageBank.load(batches, particles.reset_index(drop=True), pixel_size=pixel_size, n_work=None,
                           params=replace(params, final_resolution=params.final_limit(pixel_size)), device=dev)
     params = params.with_limits(pixel_size, bank.box)
-    return _Abinitio(bank, params, dev, progress).run(resume, on_iteration)
+    return _Abinitio(bank, params, dev, progress, distributor).run(resume, on_iteration)

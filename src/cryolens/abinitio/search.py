@@ -25,7 +25,7 @@ from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.pose_search import (BandProjector, Candidates, FrequencyBand, SearchData, best_projections,
                                          global_search, local_search, shift_grid)
 
-__all__ = ["ImageBank", "Posterior", "Searcher", "limited_grid", "power_spectrum", "working_box", "GLOBAL_RESOLUTION"]
+__all__ = ["ImageBank", "Posterior", "PoseScorer", "Searcher", "limited_grid", "power_spectrum", "working_box", "GLOBAL_RESOLUTION"]
 
 #: The global grid search never aligns finer than this (Å); finer limits are reached by local searches.
 GLOBAL_RESOLUTION = 25.0
@@ -129,34 +129,26 @@ class Posterior:
     residual_power: torch.Tensor
 
 
-class Searcher:
-    """Pose search against K references for rows of an :class:`ImageBank`, with its noise model."""
+class PoseScorer:
+    """Pose search of images against K references under a noise model, without the images' store (what a
+    worker of a distributed E-step needs; :class:`Searcher` adds the store).
 
-    def __init__(self, bank: ImageBank, params: AbinitioParams, device: torch.device, diameter: float):
-        self.bank, self.p, self.dev, self.diameter = bank, params, device, diameter
-        n = bank.n
-        full = FrequencyBand.build(n, n / 2, device)
-        acc = ShellAccumulator(n, device)
-        for r0 in range(0, len(bank), 1024):
-            acc.add(full.gather(bank.masked[r0:r0 + 1024]), full)
-        self.noise = NoiseModel(acc.mean())
+    Args:
+        params: the run's params; n: working box (px); pixel_size: working pixel (Å); diameter: particle (Å);
+        noise: the noise model (per-shell ``sigma²`` of the working box).
+    """
+
+    def __init__(self, params: AbinitioParams, n: int, pixel_size: float, diameter: float, device: torch.device,
+                 noise: NoiseModel):
+        self.p, self.n, self.pixel_size, self.dev, self.diameter = params, n, pixel_size, device, diameter
+        self.noise = noise
         self.grid = so3_grid(params.healpix_order, sym=params.symmetry, device=device).matrices
         self.step = healpix_step_deg(params.healpix_order)
         self.global_resolution = min(GLOBAL_RESOLUTION, params.ini_resolution)
-        self.shells = shell_index(radius_2d(n, device=device)).clamp_max(n // 2)
 
     def r_max(self, resolution: float) -> float:
         """Band limit (cycles per working box) of an alignment at ``resolution`` Å."""
-        return min(self.bank.n / 2 - 1, self.bank.n * self.bank.pixel_size / resolution)
-
-    def inv_sigma_grid(self) -> torch.Tensor:
-        """``1/σ`` on the working box's rfft grid (shell 0 takes shell 1's σ: the images' means carry the mass)."""
-        s2 = self.noise.sigma2.clone().to(self.dev)
-        s2[0] = s2[1]
-        return s2.rsqrt()[self.shells]
-
-    def update_noise(self, residual_power: torch.Tensor) -> None:
-        self.noise.update(residual_power)
+        return min(self.n / 2 - 1, self.n * self.pixel_size / resolution)
 
     def _passes(self, resolution: float, ostep: float) -> list[tuple[float, float, float, float]]:
         """Local passes (angular step, range in °; offset step, range in px), halving to the resolution's step."""
@@ -169,22 +161,22 @@ class Searcher:
             a, o = a / 2, max(o / 2, 0.25)
         return passes
 
-    def soft_poses(self, rows: torch.Tensor, refs: list[torch.Tensor], log_prior: torch.Tensor,
-                   resolution: float) -> Posterior:
-        """Score ``rows`` against each reference; ``top_k`` global candidates per class, each refined locally."""
-        p, bank, dev = self.p, self.bank, self.dev
-        n = bank.n
-        rows = rows.to(dev)
+    def score(self, xm: torch.Tensor, c: torch.Tensor, refs: list[torch.Tensor], log_prior: torch.Tensor,
+              resolution: float) -> tuple[Posterior, ShellAccumulator]:
+        """Score masked image transforms ``xm`` with CTFs ``c`` (both ``(B, n, n//2+1)``) against each reference;
+        ``top_k`` global candidates per class, each refined locally. Returns the posterior and the residual power
+        at the best poses as sums (its mean is the posterior's ``residual_power``)."""
+        p, dev = self.p, self.dev
+        n = self.n
         band = FrequencyBand.build(n, self.r_max(resolution), dev)
         g_res = max(resolution, self.global_resolution)
         gband = FrequencyBand.build(n, self.r_max(g_res), dev)
-        xm, c = bank.masked[rows], bank.ctf_of(rows)
         data = SearchData(band.gather(xm), band.gather(c), self.noise.inverse_on(band))
         gdata = SearchData(gband.gather(xm), gband.gather(c), self.noise.inverse_on(gband))
-        ostep = max(1.0, min(3.0, g_res / (3 * bank.pixel_size)))
+        ostep = max(1.0, min(3.0, g_res / (3 * self.pixel_size)))
         shifts = shift_grid(ostep, p.offset_range, device=dev)
         passes = self._passes(resolution, ostep)
-        B, K, J = len(rows), len(refs), p.top_k
+        B, K, J = len(xm), len(refs), p.top_k
         scores = torch.empty(B, K, J, device=dev)
         rots = torch.empty(B, K, J, 3, 3, device=dev)
         shs = torch.empty(B, K, J, 2, device=dev)
@@ -221,4 +213,34 @@ class Searcher:
             if sel.any():
                 model = data.ctf[sel] * best_projections(projs[k], rots[ar[sel], k, bj[sel]], shs[ar[sel], k, bj[sel]])
                 resid.add(data.x[sel] - model, band)
-        return Posterior(weights, rots, shs, ll, resid.mean())
+        return Posterior(weights, rots, shs, ll, resid.mean()), resid
+
+
+class Searcher(PoseScorer):
+    """Pose search against K references for rows of an :class:`ImageBank`, with its noise model (at first the
+    masked images' power spectrum)."""
+
+    def __init__(self, bank: ImageBank, params: AbinitioParams, device: torch.device, diameter: float):
+        n = bank.n
+        full = FrequencyBand.build(n, n / 2, device)
+        acc = ShellAccumulator(n, device)
+        for r0 in range(0, len(bank), 1024):
+            acc.add(full.gather(bank.masked[r0:r0 + 1024]), full)
+        super().__init__(params, n, bank.pixel_size, diameter, device, NoiseModel(acc.mean()))
+        self.bank = bank
+        self.shells = shell_index(radius_2d(n, device=device)).clamp_max(n // 2)
+
+    def inv_sigma_grid(self) -> torch.Tensor:
+        """``1/σ`` on the working box's rfft grid (shell 0 takes shell 1's σ: the images' means carry the mass)."""
+        s2 = self.noise.sigma2.clone().to(self.dev)
+        s2[0] = s2[1]
+        return s2.rsqrt()[self.shells]
+
+    def update_noise(self, residual_power: torch.Tensor) -> None:
+        self.noise.update(residual_power)
+
+    def soft_poses(self, rows: torch.Tensor, refs: list[torch.Tensor], log_prior: torch.Tensor,
+                   resolution: float) -> Posterior:
+        """Score the bank's ``rows`` against each reference (:meth:`PoseScorer.score`)."""
+        rows = rows.to(self.dev)
+        return self.score(self.bank.masked[rows], self.bank.ctf_of(rows), refs, log_prior, resolution)[0]

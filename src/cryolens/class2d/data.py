@@ -18,7 +18,7 @@ from cryolens.refine.noise import ShellAccumulator
 from cryolens.refine.pose_search import FrequencyBand
 
 __all__ = ["Batches", "resolution_schedule", "particles_per_iteration", "image_mask", "psi_grid", "ImageStore",
-           "ctf_on_band"]
+           "ctf_on_band", "masked_transform"]
 
 #: A callable returning ``(row indices, float32 images (b, n, n))`` over every particle once.
 Batches = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
@@ -74,20 +74,14 @@ class ImageStore:
                  batch_size: int, cache_bytes: float, device, ctf: Callable[[np.ndarray], torch.Tensor]):
         self.batches, self.n, self.mask, self.band, self.ctf = batches, n, mask, band, ctf
         self.batch_size, self.device = batch_size, device
-        self.outside = mask <= 1e-6
         fits = n_total * len(band) * 12 <= cache_bytes
         self.cache = torch.zeros(n_total, len(band), dtype=torch.complex64, device=device) if fits else None
         self.ctf_cache = torch.zeros(n_total, len(band), dtype=torch.float32, device=device) if fits else None
         self.filled = False
 
     def prepare(self, images: np.ndarray) -> torch.Tensor:
-        """Float images ``(B, n, n)`` -> masked rfft ``(B, n, n//2+1)`` (background mean outside the mask removed)."""
-        x = torch.as_tensor(images, dtype=torch.float32, device=self.device)
-        if self.outside.any():
-            bg = x[:, self.outside].mean(dim=1)
-        else:
-            bg = x.mean(dim=(1, 2))
-        return ft2((x - bg[:, None, None]) * self.mask)
+        """Float images ``(B, n, n)`` -> masked rfft ``(B, n, n//2+1)`` (:func:`masked_transform`)."""
+        return masked_transform(images, self.mask, device=self.device)
 
     def first_pass(self, power: ShellAccumulator, full: FrequencyBand
                    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
@@ -129,6 +123,18 @@ class ImageStore:
             if sel.size:
                 pos = np.searchsorted(idx, sel)
                 yield sel, self.band.gather(self.prepare(images[pos])), self.ctf(sel)
+
+
+def masked_transform(images: np.ndarray, mask: torch.Tensor, *, device=None) -> torch.Tensor:
+    """Float images ``(B, n, n)`` -> rfft ``(B, n, n//2+1)`` of the images times ``mask`` ``(n, n)``, each image's
+    mean outside the mask (where ``mask <= 1e-6``; the whole image if nothing is outside) subtracted first."""
+    x = torch.as_tensor(images, dtype=torch.float32, device=device)
+    outside = mask <= 1e-6
+    if outside.any():
+        bg = x[:, outside].mean(dim=1)
+    else:
+        bg = x.mean(dim=(1, 2))
+    return ft2((x - bg[:, None, None]) * mask)
 
 
 def ctf_on_band(table: pd.DataFrame, rows: np.ndarray, band: FrequencyBand, pixel_size: float, use_ctf: bool,

@@ -25,7 +25,10 @@ The first classes are averages of random subsets of the particles, each particle
 random in-plane angle (seeded). ``subset="auto"`` uses cisTEM's schedule of particles per
 iteration (:func:`cryolens.class2d.data.particles_per_iteration`); the last iteration
 always uses all of them.
-Everything runs on ``device``; memory is bounded by ``batch_size`` and ``cache_mb``.
+Everything runs on ``device``; memory is bounded by ``batch_size`` and ``cache_mb``. With a
+``distributor`` the E-steps (and the pass that builds the initial classes) run in chunks of
+particles on any compute backend (:mod:`cryolens.class2d.estep`); the driver adds their sums and
+does the M-step, and ends with what the in-process run gives, to float tolerance.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from cryolens.class2d.data import Batches, ImageStore, ctf_on_band, image_mask, 
 from cryolens.class2d.iteration import Setup, initial_classes, run_iteration
 from cryolens.class2d.params import Class2DParams
 from cryolens.class2d.state import Class2DResult, Class2DState, IterationStats
+from cryolens.core.worker import ChunkMapper
 from cryolens.particles import has_ctf
 from cryolens.refine.pose_search import FrequencyBand
 
@@ -49,7 +53,7 @@ __all__ = ["Class2DState", "IterationStats", "Class2DResult", "classify_2d", "cl
 def classify_2d(batches: Batches, table: pd.DataFrame, *, pixel_size: float, box: int, params: Class2DParams,
                 device: torch.device | str = "cpu", progress: Callable[[int, int, int, float], None] | None = None,
                 on_iteration: Callable[[Class2DState], None] | None = None, resume: Class2DState | None = None,
-                ) -> Class2DResult:
+                distributor: ChunkMapper | None = None) -> Class2DResult:
     """Classify particle images into ``params.classes`` 2D classes.
 
     Args:
@@ -62,6 +66,9 @@ def classify_2d(batches: Batches, table: pd.DataFrame, *, pixel_size: float, box
         on_iteration: called with the state (history included) after every iteration but the last.
         resume: a state from ``on_iteration`` of an earlier run on the same particles and params: the run goes on
             from its iteration and ends with what the uninterrupted run gives.
+        distributor: run each E-step in chunks of particles through a compute backend
+            (:class:`cryolens.compute.estep.Distributor`; its ``reader``, when set, reads the images on the workers,
+            else they are read here and sent); None computes here, batch by batch. The image cache is then unused.
 
     Returns:
         :class:`Class2DResult`.
@@ -74,10 +81,11 @@ def classify_2d(batches: Batches, table: pd.DataFrame, *, pixel_size: float, box
     final_res = min(resolution_schedule(i, params, pixel_size=pixel_size) for i in range(1, params.iterations + 1))
     final_band = FrequencyBand.build(box, box * pixel_size / final_res, device=device)
     use_ctf = params.ctf and has_ctf(table)
-    store = ImageStore(batches, n_total, box, mask, final_band, params.batch_size, params.cache_mb * 1e6, device,
+    cache = params.cache_mb * 1e6 if distributor is None else 0.0  # the workers read the images
+    store = ImageStore(batches, n_total, box, mask, final_band, params.batch_size, cache, device,
                        ctf=lambda rows: ctf_on_band(table, rows, final_band, pixel_size, use_ctf, device))
     setup = Setup(table=table, pixel_size=pixel_size, box=box, params=params, device=device, mask=mask,
-                  images=store, radius_a=diameter / 2, use_ctf=use_ctf)
+                  images=store, radius_a=diameter / 2, use_ctf=use_ctf, distributor=distributor)
     if resume is None:
         state = Class2DState.empty(n_total, k, box, device=device)
         n_init = min(n_total, params.particles_per_class * k) if params.subset == "auto" else n_total

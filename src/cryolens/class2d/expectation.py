@@ -116,6 +116,20 @@ class Accumulator:
         self.class_mass += mass.sum(dim=0).double()
         self.n_images += b
 
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The sums as CPU tensors (what a chunk of a distributed E-step returns): ``g``, ``d`` ``(K, J, M)``,
+        ``x_power (M,)``, ``class_mass (K,)`` and ``n_images``."""
+        return {"g": self.g.cpu(), "d": self.d.cpu(), "x_power": self.x_power.cpu(),
+                "class_mass": self.class_mass.cpu(), "n_images": torch.tensor(self.n_images)}
+
+    def add_tensors(self, t: dict[str, torch.Tensor]) -> None:
+        """Add another accumulator's :meth:`to_tensors` (same grid)."""
+        self.g += t["g"].to(self.g.device)
+        self.d += t["d"].to(self.d.device)
+        self.x_power += t["x_power"].to(self.x_power.device)
+        self.class_mass += t["class_mass"].to(self.class_mass.device)
+        self.n_images += int(t["n_images"])
+
     def residual_power(self, refs: torch.Tensor) -> torch.Tensor:
         """``(M,)`` expected ``Σ_i |X_i e(t) − CTF_i P|²`` per coefficient under the posteriors, given the
         image-frame references ``refs`` ``(K, J, M)`` the posteriors were computed with."""

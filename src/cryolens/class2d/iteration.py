@@ -15,11 +15,14 @@ import pandas as pd
 import torch
 
 from cryolens.class2d.data import ImageStore, particles_per_iteration, psi_grid, resolution_schedule
-from cryolens.class2d.expectation import Accumulator, circular_deviation, posterior, score_batch
-from cryolens.class2d.maximisation import band_to_images, images_to_band, recentre, shell_mean, update_classes
+from cryolens.class2d.estep import (Class2DShared, SearchGrid, chunk_items, class2d_chunk, class_references,
+                                    expect_batch, initial_batch, take_results)
+from cryolens.class2d.expectation import Accumulator, circular_deviation
+from cryolens.class2d.maximisation import band_to_images, recentre, shell_mean, update_classes
 from cryolens.class2d.params import Class2DParams
 from cryolens.class2d.rotation import BandRotator, inplane_matrices
 from cryolens.class2d.state import Class2DState, IterationStats
+from cryolens.core.worker import ChunkMapper
 from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.pose_search import FrequencyBand, phase_ramps, shift_grid
 
@@ -39,7 +42,8 @@ RESEED_UNTIL = 0.9
 
 @dataclass
 class Setup:
-    """What stays fixed over a run: the table, pixel size (Å), box (px), params, device, image mask and store."""
+    """What stays fixed over a run: the table, pixel size (Å), box (px), params, device, image mask and store, and
+    the ``distributor`` that runs the E-steps in chunks of particles (None: here, batch by batch)."""
 
     table: pd.DataFrame
     pixel_size: float
@@ -50,6 +54,7 @@ class Setup:
     images: ImageStore
     radius_a: float
     use_ctf: bool
+    distributor: ChunkMapper | None = None
 
 
 @dataclass
@@ -103,28 +108,58 @@ def _finish_classes(acc: Accumulator, smp: Sampling, setup: Setup, state: Class2
 
 def initial_classes(state: Class2DState, setup: Setup, rng: np.random.Generator, assign: np.ndarray) -> None:
     """Iteration 0: read every image once (filling the cache and the images' power spectrum, the first noise model);
-    class ``assign[i]`` (-1: none) is the average of its particles, each at a random in-plane angle, no shift."""
+    class ``assign[i]`` (-1: none) is the average of its particles, each at a random in-plane angle, no shift.
+
+    The angles are drawn batch by batch (``batch_size`` contiguous rows, as the image batches come), so that a run
+    through a distributor draws the same ones."""
     p, dev = setup.params, setup.device
     smp = sampling_for(resolution_schedule(1, p, pixel_size=setup.pixel_size), setup, rng, shifts=False)
     k, j = p.classes, len(smp.psi)
     acc = Accumulator(k, j, len(smp.band), device=dev)
     power = ShellAccumulator(setup.box, device=dev)
     full = FrequencyBand.build(setup.box, setup.box / 2, device=dev)
-    for rows, xb, cb in setup.images.first_pass(power, full):
+
+    def columns(rows: np.ndarray) -> np.ndarray:
         a = assign[rows]
-        use = np.flatnonzero(a >= 0)
-        if not use.size:
-            continue
-        r = rows[use]
-        keep = torch.as_tensor(use, device=dev)
-        x, ctf = xb[keep][:, smp.sub], cb[keep][:, smp.sub]
-        gamma = torch.zeros(len(r), 1, k * j, device=dev)
-        col = torch.as_tensor(a[use] * j + rng.integers(0, j, size=len(r)), device=dev)
-        gamma[torch.arange(len(r), device=dev), 0, col] = 1.0
-        acc.add(x, ctf, smp.ramps, gamma)
+        use = a >= 0
+        cols = np.full(len(rows), -1, dtype=np.int64)
+        if use.any():
+            cols[use] = a[use] * j + rng.integers(0, j, size=int(use.sum()))
+        return cols
+
+    if setup.distributor is not None:
+        n = len(setup.table)
+        cols = np.concatenate([columns(np.arange(a, min(n, a + p.batch_size))) for a in range(0, n, p.batch_size)])
+        for out in _map(setup, state, "first", smp, np.arange(n), cols, desc="class2d initial classes"):
+            acc.add_tensors(out["sums"])
+            power.sum += out["power_sum"].to(power.sum.device)
+            power.count += out["power_count"].to(power.count.device)
+    else:
+        for rows, xb, cb in setup.images.first_pass(power, full):
+            cols = columns(rows)
+            if (cols >= 0).any():
+                initial_batch(acc, xb[:, smp.sub], cb[:, smp.sub], smp.ramps, torch.as_tensor(cols, device=dev), k * j)
     sigma2 = NoiseModel(power.mean()).sigma2
     _finish_classes(acc, smp, setup, state, sigma2)
     state.class_weights = torch.full((k,), 1.0 / k, device=dev)
+
+
+def _map(setup: Setup, state: Class2DState, kind: str, smp: Sampling, rows: np.ndarray, labels: np.ndarray, *,
+         grid: SearchGrid | None = None, desc: str, progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    """A pass (``kind`` of :class:`Class2DShared`) over the particles ``rows`` in chunks through the distributor;
+    the chunks' :func:`class2d_chunk` results in order. ``grid``: the iteration's search (for ``"expect"``)."""
+    p, dist = setup.params, setup.distributor
+    expect = grid is not None
+    shared = Class2DShared(
+        kind=kind, box=setup.box, pixel_size=setup.pixel_size, resolution=smp.resolution, n_classes=p.classes,
+        psi=smp.psi.cpu(), shifts=smp.shifts.cpu(), classes=state.classes.cpu() if expect else None,
+        inv_w=grid.inv_w.cpu() if expect else None, log_prior=grid.log_prior.cpu() if expect else None,
+        local=grid.local if expect else False, range_px=p.offset_range / setup.pixel_size,
+        significance=p.significance, mask=setup.mask.cpu(), use_ctf=setup.use_ctf, batch_size=p.batch_size,
+        device=str(setup.device), reader=getattr(dist, "reader", None))
+    items = chunk_items(dist, setup.images.batches, setup.table, rows, state, labels, n=setup.box,
+                        batch_size=p.batch_size)
+    return dist.map(class2d_chunk, shared, items, desc=desc, progress=progress)
 
 
 def _rows_for(it: int, state: Class2DState, setup: Setup, rng: np.random.Generator) -> np.ndarray:
@@ -147,70 +182,41 @@ def run_iteration(state: Class2DState, it: int, setup: Setup, rng: np.random.Gen
     range_px = p.offset_range / apix
     k, j, t = p.classes, len(smp.psi), len(smp.shifts)
     band = smp.band
-    refs = smp.rotator.rotate(images_to_band(state.classes, band),
-                              smp.matrices.transpose(-1, -2)[None].expand(k, j, 2, 2))  # (K, J, M)
-    refs_flat = refs.reshape(k * j, -1)
+    refs = class_references(state.classes, band, smp.rotator, smp.matrices)  # (K, J, M)
     noise = NoiseModel(state.sigma2.clone())
     inv_w = noise.inverse_on(band) * band.weight
     seeded = sorted(set(state.seeds.values()))
     log_pi = torch.zeros(k, device=dev) if p.uniform_prior else torch.log(state.class_weights.clamp_min(1e-12))
     if seeded:
         log_pi[seeded] = -float("inf")
-    log_prior = log_pi.repeat_interleave(j)
+    grid = SearchGrid(band, refs.reshape(k * j, -1), smp.psi, smp.shifts, smp.ramps, inv_w, log_pi.repeat_interleave(j),
+                      k, local, range_px, p.significance)
     rows_all = _rows_for(it, state, setup, rng)
     acc = Accumulator(k, j, len(band), device=dev)
     prev_class = state.particle_class[rows_all].copy()
     prev_psi, prev_shift = state.particle_psi[rows_all].copy(), state.particle_shift[rows_all].copy()
+    forced = np.array([state.seeds.get(int(r), -1) for r in rows_all], dtype=np.int64)
     loglik_sum, done = 0.0, 0
-    for rows, xb, cb in setup.images.select(rows_all):
-        x, ctf = xb[:, smp.sub], cb[:, smp.sub]
-        centre = torch.as_tensor(state.particle_shift[rows] if local else np.zeros((len(rows), 2)), device=dev,
-                                 dtype=torch.float32)
-        if local:
-            x = x * phase_ramps(band, centre)
-        scores = score_batch(x, ctf, refs_flat, smp.ramps, inv_w)
-        if local:  # the origin stays within the search range
-            outside = (centre[:, None, :] + smp.shifts[None]).norm(dim=-1) > range_px + 1e-3
-            outside[:, 0] = False
-            scores = scores.masked_fill(outside[:, :, None], -float("inf"))
-        post = posterior(scores, log_prior, significance=p.significance)
-        gamma = post.gamma
-        forced = [(i, state.seeds[int(r)]) for i, r in enumerate(rows) if int(r) in state.seeds]
-        for i, c in forced:
-            ti = int(torch.argmin((smp.shifts + centre[i] - torch.as_tensor(
-                state.particle_shift[rows[i]], device=dev, dtype=torch.float32)).norm(dim=1)))
-            ji = int(torch.argmin(circular_deviation(smp.psi, torch.tensor(float(state.particle_psi[rows[i]]),
-                                                                           device=dev))))
-            gamma[i].zero_()
-            gamma[i, ti, c * j + ji] = 1.0
-            post.best[i] = ti * k * j + c * j + ji
-            post.max_prob[i], post.n_significant[i] = 1.0, 1
-        acc.add(x, ctf, smp.ramps, gamma)
-        best = post.best
-        tb, kj = best // (k * j), best % (k * j)
-        kb, jb = kj // j, kj % j
-        ar = torch.arange(len(rows), device=dev)
-        g3 = gamma.reshape(len(rows), t, k, j)[ar, :, kb, :]  # (B, T, J) within the best class
-        pj = g3.sum(1)
-        pj = pj / pj.sum(1, keepdim=True)
-        dpsi = torch.remainder(smp.psi[None, :] - smp.psi[jb][:, None] + 180.0, 360.0) - 180.0
-        pt = g3.sum(2)
-        pt = pt / pt.sum(1, keepdim=True)
-        dsh = ((smp.shifts[None] - smp.shifts[tb][:, None]) ** 2).sum(-1)
-        xpow = ((x.real ** 2 + x.imag ** 2) * inv_w).sum(1)
-        ll = post.log_evidence - xpow - math.log(j * t)
-        loglik_sum += float(ll.sum())
-        state.particle_class[rows] = kb.cpu().numpy()
-        state.particle_psi[rows] = smp.psi[jb].cpu().numpy()
-        state.particle_shift[rows] = (smp.shifts[tb] + centre).cpu().numpy()
-        state.particle_max_prob[rows] = post.max_prob.cpu().numpy()
-        state.particle_loglik[rows] = ll.cpu().numpy()
-        state.particle_n_significant[rows] = post.n_significant.cpu().numpy()
-        state.particle_psi_sd[rows] = torch.sqrt((pj * dpsi ** 2).sum(1)).cpu().numpy()
-        state.particle_shift_sd[rows] = torch.sqrt((pt * dsh).sum(1)).cpu().numpy()
-        done += len(rows)
-        if progress is not None:
-            progress(it, done, len(rows_all), res)
+    if setup.distributor is not None:
+        chunks_done = None if progress is None else (  # chunks done -> particles done
+            lambda d, total: progress(it, round(len(rows_all) * d / total), len(rows_all), res))
+        for out in _map(setup, state, "expect", smp, rows_all, forced, grid=grid, desc=f"class2d iteration {it}",
+                        progress=chunks_done):
+            acc.add_tensors(out["sums"])
+            take_results(state, out["rows"], out)
+            loglik_sum += out["loglik_sum"]
+    else:
+        for rows, xb, cb in setup.images.select(rows_all):
+            pos = np.searchsorted(rows_all, rows)
+            got = expect_batch(grid, acc, xb[:, smp.sub], cb[:, smp.sub],
+                               torch.as_tensor(state.particle_shift[rows], device=dev, dtype=torch.float32),
+                               torch.as_tensor(state.particle_psi[rows], device=dev, dtype=torch.float32),
+                               torch.as_tensor(forced[pos], device=dev))
+            loglik_sum += float(got["loglik"].sum())
+            take_results(state, rows, got)
+            done += len(rows)
+            if progress is not None:
+                progress(it, done, len(rows_all), res)
     state.seeds = {}
     resid = acc.residual_power(refs) / max(acc.n_images, 1)
     shells = shell_mean(resid.float(), band, state.sigma2.numel())

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from cryolens.abinitio.params import AbinitioParams
-from cryolens.cli.common import JobOptions, console, device_option, err_console, job_target, run_guarded
+from cryolens.cli.common import BackendJobOptions, console, device_option, err_console, job_target, run_guarded
 from cryolens.cli.declare import declare
 from cryolens.cli.resume import CONTINUE_HELP, continue_target, continued_job
 from cryolens.errors import InputError
+from cryolens.params import option
+
+
+@dataclass
+class AbinitioJobOptions(BackendJobOptions):
+    """The job options of ``cryolens abinitio``: its pose searches can run on a compute backend."""
+
+    backend: Optional[str] = option(
+        None, help="Compute backend for the pose searches, in chunks of particles whose image transforms are sent "
+                   "from this process: threads[:N] (N chunks at once in this process), local[:N] (worker "
+                   "processes), inprocess, tcp://scheduler:port (Dask) or profile:NAME; default: this process")
 
 
 @contextmanager
@@ -36,7 +48,7 @@ def stage_progress(*, quiet: bool) -> Iterator[Callable[[str, int, int, float], 
         yield update
 
 
-@declare(run=JobOptions, params=AbinitioParams,
+@declare(run=AbinitioJobOptions, params=AbinitioParams,
          outputs=("map", "particles", "fsc", "iterations", r"class\d{3}"))
 def abinitio(
     star: Annotated[Optional[Path], typer.Option("--in", help="particles.star (RELION 3.0 or 3.1+); poses are not "
@@ -44,7 +56,7 @@ def abinitio(
                                                               "unless --continue.")] = None,
     continue_: Annotated[Optional[Path], typer.Option("--continue", metavar="JOBDIR", help=CONTINUE_HELP)] = None,
     params: AbinitioParams = None,
-    run: JobOptions = None,
+    run: AbinitioJobOptions = None,
     given: dict = None,
 ) -> None:
     """Initial maps from particles without poses: stochastic EM from random maps, resolution annealed.
@@ -59,6 +71,8 @@ def abinitio(
       cryolens abinitio --in select/particles.star --out abinitio --classes 2 --sym C1
 
       cryolens abinitio --continue abinitio   # after a crash or a wall-time limit
+
+      cryolens abinitio --in select/particles.star --profile gpu --out abinitio   # on a cluster
     """
     from cryolens.jobs.abinitio import run_abinitio
 
@@ -73,14 +87,16 @@ def abinitio(
             with continue_target("abinitio", c.folder, run.project) as target, \
                     stage_progress(quiet=run.quiet) as cb:
                 job = run_abinitio(c.inputs["particles"], target.out, c.params, device=dev, progress=cb,
-                                   observer=target.observer, resume=True)
+                                   observer=target.observer, resume=True, backend=run.backend_spec(),
+                                   project_dir=getattr(target.project, "root", None))
         else:
             if star is None:
                 raise InputError("--in is required to start ab initio; give it, or continue an interrupted job "
                                  "with --continue JOBDIR.")
             dev = device_option(run.device)
             with job_target("abinitio", run) as target, stage_progress(quiet=run.quiet) as cb:
-                job = run_abinitio(star, target.out, params, device=dev, progress=cb, observer=target.observer)
+                job = run_abinitio(star, target.out, params, device=dev, progress=cb, observer=target.observer,
+                                   backend=run.backend_spec(), project_dir=getattr(target.project, "root", None))
         r = job.results
         console.print(f"ab initio: class {r['best_class']} of {len(r['class_sizes'])} "
                       f"({r['class_sizes'][r['best_class'] - 1]} of {r['n_particles']} particles), half-map FSC "

@@ -83,7 +83,8 @@ class MicrographJobOptions(BackendJobOptions):
 
 @dataclass
 class ParticleJobOptions(BackendJobOptions):
-    """... and those of the particle stages whose expectation step can run on a compute backend (refine, class3d)."""
+    """... and those of the particle stages whose expectation step can run on a compute backend (refine, class2d,
+    class3d)."""
 
     backend: Optional[str] = option(
         None, help="Compute backend for the expectation step, in chunks of particles whose images the workers "

@@ -33,6 +33,7 @@ from cryolens.errors import InputError
 from cryolens.io import write_mrc, write_particles, write_star
 from cryolens.jobs.checkpoint import (clear_iterations, iteration_path, load_iteration, remove_unfinished,
                                       save_iteration)
+from cryolens.jobs.distribute import log_distribution, particle_distributor
 from cryolens.jobs.particles import fsc_table, open_particles
 from cryolens.jobs.report import new_figure, plot_fsc, save_figure, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
@@ -118,11 +119,15 @@ def _saved_state(out: Path, n_particles: int) -> AbinitioState:
 
 def run_abinitio(star: str | os.PathLike, out_dir: str | os.PathLike, params: AbinitioParams, *,
                  device: torch.device | str = "cpu", progress: Callable[[str, int, int, float], None] | None = None,
-                 observer: JobObserver | None = None, resume: bool = False) -> Job:
+                 observer: JobObserver | None = None, resume: bool = False, backend: str | None = None,
+                 project_dir: str | os.PathLike | None = None) -> Job:
     """Ab-initio maps from ``star`` into ``out_dir``; returns the finished :class:`Job`.
 
     With ``resume``, ``out_dir`` holds an interrupted abinitio job: it continues from its last finished
     step (the caller passes the job's own input and params, see ``cryolens abinitio --continue``).
+    ``backend``: a compute backend spec (:func:`cryolens.compute.backends.get_backend`; profiles also from
+    ``project_dir``) for the pose searches, in chunks of particles whose image transforms are sent from here;
+    None computes in this process. A backend that fails ends the job FAILURE with one sentence.
     """
     out = Path(out_dir)
     check_params("abinitio", params)
@@ -161,11 +166,14 @@ def run_abinitio(star: str | os.PathLike, out_dir: str | os.PathLike, params: Ab
             if progress is not None:
                 progress(stage, done, total, resolution)
 
-        with job.timed("abinitio"):
+        with job.timed("abinitio"), particle_distributor(backend, parts.source, star, project_dir=project_dir) as dist:
             if state is not None:
                 job.log.info("continuing from step %d", state.iteration)
+            if dist is not None:
+                job.log.info("pose searches through backend %s (%d workers)", dist.backend.name, dist.n_workers)
             res = abinitio(lambda: parts.batches(512), parts.table(), pixel_size=pixel_size, params=params,
-                           device=device, progress=logged, on_iteration=save, resume=state)
+                           device=device, progress=logged, on_iteration=save, resume=state, distributor=dist)
+        log_distribution(job, dist)
         maps = res.maps.numpy()
         best = res.best_class
         write_mrc(out / "map.mrc", maps[best], pixel_size)

@@ -38,6 +38,7 @@ from cryolens.class2d import Class2DParams, Class2DResult, Class2DState, classif
 from cryolens.errors import InputError
 from cryolens.jobs.checkpoint import (clear_iterations, iteration_path, load_iteration, remove_unfinished,
                                       save_iteration)
+from cryolens.jobs.distribute import log_distribution, particle_distributor
 from cryolens.io import format_image_name, write_mrc, write_particles, write_star
 from cryolens.jobs.particles import open_particles
 from cryolens.jobs.report import new_figure, save_figure, write_report
@@ -167,11 +168,14 @@ def _partial_result(state: Class2DState) -> Class2DResult:
 
 def run_class2d(star: str | os.PathLike, out_dir: str | os.PathLike, params: Class2DParams, *,
                 device: torch.device | str = "cpu", progress: Callable[[int, int, int, float], None] | None = None,
-                observer: JobObserver | None = None, resume: bool = False) -> Job:
+                observer: JobObserver | None = None, resume: bool = False, backend: str | None = None,
+                project_dir: str | os.PathLike | None = None) -> Job:
     """Classify the particles of ``star`` into ``out_dir``; returns the finished :class:`Job`.
 
     With ``resume``, ``out_dir`` holds an interrupted class2d job: it continues from its last finished
     iteration (the caller passes the job's own input and params, see ``cryolens class2d --continue``).
+    ``backend``: a compute backend spec for the E-steps, in chunks of particles whose images the workers read
+    (see :func:`cryolens.jobs.refine.run_refine`; profiles also from ``project_dir``); None computes here.
     """
     out = Path(out_dir)
     check_params("class2d", params)
@@ -208,10 +212,13 @@ def run_class2d(star: str | os.PathLike, out_dir: str | os.PathLike, params: Cla
             if progress is not None:
                 progress(it, done, total, resolution)
 
-        with job.timed("class2d"):
+        with job.timed("class2d"), particle_distributor(backend, parts.source, star, project_dir=project_dir) as dist:
+            if dist is not None:
+                job.log.info("expectation steps through backend %s (%d workers)", dist.backend.name, dist.n_workers)
             res = classify_2d(lambda: parts.batches(params.batch_size), parts.table(), pixel_size=pixel_size,
                               box=box, params=params, device=device, progress=logged, on_iteration=save,
-                              resume=state)
+                              resume=state, distributor=dist)
+        log_distribution(job, dist)
         for h in res.history:
             job.log.info("iteration %d: limit %.1f Å, psi step %.1f°, %d shifts, %d particles, log L %.1f, "
                          "%.1f%% changed class, %.1f s", h.iteration, h.resolution_limit, h.psi_step, h.n_shifts,
