@@ -16,8 +16,8 @@ from cryolens.cli.markup import literal
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Project folder of the demo; created when missing, resumed when "
                                                     "it holds an unfinished demo.")] = Path("demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="The same chain on 6 short movies (a few hundred particles, "
-                                                        "fewer classes and iterations): a few minutes, lower resolution.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="The same chain on 3 short movies at 3.5 Å/px (about 120 "
+                                                        "particles, fewer classes and iterations): a few minutes, lower resolution.")] = False,
     align: Annotated[bool, typer.Option("--align/--no-align", help="Align the final map onto the simulator's truth "
                                                                    "(both hands) and report their FSC 0.5.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
