@@ -29,6 +29,7 @@ as ``rlnCoordinateX/Y``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,12 +37,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cryolens.core.ctf import CTFParams
+from cryolens.core.ctf import CTFParams, ctf_phase_and_envelope
 from cryolens.core.fourier import good_fft_size, rfft_polar_grid
 from cryolens.picking.filters import (
     fourier_crop_2d,
     log_filters,
-    micrograph_ctf,
     reflect_pad,
     sphere_projection_ft,
     whitening_filter,
@@ -51,7 +51,7 @@ from cryolens.picking.peaks import (
     avoidance_mask, fill_areas, local_maxima, mode_stats, mode_z, refine_subpixel, suppress_non_maxima,
 )
 from cryolens.picking.bank import TemplateBank, cached, correlate_bank, template_bank
-from cryolens.picking.templates import map_projections, prepare_templates, side_lobes
+from cryolens.picking.templates import map_projections, prepare_templates, rfft_energy, side_lobes
 
 __all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape", "BLOB_CHOICES", "AUTO_TOP"]
 
@@ -133,15 +133,33 @@ def select_picks(picks: Picks, *, threshold: float | None = None, max_per_microg
 
 
 def picking_shape(shape: tuple[int, int], pixel_size: float, target: float) -> tuple[int, int]:
-    """``(h, w)`` of the Fourier-cropped micrograph: even sizes with pixels of about ``target`` Å."""
+    """``(h, w)`` of the Fourier-cropped micrograph: even sizes with pixels of about ``target`` Å (the nearest
+    fast FFT length at or above, a few pixels at most: prime lengths would make every FFT after several
+    times slower)."""
     f = max(1.0, target / pixel_size)
-    return tuple(min(n, max(16, 2 * int(round(n / f / 2)))) for n in shape)  # type: ignore[return-value]
+    return tuple(min(n, good_fft_size(max(16, 2 * int(round(n / f / 2))))) for n in shape)  # type: ignore[return-value]
 
 
+@functools.lru_cache(maxsize=4)
+def _grid(shape: tuple[int, int], pixel_size: float, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """:func:`cryolens.core.fourier.rfft_polar_grid`, kept for the few shapes of a dataset's micrographs
+    (callers must not modify the tensors in place)."""
+    return rfft_polar_grid(shape, pixel_size, device)
+
+
+@functools.lru_cache(maxsize=4)
 def _band(shape: tuple[int, int], pixel_size: float, *, low: float, high: float, device) -> torch.Tensor:
-    """Soft band-pass on the rfft grid: removes features larger than ``high`` Å and finer than ``low`` Å."""
-    s2 = rfft_polar_grid(shape, pixel_size, device)[0]
+    """Soft band-pass on the rfft grid: removes features larger than ``high`` Å and finer than ``low`` Å
+    (kept per shape like :func:`_grid`; not to be modified in place)."""
+    s2 = _grid(shape, pixel_size, device)[0]
     return (1 - torch.exp(-s2 * high * high / 2)) * torch.exp(-s2 * low * low / 2)
+
+
+@functools.lru_cache(maxsize=8)
+def _blob_fts(radii: tuple[float, ...], shape: tuple[int, int], pixel_size: float, device) -> torch.Tensor:
+    """:func:`cryolens.picking.filters.sphere_projection_ft` of ``radii`` (Å), kept across micrographs of one shape
+    (not to be modified in place)."""
+    return sphere_projection_ft(torch.tensor(radii), shape, pixel_size, device=device)
 
 
 def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParams, ctf: CTFParams | None = None,
@@ -190,22 +208,26 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
     avoid = None
     if params.avoid_blobs:
         avoid = avoidance_mask(small, sigma_px=d_max / 4 / p, mean_z=params.avoid_mean_z, sd_z=params.avoid_sd_z,
-                               dilate_px=d_max / 4 / p)[0]
+                               dilate_px=d_max / 4 / p)
         valid &= ~avoid
         small = fill_areas(small, avoid)
     pad = int(math.ceil(d_max / p))
     padded = reflect_pad(small, pad)
     pad = (padded.shape[-1] - w) // 2
-    if params.method == "template":  # many FFTs on this grid: extend it (at the far edges) to fast FFT lengths
-        eh, ew = (good_fft_size(n) - n for n in padded.shape)
-        if 0 < pad + max(eh, ew) < min(h, w):
-            padded = F.pad(small[None, None], (pad, pad + ew, pad, pad + eh), mode="reflect")[0, 0]
+    eh, ew = (good_fft_size(n) - n for n in padded.shape)  # extend (at the far edges) to fast FFT lengths
+    if 0 < pad + max(eh, ew) < min(h, w):
+        padded = F.pad(small[None, None], (pad, pad + ew, pad, pad + eh), mode="reflect")[0, 0]
     shape = tuple(padded.shape)
     f = torch.fft.rfft2(padded)
     low = params.lowpass if params.lowpass is not None else 2.5 * p
     high = params.highpass if params.highpass is not None else 2.0 * d_max
     band = _band(shape, p, low=low, high=high, device=dev)
-    contrast = -micrograph_ctf(ctf, shape, p, device=dev) if ctf is not None else -torch.ones_like(band)
+    if ctf is not None:  # the micrograph's contrast, protein dark: -CTF (RELION's form, cryolens.core.ctf)
+        s2, cos2, sin2 = _grid(shape, p, dev)
+        chi, env = ctf_phase_and_envelope(ctf, s2[None], cos2, sin2)
+        contrast = (torch.sin(chi) * env)[0]
+    else:
+        contrast = -torch.ones_like(band)
     crop = (slice(pad, pad + h), slice(pad, pad + w))
     white = band * whitening_filter(f, shape)
     blob = None
@@ -214,15 +236,20 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
         sub, rc, vals = _suppressed(zmap, valid, params, p)
     elif params.method == "matched":
         best = None
-        for fraction in ((params.blob_radius,) if params.blob_radius is not None else BLOB_CHOICES):
-            score, size = (m[crop] for m in _matched_scores(f * white, shape, p, contrast * white, d_min, d_max,
-                                                              fraction))
+        fractions = (params.blob_radius,) if params.blob_radius is not None else BLOB_CHOICES
+        fw, transfer = f * white, contrast * white
+        for fraction in fractions:
+            score, size = (m[crop] for m in _matched_scores(fw, shape, p, transfer, d_min, d_max, fraction))
             zmap = _background_z(score, valid)[0]
-            found = _suppressed(zmap, valid, params, p)
+            if len(fractions) == 1:
+                best = (0.0, fraction, zmap, size)
+                break
+            found = _suppressed(zmap, valid, params, p, top=AUTO_TOP)  # the best AUTO_TOP only: a prefix
             top = float(found[2][:AUTO_TOP].mean()) if found[2].numel() else -math.inf
             if best is None or top > best[0]:  # ties keep the first (the compact blob)
-                best = (top, fraction, zmap, size, found)
-        _, blob, zmap, size, (sub, rc, vals) = best
+                best = (top, fraction, zmap, size)
+        _, blob, zmap, size = best
+        sub, rc, vals = _suppressed(zmap, valid, params, p)
     else:
         where = torch.zeros(shape, dtype=torch.bool, device=dev)  # score only where peaks may be, and around
         where[pad:pad + h, pad:pad + w] = F.max_pool2d(valid[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
@@ -248,17 +275,29 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
 def _background_z(score: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, float]:
     """The score map in SDs of its background between particles (:func:`mode_stats` over the valid pixels),
     and that SD."""
-    centre, sd = mode_stats(score[valid] if int(valid.sum()) > 16 else score)
+    # every other row and column: the statistics of a map smooth at the particle's scale need no more
+    sub, ok = score[::2, ::2], valid[::2, ::2]
+    centre, sd = mode_stats(sub[ok] if int(ok.sum()) > 16 else sub)
     return (score - centre) / sd, sd
 
 
-def _suppressed(zmap: torch.Tensor, valid: torch.Tensor, params: PickParams, p: float):
+def _suppressed(zmap: torch.Tensor, valid: torch.Tensor, params: PickParams, p: float, *, top: int | None = None):
     """Local maxima of ``zmap`` (SDs) down to the candidates' floor, refined to sub-pixel and suppressed within
-    the minimum distance: ``(sub (K, 2), rc (K, 2) long, vals (K,))`` by descending score (``p``: Å per pixel)."""
+    the minimum distance: ``(sub (K, 2), rc (K, 2) long, vals (K,))`` by descending score (``p``: Å per pixel).
+
+    ``top``: only the first ``top`` survivors are needed (at least those are returned, exactly as in the full
+    result): greedy suppression decides a peak from the higher ones only, so the highest peaks are suppressed
+    alone first, and all of them only if too few survive."""
     rc = local_maxima(zmap, valid=valid, floor=min(params.keep_floor, params.resolved_threshold()))
-    sub = refine_subpixel(zmap, rc)
     vals = zmap[rc[:, 0], rc[:, 1]]
     halo = (params.diameters[1] * params.halo[0] / p, params.halo[1]) if params.halo[1] > 0 else None
+    if top is not None and rc.shape[0] > 8 * top:
+        first = torch.argsort(vals, descending=True, stable=True)[:8 * top]
+        sub = refine_subpixel(zmap, rc[first])
+        keep = suppress_non_maxima(sub, vals[first], params.resolved_min_distance() / p, halo=halo)
+        if keep.numel() >= top:
+            return sub[keep], rc[first][keep], vals[first][keep]
+    sub = refine_subpixel(zmap, rc)
     keep = suppress_non_maxima(sub, vals, params.resolved_min_distance() / p, halo=halo)
     return sub[keep], rc[keep], vals[keep]
 
@@ -290,8 +329,8 @@ def _matched_scores(fw: torch.Tensor, shape, p: float, transfer: torch.Tensor, d
     around the particle; a smaller characteristic radius (cisTEM's advice too) keeps one
     peak at the centre for elongated and round particles alike."""
     sizes = _sizes(d_min, d_max, 0.15)
-    t = sphere_projection_ft(sizes * radius_fraction, shape, p, device=fw.device) * transfer
-    norm = torch.fft.irfft2(t, s=shape).square().sum(dim=(-2, -1)).sqrt().clamp_min(1e-30)
+    t = _blob_fts(tuple((sizes * radius_fraction).tolist()), tuple(shape), p, fw.device) * transfer
+    norm = rfft_energy(t, shape[-1]).sqrt().clamp_min(1e-30)  # Parseval: no inverse FFT
     maps = torch.fft.irfft2(fw * t.conj(), s=shape) / norm[:, None, None]
     return _best_over(maps, sizes)
 
