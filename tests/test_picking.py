@@ -119,22 +119,25 @@ def test_default_picker_f1(name, apix):
     assert f1 >= 0.9, rows
 
 
-@pytest.mark.parametrize("name,apix,target", [("shell", 1.75, 0.9),
-                                              pytest.param("apoferritin", 1.75, 0.78, marks=pytest.mark.slow),
-                                              pytest.param("apoferritin", 1.2, 0.75, marks=pytest.mark.slow)])
-def test_default_picker_finds_hollow_particles(name, apix, target):
+@pytest.mark.parametrize("name,apix,target,blob", [("shell", 1.75, 0.9, (0.5, 0.0)),
+                                                   pytest.param("apoferritin", 1.75, 0.9, (0.45, 0.3), marks=pytest.mark.slow),
+                                                   pytest.param("apoferritin", 1.2, 0.9, (0.45, 0.3), marks=pytest.mark.slow)])
+def test_default_picker_finds_hollow_particles(name, apix, target, blob):
     """Hollow particles: a blob of 0.33 × the diameter lands on the shell (F1 0.65 on the uniform shell, 0.08-0.26
-    on apoferritin here); the default tries a blob as large as the particle too and keeps it on these
-    micrographs by its higher peaks (F1 0.97 on the shell; 0.82-0.86 on apoferritin pooled over seeds 300-302:
-    hard micrographs, with carbon, contaminants, defocus down to 0.8 µm and 80 weak-contrast shells each; ~0.9
-    on the tutorial's micrographs). Apoferritin is slow only because its 24-mer map takes ~30 s to build."""
+    on apoferritin here); the default also tries a blob as large as the particle and a hollow one (radius 0.45,
+    cavity 0.3 × the diameter) and keeps the one with the higher peaks: the large blob on the uniform shell (F1
+    0.96), the hollow one on apoferritin (F1 0.91-0.97 on seeds 300-302 and 310-313 at 1.2 and 1.75 Å/px; 0.82-0.88
+    with the large filled blob: hard micrographs, with carbon, contaminants, defocus down to 0.8 µm and 80
+    weak-contrast shells each). Apoferritin is slow only because its 24-mer map takes ~30 s to build."""
     torch.set_num_threads(1)
     f1, rows = pooled_f1(name, apix, "matched")
     assert f1 >= target, rows
     img, xy, clean, ctf, d, vol, _ = simulated(name, apix, SEEDS[0])
-    assert pick_micrograph(img, pixel_size=apix, params=PickParams(diameter=d), ctf=ctf).blob_radius == 0.5
+    picks = pick_micrograph(img, pixel_size=apix, params=PickParams(diameter=d), ctf=ctf)
+    assert (picks.blob_radius, picks.blob_cavity) == blob
     img, xy, clean, ctf, d, vol, _ = simulated("phantom", 1.75, SEEDS[0])  # a filled particle keeps the small blob
-    assert pick_micrograph(img, pixel_size=1.75, params=PickParams(diameter=d), ctf=ctf).blob_radius == 0.33
+    picks = pick_micrograph(img, pixel_size=1.75, params=PickParams(diameter=d), ctf=ctf)
+    assert (picks.blob_radius, picks.blob_cavity) == (0.33, 0.0)
 
 
 @pytest.mark.parametrize("name,apix,target", [("phantom", 1.75, 0.95), ("ribosome", 2.5, 0.98)])

@@ -81,12 +81,15 @@ def micrograph_ctf(ctf: CTFParams, shape: tuple[int, int], pixel_size: float, de
     return (-torch.sin(chi) * env)[0]
 
 
-def sphere_projection_ft(radii: torch.Tensor, shape: tuple[int, int], pixel_size: float, device=None) -> torch.Tensor:
+def sphere_projection_ft(radii: torch.Tensor, shape: tuple[int, int], pixel_size: float, device=None, *,
+                         cavities: torch.Tensor | None = None) -> torch.Tensor:
     """Transforms of projected uniform spheres ``sqrt(r² - ρ²)`` centred at pixel (0, 0).
 
     Args:
         radii: ``(R,)`` sphere radii in Å.
         shape: ``(H, W)`` of the image grid; pixel_size: Å.
+        cavities: ``(R,)`` radii in Å of a concentric empty cavity in each sphere (a shell: its
+            projection is ``sqrt(r² - ρ²) - sqrt(c² - ρ²)``); None or 0: filled.
 
     Returns:
         ``(R, H, W//2+1)`` complex64 transforms, each normalised to unit energy (Σ|t|² = 1 in
@@ -98,6 +101,9 @@ def sphere_projection_ft(radii: torch.Tensor, shape: tuple[int, int], pixel_size
     rho2 = (xx * xx + yy * yy)[None]
     r = radii.to(device=device, dtype=torch.float32)[:, None, None]
     t = torch.sqrt((r * r - rho2).clamp_min(0))
+    if cavities is not None:
+        c = cavities.to(device=device, dtype=torch.float32)[:, None, None]
+        t = t - torch.sqrt((c * c - rho2).clamp_min(0))
     t = t / t.square().sum(dim=(-2, -1), keepdim=True).sqrt().clamp_min(1e-20)
     return torch.fft.rfft2(t)
 
