@@ -48,6 +48,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -194,13 +195,13 @@ def run_cryolens(case: dict, method: str) -> dict:
                 **accuracy(picks, case))
 
 
-def run_relion(case: dict, work: Path, threads: int) -> dict:
+def run_relion(case: dict, work: Path, threads: int, star: str = "micrographs.star") -> dict:
     import starfile
 
     d = case["diameter"]
     odir = work / "AutoPick"
     shutil.rmtree(odir, ignore_errors=True)
-    cmd = ["relion_autopick", "--i", "micrographs.star", "--odir", "AutoPick/", "--pickname", "autopick", "--LoG",
+    cmd = ["relion_autopick", "--i", star, "--odir", "AutoPick/", "--pickname", "autopick", "--LoG",
            "--LoG_diam_min", f"{0.8 * d:g}", "--LoG_diam_max", f"{d:g}", "--angpix", f"{case['apix']:g}",
            "--shrink", "0", "--lowpass", "20", "--LoG_adjust_threshold", "0"]
     if threads > 1:
@@ -220,6 +221,29 @@ def run_relion(case: dict, work: Path, threads: int) -> dict:
                 cpu_seconds_per_micrograph=round(cost["cpu_s"] / n, 3) if cost.get("cpu_s") else None,
                 peak_rss_mb=cost.get("peak_rss_mb"), n_picks=int(sum(len(p) for p in picks)),
                 files_found=sum(1 for p in picks if len(p)), **accuracy(picks, case))
+
+
+def startup(case: dict, work: Path, threads: int, full: dict) -> dict:
+    """Fixed start-up against per-micrograph cost: RELION LoG again on the first micrograph alone (a line
+    through the one- and n-micrograph runs, CPU s), and the CPU time of a fresh Python importing torch and the
+    picker (what a cryolens job pays once before its first micrograph)."""
+    import starfile
+
+    t = starfile.read(work / "micrographs.star", always_dict=True)
+    starfile.write({"optics": t["optics"], "micrographs": t["micrographs"].iloc[:1]}, work / "micrographs_1.star",
+                   overwrite=True)
+    one = run_relion(dict(case, mics=case["mics"][:1]), work, threads, star="micrographs_1.star")
+    n = len(case["mics"])
+    out = {}
+    if one.get("cpu_seconds_per_micrograph") is not None and full.get("cpu_seconds_per_micrograph") is not None:
+        total = full["cpu_seconds_per_micrograph"] * n
+        marginal = (total - one["cpu_seconds_per_micrograph"]) / max(1, n - 1)
+        out["relion_cpu_s_per_micrograph_marginal"] = round(marginal, 4)
+        out["relion_cpu_s_startup"] = round(one["cpu_seconds_per_micrograph"] - marginal, 3)
+    code = "import time; t = time.process_time(); import torch, cryolens.picking.picker; print(time.process_time() - t)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    out["cryolens_cpu_s_import"] = round(float(r.stdout.strip() or "nan"), 3)
+    return out
 
 
 def run_apple(case: dict, work: Path, python: Path, threads: int, tau: tuple[float, float],
@@ -337,6 +361,8 @@ def main() -> None:
             if have_relion:
                 row["relion_log"] = run_relion(case, work, args.threads)
                 print(name, "relion LoG", json.dumps(row["relion_log"]), flush=True)
+                row["startup"] = startup(case, work, args.threads, row["relion_log"])
+                print(name, "start-up", json.dumps(row["startup"]), flush=True)
                 rel = row["relion_log"]["seconds_per_micrograph"]
                 for method in [m for m in METHODS if m in args.pickers]:
                     row[f"time_ratio_relion_over_cryolens_{method}"] = round(

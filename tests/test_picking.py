@@ -19,7 +19,7 @@ import torch
 
 from cryolens.core.ctf import CTFParams
 from cryolens.picking import PickParams, consensus, match_picks, pick_micrograph, select_picks
-from cryolens.picking.filters import fourier_crop_2d
+from cryolens.picking.filters import fourier_crop_2d, local_mean_sd
 from cryolens.picking.peaks import suppress_non_maxima
 from cryolens.picking.templates import map_projections
 from cryolens.simulate.micrographs import MicrographParams, simulate_micrograph
@@ -280,6 +280,28 @@ def test_halo_drops_weak_side_lobes_only():
     score = torch.tensor([10.0, 5.0, 9.0])
     assert sorted(suppress_non_maxima(xy, score, 10.0).tolist()) == [0, 1, 2]
     assert sorted(suppress_non_maxima(xy, score, 10.0, halo=(15.0, 0.7)).tolist()) == [0, 2]
+
+
+def test_dense_and_grid_suppression_agree():
+    """The K×K path (up to ``dense`` peaks) and the grid-cell path give the same greedy result, halo included."""
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(600, 2, generator=g) * 200
+    score = torch.rand(600, generator=g) * 5
+    for halo in (None, (15.0, 0.7)):
+        dense = suppress_non_maxima(xy, score, 10.0, halo=halo)
+        grid = suppress_non_maxima(xy, score, 10.0, halo=halo, dense=0)
+        assert dense.tolist() == grid.tolist()
+
+
+def test_local_mean_sd_on_a_coarser_grid():
+    """``step`` samples the same smooth maps at every step-th pixel (equal away from the mirrored borders)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(238, 240, generator=g).cumsum(0).cumsum(1) * 0.01 + torch.randn(238, 240, generator=g)
+    mean, sd = local_mean_sd(x, sigma_px=5.0)
+    mean2, sd2 = local_mean_sd(x, sigma_px=5.0, step=2)
+    assert mean2.shape == (119, 120)
+    assert torch.allclose(mean2[8:-8, 8:-8], mean[::2, ::2][8:-8, 8:-8], atol=1e-4)
+    assert torch.allclose(sd2[8:-8, 8:-8], sd[::2, ::2][8:-8, 8:-8], atol=1e-4)
 
 
 def test_fourier_crop_keeps_values():

@@ -74,9 +74,12 @@ def whitening_filter(f: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return wf
 
 
-def micrograph_ctf(ctf: CTFParams, shape: tuple[int, int], pixel_size: float, device=None) -> torch.Tensor:
-    """The CTF (:mod:`cryolens.core.ctf`, RELION's form) on the rfft grid of an ``(H, W)`` image."""
-    s2, cos2, sin2 = rfft_polar_grid(shape, pixel_size, device)
+def micrograph_ctf(ctf: CTFParams, shape: tuple[int, int], pixel_size: float, device=None, *,
+                   grid: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The CTF (:mod:`cryolens.core.ctf`, RELION's form) on the rfft grid of an ``(H, W)`` image.
+
+    ``grid``: that grid's :func:`cryolens.core.fourier.rfft_polar_grid` if already at hand."""
+    s2, cos2, sin2 = grid if grid is not None else rfft_polar_grid(shape, pixel_size, device)
     chi, env = ctf_phase_and_envelope(ctf, s2[None], cos2, sin2)
     return (-torch.sin(chi) * env)[0]
 

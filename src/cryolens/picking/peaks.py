@@ -172,9 +172,9 @@ def suppress_non_maxima(xy: torch.Tensor, score: torch.Tensor, min_distance: flo
         a = higher.float()
         state = torch.zeros(k, device=p.device)  # 0 undecided, 1 kept, -1 dropped
         while bool((state == 0).any()):
-            kept_nb = (a @ (state == 1).float()) > 0
-            open_nb = (a @ (state == 0).float()) > 0
             undecided = state == 0
+            nb = torch.stack([state == 1, undecided]).float() @ a.T  # kept and undecided higher neighbours
+            kept_nb, open_nb = nb[0] > 0, nb[1] > 0
             state = torch.where(undecided & kept_nb, -1.0, torch.where(undecided & ~open_nb, 1.0, state))
         return order[state == 1]
     reach = max(min_distance, halo[0]) if halo is not None else min_distance
@@ -262,10 +262,11 @@ def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z:
         grown = torch.fft.irfft2(torch.fft.rfft2(F.pad(bad.float(), (0, 2 * r, 0, 2 * r))) * torch.fft.rfft2(kernel),
                                  s=shape)[:h, :w]  # disc counts by FFT convolution (cheaper than conv2d on big maps)
         bad = grown > 0.5
-    if c > 1:  # nearest coarse sample (sample i lies at pixel i·c)
-        iy = ((torch.arange(image.shape[-2], device=image.device) + c // 2) // c).clamp_max(bad.shape[0] - 1)
-        ix = ((torch.arange(image.shape[-1], device=image.device) + c // 2) // c).clamp_max(bad.shape[1] - 1)
-        bad = bad[iy][:, ix]
+    if c > 1:  # nearest coarse sample (sample i lies at pixel i·c): pixel y takes sample (y + c//2) // c
+        o = c // 2
+        bad = F.pad(bad[None, None].float(), (1, 1, 1, 1), mode="replicate")[0, 0]
+        bad = bad.repeat_interleave(c, 0).repeat_interleave(c, 1)
+        bad = bad[c + o:c + o + image.shape[-2], c + o:c + o + image.shape[-1]] > 0.5
     return bad
 
 
@@ -283,7 +284,10 @@ def fill_areas(image: torch.Tensor, bad: torch.Tensor, *, edge_px: float = 2.0) 
         r = int(round(2 * edge_px))
         k = torch.exp(-torch.arange(-r, r + 1, device=image.device, dtype=torch.float32) ** 2 / (2 * edge_px ** 2))
         k = k / k.sum()
-        x = F.pad(soft[None, None], (r, r, r, r), mode="replicate")
-        x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))[0, 0]
+        x = F.pad(soft[None, None], (r, r, r, r), mode="replicate")[0, 0]
+        # separable Gaussian as sums of shifted slices (a few taps: cheaper than conv2d on one channel)
+        h, w = soft.shape
+        x = sum(k[i] * x[:, i:i + w] for i in range(2 * r + 1))
+        x = sum(k[i] * x[i:i + h] for i in range(2 * r + 1))
         soft = torch.maximum(soft, x)
     return image * (1 - soft) + fill * soft

@@ -38,11 +38,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cryolens.core.ctf import CTFParams, ctf_phase_and_envelope
+from cryolens.core.ctf import CTFParams
 from cryolens.core.fourier import good_fft_size, rfft_polar_grid
 from cryolens.picking.filters import (
     fourier_crop_2d,
     log_filters,
+    micrograph_ctf,
     reflect_pad,
     sphere_projection_ft,
     whitening_filter,
@@ -230,12 +231,7 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
     low = params.lowpass if params.lowpass is not None else 2.5 * p
     high = params.highpass if params.highpass is not None else 2.0 * d_max
     band = _band(shape, p, low=low, high=high, device=dev)
-    if ctf is not None:  # the micrograph's contrast, protein dark: -CTF (RELION's form, cryolens.core.ctf)
-        s2, cos2, sin2 = _grid(shape, p, dev)
-        chi, env = ctf_phase_and_envelope(ctf, s2[None], cos2, sin2)
-        contrast = (torch.sin(chi) * env)[0]
-    else:
-        contrast = -torch.ones_like(band)
+    contrast = -micrograph_ctf(ctf, shape, p, grid=_grid(shape, p, dev)) if ctf is not None else -torch.ones_like(band)
     crop = (slice(pad, pad + h), slice(pad, pad + w))
     white = band * whitening_filter(f, shape)
     blob = None
