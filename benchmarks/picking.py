@@ -31,7 +31,10 @@ ribosome map clamped at 0, ~220 Å, at 2.5 Å/px; the apoferritin 24-mer, a holl
 Accuracy: precision, recall and F1 with a match within 0.2 × diameter
 (:func:`cryolens.picking.match_picks`), pooled over the micrographs of a case, twice: on all
 true particles, and on the "clean" ones (disc not touching the carbon; picks matched to the
-others ignored), the picker being asked to avoid the rims of carbon. Writes
+others ignored), the picker being asked to avoid the rims of carbon. Start-up is reported apart
+(``startup``): RELION LoG run again on the first micrograph alone gives its fixed start-up and
+marginal CPU per micrograph; the CPU time of a fresh Python importing torch and the picker is what
+a cryolens job pays once (cryolens' per-micrograph times exclude it). Writes
 ``benchmarks/results/picking.json``::
 
     .venv/bin/python benchmarks/picking.py [--n 3] [--size 1024] [--height H] [--threads 2] [--no-relion]
