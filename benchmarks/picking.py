@@ -1,8 +1,9 @@
 """Benchmark: cryolens pickers against ``relion_autopick --LoG`` on the same simulated micrographs.
 
 Simulates micrographs (carbon hole edge, two contaminant clusters, ice thickness variation;
-no aggregates) of two particle shapes (the phantom, 150 Å, at 1.75 Å/px; ASPIRE's 70S
-ribosome map clamped at 0, ~220 Å, at 2.5 Å/px), writes them as MRC files with a RELION 3.1
+no aggregates) of three particle shapes (the phantom, 150 Å, at 1.75 Å/px; ASPIRE's 70S
+ribosome map clamped at 0, ~220 Å, at 2.5 Å/px; the apoferritin 24-mer, a hollow shell of
+180 Å, at 1.75 and 1.2 Å/px), writes them as MRC files with a RELION 3.1
 ``micrographs.star`` per case, then
 
 * cryolens: reads each MRC and runs ``cryolens.picking.pick_micrograph`` with the matched
@@ -30,7 +31,10 @@ ribosome map clamped at 0, ~220 Å, at 2.5 Å/px), writes them as MRC files with
 Accuracy: precision, recall and F1 with a match within 0.2 × diameter
 (:func:`cryolens.picking.match_picks`), pooled over the micrographs of a case, twice: on all
 true particles, and on the "clean" ones (disc not touching the carbon; picks matched to the
-others ignored), the picker being asked to avoid the rims of carbon. Writes
+others ignored), the picker being asked to avoid the rims of carbon. Start-up is reported apart
+(``startup``): RELION LoG run again on the first micrograph alone gives its fixed start-up and
+marginal CPU per micrograph; the CPU time of a fresh Python importing torch and the picker is what
+a cryolens job pays once (cryolens' per-micrograph times exclude it). Writes
 ``benchmarks/results/picking.json``::
 
     .venv/bin/python benchmarks/picking.py [--n 3] [--size 1024] [--height H] [--threads 2] [--no-relion]
@@ -47,6 +51,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,7 +66,9 @@ RIBOSOME = SHARED / "maps" / "clean70SRibosome_vol_65p.mrc"
 sys.path.insert(0, str(HERE))
 from timing import timed  # noqa: E402
 
-CASES = {"phantom": 1.75, "ribosome": 2.5}
+#: case name -> (structure, pixel size Å)
+CASES = {"phantom": ("phantom", 1.75), "ribosome": ("ribosome", 2.5), "apoferritin": ("apoferritin", 1.75),
+         "apoferritin_1.2": ("apoferritin", 1.2)}
 APPLE_PYTHON = Path("/work/aspire-venv/bin/python")
 # argv: micrograph, particle size (px), output dir, threads, JSON path, tau1, tau2 (fractions);
 # writes [[x, y], ...] (x = column, y = row)
@@ -98,6 +105,9 @@ def structure(name: str, apix: float):
     if name == "phantom":
         box = int(round(150 / apix * 1.4 / 2)) * 2
         return phantom_structure(box, apix, diameter=150.0).volume, 150.0, "scattering"
+    if name == "apoferritin":  # the shipped 24-mer (a shell of radii ~50-90 Å; ~30 s to build)
+        s = load_structures(["apoferritin"], pixel_size=apix, box=int(round(225 / apix / 2)) * 2)[0]
+        return s.volume, 180.0, s.units
     s = load_structures([f"{RIBOSOME}:apix=3.94"], pixel_size=apix, box=None)[0]
     return s.volume.clamp_min(0), 220.0, "arbitrary"  # negative background would read as lighter than ice
 
@@ -188,13 +198,13 @@ def run_cryolens(case: dict, method: str) -> dict:
                 **accuracy(picks, case))
 
 
-def run_relion(case: dict, work: Path, threads: int) -> dict:
+def run_relion(case: dict, work: Path, threads: int, star: str = "micrographs.star") -> dict:
     import starfile
 
     d = case["diameter"]
     odir = work / "AutoPick"
     shutil.rmtree(odir, ignore_errors=True)
-    cmd = ["relion_autopick", "--i", "micrographs.star", "--odir", "AutoPick/", "--pickname", "autopick", "--LoG",
+    cmd = ["relion_autopick", "--i", star, "--odir", "AutoPick/", "--pickname", "autopick", "--LoG",
            "--LoG_diam_min", f"{0.8 * d:g}", "--LoG_diam_max", f"{d:g}", "--angpix", f"{case['apix']:g}",
            "--shrink", "0", "--lowpass", "20", "--LoG_adjust_threshold", "0"]
     if threads > 1:
@@ -214,6 +224,29 @@ def run_relion(case: dict, work: Path, threads: int) -> dict:
                 cpu_seconds_per_micrograph=round(cost["cpu_s"] / n, 3) if cost.get("cpu_s") else None,
                 peak_rss_mb=cost.get("peak_rss_mb"), n_picks=int(sum(len(p) for p in picks)),
                 files_found=sum(1 for p in picks if len(p)), **accuracy(picks, case))
+
+
+def startup(case: dict, work: Path, threads: int, full: dict) -> dict:
+    """Fixed start-up against per-micrograph cost: RELION LoG again on the first micrograph alone (a line
+    through the one- and n-micrograph runs, CPU s), and the CPU time of a fresh Python importing torch and the
+    picker (what a cryolens job pays once before its first micrograph)."""
+    import starfile
+
+    t = starfile.read(work / "micrographs.star", always_dict=True)
+    starfile.write({"optics": t["optics"], "micrographs": t["micrographs"].iloc[:1]}, work / "micrographs_1.star",
+                   overwrite=True)
+    one = run_relion(dict(case, mics=case["mics"][:1]), work, threads, star="micrographs_1.star")
+    n = len(case["mics"])
+    out = {}
+    if one.get("cpu_seconds_per_micrograph") is not None and full.get("cpu_seconds_per_micrograph") is not None:
+        total = full["cpu_seconds_per_micrograph"] * n
+        marginal = (total - one["cpu_seconds_per_micrograph"]) / max(1, n - 1)
+        out["relion_cpu_s_per_micrograph_marginal"] = round(marginal, 4)
+        out["relion_cpu_s_startup"] = round(one["cpu_seconds_per_micrograph"] - marginal, 3)
+    code = "import time; t = time.process_time(); import torch, cryolens.picking.picker; print(time.process_time() - t)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    out["cryolens_cpu_s_import"] = round(float(r.stdout.strip() or "nan"), 3)
+    return out
 
 
 def run_apple(case: dict, work: Path, python: Path, threads: int, tau: tuple[float, float],
@@ -321,7 +354,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cryolens-pick-bench-") as tmp:
         for name in args.cases:
             work = Path(tmp) / name
-            case = simulate_case(name, CASES[name], args.n, args.size, args.seed, work, args.height)
+            case = simulate_case(*CASES[name], args.n, args.size, args.seed, work, args.height)
             row = dict(pixel_size=case["apix"], diameter=case["diameter"],
                        n_true=int(sum(len(m["xy"]) for m in case["mics"])),
                        n_clean=int(sum(m["clean"].sum() for m in case["mics"])))
@@ -331,6 +364,8 @@ def main() -> None:
             if have_relion:
                 row["relion_log"] = run_relion(case, work, args.threads)
                 print(name, "relion LoG", json.dumps(row["relion_log"]), flush=True)
+                row["startup"] = startup(case, work, args.threads, row["relion_log"])
+                print(name, "start-up", json.dumps(row["startup"]), flush=True)
                 rel = row["relion_log"]["seconds_per_micrograph"]
                 for method in [m for m in METHODS if m in args.pickers]:
                     row[f"time_ratio_relion_over_cryolens_{method}"] = round(

@@ -19,7 +19,7 @@ import torch
 
 from cryolens.core.ctf import CTFParams
 from cryolens.picking import PickParams, consensus, match_picks, pick_micrograph, select_picks
-from cryolens.picking.filters import fourier_crop_2d
+from cryolens.picking.filters import fourier_crop_2d, local_mean_sd
 from cryolens.picking.peaks import suppress_non_maxima
 from cryolens.picking.templates import map_projections
 from cryolens.simulate.micrographs import MicrographParams, simulate_micrograph
@@ -119,22 +119,25 @@ def test_default_picker_f1(name, apix):
     assert f1 >= 0.9, rows
 
 
-@pytest.mark.parametrize("name,apix,target", [("shell", 1.75, 0.9),
-                                              pytest.param("apoferritin", 1.75, 0.78, marks=pytest.mark.slow),
-                                              pytest.param("apoferritin", 1.2, 0.75, marks=pytest.mark.slow)])
-def test_default_picker_finds_hollow_particles(name, apix, target):
+@pytest.mark.parametrize("name,apix,target,blob", [("shell", 1.75, 0.9, (0.5, 0.0)),
+                                                   pytest.param("apoferritin", 1.75, 0.9, (0.45, 0.3), marks=pytest.mark.slow),
+                                                   pytest.param("apoferritin", 1.2, 0.9, (0.45, 0.3), marks=pytest.mark.slow)])
+def test_default_picker_finds_hollow_particles(name, apix, target, blob):
     """Hollow particles: a blob of 0.33 × the diameter lands on the shell (F1 0.65 on the uniform shell, 0.08-0.26
-    on apoferritin here); the default tries a blob as large as the particle too and keeps it on these
-    micrographs by its higher peaks (F1 0.97 on the shell; 0.82-0.86 on apoferritin pooled over seeds 300-302:
-    hard micrographs, with carbon, contaminants, defocus down to 0.8 µm and 80 weak-contrast shells each; ~0.9
-    on the tutorial's micrographs). Apoferritin is slow only because its 24-mer map takes ~30 s to build."""
+    on apoferritin here); the default also tries a blob as large as the particle and a hollow one (radius 0.45,
+    cavity 0.3 × the diameter) and keeps the one with the higher peaks: the large blob on the uniform shell (F1
+    0.96), the hollow one on apoferritin (F1 0.91-0.97 on seeds 300-302 and 310-313 at 1.2 and 1.75 Å/px; 0.82-0.88
+    with the large filled blob: hard micrographs, with carbon, contaminants, defocus down to 0.8 µm and 80
+    weak-contrast shells each). Apoferritin is slow only because its 24-mer map takes ~30 s to build."""
     torch.set_num_threads(1)
     f1, rows = pooled_f1(name, apix, "matched")
     assert f1 >= target, rows
     img, xy, clean, ctf, d, vol, _ = simulated(name, apix, SEEDS[0])
-    assert pick_micrograph(img, pixel_size=apix, params=PickParams(diameter=d), ctf=ctf).blob_radius == 0.5
+    picks = pick_micrograph(img, pixel_size=apix, params=PickParams(diameter=d), ctf=ctf)
+    assert (picks.blob_radius, picks.blob_cavity) == blob
     img, xy, clean, ctf, d, vol, _ = simulated("phantom", 1.75, SEEDS[0])  # a filled particle keeps the small blob
-    assert pick_micrograph(img, pixel_size=1.75, params=PickParams(diameter=d), ctf=ctf).blob_radius == 0.33
+    picks = pick_micrograph(img, pixel_size=1.75, params=PickParams(diameter=d), ctf=ctf)
+    assert (picks.blob_radius, picks.blob_cavity) == (0.33, 0.0)
 
 
 @pytest.mark.parametrize("name,apix,target", [("phantom", 1.75, 0.95), ("ribosome", 2.5, 0.98)])
@@ -277,6 +280,28 @@ def test_halo_drops_weak_side_lobes_only():
     score = torch.tensor([10.0, 5.0, 9.0])
     assert sorted(suppress_non_maxima(xy, score, 10.0).tolist()) == [0, 1, 2]
     assert sorted(suppress_non_maxima(xy, score, 10.0, halo=(15.0, 0.7)).tolist()) == [0, 2]
+
+
+def test_dense_and_grid_suppression_agree():
+    """The K×K path (up to ``dense`` peaks) and the grid-cell path give the same greedy result, halo included."""
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(600, 2, generator=g) * 200
+    score = torch.rand(600, generator=g) * 5
+    for halo in (None, (15.0, 0.7)):
+        dense = suppress_non_maxima(xy, score, 10.0, halo=halo)
+        grid = suppress_non_maxima(xy, score, 10.0, halo=halo, dense=0)
+        assert dense.tolist() == grid.tolist()
+
+
+def test_local_mean_sd_on_a_coarser_grid():
+    """``step`` samples the same smooth maps at every step-th pixel (equal away from the mirrored borders)."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(238, 240, generator=g).cumsum(0).cumsum(1) * 0.01 + torch.randn(238, 240, generator=g)
+    mean, sd = local_mean_sd(x, sigma_px=5.0)
+    mean2, sd2 = local_mean_sd(x, sigma_px=5.0, step=2)
+    assert mean2.shape == (119, 120)
+    assert torch.allclose(mean2[8:-8, 8:-8], mean[::2, ::2][8:-8, 8:-8], atol=1e-4)
+    assert torch.allclose(sd2[8:-8, 8:-8], sd[::2, ::2][8:-8, 8:-8], atol=1e-4)
 
 
 def test_fourier_crop_keeps_values():

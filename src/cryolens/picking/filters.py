@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cryolens.core.ctf import CTFParams, ctf_phase_and_envelope
-from cryolens.core.fourier import rfft_polar_grid
+from cryolens.core.fourier import good_fft_size, rfft_polar_grid
 
 __all__ = [
     "fourier_crop_2d", "radial_spectrum", "whitening_filter", "micrograph_ctf",
@@ -74,19 +74,25 @@ def whitening_filter(f: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return wf
 
 
-def micrograph_ctf(ctf: CTFParams, shape: tuple[int, int], pixel_size: float, device=None) -> torch.Tensor:
-    """The CTF (:mod:`cryolens.core.ctf`, RELION's form) on the rfft grid of an ``(H, W)`` image."""
-    s2, cos2, sin2 = rfft_polar_grid(shape, pixel_size, device)
+def micrograph_ctf(ctf: CTFParams, shape: tuple[int, int], pixel_size: float, device=None, *,
+                   grid: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The CTF (:mod:`cryolens.core.ctf`, RELION's form) on the rfft grid of an ``(H, W)`` image.
+
+    ``grid``: that grid's :func:`cryolens.core.fourier.rfft_polar_grid` if already at hand."""
+    s2, cos2, sin2 = grid if grid is not None else rfft_polar_grid(shape, pixel_size, device)
     chi, env = ctf_phase_and_envelope(ctf, s2[None], cos2, sin2)
     return (-torch.sin(chi) * env)[0]
 
 
-def sphere_projection_ft(radii: torch.Tensor, shape: tuple[int, int], pixel_size: float, device=None) -> torch.Tensor:
+def sphere_projection_ft(radii: torch.Tensor, shape: tuple[int, int], pixel_size: float, device=None, *,
+                         cavities: torch.Tensor | None = None) -> torch.Tensor:
     """Transforms of projected uniform spheres ``sqrt(r² - ρ²)`` centred at pixel (0, 0).
 
     Args:
         radii: ``(R,)`` sphere radii in Å.
         shape: ``(H, W)`` of the image grid; pixel_size: Å.
+        cavities: ``(R,)`` radii in Å of a concentric empty cavity in each sphere (a shell: its
+            projection is ``sqrt(r² - ρ²) - sqrt(c² - ρ²)``); None or 0: filled.
 
     Returns:
         ``(R, H, W//2+1)`` complex64 transforms, each normalised to unit energy (Σ|t|² = 1 in
@@ -98,6 +104,9 @@ def sphere_projection_ft(radii: torch.Tensor, shape: tuple[int, int], pixel_size
     rho2 = (xx * xx + yy * yy)[None]
     r = radii.to(device=device, dtype=torch.float32)[:, None, None]
     t = torch.sqrt((r * r - rho2).clamp_min(0))
+    if cavities is not None:
+        c = cavities.to(device=device, dtype=torch.float32)[:, None, None]
+        t = t - torch.sqrt((c * c - rho2).clamp_min(0))
     t = t / t.square().sum(dim=(-2, -1), keepdim=True).sqrt().clamp_min(1e-20)
     return torch.fft.rfft2(t)
 
@@ -122,19 +131,33 @@ def reflect_pad(image: torch.Tensor, pad: int) -> torch.Tensor:
     return F.pad(image[None, None], (p, p, p, p), mode="reflect")[0, 0]
 
 
-def local_mean_sd(image: torch.Tensor, *, sigma_px: float) -> tuple[torch.Tensor, torch.Tensor]:
+def local_mean_sd(image: torch.Tensor, *, sigma_px: float, step: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian-weighted local mean and standard deviation of an ``(H, W)`` image (σ in pixels).
 
-    Computed in Fourier space on a mirrored copy (no wrap-around at the borders).
+    Computed in Fourier space on a mirrored copy (no wrap-around at the borders). ``step > 1``
+    returns the maps at every ``step``-th pixel only, ``(ceil(H/step), ceil(W/step))`` with pixel
+    ``(i, j)`` at ``(i·step, j·step)`` of the image, by cropping the smoothed spectrum (exact while
+    the Gaussian is negligible beyond the coarse Nyquist frequency: σ ≥ ~2 × ``step``). The mirrored
+    copy is extended at its far edges to fast FFT lengths.
     """
-    pad = int(math.ceil(3 * sigma_px))
-    x = reflect_pad(image, pad)
-    p = (x.shape[-2] - image.shape[-2]) // 2
+    H, W = image.shape[-2:]
+    pad = min(step * math.ceil(math.ceil(3 * sigma_px) / step), H - 1, W - 1)
+    pad -= pad % step
+    # padded sizes: multiples of step whose FFTs are fast at both sizes (prime lengths are several times slower)
+    eh, ew = (step * good_fft_size(-(-(n + 2 * pad) // step)) - n - 2 * pad for n in (H, W))
+    if pad + max(eh, ew) >= min(H, W):
+        step, eh, ew = 1, 0, 0
+    x = F.pad(image[None, None], (pad, pad + ew, pad, pad + eh), mode="reflect")[0, 0] if pad else image
     h, w = x.shape
     ky = torch.fft.fftfreq(h, device=x.device)[:, None]
     kx = torch.fft.rfftfreq(w, device=x.device)[None, :]
     g = torch.exp(-2 * math.pi ** 2 * sigma_px ** 2 * (kx * kx + ky * ky))
-    both = torch.fft.irfft2(torch.fft.rfft2(torch.stack([x, x * x])) * g, s=(h, w))
-    both = both[:, p:p + image.shape[-2], p:p + image.shape[-1]]
+    f = torch.fft.rfft2(torch.stack([x, x * x])) * g
+    if step > 1:  # keep |k| below the coarse Nyquist frequency
+        hc, wc = h // step, w // step
+        f = torch.cat([f[:, :hc // 2], f[:, h - (hc - hc // 2):]], dim=1)[:, :, :wc // 2 + 1]
+        h, w, f = hc, wc, f / step ** 2
+    o = pad // step
+    both = torch.fft.irfft2(f, s=(h, w))[:, o:o + -(-H // step), o:o + -(-W // step)]
     mean = both[0]
     return mean, (both[1] - mean * mean).clamp_min(0).sqrt()

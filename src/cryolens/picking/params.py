@@ -20,7 +20,7 @@ class PickParams(Params):
     SD (matched), 1.5 (log), 3.5 (template);
     ``min_distance`` = 0.8 × the smallest diameter; ``edge`` = half the largest diameter;
     ``pick_pixel_size`` = the mean diameter / 20 (never finer than the micrograph's pixel);
-    ``blob_radius`` = 0.33 or 0.5 of the diameter, chosen per micrograph
+    ``blob_radius`` = 0.33 or 0.5 of the diameter or a hollow 0.45 (cavity 0.3), chosen per micrograph
     (:data:`cryolens.picking.picker.BLOB_CHOICES`).
     The score is in standard deviations of the score map's background (1.4826 × the median
     absolute deviation of its dominant population, :func:`cryolens.picking.peaks.mode_stats`);
@@ -62,8 +62,9 @@ class PickParams(Params):
     avoid_sd_z: float = option(12.0, gt=0, help="--avoid-blobs: reject where the local standard deviation's "
                                                "robust z-score exceeds this")
     blob_radius: float | None = option(None, gt=0, le=0.6, help="--method matched: radius of the blob (a projected "
-                                       "sphere) as a fraction of the diameter (default: 0.33 or 0.5, whichever gives "
-                                       "the higher peaks on each micrograph: filled or hollow particles)")
+                                       "sphere) as a fraction of the diameter (default: 0.33, 0.5 or a shell of 0.45 "
+                                       "with a 0.3 cavity, whichever gives the highest peaks on each micrograph: "
+                                       "filled, ring-like or hollow particles)")
     psi_step: float = option(15.0, unit="°", gt=0, le=90, help="--method template: in-plane rotation step "
                                                                "(at 15° a particle's rim is at most half the default "
                                                                "low-pass from the nearest rotation)")
