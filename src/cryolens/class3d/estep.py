@@ -30,7 +30,7 @@ from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.pose_search import (BandProjector, Candidates, FrequencyBand, SearchData, best_projections,
                                          global_search, local_search, shift_grid)
 
-__all__ = ["ClassSetup", "ClassSums", "Class3DShared", "pose_width", "search_class", "classify_batch",
+__all__ = ["ClassSetup", "ClassSums", "Class3DShared", "pose_width", "search_class", "skip_scores", "classify_batch",
            "class3d_chunk"]
 
 
@@ -129,6 +129,22 @@ def search_class(s: ClassSetup, proj: BandProjector, data: SearchData, rot0: tor
     return cand.score[:, 0], cand, pose_width(cand.score[:, 0], cand.log_evidence) * a / p.angular_step
 
 
+def skip_scores(s: ClassSetup, projs: list[BandProjector], data: SearchData, rot0: torch.Tensor,
+                shift0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Skip-align scores of every class at the input poses: ``(log-likelihood (B, K), models (K, B, M))``.
+
+    ``models[k]`` is ``CTF·P_k(A)·e(+t)`` on the band, in the image frame (the residuals reuse it), from one
+    projection per class and image; the score is :func:`~cryolens.refine.pose_search.local_search`'s at
+    a zero search range (ML or CC), computed without shifting the images.
+    """
+    wv = s.band.weight * data.inv_sigma2
+    models = torch.stack([data.ctf * best_projections(p, rot0, shift0) for p in projs])  # (K, B, M)
+    cross = (data.x[None] * models.conj()).real.mul_(wv).sum(-1)  # (K, B)
+    quad = (models.real ** 2 + models.imag ** 2).mul_(wv).sum(-1)
+    ll = 2.0 * cross - quad if s.score == "ml" else cross / quad.clamp_min(1e-30).sqrt()
+    return ll.T.contiguous(), models
+
+
 def classify_batch(s: ClassSetup, sums: ClassSums, h: int, masked: torch.Tensor, raw: torch.Tensor,
                    ctf: torch.Tensor, rot0: torch.Tensor, shift0: torch.Tensor, *,
                    start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -140,13 +156,19 @@ def classify_batch(s: ClassSetup, sums: ClassSums, h: int, masked: torch.Tensor,
     x, c = band.gather(masked), band.gather(ctf)
     data = SearchData(x, c, inv)
     B = len(x)
-    ll = torch.empty(B, K, device=dev)
-    rots = torch.empty(B, K, 3, 3, device=dev)
-    shs = torch.empty(B, K, 2, device=dev)
-    width = torch.empty(B, K, device=dev)
-    for k in range(K):
-        ll[:, k], cand, width[:, k] = search_class(s, projs[k], data, rot0, shift0)
-        rots[:, k], shs[:, k] = cand.rotations[:, 0], cand.shifts[:, 0]
+    models = None
+    if s.mode == "skip":  # one projection per class at the fixed poses, for the score and the residuals
+        ll, models = skip_scores(s, projs, data, rot0, shift0)
+        rots, shs = rot0[:, None].expand(B, K, 3, 3), shift0[:, None].expand(B, K, 2)
+        width = torch.full((B, K), math.nan, device=dev)
+    else:
+        ll = torch.empty(B, K, device=dev)
+        rots = torch.empty(B, K, 3, 3, device=dev)
+        shs = torch.empty(B, K, 2, device=dev)
+        width = torch.empty(B, K, device=dev)
+        for k in range(K):
+            ll[:, k], cand, width[:, k] = search_class(s, projs[k], data, rot0, shift0)
+            rots[:, k], shs[:, k] = cand.rotations[:, 0], cand.shifts[:, 0]
     logits = ll + s.log_prior
     best, hard = logits.argmax(1), s.hard
     if start is not None:
@@ -156,7 +178,8 @@ def classify_batch(s: ClassSetup, sums: ClassSums, h: int, masked: torch.Tensor,
     for k in range(K):
         sel = best == k
         if sel.any():
-            model = c[sel] * best_projections(projs[k], rots[sel, k], shs[sel, k])
+            model = models[k, sel] if models is not None else \
+                c[sel] * best_projections(projs[k], rots[sel, k], shs[sel, k])
             if s.score == "cc":  # fit each image's scale before taking residuals (as refine's first iteration)
                 wv = band.weight * inv
                 a = ((x[sel] * model.conj()).real * wv).sum(1) / ((model.abs() ** 2) * wv).sum(1).clamp_min(1e-30)

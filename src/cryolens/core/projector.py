@@ -17,6 +17,7 @@ Conventions (pinned against ``relion_project`` / ``relion_reconstruct`` in tests
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -214,6 +215,17 @@ def project(fvol: FourierVolume, rotations: torch.Tensor, origins: torch.Tensor 
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _padded_shells(n: int, pad: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Of the padded half-volume ``(P, P, P//2+1)``: each voxel's radius in frequency units of the ``n`` box,
+    the flat indices of the voxels in shells ``0..n//2``, their shells, and the voxels per shell (cached: every
+    back-projector of a run has the same grid)."""
+    radius = radius_3d(pad * n, device=device) / pad
+    shells = torch.round(radius).long().reshape(-1)
+    keep = torch.nonzero(shells < n // 2 + 1).squeeze(1)
+    return radius, keep, shells[keep], torch.bincount(shells[keep], minlength=n // 2 + 1).float()
+
+
 class BackProjector:
     """Accumulates CTF-weighted image transforms and CTF² weights on a padded half-volume.
 
@@ -282,11 +294,14 @@ class BackProjector:
             f = f.repeat_interleave(G, 0)
             if wgt.shape[0] > 1:  # per-image CTF² (a shared weight row broadcasts as it is)
                 wgt = wgt.repeat_interleave(G, 0)
-        for s in range(0, f.shape[0], self.chunk):  # small chunks keep the scatter cache-friendly
-            coords, conj = _slice_coordinates(self.grid, rot[s:s + self.chunk], self.pad)
-            fs = f[s:s + self.chunk]
+        # Small chunks keep the scatter cache-friendly; a band-limited grid (few points per image) takes up to
+        # 16x more images per chunk (about the points of a chunk of full-box images at n = 64).
+        step = min(16 * self.chunk, max(self.chunk, (self.chunk * 1600) // max(1, self.grid.flat.numel())))
+        for s in range(0, f.shape[0], step):
+            coords, conj = _slice_coordinates(self.grid, rot[s:s + step], self.pad)
+            fs = f[s:s + step]
             fs = torch.where(conj, fs.conj(), fs)  # points folded to kx >= 0 take the Friedel mate's conjugate
-            ws = wgt if wgt.shape[0] == 1 else wgt[s:s + self.chunk]
+            ws = wgt if wgt.shape[0] == 1 else wgt[s:s + step]
             index, w = _trilinear_corners(coords, self.P)  # (8, b, M)
             # out= keeps the (8, b, M) memory order of index, so the reshapes below are views.
             scatter_add_complex(self.data, index, torch.mul(fs, w, out=fs.new_empty(w.shape)))
@@ -328,9 +343,7 @@ class BackProjector:
 
     def _radius(self) -> torch.Tensor:
         """Radius of each padded half-volume voxel in frequency units of the original box (cached)."""
-        if getattr(self, "_radius_cache", None) is None:
-            self._radius_cache = radius_3d(self.P, device=self.device) / self.pad
-        return self._radius_cache
+        return _padded_shells(self.n, self.pad, self.device)[0]
 
     def shell_weights(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Mean CTF² weight per shell of the original box (``n//2 + 1`` shells).
@@ -339,12 +352,9 @@ class BackProjector:
         """
         if weight is None:
             _, weight = self._half_volumes()
-        shells = torch.round(self._radius()).long()
-        nsh = self.n // 2 + 1
-        keep = shells < nsh
-        num = torch.zeros(nsh, device=self.device).index_add_(0, shells[keep], weight[keep])
-        den = torch.zeros(nsh, device=self.device).index_add_(0, shells[keep], torch.ones_like(weight[keep]))
-        return num / den.clamp_min(1)
+        _, keep, shells, count = _padded_shells(self.n, self.pad, self.device)
+        num = torch.zeros(self.n // 2 + 1, device=self.device).index_add_(0, shells, weight.reshape(-1)[keep])
+        return num / count.clamp_min(1)
 
     def reconstruct(self, *, ssnr: torch.Tensor | None = None, weight_floor: float = 1e-3,
                     mask_corners: bool = True) -> torch.Tensor:
