@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,8 @@ from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.pose_search import (BandProjector, Candidates, FrequencyBand, SearchData, best_projections,
                                          global_search, local_search, shift_grid)
 
-__all__ = ["ClassSetup", "ClassSums", "Class3DShared", "pose_width", "search_class", "skip_scores", "classify_batch",
-           "class3d_chunk"]
+__all__ = ["ClassSetup", "ClassSums", "Class3DShared", "pose_width", "search_class", "local_first_pass",
+           "local_second_pass", "skip_scores", "classify_batch", "class3d_chunk"]
 
 
 def pose_width(score: torch.Tensor, log_evidence: torch.Tensor) -> torch.Tensor:
@@ -108,11 +109,8 @@ def search_class(s: ClassSetup, proj: BandProjector, data: SearchData, rot0: tor
                          offset_range=0.0, mode=score, max_block=p.max_block)
         return c.score[:, 0], c, nan
     if s.mode == "local":
-        a, o = p.angular_step, p.offset_step
-        c1 = local_search(proj, data, current, angular_step=a, angular_range=p.local_range, offset_step=o,
-                          offset_range=p.offset_range, mode=score, max_block=p.max_block)
-        c2 = local_search(proj, data, c1, angular_step=a / 2, angular_range=a, offset_step=o / 2,
-                          offset_range=o, mode=score, max_block=p.max_block)
+        c1 = local_first_pass(s, proj, data, current)
+        c2 = local_second_pass(s, proj, data, c1)
         ll = c1.log_evidence if score == "ml" else c2.score[:, 0]
         return ll, c2, pose_width(c1.score[:, 0], c1.log_evidence)
     g = healpix_step_deg(p.healpix_order)
@@ -127,6 +125,45 @@ def search_class(s: ClassSetup, proj: BandProjector, data: SearchData, rot0: tor
             break
         a, o = max(a / 2, p.angular_step / 2), max(o / 2, 0.25)
     return cand.score[:, 0], cand, pose_width(cand.score[:, 0], cand.log_evidence) * a / p.angular_step
+
+
+def local_first_pass(s: ClassSetup, proj: BandProjector, data: SearchData, current: Candidates) -> Candidates:
+    """Local search of ``local_range`` degrees in steps of ``angular_step`` × shifts within ``offset_range`` px
+    around the current poses; its ``log_evidence`` is the class log-likelihood (ML score)."""
+    p = s.params
+    return local_search(proj, data, current, angular_step=p.angular_step, angular_range=p.local_range,
+                        offset_step=p.offset_step, offset_range=p.offset_range, mode=s.score, max_block=p.max_block)
+
+
+def local_second_pass(s: ClassSetup, proj: BandProjector, data: SearchData, c1: Candidates) -> Candidates:
+    """The best pose of :func:`local_first_pass` refined at half its steps (one step around it)."""
+    p = s.params
+    a, o = p.angular_step, p.offset_step
+    return local_search(proj, data, c1, angular_step=a / 2, angular_range=a, offset_step=o / 2, offset_range=o,
+                        mode=s.score, max_block=p.max_block)
+
+
+def _local_classes(s: ClassSetup, projs: list[BandProjector], data: SearchData, rot0: torch.Tensor,
+                   shift0: torch.Tensor, need: Callable[[torch.Tensor], torch.Tensor]):
+    """Local searches (ML score) of every class: the first pass for all, the second only where ``need(ll)``
+    (``(B, K)`` bool from the class log-likelihoods) says the class's pose is used (a posterior weight
+    worth inserting or the best class); elsewhere the first pass's pose stays. Returns
+    ``(ll, rots, shifts, width)`` as :func:`search_class` per class, stacked on axis 1."""
+    dev, B = s.device, len(rot0)
+    current = Candidates(torch.zeros(B, 1, device=dev), rot0[:, None], shift0[:, None])
+    firsts = [local_first_pass(s, pj, data, current) for pj in projs]
+    ll = torch.stack([c.log_evidence for c in firsts], 1)
+    width = torch.stack([pose_width(c.score[:, 0], c.log_evidence) for c in firsts], 1)
+    rots = torch.stack([c.rotations[:, 0] for c in firsts], 1)
+    shs = torch.stack([c.shifts[:, 0] for c in firsts], 1)
+    use = need(ll)
+    for k, (pj, c1) in enumerate(zip(projs, firsts)):
+        rows = torch.nonzero(use[:, k]).squeeze(1)
+        if len(rows):
+            c2 = local_second_pass(s, pj, data.select(rows), Candidates(c1.score[rows], c1.rotations[rows],
+                                                                        c1.shifts[rows]))
+            rots[rows, k], shs[rows, k] = c2.rotations[:, 0], c2.shifts[:, 0]
+    return ll, rots, shs, width
 
 
 def skip_scores(s: ClassSetup, projs: list[BandProjector], data: SearchData, rot0: torch.Tensor,
@@ -161,6 +198,12 @@ def classify_batch(s: ClassSetup, sums: ClassSums, h: int, masked: torch.Tensor,
         ll, models = skip_scores(s, projs, data, rot0, shift0)
         rots, shs = rot0[:, None].expand(B, K, 3, 3), shift0[:, None].expand(B, K, 2)
         width = torch.full((B, K), math.nan, device=dev)
+    elif s.mode == "local" and s.score == "ml":  # second passes only where the pose is used (as below)
+        def need(ll: torch.Tensor) -> torch.Tensor:
+            logits = ll + s.log_prior
+            best = torch.nn.functional.one_hot(logits.argmax(1) if start is None else start.to(dev), K).bool()
+            return best if s.hard or start is not None else best | (torch.softmax(logits, 1) > 1e-3)
+        ll, rots, shs, width = _local_classes(s, projs, data, rot0, shift0, need)
     else:
         ll = torch.empty(B, K, device=dev)
         rots = torch.empty(B, K, 3, 3, device=dev)
