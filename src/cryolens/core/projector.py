@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from cryolens.core.fourier import freq_grid_2d, ft3, ift3, radius_3d, shift_phase
 from cryolens.core.masks import soft_mask_outside
 
-__all__ = ["FourierVolume", "SliceGrid", "gridding_correction", "prepare_volume", "project",
+__all__ = ["FourierVolume", "SliceGrid", "gridding_correction", "prepare_volume", "project", "sample_trilinear",
            "BackProjector", "scatter_add_complex"]
 
 
@@ -100,6 +100,27 @@ def prepare_volume(volume: torch.Tensor, *, pad: int = 2) -> FourierVolume:
     o = P // 2 - n // 2
     padded[o:o + n, o:o + n, o:o + n] = v
     return FourierVolume(ft3(padded), n, pad)
+
+
+def sample_trilinear(table: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples of ``table (1, C, D, H, W)`` at ``points (..., 3)``: ``(C, ...)``.
+
+    ``points`` are ``(x, y, z)`` in ``[-1, 1]`` (``grid_sample`` with ``align_corners=True``; zeros
+    outside). Torch's 3-D ``grid_sample`` on the CPU runs in parallel over its batch axis only, so the
+    points are split into one batch per intra-op thread over the same (broadcast, not copied) table:
+    the same values, on every thread.
+    """
+    shape, C = points.shape[:-1], table.shape[1]
+    pts = points.reshape(-1, 3)
+    total = pts.shape[0]
+    parts = min(torch.get_num_threads(), max(1, total // 4096)) if table.device.type == "cpu" else 1
+    per = -(-total // parts)
+    if per * parts != total:
+        pts = torch.cat([pts, pts.new_zeros(per * parts - total, 3)])
+    out = F.grid_sample(table.expand(parts, -1, -1, -1, -1), pts.reshape(parts, per, 1, 1, 3), mode="bilinear",
+                        padding_mode="zeros", align_corners=True)  # (parts, C, per, 1, 1)
+    out = out.reshape(parts, C, per).transpose(0, 1).reshape(C, parts * per)
+    return out[:, :total].reshape(C, *shape)
 
 
 @dataclass
@@ -203,9 +224,7 @@ def project(fvol: FourierVolume, rotations: torch.Tensor, origins: torch.Tensor 
     S, nx = _centred_extent(P)
     scale = coords.new_tensor([2.0 / (nx - 1), 2.0 / (S - 1), 2.0 / (S - 1)])
     offset = coords.new_tensor([0.0, P // 2, P // 2])
-    g = ((coords + offset) * scale - 1.0)[None, :, :, None, :]  # (1, B, M, 1, 3) as (x, y, z)
-    vals = F.grid_sample(fvol.table, g, mode="bilinear", padding_mode="zeros", align_corners=True)
-    vals = vals[0, :, :, :, 0].permute(1, 2, 0)  # (B, M, 2)
+    vals = sample_trilinear(fvol.table, (coords + offset) * scale - 1.0).permute(1, 2, 0)  # (B, M, 2)
     vals = torch.stack([vals[..., 0], torch.where(conj, -vals[..., 1], vals[..., 1])], -1)
     out = torch.zeros(B, n * (n // 2 + 1), dtype=torch.complex64, device=device)
     out[:, grid.flat] = torch.view_as_complex(vals.contiguous())
