@@ -27,6 +27,10 @@ from the residuals at the best class and pose). Per iteration:
    class). The class priors are ``π_k = mean γ_k`` once assignments are soft (uniform before); the noise
    spectrum takes the residuals' power.
 
+Convergence: once fewer than ``stop_change`` of the particles change class in an iteration after the hard
+ones, the next iteration is the last (measured: 3 000 particles, a 60 Å lobe, skip-align: 0.3 % changed at
+iteration 5, the last at 6 reached 91.9 %, as 8 iterations did); RELION runs all ``--iter`` iterations.
+
 The E-step of an iteration (:mod:`cryolens.class3d.estep`) runs here batch by batch, or with a
 ``distributor`` in chunks of particles on any compute backend, whose sums the driver adds before the M-step.
 
@@ -307,11 +311,15 @@ class _Classifier:
                                         mask=self.ref_mask, components=self.K - 1, resolution=self.p.init_resolution,
                                         iterations=self.p.init_iterations, seed=self.p.seed, device=self.dev)
             self.start_labels = kmeans(z, self.K, seed=self.p.seed)
+        converged = False
         for it in range(1, self.p.iterations + 1):
-            final = it == self.p.iterations
+            final = it == self.p.iterations or converged
             new = self.iterate(it, resolution, final)
             self.start_labels = None
             resolution = min(resolution, new) if it > 1 else new
+            if final:
+                break
+            converged = it > self.p.hard_iterations and self.history[-1].class_change < self.p.stop_change
         acc_rot = np.full(self.K, np.nan)
         acc_shift = np.full(self.K, np.nan)
         if self.mode != "skip":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +31,8 @@ from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.pose_search import (BandProjector, Candidates, FrequencyBand, SearchData, best_projections,
                                          global_search, local_search, shift_grid)
 
-__all__ = ["ClassSetup", "ClassSums", "Class3DShared", "pose_width", "search_class", "classify_batch",
-           "class3d_chunk"]
+__all__ = ["ClassSetup", "ClassSums", "Class3DShared", "pose_width", "search_class", "local_first_pass",
+           "local_second_pass", "skip_scores", "classify_batch", "class3d_chunk"]
 
 
 def pose_width(score: torch.Tensor, log_evidence: torch.Tensor) -> torch.Tensor:
@@ -108,11 +109,8 @@ def search_class(s: ClassSetup, proj: BandProjector, data: SearchData, rot0: tor
                          offset_range=0.0, mode=score, max_block=p.max_block)
         return c.score[:, 0], c, nan
     if s.mode == "local":
-        a, o = p.angular_step, p.offset_step
-        c1 = local_search(proj, data, current, angular_step=a, angular_range=p.local_range, offset_step=o,
-                          offset_range=p.offset_range, mode=score, max_block=p.max_block)
-        c2 = local_search(proj, data, c1, angular_step=a / 2, angular_range=a, offset_step=o / 2,
-                          offset_range=o, mode=score, max_block=p.max_block)
+        c1 = local_first_pass(s, proj, data, current)
+        c2 = local_second_pass(s, proj, data, c1)
         ll = c1.log_evidence if score == "ml" else c2.score[:, 0]
         return ll, c2, pose_width(c1.score[:, 0], c1.log_evidence)
     g = healpix_step_deg(p.healpix_order)
@@ -129,6 +127,61 @@ def search_class(s: ClassSetup, proj: BandProjector, data: SearchData, rot0: tor
     return cand.score[:, 0], cand, pose_width(cand.score[:, 0], cand.log_evidence) * a / p.angular_step
 
 
+def local_first_pass(s: ClassSetup, proj: BandProjector, data: SearchData, current: Candidates) -> Candidates:
+    """Local search of ``local_range`` degrees in steps of ``angular_step`` × shifts within ``offset_range`` px
+    around the current poses; its ``log_evidence`` is the class log-likelihood (ML score)."""
+    p = s.params
+    return local_search(proj, data, current, angular_step=p.angular_step, angular_range=p.local_range,
+                        offset_step=p.offset_step, offset_range=p.offset_range, mode=s.score, max_block=p.max_block)
+
+
+def local_second_pass(s: ClassSetup, proj: BandProjector, data: SearchData, c1: Candidates) -> Candidates:
+    """The best pose of :func:`local_first_pass` refined at half its steps (one step around it)."""
+    p = s.params
+    a, o = p.angular_step, p.offset_step
+    return local_search(proj, data, c1, angular_step=a / 2, angular_range=a, offset_step=o / 2, offset_range=o,
+                        mode=s.score, max_block=p.max_block)
+
+
+def _local_classes(s: ClassSetup, projs: list[BandProjector], data: SearchData, rot0: torch.Tensor,
+                   shift0: torch.Tensor, need: Callable[[torch.Tensor], torch.Tensor]):
+    """Local searches (ML score) of every class: the first pass for all, the second only where ``need(ll)``
+    (``(B, K)`` bool from the class log-likelihoods) says the class's pose is used (a posterior weight
+    worth inserting or the best class); elsewhere the first pass's pose stays. Returns
+    ``(ll, rots, shifts, width)`` as :func:`search_class` per class, stacked on axis 1."""
+    dev, B = s.device, len(rot0)
+    current = Candidates(torch.zeros(B, 1, device=dev), rot0[:, None], shift0[:, None])
+    firsts = [local_first_pass(s, pj, data, current) for pj in projs]
+    ll = torch.stack([c.log_evidence for c in firsts], 1)
+    width = torch.stack([pose_width(c.score[:, 0], c.log_evidence) for c in firsts], 1)
+    rots = torch.stack([c.rotations[:, 0] for c in firsts], 1)
+    shs = torch.stack([c.shifts[:, 0] for c in firsts], 1)
+    use = need(ll)
+    for k, (pj, c1) in enumerate(zip(projs, firsts)):
+        rows = torch.nonzero(use[:, k]).squeeze(1)
+        if len(rows):
+            c2 = local_second_pass(s, pj, data.select(rows), Candidates(c1.score[rows], c1.rotations[rows],
+                                                                        c1.shifts[rows]))
+            rots[rows, k], shs[rows, k] = c2.rotations[:, 0], c2.shifts[:, 0]
+    return ll, rots, shs, width
+
+
+def skip_scores(s: ClassSetup, projs: list[BandProjector], data: SearchData, rot0: torch.Tensor,
+                shift0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Skip-align scores of every class at the input poses: ``(log-likelihood (B, K), models (K, B, M))``.
+
+    ``models[k]`` is ``CTF·P_k(A)·e(+t)`` on the band, in the image frame (the residuals reuse it), from one
+    projection per class and image; the score is :func:`~cryolens.refine.pose_search.local_search`'s at
+    a zero search range (ML or CC), computed without shifting the images.
+    """
+    wv = s.band.weight * data.inv_sigma2
+    models = torch.stack([data.ctf * best_projections(p, rot0, shift0) for p in projs])  # (K, B, M)
+    cross = (data.x[None] * models.conj()).real.mul_(wv).sum(-1)  # (K, B)
+    quad = (models.real ** 2 + models.imag ** 2).mul_(wv).sum(-1)
+    ll = 2.0 * cross - quad if s.score == "ml" else cross / quad.clamp_min(1e-30).sqrt()
+    return ll.T.contiguous(), models
+
+
 def classify_batch(s: ClassSetup, sums: ClassSums, h: int, masked: torch.Tensor, raw: torch.Tensor,
                    ctf: torch.Tensor, rot0: torch.Tensor, shift0: torch.Tensor, *,
                    start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -140,13 +193,25 @@ def classify_batch(s: ClassSetup, sums: ClassSums, h: int, masked: torch.Tensor,
     x, c = band.gather(masked), band.gather(ctf)
     data = SearchData(x, c, inv)
     B = len(x)
-    ll = torch.empty(B, K, device=dev)
-    rots = torch.empty(B, K, 3, 3, device=dev)
-    shs = torch.empty(B, K, 2, device=dev)
-    width = torch.empty(B, K, device=dev)
-    for k in range(K):
-        ll[:, k], cand, width[:, k] = search_class(s, projs[k], data, rot0, shift0)
-        rots[:, k], shs[:, k] = cand.rotations[:, 0], cand.shifts[:, 0]
+    models = None
+    if s.mode == "skip":  # one projection per class at the fixed poses, for the score and the residuals
+        ll, models = skip_scores(s, projs, data, rot0, shift0)
+        rots, shs = rot0[:, None].expand(B, K, 3, 3), shift0[:, None].expand(B, K, 2)
+        width = torch.full((B, K), math.nan, device=dev)
+    elif s.mode == "local" and s.score == "ml":  # second passes only where the pose is used (as below)
+        def need(ll: torch.Tensor) -> torch.Tensor:
+            logits = ll + s.log_prior
+            best = torch.nn.functional.one_hot(logits.argmax(1) if start is None else start.to(dev), K).bool()
+            return best if s.hard or start is not None else best | (torch.softmax(logits, 1) > 1e-3)
+        ll, rots, shs, width = _local_classes(s, projs, data, rot0, shift0, need)
+    else:
+        ll = torch.empty(B, K, device=dev)
+        rots = torch.empty(B, K, 3, 3, device=dev)
+        shs = torch.empty(B, K, 2, device=dev)
+        width = torch.empty(B, K, device=dev)
+        for k in range(K):
+            ll[:, k], cand, width[:, k] = search_class(s, projs[k], data, rot0, shift0)
+            rots[:, k], shs[:, k] = cand.rotations[:, 0], cand.shifts[:, 0]
     logits = ll + s.log_prior
     best, hard = logits.argmax(1), s.hard
     if start is not None:
@@ -156,7 +221,8 @@ def classify_batch(s: ClassSetup, sums: ClassSums, h: int, masked: torch.Tensor,
     for k in range(K):
         sel = best == k
         if sel.any():
-            model = c[sel] * best_projections(projs[k], rots[sel, k], shs[sel, k])
+            model = models[k, sel] if models is not None else \
+                c[sel] * best_projections(projs[k], rots[sel, k], shs[sel, k])
             if s.score == "cc":  # fit each image's scale before taking residuals (as refine's first iteration)
                 wv = band.weight * inv
                 a = ((x[sel] * model.conj()).real * wv).sum(1) / ((model.abs() ** 2) * wv).sum(1).clamp_min(1e-30)

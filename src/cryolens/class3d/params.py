@@ -53,6 +53,11 @@ class Class3DParams(Params):
     hard_iterations: int = option(2, ge=0, help="First iterations that give each particle wholly to its most "
                                                 "probable class (K-means-like: separates classes that start from "
                                                 "one map; later iterations are soft)")
+    stop_change: float = option(0.005, ge=0, lt=1, help="Convergence stop: once fewer than this fraction of the "
+                                                        "particles change class in an iteration after the hard "
+                                                        "iterations, the next iteration is the last (it inserts the "
+                                                        "full box for the final maps); 0 runs all --iter iterations "
+                                                        "(RELION stops only at --iter)")
     perturb: float = option(0.3, ge=0, help="Noise added to each class's starting reference when fewer maps "
                                             "than classes are given (fraction of the map's power per shell)")
     init: str = option("variability", choices=("variability", "perturb"),

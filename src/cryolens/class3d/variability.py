@@ -94,13 +94,20 @@ def _ppca(prepared: Prepared, rotations: torch.Tensor, shifts: torch.Tensor, vs:
     vs = [finish(v) for v in vs]
     c = len(vs)
     sigma2 = None
+    fixed: list[tuple[torch.Tensor, torch.Tensor]] = []  # per batch: residual to the mean and CTF on the band
+    keep = len(rotations) * len(band) * 12 <= 2**29  # kept between passes up to 512 MB
     for it in range(iterations + 1):
         projs = [BandProjector(prepare_volume(v, pad=2), band) for v in vs]
         bps = [backprojector() for _ in range(c)]
         inv = None if sigma2 is None else torch.where(band.shell == 0, 0.0, 1 / sigma2[band.shell.clamp_max(n // 2)])
-        for rows, _, raw, ctf in prepared():
-            x, cb = band.gather(raw), band.gather(ctf)
-            r = x - cb * best_projections(mean, rotations[rows], shifts[rows])
+        for b, (rows, _, raw, ctf) in enumerate(prepared()):
+            if b < len(fixed):  # the mean and the poses do not change between passes: projected once
+                r, cb = fixed[b]
+            else:
+                x, cb = band.gather(raw), band.gather(ctf)
+                r = x - cb * best_projections(mean, rotations[rows], shifts[rows])
+                if keep:
+                    fixed.append((r, cb))
             if inv is None:  # the first pass only measures the residuals' power
                 acc.add(r, band)
                 continue

@@ -17,6 +17,7 @@ Conventions (pinned against ``relion_project`` / ``relion_reconstruct`` in tests
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from cryolens.core.fourier import freq_grid_2d, ft3, ift3, radius_3d, shift_phase
 from cryolens.core.masks import soft_mask_outside
 
-__all__ = ["FourierVolume", "SliceGrid", "gridding_correction", "prepare_volume", "project",
+__all__ = ["FourierVolume", "SliceGrid", "gridding_correction", "prepare_volume", "project", "sample_trilinear",
            "BackProjector", "scatter_add_complex"]
 
 
@@ -99,6 +100,27 @@ def prepare_volume(volume: torch.Tensor, *, pad: int = 2) -> FourierVolume:
     o = P // 2 - n // 2
     padded[o:o + n, o:o + n, o:o + n] = v
     return FourierVolume(ft3(padded), n, pad)
+
+
+def sample_trilinear(table: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Trilinear samples of ``table (1, C, D, H, W)`` at ``points (..., 3)``: ``(C, ...)``.
+
+    ``points`` are ``(x, y, z)`` in ``[-1, 1]`` (``grid_sample`` with ``align_corners=True``; zeros
+    outside). Torch's 3-D ``grid_sample`` on the CPU runs in parallel over its batch axis only, so the
+    points are split into one batch per intra-op thread over the same (broadcast, not copied) table:
+    the same values, on every thread.
+    """
+    shape, C = points.shape[:-1], table.shape[1]
+    pts = points.reshape(-1, 3)
+    total = pts.shape[0]
+    parts = min(torch.get_num_threads(), max(1, total // 4096)) if table.device.type == "cpu" else 1
+    per = -(-total // parts)
+    if per * parts != total:
+        pts = torch.cat([pts, pts.new_zeros(per * parts - total, 3)])
+    out = F.grid_sample(table.expand(parts, -1, -1, -1, -1), pts.reshape(parts, per, 1, 1, 3), mode="bilinear",
+                        padding_mode="zeros", align_corners=True)  # (parts, C, per, 1, 1)
+    out = out.reshape(parts, C, per).transpose(0, 1).reshape(C, parts * per)
+    return out[:, :total].reshape(C, *shape)
 
 
 @dataclass
@@ -202,9 +224,7 @@ def project(fvol: FourierVolume, rotations: torch.Tensor, origins: torch.Tensor 
     S, nx = _centred_extent(P)
     scale = coords.new_tensor([2.0 / (nx - 1), 2.0 / (S - 1), 2.0 / (S - 1)])
     offset = coords.new_tensor([0.0, P // 2, P // 2])
-    g = ((coords + offset) * scale - 1.0)[None, :, :, None, :]  # (1, B, M, 1, 3) as (x, y, z)
-    vals = F.grid_sample(fvol.table, g, mode="bilinear", padding_mode="zeros", align_corners=True)
-    vals = vals[0, :, :, :, 0].permute(1, 2, 0)  # (B, M, 2)
+    vals = sample_trilinear(fvol.table, (coords + offset) * scale - 1.0).permute(1, 2, 0)  # (B, M, 2)
     vals = torch.stack([vals[..., 0], torch.where(conj, -vals[..., 1], vals[..., 1])], -1)
     out = torch.zeros(B, n * (n // 2 + 1), dtype=torch.complex64, device=device)
     out[:, grid.flat] = torch.view_as_complex(vals.contiguous())
@@ -212,6 +232,17 @@ def project(fvol: FourierVolume, rotations: torch.Tensor, origins: torch.Tensor 
     if origins is not None:
         out = shift_phase(out, -origins.to(device=device, dtype=torch.float32), n)
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _padded_shells(n: int, pad: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Of the padded half-volume ``(P, P, P//2+1)``: each voxel's radius in frequency units of the ``n`` box,
+    the flat indices of the voxels in shells ``0..n//2``, their shells, and the voxels per shell (cached: every
+    back-projector of a run has the same grid)."""
+    radius = radius_3d(pad * n, device=device) / pad
+    shells = torch.round(radius).long().reshape(-1)
+    keep = torch.nonzero(shells < n // 2 + 1).squeeze(1)
+    return radius, keep, shells[keep], torch.bincount(shells[keep], minlength=n // 2 + 1).float()
 
 
 class BackProjector:
@@ -282,11 +313,14 @@ class BackProjector:
             f = f.repeat_interleave(G, 0)
             if wgt.shape[0] > 1:  # per-image CTF² (a shared weight row broadcasts as it is)
                 wgt = wgt.repeat_interleave(G, 0)
-        for s in range(0, f.shape[0], self.chunk):  # small chunks keep the scatter cache-friendly
-            coords, conj = _slice_coordinates(self.grid, rot[s:s + self.chunk], self.pad)
-            fs = f[s:s + self.chunk]
+        # Small chunks keep the scatter cache-friendly; a band-limited grid (few points per image) takes up to
+        # 16x more images per chunk (about the points of a chunk of full-box images at n = 64).
+        step = min(16 * self.chunk, max(self.chunk, (self.chunk * 1600) // max(1, self.grid.flat.numel())))
+        for s in range(0, f.shape[0], step):
+            coords, conj = _slice_coordinates(self.grid, rot[s:s + step], self.pad)
+            fs = f[s:s + step]
             fs = torch.where(conj, fs.conj(), fs)  # points folded to kx >= 0 take the Friedel mate's conjugate
-            ws = wgt if wgt.shape[0] == 1 else wgt[s:s + self.chunk]
+            ws = wgt if wgt.shape[0] == 1 else wgt[s:s + step]
             index, w = _trilinear_corners(coords, self.P)  # (8, b, M)
             # out= keeps the (8, b, M) memory order of index, so the reshapes below are views.
             scatter_add_complex(self.data, index, torch.mul(fs, w, out=fs.new_empty(w.shape)))
@@ -328,9 +362,7 @@ class BackProjector:
 
     def _radius(self) -> torch.Tensor:
         """Radius of each padded half-volume voxel in frequency units of the original box (cached)."""
-        if getattr(self, "_radius_cache", None) is None:
-            self._radius_cache = radius_3d(self.P, device=self.device) / self.pad
-        return self._radius_cache
+        return _padded_shells(self.n, self.pad, self.device)[0]
 
     def shell_weights(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Mean CTF² weight per shell of the original box (``n//2 + 1`` shells).
@@ -339,12 +371,9 @@ class BackProjector:
         """
         if weight is None:
             _, weight = self._half_volumes()
-        shells = torch.round(self._radius()).long()
-        nsh = self.n // 2 + 1
-        keep = shells < nsh
-        num = torch.zeros(nsh, device=self.device).index_add_(0, shells[keep], weight[keep])
-        den = torch.zeros(nsh, device=self.device).index_add_(0, shells[keep], torch.ones_like(weight[keep]))
-        return num / den.clamp_min(1)
+        _, keep, shells, count = _padded_shells(self.n, self.pad, self.device)
+        num = torch.zeros(self.n // 2 + 1, device=self.device).index_add_(0, shells, weight.reshape(-1)[keep])
+        return num / count.clamp_min(1)
 
     def reconstruct(self, *, ssnr: torch.Tensor | None = None, weight_floor: float = 1e-3,
                     mask_corners: bool = True) -> torch.Tensor:

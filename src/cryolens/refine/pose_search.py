@@ -29,10 +29,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from cryolens.core.fourier import freq_grid_2d
-from cryolens.core.projector import FourierVolume
+from cryolens.core.projector import FourierVolume, sample_trilinear
 from cryolens.core.rotations import rotvec_to_matrix
 from cryolens.core.so3_grid import local_offsets
 
@@ -140,8 +139,7 @@ class BandProjector:
         rot = rotations.to(device=self.device, dtype=torch.float32)
         # (A^T k)_j = sum_i A[i, j] k_i for k = (kx, ky, 0); grid_sample wants (x, y, z) in [-1, 1]
         g = torch.matmul(self.band.k.to(self.device), rot[:, :2, :] * (self.pad / self.H))  # (R, M, 3)
-        v = F.grid_sample(self.table, g[None, :, :, None, :], mode="bilinear", padding_mode="zeros",
-                          align_corners=True)[0, :, :, :, 0]  # (2, R, M)
+        v = sample_trilinear(self.table, g)  # (2, R, M)
         return v.permute(1, 0, 2).reshape(rot.shape[0], -1)
 
     def project(self, rotations: torch.Tensor) -> torch.Tensor:
