@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cryolens.core.fourier import freq_grid_2d, ft3, radius_3d, shift_phase
 from cryolens.core.masks import soft_mask_outside
 
 __all__ = ["FourierVolume", "SliceGrid", "gridding_correction", "prepare_volume", "project", "sample_trilinear",
