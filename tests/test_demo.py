@@ -83,7 +83,7 @@ def test_quick_settings_name_real_steps_and_options():
     from cryolens.project.workflow import load_workflow
 
     wf = load_workflow(TUTORIAL_WORKFLOW, stage_catalog(), project="/nonexistent/demo", settings=QUICK_SETTINGS)
-    assert wf.steps[0].params["n_movies"] == 6
+    assert wf.steps[0].params["n_movies"] == QUICK_SETTINGS["movies"]["n_movies"]
 
 
 def test_set_values_parse_as_toml():

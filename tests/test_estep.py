@@ -142,7 +142,7 @@ def assert_same_classes(a, b) -> None:
     assert np.allclose(a.distribution, b.distribution, atol=1e-5)
     assert np.array_equal(a.particle_class, b.particle_class)
     assert np.allclose(a.psi, b.psi, atol=1e-3) and np.allclose(a.shifts, b.shifts, atol=1e-4)
-    assert np.allclose(a.max_probability, b.max_probability, atol=1e-4)
+    assert np.allclose(a.max_probability, b.max_probability, atol=1e-3)  # float32 sums in another process
     assert np.allclose(a.log_likelihood, b.log_likelihood, rtol=1e-5, atol=1e-3)
     assert [(h.n_particles, h.reseeded, h.class_sizes) for h in a.history] == \
         [(h.n_particles, h.reseeded, h.class_sizes) for h in b.history]
