@@ -83,6 +83,7 @@ def test_reconstruct_outputs_and_accuracy(simulated: Path):
     assert f"{r.resolution_at(0.5):.2f}" in p.stdout
 
 
+@pytest.mark.slow  # 13 s, three reconstructions; test_job_folders covers --overwrite in-process
 def test_reconstruct_overwrites_existing_folder(simulated: Path):
     """Running again into a finished job's folder needs --overwrite; the new job replaces it and succeeds."""
     run_cli("reconstruct", "--in", "sim/particles.star", "--out", "rec2", "--quiet", cwd=simulated)

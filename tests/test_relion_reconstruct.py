@@ -50,8 +50,9 @@ def test_resolution_vs_truth_within_5_percent_of_relion(sim: Path):
     assert ours.resolution_at(0.5) < 10.0
 
 
-@pytest.mark.parametrize("sym", ["C3", "D2", pytest.param("D7", marks=pytest.mark.slow),
-                                 pytest.param("O", marks=pytest.mark.slow)])  # D7 and O: 20-30 s each
+@pytest.mark.parametrize("sym", ["C3", pytest.param("D2", marks=pytest.mark.slow),
+                                 pytest.param("D7", marks=pytest.mark.slow),
+                                 pytest.param("O", marks=pytest.mark.slow)])  # D2 10 s, D7 and O: 20-30 s each
 def test_symmetric_reconstruction_matches_relion(sim: Path, sym: str):
     """Same particles, same symmetry: the two maps must be the same map (RELION's axes, A·g expansion)."""
     run_cli("reconstruct", "--in", "sim/particles.star", "--out", f"rec_{sym}", "--sym", sym, "--quiet", cwd=sim)

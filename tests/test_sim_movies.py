@@ -137,7 +137,8 @@ def test_frame_spectra_follow_the_damage_filter():
 # ------------------------------------------------------------------------------- shot noise
 
 
-@pytest.mark.parametrize("accelerate", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("accelerate", [False, pytest.param(True, marks=pytest.mark.slow)],  # compiling: 17 s
+                         ids=["eager", "compiled"])
 def test_shot_noise_is_poisson_with_the_set_dose(accelerate):
     from cryolens.simulate import movie_frames as mf
     p = quiet_params(dose_per_frame=0.8)
@@ -338,6 +339,7 @@ def test_tiff_reads_back_identical_to_the_mrc(movie_job: Path):
         assert len(t.pages) == 12 and t.pages[0].compression == tifffile.COMPRESSION.LZW
 
 
+@pytest.mark.slow  # 15 s: the map at the super-resolution pixel
 def test_super_resolution_movies(tmp_path):
     """Frames twice as large at half the pixel; shifts in movie pixels; particle truth in output pixels."""
     run_cli("simulate", "movies", "--n-movies", "1", "--frames", "6", "--size", "128", "160",

@@ -309,6 +309,7 @@ def test_a_workflow_starts_from_raw_files(tmp_path: Path, catalog):
     assert "raw/mic_0.mrc" in star and "raw/mic_1.mrc" in star and "200" in star
 
 
+@pytest.mark.slow  # 12 s; relative paths inside a project are also pinned by test_project_db
 def test_a_moved_project_still_runs_and_keeps_its_lineage(tmp_path: Path, catalog):
     """Inside a project every STAR names files relative to the project root, so the folder can move: after `mv`,
     `cryolens run` skips the finished steps and runs a new one on their outputs, and `project lineage` works."""
