@@ -154,7 +154,8 @@ def test_template_picker_f1(name, apix, target):
     assert f1 >= target, rows
 
 
-@pytest.mark.parametrize("name,apix", [("phantom", 1.2), ("ribosome", 1.6)])
+@pytest.mark.parametrize("name,apix", [pytest.param("phantom", 1.2, marks=pytest.mark.slow),  # 22 s
+                                       ("phantom", 1.75), ("ribosome", 1.6)])
 def test_log_picker_f1(name, apix):
     """Laplacian of Gaussian over a diameter range (d to 1.1 d) finds the particles too."""
     d = 150.0 if name == "phantom" else 220.0

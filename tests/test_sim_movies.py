@@ -162,6 +162,7 @@ def test_shot_noise_is_poisson_with_the_set_dose(accelerate):
     assert np.abs(x.mean(axis=(1, 2)) - lam).max() < 5 * math.sqrt(lam / x[0].size)
 
 
+@pytest.mark.slow  # 16 s of compiling
 def test_compiled_and_eager_frames_agree():
     """The fused (torch.compile) spectrum kernel computes the same frames as the eager one."""
     from cryolens.simulate import movie_frames as mf
