@@ -327,39 +327,35 @@ def test_abinitio_cli_unreachable_scheduler_fails_the_job_which_runs_again(small
     assert "pose searches through backend threads:2" in (out / "run.log").read_text()
 
 
-@pytest.mark.slow
-def test_cli_workers_out_of_memory_fail_the_job(small):
-    """Dask workers with too little memory are killed by their nanny: KilledWorker -> one sentence, exit 2."""
+def _out_of_memory_fails_the_job(run, folder: Path) -> None:
+    """``run(scheduler_address)`` on a Dask worker with too little memory (killed by its nanny at the scatter or
+    while running a chunk): KilledWorker -> one sentence, exit 2, the job in ``folder`` failed."""
     distributed = pytest.importorskip("distributed")
-    work, _ = small
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="120MB",
                                   dashboard_address=":0") as cl:
-        r = _refine(small, work / "oom", "--backend", cl.scheduler_address)
-    _one_sentence_exit_2(r, "Dask workers", "more memory")  # killed at the scatter or while running a chunk
-    assert json.loads((work / "oom" / "job.json").read_text())["status"] == "failed"
+        r = run(cl.scheduler_address)
+    _one_sentence_exit_2(r, "Dask workers", "more memory")
+    assert json.loads((folder / "job.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_cli_workers_out_of_memory_fail_the_job(small):
+    work, _ = small
+    _out_of_memory_fails_the_job(lambda address: _refine(small, work / "oom", "--backend", address), work / "oom")
 
 
 @pytest.mark.slow
 def test_class2d_cli_workers_out_of_memory_fail_the_job(views, tmp_path):
-    """As for refine: a worker killed by its nanny -> one sentence, exit 2, the job failed."""
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="120MB",
-                                  dashboard_address=":0") as cl:
-        r = _class2d(views, tmp_path / "oom", "--backend", cl.scheduler_address)
-    _one_sentence_exit_2(r, "Dask workers", "more memory")
-    assert json.loads((tmp_path / "oom" / "job.json").read_text())["status"] == "failed"
+    _out_of_memory_fails_the_job(lambda address: _class2d(views, tmp_path / "oom", "--backend", address),
+                                 tmp_path / "oom")
 
 
 @pytest.mark.slow
 def test_abinitio_cli_workers_out_of_memory_fail_the_job(small):
-    """As for refine: a worker killed by its nanny -> one sentence, exit 2, the job failed."""
-    distributed = pytest.importorskip("distributed")
     work, runner = small
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="120MB",
-                                  dashboard_address=":0") as cl:
-        r = runner.invoke(app, [*_abinitio_args(work, work / "ab_oom"), "--backend", cl.scheduler_address])
-    _one_sentence_exit_2(r, "Dask workers", "more memory")
-    assert json.loads((work / "ab_oom" / "job.json").read_text())["status"] == "failed"
+    _out_of_memory_fails_the_job(
+        lambda address: runner.invoke(app, [*_abinitio_args(work, work / "ab_oom"), "--backend", address]),
+        work / "ab_oom")
 
 
 # -- a real SLURM (slow; skipped without sbatch) ----------------------------------------------------------------------
