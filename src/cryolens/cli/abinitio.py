@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from cryolens.abinitio.params import AbinitioParams
-from cryolens.cli.common import BackendJobOptions, console, device_option, err_console, job_target, run_guarded
+from cryolens.cli.common import (BackendJobOptions, console, device_option, job_target, progress_bars,
+                                 run_guarded)
 from cryolens.cli.declare import declare
 from cryolens.cli.resume import CONTINUE_HELP, continue_target, continued_job
 from cryolens.errors import InputError
@@ -30,22 +31,9 @@ class AbinitioJobOptions(BackendJobOptions):
 
 @contextmanager
 def stage_progress(*, quiet: bool) -> Iterator[Callable[[str, int, int, float], None]]:
-    """One progress bar per stage (the mini-batch iterations, then each final pass)."""
-    if quiet:
-        yield lambda stage, done, total, res: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console) as prog:
-        tasks: dict[str, int] = {}
-
-        def update(stage: str, done: int, total: int, res: float) -> None:
-            if stage not in tasks:
-                tasks[stage] = prog.add_task(stage, total=total)
-            prog.update(tasks[stage], completed=done, description=f"{stage} · {res:5.1f} Å")
-
-        yield update
+    """One progress bar per stage (the mini-batch iterations, then each final pass) with its resolution (Å)."""
+    with progress_bars(quiet=quiet) as update:
+        yield lambda stage, done, total, res: update(stage, f"{stage} · {res:5.1f} Å", done, total)
 
 
 @declare(run=AbinitioJobOptions, params=AbinitioParams,

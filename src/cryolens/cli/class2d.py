@@ -10,7 +10,7 @@ import typer
 from cryolens.class2d.params import Class2DParams
 from cryolens.cli.common import ParticleJobOptions, console, device_option, job_target, run_guarded
 from cryolens.cli.declare import declare
-from cryolens.cli.refine import iteration_progress
+from cryolens.cli.common import iteration_progress
 from cryolens.cli.resume import CONTINUE_HELP, continue_target, continued_job
 from cryolens.errors import InputError
 

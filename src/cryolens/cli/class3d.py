@@ -10,7 +10,7 @@ import typer
 from cryolens.class3d.params import Class3DParams
 from cryolens.cli.common import ParticleJobOptions, console, device_option, err_console, job_target, run_guarded
 from cryolens.cli.declare import declare
-from cryolens.cli.refine import iteration_progress
+from cryolens.cli.common import iteration_progress
 
 
 @declare(run=ParticleJobOptions, params=Class3DParams, outputs=("particles", "classes", "iterations", r"class\d{3}(_unfil)?"))

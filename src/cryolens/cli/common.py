@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,20 +104,45 @@ def run_guarded(fn: Callable[[], T]) -> T:
 
 
 @contextmanager
-def progress_bar(description: str, *, quiet: bool) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar driven by ``callback(done, total)``; a no-op when quiet or not a TTY-less CI."""
+def progress_bars(*, quiet: bool, remaining: bool = False) -> Iterator[Callable[[Any, str, int, int | None], None]]:
+    """Rich progress bars on stderr, one per key, driven by ``update(key, description, done, total)``.
+
+    Nothing is drawn before the first update, so an input error found before any work shows no bar; ``remaining``
+    adds an estimate of the time left; a no-op when ``quiet``.
+    """
     if quiet:
-        yield lambda done, total: None
+        yield lambda key, description, done, total: None
         return
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
-                  disable=not sys.stderr.isatty() and False) as prog:
-        task = prog.add_task(description, total=None)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    prog = Progress(*columns, *([TimeRemainingColumn()] if remaining else []), console=err_console)
+    tasks: dict[Any, Any] = {}
 
-        def update(done: int, total: int) -> None:
-            prog.update(task, completed=done, total=total)
+    def update(key: Any, description: str, done: int, total: int | None) -> None:
+        if not tasks:
+            prog.start()
+        if key not in tasks:
+            tasks[key] = prog.add_task(description, total=total)
+        prog.update(tasks[key], completed=done, total=total, description=description)
 
+    try:
         yield update
+    finally:
+        if tasks:
+            prog.stop()
+
+
+@contextmanager
+def progress_bar(description: str, *, quiet: bool) -> Iterator[Callable[[int, int], None]]:
+    """One :func:`progress_bars` bar driven by ``callback(done, total)``, with the time left."""
+    with progress_bars(quiet=quiet, remaining=True) as update:
+        yield lambda done, total: update(0, description, done, total)
+
+
+@contextmanager
+def iteration_progress(*, quiet: bool) -> Iterator[Callable[[int, int, int, float], None]]:
+    """One bar per iteration, labelled with the iteration and the resolution it aligns to (Å)."""
+    with progress_bars(quiet=quiet) as update:
+        yield lambda it, done, total, res: update(it, f"iteration {it:2d} · aligning to {res:5.1f} Å", done, total)
 
 
 def device_option(name: str):

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import (ParticleJobOptions, console, device_option, err_console, job_target,
+from cryolens.cli.common import (ParticleJobOptions, console, device_option, iteration_progress, job_target,
                                  run_guarded)
 from cryolens.cli.declare import declare
 from cryolens.cli.resume import CONTINUE_HELP, continue_target, continued_job
 from cryolens.errors import InputError
 from cryolens.refine.params import RefineParams
-
-
-@contextmanager
-def iteration_progress(*, quiet: bool) -> Iterator[Callable[[int, int, int, float], None]]:
-    """One progress bar per iteration, labelled with the iteration and the resolution it aligns to."""
-    if quiet:
-        yield lambda it, done, total, res: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console) as prog:
-        tasks: dict[int, int] = {}
-
-        def update(it: int, done: int, total: int, res: float) -> None:
-            if it not in tasks:
-                tasks[it] = prog.add_task(f"iteration {it:2d} · aligning to {res:5.1f} Å", total=total)
-            prog.update(tasks[it], completed=done)
-
-        yield update
 
 
 @declare(run=ParticleJobOptions, params=RefineParams, outputs=("particles", "half1", "half2", "map", "fsc", "iterations"))
