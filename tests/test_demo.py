@@ -94,6 +94,17 @@ def test_set_values_parse_as_toml():
             parse_settings([bad], "w.toml")
 
 
+def test_demo_set_lays_over_the_quick_settings(tmp_path):
+    from conftest import invoke_cli
+
+    from cryolens.project.workflow import merge_settings
+    merged = merge_settings(QUICK_SETTINGS, {"movies": {"seed": 7}, "post": {"bfactor": -50}})
+    assert merged["movies"] == {**QUICK_SETTINGS["movies"], "seed": 7} and merged["post"] == {"bfactor": -50}
+    assert QUICK_SETTINGS["movies"].get("seed") is None  # the layers are not changed
+    r = invoke_cli("demo", "--out", str(tmp_path / "d"), "--quick", "--set", "pick.diameter=-5", code=2)
+    assert "diameter" in r.output and not (tmp_path / "d").exists()
+
+
 def test_run_set_validates_like_the_file(tmp_path):
     p = run_cli("run", str(TUTORIAL_WORKFLOW), "--project", str(tmp_path / "p"), "--dry-run",
                 "--set", "pick.diameter=-5", check=False)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from cryolens.cli.common import QUIET_HELP, console, run_guarded
 from cryolens.cli.markup import literal
+from cryolens.cli.run import SetOption
 
 
 def demo(
@@ -20,6 +21,7 @@ def demo(
                                                         "particles, fewer classes and iterations): a few minutes, lower resolution.")] = False,
     align: Annotated[bool, typer.Option("--align/--no-align", help="Align the final map onto the simulator's truth "
                                                                    "(both hands) and report their FSC 0.5.")] = True,
+    set_: SetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Movies in, map out: simulate the tutorial's movies of apoferritin and run the tutorial workflow on them.
@@ -36,16 +38,19 @@ def demo(
       cryolens demo
 
       cryolens demo --out /tmp/demo --quick
+
+      cryolens demo --out /tmp/demo2 --quick --set movies.seed=7
     """
     from cryolens.cli.run import execute_workflow, stage_catalog
     from cryolens.project.db import open_project
     from cryolens.project.demo import QUICK_SETTINGS, TUTORIAL_WORKFLOW, write_summary
-    from cryolens.project.workflow import load_workflow
+    from cryolens.project.workflow import load_workflow, merge_settings, parse_settings
     from cryolens.report.project_report import write_project_report
 
     def body():
         t0 = time.time()
-        wf = load_workflow(TUTORIAL_WORKFLOW, stage_catalog(), project=out, settings=QUICK_SETTINGS if quick else None)
+        settings = merge_settings(QUICK_SETTINGS if quick else {}, parse_settings(set_, TUTORIAL_WORKFLOW))
+        wf = load_workflow(TUTORIAL_WORKFLOW, stage_catalog(), project=out, settings=settings)
         execute_workflow(wf, quiet=quiet)
         summary = write_summary(wf, wall_s=time.time() - t0, align=align)
         report = write_project_report(open_project(wf.project))

@@ -12,7 +12,11 @@ from rich.table import Table
 from cryolens.cli.common import QUIET_HELP, console, err_console, run_guarded
 from cryolens.cli.markup import literal
 
-__all__ = ["run_command", "stage_catalog", "StepProgress"]
+__all__ = ["run_command", "stage_catalog", "StepProgress", "SetOption"]
+
+#: ``--set STEP.PARAM=VALUE`` (of ``run`` and ``demo``), parsed by :func:`cryolens.project.workflow.parse_settings`.
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="STEP.PARAM=VALUE: set or replace one step's option for this run (repeatable; VALUE as in TOML).")]
 
 
 def stage_catalog() -> dict[str, Any]:
@@ -163,7 +167,7 @@ def run_command(
     force: Annotated[Optional[list[str]], typer.Option("--force", help="Re-run this step even if unchanged (repeatable); the steps using its outputs re-run too.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (run or skip, and why) and run nothing.")] = False,
     project: Annotated[Optional[Path], typer.Option("--project", help="Project folder [the workflow's project, else the folder of the TOML]; created when missing.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="STEP.PARAM=VALUE: set or replace one step's option for this run (repeatable; VALUE as in TOML).")] = None,
+    set_: SetOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
 ) -> None:
     """Run a workflow: each step is a cryolens command recorded as a job in the project.

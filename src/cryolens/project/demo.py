@@ -15,7 +15,7 @@ simulator's truth is read here, after the workflow, to score the result:
      "hand_flipped": whether the map had the other hand, "wall_s": seconds of this run,
      "steps": [{"step", "stage", "job", "seconds", "summary"}, ...]}
 
-:data:`QUICK_SETTINGS` shrink the same workflow for tests (6 movies, a few hundred particles).
+:data:`QUICK_SETTINGS` shrink the same workflow for tests (3 movies, about 120 particles).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ from typing import Any
 from cryolens.errors import InputError
 
 __all__ = ["OptionSpec", "StageSpec", "Step", "Workflow", "load_workflow", "build_argv",
-           "substitute_refs", "parse_settings"]
+           "substitute_refs", "parse_settings", "merge_settings"]
 
 RESERVED = frozenset({"out", "project", "quiet", "help"})
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
@@ -245,6 +245,15 @@ def _parse_step(path: Path, name: str, body: Any, catalog: Mapping[str, StageSpe
             if not any(f"{s}.{a}" in str(e) for s, a in step.refs):  # a stand-in is no existing file: fine
                 raise InputError(f"{where}: {e}") from None
     return step
+
+
+def merge_settings(*layers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Step settings ``{step: {param: value}}`` laid over each other, later layers winning per parameter."""
+    out: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for step, values in layer.items():
+            out.setdefault(step, {}).update(values)
+    return out
 
 
 def parse_settings(items: list[str] | None, path: str | os.PathLike) -> dict[str, dict[str, Any]]:
