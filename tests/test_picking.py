@@ -375,3 +375,39 @@ def test_template_bank_is_reused_across_micrographs(monkeypatch):
     pick_micrograph(img, pixel_size=2.5, params=dataclasses.replace(params, psi_step=45.0), ctf=ctf, volume=vol,
                     volume_pixel_size=2.5)
     assert len(built) == 2
+
+
+def test_side_lobes_match_direct_correlation():
+    """Side lobes computed on a small grid (the transfer's kernel cut to the window) equal those of the filtered
+    templates correlated on the micrograph's whole grid."""
+    from cryolens.picking.templates import prepare_templates, side_lobes, wrap_centred
+
+    g = torch.Generator().manual_seed(1)
+    shape = (160, 144)
+    f = torch.fft.fftfreq(21)
+    smooth = torch.fft.ifft2(torch.fft.fft2(torch.randn(3, 21, 21, generator=g))
+                             * torch.exp(-100 * (f[:, None] ** 2 + f[None, :] ** 2))).real  # blobs, not noise
+    prepared = prepare_templates(smooth, pixel_size=2.0, out_pixel_size=2.0, diameter=30.0, psi_step=45.0)
+    ky = torch.fft.fftfreq(shape[0])[:, None]
+    kx = torch.fft.rfftfreq(shape[1])[None, :]
+    transfer = torch.cos(40 * (kx * kx + ky * ky)) * torch.exp(-8 * (kx * kx + ky * ky))
+    rc = torch.tensor([[60, 60], [60, 68], [66, 63], [55, 58], [70, 70], [62, 53]])
+    index = torch.randint(0, prepared.shape[0], (6,), generator=g)
+    ncc = torch.linspace(0.6, 0.2, 6)
+    denom = 1 + torch.rand(6, generator=g)
+    parent = torch.tensor([True, True, True, False, True, False])
+    lobes = side_lobes(prepared, shape, transfer=transfer, rc=rc, index=index, ncc=ncc, denom=denom, parent=parent,
+                       radius_px=30.0)
+    tf = torch.fft.rfft2(wrap_centred(prepared, shape)) * transfer
+    tf[:, 0, 0] = 0
+    full = torch.fft.irfft2(tf, s=shape)
+    full = full / full.square().sum(dim=(-2, -1), keepdim=True).sqrt()
+    expect = torch.zeros(6)
+    for j in range(6):
+        for i in range(j):
+            if parent[i] and float(torch.dist(rc[i].float(), rc[j].float())) <= 30.0:
+                d = (rc[i] - rc[j]).tolist()
+                rho = (torch.roll(full[index[i]], shifts=d, dims=(0, 1)) * full[index[j]]).sum()
+                expect[j] += (ncc[i] * denom[i] / denom[j] * rho).clamp_min(0)
+    assert expect.abs().max() > 0.05
+    assert torch.allclose(lobes, expect, atol=1e-4)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from cryolens.core.fourier import ift2, resample
+from cryolens.core.fourier import good_fft_size, ift2, resample
 from cryolens.core.masks import soft_sphere
 from cryolens.core.projector import prepare_volume, project
 from cryolens.core.rotations import euler_to_matrix
@@ -235,14 +235,25 @@ def side_lobes(templates: torch.Tensor, shape: tuple[int, int], *, transfer: tor
     h, w = shape
     m = templates.shape[-1]
     half = int(math.ceil(radius_px + m / 2 + 4))  # window around a filtered template's centre
+    # T' = T ⊛ k with the transfer's kernel k (one inverse FFT), cut to the offsets the window needs
+    # (its tails beyond, hundreds of Å out, are negligible after whitening and high-pass): the linear
+    # convolutions run on a small grid instead of the micrograph's (~5× cheaper; same to ~1e-7)
+    kf = transfer.clone()
+    kf[0, 0] = 0  # zero mean after the transfer
+    e = half + m
+    if 2 * e + 1 <= min(h, w):
+        kern = torch.fft.irfft2(kf, s=(h, w))
+        off = torch.arange(-e, e + 1, device=dev)
+        grid_shape = (good_fft_size(2 * e + m + 1),) * 2  # holds the linear convolution without wrapping
+        kf = torch.fft.rfft2(wrap_centred(kern[(off % h)[:, None], (off % w)[None, :]][None], grid_shape))[0]
+    else:  # a small micrograph: convolve on its own grid
+        grid_shape = (h, w)
     win = torch.arange(-half, half + 1, device=dev)
     wins = []
     for start in range(0, used.numel(), 64):  # filtered templates T', kept in a window around the origin
         tb = templates[used[start:start + 64]].to(dev)
-        tf = torch.fft.rfft2(wrap_centred(tb, (h, w))) * transfer
-        tf[:, 0, 0] = 0
-        full = torch.fft.irfft2(tf, s=(h, w))
-        wins.append(full[:, (win % h)[:, None], (win % w)[None, :]])
+        full = torch.fft.irfft2(torch.fft.rfft2(wrap_centred(tb, grid_shape)) * kf, s=grid_shape)
+        wins.append(full[:, (win % grid_shape[0])[:, None], (win % grid_shape[1])[None, :]])
     tw = torch.cat(wins)
     tw = tw / tw.square().sum(dim=(-2, -1), keepdim=True).sqrt().clamp_min(1e-30)
     ti, tj = inv[:i.numel()], inv[i.numel():]
