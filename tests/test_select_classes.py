@@ -101,7 +101,8 @@ def test_scores_separate_good_from_each_junk_kind():
 def test_select_classes_auto_keeps_good_classes_with_hard_counts(class_folder, tmp_path):
     d, kinds, counts = class_folder
     out = tmp_path / "sel"
-    res = cli("select", "classes", "--in", str(d), "--auto", "--min-particle-z", "0", "--out", str(out))
+    res = cli("select", "classes", "--in", str(d), "--auto", "--min-particle-z", "0", "--max-image-z", "0", "--out",
+              str(out))
     assert "kept" in res.output
     good = [i + 1 for i, k in enumerate(kinds) if k == "good"]
     _, kept = read_particles(out / "particles.star")
@@ -201,6 +202,34 @@ def test_particles_that_do_not_fit_their_class_are_dropped(tmp_path):
     assert (rejected.rlnCryolensClassFitZ.iloc[-5:] == -999).all()
     sel = read_star(out / "classes.star")["classes"]
     assert sel.rlnCryolensParticleCount.tolist() == [n_sig]
+
+
+def test_select_classes_drops_outlying_images(tmp_path):
+    """--max-image-z: images whose statistics stand out from the stack (carbon-like offset, ice-like variance) go."""
+    avgs, _ = fabricated_averages()
+    rng = np.random.default_rng(5)
+    n, bad = 120, [3, 50, 99]
+    imgs = rng.normal(0, 1, (n, BOX, BOX)).astype(np.float32)
+    imgs[3] += 2.0
+    imgs[50] *= 3.0
+    imgs[99, : BOX // 2] += 4.0  # an edge
+    d = tmp_path / "c"
+    d.mkdir()
+    write_mrc(d / "particles.mrcs", imgs, APIX)
+    write_mrc(d / "classes.mrcs", avgs[:2], APIX)
+    write_star(d / "classes.star", {"classes": pd.DataFrame({"rlnClassNumber": [1, 2]})})
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [APIX], "rlnImageSize": [BOX],
+                           "rlnImageDimensionality": [2], "rlnVoltage": [300.0]})
+    table = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@{d}/particles.mrcs" for i in range(n)], "rlnOpticsGroup": 1,
+                          "rlnClassNumber": 1 + (np.arange(n) >= n - 10)})
+    write_particles(d / "particles.star", optics, table)
+    cli("select", "classes", "--in", str(d), "--class", "1", "--max-image-z", "5", "--out", str(tmp_path / "sel"))
+    _, kept = read_particles(tmp_path / "sel" / "particles.star")
+    _, rejected = read_particles(tmp_path / "sel" / "rejected.star")
+    gone = sorted(set(rejected.rlnImageName.str[:6].astype(int) - 1) - set(range(n - 10, n)))
+    assert gone == bad and len(kept) == n - 10 - len(bad) and (kept.rlnCryolensZScore <= 5).all()
+    from conftest import job_results
+    assert job_results(tmp_path / "sel")["n_dropped_by_image_z"] == len(bad)
 
 
 def test_screen_particles_by_zscore(tmp_path):
