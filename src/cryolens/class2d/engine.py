@@ -18,8 +18,9 @@ Fourier-cropped to it, :class:`cryolens.refine.pose_search.FrequencyBand`):
    ``particle_diameter`` and recentred on its centre of mass;
 3. classes whose weight or share of best assignments falls below a fifth of the average are
    reseeded (iterations in the first 90 %) from the worst-fitting particles of the largest
-   class, which are assigned to the emptied class (at their current alignment) in the next
-   iteration.
+   class (least log-likelihood gained over an empty image: empty boxes and edge-cut particles
+   first, which would otherwise hide in it), which are assigned to the emptied class (at their
+   current alignment) in the next iteration.
 
 The first classes are averages of random subsets of the particles, each particle at a
 random in-plane angle (seeded). ``subset="auto"`` uses cisTEM's schedule of particles per

@@ -40,7 +40,7 @@ __all__ = ["SearchGrid", "class_references", "expect_batch", "initial_batch", "t
            "Class2DChunk", "chunk_items", "class2d_chunk", "RESULT_KEYS"]
 
 #: The per-particle results of :func:`expect_batch` (and of a chunk).
-RESULT_KEYS = ("cls", "psi", "shift", "max_prob", "loglik", "n_significant", "psi_sd", "shift_sd")
+RESULT_KEYS = ("cls", "psi", "shift", "max_prob", "loglik", "gain", "n_significant", "psi_sd", "shift_sd")
 
 
 @dataclass
@@ -88,7 +88,9 @@ def expect_batch(g: SearchGrid, acc: Accumulator, x: torch.Tensor, ctf: torch.Te
 
     Returns:
         per image (:data:`RESULT_KEYS`): ``cls`` best class, ``psi`` (°), ``shift`` new origin (px),
-        ``max_prob``, ``loglik``, ``n_significant``, ``psi_sd`` (°) and ``shift_sd`` (px) within the best class.
+        ``max_prob``, ``loglik``, ``gain`` (``loglik`` + ``Σ w|X|²/σ²``: the log-likelihood gained over an empty
+        model, see :attr:`cryolens.class2d.state.Class2DState.particle_gain`), ``n_significant``, ``psi_sd`` (°)
+        and ``shift_sd`` (px) within the best class.
     """
     dev = x.device
     k, j, t = g.n_classes, len(g.psi), len(g.shifts)
@@ -124,7 +126,8 @@ def expect_batch(g: SearchGrid, acc: Accumulator, x: torch.Tensor, ctf: torch.Te
     dsh = ((g.shifts[None] - g.shifts[tb][:, None]) ** 2).sum(-1)
     xpow = ((x.real ** 2 + x.imag ** 2) * g.inv_w).sum(1)
     return {"cls": kb, "psi": g.psi[jb], "shift": g.shifts[tb] + centre, "max_prob": post.max_prob,
-            "loglik": post.log_evidence - xpow - math.log(j * t), "n_significant": post.n_significant,
+            "loglik": post.log_evidence - xpow - math.log(j * t), "gain": post.log_evidence - math.log(j * t),
+            "n_significant": post.n_significant,
             "psi_sd": torch.sqrt((pj * dpsi ** 2).sum(1)), "shift_sd": torch.sqrt((pt * dsh).sum(1))}
 
 
@@ -144,7 +147,7 @@ def initial_batch(acc: Accumulator, x: torch.Tensor, ctf: torch.Tensor, ramps: t
 def take_results(state: Class2DState, rows: np.ndarray, got: dict[str, torch.Tensor]) -> None:
     """Write :func:`expect_batch` results of particles ``rows`` into ``state``."""
     for key, attr in (("cls", "particle_class"), ("psi", "particle_psi"), ("shift", "particle_shift"),
-                      ("max_prob", "particle_max_prob"), ("loglik", "particle_loglik"),
+                      ("max_prob", "particle_max_prob"), ("loglik", "particle_loglik"), ("gain", "particle_gain"),
                       ("n_significant", "particle_n_significant"), ("psi_sd", "particle_psi_sd"),
                       ("shift_sd", "particle_shift_sd")):
         getattr(state, attr)[rows] = got[key].cpu().numpy()

@@ -244,6 +244,12 @@ def _reseed(state: Class2DState, it: int, rows: np.ndarray, setup: Setup) -> int
     ``RESEED_UNTIL`` of the run).
 
     A class is tiny when its weight or its share of best assignments is below ``RESEED_FRACTION`` of the average.
+    Worst-fitting means the least log-likelihood gained over an empty image model
+    (:attr:`Class2DState.particle_gain`), not the least log-likelihood: the latter ranks images by their power
+    (blobs, carbon) and leaves the empty boxes and edge-cut particles, which carry little power, in the largest
+    class, where they stay hidden. Measured 2026-12-04 (haemoglobin, 3 000 particles, box 64, SNR 0.05, 20 % junk,
+    K 20, select --auto; seed 5, the one tuned on): largest class 1 199 -> 832, junk dropped / good kept
+    81.0 / 91.2 -> 83.0 / 90.0 %.
     """
     p = setup.params
     if it >= math.ceil(RESEED_UNTIL * p.iterations) or p.classes < 2:
@@ -258,7 +264,7 @@ def _reseed(state: Class2DState, it: int, rows: np.ndarray, setup: Setup) -> int
     per = len(members) // (2 * len(tiny))
     if per < 2:
         return 0
-    worst = members[np.argsort(state.particle_loglik[members], kind="stable")]
+    worst = members[np.argsort(state.particle_gain[members], kind="stable")]
     for n, c in enumerate(tiny):
         for r in worst[n * per:(n + 1) * per]:
             state.seeds[int(r)] = int(c)

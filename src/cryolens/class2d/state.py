@@ -34,6 +34,9 @@ class Class2DState:
         particle_max_prob, particle_loglik, particle_n_significant: ``(N,)`` of the last iteration that used
             the particle; particle_psi_sd (°), particle_shift_sd (px): ``(N,)`` posterior standard deviations
             within the best class.
+        particle_gain: ``(N,)`` log-likelihood gained over an empty image model (no signal), i.e. the
+            log-likelihood without the image-power term ``-Σ w|X|²/σ²``: near or below 0 for an empty box or a
+            particle cut by the box edge, large for a particle that its class explains (and for strong junk).
         class_resolution: ``(K,)`` estimated resolution (Å) of the last M-step.
         seeds: particle row -> class it is assigned to in the next iteration (reseeding).
         rng_state: ``numpy.random.Generator`` bit-generator state.
@@ -52,6 +55,7 @@ class Class2DState:
     particle_n_significant: np.ndarray
     particle_psi_sd: np.ndarray
     particle_shift_sd: np.ndarray
+    particle_gain: np.ndarray
     class_resolution: np.ndarray
     seeds: dict[int, int] = field(default_factory=dict)
     rng_state: dict = field(default_factory=dict)
@@ -59,7 +63,7 @@ class Class2DState:
 
     _TENSORS = ("classes", "sigma2", "class_weights")
     _ARRAYS = ("particle_class", "particle_psi", "particle_shift", "particle_max_prob", "particle_loglik",
-               "particle_n_significant", "particle_psi_sd", "particle_shift_sd", "class_resolution")
+               "particle_n_significant", "particle_psi_sd", "particle_shift_sd", "particle_gain", "class_resolution")
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """The named CPU tensors to save (the per-particle arrays as tensors of their own dtype)."""
@@ -97,7 +101,7 @@ class Class2DState:
                    particle_class=np.full(n, -1, dtype=np.int64), particle_psi=np.zeros(n),
                    particle_shift=np.zeros((n, 2)), particle_max_prob=np.zeros(n), particle_loglik=np.zeros(n),
                    particle_n_significant=np.zeros(n, dtype=np.int64), particle_psi_sd=np.zeros(n),
-                   particle_shift_sd=np.zeros(n), class_resolution=np.full(n_classes, np.inf))
+                   particle_shift_sd=np.zeros(n), particle_gain=np.zeros(n), class_resolution=np.full(n_classes, np.inf))
 
 
 @dataclass

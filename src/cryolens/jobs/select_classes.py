@@ -19,6 +19,9 @@ Input: a 2D classification folder ``DIR`` with ``classes.mrcs`` (K averages), ``
   class average (:mod:`cryolens.select.particle_fit`); those below the threshold go to
   ``rejected.star`` and the counts above are those of the particles kept
   (``class_scores.star``: ``n_particles`` before, ``n_kept`` after);
+* with ``--max-image-z`` (5 by default with ``--auto``) every particle gets ``rlnCryolensZScore``, the robust
+  z-score of its image's mean, SD, min and max against the whole stack (:mod:`cryolens.select.screen`); those
+  above it go to ``rejected.star`` as well;
 * ``classes.png`` (the averages sorted by score, kept ones framed green, dropped red),
   ``report.html``, ``job.json`` (results: ``n_in``, ``n_kept``, ``kept_classes``, ``counts``).
 
@@ -44,13 +47,17 @@ from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.select.class_params import ClassSelectParams
 from cryolens.select.class_scores import class_features, hard_counts, score_classes
 from cryolens.select.particle_fit import particle_z
+from cryolens.select.screen import STAT_NAMES, batch_statistics, robust_zscores
 
-__all__ = ["run_select_classes", "read_class_folder", "ClassFolder", "COUNT_COLUMN", "Z_COLUMN"]
+__all__ = ["run_select_classes", "read_class_folder", "ClassFolder", "COUNT_COLUMN", "Z_COLUMN", "IMAGE_Z_COLUMN"]
 
 #: cryolens-specific classes.star column: the class's hard particle count in particles.star.
 COUNT_COLUMN = "rlnCryolensParticleCount"
 #: cryolens-specific particles.star column: the particle's fit z-score with its class average.
 Z_COLUMN = "rlnCryolensClassFitZ"
+#: cryolens-specific particles.star column: the robust z-score of the particle image's statistics against the stack
+#: (``--max-image-z``; the column ``select particles --max-zscore`` writes).
+IMAGE_Z_COLUMN = "rlnCryolensZScore"
 
 
 def _class_table(path: Path, k: int) -> tuple[pd.DataFrame, dict, str]:
@@ -139,8 +146,11 @@ def _diameter(folder: Path, params: ClassSelectParams, box: int, apix: float) ->
         return 0.9 * box * apix  # class2d's own default mask
 
 
-def _particle_z(folder: Path, cf: ClassFolder, numbers: np.ndarray, rows: np.ndarray, diameter: float) -> np.ndarray:
-    """Fit z-score of each particle with its class average (NaN where ``rows`` is False)."""
+def _screen_scores(folder: Path, cf: ClassFolder, numbers: np.ndarray, rows: np.ndarray, diameter: float, *,
+                   fit: bool, stats: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """One read of the images: the fit z-score of each particle with its class average (NaN where ``rows`` is False;
+    None unless ``fit``) and the robust z-score of its image statistics against the whole stack
+    (:mod:`cryolens.select.screen`; None unless ``stats``)."""
     from cryolens.core.masks import soft_sphere
     from cryolens.jobs.particles import open_particles
     from cryolens.particles import ctf_params_from_table, has_ctf, origins_px_from_table
@@ -151,9 +161,12 @@ def _particle_z(folder: Path, cf: ClassFolder, numbers: np.ndarray, rows: np.nda
     averages = torch.as_tensor(np.array(cf.averages))
     mask = soft_sphere(ps.box, radius=min(diameter / 2 / ps.pixel_size, ps.box / 2 - 1), edge_width=3, ndim=2)
     z = np.full(len(table), np.nan)
+    image_stats = np.full((len(table), len(STAT_NAMES)), np.nan)
     for idx, images in ps.batches(256):
+        if stats:
+            image_stats[idx] = batch_statistics(images)
         sel = rows[idx]
-        if not sel.any():
+        if not fit or not sel.any():
             continue
         idx, images = idx[sel], images[sel]
         sub = table.iloc[idx]
@@ -163,7 +176,8 @@ def _particle_z(folder: Path, cf: ClassFolder, numbers: np.ndarray, rows: np.nda
         ctf = ctf_params_from_table(sub) if has_ctf(sub) else None
         z[idx] = particle_z(torch.as_tensor(images), averages[ci], psi, origins_px_from_table(sub), ctf,
                             pixel_size=ps.pixel_size, mask=mask).numpy()
-    return z
+    image_z = robust_zscores(pd.DataFrame(image_stats, columns=list(STAT_NAMES))) if stats else None
+    return (z if fit else None), image_z
 
 
 def _gallery(averages: np.ndarray, scores: pd.DataFrame, kept: np.ndarray, path: Path, auto: bool) -> Path:
@@ -221,16 +235,26 @@ def run_select_classes(folder: str | os.PathLike, out_dir: str | os.PathLike, pa
     if not kept_cls.any():
         raise _empty_selection(params, scores)
     keep = np.isin(particles["rlnClassNumber"].astype(int).to_numpy(), numbers[kept_cls])
-    z_min = params.particle_z_threshold()
-    if z_min is not None:
-        z = _particle_z(folder, cf, numbers, keep, diameter)
-        particles = particles.assign(**{Z_COLUMN: np.round(np.nan_to_num(z, nan=-999.0), 3)})  # -999: not scored
-        keep &= z >= z_min
+    dropped_by_image = 0
+    z_min, image_z_max = params.particle_z_threshold(), params.image_z_threshold()
+    if z_min is not None or image_z_max is not None:
+        z, image_z = _screen_scores(folder, cf, numbers, keep, diameter, fit=z_min is not None,
+                                    stats=image_z_max is not None)
+        if z is not None:
+            particles = particles.assign(**{Z_COLUMN: np.round(np.nan_to_num(z, nan=-999.0), 3)})  # -999: not scored
+            keep &= z >= z_min
+        if image_z is not None:
+            particles = particles.assign(**{IMAGE_Z_COLUMN: np.round(image_z, 3)})
+            n_before = int(keep.sum())
+            keep &= image_z <= image_z_max
+            dropped_by_image = n_before - int(keep.sum())
         counts_kept = hard_counts(particles["rlnClassNumber"].to_numpy()[keep], int(numbers.max()))[numbers - 1]
         kept_cls &= counts_kept > 0
         if not kept_cls.any():
-            raise InputError(f"select classes: no particle of the kept classes fits its average with a z-score of at "
-                             f"least --min-particle-z {z_min:g}; lower it (0 keeps all).")
+            tests = [f"--min-particle-z {z_min:g}"] * (z_min is not None) + \
+                [f"--max-image-z {image_z_max:g}"] * (image_z_max is not None)
+            raise InputError(f"select classes: no particle of the kept classes passes {' and '.join(tests)}; relax "
+                             "it (0 turns it off).")
         scores["n_kept"] = counts_kept
         counts = counts_kept
     scores["kept"] = kept_cls.astype(int)
@@ -259,8 +283,9 @@ def run_select_classes(folder: str | os.PathLike, out_dir: str | os.PathLike, pa
         job.results.update(n_in=len(particles), n_kept=int(keep.sum()), n_rejected=int((~keep).sum()),
                            n_classes=len(numbers), kept_classes=kept_numbers, particle_diameter_A=diameter,
                            counts={str(int(c)): int(n) for c, n in zip(numbers, counts)},
-                           particle_z_threshold=z_min,
-                           n_dropped_by_fit=int(scores["n_particles"][kept_cls].sum() - keep.sum()))
+                           particle_z_threshold=z_min, image_z_threshold=image_z_max,
+                           n_dropped_by_image_z=dropped_by_image,
+                           n_dropped_by_fit=int(scores["n_particles"][kept_cls].sum() - keep.sum()) - dropped_by_image)
         summary = {"particles in": len(particles), "kept": int(keep.sum()), "classes kept": len(kept_numbers),
                    "kept classes": ", ".join(map(str, kept_numbers)),
                    "selection": f"score >= {params.min_score:g}" if params.auto else "class list"}

@@ -8,7 +8,7 @@ from cryolens.params import Params, option
 from cryolens.select.params import class_list_text
 from cryolens.select.rules import parse_classes
 
-__all__ = ["ClassSelectParams", "AUTO_PARTICLE_Z"]
+__all__ = ["ClassSelectParams", "AUTO_PARTICLE_Z", "AUTO_IMAGE_Z"]
 
 #: ``--auto``'s default ``--min-particle-z``. Pure noise reaches z 2-3 after the classification's pose search.
 #: Measured 2026-12-03 (3 000 particles, box 64, SNR 0.05, 20 % junk, K 20; junk dropped / good kept at 3 -> 3.3):
@@ -16,6 +16,13 @@ __all__ = ["ClassSelectParams", "AUTO_PARTICLE_Z"]
 #: 78.5/88.0 -> 82.5/84.4 %, ribosome seed 12 57.8/100 -> 64.8/100 %; at 3.6 haemoglobin lost 12-23 % of its
 #: good particles, at 4 up to 36 %.
 AUTO_PARTICLE_Z = 3.3
+
+#: ``--auto``'s default ``--max-image-z``: images whose mean, SD, min or max is this many robust SDs from the stack's
+#: median are dropped (Scipion's screen particles, whose default is 3). Measured 2026-12-04 on the simulated sets
+#: above (box 64, SNR 0.05, 20 % junk): at 5, 32-35 % of the carbon edges and 0.7-7 % of the blobs go, and at most
+#: 0.2 % of the good particles (at 4: 46-53 % of the carbon, 0.6-0.8 % of the good; at 3: 2.5-3.2 % of the good).
+#: Carbon edges are the junk kind that the classification most often mixes into good classes.
+AUTO_IMAGE_Z = 5.0
 
 
 @dataclass
@@ -26,7 +33,8 @@ class ClassSelectParams(Params):
     product of sub-scores: contrast, centring, concentration inside the particle circle, straight
     edges (carbon), estimated resolution and population (in-plane structure is reported, not scored).
     :meth:`particle_z_threshold`
-    is the per-particle fit threshold in use (None: no particle screening).
+    is the per-particle fit threshold in use and :meth:`image_z_threshold` the image-statistics one (None: no such
+    screening).
     """
 
     classes: tuple[int, ...] = option((), flag="--class", parse=parse_classes, text=class_list_text, metavar="1,3",
@@ -40,6 +48,10 @@ class ClassSelectParams(Params):
                                                            "class average worse than this z-score (correlation in "
                                                            "noise SDs, see cryolens.select.particle_fit; 0 keeps "
                                                            "all). Default: 3.3 with --auto, off with --class")
+    max_image_z: float | None = option(None, ge=0, help="Also drop particles whose image mean, SD, min or max lies "
+                                                        "more than this many robust SDs from the stack's median "
+                                                        "(Scipion's screen particles: carbon edges, ice; 0 keeps "
+                                                        "all). Default: 5 with --auto, off with --class")
     particle_diameter: float | None = option(None, unit="Å", gt=0,
                                              help="Circle in which a class average is scored. Default: the 2D "
                                                   "classification's --particle-diameter (its job.json), else 90 % "
@@ -49,6 +61,12 @@ class ClassSelectParams(Params):
         """Exactly one of --class and --auto."""
         if bool(self.classes) == bool(self.auto):
             raise ValueError("--class: give either a class list (--class 1,3) or --auto, not both or neither")
+
+    def image_z_threshold(self) -> float | None:
+        """The image-statistics z threshold in use: ``--max-image-z``, else :data:`AUTO_IMAGE_Z` with --auto; None
+        when off."""
+        z = self.max_image_z if self.max_image_z is not None else (AUTO_IMAGE_Z if self.auto else None)
+        return z if z else None
 
     def particle_z_threshold(self) -> float | None:
         """The per-particle z threshold in use: ``--min-particle-z``, else :data:`AUTO_PARTICLE_Z` with --auto; None

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["STAT_NAMES", "image_statistics", "robust_zscores"]
+__all__ = ["STAT_NAMES", "image_statistics", "batch_statistics", "robust_zscores"]
 
 STAT_NAMES = ("mean", "sd", "min", "max")
 
@@ -33,9 +33,14 @@ def image_statistics(batches: Iterable[tuple[np.ndarray, np.ndarray]], n: int) -
     """
     out = np.full((n, len(STAT_NAMES)), np.nan)
     for rows, images in batches:
-        x = torch.as_tensor(np.asarray(images), dtype=torch.float64).reshape(len(rows), -1)
-        out[rows] = torch.stack([x.mean(1), x.std(1), x.amin(1), x.amax(1)], dim=1).numpy()
+        out[rows] = batch_statistics(images)
     return pd.DataFrame(out, columns=list(STAT_NAMES))
+
+
+def batch_statistics(images: np.ndarray) -> np.ndarray:
+    """``(b, y, x)`` images -> ``(b, 4)`` their :data:`STAT_NAMES` (mean, SD, min, max; the images' units)."""
+    x = torch.as_tensor(np.asarray(images), dtype=torch.float64).reshape(len(images), -1)
+    return torch.stack([x.mean(1), x.std(1), x.amin(1), x.amax(1)], dim=1).numpy()
 
 
 def robust_zscores(stats: pd.DataFrame) -> np.ndarray:
