@@ -255,7 +255,6 @@ def class_quality(folder: Path, sim: Path, diameter: float, lowpass: float) -> d
 
 def separation(work: Path, folder: Path, sim: Path, out: str, diameter: float) -> dict:
     """``cryolens select classes --auto`` on ``folder``; junk dropped and good kept against the truth."""
-    import numpy as np
     from cryolens.io import read_particles
     r = timed([str(BIN / "cryolens"), "select", "classes", "--in", str(folder), "--auto", "--particle-diameter", str(diameter),
                "--out", out, "--quiet"],

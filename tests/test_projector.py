@@ -21,7 +21,7 @@ from cryolens.core.projector import (BackProjector, FourierVolume, gridding_corr
 from cryolens.core.rotations import euler_to_matrix, random_euler, random_rotations
 from cryolens.core.symmetry import symmetry_matrices
 from helpers import (
-    assert_allclose, assert_correlated, centred_coords, correlation, gaussian_2d, gaussian_blobs,
+    assert_allclose, assert_correlated, centred_coords, gaussian_2d, gaussian_blobs,
     gaussian_line_integral, ls_scale,
 )
 

@@ -26,7 +26,7 @@ __all__ = ["rotate_each", "particle_z"]
 
 def rotate_each(images: torch.Tensor, psi_deg: torch.Tensor) -> torch.Tensor:
     """``(B, n, n)`` images, each rotated by its own in-plane angle ``psi`` (°, RELION's sense) about ``n//2``."""
-    b, n = images.shape[0], images.shape[-1]
+    n = images.shape[-1]
     a = -torch.deg2rad(psi_deg.to(images.device, torch.float32))  # the array's y axis points down
     c = torch.arange(n, device=images.device, dtype=torch.float32) - n // 2
     yy, xx = torch.meshgrid(c, c, indexing="ij")
