@@ -10,6 +10,7 @@ selected particles must be exactly those of the kept classes, in their hard coun
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -167,6 +168,20 @@ def test_select_classes_errors(class_folder, tmp_path):
                       "classes.mrcs", "missing")
 
 
+def write_class_folder(d: Path, images: np.ndarray, averages: np.ndarray, **columns) -> None:
+    """A 2D classification folder ``d``: ``images`` as the particle stack, the first two ``averages`` as classes
+    1 and 2, and particles.star with the per-particle ``columns``."""
+    d.mkdir()
+    write_mrc(d / "particles.mrcs", images, APIX)
+    write_mrc(d / "classes.mrcs", averages[:2], APIX)
+    write_star(d / "classes.star", {"classes": pd.DataFrame({"rlnClassNumber": [1, 2]})})
+    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [APIX], "rlnImageSize": [BOX],
+                           "rlnImageDimensionality": [2], "rlnVoltage": [300.0]})
+    table = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@{d}/particles.mrcs" for i in range(len(images))],
+                          "rlnOpticsGroup": 1, **columns})
+    write_particles(d / "particles.star", optics, table)
+
+
 def test_particles_that_do_not_fit_their_class_are_dropped(tmp_path):
     """Class 1: 60 particles = its average rotated by psi, shifted by -origin, plus noise (z ≈ 8); 40 = noise only."""
     from cryolens.select.particle_fit import rotate_each
@@ -182,17 +197,9 @@ def test_particles_that_do_not_fit_their_class_are_dropped(tmp_path):
     sigma = clean[0].std() / math.sqrt(0.05)  # SNR 0.05
     imgs = (clean + rng.normal(0, sigma, clean.shape)).astype(np.float32)
     d = tmp_path / "c"
-    d.mkdir()
-    write_mrc(d / "particles.mrcs", imgs, APIX)
-    write_mrc(d / "classes.mrcs", avgs[:2], APIX)
-    write_star(d / "classes.star", {"classes": pd.DataFrame({"rlnClassNumber": [1, 2]})})
-    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [APIX], "rlnImageSize": [BOX],
-                           "rlnImageDimensionality": [2], "rlnVoltage": [300.0]})
-    table = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@{d}/particles.mrcs" for i in range(n)], "rlnOpticsGroup": 1,
-                          "rlnClassNumber": 1, "rlnAnglePsi": psi, "rlnOriginXAngst": origin[:, 0] * APIX,
-                          "rlnOriginYAngst": origin[:, 1] * APIX})
-    table.loc[n - 5:, "rlnClassNumber"] = 2  # class 2 is not selected: its particles are not scored
-    write_particles(d / "particles.star", optics, table)
+    # class 2 (the last 5) is not selected: its particles are not scored
+    write_class_folder(d, imgs, avgs, rlnClassNumber=1 + (np.arange(n) >= n - 5), rlnAnglePsi=psi,
+                       rlnOriginXAngst=origin[:, 0] * APIX, rlnOriginYAngst=origin[:, 1] * APIX)
     out = tmp_path / "sel"
     cli("select", "classes", "--in", str(d), "--class", "1", "--min-particle-z", "3", "--particle-diameter",
         str(DIAMETER), "--out", str(out))
@@ -216,15 +223,7 @@ def test_select_classes_drops_outlying_images(tmp_path):
     imgs[50] *= 3.0
     imgs[99, : BOX // 2] += 4.0  # an edge
     d = tmp_path / "c"
-    d.mkdir()
-    write_mrc(d / "particles.mrcs", imgs, APIX)
-    write_mrc(d / "classes.mrcs", avgs[:2], APIX)
-    write_star(d / "classes.star", {"classes": pd.DataFrame({"rlnClassNumber": [1, 2]})})
-    optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [APIX], "rlnImageSize": [BOX],
-                           "rlnImageDimensionality": [2], "rlnVoltage": [300.0]})
-    table = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@{d}/particles.mrcs" for i in range(n)], "rlnOpticsGroup": 1,
-                          "rlnClassNumber": 1 + (np.arange(n) >= n - 10)})
-    write_particles(d / "particles.star", optics, table)
+    write_class_folder(d, imgs, avgs, rlnClassNumber=1 + (np.arange(n) >= n - 10))
     cli("select", "classes", "--in", str(d), "--class", "1", "--max-image-z", "5", "--out", str(tmp_path / "sel"))
     _, kept = read_particles(tmp_path / "sel" / "particles.star")
     _, rejected = read_particles(tmp_path / "sel" / "rejected.star")
