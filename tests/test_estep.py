@@ -1,9 +1,9 @@
 """The distributed expectation step (:mod:`cryolens.compute.estep`, :mod:`cryolens.refine.estep`,
 :mod:`cryolens.class3d.estep`, :mod:`cryolens.class2d.estep`, :mod:`cryolens.abinitio.estep`).
 
-Same seed -> the same refinement in-process, on threads, on a Dask LocalCluster of 2 worker
-processes (and, slow, on the one-node SLURM of ../shared/recipes), to float tolerance: only the
-order of the sums differs. Bad backends (unreachable scheduler, unknown profile, workers that run
+Same seed -> the same refinement, 2D and 3D classification and ab initio in-process, on threads,
+on a Dask LocalCluster of 2 worker processes (and, slow, on the one-node SLURM of ../shared/recipes),
+to float tolerance: only the order of the sums differs. Bad backends (unreachable scheduler, unknown profile, workers that run
 out of memory) end the refine (class2d, abinitio) job FAILURE with one sentence, exit 2, and the job can run again.
 """
 
@@ -98,19 +98,24 @@ C3D = Class3DParams(classes=2, iterations=2, hard_iterations=1, ini_high=30.0, s
                     angular_step=3.0, offset_range=1.0, batch_size=50)
 
 
-def test_class3d_dask_equals_inprocess(data, dask2):
-    """3D classification (2 classes, local searches around the true poses) gives the same classes and maps."""
+def assert_class3d_distributes(data, backend) -> None:
+    """3D classification (2 classes, local searches around the true poses) gives the same classes and maps
+    in-process and on ``backend``."""
     from test_refine import _simulate
 
     vol = data[0]
     images, table = _simulate(vol, 100, snr=1.0)
     a = classify_3d(_batches(images, 50), table, vol[None], pixel_size=APIX, params=C3D)
     b = classify_3d(_batches(images, 50), table, vol[None], pixel_size=APIX, params=C3D,
-                    distributor=Distributor(dask2))
+                    distributor=Distributor(backend))
     assert float((a.maps - b.maps).abs().max()) < 1e-4 * float(a.maps.abs().max())
     assert np.array_equal(a.particle_class, b.particle_class)
     assert np.allclose(a.probabilities, b.probabilities, atol=1e-3)
     assert np.allclose(a.rotations, b.rotations, atol=1e-4)
+
+
+def test_class3d_dask_equals_inprocess(data, dask2):
+    assert_class3d_distributes(data, dask2)
 
 
 C2D = Class2DParams(classes=6, iterations=5, particle_diameter=200.0, res_end=20.0, batch_size=20,
@@ -371,11 +376,13 @@ def _slurm_partition() -> str:
     return subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=10).stdout.split()[0]
 
 
-@pytest.mark.slow
-def test_slurm_profile_equals_inprocess(data, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """Two single-core workers started by dask-jobqueue on the one-node SLURM, through a profile."""
     partition = _slurm_partition()
+    tmp = tmp_path_factory.mktemp("slurm")
     tests = Path(__file__).resolve().parent
-    (tmp_path / "profiles.toml").write_text(textwrap.dedent(f"""
+    (tmp / "profiles.toml").write_text(textwrap.dedent(f"""
         [profiles.t]
         scheduler = "slurm"
         queue = "{partition}"
@@ -384,12 +391,32 @@ def test_slurm_profile_equals_inprocess(data, tmp_path, monkeypatch):
         walltime = "00:20:00"
         n_workers = 2
         python = "{sys.executable}"
-        log_directory = "{tmp_path / 'logs'}"
+        log_directory = "{tmp / 'logs'}"
         job_script_prologue = ["export PYTHONPATH={SRC}:{tests}"]
         wait_timeout = 120
         """))
-    monkeypatch.setenv("CRYOLENS_PROFILES", str(tmp_path / "profiles.toml"))
-    with get_backend("profile:t") as be:
-        res, dist = _distributed(data, be)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CRYOLENS_PROFILES", str(tmp / "profiles.toml"))
+        with get_backend("profile:t") as be:
+            yield be
+
+
+@pytest.mark.slow
+def test_slurm_profile_equals_inprocess(data, slurm):
+    res, dist = _distributed(data, slurm)
     assert_same_refinement(data[3], res)
     assert dist.log[-1].chunks == 2
+
+
+@pytest.mark.slow
+def test_slurm_class2d_class3d_and_abinitio_equal_inprocess(data, views, poseless, slurm):
+    """The same SLURM workers classify in 2D (reading their images from the stack) and in 3D, and run
+    ab initio."""
+    from cryolens.jobs.distribute import ParticleReader
+    star, parts, whole = views
+    dist = Distributor(slurm, reader=ParticleReader(parts.source, str(star)))
+    assert_same_classes(whole, _classify_2d(views, dist))
+    assert dist.log[-1].chunks == 2 and dist.log[-1].shared_copies == 2
+    batches, table, ab = poseless
+    _assert_same_abinitio(ab, abinitio(batches, table, pixel_size=5.0, params=AB, distributor=Distributor(slurm)))
+    assert_class3d_distributes(data, slurm)
