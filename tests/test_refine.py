@@ -30,7 +30,7 @@ from cryolens.particles import assign_half_sets, ctf_params_from_table, rotation
 from cryolens.reconstruct import ReconstructParams, reconstruct_half_maps
 from cryolens.refine import (BandProjector, Candidates, FrequencyBand, RefineParams, SearchData, auto_refine,
                              global_search, local_search, project_band, shift_grid)
-from cryolens.refine.pose_search import best_projections, phase_ramps
+from cryolens.refine.pose_search import best_projections, local_search_many, phase_ramps
 from cryolens.simulate.particles import ParticleSimParams, simulate_particles
 from cryolens.simulate.phantom import asymmetric_phantom
 
@@ -154,6 +154,31 @@ def test_searches_are_memory_chunked_consistently(phantom):
     g1 = global_search(proj, data, grid, shifts, top_k=3, max_block=2**24)
     g2 = global_search(proj, data, grid, shifts, top_k=3, max_block=2**12)  # images and rotations chunked
     assert torch.allclose(g1.score, g2.score, rtol=1e-4, atol=1e-3) and torch.equal(g1.rotations, g2.rotations)
+
+
+
+def test_local_search_many_equals_one_map_at_a_time(phantom):
+    """Several maps searched at once (shared rotations, coordinates, shifted images, one sampling pass over
+    the stacked tables) give each map's own local search, with two candidates per image and chunking."""
+    torch.manual_seed(3)
+    band = FrequencyBand.build(32, 9.0)
+    projs = [BandProjector(prepare_volume(v), band) for v in (phantom, phantom.flip(0), 0.5 * phantom)]
+    r = random_rotations(7)
+    x = best_projections(projs[0], r, torch.zeros(7, 2)) + 0.1 * torch.randn(7, len(band), dtype=torch.complex64)
+    data = SearchData(x, 0.5 + torch.rand(7, len(band)), 0.5 + torch.rand(len(band)))
+    start = Candidates(torch.zeros(7, 2), torch.stack([r @ euler_to_matrix(2.0, 3.0, 1.0), r], 1),
+                       torch.randn(7, 2, 2))
+    kw = dict(angular_step=2.0, angular_range=4.0, offset_step=0.5, offset_range=1.0)
+    many = local_search_many(projs, data, start, max_block=2**13, **kw)
+    for proj, got in zip(projs, many):
+        one = local_search(proj, data, start, max_block=2**24, **kw)
+        assert torch.allclose(got.score, one.score, rtol=1e-4, atol=1e-3)
+        assert torch.allclose(got.log_evidence, one.log_evidence, rtol=1e-4, atol=1e-3)
+        assert torch.allclose(got.rotations, one.rotations, atol=1e-5) and torch.allclose(got.shifts, one.shifts)
+        p = data.ctf * proj.project(got.rotations[:, 0])  # the ML score written out at the pose found
+        y = data.x * phase_ramps(band, got.shifts[:, 0])
+        direct = ((2 * (y * p.conj()).real - p.abs() ** 2) * band.weight * data.inv_sigma2).sum(1)
+        assert torch.allclose(got.score[:, 0], direct, rtol=1e-4, atol=1e-2)
 
 
 # -- auto-refinement ---------------------------------------------------------------------------

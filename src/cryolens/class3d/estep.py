@@ -29,7 +29,8 @@ from cryolens.refine.estep import ParticleChunk, accumulator_support
 from cryolens.refine.images import prepared_batches
 from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.pose_search import (BandProjector, Candidates, FrequencyBand, SearchData, best_projections,
-                                         global_search, local_search, shift_grid)
+                                         global_search, local_search, local_search_many,
+                                         shift_grid)
 
 __all__ = ["ClassSetup", "ClassSums", "Class3DShared", "pose_width", "search_class", "local_first_pass",
            "local_second_pass", "skip_scores", "classify_batch", "class3d_chunk"]
@@ -145,13 +146,17 @@ def local_second_pass(s: ClassSetup, proj: BandProjector, data: SearchData, c1: 
 
 def _local_classes(s: ClassSetup, projs: list[BandProjector], data: SearchData, rot0: torch.Tensor,
                    shift0: torch.Tensor, need: Callable[[torch.Tensor], torch.Tensor]):
-    """Local searches (ML score) of every class: the first pass for all, the second only where ``need(ll)``
+    """Local searches (ML score) of every class: the first pass for all (:func:`local_first_pass` of every
+    class at once), the second only where ``need(ll)``
     (``(B, K)`` bool from the class log-likelihoods) says the class's pose is used (a posterior weight
     worth inserting or the best class); elsewhere the first pass's pose stays. Returns
     ``(ll, rots, shifts, width)`` as :func:`search_class` per class, stacked on axis 1."""
     dev, B = s.device, len(rot0)
     current = Candidates(torch.zeros(B, 1, device=dev), rot0[:, None], shift0[:, None])
-    firsts = [local_first_pass(s, pj, data, current) for pj in projs]
+    p = s.params
+    firsts = local_search_many(projs, data, current, angular_step=p.angular_step, angular_range=p.local_range,
+                               offset_step=p.offset_step, offset_range=p.offset_range, mode=s.score,
+                               max_block=p.max_block)  # every class's first pass shares its poses' work
     ll = torch.stack([c.log_evidence for c in firsts], 1)
     width = torch.stack([pose_width(c.score[:, 0], c.log_evidence) for c in firsts], 1)
     rots = torch.stack([c.rotations[:, 0] for c in firsts], 1)

@@ -36,7 +36,8 @@ from cryolens.core.rotations import rotvec_to_matrix
 from cryolens.core.so3_grid import local_offsets
 
 __all__ = ["FrequencyBand", "SearchData", "Candidates", "BandProjector", "project_band", "shift_grid",
-           "phase_ramps", "global_search", "local_search", "best_projections"]
+           "phase_ramps", "global_search", "local_search", "local_search_many", "stacked_table",
+           "best_projections"]
 
 
 @dataclass
@@ -252,35 +253,79 @@ def local_search(proj: BandProjector, data: SearchData, centres: Candidates, *,
     Returns:
         :class:`Candidates` with ``K = 1`` and ``log_evidence`` over everything searched.
     """
-    dev, band = data.x.device, proj.band
+    return local_search_many([proj], data, centres, angular_step=angular_step, angular_range=angular_range,
+                             offset_step=offset_step, offset_range=offset_range, mode=mode, max_block=max_block)[0]
+
+
+def stacked_table(projs: list[BandProjector]) -> torch.Tensor:
+    """The projectors' band tables side by side, ``(1, 2·len(projs), D, D, D)`` (real, imaginary per map):
+    one trilinear pass samples every map at the same points (the projectors share band and padding)."""
+    first = projs[0]
+    for p in projs[1:]:
+        if p.H != first.H or p.pad != first.pad or len(p.band) != len(first.band):
+            raise ValueError("stacked projectors need the same band and padding")
+    return first.table if len(projs) == 1 else torch.cat([p.table for p in projs], 1)
+
+
+def local_search_many(projs: list[BandProjector], data: SearchData, centres: Candidates, *,
+                      angular_step: float, angular_range: float, offset_step: float, offset_range: float,
+                      mode: str = "ml", max_block: int = 2**24, table: torch.Tensor | None = None
+                      ) -> list[Candidates]:
+    """:func:`local_search` of the same images around the same candidate poses against several maps.
+
+    What does not depend on the map is computed once: the rotations ``A·exp(ω)``, their slice
+    coordinates, the trilinear weights (one ``grid_sample`` over the maps' stacked tables,
+    :func:`stacked_table`, or ``table`` when given) and the shifted, weighted images. Shifts enter as
+    ``e(t + d) = e(t)·e(d)`` (one complex product per image and shift; the ``(S, M)`` ramps of the
+    lattice ``d`` once per call), and the cross term is two batched GEMMs on the real and imaginary
+    planes as the sampler returns them (no copies). ``projs`` share band and padding.
+
+    Returns:
+        one :class:`Candidates` per map, as :func:`local_search` gives.
+    """
+    first = projs[0]
+    dev, band = data.x.device, first.band
+    K = len(projs)
+    tab = stacked_table(projs) if table is None else table
     B, K0 = centres.rotations.shape[:2]
     om = rotvec_to_matrix(local_offsets(step_deg=angular_step, range_deg=angular_range, device=dev))  # (L,3,3)
     d = shift_grid(offset_step, offset_range, device=dev)  # (S, 2)
     L, S, M = om.shape[0], d.shape[0], len(band)
+    k = band.k.to(dev)
     xw, c2w = _weighted(data, band)
-    c2w2 = torch.cat([c2w, c2w], 1)
-    chunk = max(1, min(B, max_block // max(1, K0 * (L + S) * M)))
-    out_s, out_r, out_t, out_e = [], [], [], []
+    ramp_d = phase_ramps(band, d.to(dev))  # (S, M)
+    er, ei = ramp_d.real.contiguous(), ramp_d.imag.contiguous()
+    chunk = max(1, min(B, max_block // max(1, K0 * (L * K + S) * M)))
+    scale = first.pad / first.H
+    out = [([], [], [], []) for _ in range(K)]
     for b0 in range(0, B, chunk):
         b1 = min(B, b0 + chunk)
         b = b1 - b0
-        rots = (centres.rotations[b0:b1, :, None] @ om).reshape(b, K0 * L, 3, 3)
-        p = proj.project_ri(rots.reshape(-1, 3, 3)).to(dev).reshape(b * K0, L, 2 * M)
+        rots = (centres.rotations[b0:b1, :, None] @ om).reshape(b * K0 * L, 3, 3)
+        # slice coordinates (A^T k)_j = sum_i A[i, j] k_i, one GEMM: (R·3, 2) @ (2, M) -> (R, M, 3) points
+        w = (rots[:, :2, :] * scale).transpose(1, 2).reshape(-1, 2)
+        g = (w @ k.T).reshape(-1, 3, M).transpose(1, 2)
+        v = sample_trilinear(tab, g).reshape(K, 2, b * K0, L, M)  # real and imaginary parts per map
         t = centres.shifts[b0:b1, :, None, :] + d  # (b, K0, S, 2)
-        y = xw[b0:b1, None, None, :] * phase_ramps(band, t)  # (b, K0, S, M)
-        y2 = torch.cat([y.real, y.imag], -1).reshape(b * K0, S, 2 * M)
-        cross = torch.bmm(y2, p.transpose(1, 2)).reshape(b, K0, S, L)
-        quad = torch.bmm((p * p), c2w2[b0:b1].repeat_interleave(K0, 0)[:, :, None]).reshape(b, K0, L)
-        sc = _combine(cross, quad[:, :, None, :], mode).reshape(b, -1)  # index (k, s, l)
-        v, i = sc.max(dim=1)
-        k, s, l_ = i // (S * L), (i // L) % S, i % L
+        z = xw[b0:b1, None, :] * phase_ramps(band, centres.shifts[b0:b1])  # (b, K0, M): X·e(t)·CTF·w/sigma²
+        zr, zi = z.real.reshape(b * K0, 1, M), z.imag.reshape(b * K0, 1, M)
+        yr, yi = zr * er - zi * ei, zr * ei + zi * er  # (b·K0, S, M): the images at every shift
+        c2 = c2w[b0:b1].repeat_interleave(K0, 0)[:, :, None]  # (b·K0, M, 1)
         ar = torch.arange(b, device=dev)
-        out_s.append(v)
-        out_r.append(rots.reshape(b, K0, L, 3, 3)[ar, k, l_])
-        out_t.append(t[ar, k, s])
-        out_e.append(torch.logsumexp(sc, dim=1))
-    return Candidates(torch.cat(out_s)[:, None], torch.cat(out_r)[:, None], torch.cat(out_t)[:, None],
-                      torch.cat(out_e))
+        for j in range(K):
+            pr, pi = v[j, 0], v[j, 1]  # (b·K0, L, M)
+            cross = torch.baddbmm(torch.bmm(yr, pr.transpose(1, 2)), yi, pi.transpose(1, 2)).reshape(b, K0, S, L)
+            quad = torch.bmm(pr * pr + pi * pi, c2).reshape(b, K0, L)
+            sc = _combine(cross, quad[:, :, None, :], mode).reshape(b, -1)  # index (k, s, l)
+            val, i = sc.max(dim=1)
+            kk, s, l_ = i // (S * L), (i // L) % S, i % L
+            o = out[j]
+            o[0].append(val)
+            o[1].append(rots.reshape(b, K0, L, 3, 3)[ar, kk, l_])
+            o[2].append(t[ar, kk, s])
+            o[3].append(torch.logsumexp(sc, dim=1))
+    return [Candidates(torch.cat(o[0])[:, None], torch.cat(o[1])[:, None], torch.cat(o[2])[:, None], torch.cat(o[3]))
+            for o in out]
 
 
 def best_projections(proj: BandProjector, rotations: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
