@@ -82,6 +82,12 @@ class PickParams(Params):
     rank_tolerance: float = option(0.01, cli=False, gt=0, lt=1, help="--method template: fraction of the templates' "
                                    "energy in the scoring band (--lowpass to --highpass) the low-rank factorisation "
                                    "may leave out (cryolens.picking.bank)")
+    coarse_stride: int = option(2, cli=False, ge=1, le=4, help="--method template: score every this many pixels "
+                                "in each direction first, then every pixel near a coarse score above --refine-floor "
+                                "(cryolens.picking.bank.coarse_fine_best; 1: every pixel)")
+    refine_floor: float = option(1.5, cli=False, help="--method template with coarse_stride > 1: pixels near coarse "
+                                 "scores at or above this many SDs of the background are scored in full (peaks of "
+                                 "3.5 SDs read >= ~2 on the coarse grid); candidates below stay approximate")
     batch_size: int = option(32, ge=1, help="--method template: pixels scored per batch ÷ 128 (bounds memory at "
                                             "about this × 512 B per template)")
 
