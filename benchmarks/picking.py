@@ -261,12 +261,18 @@ def run_apple(case: dict, work: Path, python: Path, threads: int, tau: tuple[flo
     odir.mkdir()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.pop("PYTHONPATH", None)
-    costs, picks = [], []
+    costs, picks, failed = [], [], []
     for m in case["mics"]:
         out = odir / f"{m['path'].stem}.json"
-        cost = timed([str(python), "-c", APPLE_SCRIPT, str(m["path"]), str(size), str(odir), str(threads), str(out),
-                      str(tau[0]), str(tau[1])],
-                     cwd=work, env=env, log=odir / f"{m['path'].stem}.log", timeout=1800)
+        try:
+            cost = timed([str(python), "-c", APPLE_SCRIPT, str(m["path"]), str(size), str(odir), str(threads), str(out),
+                          str(tau[0]), str(tau[1])],
+                         cwd=work, env=env, log=odir / f"{m['path'].stem}.log", timeout=1800)
+        except SystemExit as e:  # e.g. APPLE's MemoryError at large particle sizes: no picks on that micrograph
+            last = [line for line in str(e).splitlines() if "Error" in line]
+            failed.append(f"{m['path'].name}: {last[-1].strip() if last else 'failed'}")
+            picks.append(np.zeros((0, 2)))
+            continue
         costs.append(cost)
         xy = np.array(json.loads(out.read_text()), dtype=float).reshape(-1, 2) if out.exists() else np.zeros((0, 2))
         picks.append(xy - 1.0)  # APPLE adds 1 (1-based, RELION style); ours are 0-based
@@ -277,9 +283,11 @@ def run_apple(case: dict, work: Path, python: Path, threads: int, tau: tuple[flo
     d = [p[mm.pairs[:, 0]] - m["xy"][mm.pairs[:, 1]]
          for p, m in zip(picks, case["mics"]) for mm in [match_picks(p, m["xy"], r)] if len(mm.pairs)]
     offset = np.median(np.concatenate(d), axis=0).round(2).tolist() if d else None
+    if not costs:
+        raise SystemExit("APPLE failed on every micrograph: " + "; ".join(failed))
     return dict(seconds_per_micrograph=round(float(np.median([c["wall_s"] for c in costs])), 3),
                 cpu_seconds_per_micrograph=round(float(np.median([c["cpu_s"] or np.nan for c in costs])), 3),
-                peak_rss_mb=max((c["peak_rss_mb"] or 0) for c in costs), particle_size_px=size,
+                peak_rss_mb=max((c["peak_rss_mb"] or 0) for c in costs), particle_size_px=size, failed=failed,
                 n_picks=int(sum(len(p) for p in picks)), **accuracy(picks, case),
                 f1_if_row_col=dict(all=swapped["all"]["f1"], clean=swapped["clean"]["f1"]),
                 median_offset_xy_px=offset, tau1=tau[0], tau2=tau[1], size_factor=size_factor)
@@ -375,8 +383,11 @@ def main() -> None:
                         rel / max(1e-9, row[f"cryolens_{method}"]["seconds_per_micrograph"]), 2)
             if args.apple_python is not None:
                 few = dict(case, mics=case["mics"][:args.apple_n]) if args.apple_n else case
-                row["apple"] = dict(run_apple(few, work, args.apple_python, args.threads,
-                                             (args.apple_tau1, args.apple_tau2)), n_micrographs=len(few["mics"]))
+                try:
+                    row["apple"] = dict(run_apple(few, work, args.apple_python, args.threads,
+                                                 (args.apple_tau1, args.apple_tau2)), n_micrographs=len(few["mics"]))
+                except SystemExit as e:
+                    row["apple"] = dict(error=str(e)[:500], n_micrographs=len(few["mics"]))
                 print(name, "APPLE", json.dumps(row["apple"]), flush=True)
                 if args.apple_sweep:
                     sw = sweep_apple(few, work, args.apple_python, args.threads, args.apple_sweep_tau1,
@@ -384,6 +395,8 @@ def main() -> None:
                     row["apple_best_of_sweep"], row["apple_sweep"] = sw["best"], sw["grid"]
                     print(name, "APPLE best of sweep", json.dumps(sw["best"]), flush=True)
             results["cases"][name] = row
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2))  # after every case: a later failure keeps these
     results["load_end"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

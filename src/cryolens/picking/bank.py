@@ -190,7 +190,9 @@ def bank_scores(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBa
     a = bank.coeffs.to(image_ft.device)
     norms = ((a @ gram) * a).sum(dim=1).clamp_min(1e-30).sqrt()
     unit = a / norms[:, None]  # (K, r): unit-norm filtered templates
-    maps = torch.fft.irfft2(bft * filt, s=(h, w)).reshape(bft.shape[0], h * w)  # correlations with the basis
+    maps = torch.empty((bft.shape[0], h * w), device=image_ft.device)  # correlations with the basis,
+    for start in range(0, bft.shape[0], 16):  # a few at a time (in cache: ~2x cheaper than all at once at r ~ 100)
+        maps[start:start + 16] = torch.fft.irfft2(bft[start:start + 16] * filt, s=(h, w)).reshape(-1, h * w)
     return BankScores(maps=maps, weights=unit.T.contiguous(), denom=denom, shape=(h, w))
 
 
