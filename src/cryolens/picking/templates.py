@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from cryolens.core.fourier import good_fft_size, ift2, resample
+from cryolens.core.fourier import fourier_resize, good_fft_size, ift2, resample
 from cryolens.core.masks import soft_sphere
 from cryolens.core.projector import prepare_volume, project
 from cryolens.core.rotations import euler_to_matrix
@@ -38,8 +38,8 @@ def map_projections(volume: torch.Tensor, *, pixel_size: float, out_pixel_size: 
     v = volume.float()
     if out_pixel_size is not None and abs(out_pixel_size - pixel_size) > 1e-6 * pixel_size:
         v = resample(v, pixel_size, out_pixel_size, ndim=3)
-    if v.shape[-1] % 2:  # an even box keeps the centre convention simple for the projector
-        v = F.pad(v, (0, 1, 0, 1, 0, 1))
+    if v.shape[-1] % 2:  # an even box keeps the centre convention simple for the projector; padded in front,
+        v = F.pad(v, (1, 0, 1, 0, 1, 0))  # the centre (n-1)/2 stays at the new box's n'//2 (at the end: 1 px off)
     _, ang = healpix_directions(healpix_order, device=v.device)
     rot = euler_to_matrix(ang[:, 0], ang[:, 1], torch.zeros_like(ang[:, 0]))
     return ift2(project(prepare_volume(v), rot), v.shape[-1])
@@ -70,7 +70,7 @@ def rotate_images(images: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tenso
 
 
 def prepare_templates(templates: torch.Tensor, *, pixel_size: float, out_pixel_size: float, diameter: float,
-                      psi_step: float) -> torch.Tensor:
+                      psi_step: float, oversample: int = 1) -> torch.Tensor:
     """Class averages or projections ready to correlate: resampled, masked, zero-mean, rotated.
 
     Args:
@@ -78,6 +78,8 @@ def prepare_templates(templates: torch.Tensor, *, pixel_size: float, out_pixel_s
         out_pixel_size: the picking pixel size (Å); diameter: largest particle diameter (Å),
             the radius of the soft circular mask (plus a 2-pixel cosine edge).
         psi_step: in-plane rotation step (degrees); 360/psi_step rotations (rounded).
+        oversample: rotate at ``out_pixel_size / oversample`` (Fourier-resampled there first) and
+            Fourier-crop to ``out_pixel_size`` after (1: rotate at ``out_pixel_size``).
 
     Returns:
         ``(T·P, m, m)`` float32 templates, zero mean inside the mask and zero outside.
@@ -85,17 +87,32 @@ def prepare_templates(templates: torch.Tensor, *, pixel_size: float, out_pixel_s
     t = templates.float()
     if t.shape[-1] != t.shape[-2]:
         raise ValueError(f"templates must be square, got {tuple(t.shape[-2:])}")
-    if abs(out_pixel_size - pixel_size) > 1e-6 * pixel_size:
-        t = resample(t, pixel_size, out_pixel_size, ndim=2)
-    m = t.shape[-1]
     radius = 0.5 * diameter / out_pixel_size
     need = int(2 * math.ceil(radius + 3))  # a box that holds the mask
+    n_psi = max(1, int(round(360.0 / psi_step)))
+    angles = torch.arange(n_psi, device=t.device) * (360.0 / n_psi)
+    if oversample > 1:  # rotate on a finer grid (bilinear interpolation there blurs below the picking Nyquist)
+        fine = out_pixel_size / oversample
+        if abs(fine - pixel_size) > 1e-6 * pixel_size:
+            t = resample(t, pixel_size, fine, ndim=2)
+        m = t.shape[-1]
+        keep = min(m, (need + 4) * oversample)  # the mask's box and a margin,
+        keep -= keep % (2 * oversample)  # an even box after cropping to out_pixel_size
+        if keep < m:
+            o = m // 2 - keep // 2
+            t = t[:, o:o + keep, o:o + keep]
+        t = rotate_images(t, angles)
+        n_out = max(1, int(round(t.shape[-1] / oversample)))
+        t = fourier_resize(t, n_out, ndim=2)
+        angles = torch.zeros(1, device=t.device)
+    elif abs(out_pixel_size - pixel_size) > 1e-6 * pixel_size:
+        t = resample(t, pixel_size, out_pixel_size, ndim=2)
+    m = t.shape[-1]
     if need < m:
         o = m // 2 - need // 2
         t, m = t[:, o:o + need, o:o + need], need
     mask = soft_sphere(m, radius=radius, edge_width=2.0, ndim=2, device=t.device)
-    n_psi = max(1, int(round(360.0 / psi_step)))
-    rot = rotate_images(t, torch.arange(n_psi, device=t.device) * (360.0 / n_psi)) * mask
+    rot = (rotate_images(t, angles) if angles.numel() > 1 or float(angles[0]) != 0.0 else t) * mask
     mean = rot.sum(dim=(-2, -1), keepdim=True) / mask.sum()
     return (rot - mean) * mask
 
