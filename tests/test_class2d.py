@@ -296,19 +296,6 @@ def test_class_resolution_skips_a_one_shell_dip():
     assert resolution_shell(torch.tensor([5.0, 3.0])) is None
 
 
-def test_class_prior_is_capped_and_small_classes_keep_theirs():
-    from cryolens.class2d.iteration import class_log_prior
-    w = torch.tensor([0.70, 0.20, 0.07, 0.02, 0.01])  # K 5, average 0.2
-    capped = class_log_prior(w, Class2DParams(classes=5, max_class_prior=2.0)).exp()
-    assert math.isclose(float(capped.sum()), 1.0, rel_tol=1e-6)
-    assert math.isclose(float(capped[0] / capped[1]), 2.0, rel_tol=1e-5)  # 0.70 capped at 2 x 0.2
-    assert math.isclose(float(capped[3] / capped[4]), 2.0, rel_tol=1e-5)  # small classes keep their ratios
-    assert torch.allclose(class_log_prior(w, Class2DParams(classes=5, max_class_prior=0.0)).exp(), w)
-    assert torch.equal(class_log_prior(w, Class2DParams(classes=5, uniform_prior=True)), torch.zeros(5))
-    with pytest.raises(ValueError, match="--max-class-prior"):
-        Class2DParams(max_class_prior=0.5).validate()
-
-
 def test_class2d_params_defaults():
     p = Class2DParams()
     assert p.tau2_fudge == 2.0 and p.classes == 20 and p.psi_step <= 15 and not p.uniform_prior

@@ -9,8 +9,8 @@ Fourier-cropped to it, :class:`cryolens.refine.pose_search.FrequencyBand`):
    (step ``resolution / 6``, at least ``shift_step_min`` px) within ``offset_range`` of the box
    centre in the first two iterations, later within 1.5 steps of each particle's current
    origin (still inside ``offset_range``), with the particle's CTF in the model and a
-   per-shell noise spectrum and a class prior (the class weights, as RELION, each capped at
-   ``max_class_prior`` times the average; equal weights with ``uniform_prior``); posteriors (soft assignments) with a significance cut. The
+   per-shell noise spectrum and a class prior (the class weights, as RELION; equal weights with
+   ``uniform_prior``); posteriors (soft assignments) with a significance cut. The
    scores of a batch are one GEMM (images × shifts by classes × angles), and so are the
    M-step sums;
 2. M-step (:mod:`cryolens.class2d.maximisation`): noise spectrum, class weights and

@@ -26,7 +26,7 @@ from cryolens.core.worker import ChunkMapper
 from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.pose_search import FrequencyBand, phase_ramps, shift_grid
 
-__all__ = ["Setup", "Sampling", "sampling_for", "run_iteration", "initial_classes", "class_log_prior"]
+__all__ = ["Setup", "Sampling", "sampling_for", "run_iteration", "initial_classes"]
 
 #: From iteration LOCAL_FROM on, shifts are searched within this many steps of each particle's current origin.
 LOCAL_SHIFT_STEPS = 1.5
@@ -87,28 +87,6 @@ def sampling_for(res: float, setup: Setup, rng: np.random.Generator, *, shifts: 
     grid = shift_grid(step, radius, device=dev) if shifts else torch.zeros(1, 2, device=dev)
     return Sampling(res, band, BandRotator(band, device=dev), sub, psi, inplane_matrices(psi).to(dev), grid,
                     phase_ramps(band, grid), step)
-
-
-def class_log_prior(weights: torch.Tensor, params: Class2DParams) -> torch.Tensor:
-    """``(K,)`` log prior of the classes in the E-step: the class weights (RELION), each capped at
-    ``params.max_class_prior`` times the average ``1/K`` and renormalised (no cap when 0); zeros with
-    ``params.uniform_prior``.
-
-    The cap stops one class from running away at low SNR: when the images fit many classes about equally well (a
-    small particle) the prior tips their best class, the largest class gains members, weight, and members again.
-    Measured 2026-12-04 (haemoglobin, 3 000 particles, box 64, SNR 0.05, 20 % junk, K 20, seeds 5/11/21): largest
-    class 522/1 248/1 815 without the cap, 579/736/695 with a cap of 2 (951 of 3 000 with 3 on seed 21); capping
-    only the last two iterations still gave 1 395 on seed 21. Classes below the average keep their smaller prior,
-    so surplus classes still empty (unlike ``uniform_prior``)."""
-    k = weights.numel()
-    if params.uniform_prior:
-        return torch.zeros(k, device=weights.device)
-    w = weights.clamp_min(1e-12)
-    cap = params.max_class_prior
-    if cap > 0:
-        w = w.clamp_max(cap / k)
-        w = w / w.sum()
-    return torch.log(w)
 
 
 def _finish_classes(acc: Accumulator, smp: Sampling, setup: Setup, state: Class2DState, sigma2: torch.Tensor) -> None:
@@ -208,7 +186,7 @@ def run_iteration(state: Class2DState, it: int, setup: Setup, rng: np.random.Gen
     noise = NoiseModel(state.sigma2.clone())
     inv_w = noise.inverse_on(band) * band.weight
     seeded = sorted(set(state.seeds.values()))
-    log_pi = class_log_prior(state.class_weights, p)
+    log_pi = torch.zeros(k, device=dev) if p.uniform_prior else torch.log(state.class_weights.clamp_min(1e-12))
     if seeded:
         log_pi[seeded] = -float("inf")
     grid = SearchGrid(band, refs.reshape(k * j, -1), smp.psi, smp.shifts, smp.ramps, inv_w, log_pi.repeat_interleave(j),

@@ -17,8 +17,6 @@ class Class2DParams(Params):
     frequency over the first 70 % of the iterations, never beyond Nyquist); the in-plane
     step follows it (``degrees(resolution / mask radius)``, between ``psi_step`` and 15°)
     and so does the shift step (``resolution / 6``, at least ``shift_step_min`` px).
-    The class prior of the E-step is the class weights (RELION), each capped at ``max_class_prior`` times the
-    average (:func:`cryolens.class2d.iteration.class_log_prior`).
     ``subset`` ``auto`` follows cisTEM: about ``particles_per_class`` particles per class in
     the first 30 % of the iterations, then 30 % of the particles, then all of them.
     """
@@ -49,10 +47,6 @@ class Class2DParams(Params):
                                              "of weighing classes by their population (RELION); fewer particles "
                                              "pile into one class at large K, but surplus classes stay mixed "
                                              "instead of emptying at small K")
-    max_class_prior: float = option(2.0, ge=0, help="Cap on a class's prior probability in the E-step, as a "
-                                                    "multiple of the average 1/K (0: no cap, RELION's prior); "
-                                                    "stops one class from drawing in the images that fit every "
-                                                    "class about equally well")
     center: bool = option(True, help="Recentre the class averages on their centre of mass each iteration")
     reseed: bool = option(True, help="Reseed empty or tiny classes from the worst-fitting particles of the "
                                      "largest class (all but the last 10 % of the iterations)")
@@ -63,9 +57,6 @@ class Class2DParams(Params):
                                                           "iterations (beyond it they are re-read each iteration)")
 
     def check(self) -> None:
-        if 0 < self.max_class_prior < 1:
-            raise ValueError(f"{self.flag('max_class_prior')} {self.max_class_prior:g} must be 0 (no cap) or at "
-                             "least 1 (the average class prior)")
         if self.res_end > self.res_start:
             raise ValueError(f"{self.flag('res_end')} {self.res_end:g} must not exceed {self.flag('res_start')} "
                              f"{self.res_start:g} Å (the limit rises from the start to the end value)")
