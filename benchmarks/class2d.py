@@ -79,7 +79,7 @@ opt-in: it leaves a surplus class mixed at small K (the 3-view test) and spread 
 ribosome set (seed 12, junk dropped 58 %).
 
 How the NCC reads (2026-12-04, seed 1, 1 000 particles, K 20, load 5-9): the low-pass decides
-it. cryolens's good classes (cap on the class prior): median 0.851 / 0.876 / 0.904 at 12 / 15 /
+it. cryolens's good classes: median 0.851 / 0.876 / 0.904 at 12 / 15 /
 20 Å, 0.873 with each class at its own estimated resolution (13.7-19 Å); HEALPix order 4 and 3°
 instead of order 3 and 5°: +0.001. RELION's iteration-5 classes (limit 24 Å) read 0.868 / 0.905 /
 0.950, and its classes of 1-3 particles 0.90-0.93: soft assignment makes each RELION class a
