@@ -79,18 +79,20 @@ opt-in: it leaves a surplus class mixed at small K (the 3-view test) and spread 
 ribosome set (seed 12, junk dropped 58 %).
 
 How the NCC reads (2026-12-04, seed 1, 1 000 particles, K 20, load 5-9): the low-pass decides
-it. cryolens's good classes: median 0.851 / 0.876 / 0.904 at 12 / 15 /
-20 Å, 0.873 with each class at its own estimated resolution (13.7-19 Å); HEALPix order 4 and 3°
-instead of order 3 and 5°: +0.001. RELION's iteration-5 classes (limit 24 Å) read 0.868 / 0.905 /
-0.950, and its classes of 1-3 particles 0.90-0.93: soft assignment makes each RELION class a
-smooth blend of many particles, which a low-passed projection fits. Hence also reported: the
-population-weighted median, the median over classes of >= ``BIG_CLASS`` particles, and the NCC
-at each class's own resolution. Tried for the in-plane alignment (haemoglobin, 3 000 particles,
-seeds 21/5/11, median best NCC 0.862/0.893/0.888 before): searching shifts within 3 steps of the
-origin instead of 1.5, 0.872/0.892 (3-7x slower); half the psi step and 0.5 px shifts at the final
-limit, seed 5 0.857 against 0.838 (2x slower); reseeding until the last iteration, 0.885/0.903/0.916
-but its classes of forced members decide the median and junk dropped fell to 78 % (seed 11);
-30 iterations: one class took 2 140 of 3 000 (seed 21). None is kept.
+it. cryolens's good classes: median 0.815 / 0.849 / 0.886 at 12 / 15 / 20 Å, 0.835 with each
+class at its own estimated resolution (13.7-19 Å), 0.888 over the classes of >= 50 particles;
+HEALPix order 4 and 3° instead of order 3 and 5°: +0.001. RELION's iteration-5 classes (limit
+24 Å) read 0.868 / 0.905 / 0.950, and its classes of 1-3 particles 0.90-0.93: soft assignment
+makes each RELION class a smooth blend of many particles, which a low-passed projection fits.
+Hence also reported: the population-weighted mean, the median over classes of >= ``BIG_CLASS``
+particles, and the median at each class's own resolution. Tried for the in-plane alignment
+(haemoglobin, 3 000 particles, seeds 21/5/11, median best NCC 0.862/0.893/0.888 before):
+searching shifts within 3 steps of the origin instead of 1.5, 0.872/0.892 (3-7x slower); half
+the psi step and 0.5 px shifts at the final limit (with a capped class prior), seed 5 0.857
+against 0.838 (2x slower); reseeding until the last iteration, 0.885/0.903/0.916, but classes of
+forced members then decide the median and junk dropped fell to 78 % (seed 11); a class prior
+capped at twice the average, 0.867/0.838/0.883 (largest class: see the README); 30 iterations:
+one class took 1 319 of 3 000 (seed 21). None is kept.
 
 Writes ``benchmarks/results/class2d.json`` (or ``class2d_accuracy.json``; ``--json PATH`` elsewhere)::
 
