@@ -94,6 +94,12 @@ forced members then decide the median and junk dropped fell to 78 % (seed 11); a
 capped at twice the average, 0.867/0.838/0.883 (largest class: see the README); 30 iterations:
 one class took 1 319 of 3 000 (seed 21). None is kept.
 
+Rerun 2026-12-04 (seed 1, 1 000 particles, K 20, RELION 10 iterations, cryolens 20, ``--threads 2``,
+load 4-9; ``results/class2d.json``): cryolens 23 s wall / 11.5 s CPU, RELION 4 274 s / 2 276 s
+(ratio 0.005). Median best NCC of the good classes (15 Å) 0.849 vs 0.872 (>= 50 particles: 0.888
+vs 0.900; population-weighted 0.858 vs 0.889); vs ideal 0.749 vs 0.915; select: 82.0 / 84.4 % vs
+89.0 / 95.0 %.
+
 Writes ``benchmarks/results/class2d.json`` (or ``class2d_accuracy.json``; ``--json PATH`` elsewhere)::
 
     python benchmarks/class2d.py [--n 1000] [--k 20] [--iter 10] [--threads 2] [--no-relion]
