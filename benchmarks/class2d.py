@@ -17,7 +17,9 @@ Reported for each: wall and CPU time, peak memory, the wall-time ratio, and clas
 * ``best_ncc``: per class average, the best normalised cross-correlation with the truth's
   projections (healpix order 3 directions, in-plane rotations every 5°, all shifts), both
   low-passed to ``--ncc-lowpass`` Å (default 15) inside the particle circle; summarised over
-  the classes whose particles are mostly good (``median``, ``fraction >= 0.9``);
+  the classes whose particles are mostly good (``median``, ``fraction >= 0.9``, the median over
+  those with >= ``BIG_CLASS`` particles, the population-weighted mean, and the median with each
+  class low-passed to its own estimated resolution, 8-40 Å);
 * ``ncc_vs_ideal``: per class with >= 10 good members, the NCC (same filter) with its ideal, the
   average of the members' CTF-free true projections brought into the class frame by the
   classification's own psi and origins (:func:`ideal_ncc`): alignment and averaging alone, since
@@ -76,7 +78,29 @@ prior: 716 (up to 1 567 mid-run, 40 of 50 classes reseeded each iteration). The 
 opt-in: it leaves a surplus class mixed at small K (the 3-view test) and spread the blobs of the
 ribosome set (seed 12, junk dropped 58 %).
 
-Writes ``benchmarks/results/class2d.json`` (or ``class2d_accuracy.json``)::
+How the NCC reads (2026-12-04, seed 1, 1 000 particles, K 20, load 5-9): the low-pass decides
+it. cryolens's good classes: median 0.815 / 0.849 / 0.886 at 12 / 15 / 20 Å, 0.835 with each
+class at its own estimated resolution (13.7-19 Å), 0.888 over the classes of >= 50 particles;
+HEALPix order 4 and 3° instead of order 3 and 5°: +0.001. RELION's iteration-5 classes (limit
+24 Å) read 0.868 / 0.905 / 0.950, and its classes of 1-3 particles 0.90-0.93: soft assignment
+makes each RELION class a smooth blend of many particles, which a low-passed projection fits.
+Hence also reported: the population-weighted mean, the median over classes of >= ``BIG_CLASS``
+particles, and the median at each class's own resolution. Tried for the in-plane alignment
+(haemoglobin, 3 000 particles, seeds 21/5/11, median best NCC 0.862/0.893/0.888 before):
+searching shifts within 3 steps of the origin instead of 1.5, 0.872/0.892 (3-7x slower); half
+the psi step and 0.5 px shifts at the final limit (with a capped class prior), seed 5 0.857
+against 0.838 (2x slower); reseeding until the last iteration, 0.885/0.903/0.916, but classes of
+forced members then decide the median and junk dropped fell to 78 % (seed 11); a class prior
+capped at twice the average, 0.867/0.838/0.883 (largest class: see the README); 30 iterations:
+one class took 1 319 of 3 000 (seed 21). None is kept.
+
+Rerun 2026-12-04 (seed 1, 1 000 particles, K 20, RELION 10 iterations, cryolens 20, ``--threads 2``,
+load 4-9; ``results/class2d.json``): cryolens 23 s wall / 11.5 s CPU, RELION 4 274 s / 2 276 s
+(ratio 0.005). Median best NCC of the good classes (15 Å) 0.849 vs 0.872 (>= 50 particles: 0.888
+vs 0.900; population-weighted 0.858 vs 0.889); vs ideal 0.749 vs 0.915; select: 82.0 / 84.4 % vs
+89.0 / 95.0 %.
+
+Writes ``benchmarks/results/class2d.json`` (or ``class2d_accuracy.json``; ``--json PATH`` elsewhere)::
 
     python benchmarks/class2d.py [--n 1000] [--k 20] [--iter 10] [--threads 2] [--no-relion]
                                  [--relion-timeout S] [--structure haemoglobin|ribosome|phantom] [--seed 1]
@@ -99,6 +123,8 @@ HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 DATA = HERE.parent.parent / "shared" / "data" / "maps"
 #: name -> (structure spec, stack pixel size Å, particle diameter Å)
+#: Classes with at least this many particles are summarised apart (a class of a few particles is noise-limited).
+BIG_CLASS = 50
 STRUCTURES = {
     "haemoglobin": (str(DATA / "emd_3488.mrc"), 1.5, 80.0),
     "ribosome": (str(DATA / "clean70SRibosome_vol_65p.mrc") + ":apix=4", 4.0, 230.0),
@@ -151,8 +177,10 @@ def run_relion(work: Path, sim: Path, args, diameter: float) -> dict:
     return r
 
 
-def best_ncc(averages, truth_map: Path, apix: float, diameter: float, lowpass: float):
-    """Per average: the best NCC with the truth's projections over directions, in-plane rotations and shifts."""
+def best_ncc(averages, truth_map: Path, apix: float, diameter: float, lowpass):
+    """Per average: the best NCC with the truth's projections over directions, in-plane rotations and shifts.
+
+    ``lowpass``: Å, one value for all averages or one per average (e.g. each class's estimated resolution)."""
     import numpy as np
     import torch
     from cryolens.core.fourier import bandpass, ft2, pad_or_crop
@@ -171,17 +199,21 @@ def best_ncc(averages, truth_map: Path, apix: float, diameter: float, lowpass: f
     proj = ift2(project(prepare_volume(v), rot), n)
     mask = soft_sphere(n, radius=diameter / 2 / apix, edge_width=3, ndim=2)
 
-    def prep(x):
-        x = bandpass(x, pixel_size=apix, high_res=lowpass) * mask
+    def prep(x, high_res):
+        x = bandpass(x, pixel_size=apix, high_res=high_res) * mask
         x = x - (x * mask).sum((-2, -1), keepdim=True) / mask.sum()
         x = x * mask
         return x / x.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None]
 
-    p = prep(proj)
-    fp = ft2(p)
+    limits = np.broadcast_to(np.asarray(lowpass, dtype=float), (len(averages),))
+    prepared: dict = {}
     out = []
-    for a in torch.as_tensor(np.array(averages, dtype=np.float32)):
-        r = prep(rotate_images(a[None], torch.arange(0.0, 360.0, 5.0)))
+    for a, lp in zip(torch.as_tensor(np.array(averages, dtype=np.float32)), limits):
+        if float(lp) not in prepared:
+            p = prep(proj, float(lp))
+            prepared[float(lp)] = (p, ft2(p))
+        p, fp = prepared[float(lp)]
+        r = prep(rotate_images(a[None], torch.arange(0.0, 360.0, 5.0)), float(lp))
         # unshifted NCC of every rotation with every direction, then all shifts for the 64 best pairs
         top = (r.flatten(1) @ p.flatten(1).T).flatten().topk(64).indices
         ri, pi = top // len(p), top % len(p)
@@ -242,6 +274,13 @@ def class_quality(folder: Path, sim: Path, diameter: float, lowpass: float) -> d
     good = (count > 0) & (junk_frac < 0.5)
     pure = ((junk_frac > 0.8) | (junk_frac < 0.2)) & (count > 0)
     res = table["rlnEstimatedResolution"].to_numpy(float) if "rlnEstimatedResolution" in table.columns else None
+    big = good & (count >= BIG_CLASS)
+    extra = {"median_best_ncc_good_classes_ge_%d" % BIG_CLASS: round(float(np.median(ncc[big])), 3) if big.any() else None,
+             "weighted_best_ncc_good_classes": (round(float((ncc[good] * count[good]).sum() / count[good].sum()), 3)
+                                                if good.any() else None)}
+    if res is not None and good.any():  # each class low-passed to its own estimated resolution (8-40 Å)
+        at_res = best_ncc(np.asarray(avgs)[good], sim / "truth_map.mrc", apix, diameter, np.clip(res[good], 8, 40))
+        extra["median_best_ncc_good_classes_at_class_resolution"] = round(float(np.median(at_res)), 3)
     return {"n_classes_used": int((count > 0).sum()), "best_ncc": [round(float(x), 3) for x in ncc],
             "class_junk_fraction": [round(float(x), 2) for x in junk_frac], "class_counts": count.tolist(),
             "median_best_ncc_good_classes": round(float(np.median(ncc[good])), 3) if good.any() else None,
@@ -250,7 +289,7 @@ def class_quality(folder: Path, sim: Path, diameter: float, lowpass: float) -> d
             "median_ncc_vs_ideal_good_classes": (round(float(np.nanmedian(vs_ideal[good])), 3)
                                                  if np.isfinite(vs_ideal[good]).any() else None),
             "particles_in_pure_classes": round(float(count[pure].sum() / count.sum()), 3),
-            "estimated_resolution_A": None if res is None else [round(float(x), 1) for x in res]}
+            "estimated_resolution_A": None if res is None else [round(float(x), 1) for x in res], **extra}
 
 
 def separation(work: Path, folder: Path, sim: Path, out: str, diameter: float) -> dict:
@@ -287,7 +326,8 @@ def main() -> None:
     ap.add_argument("--relion-timeout", type=float, default=None)
     ap.add_argument("--accuracy", action="store_true", help="the two-structure junk-separation check (cryolens only)")
     ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", "--json", type=Path, default=None, dest="out",
+                    help="JSON file (default benchmarks/results/class2d.json or class2d_accuracy.json)")
     args = ap.parse_args()
     n = args.n or (3000 if args.accuracy else 1000)
     out = args.out or HERE / "results" / ("class2d_accuracy.json" if args.accuracy else "class2d.json")
