@@ -26,7 +26,8 @@ from cryolens.core.fourier import good_fft_size
 from cryolens.picking.peaks import mode_stats
 from cryolens.picking.templates import local_sd_denominator, wrap_centred
 
-__all__ = ["TemplateBank", "template_bank", "BankScores", "bank_scores", "filtered_gram", "correlate_bank", "coarse_fine_best", "cached"]
+__all__ = ["TemplateBank", "template_bank", "BankScores", "bank_scores", "filtered_gram", "correlate_bank",
+           "coarse_fine_best", "median_filled", "cached"]
 
 
 @dataclass
@@ -224,10 +225,18 @@ def correlate_bank(image_ft: torch.Tensor, shape: tuple[int, int], bank: Templat
         progress(pix.numel(), pix.numel())
     if where is None:
         return ncc.reshape(h, w), index.reshape(h, w), scores.denom
-    full = torch.full((h * w,), float(ncc.median()) if pix.numel() else 0.0, device=ncc.device)
     full_index = torch.zeros(h * w, dtype=torch.long, device=ncc.device)
-    full[pix], full_index[pix] = ncc, index
-    return full.reshape(h, w), full_index.reshape(h, w), scores.denom
+    full_index[pix] = index
+    return median_filled(ncc, pix, shape), full_index.reshape(h, w), scores.denom
+
+
+def median_filled(values: torch.Tensor, pix: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``(H, W)`` map holding ``values`` at flat pixels ``pix`` and their median elsewhere (0 when none was
+    scored): unscored pixels (outside the picking area) read as background."""
+    full = torch.full((shape[0] * shape[1],), float(values.median()) if values.numel() else 0.0,
+                      device=values.device, dtype=values.dtype)
+    full[pix] = values
+    return full.reshape(shape)
 
 
 def coarse_fine_best(scores: BankScores, where: torch.Tensor, *, stride: int = 2, origin: tuple[int, int] = (0, 0),
@@ -255,8 +264,7 @@ def coarse_fine_best(scores: BankScores, where: torch.Tensor, *, stride: int = 2
     vals = scores.best(flat[sub], chunk=chunk, progress=progress)
     if vals.numel() == 0:
         return torch.zeros((h, w), device=dev)
-    coarse = torch.full(sub.shape, float(vals.median()), device=dev)
-    coarse[sub] = vals
+    coarse = median_filled(vals, torch.nonzero(sub.reshape(-1))[:, 0], tuple(sub.shape))
     centre, sd = mode_stats(vals)
     above = torch.zeros(sub.shape, dtype=torch.bool, device=dev)
     above[sub] = vals >= centre + floor * sd

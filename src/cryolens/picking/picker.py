@@ -53,7 +53,7 @@ from cryolens.picking.params import PickParams
 from cryolens.picking.peaks import (
     avoidance_mask, fill_areas, local_maxima, mode_stats, mode_z, refine_subpixel, suppress_non_maxima,
 )
-from cryolens.picking.bank import TemplateBank, bank_scores, cached, coarse_fine_best, template_bank
+from cryolens.picking.bank import TemplateBank, bank_scores, cached, coarse_fine_best, median_filled, template_bank
 from cryolens.picking.templates import map_projections, prepare_templates, rfft_energy, side_lobes
 
 __all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape", "BLOB_CHOICES", "AUTO_TOP", "OVERSAMPLE"]
@@ -405,10 +405,7 @@ def _template_scores(fw, shape, p, transfer, params: PickParams, templates, temp
                                 floor=params.refine_floor, chunk=chunk, progress=progress)
     else:
         pix = torch.nonzero(where.reshape(-1))[:, 0]
-        ncc = scores.best(pix, chunk=chunk, progress=progress)
-        best = torch.full((shape[0] * shape[1],), float(ncc.median()) if ncc.numel() else 0.0, device=dev)
-        best[pix] = ncc
-        best = best.reshape(shape)
+        best = median_filled(scores.best(pix, chunk=chunk, progress=progress), pix, shape)
     return best, torch.full_like(best, d_max), dict(templates=bank.templates, shape=shape, transfer=transfer,
                                                     scores=scores, pad=pad)
 

@@ -122,8 +122,9 @@ def correlate_templates(image_ft: torch.Tensor, shape: tuple[int, int], template
                         progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Best normalised cross-correlation over templates at every pixel, one FFT per template.
 
-    The direct form of :func:`cryolens.picking.bank.correlate_bank` (which the picker uses: a
-    low-rank factorisation of the templates, far fewer FFTs), kept as its reference.
+    The direct form of :func:`cryolens.picking.bank.correlate_bank` (a low-rank factorisation of the
+    templates, far fewer FFTs; the picker scores through the same :func:`cryolens.picking.bank.bank_scores`),
+    kept as its reference.
 
     ``NCC(x) = Σ_m I(x+m)·T'(m) / (‖T'‖ · sd_M(I)(x) · √|M|)`` where ``I`` is the (whitened)
     image, ``T'`` a template passed through ``transfer`` (the CTF with the micrograph's sign,

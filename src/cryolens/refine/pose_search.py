@@ -269,13 +269,12 @@ def stacked_table(projs: list[BandProjector]) -> torch.Tensor:
 
 def local_search_many(projs: list[BandProjector], data: SearchData, centres: Candidates, *,
                       angular_step: float, angular_range: float, offset_step: float, offset_range: float,
-                      mode: str = "ml", max_block: int = 2**24, table: torch.Tensor | None = None
-                      ) -> list[Candidates]:
+                      mode: str = "ml", max_block: int = 2**24) -> list[Candidates]:
     """:func:`local_search` of the same images around the same candidate poses against several maps.
 
     What does not depend on the map is computed once: the rotations ``A·exp(ω)``, their slice
     coordinates, the trilinear weights (one ``grid_sample`` over the maps' stacked tables,
-    :func:`stacked_table`, or ``table`` when given) and the shifted, weighted images. Shifts enter as
+    :func:`stacked_table`) and the shifted, weighted images. Shifts enter as
     ``e(t + d) = e(t)·e(d)`` (one complex product per image and shift; the ``(S, M)`` ramps of the
     lattice ``d`` once per call), and the cross term is two batched GEMMs on the real and imaginary
     planes as the sampler returns them (no copies). ``projs`` share band and padding.
@@ -286,7 +285,7 @@ def local_search_many(projs: list[BandProjector], data: SearchData, centres: Can
     first = projs[0]
     dev, band = data.x.device, first.band
     K = len(projs)
-    tab = stacked_table(projs) if table is None else table
+    tab = stacked_table(projs)
     B, K0 = centres.rotations.shape[:2]
     om = rotvec_to_matrix(local_offsets(step_deg=angular_step, range_deg=angular_range, device=dev))  # (L,3,3)
     d = shift_grid(offset_step, offset_range, device=dev)  # (S, 2)
