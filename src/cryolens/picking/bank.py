@@ -19,15 +19,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cryolens.core.fourier import good_fft_size
 from cryolens.picking.peaks import mode_stats
-from cryolens.picking.templates import local_sd_denominator, wrap_centred
+from cryolens.picking.templates import band_pass_images, local_sd_denominator, wrap_centred
 
-__all__ = ["TemplateBank", "template_bank", "BankScores", "bank_scores", "filtered_gram", "correlate_bank",
+__all__ = ["TemplateBank", "template_bank", "distinct_templates", "DUPLICATE_NCC", "CPU_ROWS", "rows_per_product", "BankScores", "bank_scores", "filtered_gram", "correlate_bank",
            "coarse_fine_best", "median_filled", "cached"]
+
+
+#: :func:`distinct_templates` drops a template whose normalised correlation with a kept one (in the scoring band)
+#: exceeds this: views related by a particle's symmetry, or in-plane rotations of a round view, add cost and no
+#: information (apoferritin's 24-fold symmetry at HEALPix order 2: most of its 4608 templates).
+DUPLICATE_NCC = 0.99
+
+#: On the CPU the products of score rows with the template weights run this many pixels at a time: the
+#: ``(rows, K)`` block then stays in cache for the maximum over templates (4096 rows, tens of MB at K ~ 1000-4000,
+#: were ~1.3-1.5x slower on one thread).
+CPU_ROWS = 512
 
 
 @dataclass
@@ -71,13 +83,7 @@ def template_bank(templates: torch.Tensor, *, tolerance: float = 1e-3,
     """
     k, m = templates.shape[0], templates.shape[-1]
     x = templates.reshape(k, m * m).double()
-    xb = x
-    if band_px is not None:
-        low, high = band_px
-        f = torch.fft.fftfreq(m, device=templates.device, dtype=torch.float64)
-        s2 = f[:, None] ** 2 + f[None, :] ** 2
-        g = (1 - torch.exp(-s2 * high * high / 2)) * torch.exp(-s2 * low * low / 2)
-        xb = torch.fft.ifft2(torch.fft.fft2(templates.double()) * g).real.reshape(k, m * m)
+    xb = x if band_px is None else band_pass_images(templates, band_px).reshape(k, m * m)
     u, s, vh = torch.linalg.svd(xb, full_matrices=False)
     e = s.square()
     left = 1.0 - torch.cumsum(e, 0) / e.sum().clamp_min(1e-300)  # energy discarded when keeping the first i+1
@@ -86,6 +92,32 @@ def template_bank(templates: torch.Tensor, *, tolerance: float = 1e-3,
     coeffs, basis = (u[:, :r] * s[:r], vh[:r]) if band_px is None else (u[:, :r], u[:, :r].T @ x)
     return TemplateBank(templates=templates, coeffs=coeffs.float(), basis=basis.reshape(r, m, m).float(),
                         energy=float(1.0 - left[r - 1]))
+
+
+def distinct_templates(templates: torch.Tensor, band_px: tuple[float, float] | None = None, *,
+                       limit: float = DUPLICATE_NCC, block: int = 1024) -> torch.Tensor:
+    """Indices (ascending) of the ``(K, m, m)`` templates kept when each one whose normalised correlation (centred,
+    no shift; after the band-pass ``band_px``, :func:`cryolens.picking.templates.band_pass_images`, if given)
+    with an earlier kept template exceeds ``limit`` is dropped (greedy, in index order)."""
+    k = templates.shape[0]
+    x = templates.double() if band_px is None else band_pass_images(templates, band_px)
+    x = x.reshape(k, -1)
+    x = (x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)).float()
+    first, later = [], []
+    for start in range(0, k, block):  # pairs (i < j) above the limit, a block of rows at a time
+        i, j = torch.nonzero((x[start:start + block] @ x.T) > limit, as_tuple=True)
+        i = i + start
+        first.append(i[i < j])
+        later.append(j[i < j])
+    first, later = torch.cat(first).cpu().numpy(), torch.cat(later).cpu().numpy()
+    keep = np.ones(k, dtype=bool)
+    order = np.argsort(first, kind="stable")
+    first, later = first[order], later[order]
+    bounds = np.searchsorted(first, np.arange(k + 1))
+    for i in np.unique(first):  # ascending: a template's keep flag is final before it drops later ones
+        if keep[i]:
+            keep[later[bounds[i]:bounds[i + 1]]] = False
+    return torch.from_numpy(np.nonzero(keep)[0]).to(templates.device)
 
 
 @dataclass
@@ -117,6 +149,7 @@ class BankScores:
         """Best NCC over the templates at flat pixels ``pix`` (default: all), ``(len(pix),)``; the maximum alone
         (``amax``, about half the cost of also finding which template: see :meth:`best_index`)."""
         rows = (self.maps if pix is None else self.maps[:, pix]).T.contiguous()  # (pixels, q): contiguous rows
+        chunk = rows_per_product(rows, chunk)
         total = rows.shape[0]
         out = torch.empty(total, device=rows.device)
         for start in range(0, total, chunk):  # (chunk, K) products: the max runs along contiguous rows
@@ -129,11 +162,17 @@ class BankScores:
     def best_index(self, pix: torch.Tensor, *, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ncc, index)`` at flat pixels ``pix``: the best NCC and the template that gives it."""
         rows = self.maps[:, pix].T.contiguous()
+        chunk = rows_per_product(rows, chunk)
         best = torch.empty(rows.shape[0], device=rows.device)
         index = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
         for start in range(0, rows.shape[0], chunk):
             best[start:start + chunk], index[start:start + chunk] = (rows[start:start + chunk] @ self.weights).max(dim=1)
         return best / self.denom.reshape(-1)[pix], index
+
+
+def rows_per_product(rows: torch.Tensor, chunk: int) -> int:
+    """Pixels per score product: ``chunk``, at most :data:`CPU_ROWS` on the CPU."""
+    return min(chunk, CPU_ROWS) if rows.device.type == "cpu" else chunk
 
 
 def filtered_gram(basis: torch.Tensor, transfer: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

@@ -53,8 +53,10 @@ from cryolens.picking.params import PickParams
 from cryolens.picking.peaks import (
     avoidance_mask, fill_areas, local_maxima, mode_stats, mode_z, refine_subpixel, suppress_non_maxima,
 )
-from cryolens.picking.bank import TemplateBank, bank_scores, cached, coarse_fine_best, median_filled, template_bank
-from cryolens.picking.templates import map_projections, prepare_templates, rfft_energy, side_lobes
+from cryolens.picking.bank import (
+    TemplateBank, bank_scores, cached, coarse_fine_best, distinct_templates, median_filled, template_bank,
+)
+from cryolens.picking.templates import map_templates, prepare_templates, rfft_energy, side_lobes
 
 __all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape", "BLOB_CHOICES", "AUTO_TOP", "OVERSAMPLE"]
 
@@ -270,9 +272,12 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
         score, size = score[crop], size[crop]
         zmap, sd = _background_z(score, valid)
         sub, rc, vals = _suppressed(zmap, valid, params, p)
-        # remove the side lobes that accepted particles predict at each peak
-        vals = vals - _predicted_lobes(lobes, rc + pad, score, vals > params.resolved_threshold(),
-                                       params.diameters[1] * 1.25 / p) / sd
+        # remove the side lobes that accepted particles predict at each peak above the threshold (those below
+        # stay below it: a side lobe is only subtracted; they keep their score for re-selection)
+        above = vals > params.resolved_threshold()
+        k = int(above.sum())  # vals descend: the peaks above the threshold come first
+        vals = torch.cat([vals[:k] - _predicted_lobes(lobes, rc[:k] + pad, score, above[:k],
+                                                      params.diameters[1] * 1.25 / p) / sd, vals[k:]])
         order = torch.argsort(vals, descending=True, stable=True)
         sub, rc, vals = sub[order], rc[order], vals[order]
     threshold = params.resolved_threshold()
@@ -384,15 +389,16 @@ def _template_scores(fw, shape, p, transfer, params: PickParams, templates, temp
         source, key = templates, ("templates", float(template_pixel_size))
 
     def build() -> TemplateBank:
-        if templates is None:
-            t, tp = map_projections(volume.to(dev), pixel_size=volume_pixel_size,
-                                    out_pixel_size=max(p / OVERSAMPLE, volume_pixel_size),
-                                    healpix_order=params.healpix_order), max(p / OVERSAMPLE, volume_pixel_size)
+        band_px = (low / p, high / p)
+        if templates is None:  # projections, finer directions where the views change fast (map_templates)
+            prepared, _ = map_templates(volume.to(dev), pixel_size=volume_pixel_size, out_pixel_size=p, diameter=d_max,
+                                        psi_step=params.psi_step, healpix_order=params.healpix_order, band_px=band_px,
+                                        oversample=OVERSAMPLE)
         else:
-            t, tp = templates.to(dev), template_pixel_size
-        prepared = prepare_templates(t, pixel_size=tp, out_pixel_size=p, diameter=d_max, psi_step=params.psi_step,
-                                     oversample=OVERSAMPLE)
-        return template_bank(prepared, tolerance=params.rank_tolerance, band_px=(low / p, high / p))
+            prepared = prepare_templates(templates.to(dev), pixel_size=template_pixel_size, out_pixel_size=p,
+                                         diameter=d_max, psi_step=params.psi_step, oversample=OVERSAMPLE)
+        prepared = prepared[distinct_templates(prepared, band_px)]  # near-duplicates (symmetry, round views) cost only
+        return template_bank(prepared, tolerance=params.rank_tolerance, band_px=band_px)
 
     low = params.lowpass if params.lowpass is not None else 2.5 * p  # the band of _band (Å)
     high = params.highpass if params.highpass is not None else 2.0 * d_max
