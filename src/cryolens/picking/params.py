@@ -72,7 +72,9 @@ class PickParams(Params):
                                                                "(at 15° a particle's rim is at most half the default "
                                                                "low-pass from the nearest rotation)")
     healpix_order: int = option(1, ge=0, le=3, help="--method template with a map: HEALPix order of the "
-                                                    "projection directions (0 = 60°, 1 = 30°)")
+                                                    "projection directions (0 = 60°, 1 = 30°, 2 = 15°); below 2 the "
+                                                    "order goes finer by itself, up to 2, while the next order's "
+                                                    "views match no template to a median correlation of 0.9")
     lowpass: float | None = option(None, unit="Å", gt=0, help="Ignore detail finer than this when scoring "
                                                               "(default: the picking pixel size × 2.5)")
     highpass: float | None = option(None, unit="Å", gt=0, help="Ignore features larger than this when scoring "

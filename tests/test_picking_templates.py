@@ -1,0 +1,72 @@
+"""Template banks for the template picker: projection directions refined where views change fast
+(:func:`cryolens.picking.templates.map_templates`) and near-duplicate templates dropped
+(:func:`cryolens.picking.bank.distinct_templates`)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cryolens.picking.bank import distinct_templates
+from cryolens.picking.templates import (
+    COVERAGE, MAX_ORDER, map_projections, map_templates, prepare_templates, template_coverage,
+)
+
+
+def _volumes(n: int = 32, apix: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uniform ball (every view the same) and twelve small Gaussian blobs scattered over ~90 Å (views that
+    change quickly with the direction)."""
+    c = (torch.arange(n) - n // 2) * apix
+    z, y, x = torch.meshgrid(c, c, c, indexing="ij")
+    ball = ((x * x + y * y + z * z) <= 24.0 ** 2).float()
+    g = torch.Generator().manual_seed(1)
+    centres = (torch.rand(12, 3, generator=g) - 0.5) * 44
+    blobs = sum(torch.exp(-((x - a) ** 2 + (y - b) ** 2 + (z - w) ** 2) / (2 * 2.5 ** 2)) for a, b, w in centres.tolist())
+    return ball, blobs
+
+
+def test_map_templates_refine_directions_only_where_views_change():
+    """A ball's views are all alike: the order asked for is kept (12 directions × 12 in-plane angles at order 0).
+    Scattered blobs look different from each 60° direction: the directions are refined up to MAX_ORDER
+    (192 × 12), and the next order's views were covered below COVERAGE at each order passed."""
+    ball, blobs = _volumes()
+    kw = dict(pixel_size=2.0, out_pixel_size=2.0, diameter=60.0, psi_step=30.0, band_px=(1.5, 30.0))
+    t, order = map_templates(ball, healpix_order=0, **kw)
+    assert order == 0 and t.shape[0] == 12 * 12
+    t, order = map_templates(blobs, healpix_order=0, **kw)
+    assert order == MAX_ORDER == 2 and t.shape[0] == 192 * 12
+    # the coverage that made it refine: order 1's templates against order 2's views
+    def prepared(o: int, step: float) -> torch.Tensor:
+        return prepare_templates(map_projections(blobs, pixel_size=2.0, out_pixel_size=2.0, healpix_order=o),
+                                 pixel_size=2.0, out_pixel_size=2.0, diameter=60.0, psi_step=step)
+
+    assert template_coverage(prepared(1, 30.0), prepared(2, 360.0), (1.5, 30.0)) < COVERAGE
+
+
+def test_template_coverage_of_known_views():
+    """Views among the templates (scaled) are covered at 1; views unlike any template (independent noise) barely."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.randn(20, 24, 24, generator=g)
+    assert math.isclose(template_coverage(t, 3.0 * t[:5], (1.5, 20.0)), 1.0, abs_tol=1e-9)
+    assert template_coverage(t, torch.randn(10, 24, 24, generator=g), (1.5, 20.0)) < 0.5
+
+
+def test_distinct_templates_greedy_and_in_band():
+    """Exact copies, scaled copies and copies with a little noise go; a template unlike the kept ones stays.
+    Greedy in order: t1 is within 0.995 of t0 and goes, t2 (0.995 from t1, 0.980 from t0) stays. After the
+    band-pass, templates that differ only by a Nyquist checkerboard are duplicates; without it they are not."""
+    g = torch.Generator().manual_seed(0)
+    e0, e1, a, b, noise = (x / x.norm() for x in torch.randn(5, 16, 16, generator=g))
+    e1 = e1 - (e1 * e0).sum() * e0
+    e1 = e1 / e1.norm()
+    th = math.acos(0.995)
+    t = torch.stack([e0, math.cos(th) * e0 + math.sin(th) * e1, math.cos(2 * th) * e0 + math.sin(2 * th) * e1,
+                     a, 2.5 * a, a + 0.03 * noise, a + 0.6 * b, b])
+    assert distinct_templates(t).tolist() == [0, 2, 3, 6, 7]
+    yy, xx = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    checker = ((-1.0) ** (yy + xx)).float()
+    smooth = torch.exp(-((yy - 8.0) ** 2 + (xx - 8.0) ** 2) / 18.0)
+    pair = torch.stack([smooth, smooth + 0.3 * checker])
+    assert distinct_templates(pair).tolist() == [0, 1]
+    assert distinct_templates(pair, (6.0, 30.0)).tolist() == [0]
