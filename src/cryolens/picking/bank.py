@@ -11,7 +11,8 @@ across micrographs of one shape; each template's norm after the transfer is ``�
 the ``r × r`` Gram matrix ``G`` of the filtered basis (Parseval, on a small grid: :func:`filtered_gram`),
 exact for the truncated template. The product ``A·M`` and its maximum over the templates, the bulk of the
 cost, are formed every other pixel first and in full only near high coarse scores (:func:`coarse_fine_best`);
-which template wins is found only at the peaks (:meth:`BankScores.best_index`).
+which template wins is found only at the peaks (:meth:`BankScores.best_index`). Templates that nearly repeat
+another (symmetry-related views, in-plane rotations of round ones) are dropped first (:func:`distinct_templates`).
 """
 
 from __future__ import annotations

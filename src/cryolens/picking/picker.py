@@ -18,8 +18,10 @@ suppression at the minimum distance, with a parabolic sub-pixel refinement.
 ``method="log"``: scale-normalised Laplacian of Gaussian (σ = d/(2√2) over the diameter
 range) of the phase-flipped, whitened micrograph, each scale in SDs of its own map.
 ``method="template"``: normalised cross-correlation with CTF-modulated templates (class
-averages, or projections of a map at HEALPix directions) at every ``psi_step`` in-plane
-rotation (:mod:`cryolens.picking.templates`), through a low-rank factorisation of the
+averages, or projections of a map at HEALPix directions, refined up to order 2 where the views change
+fast: :func:`cryolens.picking.templates.map_templates`) at every ``psi_step`` in-plane
+rotation (:mod:`cryolens.picking.templates`), near-duplicates dropped
+(:func:`cryolens.picking.bank.distinct_templates`), through a low-rank factorisation of the
 templates (:mod:`cryolens.picking.bank`: a few dozen FFTs instead of one per template, the
 factorisation kept across micrographs), scored only where picks may fall: every other pixel first, then
 in full around coarse scores above ``refine_floor`` (:func:`cryolens.picking.bank.coarse_fine_best`).
@@ -133,7 +135,9 @@ class Picks:
 def select_picks(picks: Picks, *, threshold: float | None = None, max_per_micrograph: int | None = None) -> Picks:
     """Re-select picks from ``picks.candidates``: score > ``threshold`` (SDs; default: as before),
     at most ``max_per_micrograph`` (highest scores). Equal to picking again with those options
-    (suppression keeps a peak only for higher ones), as long as ``threshold >= picks.floor``.
+    (suppression keeps a peak only for higher ones), as long as ``threshold >= picks.floor``; for templates,
+    approximately: the CTF side lobes were predicted from, and subtracted at, the peaks above the threshold
+    picked with only (those below keep their raw score).
 
     Raises:
         ValueError: a threshold below the candidates' floor.
