@@ -8,7 +8,7 @@ from cryolens.params import Params, option
 from cryolens.select.params import class_list_text
 from cryolens.select.rules import parse_classes
 
-__all__ = ["ClassSelectParams", "AUTO_PARTICLE_Z", "AUTO_IMAGE_Z"]
+__all__ = ["ClassSelectParams", "AUTO_PARTICLE_Z", "AUTO_IMAGE_Z", "AUTO_LOGLIK_Z"]
 
 #: ``--auto``'s default ``--min-particle-z``. Pure noise reaches z 2-3 after the classification's pose search.
 #: Measured 2026-12-03 (3 000 particles, box 64, SNR 0.05, 20 % junk, K 20; junk dropped / good kept at 3 -> 3.3):
@@ -24,6 +24,10 @@ AUTO_PARTICLE_Z = 3.3
 #: Carbon edges are the junk kind that the classification most often mixes into good classes.
 AUTO_IMAGE_Z = 5.0
 
+#: ``--auto``'s default ``--max-loglik-z``: particles whose ``rlnLogLikeliContribution`` lies more than this many
+#: robust SDs below the median of all particles are dropped (:func:`cryolens.select.screen.loglik_zscores`).
+AUTO_LOGLIK_Z = 3.0
+
 
 @dataclass
 class ClassSelectParams(Params):
@@ -33,8 +37,8 @@ class ClassSelectParams(Params):
     product of sub-scores: contrast, centring, concentration inside the particle circle, straight
     edges (carbon), estimated resolution and population (in-plane structure is reported, not scored).
     :meth:`particle_z_threshold`
-    is the per-particle fit threshold in use and :meth:`image_z_threshold` the image-statistics one (None: no such
-    screening).
+    is the per-particle fit threshold in use, :meth:`loglik_z_threshold` the log-likelihood one and
+    :meth:`image_z_threshold` the image-statistics one (None: no such screening).
     """
 
     classes: tuple[int, ...] = option((), flag="--class", parse=parse_classes, text=class_list_text, metavar="1,3",
@@ -52,6 +56,11 @@ class ClassSelectParams(Params):
                                                         "more than this many robust SDs from the stack's median "
                                                         "(Scipion's screen particles: carbon edges, ice; 0 keeps "
                                                         "all). Default: 5 with --auto, off with --class")
+    max_loglik_z: float | None = option(None, ge=0, help="Also drop particles whose rlnLogLikeliContribution lies "
+                                                          "more than this many robust SDs below the median of all "
+                                                          "particles (fits its class average worse than most: dense "
+                                                          "junk, carbon; 0 keeps all). Default: 3 with --auto, off "
+                                                          "with --class")
     particle_diameter: float | None = option(None, unit="Å", gt=0,
                                              help="Circle in which a class average is scored. Default: the 2D "
                                                   "classification's --particle-diameter (its job.json), else 90 % "
@@ -66,6 +75,12 @@ class ClassSelectParams(Params):
         """The image-statistics z threshold in use: ``--max-image-z``, else :data:`AUTO_IMAGE_Z` with --auto; None
         when off."""
         z = self.max_image_z if self.max_image_z is not None else (AUTO_IMAGE_Z if self.auto else None)
+        return z if z else None
+
+    def loglik_z_threshold(self) -> float | None:
+        """The log-likelihood z threshold in use: ``--max-loglik-z``, else :data:`AUTO_LOGLIK_Z` with --auto; None
+        when off."""
+        z = self.max_loglik_z if self.max_loglik_z is not None else (AUTO_LOGLIK_Z if self.auto else None)
         return z if z else None
 
     def particle_z_threshold(self) -> float | None:
