@@ -100,7 +100,8 @@ load 4-9; ``results/class2d.json``): cryolens 23 s wall / 11.5 s CPU, RELION 4 2
 vs 0.900; population-weighted 0.858 vs 0.889); vs ideal 0.749 vs 0.915; select: 82.0 / 84.4 % vs
 89.0 / 95.0 %.
 After the DC-free class averages, the finer psi step and select's retune (``--threads 1
---relion-from-json`` the run above, load 7.7-8.5): cryolens 56.8 s wall / 14.3 s CPU (ratio 0.013);
+--relion-from-json`` the run above, load 1.6): cryolens 11.0 s wall / 10.9 s CPU (ratio 0.003; at load 8
+56.8 s / 14.3 s, same classes);
 median best NCC 0.890 (>= 50 particles 0.885, weighted 0.861, vs ideal 0.809); select 87.5 / 82.8 %.
 
 Writes ``benchmarks/results/class2d.json`` (or ``class2d_accuracy.json``; ``--json PATH`` elsewhere)::
