@@ -80,7 +80,7 @@ def classified(tmp_path_factory):
     root = tmp_path_factory.mktemp("class2d")
     star, view, vol = make_views(root / "sim")
     out = root / "c2d"
-    invoke_cli("class2d", "--in", star, "--out", out, "--classes", "4", "--iter", "6", "--particle-diameter", "200",
+    invoke_cli("class2d", "--in", star, "--out", out, "--classes", "4", "--iter", "10", "--particle-diameter", "200",
                "--res-start", "30", "--res-end", "16", "--device", "cpu", "--quiet")
     return star, view, vol, out
 
@@ -96,7 +96,7 @@ def test_interrupted_class2d_continues_to_the_uninterrupted_result(classified, t
 
     star, _, _, whole = classified
     folder = tmp_path / "stopped"
-    params = Class2DParams(classes=4, iterations=6, particle_diameter=200.0, res_start=30.0, res_end=16.0)
+    params = Class2DParams(classes=4, iterations=10, particle_diameter=200.0, res_start=30.0, res_end=16.0)
 
     def stop(it, done, total, res):
         if it == 5:
@@ -115,11 +115,11 @@ def test_interrupted_class2d_continues_to_the_uninterrupted_result(classified, t
     assert np.array_equal(pa[num].to_numpy(float), pb[num].to_numpy(float))
     ia, ib = (read_star(f / "iterations.star")["iterations"].drop(columns="rlnCryolensSeconds")
               for f in (whole, folder))
-    assert ia.equals(ib) and len(ia) == 6
+    assert ia.equals(ib) and len(ia) == 10
     assert json.loads((folder / "job.json").read_text())["status"] == "finished"
     assert "continuing from iteration 4" in (folder / "run.log").read_text()
-    assert finished_iterations(folder) == finished_iterations(whole) == [4, 5]
-    assert (folder / "run_it005_classes.mrcs").is_file() and (folder / "run_it005_data.star").is_file()
+    assert finished_iterations(folder) == finished_iterations(whole) == [8, 9]
+    assert (folder / "run_it009_classes.mrcs").is_file() and (folder / "run_it009_data.star").is_file()
     assert "already finished" in " ".join(invoke_cli("class2d", "--continue", folder).output.split())
     assert_user_error(invoke_cli("class2d", "--continue", tmp_path / "nothing", code=None), "no job.json")
     assert_user_error(invoke_cli("class2d", "--out", tmp_path / "o", code=None), "--in is required")
@@ -206,11 +206,27 @@ def test_class2d_outputs_are_relion_style(classified):
     assert parts["rlnMaxValueProbDistribution"].between(0, 1).all()
     assert (parts["rlnOriginXAngst"].abs() <= 10.0 + 1e-6).all()
     its = read_star(out / "iterations.star")["iterations"]
-    assert len(its) == 6 and its["rlnCryolensResolutionLimit"].iloc[-1] < its["rlnCryolensResolutionLimit"].iloc[0]
+    assert len(its) == 10 and its["rlnCryolensResolutionLimit"].iloc[-1] < its["rlnCryolensResolutionLimit"].iloc[0]
     job = json.loads((out / "job.json").read_text())
     assert job["status"] == "finished" and job["params"]["classes"] == 4
     for name in ("classes.png", "convergence.png", "report.html", "CRYOLENS_JOB_EXIT_SUCCESS"):
         assert (out / name).is_file(), name
+
+
+def test_class_averages_and_references_have_no_dc(classified):
+    """The Fourier origin of every class average and of every reference scored is 0 (a nonzero DC made a class
+    carry a bright disc that attracted dense junk; see cryolens.class2d.maximisation)."""
+    from cryolens.class2d.estep import class_references
+
+    out = classified[3]
+    classes = torch.as_tensor(np.array(read_mrc(out / "classes.mrcs")[0]))
+    assert classes.abs().sum() > 0
+    assert (classes.sum((-2, -1)).abs() <= 1e-4 * classes.abs().sum((-2, -1))).all()
+    band = FrequencyBand.build(BOX, 8.0)
+    offset = classes + 0.5  # a constant under and outside the mask: DC only
+    refs = class_references(offset, band, BandRotator(band), inplane_matrices(torch.tensor([0.0, 33.0, 90.0])))
+    dc = band.shell == 0
+    assert dc.sum() == 1 and (refs[..., dc].abs() == 0).all() and refs[..., ~dc].abs().sum() > 0
 
 
 def test_class2d_psi_follows_relion_convention(classified):

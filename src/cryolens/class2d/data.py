@@ -53,10 +53,13 @@ def image_mask(n: int, diameter_px: float, device=None) -> torch.Tensor:
     return soft_sphere(n, radius=radius, edge_width=edge, ndim=2, device=device)
 
 
-def psi_grid(res: float, radius_a: float, params: Class2DParams, rng: np.random.Generator) -> torch.Tensor:
-    """In-plane angles (degrees) for alignment at ``res`` Å: step ``degrees(res / radius_a)`` within
-    [``params.psi_step``, 15°], rounded to divide 360°, from a random offset in ``[0, step)``."""
-    step = min(15.0, max(params.psi_step, math.degrees(res / radius_a)))
+def psi_grid(res: float, diameter_a: float, params: Class2DParams, rng: np.random.Generator) -> torch.Tensor:
+    """In-plane angles (degrees) for alignment at ``res`` Å: step ``degrees(res / diameter_a)`` (an arc of ``res / 2``
+    at the particle's edge) within [``params.psi_step``, 15°], rounded to divide 360°, from a random offset in
+    ``[0, step)``.
+
+    Twice as fine as ``degrees(res / radius)`` (measured in the README's class2d section)."""
+    step = min(15.0, max(params.psi_step, math.degrees(res / diameter_a)))
     n_psi = max(1, math.ceil(360.0 / step - 1e-6))
     step = 360.0 / n_psi
     return torch.as_tensor(rng.uniform(0, step) + step * np.arange(n_psi), dtype=torch.float32)

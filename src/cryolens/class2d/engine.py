@@ -86,7 +86,7 @@ def classify_2d(batches: Batches, table: pd.DataFrame, *, pixel_size: float, box
     store = ImageStore(batches, n_total, box, mask, final_band, params.batch_size, cache, device,
                        ctf=lambda rows: ctf_on_band(table, rows, final_band, pixel_size, use_ctf, device))
     setup = Setup(table=table, pixel_size=pixel_size, box=box, params=params, device=device, mask=mask,
-                  images=store, radius_a=diameter / 2, use_ctf=use_ctf, distributor=distributor)
+                  images=store, diameter_a=diameter, use_ctf=use_ctf, distributor=distributor)
     if resume is None:
         state = Class2DState.empty(n_total, k, box, device=device)
         n_init = min(n_total, params.particles_per_class * k) if params.subset == "auto" else n_total

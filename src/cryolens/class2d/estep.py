@@ -29,7 +29,7 @@ import torch
 
 from cryolens.class2d.data import ctf_on_band, masked_transform
 from cryolens.class2d.expectation import Accumulator, circular_deviation, posterior, score_batch
-from cryolens.class2d.maximisation import images_to_band
+from cryolens.class2d.maximisation import images_to_band, zero_dc
 from cryolens.class2d.rotation import BandRotator, inplane_matrices
 from cryolens.class2d.state import Class2DState
 from cryolens.core.worker import ChunkMapper, SharedOnce
@@ -71,9 +71,12 @@ class SearchGrid:
 def class_references(classes: torch.Tensor, band: FrequencyBand, rotator: BandRotator,
                      matrices: torch.Tensor) -> torch.Tensor:
     """``(K, J, M)`` image-frame references: class images ``(K, n, n)`` on ``band`` seen at the in-plane rotations
-    ``matrices (J, 2, 2)`` (``A_k(Rᵀ q)``)."""
+    ``matrices (J, 2, 2)`` (``A_k(Rᵀ q)``), zero at the Fourier origin (:func:`cryolens.class2d.maximisation.zero_dc`:
+    the images' DC is not fitted)."""
     k, j = classes.shape[0], matrices.shape[0]
-    return rotator.rotate(images_to_band(classes, band), matrices.transpose(-1, -2)[None].expand(k, j, 2, 2))
+    mats = matrices.transpose(-1, -2)[None].expand(k, j, 2, 2)
+    refs = rotator.rotate(zero_dc(images_to_band(classes, band), band), mats)
+    return zero_dc(refs, band)
 
 
 def expect_batch(g: SearchGrid, acc: Accumulator, x: torch.Tensor, ctf: torch.Tensor, origin: torch.Tensor,

@@ -18,7 +18,7 @@ from cryolens.class2d.data import ImageStore, particles_per_iteration, psi_grid,
 from cryolens.class2d.estep import (Class2DShared, SearchGrid, chunk_items, class2d_chunk, class_references,
                                     expect_batch, initial_batch, take_results)
 from cryolens.class2d.expectation import Accumulator, circular_deviation
-from cryolens.class2d.maximisation import band_to_images, recentre, shell_mean, update_classes
+from cryolens.class2d.maximisation import band_to_images, recentre, shell_mean, update_classes, zero_mean
 from cryolens.class2d.params import Class2DParams
 from cryolens.class2d.rotation import BandRotator, inplane_matrices
 from cryolens.class2d.state import Class2DState, IterationStats
@@ -42,8 +42,8 @@ RESEED_UNTIL = 0.9
 
 @dataclass
 class Setup:
-    """What stays fixed over a run: the table, pixel size (Å), box (px), params, device, image mask and store, and
-    the ``distributor`` that runs the E-steps in chunks of particles (None: here, batch by batch)."""
+    """What stays fixed over a run: the table, pixel size (Å), box (px), params, device, image mask and store, the
+    mask diameter (Å), and the ``distributor`` that runs the E-steps in chunks of particles (None: here, batch by batch)."""
 
     table: pd.DataFrame
     pixel_size: float
@@ -52,7 +52,7 @@ class Setup:
     device: torch.device
     mask: torch.Tensor
     images: ImageStore
-    radius_a: float
+    diameter_a: float
     use_ctf: bool
     distributor: ChunkMapper | None = None
 
@@ -79,7 +79,7 @@ def sampling_for(res: float, setup: Setup, rng: np.random.Generator, *, shifts: 
     p, dev = setup.params, setup.device
     band = FrequencyBand.build(setup.box, setup.box * setup.pixel_size / res, device=dev)
     sub = torch.searchsorted(setup.images.band.flat, band.flat)
-    psi = psi_grid(res, setup.radius_a, p, rng).to(dev)
+    psi = psi_grid(res, setup.diameter_a, p, rng).to(dev)
     step = max(p.shift_step_min, res / (6.0 * setup.pixel_size))
     radius = p.offset_range / setup.pixel_size
     if local:
@@ -98,7 +98,7 @@ def _finish_classes(acc: Accumulator, smp: Sampling, setup: Setup, state: Class2
     if p.center:
         classes, _ = recentre(classes, setup.mask)
         classes = classes * setup.mask
-    state.classes = classes
+    state.classes = zero_mean(classes, setup.mask)
     state.class_resolution = upd.resolution.cpu().numpy()
     mass = acc.class_mass.float()
     state.class_weights = (mass / mass.sum()).clamp_min(1e-8) if mass.sum() > 0 else state.class_weights

@@ -15,7 +15,7 @@ class Class2DParams(Params):
 
     The alignment resolution limit rises from ``res_start`` to ``res_end`` (linearly in spatial
     frequency over the first 70 % of the iterations, never beyond Nyquist); the in-plane
-    step follows it (``degrees(resolution / mask radius)``, between ``psi_step`` and 15°)
+    step follows it (``degrees(resolution / mask diameter)``, between ``psi_step`` and 15°)
     and so does the shift step (``resolution / 6``, at least ``shift_step_min`` px).
     ``subset`` ``auto`` follows cisTEM: about ``particles_per_class`` particles per class in
     the first 30 % of the iterations, then 30 % of the particles, then all of them.

@@ -22,8 +22,13 @@ Input: a 2D classification folder ``DIR`` with ``classes.mrcs`` (K averages), ``
 * with ``--max-image-z`` (5 by default with ``--auto``) every particle gets ``rlnCryolensZScore``, the robust
   z-score of its image's mean, SD, min and max against the whole stack (:mod:`cryolens.select.screen`); those
   above it go to ``rejected.star`` as well;
+* with ``--max-loglik-z`` (3 by default with ``--auto``, when ``particles.star`` has ``rlnLogLikeliContribution``)
+  every particle gets ``rlnCryolensLogLikeliZ``, the robust z-score of its log-likelihood among all particles
+  (:func:`cryolens.select.screen.loglik_zscores`); those below minus the threshold go to ``rejected.star``;
 * ``classes.png`` (the averages sorted by score, kept ones framed green, dropped red),
-  ``report.html``, ``job.json`` (results: ``n_in``, ``n_kept``, ``kept_classes``, ``counts``).
+  ``report.html``, ``job.json`` (results: ``n_in``, ``n_kept``, ``kept_classes``, ``counts``, and the particles
+  each screen dropped after the ones before it: ``n_dropped_by_fit``, ``n_dropped_by_image_z``,
+  ``n_dropped_by_loglik_z``).
 
 An empty selection is a user error (exit 2) and writes nothing.
 """
@@ -47,9 +52,10 @@ from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.select.class_params import ClassSelectParams
 from cryolens.select.class_scores import class_features, hard_counts, score_classes
 from cryolens.select.particle_fit import particle_z
-from cryolens.select.screen import STAT_NAMES, batch_statistics, robust_zscores
+from cryolens.select.screen import STAT_NAMES, batch_statistics, loglik_zscores, robust_zscores
 
-__all__ = ["run_select_classes", "read_class_folder", "ClassFolder", "COUNT_COLUMN", "Z_COLUMN", "IMAGE_Z_COLUMN"]
+__all__ = ["run_select_classes", "read_class_folder", "ClassFolder", "COUNT_COLUMN", "Z_COLUMN", "IMAGE_Z_COLUMN",
+           "LOGLIK_Z_COLUMN"]
 
 #: cryolens-specific classes.star column: the class's hard particle count in particles.star.
 COUNT_COLUMN = "rlnCryolensParticleCount"
@@ -58,6 +64,9 @@ Z_COLUMN = "rlnCryolensClassFitZ"
 #: cryolens-specific particles.star column: the robust z-score of the particle image's statistics against the stack
 #: (``--max-image-z``; the column ``select particles --max-zscore`` writes).
 IMAGE_Z_COLUMN = "rlnCryolensZScore"
+#: cryolens-specific particles.star column: the signed robust z-score of the particle's rlnLogLikeliContribution
+#: among all particles (``--max-loglik-z``, :func:`cryolens.select.screen.loglik_zscores`).
+LOGLIK_Z_COLUMN = "rlnCryolensLogLikeliZ"
 
 
 def _class_table(path: Path, k: int) -> tuple[pd.DataFrame, dict, str]:
@@ -180,6 +189,18 @@ def _screen_scores(folder: Path, cf: ClassFolder, numbers: np.ndarray, rows: np.
     return (z if fit else None), image_z
 
 
+def _loglik_threshold(params: ClassSelectParams, particles: pd.DataFrame, folder: Path) -> float | None:
+    """The log-likelihood z threshold in use; None when off or (by --auto's default) when ``particles.star`` has no
+    rlnLogLikeliContribution."""
+    z = params.loglik_z_threshold()
+    if z is None or "rlnLogLikeliContribution" in particles.columns:
+        return z
+    if params.max_loglik_z is None:
+        return None
+    raise InputError(f"{folder / 'particles.star'}: has no rlnLogLikeliContribution column for --max-loglik-z; give "
+                     "a 2D classification's particles.star or set --max-loglik-z 0.")
+
+
 def _gallery(averages: np.ndarray, scores: pd.DataFrame, kept: np.ndarray, path: Path, auto: bool) -> Path:
     order = np.argsort(-scores["score"].to_numpy(), kind="stable") if auto else np.arange(len(averages))
     ncols = min(8, len(order))
@@ -235,24 +256,37 @@ def run_select_classes(folder: str | os.PathLike, out_dir: str | os.PathLike, pa
     if not kept_cls.any():
         raise _empty_selection(params, scores)
     keep = np.isin(particles["rlnClassNumber"].astype(int).to_numpy(), numbers[kept_cls])
-    dropped_by_image = 0
+    dropped = {"fit": 0, "image_z": 0, "loglik_z": 0}
+
+    def apply(test: str, passed: np.ndarray) -> None:
+        nonlocal keep
+        n_before = int(keep.sum())
+        keep = keep & passed
+        dropped[test] = n_before - int(keep.sum())
+
     z_min, image_z_max = params.particle_z_threshold(), params.image_z_threshold()
+    loglik_z_max = _loglik_threshold(params, particles, folder)
+    tests = []
     if z_min is not None or image_z_max is not None:
         z, image_z = _screen_scores(folder, cf, numbers, keep, diameter, fit=z_min is not None,
                                     stats=image_z_max is not None)
         if z is not None:
             particles = particles.assign(**{Z_COLUMN: np.round(np.nan_to_num(z, nan=-999.0), 3)})  # -999: not scored
-            keep &= z >= z_min
+            apply("fit", z >= z_min)
+            tests.append(f"--min-particle-z {z_min:g}")
         if image_z is not None:
             particles = particles.assign(**{IMAGE_Z_COLUMN: np.round(image_z, 3)})
-            n_before = int(keep.sum())
-            keep &= image_z <= image_z_max
-            dropped_by_image = n_before - int(keep.sum())
+            apply("image_z", image_z <= image_z_max)
+            tests.append(f"--max-image-z {image_z_max:g}")
+    if loglik_z_max is not None:
+        lz = loglik_zscores(particles["rlnLogLikeliContribution"].to_numpy(float))
+        particles = particles.assign(**{LOGLIK_Z_COLUMN: np.round(np.nan_to_num(lz, nan=0.0), 3)})
+        apply("loglik_z", ~(lz < -loglik_z_max))
+        tests.append(f"--max-loglik-z {loglik_z_max:g}")
+    if tests:
         counts_kept = hard_counts(particles["rlnClassNumber"].to_numpy()[keep], int(numbers.max()))[numbers - 1]
         kept_cls &= counts_kept > 0
         if not kept_cls.any():
-            tests = [f"--min-particle-z {z_min:g}"] * (z_min is not None) + \
-                [f"--max-image-z {image_z_max:g}"] * (image_z_max is not None)
             raise InputError(f"select classes: no particle of the kept classes passes {' and '.join(tests)}; relax "
                              "it (0 turns it off).")
         scores["n_kept"] = counts_kept
@@ -284,8 +318,8 @@ def run_select_classes(folder: str | os.PathLike, out_dir: str | os.PathLike, pa
                            n_classes=len(numbers), kept_classes=kept_numbers, particle_diameter_A=diameter,
                            counts={str(int(c)): int(n) for c, n in zip(numbers, counts)},
                            particle_z_threshold=z_min, image_z_threshold=image_z_max,
-                           n_dropped_by_image_z=dropped_by_image,
-                           n_dropped_by_fit=int(scores["n_particles"][kept_cls].sum() - keep.sum()) - dropped_by_image)
+                           loglik_z_threshold=loglik_z_max, n_dropped_by_fit=dropped["fit"],
+                           n_dropped_by_image_z=dropped["image_z"], n_dropped_by_loglik_z=dropped["loglik_z"])
         summary = {"particles in": len(particles), "kept": int(keep.sum()), "classes kept": len(kept_numbers),
                    "kept classes": ", ".join(map(str, kept_numbers)),
                    "selection": f"score >= {params.min_score:g}" if params.auto else "class list"}
