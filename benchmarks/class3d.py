@@ -35,8 +35,8 @@ iterations) against RELION's 57.3 % in 235 s; local 90.6 % in 273 s (8 iteration
 iterations: the class changes stayed near 0.9 %) against 54.2 % in 941 s (0.69×, short of the half).
 
     python benchmarks/class3d.py [--n 3000] [--lobes 60,40] [--iter 25] [--modes skip,local] [--threads 1]
-                                 [--stop-change F] [--all-iterations] [--no-relion] [--relion-timeout S]
-                                 [--keep DIR] [--out FILE]
+                                 [--stop-change F] [--all-iterations] [--no-relion | --no-cryolens]
+                                 [--relion-from FILE] [--relion-timeout S] [--keep DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -165,11 +165,27 @@ def run_relion(star: Path, ref: Path, work: Path, mode: str, args) -> dict:
 TARGETS = {"skip": 1.0, "local": 0.5}  # the issue's bound on the wall-time ratio cryolens / RELION per mode
 
 
+def earlier_set(args, lobe: float) -> dict | None:
+    """The set of ``--relion-from`` with this lobe (its settings checked against this run's), or None."""
+    if args.relion_from is None:
+        return None
+    old = json.loads(args.relion_from.read_text())
+    for key in ("n", "seed", "iterations", "threads"):
+        if old.get(key) != getattr(args, "iter" if key == "iterations" else key):
+            raise SystemExit(f"{args.relion_from} was run with {key} {old.get(key)}; rerun RELION with this run's "
+                             "settings")
+    for s in old["sets"]:
+        if s["lobe_A"] == lobe:
+            return s
+    raise SystemExit(f"{args.relion_from} has no {lobe:g} A set; rerun RELION with --lobes {lobe:g}")
+
+
 def run_set(work: Path, lobe: float, args) -> dict:
     """Simulate one two-state set (a ``lobe`` Å lobe removed) and run every mode of both programs on it."""
     work.mkdir(parents=True, exist_ok=True)
     args.lobe = lobe
     star, ref = make_data(work, args)
+    earlier = earlier_set(args, lobe)
     result = {"lobe_A": lobe, "bayes_limit": bayes_limit(star), "modes": {}}
     for i, mode in enumerate(args.modes.split(",")):
         row = {}
@@ -179,7 +195,10 @@ def run_set(work: Path, lobe: float, args) -> dict:
         if args.all_iterations:
             names.insert(1, "cryolens_all_iterations")
         for name in names:
-            if name == "relion" and args.no_relion:
+            if name == "relion" and args.no_relion or name.startswith("cryolens") and args.no_cryolens:
+                continue
+            if name == "relion" and earlier is not None:
+                row[name] = {**earlier["modes"][mode]["relion"], "from": str(args.relion_from)}
                 continue
             load = round(os.getloadavg()[0], 2)
             if name == "relion":
@@ -189,7 +208,7 @@ def run_set(work: Path, lobe: float, args) -> dict:
             row[name]["load_1min_before"] = load
             if row[name].get("iterations"):
                 row[name]["wall_s_per_iteration"] = round(row[name]["wall_s"] / row[name]["iterations"], 2)
-        if not args.no_relion:
+        if "relion" in row and any(n.startswith("cryolens") for n in row):
             rel = row["relion"]
             for name in [n for n in row if n.startswith("cryolens")]:
                 c = row[name]
@@ -221,13 +240,17 @@ def main() -> None:
     ap.add_argument("--all-iterations", action="store_true",
                     help="also run cryolens with --stop-change 0 (all --iter iterations, RELION's count)")
     ap.add_argument("--no-relion", action="store_true")
+    ap.add_argument("--no-cryolens", action="store_true", help="run RELION only (to start its long runs early)")
+    ap.add_argument("--relion-from", type=Path, default=None,
+                    help="take RELION's rows from this earlier result (a --no-cryolens run of the same --n, --iter, "
+                         "--threads, --seed) instead of running it again")
     ap.add_argument("--relion-timeout", type=float, default=None)
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "class3d.json")
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="c3d_bench_"))
     work.mkdir(parents=True, exist_ok=True)
-    result = {"n": args.n, "iterations": args.iter, "threads": args.threads, "cpus": os.cpu_count(),
+    result = {"n": args.n, "seed": args.seed, "iterations": args.iter, "threads": args.threads, "cpus": os.cpu_count(),
               "load_average_at_start": os.getloadavg()[0], "sets": []}
     for lobe in (float(v) for v in args.lobes.split(",")):
         result["sets"].append(run_set(work / f"lobe{lobe:g}", lobe, args))

@@ -80,7 +80,7 @@ from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.estep import accumulator_support, chunk_items
 from cryolens.refine.pose_search import BandProjector, FrequencyBand, best_projections
 
-__all__ = ["classify_3d", "starting_references"]
+__all__ = ["classify_3d", "starting_references", "plateau_reached", "poses_settled"]
 
 Batches = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 Progress = Callable[[int, int, int, float], None]
@@ -111,6 +111,18 @@ def starting_references(maps: torch.Tensor, k: int, *, pixel_size: float, ini_hi
             vol = ift3(f + noise.to(vol.device) * amp / math.sqrt(2), n)
         out.append(bandpass(vol, pixel_size=pixel_size, high_res=ini_high, ndim=3))
     return torch.stack(out)
+
+
+def plateau_reached(changes: list[float], *, hard_iterations: int, iterations: int, fraction: float) -> bool:
+    """Whether each of the last ``iterations`` class changes (fractions of the particles, one per iteration
+    from the first) after the first ``hard_iterations`` was below ``fraction`` (never when ``iterations`` is 0)."""
+    soft = changes[hard_iterations:]
+    return iterations > 0 and len(soft) >= iterations and all(c < fraction for c in soft[-iterations:])
+
+
+def poses_settled(h: Class3DIteration, params: Class3DParams) -> bool:
+    """Whether an iteration's poses moved less than half a step of the local search (median angle, rms shift)."""
+    return h.median_angle_change < params.angular_step / 2 and h.rms_shift_change < params.offset_step / 2
 
 
 class _Classifier:
@@ -147,6 +159,7 @@ class _Classifier:
             else None
         self.history: list[Class3DIteration] = []
         self.start_labels: torch.Tensor | None = None
+        self.narrow = False  # local searches: the narrow window once the poses have settled
         self._cache: list | None = None
 
     def _batches(self):
@@ -216,7 +229,7 @@ class _Classifier:
             sigma2=self.noise.sigma2.cpu(), log_prior=self.log_prior.cpu(),
             grid=None if self.grid is None else self.grid.cpu(), sym=self.sym.cpu(), image_mask=self.image_mask.cpu(),
             use_ctf=self.use_ctf, pixel_size=self.apix, device=str(dev), reader=self.dist.reader,
-            start_labels=None if self.start_labels is None else self.start_labels.cpu())
+            start_labels=None if self.start_labels is None else self.start_labels.cpu(), narrow=self.narrow)
         items = chunk_items(self.dist, self.batches, self.table, self.rot, self.shift, self.subset, n=n,
                             batch_size=self.p.batch_size)
         cb = self.progress
@@ -244,7 +257,7 @@ class _Classifier:
             setup = ClassSetup(p, self.mode, band, {h: [BandProjector(prepare_volume(r * self.ref_mask, pad=2), band)
                                                         for r in self.refs[h]] for h in (1, 2)},
                                self.noise.inverse_on(band), self.log_prior, self.grid, score, hard, self.has_poses,
-                               self.sym, dev)
+                               self.sym, dev, self.narrow)
             done = 0
             for rows, masked, raw, ctf in self._batches():
                 for h in (1, 2):  # each half set is classified against the other half's maps (no self-reference)
@@ -291,8 +304,9 @@ class _Classifier:
         res = [c.resolution_at(0.143) for c in self.curves]
         sizes = torch.bincount(self.cls, minlength=K).cpu().tolist()
         dang = pose_change(old_rot, self.rot, self.sym) if self.mode != "skip" else torch.zeros(1)
+        label = ("cc-" if score == "cc" else "") + self.mode + ("-narrow" if self.narrow else "")
         self.history.append(Class3DIteration(
-            iteration=it, resolution_limit=n * self.apix / r_max, mode=("cc-" if score == "cc" else "") + self.mode,
+            iteration=it, resolution_limit=n * self.apix / r_max, mode=label,
             class_sizes=sizes, distribution=[round(float(v), 5) for v in self.log_prior.exp()],
             class_change=float((self.cls != old_cls).float().mean()), resolutions=res,
             mean_log_likelihood=float(self.loglik.mean()), median_angle_change=float(dang.median()),
@@ -311,15 +325,22 @@ class _Classifier:
                                         mask=self.ref_mask, components=self.K - 1, resolution=self.p.init_resolution,
                                         iterations=self.p.init_iterations, seed=self.p.seed, device=self.dev)
             self.start_labels = kmeans(z, self.K, seed=self.p.seed)
-        converged = False
-        for it in range(1, self.p.iterations + 1):
-            final = it == self.p.iterations or converged
+        p, stop = self.p, "iterations"
+        for it in range(1, p.iterations + 1):
+            final = it == p.iterations or stop != "iterations"
             new = self.iterate(it, resolution, final)
             self.start_labels = None
             resolution = min(resolution, new) if it > 1 else new
             if final:
                 break
-            converged = it > self.p.hard_iterations and self.history[-1].class_change < self.p.stop_change
+            last = self.history[-1]
+            if it > p.hard_iterations and last.class_change < p.stop_change:
+                stop = "converged"
+            elif plateau_reached([h.class_change for h in self.history], hard_iterations=p.hard_iterations,
+                                 iterations=p.plateau, fraction=p.plateau_change):
+                stop = "plateau"
+            if self.mode == "local" and p.narrow and it >= p.hard_iterations and poses_settled(last, p):
+                self.narrow = True
         acc_rot = np.full(self.K, np.nan)
         acc_shift = np.full(self.K, np.nan)
         if self.mode != "skip":
@@ -335,7 +356,7 @@ class _Classifier:
             max_probability=self.prob.max(1).values.cpu().numpy(), rotations=self.rot.cpu().numpy(),
             shifts=self.shift.cpu().numpy(), log_likelihood=self.loglik.cpu().numpy(),
             distribution=self.log_prior.exp().cpu().numpy(), accuracy_rotations=acc_rot, accuracy_shifts=acc_shift,
-            history=self.history)
+            history=self.history, stop=stop)
 
 
 def classify_3d(batches: Batches, particles: pd.DataFrame, references: torch.Tensor, *, pixel_size: float,

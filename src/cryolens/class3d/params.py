@@ -58,6 +58,18 @@ class Class3DParams(Params):
                                                         "iterations, the next iteration is the last (it inserts the "
                                                         "full box for the final maps); 0 runs all --iter iterations "
                                                         "(RELION stops only at --iter)")
+    plateau: int = option(3, ge=0, help="Plateau stop: once fewer than --plateau-change of the particles have "
+                                        "changed class in each of this many iterations in a row after the hard "
+                                        "iterations, the next iteration is the last (the assignments only "
+                                        "fluctuate between ambiguous particles by then); 0: off")
+    plateau_change: float = option(0.02, gt=0, lt=1, help="Fraction of the particles changing class per "
+                                                          "iteration below which an iteration counts towards "
+                                                          "--plateau")
+    narrow: bool = option(True, help="Local searches: once the poses settle (median change below half "
+                                     "--angular-step, rms shift change below half --offset-step, after the hard "
+                                     "iterations), search only the nearest lattice neighbours of each pose (one "
+                                     "--angular-step, one --offset-step) before the half-step pass; "
+                                     "--no-narrow keeps the full --local-range window")
     perturb: float = option(0.3, ge=0, help="Noise added to each class's starting reference when fewer maps "
                                             "than classes are given (fraction of the map's power per shell)")
     init: str = option("variability", choices=("variability", "perturb"),
