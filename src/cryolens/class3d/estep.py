@@ -151,11 +151,13 @@ def narrow_pass(s: ClassSetup, projs: list[BandProjector], data: SearchData, cur
 
 
 def local_second_pass(s: ClassSetup, proj: BandProjector, data: SearchData, c1: Candidates) -> Candidates:
-    """The best pose of :func:`local_first_pass` refined at half its steps (one step around it)."""
+    """The best pose of :func:`local_first_pass` refined at half its steps (one step around it: 33 rotations ×
+    13 shifts); after :func:`narrow_pass`, half a step around it (its 7 × 5 nearest half-step neighbours)."""
     p = s.params
     a, o = p.angular_step, p.offset_step
-    return local_search(proj, data, c1, angular_step=a / 2, angular_range=a, offset_step=o / 2, offset_range=o,
-                        mode=s.score, max_block=p.max_block)
+    f = 0.5 if s.narrow else 1.0
+    return local_search(proj, data, c1, angular_step=a / 2, angular_range=f * a, offset_step=o / 2,
+                        offset_range=f * o, mode=s.score, max_block=p.max_block)
 
 
 def _local_classes(s: ClassSetup, projs: list[BandProjector], data: SearchData, rot0: torch.Tensor,
