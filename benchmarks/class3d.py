@@ -92,42 +92,61 @@ def accuracy(result: Path, truth: Path) -> float:
     return round(max(same, 1 - same), 4)
 
 
-def bayes_limit(star: Path) -> float:
-    """Accuracy of the true maps at the true poses (per-shell noise from the residuals at the truth)."""
+def oracle_truth(star: Path):
+    """What the oracle knows of a simulated set: ``(table, pixel size, true labels (N,) 0-based, true maps
+    (K, n, n, n) on the particles' grid, class fractions (K,))`` from ``truth_map_class{k}.mrc`` beside ``star``."""
+    import numpy as np
+    import torch
+    from cryolens.jobs.particles import open_particles, read_reference
+    parts = open_particles(star, pose=True)
+    apix, n, table = parts.pixel_size, parts.box, parts.table()
+    truth = table["rlnClassNumber"].to_numpy().astype(int) - 1
+    k = int(truth.max()) + 1
+    maps = torch.stack([read_reference(star.parent / f"truth_map_class{j + 1}.mrc", box=n, pixel_size=apix)
+                        for j in range(k)])
+    return parts, truth, maps, np.bincount(truth, minlength=k) / len(truth)
+
+
+def oracle_labels(parts, maps, priors, truth) -> "np.ndarray":
+    """The most probable class of every particle given the true maps ``(K, n, n, n)`` at the true poses, the
+    class ``priors (K,)`` and a per-shell noise spectrum from the residuals at the true classes ``truth (N,)``:
+    the Bayes classifier, whose accuracy no method can beat on average."""
     import numpy as np
     import torch
     from cryolens.core.masks import soft_sphere
     from cryolens.core.projector import prepare_volume
-    from cryolens.jobs.particles import open_particles, read_reference
     from cryolens.particles import origins_px_from_table, rotations_from_table
     from cryolens.refine.images import prepared_batches
     from cryolens.refine.noise import ShellAccumulator
     from cryolens.refine.pose_search import BandProjector, FrequencyBand, best_projections
-    parts = open_particles(star, pose=True)
     apix, n, table = parts.pixel_size, parts.box, parts.table()
-    truth = table["rlnClassNumber"].to_numpy() - 1
     band = FrequencyBand.build(n, n / 2)
-    projs = [BandProjector(prepare_volume(read_reference(star.parent / f"truth_map_class{k}.mrc", box=n,
-                                                         pixel_size=apix), pad=2), band) for k in (1, 2)]
+    projs = [BandProjector(prepare_volume(m, pad=2), band) for m in maps]
     rot, sh = rotations_from_table(table), origins_px_from_table(table)
     disc = soft_sphere(n, radius=n / 2 - 4, edge_width=3, ndim=2)
-    batches = list(prepared_batches(lambda: parts.batches(500), table, pixel_size=apix, image_mask=disc, use_ctf=True,
-                                    device=torch.device("cpu")))
-    acc = ShellAccumulator(n)
-    models = []
-    for rows, masked, _, ctf in batches:
+    acc, models = ShellAccumulator(n), []
+    for rows, masked, _, ctf in prepared_batches(lambda: parts.batches(500), table, pixel_size=apix, image_mask=disc,
+                                                 use_ctf=True, device=torch.device("cpu")):
         x, c = band.gather(masked), band.gather(ctf)
-        m = [c * best_projections(p, rot[rows], sh[rows]) for p in projs]
-        t = torch.as_tensor(truth[rows.numpy()])[:, None]
-        acc.add(x - torch.where(t == 0, m[0], m[1]), band)
+        m = torch.stack([c * best_projections(p, rot[rows], sh[rows]) for p in projs], 1)  # (B, K, M)
+        t = torch.as_tensor(truth[rows.numpy()])
+        acc.add(x - m[torch.arange(len(t)), t], band)
         models.append((rows, x, m))
     s2 = acc.mean()
     inv = torch.where(band.shell == 0, 0.0, 1 / s2[band.shell.clamp_max(n // 2)])
-    right = 0
+    labels = np.zeros(len(truth), dtype=int)
+    log_prior = torch.log(torch.as_tensor(np.asarray(priors), dtype=torch.float32).clamp_min(1e-12))
     for rows, x, m in models:
-        ll = [-(((x - mk).abs() ** 2) * band.weight * inv).sum(1) for mk in m]
-        right += int(((ll[1] + np.log(0.4) > ll[0] + np.log(0.6)).long().numpy() == truth[rows.numpy()]).sum())
-    return round(right / len(truth), 4)
+        ll = -(((x[:, None] - m).abs() ** 2) * band.weight * inv).sum(-1) + log_prior
+        labels[rows.numpy()] = ll.argmax(1).numpy()
+    return labels
+
+
+def bayes_limit(star: Path) -> float:
+    """Accuracy of the true maps at the true poses (:func:`oracle_labels`): what no method can beat."""
+    import numpy as np
+    parts, truth, maps, priors = oracle_truth(star)
+    return round(float(np.mean(oracle_labels(parts, maps, priors, truth) == truth)), 4)
 
 
 def run_cryolens(star: Path, ref: Path, work: Path, mode: str, args, *, all_iterations: bool = False) -> dict:
@@ -141,7 +160,11 @@ def run_cryolens(star: Path, ref: Path, work: Path, mode: str, args, *, all_iter
                str(args.iter), "--ini-high", "30", "--particle-diameter", str(DIAMETER), *extra, "--out", str(out),
                "--quiet", "--overwrite"], work, env, log=out.with_suffix(".log"))
     r["accuracy"] = accuracy(out / "particles.star", star)
-    r["iterations"] = json.loads((out / "job.json").read_text())["results"]["iterations"]
+    results = json.loads((out / "job.json").read_text())["results"]
+    r["iterations"], r["stopped"] = results["iterations"], results.get("stopped")
+    modes = [line.split()[2] for line in (out / "iterations.star").read_text().splitlines()
+             if line.strip() and line.split()[0].isdigit()]
+    r["narrow_from_iteration"] = next((i + 1 for i, m in enumerate(modes) if m.endswith("narrow")), None)
     return r
 
 
@@ -208,6 +231,10 @@ def run_set(work: Path, lobe: float, args) -> dict:
             row[name]["load_1min_before"] = load
             if row[name].get("iterations"):
                 row[name]["wall_s_per_iteration"] = round(row[name]["wall_s"] / row[name]["iterations"], 2)
+        for r in row.values():  # each accuracy next to the limit
+            if r.get("accuracy") is not None:
+                r["bayes_limit"] = result["bayes_limit"]
+                r["accuracy_over_bayes_limit"] = round(r["accuracy"] / result["bayes_limit"], 4)
         if "relion" in row and any(n.startswith("cryolens") for n in row):
             rel = row["relion"]
             for name in [n for n in row if n.startswith("cryolens")]:
