@@ -36,7 +36,7 @@ iterations: the class changes stayed near 0.9 %) against 54.2 % in 941 s (0.69×
 
     python benchmarks/class3d.py [--n 3000] [--lobes 60,40] [--iter 25] [--modes skip,local] [--threads 1]
                                  [--stop-change F] [--all-iterations] [--no-relion | --no-cryolens]
-                                 [--relion-from FILE] [--relion-timeout S] [--keep DIR] [--out FILE]
+                                 [--relion-from FILE] [--relion-timeout S] [--keep DIR] [--out FILE] [--merge]
 """
 
 from __future__ import annotations
@@ -271,6 +271,9 @@ def main() -> None:
     ap.add_argument("--relion-from", type=Path, default=None,
                     help="take RELION's rows from this earlier result (a --no-cryolens run of the same --n, --iter, "
                          "--threads, --seed) instead of running it again")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the sets of other lobes already in --out (an earlier run of the same --n, --iter, "
+                         "--threads, --seed)")
     ap.add_argument("--relion-timeout", type=float, default=None)
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "class3d.json")
@@ -279,8 +282,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     result = {"n": args.n, "seed": args.seed, "iterations": args.iter, "threads": args.threads, "cpus": os.cpu_count(),
               "load_average_at_start": os.getloadavg()[0], "sets": []}
+    if args.merge and args.out.is_file():  # keep the other lobes' sets of an earlier run with the same settings
+        old = json.loads(args.out.read_text())
+        if all(old.get(key) == result[key] for key in ("n", "seed", "iterations", "threads")):
+            lobes = [float(v) for v in args.lobes.split(",")]
+            result["sets"] = [s for s in old["sets"] if s["lobe_A"] not in lobes]
+            result["merged_from_earlier_run"] = {"load_average_at_start": old.get("load_average_at_start")}
     for lobe in (float(v) for v in args.lobes.split(",")):
         result["sets"].append(run_set(work / f"lobe{lobe:g}", lobe, args))
+        result["sets"].sort(key=lambda s: -s["lobe_A"])
         result["load_average_at_end"] = os.getloadavg()[0]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))  # after each set, so that a long run keeps what it has
