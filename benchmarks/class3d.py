@@ -36,7 +36,8 @@ iterations: the class changes stayed near 0.9 %) against 54.2 % in 941 s (0.69×
 
     python benchmarks/class3d.py [--n 3000] [--lobes 60,40] [--iter 25] [--modes skip,local] [--threads 1]
                                  [--stop-change F] [--all-iterations] [--no-relion | --no-cryolens]
-                                 [--relion-from FILE] [--relion-timeout S] [--keep DIR] [--out FILE] [--merge]
+                                 [--relion-from FILE] [--cryolens-from FILE] [--relion-timeout S]
+                                 [--keep DIR] [--out FILE] [--merge]
 """
 
 from __future__ import annotations
@@ -188,28 +189,32 @@ def run_relion(star: Path, ref: Path, work: Path, mode: str, args) -> dict:
 TARGETS = {"skip": 1.0, "local": 0.5}  # the issue's bound on the wall-time ratio cryolens / RELION per mode
 
 
-def earlier_set(args, lobe: float) -> dict | None:
-    """The set of ``--relion-from`` with this lobe (its settings checked against this run's), or None."""
-    if args.relion_from is None:
+def earlier_set(path: Path | None, args, lobe: float) -> dict | None:
+    """The set with this lobe of an earlier result ``path`` (its settings checked against this run's), or None."""
+    if path is None:
         return None
-    old = json.loads(args.relion_from.read_text())
+    old = json.loads(path.read_text())
     for key in ("n", "seed", "iterations", "threads"):
         if old.get(key) != getattr(args, "iter" if key == "iterations" else key):
-            raise SystemExit(f"{args.relion_from} was run with {key} {old.get(key)}; rerun RELION with this run's "
-                             "settings")
+            raise SystemExit(f"{path} was run with {key} {old.get(key)}; rerun it with this run's settings")
     for s in old["sets"]:
         if s["lobe_A"] == lobe:
             return s
-    raise SystemExit(f"{args.relion_from} has no {lobe:g} A set; rerun RELION with --lobes {lobe:g}")
+    raise SystemExit(f"{path} has no {lobe:g} A set; rerun it with --lobes {lobe:g}")
 
 
 def run_set(work: Path, lobe: float, args) -> dict:
     """Simulate one two-state set (a ``lobe`` Å lobe removed) and run every mode of both programs on it."""
     work.mkdir(parents=True, exist_ok=True)
     args.lobe = lobe
-    star, ref = make_data(work, args)
-    earlier = earlier_set(args, lobe)
-    result = {"lobe_A": lobe, "bayes_limit": bayes_limit(star), "modes": {}}
+    earlier = {"relion": earlier_set(args.relion_from, args, lobe),
+               "cryolens": earlier_set(args.cryolens_from, args, lobe)}
+    if earlier["relion"] is not None and earlier["cryolens"] is not None:  # nothing to run: combine the two
+        star = ref = None
+        result = {"lobe_A": lobe, "bayes_limit": earlier["cryolens"]["bayes_limit"], "modes": {}}
+    else:
+        star, ref = make_data(work, args)
+        result = {"lobe_A": lobe, "bayes_limit": bayes_limit(star), "modes": {}}
     for i, mode in enumerate(args.modes.split(",")):
         row = {}
         # The two programs alternate which runs first from mode to mode, so that a drifting load on a shared
@@ -220,8 +225,11 @@ def run_set(work: Path, lobe: float, args) -> dict:
         for name in names:
             if name == "relion" and args.no_relion or name.startswith("cryolens") and args.no_cryolens:
                 continue
-            if name == "relion" and earlier is not None:
-                row[name] = {**earlier["modes"][mode]["relion"], "from": str(args.relion_from)}
+            old = earlier["relion" if name == "relion" else "cryolens"]
+            if old is not None:
+                src = args.relion_from if name == "relion" else args.cryolens_from
+                row[name] = {k: v for k, v in old["modes"][mode][name].items() if "relion" not in k}
+                row[name]["from"] = str(src)
                 continue
             load = round(os.getloadavg()[0], 2)
             if name == "relion":
@@ -271,6 +279,9 @@ def main() -> None:
     ap.add_argument("--relion-from", type=Path, default=None,
                     help="take RELION's rows from this earlier result (a --no-cryolens run of the same --n, --iter, "
                          "--threads, --seed) instead of running it again")
+    ap.add_argument("--cryolens-from", type=Path, default=None,
+                    help="the same for cryolens's rows (a --no-relion run); with --relion-from nothing runs: the "
+                         "two results are combined and compared")
     ap.add_argument("--merge", action="store_true",
                     help="keep the sets of other lobes already in --out (an earlier run of the same --n, --iter, "
                          "--threads, --seed)")

@@ -10,7 +10,11 @@ from the residuals at the best class and pose). Per iteration:
    * ``skip``: the input pose only;
    * ``local``: rotations ``A·exp(ω)``, ``|ω| <= local_range`` on a lattice of ``angular_step`` × shifts
      within ``offset_range`` of the current origin (``L_k`` = log-sum-exp of the scores, the same grid for
-     every class), then a second pass at half the steps around the best pose;
+     every class), then a second pass at half the steps around the best pose. Once the poses have settled
+     (``narrow``: an iteration after the hard ones whose median angle change is below half
+     ``angular_step`` and rms shift change below half ``offset_step``), every later iteration searches only
+     the nearest lattice neighbours (:func:`~cryolens.class3d.estep.narrow_pass`, 7 × 5 poses instead of
+     33 × 29 at the defaults, and half a step in the second pass; mode ``local-narrow`` in the log);
    * ``global``: the HEALPix grid × shifts, ``global_top_k`` best refined by local passes (``L_k`` = the best
      score); a first global iteration without input poses uses the scale-free CC score and hard assignment.
 
@@ -29,7 +33,10 @@ from the residuals at the best class and pose). Per iteration:
 
 Convergence: once fewer than ``stop_change`` of the particles change class in an iteration after the hard
 ones, the next iteration is the last (measured: 3 000 particles, a 60 Å lobe, skip-align: 0.3 % changed at
-iteration 5, the last at 6 reached 91.9 %, as 8 iterations did); RELION runs all ``--iter`` iterations.
+iteration 5, the last at 6 reached 91.9 %, as 8 iterations did); so is it after ``plateau`` iterations in a
+row in which fewer than ``plateau_change`` changed (:func:`plateau_reached`): with classes that overlap, the
+changes settle at a floor of ambiguous particles trading places (measured: a 40 Å lobe with local
+searches stayed near 0.9 % for all 25 iterations, 79.6 %). RELION runs all ``--iter`` iterations.
 
 The E-step of an iteration (:mod:`cryolens.class3d.estep`) runs here batch by batch, or with a
 ``distributor`` in chunks of particles on any compute backend, whose sums the driver adds before the M-step.
