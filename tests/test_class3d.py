@@ -238,8 +238,8 @@ def test_local_search_narrows_once_the_poses_settle(small_run):
     from cryolens.class3d import classify_3d
     from cryolens.class3d.engine import poses_settled
     star, _, _ = small_run
-    parts, ref, p = _small_params(star, iterations=5, search="local", local_range=10.0, angular_step=5.0,
-                                  offset_range=2.0, stop_change=0.0, plateau=0)
+    parts, ref, p = _small_params(star, iterations=4, search="local", local_range=10.0, angular_step=5.0,
+                                  offset_range=1.0, stop_change=0.0, plateau=0)
     res = classify_3d(lambda: parts.batches(p.batch_size), parts.table(), ref, pixel_size=parts.pixel_size, params=p)
     modes = [h.mode for h in res.history]
     first = next(i for i, m in enumerate(modes) if m == "local-narrow")
