@@ -29,10 +29,14 @@ The issue's set removes a 40 Å lobe (2.6 % of the mass): there the Bayes limit 
 (measured), below the issue's 90 % target; the 60 Å lobe (5.0 % of the mass, limit 93.8 %) is the
 nearest separable set.
 
-Measured (defaults, one thread, 2 shared cores at load 5-9): 60 Å skip-align 91.9 % in 47 s (6
-iterations) against RELION's 57.3 % in 235 s; local 90.6 % in 273 s (8 iterations) against 69.2 % in
-1 761 s; 40 Å skip-align 81.2 % in 75 s against 50.2 % in 141 s; local 79.6 % in 650 s (all 25
-iterations: the class changes stayed near 0.9 %) against 54.2 % in 941 s (0.69×, short of the half).
+Measured (defaults, one thread, 2 cores shared with other jobs at load 3-11: CPU seconds are the fairer
+comparison; wall / CPU s): 60 Å skip-align 91.9 % in 87 / 23 s (6 iterations) against RELION's 68.8 %
+in 230 / 81 s; local 90.6 % in 285 / 69 s (7 iterations, narrow from the 4th) against R60L; 40 Å
+(oracle 85.3 %) skip-align 80.6 % in 115 / 28 s (10) against 53.2 % in 387 / 95 s; local 79.1 % in
+305 / 84 s (10, narrow from the 4th) against R40L. Before the narrow pass and the plateau stop
+the 40 Å local run took all 25 iterations (79.6 %, 650 s wall). The long RELION runs were started first
+(``--no-cryolens``), the cryolens side ran with ``--no-relion`` meanwhile, and ``--relion-from`` with
+``--cryolens-from`` combined the two results.
 
     python benchmarks/class3d.py [--n 3000] [--lobes 60,40] [--iter 25] [--modes skip,local] [--threads 1]
                                  [--stop-change F] [--all-iterations] [--no-relion | --no-cryolens]
