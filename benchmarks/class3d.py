@@ -31,11 +31,11 @@ nearest separable set.
 
 Measured (defaults, one thread, 2 cores shared with other jobs at load 3-11: CPU seconds are the fairer
 comparison; wall / CPU s): 60 Å skip-align 91.9 % in 87 / 23 s (6 iterations) against RELION's 68.8 %
-in 230 / 81 s; local 90.6 % in 285 / 69 s (7 iterations, narrow from the 4th) against 65.7 % in 2 496 / 824 s (0.11x wall,
-0.08x CPU); 40 Å
-(oracle 85.3 %) skip-align 80.6 % in 115 / 28 s (10) against 53.2 % in 387 / 95 s; local 79.1 % in
-305 / 84 s (10, narrow from the 4th) against R40L. Before the narrow pass and the plateau stop
-the 40 Å local run took all 25 iterations (79.6 %, 650 s wall). The long RELION runs were started first
+in 230 / 81 s; local 90.6 % in 285 / 69 s (7 iterations, narrow from the 4th) against 65.7 % in
+2 496 / 824 s (0.11× wall, 0.08× CPU); 40 Å (oracle 85.3 %) skip-align 80.6 % in 115 / 28 s (10)
+against 53.2 % in 387 / 95 s; local 79.1 % in 305 / 84 s (10, narrow from the 4th) against 52.9 % in
+1 650 / 798 s (0.19× wall, 0.11× CPU). Before the narrow pass and the plateau stop the 40 Å local run
+took all 25 iterations (79.6 %, 650 s wall). The long RELION runs were started first
 (``--no-cryolens``), the cryolens side ran with ``--no-relion`` meanwhile, and ``--relion-from`` with
 ``--cryolens-from`` combined the two results.
 
