@@ -41,7 +41,8 @@ T_GRID = [round(0.05 * i, 2) for i in range(21)]
 
 
 def make_morph(work: Path, args) -> tuple[Path, Path]:
-    """The two end maps, ``args.n`` morph particles (seed ``args.seed``) and the reference; ``(particles.star, ref.mrc)``."""
+    """The two end maps, ``args.n`` morph particles (seed ``args.seed``) and the reference;
+    returns ``(particles.star, ref.mrc)``."""
     import numpy as np
     import torch
     from cryolens.core.fourier import bandpass

@@ -11,7 +11,7 @@ from the residuals at the best class and pose). Per iteration:
    * ``local``: rotations ``A·exp(ω)``, ``|ω| <= local_range`` on a lattice of ``angular_step`` × shifts
      within ``offset_range`` of the current origin (``L_k`` = log-sum-exp of the scores, the same grid for
      every class), then a second pass at half the steps around the best pose. Once the poses have settled
-     (``narrow``: an iteration after the hard ones whose median angle change is below half
+     (``narrow``: an iteration from the last hard one on whose median angle change is below half
      ``angular_step`` and rms shift change below half ``offset_step``), every later iteration searches only
      the nearest lattice neighbours (:func:`~cryolens.class3d.estep.narrow_pass`, 7 × 5 poses instead of
      33 × 29 at the defaults, and half a step in the second pass; mode ``local-narrow`` in the log);

@@ -66,8 +66,8 @@ class Class3DParams(Params):
                                                           "iteration below which an iteration counts towards "
                                                           "--plateau")
     narrow: bool = option(True, help="Local searches: once the poses settle (median change below half "
-                                     "--angular-step, rms shift change below half --offset-step, after the hard "
-                                     "iterations), search only the nearest lattice neighbours of each pose (one "
+                                     "--angular-step, rms shift change below half --offset-step, from the last "
+                                     "hard iteration on), search only the nearest lattice neighbours of each pose (one "
                                      "--angular-step, one --offset-step) before the half-step pass; "
                                      "--no-narrow keeps the full --local-range window")
     perturb: float = option(0.3, ge=0, help="Noise added to each class's starting reference when fewer maps "
