@@ -22,7 +22,8 @@ to 30 Å. For each K of ``--classes`` (default 2 and 3), ``cryolens class3d`` ru
 Writes ``benchmarks/results/class3d_morph.json`` (``--out``).
 
     python benchmarks/class3d_morph.py [--n 3000] [--lobe 60] [--classes 2,3] [--iter 25] [--mode skip]
-                                       [--threads 1] [--seed 1] [--keep DIR] [--out FILE]
+                                       [--threads 1] [--seed 1] [--init-components C] [--merge]
+                                       [--keep DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -114,13 +115,20 @@ def map_fits(out: Path, sim: Path, order: list[int]) -> tuple[list[float], list[
     return best, curves
 
 
+def run_name(k: int, args) -> str:
+    """``K<k>``, or ``K<k>_init<c>`` with ``--init-components c``."""
+    return f"K{k}" if args.init_components is None else f"K{k}_init{args.init_components}"
+
+
 def run_k(star: Path, ref: Path, work: Path, k: int, args) -> dict:
     """One cryolens run with ``k`` classes and what its classes say about the morph."""
     import numpy as np
     from cryolens.io import read_particles
-    out = work / f"cryolens_k{k}"
+    out = work / ("cryolens_k" + run_name(k, args).lower()[1:])
     extra = ["--skip-align"] if args.mode == "skip" else ["--search", "local", "--local-range", "10",
                                                           "--angular-step", "5"]
+    if args.init_components is not None:
+        extra += ["--init-components", str(args.init_components)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TORCH_NUM_THREADS": str(args.threads)}
     load = round(os.getloadavg()[0], 2)
     r = timed([str(BIN / "cryolens"), "class3d", "--in", str(star), "--ref", str(ref), "--classes", str(k), "--iter",
@@ -147,6 +155,9 @@ def main() -> None:
     ap.add_argument("--mode", choices=("skip", "local"), default="skip")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--init-components", type=int, default=None,
+                    help="cryolens --init-components (default its own, K-1); the runs are named K<k>_init<c>")
+    ap.add_argument("--merge", action="store_true", help="keep the other runs already in --out (same settings)")
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "class3d_morph.json")
     args = ap.parse_args()
@@ -156,8 +167,12 @@ def main() -> None:
     result = {"n": args.n, "lobe_A": args.lobe, "seed": args.seed, "iterations": args.iter, "mode": args.mode,
               "threads": args.threads, "cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0],
               "t_grid": T_GRID, "runs": {}}
+    if args.merge and args.out.is_file():
+        old = json.loads(args.out.read_text())
+        if all(old.get(key) == result[key] for key in ("n", "lobe_A", "seed", "iterations", "mode", "threads")):
+            result["runs"] = old["runs"]
     for k in (int(v) for v in args.classes.split(",")):
-        result["runs"][f"K{k}"] = run_k(star, ref, work, k, args)
+        result["runs"][run_name(k, args)] = run_k(star, ref, work, k, args)
         result["load_average_at_end"] = os.getloadavg()[0]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

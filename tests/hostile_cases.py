@@ -524,6 +524,7 @@ ROWS["class3d"] = [
     C("stop-change-1", f"class3d {C3D} --stop-change 1 {OUT}", "--stop-change"),
     C("plateau-change-0", f"class3d {C3D} --plateau-change 0 {OUT}", "--plateau-change"),
     C("plateau-negative", f"class3d {C3D} --plateau -1 {OUT}", "--plateau"),
+    C("init-components-0", f"class3d {C3D} --init-components 0 {OUT}", "--init-components"),
     C("sym-bad", f"class3d {C3D} --sym Q2 {OUT}", "Q2"),
     C("diameter-too-big", f"class3d {C3D} --particle-diameter 100000 {OUT}", "--particle-diameter"),
     C("no-ref", f"class3d {SP} --classes 2 {OUT}", "--ref"),

@@ -215,7 +215,7 @@ def _small_params(star: Path, **kw):
     parts = open_particles(star, pose=False, min_particles=10, purpose="3D classification", why="test")
     parts = parts.with_half_sets(seed=0)
     ref = read_reference(star.parent / "truth_map.mrc", box=parts.box, pixel_size=parts.pixel_size)[None]
-    return parts, ref, Class3DParams(classes=2, ini_high=30.0, particle_diameter=230.0, **kw)
+    return parts, ref, Class3DParams(**{"classes": 2, "ini_high": 30.0, "particle_diameter": 230.0, **kw})
 
 
 def test_plateau_stop(small_run):
@@ -288,3 +288,23 @@ def test_narrow_pass_searches_the_nearest_neighbours():
             scores.append(2 * (data.x * m.conj()).real.mul(wv).sum(1) - (m.abs() ** 2).mul(wv).sum(1))
     ref = torch.logsumexp(torch.stack(scores, 1), 1)
     assert torch.allclose(got.log_evidence, ref, rtol=1e-4, atol=1e-3 * float(ref.abs().max()))
+
+
+def test_init_components_sets_the_principal_directions(small_run, monkeypatch):
+    """``init_components`` is the number of principal directions the starting K-means clusters (default K − 1)."""
+    import cryolens.class3d.engine as engine
+    star, _, _ = small_run
+    seen = []
+    real = engine.variability_coordinates
+
+    def spy(*a, **kw):
+        z = real(*a, **kw)
+        seen.append(z.shape[1])
+        return z
+    monkeypatch.setattr(engine, "variability_coordinates", spy)
+    for comps, want in ((None, 2), (1, 1)):
+        parts, ref, p = _small_params(star, classes=3, iterations=1, skip_align=True, init_components=comps,
+                                      init_iterations=2)
+        engine.classify_3d(lambda: parts.batches(p.batch_size), parts.table(), ref, pixel_size=parts.pixel_size,
+                           params=p)
+        assert seen[-1] == want

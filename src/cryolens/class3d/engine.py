@@ -329,8 +329,9 @@ class _Classifier:
         resolution = self.p.ini_high
         if self.has_poses and self.p.init == "variability":
             z = variability_coordinates(self._batches, self.rot, self.shift, n=self.n, pixel_size=self.apix,
-                                        mask=self.ref_mask, components=self.K - 1, resolution=self.p.init_resolution,
-                                        iterations=self.p.init_iterations, seed=self.p.seed, device=self.dev)
+                                        mask=self.ref_mask, components=self.p.init_components or self.K - 1,
+                                        resolution=self.p.init_resolution, iterations=self.p.init_iterations,
+                                        seed=self.p.seed, device=self.dev)
             self.start_labels = kmeans(z, self.K, seed=self.p.seed)
         p, stop = self.p, "iterations"
         for it in range(1, p.iterations + 1):

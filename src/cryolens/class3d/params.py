@@ -80,6 +80,10 @@ class Class3DParams(Params):
     init_resolution: float = option(25.0, unit="Å", gt=0, help="Resolution limit of the principal directions "
                                                               "(--init variability; two thirds of the "
                                                               "passes at 1.5x this)")
+    init_components: int | None = option(None, ge=1, help="Principal directions whose coordinates the starting "
+                                                        "K-means clusters (--init variability); default K-1. 1 "
+                                                        "follows a continuous change better: on a morph the "
+                                                        "second direction is not the morph yet as reproducible")
     init_iterations: int = option(20, ge=1, help="EM passes of the probabilistic PCA (--init variability)")
     local_sigma: float = option(3.0, unit="px", ge=0, help="Window (Gaussian sigma) of the local correlation of "
                                                            "the two half sets' class deviations from the "
