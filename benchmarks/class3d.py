@@ -81,7 +81,7 @@ def make_data(work: Path, args) -> tuple[Path, Path]:
     sim = work / "sim"
     timed([str(BIN / "cryolens"), "simulate", "particles", "--structure", f"{work / 'a.mrc'}:population=0.6",
            "--structure", f"{work / 'b.mrc'}:population=0.4", "--n", str(args.n), "--box", "64", "--pixel-size", "4",
-           "--snr", "0.05", "--seed", str(args.seed), "--out", str(sim), "--quiet"], work)
+           "--snr", "0.05", "--seed", str(args.seed), "--out", str(sim), "--quiet", "--overwrite"], work)
     c1, apix = read_mrc(sim / "truth_map_class1.mrc")
     c2, _ = read_mrc(sim / "truth_map_class2.mrc")
     ref = bandpass(torch.as_tensor(0.6 * np.array(c1) + 0.4 * np.array(c2)), pixel_size=apix, high_res=30.0, ndim=3)

@@ -56,7 +56,7 @@ def make_morph(work: Path, args) -> tuple[Path, Path]:
     sim = work / "sim"
     timed([str(BIN / "cryolens"), "simulate", "particles", "--morph", str(work / "a.mrc"), str(work / "b.mrc"),
            "--n", str(args.n), "--box", "64", "--pixel-size", "4", "--snr", "0.05", "--seed", str(args.seed),
-           "--out", str(sim), "--quiet"], work)
+           "--out", str(sim), "--quiet", "--overwrite"], work)
     mid, apix = read_mrc(sim / "truth_map.mrc")
     write_mrc(work / "ref.mrc", bandpass(torch.as_tensor(np.array(mid)), pixel_size=apix, high_res=30.0,
                                          ndim=3).numpy(), apix)
