@@ -29,14 +29,20 @@ The issue's set removes a 40 Å lobe (2.6 % of the mass): there the Bayes limit 
 (measured), below the issue's 90 % target; the 60 Å lobe (5.0 % of the mass, limit 93.8 %) is the
 nearest separable set.
 
-Measured (defaults, one thread, 2 shared cores at load 5-9): 60 Å skip-align 91.9 % in 47 s (6
-iterations) against RELION's 57.3 % in 235 s; local 90.6 % in 273 s (8 iterations) against 69.2 % in
-1 761 s; 40 Å skip-align 81.2 % in 75 s against 50.2 % in 141 s; local 79.6 % in 650 s (all 25
-iterations: the class changes stayed near 0.9 %) against 54.2 % in 941 s (0.69×, short of the half).
+Measured (defaults, one thread, 2 cores shared with other jobs at load 3-11: CPU seconds are the fairer
+comparison; wall / CPU s): 60 Å skip-align 91.9 % in 87 / 23 s (6 iterations) against RELION's 68.8 %
+in 230 / 81 s; local 90.6 % in 285 / 69 s (7 iterations, narrow from the 4th) against 65.7 % in
+2 496 / 824 s (0.11× wall, 0.08× CPU); 40 Å (oracle 85.3 %) skip-align 80.6 % in 115 / 28 s (10)
+against 53.2 % in 387 / 95 s; local 79.1 % in 305 / 84 s (10, narrow from the 4th) against 52.9 % in
+1 650 / 798 s (0.19× wall, 0.11× CPU). Before the narrow pass and the plateau stop the 40 Å local run
+took all 25 iterations (79.6 %, 650 s wall). The long RELION runs were started first
+(``--no-cryolens``), the cryolens side ran with ``--no-relion`` meanwhile, and ``--relion-from`` with
+``--cryolens-from`` combined the two results.
 
     python benchmarks/class3d.py [--n 3000] [--lobes 60,40] [--iter 25] [--modes skip,local] [--threads 1]
-                                 [--stop-change F] [--all-iterations] [--no-relion] [--relion-timeout S]
-                                 [--keep DIR] [--out FILE]
+                                 [--stop-change F] [--all-iterations] [--no-relion | --no-cryolens]
+                                 [--relion-from FILE] [--cryolens-from FILE] [--relion-timeout S]
+                                 [--keep DIR] [--out FILE] [--merge]
 """
 
 from __future__ import annotations
@@ -75,7 +81,7 @@ def make_data(work: Path, args) -> tuple[Path, Path]:
     sim = work / "sim"
     timed([str(BIN / "cryolens"), "simulate", "particles", "--structure", f"{work / 'a.mrc'}:population=0.6",
            "--structure", f"{work / 'b.mrc'}:population=0.4", "--n", str(args.n), "--box", "64", "--pixel-size", "4",
-           "--snr", "0.05", "--seed", str(args.seed), "--out", str(sim), "--quiet"], work)
+           "--snr", "0.05", "--seed", str(args.seed), "--out", str(sim), "--quiet", "--overwrite"], work)
     c1, apix = read_mrc(sim / "truth_map_class1.mrc")
     c2, _ = read_mrc(sim / "truth_map_class2.mrc")
     ref = bandpass(torch.as_tensor(0.6 * np.array(c1) + 0.4 * np.array(c2)), pixel_size=apix, high_res=30.0, ndim=3)
@@ -92,42 +98,61 @@ def accuracy(result: Path, truth: Path) -> float:
     return round(max(same, 1 - same), 4)
 
 
-def bayes_limit(star: Path) -> float:
-    """Accuracy of the true maps at the true poses (per-shell noise from the residuals at the truth)."""
+def oracle_truth(star: Path):
+    """What the oracle knows of a simulated set: ``(table, pixel size, true labels (N,) 0-based, true maps
+    (K, n, n, n) on the particles' grid, class fractions (K,))`` from ``truth_map_class{k}.mrc`` beside ``star``."""
+    import numpy as np
+    import torch
+    from cryolens.jobs.particles import open_particles, read_reference
+    parts = open_particles(star, pose=True)
+    apix, n, table = parts.pixel_size, parts.box, parts.table()
+    truth = table["rlnClassNumber"].to_numpy().astype(int) - 1
+    k = int(truth.max()) + 1
+    maps = torch.stack([read_reference(star.parent / f"truth_map_class{j + 1}.mrc", box=n, pixel_size=apix)
+                        for j in range(k)])
+    return parts, truth, maps, np.bincount(truth, minlength=k) / len(truth)
+
+
+def oracle_labels(parts, maps, priors, truth) -> "np.ndarray":
+    """The most probable class of every particle given the true maps ``(K, n, n, n)`` at the true poses, the
+    class ``priors (K,)`` and a per-shell noise spectrum from the residuals at the true classes ``truth (N,)``:
+    the Bayes classifier, whose accuracy no method can beat on average."""
     import numpy as np
     import torch
     from cryolens.core.masks import soft_sphere
     from cryolens.core.projector import prepare_volume
-    from cryolens.jobs.particles import open_particles, read_reference
     from cryolens.particles import origins_px_from_table, rotations_from_table
     from cryolens.refine.images import prepared_batches
     from cryolens.refine.noise import ShellAccumulator
     from cryolens.refine.pose_search import BandProjector, FrequencyBand, best_projections
-    parts = open_particles(star, pose=True)
     apix, n, table = parts.pixel_size, parts.box, parts.table()
-    truth = table["rlnClassNumber"].to_numpy() - 1
     band = FrequencyBand.build(n, n / 2)
-    projs = [BandProjector(prepare_volume(read_reference(star.parent / f"truth_map_class{k}.mrc", box=n,
-                                                         pixel_size=apix), pad=2), band) for k in (1, 2)]
+    projs = [BandProjector(prepare_volume(m, pad=2), band) for m in maps]
     rot, sh = rotations_from_table(table), origins_px_from_table(table)
     disc = soft_sphere(n, radius=n / 2 - 4, edge_width=3, ndim=2)
-    batches = list(prepared_batches(lambda: parts.batches(500), table, pixel_size=apix, image_mask=disc, use_ctf=True,
-                                    device=torch.device("cpu")))
-    acc = ShellAccumulator(n)
-    models = []
-    for rows, masked, _, ctf in batches:
+    acc, models = ShellAccumulator(n), []
+    for rows, masked, _, ctf in prepared_batches(lambda: parts.batches(500), table, pixel_size=apix, image_mask=disc,
+                                                 use_ctf=True, device=torch.device("cpu")):
         x, c = band.gather(masked), band.gather(ctf)
-        m = [c * best_projections(p, rot[rows], sh[rows]) for p in projs]
-        t = torch.as_tensor(truth[rows.numpy()])[:, None]
-        acc.add(x - torch.where(t == 0, m[0], m[1]), band)
+        m = torch.stack([c * best_projections(p, rot[rows], sh[rows]) for p in projs], 1)  # (B, K, M)
+        t = torch.as_tensor(truth[rows.numpy()])
+        acc.add(x - m[torch.arange(len(t)), t], band)
         models.append((rows, x, m))
     s2 = acc.mean()
     inv = torch.where(band.shell == 0, 0.0, 1 / s2[band.shell.clamp_max(n // 2)])
-    right = 0
+    labels = np.zeros(len(truth), dtype=int)
+    log_prior = torch.log(torch.as_tensor(np.asarray(priors), dtype=torch.float32).clamp_min(1e-12))
     for rows, x, m in models:
-        ll = [-(((x - mk).abs() ** 2) * band.weight * inv).sum(1) for mk in m]
-        right += int(((ll[1] + np.log(0.4) > ll[0] + np.log(0.6)).long().numpy() == truth[rows.numpy()]).sum())
-    return round(right / len(truth), 4)
+        ll = -(((x[:, None] - m).abs() ** 2) * band.weight * inv).sum(-1) + log_prior
+        labels[rows.numpy()] = ll.argmax(1).numpy()
+    return labels
+
+
+def bayes_limit(star: Path) -> float:
+    """Accuracy of the true maps at the true poses (:func:`oracle_labels`): what no method can beat."""
+    import numpy as np
+    parts, truth, maps, priors = oracle_truth(star)
+    return round(float(np.mean(oracle_labels(parts, maps, priors, truth) == truth)), 4)
 
 
 def run_cryolens(star: Path, ref: Path, work: Path, mode: str, args, *, all_iterations: bool = False) -> dict:
@@ -141,7 +166,11 @@ def run_cryolens(star: Path, ref: Path, work: Path, mode: str, args, *, all_iter
                str(args.iter), "--ini-high", "30", "--particle-diameter", str(DIAMETER), *extra, "--out", str(out),
                "--quiet", "--overwrite"], work, env, log=out.with_suffix(".log"))
     r["accuracy"] = accuracy(out / "particles.star", star)
-    r["iterations"] = json.loads((out / "job.json").read_text())["results"]["iterations"]
+    results = json.loads((out / "job.json").read_text())["results"]
+    r["iterations"], r["stopped"] = results["iterations"], results.get("stopped")
+    modes = [line.split()[2] for line in (out / "iterations.star").read_text().splitlines()
+             if line.strip() and line.split()[0].isdigit()]
+    r["narrow_from_iteration"] = next((i + 1 for i, m in enumerate(modes) if m.endswith("narrow")), None)
     return r
 
 
@@ -165,12 +194,32 @@ def run_relion(star: Path, ref: Path, work: Path, mode: str, args) -> dict:
 TARGETS = {"skip": 1.0, "local": 0.5}  # the issue's bound on the wall-time ratio cryolens / RELION per mode
 
 
+def earlier_set(path: Path | None, args, lobe: float) -> dict | None:
+    """The set with this lobe of an earlier result ``path`` (its settings checked against this run's), or None."""
+    if path is None:
+        return None
+    old = json.loads(path.read_text())
+    for key in ("n", "seed", "iterations", "threads"):
+        if old.get(key) != getattr(args, "iter" if key == "iterations" else key):
+            raise SystemExit(f"{path} was run with {key} {old.get(key)}; rerun it with this run's settings")
+    for s in old["sets"]:
+        if s["lobe_A"] == lobe:
+            return s
+    raise SystemExit(f"{path} has no {lobe:g} A set; rerun it with --lobes {lobe:g}")
+
+
 def run_set(work: Path, lobe: float, args) -> dict:
     """Simulate one two-state set (a ``lobe`` Å lobe removed) and run every mode of both programs on it."""
     work.mkdir(parents=True, exist_ok=True)
     args.lobe = lobe
-    star, ref = make_data(work, args)
-    result = {"lobe_A": lobe, "bayes_limit": bayes_limit(star), "modes": {}}
+    earlier = {"relion": earlier_set(args.relion_from, args, lobe),
+               "cryolens": earlier_set(args.cryolens_from, args, lobe)}
+    if earlier["relion"] is not None and earlier["cryolens"] is not None:  # nothing to run: combine the two
+        star = ref = None
+        result = {"lobe_A": lobe, "bayes_limit": earlier["cryolens"]["bayes_limit"], "modes": {}}
+    else:
+        star, ref = make_data(work, args)
+        result = {"lobe_A": lobe, "bayes_limit": bayes_limit(star), "modes": {}}
     for i, mode in enumerate(args.modes.split(",")):
         row = {}
         # The two programs alternate which runs first from mode to mode, so that a drifting load on a shared
@@ -179,7 +228,13 @@ def run_set(work: Path, lobe: float, args) -> dict:
         if args.all_iterations:
             names.insert(1, "cryolens_all_iterations")
         for name in names:
-            if name == "relion" and args.no_relion:
+            if name == "relion" and args.no_relion or name.startswith("cryolens") and args.no_cryolens:
+                continue
+            old = earlier["relion" if name == "relion" else "cryolens"]
+            if old is not None:
+                src = args.relion_from if name == "relion" else args.cryolens_from
+                row[name] = {k: v for k, v in old["modes"][mode][name].items() if "relion" not in k}
+                row[name]["from"] = str(src)
                 continue
             load = round(os.getloadavg()[0], 2)
             if name == "relion":
@@ -189,7 +244,11 @@ def run_set(work: Path, lobe: float, args) -> dict:
             row[name]["load_1min_before"] = load
             if row[name].get("iterations"):
                 row[name]["wall_s_per_iteration"] = round(row[name]["wall_s"] / row[name]["iterations"], 2)
-        if not args.no_relion:
+        for r in row.values():  # each accuracy next to the limit
+            if r.get("accuracy") is not None:
+                r["bayes_limit"] = result["bayes_limit"]
+                r["accuracy_over_bayes_limit"] = round(r["accuracy"] / result["bayes_limit"], 4)
+        if "relion" in row and any(n.startswith("cryolens") for n in row):
             rel = row["relion"]
             for name in [n for n in row if n.startswith("cryolens")]:
                 c = row[name]
@@ -221,16 +280,33 @@ def main() -> None:
     ap.add_argument("--all-iterations", action="store_true",
                     help="also run cryolens with --stop-change 0 (all --iter iterations, RELION's count)")
     ap.add_argument("--no-relion", action="store_true")
+    ap.add_argument("--no-cryolens", action="store_true", help="run RELION only (to start its long runs early)")
+    ap.add_argument("--relion-from", type=Path, default=None,
+                    help="take RELION's rows from this earlier result (a --no-cryolens run of the same --n, --iter, "
+                         "--threads, --seed) instead of running it again")
+    ap.add_argument("--cryolens-from", type=Path, default=None,
+                    help="the same for cryolens's rows (a --no-relion run); with --relion-from nothing runs: the "
+                         "two results are combined and compared")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the sets of other lobes already in --out (an earlier run of the same --n, --iter, "
+                         "--threads, --seed)")
     ap.add_argument("--relion-timeout", type=float, default=None)
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: a temporary one)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "class3d.json")
     args = ap.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="c3d_bench_"))
     work.mkdir(parents=True, exist_ok=True)
-    result = {"n": args.n, "iterations": args.iter, "threads": args.threads, "cpus": os.cpu_count(),
+    result = {"n": args.n, "seed": args.seed, "iterations": args.iter, "threads": args.threads, "cpus": os.cpu_count(),
               "load_average_at_start": os.getloadavg()[0], "sets": []}
+    if args.merge and args.out.is_file():  # keep the other lobes' sets of an earlier run with the same settings
+        old = json.loads(args.out.read_text())
+        if all(old.get(key) == result[key] for key in ("n", "seed", "iterations", "threads")):
+            lobes = [float(v) for v in args.lobes.split(",")]
+            result["sets"] = [s for s in old["sets"] if s["lobe_A"] not in lobes]
+            result["merged_from_earlier_run"] = {"load_average_at_start": old.get("load_average_at_start")}
     for lobe in (float(v) for v in args.lobes.split(",")):
         result["sets"].append(run_set(work / f"lobe{lobe:g}", lobe, args))
+        result["sets"].sort(key=lambda s: -s["lobe_A"])
         result["load_average_at_end"] = os.getloadavg()[0]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))  # after each set, so that a long run keeps what it has

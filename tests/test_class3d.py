@@ -161,17 +161,12 @@ def test_skip_scores_equal_the_zero_range_search():
 
 def test_convergence_stop(small_run):
     """Once fewer than stop_change of the particles change class, the next iteration is the last."""
-    from cryolens.class3d import Class3DParams, classify_3d
-    from cryolens.jobs.particles import open_particles, read_reference
+    from cryolens.class3d import classify_3d
     star, _, _ = small_run
-    parts = open_particles(star, pose=False, min_particles=10, purpose="3D classification", why="test")
-    parts = parts.with_half_sets(seed=0)
-    ref = read_reference(star.parent / "truth_map.mrc", box=parts.box, pixel_size=parts.pixel_size)[None]
-    p = Class3DParams(classes=2, iterations=12, skip_align=True, ini_high=30.0, particle_diameter=230.0,
-                      stop_change=0.05)
+    parts, ref, p = _small_params(star, iterations=12, skip_align=True, stop_change=0.05, plateau=0)
     res = classify_3d(lambda: parts.batches(p.batch_size), parts.table(), ref, pixel_size=parts.pixel_size, params=p)
     changes = [h.class_change for h in res.history]
-    assert len(changes) < 12, changes
+    assert len(changes) < 12 and res.stop == "converged", changes
     assert changes[-2] < 0.05 and all(c >= 0.05 for c in changes[p.hard_iterations:-2]), changes
 
 
@@ -202,3 +197,114 @@ def test_local_second_pass_only_where_used_keeps_the_poses():
     for i, k in enumerate(got["cls"].tolist()):
         assert torch.allclose(got["rot"][i], full[k][1].rotations[i, 0], atol=1e-6)
         assert torch.allclose(got["shift"][i], full[k][1].shifts[i, 0], atol=1e-6)
+
+
+def test_plateau_reached_counts_soft_iterations_below_the_fraction():
+    from cryolens.class3d.engine import plateau_reached
+    ch = [1.0, 0.3, 0.015, 0.012, 0.019]
+    assert plateau_reached(ch, hard_iterations=2, iterations=3, fraction=0.02)
+    assert not plateau_reached(ch, hard_iterations=2, iterations=3, fraction=0.019)  # 0.019 is not below
+    assert not plateau_reached(ch[:4], hard_iterations=2, iterations=3, fraction=0.02)  # two soft iterations only
+    assert not plateau_reached([1.0, 0.01, 0.01, 0.01], hard_iterations=2, iterations=3, fraction=0.02)
+    assert not plateau_reached(ch, hard_iterations=2, iterations=0, fraction=0.02)  # 0: off
+
+
+def _small_params(star: Path, **kw):
+    from cryolens.class3d import Class3DParams
+    from cryolens.jobs.particles import open_particles, read_reference
+    parts = open_particles(star, pose=False, min_particles=10, purpose="3D classification", why="test")
+    parts = parts.with_half_sets(seed=0)
+    ref = read_reference(star.parent / "truth_map.mrc", box=parts.box, pixel_size=parts.pixel_size)[None]
+    return parts, ref, Class3DParams(**{"classes": 2, "ini_high": 30.0, "particle_diameter": 230.0, **kw})
+
+
+def test_plateau_stop(small_run):
+    """With the convergence stop off, the run ends one iteration after ``plateau`` iterations in a row in which
+    fewer than ``plateau_change`` of the particles changed class, and not earlier."""
+    from cryolens.class3d import classify_3d
+    star, _, _ = small_run
+    parts, ref, p = _small_params(star, iterations=12, skip_align=True, stop_change=0.0, plateau=2,
+                                  plateau_change=0.05)
+    res = classify_3d(lambda: parts.batches(p.batch_size), parts.table(), ref, pixel_size=parts.pixel_size, params=p)
+    ch = [h.class_change for h in res.history][p.hard_iterations:]
+    assert res.stop == "plateau" and len(res.history) < 12, ch
+    assert all(c < 0.05 for c in ch[-3:-1]), ch
+    assert not any(a < 0.05 and b < 0.05 for a, b in zip(ch[:-3], ch[1:-2])), ch
+
+
+def test_local_search_narrows_once_the_poses_settle(small_run):
+    """Local searches switch to the narrow window (mode ``local-narrow``) the iteration after the poses moved
+    less than half a step, stay there, and still separate the two states."""
+    from cryolens.class3d import classify_3d
+    from cryolens.class3d.engine import poses_settled
+    star, _, _ = small_run
+    parts, ref, p = _small_params(star, iterations=4, search="local", local_range=10.0, angular_step=5.0,
+                                  offset_range=1.0, stop_change=0.0, plateau=0)
+    res = classify_3d(lambda: parts.batches(p.batch_size), parts.table(), ref, pixel_size=parts.pixel_size, params=p)
+    modes = [h.mode for h in res.history]
+    first = next(i for i, m in enumerate(modes) if m == "local-narrow")
+    assert first >= p.hard_iterations and all(m == "local-narrow" for m in modes[first:]), modes
+    assert poses_settled(res.history[first - 1], p) and not any(poses_settled(h, p)
+                                                                for h in res.history[p.hard_iterations - 1:first - 1])
+    _, truth = read_particles(star)
+    same = float(np.mean(res.particle_class + 1 == truth["rlnClassNumber"].to_numpy()))
+    assert max(same, 1 - same) >= 0.8
+
+
+def test_narrow_pass_searches_the_nearest_neighbours():
+    """The narrow pass scores the current pose and its 6 angular and 4 shift lattice neighbours (35 poses): its
+    evidence is their log-sum-exp, and a noise-free image at a neighbouring pose is found exactly."""
+    from cryolens.class3d.estep import ClassSetup, narrow_pass
+    from cryolens.class3d.params import Class3DParams
+    from cryolens.core.projector import prepare_volume
+    from cryolens.core.rotations import random_rotations, rotvec_to_matrix
+    from cryolens.refine.pose_search import BandProjector, Candidates, FrequencyBand, SearchData, best_projections
+    n, B, step = 24, 6, 4.0
+    gen = torch.Generator().manual_seed(4)
+    band = FrequencyBand.build(n, 8.0)
+    vol = torch.nn.functional.avg_pool3d(torch.randn((1, 1, n, n, n), generator=gen), 3, 1, 1)[0, 0]
+    proj = BandProjector(prepare_volume(vol, pad=2), band)
+    rot0, shift0 = random_rotations(B, generator=gen), torch.zeros(B, 2)
+    axes = torch.eye(3)[torch.arange(B) % 3] * torch.where(torch.arange(B) % 2 == 0, 1.0, -1.0)[:, None]
+    rot_true = rot0 @ rotvec_to_matrix(step * axes)
+    shift_true = torch.eye(2)[torch.arange(B) % 2] * torch.where(torch.arange(B) < 3, 1.0, -1.0)[:, None]
+    ctf = torch.rand((B, len(band)), generator=gen) + 0.5
+    inv = torch.full((len(band),), 0.05)
+    data = SearchData(ctf * best_projections(proj, rot_true, shift_true), ctf, inv)
+    p = Class3DParams(classes=2, search="local", angular_step=step, offset_step=1.0, local_range=3 * step,
+                      offset_range=3.0)
+    s = ClassSetup(p, "local", band, {1: [proj]}, inv, torch.zeros(2), None, "ml", False, True, torch.eye(3)[None],
+                   torch.device("cpu"), True)
+    got = narrow_pass(s, [proj], data, Candidates(torch.zeros(B, 1), rot0[:, None], shift0[:, None]))[0]
+    assert torch.allclose(got.rotations[:, 0], rot_true, atol=1e-5)
+    assert torch.allclose(got.shifts[:, 0], shift_true, atol=1e-6)
+    omegas = torch.cat([torch.zeros(1, 3), step * torch.eye(3), -step * torch.eye(3)])
+    shifts = torch.cat([torch.zeros(1, 2), torch.eye(2), -torch.eye(2)])
+    wv = band.weight * inv
+    scores = []
+    for om in omegas:
+        for d in shifts:
+            m = ctf * best_projections(proj, rot0 @ rotvec_to_matrix(om[None]), shift0 + d)
+            scores.append(2 * (data.x * m.conj()).real.mul(wv).sum(1) - (m.abs() ** 2).mul(wv).sum(1))
+    ref = torch.logsumexp(torch.stack(scores, 1), 1)
+    assert torch.allclose(got.log_evidence, ref, rtol=1e-4, atol=1e-3 * float(ref.abs().max()))
+
+
+def test_init_components_sets_the_principal_directions(small_run, monkeypatch):
+    """``init_components`` is the number of principal directions the starting K-means clusters (default K − 1)."""
+    import cryolens.class3d.engine as engine
+    star, _, _ = small_run
+    seen = []
+    real = engine.variability_coordinates
+
+    def spy(*a, **kw):
+        z = real(*a, **kw)
+        seen.append(z.shape[1])
+        return z
+    monkeypatch.setattr(engine, "variability_coordinates", spy)
+    for comps, want in ((None, 2), (1, 1)):
+        parts, ref, p = _small_params(star, classes=3, iterations=1, skip_align=True, init_components=comps,
+                                      init_iterations=2)
+        engine.classify_3d(lambda: parts.batches(p.batch_size), parts.table(), ref, pixel_size=parts.pixel_size,
+                           params=p)
+        assert seen[-1] == want

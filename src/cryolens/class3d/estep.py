@@ -33,7 +33,7 @@ from cryolens.refine.pose_search import (BandProjector, Candidates, FrequencyBan
                                          shift_grid)
 
 __all__ = ["ClassSetup", "ClassSums", "Class3DShared", "pose_width", "search_class", "local_first_pass",
-           "local_second_pass", "skip_scores", "classify_batch", "class3d_chunk"]
+           "narrow_pass", "local_second_pass", "skip_scores", "classify_batch", "class3d_chunk"]
 
 
 def pose_width(score: torch.Tensor, log_evidence: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,8 @@ def pose_width(score: torch.Tensor, log_evidence: torch.Tensor) -> torch.Tensor:
 class ClassSetup:
     """What one iteration's search needs: ``projs[h]`` the band projectors of half ``h``'s class maps,
     ``inv`` ``1/sigma²`` on the band, ``log_prior (K,)``, the search ``mode`` (skip/local/global), the global
-    ``grid`` or None, ``score`` (ml/cc), ``hard`` assignment, symmetry matrices ``sym``."""
+    ``grid`` or None, ``score`` (ml/cc), ``hard`` assignment, symmetry matrices ``sym``; ``narrow``: local
+    searches start from :func:`narrow_pass` (the poses have settled) instead of :func:`local_first_pass`."""
 
     params: Any
     mode: str
@@ -64,6 +65,7 @@ class ClassSetup:
     has_poses: bool
     sym: torch.Tensor
     device: torch.device
+    narrow: bool = False
 
 
 class ClassSums:
@@ -136,27 +138,42 @@ def local_first_pass(s: ClassSetup, proj: BandProjector, data: SearchData, curre
                         offset_step=p.offset_step, offset_range=p.offset_range, mode=s.score, max_block=p.max_block)
 
 
+def narrow_pass(s: ClassSetup, projs: list[BandProjector], data: SearchData, current: Candidates
+                ) -> list[Candidates]:
+    """The first local pass of every class once the poses have settled: the current pose and its nearest
+    lattice neighbours only (rotations within one ``angular_step``, shifts within one ``offset_step``: 7 × 5
+    poses instead of :func:`local_first_pass`'s ``local_range`` ball × ``offset_range`` disc, 33 × 29 at the
+    defaults); its ``log_evidence`` is the class log-likelihood (the same poses for every class)."""
+    p = s.params
+    return local_search_many(projs, data, current, angular_step=p.angular_step, angular_range=p.angular_step,
+                             offset_step=p.offset_step, offset_range=p.offset_step, mode=s.score,
+                             max_block=p.max_block)
+
+
 def local_second_pass(s: ClassSetup, proj: BandProjector, data: SearchData, c1: Candidates) -> Candidates:
-    """The best pose of :func:`local_first_pass` refined at half its steps (one step around it)."""
+    """The best pose of :func:`local_first_pass` refined at half its steps (one step around it: 33 rotations ×
+    13 shifts); after :func:`narrow_pass`, half a step around it (its 7 × 5 nearest half-step neighbours)."""
     p = s.params
     a, o = p.angular_step, p.offset_step
-    return local_search(proj, data, c1, angular_step=a / 2, angular_range=a, offset_step=o / 2, offset_range=o,
-                        mode=s.score, max_block=p.max_block)
+    f = 0.5 if s.narrow else 1.0
+    return local_search(proj, data, c1, angular_step=a / 2, angular_range=f * a, offset_step=o / 2,
+                        offset_range=f * o, mode=s.score, max_block=p.max_block)
 
 
 def _local_classes(s: ClassSetup, projs: list[BandProjector], data: SearchData, rot0: torch.Tensor,
                    shift0: torch.Tensor, need: Callable[[torch.Tensor], torch.Tensor]):
     """Local searches (ML score) of every class: the first pass for all (:func:`local_first_pass` of every
-    class at once), the second only where ``need(ll)``
+    class at once, or :func:`narrow_pass` when ``s.narrow``), the second only where ``need(ll)``
     (``(B, K)`` bool from the class log-likelihoods) says the class's pose is used (a posterior weight
     worth inserting or the best class); elsewhere the first pass's pose stays. Returns
     ``(ll, rots, shifts, width)`` as :func:`search_class` per class, stacked on axis 1."""
     dev, B = s.device, len(rot0)
     current = Candidates(torch.zeros(B, 1, device=dev), rot0[:, None], shift0[:, None])
     p = s.params
-    firsts = local_search_many(projs, data, current, angular_step=p.angular_step, angular_range=p.local_range,
-                               offset_step=p.offset_step, offset_range=p.offset_range, mode=s.score,
-                               max_block=p.max_block)  # every class's first pass shares its poses' work
+    # every class's first pass at once: what does not depend on the map is computed once
+    firsts = narrow_pass(s, projs, data, current) if s.narrow else local_search_many(
+        projs, data, current, angular_step=p.angular_step, angular_range=p.local_range, offset_step=p.offset_step,
+        offset_range=p.offset_range, mode=s.score, max_block=p.max_block)
     ll = torch.stack([c.log_evidence for c in firsts], 1)
     width = torch.stack([pose_width(c.score[:, 0], c.log_evidence) for c in firsts], 1)
     rots = torch.stack([c.rotations[:, 0] for c in firsts], 1)
@@ -246,7 +263,7 @@ class Class3DShared(SharedOnce):
     """An iteration's data shared by every chunk (CPU tensors): ``volumes (2, K, n, n, n)`` the masked class maps
     per half, ``sigma2 (n//2+1,)``, ``log_prior (K,)``, band and insertion radii (cycles per box), search settings,
     the ``(n, n)`` image mask, pixel size (Å), the workers' device, the image ``reader`` (or None) and the first
-    iteration's ``start_labels (N,)`` (or None)."""
+    iteration's ``start_labels (N,)`` (or None) and whether local searches are ``narrow``."""
 
     params: Any
     mode: str
@@ -266,6 +283,7 @@ class Class3DShared(SharedOnce):
     device: str
     reader: Any = None
     start_labels: torch.Tensor | None = None
+    narrow: bool = False
 
     def setup(self) -> ClassSetup:
         """The iteration's :class:`ClassSetup`, built once per copy."""
@@ -279,7 +297,7 @@ class Class3DShared(SharedOnce):
             noise.sigma2 = self.sigma2.to(dev)
             return ClassSetup(self.params, self.mode, band, projs, noise.inverse_on(band), self.log_prior.to(dev),
                               None if self.grid is None else self.grid.to(dev), self.score, self.hard,
-                              self.has_poses, self.sym.to(dev), dev)
+                              self.has_poses, self.sym.to(dev), dev, self.narrow)
         return self.cached("setup", build)
 
 

@@ -58,6 +58,18 @@ class Class3DParams(Params):
                                                         "iterations, the next iteration is the last (it inserts the "
                                                         "full box for the final maps); 0 runs all --iter iterations "
                                                         "(RELION stops only at --iter)")
+    plateau: int = option(3, ge=0, help="Plateau stop: once fewer than --plateau-change of the particles have "
+                                        "changed class in each of this many iterations in a row after the hard "
+                                        "iterations, the next iteration is the last (the assignments only "
+                                        "fluctuate between ambiguous particles by then); 0: off")
+    plateau_change: float = option(0.02, gt=0, lt=1, help="Fraction of the particles changing class per "
+                                                          "iteration below which an iteration counts towards "
+                                                          "--plateau")
+    narrow: bool = option(True, help="Local searches: once the poses settle (median change below half "
+                                     "--angular-step, rms shift change below half --offset-step, from the last "
+                                     "hard iteration on), search only the nearest lattice neighbours of each pose (one "
+                                     "--angular-step, one --offset-step) before the half-step pass; "
+                                     "--no-narrow keeps the full --local-range window")
     perturb: float = option(0.3, ge=0, help="Noise added to each class's starting reference when fewer maps "
                                             "than classes are given (fraction of the map's power per shell)")
     init: str = option("variability", choices=("variability", "perturb"),
@@ -68,6 +80,10 @@ class Class3DParams(Params):
     init_resolution: float = option(25.0, unit="Å", gt=0, help="Resolution limit of the principal directions "
                                                               "(--init variability; two thirds of the "
                                                               "passes at 1.5x this)")
+    init_components: int | None = option(None, ge=1, help="Principal directions whose coordinates the starting "
+                                                        "K-means clusters (--init variability); default K-1. 1 "
+                                                        "follows a continuous change better: on a morph the "
+                                                        "second direction is not the morph yet as reproducible")
     init_iterations: int = option(20, ge=1, help="EM passes of the probabilistic PCA (--init variability)")
     local_sigma: float = option(3.0, unit="px", ge=0, help="Window (Gaussian sigma) of the local correlation of "
                                                            "the two half sets' class deviations from the "

@@ -53,6 +53,8 @@ class Class3DResult:
         per-image constant.
         distribution: ``(K,)`` class priors; accuracy_rotations (°), accuracy_shifts (px): ``(K,)`` mean
         widths of the members' pose posteriors (NaN when poses were not searched).
+        stop: why the iterations ended: ``iterations`` (all ``--iter``), ``converged`` (fewer than
+        ``stop_change`` changed class) or ``plateau`` (fewer than ``plateau_change`` for ``plateau`` iterations).
     """
 
     maps: torch.Tensor
@@ -68,6 +70,7 @@ class Class3DResult:
     accuracy_rotations: np.ndarray
     accuracy_shifts: np.ndarray
     history: list[Class3DIteration] = field(default_factory=list)
+    stop: str = "iterations"
 
     @property
     def resolution(self) -> np.ndarray:

@@ -191,6 +191,11 @@ def run_class3d(star: str | os.PathLike, refs: list[str | os.PathLike], out_dir:
         for h in res.history:
             job.log.info("iteration %d (%s, band %.1f Å): sizes %s, %.1f%% changed class, %.1f s", h.iteration,
                          h.mode, h.resolution_limit, h.class_sizes, 100 * h.class_change, h.seconds)
+        job.log.info("stopped after %d iterations: %s", len(res.history), {
+            "iterations": "all --iter iterations run",
+            "converged": f"fewer than {params.stop_change:g} of the particles changed class (--stop-change)",
+            "plateau": f"fewer than {params.plateau_change:g} changed class in {params.plateau} iterations in a row "
+                       "(--plateau)"}[res.stop])
         maps, unfil = res.maps.numpy(), res.unfiltered.numpy()
         if not (np.isfinite(maps).all() and np.isfinite(unfil).all()):
             raise RuntimeError("class maps hold NaN or infinite values")
@@ -220,7 +225,8 @@ def run_class3d(star: str | os.PathLike, refs: list[str | os.PathLike], out_dir:
                                                 for r in res.resolution],
                            largest_class=int(np.argmax(sizes)) + 1,
                            median_max_probability=round(float(np.median(res.max_probability)), 4),
-                           final_class_change=round(res.history[-1].class_change, 4), warnings=warnings)
+                           final_class_change=round(res.history[-1].class_change, 4), stopped=res.stop,
+                           warnings=warnings)
         write_report(out / "report.html", title="3D classification", summary=job.results, params=job.params,
                      images=["class_slices.png", "class_sizes.png", "fsc.png"])
         job.log.info("%d classes from %d particles: sizes %s", params.classes, len(parts), list(sizes))
