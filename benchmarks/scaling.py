@@ -173,7 +173,7 @@ def main() -> None:
     one = [r for r in fit_rows if r["workers"] == 1]
     per_iter_bytes = (max(r["bytes_shipped"] for r in one) / max(r["particles"] for r in one)) if one else 0.0
     out = {"machine": {"cores": os.cpu_count(), "loadavg_start": load0, "loadavg_end": os.getloadavg(),
-                       "note": "shared machine: other agents' jobs ran at the same time; times are loaded"},
+                       "note": "the machine may be shared: the load averages say how busy it was"},
            "n": args.n, "box": args.box, "runs": runs, "model": model}
     if model is not None:
         # bytes scale with the number of chunks' sums and the references, not the particles: take the 1-worker total
