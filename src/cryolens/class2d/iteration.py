@@ -43,7 +43,8 @@ RESEED_UNTIL = 0.9
 @dataclass
 class Setup:
     """What stays fixed over a run: the table, pixel size (Å), box (px), params, device, image mask and store, the
-    mask diameter (Å), and the ``distributor`` that runs the E-steps in chunks of particles (None: here, batch by batch)."""
+    mask diameter (Å), and the ``distributor`` that runs the E-steps in chunks of particles (None: here, batch by
+    batch)."""
 
     table: pd.DataFrame
     pixel_size: float

@@ -28,7 +28,8 @@ from cryolens.core.fourier import good_fft_size
 from cryolens.picking.peaks import mode_stats
 from cryolens.picking.templates import band_pass_images, local_sd_denominator, wrap_centred
 
-__all__ = ["TemplateBank", "template_bank", "distinct_templates", "DUPLICATE_NCC", "CPU_ROWS", "rows_per_product", "BankScores", "bank_scores", "filtered_gram", "correlate_bank",
+__all__ = ["TemplateBank", "template_bank", "distinct_templates", "DUPLICATE_NCC", "CPU_ROWS", "rows_per_product",
+           "BankScores", "bank_scores", "filtered_gram", "correlate_bank",
            "coarse_fine_best", "median_filled", "cached"]
 
 

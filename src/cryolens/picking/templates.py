@@ -20,7 +20,8 @@ from cryolens.core.rotations import euler_to_matrix
 from cryolens.core.so3_grid import healpix_directions
 
 __all__ = ["map_projections", "map_templates", "template_coverage", "band_pass_images", "rotate_images",
-           "prepare_templates", "correlate_templates", "side_lobes", "rfft_energy", "wrap_centred", "local_sd_denominator",
+           "prepare_templates", "correlate_templates", "side_lobes", "rfft_energy", "wrap_centred",
+           "local_sd_denominator",
            "COVERAGE", "MAX_ORDER"]
 
 #: :func:`map_templates` refines the projection directions (one HEALPix order finer) while the median over the
