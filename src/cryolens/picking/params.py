@@ -90,6 +90,17 @@ class PickParams(Params):
     refine_floor: float = option(1.5, cli=False, help="--method template with coarse_stride > 1: pixels near coarse "
                                  "scores at or above this many SDs of the background are scored in full (peaks of "
                                  "3.25 SDs read >= ~1.9 on the coarse grid); candidates below stay approximate")
+    candidate_floor: float | None = option(None, cli=False, help="--method template: candidates are the peaks of the "
+                                           "default matched filter (--method matched) above this many SDs; the "
+                                           "template score is then evaluated only around them "
+                                           "(cryolens.picking.patches; None: on the whole micrograph)")
+    candidate_distance: float = option(0.5, cli=False, gt=0, le=1, help="--method template with candidates: the "
+                                       "candidates' minimum distance as a fraction of --min-distance")
+    candidate_reach: float = option(0.2, cli=False, ge=0, le=0.5, help="--method template with candidates: "
+                                    "search the template score this many diameters around each candidate (the "
+                                    "matched filter's peak may sit off the template's centre)")
+    background_samples: int = option(1024, cli=False, ge=64, help="--method template with candidates: pixels on a "
+                                     "regular grid whose template scores give the score's background statistics")
     batch_size: int = option(32, ge=1, help="--method template: pixels scored per batch ÷ 128 (bounds memory at "
                                             "about this × 512 B per template)")
 

@@ -58,7 +58,8 @@ from cryolens.picking.peaks import (
 from cryolens.picking.bank import (
     TemplateBank, bank_scores, cached, coarse_fine_best, distinct_templates, median_filled, template_bank,
 )
-from cryolens.picking.templates import map_templates, prepare_templates, rfft_energy, side_lobes
+from cryolens.picking.patches import PatchScores, climb_peaks, patch_scores, sampled_background
+from cryolens.picking.templates import map_templates, prepare_templates, rfft_energy, side_lobes, wrap_centred
 
 __all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape", "BLOB_CHOICES", "AUTO_TOP", "OVERSAMPLE"]
 
@@ -253,37 +254,42 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
         zmap, size = (m[crop] for m in _log_scores(f, shape, p, contrast, white, d_min, d_max))
         sub, rc, vals = _suppressed(zmap, valid, params, p)
     elif params.method == "matched":
-        best = None
-        blobs = ((params.blob_radius, 0.0),) if params.blob_radius is not None else BLOB_CHOICES
-        fw, transfer = f * white, contrast * white
-        for blob in blobs:
-            score, size = (m[crop] for m in _matched_scores(fw, shape, p, transfer, d_min, d_max, *blob))
-            zmap = _background_z(score, valid)[0]
-            if len(blobs) == 1:
-                best = (0.0, blob, zmap, size)
-                break
-            found = _suppressed(zmap, valid, params, p, top=AUTO_TOP)  # the best AUTO_TOP only: a prefix
-            top = float(found[2][:AUTO_TOP].mean()) if found[2].numel() else -math.inf
-            if best is None or top > best[0]:  # ties keep the first (the compact blob)
-                best = (top, blob, zmap, size)
-        _, blob, zmap, size = best
+        blob, zmap, size = _matched_best(f * white, shape, p, contrast * white, crop, valid, params)
         sub, rc, vals = _suppressed(zmap, valid, params, p)
-    else:
+    elif params.candidate_floor is None:  # templates, scored on the whole micrograph (coarse grid, then fine)
         where = torch.zeros(shape, dtype=torch.bool, device=dev)  # score only where peaks may be, and around
         where[pad:pad + h, pad:pad + w] = F.max_pool2d(valid[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
-        score, size, lobes = _template_scores(f * white, shape, p, contrast * white, params, templates,
-                                              template_pixel_size, volume, volume_pixel_size, progress, where, pad)
-        score, size = score[crop], size[crop]
+        bank = _template_bank(shape, p, params, templates, template_pixel_size, volume, volume_pixel_size, dev)
+        score, lobes = _template_scores(f * white, shape, p, contrast * white, params, bank, progress, where, pad)
+        score = score[crop]
+        size = torch.full_like(score, d_max)
         zmap, sd = _background_z(score, valid)
         sub, rc, vals = _suppressed(zmap, valid, params, p)
-        # remove the side lobes that accepted particles predict at each peak above the threshold (those below
-        # stay below it: a side lobe is only subtracted; they keep their score for re-selection)
-        above = vals > params.resolved_threshold()
-        k = int(above.sum())  # vals descend: the peaks above the threshold come first
-        vals = torch.cat([vals[:k] - _predicted_lobes(lobes, rc[:k] + pad, score, above[:k],
-                                                      params.diameters[1] * 1.25 / p) / sd, vals[k:]])
-        order = torch.argsort(vals, descending=True, stable=True)
-        sub, rc, vals = sub[order], rc[order], vals[order]
+        sub, rc, vals = _minus_lobes(sub, rc, vals, lobes, score, sd, params, p)
+    else:  # templates in two stages: candidates from the templates' mean, template scores only around them
+        where = torch.zeros(shape, dtype=torch.bool, device=dev)
+        where[pad:pad + h, pad:pad + w] = F.max_pool2d(valid[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+        bank = _template_bank(shape, p, params, templates, template_pixel_size, volume, volume_pixel_size, dev)
+        fw, transfer = f * white, contrast * white
+        scores = patch_scores(fw, shape, bank, transfer=transfer, mask_radius_px=d_max / 2 / p, where=where)
+        _, cz, _ = _matched_best(fw, shape, p, transfer, crop, valid, params)
+        start = _suppressed(cz, valid, dataclasses.replace(params, threshold=params.candidate_floor, keep_floor=params.candidate_floor,
+                            min_distance=params.resolved_min_distance() * params.candidate_distance), p)[1]
+        reach = int(math.ceil(params.candidate_reach * d_max / p))
+        peaks = climb_peaks(scores, start + pad, reach=reach) - pad
+        centre, sd, score = sampled_background(scores, valid, origin=(pad, pad), samples=params.background_samples)
+        exact = scores.cache.reshape(shape)[crop]
+        score = torch.where(torch.isfinite(exact), exact, score)
+        zmap = (score - centre) / sd
+        size = torch.full_like(score, d_max)
+        peaks = peaks[valid[peaks[:, 0], peaks[:, 1]]]
+        vals = zmap[peaks[:, 0], peaks[:, 1]]
+        first = torch.argsort(vals, descending=True, stable=True)
+        peaks, vals = peaks[first], vals[first]
+        low = vals >= min(params.keep_floor, params.resolved_threshold())
+        sub, rc, vals = _suppressed_peaks(zmap, peaks[low], vals[low], params, p)
+        lobes = dict(templates=bank.templates, shape=shape, transfer=transfer, scores=scores, pad=pad)
+        sub, rc, vals = _minus_lobes(sub, rc, vals, lobes, score, sd, params, p)
     threshold = params.resolved_threshold()
     floor = min(params.keep_floor, threshold)
     cand = torch.stack([sub[:, 1] * sx, sub[:, 0] * sy, vals, size[rc[:, 0], rc[:, 1]]], dim=1)
@@ -292,6 +298,24 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
                   pick_pixel_size=(pixel_size * sy, pixel_size * sx), scale=(sy, sx),
                   blob_radius=blob[0] if blob else None, blob_cavity=blob[1] if blob else None)
     return select_picks(picks, threshold=threshold, max_per_micrograph=params.max_per_micrograph)
+
+
+def _matched_best(fw, shape, p: float, transfer, crop, valid, params: PickParams):
+    """The matched filter's ``(blob, z-map, size map)``: of :data:`BLOB_CHOICES` (unless ``params.blob_radius`` is
+    given), the blob whose best :data:`AUTO_TOP` peaks score highest on average."""
+    d_min, d_max = params.diameters
+    best = None
+    blobs = ((params.blob_radius, 0.0),) if params.blob_radius is not None else BLOB_CHOICES
+    for blob in blobs:
+        score, size = (m[crop] for m in _matched_scores(fw, shape, p, transfer, d_min, d_max, *blob))
+        zmap = _background_z(score, valid)[0]
+        if len(blobs) == 1:
+            return blob, zmap, size
+        found = _suppressed(zmap, valid, params, p, top=AUTO_TOP)  # the best AUTO_TOP only: a prefix
+        top = float(found[2][:AUTO_TOP].mean()) if found[2].numel() else -math.inf
+        if best is None or top > best[0]:  # ties keep the first (the compact blob)
+            best = (top, blob, zmap, size)
+    return best[1:]
 
 
 def _background_z(score: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -376,11 +400,10 @@ def _log_scores(f: torch.Tensor, shape, p: float, contrast: torch.Tensor, band: 
     return best, sizes.to(best.device)[arg]
 
 
-def _template_scores(fw, shape, p, transfer, params: PickParams, templates, template_pixel_size, volume,
-                     volume_pixel_size, progress, where=None, pad=0):
-    """Best NCC with (rotated) templates; the size map holds the diameter for every pixel."""
+def _template_bank(shape, p, params: PickParams, templates, template_pixel_size, volume, volume_pixel_size,
+                   dev) -> TemplateBank:
+    """The templates' low-rank bank (rotated, distinct, factorised), kept across micrographs (:func:`cached`)."""
     d_max = params.diameters[1]
-    dev = fw.device
     if templates is None:
         if volume is None:
             raise ValueError("--method template needs templates (class averages) or a map")
@@ -391,6 +414,8 @@ def _template_scores(fw, shape, p, transfer, params: PickParams, templates, temp
         raise ValueError("the templates' pixel size is needed")
     else:
         source, key = templates, ("templates", float(template_pixel_size))
+    low = params.lowpass if params.lowpass is not None else 2.5 * p  # the band of _band (Å)
+    high = params.highpass if params.highpass is not None else 2.0 * d_max
 
     def build() -> TemplateBank:
         band_px = (low / p, high / p)
@@ -404,11 +429,13 @@ def _template_scores(fw, shape, p, transfer, params: PickParams, templates, temp
         prepared = prepared[distinct_templates(prepared, band_px)]  # near-duplicates (symmetry, round views) cost only
         return template_bank(prepared, tolerance=params.rank_tolerance, band_px=band_px)
 
-    low = params.lowpass if params.lowpass is not None else 2.5 * p  # the band of _band (Å)
-    high = params.highpass if params.highpass is not None else 2.0 * d_max
-    bank = cached(source, (*key, round(p, 6), d_max, params.psi_step, params.rank_tolerance, round(low, 6),
+    return cached(source, (*key, round(p, 6), d_max, params.psi_step, params.rank_tolerance, round(low, 6),
                            round(high, 6), str(dev)), build)
-    scores = bank_scores(fw, shape, bank, transfer=transfer, mask_radius_px=d_max / 2 / p)
+
+
+def _template_scores(fw, shape, p, transfer, params: PickParams, bank: TemplateBank, progress, where, pad):
+    """Best NCC with the bank's templates over the whole (padded) grid, and what the side lobes need."""
+    scores = bank_scores(fw, shape, bank, transfer=transfer, mask_radius_px=params.diameters[1] / 2 / p)
     chunk = params.batch_size * 128
     if params.coarse_stride > 1:
         best = coarse_fine_best(scores, where, stride=params.coarse_stride, origin=(pad, pad),
@@ -416,8 +443,28 @@ def _template_scores(fw, shape, p, transfer, params: PickParams, templates, temp
     else:
         pix = torch.nonzero(where.reshape(-1))[:, 0]
         best = median_filled(scores.best(pix, chunk=chunk, progress=progress), pix, shape)
-    return best, torch.full_like(best, d_max), dict(templates=bank.templates, shape=shape, transfer=transfer,
-                                                    scores=scores, pad=pad)
+    return best, dict(templates=bank.templates, shape=shape, transfer=transfer, scores=scores, pad=pad)
+
+
+def _suppressed_peaks(zmap: torch.Tensor, rc: torch.Tensor, vals: torch.Tensor, params: PickParams, p: float):
+    """Peaks ``rc`` with scores ``vals`` (descending) refined to sub-pixel and suppressed within the minimum
+    distance, as :func:`_suppressed` does for all local maxima of a map."""
+    halo = (params.diameters[1] * params.halo[0] / p, params.halo[1]) if params.halo[1] > 0 else None
+    sub = refine_subpixel(zmap, rc)
+    keep = suppress_non_maxima(sub, vals, params.resolved_min_distance() / p, halo=halo)
+    return sub[keep], rc[keep], vals[keep]
+
+
+def _minus_lobes(sub, rc, vals, lobes: dict, score: torch.Tensor, sd: float, params: PickParams, p: float):
+    """Remove the side lobes that accepted particles predict at each peak above the threshold (those below stay
+    below it: a side lobe is only subtracted; they keep their score for re-selection); re-sorted."""
+    above = vals > params.resolved_threshold()
+    k = int(above.sum())  # vals descend: the peaks above the threshold come first
+    pad = lobes["pad"]
+    vals = torch.cat([vals[:k] - _predicted_lobes(lobes, rc[:k] + pad, score, above[:k],
+                                                  params.diameters[1] * 1.25 / p) / sd, vals[k:]])
+    order = torch.argsort(vals, descending=True, stable=True)
+    return sub[order], rc[order], vals[order]
 
 
 def _predicted_lobes(lobes: dict, rc: torch.Tensor, ncc: torch.Tensor, parent: torch.Tensor, radius_px: float):
@@ -426,6 +473,11 @@ def _predicted_lobes(lobes: dict, rc: torch.Tensor, ncc: torch.Tensor, parent: t
     pad = lobes["pad"]
     r, c = rc[:, 0], rc[:, 1]
     scores = lobes["scores"]
-    _, index = scores.best_index(r * lobes["shape"][1] + c)
+    if isinstance(scores, PatchScores):
+        _, index = scores.best_index(rc)
+        denom = scores.denom(rc)
+    else:
+        _, index = scores.best_index(r * lobes["shape"][1] + c)
+        denom = scores.denom[r, c]
     return side_lobes(lobes["templates"], lobes["shape"], transfer=lobes["transfer"], rc=rc, index=index,
-                      ncc=ncc[r - pad, c - pad], denom=scores.denom[r, c], parent=parent, radius_px=radius_px)
+                      ncc=ncc[r - pad, c - pad], denom=denom, parent=parent, radius_px=radius_px)
