@@ -68,6 +68,9 @@ class PickParams(Params):
                                        "sphere) as a fraction of the diameter (default: 0.33, 0.5 or a shell of 0.45 "
                                        "with a 0.3 cavity, whichever gives the highest peaks on each micrograph: "
                                        "filled, ring-like or hollow particles)")
+    blob_lowpass: bool = option(True, cli=False, help="--method matched: also try the chosen blob through the coarser "
+                                "low-passes of cryolens.picking.picker.BLOB_LOWPASS (d/3) and keep whichever gives the "
+                                "highest peaks (False: the default band only)")
     psi_step: float = option(15.0, unit="°", gt=0, le=90, help="--method template: in-plane rotation step "
                                                                "(at 15° a particle's rim is at most half the default "
                                                                "low-pass from the nearest rotation)")
@@ -90,17 +93,6 @@ class PickParams(Params):
     refine_floor: float = option(1.5, cli=False, help="--method template with coarse_stride > 1: pixels near coarse "
                                  "scores at or above this many SDs of the background are scored in full (peaks of "
                                  "3.25 SDs read >= ~1.9 on the coarse grid); candidates below stay approximate")
-    candidate_floor: float | None = option(None, cli=False, help="--method template: candidates are the peaks of the "
-                                           "default matched filter (--method matched) above this many SDs; the "
-                                           "template score is then evaluated only around them "
-                                           "(cryolens.picking.patches; None: on the whole micrograph)")
-    candidate_distance: float = option(0.5, cli=False, gt=0, le=1, help="--method template with candidates: the "
-                                       "candidates' minimum distance as a fraction of --min-distance")
-    candidate_reach: float = option(0.2, cli=False, ge=0, le=0.5, help="--method template with candidates: "
-                                    "search the template score this many diameters around each candidate (the "
-                                    "matched filter's peak may sit off the template's centre)")
-    background_samples: int = option(1024, cli=False, ge=64, help="--method template with candidates: pixels on a "
-                                     "regular grid whose template scores give the score's background statistics")
     batch_size: int = option(32, ge=1, help="--method template: pixels scored per batch ÷ 128 (bounds memory at "
                                             "about this × 512 B per template)")
 

@@ -58,8 +58,7 @@ from cryolens.picking.peaks import (
 from cryolens.picking.bank import (
     TemplateBank, bank_scores, cached, coarse_fine_best, distinct_templates, median_filled, template_bank,
 )
-from cryolens.picking.patches import PatchScores, climb_peaks, patch_scores, sampled_background
-from cryolens.picking.templates import map_templates, prepare_templates, rfft_energy, side_lobes, wrap_centred
+from cryolens.picking.templates import map_templates, prepare_templates, rfft_energy, side_lobes
 
 __all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape", "BLOB_CHOICES", "AUTO_TOP", "OVERSAMPLE"]
 
@@ -71,6 +70,16 @@ __all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape", "BLOB_CH
 #: with the filled 0.5 blob, 0.91-0.97 with this one on simulated micrographs at 1.2 and 1.75 Å/px
 #: (tests/test_picking.py; the 0.42 and 0.5 radii, 0.25 and 0.35 cavities were worse, 0.4-0.89).
 BLOB_CHOICES = ((0.33, 0.0), (0.5, 0.0), (0.45, 0.3))
+
+#: Coarser low-passes (Å, as fractions of the diameter) the matched filter also tries with the chosen blob, keeping
+#: the one whose best peaks score highest (as for :data:`BLOB_CHOICES`). A uniform (or hollow) sphere models a
+#: particle only at low resolution: its sharp edge and the particle's inner detail differ beyond ~d/3, and at the
+#: default low-pass (2.5 picking pixels, d/8) that mismatch adds noise. F1 (particles clear of the carbon) in
+#: benchmarks/picking.py, seeds 500 / 900 (tuning; d/4 and d/4 + d/3 were worse) -> held-out 1300 / 1700 / 2100,
+#: before -> after: apoferritin 1.75 Å/px 0.888 / 0.908 -> 0.952 / 0.929, 0.957 / 0.926 -> 0.965 / 0.948; 1.2 Å/px
+#: 0.905 / 0.819 -> 0.913 / 0.921, 0.901 / 0.854 -> 0.939 / 0.887; phantom 0.946 / 0.950 -> 0.986 / 0.975,
+#: 0.950 / 0.943 -> 0.984 / 0.992; ribosome unchanged (it keeps the finer low-pass).
+BLOB_LOWPASS = (0.33,)
 
 #: The blob whose score map's best ``AUTO_TOP`` candidates (after suppression, outside avoided areas and
 #: the edge) have the highest mean score wins: the matched filter of the right shape gives the highest
@@ -108,6 +117,8 @@ class Picks:
             the other methods.
         blob_cavity: the radius of that blob's cavity (fraction of the diameter; 0 for a filled
             sphere, None for the other methods).
+        blob_lowpass: the matched filter's extra low-pass (fraction of the diameter, :data:`BLOB_LOWPASS`; 0: the
+            default band only; None for the other methods).
     """
 
     x: torch.Tensor
@@ -124,6 +135,7 @@ class Picks:
     scale: tuple[float, float]
     blob_radius: float | None = None
     blob_cavity: float | None = None
+    blob_lowpass: float | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -256,7 +268,7 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
     elif params.method == "matched":
         blob, zmap, size = _matched_best(f * white, shape, p, contrast * white, crop, valid, params)
         sub, rc, vals = _suppressed(zmap, valid, params, p)
-    elif params.candidate_floor is None:  # templates, scored on the whole micrograph (coarse grid, then fine)
+    else:  # templates: scored on a coarse grid first, then in full around the high coarse scores
         where = torch.zeros(shape, dtype=torch.bool, device=dev)  # score only where peaks may be, and around
         where[pad:pad + h, pad:pad + w] = F.max_pool2d(valid[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
         bank = _template_bank(shape, p, params, templates, template_pixel_size, volume, volume_pixel_size, dev)
@@ -266,55 +278,43 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
         zmap, sd = _background_z(score, valid)
         sub, rc, vals = _suppressed(zmap, valid, params, p)
         sub, rc, vals = _minus_lobes(sub, rc, vals, lobes, score, sd, params, p)
-    else:  # templates in two stages: candidates from the templates' mean, template scores only around them
-        where = torch.zeros(shape, dtype=torch.bool, device=dev)
-        where[pad:pad + h, pad:pad + w] = F.max_pool2d(valid[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
-        bank = _template_bank(shape, p, params, templates, template_pixel_size, volume, volume_pixel_size, dev)
-        fw, transfer = f * white, contrast * white
-        scores = patch_scores(fw, shape, bank, transfer=transfer, mask_radius_px=d_max / 2 / p, where=where)
-        _, cz, _ = _matched_best(fw, shape, p, transfer, crop, valid, params)
-        start = _suppressed(cz, valid, dataclasses.replace(params, threshold=params.candidate_floor, keep_floor=params.candidate_floor,
-                            min_distance=params.resolved_min_distance() * params.candidate_distance), p)[1]
-        reach = int(math.ceil(params.candidate_reach * d_max / p))
-        peaks = climb_peaks(scores, start + pad, reach=reach) - pad
-        centre, sd, score = sampled_background(scores, valid, origin=(pad, pad), samples=params.background_samples)
-        exact = scores.cache.reshape(shape)[crop]
-        score = torch.where(torch.isfinite(exact), exact, score)
-        zmap = (score - centre) / sd
-        size = torch.full_like(score, d_max)
-        peaks = peaks[valid[peaks[:, 0], peaks[:, 1]]]
-        vals = zmap[peaks[:, 0], peaks[:, 1]]
-        first = torch.argsort(vals, descending=True, stable=True)
-        peaks, vals = peaks[first], vals[first]
-        low = vals >= min(params.keep_floor, params.resolved_threshold())
-        sub, rc, vals = _suppressed_peaks(zmap, peaks[low], vals[low], params, p)
-        lobes = dict(templates=bank.templates, shape=shape, transfer=transfer, scores=scores, pad=pad)
-        sub, rc, vals = _minus_lobes(sub, rc, vals, lobes, score, sd, params, p)
     threshold = params.resolved_threshold()
     floor = min(params.keep_floor, threshold)
     cand = torch.stack([sub[:, 1] * sx, sub[:, 0] * sy, vals, size[rc[:, 0], rc[:, 1]]], dim=1)
     picks = Picks(x=cand[:, 0], y=cand[:, 1], score=cand[:, 2], diameter=cand[:, 3], candidates=cand, floor=floor,
                   threshold=threshold, max_per_micrograph=None, score_map=zmap, avoid=avoid,
                   pick_pixel_size=(pixel_size * sy, pixel_size * sx), scale=(sy, sx),
-                  blob_radius=blob[0] if blob else None, blob_cavity=blob[1] if blob else None)
+                  blob_radius=blob[0] if blob else None, blob_cavity=blob[1] if blob else None,
+                  blob_lowpass=blob[2] if blob else None)
     return select_picks(picks, threshold=threshold, max_per_micrograph=params.max_per_micrograph)
 
 
 def _matched_best(fw, shape, p: float, transfer, crop, valid, params: PickParams):
     """The matched filter's ``(blob, z-map, size map)``: of :data:`BLOB_CHOICES` (unless ``params.blob_radius`` is
-    given), the blob whose best :data:`AUTO_TOP` peaks score highest on average."""
+    given), the blob whose best :data:`AUTO_TOP` peaks score highest on average; then, the same way, that blob as is
+    or through the coarser low-passes of :data:`BLOB_LOWPASS` (fractions of the diameter)."""
     d_min, d_max = params.diameters
+    low = params.lowpass if params.lowpass is not None else 2.5 * p  # the band's low-pass (Å)
     best = None
-    blobs = ((params.blob_radius, 0.0),) if params.blob_radius is not None else BLOB_CHOICES
-    for blob in blobs:
-        score, size = (m[crop] for m in _matched_scores(fw, shape, p, transfer, d_min, d_max, *blob))
+
+    def trial(blob: tuple[float, float, float]):
+        nonlocal best
+        extra = (blob[2] * (d_min + d_max) / 2) ** 2 - low ** 2  # a coarser low-pass: its Gaussian's added variance
+        g = torch.exp(-_grid(shape, p, fw.device)[0] * (extra / 2)) if extra > 0 else 1.0
+        score, size = (m[crop] for m in _matched_scores(fw * g, shape, p, transfer * g, d_min, d_max, *blob[:2]))
         zmap = _background_z(score, valid)[0]
-        if len(blobs) == 1:
-            return blob, zmap, size
         found = _suppressed(zmap, valid, params, p, top=AUTO_TOP)  # the best AUTO_TOP only: a prefix
         top = float(found[2][:AUTO_TOP].mean()) if found[2].numel() else -math.inf
-        if best is None or top > best[0]:  # ties keep the first (the compact blob)
+        if best is None or top > best[0]:  # ties keep the first (the compact blob, the finer low-pass)
             best = (top, blob, zmap, size)
+
+    blobs = ((params.blob_radius, 0.0),) if params.blob_radius is not None else BLOB_CHOICES
+    for blob in blobs:
+        trial((*blob, 0.0))
+    if params.blob_lowpass:
+        chosen = best[1][:2]
+        for fraction in BLOB_LOWPASS:
+            trial((*chosen, fraction))
     return best[1:]
 
 
@@ -446,15 +446,6 @@ def _template_scores(fw, shape, p, transfer, params: PickParams, bank: TemplateB
     return best, dict(templates=bank.templates, shape=shape, transfer=transfer, scores=scores, pad=pad)
 
 
-def _suppressed_peaks(zmap: torch.Tensor, rc: torch.Tensor, vals: torch.Tensor, params: PickParams, p: float):
-    """Peaks ``rc`` with scores ``vals`` (descending) refined to sub-pixel and suppressed within the minimum
-    distance, as :func:`_suppressed` does for all local maxima of a map."""
-    halo = (params.diameters[1] * params.halo[0] / p, params.halo[1]) if params.halo[1] > 0 else None
-    sub = refine_subpixel(zmap, rc)
-    keep = suppress_non_maxima(sub, vals, params.resolved_min_distance() / p, halo=halo)
-    return sub[keep], rc[keep], vals[keep]
-
-
 def _minus_lobes(sub, rc, vals, lobes: dict, score: torch.Tensor, sd: float, params: PickParams, p: float):
     """Remove the side lobes that accepted particles predict at each peak above the threshold (those below stay
     below it: a side lobe is only subtracted; they keep their score for re-selection); re-sorted."""
@@ -473,11 +464,6 @@ def _predicted_lobes(lobes: dict, rc: torch.Tensor, ncc: torch.Tensor, parent: t
     pad = lobes["pad"]
     r, c = rc[:, 0], rc[:, 1]
     scores = lobes["scores"]
-    if isinstance(scores, PatchScores):
-        _, index = scores.best_index(rc)
-        denom = scores.denom(rc)
-    else:
-        _, index = scores.best_index(r * lobes["shape"][1] + c)
-        denom = scores.denom[r, c]
+    _, index = scores.best_index(r * lobes["shape"][1] + c)
     return side_lobes(lobes["templates"], lobes["shape"], transfer=lobes["transfer"], rc=rc, index=index,
-                      ncc=ncc[r - pad, c - pad], denom=denom, parent=parent, radius_px=radius_px)
+                      ncc=ncc[r - pad, c - pad], denom=scores.denom[r, c], parent=parent, radius_px=radius_px)
