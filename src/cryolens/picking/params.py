@@ -21,7 +21,8 @@ class PickParams(Params):
     ``min_distance`` = 0.8 × the smallest diameter; ``edge`` = half the largest diameter;
     ``pick_pixel_size`` = the mean diameter / 20 (never finer than the micrograph's pixel);
     ``blob_radius`` = 0.33 or 0.5 of the diameter or a hollow 0.45 (cavity 0.3), chosen per micrograph
-    (:data:`cryolens.picking.picker.BLOB_CHOICES`).
+    (:data:`cryolens.picking.picker.BLOB_CHOICES`), then with or without a low-pass at d/3
+    (``blob_lowpass``, :data:`cryolens.picking.picker.BLOB_LOWPASS`).
     The score is in standard deviations of the score map's background (1.4826 × the median
     absolute deviation of its dominant population, :func:`cryolens.picking.peaks.mode_stats`);
     LoG maps are in their plain SD instead, hence the lower default threshold there.

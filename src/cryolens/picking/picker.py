@@ -7,7 +7,8 @@ averaged power spectrum, and correlated with a blob (a projected sphere of radiu
 default (``blob_radius=None``) three blobs are tried on each micrograph, spheres of 0.33 × the diameter
 (filled particles) and 0.5 × (large, ring-like ones), and a hollow sphere of 0.45 × with a 0.3 × cavity
 (shells such as apoferritin), and the one whose best peaks score highest is kept (:data:`BLOB_CHOICES`,
-:data:`AUTO_TOP`). Before that, abnormal areas (carbon, contaminants, their rims:
+:data:`AUTO_TOP`); that blob is then tried again through a coarser low-pass (a third of the diameter,
+:data:`BLOB_LOWPASS`: a sphere resembles a particle only at low resolution), kept the same way. Before that, abnormal areas (carbon, contaminants, their rims:
 :func:`cryolens.picking.peaks.avoidance_mask`) are found on the cropped micrograph and filled
 with the ice level, so that they neither dominate the whitening spectrum nor ring into their
 surroundings. Scores are z-scores of the score map about its background level
