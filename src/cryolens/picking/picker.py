@@ -72,14 +72,15 @@ __all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape", "BLOB_CH
 #: (tests/test_picking.py; the 0.42 and 0.5 radii, 0.25 and 0.35 cavities were worse, 0.4-0.89).
 BLOB_CHOICES = ((0.33, 0.0), (0.5, 0.0), (0.45, 0.3))
 
-#: Coarser low-passes (Å, as fractions of the diameter) the matched filter also tries with the chosen blob, keeping
-#: the one whose best peaks score highest (as for :data:`BLOB_CHOICES`). A uniform (or hollow) sphere models a
-#: particle only at low resolution: its sharp edge and the particle's inner detail differ beyond ~d/3, and at the
-#: default low-pass (2.5 picking pixels, d/8) that mismatch adds noise. F1 (particles clear of the carbon) in
-#: benchmarks/picking.py, seeds 500 / 900 (tuning; d/4 and d/4 + d/3 were worse) -> held-out 1300 / 1700 / 2100,
-#: before -> after: apoferritin 1.75 Å/px 0.888 / 0.908 -> 0.952 / 0.929, 0.957 / 0.926 -> 0.965 / 0.948; 1.2 Å/px
-#: 0.905 / 0.819 -> 0.913 / 0.921, 0.901 / 0.854 -> 0.939 / 0.887; phantom 0.946 / 0.950 -> 0.986 / 0.975,
-#: 0.950 / 0.943 -> 0.984 / 0.992; ribosome unchanged (it keeps the finer low-pass).
+#: Coarser low-passes (fractions of the diameter) the matched filter also tries with the chosen blob, keeping the
+#: one whose best peaks score highest (as for :data:`BLOB_CHOICES`). A uniform (or hollow) sphere models a particle
+#: only at low resolution: its sharp edge and the particle's inner detail differ beyond ~d/3, and at the default
+#: low-pass (2.5 picking pixels, d/8) that mismatch adds noise. F1 (particles clear of the carbon) in
+#: benchmarks/picking.py, before -> after, seeds 500 / 900 (tuning: d/4, d/5 and d/4 + d/3 were worse) then held-out
+#: 1300 / 1700 / 2100: apoferritin 1.75 Å/px 0.888 / 0.908 -> 0.952 / 0.929, 0.957 / 0.926 / 0.920 -> 0.965 /
+#: 0.948 / 0.965; 1.2 Å/px 0.905 / 0.819 -> 0.913 / 0.921, 0.901 / 0.854 / 0.919 -> 0.939 / 0.887 / 0.911; phantom
+#: 0.946 / 0.950 -> 0.986 / 0.975, 0.950 / 0.943 / 0.911 -> 0.984 / 0.992 / 0.967; ribosome unchanged (it keeps
+#: the finer low-pass).
 BLOB_LOWPASS = (0.33,)
 
 #: The blob whose score map's best ``AUTO_TOP`` candidates (after suppression, outside avoided areas and
