@@ -8,8 +8,9 @@ default (``blob_radius=None``) three blobs are tried on each micrograph, spheres
 (filled particles) and 0.5 × (large, ring-like ones), and a hollow sphere of 0.45 × with a 0.3 × cavity
 (shells such as apoferritin), and the one whose best peaks score highest is kept (:data:`BLOB_CHOICES`,
 :data:`AUTO_TOP`); that blob is then tried again through a coarser low-pass (a third of the diameter,
-:data:`BLOB_LOWPASS`: a sphere resembles a particle only at low resolution), kept the same way. Before that, abnormal areas (carbon, contaminants, their rims:
-:func:`cryolens.picking.peaks.avoidance_mask`) are found on the cropped micrograph and filled
+:data:`BLOB_LOWPASS`: a sphere resembles a particle only at low resolution), kept the same way. Before that,
+abnormal areas (carbon, contaminants, their rims: :func:`cryolens.picking.peaks.avoidance_mask`) are found on
+the cropped micrograph and filled
 with the ice level, so that they neither dominate the whitening spectrum nor ring into their
 surroundings. Scores are z-scores of the score map about its background level
 (:func:`cryolens.picking.peaks.mode_z`; in standard deviations). Peaks above the threshold,
@@ -270,16 +271,22 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
     elif params.method == "matched":
         blob, zmap, size = _matched_best(f * white, shape, p, contrast * white, crop, valid, params)
         sub, rc, vals = _suppressed(zmap, valid, params, p)
-    else:  # templates: scored on a coarse grid first, then in full around the high coarse scores
+    else:
         where = torch.zeros(shape, dtype=torch.bool, device=dev)  # score only where peaks may be, and around
         where[pad:pad + h, pad:pad + w] = F.max_pool2d(valid[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
-        bank = _template_bank(shape, p, params, templates, template_pixel_size, volume, volume_pixel_size, dev)
-        score, lobes = _template_scores(f * white, shape, p, contrast * white, params, bank, progress, where, pad)
-        score = score[crop]
-        size = torch.full_like(score, d_max)
+        score, size, lobes = _template_scores(f * white, shape, p, contrast * white, params, templates,
+                                              template_pixel_size, volume, volume_pixel_size, progress, where, pad)
+        score, size = score[crop], size[crop]
         zmap, sd = _background_z(score, valid)
         sub, rc, vals = _suppressed(zmap, valid, params, p)
-        sub, rc, vals = _minus_lobes(sub, rc, vals, lobes, score, sd, params, p)
+        # remove the side lobes that accepted particles predict at each peak above the threshold (those below
+        # stay below it: a side lobe is only subtracted; they keep their score for re-selection)
+        above = vals > params.resolved_threshold()
+        k = int(above.sum())  # vals descend: the peaks above the threshold come first
+        vals = torch.cat([vals[:k] - _predicted_lobes(lobes, rc[:k] + pad, score, above[:k],
+                                                      params.diameters[1] * 1.25 / p) / sd, vals[k:]])
+        order = torch.argsort(vals, descending=True, stable=True)
+        sub, rc, vals = sub[order], rc[order], vals[order]
     threshold = params.resolved_threshold()
     floor = min(params.keep_floor, threshold)
     cand = torch.stack([sub[:, 1] * sx, sub[:, 0] * sy, vals, size[rc[:, 0], rc[:, 1]]], dim=1)
@@ -298,25 +305,30 @@ def _matched_best(fw, shape, p: float, transfer, crop, valid, params: PickParams
     d_min, d_max = params.diameters
     low = params.lowpass if params.lowpass is not None else 2.5 * p  # the band's low-pass (Å)
     best = None
+    blobs = ((params.blob_radius, 0.0),) if params.blob_radius is not None else BLOB_CHOICES
+    d = (d_min + d_max) / 2
+    coarser = [f for f in BLOB_LOWPASS if f * d > low] if params.blob_lowpass else []
+    alone = len(blobs) == 1 and not coarser
 
     def trial(blob: tuple[float, float, float]):
         nonlocal best
-        extra = (blob[2] * (d_min + d_max) / 2) ** 2 - low ** 2  # a coarser low-pass: its Gaussian's added variance
+        extra = (blob[2] * d) ** 2 - low ** 2  # a coarser low-pass: its Gaussian's added variance
         g = torch.exp(-_grid(shape, p, fw.device)[0] * (extra / 2)) if extra > 0 else 1.0
         score, size = (m[crop] for m in _matched_scores(fw * g, shape, p, transfer * g, d_min, d_max, *blob[:2]))
         zmap = _background_z(score, valid)[0]
+        if alone:  # nothing to compare with
+            best = (0.0, blob, zmap, size)
+            return
         found = _suppressed(zmap, valid, params, p, top=AUTO_TOP)  # the best AUTO_TOP only: a prefix
         top = float(found[2][:AUTO_TOP].mean()) if found[2].numel() else -math.inf
         if best is None or top > best[0]:  # ties keep the first (the compact blob, the finer low-pass)
             best = (top, blob, zmap, size)
 
-    blobs = ((params.blob_radius, 0.0),) if params.blob_radius is not None else BLOB_CHOICES
     for blob in blobs:
         trial((*blob, 0.0))
-    if params.blob_lowpass:
-        chosen = best[1][:2]
-        for fraction in BLOB_LOWPASS:
-            trial((*chosen, fraction))
+    chosen = best[1][:2]
+    for fraction in coarser:
+        trial((*chosen, fraction))
     return best[1:]
 
 
@@ -402,10 +414,11 @@ def _log_scores(f: torch.Tensor, shape, p: float, contrast: torch.Tensor, band: 
     return best, sizes.to(best.device)[arg]
 
 
-def _template_bank(shape, p, params: PickParams, templates, template_pixel_size, volume, volume_pixel_size,
-                   dev) -> TemplateBank:
-    """The templates' low-rank bank (rotated, distinct, factorised), kept across micrographs (:func:`cached`)."""
+def _template_scores(fw, shape, p, transfer, params: PickParams, templates, template_pixel_size, volume,
+                     volume_pixel_size, progress, where=None, pad=0):
+    """Best NCC with (rotated) templates; the size map holds the diameter for every pixel."""
     d_max = params.diameters[1]
+    dev = fw.device
     if templates is None:
         if volume is None:
             raise ValueError("--method template needs templates (class averages) or a map")
@@ -416,8 +429,6 @@ def _template_bank(shape, p, params: PickParams, templates, template_pixel_size,
         raise ValueError("the templates' pixel size is needed")
     else:
         source, key = templates, ("templates", float(template_pixel_size))
-    low = params.lowpass if params.lowpass is not None else 2.5 * p  # the band of _band (Å)
-    high = params.highpass if params.highpass is not None else 2.0 * d_max
 
     def build() -> TemplateBank:
         band_px = (low / p, high / p)
@@ -431,13 +442,11 @@ def _template_bank(shape, p, params: PickParams, templates, template_pixel_size,
         prepared = prepared[distinct_templates(prepared, band_px)]  # near-duplicates (symmetry, round views) cost only
         return template_bank(prepared, tolerance=params.rank_tolerance, band_px=band_px)
 
-    return cached(source, (*key, round(p, 6), d_max, params.psi_step, params.rank_tolerance, round(low, 6),
+    low = params.lowpass if params.lowpass is not None else 2.5 * p  # the band of _band (Å)
+    high = params.highpass if params.highpass is not None else 2.0 * d_max
+    bank = cached(source, (*key, round(p, 6), d_max, params.psi_step, params.rank_tolerance, round(low, 6),
                            round(high, 6), str(dev)), build)
-
-
-def _template_scores(fw, shape, p, transfer, params: PickParams, bank: TemplateBank, progress, where, pad):
-    """Best NCC with the bank's templates over the whole (padded) grid, and what the side lobes need."""
-    scores = bank_scores(fw, shape, bank, transfer=transfer, mask_radius_px=params.diameters[1] / 2 / p)
+    scores = bank_scores(fw, shape, bank, transfer=transfer, mask_radius_px=d_max / 2 / p)
     chunk = params.batch_size * 128
     if params.coarse_stride > 1:
         best = coarse_fine_best(scores, where, stride=params.coarse_stride, origin=(pad, pad),
@@ -445,19 +454,8 @@ def _template_scores(fw, shape, p, transfer, params: PickParams, bank: TemplateB
     else:
         pix = torch.nonzero(where.reshape(-1))[:, 0]
         best = median_filled(scores.best(pix, chunk=chunk, progress=progress), pix, shape)
-    return best, dict(templates=bank.templates, shape=shape, transfer=transfer, scores=scores, pad=pad)
-
-
-def _minus_lobes(sub, rc, vals, lobes: dict, score: torch.Tensor, sd: float, params: PickParams, p: float):
-    """Remove the side lobes that accepted particles predict at each peak above the threshold (those below stay
-    below it: a side lobe is only subtracted; they keep their score for re-selection); re-sorted."""
-    above = vals > params.resolved_threshold()
-    k = int(above.sum())  # vals descend: the peaks above the threshold come first
-    pad = lobes["pad"]
-    vals = torch.cat([vals[:k] - _predicted_lobes(lobes, rc[:k] + pad, score, above[:k],
-                                                  params.diameters[1] * 1.25 / p) / sd, vals[k:]])
-    order = torch.argsort(vals, descending=True, stable=True)
-    return sub[order], rc[order], vals[order]
+    return best, torch.full_like(best, d_max), dict(templates=bank.templates, shape=shape, transfer=transfer,
+                                                    scores=scores, pad=pad)
 
 
 def _predicted_lobes(lobes: dict, rc: torch.Tensor, ncc: torch.Tensor, parent: torch.Tensor, radius_px: float):
