@@ -302,6 +302,29 @@ def test_classify_2d_runs_on_device(tmp_path, device):
     assert abs(res.distribution.sum() - 1) < 1e-4 and res.state.iteration == 3
 
 
+def test_temper_last_keeps_the_poses_and_softens_the_posteriors(tmp_path):
+    """The last iteration at the temperature 1 / mean(mask²) (`--temper-last`): every particle keeps the class, psi
+    and origin the untempered run gives it, and its best pose's posterior can only fall."""
+    from cryolens.class2d import classify_2d
+    from cryolens.class2d.data import image_mask
+    from cryolens.class2d.iteration import mask_temperature
+    from cryolens.jobs.particles import open_particles
+    assert mask_temperature(torch.ones(16, 16)) == 1.0
+    disc = image_mask(64, 40.0)  # radius 20 px plus a 5 px edge in a 64 box
+    assert 1 / mask_temperature(disc) == pytest.approx(float((disc ** 2).mean()))
+    assert 64 ** 2 / (math.pi * 25 ** 2) < mask_temperature(disc) < 64 ** 2 / (math.pi * 20 ** 2)
+    star, _, _ = make_views(tmp_path / "sim", n=80, snr=0.5, seed=3)
+    parts = open_particles(star, pose=False)
+    runs = [classify_2d(lambda: parts.batches(32), parts.table(), pixel_size=APIX, box=BOX, device="cpu",
+                        params=Class2DParams(classes=3, iterations=3, particle_diameter=200.0, res_end=20.0,
+                                             batch_size=32, temper_last=t)) for t in (False, True)]
+    plain, tempered = runs
+    assert np.array_equal(plain.particle_class, tempered.particle_class)
+    assert np.array_equal(plain.psi, tempered.psi) and np.array_equal(plain.shifts, tempered.shifts)
+    assert (tempered.max_probability <= plain.max_probability + 1e-6).all()
+    assert tempered.max_probability.mean() < 0.9 * plain.max_probability.mean()
+
+
 def test_class_resolution_skips_a_one_shell_dip():
     """A small particle's first Fourier minimum dips the SSNR below 1 for one shell; the estimated resolution is
     where it drops below 1 to stay (RELION's first-shell rule read 48 Å for small haemoglobin classes)."""
