@@ -174,7 +174,10 @@ def test_class2d_separates_views_and_matches_truth(classified):
     big = confusion.sum(axis=1) >= 0.05 * len(cls)
     # Every sizeable class holds mostly one view (a view may fill two classes). The least pure class of this
     # 300-particle, K 4 run is noisy: measured 2026-12-04 on data seeds 0-3, 0.90/0.88/0.74/0.92 before reseeding
-    # by signal gain and 0.89/0.86/0.74/0.93 after; 0.9 passed on seed 0 by a hair.
+    # by signal gain and 0.89/0.86/0.74/0.93 after; 0.9 passed on seed 0 by a hair. Later (DC-free averages, finer
+    # psi, tempered last iteration): 0.87/0.85/0.83/0.83, so seeds 2 and 3 fail this bar. ML with the true
+    # projections as references misassigns 2-4 of the 300 particles; the classification 13-15, mostly weak
+    # (low-defocus) particles of other views in the smaller of the two classes of a split view.
     for c in np.flatnonzero(big):
         assert confusion[c].max() >= 0.85 * confusion[c].sum(), confusion
     assert set(majority[big]) == set(range(len(VIEWS))), confusion
