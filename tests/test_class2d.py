@@ -174,7 +174,10 @@ def test_class2d_separates_views_and_matches_truth(classified):
     big = confusion.sum(axis=1) >= 0.05 * len(cls)
     # Every sizeable class holds mostly one view (a view may fill two classes). The least pure class of this
     # 300-particle, K 4 run is noisy: measured 2026-12-04 on data seeds 0-3, 0.90/0.88/0.74/0.92 before reseeding
-    # by signal gain and 0.89/0.86/0.74/0.93 after; 0.9 passed on seed 0 by a hair.
+    # by signal gain and 0.89/0.86/0.74/0.93 after; 0.9 passed on seed 0 by a hair. Later (DC-free averages, finer
+    # psi, tempered last iteration): 0.87/0.85/0.83/0.83, so seeds 2 and 3 fail this bar. ML with the true
+    # projections as references misassigns 2-4 of the 300 particles; the classification 13-15, mostly weak
+    # (low-defocus) particles of other views in the smaller of the two classes of a split view.
     for c in np.flatnonzero(big):
         assert confusion[c].max() >= 0.85 * confusion[c].sum(), confusion
     assert set(majority[big]) == set(range(len(VIEWS))), confusion
@@ -300,6 +303,29 @@ def test_classify_2d_runs_on_device(tmp_path, device):
     assert res.classes.shape == (3, BOX, BOX) and np.isfinite(res.classes).all()
     assert len(res.history) == 3 and (res.particle_class >= 0).all()
     assert abs(res.distribution.sum() - 1) < 1e-4 and res.state.iteration == 3
+
+
+def test_temper_last_keeps_the_poses_and_softens_the_posteriors(tmp_path):
+    """The last iteration at the temperature 1 / mean(mask²) (`--temper-last`): every particle keeps the class, psi
+    and origin the untempered run gives it, and its best pose's posterior can only fall."""
+    from cryolens.class2d import classify_2d
+    from cryolens.class2d.data import image_mask
+    from cryolens.class2d.iteration import mask_temperature
+    from cryolens.jobs.particles import open_particles
+    assert mask_temperature(torch.ones(16, 16)) == 1.0
+    disc = image_mask(64, 40.0)  # radius 20 px plus a 5 px edge in a 64 box
+    assert 1 / mask_temperature(disc) == pytest.approx(float((disc ** 2).mean()))
+    assert 64 ** 2 / (math.pi * 25 ** 2) < mask_temperature(disc) < 64 ** 2 / (math.pi * 20 ** 2)
+    star, _, _ = make_views(tmp_path / "sim", n=80, snr=0.5, seed=3)
+    parts = open_particles(star, pose=False)
+    runs = [classify_2d(lambda: parts.batches(32), parts.table(), pixel_size=APIX, box=BOX, device="cpu",
+                        params=Class2DParams(classes=3, iterations=3, particle_diameter=200.0, res_end=20.0,
+                                             batch_size=32, temper_last=t)) for t in (False, True)]
+    plain, tempered = runs
+    assert np.array_equal(plain.particle_class, tempered.particle_class)
+    assert np.array_equal(plain.psi, tempered.psi) and np.array_equal(plain.shifts, tempered.shifts)
+    assert (tempered.max_probability <= plain.max_probability + 1e-6).all()
+    assert tempered.max_probability.mean() < 0.9 * plain.max_probability.mean()
 
 
 def test_class_resolution_skips_a_one_shell_dip():

@@ -50,6 +50,11 @@ class Class2DParams(Params):
     center: bool = option(True, help="Recentre the class averages on their centre of mass each iteration")
     reseed: bool = option(True, help="Reseed empty or tiny classes from the worst-fitting particles of the "
                                      "largest class (all but the last 10 % of the iterations)")
+    temper_last: bool = option(True, help="Score the last iteration at the temperature 1 / mean(mask²): the "
+                                          "masked images' noise is correlated, so the likelihood counts too many "
+                                          "independent coefficients and over-fits the noise of the previous "
+                                          "averages; the softer posteriors give averages closer to the truth, "
+                                          "with the same best poses")
     ctf: bool = option(True, help="Model the CTF when the particles carry defocus values (--no-ctf ignores it)")
     seed: int = option(0, help="Seed for the initial classes, particle subsets and in-plane offsets")
     batch_size: int = option(128, ge=1, help="Images per batch (bounds memory)")
