@@ -1,8 +1,8 @@
 """Plots of ``cryolens motion``: one movie's drift (``Movies/<name>_shifts.png``) and all movies' (``drift.png``).
 
-Figures come from :func:`cryolens.jobs.report.new_figure` and are drawn one at a time
-(:data:`PLOT_LOCK`): movies finish in several threads at once, and matplotlib is not
-thread-safe. PNGs are written atomically, without a tight bounding box (one draw).
+The per-movie plot is drawn with Pillow (:mod:`cryolens.jobs.drift_png`). The summary comes from
+:func:`cryolens.jobs.report.new_figure` and is drawn under :data:`PLOT_LOCK` (matplotlib is not
+thread-safe). PNGs are written atomically, without a tight bounding box (one draw).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cryolens.io.atomic import atomic_output
+from cryolens.jobs.drift_png import draw_drift_png
 from cryolens.jobs.report import new_figure
 
 __all__ = ["PLOT_LOCK", "plot_movie_drift", "plot_drift_summary", "warm_matplotlib"]
@@ -34,22 +35,11 @@ def _save_png(fig, path: Path, *, dpi: int) -> Path:
 
 def plot_movie_drift(shifts_px: np.ndarray, pixel_size: float, path: Path, *, title: str,
                      patches: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
-    """Trajectory of a movie: the specimen displacement (minus the correction shifts) in Å per frame."""
-    with PLOT_LOCK:
-        fig, ax = new_figure(figsize=(4.2, 4.0))
-        ax.set_position((0.2, 0.13, 0.58, 0.77))
-        cax = fig.add_axes((0.82, 0.13, 0.04, 0.77))
-        d = -np.asarray(shifts_px) * pixel_size
-        ax.plot(d[:, 0], d[:, 1], "-", color="0.3", lw=1)
-        sc = ax.scatter(d[:, 0], d[:, 1], c=np.arange(1, len(d) + 1), s=12, cmap="viridis", zorder=3)
-        ax.plot(0, 0, "k+", ms=10)
-        fig.colorbar(sc, cax=cax, label="frame")
-        ax.set_aspect("equal", adjustable="datalim")
-        ax.invert_yaxis()
-        ax.set_xlabel("x (Å)")
-        ax.set_ylabel("y (Å)")
-        ax.set_title(title, fontsize=9)
-        return _save_png(fig, path, dpi=80)
+    """Trajectory of a movie: the specimen displacement (minus the correction shifts) in Å per frame.
+
+    Drawn with Pillow (:func:`cryolens.jobs.drift_png.draw_drift_png`, a few ms, no lock), not matplotlib.
+    """
+    return draw_drift_png(-np.asarray(shifts_px, dtype=np.float64) * pixel_size, path, title=title)
 
 
 def plot_drift_summary(summaries: list[dict], path: Path) -> Path:

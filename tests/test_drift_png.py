@@ -1,0 +1,42 @@
+"""The Pillow drift plot of ``cryolens motion`` (jobs/drift_png.py): colours, ticks and where the dots land."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from cryolens.jobs.drift_png import BOX, HEIGHT, WIDTH, draw_drift_png, nice_ticks, viridis
+
+
+def test_viridis_ends_and_middle():
+    assert tuple(viridis(0.0)) == (68, 1, 84)
+    assert tuple(viridis(1.0)) == (253, 231, 37)
+    assert tuple(viridis(0.5)) == (33, 145, 140)
+    assert viridis(np.linspace(0, 1, 7)).shape == (7, 3)
+
+
+def test_nice_ticks_are_round_and_inside():
+    t = nice_ticks(-17.3, 2.2)
+    assert np.allclose(t, [-15, -10, -5, 0])
+    t = nice_ticks(1, 24)
+    assert np.allclose(t, [10, 20])
+    assert len(nice_ticks(0.0, 0.3)) >= 3
+
+
+def test_drift_png_puts_first_and_last_frames_where_the_data_say(tmp_path):
+    # a straight drift to the right and down: frame 1 at the origin (its dot dark purple), the last
+    # frame far right and lowest (y grows downwards), its dot yellow
+    d = np.stack([np.linspace(0, 30, 12), np.linspace(0, 10, 12)], 1)
+    out = draw_drift_png(d, tmp_path / "m_shifts.png", title="m")
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert img.shape == (HEIGHT, WIDTH, 3)
+    x0, y0, x1, y1 = BOX
+    inside = img[y0 + 2:y1 - 1, x0 + 2:x1 - 1]
+    yellow = np.argwhere((np.abs(inside - [253, 231, 37]).sum(-1) < 20))
+    purple = np.argwhere((np.abs(inside - [68, 1, 84]).sum(-1) < 20))
+    assert len(yellow) > 5 and len(purple) > 5
+    (yy, yx), (py, px) = yellow.mean(0), purple.mean(0)
+    assert yx > px + 100  # 30 Å to the right, on ~190 px for ~33 Å
+    assert yy > py + 20  # and 10 Å lower
+    assert not (tmp_path / "m_shifts.png.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m_shifts.png"]
