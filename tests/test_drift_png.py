@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cryolens.jobs.drift_png import BOX, HEIGHT, WIDTH, draw_drift_png, nice_ticks, viridis
@@ -40,3 +41,20 @@ def test_drift_png_puts_first_and_last_frames_where_the_data_say(tmp_path):
     assert yy > py + 20  # and 10 Å lower
     assert not (tmp_path / "m_shifts.png.tmp").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m_shifts.png"]
+
+
+def test_drift_summary_draws_rejected_movies_red_and_bars_to_scale(tmp_path):
+    from cryolens.jobs.drift_png import RED, draw_drift_summary_png
+
+    t = [np.stack([np.linspace(0, s, 10), np.linspace(0, -s, 10)], 1) for s in (5.0, 10.0, 20.0)]
+    out = draw_drift_summary_png(t, ["a", "b", "c"], [False, True, False], np.array([1.0, 2.0, 4.0]),
+                                 np.array([4.0, 8.0, 16.0]), tmp_path / "drift.png")
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert img.shape == (396, 990, 3)
+    assert (np.abs(img[:, :480] - RED).sum(-1) < 10).sum() > 10  # the rejected trajectory
+    # stacked bars: the tallest (movie 3, 20 Å) is 4x the first (5 Å)
+    blue_or_orange = (np.abs(img[:, 580:970] - [31, 119, 180]).sum(-1) < 10) | \
+        (np.abs(img[:, 580:970] - [255, 127, 14]).sum(-1) < 10)
+    cols = blue_or_orange.sum(0)
+    heights = sorted({int(c) for c in cols if c > 40})
+    assert heights and heights[-1] / heights[0] == pytest.approx(4.0, rel=0.05)
