@@ -68,3 +68,24 @@ def test_native_insert_rejects_frequencies_outside_the_accumulator(monkeypatch):
 def test_native_switch_off(monkeypatch):
     monkeypatch.setenv("CRYOLENS_NATIVE", "off")
     assert native_library() is None
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_native_shift_sum_equals_pytorch(weighted):
+    from cryolens.core.native import shift_sum
+
+    g = torch.Generator().manual_seed(3)
+    h, wc = 48, 25
+    spec = torch.complex(torch.randn(h, wc, generator=g), torch.randn(h, wc, generator=g))
+    ey = torch.polar(torch.ones(h), torch.rand(h, generator=g) * 6.3)
+    ex = torch.polar(torch.ones(wc), torch.rand(wc, generator=g) * 6.3)
+    w = torch.rand(h, wc, generator=g) if weighted else None
+    acc = torch.complex(torch.randn(h, wc, generator=g), torch.randn(h, wc, generator=g))
+    acc_dw = acc.clone() * 2
+    want = acc + spec * ey[:, None] * ex[None, :]
+    want_dw = acc_dw + spec * ey[:, None] * ex[None, :] * w if weighted else acc_dw.clone()
+    assert shift_sum(acc, acc_dw, spec, ey, ex, w)
+    assert torch.allclose(acc, want, atol=1e-5)
+    assert torch.allclose(acc_dw, want_dw, atol=1e-5)
+    with pytest.raises(ValueError, match="shapes"):
+        shift_sum(acc, acc_dw, spec[:-1].contiguous(), ey, ex, w)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["native_enabled", "native_library", "insert_slices"]
+__all__ = ["native_enabled", "native_library", "insert_slices", "shift_sum"]
 
 log = logging.getLogger("cryolens.native")
 
@@ -107,6 +107,27 @@ int64_t insert_slices(float *restrict data, float *restrict weight, int64_t P,
     free(base); free(frac); free(sign);
     return bad;
 }
+
+/* acc += spec * ey[r] * ex[c] over an (H, Wc) complex spectrum (a Fourier shift by separable phase
+   factors), and acc_dw += the same times w[r, c] when w is given: one pass for both sums. */
+void shift_sum(const float *restrict spec, const float *restrict ey, const float *restrict ex,
+               const float *restrict w, float *restrict acc, float *restrict acc_dw, int64_t H, int64_t Wc)
+{
+    for (int64_t r = 0; r < H; r++) {
+        const float yr = ey[2 * r], yi = ey[2 * r + 1];
+        const float *s = spec + 2 * Wc * r;
+        float *a = acc + 2 * Wc * r;
+        for (int64_t c = 0; c < Wc; c++) {
+            float pr = yr * ex[2 * c] - yi * ex[2 * c + 1], pi = yr * ex[2 * c + 1] + yi * ex[2 * c];
+            float vr = s[2 * c] * pr - s[2 * c + 1] * pi, vi = s[2 * c] * pi + s[2 * c + 1] * pr;
+            a[2 * c] += vr; a[2 * c + 1] += vi;
+            if (w) {
+                float q = w[Wc * r + c];
+                acc_dw[2 * Wc * r + 2 * c] += q * vr; acc_dw[2 * Wc * r + 2 * c + 1] += q * vi;
+            }
+        }
+    }
+}
 """
 
 FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno"]
@@ -159,6 +180,8 @@ def native_library() -> ctypes.CDLL | None:
             p, i = ctypes.c_void_p, ctypes.c_int64
             lib.insert_slices.argtypes = [p, p, i, p, i, p, p, p, i, i, ctypes.c_float]
             lib.insert_slices.restype = i
+            lib.shift_sum.argtypes = [p, p, p, p, p, p, i, i]
+            lib.shift_sum.restype = None
         except Exception as e:  # noqa: BLE001 - any build or load problem means: use the PyTorch code
             log.warning("native kernels unavailable (%s: %s); using PyTorch", type(e).__name__, e)
             lib = None
@@ -195,4 +218,27 @@ def insert_slices(data: torch.Tensor, weight: torch.Tensor, P: int, k: torch.Ten
         raise MemoryError("native insert_slices: out of memory for its per-slice buffers")
     if bad:
         raise ValueError(f"{bad} slice frequencies fall outside the accumulator: are the rotations orthonormal?")
+    return True
+
+
+def shift_sum(acc: torch.Tensor, acc_dw: torch.Tensor | None, spectrum: torch.Tensor, ey: torch.Tensor,
+              ex: torch.Tensor, weights: torch.Tensor | None) -> bool:
+    """``acc += spectrum · ey[:, None] · ex[None, :]`` and ``acc_dw += (the same) · weights`` in one pass (C).
+
+    ``acc``, ``acc_dw`` and ``spectrum`` are ``(H, Wc)`` complex64, ``ey (H,)`` and ``ex (Wc,)`` complex64
+    phase factors, ``weights (H, Wc)`` float32 or None (then ``acc_dw`` is not touched). Returns False
+    (nothing done) when the kernel is unavailable or a tensor is not a contiguous CPU tensor of those dtypes.
+    """
+    lib = native_library()
+    tensors = [acc, spectrum, ey, ex] + ([acc_dw, weights] if weights is not None else [])
+    if lib is None or any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors) \
+            or any(t.dtype != torch.complex64 for t in tensors[:4]) \
+            or (weights is not None and (acc_dw.dtype != torch.complex64 or weights.dtype != torch.float32)):
+        return False
+    H, Wc = acc.shape
+    if spectrum.shape != (H, Wc) or ey.shape != (H,) or ex.shape != (Wc,) or \
+            (weights is not None and (weights.shape != (H, Wc) or acc_dw.shape != (H, Wc))):
+        raise ValueError("shift_sum: shapes do not match")
+    lib.shift_sum(spectrum.data_ptr(), ey.data_ptr(), ex.data_ptr(), 0 if weights is None else weights.data_ptr(),
+                  acc.data_ptr(), 0 if weights is None else acc_dw.data_ptr(), H, Wc)
     return True
