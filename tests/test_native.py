@@ -27,7 +27,8 @@ def _cache(tmp_path_factory, monkeypatch):
 def _inputs(n: int, count: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     rot = euler_to_matrix(*random_euler(count, g))
-    images = torch.complex(torch.randn(count, n, n // 2 + 1, generator=g), torch.randn(count, n, n // 2 + 1, generator=g))
+    shape = (count, n, n // 2 + 1)
+    images = torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g))
     origins = 3 * torch.randn(count, 2, generator=g)
     ctf = torch.rand(count, n, n // 2 + 1, generator=g) * 2 - 1
     return images, rot, origins, ctf
