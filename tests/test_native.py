@@ -6,7 +6,9 @@ Ground truth: the PyTorch path of ``BackProjector.insert`` (itself pinned as the
 
 from __future__ import annotations
 
+import resource
 import shutil
+import sys
 
 import pytest
 import torch
@@ -90,3 +92,22 @@ def test_native_shift_sum_equals_pytorch(weighted):
     assert torch.allclose(acc_dw, want_dw, atol=1e-5)
     with pytest.raises(ValueError, match="shapes"):
         shift_sum(acc, acc_dw, spec[:-1].contiguous(), ey, ex, w)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_retain_freed_memory_reuses_large_buffers_without_new_page_faults():
+    from cryolens.core.native import retain_freed_memory
+
+    def faults_of_fresh_buffer() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        x = torch.empty(16 << 20)  # 64 MB, above glibc's largest mmap threshold
+        x.fill_(1.0)  # touch every page
+        del x
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults_of_fresh_buffer()
+    outside = faults_of_fresh_buffer()  # mapped afresh each time: one fault per new page
+    with retain_freed_memory():
+        faults_of_fresh_buffer()  # the first one grows the heap
+        inside = faults_of_fresh_buffer()  # the second reuses it
+    assert outside > 2000 and inside < outside / 4, (outside, inside)

@@ -49,6 +49,7 @@ import torch
 
 from cryolens.compute.backends import cpu_count, default_spec, get_backend
 from cryolens.compute.threads import Threads
+from cryolens.core.native import retain_freed_memory
 from cryolens.errors import InputError
 from cryolens.io import read_micrographs, require_columns, resolve_path, star_name, write_micrographs
 from cryolens.io.movies import frame_range, movie_info, read_gain
@@ -193,7 +194,7 @@ def run_motion(star: str | os.PathLike, out_dir: str | os.PathLike, motion_param
         for note in notes:
             job.log.warning(note)
         job.log.info("%d movies through backend %s", len(tasks), spec)
-        with job.timed("align_all"), threads or get_backend(spec) as be:
+        with job.timed("align_all"), retain_freed_memory(), threads or get_backend(spec) as be:
             summaries = be.map(MOVIE_UNIT, tasks, desc="motion", progress=progress)
         for s in summaries:
             if s.get("local_fallback"):
