@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from cryolens import __version__
@@ -28,7 +30,56 @@ from cryolens.cli import run as _run
 from cryolens.cli import select as _select
 from cryolens.cli import simulate as _simulate
 
-app = typer.Typer(
+
+
+def _quick_exit_allowed() -> bool:
+    """Whether this process may skip the interpreter's teardown: not switched off (``CRYOLENS_FAST_EXIT=0``),
+    no non-daemon thread and no child process still running."""
+    import os
+    import threading
+
+    if os.environ.get("CRYOLENS_FAST_EXIT", "1").lower() in ("0", "off", "false", "no"):
+        return False
+    if any(t is not threading.main_thread() and t.is_alive() and not t.daemon for t in threading.enumerate()):
+        return False
+    mp = sys.modules.get("multiprocessing")
+    return not (mp is not None and mp.active_children())
+
+
+class CryolensApp(typer.Typer):
+    """The ``cryolens`` command. When it is run as the program (``app()``: the ``cryolens`` script or
+    ``python -m cryolens.cli.main``) and a command succeeds, the process ends with ``os._exit(0)`` after
+    flushing the output and running the ``atexit`` handlers (log files, temporary folders): the
+    interpreter's own teardown of torch, pandas and matplotlib modules took ~0.6 s of every command
+    (measured: reconstruct 5.5 -> 4.9 s). Tests invoke the click command directly and are unaffected."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit as e:
+            if e.code in (0, None) and _quick_exit_allowed():
+                import atexit
+                import os
+
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except (OSError, ValueError):
+                        pass
+                run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
+                if run_exitfuncs is None:  # not CPython: the ordinary exit
+                    raise
+                run_exitfuncs()
+                for stream in (sys.stdout, sys.stderr):
+                    try:
+                        stream.flush()
+                    except (OSError, ValueError):
+                        pass
+                os._exit(0)
+            raise
+
+
+app = CryolensApp(
     name="cryolens",
     help=("Cryo-EM single-particle analysis: import, motion, ctf, pick, extract, class2d, select, reconstruct, "
           "abinitio, refine, class3d, postprocess, align-maps; workflows (run), projects, simulation."),

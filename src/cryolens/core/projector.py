@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from cryolens.core.fourier import freq_grid_2d, ft3, radius_3d, shift_phase
 from cryolens.core.masks import soft_mask_outside
+from cryolens.core.native import insert_slices
 
 __all__ = ["FourierVolume", "SliceGrid", "gridding_correction", "prepare_volume", "project", "sample_trilinear",
            "BackProjector", "scatter_add_complex"]
@@ -313,6 +314,10 @@ class BackProjector:
             f = f.repeat_interleave(G, 0)
             if wgt.shape[0] > 1:  # per-image CTF² (a shared weight row broadcasts as it is)
                 wgt = wgt.repeat_interleave(G, 0)
+        # On the CPU the C kernel of cryolens.core.native (when it builds) does the rest, ~4x faster.
+        if dev.type == "cpu" and insert_slices(self.data, self.weight, self.P, self.grid.k, rot, f, wgt, self.pad):
+            self.count += B
+            return
         # Small chunks keep the scatter cache-friendly; a band-limited grid (few points per image) takes up to
         # 16x more images per chunk (about the points of a chunk of full-box images at n = 64).
         step = min(16 * self.chunk, max(self.chunk, (self.chunk * 1600) // max(1, self.grid.flat.numel())))

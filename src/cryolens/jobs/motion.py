@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,10 +49,11 @@ import torch
 
 from cryolens.compute.backends import cpu_count, default_spec, get_backend
 from cryolens.compute.threads import Threads
+from cryolens.core.native import retain_freed_memory
 from cryolens.errors import InputError
 from cryolens.io import read_micrographs, require_columns, resolve_path, star_name, write_micrographs
 from cryolens.io.movies import frame_range, movie_info, read_gain
-from cryolens.jobs.motion_plots import plot_drift_summary, warm_matplotlib
+from cryolens.jobs.motion_plots import plot_drift_summary
 from cryolens.jobs.motion_unit import MOVIE_UNIT, MovieTask
 from cryolens.jobs.report import write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
@@ -194,9 +194,7 @@ def run_motion(star: str | os.PathLike, out_dir: str | os.PathLike, motion_param
         for note in notes:
             job.log.warning(note)
         job.log.info("%d movies through backend %s", len(tasks), spec)
-        with job.timed("align_all"), threads or get_backend(spec) as be:
-            if isinstance(be, Threads) and any(t.plots for t in tasks):
-                threading.Thread(target=warm_matplotlib, daemon=True).start()  # overlaps the first reads
+        with job.timed("align_all"), retain_freed_memory(), threads or get_backend(spec) as be:
             summaries = be.map(MOVIE_UNIT, tasks, desc="motion", progress=progress)
         for s in summaries:
             if s.get("local_fallback"):

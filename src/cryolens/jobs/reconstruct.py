@@ -16,7 +16,7 @@ import torch
 
 from cryolens.io import write_particles
 from cryolens.jobs.particles import open_particles, write_half_maps
-from cryolens.jobs.report import write_report
+from cryolens.jobs.report import warm_matplotlib, write_report
 from cryolens.jobs.runner import Job, JobObserver, check_params
 from cryolens.reconstruct import ReconstructParams, reconstruct_half_maps
 
@@ -37,9 +37,19 @@ def run_reconstruct(star: str | os.PathLike, out_dir: str | os.PathLike, params:
         parts = parts.with_half_sets(seed=seed)
         write_particles(out / "particles.star", parts.optics, parts.particles)
         job.add_output("particles", out / "particles.star")
+        warm: list = []
+
+        def inserted(done: int, total: int) -> None:
+            # The insertion (both cores busy) is over; the final reconstructions are a few large torch
+            # operations that leave the GIL free: import matplotlib for the plots meanwhile.
+            if done >= total and not warm:
+                warm.append(warm_matplotlib())
+            if progress is not None:
+                progress(done, total)
+
         with job.timed("reconstruct"):
             res = reconstruct_half_maps(parts.batches(params.batch_size), parts.table(), box=box,
-                                        pixel_size=pixel_size, params=params, device=device, progress=progress)
+                                        pixel_size=pixel_size, params=params, device=device, progress=inserted)
         write_half_maps(out, job, res.half1, res.half2, res.full, res.fsc, pixel_size=pixel_size)
         job.results.update(resolution_0143_A=round(res.fsc.resolution_at(0.143), 3),
                            resolution_05_A=round(res.fsc.resolution_at(0.5), 3),

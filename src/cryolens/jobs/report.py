@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ import numpy as np
 from cryolens.core.fsc import FSCResult
 from cryolens.io.atomic import atomic_output, write_text_atomic
 
-__all__ = ["plot_fsc", "plot_central_slices", "plot_gallery", "new_figure", "save_figure", "write_report",
-           "VERDICT_MARK", "PANELS_MARK"]
+__all__ = ["plot_fsc", "plot_central_slices", "plot_gallery", "new_figure", "save_figure", "warm_matplotlib",
+           "write_report", "VERDICT_MARK", "PANELS_MARK"]
 
 #: Where the verdict line goes (after the title) and where the class-count and truth panels go (before the
 #: parameters); :func:`cryolens.jobs.report_panels.complete_report` fills them when the job finishes.
@@ -53,6 +54,21 @@ def new_figure(**subplots_kwargs):
     fig = Figure(**{k: v for k, v in subplots_kwargs.items() if k not in _SUBPLOTS_ARGS})
     FigureCanvasAgg(fig)
     return fig, fig.subplots(**grid)
+
+
+def warm_matplotlib() -> threading.Thread:
+    """Import matplotlib, its Agg canvas and figure modules (~0.6 CPU-s, GIL-bound) in a daemon thread, so
+    that a job's first plot does not wait for them; start it when the cores are not all busy (e.g. while a
+    few large torch operations run). Returns the started thread."""
+    def work() -> None:
+        import matplotlib
+        matplotlib.use("Agg", force=False)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+        from matplotlib.figure import Figure  # noqa: F401
+
+    t = threading.Thread(target=work, name="warm-matplotlib", daemon=True)
+    t.start()
+    return t
 
 
 def save_figure(fig, path: str | os.PathLike, *, dpi: int = 110) -> Path:

@@ -24,6 +24,7 @@ import torch
 
 from cryolens.core.fourier import good_fft_size
 from cryolens.core.motion import PolynomialMotion
+from cryolens.core.native import shift_sum
 from cryolens.motion.dose_weight import DoseWeights, motion_statistics, rejection_reason
 from cryolens.motion.global_align import align_frames, bfactor_filter, crop_spectrum, cross_mask, phase_ramp, freq_axes
 from cryolens.motion.params import MotionParams, MotionResult
@@ -271,6 +272,8 @@ def _global_sums(frames: torch.Tensor, shifts: torch.Tensor, cache: list[torch.T
         ey = torch.polar(torch.ones((), device=dev), -2 * torch.pi * s[:, 1, None] * ky)
         wts = dw(idx) if dw is not None else None
         for j in range(len(idx)):  # frame by frame: accumulate in place, no (chunk, H, W) temporaries
+            if shift_sum(acc, acc_dw, spec[j], ey[j], ex[j], wts[j] if wts is not None else None):
+                continue  # the C kernel: both sums in one pass
             shifted = spec[j].mul_(ey[j, :, None]).mul_(ex[j, None, :])
             acc.add_(shifted)
             if acc_dw is not None:

@@ -127,10 +127,10 @@ def orient_gain(gain: torch.Tensor, *, rot: int = 0, flip: int = 0) -> torch.Ten
     return g.contiguous()
 
 
-def _robust_stats(values: torch.Tensor, max_samples: int = 1 << 20) -> tuple[float, float]:
+def _robust_stats(values: torch.Tensor, max_samples: int = 1 << 18) -> tuple[float, float]:
     """Median and robust SD (1.4826 × MAD; the plain SD when the MAD is 0, as for sparse counts)
     of a 1-D tensor, from a regular subsample of at most ``max_samples``."""
-    step = max(1, values.numel() // max_samples)
+    step = max(1, -(-values.numel() // max_samples))
     v = values[::step].double()
     med = v.median()
     sd = 1.4826 * float((v - med).abs().median())

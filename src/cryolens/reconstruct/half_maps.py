@@ -52,7 +52,9 @@ def reconstruct_half_maps(batches: Iterable[tuple[np.ndarray, np.ndarray]], part
 
     Args:
         batches: iterable of ``(row_indices, images)`` with images ``(b, box, box)``;
-            ``row_indices`` index ``particles`` positionally.
+            ``row_indices`` index ``particles`` positionally. It is read one batch ahead (the next
+            batch is drawn while the current one is inserted), so a batch must not reuse the
+            previous one's arrays.
         particles: per-particle table with optics merged in, poses, origins, CTF
             columns and ``rlnRandomSubset`` (1/2).
         box, pixel_size: image box (px) and pixel size (Å), one for all particles.
@@ -86,9 +88,13 @@ def reconstruct_half_maps(batches: Iterable[tuple[np.ndarray, np.ndarray]], part
         if on_cpu:
             torch.set_num_threads(max(1, threads // 2))  # no oversubscription: 2 workers x threads/2
         with ThreadPoolExecutor(max_workers=2 if on_cpu else 1) as pool:
-            for idx, images in batches:
-                idx = np.asarray(idx)
-                for fut in [pool.submit(insert, h, idx, images) for h in halves]:
+            batch_iter = iter(batches)
+            batch = next(batch_iter, None)
+            while batch is not None:
+                idx, images = np.asarray(batch[0]), batch[1]
+                futures = [pool.submit(insert, h, idx, images) for h in halves]
+                batch = next(batch_iter, None)  # read the next batch while the halves insert this one
+                for fut in futures:
                     fut.result()
                 done += len(idx)
                 if progress is not None:

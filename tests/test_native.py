@@ -1,0 +1,113 @@
+"""The native (C) insertion kernel (core/native.py) against the PyTorch insertion it replaces.
+
+Ground truth: the PyTorch path of ``BackProjector.insert`` (itself pinned as the exact adjoint of
+``project`` in test_projector.py), run with ``CRYOLENS_NATIVE=0`` on the same inputs.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import sys
+
+import pytest
+import torch
+
+from cryolens.core.native import native_library
+from cryolens.core.projector import BackProjector
+from cryolens.core.rotations import euler_to_matrix, random_euler
+from cryolens.core.symmetry import symmetry_matrices
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("CRYOLENS_CACHE", str(tmp_path_factory.getbasetemp() / "native-cache"))
+
+
+def _inputs(n: int, count: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    rot = euler_to_matrix(*random_euler(count, g))
+    shape = (count, n, n // 2 + 1)
+    images = torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g))
+    origins = 3 * torch.randn(count, 2, generator=g)
+    ctf = torch.rand(count, n, n // 2 + 1, generator=g) * 2 - 1
+    return images, rot, origins, ctf
+
+
+def _insert(monkeypatch, native: bool, n: int, pad: int, *args, **kwargs) -> BackProjector:
+    monkeypatch.setenv("CRYOLENS_NATIVE", "1" if native else "0")
+    bp = BackProjector(n, pad=pad)
+    bp.insert(*args, **kwargs)
+    return bp
+
+
+@pytest.mark.parametrize("n,pad,with_ctf,sym", [(32, 2, True, "C1"), (33, 2, False, "C1"), (24, 3, True, "D2")])
+def test_native_insert_equals_pytorch_insert(monkeypatch, n, pad, with_ctf, sym):
+    images, rot, origins, ctf = _inputs(n, 40, seed=n)
+    kw = dict(symmetry=symmetry_matrices(sym))
+    args = (images, rot, origins, ctf if with_ctf else None)
+    ref = _insert(monkeypatch, False, n, pad, *args, **kw)
+    got = _insert(monkeypatch, True, n, pad, *args, **kw)
+    assert native_library() is not None
+    scale = ref.data.abs().max()
+    assert (got.data - ref.data).abs().max() <= 1e-5 * scale
+    assert (got.weight - ref.weight).abs().max() <= 1e-5 * ref.weight.max()
+    assert got.count == ref.count == 40
+    # The sums are not trivially equal: the data carry every image.
+    assert scale > 0 and ref.weight.sum() > 0
+
+
+def test_native_insert_rejects_frequencies_outside_the_accumulator(monkeypatch):
+    images, rot, _, _ = _inputs(16, 2, seed=1)
+    monkeypatch.setenv("CRYOLENS_NATIVE", "1")
+    bp = BackProjector(16)
+    with pytest.raises(ValueError, match="outside the accumulator"):
+        bp.insert(images, 3.0 * rot)
+    assert bp.count == 0
+
+
+def test_native_switch_off(monkeypatch):
+    monkeypatch.setenv("CRYOLENS_NATIVE", "off")
+    assert native_library() is None
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_native_shift_sum_equals_pytorch(weighted):
+    from cryolens.core.native import shift_sum
+
+    g = torch.Generator().manual_seed(3)
+    h, wc = 48, 25
+    spec = torch.complex(torch.randn(h, wc, generator=g), torch.randn(h, wc, generator=g))
+    ey = torch.polar(torch.ones(h), torch.rand(h, generator=g) * 6.3)
+    ex = torch.polar(torch.ones(wc), torch.rand(wc, generator=g) * 6.3)
+    w = torch.rand(h, wc, generator=g) if weighted else None
+    acc = torch.complex(torch.randn(h, wc, generator=g), torch.randn(h, wc, generator=g))
+    acc_dw = acc.clone() * 2
+    want = acc + spec * ey[:, None] * ex[None, :]
+    want_dw = acc_dw + spec * ey[:, None] * ex[None, :] * w if weighted else acc_dw.clone()
+    assert shift_sum(acc, acc_dw, spec, ey, ex, w)
+    assert torch.allclose(acc, want, atol=1e-5)
+    assert torch.allclose(acc_dw, want_dw, atol=1e-5)
+    with pytest.raises(ValueError, match="shapes"):
+        shift_sum(acc, acc_dw, spec[:-1].contiguous(), ey, ex, w)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
+def test_retain_freed_memory_reuses_large_buffers_without_new_page_faults():
+    from cryolens.core.native import retain_freed_memory
+
+    def faults_of_fresh_buffer() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        x = torch.empty(16 << 20)  # 64 MB, above glibc's largest mmap threshold
+        x.fill_(1.0)  # touch every page
+        del x
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults_of_fresh_buffer()
+    outside = faults_of_fresh_buffer()  # mapped afresh each time: one fault per new page
+    with retain_freed_memory():
+        faults_of_fresh_buffer()  # the first one grows the heap
+        inside = faults_of_fresh_buffer()  # the second reuses it
+    assert outside > 2000 and inside < outside / 4, (outside, inside)
