@@ -31,7 +31,6 @@ from cryolens.cli import select as _select
 from cryolens.cli import simulate as _simulate
 
 
-
 def _quick_exit_allowed() -> bool:
     """Whether this process may skip the interpreter's teardown: not switched off (``CRYOLENS_FAST_EXIT=0``),
     no non-daemon thread and no child process still running."""
