@@ -58,3 +58,20 @@ def test_drift_summary_draws_rejected_movies_red_and_bars_to_scale(tmp_path):
     cols = blue_or_orange.sum(0)
     heights = sorted({int(c) for c in cols if c > 40})
     assert heights and heights[-1] / heights[0] == pytest.approx(4.0, rel=0.05)
+
+
+def test_drift_plots_skip_non_finite_shifts(tmp_path):
+    from cryolens.jobs.drift_png import draw_drift_summary_png
+
+    # a frame whose shift is NaN is left out of the drawing, the others still land where they should
+    d = np.stack([np.linspace(0, 30, 12), np.linspace(0, 10, 12)], 1)
+    d[5] = np.nan
+    out = draw_drift_png(d, tmp_path / "m_shifts.png", title="m")
+    img = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    x0, y0, x1, y1 = BOX
+    inside = img[y0 + 2:y1 - 1, x0 + 2:x1 - 1]
+    assert (np.abs(inside - [253, 231, 37]).sum(-1) < 20).sum() > 5  # the last frame's dot
+    assert draw_drift_png(np.full((4, 2), np.nan), tmp_path / "all_nan.png", title="n").is_file()
+    out = draw_drift_summary_png([d, np.zeros((3, 2))], ["a", "b"], [False, False], np.array([1.0, np.nan]),
+                                 np.array([2.0, 1.0]), tmp_path / "drift.png")
+    assert Image.open(out).size == (990, 396)

@@ -137,6 +137,12 @@ class _Axes:
             self.draw.text((left + 24, v), name, fill="black", font=f, anchor="lm")
 
 
+def _points(a) -> np.ndarray:
+    """``a`` as ``(N, 2)`` float64 rows (x, y), without the rows that are not finite (they are not drawn)."""
+    d = np.asarray(a, dtype=np.float64).reshape(-1, 2)
+    return d[np.isfinite(d).all(1)]
+
+
 def _save(img, path: str | Path) -> Path:
     path = Path(path)
     with atomic_output(path) as tmp:
@@ -148,13 +154,15 @@ def draw_drift_png(displacement_A: np.ndarray, path: str | Path, *, title: str) 
     """Draw the trajectory ``displacement_A (F, 2)`` (x, y in Å, frame order) into ``path`` (PNG, atomically)."""
     from PIL import Image
 
-    d = np.asarray(displacement_A, dtype=np.float64).reshape(-1, 2)
+    full = np.asarray(displacement_A, dtype=np.float64).reshape(-1, 2)
+    shown = np.isfinite(full).all(1)
+    d = full[shown]
     img = Image.new("RGB", (WIDTH, HEIGHT), "white")
     ax = _Axes.equal(img, BOX, np.vstack([d, [[0.0, 0.0]]]))
     ax.frame(xlabel="x (Å)", ylabel="y (Å)", title=title)
     ax.trajectory(d, (77, 77, 77))
     u, v = ax.px(d[:, 0], d[:, 1])
-    colours = viridis(np.linspace(0.0, 1.0, len(d)) if len(d) > 1 else np.zeros(1))
+    colours = viridis(np.linspace(0.0, 1.0, len(full)) if len(full) > 1 else np.zeros(len(full)))[shown]
     for a, b, c in zip(u, v, colours):
         ax.draw.ellipse([a - 3, b - 3, a + 3, b + 3], fill=tuple(int(x) for x in c))
     ax.origin_mark()
@@ -163,7 +171,7 @@ def draw_drift_png(displacement_A: np.ndarray, path: str | Path, *, title: str) 
     ramp = viridis(np.linspace(1.0, 0.0, by1 - by0))[:, None, :].repeat(bx1 - bx0, axis=1)
     img.paste(Image.fromarray(np.ascontiguousarray(ramp), "RGB"), (bx0, by0))
     ax.draw.rectangle(BAR, outline="black")
-    n, small = len(d), _font(10)
+    n, small = len(full), _font(10)
     for f in nice_ticks(1, max(n, 2), target=5):
         if 1 <= f <= n:
             w = by1 - (f - 1) / max(n - 1, 1) * (by1 - by0)
@@ -180,19 +188,20 @@ def draw_drift_summary_png(trajectories_A: list[np.ndarray], names: list[str], r
     from PIL import Image
 
     img = Image.new("RGB", (990, 396), "white")  # the matplotlib figure's 11 x 4.4 inches at 90 dpi
-    pts = np.vstack([np.asarray(t, dtype=np.float64).reshape(-1, 2) for t in trajectories_A] + [np.zeros((1, 2))])
+    pts = np.vstack([_points(t) for t in trajectories_A] + [np.zeros((1, 2))])
     left = _Axes.equal(img, (80, 32, 470, 346), pts)
     left.frame(xlabel="x (Å)", ylabel="y (Å)", title="specimen drift (+ = first frame; red = rejected)", font=11)
     legend = []
     for k, (t, name, rej) in enumerate(zip(trajectories_A, names, rejected)):
         colour = RED if rej else CYCLE[k % len(CYCLE)]
-        left.trajectory(np.asarray(t, dtype=np.float64).reshape(-1, 2), colour)
+        left.trajectory(_points(t), colour)
         if k < 8:
             legend.append((name, colour))
     left.origin_mark()
     if legend:
         left.legend(legend)
-    early, late = np.asarray(early_A, dtype=np.float64), np.asarray(late_A, dtype=np.float64)
+    early, late = (np.nan_to_num(np.asarray(a, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+                   for a in (early_A, late_A))
     n = len(early)
     top = float((early + late).max()) * 1.05 if n and (early + late).max() > 0 else 1.0
     right = _Axes(img, (580, 32, 970, 346), (0.4, n + 0.6), (0.0, top))
