@@ -6,6 +6,7 @@ Ground truth: the PyTorch path of ``BackProjector.insert`` (itself pinned as the
 
 from __future__ import annotations
 
+import ctypes
 import resource
 import shutil
 import sys
@@ -74,35 +75,67 @@ def test_native_switch_off(monkeypatch):
 
 
 @pytest.mark.parametrize("weighted", [True, False])
-def test_native_shift_sum_equals_pytorch(weighted):
+@pytest.mark.parametrize("frames", [None, 3])
+def test_native_shift_sum_equals_pytorch(weighted, frames):
+    """One frame (no leading axis) or a chunk of 3: the sums equal the PyTorch products."""
     from cryolens.core.native import shift_sum
 
     g = torch.Generator().manual_seed(3)
     h, wc = 48, 25
-    spec = torch.complex(torch.randn(h, wc, generator=g), torch.randn(h, wc, generator=g))
-    ey = torch.polar(torch.ones(h), torch.rand(h, generator=g) * 6.3)
-    ex = torch.polar(torch.ones(wc), torch.rand(wc, generator=g) * 6.3)
-    w = torch.rand(h, wc, generator=g) if weighted else None
+    lead = () if frames is None else (frames,)
+    spec = torch.complex(torch.randn(*lead, h, wc, generator=g), torch.randn(*lead, h, wc, generator=g))
+    ey = torch.polar(torch.ones(*lead, h), torch.rand(*lead, h, generator=g) * 6.3)
+    ex = torch.polar(torch.ones(*lead, wc), torch.rand(*lead, wc, generator=g) * 6.3)
+    w = torch.rand(*lead, h, wc, generator=g) if weighted else None
     acc = torch.complex(torch.randn(h, wc, generator=g), torch.randn(h, wc, generator=g))
     acc_dw = acc.clone() * 2
-    want = acc + spec * ey[:, None] * ex[None, :]
-    want_dw = acc_dw + spec * ey[:, None] * ex[None, :] * w if weighted else acc_dw.clone()
+    moved = (spec * ey[..., :, None] * ex[..., None, :]).reshape(-1, h, wc)
+    want = acc + moved.sum(0)
+    want_dw = acc_dw + (moved * w.reshape(-1, h, wc)).sum(0) if weighted else acc_dw.clone()
     assert shift_sum(acc, acc_dw, spec, ey, ex, w)
     assert torch.allclose(acc, want, atol=1e-5)
     assert torch.allclose(acc_dw, want_dw, atol=1e-5)
     with pytest.raises(ValueError, match="shapes"):
-        shift_sum(acc, acc_dw, spec[:-1].contiguous(), ey, ex, w)
+        shift_sum(acc, acc_dw, spec[..., :-1, :].contiguous(), ey, ex, w)
+
+
+def test_native_cross_spectra_equals_pytorch():
+    """Two batches (patches) of 5 frames: Unblur's cross spectra against the sum of the other frames."""
+    from cryolens.core.native import cross_spectra
+
+    g = torch.Generator().manual_seed(5)
+    lead, f, h, wc = 2, 5, 12, 7
+    spec = torch.complex(torch.randn(lead, f, h, wc, generator=g), torch.randn(lead, f, h, wc, generator=g))
+    ey = torch.polar(torch.ones(lead, f, h), torch.rand(lead, f, h, generator=g) * 6.3)
+    ex = torch.polar(torch.ones(lead, f, wc), torch.rand(lead, f, wc, generator=g) * 6.3)
+    filt = torch.rand(h, wc, generator=g)
+    cur = spec * ey[..., :, None] * ex[..., None, :]
+    want = cur.conj() * (cur.sum(1, keepdim=True) - cur) * filt
+    got = cross_spectra(spec, ey, ex, filt)
+    assert got is not None and torch.allclose(got, want, atol=1e-4)
+    with pytest.raises(ValueError, match="shapes"):
+        cross_spectra(spec, ey, ex, filt[:-1])
+    assert cross_spectra(spec, ey, ex, filt.double()) is None  # wrong dtype: the caller's PyTorch path
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
 def test_retain_freed_memory_reuses_large_buffers_without_new_page_faults():
     from cryolens.core.native import retain_freed_memory
 
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+
     def faults_of_fresh_buffer() -> int:
+        """Page faults of a 64 MB glibc buffer (above the largest mmap threshold), touched and freed. glibc's
+        malloc directly, as the C kernels and numpy use it: torch's CPU allocator here faults on reused
+        pages too (seen on this VM: every page of a reused torch buffer faulted again)."""
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        x = torch.empty(16 << 20)  # 64 MB, above glibc's largest mmap threshold
-        x.fill_(1.0)  # touch every page
-        del x
+        p = libc.malloc(64 << 20)
+        libc.memset(p, 1, 64 << 20)  # touch every page
+        libc.free(p)
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
     faults_of_fresh_buffer()

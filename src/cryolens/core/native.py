@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["native_enabled", "native_library", "insert_slices", "shift_sum", "retain_freed_memory"]
+__all__ = ["native_enabled", "native_library", "insert_slices", "shift_sum", "cross_spectra", "retain_freed_memory"]
 
 log = logging.getLogger("cryolens.native")
 
@@ -111,23 +111,67 @@ int64_t insert_slices(float *restrict data, float *restrict weight, int64_t P,
 
 /* acc += spec * ey[r] * ex[c] over an (H, Wc) complex spectrum (a Fourier shift by separable phase
    factors), and acc_dw += the same times w[r, c] when w is given: one pass for both sums. */
+/* acc += sum_b spec_b * ey_b[r] * ex_b[c] (and acc_dw += the same times w_b[r, c]) over B frames of
+   (H, Wc) complex spectra; rows outermost, so each accumulator row is read and written once per call. */
 void shift_sum(const float *restrict spec, const float *restrict ey, const float *restrict ex,
-               const float *restrict w, float *restrict acc, float *restrict acc_dw, int64_t H, int64_t Wc)
+               const float *restrict w, float *restrict acc, float *restrict acc_dw, int64_t B, int64_t H,
+               int64_t Wc)
 {
     for (int64_t r = 0; r < H; r++) {
-        const float yr = ey[2 * r], yi = ey[2 * r + 1];
-        const float *s = spec + 2 * Wc * r;
         float *a = acc + 2 * Wc * r;
-        for (int64_t c = 0; c < Wc; c++) {
-            float pr = yr * ex[2 * c] - yi * ex[2 * c + 1], pi = yr * ex[2 * c + 1] + yi * ex[2 * c];
-            float vr = s[2 * c] * pr - s[2 * c + 1] * pi, vi = s[2 * c] * pi + s[2 * c + 1] * pr;
-            a[2 * c] += vr; a[2 * c + 1] += vi;
-            if (w) {
-                float q = w[Wc * r + c];
-                acc_dw[2 * Wc * r + 2 * c] += q * vr; acc_dw[2 * Wc * r + 2 * c + 1] += q * vi;
+        float *d = w ? acc_dw + 2 * Wc * r : 0;
+        for (int64_t b = 0; b < B; b++) {
+            const float yr = ey[2 * (H * b + r)], yi = ey[2 * (H * b + r) + 1];
+            const float *s = spec + 2 * Wc * (H * b + r);
+            const float *x = ex + 2 * Wc * b;
+            const float *q = w ? w + Wc * (H * b + r) : 0;
+            for (int64_t c = 0; c < Wc; c++) {
+                float pr = yr * x[2 * c] - yi * x[2 * c + 1], pi = yr * x[2 * c + 1] + yi * x[2 * c];
+                float vr = s[2 * c] * pr - s[2 * c + 1] * pi, vi = s[2 * c] * pi + s[2 * c + 1] * pr;
+                a[2 * c] += vr; a[2 * c + 1] += vi;
+                if (q) { d[2 * c] += q[c] * vr; d[2 * c + 1] += q[c] * vi; }
             }
         }
     }
+}
+
+/* Unblur's cross spectra for L batches of F frames of (H, Wc) complex spectra: with cur_f = spec_f * ey_f[r] *
+   ex_f[c], ccs_f = conj(cur_f) * (sum_g cur_g - cur_f) * filt, a row of all frames at a time (in cache).
+   Returns -1 when out of memory. */
+int64_t cross_spectra(const float *restrict spec, const float *restrict ey, const float *restrict ex,
+                      const float *restrict filt, float *restrict ccs, int64_t L, int64_t F, int64_t H, int64_t Wc)
+{
+    float *tot = malloc(sizeof(float) * 2 * Wc);
+    if (!tot) return -1;
+    for (int64_t l = 0; l < L; l++) {
+        for (int64_t r = 0; r < H; r++) {
+            for (int64_t c = 0; c < 2 * Wc; c++) tot[c] = 0.f;
+            for (int64_t f = 0; f < F; f++) {
+                const int64_t row = (l * F + f) * H + r;
+                const float yr = ey[2 * row], yi = ey[2 * row + 1];
+                const float *s = spec + 2 * Wc * row, *x = ex + 2 * Wc * (l * F + f);
+                float *o = ccs + 2 * Wc * row;
+                for (int64_t c = 0; c < Wc; c++) {
+                    float pr = yr * x[2 * c] - yi * x[2 * c + 1], pi = yr * x[2 * c + 1] + yi * x[2 * c];
+                    float vr = s[2 * c] * pr - s[2 * c + 1] * pi, vi = s[2 * c] * pi + s[2 * c + 1] * pr;
+                    o[2 * c] = vr; o[2 * c + 1] = vi;
+                    tot[2 * c] += vr; tot[2 * c + 1] += vi;
+                }
+            }
+            const float *q = filt + Wc * r;
+            for (int64_t f = 0; f < F; f++) {
+                float *o = ccs + 2 * Wc * ((l * F + f) * H + r);
+                for (int64_t c = 0; c < Wc; c++) {
+                    float vr = o[2 * c], vi = o[2 * c + 1];
+                    float er = tot[2 * c] - vr, ei = tot[2 * c + 1] - vi;
+                    o[2 * c] = (vr * er + vi * ei) * q[c];
+                    o[2 * c + 1] = (vr * ei - vi * er) * q[c];
+                }
+            }
+        }
+    }
+    free(tot);
+    return 0;
 }
 """
 
@@ -181,8 +225,10 @@ def native_library() -> ctypes.CDLL | None:
             p, i = ctypes.c_void_p, ctypes.c_int64
             lib.insert_slices.argtypes = [p, p, i, p, i, p, p, p, i, i, ctypes.c_float]
             lib.insert_slices.restype = i
-            lib.shift_sum.argtypes = [p, p, p, p, p, p, i, i]
+            lib.shift_sum.argtypes = [p, p, p, p, p, p, i, i, i]
             lib.shift_sum.restype = None
+            lib.cross_spectra.argtypes = [p, p, p, p, p, i, i, i, i]
+            lib.cross_spectra.restype = i
         except Exception as e:  # noqa: BLE001 - any build or load problem means: use the PyTorch code
             log.warning("native kernels unavailable (%s: %s); using PyTorch", type(e).__name__, e)
             lib = None
@@ -222,27 +268,56 @@ def insert_slices(data: torch.Tensor, weight: torch.Tensor, P: int, k: torch.Ten
     return True
 
 
-def shift_sum(acc: torch.Tensor, acc_dw: torch.Tensor | None, spectrum: torch.Tensor, ey: torch.Tensor,
+def shift_sum(acc: torch.Tensor, acc_dw: torch.Tensor | None, spectra: torch.Tensor, ey: torch.Tensor,
               ex: torch.Tensor, weights: torch.Tensor | None) -> bool:
-    """``acc += spectrum · ey[:, None] · ex[None, :]`` and ``acc_dw += (the same) · weights`` in one pass (C).
+    """``acc += Σ_b spectra[b] · ey[b, :, None] · ex[b, None, :]`` and ``acc_dw += Σ_b (the same) · weights[b]``
+    in one pass over the accumulators (C).
 
-    ``acc``, ``acc_dw`` and ``spectrum`` are ``(H, Wc)`` complex64, ``ey (H,)`` and ``ex (Wc,)`` complex64
-    phase factors, ``weights (H, Wc)`` float32 or None (then ``acc_dw`` is not touched). Returns False
-    (nothing done) when the kernel is unavailable or a tensor is not a contiguous CPU tensor of those dtypes.
+    ``acc``, ``acc_dw`` are ``(H, Wc)`` complex64; ``spectra (B, H, Wc)`` complex64 with phase factors
+    ``ey (B, H)`` and ``ex (B, Wc)`` complex64 (a leading B of 1 may be left out everywhere), ``weights
+    (B, H, Wc)`` float32 or None (then ``acc_dw`` is not touched). Returns False (nothing done) when the
+    kernel is unavailable or a tensor is not a contiguous CPU tensor of those dtypes.
     """
     lib = native_library()
-    tensors = [acc, spectrum, ey, ex] + ([acc_dw, weights] if weights is not None else [])
+    tensors = [acc, spectra, ey, ex] + ([acc_dw, weights] if weights is not None else [])
     if lib is None or any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors) \
             or any(t.dtype != torch.complex64 for t in tensors[:4]) \
             or (weights is not None and (acc_dw.dtype != torch.complex64 or weights.dtype != torch.float32)):
         return False
     H, Wc = acc.shape
-    if spectrum.shape != (H, Wc) or ey.shape != (H,) or ex.shape != (Wc,) or \
-            (weights is not None and (weights.shape != (H, Wc) or acc_dw.shape != (H, Wc))):
+    B = spectra.shape[0] if spectra.ndim == 3 else 1
+    if spectra.shape[-2:] != (H, Wc) or ey.numel() != B * H or ex.numel() != B * Wc or ey.shape[-1] != H or \
+            ex.shape[-1] != Wc or (weights is not None and (weights.numel() != B * H * Wc or
+                                                            weights.shape[-2:] != (H, Wc) or acc_dw.shape != (H, Wc))):
         raise ValueError("shift_sum: shapes do not match")
-    lib.shift_sum(spectrum.data_ptr(), ey.data_ptr(), ex.data_ptr(), 0 if weights is None else weights.data_ptr(),
-                  acc.data_ptr(), 0 if weights is None else acc_dw.data_ptr(), H, Wc)
+    lib.shift_sum(spectra.data_ptr(), ey.data_ptr(), ex.data_ptr(), 0 if weights is None else weights.data_ptr(),
+                  acc.data_ptr(), 0 if weights is None else acc_dw.data_ptr(), B, H, Wc)
     return True
+
+
+def cross_spectra(spectra: torch.Tensor, ey: torch.Tensor, ex: torch.Tensor, filt: torch.Tensor) -> torch.Tensor | None:
+    """Each frame's cross spectrum with the filtered sum of the other frames, moved by phase factors (C).
+
+    With ``cur = spectra · ey[..., :, None] · ex[..., None, :]`` (``spectra (..., F, H, Wc)``, ``ey (..., F, H)``,
+    ``ex (..., F, Wc)``, all complex64), returns ``conj(cur) · (cur.sum(-3) - cur) · filt`` with ``filt (H, Wc)``
+    float32, in one pass over the spectra. None when the kernel is unavailable or a tensor is not a contiguous
+    CPU tensor of those dtypes (the caller then computes it with PyTorch).
+    """
+    lib = native_library()
+    tensors = [spectra, ey, ex]
+    if lib is None or any(t.device.type != "cpu" or not t.is_contiguous() or t.dtype != torch.complex64
+                          for t in tensors) or filt.dtype != torch.float32 or filt.device.type != "cpu" \
+            or spectra.ndim < 3:
+        return None
+    F, H, Wc = spectra.shape[-3:]
+    L = spectra.numel() // (F * H * Wc) if spectra.numel() else 0
+    if ey.shape != spectra.shape[:-1] or ex.shape != (*spectra.shape[:-2], Wc) or filt.shape != (H, Wc):
+        raise ValueError("cross_spectra: shapes do not match")
+    out = torch.empty_like(spectra)
+    if L and lib.cross_spectra(spectra.data_ptr(), ey.data_ptr(), ex.data_ptr(), filt.contiguous().data_ptr(),
+                               out.data_ptr(), L, F, H, Wc) < 0:
+        raise MemoryError("native cross_spectra: out of memory for its row buffer")
+    return out
 
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # glibc mallopt parameters (malloc.h)

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from cryolens.core.fourier import good_fft_size
+from cryolens.core.fourier import good_fft_size, irfft2, rfft2
 from cryolens.core.motion import PolynomialMotion
 from cryolens.core.native import shift_sum
-from cryolens.motion.dose_weight import DoseWeights, motion_statistics, rejection_reason
+from cryolens.motion.dose_weight import DoseWeights, dose_weights, motion_statistics, rejection_reason
 from cryolens.motion.global_align import align_frames, bfactor_filter, crop_spectrum, cross_mask, phase_ramp, freq_axes
 from cryolens.motion.params import MotionParams, MotionResult
 from cryolens.motion.patch_align import fit_polynomial_model, local_sums, measure_patches
@@ -98,9 +98,9 @@ def align_movie(frames: torch.Tensor, *, pixel_size: float, params: MotionParams
     weights = None  # 4. sums
     if params.dose_weighting and dose_per_frame is not None:
         def weights(th: int, tw: int) -> DoseWeights:
-            return DoseWeights(th, tw, pixel_size=pixel_size, n_frames=n, dose_per_frame=dose_per_frame,
-                               pre_exposure=pre_exposure, voltage=voltage, restore_power=params.restore_power,
-                               device=dev)
+            return dose_weights(th, tw, pixel_size=pixel_size, n_frames=n, dose_per_frame=dose_per_frame,
+                                pre_exposure=pre_exposure, voltage=voltage, restore_power=params.restore_power,
+                                device=dev)
     if local.coeffs is not None:
         cache.clear()  # the local sums cut tiles from the frames themselves
         stride = params.local_tile_px or max(64, min(256, 2 * (min(hh, ww) // 16)))
@@ -166,7 +166,7 @@ def _frame_spectra(frames: torch.Tensor, shape: tuple[int, int], params: MotionP
     small = torch.empty(n, h, w // 2 + 1, dtype=torch.complex64, device=frames.device)
     for c in range(-(-n // params.chunk_frames)):
         sl = slice(c * params.chunk_frames, min(n, (c + 1) * params.chunk_frames))
-        spec = torch.fft.rfft2(frames[sl].to(torch.float32))
+        spec = rfft2(frames[sl].to(torch.float32))
         small[sl] = crop_spectrum(spec, (hh, ww), (h, w))
         if cache_ok:
             cache.append(spec)
@@ -264,22 +264,21 @@ def _global_sums(frames: torch.Tensor, shifts: torch.Tensor, cache: list[torch.T
     acc_dw = torch.zeros_like(acc) if dw is not None else None
     for c, f0 in enumerate(range(0, n, chunk)):
         idx = torch.arange(f0, min(n, f0 + chunk))
-        spec = cache[c] if cache else torch.fft.rfft2(frames[f0:f0 + len(idx)].to(torch.float32))
+        spec = cache[c] if cache else rfft2(frames[f0:f0 + len(idx)].to(torch.float32))
         if cache:
             cache[c] = None  # type: ignore[call-overload]  # ours now: modified in place, freed as we go
         s = shifts[idx].to(dev, torch.float32)
         ex = torch.polar(torch.ones((), device=dev), -2 * torch.pi * s[:, 0, None] * kx)
         ey = torch.polar(torch.ones((), device=dev), -2 * torch.pi * s[:, 1, None] * ky)
         wts = dw(idx) if dw is not None else None
-        for j in range(len(idx)):  # frame by frame: accumulate in place, no (chunk, H, W) temporaries
-            if shift_sum(acc, acc_dw, spec[j], ey[j], ex[j], wts[j] if wts is not None else None):
-                continue  # the C kernel: both sums in one pass
-            shifted = spec[j].mul_(ey[j, :, None]).mul_(ex[j, None, :])
-            acc.add_(shifted)
-            if acc_dw is not None:
-                acc_dw.add_(shifted * wts[j])  # complex x real
+        if not shift_sum(acc, acc_dw, spec, ey, ex, wts):  # the C kernel: the chunk's frames, both sums, one pass
+            for j in range(len(idx)):  # frame by frame: accumulate in place, no (chunk, H, W) temporaries
+                shifted = spec[j].mul_(ey[j, :, None]).mul_(ex[j, None, :])
+                acc.add_(shifted)
+                if acc_dw is not None:
+                    acc_dw.add_(shifted * wts[j])  # complex x real
         del spec, wts
         tick()
-    aligned = torch.fft.irfft2(acc, s=(hh, ww)).to(torch.float32)
-    dose = torch.fft.irfft2(acc_dw, s=(hh, ww)).to(torch.float32) if acc_dw is not None else None
+    aligned = irfft2(acc, s=(hh, ww)).to(torch.float32)
+    dose = irfft2(acc_dw, s=(hh, ww)).to(torch.float32) if acc_dw is not None else None
     return aligned, dose

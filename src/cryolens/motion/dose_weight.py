@@ -10,13 +10,14 @@ middle (``pre + (i + ½)·dose``) and ``N_e`` the critical exposure of
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from cryolens.core.dose import critical_exposure, frame_exposures
 
-__all__ = ["DoseWeights", "motion_statistics", "rejection_reason"]
+__all__ = ["DoseWeights", "dose_weights", "motion_statistics", "rejection_reason"]
 
 
 class DoseWeights:
@@ -57,6 +58,15 @@ class DoseWeights:
             else:
                 torch.exp(-float(self.exposures[i]) * self.rate, out=out[j]).div_(self.norm)
         return out
+
+
+@functools.lru_cache(maxsize=4)
+def dose_weights(h: int, w: int, *, pixel_size: float, n_frames: int, dose_per_frame: float, pre_exposure: float = 0.0,
+                 voltage: float = 300.0, restore_power: bool = True, device=None) -> DoseWeights:
+    """A shared :class:`DoseWeights` (read-only after construction) for these arguments: the movies of a
+    job have one grid and exposure model, so the per-frequency tables are built once, not per movie."""
+    return DoseWeights(h, w, pixel_size=pixel_size, n_frames=n_frames, dose_per_frame=dose_per_frame,
+                       pre_exposure=pre_exposure, voltage=voltage, restore_power=restore_power, device=device)
 
 
 def motion_statistics(shifts_px: torch.Tensor, pixel_size: float, *, dose_per_frame: float | None,

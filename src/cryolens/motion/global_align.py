@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["freq_axes", "crop_spectrum", "phase_ramp", "apply_shifts", "bfactor_filter", "cross_mask",
+from cryolens.core.native import cross_spectra
+
+__all__ = ["freq_axes", "crop_spectrum", "phase_factors", "phase_ramp", "apply_shifts", "bfactor_filter", "cross_mask",
            "correlation_peaks", "window_peaks", "correlation_window", "peak_snr", "smoothing_matrix",
            "AlignmentTrace", "align_frames"]
 
@@ -38,11 +40,18 @@ def crop_spectrum(spec: torch.Tensor, shape: tuple[int, int], new_shape: tuple[i
     return torch.cat([top, bottom], dim=-2) * (h * w / (hh * ww))
 
 
-def phase_ramp(shifts: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
-    """``exp(-2πi (kx·sx + ky·sy))`` for shifts ``(..., 2)`` [px] -> ``(..., len(ky), len(kx))`` complex64."""
+def phase_factors(shifts: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``exp(-2πi ky·sy)`` ``(..., len(ky))`` and ``exp(-2πi kx·sx)`` ``(..., len(kx))`` (complex64) for shifts
+    ``(..., 2)`` [px]: the separable factors of :func:`phase_ramp`."""
     s = shifts.to(torch.float32)
     ex = torch.polar(torch.ones((), device=kx.device), -2 * math.pi * s[..., 0, None] * kx)
     ey = torch.polar(torch.ones((), device=ky.device), -2 * math.pi * s[..., 1, None] * ky)
+    return ey, ex
+
+
+def phase_ramp(shifts: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
+    """``exp(-2πi (kx·sx + ky·sy))`` for shifts ``(..., 2)`` [px] -> ``(..., len(ky), len(kx))`` complex64."""
+    ey, ex = phase_factors(shifts, ky, kx)
     return ey[..., :, None] * ex[..., None, :]
 
 
@@ -194,6 +203,15 @@ def _group_sums(spec: torch.Tensor, group: int) -> torch.Tensor:
     return out
 
 
+def _cross_spectra(spec: torch.Tensor, shifts: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor,
+                   filt: torch.Tensor) -> torch.Tensor | None:
+    """The native kernel's cross spectra of frames with the filtered sum of the others (None: not available)."""
+    if not spec.is_contiguous():
+        return None
+    ey, ex = phase_factors(shifts, ky, kx)
+    return cross_spectra(spec, ey.contiguous(), ex.contiguous(), filt.to(torch.float32))
+
+
 def align_frames(spec: torch.Tensor, w: int, *, filt: torch.Tensor, max_shift: float, min_shift_first: float = 0.0,
                  termination: float = 0.1, max_iterations: int = 20, group: int = 1,
                  px_scale: tuple[float, float] = (1.0, 1.0), init: torch.Tensor | None = None,
@@ -231,20 +249,25 @@ def align_frames(spec: torch.Tensor, w: int, *, filt: torch.Tensor, max_shift: f
     converged = False
     it = 0
     smooth = smoothing_matrix(lead[-1], smoothing, device=spec.device) if smoothing else None
-    own = (torch.view_as_real(spec).square().sum(-1) * filt) if group == 1 else None  # |frame|², shift-invariant
+    own = None  # |frame|²·filt (shift-invariant), for the PyTorch path of group 1
     peak = ccs = None
     wide, fine = False, 4  # rounds after the first search +-4 px unless a peak reached that far
     for it in range(1, max_iterations + 1):
-        cur = spec * phase_ramp(shifts, ky, kx)
-        total = cur.sum(dim=-3, keepdim=True) * filt
-        if own is not None:  # ccs = (total - cur)·filt·conj(cur), without the reference tensor
-            ccs = cur.conj_physical_().mul_(total).sub_(own)
-        else:
+        ccs = _cross_spectra(spec, shifts, ky, kx, filt) if group == 1 else None  # C: one pass, no temporaries
+        if ccs is None and group == 1:  # ccs = (total - cur)·filt·conj(cur), without the reference tensor
+            if own is None:
+                own = torch.view_as_real(spec).square().sum(-1) * filt
+            cur = spec * phase_ramp(shifts, ky, kx)
+            total = cur.sum(dim=-3, keepdim=True) * filt
+            ccs = cur.conj_physical_().mul_(total)
+            torch.view_as_real(ccs)[..., 0].sub_(own)  # real |frame|²: no complex copy of it
+            del cur, total
+        elif ccs is None:
+            cur = spec * phase_ramp(shifts, ky, kx)
             grp = _group_sums(cur, group)
-            ref = total - grp * filt
+            ref = cur.sum(dim=-3, keepdim=True) * filt - grp * filt
             ccs = grp.conj_physical_().mul_(ref)
-            del grp, ref
-        del cur, total
+            del grp, ref, cur
         if it == 1 or wide:
             delta, peak = correlation_peaks(torch.fft.irfft2(ccs, s=(h, w)), max_shift,
                                             min_shift_first if it == 1 else 0.0)
