@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cryolens.core.fourier import good_fft_size, irfft2, rfft2
+from cryolens.core.fourier import good_fft_size, irfft2
 from cryolens.core.motion import PolynomialMotion
 from cryolens.core.native import shift_sum
 from cryolens.motion.dose_weight import DoseWeights, dose_weights, motion_statistics, rejection_reason
@@ -166,7 +166,7 @@ def _frame_spectra(frames: torch.Tensor, shape: tuple[int, int], params: MotionP
     small = torch.empty(n, h, w // 2 + 1, dtype=torch.complex64, device=frames.device)
     for c in range(-(-n // params.chunk_frames)):
         sl = slice(c * params.chunk_frames, min(n, (c + 1) * params.chunk_frames))
-        spec = rfft2(frames[sl].to(torch.float32))
+        spec = torch.fft.rfft2(frames[sl].to(torch.float32))
         small[sl] = crop_spectrum(spec, (hh, ww), (h, w))
         if cache_ok:
             cache.append(spec)
@@ -210,7 +210,7 @@ def _local_motion(small: torch.Tensor, shifts_a: torch.Tensor, full_shape: tuple
     unless fewer than ``params.min_patches`` patches reach ``params.min_patch_snr``."""
     h, w = small.shape[1], 2 * (small.shape[2] - 1)
     ky, kx = freq_axes(h, w, device=small.device)
-    aligned = torch.fft.irfft2(small * phase_ramp(shifts_a, ky, kx), s=(h, w))
+    aligned = irfft2(small * phase_ramp(shifts_a, ky, kx), s=(h, w))
     meas = measure_patches(aligned, full_shape=full_shape, grid=tuple(int(p) for p in params.patches),
                            overlap=params.patch_overlap, pixel_size=apix, bfactor=params.local_bfactor_A2,
                            max_shift_A=params.local_max_shift_A, group=params.local_group_frames,
@@ -237,7 +237,7 @@ def _taper_edges(spec: torch.Tensor, h: int, w: int, fraction: float = 0.1) -> t
     Without it the seam of the periodic frame (new content drifting in at the borders) pulls
     every frame towards the others' unshifted position.
     """
-    real = torch.fft.irfft2(spec, s=(h, w))
+    real = irfft2(spec, s=(h, w))
     real -= real.mean(dim=(-2, -1), keepdim=True)
     real *= _edge_taper(h, max(2, int(fraction * h)), spec.device)[:, None] * \
         _edge_taper(w, max(2, int(fraction * w)), spec.device)[None, :]
@@ -264,7 +264,7 @@ def _global_sums(frames: torch.Tensor, shifts: torch.Tensor, cache: list[torch.T
     acc_dw = torch.zeros_like(acc) if dw is not None else None
     for c, f0 in enumerate(range(0, n, chunk)):
         idx = torch.arange(f0, min(n, f0 + chunk))
-        spec = cache[c] if cache else rfft2(frames[f0:f0 + len(idx)].to(torch.float32))
+        spec = cache[c] if cache else torch.fft.rfft2(frames[f0:f0 + len(idx)].to(torch.float32))
         if cache:
             cache[c] = None  # type: ignore[call-overload]  # ours now: modified in place, freed as we go
         s = shifts[idx].to(dev, torch.float32)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cryolens.core.fourier import irfft2
 from cryolens.params import Params, option
 
 __all__ = ["PreprocessParams", "parse_gain_rot", "parse_gain_flip", "gain_rot_option", "gain_flip_option",
@@ -127,7 +128,10 @@ def orient_gain(gain: torch.Tensor, *, rot: int = 0, flip: int = 0) -> torch.Ten
     return g.contiguous()
 
 
-def _robust_stats(values: torch.Tensor, max_samples: int = 1 << 18) -> tuple[float, float]:
+ROBUST_SAMPLES = 1 << 18  # pixels sampled for the hot-pixel statistics
+
+
+def _robust_stats(values: torch.Tensor, max_samples: int = ROBUST_SAMPLES) -> tuple[float, float]:
     """Median and robust SD (1.4826 × MAD; the plain SD when the MAD is 0, as for sparse counts)
     of a 1-D tensor, from a regular subsample of at most ``max_samples``."""
     step = max(1, -(-values.numel() // max_samples))
@@ -146,11 +150,15 @@ def hot_pixel_mask(frame_sum: torch.Tensor, *, sigma: float = 6.0,
     ``known_bad`` (bool, True = already a defect) is left out of the statistics and of the
     result. Sums that do not vary at all (SD 0) have no hot pixels.
     """
-    good = torch.ones_like(frame_sum, dtype=torch.bool) if known_bad is None else ~known_bad
-    med, sd = _robust_stats(frame_sum[good].reshape(-1))
+    step = max(1, -(-frame_sum.numel() // ROBUST_SAMPLES))  # a regular sample first: no full-size compaction
+    sample = frame_sum.reshape(-1)[::step]
+    if known_bad is not None:
+        sample = sample[~known_bad.reshape(-1)[::step]]
+    med, sd = _robust_stats(sample)
     if not sd > 0:
-        return torch.zeros_like(good)
-    return (frame_sum > med + sigma * sd) & good
+        return torch.zeros_like(frame_sum, dtype=torch.bool)
+    hot = frame_sum > med + sigma * sd
+    return hot & ~known_bad if known_bad is not None else hot
 
 
 _OFFSETS = {r: torch.stack(torch.meshgrid(torch.arange(-r, r + 1), torch.arange(-r, r + 1), indexing="ij"), -1)
@@ -227,7 +235,7 @@ def fourier_bin(frames: torch.Tensor, bin_factor: float, *, chunk: int = 8) -> t
     for s in range(0, n, chunk):
         f = torch.fft.rfft2(frames[s:s + chunk].float())
         g = torch.cat([f[:, :top, :w2 // 2 + 1], f[:, h - (h2 - top):, :w2 // 2 + 1]], dim=1)
-        out[s:s + chunk] = torch.fft.irfft2(g, s=(h2, w2)) * scale
+        out[s:s + chunk] = irfft2(g, s=(h2, w2)) * scale
     return out
 
 
@@ -266,7 +274,10 @@ def preprocess_movie(frames: torch.Tensor, *, pixel_size: float, params: Preproc
         bad = bad | (g == 0)
     hot = np.zeros((0, 2), np.int64)
     if params.hot_pixels:
-        hmask = hot_pixel_mask(x.sum(0), sigma=params.hot_pixel_sigma, known_bad=bad)
+        total = x[0].clone()
+        for frame in x[1:]:  # frame by frame: ~1.5x faster than x.sum(0) on the CPU here
+            total += frame
+        hmask = hot_pixel_mask(total, sigma=params.hot_pixel_sigma, known_bad=bad)
         yx = torch.nonzero(hmask).cpu().numpy()
         hot = yx[:, ::-1].astype(np.int64).copy()
         bad = bad | hmask
