@@ -99,6 +99,25 @@ def test_native_shift_sum_equals_pytorch(weighted, frames):
         shift_sum(acc, acc_dw, spec[..., :-1, :].contiguous(), ey, ex, w)
 
 
+def test_native_shift_sum_running_weights():
+    """Dose weighting's recurrence: the first frame's weights times ``step`` per frame, advanced in place."""
+    from cryolens.core.native import shift_sum
+
+    g = torch.Generator().manual_seed(4)
+    b, h, wc = 4, 16, 9
+    spec = torch.complex(torch.randn(b, h, wc, generator=g), torch.randn(b, h, wc, generator=g))
+    ey = torch.polar(torch.ones(b, h), torch.rand(b, h, generator=g) * 6.3)
+    ex = torch.polar(torch.ones(b, wc), torch.rand(b, wc, generator=g) * 6.3)
+    w0, step = torch.rand(h, wc, generator=g), torch.rand(h, wc, generator=g)
+    per_frame = w0 * step ** torch.arange(b)[:, None, None]
+    acc, acc_dw = torch.zeros(h, wc, dtype=torch.complex64), torch.zeros(h, wc, dtype=torch.complex64)
+    running = w0.clone()
+    assert shift_sum(acc, acc_dw, spec, ey, ex, running, step)
+    moved = spec * ey[..., :, None] * ex[..., None, :]
+    assert torch.allclose(acc_dw, (moved * per_frame).sum(0), atol=1e-5)
+    assert torch.allclose(running, w0 * step ** b, atol=1e-6)
+
+
 def test_native_cross_spectra_equals_pytorch():
     """Two batches (patches) of 5 frames: Unblur's cross spectra against the sum of the other frames."""
     from cryolens.core.native import cross_spectra

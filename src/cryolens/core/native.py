@@ -111,26 +111,30 @@ int64_t insert_slices(float *restrict data, float *restrict weight, int64_t P,
 
 /* acc += spec * ey[r] * ex[c] over an (H, Wc) complex spectrum (a Fourier shift by separable phase
    factors), and acc_dw += the same times w[r, c] when w is given: one pass for both sums. */
-/* acc += sum_b spec_b * ey_b[r] * ex_b[c] (and acc_dw += the same times w_b[r, c]) over B frames of
-   (H, Wc) complex spectra; rows outermost, so each accumulator row is read and written once per call. */
+/* acc += sum_b spec_b * ey_b[r] * ex_b[c] (and acc_dw += the same times the frame's weight) over B frames of
+   (H, Wc) complex spectra; rows outermost, so each accumulator row is read and written once per call. Weights:
+   w (B, H, Wc) per frame, or with step: w (H, Wc) the first frame's, advanced in place by step per frame. */
 void shift_sum(const float *restrict spec, const float *restrict ey, const float *restrict ex,
-               const float *restrict w, float *restrict acc, float *restrict acc_dw, int64_t B, int64_t H,
-               int64_t Wc)
+               float *restrict w, const float *restrict step, float *restrict acc, float *restrict acc_dw,
+               int64_t B, int64_t H, int64_t Wc)
 {
     for (int64_t r = 0; r < H; r++) {
         float *a = acc + 2 * Wc * r;
         float *d = w ? acc_dw + 2 * Wc * r : 0;
+        const float *st = step ? step + Wc * r : 0;
         for (int64_t b = 0; b < B; b++) {
             const float yr = ey[2 * (H * b + r)], yi = ey[2 * (H * b + r) + 1];
             const float *s = spec + 2 * Wc * (H * b + r);
             const float *x = ex + 2 * Wc * b;
-            const float *q = w ? w + Wc * (H * b + r) : 0;
+            float *q = w ? w + Wc * (step ? r : H * b + r) : 0;
             for (int64_t c = 0; c < Wc; c++) {
                 float pr = yr * x[2 * c] - yi * x[2 * c + 1], pi = yr * x[2 * c + 1] + yi * x[2 * c];
                 float vr = s[2 * c] * pr - s[2 * c + 1] * pi, vi = s[2 * c] * pi + s[2 * c + 1] * pr;
                 a[2 * c] += vr; a[2 * c + 1] += vi;
                 if (q) { d[2 * c] += q[c] * vr; d[2 * c + 1] += q[c] * vi; }
             }
+            if (st)
+                for (int64_t c = 0; c < Wc; c++) q[c] *= st[c];
         }
     }
 }
@@ -225,7 +229,7 @@ def native_library() -> ctypes.CDLL | None:
             p, i = ctypes.c_void_p, ctypes.c_int64
             lib.insert_slices.argtypes = [p, p, i, p, i, p, p, p, i, i, ctypes.c_float]
             lib.insert_slices.restype = i
-            lib.shift_sum.argtypes = [p, p, p, p, p, p, i, i, i]
+            lib.shift_sum.argtypes = [p, p, p, p, p, p, p, i, i, i]
             lib.shift_sum.restype = None
             lib.cross_spectra.argtypes = [p, p, p, p, p, i, i, i, i]
             lib.cross_spectra.restype = i
@@ -269,29 +273,37 @@ def insert_slices(data: torch.Tensor, weight: torch.Tensor, P: int, k: torch.Ten
 
 
 def shift_sum(acc: torch.Tensor, acc_dw: torch.Tensor | None, spectra: torch.Tensor, ey: torch.Tensor,
-              ex: torch.Tensor, weights: torch.Tensor | None) -> bool:
-    """``acc += Σ_b spectra[b] · ey[b, :, None] · ex[b, None, :]`` and ``acc_dw += Σ_b (the same) · weights[b]``
+              ex: torch.Tensor, weights: torch.Tensor | None, step: torch.Tensor | None = None) -> bool:
+    """``acc += Σ_b spectra[b] · ey[b, :, None] · ex[b, None, :]`` and ``acc_dw += Σ_b (the same) · w_b``
     in one pass over the accumulators (C).
 
     ``acc``, ``acc_dw`` are ``(H, Wc)`` complex64; ``spectra (B, H, Wc)`` complex64 with phase factors
-    ``ey (B, H)`` and ``ex (B, Wc)`` complex64 (a leading B of 1 may be left out everywhere), ``weights
-    (B, H, Wc)`` float32 or None (then ``acc_dw`` is not touched). Returns False (nothing done) when the
-    kernel is unavailable or a tensor is not a contiguous CPU tensor of those dtypes.
+    ``ey (B, H)`` and ``ex (B, Wc)`` complex64 (a leading B of 1 may be left out everywhere). Weights
+    (float32): ``weights (B, H, Wc)`` per frame; or, with ``step (H, Wc)``, ``weights (H, Wc)`` are the first
+    frame's and each next frame's are the previous times ``step`` (dose weighting): ``weights`` is then
+    advanced in place and holds the weights of the frame after the last on return. None: no weighting
+    (``acc_dw`` is not touched). Returns False (nothing done) when the kernel is unavailable or a tensor
+    is not a contiguous CPU tensor of those dtypes.
     """
     lib = native_library()
-    tensors = [acc, spectra, ey, ex] + ([acc_dw, weights] if weights is not None else [])
+    tensors = [acc, spectra, ey, ex] + ([acc_dw, weights] if weights is not None else []) + \
+        ([step] if step is not None else [])
     if lib is None or any(t.device.type != "cpu" or not t.is_contiguous() for t in tensors) \
             or any(t.dtype != torch.complex64 for t in tensors[:4]) \
-            or (weights is not None and (acc_dw.dtype != torch.complex64 or weights.dtype != torch.float32)):
+            or any(t.dtype != torch.float32 for t in tensors[5:]) \
+            or (weights is not None and acc_dw.dtype != torch.complex64):
         return False
     H, Wc = acc.shape
     B = spectra.shape[0] if spectra.ndim == 3 else 1
+    n_weights = H * Wc if step is not None else B * H * Wc
     if spectra.shape[-2:] != (H, Wc) or ey.numel() != B * H or ex.numel() != B * Wc or ey.shape[-1] != H or \
-            ex.shape[-1] != Wc or (weights is not None and (weights.numel() != B * H * Wc or
-                                                            weights.shape[-2:] != (H, Wc) or acc_dw.shape != (H, Wc))):
+            ex.shape[-1] != Wc or (weights is not None and (weights.numel() != n_weights or
+                                                            weights.shape[-2:] != (H, Wc) or acc_dw.shape != (H, Wc))) \
+            or (step is not None and (weights is None or step.shape != (H, Wc))):
         raise ValueError("shift_sum: shapes do not match")
     lib.shift_sum(spectra.data_ptr(), ey.data_ptr(), ex.data_ptr(), 0 if weights is None else weights.data_ptr(),
-                  acc.data_ptr(), 0 if weights is None else acc_dw.data_ptr(), B, H, Wc)
+                  0 if step is None else step.data_ptr(), acc.data_ptr(),
+                  0 if weights is None else acc_dw.data_ptr(), B, H, Wc)
     return True
 
 

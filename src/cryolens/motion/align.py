@@ -26,7 +26,8 @@ from cryolens.core.fourier import good_fft_size, irfft2
 from cryolens.core.motion import PolynomialMotion
 from cryolens.core.native import shift_sum
 from cryolens.motion.dose_weight import DoseWeights, dose_weights, motion_statistics, rejection_reason
-from cryolens.motion.global_align import align_frames, bfactor_filter, crop_spectrum, cross_mask, phase_ramp, freq_axes
+from cryolens.motion.global_align import (align_frames, bfactor_filter, crop_spectrum, cross_mask, freq_axes,
+                                         phase_factors, phase_ramp)
 from cryolens.motion.params import MotionParams, MotionResult
 from cryolens.motion.patch_align import fit_polynomial_model, local_sums, measure_patches
 
@@ -262,17 +263,17 @@ def _global_sums(frames: torch.Tensor, shifts: torch.Tensor, cache: list[torch.T
     acc = torch.zeros(hh, ww // 2 + 1, dtype=torch.complex64, device=dev)
     dw = weights(hh, ww) if weights is not None else None
     acc_dw = torch.zeros_like(acc) if dw is not None else None
+    running = dw.frame(0) if dw is not None else None  # the C kernel's weights: frame f0's, advanced in place
     for c, f0 in enumerate(range(0, n, chunk)):
         idx = torch.arange(f0, min(n, f0 + chunk))
         spec = cache[c] if cache else torch.fft.rfft2(frames[f0:f0 + len(idx)].to(torch.float32))
         if cache:
             cache[c] = None  # type: ignore[call-overload]  # ours now: modified in place, freed as we go
-        s = shifts[idx].to(dev, torch.float32)
-        ex = torch.polar(torch.ones((), device=dev), -2 * torch.pi * s[:, 0, None] * kx)
-        ey = torch.polar(torch.ones((), device=dev), -2 * torch.pi * s[:, 1, None] * ky)
-        wts = dw(idx) if dw is not None else None
-        if not shift_sum(acc, acc_dw, spec, ey, ex, wts):  # the C kernel: the chunk's frames, both sums, one pass
-            for j in range(len(idx)):  # frame by frame: accumulate in place, no (chunk, H, W) temporaries
+        ey, ex = phase_factors(shifts[idx].to(dev), ky, kx)
+        wts = None
+        if not shift_sum(acc, acc_dw, spec, ey, ex, running, dw.step if dw is not None else None):
+            wts = dw(idx) if dw is not None else None  # PyTorch: frame by frame, no (chunk, H, W) temporaries
+            for j in range(len(idx)):
                 shifted = spec[j].mul_(ey[j, :, None]).mul_(ex[j, None, :])
                 acc.add_(shifted)
                 if acc_dw is not None:

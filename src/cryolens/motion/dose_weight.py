@@ -47,6 +47,11 @@ class DoseWeights:
         total = first * ratio
         self.norm = total.sqrt() if restore_power else total / n_frames
 
+    def frame(self, i: int) -> torch.Tensor:
+        """Normalised weights ``(h, w//2+1)`` of frame ``i`` (0-based); frame ``i + 1``'s are these times
+        :attr:`step` (a new tensor, the caller's to change)."""
+        return torch.exp(-float(self.exposures[i]) * self.rate).div_(self.norm)
+
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         """Normalised weights ``(len(frames), h, w//2+1)`` of the frames with these 0-based indices
         (each index following the previous one costs a product instead of an exponential)."""
