@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cryolens.core.fourier import freq_grid_2d, ft3, radius_3d, shift_phase
+from cryolens.core.fourier import freq_grid_2d, ft3, irfftn, radius_3d, shift_phase
 from cryolens.core.masks import soft_mask_outside
 from cryolens.core.native import insert_slices
 
@@ -407,7 +407,7 @@ class BackProjector:
         f = data.mul_(torch.where(inside, denom.clamp_min(floor).reciprocal_(), 0.0))
         # ift3 followed by the central crop, without shifting the whole padded volume: the centred
         # index o + j (o = P//2 - n//2) is the unshifted index (j - n//2) mod P.
-        vol = torch.fft.irfftn(f, s=(self.P,) * 3, dim=(-3, -2, -1))
+        vol = irfftn(f, s=(self.P,) * 3)
         keep = (torch.arange(self.n, device=self.device) - self.n // 2) % self.P
         vol = vol.index_select(0, keep).index_select(1, keep).index_select(2, keep)
         vol = vol / gridding_correction(self.n, self.pad, device=self.device)

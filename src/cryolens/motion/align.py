@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cryolens.core.fourier import good_fft_size, irfft2
+from cryolens.core.fourier import good_fft_size, irfftn
 from cryolens.core.motion import PolynomialMotion
 from cryolens.core.native import shift_sum
 from cryolens.motion.dose_weight import DoseWeights, dose_weights, motion_statistics, rejection_reason
@@ -211,7 +211,7 @@ def _local_motion(small: torch.Tensor, shifts_a: torch.Tensor, full_shape: tuple
     unless fewer than ``params.min_patches`` patches reach ``params.min_patch_snr``."""
     h, w = small.shape[1], 2 * (small.shape[2] - 1)
     ky, kx = freq_axes(h, w, device=small.device)
-    aligned = irfft2(small * phase_ramp(shifts_a, ky, kx), s=(h, w))
+    aligned = irfftn(small * phase_ramp(shifts_a, ky, kx), s=(h, w))
     meas = measure_patches(aligned, full_shape=full_shape, grid=tuple(int(p) for p in params.patches),
                            overlap=params.patch_overlap, pixel_size=apix, bfactor=params.local_bfactor_A2,
                            max_shift_A=params.local_max_shift_A, group=params.local_group_frames,
@@ -238,7 +238,7 @@ def _taper_edges(spec: torch.Tensor, h: int, w: int, fraction: float = 0.1) -> t
     Without it the seam of the periodic frame (new content drifting in at the borders) pulls
     every frame towards the others' unshifted position.
     """
-    real = irfft2(spec, s=(h, w))
+    real = irfftn(spec, s=(h, w))
     real -= real.mean(dim=(-2, -1), keepdim=True)
     real *= _edge_taper(h, max(2, int(fraction * h)), spec.device)[:, None] * \
         _edge_taper(w, max(2, int(fraction * w)), spec.device)[None, :]
@@ -280,6 +280,6 @@ def _global_sums(frames: torch.Tensor, shifts: torch.Tensor, cache: list[torch.T
                     acc_dw.add_(shifted * wts[j])  # complex x real
         del spec, wts
         tick()
-    aligned = irfft2(acc, s=(hh, ww)).to(torch.float32)
-    dose = irfft2(acc_dw, s=(hh, ww)).to(torch.float32) if acc_dw is not None else None
+    aligned = irfftn(acc, s=(hh, ww)).to(torch.float32)
+    dose = irfftn(acc_dw, s=(hh, ww)).to(torch.float32) if acc_dw is not None else None
     return aligned, dose

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cryolens.core.fourier import irfft2
+from cryolens.core.fourier import irfftn
 from cryolens.core.native import cross_spectra
 
 __all__ = ["freq_axes", "crop_spectrum", "phase_factors", "phase_ramp", "apply_shifts", "bfactor_filter", "cross_mask",
@@ -270,7 +270,7 @@ def align_frames(spec: torch.Tensor, w: int, *, filt: torch.Tensor, max_shift: f
             ccs = grp.conj_physical_().mul_(ref)
             del grp, ref, cur
         if it == 1 or wide:
-            delta, peak = correlation_peaks(irfft2(ccs, s=(h, w)), max_shift,
+            delta, peak = correlation_peaks(irfftn(ccs, s=(h, w)), max_shift,
                                             min_shift_first if it == 1 else 0.0)
         else:  # later rounds move little: look near zero only
             delta, peak = window_peaks(correlation_window(ccs, w, fine), min(max_shift, fine))

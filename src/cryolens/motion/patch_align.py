@@ -23,7 +23,7 @@ import torch
 
 from cryolens.motion.dose_weight import DoseWeights
 from cryolens.motion.global_align import align_frames, bfactor_filter, cross_mask, phase_ramp, freq_axes
-from cryolens.core.fourier import irfft2
+from cryolens.core.fourier import irfftn
 from cryolens.core.motion import PolynomialMotion, relion_patch_centres
 
 __all__ = ["PatchMeasurement", "measure_patches", "fit_polynomial_model", "evaluate_model", "local_sums"]
@@ -244,7 +244,7 @@ def local_sums(frames: torch.Tensor, global_shifts: torch.Tensor, coeffs: torch.
     win = win1[:, None] * win1[None, :]
 
     def blend(spectra: torch.Tensor) -> torch.Tensor:
-        t = irfft2(spectra, s=(tile, tile)) * win
+        t = irfftn(spectra, s=(tile, tile)) * win
         out = torch.nn.functional.fold(t.reshape(1, n_tiles, tile * tile).transpose(1, 2), canvas, tile, stride=stride)
         return out[0, 0, c0:c0 + hh, c0:c0 + ww]
 

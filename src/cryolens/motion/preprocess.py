@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cryolens.core.fourier import irfft2
+from cryolens.core.fourier import irfftn
 from cryolens.params import Params, option
 
 __all__ = ["PreprocessParams", "parse_gain_rot", "parse_gain_flip", "gain_rot_option", "gain_flip_option",
@@ -235,7 +235,7 @@ def fourier_bin(frames: torch.Tensor, bin_factor: float, *, chunk: int = 8) -> t
     for s in range(0, n, chunk):
         f = torch.fft.rfft2(frames[s:s + chunk].float())
         g = torch.cat([f[:, :top, :w2 // 2 + 1], f[:, h - (h2 - top):, :w2 // 2 + 1]], dim=1)
-        out[s:s + chunk] = irfft2(g, s=(h2, w2)) * scale
+        out[s:s + chunk] = irfftn(g, s=(h2, w2)) * scale
     return out
 
 
