@@ -470,3 +470,24 @@ def test_side_lobes_match_direct_correlation():
                 expect[j] += (ncc[i] * denom[i] / denom[j] * rho).clamp_min(0)
     assert expect.abs().max() > 0.05
     assert torch.allclose(lobes, expect, atol=1e-6)
+
+
+def test_filtered_gram_equals_gram_of_filtered_images():
+    """The Gram matrix of the filtered basis, from small transforms (kept per bank) weighted by the kernel's, equals
+    the Gram matrix of the basis images filtered on the whole grid."""
+    from cryolens.picking.bank import filtered_gram, gram_grid
+    from cryolens.picking.templates import wrap_centred
+
+    g = torch.Generator().manual_seed(2)
+    shape, m = (120, 100), 15
+    basis = torch.randn(5, m, m, generator=g, dtype=torch.float64)
+    ky = torch.fft.fftfreq(shape[0], dtype=torch.float64)[:, None]
+    kx = torch.fft.rfftfreq(shape[1], dtype=torch.float64)[None, :]
+    transfer = torch.cos(40 * (kx * kx + ky * ky)) * torch.exp(-8 * (kx * kx + ky * ky))
+    tf = torch.fft.rfft2(wrap_centred(basis, shape).double()) * transfer
+    tf[:, 0, 0] = 0
+    x = torch.fft.irfft2(tf, s=shape).reshape(5, -1)
+    s = gram_grid(m)
+    small = torch.fft.rfft2(wrap_centred(basis, (s, s)).double())
+    for got in (filtered_gram(basis, transfer, shape), filtered_gram(basis, transfer, shape, basis_ft=small)):
+        assert torch.allclose(got.double(), x @ x.T, rtol=1e-4, atol=1e-4 * float((x @ x.T).abs().max()))

@@ -29,7 +29,7 @@ from cryolens.picking.peaks import mode_stats
 from cryolens.picking.templates import band_pass_images, local_sd_denominator, wrap_centred
 
 __all__ = ["TemplateBank", "template_bank", "distinct_templates", "DUPLICATE_NCC", "CPU_ROWS", "rows_per_product",
-           "BankScores", "bank_scores", "strided_maps", "RANK_MULTIPLE", "filtered_gram", "correlate_bank",
+           "BankScores", "bank_scores", "strided_maps", "RANK_MULTIPLE", "gram_grid", "filtered_gram", "correlate_bank",
            "coarse_fine_best", "median_filled", "cached"]
 
 
@@ -64,6 +64,7 @@ class TemplateBank:
     basis: torch.Tensor
     energy: float
     transforms: dict = field(default_factory=dict, repr=False)
+    small: dict = field(default_factory=dict, repr=False)
 
     def basis_ft_conj(self, shape: tuple[int, int]) -> torch.Tensor:
         """``(r, H, W//2+1)`` complex conjugate of the rfft2 of the basis images centred at pixel (0, 0) of an
@@ -73,6 +74,17 @@ class TemplateBank:
         if ft is None:
             ft = torch.fft.rfft2(wrap_centred(self.basis, shape)).conj_physical()
             self.transforms = {key: ft}  # one shape at a time (a dataset's micrographs share it); swapped whole
+        return ft
+
+    def basis_ft_small(self) -> torch.Tensor:
+        """``(r, s, s//2+1)`` rfft2 of the basis images centred at pixel (0, 0) of the small ``(s, s)`` grid of
+        :func:`filtered_gram` (``s = gram_grid(m)``), kept (it depends on the basis only)."""
+        key = ("small", self.basis.device)
+        ft = self.small.get(key)
+        if ft is None:
+            s = gram_grid(self.basis.shape[-1])
+            ft = torch.fft.rfft2(wrap_centred(self.basis, (s, s)))
+            self.small = {key: ft}
         return ft
 
 
@@ -223,38 +235,50 @@ def rows_per_product(rows: torch.Tensor, chunk: int) -> int:
     return min(chunk, CPU_ROWS) if rows.device.type == "cpu" else chunk
 
 
-def filtered_gram(basis: torch.Tensor, transfer: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def gram_grid(m: int) -> int:
+    """Side of the small grid on which :func:`filtered_gram` works for ``m × m`` images: it holds the linear
+    convolution of an image with the kernel's offsets below ``m`` (``3m - 2`` pixels) without wrapping."""
+    return good_fft_size(3 * m)
+
+
+def filtered_gram(basis: torch.Tensor, transfer: torch.Tensor, shape: tuple[int, int], *,
+                  basis_ft: torch.Tensor | None = None) -> torch.Tensor:
     """``(r, r)`` Gram matrix ``G_ij = Σ b'_i·b'_j`` of the ``(r, m, m)`` images ``basis`` (centred at ``m//2``)
     after the real filter ``transfer`` ``(H, W//2+1)`` (its DC term taken as 0: zero-mean images) on the
     ``(H, W)`` grid.
 
     By Parseval ``G_ij = Σ_u b_i(u)·(b_j ⊛ κ)(u)`` with the kernel ``κ`` = inverse transform of
-    ``transfer²``; the images span ``m`` pixels, so only ``κ``'s offsets below ``m`` enter and the
-    convolutions run on a small grid (exact, a few times cheaper than the ``r × r`` product over the
-    micrograph's spectrum it replaces). Micrographs too small for that use the spectrum directly.
+    ``transfer²``; the images span ``m`` pixels, so only ``κ``'s offsets below ``m`` enter, and on a small grid
+    (:func:`gram_grid`) that holds their linear convolution that sum is, by Parseval again, the product of the
+    basis' small transforms weighted by ``κ``'s (exact; ``basis_ft``: those transforms,
+    :meth:`TemplateBank.basis_ft_small`, computed here if not given). Micrographs too small for that use their own
+    spectrum.
     """
     h, w = shape
     r, m = basis.shape[0], basis.shape[-1]
     t2 = transfer.square()
     t2[0, 0] = 0
-    s = good_fft_size(3 * m)
-    if s > min(h, w):  # the product over the half spectrum (columns other than DC/Nyquist stand for two)
-        bft = torch.fft.rfft2(wrap_centred(basis, shape))
-        v = t2 * (2.0 / (h * w))
-        v[:, 0] *= 0.5
-        if w % 2 == 0:
-            v[:, -1] *= 0.5
-        x = torch.view_as_real(bft).reshape(r, -1)
-        return (x * v.reshape(-1).repeat_interleave(2)) @ x.T
+    s = gram_grid(m)
+    if s > min(h, w):
+        return _half_spectrum_gram(torch.fft.rfft2(wrap_centred(basis, shape)), t2, shape)
     kern = torch.fft.irfft2(t2, s=shape)
     off = torch.arange(-(m - 1), m, device=basis.device)
     kwin = kern[(off % h)[:, None], (off % w)[None, :]]  # offsets -(m-1)..m-1, centred at m-1
-    conv = torch.fft.irfft2(torch.fft.rfft2(wrap_centred(basis, (s, s))) * torch.fft.rfft2(wrap_centred(kwin[None], (s, s))),
-                            s=(s, s))
-    c = m // 2
-    idx = torch.arange(-c, m - c, device=basis.device) % s  # the basis images' own pixels on the small grid
-    conv = conv[:, idx[:, None], idx[None, :]]
-    return basis.reshape(r, -1) @ conv.reshape(r, -1).T
+    kft = torch.fft.rfft2(wrap_centred(kwin[None], (s, s)))[0].real  # an even kernel: a real transform
+    bft = basis_ft if basis_ft is not None else torch.fft.rfft2(wrap_centred(basis, (s, s)))
+    return _half_spectrum_gram(bft, kft, (s, s))
+
+
+def _half_spectrum_gram(bft: torch.Tensor, weight: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``Σ x_i·(x_j ⊛ k)`` for real images with half spectra ``bft`` ``(r, H, W//2+1)`` and a real, even kernel of
+    transform ``weight``: Parseval over the half spectrum (columns other than DC and Nyquist stand for two)."""
+    h, w = shape
+    v = weight * (2.0 / (h * w))
+    v[:, 0] *= 0.5
+    if w % 2 == 0:
+        v[:, -1] *= 0.5
+    x = torch.view_as_real(bft).reshape(bft.shape[0], -1)
+    return (x * v.reshape(-1).repeat_interleave(2)) @ x.T
 
 
 def bank_scores(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBank, *, transfer: torch.Tensor,
@@ -277,7 +301,7 @@ def bank_scores(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBa
     bft = bank.basis_ft_conj(shape)  # conj(B)
     filt = image_ft * transfer
     filt[0, 0] = 0  # zero-mean templates after the transfer
-    gram = filtered_gram(bank.basis.to(dev), transfer, shape)
+    gram = filtered_gram(bank.basis.to(dev), transfer, shape, basis_ft=bank.basis_ft_small().to(dev))
     a = bank.coeffs.to(dev)
     norms = ((a @ gram) * a).sum(dim=1).clamp_min(1e-30).sqrt()
     unit = a / norms[:, None]  # (K, r): unit-norm filtered templates
