@@ -338,13 +338,13 @@ def strided_maps(bft: torch.Tensor, filt: torch.Tensor, shape: tuple[int, int], 
         ky = torch.fft.fftfreq(h, device=filt.device)[:, None]
         kx = torch.fft.rfftfreq(w, device=filt.device)[None, :]
         filt = filt * torch.polar(torch.ones((), device=filt.device), 2 * torch.pi * (ky * r0 + kx * c0))
-    top, bottom = filt[:hc], filt[hc:]
     n = wc // 2 + 1
     for start in range(0, q, batch):
-        b = bft[start:start + batch]
-        z = b[:, :hc] * top + b[:, hc:] * bottom  # rows folded: (b, hc, w//2+1)
+        prod = bft[start:start + batch] * filt
+        z = prod[:, :hc] + prod[:, hc:]  # rows folded: (b, hc, w//2+1)
         # columns k + wc (k = 0..wc//2) of the full spectrum: the conjugates of columns wc - k at rows -r
-        mirror = torch.cat([z[:, :1], z[:, 1:].flip(1)], dim=1)[:, :, wc - n + 1:wc + 1].flip(2)
+        mirror = z[:, :, wc - n + 1:wc + 1].flip(2)
+        mirror = torch.cat([mirror[:, :1], mirror[:, 1:].flip(1)], dim=1)
         y = z[:, :, :n] + mirror.conj()
         maps[start:start + batch] = torch.fft.irfft2(y, s=(hc, wc)).reshape(-1, hc * wc) / 4
     return maps

@@ -7,6 +7,7 @@ correlation applies the micrograph's contrast (protein dark: ``-CTF``) itself.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -21,7 +22,7 @@ from cryolens.core.so3_grid import healpix_directions
 
 __all__ = ["map_projections", "map_templates", "template_coverage", "band_pass_images", "rotate_images",
            "prepare_templates", "correlate_templates", "side_lobes", "rfft_energy", "wrap_centred",
-           "local_sd_denominator",
+           "local_sd_denominator", "disc_transform",
            "COVERAGE", "MAX_ORDER"]
 
 #: :func:`map_templates` refines the projection directions (one HEALPix order finer) while the median over the
@@ -235,17 +236,23 @@ def local_sd_denominator(image_ft: torch.Tensor, shape: tuple[int, int], radius_
     """``sd_D(I)(x)·√|D|``: the image's standard deviation over the disc ``D`` of ``radius_px`` pixels around
     every pixel, times the square root of the disc's pixel count (the NCC's image term), ``(H, W)``."""
     h, w = shape
-    dev = image_ft.device
-    yy = torch.fft.fftfreq(h, d=1.0 / h, device=dev)[:, None]
-    xx = torch.fft.fftfreq(w, d=1.0 / w, device=dev)[None, :]
-    disc = ((yy * yy + xx * xx) <= radius_px ** 2).float()
-    n_m = disc.sum()
+    n_m, dft = disc_transform(tuple(shape), float(radius_px), image_ft.device)
     img = torch.fft.irfft2(image_ft, s=(h, w))
-    dft = torch.fft.rfft2(disc).conj()
     s1 = torch.fft.irfft2(image_ft * dft, s=(h, w))
     s2 = torch.fft.irfft2(torch.fft.rfft2(img * img) * dft, s=(h, w))
     local_sd = ((s2 - s1 * s1 / n_m) / n_m).clamp_min(0).sqrt()
     return local_sd.clamp_min(1e-6 * float(local_sd.max()) + 1e-30) * n_m.sqrt()
+
+
+@functools.lru_cache(maxsize=4)
+def disc_transform(shape: tuple[int, int], radius_px: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pixel count, conj(rfft2))`` of the disc of ``radius_px`` pixels centred at pixel (0, 0) of an ``(H, W)``
+    grid (kept for the few shapes of a dataset's micrographs; not to be modified in place)."""
+    h, w = shape
+    yy = torch.fft.fftfreq(h, d=1.0 / h, device=device)[:, None]
+    xx = torch.fft.fftfreq(w, d=1.0 / w, device=device)[None, :]
+    disc = ((yy * yy + xx * xx) <= radius_px ** 2).float()
+    return disc.sum(), torch.fft.rfft2(disc).conj()
 
 
 def wrap_centred(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
