@@ -10,8 +10,9 @@ instead of each template, so the basis transforms do not depend on the micrograp
 across micrographs of one shape; each template's norm after the transfer is ``√(aₖᵀ G aₖ)`` with
 the ``r × r`` Gram matrix ``G`` of the filtered basis (Parseval, on a small grid: :func:`filtered_gram`),
 exact for the truncated template. The product ``A·M`` and its maximum over the templates, the bulk of the
-cost, are formed every other pixel first and in full only near high coarse scores (:func:`coarse_fine_best`);
-which template wins is found only at the peaks (:meth:`BankScores.best_index`). Templates that nearly repeat
+cost, are formed every other pixel first and in full only near high coarse scores (:func:`coarse_fine_best`); the
+basis maps themselves only on that coarse grid (a folded spectrum: quarter-size inverse FFTs, :func:`strided_maps`),
+the few pixels scored off it directly from windows of the filtered image (:meth:`BankScores.rows`); which template wins is found only at the peaks (:meth:`BankScores.best_index`). Templates that nearly repeat
 another (symmetry-related views, in-plane rotations of round ones) are dropped first (:func:`distinct_templates`).
 """
 
