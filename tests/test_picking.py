@@ -408,6 +408,9 @@ def test_coarse_fine_scores_equal_full_scores_at_peaks():
     assert strided.maps.shape[1] == (shape[0] // 2) * (shape[1] // 2)
     pix = torch.nonzero(where.reshape(-1))[:, 0]
     assert torch.allclose(strided.best(pix), full[where], atol=1e-5)
+    for stride, origin in ((3, (2, 1)), (4, (0, 3))):  # other grids: the full maps, sampled
+        other = bank_scores(image_ft, shape, bank, transfer=transfer, mask_radius_px=7.5, stride=stride, origin=origin)
+        assert torch.allclose(other.best(pix), full[where], atol=1e-5)
     cf = coarse_fine_best(strided, where, floor=1.5, window=1)
     assert torch.allclose(cf[1::2, 1::2][where[1::2, 1::2]], full[1::2, 1::2][where[1::2, 1::2]], atol=1e-5)
     for r, c in planted:
