@@ -397,14 +397,22 @@ def test_coarse_fine_scores_equal_full_scores_at_peaks():
     ky = torch.fft.fftfreq(shape[0])[:, None]
     kx = torch.fft.rfftfreq(shape[1])[None, :]
     transfer = torch.exp(-3 * (kx * kx + ky * ky))
-    scores = bank_scores(image_ft, shape, template_bank(prepared, tolerance=1e-9), transfer=transfer,
-                         mask_radius_px=7.5)
+    bank = template_bank(prepared, tolerance=1e-9)
+    scores = bank_scores(image_ft, shape, bank, transfer=transfer, mask_radius_px=7.5)
     where = torch.zeros(shape, dtype=torch.bool)
     where[8:-8, 8:-8] = True
     full = torch.zeros(shape)
     full[where] = scores.best(torch.nonzero(where.reshape(-1))[:, 0])
-    cf = coarse_fine_best(scores, where, stride=2, origin=(1, 1), floor=1.5, window=1)
-    assert torch.equal(cf[1::2, 1::2][where[1::2, 1::2]], full[1::2, 1::2][where[1::2, 1::2]])
+    # the maps formed on the coarse grid only (a folded spectrum), the other pixels scored directly
+    strided = bank_scores(image_ft, shape, bank, transfer=transfer, mask_radius_px=7.5, stride=2, origin=(1, 1))
+    assert strided.maps.shape[1] == (shape[0] // 2) * (shape[1] // 2)
+    pix = torch.nonzero(where.reshape(-1))[:, 0]
+    assert torch.allclose(strided.best(pix), full[where], atol=1e-5)
+    for stride, origin in ((3, (2, 1)), (4, (0, 3))):  # other grids: the full maps, sampled
+        other = bank_scores(image_ft, shape, bank, transfer=transfer, mask_radius_px=7.5, stride=stride, origin=origin)
+        assert torch.allclose(other.best(pix), full[where], atol=1e-5)
+    cf = coarse_fine_best(strided, where, floor=1.5, window=1)
+    assert torch.allclose(cf[1::2, 1::2][where[1::2, 1::2]], full[1::2, 1::2][where[1::2, 1::2]], atol=1e-5)
     for r, c in planted:
         win = full[r - 3:r + 4, c - 3:c + 4]
         i = int(win.argmax())
@@ -431,8 +439,9 @@ def test_template_bank_is_reused_across_micrographs(monkeypatch):
 
 
 def test_side_lobes_match_direct_correlation():
-    """Side lobes computed on a small grid (the transfer's kernel cut to the window) equal those of the filtered
-    templates correlated on the micrograph's whole grid."""
+    """Side lobes computed on a small grid (each template against the other convolved with the kernel of the
+    transfer squared, cut to the offsets that enter) equal those of the filtered templates correlated on the
+    micrograph's whole grid (to float rounding: nothing is truncated)."""
     from cryolens.picking.templates import prepare_templates, side_lobes, wrap_centred
 
     g = torch.Generator().manual_seed(1)
@@ -463,4 +472,25 @@ def test_side_lobes_match_direct_correlation():
                 rho = (torch.roll(full[index[i]], shifts=d, dims=(0, 1)) * full[index[j]]).sum()
                 expect[j] += (ncc[i] * denom[i] / denom[j] * rho).clamp_min(0)
     assert expect.abs().max() > 0.05
-    assert torch.allclose(lobes, expect, atol=1e-4)
+    assert torch.allclose(lobes, expect, atol=1e-6)
+
+
+def test_filtered_gram_equals_gram_of_filtered_images():
+    """The Gram matrix of the filtered basis, from small transforms (kept per bank) weighted by the kernel's, equals
+    the Gram matrix of the basis images filtered on the whole grid."""
+    from cryolens.picking.bank import filtered_gram, gram_grid
+    from cryolens.picking.templates import wrap_centred
+
+    g = torch.Generator().manual_seed(2)
+    shape, m = (120, 100), 15
+    basis = torch.randn(5, m, m, generator=g, dtype=torch.float64)
+    ky = torch.fft.fftfreq(shape[0], dtype=torch.float64)[:, None]
+    kx = torch.fft.rfftfreq(shape[1], dtype=torch.float64)[None, :]
+    transfer = torch.cos(40 * (kx * kx + ky * ky)) * torch.exp(-8 * (kx * kx + ky * ky))
+    tf = torch.fft.rfft2(wrap_centred(basis, shape).double()) * transfer
+    tf[:, 0, 0] = 0
+    x = torch.fft.irfft2(tf, s=shape).reshape(5, -1)
+    s = gram_grid(m)
+    small = torch.fft.rfft2(wrap_centred(basis, (s, s)).double())
+    for got in (filtered_gram(basis, transfer, shape), filtered_gram(basis, transfer, shape, basis_ft=small)):
+        assert torch.allclose(got.double(), x @ x.T, rtol=1e-4, atol=1e-4 * float((x @ x.T).abs().max()))

@@ -446,11 +446,11 @@ def _template_scores(fw, shape, p, transfer, params: PickParams, templates, temp
     high = params.highpass if params.highpass is not None else 2.0 * d_max
     bank = cached(source, (*key, round(p, 6), d_max, params.psi_step, params.rank_tolerance, round(low, 6),
                            round(high, 6), str(dev)), build)
-    scores = bank_scores(fw, shape, bank, transfer=transfer, mask_radius_px=d_max / 2 / p)
+    scores = bank_scores(fw, shape, bank, transfer=transfer, mask_radius_px=d_max / 2 / p, stride=params.coarse_stride,
+                         origin=(pad, pad))
     chunk = params.batch_size * 128
     if params.coarse_stride > 1:
-        best = coarse_fine_best(scores, where, stride=params.coarse_stride, origin=(pad, pad),
-                                floor=params.refine_floor, chunk=chunk, progress=progress)
+        best = coarse_fine_best(scores, where, floor=params.refine_floor, chunk=chunk, progress=progress)
     else:
         pix = torch.nonzero(where.reshape(-1))[:, 0]
         best = median_filled(scores.best(pix, chunk=chunk, progress=progress), pix, shape)

@@ -7,6 +7,7 @@ correlation applies the micrograph's contrast (protein dark: ``-CTF``) itself.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -21,7 +22,7 @@ from cryolens.core.so3_grid import healpix_directions
 
 __all__ = ["map_projections", "map_templates", "template_coverage", "band_pass_images", "rotate_images",
            "prepare_templates", "correlate_templates", "side_lobes", "rfft_energy", "wrap_centred",
-           "local_sd_denominator",
+           "local_sd_denominator", "disc_transform",
            "COVERAGE", "MAX_ORDER"]
 
 #: :func:`map_templates` refines the projection directions (one HEALPix order finer) while the median over the
@@ -235,17 +236,23 @@ def local_sd_denominator(image_ft: torch.Tensor, shape: tuple[int, int], radius_
     """``sd_D(I)(x)·√|D|``: the image's standard deviation over the disc ``D`` of ``radius_px`` pixels around
     every pixel, times the square root of the disc's pixel count (the NCC's image term), ``(H, W)``."""
     h, w = shape
-    dev = image_ft.device
-    yy = torch.fft.fftfreq(h, d=1.0 / h, device=dev)[:, None]
-    xx = torch.fft.fftfreq(w, d=1.0 / w, device=dev)[None, :]
-    disc = ((yy * yy + xx * xx) <= radius_px ** 2).float()
-    n_m = disc.sum()
+    n_m, dft = disc_transform(tuple(shape), float(radius_px), image_ft.device)
     img = torch.fft.irfft2(image_ft, s=(h, w))
-    dft = torch.fft.rfft2(disc).conj()
     s1 = torch.fft.irfft2(image_ft * dft, s=(h, w))
     s2 = torch.fft.irfft2(torch.fft.rfft2(img * img) * dft, s=(h, w))
     local_sd = ((s2 - s1 * s1 / n_m) / n_m).clamp_min(0).sqrt()
     return local_sd.clamp_min(1e-6 * float(local_sd.max()) + 1e-30) * n_m.sqrt()
+
+
+@functools.lru_cache(maxsize=4)
+def disc_transform(shape: tuple[int, int], radius_px: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(pixel count, conj(rfft2))`` of the disc of ``radius_px`` pixels centred at pixel (0, 0) of an ``(H, W)``
+    grid (kept for the few shapes of a dataset's micrographs; not to be modified in place)."""
+    h, w = shape
+    yy = torch.fft.fftfreq(h, d=1.0 / h, device=device)[:, None]
+    xx = torch.fft.fftfreq(w, d=1.0 / w, device=device)[None, :]
+    disc = ((yy * yy + xx * xx) <= radius_px ** 2).float()
+    return disc.sum(), torch.fft.rfft2(disc).conj()
 
 
 def wrap_centred(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -319,39 +326,35 @@ def side_lobes(templates: torch.Tensor, shape: tuple[int, int], *, transfer: tor
     used, inv = torch.unique(torch.cat([index[i], index[j]]), return_inverse=True)
     h, w = shape
     m = templates.shape[-1]
-    half = int(math.ceil(radius_px + m / 2 + 4))  # window around a filtered template's centre
-    # T' = T ⊛ k with the transfer's kernel k (one inverse FFT), cut to the offsets the window needs
-    # (its tails beyond, hundreds of Å out, are negligible after whitening and high-pass): the linear
-    # convolutions run on a small grid instead of the micrograph's (~5× cheaper; same to ~1e-7)
-    kf = transfer.clone()
+    c = m // 2  # a template reaches offsets -c..m-1-c <= c from its centre
+    # ρ_ij·‖T'_i‖·‖T'_j‖ = Σ_v T_j(v)·(T_i ⊛ κ)(v - δ) with κ the kernel of transfer² (the filter applied twice; it
+    # is even): an m × m sum per pair, over T_i ⊛ κ at offsets up to R = |δ| + c only, which takes κ at offsets up
+    # to E = R + c; on a grid of 2E + 1 the rest of that linear convolution (reaching ±(E + c)) does not wrap
+    # into those offsets, so the result is exact (the norms are the sums at δ = 0)
+    big = int(math.ceil(radius_px)) + c + 1
+    e = big + c
+    kf = transfer.square()
     kf[0, 0] = 0  # zero mean after the transfer
-    e = half + m
     if 2 * e + 1 <= min(h, w):
         kern = torch.fft.irfft2(kf, s=(h, w))
         off = torch.arange(-e, e + 1, device=dev)
-        grid_shape = (good_fft_size(2 * e + m + 1),) * 2  # holds the linear convolution without wrapping
+        grid_shape = (good_fft_size(2 * e + 1),) * 2
         kf = torch.fft.rfft2(wrap_centred(kern[(off % h)[:, None], (off % w)[None, :]][None], grid_shape))[0]
     else:  # a small micrograph: convolve on its own grid
         grid_shape = (h, w)
-    win = torch.arange(-half, half + 1, device=dev)
+    win = torch.arange(-big, big + 1, device=dev)
     wins = []
-    for start in range(0, used.numel(), 64):  # filtered templates T', kept in a window around the origin
-        tb = templates[used[start:start + 64]].to(dev)
-        full = torch.fft.irfft2(torch.fft.rfft2(wrap_centred(tb, grid_shape)) * kf, s=grid_shape)
+    tu = templates[used].to(dev).float()
+    for start in range(0, used.numel(), 64):  # T ⊛ κ, kept in a window of ±R around the origin
+        full = torch.fft.irfft2(torch.fft.rfft2(wrap_centred(tu[start:start + 64], grid_shape)) * kf, s=grid_shape)
         wins.append(full[:, (win % grid_shape[0])[:, None], (win % grid_shape[1])[None, :]])
-    tw = torch.cat(wins)
-    tw = tw / tw.square().sum(dim=(-2, -1), keepdim=True).sqrt().clamp_min(1e-30)
+    tw = torch.cat(wins)  # (U, 2R + 1, 2R + 1), offset y at index y + R
+    n = tw.shape[-1]
+    # every m × m window of those as a view: (template, top, left, m, m); a shifted window is one read
+    view = tw.as_strided((tw.shape[0], n - m + 1, n - m + 1, m, m), (n * n, n, 1, n, 1))
+    norms = (view[:, big - c, big - c] * tu).sum(dim=(-2, -1)).clamp_min(1e-30).sqrt()
     ti, tj = inv[:i.numel()], inv[i.numel():]
-    delta = rc[i] - rc[j]  # T'_i(m - delta) against T'_j(m)
-    s = tw.shape[-1]
-    padded = F.pad(tw, (s, s, s, s))
-    rho = torch.zeros(i.numel(), device=dev)
-    grid = torch.arange(s, device=dev)
-    for start in range(0, i.numel(), 256):
-        sl = slice(start, start + 256)
-        rows = grid[None, :] - delta[sl, 0:1] + s
-        cols = grid[None, :] - delta[sl, 1:2] + s
-        shifted = padded[ti[sl][:, None, None], rows[:, :, None], cols[:, None, :]]
-        rho[sl] = (shifted * tw[tj[sl]]).sum(dim=(-2, -1))
+    delta = rc[i] - rc[j]  # T'_i(u - delta) against T'_j(u)
+    rho = (view[ti, big - c - delta[:, 0], big - c - delta[:, 1]] * tu[tj]).sum(dim=(-2, -1)) / (norms[ti] * norms[tj])
     lobe = (ncc[i] * denom[i] / denom[j].clamp_min(1e-30) * rho).clamp_min(0)
     return out.index_add_(0, j, lobe)
