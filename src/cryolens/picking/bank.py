@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cryolens.core.fourier import good_fft_size
+from cryolens.core.fourier import good_fft_size, irfftn
 from cryolens.picking.peaks import mode_stats
 from cryolens.picking.templates import band_pass_images, local_sd_denominator, wrap_centred
 
@@ -262,7 +262,7 @@ def filtered_gram(basis: torch.Tensor, transfer: torch.Tensor, shape: tuple[int,
     s = gram_grid(m)
     if s > min(h, w):
         return _half_spectrum_gram(torch.fft.rfft2(wrap_centred(basis, shape)), t2, shape)
-    kern = torch.fft.irfft2(t2, s=shape)
+    kern = irfftn(t2, s=shape)
     off = torch.arange(-(m - 1), m, device=basis.device)
     kwin = kern[(off % h)[:, None], (off % w)[None, :]]  # offsets -(m-1)..m-1, centred at m-1
     kft = torch.fft.rfft2(wrap_centred(kwin[None], (s, s)))[0].real  # an even kernel: a real transform
@@ -310,7 +310,7 @@ def bank_scores(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBa
     weights = F.pad(unit.T, (0, 0, 0, -q % RANK_MULTIPLE)).contiguous()
     origin = (origin[0] % stride, origin[1] % stride)
     maps = strided_maps(bft, filt, shape, stride, origin)
-    filtered = torch.fft.irfft2(filt, s=shape) if stride > 1 else None
+    filtered = irfftn(filt, s=shape) if stride > 1 else None
     return BankScores(maps=maps, weights=weights, denom=denom, shape=(h, w), stride=stride, origin=origin,
                       filtered=filtered, basis=bank.basis.to(dev))
 
@@ -332,7 +332,7 @@ def strided_maps(bft: torch.Tensor, filt: torch.Tensor, shape: tuple[int, int], 
     maps = torch.empty((q, hc * wc), device=filt.device)
     if s != 2 or h % 2 or w % 2:  # the full maps, sampled
         for start in range(0, q, batch):
-            full = torch.fft.irfft2(bft[start:start + batch] * filt, s=shape)
+            full = irfftn(bft[start:start + batch] * filt, s=shape)
             maps[start:start + batch] = full[:, r0::s, c0::s].reshape(-1, hc * wc)
         return maps
     if r0 or c0:  # sample from the origin: shift the image by it (a phase ramp)
@@ -347,7 +347,7 @@ def strided_maps(bft: torch.Tensor, filt: torch.Tensor, shape: tuple[int, int], 
         mirror = z[:, :, wc - n + 1:wc + 1].flip(2)
         mirror = torch.cat([mirror[:, :1], mirror[:, 1:].flip(1)], dim=1)
         y = z[:, :, :n] + mirror.conj()
-        maps[start:start + batch] = torch.fft.irfft2(y, s=(hc, wc)).reshape(-1, hc * wc) / 4
+        maps[start:start + batch] = irfftn(y, s=(hc, wc)).reshape(-1, hc * wc) / 4
     return maps
 
 

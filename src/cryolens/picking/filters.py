@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cryolens.core.ctf import CTFParams, ctf_phase_and_envelope
-from cryolens.core.fourier import good_fft_size, rfft_polar_grid
+from cryolens.core.fourier import good_fft_size, irfftn, rfft_polar_grid
 
 __all__ = [
     "fourier_crop_2d", "radial_spectrum", "whitening_filter", "micrograph_ctf",
@@ -42,7 +42,7 @@ def fourier_crop_2d(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor
     cols = rows[..., :w // 2 + 1].clone()
     if w % 2 == 0:
         cols[..., -1] = 0
-    return torch.fft.irfft2(cols, s=(h, w)) * (h * w / (H * W))
+    return irfftn(cols, s=(h, w)) * (h * w / (H * W))
 
 
 def radial_spectrum(f: torch.Tensor, shape: tuple[int, int], *, nbins: int | None = None) -> torch.Tensor:
@@ -158,6 +158,6 @@ def local_mean_sd(image: torch.Tensor, *, sigma_px: float, step: int = 1) -> tup
         f = torch.cat([f[:, :hc // 2], f[:, h - (hc - hc // 2):]], dim=1)[:, :, :wc // 2 + 1]
         h, w, f = hc, wc, f / step ** 2
     o = pad // step
-    both = torch.fft.irfft2(f, s=(h, w))[:, o:o + -(-H // step), o:o + -(-W // step)]
+    both = irfftn(f, s=(h, w))[:, o:o + -(-H // step), o:o + -(-W // step)]
     mean = both[0]
     return mean, (both[1] - mean * mean).clamp_min(0).sqrt()

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cryolens.core.fourier import irfftn
 from cryolens.picking.filters import local_mean_sd
 
 __all__ = ["fill_areas", "robust_z", "mode_stats", "mode_z", "local_maxima", "refine_subpixel", "suppress_non_maxima", "avoidance_mask"]
@@ -259,7 +260,7 @@ def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z:
         shape = (h + 2 * r, w + 2 * r)  # zero-padded: no wrap-around; the disc's centre at (0, 0)
         kernel = torch.zeros(shape, device=image.device)
         kernel[yy % shape[0], xx % shape[1]] = disc
-        grown = torch.fft.irfft2(torch.fft.rfft2(F.pad(bad.float(), (0, 2 * r, 0, 2 * r))) * torch.fft.rfft2(kernel),
+        grown = irfftn(torch.fft.rfft2(F.pad(bad.float(), (0, 2 * r, 0, 2 * r))) * torch.fft.rfft2(kernel),
                                  s=shape)[:h, :w]  # disc counts by FFT convolution (cheaper than conv2d on big maps)
         bad = grown > 0.5
     if c > 1:  # nearest coarse sample (sample i lies at pixel i·c): pixel y takes sample (y + c//2) // c

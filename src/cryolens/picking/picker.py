@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from cryolens.core.ctf import CTFParams
-from cryolens.core.fourier import good_fft_size, rfft_polar_grid
+from cryolens.core.fourier import good_fft_size, irfftn, rfft_polar_grid
 from cryolens.picking.filters import (
     fourier_crop_2d,
     log_filters,
@@ -393,7 +393,7 @@ def _matched_scores(fw: torch.Tensor, shape, p: float, transfer: torch.Tensor, d
     t = _blob_fts(tuple((sizes * radius_fraction).tolist()), tuple((sizes * cavity_fraction).tolist()), tuple(shape), p,
                   fw.device) * transfer
     norm = rfft_energy(t, shape[-1]).sqrt().clamp_min(1e-30)  # Parseval: no inverse FFT
-    maps = torch.fft.irfft2(fw * t.conj(), s=shape) / norm[:, None, None]
+    maps = irfftn(fw * t.conj(), s=shape) / norm[:, None, None]
     return _best_over(maps, sizes)
 
 
@@ -407,7 +407,7 @@ def _log_scores(f: torch.Tensor, shape, p: float, contrast: torch.Tensor, band: 
     sizes = _sizes(d_min, d_max, 0.1)
     flipped = f * torch.sign(contrast) * band  # protein made bright (and phase-flipped with a CTF)
     filt = log_filters(sizes / (2 * math.sqrt(2)), shape, p, device=f.device)
-    maps = torch.fft.irfft2(flipped * filt, s=shape)
+    maps = irfftn(flipped * filt, s=shape)
     flat = maps.reshape(maps.shape[0], -1)
     z = (maps - flat.median(dim=1).values[:, None, None]) / flat.std(dim=1).clamp_min(1e-30)[:, None, None]
     best, arg = z.max(dim=0)
