@@ -168,7 +168,7 @@ def align_loaded(task: MovieTask, movie: LoadedMovie) -> dict:
     prep = preprocess_movie(torch.from_numpy(movie.raw), pixel_size=task.pixel_size, params=task.preprocess,
                             gain=movie.gain, defects=movie.defects, device=dev, copy=False)
     movie.raw = None  # type: ignore[assignment]  # the frames now live in prep (in place on the CPU)
-    if not bool(torch.isfinite(torch.stack(torch.aminmax(prep.frames))).all()):  # one pass, NaN propagates
+    if not prep.finite:
         raise InputError(f"{task.movie}: the frames contain NaN or infinite values (after the gain reference); "
                          "check the movie and the gain file.")
     dose = task.dose_per_frame

@@ -104,12 +104,15 @@ class PreprocessResult:
         hot_pixels: ``(k, 2)`` int64 ``(x, y)`` 0-based coordinates of the detected hot
             pixels in the unbinned movie.
         n_defects: pixels filled (defect mask, dead gain pixels and hot pixels).
+        finite: every value of the gain-corrected frames outside the known defects is finite (NaN and inf
+            reach the frame sum).
     """
 
     frames: torch.Tensor
     pixel_size: float
     hot_pixels: np.ndarray
     n_defects: int
+    finite: bool = True
 
 
 def orient_gain(gain: torch.Tensor, *, rot: int = 0, flip: int = 0) -> torch.Tensor:
@@ -273,17 +276,22 @@ def preprocess_movie(frames: torch.Tensor, *, pixel_size: float, params: Preproc
         x *= g
         bad = bad | (g == 0)
     hot = np.zeros((0, 2), np.int64)
+    finite = None
     if params.hot_pixels:
         total = x[0].clone()
         for frame in x[1:]:  # frame by frame: ~1.5x faster than x.sum(0) on the CPU here
             total += frame
+        finite = bool((torch.isfinite(total) | bad).all())  # known defects are filled below
         hmask = hot_pixel_mask(total, sigma=params.hot_pixel_sigma, known_bad=bad)
         yx = torch.nonzero(hmask).cpu().numpy()
         hot = yx[:, ::-1].astype(np.int64).copy()
         bad = bad | hmask
+    if finite is None:  # one pass; NaN propagates
+        finite = bool(torch.isfinite(torch.stack(torch.aminmax(x))).all())
     n_bad = int(bad.sum())
     if n_bad:
         fill_defects(x, bad)
     if params.bin_factor != 1:
         x = fourier_bin(x, params.bin_factor, chunk=params.chunk_frames)
-    return PreprocessResult(frames=x, pixel_size=pixel_size * params.bin_factor, hot_pixels=hot, n_defects=n_bad)
+    return PreprocessResult(frames=x, pixel_size=pixel_size * params.bin_factor, hot_pixels=hot, n_defects=n_bad,
+                            finite=finite)
