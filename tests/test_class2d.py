@@ -177,9 +177,11 @@ def test_class2d_separates_views_and_matches_truth(classified):
     # by signal gain and 0.89/0.86/0.74/0.93 after; 0.9 passed on seed 0 by a hair. Later (DC-free averages, finer
     # psi, tempered last iteration): 0.87/0.85/0.83/0.83, so seeds 2 and 3 fail this bar. ML with the true
     # projections as references misassigns 2-4 of the 300 particles; the classification 13-15, mostly weak
-    # (low-defocus) particles of other views in the smaller of the two classes of a split view.
+    # (low-defocus) particles of other views in the smaller of the two classes of a split view. With --tau2-fudge 4
+    # (issue 15, 2026-12-04) this seed reads 0.82 (0.87 at T 2); over data seeds 0-15 T 4 reads >= 0.85 on 8, >= 0.80
+    # on 11 (mean 0.79), T 2 on 7 and 10 (mean 0.75): the bar was lowered from 0.85 to 0.80 for the new default.
     for c in np.flatnonzero(big):
-        assert confusion[c].max() >= 0.85 * confusion[c].sum(), confusion
+        assert confusion[c].max() >= 0.80 * confusion[c].sum(), confusion
     assert set(majority[big]) == set(range(len(VIEWS))), confusion
     majority = set(np.flatnonzero(big))
     classes, apix = read_mrc(out / "classes.mrcs")
@@ -306,8 +308,9 @@ def test_classify_2d_runs_on_device(tmp_path, device):
 
 
 def test_temper_last_keeps_the_poses_and_softens_the_posteriors(tmp_path):
-    """The last iteration at the temperature 1 / mean(mask²) (`--temper-last`): every particle keeps the class, psi
-    and origin the untempered run gives it, and its best pose's posterior can only fall."""
+    """The last iteration at the temperature `--last-temperature` / mean(mask²) (`--temper-last`): every particle
+    keeps the class, psi and origin the untempered run gives it, and its best pose's posterior can only fall, the
+    further the higher the temperature (the default factor is above 1)."""
     from cryolens.class2d import classify_2d
     from cryolens.class2d.data import image_mask
     from cryolens.class2d.iteration import mask_temperature
@@ -320,12 +323,17 @@ def test_temper_last_keeps_the_poses_and_softens_the_posteriors(tmp_path):
     parts = open_particles(star, pose=False)
     runs = [classify_2d(lambda: parts.batches(32), parts.table(), pixel_size=APIX, box=BOX, device="cpu",
                         params=Class2DParams(classes=3, iterations=3, particle_diameter=200.0, res_end=20.0,
-                                             batch_size=32, temper_last=t)) for t in (False, True)]
-    plain, tempered = runs
-    assert np.array_equal(plain.particle_class, tempered.particle_class)
-    assert np.array_equal(plain.psi, tempered.psi) and np.array_equal(plain.shifts, tempered.shifts)
+                                             batch_size=32, **kw))
+            for kw in (dict(temper_last=False), dict(last_temperature=1.0), dict())]
+    plain, tempered, hotter = runs
+    assert Class2DParams().last_temperature > 1.0
+    for run in (tempered, hotter):
+        assert np.array_equal(plain.particle_class, run.particle_class)
+        assert np.array_equal(plain.psi, run.psi) and np.array_equal(plain.shifts, run.shifts)
     assert (tempered.max_probability <= plain.max_probability + 1e-6).all()
     assert tempered.max_probability.mean() < 0.9 * plain.max_probability.mean()
+    assert (hotter.max_probability <= tempered.max_probability + 1e-6).all()
+    assert hotter.max_probability.mean() < tempered.max_probability.mean()
 
 
 def test_class_resolution_skips_a_one_shell_dip():
@@ -340,7 +348,7 @@ def test_class_resolution_skips_a_one_shell_dip():
 
 def test_class2d_params_defaults():
     p = Class2DParams()
-    assert p.tau2_fudge == 2.0 and p.classes == 20 and p.psi_step <= 15 and not p.uniform_prior
+    assert p.tau2_fudge == 4.0 and p.classes == 20 and p.psi_step <= 15 and not p.uniform_prior
     p.validate()
 
 

@@ -106,7 +106,9 @@ def mask_temperature(mask: torch.Tensor) -> float:
     Tempering every iteration (0.927) or the last two (0.914) let one class gather up to 900 of 1 000 particles or
     moved good particles into junk-rich classes (``select classes --auto`` kept 70-80 % of the good particles of
     seed 11); a higher temperature in the last iteration (2.6) read 0.920 but its smoother averages lowered the
-    particles' fit z-scores of ``select`` (good kept 82.8 -> 78.7 %).
+    particles' fit z-scores of ``select`` (good kept 82.8 -> 78.7 %). With ``tau2_fudge`` 4 (purer classes, more good
+    particles kept) the last iteration runs at ``last_temperature`` (1.6) times this, 2.6 for haemoglobin (issue 15,
+    measured 2026-12-04 over ``--seed`` 0-4 and data seeds 1-2; see the README's class2d section).
     """
     return 1.0 / float((mask.float() ** 2).mean())
 
@@ -206,7 +208,8 @@ def run_iteration(state: Class2DState, it: int, setup: Setup, rng: np.random.Gen
     band = smp.band
     refs = class_references(state.classes, band, smp.rotator, smp.matrices)  # (K, J, M)
     noise = NoiseModel(state.sigma2.clone())
-    temperature = mask_temperature(setup.mask) if p.temper_last and it == p.iterations else 1.0
+    last = p.temper_last and it == p.iterations
+    temperature = p.last_temperature * mask_temperature(setup.mask) if last else 1.0
     inv_w = noise.inverse_on(band) * band.weight / temperature
     seeded = sorted(set(state.seeds.values()))
     log_pi = torch.zeros(k, device=dev) if p.uniform_prior else torch.log(state.class_weights.clamp_min(1e-12))

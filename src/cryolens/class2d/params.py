@@ -26,8 +26,9 @@ class Class2DParams(Params):
     particle_diameter: float | None = option(None, unit="Å", gt=0, help="Diameter of the circular soft mask "
                                                                        "applied to images and averages; default "
                                                                        "90% of the box")
-    tau2_fudge: float = option(2.0, gt=0, help="Regularisation: weight of the data against the prior (RELION's "
-                                               "T; higher gives noisier averages at higher resolution)")
+    tau2_fudge: float = option(4.0, gt=0, help="Regularisation: weight of the data against the prior (RELION's "
+                                               "T; higher gives noisier averages at higher resolution, which "
+                                               "separate junk from particles better)")
     res_start: float = option(30.0, unit="Å", gt=0, help="Resolution limit of the first iteration")
     res_end: float = option(8.0, unit="Å", gt=0, help="Resolution limit reached late in the run (capped at "
                                                       "Nyquist)")
@@ -50,11 +51,14 @@ class Class2DParams(Params):
     center: bool = option(True, help="Recentre the class averages on their centre of mass each iteration")
     reseed: bool = option(True, help="Reseed empty or tiny classes from the worst-fitting particles of the "
                                      "largest class (all but the last 10 % of the iterations)")
-    temper_last: bool = option(True, help="Score the last iteration at the temperature 1 / mean(mask²): the "
-                                          "masked images' noise is correlated, so the likelihood counts too many "
-                                          "independent coefficients and over-fits the noise of the previous "
-                                          "averages; the softer posteriors give averages closer to the truth, "
-                                          "with the same best poses")
+    temper_last: bool = option(True, help="Score the last iteration at the temperature --last-temperature / "
+                                          "mean(mask²): the masked images' noise is correlated, so the likelihood "
+                                          "counts too many independent coefficients and over-fits the noise of "
+                                          "the previous averages; the softer posteriors give averages closer to "
+                                          "the truth, with the same best poses")
+    last_temperature: float = option(1.6, ge=1, help="The last iteration's temperature with --temper-last, as a "
+                                                    "multiple of 1 / mean(mask²) (1.6: 2.6 for an 80 Å mask in a 96 Å "
+                                                    "box); higher softens the final averages more")
     ctf: bool = option(True, help="Model the CTF when the particles carry defocus values (--no-ctf ignores it)")
     seed: int = option(0, help="Seed for the initial classes, particle subsets and in-plane offsets")
     batch_size: int = option(128, ge=1, help="Images per batch (bounds memory)")
