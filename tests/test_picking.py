@@ -20,7 +20,7 @@ import torch
 from cryolens.core.ctf import CTFParams
 from cryolens.picking import PickParams, consensus, match_picks, pick_micrograph, select_picks
 from cryolens.picking.filters import fourier_crop_2d, local_mean_sd
-from cryolens.picking.peaks import ice_level, mode_stats, suppress_non_maxima
+from cryolens.picking.peaks import avoidance_mask, ice_level, mode_stats, suppress_non_maxima
 from cryolens.picking.templates import map_projections
 from cryolens.simulate.micrographs import MicrographParams, simulate_micrograph
 from cryolens.simulate.structures import phantom_structure
@@ -281,6 +281,21 @@ def test_ice_is_found_when_carbon_covers_most_of_the_micrograph(device):
     inside = (xy[:, 0] > 660 + d / 1.75) & clean
     m = match_picks(picks.xy().cpu().numpy(), xy[inside], 0.2 * d / 1.75)
     assert inside.sum() >= 5 and m.recall >= 0.75, (inside.sum(), m.tp, len(picks))
+
+
+def test_textured_patch_is_avoided_without_a_further_rim():
+    """A patch of normal mean but high variance (an ice crystal, 10× the noise) is avoided, and so is the band where
+    it raises the local SD; that band already reaches ~half a diameter out, so it is not grown further: a particle
+    whose disc clears the patch by a quarter diameter (centre 0.75 d from its edge) stays pickable (it was avoided
+    when the high-SD area was dilated too)."""
+    g = torch.Generator().manual_seed(0)
+    n, d, radius = 512, 32.0, 60.0
+    yy, xx = torch.meshgrid(torch.arange(float(n)), torch.arange(float(n)), indexing="ij")
+    r = torch.hypot(xx - 256, yy - 256)
+    img = torch.randn(n, n, generator=g) + 10.0 * (r < radius) * torch.randn(n, n, generator=g)
+    mask = avoidance_mask(img, sigma_px=d / 4, mean_z=15.0, sd_z=20.0, dilate_px=d / 4)
+    assert bool(mask[r < radius].all())
+    assert not bool(mask[r > radius + 0.75 * d].any())
 
 
 def test_ice_level_is_the_brightest_extensive_population():
