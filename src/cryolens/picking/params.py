@@ -28,7 +28,7 @@ class PickParams(Params):
     LoG maps are in their plain SD instead, hence the lower default threshold there.
     Avoidance (``avoid_blobs``): the local mean and SD at σ = diameter/4 become z-scores about
     ordinary ice (:func:`cryolens.picking.peaks.avoidance_mask`); areas beyond ``avoid_mean_z`` /
-    ``avoid_sd_z`` grown by a quarter diameter get no picks.
+    ``avoid_sd_z`` get no picks, nor do the rims (a quarter diameter) of the abnormal-mean areas.
     """
 
     diameter: float | None = option(None, unit="Å", gt=0, metavar="D [MAX]",
