@@ -39,7 +39,8 @@ class AbinitioParams(Params):
     final_passes: int = option(2, ge=1, help="Passes over all particles at the final resolution (poses, map)")
     ctf: bool = option(True, help="Model the CTF when the particles carry defocus values (--no-ctf ignores it)")
     seed: int = option(0, help="Random seed (starting maps, mini-batches)")
-    memory: float = option(3.0, gt=0, help="Mini-batches the running sums remember (older ones fade)", cli=False)
+    memory: float = option(3.0, ge=1, help="Mini-batches the running sums remember (each iteration fades "
+                           "them by 1 - 1/memory)", cli=False)
     tau2_fudge: float = option(4.0, gt=0, help="Scale of the map power prior (RELION's --tau2_fudge)", cli=False)
     max_block: int = option(2**22, ge=2**12, help="Elements of one score block (bounds memory)", cli=False)
 
