@@ -30,7 +30,7 @@ class AbinitioParams(Params):
                                             "iterations; default 12, or 10 for T, O and I symmetry (at least 2.5 px)")
     iterations: int = option(40, flag="--iterations", ge=2, help="Mini-batch iterations")
     batch_size: int = option(300, ge=10, help="Particles per mini-batch")
-    starts: int = option(3, ge=1, help="Random starts, pruned to the most likely one")
+    starts: int = option(6, ge=1, help="Random starts, pruned to the most likely one")
     prune_after: int = option(8, ge=1, help="Iterations after which the random starts are pruned")
     particle_diameter: float | None = option(None, unit="Å", gt=0, help="Mask diameter; default 90% of the box")
     offset_range: float = option(4.0, unit="px", ge=0, help="Translational search range")
