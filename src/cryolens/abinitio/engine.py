@@ -14,7 +14,8 @@ An equivalent of cryoSPARC's SGD (Punjani et al. 2017) in the form of online EM 
   ``top_k`` best poses are each refined by local searches at the current resolution; the posterior
   over classes × poses is their softmax (with the class priors).
 * **M-step**: running sums of the whitened, CTF-weighted, posterior-weighted back-projections
-  (``Σ w·CTF·X/σ²`` and ``Σ w·CTF²/σ²``) fade by ``1 − 1/(memory + t/2)`` per iteration and take the new
+  (``Σ w·CTF·X/σ²`` and ``Σ w·CTF²/σ²``) fade by ``1 − 1/memory`` per iteration (a constant step: a step
+  that shrinks with ``t`` froze maps that mix both hands; the final passes average all particles) and take the new
   batch; the map is their MAP estimate with a per-shell prior of the current map's power
   (``τ²``, times ``tau2_fudge``). The alignment reference is the map low-passed to the current
   resolution, its negative density set to 0, multiplied by a soft spherical solvent mask and
@@ -178,7 +179,7 @@ class _Abinitio:
         t0 = time.perf_counter()
         rows = self._rows(p.batch_size)
         r_max = self.searcher.r_max(resolution)
-        decay = 1.0 - 1.0 / (p.memory + t / 2.0)
+        decay = 1.0 - 1.0 / p.memory
         lls = []
         fractions: list[float] = []
         for si, st in enumerate(starts):

@@ -30,7 +30,7 @@ class AbinitioParams(Params):
                                             "iterations; default 12, or 10 for T, O and I symmetry (at least 2.5 px)")
     iterations: int = option(40, flag="--iterations", ge=2, help="Mini-batch iterations")
     batch_size: int = option(300, ge=10, help="Particles per mini-batch")
-    starts: int = option(3, ge=1, help="Random starts, pruned to the most likely one")
+    starts: int = option(6, ge=1, help="Random starts, pruned to the most likely one")
     prune_after: int = option(8, ge=1, help="Iterations after which the random starts are pruned")
     particle_diameter: float | None = option(None, unit="Å", gt=0, help="Mask diameter; default 90% of the box")
     offset_range: float = option(4.0, unit="px", ge=0, help="Translational search range")
@@ -39,7 +39,8 @@ class AbinitioParams(Params):
     final_passes: int = option(2, ge=1, help="Passes over all particles at the final resolution (poses, map)")
     ctf: bool = option(True, help="Model the CTF when the particles carry defocus values (--no-ctf ignores it)")
     seed: int = option(0, help="Random seed (starting maps, mini-batches)")
-    memory: float = option(3.0, gt=0, help="Mini-batches the running sums remember (older ones fade)", cli=False)
+    memory: float = option(3.0, ge=1, help="Mini-batches the running sums remember (each iteration fades "
+                           "them by 1 - 1/memory)", cli=False)
     tau2_fudge: float = option(4.0, gt=0, help="Scale of the map power prior (RELION's --tau2_fudge)", cli=False)
     max_block: int = option(2**22, ge=2**12, help="Elements of one score block (bounds memory)", cli=False)
 
