@@ -69,6 +69,15 @@ def test_native_insert_rejects_frequencies_outside_the_accumulator(monkeypatch):
     assert bp.count == 0
 
 
+def test_build_falls_back_to_generic_code_when_the_compiler_rejects_the_cpu_flags(tmp_path):
+    import ctypes
+
+    from cryolens.core.native import build_library
+
+    build_library(tmp_path / "k.so", cpu_flags=["-fno-such-option-for-any-compiler"])
+    assert hasattr(ctypes.CDLL(str(tmp_path / "k.so")), "shift_sum")
+
+
 def test_native_switch_off(monkeypatch):
     monkeypatch.setenv("CRYOLENS_NATIVE", "off")
     assert native_library() is None

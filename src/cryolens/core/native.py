@@ -10,8 +10,9 @@ accumulator, tens of MB, lives in L3 or DRAM): ~4x less CPU time for the same su
 rounding; only the order of the additions differs).
 
 The library is built with the system C compiler (``$CC``, else ``cc``/``gcc``) into
-``$CRYOLENS_CACHE`` (default ``~/.cache/cryolens``) under a name that hashes the source, once
-per machine; a build takes ~0.2 s. ``CRYOLENS_NATIVE=0`` switches it off; without a compiler,
+``$CRYOLENS_CACHE`` (default ``~/.cache/cryolens``) under a name that hashes the source and the
+CPU's feature flags, once per machine; a build takes ~0.2 s. It is built for this CPU (``-march=native``)
+when the compiler takes that, else as generic code. ``CRYOLENS_NATIVE=0`` switches it off; without a compiler,
 or if anything fails, callers use their PyTorch code (one warning in the log).
 """
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["native_enabled", "native_library", "insert_slices", "shift_sum", "cross_spectra", "retain_freed_memory"]
+__all__ = ["native_enabled", "native_library", "build_library", "insert_slices", "shift_sum", "cross_spectra", "retain_freed_memory"]
 
 log = logging.getLogger("cryolens.native")
 
@@ -180,6 +181,9 @@ int64_t cross_spectra(const float *restrict spec, const float *restrict ey, cons
 """
 
 FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno"]
+#: Tried first: code for this CPU (here 1.7-2.2x faster motion kernels than the generic build); the library's
+#: name then hashes the CPU's feature flags, so nodes of another CPU sharing the cache build their own.
+CPU_FLAGS = ["-march=native"]
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -195,9 +199,22 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cryolens"
 
 
-def _build(path: Path) -> None:
+def _cpu_features() -> str:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``), else the processor's name: part of the library's name."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_library(path: Path, cpu_flags: list[str] | None = None) -> None:
     """Compile :data:`SOURCE` into ``path`` (written under a temporary name, then renamed: concurrent
-    builds by several processes each produce a whole file)."""
+    builds by several processes each produce a whole file), with ``cpu_flags`` (default :data:`CPU_FLAGS`)
+    when the compiler takes them, else generic code."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler (set CC or install gcc)")
@@ -205,8 +222,11 @@ def _build(path: Path) -> None:
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         src, lib = Path(tmp) / "kernels.c", Path(tmp) / path.name
         src.write_text(SOURCE)
-        run = subprocess.run([cc, *FLAGS, "-o", str(lib), str(src), "-lm"], capture_output=True, text=True,
-                             timeout=120)
+        for extra in (CPU_FLAGS if cpu_flags is None else cpu_flags, []):  # else generic code
+            run = subprocess.run([cc, *FLAGS, *extra, "-o", str(lib), str(src), "-lm"], capture_output=True,
+                                 text=True, timeout=120)
+            if run.returncode == 0:
+                break
         if run.returncode != 0:
             raise RuntimeError(f"{cc} failed: {run.stderr.strip().splitlines()[-1] if run.stderr.strip() else ''}")
         os.replace(lib, path)
@@ -221,10 +241,10 @@ def native_library() -> ctypes.CDLL | None:
             return _state["lib"]
         lib = None
         try:
-            key = hashlib.sha256((SOURCE + " ".join(FLAGS)).encode()).hexdigest()[:16]
+            key = hashlib.sha256((SOURCE + " ".join(FLAGS + CPU_FLAGS) + _cpu_features()).encode()).hexdigest()[:16]
             path = _cache_dir() / f"kernels-{key}-{platform.machine()}.so"
             if not path.is_file():
-                _build(path)
+                build_library(path)
             lib = ctypes.CDLL(str(path))  # CDLL calls release the GIL: threads may insert in parallel
             p, i = ctypes.c_void_p, ctypes.c_int64
             lib.insert_slices.argtypes = [p, p, i, p, i, p, p, p, i, i, ctypes.c_float]
@@ -332,7 +352,7 @@ def cross_spectra(spectra: torch.Tensor, ey: torch.Tensor, ex: torch.Tensor, fil
     return out
 
 
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8  # glibc mallopt parameters (malloc.h)
 
 
 @contextmanager
@@ -351,6 +371,7 @@ def retain_freed_memory():
         yield
         return
     mallopt(_M_MMAP_MAX, 0)
+    mallopt(_M_ARENA_MAX, 1)
     mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
     mallopt(_M_TOP_PAD, 128 << 20)
     try:
