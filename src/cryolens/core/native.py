@@ -112,6 +112,15 @@ int64_t insert_slices(float *restrict data, float *restrict weight, int64_t P,
 
 /* acc += spec * ey[r] * ex[c] over an (H, Wc) complex spectrum (a Fourier shift by separable phase
    factors), and acc_dw += the same times w[r, c] when w is given: one pass for both sums. */
+/* (vr, vi) = s * y * x for complex s, x (re, im pairs) and y = yr + i yi: a spectrum value moved by the phase
+   factors of its row and column. */
+static inline void moved(const float *restrict s, float yr, float yi, const float *restrict x, float *vr, float *vi)
+{
+    const float pr = yr * x[0] - yi * x[1], pi = yr * x[1] + yi * x[0];
+    *vr = s[0] * pr - s[1] * pi;
+    *vi = s[0] * pi + s[1] * pr;
+}
+
 /* acc += sum_b spec_b * ey_b[r] * ex_b[c] (and acc_dw += the same times the frame's weight) over B frames of
    (H, Wc) complex spectra; rows outermost, so each accumulator row is read and written once per call. Weights:
    w (B, H, Wc) per frame, or with step: w (H, Wc) the first frame's, advanced in place by step per frame. */
@@ -129,8 +138,8 @@ void shift_sum(const float *restrict spec, const float *restrict ey, const float
             const float *x = ex + 2 * Wc * b;
             float *q = w ? w + Wc * (step ? r : H * b + r) : 0;
             for (int64_t c = 0; c < Wc; c++) {
-                float pr = yr * x[2 * c] - yi * x[2 * c + 1], pi = yr * x[2 * c + 1] + yi * x[2 * c];
-                float vr = s[2 * c] * pr - s[2 * c + 1] * pi, vi = s[2 * c] * pi + s[2 * c + 1] * pr;
+                float vr, vi;
+                moved(s + 2 * c, yr, yi, x + 2 * c, &vr, &vi);
                 a[2 * c] += vr; a[2 * c + 1] += vi;
                 if (q) { d[2 * c] += q[c] * vr; d[2 * c + 1] += q[c] * vi; }
             }
@@ -157,8 +166,8 @@ int64_t cross_spectra(const float *restrict spec, const float *restrict ey, cons
                 const float *s = spec + 2 * Wc * row, *x = ex + 2 * Wc * (l * F + f);
                 float *o = ccs + 2 * Wc * row;
                 for (int64_t c = 0; c < Wc; c++) {
-                    float pr = yr * x[2 * c] - yi * x[2 * c + 1], pi = yr * x[2 * c + 1] + yi * x[2 * c];
-                    float vr = s[2 * c] * pr - s[2 * c + 1] * pi, vi = s[2 * c] * pi + s[2 * c + 1] * pr;
+                    float vr, vi;
+                    moved(s + 2 * c, yr, yi, x + 2 * c, &vr, &vi);
                     o[2 * c] = vr; o[2 * c + 1] = vi;
                     tot[2 * c] += vr; tot[2 * c + 1] += vi;
                 }

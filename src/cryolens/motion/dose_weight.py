@@ -61,7 +61,7 @@ class DoseWeights:
             if j and i == idx[j - 1] + 1:
                 torch.mul(out[j - 1], self.step, out=out[j])
             else:
-                torch.exp(-float(self.exposures[i]) * self.rate, out=out[j]).div_(self.norm)
+                out[j] = self.frame(i)
         return out
 
 

@@ -204,15 +204,6 @@ def _group_sums(spec: torch.Tensor, group: int) -> torch.Tensor:
     return out
 
 
-def _cross_spectra(spec: torch.Tensor, shifts: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor,
-                   filt: torch.Tensor) -> torch.Tensor | None:
-    """The native kernel's cross spectra of frames with the filtered sum of the others (None: not available)."""
-    if not spec.is_contiguous():
-        return None
-    ey, ex = phase_factors(shifts, ky, kx)
-    return cross_spectra(spec, ey.contiguous(), ex.contiguous(), filt.to(torch.float32))
-
-
 def align_frames(spec: torch.Tensor, w: int, *, filt: torch.Tensor, max_shift: float, min_shift_first: float = 0.0,
                  termination: float = 0.1, max_iterations: int = 20, group: int = 1,
                  px_scale: tuple[float, float] = (1.0, 1.0), init: torch.Tensor | None = None,
@@ -254,17 +245,18 @@ def align_frames(spec: torch.Tensor, w: int, *, filt: torch.Tensor, max_shift: f
     peak = ccs = None
     wide, fine = False, 4  # rounds after the first search +-4 px unless a peak reached that far
     for it in range(1, max_iterations + 1):
-        ccs = _cross_spectra(spec, shifts, ky, kx, filt) if group == 1 else None  # C: one pass, no temporaries
+        ey, ex = phase_factors(shifts, ky, kx)
+        ccs = cross_spectra(spec, ey, ex, filt) if group == 1 else None  # C: one pass, no temporaries
         if ccs is None and group == 1:  # ccs = (total - cur)·filt·conj(cur), without the reference tensor
             if own is None:
                 own = torch.view_as_real(spec).square().sum(-1) * filt
-            cur = spec * phase_ramp(shifts, ky, kx)
+            cur = spec * (ey[..., :, None] * ex[..., None, :])
             total = cur.sum(dim=-3, keepdim=True) * filt
             ccs = cur.conj_physical_().mul_(total)
             torch.view_as_real(ccs)[..., 0].sub_(own)  # real |frame|²: no complex copy of it
             del cur, total
         elif ccs is None:
-            cur = spec * phase_ramp(shifts, ky, kx)
+            cur = spec * (ey[..., :, None] * ex[..., None, :])
             grp = _group_sums(cur, group)
             ref = cur.sum(dim=-3, keepdim=True) * filt - grp * filt
             ccs = grp.conj_physical_().mul_(ref)
