@@ -317,7 +317,7 @@ def write_mrc(
             images; ``None`` = True for ``.mrcs`` files.
         origin: header origin in Å ``(x, y, z)``; default 0.
 
-    Header statistics (min, max, mean, rms) are updated from the data.
+    Header statistics (min, max, mean, rms) are computed from the data (by ``set_data``, once).
     """
     path = Path(path)
     arr = np.asarray(data)
@@ -342,4 +342,3 @@ def write_mrc(
         m.voxel_size = float(voxel_size)
         if origin is not None:
             m.header.origin.x, m.header.origin.y, m.header.origin.z = (float(v) for v in origin)
-        m.update_header_stats()

@@ -146,7 +146,7 @@ def _points(a) -> np.ndarray:
 def _save(img, path: str | Path) -> Path:
     path = Path(path)
     with atomic_output(path) as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", compress_level=1)  # 1.75 instead of 2.5 ms a plot, ~30 % larger
     return path
 
 

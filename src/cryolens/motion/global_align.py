@@ -152,17 +152,18 @@ def correlation_window(spectrum: torch.Tensor, w: int, r: int) -> torch.Tensor:
 
 def peak_snr(peak: torch.Tensor, spectrum: torch.Tensor, w: int) -> torch.Tensor:
     """``(peak - mean) / std`` of correlation maps given by their rfft ``(..., h, w//2+1)`` (Parseval,
-    the DC term left out of the standard deviation)."""
+    the DC term left out of the standard deviation). The power is summed by norms (no temporaries): every
+    column twice, less the first one (and the last one for an even ``w``), which the rfft holds once, and the DC."""
     h = spectrum.shape[-2]
     npx = h * w
-    mult = torch.full((spectrum.shape[-1],), 2.0, device=spectrum.device)
-    mult[0] = 1.0
+    r = torch.view_as_real(spectrum)  # (..., h, w//2+1, 2)
+    power = 2 * torch.linalg.vector_norm(r.flatten(-3), dim=-1).square()
+    power -= torch.linalg.vector_norm(r[..., 0, :], dim=(-2, -1)).square()
     if w % 2 == 0:
-        mult[-1] = 1.0
-    power = torch.view_as_real(spectrum).square().sum(-1) * mult
-    power[..., 0, 0] = 0.0
+        power -= torch.linalg.vector_norm(r[..., -1, :], dim=(-2, -1)).square()
+    power -= r[..., 0, 0, :].square().sum(-1)
     mean = spectrum[..., 0, 0].real / npx
-    std = (power.sum(dim=(-2, -1)) / npx ** 2).sqrt().clamp_min(1e-30)
+    std = (power.clamp_min(0) / npx ** 2).sqrt().clamp_min(1e-30)
     return (peak - mean) / std
 
 

@@ -131,7 +131,7 @@ def orient_gain(gain: torch.Tensor, *, rot: int = 0, flip: int = 0) -> torch.Ten
     return g.contiguous()
 
 
-ROBUST_SAMPLES = 1 << 18  # pixels sampled for the hot-pixel statistics
+ROBUST_SAMPLES = 1 << 16  # pixels sampled for the hot-pixel statistics (SE of the robust SD ~0.6 %; 2^18: 4 ms more a movie)
 
 
 def _robust_stats(values: torch.Tensor, max_samples: int = ROBUST_SAMPLES) -> tuple[float, float]:
