@@ -174,9 +174,8 @@ def align_loaded(task: MovieTask, movie: LoadedMovie) -> dict:
     dose = task.dose_per_frame
     pre = task.pre_exposure + (task.first_frame - 1) * (dose or 0.0)
     t_prep = time.perf_counter()
-    result = align_movie(prep.frames, pixel_size=prep.pixel_size, params=task.motion, dose_per_frame=dose,
-                         pre_exposure=pre, voltage=task.voltage)
-    del prep.frames
+    result = align_movie(prep.take_frames(), pixel_size=prep.pixel_size, params=task.motion, dose_per_frame=dose,
+                         pre_exposure=pre, voltage=task.voltage)  # frames freed once their spectra are made
     t_align = time.perf_counter()
     out = Path(task.out_stem)
     apix = prep.pixel_size

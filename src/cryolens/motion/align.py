@@ -85,6 +85,8 @@ def align_movie(frames: torch.Tensor, *, pixel_size: float, params: MotionParams
     ticker = _Ticker(progress, 2 * n_chunks + 1 + int(local_asked))
 
     small, cache = _frame_spectra(frames, (h, w), params, ticker)  # 1. spectra
+    if cache and not local_asked:  # the sums need only the spectra: frames handed over (take_frames) are freed
+        frames = None
     shifts_a, iterations, converged, score = _global_alignment(small, apix, (bx, by), params)  # 2.
     shifts = (shifts_a * torch.tensor([bx, by], dtype=torch.float64, device=dev)).cpu()
     ticker.tick()
@@ -110,7 +112,8 @@ def align_movie(frames: torch.Tensor, *, pixel_size: float, params: MotionParams
                                          progress=ticker.within(n_chunks))
         ticker.tick(n_chunks)
     else:
-        aligned_sum, dw_sum = _global_sums(frames, shifts, cache, weights, params.chunk_frames, ticker.tick)
+        aligned_sum, dw_sum = _global_sums(frames, (n, hh, ww), shifts, cache, weights, params.chunk_frames,
+                                           ticker.tick)
 
     stats = motion_statistics(shifts, pixel_size, dose_per_frame=dose_per_frame, pre_exposure=pre_exposure,
                               early_exposure=params.early_exposure)
@@ -253,12 +256,13 @@ def _edge_taper(n: int, edge: int, device) -> torch.Tensor:
     return t
 
 
-def _global_sums(frames: torch.Tensor, shifts: torch.Tensor, cache: list[torch.Tensor],
-                 weights: Callable[[int, int], DoseWeights] | None, chunk: int,
+def _global_sums(frames: torch.Tensor | None, shape: tuple[int, int, int], shifts: torch.Tensor,
+                 cache: list[torch.Tensor], weights: Callable[[int, int], DoseWeights] | None, chunk: int,
                  tick: Callable[[], None]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Plain and dose-weighted sums of the frames moved by ``shifts (F, 2)`` [px] (Fourier phase shifts)."""
-    n, hh, ww = frames.shape
-    dev = frames.device
+    """Plain and dose-weighted sums of the frames ``shape`` ``(F, H, W)`` moved by ``shifts (F, 2)`` [px] (Fourier
+    phase shifts), from the cached spectra of each chunk, else from ``frames``."""
+    n, hh, ww = shape
+    dev = cache[0].device if cache else frames.device
     ky, kx = freq_axes(hh, ww, device=dev)
     acc = torch.zeros(hh, ww // 2 + 1, dtype=torch.complex64, device=dev)
     dw = weights(hh, ww) if weights is not None else None

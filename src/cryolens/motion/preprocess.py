@@ -114,6 +114,12 @@ class PreprocessResult:
     n_defects: int
     finite: bool = True
 
+    def take_frames(self) -> torch.Tensor:
+        """The frames, handed over: this result no longer holds them, so the taker (e.g. :func:`align_movie`
+        once it has their spectra) can free them early."""
+        frames, self.frames = self.frames, None  # type: ignore[assignment]
+        return frames
+
 
 def orient_gain(gain: torch.Tensor, *, rot: int = 0, flip: int = 0) -> torch.Tensor:
     """Rotate a gain reference ``rot`` × 90° clockwise (as displayed, row 0 at the top), then flip it.
