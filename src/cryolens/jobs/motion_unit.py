@@ -134,9 +134,11 @@ class LoadedMovie:
 
 
 def load_movie(task: MovieTask) -> LoadedMovie | Ready:
-    """Read one movie (float32, writable, never the memory map) and its gain/defects; or, when
-    ``Movies/<name>.json`` records the same options and its files exist, that movie's summary
-    (``skipped`` True) wrapped in :class:`Ready`."""
+    """Open one movie (its frames as stored: an MRC's memory map, the kernel asked to read the file ahead) and
+    read its gain/defects; or, when ``Movies/<name>.json`` records the same options and its files exist, that
+    movie's summary (``skipped`` True) wrapped in :class:`Ready`. The float32 copy is made by
+    :func:`align_loaded`, so a movie read ahead holds no memory of this process (100 MB less per movie
+    waiting, for 1024² x 24 frames)."""
     t0 = time.perf_counter()
     key = task.key()
     done = task.record(key).done()
@@ -145,7 +147,7 @@ def load_movie(task: MovieTask) -> LoadedMovie | Ready:
     info = movie_info(task.movie, eer_grouping=task.eer_grouping, eer_upsampling=task.eer_upsampling)
     raw = read_movie(task.movie, first_frame=task.first_frame, last_frame=task.last_frame,
                      eer_grouping=task.eer_grouping, eer_upsampling=task.eer_upsampling)
-    raw = np.array(raw, dtype=np.float32)  # one writable float32 copy, changed in place later
+    _read_ahead(task.movie)
     gain = defects = None
     if task.gain:
         gain = torch.from_numpy(_cached_gain(task.gain, os.stat(task.gain).st_mtime_ns))
@@ -165,9 +167,11 @@ def align_loaded(task: MovieTask, movie: LoadedMovie) -> dict:
 
     t_read = time.perf_counter()
     dev = torch.device(task.device)
-    prep = preprocess_movie(torch.from_numpy(movie.raw), pixel_size=task.pixel_size, params=task.preprocess,
-                            gain=movie.gain, defects=movie.defects, device=dev, copy=False)
-    movie.raw = None  # type: ignore[assignment]  # the frames now live in prep (in place on the CPU)
+    frames = torch.from_numpy(np.array(movie.raw, dtype=np.float32))  # one writable copy, changed in place
+    movie.raw = None  # type: ignore[assignment]
+    prep = preprocess_movie(frames, pixel_size=task.pixel_size, params=task.preprocess, gain=movie.gain,
+                            defects=movie.defects, device=dev, copy=False)
+    del frames  # they now live in prep (in place on the CPU)
     if not prep.finite:
         raise InputError(f"{task.movie}: the frames contain NaN or infinite values (after the gain reference); "
                          "check the movie and the gain file.")
@@ -229,6 +233,20 @@ class MovieUnit(Staged):
 
 #: The unit the motion job maps over its :class:`MovieTask` list (picklable).
 MOVIE_UNIT = MovieUnit()
+
+
+def _read_ahead(path: str) -> None:
+    """Ask the kernel to read ``path`` into its page cache now (a no-op where it cannot)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except (AttributeError, OSError):
+        pass
+    finally:
+        os.close(fd)
 
 
 def _numpy(x) -> np.ndarray:
