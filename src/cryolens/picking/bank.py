@@ -30,8 +30,8 @@ from cryolens.picking.peaks import mode_stats
 from cryolens.picking.templates import band_pass_images, local_sd_denominator, wrap_centred
 
 __all__ = ["TemplateBank", "template_bank", "distinct_templates", "DUPLICATE_NCC", "CPU_ROWS", "rows_per_product",
-           "BankScores", "bank_scores", "strided_maps", "RANK_MULTIPLE", "gram_grid", "filtered_gram", "correlate_bank",
-           "coarse_fine_best", "median_filled", "cached"]
+           "BankScores", "bank_scores", "strided_maps", "paired_spectrum", "RANK_MULTIPLE", "gram_grid", "filtered_gram",
+           "correlate_bank", "coarse_fine_best", "median_filled", "cached"]
 
 
 #: :func:`distinct_templates` drops a template whose normalised correlation with a kept one (in the scoring band)
@@ -70,10 +70,19 @@ class TemplateBank:
     def basis_ft_conj(self, shape: tuple[int, int]) -> torch.Tensor:
         """``(r, H, W//2+1)`` complex conjugate of the rfft2 of the basis images centred at pixel (0, 0) of an
         ``(H, W)`` grid (kept per shape; conjugated in memory, so correlations need no conjugating copy)."""
-        key = (tuple(shape), self.basis.device)
+        return self._kept("conj", shape, lambda: torch.fft.rfft2(wrap_centred(self.basis, shape)).conj_physical())
+
+    def basis_ft_paired(self, shape: tuple[int, int]) -> torch.Tensor:
+        """:func:`paired_spectrum` of :meth:`basis_ft_conj` (kept per shape instead of it: what
+        :func:`strided_maps` folds at stride 2)."""
+        return self._kept("paired", shape, lambda: paired_spectrum(
+            torch.fft.rfft2(wrap_centred(self.basis, shape)).conj_physical(), shape))
+
+    def _kept(self, kind: str, shape: tuple[int, int], build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        key = (kind, tuple(shape), self.basis.device)
         ft = self.transforms.get(key)
         if ft is None:
-            ft = torch.fft.rfft2(wrap_centred(self.basis, shape)).conj_physical()
+            ft = build()
             self.transforms = {key: ft}  # one shape at a time (a dataset's micrographs share it); swapped whole
         return ft
 
@@ -299,38 +308,40 @@ def bank_scores(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBa
     h, w = shape
     dev = image_ft.device
     denom = local_sd_denominator(image_ft, shape, mask_radius_px)
-    bft = bank.basis_ft_conj(shape)  # conj(B)
     filt = image_ft * transfer
     filt[0, 0] = 0  # zero-mean templates after the transfer
     gram = filtered_gram(bank.basis.to(dev), transfer, shape, basis_ft=bank.basis_ft_small().to(dev))
     a = bank.coeffs.to(dev)
     norms = ((a @ gram) * a).sum(dim=1).clamp_min(1e-30).sqrt()
     unit = a / norms[:, None]  # (K, r): unit-norm filtered templates
-    q = bft.shape[0]
+    q = bank.basis.shape[0]
     weights = F.pad(unit.T, (0, 0, 0, -q % RANK_MULTIPLE)).contiguous()
     origin = (origin[0] % stride, origin[1] % stride)
-    maps = strided_maps(bft, filt, shape, stride, origin)
+    maps = strided_maps(bank, filt, shape, stride, origin)
     filtered = irfftn(filt, s=shape) if stride > 1 else None
     return BankScores(maps=maps, weights=weights, denom=denom, shape=(h, w), stride=stride, origin=origin,
                       filtered=filtered, basis=bank.basis.to(dev))
 
 
-def strided_maps(bft: torch.Tensor, filt: torch.Tensor, shape: tuple[int, int], stride: int = 1,
+def strided_maps(bank: TemplateBank, filt: torch.Tensor, shape: tuple[int, int], stride: int = 1,
                  origin: tuple[int, int] = (0, 0), *, batch: int = 16) -> torch.Tensor:
-    """``(q, h·w)`` correlations ``irfft2(bft·filt)`` at the pixels ``(origin[0] + stride·i, origin[1] + stride·j)``
-    of the ``(H, W)`` grid only (``0 <= origin < stride``).
+    """``(q, h·w)`` correlations ``irfft2(conj(B)·filt)`` of the bank's basis images ``B``
+    (:meth:`TemplateBank.basis_ft_conj`) with the filtered image whose half spectrum is ``filt``, at the pixels
+    ``(origin[0] + stride·i, origin[1] + stride·j)`` of the ``(H, W)`` grid only (``0 <= origin < stride``).
 
     Taking every ``stride``-th sample of a map folds its spectrum (the sum of its ``stride²`` shifted copies; the
     origin a phase ramp applied first), so each map costs one inverse FFT of ``(H/stride, W/stride)`` instead of
     ``(H, W)`` (exact; a grid ``stride`` does not divide forms the full maps and samples them). ``batch`` maps at
-    a time (in cache: ~2x cheaper than all at once at q ~ 100). Folded for ``stride`` 2 on even grids."""
+    a time (in cache: ~2x cheaper than all at once at q ~ 100). Folded for ``stride`` 2 on even grids, from
+    :func:`paired_spectrum` forms (the basis' kept per shape): one product, two sums."""
     h, w = shape
     s = stride
     r0, c0 = origin
-    q = bft.shape[0]
+    q = bank.basis.shape[0]
     hc, wc = len(range(r0, h, s)), len(range(c0, w, s))
     maps = torch.empty((q, hc * wc), device=filt.device)
     if s != 2 or h % 2 or w % 2:  # the full maps, sampled
+        bft = bank.basis_ft_conj(shape)
         for start in range(0, q, batch):
             full = irfftn(bft[start:start + batch] * filt, s=shape)
             maps[start:start + batch] = full[:, r0::s, c0::s].reshape(-1, hc * wc)
@@ -339,16 +350,27 @@ def strided_maps(bft: torch.Tensor, filt: torch.Tensor, shape: tuple[int, int], 
         ky = torch.fft.fftfreq(h, device=filt.device)[:, None]
         kx = torch.fft.rfftfreq(w, device=filt.device)[None, :]
         filt = filt * torch.polar(torch.ones((), device=filt.device), 2 * torch.pi * (ky * r0 + kx * c0))
+    bp, fp = bank.basis_ft_paired(shape), paired_spectrum(filt, shape)
     n = wc // 2 + 1
     for start in range(0, q, batch):
-        prod = bft[start:start + batch] * filt
-        z = prod[:, :hc] + prod[:, hc:]  # rows folded: (b, hc, w//2+1)
-        # columns k + wc (k = 0..wc//2) of the full spectrum: the conjugates of columns wc - k at rows -r
-        mirror = z[:, :, wc - n + 1:wc + 1].flip(2)
-        mirror = torch.cat([mirror[:, :1], mirror[:, 1:].flip(1)], dim=1)
-        y = z[:, :, :n] + mirror.conj()
-        maps[start:start + batch] = irfftn(y, s=(hc, wc)).reshape(-1, hc * wc) / 4
+        prod = bp[start:start + batch] * fp
+        z = prod[:, :hc] + prod[:, hc:]  # rows folded: (b, hc, 2n)
+        maps[start:start + batch] = irfftn(z[:, :, :n] + z[:, :, n:], s=(hc, wc)).reshape(-1, hc * wc) / 4
     return maps
+
+
+def paired_spectrum(ft: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``(..., H, 2n)`` from the half spectrum ``ft`` ``(..., H, W//2+1)`` of real ``(H, W)`` images (``H, W`` even,
+    ``n = W//4 + 1``): columns ``0..n-1`` of ``ft``, then at row ``r`` and column ``n + k`` the conjugate of ``ft``
+    at row ``-r`` and column ``W/2 - k`` (the full spectrum's column ``W/2 + k``). A product of two such forms holds,
+    side by side, the two column halves that fold onto the half spectrum of every other column; summed with the rows
+    ``r`` and ``r + H/2``, the spectrum of the samples at even rows and columns (:func:`strided_maps`)."""
+    h, w = shape
+    wc = w // 2
+    n = wc // 2 + 1
+    rows = (-torch.arange(h, device=ft.device)) % h
+    mirror = ft.index_select(-2, rows)[..., wc - n + 1:wc + 1].flip(-1).conj()
+    return torch.cat([ft[..., :n], mirror], dim=-1)
 
 
 def correlate_bank(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBank, *, transfer: torch.Tensor,
