@@ -1,19 +1,18 @@
 """A low-rank bank of templates for fast template matching.
 
-The rotated, masked templates of :func:`cryolens.picking.templates.prepare_templates` (``K`` of
-them, e.g. 48 projections × 36 in-plane angles) are strongly correlated. Their singular value
-decomposition ``T_k ≈ Σ_j A_kj·B_j`` over ``r ≪ K`` basis images ``B_j`` keeps all but a small
-fraction of their energy, so the image is correlated with the ``r`` basis images only (``r``
-FFTs instead of ``K``) and every template's correlation is the matrix product ``A·M`` of the
-coefficients with the ``r`` basis maps. The CTF and whitening (``transfer``) act on the image
-instead of each template, so the basis transforms do not depend on the micrograph and are kept
-across micrographs of one shape; each template's norm after the transfer is ``√(aₖᵀ G aₖ)`` with
-the ``r × r`` Gram matrix ``G`` of the filtered basis (Parseval, on a small grid: :func:`filtered_gram`),
-exact for the truncated template. The product ``A·M`` and its maximum over the templates, the bulk of the
-cost, are formed every other pixel first and in full only near high coarse scores (:func:`coarse_fine_best`); the
-basis maps themselves only on that coarse grid (a folded spectrum: quarter-size inverse FFTs, :func:`strided_maps`),
-the few pixels scored off it directly from windows of the filtered image (:meth:`BankScores.rows`); which template wins is found only at the peaks (:meth:`BankScores.best_index`). Templates that nearly repeat
-another (symmetry-related views, in-plane rotations of round ones) are dropped first (:func:`distinct_templates`).
+The rotated, masked templates of :func:`cryolens.picking.templates.prepare_templates` (``K`` of them, e.g. 48
+projections × 24 in-plane angles) are strongly correlated. Their singular value decomposition ``T_k ≈ Σ_j A_kj·B_j``
+over ``r ≪ K`` basis images ``B_j`` keeps all but a small fraction of their energy, so the image is correlated with
+the ``r`` basis images only (``r`` FFTs instead of ``K``) and every template's correlation is the matrix product
+``A·M`` of the coefficients with the ``r`` basis maps. The CTF and whitening (``transfer``) act on the image instead
+of each template, so the basis transforms are kept across micrographs of one shape; each template's norm after the
+transfer is ``√(aₖᵀ G aₖ)`` with the ``r × r`` Gram matrix ``G`` of the filtered basis (Parseval, on a small grid:
+:func:`filtered_gram`), exact for the truncated template. The product ``A·M`` and its maximum over the templates,
+the bulk of the cost, are formed every other pixel first and in full only near high coarse scores
+(:func:`coarse_fine_best`), for one template of each pair related by a 180° rotation
+(:mod:`cryolens.picking.reflection`); the basis maps only on that coarse grid (:func:`cryolens.picking.folding.strided_maps`), the few pixels off it
+directly from windows of the filtered image (:meth:`BankScores.rows`); which template wins only at the peaks
+(:meth:`BankScores.best_index`). Near-repeats (symmetry-related views) are dropped first (:func:`distinct_templates`).
 """
 
 from __future__ import annotations
@@ -26,12 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from cryolens.core.fourier import good_fft_size, irfftn
+from cryolens.picking.folding import paired_spectrum, strided_maps
 from cryolens.picking.peaks import mode_stats
+from cryolens.picking.reflection import paired_factors, reflection_pairs
 from cryolens.picking.templates import band_pass_images, local_sd_denominator, wrap_centred
 
 __all__ = ["TemplateBank", "template_bank", "distinct_templates", "DUPLICATE_NCC", "CPU_ROWS", "rows_per_product",
-           "BankScores", "bank_scores", "strided_maps", "paired_spectrum", "RANK_MULTIPLE", "gram_grid", "filtered_gram",
-           "correlate_bank", "coarse_fine_best", "median_filled", "cached"]
+           "BankScores", "bank_scores", "RANK_MULTIPLE", "gram_grid", "filtered_gram", "correlate_bank",
+           "coarse_fine_best", "median_filled", "cached"]
 
 
 #: :func:`distinct_templates` drops a template whose normalised correlation with a kept one (in the scoring band)
@@ -58,12 +59,16 @@ class TemplateBank:
         coeffs: ``(K, r)`` coefficients: ``U·S`` of the SVD (or ``U`` of the band-passed templates' SVD).
         basis: ``(r, m, m)`` basis images: the orthonormal ``Vᵀ`` (or ``Uᵀ·templates``, see :func:`template_bank`).
         energy: fraction of the templates' summed energy that the ``r`` basis images keep.
+        split: with reflection pairs (:mod:`cryolens.picking.reflection`), the number of even basis images (first;
+            the odd ones follow); pairs: ``(rep, partner)`` indices of the pairs' templates; both None otherwise.
     """
 
     templates: torch.Tensor
     coeffs: torch.Tensor
     basis: torch.Tensor
     energy: float
+    split: int | None = None
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None
     transforms: dict = field(default_factory=dict, repr=False)
     small: dict = field(default_factory=dict, repr=False)
 
@@ -99,7 +104,7 @@ class TemplateBank:
 
 
 def template_bank(templates: torch.Tensor, *, tolerance: float = 1e-3,
-                  band_px: tuple[float, float] | None = None) -> TemplateBank:
+                  band_px: tuple[float, float] | None = None, paired: bool = True) -> TemplateBank:
     """Factorise ``(K, m, m)`` prepared templates, keeping the fewest basis images whose discarded energy
     (sum of squared singular values left out) is at most ``tolerance`` of the total.
 
@@ -108,7 +113,13 @@ def template_bank(templates: torch.Tensor, *, tolerance: float = 1e-3,
     the SVD of the band-passed templates ``T_b ≈ U·S·V_bᵀ`` gives the coefficients ``U`` and the basis
     ``Uᵀ·T`` (unfiltered, not orthonormal), whose band-passed form is the best rank-``r`` approximation in
     that band. Fine detail outside the band, which varies most between rotations, then costs no basis images.
+    With ``band_px`` and ``paired``, a set closed under the reflection (rotations by ψ and ψ + 180°) gets the same
+    factorisation from even and odd basis images (:mod:`cryolens.picking.reflection`): half the score products.
     """
+    pairs = reflection_pairs(templates) if paired and band_px is not None else None
+    if pairs is not None and pairs[0].numel() < templates.shape[0]:
+        coeffs, basis, energy, split = paired_factors(templates, pairs, tolerance=tolerance, band_px=band_px)
+        return TemplateBank(templates=templates, coeffs=coeffs, basis=basis, energy=energy, split=split, pairs=pairs)
     k, m = templates.shape[0], templates.shape[-1]
     x = templates.reshape(k, m * m).double()
     xb = x if band_px is None else band_pass_images(templates, band_px).reshape(k, m * m)
@@ -126,14 +137,34 @@ def distinct_templates(templates: torch.Tensor, band_px: tuple[float, float] | N
                        limit: float = DUPLICATE_NCC, block: int = 1024) -> torch.Tensor:
     """Indices (ascending) of the ``(K, m, m)`` templates kept when each one whose normalised correlation (centred,
     no shift; after the band-pass ``band_px``, :func:`cryolens.picking.templates.band_pass_images`, if given)
-    with an earlier kept template exceeds ``limit`` is dropped (greedy, in index order)."""
+    with an earlier kept template exceeds ``limit`` is dropped (greedy, in index order). A set closed under the
+    point reflection (:func:`cryolens.picking.reflection.reflection_pairs`) stays closed: its pairs are kept or
+    dropped whole, a pair dropped when its first template nears either template of a kept pair."""
     k = templates.shape[0]
     x = templates.double() if band_px is None else band_pass_images(templates, band_px)
     x = x.reshape(k, -1)
     x = (x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)).float()
+    pairs = reflection_pairs(templates)
+    if pairs is None:
+        return torch.nonzero(_greedy_distinct(x, x, limit, block))[:, 0]
+    rep, partner = pairs
+    kept = _greedy_distinct(x[rep], x[rep], limit, block, also=x[partner])
+    keep = torch.zeros(k, dtype=torch.bool, device=templates.device)
+    keep[rep[kept]] = True
+    keep[partner[kept]] = True
+    return torch.nonzero(keep)[:, 0]
+
+
+def _greedy_distinct(x: torch.Tensor, cols: torch.Tensor, limit: float, block: int,
+                     also: torch.Tensor | None = None) -> torch.Tensor:
+    """``(K,)`` bool: rows of ``x`` kept by :func:`distinct_templates`' rule (``also``: their partners, near either)."""
+    k = x.shape[0]
     first, later = [], []
     for start in range(0, k, block):  # pairs (i < j) above the limit, a block of rows at a time
-        i, j = torch.nonzero((x[start:start + block] @ x.T) > limit, as_tuple=True)
+        near = (x[start:start + block] @ cols.T) > limit
+        if also is not None:
+            near |= (x[start:start + block] @ also.T) > limit
+        i, j = torch.nonzero(near, as_tuple=True)
         i = i + start
         first.append(i[i < j])
         later.append(j[i < j])
@@ -145,7 +176,7 @@ def distinct_templates(templates: torch.Tensor, band_px: tuple[float, float] | N
     for i in np.unique(first):  # ascending: a template's keep flag is final before it drops later ones
         if keep[i]:
             keep[later[bounds[i]:bounds[i + 1]]] = False
-    return torch.from_numpy(np.nonzero(keep)[0]).to(templates.device)
+    return torch.from_numpy(keep).to(x.device)
 
 
 @dataclass
@@ -167,6 +198,8 @@ class BankScores:
         shape: ``(H, W)``.
         stride, origin: the grid of ``maps``.
         filtered: ``(H, W)`` the filtered image (None when ``stride`` is 1); basis: ``(q, m, m)``.
+        split, pairs: as :class:`TemplateBank`'s; with pairs, ``weights`` and ``odd_weights`` hold the pairs' first
+            templates' even and odd coefficients (padded): products give ``s_e + |s_o|``, the better of each pair.
     """
 
     maps: torch.Tensor
@@ -177,6 +210,9 @@ class BankScores:
     origin: tuple[int, int] = (0, 0)
     filtered: torch.Tensor | None = None
     basis: torch.Tensor | None = None
+    split: int | None = None
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+    odd_weights: torch.Tensor | None = None
 
     @property
     def rank(self) -> int:
@@ -185,19 +221,19 @@ class BankScores:
 
     def rows(self, pix: torch.Tensor | None = None) -> torch.Tensor:
         """``(len(pix), q')`` basis correlations at flat pixels ``pix`` (default: every pixel of the maps' grid,
-        in its order), contiguous, zero-padded to the weights' rank."""
-        q, qp = self.rank, self.weights.shape[0]
+        in its order), contiguous, zero-padded to the weights' rank (each of the even and odd parts, with pairs)."""
+        q = self.rank
         if pix is None:
-            return F.pad(self.maps.T, (0, qp - q))
+            return self.padded(self.maps.T)
         h, w = self.shape
         s, (r0, c0) = self.stride, self.origin
         r, c = pix // w, pix % w
         on = ((r - r0) % s == 0) & ((c - c0) % s == 0)
         wc = len(range(c0, w, s))
         if bool(on.all()):
-            return F.pad(self.maps.index_select(1, ((r - r0) // s) * wc + (c - c0) // s).T, (0, qp - q))
-        out = torch.zeros((pix.numel(), qp), device=self.maps.device)
-        out[on, :q] = self.maps[:, ((r[on] - r0) // s) * wc + (c[on] - c0) // s].T
+            return self.padded(self.maps.index_select(1, ((r - r0) // s) * wc + (c - c0) // s).T)
+        out = torch.zeros((pix.numel(), q), device=self.maps.device)
+        out[on] = self.maps[:, ((r[on] - r0) // s) * wc + (c[on] - c0) // s].T
         off = torch.nonzero(~on)[:, 0]
         if off.numel():  # the window of the filtered image around each pixel against the basis images
             m = self.basis.shape[-1]
@@ -205,11 +241,29 @@ class BankScores:
             ext = torch.cat([self.filtered[h - e:], self.filtered, self.filtered[:m - e]], dim=0)
             ext = torch.cat([ext[:, w - e:], ext, ext[:, :m - e]], dim=1).contiguous()
             view = ext.as_strided((h, w, m, m), (ext.shape[1], 1, ext.shape[1], 1))
-            basis = F.pad(self.basis.reshape(q, -1), (0, 0, 0, qp - q)).T.contiguous()
+            basis = self.basis.reshape(q, -1).T.contiguous()
             for start in range(0, off.numel(), 1024):
                 k = off[start:start + 1024]
                 out[k] = view[r[k], c[k]].reshape(k.numel(), -1) @ basis
-        return out
+        return self.padded(out)
+
+    def padded(self, rows: torch.Tensor) -> torch.Tensor:
+        """``(n, q)`` basis correlations laid out for the weights: zero-padded to their rank (the even part to
+        ``weights``', the odd part to ``odd_weights``', with pairs), contiguous."""
+        qp = self.weights.shape[0]
+        if self.split is None:
+            return F.pad(rows, (0, qp - rows.shape[1]))
+        e = self.split
+        return torch.cat([F.pad(rows[:, :e], (0, qp - e)),
+                          F.pad(rows[:, e:], (0, self.odd_weights.shape[0] - (rows.shape[1] - e)))], dim=1)
+
+    def products(self, rows: torch.Tensor) -> torch.Tensor:
+        """``(n, K')`` scores (before the image term) of the templates for ``rows`` (from :meth:`rows`): all ``K``,
+        or with pairs the better of each pair."""
+        if self.split is None:
+            return rows @ self.weights
+        qe = self.weights.shape[0]
+        return (rows[:, :qe] @ self.weights).add_((rows[:, qe:] @ self.odd_weights).abs_())
 
     def best(self, pix: torch.Tensor | None = None, *, chunk: int = 4096,
              progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
@@ -221,7 +275,7 @@ class BankScores:
         total = rows.shape[0]
         out = torch.empty(total, device=rows.device)
         for start in range(0, total, chunk):  # (chunk, K) products: the max runs along contiguous rows
-            out[start:start + chunk] = (rows[start:start + chunk] @ self.weights).amax(dim=1)
+            out[start:start + chunk] = self.products(rows[start:start + chunk]).amax(dim=1)
             if progress is not None:
                 progress(min(start + chunk, total), total)
         if pix is None:
@@ -236,7 +290,15 @@ class BankScores:
         best = torch.empty(rows.shape[0], device=rows.device)
         index = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
         for start in range(0, rows.shape[0], chunk):
-            best[start:start + chunk], index[start:start + chunk] = (rows[start:start + chunk] @ self.weights).max(dim=1)
+            sl = slice(start, start + chunk)
+            if self.split is None:
+                best[sl], index[sl] = (rows[sl] @ self.weights).max(dim=1)
+                continue
+            qe = self.weights.shape[0]
+            odd = rows[sl, qe:] @ self.odd_weights
+            best[sl], h = (rows[sl, :qe] @ self.weights + odd.abs()).max(dim=1)
+            rep, partner = self.pairs  # the pair's first template where its odd score is >= 0, else the reflection
+            index[sl] = torch.where(odd.gather(1, h[:, None])[:, 0] >= 0, rep[h], partner[h])
         return best / self.denom.reshape(-1)[pix], index
 
 
@@ -314,63 +376,24 @@ def bank_scores(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBa
     a = bank.coeffs.to(dev)
     norms = ((a @ gram) * a).sum(dim=1).clamp_min(1e-30).sqrt()
     unit = a / norms[:, None]  # (K, r): unit-norm filtered templates
-    q = bank.basis.shape[0]
-    weights = F.pad(unit.T, (0, 0, 0, -q % RANK_MULTIPLE)).contiguous()
+    def rank_padded(t: torch.Tensor) -> torch.Tensor:  # (q, n) rows of zeros to a multiple of RANK_MULTIPLE
+        return F.pad(t, (0, 0, 0, -t.shape[0] % RANK_MULTIPLE)).contiguous()
+
+    odd, pairs, split = None, None, bank.split
+    if split is not None:  # a centrosymmetric transfer keeps a pair's norms equal (else: every template)
+        pairs = tuple(i.to(dev) for i in bank.pairs)
+        if not bool(torch.allclose(norms[pairs[0]], norms[pairs[1]], rtol=1e-5, atol=0)):
+            pairs, split = None, None
+    if split is None:
+        weights = rank_padded(unit.T)
+    else:  # the pairs' first templates (the reflections' scores follow from theirs)
+        first = unit[pairs[0]]
+        weights, odd = rank_padded(first[:, :split].T), rank_padded(first[:, split:].T)
     origin = (origin[0] % stride, origin[1] % stride)
     maps = strided_maps(bank, filt, shape, stride, origin)
     filtered = irfftn(filt, s=shape) if stride > 1 else None
     return BankScores(maps=maps, weights=weights, denom=denom, shape=(h, w), stride=stride, origin=origin,
-                      filtered=filtered, basis=bank.basis.to(dev))
-
-
-def strided_maps(bank: TemplateBank, filt: torch.Tensor, shape: tuple[int, int], stride: int = 1,
-                 origin: tuple[int, int] = (0, 0), *, batch: int = 16) -> torch.Tensor:
-    """``(q, h·w)`` correlations ``irfft2(conj(B)·filt)`` of the bank's basis images ``B``
-    (:meth:`TemplateBank.basis_ft_conj`) with the filtered image whose half spectrum is ``filt``, at the pixels
-    ``(origin[0] + stride·i, origin[1] + stride·j)`` of the ``(H, W)`` grid only (``0 <= origin < stride``).
-
-    Taking every ``stride``-th sample of a map folds its spectrum (the sum of its ``stride²`` shifted copies; the
-    origin a phase ramp applied first), so each map costs one inverse FFT of ``(H/stride, W/stride)`` instead of
-    ``(H, W)`` (exact; a grid ``stride`` does not divide forms the full maps and samples them). ``batch`` maps at
-    a time (in cache: ~2x cheaper than all at once at q ~ 100). Folded for ``stride`` 2 on even grids, from
-    :func:`paired_spectrum` forms (the basis' kept per shape): one product, two sums."""
-    h, w = shape
-    s = stride
-    r0, c0 = origin
-    q = bank.basis.shape[0]
-    hc, wc = len(range(r0, h, s)), len(range(c0, w, s))
-    maps = torch.empty((q, hc * wc), device=filt.device)
-    if s != 2 or h % 2 or w % 2:  # the full maps, sampled
-        bft = bank.basis_ft_conj(shape)
-        for start in range(0, q, batch):
-            full = irfftn(bft[start:start + batch] * filt, s=shape)
-            maps[start:start + batch] = full[:, r0::s, c0::s].reshape(-1, hc * wc)
-        return maps
-    if r0 or c0:  # sample from the origin: shift the image by it (a phase ramp)
-        ky = torch.fft.fftfreq(h, device=filt.device)[:, None]
-        kx = torch.fft.rfftfreq(w, device=filt.device)[None, :]
-        filt = filt * torch.polar(torch.ones((), device=filt.device), 2 * torch.pi * (ky * r0 + kx * c0))
-    bp, fp = bank.basis_ft_paired(shape), paired_spectrum(filt, shape)
-    n = wc // 2 + 1
-    for start in range(0, q, batch):
-        prod = bp[start:start + batch] * fp
-        z = prod[:, :hc] + prod[:, hc:]  # rows folded: (b, hc, 2n)
-        maps[start:start + batch] = irfftn(z[:, :, :n] + z[:, :, n:], s=(hc, wc)).reshape(-1, hc * wc) / 4
-    return maps
-
-
-def paired_spectrum(ft: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """``(..., H, 2n)`` from the half spectrum ``ft`` ``(..., H, W//2+1)`` of real ``(H, W)`` images (``H, W`` even,
-    ``n = W//4 + 1``): columns ``0..n-1`` of ``ft``, then at row ``r`` and column ``n + k`` the conjugate of ``ft``
-    at row ``-r`` and column ``W/2 - k`` (the full spectrum's column ``W/2 + k``). A product of two such forms holds,
-    side by side, the two column halves that fold onto the half spectrum of every other column; summed with the rows
-    ``r`` and ``r + H/2``, the spectrum of the samples at even rows and columns (:func:`strided_maps`)."""
-    h, w = shape
-    wc = w // 2
-    n = wc // 2 + 1
-    rows = (-torch.arange(h, device=ft.device)) % h
-    mirror = ft.index_select(-2, rows)[..., wc - n + 1:wc + 1].flip(-1).conj()
-    return torch.cat([ft[..., :n], mirror], dim=-1)
+                      filtered=filtered, basis=bank.basis.to(dev), split=split, pairs=pairs, odd_weights=odd)
 
 
 def correlate_bank(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBank, *, transfer: torch.Tensor,

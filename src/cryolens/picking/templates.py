@@ -22,7 +22,7 @@ from cryolens.core.so3_grid import healpix_directions
 
 __all__ = ["map_projections", "map_templates", "template_coverage", "band_pass_images", "rotate_images",
            "prepare_templates", "correlate_templates", "side_lobes", "rfft_energy", "wrap_centred",
-           "local_sd_denominator", "disc_transform",
+           "local_sd_denominator", "disc_transform", "reflect",
            "COVERAGE", "MAX_ORDER"]
 
 #: :func:`map_templates` refines the projection directions (one HEALPix order finer) while the median over the
@@ -182,7 +182,25 @@ def prepare_templates(templates: torch.Tensor, *, pixel_size: float, out_pixel_s
     mask = soft_sphere(m, radius=radius, edge_width=2.0, ndim=2, device=t.device)
     rot = (rotate_images(t, angles) if angles.numel() > 1 or float(angles[0]) != 0.0 else t) * mask
     mean = rot.sum(dim=(-2, -1), keepdim=True) / mask.sum()
-    return (rot - mean) * mask
+    out = (rot - mean) * mask
+    if m % 2 == 0 and bool(out[:, 0].any() or out[:, :, 0].any()):  # the mask reaches the box's first row:
+        out = F.pad(out, (0, 1, 0, 1))  # an odd box about the same centre holds the reflection (180°) of the images
+        m += 1
+    if n_psi % 2 == 0:
+        # the rotations by psi + 180° as exact reflections of those by psi (interpolation left them ~4e-4 apart):
+        # a set closed under the reflection halves the bank's score products (cryolens.picking.reflection)
+        out = out.reshape(-1, n_psi, m, m)
+        out[:, n_psi // 2:] = reflect(out[:, :n_psi // 2])
+        out = out.reshape(-1, m, m)
+    return out
+
+
+def reflect(images: torch.Tensor) -> torch.Tensor:
+    """``(..., m, m)`` images reflected through their centre ``m//2`` (rotated by 180°; for even ``m`` the first row
+    and column, at offset ``-m/2``, map onto themselves: exact for images that are zero there, as masked templates
+    usually are)."""
+    flipped = images.flip(-2, -1)
+    return flipped if images.shape[-1] % 2 else torch.roll(flipped, shifts=(1, 1), dims=(-2, -1))
 
 
 def correlate_templates(image_ft: torch.Tensor, shape: tuple[int, int], templates: torch.Tensor, *,
