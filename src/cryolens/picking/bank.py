@@ -9,8 +9,8 @@ of each template, so the basis transforms are kept across micrographs of one sha
 transfer is ``√(aₖᵀ G aₖ)`` with the ``r × r`` Gram matrix ``G`` of the filtered basis (Parseval, on a small grid:
 :func:`filtered_gram`), exact for the truncated template. The product ``A·M`` and its maximum over the templates,
 the bulk of the cost, are formed every other pixel first and in full only near high coarse scores
-(:func:`coarse_fine_best`), for one template of each pair related by a 180° rotation
-(:mod:`cryolens.picking.reflection`); the basis maps only on that coarse grid (:func:`cryolens.picking.folding.strided_maps`), the few pixels off it
+(:func:`coarse_fine_best`), once per pair of templates related by a 180° rotation (:mod:`cryolens.picking.reflection`);
+the basis maps only on that coarse grid (:func:`cryolens.picking.folding.strided_maps`), the few pixels off it
 directly from windows of the filtered image (:meth:`BankScores.rows`); which template wins only at the peaks
 (:meth:`BankScores.best_index`). Near-repeats (symmetry-related views) are dropped first (:func:`distinct_templates`).
 """
@@ -213,6 +213,7 @@ class BankScores:
     split: int | None = None
     pairs: tuple[torch.Tensor, torch.Tensor] | None = None
     odd_weights: torch.Tensor | None = None
+    segments: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def rank(self) -> int:
@@ -237,19 +238,21 @@ class BankScores:
         off = torch.nonzero(~on)[:, 0]
         if off.numel():  # the window of the filtered image around each pixel against the basis images
             m = self.basis.shape[-1]
-            e = m // 2  # windows of a circularly extended copy, read as a strided view (rows of m contiguous values)
-            ext = torch.cat([self.filtered[h - e:], self.filtered, self.filtered[:m - e]], dim=0)
-            ext = torch.cat([ext[:, w - e:], ext, ext[:, :m - e]], dim=1).contiguous()
-            view = ext.as_strided((h, w, m, m), (ext.shape[1], 1, ext.shape[1], 1))
+            if self.segments is None:  # m-pixel row segments of a circularly extended copy, one per pixel and row:
+                e = m // 2  # a window is m of them (a contiguous gather, ~1.3x faster than a 4-D strided view)
+                ext = torch.cat([self.filtered[h - e:], self.filtered, self.filtered[:m - e]], dim=0)
+                ext = torch.cat([ext[:, w - e:], ext, ext[:, :m - e]], dim=1)
+                self.segments = ext.unfold(1, m, 1)[:, :w].contiguous().reshape(-1, m)
             basis = self.basis.reshape(q, -1).T.contiguous()
+            dy = torch.arange(m, device=pix.device)
             for start in range(0, off.numel(), 1024):
                 k = off[start:start + 1024]
-                out[k] = view[r[k], c[k]].reshape(k.numel(), -1) @ basis
+                seg = self.segments.index_select(0, ((r[k, None] + dy) * w + c[k, None]).reshape(-1))
+                out[k] = seg.reshape(k.numel(), -1) @ basis
         return self.padded(out)
 
     def padded(self, rows: torch.Tensor) -> torch.Tensor:
-        """``(n, q)`` basis correlations laid out for the weights: zero-padded to their rank (the even part to
-        ``weights``', the odd part to ``odd_weights``', with pairs), contiguous."""
+        """``(n, q)`` basis correlations zero-padded to the weights' rank (even and odd parts each, with pairs)."""
         qp = self.weights.shape[0]
         if self.split is None:
             return F.pad(rows, (0, qp - rows.shape[1]))
@@ -258,8 +261,7 @@ class BankScores:
                           F.pad(rows[:, e:], (0, self.odd_weights.shape[0] - (rows.shape[1] - e)))], dim=1)
 
     def products(self, rows: torch.Tensor) -> torch.Tensor:
-        """``(n, K')`` scores (before the image term) of the templates for ``rows`` (from :meth:`rows`): all ``K``,
-        or with pairs the better of each pair."""
+        """``(n, K')`` scores (before the image term) for ``rows`` (:meth:`rows`): each template's, or each pair's best."""
         if self.split is None:
             return rows @ self.weights
         qe = self.weights.shape[0]
@@ -378,7 +380,6 @@ def bank_scores(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBa
     unit = a / norms[:, None]  # (K, r): unit-norm filtered templates
     def rank_padded(t: torch.Tensor) -> torch.Tensor:  # (q, n) rows of zeros to a multiple of RANK_MULTIPLE
         return F.pad(t, (0, 0, 0, -t.shape[0] % RANK_MULTIPLE)).contiguous()
-
     odd, pairs, split = None, None, bank.split
     if split is not None:  # a centrosymmetric transfer keeps a pair's norms equal (else: every template)
         pairs = tuple(i.to(dev) for i in bank.pairs)
