@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from cryolens.core.fourier import fourier_resize, good_fft_size, ift2, resample
+from cryolens.core.fourier import fourier_resize, good_fft_size, ift2, irfftn, resample
 from cryolens.core.masks import soft_sphere
 from cryolens.core.projector import prepare_volume, project
 from cryolens.core.rotations import euler_to_matrix
@@ -354,18 +354,22 @@ def side_lobes(templates: torch.Tensor, shape: tuple[int, int], *, transfer: tor
     kf = transfer.square()
     kf[0, 0] = 0  # zero mean after the transfer
     if 2 * e + 1 <= min(h, w):
-        kern = torch.fft.irfft2(kf, s=(h, w))
+        kern = irfftn(kf, s=(h, w))
         off = torch.arange(-e, e + 1, device=dev)
         grid_shape = (good_fft_size(2 * e + 1),) * 2
         kf = torch.fft.rfft2(wrap_centred(kern[(off % h)[:, None], (off % w)[None, :]][None], grid_shape))[0]
     else:  # a small micrograph: convolve on its own grid
         grid_shape = (h, w)
-    win = torch.arange(-big, big + 1, device=dev)
     wins = []
     tu = templates[used].to(dev).float()
-    for start in range(0, used.numel(), 64):  # T ⊛ κ, kept in a window of ±R around the origin
-        full = torch.fft.irfft2(torch.fft.rfft2(wrap_centred(tu[start:start + 64], grid_shape)) * kf, s=grid_shape)
-        wins.append(full[:, (win % grid_shape[0])[:, None], (win % grid_shape[1])[None, :]])
+    for start in range(0, used.numel(), 64):  # T ⊛ κ, kept in a window of ±R around the origin (wrapped: two slices)
+        full = irfftn(torch.fft.rfft2(wrap_centred(tu[start:start + 64], grid_shape)) * kf, s=grid_shape)
+        if 2 * big + 1 > min(grid_shape):  # a small micrograph's own grid: the window wraps more than once
+            win = torch.arange(-big, big + 1, device=dev)
+            wins.append(full[:, (win % grid_shape[0])[:, None], (win % grid_shape[1])[None, :]])
+            continue
+        full = torch.cat([full[:, grid_shape[0] - big:], full[:, :big + 1]], dim=1)
+        wins.append(torch.cat([full[:, :, grid_shape[1] - big:], full[:, :, :big + 1]], dim=2))
     tw = torch.cat(wins)  # (U, 2R + 1, 2R + 1), offset y at index y + R
     n = tw.shape[-1]
     # every m × m window of those as a view: (template, top, left, m, m); a shifted window is one read
