@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cryolens.core.fourier import good_fft_size, irfftn
-from cryolens.picking.folding import paired_spectrum, strided_maps
+from cryolens.core.fourier import irfftn
+from cryolens.picking.folding import filtered_gram, gram_grid, paired_spectrum, strided_maps
 from cryolens.picking.peaks import mode_stats
 from cryolens.picking.reflection import paired_factors, reflection_pairs
 from cryolens.picking.templates import band_pass_images, local_sd_denominator, wrap_centred
@@ -309,52 +309,6 @@ def rows_per_product(rows: torch.Tensor, chunk: int) -> int:
     return min(chunk, CPU_ROWS) if rows.device.type == "cpu" else chunk
 
 
-def gram_grid(m: int) -> int:
-    """Side of the small grid on which :func:`filtered_gram` works for ``m × m`` images: it holds the linear
-    convolution of an image with the kernel's offsets below ``m`` (``3m - 2`` pixels) without wrapping."""
-    return good_fft_size(3 * m)
-
-
-def filtered_gram(basis: torch.Tensor, transfer: torch.Tensor, shape: tuple[int, int], *,
-                  basis_ft: torch.Tensor | None = None) -> torch.Tensor:
-    """``(r, r)`` Gram matrix ``G_ij = Σ b'_i·b'_j`` of the ``(r, m, m)`` images ``basis`` (centred at ``m//2``)
-    after the real filter ``transfer`` ``(H, W//2+1)`` (its DC term taken as 0: zero-mean images) on the
-    ``(H, W)`` grid.
-
-    By Parseval ``G_ij = Σ_u b_i(u)·(b_j ⊛ κ)(u)`` with the kernel ``κ`` = inverse transform of
-    ``transfer²``; the images span ``m`` pixels, so only ``κ``'s offsets below ``m`` enter, and on a small grid
-    (:func:`gram_grid`) that holds their linear convolution that sum is, by Parseval again, the product of the
-    basis' small transforms weighted by ``κ``'s (exact; ``basis_ft``: those transforms,
-    :meth:`TemplateBank.basis_ft_small`, computed here if not given). Micrographs too small for that use their own
-    spectrum.
-    """
-    h, w = shape
-    r, m = basis.shape[0], basis.shape[-1]
-    t2 = transfer.square()
-    t2[0, 0] = 0
-    s = gram_grid(m)
-    if s > min(h, w):
-        return _half_spectrum_gram(torch.fft.rfft2(wrap_centred(basis, shape)), t2, shape)
-    kern = irfftn(t2, s=shape)
-    off = torch.arange(-(m - 1), m, device=basis.device)
-    kwin = kern[(off % h)[:, None], (off % w)[None, :]]  # offsets -(m-1)..m-1, centred at m-1
-    kft = torch.fft.rfft2(wrap_centred(kwin[None], (s, s)))[0].real  # an even kernel: a real transform
-    bft = basis_ft if basis_ft is not None else torch.fft.rfft2(wrap_centred(basis, (s, s)))
-    return _half_spectrum_gram(bft, kft, (s, s))
-
-
-def _half_spectrum_gram(bft: torch.Tensor, weight: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """``Σ x_i·(x_j ⊛ k)`` for real images with half spectra ``bft`` ``(r, H, W//2+1)`` and a real, even kernel of
-    transform ``weight``: Parseval over the half spectrum (columns other than DC and Nyquist stand for two)."""
-    h, w = shape
-    v = weight * (2.0 / (h * w))
-    v[:, 0] *= 0.5
-    if w % 2 == 0:
-        v[:, -1] *= 0.5
-    x = torch.view_as_real(bft).reshape(bft.shape[0], -1)
-    return (x * v.reshape(-1).repeat_interleave(2)) @ x.T
-
-
 def bank_scores(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBank, *, transfer: torch.Tensor,
                 mask_radius_px: float, stride: int = 1, origin: tuple[int, int] = (0, 0)) -> BankScores:
     """The basis correlation maps of one image and the templates' weights on them (:class:`BankScores`).
@@ -374,7 +328,8 @@ def bank_scores(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBa
     denom = local_sd_denominator(image_ft, shape, mask_radius_px)
     filt = image_ft * transfer
     filt[0, 0] = 0  # zero-mean templates after the transfer
-    gram = filtered_gram(bank.basis.to(dev), transfer, shape, basis_ft=bank.basis_ft_small().to(dev))
+    gram = filtered_gram(bank.basis.to(dev), transfer, shape, basis_ft=bank.basis_ft_small().to(dev),
+                         split=bank.split)
     a = bank.coeffs.to(dev)
     norms = ((a @ gram) * a).sum(dim=1).clamp_min(1e-30).sqrt()
     unit = a / norms[:, None]  # (K, r): unit-norm filtered templates
