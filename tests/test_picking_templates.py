@@ -87,6 +87,8 @@ def test_reflection_pairs_score_together_as_the_joint_bank():
     rep, partner = reflection_pairs(prepared)
     assert rep.numel() == 12 and torch.equal(partner, rep + 4)
     assert reflection_pairs(prepared[:-1]) is None  # one template's reflection missing
+    wide = prepare_templates(raw[:, :20, :20], pixel_size=2.0, out_pixel_size=2.0, diameter=40.0, psi_step=90.0)
+    assert wide.shape[-1] == 21 and reflection_pairs(wide) is not None  # the mask reached an even box's edge
     shape = (96, 80)
     image_ft = torch.fft.rfft2(torch.randn(shape, generator=g))
     ky, kx = torch.fft.fftfreq(shape[0])[:, None], torch.fft.rfftfreq(shape[1])[None, :]

@@ -150,7 +150,9 @@ def prepare_templates(templates: torch.Tensor, *, pixel_size: float, out_pixel_s
             Fourier-crop to ``out_pixel_size`` after (1: rotate at ``out_pixel_size``).
 
     Returns:
-        ``(T·P, m, m)`` float32 templates, zero mean inside the mask and zero outside.
+        ``(T·P, m, m)`` float32 templates, zero mean inside the mask and zero outside (a box one pixel larger, odd,
+        when the mask reaches an even box's first row); with an even ``P`` the rotations by ψ + 180° are exact
+        reflections (:func:`reflect`) of those by ψ.
     """
     t = templates.float()
     if t.shape[-1] != t.shape[-2]:
