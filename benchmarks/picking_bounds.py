@@ -95,7 +95,12 @@ def bounds(got: dict) -> dict:
 
     s = got["scores"]
     q = s.rank
-    w = s.weights[:q].double()  # (q, K)
+    if s.split is None:
+        w = s.weights[:q].double()  # (q, K)
+    else:  # reflection pairs: the pairs' first templates, then their reflections (odd coefficients negated)
+        e = s.split
+        first = torch.cat([s.weights[:e], s.odd_weights[:q - e]]).double()
+        w = torch.cat([first, first * torch.cat([torch.ones(e), -torch.ones(q - e)]).double()[:, None]], dim=1)
     chol = torch.linalg.cholesky(got["gram"].double())
     a = chol.T @ w  # unit columns
     u, _, _ = torch.linalg.svd(a, full_matrices=False)
@@ -103,7 +108,10 @@ def bounds(got: dict) -> dict:
     coarse = None
     out = dict(templates=int(w.shape[1]), rank=q)
     for label, pix in zip(("coarse", "fine"), got["pix"][:2]):
-        c = torch.linalg.solve_triangular(chol, s.rows(pix)[:, :q].double().T, upper=False).T  # c'
+        rows = s.rows(pix)
+        if s.split is not None:  # the padded even and odd parts, back to the basis' order
+            rows = torch.cat([rows[:, :s.split], rows[:, s.weights.shape[0]:s.weights.shape[0] + q - s.split]], dim=1)
+        c = torch.linalg.solve_triangular(chol, rows[:, :q].double().T, upper=False).T  # c'
         den = s.denom.reshape(-1)[pix].double()
         ncc = (c @ a).amax(1) / den
         if coarse is None:
