@@ -70,3 +70,45 @@ def test_distinct_templates_greedy_and_in_band():
     pair = torch.stack([smooth, smooth + 0.3 * checker])
     assert distinct_templates(pair).tolist() == [0, 1]
     assert distinct_templates(pair, (6.0, 30.0)).tolist() == [0]
+
+
+def test_reflection_pairs_score_together_as_the_joint_bank():
+    """Rotations by ψ + 180° are exact reflections, the set pairs, and the paired bank (half the score products)
+    gives the joint bank's and the direct correlation's best NCC and template (cryolens.picking.reflection)."""
+    from cryolens.picking.bank import bank_scores, correlate_bank, template_bank
+    from cryolens.picking.reflection import reflection_pairs
+    from cryolens.picking.templates import correlate_templates, reflect
+
+    g = torch.Generator().manual_seed(2)
+    raw = torch.randn(3, 21, 21, generator=g)
+    prepared = prepare_templates(raw, pixel_size=2.0, out_pixel_size=2.0, diameter=30.0, psi_step=45.0)  # 3 × 8
+    views = prepared.reshape(3, 8, *prepared.shape[-2:])
+    assert torch.equal(views[:, 4:], reflect(views[:, :4]))
+    rep, partner = reflection_pairs(prepared)
+    assert rep.numel() == 12 and torch.equal(partner, rep + 4)
+    assert reflection_pairs(prepared[:-1]) is None  # one template's reflection missing
+    wide = prepare_templates(raw[:, :20, :20], pixel_size=2.0, out_pixel_size=2.0, diameter=40.0, psi_step=90.0)
+    assert wide.shape[-1] == 21 and reflection_pairs(wide) is not None  # the mask reached an even box's edge
+    shape = (96, 80)
+    image_ft = torch.fft.rfft2(torch.randn(shape, generator=g))
+    ky, kx = torch.fft.fftfreq(shape[0])[:, None], torch.fft.rfftfreq(shape[1])[None, :]
+    s2 = kx * kx + (ky - 0.3 * kx) ** 2  # astigmatic: centrosymmetric, not mirror-symmetric
+    transfer = torch.cos(40 * s2) * torch.exp(-8 * (kx * kx + ky * ky))
+    best, index, _ = correlate_templates(image_ft, shape, prepared, transfer=transfer, mask_radius_px=7.5)
+    band = (2.5, 30.0)
+    paired = template_bank(prepared, tolerance=1e-9, band_px=band)
+    joint = template_bank(prepared, tolerance=1e-9, band_px=band, paired=False)
+    assert paired.split is not None and joint.split is None
+    pix = torch.arange(shape[0] * shape[1])
+    for stride in (1, 2):  # every pixel's maps, or the coarse grid's and windows of the filtered image
+        scores = bank_scores(image_ft, shape, paired, transfer=transfer, mask_radius_px=7.5, stride=stride, origin=(1, 1))
+        assert scores.weights.shape[1] == 12 and torch.allclose(scores.best(pix), best.reshape(-1), atol=1e-4)
+    b1, i1, _ = correlate_bank(image_ft, shape, paired, transfer=transfer, mask_radius_px=7.5, chunk=1000)
+    assert torch.allclose(b1, best, atol=1e-4) and (i1 == index).float().mean() > 0.99
+    # truncated, the same subspace as the joint factorisation: the same scores
+    p3, j3 = (template_bank(prepared, tolerance=0.02, band_px=band, paired=p) for p in (True, False))
+    assert p3.coeffs.shape[1] == j3.coeffs.shape[1] and math.isclose(p3.energy, j3.energy, rel_tol=1e-6)
+    b3, i3, _ = correlate_bank(image_ft, shape, p3, transfer=transfer, mask_radius_px=7.5, chunk=1000)
+    b4, i4, _ = correlate_bank(image_ft, shape, j3, transfer=transfer, mask_radius_px=7.5, chunk=1000)
+    assert torch.allclose(b3, b4, atol=1e-5) and (i3 == i4).float().mean() > 0.99
+    assert template_bank(prepared[:-1], tolerance=0.02, band_px=band).split is None  # not closed: joint

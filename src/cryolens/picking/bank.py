@@ -1,19 +1,18 @@
 """A low-rank bank of templates for fast template matching.
 
-The rotated, masked templates of :func:`cryolens.picking.templates.prepare_templates` (``K`` of
-them, e.g. 48 projections × 36 in-plane angles) are strongly correlated. Their singular value
-decomposition ``T_k ≈ Σ_j A_kj·B_j`` over ``r ≪ K`` basis images ``B_j`` keeps all but a small
-fraction of their energy, so the image is correlated with the ``r`` basis images only (``r``
-FFTs instead of ``K``) and every template's correlation is the matrix product ``A·M`` of the
-coefficients with the ``r`` basis maps. The CTF and whitening (``transfer``) act on the image
-instead of each template, so the basis transforms do not depend on the micrograph and are kept
-across micrographs of one shape; each template's norm after the transfer is ``√(aₖᵀ G aₖ)`` with
-the ``r × r`` Gram matrix ``G`` of the filtered basis (Parseval, on a small grid: :func:`filtered_gram`),
-exact for the truncated template. The product ``A·M`` and its maximum over the templates, the bulk of the
-cost, are formed every other pixel first and in full only near high coarse scores (:func:`coarse_fine_best`); the
-basis maps themselves only on that coarse grid (a folded spectrum: quarter-size inverse FFTs, :func:`strided_maps`),
-the few pixels scored off it directly from windows of the filtered image (:meth:`BankScores.rows`); which template wins is found only at the peaks (:meth:`BankScores.best_index`). Templates that nearly repeat
-another (symmetry-related views, in-plane rotations of round ones) are dropped first (:func:`distinct_templates`).
+The rotated, masked templates of :func:`cryolens.picking.templates.prepare_templates` (``K`` of them, e.g. 48
+projections × 24 in-plane angles) are strongly correlated. Their singular value decomposition ``T_k ≈ Σ_j A_kj·B_j``
+over ``r ≪ K`` basis images ``B_j`` keeps all but a small fraction of their energy, so the image is correlated with
+the ``r`` basis images only (``r`` FFTs instead of ``K``) and every template's correlation is the matrix product
+``A·M`` of the coefficients with the ``r`` basis maps. The CTF and whitening (``transfer``) act on the image instead
+of each template, so the basis transforms are kept across micrographs of one shape; each template's norm after the
+transfer is ``√(aₖᵀ G aₖ)`` with the ``r × r`` Gram matrix ``G`` of the filtered basis (Parseval, on a small grid:
+:func:`filtered_gram`), exact for the truncated template. The product ``A·M`` and its maximum over the templates,
+the bulk of the cost, are formed every other pixel first and in full only near high coarse scores
+(:func:`coarse_fine_best`), once per pair of templates related by a 180° rotation (:mod:`cryolens.picking.reflection`);
+the basis maps only on that coarse grid (:func:`cryolens.picking.folding.strided_maps`), the few pixels off it
+directly from windows of the filtered image (:meth:`BankScores.rows`); which template wins only at the peaks
+(:meth:`BankScores.best_index`). Near-repeats (symmetry-related views) are dropped first (:func:`distinct_templates`).
 """
 
 from __future__ import annotations
@@ -25,12 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cryolens.core.fourier import good_fft_size, irfftn
+from cryolens.core.fourier import irfftn
+from cryolens.picking.folding import filtered_gram, gram_grid, paired_spectrum, strided_maps
 from cryolens.picking.peaks import mode_stats
+from cryolens.picking.reflection import paired_factors, reflection_pairs
 from cryolens.picking.templates import band_pass_images, local_sd_denominator, wrap_centred
 
 __all__ = ["TemplateBank", "template_bank", "distinct_templates", "DUPLICATE_NCC", "CPU_ROWS", "rows_per_product",
-           "BankScores", "bank_scores", "strided_maps", "RANK_MULTIPLE", "gram_grid", "filtered_gram", "correlate_bank",
+           "BankScores", "bank_scores", "RANK_MULTIPLE", "gram_grid", "filtered_gram", "correlate_bank",
            "coarse_fine_best", "median_filled", "cached"]
 
 
@@ -58,22 +59,35 @@ class TemplateBank:
         coeffs: ``(K, r)`` coefficients: ``U·S`` of the SVD (or ``U`` of the band-passed templates' SVD).
         basis: ``(r, m, m)`` basis images: the orthonormal ``Vᵀ`` (or ``Uᵀ·templates``, see :func:`template_bank`).
         energy: fraction of the templates' summed energy that the ``r`` basis images keep.
+        split: with reflection pairs (:mod:`cryolens.picking.reflection`), the number of even basis images (first;
+            the odd ones follow); pairs: ``(rep, partner)`` indices of the pairs' templates; both None otherwise.
     """
 
     templates: torch.Tensor
     coeffs: torch.Tensor
     basis: torch.Tensor
     energy: float
+    split: int | None = None
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None
     transforms: dict = field(default_factory=dict, repr=False)
     small: dict = field(default_factory=dict, repr=False)
 
     def basis_ft_conj(self, shape: tuple[int, int]) -> torch.Tensor:
         """``(r, H, W//2+1)`` complex conjugate of the rfft2 of the basis images centred at pixel (0, 0) of an
         ``(H, W)`` grid (kept per shape; conjugated in memory, so correlations need no conjugating copy)."""
-        key = (tuple(shape), self.basis.device)
+        return self._kept("conj", shape, lambda: torch.fft.rfft2(wrap_centred(self.basis, shape)).conj_physical())
+
+    def basis_ft_paired(self, shape: tuple[int, int]) -> torch.Tensor:
+        """:func:`paired_spectrum` of :meth:`basis_ft_conj` (kept per shape instead of it: what
+        :func:`strided_maps` folds at stride 2)."""
+        return self._kept("paired", shape, lambda: paired_spectrum(
+            torch.fft.rfft2(wrap_centred(self.basis, shape)).conj_physical(), shape))
+
+    def _kept(self, kind: str, shape: tuple[int, int], build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        key = (kind, tuple(shape), self.basis.device)
         ft = self.transforms.get(key)
         if ft is None:
-            ft = torch.fft.rfft2(wrap_centred(self.basis, shape)).conj_physical()
+            ft = build()
             self.transforms = {key: ft}  # one shape at a time (a dataset's micrographs share it); swapped whole
         return ft
 
@@ -90,7 +104,7 @@ class TemplateBank:
 
 
 def template_bank(templates: torch.Tensor, *, tolerance: float = 1e-3,
-                  band_px: tuple[float, float] | None = None) -> TemplateBank:
+                  band_px: tuple[float, float] | None = None, paired: bool = True) -> TemplateBank:
     """Factorise ``(K, m, m)`` prepared templates, keeping the fewest basis images whose discarded energy
     (sum of squared singular values left out) is at most ``tolerance`` of the total.
 
@@ -99,7 +113,13 @@ def template_bank(templates: torch.Tensor, *, tolerance: float = 1e-3,
     the SVD of the band-passed templates ``T_b ≈ U·S·V_bᵀ`` gives the coefficients ``U`` and the basis
     ``Uᵀ·T`` (unfiltered, not orthonormal), whose band-passed form is the best rank-``r`` approximation in
     that band. Fine detail outside the band, which varies most between rotations, then costs no basis images.
+    With ``band_px`` and ``paired``, a set closed under the reflection (rotations by ψ and ψ + 180°) gets the same
+    factorisation from even and odd basis images (:mod:`cryolens.picking.reflection`): half the score products.
     """
+    pairs = reflection_pairs(templates) if paired and band_px is not None else None
+    if pairs is not None and pairs[0].numel() < templates.shape[0]:
+        coeffs, basis, energy, split = paired_factors(templates, pairs, tolerance=tolerance, band_px=band_px)
+        return TemplateBank(templates=templates, coeffs=coeffs, basis=basis, energy=energy, split=split, pairs=pairs)
     k, m = templates.shape[0], templates.shape[-1]
     x = templates.reshape(k, m * m).double()
     xb = x if band_px is None else band_pass_images(templates, band_px).reshape(k, m * m)
@@ -117,14 +137,34 @@ def distinct_templates(templates: torch.Tensor, band_px: tuple[float, float] | N
                        limit: float = DUPLICATE_NCC, block: int = 1024) -> torch.Tensor:
     """Indices (ascending) of the ``(K, m, m)`` templates kept when each one whose normalised correlation (centred,
     no shift; after the band-pass ``band_px``, :func:`cryolens.picking.templates.band_pass_images`, if given)
-    with an earlier kept template exceeds ``limit`` is dropped (greedy, in index order)."""
+    with an earlier kept template exceeds ``limit`` is dropped (greedy, in index order). A set closed under the
+    point reflection (:func:`cryolens.picking.reflection.reflection_pairs`) stays closed: its pairs are kept or
+    dropped whole, a pair dropped when its first template nears either template of a kept pair."""
     k = templates.shape[0]
     x = templates.double() if band_px is None else band_pass_images(templates, band_px)
     x = x.reshape(k, -1)
     x = (x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)).float()
+    pairs = reflection_pairs(templates)
+    if pairs is None:
+        return torch.nonzero(_greedy_distinct(x, x, limit, block))[:, 0]
+    rep, partner = pairs
+    kept = _greedy_distinct(x[rep], x[rep], limit, block, also=x[partner])
+    keep = torch.zeros(k, dtype=torch.bool, device=templates.device)
+    keep[rep[kept]] = True
+    keep[partner[kept]] = True
+    return torch.nonzero(keep)[:, 0]
+
+
+def _greedy_distinct(x: torch.Tensor, cols: torch.Tensor, limit: float, block: int,
+                     also: torch.Tensor | None = None) -> torch.Tensor:
+    """``(K,)`` bool: rows of ``x`` kept by :func:`distinct_templates`' rule (``also``: their partners, near either)."""
+    k = x.shape[0]
     first, later = [], []
     for start in range(0, k, block):  # pairs (i < j) above the limit, a block of rows at a time
-        i, j = torch.nonzero((x[start:start + block] @ x.T) > limit, as_tuple=True)
+        near = (x[start:start + block] @ cols.T) > limit
+        if also is not None:
+            near |= (x[start:start + block] @ also.T) > limit
+        i, j = torch.nonzero(near, as_tuple=True)
         i = i + start
         first.append(i[i < j])
         later.append(j[i < j])
@@ -136,7 +176,7 @@ def distinct_templates(templates: torch.Tensor, band_px: tuple[float, float] | N
     for i in np.unique(first):  # ascending: a template's keep flag is final before it drops later ones
         if keep[i]:
             keep[later[bounds[i]:bounds[i + 1]]] = False
-    return torch.from_numpy(np.nonzero(keep)[0]).to(templates.device)
+    return torch.from_numpy(keep).to(x.device)
 
 
 @dataclass
@@ -158,6 +198,8 @@ class BankScores:
         shape: ``(H, W)``.
         stride, origin: the grid of ``maps``.
         filtered: ``(H, W)`` the filtered image (None when ``stride`` is 1); basis: ``(q, m, m)``.
+        split, pairs: as :class:`TemplateBank`'s; with pairs, ``weights`` and ``odd_weights`` hold the pairs' first
+            templates' even and odd coefficients (padded): products give ``s_e + |s_o|``, the better of each pair.
     """
 
     maps: torch.Tensor
@@ -168,6 +210,10 @@ class BankScores:
     origin: tuple[int, int] = (0, 0)
     filtered: torch.Tensor | None = None
     basis: torch.Tensor | None = None
+    split: int | None = None
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+    odd_weights: torch.Tensor | None = None
+    segments: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def rank(self) -> int:
@@ -176,31 +222,50 @@ class BankScores:
 
     def rows(self, pix: torch.Tensor | None = None) -> torch.Tensor:
         """``(len(pix), q')`` basis correlations at flat pixels ``pix`` (default: every pixel of the maps' grid,
-        in its order), contiguous, zero-padded to the weights' rank."""
-        q, qp = self.rank, self.weights.shape[0]
+        in its order), contiguous, zero-padded to the weights' rank (each of the even and odd parts, with pairs)."""
+        q = self.rank
         if pix is None:
-            return F.pad(self.maps.T, (0, qp - q))
+            return self.padded(self.maps.T)
         h, w = self.shape
         s, (r0, c0) = self.stride, self.origin
         r, c = pix // w, pix % w
         on = ((r - r0) % s == 0) & ((c - c0) % s == 0)
         wc = len(range(c0, w, s))
         if bool(on.all()):
-            return F.pad(self.maps.index_select(1, ((r - r0) // s) * wc + (c - c0) // s).T, (0, qp - q))
-        out = torch.zeros((pix.numel(), qp), device=self.maps.device)
-        out[on, :q] = self.maps[:, ((r[on] - r0) // s) * wc + (c[on] - c0) // s].T
+            return self.padded(self.maps.index_select(1, ((r - r0) // s) * wc + (c - c0) // s).T)
+        out = torch.zeros((pix.numel(), q), device=self.maps.device)
+        out[on] = self.maps[:, ((r[on] - r0) // s) * wc + (c[on] - c0) // s].T
         off = torch.nonzero(~on)[:, 0]
         if off.numel():  # the window of the filtered image around each pixel against the basis images
             m = self.basis.shape[-1]
-            e = m // 2  # windows of a circularly extended copy, read as a strided view (rows of m contiguous values)
-            ext = torch.cat([self.filtered[h - e:], self.filtered, self.filtered[:m - e]], dim=0)
-            ext = torch.cat([ext[:, w - e:], ext, ext[:, :m - e]], dim=1).contiguous()
-            view = ext.as_strided((h, w, m, m), (ext.shape[1], 1, ext.shape[1], 1))
-            basis = F.pad(self.basis.reshape(q, -1), (0, 0, 0, qp - q)).T.contiguous()
+            if self.segments is None:  # m-pixel row segments of a circularly extended copy, one per pixel and row:
+                e = m // 2  # a window is m of them (a contiguous gather, ~1.3x faster than a 4-D strided view)
+                ext = torch.cat([self.filtered[h - e:], self.filtered, self.filtered[:m - e]], dim=0)
+                ext = torch.cat([ext[:, w - e:], ext, ext[:, :m - e]], dim=1)
+                self.segments = ext.unfold(1, m, 1)[:, :w].contiguous().reshape(-1, m)
+            basis = self.basis.reshape(q, -1).T.contiguous()
+            dy = torch.arange(m, device=pix.device)
             for start in range(0, off.numel(), 1024):
                 k = off[start:start + 1024]
-                out[k] = view[r[k], c[k]].reshape(k.numel(), -1) @ basis
-        return out
+                seg = self.segments.index_select(0, ((r[k, None] + dy) * w + c[k, None]).reshape(-1))
+                out[k] = seg.reshape(k.numel(), -1) @ basis
+        return self.padded(out)
+
+    def padded(self, rows: torch.Tensor) -> torch.Tensor:
+        """``(n, q)`` basis correlations zero-padded to the weights' rank (even and odd parts each, with pairs)."""
+        qp = self.weights.shape[0]
+        if self.split is None:
+            return F.pad(rows, (0, qp - rows.shape[1]))
+        e = self.split
+        return torch.cat([F.pad(rows[:, :e], (0, qp - e)),
+                          F.pad(rows[:, e:], (0, self.odd_weights.shape[0] - (rows.shape[1] - e)))], dim=1)
+
+    def products(self, rows: torch.Tensor) -> torch.Tensor:
+        """``(n, K')`` scores (before the image term) for ``rows`` (:meth:`rows`): each template's, or each pair's best."""
+        if self.split is None:
+            return rows @ self.weights
+        qe = self.weights.shape[0]
+        return (rows[:, :qe] @ self.weights).add_((rows[:, qe:] @ self.odd_weights).abs_())
 
     def best(self, pix: torch.Tensor | None = None, *, chunk: int = 4096,
              progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
@@ -212,7 +277,7 @@ class BankScores:
         total = rows.shape[0]
         out = torch.empty(total, device=rows.device)
         for start in range(0, total, chunk):  # (chunk, K) products: the max runs along contiguous rows
-            out[start:start + chunk] = (rows[start:start + chunk] @ self.weights).amax(dim=1)
+            out[start:start + chunk] = self.products(rows[start:start + chunk]).amax(dim=1)
             if progress is not None:
                 progress(min(start + chunk, total), total)
         if pix is None:
@@ -227,59 +292,21 @@ class BankScores:
         best = torch.empty(rows.shape[0], device=rows.device)
         index = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
         for start in range(0, rows.shape[0], chunk):
-            best[start:start + chunk], index[start:start + chunk] = (rows[start:start + chunk] @ self.weights).max(dim=1)
+            sl = slice(start, start + chunk)
+            if self.split is None:
+                best[sl], index[sl] = (rows[sl] @ self.weights).max(dim=1)
+                continue
+            qe = self.weights.shape[0]
+            odd = rows[sl, qe:] @ self.odd_weights
+            best[sl], h = (rows[sl, :qe] @ self.weights + odd.abs()).max(dim=1)
+            rep, partner = self.pairs  # the pair's first template where its odd score is >= 0, else the reflection
+            index[sl] = torch.where(odd.gather(1, h[:, None])[:, 0] >= 0, rep[h], partner[h])
         return best / self.denom.reshape(-1)[pix], index
 
 
 def rows_per_product(rows: torch.Tensor, chunk: int) -> int:
     """Pixels per score product: ``chunk``, at most :data:`CPU_ROWS` on the CPU."""
     return min(chunk, CPU_ROWS) if rows.device.type == "cpu" else chunk
-
-
-def gram_grid(m: int) -> int:
-    """Side of the small grid on which :func:`filtered_gram` works for ``m × m`` images: it holds the linear
-    convolution of an image with the kernel's offsets below ``m`` (``3m - 2`` pixels) without wrapping."""
-    return good_fft_size(3 * m)
-
-
-def filtered_gram(basis: torch.Tensor, transfer: torch.Tensor, shape: tuple[int, int], *,
-                  basis_ft: torch.Tensor | None = None) -> torch.Tensor:
-    """``(r, r)`` Gram matrix ``G_ij = Σ b'_i·b'_j`` of the ``(r, m, m)`` images ``basis`` (centred at ``m//2``)
-    after the real filter ``transfer`` ``(H, W//2+1)`` (its DC term taken as 0: zero-mean images) on the
-    ``(H, W)`` grid.
-
-    By Parseval ``G_ij = Σ_u b_i(u)·(b_j ⊛ κ)(u)`` with the kernel ``κ`` = inverse transform of
-    ``transfer²``; the images span ``m`` pixels, so only ``κ``'s offsets below ``m`` enter, and on a small grid
-    (:func:`gram_grid`) that holds their linear convolution that sum is, by Parseval again, the product of the
-    basis' small transforms weighted by ``κ``'s (exact; ``basis_ft``: those transforms,
-    :meth:`TemplateBank.basis_ft_small`, computed here if not given). Micrographs too small for that use their own
-    spectrum.
-    """
-    h, w = shape
-    r, m = basis.shape[0], basis.shape[-1]
-    t2 = transfer.square()
-    t2[0, 0] = 0
-    s = gram_grid(m)
-    if s > min(h, w):
-        return _half_spectrum_gram(torch.fft.rfft2(wrap_centred(basis, shape)), t2, shape)
-    kern = irfftn(t2, s=shape)
-    off = torch.arange(-(m - 1), m, device=basis.device)
-    kwin = kern[(off % h)[:, None], (off % w)[None, :]]  # offsets -(m-1)..m-1, centred at m-1
-    kft = torch.fft.rfft2(wrap_centred(kwin[None], (s, s)))[0].real  # an even kernel: a real transform
-    bft = basis_ft if basis_ft is not None else torch.fft.rfft2(wrap_centred(basis, (s, s)))
-    return _half_spectrum_gram(bft, kft, (s, s))
-
-
-def _half_spectrum_gram(bft: torch.Tensor, weight: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """``Σ x_i·(x_j ⊛ k)`` for real images with half spectra ``bft`` ``(r, H, W//2+1)`` and a real, even kernel of
-    transform ``weight``: Parseval over the half spectrum (columns other than DC and Nyquist stand for two)."""
-    h, w = shape
-    v = weight * (2.0 / (h * w))
-    v[:, 0] *= 0.5
-    if w % 2 == 0:
-        v[:, -1] *= 0.5
-    x = torch.view_as_real(bft).reshape(bft.shape[0], -1)
-    return (x * v.reshape(-1).repeat_interleave(2)) @ x.T
 
 
 def bank_scores(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBank, *, transfer: torch.Tensor,
@@ -299,56 +326,30 @@ def bank_scores(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBa
     h, w = shape
     dev = image_ft.device
     denom = local_sd_denominator(image_ft, shape, mask_radius_px)
-    bft = bank.basis_ft_conj(shape)  # conj(B)
     filt = image_ft * transfer
     filt[0, 0] = 0  # zero-mean templates after the transfer
-    gram = filtered_gram(bank.basis.to(dev), transfer, shape, basis_ft=bank.basis_ft_small().to(dev))
+    gram = filtered_gram(bank.basis.to(dev), transfer, shape, basis_ft=bank.basis_ft_small().to(dev),
+                         split=bank.split)
     a = bank.coeffs.to(dev)
     norms = ((a @ gram) * a).sum(dim=1).clamp_min(1e-30).sqrt()
     unit = a / norms[:, None]  # (K, r): unit-norm filtered templates
-    q = bft.shape[0]
-    weights = F.pad(unit.T, (0, 0, 0, -q % RANK_MULTIPLE)).contiguous()
+    def rank_padded(t: torch.Tensor) -> torch.Tensor:  # (q, n) rows of zeros to a multiple of RANK_MULTIPLE
+        return F.pad(t, (0, 0, 0, -t.shape[0] % RANK_MULTIPLE)).contiguous()
+    odd, pairs, split = None, None, bank.split
+    if split is not None:  # a centrosymmetric transfer keeps a pair's norms equal (else: every template)
+        pairs = tuple(i.to(dev) for i in bank.pairs)
+        if not bool(torch.allclose(norms[pairs[0]], norms[pairs[1]], rtol=1e-5, atol=0)):
+            pairs, split = None, None
+    if split is None:
+        weights = rank_padded(unit.T)
+    else:  # the pairs' first templates (the reflections' scores follow from theirs)
+        first = unit[pairs[0]]
+        weights, odd = rank_padded(first[:, :split].T), rank_padded(first[:, split:].T)
     origin = (origin[0] % stride, origin[1] % stride)
-    maps = strided_maps(bft, filt, shape, stride, origin)
+    maps = strided_maps(bank, filt, shape, stride, origin)
     filtered = irfftn(filt, s=shape) if stride > 1 else None
     return BankScores(maps=maps, weights=weights, denom=denom, shape=(h, w), stride=stride, origin=origin,
-                      filtered=filtered, basis=bank.basis.to(dev))
-
-
-def strided_maps(bft: torch.Tensor, filt: torch.Tensor, shape: tuple[int, int], stride: int = 1,
-                 origin: tuple[int, int] = (0, 0), *, batch: int = 16) -> torch.Tensor:
-    """``(q, h·w)`` correlations ``irfft2(bft·filt)`` at the pixels ``(origin[0] + stride·i, origin[1] + stride·j)``
-    of the ``(H, W)`` grid only (``0 <= origin < stride``).
-
-    Taking every ``stride``-th sample of a map folds its spectrum (the sum of its ``stride²`` shifted copies; the
-    origin a phase ramp applied first), so each map costs one inverse FFT of ``(H/stride, W/stride)`` instead of
-    ``(H, W)`` (exact; a grid ``stride`` does not divide forms the full maps and samples them). ``batch`` maps at
-    a time (in cache: ~2x cheaper than all at once at q ~ 100). Folded for ``stride`` 2 on even grids."""
-    h, w = shape
-    s = stride
-    r0, c0 = origin
-    q = bft.shape[0]
-    hc, wc = len(range(r0, h, s)), len(range(c0, w, s))
-    maps = torch.empty((q, hc * wc), device=filt.device)
-    if s != 2 or h % 2 or w % 2:  # the full maps, sampled
-        for start in range(0, q, batch):
-            full = irfftn(bft[start:start + batch] * filt, s=shape)
-            maps[start:start + batch] = full[:, r0::s, c0::s].reshape(-1, hc * wc)
-        return maps
-    if r0 or c0:  # sample from the origin: shift the image by it (a phase ramp)
-        ky = torch.fft.fftfreq(h, device=filt.device)[:, None]
-        kx = torch.fft.rfftfreq(w, device=filt.device)[None, :]
-        filt = filt * torch.polar(torch.ones((), device=filt.device), 2 * torch.pi * (ky * r0 + kx * c0))
-    n = wc // 2 + 1
-    for start in range(0, q, batch):
-        prod = bft[start:start + batch] * filt
-        z = prod[:, :hc] + prod[:, hc:]  # rows folded: (b, hc, w//2+1)
-        # columns k + wc (k = 0..wc//2) of the full spectrum: the conjugates of columns wc - k at rows -r
-        mirror = z[:, :, wc - n + 1:wc + 1].flip(2)
-        mirror = torch.cat([mirror[:, :1], mirror[:, 1:].flip(1)], dim=1)
-        y = z[:, :, :n] + mirror.conj()
-        maps[start:start + batch] = irfftn(y, s=(hc, wc)).reshape(-1, hc * wc) / 4
-    return maps
+                      filtered=filtered, basis=bank.basis.to(dev), split=split, pairs=pairs, odd_weights=odd)
 
 
 def correlate_bank(image_ft: torch.Tensor, shape: tuple[int, int], bank: TemplateBank, *, transfer: torch.Tensor,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from cryolens.core.fourier import fourier_resize, good_fft_size, ift2, resample
+from cryolens.core.fourier import fourier_resize, good_fft_size, ift2, irfftn, resample
 from cryolens.core.masks import soft_sphere
 from cryolens.core.projector import prepare_volume, project
 from cryolens.core.rotations import euler_to_matrix
@@ -22,7 +22,7 @@ from cryolens.core.so3_grid import healpix_directions
 
 __all__ = ["map_projections", "map_templates", "template_coverage", "band_pass_images", "rotate_images",
            "prepare_templates", "correlate_templates", "side_lobes", "rfft_energy", "wrap_centred",
-           "local_sd_denominator", "disc_transform",
+           "local_sd_denominator", "disc_transform", "reflect",
            "COVERAGE", "MAX_ORDER"]
 
 #: :func:`map_templates` refines the projection directions (one HEALPix order finer) while the median over the
@@ -150,7 +150,9 @@ def prepare_templates(templates: torch.Tensor, *, pixel_size: float, out_pixel_s
             Fourier-crop to ``out_pixel_size`` after (1: rotate at ``out_pixel_size``).
 
     Returns:
-        ``(T·P, m, m)`` float32 templates, zero mean inside the mask and zero outside.
+        ``(T·P, m, m)`` float32 templates, zero mean inside the mask and zero outside (a box one pixel larger, odd,
+        when the mask reaches an even box's first row); with an even ``P`` the rotations by ψ + 180° are exact
+        reflections (:func:`reflect`) of those by ψ.
     """
     t = templates.float()
     if t.shape[-1] != t.shape[-2]:
@@ -182,7 +184,25 @@ def prepare_templates(templates: torch.Tensor, *, pixel_size: float, out_pixel_s
     mask = soft_sphere(m, radius=radius, edge_width=2.0, ndim=2, device=t.device)
     rot = (rotate_images(t, angles) if angles.numel() > 1 or float(angles[0]) != 0.0 else t) * mask
     mean = rot.sum(dim=(-2, -1), keepdim=True) / mask.sum()
-    return (rot - mean) * mask
+    out = (rot - mean) * mask
+    if m % 2 == 0 and bool(out[:, 0].any() or out[:, :, 0].any()):  # the mask reaches the box's first row:
+        out = F.pad(out, (0, 1, 0, 1))  # an odd box about the same centre holds the reflection (180°) of the images
+        m += 1
+    if n_psi % 2 == 0:
+        # the rotations by psi + 180° as exact reflections of those by psi (interpolation left them ~4e-4 apart):
+        # a set closed under the reflection halves the bank's score products (cryolens.picking.reflection)
+        out = out.reshape(-1, n_psi, m, m)
+        out[:, n_psi // 2:] = reflect(out[:, :n_psi // 2])
+        out = out.reshape(-1, m, m)
+    return out
+
+
+def reflect(images: torch.Tensor) -> torch.Tensor:
+    """``(..., m, m)`` images reflected through their centre ``m//2`` (rotated by 180°; for even ``m`` the first row
+    and column, at offset ``-m/2``, map onto themselves: exact for images that are zero there, as masked templates
+    usually are)."""
+    flipped = images.flip(-2, -1)
+    return flipped if images.shape[-1] % 2 else torch.roll(flipped, shifts=(1, 1), dims=(-2, -1))
 
 
 def correlate_templates(image_ft: torch.Tensor, shape: tuple[int, int], templates: torch.Tensor, *,
@@ -336,18 +356,22 @@ def side_lobes(templates: torch.Tensor, shape: tuple[int, int], *, transfer: tor
     kf = transfer.square()
     kf[0, 0] = 0  # zero mean after the transfer
     if 2 * e + 1 <= min(h, w):
-        kern = torch.fft.irfft2(kf, s=(h, w))
+        kern = irfftn(kf, s=(h, w))
         off = torch.arange(-e, e + 1, device=dev)
         grid_shape = (good_fft_size(2 * e + 1),) * 2
         kf = torch.fft.rfft2(wrap_centred(kern[(off % h)[:, None], (off % w)[None, :]][None], grid_shape))[0]
     else:  # a small micrograph: convolve on its own grid
         grid_shape = (h, w)
-    win = torch.arange(-big, big + 1, device=dev)
     wins = []
     tu = templates[used].to(dev).float()
-    for start in range(0, used.numel(), 64):  # T ⊛ κ, kept in a window of ±R around the origin
-        full = torch.fft.irfft2(torch.fft.rfft2(wrap_centred(tu[start:start + 64], grid_shape)) * kf, s=grid_shape)
-        wins.append(full[:, (win % grid_shape[0])[:, None], (win % grid_shape[1])[None, :]])
+    for start in range(0, used.numel(), 64):  # T ⊛ κ, kept in a window of ±R around the origin (wrapped: two slices)
+        full = irfftn(torch.fft.rfft2(wrap_centred(tu[start:start + 64], grid_shape)) * kf, s=grid_shape)
+        if 2 * big + 1 > min(grid_shape):  # a small micrograph's own grid: the window wraps more than once
+            win = torch.arange(-big, big + 1, device=dev)
+            wins.append(full[:, (win % grid_shape[0])[:, None], (win % grid_shape[1])[None, :]])
+            continue
+        full = torch.cat([full[:, grid_shape[0] - big:], full[:, :big + 1]], dim=1)
+        wins.append(torch.cat([full[:, :, grid_shape[1] - big:], full[:, :, :big + 1]], dim=2))
     tw = torch.cat(wins)  # (U, 2R + 1, 2R + 1), offset y at index y + R
     n = tw.shape[-1]
     # every m × m window of those as a view: (template, top, left, m, m); a shifted window is one read
