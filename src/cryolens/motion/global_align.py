@@ -19,7 +19,7 @@ from cryolens.core.native import cross_spectra
 
 __all__ = ["freq_axes", "crop_spectrum", "phase_factors", "phase_ramp", "apply_shifts", "bfactor_filter", "cross_mask",
            "correlation_peaks", "window_peaks", "correlation_window", "peak_snr", "smoothing_matrix",
-           "AlignmentTrace", "align_frames"]
+           "AlignmentTrace", "align_frames", "WINDOW_MAX"]
 
 
 def freq_axes(h: int, w: int, *, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,6 +130,13 @@ def window_peaks(win: torch.Tensor, max_radius: float, min_radius: float = 0.0) 
     fy = _parabola(wf[b, iy_ - 1, ix_], c, wf[b, iy_ + 1, ix_])
     pos = torch.stack([(ix_ - r - 1).double() + fx.double(), (iy_ - r - 1).double() + fy.double()], -1)
     return pos.reshape(*lead, 2), c.reshape(lead)
+
+
+#: :func:`align_frames` takes a wide search's correlation maps from :func:`correlation_window` up to this window
+#: width (shifts of at most 10 px), from a whole inverse FFT beyond. Measured, one thread, 24 frames: 300² grid (6.7 px
+#: searched) 15.0 ms whole maps against 4.0 ms windowed; 25 patches of 64²: 9.7 against 7.2 (r 6) and 9.3 (r 10) ms;
+#: the peaks agree to 3e-7 px.
+WINDOW_MAX = 23
 
 
 def correlation_window(spectrum: torch.Tensor, w: int, r: int) -> torch.Tensor:
@@ -263,8 +270,12 @@ def align_frames(spec: torch.Tensor, w: int, *, filt: torch.Tensor, max_shift: f
             ccs = grp.conj_physical_().mul_(ref)
             del grp, ref, cur
         if it == 1 or wide:
-            delta, peak = correlation_peaks(irfftn(ccs, s=(h, w)), max_shift,
-                                            min_shift_first if it == 1 else 0.0)
+            low = min_shift_first if it == 1 else 0.0
+            r = max(1, int(min(math.floor(max_shift), h // 2 - 2, w // 2 - 2)))
+            if 2 * r + 3 <= WINDOW_MAX:  # the same window of the maps, from two small DFT products
+                delta, peak = window_peaks(correlation_window(ccs, w, r), max_shift, low)
+            else:
+                delta, peak = correlation_peaks(irfftn(ccs, s=(h, w)), max_shift, low)
         else:  # later rounds move little: look near zero only
             delta, peak = window_peaks(correlation_window(ccs, w, fine), min(max_shift, fine))
         wide = bool((delta.abs() >= fine - 0.5).any())  # a peak at the edge of the window: look wide again
