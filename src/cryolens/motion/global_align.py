@@ -101,10 +101,15 @@ def correlation_peaks(cc: torch.Tensor, max_radius: float, min_radius: float = 0
         3 samples around the maximum along each axis) and ``(...)`` the peak heights.
     """
     h, w = cc.shape[-2:]
-    r = max(1, int(min(math.floor(max_radius), h // 2 - 2, w // 2 - 2)))
+    r = _search_radius(max_radius, h, w)
     off = torch.arange(-r - 1, r + 2, device=cc.device)
     win = cc.index_select(-2, off % h).index_select(-1, off % w)  # (..., 2r+3, 2r+3), centre = zero shift
     return window_peaks(win, max_radius, min_radius)
+
+
+def _search_radius(max_radius: float, h: int, w: int) -> int:
+    """Whole pixels searched around zero shift on an ``(h, w)`` grid (at least 1, inside the map with a ring to spare)."""
+    return max(1, int(min(math.floor(max_radius), h // 2 - 2, w // 2 - 2)))
 
 
 def window_peaks(win: torch.Tensor, max_radius: float, min_radius: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,7 +276,7 @@ def align_frames(spec: torch.Tensor, w: int, *, filt: torch.Tensor, max_shift: f
             del grp, ref, cur
         if it == 1 or wide:
             low = min_shift_first if it == 1 else 0.0
-            r = max(1, int(min(math.floor(max_shift), h // 2 - 2, w // 2 - 2)))
+            r = _search_radius(max_shift, h, w)
             if 2 * r + 3 <= WINDOW_MAX:  # the same window of the maps, from two small DFT products
                 delta, peak = window_peaks(correlation_window(ccs, w, r), max_shift, low)
             else:
