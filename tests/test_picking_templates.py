@@ -10,7 +10,8 @@ import torch
 
 from cryolens.picking.bank import distinct_templates
 from cryolens.picking.templates import (
-    COVERAGE, MAX_ORDER, map_projections, map_templates, prepare_templates, template_coverage,
+    COVERAGE, MAX_ORDER, PSI_COVERAGE, PSI_STEPS, map_projections, map_templates, prepare_templates,
+    rotated_templates, template_coverage,
 )
 
 
@@ -112,3 +113,21 @@ def test_reflection_pairs_score_together_as_the_joint_bank():
     b4, i4, _ = correlate_bank(image_ft, shape, j3, transfer=transfer, mask_radius_px=7.5, chunk=1000)
     assert torch.allclose(b3, b4, atol=1e-5) and (i3 == i4).float().mean() > 0.99
     assert template_bank(prepared[:-1], tolerance=0.02, band_px=band).split is None  # not closed: joint
+
+
+def test_rotated_templates_coarsen_the_in_plane_step_only_where_rotations_are_covered():
+    """A ball looks the same at every rotation: the coarsest step of PSI_STEPS is taken (12 rotations), the same
+    templates as prepare_templates at that step. Scattered blobs change fast with the rotation: the step asked for
+    is kept; the rotations half-way between 30° steps are covered below PSI_COVERAGE there."""
+    ball, blobs = _volumes()
+    kw = dict(pixel_size=2.0, out_pixel_size=2.0, diameter=60.0)
+    for name, vol in (("ball", ball), ("blobs", blobs)):
+        views = map_projections(vol, pixel_size=2.0, out_pixel_size=2.0, healpix_order=0)
+        t, step = rotated_templates(views, psi_step=15.0, band_px=(1.5, 30.0), **kw)
+        want = PSI_STEPS[0] if name == "ball" else 15.0
+        assert step == want, name
+        assert torch.equal(t, prepare_templates(views, psi_step=want, **kw))
+    half = prepare_templates(views, psi_step=15.0, **kw).reshape(12, 24, *t.shape[-2:])
+    cover = template_coverage(half[:, 0::2].reshape(-1, *t.shape[-2:]), half[:, 1::2].reshape(-1, *t.shape[-2:]),
+                              (1.5, 30.0))
+    assert cover < PSI_COVERAGE

@@ -60,7 +60,7 @@ from cryolens.picking.peaks import (
 from cryolens.picking.bank import (
     TemplateBank, bank_scores, cached, coarse_fine_best, distinct_templates, median_filled, template_bank,
 )
-from cryolens.picking.templates import map_templates, prepare_templates, rfft_energy, side_lobes
+from cryolens.picking.templates import map_templates, rfft_energy, rotated_templates, side_lobes
 
 __all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape", "BLOB_CHOICES", "AUTO_TOP", "OVERSAMPLE"]
 
@@ -437,8 +437,9 @@ def _template_scores(fw, shape, p, transfer, params: PickParams, templates, temp
                                         psi_step=params.psi_step, healpix_order=params.healpix_order, band_px=band_px,
                                         oversample=OVERSAMPLE)
         else:
-            prepared = prepare_templates(templates.to(dev), pixel_size=template_pixel_size, out_pixel_size=p,
-                                         diameter=d_max, psi_step=params.psi_step, oversample=OVERSAMPLE)
+            prepared, _ = rotated_templates(templates.to(dev), pixel_size=template_pixel_size, out_pixel_size=p,
+                                            diameter=d_max, psi_step=params.psi_step, band_px=band_px,
+                                            oversample=OVERSAMPLE)
         prepared = prepared[distinct_templates(prepared, band_px)]  # near-duplicates (symmetry, round views) cost only
         return template_bank(prepared, tolerance=params.rank_tolerance, band_px=band_px)
 
