@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cryolens.core.fourier import irfftn
-from cryolens.picking.folding import filtered_gram, gram_grid, paired_spectrum, strided_maps
+from cryolens.picking.folding import filtered_gram, folded_quadrants, gram_grid, strided_maps
 from cryolens.picking.peaks import mode_stats
 from cryolens.picking.reflection import paired_factors, reflection_pairs
 from cryolens.picking.templates import band_pass_images, local_sd_denominator, wrap_centred
@@ -77,10 +77,10 @@ class TemplateBank:
         ``(H, W)`` grid (kept per shape; conjugated in memory, so correlations need no conjugating copy)."""
         return self._kept("conj", shape, lambda: torch.fft.rfft2(wrap_centred(self.basis, shape)).conj_physical())
 
-    def basis_ft_paired(self, shape: tuple[int, int]) -> torch.Tensor:
-        """:func:`paired_spectrum` of :meth:`basis_ft_conj` (kept per shape instead of it: what
+    def basis_ft_quadrants(self, shape: tuple[int, int]) -> torch.Tensor:
+        """:func:`folded_quadrants` of :meth:`basis_ft_conj` (kept per shape instead of it: what
         :func:`strided_maps` folds at stride 2)."""
-        return self._kept("paired", shape, lambda: paired_spectrum(
+        return self._kept("quadrants", shape, lambda: folded_quadrants(
             torch.fft.rfft2(wrap_centred(self.basis, shape)).conj_physical(), shape))
 
     def _kept(self, kind: str, shape: tuple[int, int], build: Callable[[], torch.Tensor]) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from cryolens.core.fourier import good_fft_size, irfftn
 from cryolens.picking.templates import wrap_centred
 
-__all__ = ["strided_maps", "paired_spectrum", "gram_grid", "filtered_gram"]
+__all__ = ["strided_maps", "paired_spectrum", "folded_quadrants", "gram_grid", "filtered_gram"]
 
 
 def strided_maps(bank, filt: torch.Tensor, shape: tuple[int, int], stride: int = 1,
@@ -23,7 +23,7 @@ def strided_maps(bank, filt: torch.Tensor, shape: tuple[int, int], stride: int =
     origin a phase ramp applied first), so each map costs one inverse FFT of ``(H/stride, W/stride)`` instead of
     ``(H, W)`` (exact; a grid ``stride`` does not divide forms the full maps and samples them). ``batch`` maps at
     a time (in cache: ~2x cheaper than all at once at q ~ 100). Folded for ``stride`` 2 on even grids, from
-    :func:`paired_spectrum` forms (the basis' kept per shape): one product, two sums."""
+    :func:`folded_quadrants` (the basis' kept per shape): a product and three multiply-adds."""
     h, w = shape
     s = stride
     r0, c0 = origin
@@ -40,13 +40,22 @@ def strided_maps(bank, filt: torch.Tensor, shape: tuple[int, int], stride: int =
         ky = torch.fft.fftfreq(h, device=filt.device)[:, None]
         kx = torch.fft.rfftfreq(w, device=filt.device)[None, :]
         filt = filt * torch.polar(torch.ones((), device=filt.device), 2 * torch.pi * (ky * r0 + kx * c0))
-    bp, fp = bank.basis_ft_paired(shape), paired_spectrum(filt, shape)
-    n = wc // 2 + 1
+    bq, fq = bank.basis_ft_quadrants(shape), folded_quadrants(filt, shape)
     for start in range(0, q, batch):
-        prod = bp[start:start + batch] * fp
-        z = prod[:, :hc] + prod[:, hc:]  # rows folded: (b, hc, 2n)
-        maps[start:start + batch] = irfftn(z[:, :, :n] + z[:, :, n:], s=(hc, wc)).reshape(-1, hc * wc) / 4
+        z = bq[0, start:start + batch] * fq[0]
+        for k in range(1, 4):  # in place (a product and three sums in one pass each: ~1.3x faster than folding after)
+            z.addcmul_(bq[k, start:start + batch], fq[k])
+        maps[start:start + batch] = irfftn(z, s=(hc, wc)).reshape(-1, hc * wc) / 4
     return maps
+
+
+def folded_quadrants(ft: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``(4, ..., H/2, n)``: the four blocks of :func:`paired_spectrum` ``(..., H, 2n)`` that fold onto one another
+    at stride 2 (rows ``r`` and ``r + H/2``, the two column halves), each contiguous: the half spectrum of the even
+    samples of the correlation of two images is the sum over the blocks of the products of theirs."""
+    p = paired_spectrum(ft, shape)
+    hc, n = shape[0] // 2, p.shape[-1] // 2
+    return torch.stack([p[..., a * hc:(a + 1) * hc, b * n:(b + 1) * n] for a in (0, 1) for b in (0, 1)])
 
 
 def paired_spectrum(ft: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
