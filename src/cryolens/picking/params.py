@@ -74,9 +74,10 @@ class PickParams(Params):
                                 "highest peaks (False: the default band only)")
     psi_step: float = option(15.0, unit="°", gt=0, le=90, help="--method template: finest in-plane rotation step "
                                                                "(at 15° a particle's rim is at most half the default "
-                                                               "low-pass from the nearest rotation); 30, 22.5 or 20° "
-                                                               "are taken instead where rotations half-way between "
-                                                               "them match a template to a median correlation of 0.96")
+                                                               "low-pass from the nearest rotation); a coarser one of "
+                                                               "30, 22.5 or 20° is taken where rotations half-way "
+                                                               "between its steps match a template to a median "
+                                                               "correlation of 0.96")
     healpix_order: int = option(1, ge=0, le=3, help="--method template with a map: HEALPix order of the "
                                                     "projection directions (0 = 60°, 1 = 30°, 2 = 15°); below 2 the "
                                                     "order goes finer by itself, up to 2, while the next order's "

@@ -22,7 +22,8 @@ range) of the phase-flipped, whitened micrograph, each scale in SDs of its own m
 ``method="template"``: normalised cross-correlation with CTF-modulated templates (class
 averages, or projections of a map at HEALPix directions, refined up to order 2 where the views change
 fast: :func:`cryolens.picking.templates.map_templates`) at every ``psi_step`` in-plane
-rotation (:mod:`cryolens.picking.templates`), near-duplicates dropped
+rotation, or a coarser step where the rotations between its steps are covered
+(:func:`cryolens.picking.templates.rotated_templates`), near-duplicates dropped
 (:func:`cryolens.picking.bank.distinct_templates`), through a low-rank factorisation of the
 templates (:mod:`cryolens.picking.bank`: a few dozen FFTs instead of one per template, the
 factorisation kept across micrographs), scored only where picks may fall: every other pixel first, then
