@@ -155,10 +155,10 @@ def simulate(work: Path, name: str, structure: str, n: int, seed: int, junk: flo
     return work / name
 
 
-def run_cryolens(work: Path, sim: Path, out: str, args, diameter: float) -> dict:
+def run_cryolens(work: Path, sim: Path, out: str, args, diameter: float, seed: int = 0) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     cmd = [str(BIN / "cryolens"), "class2d", "--in", str(sim / "particles.star"), "--out", out, "--classes",
-           str(args.k), "--particle-diameter", str(diameter), "--quiet", "--device", args.device]
+           str(args.k), "--particle-diameter", str(diameter), "--quiet", "--device", args.device, "--seed", str(seed)]
     if args.cryolens_iter:
         cmd += ["--iter", str(args.cryolens_iter)]
     r = timed(cmd, work, env, log=work / f"{out}.log")
@@ -166,12 +166,12 @@ def run_cryolens(work: Path, sim: Path, out: str, args, diameter: float) -> dict
     return r
 
 
-def relion_folder(work: Path) -> Path:
-    """RELION's last iteration as a class folder (classes.mrcs, classes.star, particles.star)."""
+def relion_folder(work: Path, name: str = "relion") -> Path:
+    """RELION's last iteration in ``work/name`` as a class folder (classes.mrcs, classes.star, particles.star)."""
     from cryolens.io import read_star, write_star
-    d = work / "relion"
+    d = work / name
     last = sorted(d.glob("run_it*_model.star"))[-1].name.split("_model")[0]
-    folder = work / "relion_classes"
+    folder = work / f"{name}_classes"
     folder.mkdir(exist_ok=True)
     shutil.copy(d / f"{last}_classes.mrcs", folder / "classes.mrcs")
     shutil.copy(d / f"{last}_data.star", folder / "particles.star")
@@ -179,17 +179,47 @@ def relion_folder(work: Path) -> Path:
     return folder
 
 
-def run_relion(work: Path, sim: Path, args, diameter: float) -> dict:
-    (work / "relion").mkdir(exist_ok=True)
-    cmd = ["relion_refine", "--o", "relion/run", "--i", str(sim / "particles.star"), "--dont_combine_weights_via_disc",
+def run_relion(work: Path, sim: Path, args, diameter: float, name: str = "relion", seed: int | None = None) -> dict:
+    """RELION 3.1 2D classification in ``work/name`` (``--random_seed seed`` when given; RELION's own default draws
+    one from the clock). A folder that already holds the last iteration is not run again (its row says so)."""
+    done = work / name / f"run_it{args.iter:03d}_model.star"
+    if seed is not None and done.exists():
+        return {"iterations": args.iter, "random_seed": seed, "reused": str(work / name)}
+    (work / name).mkdir(exist_ok=True)
+    cmd = ["relion_refine", "--o", f"{name}/run", "--i", str(sim / "particles.star"), "--dont_combine_weights_via_disc",
            "--pool", "30", "--pad", "2", "--ctf", "--iter", str(args.iter), "--tau2_fudge", "2",
            "--particle_diameter", str(diameter), "--K", str(args.k), "--flatten_solvent", "--zero_mask",
            "--oversampling", "1", "--psi_step", "10", "--offset_range", "5", "--offset_step", "2", "--norm",
-           "--scale", "--j", str(args.threads)]
+           "--scale", "--j", str(args.threads)] + ([] if seed is None else ["--random_seed", str(seed)])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = timed(cmd, work, env, log=work / "relion.log", timeout=args.relion_timeout)
-    r["iterations"] = len(list((work / "relion").glob("run_it*_model.star"))) - 1
-    return r
+    r = timed(cmd, work, env, log=work / f"{name}.log", timeout=args.relion_timeout)
+    r["iterations"] = len(list((work / name).glob("run_it*_model.star"))) - 1
+    return {**r, "random_seed": seed} if seed is not None else r
+
+
+#: The class-quality numbers summarised over seeds (:func:`seed_summary`).
+SEED_METRICS = ("particles_in_pure_classes", "median_best_ncc_good_classes", "weighted_best_ncc_good_classes",
+                "median_ncc_vs_ideal_good_classes", "junk_dropped", "good_kept")
+
+
+def seed_summary(rows: dict) -> dict:
+    """Per seed (``{seed: row}``) the :data:`SEED_METRICS`, and their mean, min and max over the seeds: one
+    classification is one draw of a chaotic process (a third of the particles change class per iteration at this
+    SNR), so a single run's purity moves by +-0.1 between seeds."""
+    import numpy as np
+    per = {str(s): {m: r.get(m) for m in SEED_METRICS} for s, r in rows.items()}
+    stats = {}
+    for m in SEED_METRICS:
+        v = np.array([r[m] for r in per.values() if r[m] is not None], dtype=float)
+        if v.size:
+            stats[m] = {"mean": round(float(v.mean()), 3), "min": round(float(v.min()), 3),
+                        "max": round(float(v.max()), 3)}
+    return {"seeds": per, "n_seeds": len(per), **stats}
+
+
+def evaluated(case: Path, folder: Path, sim: Path, select_out: str, diameter: float, lowpass: float) -> dict:
+    """:func:`class_quality` and :func:`separation` of one class folder."""
+    return {**class_quality(folder, sim, diameter, lowpass), **separation(case, folder, sim, select_out, diameter)}
 
 
 def earlier_relion(path: Path, structure: str, seed: int, n: int, k: int) -> dict:
@@ -347,6 +377,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--junk", type=float, default=0.2)
     ap.add_argument("--ncc-lowpass", type=float, default=15.0, help="Å")
+    ap.add_argument("--cryolens-seeds", default="0",
+                    help="comma-separated cryolens --seed values: the first is the main row, all are summarised")
+    ap.add_argument("--relion-seeds", default="",
+                    help="comma-separated RELION --random_seed values run besides the main RELION run (summarised "
+                         "with it; a finished folder relion_seedS under --keep is reused)")
     ap.add_argument("--no-relion", action="store_true")
     ap.add_argument("--relion-timeout", type=float, default=None)
     ap.add_argument("--relion-from-json", type=Path, default=None,
@@ -369,21 +404,39 @@ def main() -> None:
         diameter = STRUCTURES[structure][2]
         sim = simulate(case, "sim", structure, n, seed, args.junk)
         row: dict = {"structure": structure, "seed": seed, "particle_diameter_A": diameter}
-        row["cryolens"] = run_cryolens(case, sim, "cryolens", args, diameter)
-        row["cryolens"].update(class_quality(case / "cryolens", sim, diameter, args.ncc_lowpass))
-        row["cryolens"].update(separation(case, case / "cryolens", sim, "select_cryolens", diameter))
-        print(structure, "cryolens", json.dumps(row["cryolens"]), flush=True)
+        seeds = [int(x) for x in args.cryolens_seeds.split(",") if x.strip()]
+        by_seed = {}
+        for i, s in enumerate(seeds):
+            name = "cryolens" if i == 0 else f"cryolens_seed{s}"
+            r = run_cryolens(case, sim, name, args, diameter, seed=s)
+            r.update(evaluated(case, case / name, sim, f"select_{name}", diameter, args.ncc_lowpass))
+            by_seed[s] = r
+            print(structure, name, json.dumps(r), flush=True)
+        row["cryolens"] = {**by_seed[seeds[0]], "seed": seeds[0]}
+        if len(seeds) > 1:
+            row["cryolens_seeds"] = seed_summary(by_seed)
         if args.relion_from_json is not None and not args.accuracy:
             row["relion"] = earlier_relion(args.relion_from_json, structure, seed, n, args.k)
             row["wall_ratio_cryolens_over_relion"] = round(row["cryolens"]["wall_s"] / row["relion"]["wall_s"], 4)
         elif not args.no_relion and not args.accuracy:
             row["relion"] = run_relion(case, sim, args, diameter)
             if row["relion"]["iterations"] >= 1:  # iteration 0 is RELION's random start: nothing to compare
-                folder = relion_folder(case)
-                row["relion"].update(class_quality(folder, sim, diameter, args.ncc_lowpass))
-                row["relion"].update(separation(case, folder, sim, "select_relion", diameter))
+                row["relion"].update(evaluated(case, relion_folder(case), sim, "select_relion", diameter,
+                                               args.ncc_lowpass))
             row["wall_ratio_cryolens_over_relion"] = round(row["cryolens"]["wall_s"] / row["relion"]["wall_s"], 3)
             print(structure, "relion", json.dumps(row["relion"]), flush=True)
+        extra = [int(x) for x in args.relion_seeds.split(",") if x.strip()]
+        if extra and not args.accuracy:
+            runs = {"main": row["relion"]} if "particles_in_pure_classes" in row.get("relion", {}) else {}
+            for s in extra:
+                name = f"relion_seed{s}"
+                r = run_relion(case, sim, args, diameter, name=name, seed=s)
+                if r["iterations"] >= 1:
+                    r.update(evaluated(case, relion_folder(case, name), sim, f"select_{name}", diameter,
+                                       args.ncc_lowpass))
+                runs[s] = r
+                print(structure, name, json.dumps(r), flush=True)
+            row["relion_seeds"] = seed_summary(runs)
         results["cases"][structure] = row
     results["load_end"] = os.getloadavg()[0]
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -336,6 +336,58 @@ def test_temper_last_keeps_the_poses_and_softens_the_posteriors(tmp_path):
     assert hotter.max_probability.mean() < tempered.max_probability.mean()
 
 
+def test_offset_prior_is_a_normalised_gaussian_about_the_box_centre():
+    """The prior on the origins (``--offset-prior``): per particle, a Gaussian in the origin ``centre + shift`` about
+    the box centre, normalised over the grid points searched (those outside the range excluded)."""
+    from cryolens.class2d.estep import offset_log_prior
+    from cryolens.refine.pose_search import shift_grid
+    shifts = shift_grid(1.0, 3.0)
+    centre = torch.tensor([[0.0, 0.0], [1.0, -2.0]])
+    lp = offset_log_prior(centre, shifts, 2.0)
+    assert torch.allclose(torch.logsumexp(lp, dim=1), torch.zeros(2), atol=1e-5)
+    r2 = ((centre[:, None] + shifts[None]) ** 2).sum(-1)
+    assert torch.allclose(lp - lp[:, :1], -(r2 - r2[:, :1]) / 4.0, atol=1e-5)
+    assert int(lp[1].argmax()) == int(r2[1].argmin())  # the grid point nearest the box centre
+    outside = r2 > 9.0
+    cut = offset_log_prior(centre, shifts, 2.0, outside)
+    assert torch.isinf(cut[outside]).all() and torch.allclose(torch.logsumexp(cut, 1), torch.zeros(2), atol=1e-5)
+
+
+def test_offset_prior_width_follows_the_origins_found():
+    """Before any particle is aligned the prior is as wide as ``--offset-range``; then its variance per axis is half
+    the mean of ``|origin|² + shift_sd²`` over the aligned particles (RELION's ``sigma2_offset``), never below
+    :data:`MIN_OFFSET_VAR`."""
+    from types import SimpleNamespace
+    from cryolens.class2d.iteration import MIN_OFFSET_VAR, offset_variance
+    from cryolens.class2d.state import Class2DState
+    setup = SimpleNamespace(params=Class2DParams(offset_range=12.0), pixel_size=2.0)
+    state = Class2DState.empty(4, 2, 16)
+    assert offset_variance(state, setup) == pytest.approx(36.0)
+    state.particle_class[:3] = 0
+    state.particle_shift[:3] = [[3.0, 0.0], [0.0, -1.0], [2.0, 2.0]]
+    state.particle_shift_sd[:3] = [1.0, 0.0, 0.0]
+    state.particle_shift[3] = [50.0, 50.0]  # not aligned yet: not counted
+    assert offset_variance(state, setup) == pytest.approx((10 + 1 + 8) / 3 / 2)
+    state.particle_shift[:] = 0.0
+    state.particle_shift_sd[:] = 0.0
+    assert offset_variance(state, setup) == MIN_OFFSET_VAR
+
+
+def test_offset_prior_pulls_noise_to_the_centre(tmp_path):
+    """Empty boxes (noise alone) find their best origin anywhere in the range with a flat prior; with the Gaussian
+    prior (its width estimated from the particles) they stay near the box centre, as the aligned particles do."""
+    from cryolens.class2d import classify_2d
+    from cryolens.jobs.particles import open_particles
+    star, _, _ = make_views(tmp_path / "sim", n=60, snr=1e-6, seed=5)
+    parts = open_particles(star, pose=False)
+    runs = [classify_2d(lambda: parts.batches(32), parts.table(), pixel_size=APIX, box=BOX, device="cpu",
+                        params=Class2DParams(classes=2, iterations=4, particle_diameter=200.0, res_end=20.0,
+                                             offset_range=24.0, batch_size=32, offset_prior=on))
+            for on in (False, True)]
+    flat, prior = (np.linalg.norm(r.shifts, axis=1).mean() for r in runs)
+    assert prior < 0.6 * flat
+
+
 def test_class_resolution_skips_a_one_shell_dip():
     """A small particle's first Fourier minimum dips the SSNR below 1 for one shell; the estimated resolution is
     where it drops below 1 to stay (RELION's first-shell rule read 48 Å for small haemoglobin classes)."""

@@ -36,8 +36,8 @@ from cryolens.core.worker import ChunkMapper, SharedOnce
 from cryolens.refine.noise import ShellAccumulator
 from cryolens.refine.pose_search import FrequencyBand, phase_ramps
 
-__all__ = ["SearchGrid", "class_references", "expect_batch", "initial_batch", "take_results", "Class2DShared",
-           "Class2DChunk", "chunk_items", "class2d_chunk", "RESULT_KEYS"]
+__all__ = ["SearchGrid", "class_references", "expect_batch", "offset_log_prior", "initial_batch", "take_results",
+           "Class2DShared", "Class2DChunk", "chunk_items", "class2d_chunk", "RESULT_KEYS"]
 
 #: The per-particle results of :func:`expect_batch` (and of a chunk).
 RESULT_KEYS = ("cls", "psi", "shift", "max_prob", "loglik", "gain", "n_significant", "psi_sd", "shift_sd")
@@ -52,7 +52,8 @@ class SearchGrid:
             (:func:`class_references`, flattened); psi: ``(J,)`` in-plane angles (°); shifts: ``(T, 2)`` px;
         ramps: ``(T, M)`` their phase ramps; inv_w: ``(M,)`` ``w / sigma²``; log_prior: ``(K·J,)``;
         n_classes: ``K``; local: shifts are offsets from each particle's current origin; range_px: the
-        origin's limit (px); significance: the posterior cut.
+        origin's limit (px); significance: the posterior cut; offset_var: the variance (px², per axis) of the
+        Gaussian prior on the origins about the box centre (RELION's ``sigma2_offset``), None: a flat prior.
     """
 
     band: FrequencyBand
@@ -66,6 +67,7 @@ class SearchGrid:
     local: bool
     range_px: float
     significance: float
+    offset_var: float | None = None
 
 
 def class_references(classes: torch.Tensor, band: FrequencyBand, rotator: BandRotator,
@@ -101,10 +103,15 @@ def expect_batch(g: SearchGrid, acc: Accumulator, x: torch.Tensor, ctf: torch.Te
     if g.local:
         x = x * phase_ramps(g.band, centre)
     scores = score_batch(x, ctf, g.refs, g.ramps, g.inv_w)
+    outside = None
     if g.local:  # the origin stays within the search range
         outside = (centre[:, None, :] + g.shifts[None]).norm(dim=-1) > g.range_px + 1e-3
         outside[:, 0] = False
         scores = scores.masked_fill(outside[:, :, None], -float("inf"))
+    shift_norm = math.log(t)
+    if g.offset_var is not None:
+        scores += offset_log_prior(centre, g.shifts, g.offset_var, outside)[:, :, None]
+        shift_norm = 0.0
     post = posterior(scores, g.log_prior, significance=g.significance)
     gamma = post.gamma
     for i in torch.nonzero(forced >= 0).flatten().tolist():
@@ -129,9 +136,21 @@ def expect_batch(g: SearchGrid, acc: Accumulator, x: torch.Tensor, ctf: torch.Te
     dsh = ((g.shifts[None] - g.shifts[tb][:, None]) ** 2).sum(-1)
     xpow = ((x.real ** 2 + x.imag ** 2) * g.inv_w).sum(1)
     return {"cls": kb, "psi": g.psi[jb], "shift": g.shifts[tb] + centre, "max_prob": post.max_prob,
-            "loglik": post.log_evidence - xpow - math.log(j * t), "gain": post.log_evidence - math.log(j * t),
+            "loglik": post.log_evidence - xpow - math.log(j) - shift_norm,
+            "gain": post.log_evidence - math.log(j) - shift_norm,
             "n_significant": post.n_significant,
             "psi_sd": torch.sqrt((pj * dpsi ** 2).sum(1)), "shift_sd": torch.sqrt((pt * dsh).sum(1))}
+
+
+def offset_log_prior(centre: torch.Tensor, shifts: torch.Tensor, var: float,
+                     outside: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, T)`` log prior of the origins ``centre (B, 2) + shifts (T, 2)`` (px) under an isotropic Gaussian of
+    variance ``var`` px² per axis about the box centre, normalised over each particle's grid points (those not
+    ``outside``)."""
+    lp = -((centre[:, None, :] + shifts[None]) ** 2).sum(-1) / (2.0 * var)
+    if outside is not None:
+        lp = lp.masked_fill(outside, -float("inf"))
+    return lp - torch.logsumexp(lp, dim=1, keepdim=True)
 
 
 def initial_batch(acc: Accumulator, x: torch.Tensor, ctf: torch.Tensor, ramps: torch.Tensor, columns: torch.Tensor,
@@ -167,7 +186,7 @@ class Class2DShared(SharedOnce):
         psi: ``(J,)`` in-plane angles (°); shifts: ``(T, 2)`` px.
         classes: ``(K, n, n)`` current class averages; inv_w: ``(M,)`` ``w / sigma²`` on the band; log_prior:
             ``(K·J,)`` (all three None for ``"first"``).
-        local, range_px, significance: as :class:`SearchGrid`; mask: ``(n, n)`` soft disc; use_ctf;
+        local, range_px, significance, offset_var: as :class:`SearchGrid`; mask: ``(n, n)`` soft disc; use_ctf;
         batch_size: images per batch; device: where the workers compute; reader: picklable
         ``rows -> float32 images`` or None (images in the chunks).
     """
@@ -190,6 +209,7 @@ class Class2DShared(SharedOnce):
     batch_size: int
     device: str
     reader: Any = None
+    offset_var: float | None = None
 
     def grid(self) -> SearchGrid:
         """The :class:`SearchGrid` of this iteration (references only for ``"expect"``), built once per copy."""
@@ -203,7 +223,7 @@ class Class2DShared(SharedOnce):
                                         inplane_matrices(psi).to(dev)).reshape(self.n_classes * len(psi), -1)
                 inv_w, log_prior = self.inv_w.to(dev), self.log_prior.to(dev)
             return SearchGrid(band, refs, psi, shifts, phase_ramps(band, shifts), inv_w, log_prior, self.n_classes,
-                              self.local, self.range_px, self.significance)
+                              self.local, self.range_px, self.significance, self.offset_var)
         return self.cached("grid", build)
 
 

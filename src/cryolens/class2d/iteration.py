@@ -26,7 +26,8 @@ from cryolens.core.worker import ChunkMapper
 from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.pose_search import FrequencyBand, phase_ramps, shift_grid
 
-__all__ = ["Setup", "Sampling", "sampling_for", "run_iteration", "initial_classes", "mask_temperature"]
+__all__ = ["Setup", "Sampling", "sampling_for", "run_iteration", "initial_classes", "mask_temperature",
+           "offset_variance"]
 
 #: From iteration LOCAL_FROM on, shifts are searched within this many steps of each particle's current origin.
 LOCAL_SHIFT_STEPS = 1.5
@@ -38,6 +39,8 @@ RESEED_FRACTION = 0.2
 #: particles, K 20: 875 of 1 000 in one class, 7 populated); at 90 % (two or three free iterations) 17 classes stay
 #: populated and the median best NCC of the good classes with the truth's projections is 0.90.
 RESEED_UNTIL = 0.9
+#: The prior on the origins never gets narrower than this variance (px² per axis).
+MIN_OFFSET_VAR = 0.25
 
 
 @dataclass
@@ -113,6 +116,17 @@ def mask_temperature(mask: torch.Tensor) -> float:
     return 1.0 / float((mask.float() ** 2).mean())
 
 
+def offset_variance(state: Class2DState, setup: Setup) -> float:
+    """The variance (px² per axis) of the Gaussian prior on the particles' origins (RELION's ``sigma2_offset``),
+    from the current origins: the mean over the particles assigned so far of ``|origin|² + shift_sd²`` (the best
+    origin and the posterior spread about it), halved; before any is assigned, ``offset_range²``."""
+    seen = state.particle_class >= 0
+    if not seen.any():
+        return (setup.params.offset_range / setup.pixel_size) ** 2
+    o2 = (state.particle_shift[seen] ** 2).sum(1) + state.particle_shift_sd[seen] ** 2
+    return max(float(o2.mean()) / 2.0, MIN_OFFSET_VAR)
+
+
 def _finish_classes(acc: Accumulator, smp: Sampling, setup: Setup, state: Class2DState, sigma2: torch.Tensor) -> None:
     """M-step: class averages into ``state`` (masked, recentred), their resolution, and the class weights."""
     p = setup.params
@@ -180,7 +194,7 @@ def _map(setup: Setup, state: Class2DState, kind: str, smp: Sampling, rows: np.n
         inv_w=grid.inv_w.cpu() if expect else None, log_prior=grid.log_prior.cpu() if expect else None,
         local=grid.local if expect else False, range_px=p.offset_range / setup.pixel_size,
         significance=p.significance, mask=setup.mask.cpu(), use_ctf=setup.use_ctf, batch_size=p.batch_size,
-        device=str(setup.device), reader=getattr(dist, "reader", None))
+        device=str(setup.device), reader=getattr(dist, "reader", None), offset_var=grid.offset_var if expect else None)
     items = chunk_items(dist, setup.images.batches, setup.table, rows, state, labels, n=setup.box,
                         batch_size=p.batch_size)
     return dist.map(class2d_chunk, shared, items, desc=desc, progress=progress)
@@ -216,8 +230,9 @@ def run_iteration(state: Class2DState, it: int, setup: Setup, rng: np.random.Gen
     log_pi = log_pi / temperature
     if seeded:
         log_pi[seeded] = -float("inf")
+    offset_var = offset_variance(state, setup) * temperature if p.offset_prior else None
     grid = SearchGrid(band, refs.reshape(k * j, -1), smp.psi, smp.shifts, smp.ramps, inv_w, log_pi.repeat_interleave(j),
-                      k, local, range_px, p.significance)
+                      k, local, range_px, p.significance, offset_var)
     rows_all = _rows_for(it, state, setup, rng)
     acc = Accumulator(k, j, len(band), device=dev)
     prev_class = state.particle_class[rows_all].copy()

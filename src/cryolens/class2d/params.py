@@ -34,6 +34,9 @@ class Class2DParams(Params):
                                                       "Nyquist)")
     offset_range: float = option(10.0, unit="Å", ge=0, help="Translational search range (radius, around the "
                                                             "box centre)")
+    offset_prior: bool = option(True, help="A Gaussian prior on the origins about the box centre, its width "
+                                           "re-estimated every iteration from the origins found (RELION's); "
+                                           "without it every origin within --offset-range is equally likely")
     psi_step: float = option(5.0, unit="°", gt=0, le=15, help="Finest in-plane angular step (the step starts "
                                                               "at 15° and refines with the resolution)")
     shift_step_min: float = option(1.0, unit="px", gt=0, help="Finest translational step")
