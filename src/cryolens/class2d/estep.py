@@ -37,10 +37,14 @@ from cryolens.refine.noise import ShellAccumulator
 from cryolens.refine.pose_search import FrequencyBand, phase_ramps
 
 __all__ = ["SearchGrid", "class_references", "expect_batch", "offset_log_prior", "initial_batch", "take_results",
-           "Class2DShared", "Class2DChunk", "chunk_items", "class2d_chunk", "RESULT_KEYS"]
+           "Class2DShared", "Class2DChunk", "chunk_items", "class2d_chunk", "RESULT_KEYS", "SCALE_RANGE"]
 
 #: The per-particle results of :func:`expect_batch` (and of a chunk).
-RESULT_KEYS = ("cls", "psi", "shift", "max_prob", "loglik", "gain", "n_significant", "psi_sd", "shift_sd")
+RESULT_KEYS = ("cls", "psi", "shift", "max_prob", "loglik", "gain", "n_significant", "psi_sd", "shift_sd", "scale")
+
+#: The range a particle's amplitude scale is kept in (:func:`expect_batch` with ``fit_scale``): the floor keeps an
+#: empty box's scale positive (its fit is noise about 0), the ceiling bounds strong junk (blobs, carbon).
+SCALE_RANGE = (0.1, 3.0)
 
 
 @dataclass
@@ -53,7 +57,8 @@ class SearchGrid:
         ramps: ``(T, M)`` their phase ramps; inv_w: ``(M,)`` ``w / sigma²``; log_prior: ``(K·J,)``;
         n_classes: ``K``; local: shifts are offsets from each particle's current origin; range_px: the
         origin's limit (px); significance: the posterior cut; offset_var: the variance (px², per axis) of the
-        Gaussian prior on the origins about the box centre (RELION's ``sigma2_offset``), None: a flat prior.
+        Gaussian prior on the origins about the box centre (RELION's ``sigma2_offset``), None: a flat prior;
+        fit_scale: refit each particle's amplitude scale at its best pose (else it is returned as given).
     """
 
     band: FrequencyBand
@@ -68,6 +73,7 @@ class SearchGrid:
     range_px: float
     significance: float
     offset_var: float | None = None
+    fit_scale: bool = False
 
 
 def class_references(classes: torch.Tensor, band: FrequencyBand, rotator: BandRotator,
@@ -82,7 +88,7 @@ def class_references(classes: torch.Tensor, band: FrequencyBand, rotator: BandRo
 
 
 def expect_batch(g: SearchGrid, acc: Accumulator, x: torch.Tensor, ctf: torch.Tensor, origin: torch.Tensor,
-                 psi0: torch.Tensor, forced: torch.Tensor) -> dict[str, torch.Tensor]:
+                 psi0: torch.Tensor, forced: torch.Tensor, scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The E-step of one batch: posteriors over the grid, their sums into ``acc``, each image's results.
 
     Args:
@@ -90,14 +96,19 @@ def expect_batch(g: SearchGrid, acc: Accumulator, x: torch.Tensor, ctf: torch.Te
         origin: ``(B, 2)`` px the particles' current origins; psi0: ``(B,)`` their current psi (°).
         forced: ``(B,)`` the class a reseeded particle is assigned to (at the grid point nearest its current
             psi and origin), -1 for the others.
+        scale: ``(B,)`` the particles' amplitude scales (the model image is ``scale · CTF · class``; None: 1). The
+            sums of ``acc`` then hold ``scale · CTF · X`` and ``scale² · CTF²``: the class averages of that model.
 
     Returns:
         per image (:data:`RESULT_KEYS`): ``cls`` best class, ``psi`` (°), ``shift`` new origin (px),
         ``max_prob``, ``loglik``, ``gain`` (``loglik`` + ``Σ w|X|²/σ²``: the log-likelihood gained over an empty
         model, see :attr:`cryolens.class2d.state.Class2DState.particle_gain`), ``n_significant``, ``psi_sd`` (°)
-        and ``shift_sd`` (px) within the best class.
+        and ``shift_sd`` (px) within the best class, ``scale``: with ``g.fit_scale`` the scale that fits the image
+        best at its best pose (least squares, weighted by ``1/sigma²``; within :data:`SCALE_RANGE`), else as given.
     """
     dev = x.device
+    if scale is not None:
+        ctf = ctf * scale[:, None].to(ctf.dtype)
     k, j, t = g.n_classes, len(g.psi), len(g.shifts)
     centre = origin if g.local else torch.zeros_like(origin)
     if g.local:
@@ -135,11 +146,18 @@ def expect_batch(g: SearchGrid, acc: Accumulator, x: torch.Tensor, ctf: torch.Te
     pt = pt / pt.sum(1, keepdim=True)
     dsh = ((g.shifts[None] - g.shifts[tb][:, None]) ** 2).sum(-1)
     xpow = ((x.real ** 2 + x.imag ** 2) * g.inv_w).sum(1)
+    new_scale = torch.ones(len(x), device=dev) if scale is None else scale.to(device=dev, dtype=torch.float32)
+    if g.fit_scale:
+        model = g.refs[kj] * ctf  # the best pose's model image, in the image's (shifted) frame
+        fit = ((x * g.ramps[tb] * model.conj()).real * g.inv_w).sum(1)
+        fit = fit / ((model.real ** 2 + model.imag ** 2) * g.inv_w).sum(1).clamp_min(1e-30)
+        new_scale = (new_scale * fit).clamp(*SCALE_RANGE)
     return {"cls": kb, "psi": g.psi[jb], "shift": g.shifts[tb] + centre, "max_prob": post.max_prob,
             "loglik": post.log_evidence - xpow - math.log(j) - shift_norm,
             "gain": post.log_evidence - math.log(j) - shift_norm,
             "n_significant": post.n_significant,
-            "psi_sd": torch.sqrt((pj * dpsi ** 2).sum(1)), "shift_sd": torch.sqrt((pt * dsh).sum(1))}
+            "psi_sd": torch.sqrt((pj * dpsi ** 2).sum(1)), "shift_sd": torch.sqrt((pt * dsh).sum(1)),
+            "scale": new_scale}
 
 
 def offset_log_prior(centre: torch.Tensor, shifts: torch.Tensor, var: float,
@@ -171,7 +189,7 @@ def take_results(state: Class2DState, rows: np.ndarray, got: dict[str, torch.Ten
     for key, attr in (("cls", "particle_class"), ("psi", "particle_psi"), ("shift", "particle_shift"),
                       ("max_prob", "particle_max_prob"), ("loglik", "particle_loglik"), ("gain", "particle_gain"),
                       ("n_significant", "particle_n_significant"), ("psi_sd", "particle_psi_sd"),
-                      ("shift_sd", "particle_shift_sd")):
+                      ("shift_sd", "particle_shift_sd"), ("scale", "particle_scale")):
         getattr(state, attr)[rows] = got[key].cpu().numpy()
 
 
@@ -186,7 +204,7 @@ class Class2DShared(SharedOnce):
         psi: ``(J,)`` in-plane angles (°); shifts: ``(T, 2)`` px.
         classes: ``(K, n, n)`` current class averages; inv_w: ``(M,)`` ``w / sigma²`` on the band; log_prior:
             ``(K·J,)`` (all three None for ``"first"``).
-        local, range_px, significance, offset_var: as :class:`SearchGrid`; mask: ``(n, n)`` soft disc; use_ctf;
+        local, range_px, significance, offset_var, fit_scale: as :class:`SearchGrid`; mask: ``(n, n)`` soft disc; use_ctf;
         batch_size: images per batch; device: where the workers compute; reader: picklable
         ``rows -> float32 images`` or None (images in the chunks).
     """
@@ -210,6 +228,7 @@ class Class2DShared(SharedOnce):
     device: str
     reader: Any = None
     offset_var: float | None = None
+    fit_scale: bool = False
 
     def grid(self) -> SearchGrid:
         """The :class:`SearchGrid` of this iteration (references only for ``"expect"``), built once per copy."""
@@ -223,14 +242,14 @@ class Class2DShared(SharedOnce):
                                         inplane_matrices(psi).to(dev)).reshape(self.n_classes * len(psi), -1)
                 inv_w, log_prior = self.inv_w.to(dev), self.log_prior.to(dev)
             return SearchGrid(band, refs, psi, shifts, phase_ramps(band, shifts), inv_w, log_prior, self.n_classes,
-                              self.local, self.range_px, self.significance, self.offset_var)
+                              self.local, self.range_px, self.significance, self.offset_var, self.fit_scale)
         return self.cached("grid", build)
 
 
 @dataclass
 class Class2DChunk:
     """One work unit: ``rows (b,)`` sorted particle rows, their numeric columns ``table`` (CTF), current origins
-    ``shift (b, 2)`` px and ``psi (b,)`` °, ``labels (b,)`` (``"first"``: the flat class·psi column of a particle
+    ``shift (b, 2)`` px, ``psi (b,)`` ° and amplitude ``scale (b,)``, ``labels (b,)`` (``"first"``: the flat class·psi column of a particle
     in the initial classes, else -1; ``"expect"``: the class a reseeded particle is forced to, else -1) and the
     ``images`` ``(b, n, n)`` float32 (None when the workers read them)."""
 
@@ -240,6 +259,7 @@ class Class2DChunk:
     psi: np.ndarray
     labels: np.ndarray
     images: np.ndarray | None = None
+    scale: np.ndarray | None = None
 
 
 def chunk_items(dist: ChunkMapper, batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
@@ -262,7 +282,7 @@ def chunk_items(dist: ChunkMapper, batches: Callable[[], Iterable[tuple[np.ndarr
         r = rows[c]
         out.append(Class2DChunk(rows=r, table=numeric.iloc[r], shift=state.particle_shift[r].copy(),
                                 psi=state.particle_psi[r].copy(), labels=np.asarray(labels)[c],
-                                images=None if images is None else images[c]))
+                                images=None if images is None else images[c], scale=state.particle_scale[r].copy()))
     return out
 
 
@@ -302,7 +322,8 @@ def class2d_chunk(shared: Class2DShared, chunk: Class2DChunk) -> dict[str, Any]:
             continue
         origin = torch.as_tensor(chunk.shift[local], device=dev, dtype=torch.float32)
         psi0 = torch.as_tensor(chunk.psi[local], device=dev, dtype=torch.float32)
-        got = expect_batch(g, acc, x, ctf, origin, psi0, lab)
+        scale = None if chunk.scale is None else torch.as_tensor(chunk.scale[local], device=dev, dtype=torch.float32)
+        got = expect_batch(g, acc, x, ctf, origin, psi0, lab, scale)
         loglik_sum += float(got["loglik"].sum())
         for key in RESULT_KEYS:
             results[key].append(got[key].cpu())

@@ -27,7 +27,7 @@ from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.pose_search import FrequencyBand, phase_ramps, shift_grid
 
 __all__ = ["Setup", "Sampling", "sampling_for", "run_iteration", "initial_classes", "mask_temperature",
-           "offset_variance"]
+           "offset_variance", "normalise_scales"]
 
 #: From iteration LOCAL_FROM on, shifts are searched within this many steps of each particle's current origin.
 LOCAL_SHIFT_STEPS = 1.5
@@ -41,6 +41,9 @@ RESEED_FRACTION = 0.2
 RESEED_UNTIL = 0.9
 #: The prior on the origins never gets narrower than this variance (px² per axis).
 MIN_OFFSET_VAR = 0.25
+#: With ``particle_scale``, each particle's amplitude scale is refitted from this iteration on (the first
+#: iteration's classes are random-subset averages, too unlike any particle to fit a scale against).
+SCALE_FROM = 2
 
 
 @dataclass
@@ -127,6 +130,14 @@ def offset_variance(state: Class2DState, setup: Setup) -> float:
     return max(float(o2.mean()) / 2.0, MIN_OFFSET_VAR)
 
 
+def normalise_scales(state: Class2DState) -> None:
+    """Divide the amplitude scales of the particles seen by their mean (the scale of the class averages is free:
+    this keeps it that of an average particle)."""
+    seen = state.particle_class >= 0
+    if seen.any():
+        state.particle_scale[seen] /= float(state.particle_scale[seen].mean())
+
+
 def _finish_classes(acc: Accumulator, smp: Sampling, setup: Setup, state: Class2DState, sigma2: torch.Tensor) -> None:
     """M-step: class averages into ``state`` (masked, recentred), their resolution, and the class weights."""
     p = setup.params
@@ -194,7 +205,8 @@ def _map(setup: Setup, state: Class2DState, kind: str, smp: Sampling, rows: np.n
         inv_w=grid.inv_w.cpu() if expect else None, log_prior=grid.log_prior.cpu() if expect else None,
         local=grid.local if expect else False, range_px=p.offset_range / setup.pixel_size,
         significance=p.significance, mask=setup.mask.cpu(), use_ctf=setup.use_ctf, batch_size=p.batch_size,
-        device=str(setup.device), reader=getattr(dist, "reader", None), offset_var=grid.offset_var if expect else None)
+        device=str(setup.device), reader=getattr(dist, "reader", None), offset_var=grid.offset_var if expect else None,
+        fit_scale=grid.fit_scale if expect else False)
     items = chunk_items(dist, setup.images.batches, setup.table, rows, state, labels, n=setup.box,
                         batch_size=p.batch_size)
     return dist.map(class2d_chunk, shared, items, desc=desc, progress=progress)
@@ -232,7 +244,7 @@ def run_iteration(state: Class2DState, it: int, setup: Setup, rng: np.random.Gen
         log_pi[seeded] = -float("inf")
     offset_var = offset_variance(state, setup) * temperature if p.offset_prior else None
     grid = SearchGrid(band, refs.reshape(k * j, -1), smp.psi, smp.shifts, smp.ramps, inv_w, log_pi.repeat_interleave(j),
-                      k, local, range_px, p.significance, offset_var)
+                      k, local, range_px, p.significance, offset_var, p.particle_scale and it >= SCALE_FROM)
     rows_all = _rows_for(it, state, setup, rng)
     acc = Accumulator(k, j, len(band), device=dev)
     prev_class = state.particle_class[rows_all].copy()
@@ -253,12 +265,15 @@ def run_iteration(state: Class2DState, it: int, setup: Setup, rng: np.random.Gen
             got = expect_batch(grid, acc, xb[:, smp.sub], cb[:, smp.sub],
                                torch.as_tensor(state.particle_shift[rows], device=dev, dtype=torch.float32),
                                torch.as_tensor(state.particle_psi[rows], device=dev, dtype=torch.float32),
-                               torch.as_tensor(forced[pos], device=dev))
+                               torch.as_tensor(forced[pos], device=dev),
+                               torch.as_tensor(state.particle_scale[rows], device=dev, dtype=torch.float32))
             loglik_sum += float(got["loglik"].sum())
             take_results(state, rows, got)
             done += len(rows)
             if progress is not None:
                 progress(it, done, len(rows_all), res)
+    if grid.fit_scale:
+        normalise_scales(state)
     state.seeds = {}
     resid = acc.residual_power(refs) / max(acc.n_images, 1)
     shells = shell_mean(resid.float(), band, state.sigma2.numel())

@@ -37,6 +37,11 @@ class Class2DParams(Params):
     offset_prior: bool = option(True, help="A Gaussian prior on the origins about the box centre, its width "
                                            "re-estimated every iteration from the origins found (RELION's); "
                                            "without it every origin within --offset-range is equally likely")
+    particle_scale: bool = option(False, help="Fit each particle's amplitude scale (the model image is scale × CTF × "
+                                              "class, refitted every iteration from the second): faint images (empty "
+                                              "boxes, edge-cut particles) then spread over the classes instead of "
+                                              "gathering with good particles in the weakest one; purer classes, but "
+                                              "select classes --auto then drops less of that junk")
     psi_step: float = option(5.0, unit="°", gt=0, le=15, help="Finest in-plane angular step (the step starts "
                                                               "at 15° and refines with the resolution)")
     shift_step_min: float = option(1.0, unit="px", gt=0, help="Finest translational step")

@@ -37,6 +37,8 @@ class Class2DState:
         particle_gain: ``(N,)`` log-likelihood gained over an empty image model (no signal), i.e. the
             log-likelihood without the image-power term ``-Σ w|X|²/σ²``: near or below 0 for an empty box or a
             particle cut by the box edge, large for a particle that its class explains (and for strong junk).
+        particle_scale: ``(N,)`` each particle's amplitude scale: its model image is ``scale · CTF · class`` (1 until
+            fitted; mean 1 over the particles seen; near its floor for an empty box).
         class_resolution: ``(K,)`` estimated resolution (Å) of the last M-step.
         seeds: particle row -> class it is assigned to in the next iteration (reseeding).
         rng_state: ``numpy.random.Generator`` bit-generator state.
@@ -56,6 +58,7 @@ class Class2DState:
     particle_psi_sd: np.ndarray
     particle_shift_sd: np.ndarray
     particle_gain: np.ndarray
+    particle_scale: np.ndarray
     class_resolution: np.ndarray
     seeds: dict[int, int] = field(default_factory=dict)
     rng_state: dict = field(default_factory=dict)
@@ -63,7 +66,8 @@ class Class2DState:
 
     _TENSORS = ("classes", "sigma2", "class_weights")
     _ARRAYS = ("particle_class", "particle_psi", "particle_shift", "particle_max_prob", "particle_loglik",
-               "particle_n_significant", "particle_psi_sd", "particle_shift_sd", "particle_gain", "class_resolution")
+               "particle_n_significant", "particle_psi_sd", "particle_shift_sd", "particle_gain", "particle_scale",
+               "class_resolution")
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """The named CPU tensors to save (the per-particle arrays as tensors of their own dtype)."""
@@ -101,7 +105,8 @@ class Class2DState:
                    particle_class=np.full(n, -1, dtype=np.int64), particle_psi=np.zeros(n),
                    particle_shift=np.zeros((n, 2)), particle_max_prob=np.zeros(n), particle_loglik=np.zeros(n),
                    particle_n_significant=np.zeros(n, dtype=np.int64), particle_psi_sd=np.zeros(n),
-                   particle_shift_sd=np.zeros(n), particle_gain=np.zeros(n), class_resolution=np.full(n_classes, np.inf))
+                   particle_shift_sd=np.zeros(n), particle_gain=np.zeros(n), particle_scale=np.ones(n),
+                   class_resolution=np.full(n_classes, np.inf))
 
 
 @dataclass
