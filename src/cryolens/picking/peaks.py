@@ -256,20 +256,20 @@ def ice_level(mean: torch.Tensor, mean_z: float) -> tuple[float, float]:
 MEAN_LAG = 4
 
 
-def neighbour_scale(mean: torch.Tensor, *, lag: int, centre: float, limit: float) -> float:
+def neighbour_scale(mean: torch.Tensor, *, lag: int, centre: float, scale: float, limit: float) -> float:
     """The spread of a smooth map ``mean`` between neighbouring areas ``lag`` samples apart: 1.4826 × the MAD of the
-    differences of samples that far apart (rows and columns) over √2, the pairs both within ``limit`` of ``centre``
-    at the first estimate (from all pairs) counted in a second one.
+    differences of samples that far apart (rows and columns) over √2, over the pairs both within ``limit`` scales of
+    ``centre``: first with the population's ``scale`` (:func:`ice_level`'s, which can only be wider), then once more
+    with that estimate. All pairs at first would take in the darker areas' own variation (a carbon film covering two
+    thirds of a 1024² micrograph at 1.2 Å/px, benchmarks/picking.py seed 500: a 16× larger scale, carbon picked).
 
     Unlike the spread of the map's values, it does not grow with the field of view: smooth ice-thickness gradients
     (simulated correlation length 2000 Å) add little to differences one diameter apart, but across a 4096² micrograph
     they doubled or tripled the ice's MAD of the local mean, so that carbon film covering 40 % of it read at -10 such
     scales only and was picked (benchmarks/picking.py --size 4096, phantom, seed 500)."""
-    def spread(ok: torch.Tensor | None) -> float:
+    def spread(ok: torch.Tensor) -> float:
         a, b = (mean[lag:, :] - mean[:-lag, :]).reshape(-1), (mean[:, lag:] - mean[:, :-lag]).reshape(-1)
-        v = torch.cat([a, b])
-        if ok is not None:
-            v = v[torch.cat([(ok[lag:, :] & ok[:-lag, :]).reshape(-1), (ok[:, lag:] & ok[:, :-lag]).reshape(-1)])]
+        v = torch.cat([a, b])[torch.cat([(ok[lag:, :] & ok[:-lag, :]).reshape(-1), (ok[:, lag:] & ok[:, :-lag]).reshape(-1)])]
         if v.numel() < 16:
             return math.nan
         if v.numel() > 200_000:  # a fixed strided subset keeps the median cheap
@@ -277,10 +277,12 @@ def neighbour_scale(mean: torch.Tensor, *, lag: int, centre: float, limit: float
         return float((v - v.median()).abs().median()) * _MAD_TO_SD / math.sqrt(2)
 
     if min(mean.shape) <= lag:
-        return max(float(mode_stats(mean)[1]), 1e-12)
-    first = spread(None)
-    second = spread((mean - centre).abs() <= limit * first) if first > 0 else math.nan
-    scale = second if second == second and second > 0 else first
+        return scale
+    for _ in range(2):
+        new = spread((mean - centre).abs() <= limit * scale)
+        if not new > 0:  # too few pairs (nan) or a constant map: keep the last
+            break
+        scale = new
     return max(scale, 1e-12 * (abs(centre) + 1))
 
 
@@ -312,8 +314,8 @@ def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z:
     c = -(-image.shape[-2] // mean.shape[-2])  # the step local_mean_sd used (1 on images too small for c)
     # The maps are smooth at sigma_px: a strided subset (at most ~20 000 values) gives their statistics.
     step = max(1, int(sigma_px / 2 / c), math.ceil(math.sqrt(mean.numel() / 20_000)))
-    centre, _ = ice_level(mean[::step, ::step], mean_z)
-    scale = neighbour_scale(mean, lag=max(1, round(MEAN_LAG * sigma_px / c)), centre=centre, limit=mean_z)
+    centre, scale = ice_level(mean[::step, ::step], mean_z)
+    scale = neighbour_scale(mean, lag=max(1, round(MEAN_LAG * sigma_px / c)), centre=centre, scale=scale, limit=mean_z)
     normal = ((mean - centre) / scale).abs() <= mean_z
     sub = normal[::step, ::step]
     centre, scale = mode_stats(sd[::step, ::step][sub] if int(sub.sum()) > 16 else sd[::step, ::step])
