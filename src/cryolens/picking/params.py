@@ -27,7 +27,8 @@ class PickParams(Params):
     absolute deviation of its dominant population, :func:`cryolens.picking.peaks.mode_stats`);
     LoG maps are in their plain SD instead, hence the lower default threshold there.
     Avoidance (``avoid_blobs``): the local mean and SD at σ = diameter/4 become z-scores about
-    ordinary ice (:func:`cryolens.picking.peaks.avoidance_mask`); areas beyond ``avoid_mean_z`` /
+    ordinary ice (:func:`cryolens.picking.peaks.avoidance_mask`; the mean's scale from differences one diameter
+    apart, :func:`cryolens.picking.peaks.neighbour_scale`); areas beyond ``avoid_mean_z`` /
     ``avoid_sd_z`` get no picks, nor do the rims (a quarter diameter) of the abnormal-mean areas.
     """
 

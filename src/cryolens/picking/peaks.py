@@ -294,7 +294,9 @@ def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z:
     low-resolution image; each is turned into a robust z-score over the micrograph
     (:func:`mode_stats` on a strided subset of at most ~20 000 pixels, none closer than ``sigma_px/2``: about
     the most common level, for the mean the ice's (:func:`ice_level`), for the SD among the pixels whose mean is
-    normal, i.e. ordinary ice with its particles). A pixel is bad where ``|z_mean| > mean_z`` (carbon film,
+    normal, i.e. ordinary ice with its particles). The mean's scale is the ice's spread between neighbouring areas
+    :data:`MEAN_LAG` × ``sigma_px`` apart (:func:`neighbour_scale`), so that it does not grow with the field of view
+    through smooth ice-thickness gradients. A pixel is bad where ``|z_mean| > mean_z`` (carbon film,
     thick ice, contaminants: absorbing objects are dark) or ``z_sd > sd_z`` (edges of carbon or
     contaminants, ice crystals); the abnormal-mean area is then dilated by a disc of ``dilate_px`` so
     that the rims of dark blobs are avoided too. The high-SD area is not dilated: it already reaches
