@@ -9,8 +9,9 @@ import torch
 from cryolens.core.ctf import CTFParams
 from cryolens.picking import PickParams, pick_micrograph
 from cryolens.simulate.micrographs import MicrographParams, simulate_micrograph
+from cryolens.simulate.structures import phantom_structure
 
-from test_picking import SEEDS, _structure, scored
+from test_picking import SEEDS, scored
 
 
 @pytest.mark.slow
@@ -21,10 +22,11 @@ def test_default_picker_on_a_4k_micrograph():
     10 d² (cryolens.picking.picker.AUTO_AREA): F1 0.984 here; with the whole map's spread and 10 peaks (main at
     d4f9f21) 0.934 here and 0.77-0.94 on benchmarks/picking.py --size 4096 micrographs (seed 500), carbon picked."""
     torch.set_num_threads(1)
-    vol, d, units = _structure("phantom", 1.75)
+    d = 150.0
+    vol = phantom_structure(int(round(d / 1.75 * 1.4 / 2)) * 2, 1.75, diameter=d).volume
     p = MicrographParams(n_micrographs=1, width=4096, height=4096, particles_per_micrograph=10_000, carbon=True,
                          contaminants=2, aggregates=0, defocus_min=8000, defocus_max=25000, seed=SEEDS[0],
-                         structure_units=units)
+                         structure_units="scattering")
     img, truth = simulate_micrograph([vol], None, pixel_size=1.75, params=p, index=0)
     xy = truth.particles[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()
     e = truth.extras["carbon"]
