@@ -56,3 +56,20 @@ def test_ice_level_is_the_brightest_extensive_population():
     v = torch.cat([ice.repeat(3), carbon[:2000], 40 + torch.randn(500, generator=g)])
     assert ice_level(v, 15.0) == mode_stats(v, side=1)
     assert abs(ice_level(v, 15.0)[0]) < 0.2
+
+
+def test_carbon_is_avoided_beside_a_smooth_ice_gradient():
+    """A large micrograph whose ice thickness varies smoothly (a spread of the local mean several times the carbon's
+    step over its 15-scale threshold, as on 4096² simulated micrographs) and carbon over 40 % of it: the local mean's
+    scale comes from neighbouring areas one diameter apart (cryolens.picking.peaks.neighbour_scale), which the
+    gradient barely changes, so the carbon is avoided and the ice, thin or thick, is not (with the whole map's spread
+    as the scale the carbon read at about -5 and was picked)."""
+    g = torch.Generator().manual_seed(2)
+    n, d = 1024, 32.0
+    yy, xx = torch.meshgrid(torch.arange(float(n)), torch.arange(float(n)), indexing="ij")
+    img = torch.randn(n, n, generator=g) + 0.15 * torch.sin(2 * torch.pi * yy / n)  # ice: noise and a gradient
+    carbon = xx < 0.4 * n
+    img[carbon] -= 1.5
+    mask = avoidance_mask(img, sigma_px=d / 4, mean_z=15.0, sd_z=20.0, dilate_px=d / 4)
+    assert bool(mask[:, : int(0.4 * n - d)].all())
+    assert not bool(mask[:, int(0.4 * n + 2 * d):].any())

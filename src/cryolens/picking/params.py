@@ -27,7 +27,8 @@ class PickParams(Params):
     absolute deviation of its dominant population, :func:`cryolens.picking.peaks.mode_stats`);
     LoG maps are in their plain SD instead, hence the lower default threshold there.
     Avoidance (``avoid_blobs``): the local mean and SD at σ = diameter/4 become z-scores about
-    ordinary ice (:func:`cryolens.picking.peaks.avoidance_mask`); areas beyond ``avoid_mean_z`` /
+    ordinary ice (:func:`cryolens.picking.peaks.avoidance_mask`; the mean's scale from differences one diameter
+    apart, :func:`cryolens.picking.peaks.neighbour_scale`); areas beyond ``avoid_mean_z`` /
     ``avoid_sd_z`` get no picks, nor do the rims (a quarter diameter) of the abnormal-mean areas.
     """
 
@@ -58,8 +59,13 @@ class PickParams(Params):
     avoid_blobs: bool = option(True, help="Avoid carbon, contamination and ice crystals: no picks where the "
                                           "local mean or variance at the particle's scale is an outlier, nor at "
                                           "their rims")
-    avoid_mean_z: float = option(15.0, gt=0, help="--avoid-blobs: reject where the local mean's robust z-score "
-                                                 "exceeds this in magnitude")
+    # 18 (was 15 with the ice population's spread as the scale): the spread between neighbouring areas
+    # (peaks.neighbour_scale) is ~0.85-0.98 of it on 1024² ribosome micrographs, where 15 grew the avoided rims and
+    # lost 1-3 particles per 6 micrographs (seeds 500 / 1300: F1 0.988 / 0.980 -> 0.986 / 0.976; 18: 0.981 at 1300);
+    # 4096² apoferritin 1.75 Å/px (seed 500, 2 micrographs) 0.973 at 15 -> 0.997 at 18 (thicker ice no longer avoided)
+    avoid_mean_z: float = option(18.0, gt=0, help="--avoid-blobs: reject where the local mean's robust z-score "
+                                                 "(scaled by its spread between areas a diameter apart) exceeds this "
+                                                 "in magnitude")
     # 20 (was 12): crowded hollow shells (apoferritin) raise the local SD of ordinary ice with particles and were
     # avoided; benchmarks/picking.py seed 500, F1 on particles clear of the carbon: apoferritin 0.864 -> 0.888
     # (1.75 Å/px) and 0.891 -> 0.903 (1.2), ribosome 0.983 -> 0.988, phantom 0.946 unchanged

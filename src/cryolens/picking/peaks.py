@@ -18,7 +18,7 @@ from cryolens.core.fourier import irfftn
 from cryolens.picking.filters import local_mean_sd
 
 __all__ = ["fill_areas", "robust_z", "mode_stats", "mode_z", "local_maxima", "refine_subpixel", "suppress_non_maxima", "avoidance_mask",
-           "ice_level", "BRIGHTER_FRACTION"]
+           "ice_level", "BRIGHTER_FRACTION", "neighbour_scale", "MEAN_LAG"]
 
 _MAD_TO_SD = 1.4826  # SD of a normal distribution per median absolute deviation
 
@@ -251,6 +251,45 @@ def ice_level(mean: torch.Tensor, mean_z: float) -> tuple[float, float]:
     return centre, scale
 
 
+#: The local mean's scale (:func:`avoidance_mask`) is taken from differences between samples this many ``sigma_px``
+#: apart (4: one diameter at the picker's σ = d/4), not from the spread of the whole map.
+MEAN_LAG = 4
+
+
+def neighbour_scale(mean: torch.Tensor, *, lag: int, centre: float, scale: float, limit: float) -> float:
+    """The spread of a smooth map ``mean`` between neighbouring areas ``lag`` samples apart: 1.4826 × the MAD of the
+    differences of samples that far apart (rows and columns) over √2, over the pairs both within ``limit`` scales of
+    ``centre``: first with the population's ``scale`` (:func:`ice_level`'s, which can only be wider), then once more
+    with that estimate. All pairs at first would take in the darker areas' own variation (a carbon film covering two
+    thirds of a 1024² micrograph at 1.2 Å/px, benchmarks/picking.py seed 500: a 16× larger scale, carbon picked).
+    Never above the population's ``scale``: each can only over-estimate the spread of ordinary ice, that one through
+    gradients across the field of view, this one through the ramps at the edges of darker areas where the ice is a
+    small part of the map (a 1024² micrograph 80 % carbon at 1.2 Å/px, seed 1300: 0.73 against 0.29, carbon picked).
+
+    Unlike the spread of the map's values, it does not grow with the field of view: smooth ice-thickness gradients
+    (simulated correlation length 2000 Å) add little to differences one diameter apart, but across a 4096² micrograph
+    they doubled or tripled the ice's MAD of the local mean, so that carbon film covering 40 % of it read at -10 such
+    scales only and was picked (benchmarks/picking.py --size 4096, phantom, seed 500)."""
+    def spread(ok: torch.Tensor) -> float:
+        a, b = (mean[lag:, :] - mean[:-lag, :]).reshape(-1), (mean[:, lag:] - mean[:, :-lag]).reshape(-1)
+        v = torch.cat([a, b])[torch.cat([(ok[lag:, :] & ok[:-lag, :]).reshape(-1), (ok[:, lag:] & ok[:, :-lag]).reshape(-1)])]
+        if v.numel() < 16:
+            return math.nan
+        if v.numel() > 200_000:  # a fixed strided subset keeps the median cheap
+            v = v[:: v.numel() // 100_000]
+        return float((v - v.median()).abs().median()) * _MAD_TO_SD / math.sqrt(2)
+
+    if min(mean.shape) <= lag:
+        return scale
+    population = scale
+    for _ in range(2):
+        new = spread((mean - centre).abs() <= limit * scale)
+        if not new > 0:  # too few pairs (nan) or a constant map: keep the last
+            break
+        scale = new
+    return max(min(scale, population), 1e-12 * (abs(centre) + 1))
+
+
 def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z: float, dilate_px: float,
                    ) -> torch.Tensor:
     """Areas to avoid: abnormal local mean grown by ``dilate_px``, or high local variance.
@@ -259,7 +298,9 @@ def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z:
     low-resolution image; each is turned into a robust z-score over the micrograph
     (:func:`mode_stats` on a strided subset of at most ~20 000 pixels, none closer than ``sigma_px/2``: about
     the most common level, for the mean the ice's (:func:`ice_level`), for the SD among the pixels whose mean is
-    normal, i.e. ordinary ice with its particles). A pixel is bad where ``|z_mean| > mean_z`` (carbon film,
+    normal, i.e. ordinary ice with its particles). The mean's scale is the ice's spread between neighbouring areas
+    :data:`MEAN_LAG` × ``sigma_px`` apart (:func:`neighbour_scale`), so that it does not grow with the field of view
+    through smooth ice-thickness gradients. A pixel is bad where ``|z_mean| > mean_z`` (carbon film,
     thick ice, contaminants: absorbing objects are dark) or ``z_sd > sd_z`` (edges of carbon or
     contaminants, ice crystals); the abnormal-mean area is then dilated by a disc of ``dilate_px`` so
     that the rims of dark blobs are avoided too. The high-SD area is not dilated: it already reaches
@@ -280,6 +321,7 @@ def avoidance_mask(image: torch.Tensor, *, sigma_px: float, mean_z: float, sd_z:
     # The maps are smooth at sigma_px: a strided subset (at most ~20 000 values) gives their statistics.
     step = max(1, int(sigma_px / 2 / c), math.ceil(math.sqrt(mean.numel() / 20_000)))
     centre, scale = ice_level(mean[::step, ::step], mean_z)
+    scale = neighbour_scale(mean, lag=max(1, round(MEAN_LAG * sigma_px / c)), centre=centre, scale=scale, limit=mean_z)
     normal = ((mean - centre) / scale).abs() <= mean_z
     sub = normal[::step, ::step]
     centre, scale = mode_stats(sd[::step, ::step][sub] if int(sub.sum()) > 16 else sd[::step, ::step])

@@ -63,7 +63,7 @@ from cryolens.picking.bank import (
 )
 from cryolens.picking.templates import map_templates, rfft_energy, rotated_templates, side_lobes
 
-__all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape", "BLOB_CHOICES", "AUTO_TOP", "OVERSAMPLE"]
+__all__ = ["Picks", "pick_micrograph", "select_picks", "picking_shape", "BLOB_CHOICES", "AUTO_TOP", "AUTO_AREA", "OVERSAMPLE"]
 
 #: Blobs ``(radius, cavity radius)`` (fractions of the diameter) the matched filter tries when ``blob_radius``
 #: is None: a projected sphere of 0.33 × the diameter for compact, filled particles (its peak stays at the
@@ -87,8 +87,19 @@ BLOB_LOWPASS = (0.33,)
 
 #: The blob whose score map's best ``AUTO_TOP`` candidates (after suppression, outside avoided areas and
 #: the edge) have the highest mean score wins: the matched filter of the right shape gives the highest
-#: peaks (a mismatched one correlates only with parts of the particle's outline).
+#: peaks (a mismatched one correlates only with parts of the particle's outline). At least that many; one per
+#: :data:`AUTO_AREA` on larger micrographs.
 AUTO_TOP = 10
+
+#: Pickable area (in squared diameters, outside avoided areas and the edge) per candidate compared by
+#: :data:`AUTO_TOP`, so that the comparison looks at the same share of the particles whatever the field of view.
+#: A fixed 10 compared ~a third of the particles of a 1024² micrograph but the extreme tail (~2 %) of a 4096²
+#: one, where it kept the finer low-pass (:data:`BLOB_LOWPASS`) for the phantom and its peaks landed 0.2-0.24 d off
+#: centre more often (benchmarks/picking.py --size 4096, seed 500: 6 % against 1 % of the same particles picked in
+#: 1024² tiles). With it and :func:`cryolens.picking.peaks.neighbour_scale` (--n 3 --size 4096, seed 500), F1 phantom
+#: 0.881 -> 0.989, ribosome 0.95 -> 0.983, apoferritin 1.75 / 1.2 Å/px 0.749 / 0.987 -> 0.990 / 0.985; 1024²
+#: micrographs (at most ~120 d² pickable) compare 10-12 peaks, as before within two.
+AUTO_AREA = 10.0
 
 #: The template picker projects the map and rotates the templates on a grid this many times finer than the
 #: picking grid, then Fourier-crops them to it: bilinear rotation on the picking grid itself blurred the
@@ -301,7 +312,7 @@ def pick_micrograph(image: torch.Tensor, *, pixel_size: float, params: PickParam
 
 def _matched_best(fw, shape, p: float, transfer, crop, valid, params: PickParams):
     """The matched filter's ``(blob, z-map, size map)``: of :data:`BLOB_CHOICES` (unless ``params.blob_radius`` is
-    given), the blob whose best :data:`AUTO_TOP` peaks score highest on average; then, the same way, that blob as is
+    given), the blob whose best :data:`AUTO_TOP` (or one per :data:`AUTO_AREA`) peaks score highest on average; then, the same way, that blob as is
     or through the coarser low-passes of :data:`BLOB_LOWPASS` (fractions of the diameter)."""
     d_min, d_max = params.diameters
     low = params.lowpass if params.lowpass is not None else 2.5 * p  # the band's low-pass (Å)
@@ -310,6 +321,7 @@ def _matched_best(fw, shape, p: float, transfer, crop, valid, params: PickParams
     d = (d_min + d_max) / 2
     coarser = [f for f in BLOB_LOWPASS if f * d > low] if params.blob_lowpass else []
     alone = len(blobs) == 1 and not coarser
+    n_top = max(AUTO_TOP, round(float(valid.sum()) * p * p / (d * d) / AUTO_AREA))
 
     def trial(blob: tuple[float, float, float]):
         nonlocal best
@@ -320,8 +332,8 @@ def _matched_best(fw, shape, p: float, transfer, crop, valid, params: PickParams
         if alone:  # nothing to compare with
             best = (0.0, blob, zmap, size)
             return
-        found = _suppressed(zmap, valid, params, p, top=AUTO_TOP)  # the best AUTO_TOP only: a prefix
-        top = float(found[2][:AUTO_TOP].mean()) if found[2].numel() else -math.inf
+        found = _suppressed(zmap, valid, params, p, top=n_top)  # the best n_top only: a prefix
+        top = float(found[2][:n_top].mean()) if found[2].numel() else -math.inf
         if best is None or top > best[0]:  # ties keep the first (the compact blob, the finer low-pass)
             best = (top, blob, zmap, size)
 
