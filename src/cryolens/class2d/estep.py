@@ -88,7 +88,8 @@ def class_references(classes: torch.Tensor, band: FrequencyBand, rotator: BandRo
 
 
 def expect_batch(g: SearchGrid, acc: Accumulator, x: torch.Tensor, ctf: torch.Tensor, origin: torch.Tensor,
-                 psi0: torch.Tensor, forced: torch.Tensor, scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                 psi0: torch.Tensor, forced: torch.Tensor,
+                 scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The E-step of one batch: posteriors over the grid, their sums into ``acc``, each image's results.
 
     Args:
@@ -204,7 +205,8 @@ class Class2DShared(SharedOnce):
         psi: ``(J,)`` in-plane angles (°); shifts: ``(T, 2)`` px.
         classes: ``(K, n, n)`` current class averages; inv_w: ``(M,)`` ``w / sigma²`` on the band; log_prior:
             ``(K·J,)`` (all three None for ``"first"``).
-        local, range_px, significance, offset_var, fit_scale: as :class:`SearchGrid`; mask: ``(n, n)`` soft disc; use_ctf;
+        local, range_px, significance, offset_var, fit_scale: as :class:`SearchGrid`; mask: ``(n, n)`` soft disc;
+        use_ctf;
         batch_size: images per batch; device: where the workers compute; reader: picklable
         ``rows -> float32 images`` or None (images in the chunks).
     """
@@ -249,9 +251,9 @@ class Class2DShared(SharedOnce):
 @dataclass
 class Class2DChunk:
     """One work unit: ``rows (b,)`` sorted particle rows, their numeric columns ``table`` (CTF), current origins
-    ``shift (b, 2)`` px, ``psi (b,)`` ° and amplitude ``scale (b,)``, ``labels (b,)`` (``"first"``: the flat class·psi column of a particle
-    in the initial classes, else -1; ``"expect"``: the class a reseeded particle is forced to, else -1) and the
-    ``images`` ``(b, n, n)`` float32 (None when the workers read them)."""
+    ``shift (b, 2)`` px, ``psi (b,)`` ° and amplitude ``scale (b,)``, ``labels (b,)`` (``"first"``: the flat
+    class·psi column of a particle in the initial classes, else -1; ``"expect"``: the class a reseeded particle is
+    forced to, else -1) and the ``images`` ``(b, n, n)`` float32 (None when the workers read them)."""
 
     rows: np.ndarray
     table: pd.DataFrame
@@ -282,7 +284,8 @@ def chunk_items(dist: ChunkMapper, batches: Callable[[], Iterable[tuple[np.ndarr
         r = rows[c]
         out.append(Class2DChunk(rows=r, table=numeric.iloc[r], shift=state.particle_shift[r].copy(),
                                 psi=state.particle_psi[r].copy(), labels=np.asarray(labels)[c],
-                                images=None if images is None else images[c], scale=state.particle_scale[r].copy()))
+                                images=None if images is None else images[c],
+                                scale=state.particle_scale[r].copy()))
     return out
 
 
