@@ -116,19 +116,24 @@ def map_templates(volume: torch.Tensor, *, pixel_size: float, out_pixel_size: fl
     """
     tp = max(out_pixel_size / oversample, pixel_size)
 
-    def prepared(order: int, step: float) -> torch.Tensor:
-        views = map_projections(volume, pixel_size=pixel_size, out_pixel_size=tp, healpix_order=order)
+    def views_at(order: int) -> torch.Tensor:
+        return map_projections(volume, pixel_size=pixel_size, out_pixel_size=tp, healpix_order=order)
+
+    def prepared(views: torch.Tensor, step: float) -> torch.Tensor:
         return prepare_templates(views, pixel_size=tp, out_pixel_size=out_pixel_size, diameter=diameter,
                                  psi_step=step, oversample=oversample)
 
     order = healpix_order
-    templates = prepared(order, psi_step)
-    while order < MAX_ORDER and template_coverage(templates, prepared(order + 1, 360.0), band_px) < COVERAGE:
-        order += 1
-        templates = prepared(order, psi_step)
+    views = views_at(order)
+    templates = prepared(views, psi_step)
+    while order < MAX_ORDER:  # each order's views projected once
+        finer = views_at(order + 1)
+        if not template_coverage(templates, prepared(finer, 360.0), band_px) < COVERAGE:
+            break
+        order, views = order + 1, finer
+        templates = prepared(views, psi_step)
     if not any(step > psi_step for step in PSI_STEPS):
         return templates, order
-    views = map_projections(volume, pixel_size=pixel_size, out_pixel_size=tp, healpix_order=order)
     templates, _ = rotated_templates(views, pixel_size=tp, out_pixel_size=out_pixel_size, diameter=diameter,
                                      psi_step=psi_step, band_px=band_px, oversample=oversample, finest=templates)
     return templates, order
