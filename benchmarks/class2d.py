@@ -24,7 +24,9 @@ Reported for each: wall and CPU time, peak memory, the wall-time ratio, and clas
   average of the members' CTF-free true projections brought into the class frame by the
   classification's own psi and origins (:func:`ideal_ncc`): alignment and averaging alone, since
   a class spanning a cone of views is a blend that no single projection matches;
-* class purity (fraction of particles in classes that are > 80 % good or > 80 % junk);
+* class purity (fraction of particles in classes that are > 80 % good or > 80 % junk), and its two sides:
+  the junk that sits in classes > 80 % good (``junk_in_good_classes``: hidden among good particles) and the good
+  particles in classes >= 20 % junk (``good_in_mixed_classes``: held with the junk);
 * junk separation after ``select classes --auto``: fraction of the junk dropped (overall and
   per kind) and of the good particles kept (truth: ``rlnCryolensJunk``).
 
@@ -198,8 +200,9 @@ def run_relion(work: Path, sim: Path, args, diameter: float, name: str = "relion
 
 
 #: The class-quality numbers summarised over seeds (:func:`seed_summary`).
-SEED_METRICS = ("particles_in_pure_classes", "median_best_ncc_good_classes", "weighted_best_ncc_good_classes",
-                "median_ncc_vs_ideal_good_classes", "junk_dropped", "good_kept")
+SEED_METRICS = ("particles_in_pure_classes", "junk_in_good_classes", "good_in_mixed_classes",
+                "median_best_ncc_good_classes", "weighted_best_ncc_good_classes", "median_ncc_vs_ideal_good_classes",
+                "junk_dropped", "good_kept")
 
 
 def seed_summary(rows: dict) -> dict:
@@ -344,6 +347,9 @@ def class_quality(folder: Path, sim: Path, diameter: float, lowpass: float) -> d
             "median_ncc_vs_ideal_good_classes": (round(float(np.nanmedian(vs_ideal[good])), 3)
                                                  if np.isfinite(vs_ideal[good]).any() else None),
             "particles_in_pure_classes": round(float(count[pure].sum() / count.sum()), 3),
+            "junk_in_good_classes": round(float((junk * (junk_frac[cls - 1] < 0.2)).sum() / max(junk.sum(), 1)), 3),
+            "good_in_mixed_classes": round(float(((1 - junk) * (junk_frac[cls - 1] >= 0.2)).sum()
+                                                 / max((1 - junk).sum(), 1)), 3),
             "estimated_resolution_A": None if res is None else [round(float(x), 1) for x in res], **extra}
 
 
