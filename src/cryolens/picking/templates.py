@@ -132,8 +132,6 @@ def map_templates(volume: torch.Tensor, *, pixel_size: float, out_pixel_size: fl
             break
         order, views = order + 1, finer
         templates = prepared(views, psi_step)
-    if not any(step > psi_step for step in PSI_STEPS):
-        return templates, order
     templates, _ = rotated_templates(views, pixel_size=tp, out_pixel_size=out_pixel_size, diameter=diameter,
                                      psi_step=psi_step, band_px=band_px, oversample=oversample, finest=templates)
     return templates, order
