@@ -419,6 +419,32 @@ def test_coarse_fine_scores_equal_full_scores_at_peaks():
         pr, pc = r - 3 + i // 7, c - 3 + i % 7  # the particle's peak
         assert torch.allclose(cf[pr - 1:pr + 2, pc - 1:pc + 2], full[pr - 1:pr + 2, pc - 1:pc + 2], atol=1e-6)
     assert int((cf != full).sum()) > where.sum() // 2  # most pixels were not scored in full
+    # in bfloat16 (the picker's products where the hardware multiplies in it): within its precision, same peaks
+    half = bank_scores(image_ft, shape, bank, transfer=transfer, mask_radius_px=7.5, stride=2, origin=(1, 1),
+                       dtype=torch.bfloat16)
+    assert half.weights.dtype == torch.bfloat16 and half.best(pix).dtype == torch.float32
+    assert (half.best(pix) - full[where]).abs().max() < 0.01 * full.abs().max()
+    cf16 = coarse_fine_best(half, where, floor=1.5, window=1)
+    for r, c in planted:
+        win, win16 = full[r - 3:r + 4, c - 3:c + 4], cf16[r - 3:r + 4, c - 3:c + 4]
+        assert int(win.argmax()) == int(win16.argmax())
+        assert abs(float(win16.max() - win.max())) < 0.01 * float(win.max())
+
+
+def test_fast_matmul_dtype_is_bfloat16_only_where_it_is_faster(monkeypatch):
+    """The picker's products go to bfloat16 only where a timed product says it is at least 1.5x faster."""
+    import cryolens.core.device as device
+
+    monkeypatch.setattr(device, "FAST_DTYPE", {})
+    timings = {torch.float32: 2.0, torch.bfloat16: 1.0}
+    monkeypatch.setattr(device, "product_seconds", lambda dtype, dev: timings[dtype])
+    assert device.fast_matmul_dtype("cpu") == torch.bfloat16
+    timings[torch.bfloat16] = 20.0  # emulated (CPUs without AVX512-BF16/AMX): 10-20x slower; the answer is kept
+    assert device.fast_matmul_dtype("cpu") == torch.bfloat16
+    monkeypatch.setattr(device, "FAST_DTYPE", {})
+    assert device.fast_matmul_dtype("cpu") == torch.float32
+    monkeypatch.undo()
+    assert device.fast_matmul_dtype("cpu") in (torch.float32, torch.bfloat16)  # measured here
 
 
 def test_template_bank_is_reused_across_micrographs(monkeypatch):

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from cryolens.core.ctf import CTFParams
+from cryolens.core.device import fast_matmul_dtype
 from cryolens.core.fourier import good_fft_size, irfftn, rfft_polar_grid
 from cryolens.picking.filters import (
     fourier_crop_2d,
@@ -460,8 +461,9 @@ def _template_scores(fw, shape, p, transfer, params: PickParams, templates, temp
     high = params.highpass if params.highpass is not None else 2.0 * d_max
     bank = cached(source, (*key, round(p, 6), d_max, params.psi_step, params.rank_tolerance, round(low, 6),
                            round(high, 6), str(dev)), build)
+    dtype = fast_matmul_dtype(dev) if params.reduced_precision else torch.float32
     scores = bank_scores(fw, shape, bank, transfer=transfer, mask_radius_px=d_max / 2 / p, stride=params.coarse_stride,
-                         origin=(pad, pad))
+                         origin=(pad, pad), dtype=dtype)
     chunk = params.batch_size * 128
     if params.coarse_stride > 1:
         best = coarse_fine_best(scores, where, floor=params.refine_floor, chunk=chunk, progress=progress)
