@@ -439,7 +439,7 @@ def test_fast_matmul_dtype_is_bfloat16_only_where_it_is_faster(monkeypatch):
     timings = {torch.float32: 2.0, torch.bfloat16: 1.0}
     monkeypatch.setattr(device, "product_seconds", lambda dtype, dev: timings[dtype])
     assert device.fast_matmul_dtype("cpu") == torch.bfloat16
-    timings[torch.bfloat16] = 20.0  # emulated (CPUs without AVX512-BF16/AMX): 10-20x slower; the answer is kept
+    timings[torch.bfloat16] = 20.0  # a CPU converting bfloat16 in software; the first answer is kept per process
     assert device.fast_matmul_dtype("cpu") == torch.bfloat16
     monkeypatch.setattr(device, "FAST_DTYPE", {})
     assert device.fast_matmul_dtype("cpu") == torch.float32

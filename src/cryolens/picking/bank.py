@@ -413,7 +413,8 @@ def coarse_fine_best(scores: BankScores, where: torch.Tensor, *, floor: float = 
     ``window`` pixels of a coarse sample at or above ``floor`` SDs is scored too. The coarse samples of a peak may read well below its top (an NCC peak is a few pixels
     wide: up to ~40 % lower at stride 2), so ``floor`` is kept low. Other pixels get the coarse scores
     interpolated bilinearly (pixels outside ``where`` count as the median score), so the map is exact at the
-    peaks, their neighbours (sub-pixel refinement) and the coarse samples (background statistics).
+    peaks, their neighbours (sub-pixel refinement) and the coarse samples (background statistics): the scores of
+    :meth:`BankScores.best` there (within ~0.3 % of float32's when ``scores.dtype`` is bfloat16).
 
     Returns:
         ``(H, W)`` NCC map.
