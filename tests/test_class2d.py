@@ -164,39 +164,55 @@ def test_aligned_ncc_finds_rotation_and_shift():
 
 
 def test_class2d_separates_views_and_matches_truth(classified):
+    """Every view is the majority of a sizeable class, and those classes match their members' true projections
+    (purity is checked over data seeds in :func:`test_class2d_view_purity_over_data_seeds`)."""
     star, view, vol, out = classified
     _, parts = read_particles(out / "particles.star")
     cls = parts["rlnClassNumber"].to_numpy()
-    assert set(cls) <= {1, 2, 3, 4}
-    confusion = np.zeros((5, len(VIEWS)), dtype=int)  # class x view
+    assert set(cls) <= {1, 2, 3, 4, 5}  # class 5: the empty class
+    confusion = np.zeros((6, len(VIEWS)), dtype=int)  # class x view
     np.add.at(confusion, (cls, view), 1)
     majority = confusion.argmax(axis=1)
     big = confusion.sum(axis=1) >= 0.05 * len(cls)
-    # Every sizeable class holds mostly one view (a view may fill two classes). The least pure class of this
-    # 300-particle, K 4 run is noisy: measured 2026-12-04 on data seeds 0-3, 0.90/0.88/0.74/0.92 before reseeding
-    # by signal gain and 0.89/0.86/0.74/0.93 after; 0.9 passed on seed 0 by a hair. Later (DC-free averages, finer
-    # psi, tempered last iteration): 0.87/0.85/0.83/0.83, so seeds 2 and 3 fail this bar. ML with the true
-    # projections as references misassigns 2-4 of the 300 particles; the classification 13-15, mostly weak
-    # (low-defocus) particles of other views in the smaller of the two classes of a split view. With --tau2-fudge 4
-    # (issue 15, 2026-12-04) this seed reads 0.82 (0.87 at T 2); over data seeds 0-15 T 4 reads >= 0.85 on 8, >= 0.80
-    # on 11 (mean 0.79), T 2 on 7 and 10 (mean 0.75): the bar was lowered from 0.85 to 0.80 for the new default.
-    for c in np.flatnonzero(big):
-        assert confusion[c].max() >= 0.80 * confusion[c].sum(), confusion
     assert set(majority[big]) == set(range(len(VIEWS))), confusion
     majority = set(np.flatnonzero(big))
     classes, apix = read_mrc(out / "classes.mrcs")
     classes = np.array(classes)
-    assert classes.shape == (4, BOX, BOX) and abs(apix - APIX) < 1e-3
+    assert classes.shape == (5, BOX, BOX) and abs(apix - APIX) < 1e-3 and not classes[4].any()
     members = [np.array([VIEWS[v] for v in view[cls == c + 1]]).reshape(-1, 2) for c in range(4)]
-    ncc = class_truth_ncc(classes, vol.numpy(), members, pixel_size=APIX, resolution=20.0, diameter=200.0)
+    ncc = class_truth_ncc(classes[:4], vol.numpy(), members, pixel_size=APIX, resolution=20.0, diameter=200.0)
     for c in majority:
         assert ncc[c - 1] >= 0.9, ncc
+
+
+def test_class2d_view_purity_over_data_seeds(tmp_path):
+    """Three views, 300 particles, K 4, SNR 0.1, data seeds 0-7: particles outside their class's majority view
+    (mean over the seeds) and the least pure sizeable class. One run is one draw of a chaotic process (the least
+    pure class of one seed moved 0.63-0.92 between versions), so the bars are on the mean. Measured 2026-12-05 over
+    data seeds 0-15 (command-line runs, as the fixture): 7.3 % misassigned (at most 11.7 %), least pure class 0.81
+    (0.77 on seeds 0-7); before the empty class and the power match 7.1 % and 0.82 (0.74). ML with the true
+    projections as references misassigns 2-4 of the 300."""
+    from cryolens.class2d import classify_2d
+    from cryolens.jobs.particles import open_particles
+    params = Class2DParams(classes=4, iterations=10, particle_diameter=200.0, res_start=30.0, res_end=16.0)
+    wrong, least = [], []
+    for seed in range(8):
+        star, view, _ = make_views(tmp_path / f"d{seed}", seed=seed)
+        parts = open_particles(star, pose=False)
+        res = classify_2d(lambda: parts.batches(128), parts.table(), pixel_size=APIX, box=BOX, params=params)
+        confusion = np.zeros((params.model_classes(), len(VIEWS)), dtype=int)
+        np.add.at(confusion, (res.particle_class, view), 1)
+        wrong.append(1 - confusion.max(axis=1).sum() / len(view))
+        big = confusion.sum(axis=1) >= 0.05 * len(view)
+        least.append(min(confusion[c].max() / confusion[c].sum() for c in np.flatnonzero(big)))
+    assert np.mean(wrong) <= 0.09 and max(wrong) <= 0.15, wrong
+    assert np.mean(least) >= 0.7, least
 
 
 def test_class2d_outputs_are_relion_style(classified):
     star, view, vol, out = classified
     optics, table = read_particles(out / "classes.star")
-    assert list(table["rlnClassNumber"]) == [1, 2, 3, 4]
+    assert list(table["rlnClassNumber"]) == [1, 2, 3, 4, 5]  # 5: the empty class
     for col in ("rlnReferenceImage", "rlnImageName", "rlnClassDistribution", "rlnEstimatedResolution",
                 "rlnAccuracyRotations", "rlnAccuracyTranslationsAngst"):
         assert col in table.columns, col
@@ -260,7 +276,7 @@ def test_relion_reads_class2d_outputs(classified, tmp_path):
         assert (tmp_path / name).read_text().count("@") >= 4
     p = subprocess.run(["relion_image_handler", "--i", str(out / "classes.mrcs"), "--stats"], capture_output=True,
                        text=True)
-    assert p.returncode == 0 and p.stdout.count("angpix") == 4, p.stdout
+    assert p.returncode == 0 and p.stdout.count("angpix") == 5, p.stdout
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +318,7 @@ def test_classify_2d_runs_on_device(tmp_path, device):
     params = Class2DParams(classes=3, iterations=3, particle_diameter=200.0, res_end=20.0, batch_size=32)
     res = classify_2d(lambda: parts.batches(32), parts.table(), pixel_size=APIX, box=BOX, params=params,
                       device=device)
-    assert res.classes.shape == (3, BOX, BOX) and np.isfinite(res.classes).all()
+    assert res.classes.shape == (4, BOX, BOX) and np.isfinite(res.classes).all()  # the last: the empty class
     assert len(res.history) == 3 and (res.particle_class >= 0).all()
     assert abs(res.distribution.sum() - 1) < 1e-4 and res.state.iteration == 3
 

@@ -20,7 +20,11 @@ Fourier-cropped to it, :class:`cryolens.refine.pose_search.FrequencyBand`):
    reseeded (iterations in the first 90 %) from the worst-fitting particles of the largest
    class (least log-likelihood gained over an empty image: empty boxes and edge-cut particles
    first, which would otherwise hide in it), which are assigned to the emptied class (at their
-   current alignment) in the next iteration.
+   current alignment) in the next iteration;
+4. with ``empty_class`` a class K+1 is held at zero (a model of an image without particle signal),
+   and with ``match_power`` the averages weaker than the median class are scored scaled up to its
+   power (:func:`cryolens.class2d.iteration.scored_classes`): empty boxes and edge-cut particles then
+   gather in the empty class instead of in weak averages that draw faint good particles in too.
 
 The first classes are averages of random subsets of the particles, each particle at a
 random in-plane angle (seeded). ``subset="auto"`` uses cisTEM's schedule of particles per
@@ -55,7 +59,8 @@ def classify_2d(batches: Batches, table: pd.DataFrame, *, pixel_size: float, box
                 device: torch.device | str = "cpu", progress: Callable[[int, int, int, float], None] | None = None,
                 on_iteration: Callable[[Class2DState], None] | None = None, resume: Class2DState | None = None,
                 distributor: ChunkMapper | None = None) -> Class2DResult:
-    """Classify particle images into ``params.classes`` 2D classes.
+    """Classify particle images into ``params.classes`` 2D classes (and the empty class, last, with
+    ``params.empty_class``).
 
     Args:
         batches: callable returning an iterable of ``(row indices, float32 images (b, box, box))`` over every
@@ -88,7 +93,7 @@ def classify_2d(batches: Batches, table: pd.DataFrame, *, pixel_size: float, box
     setup = Setup(table=table, pixel_size=pixel_size, box=box, params=params, device=device, mask=mask,
                   images=store, diameter_a=diameter, use_ctf=use_ctf, distributor=distributor)
     if resume is None:
-        state = Class2DState.empty(n_total, k, box, device=device)
+        state = Class2DState.empty(n_total, params.model_classes(), box, device=device)
         n_init = min(n_total, params.particles_per_class * k) if params.subset == "auto" else n_total
         assign = np.full(n_total, -1, dtype=np.int64)
         assign[rng.permutation(n_total)[:n_init]] = np.arange(n_init) % k

@@ -59,6 +59,14 @@ class Class2DParams(Params):
     center: bool = option(True, help="Recentre the class averages on their centre of mass each iteration")
     reseed: bool = option(True, help="Reseed empty or tiny classes from the worst-fitting particles of the "
                                      "largest class (all but the last 10 % of the iterations)")
+    empty_class: bool = option(True, help="Add a class K+1 held at zero, a model of an image without particle "
+                                          "signal: empty boxes and edge-cut particles that fit no average better "
+                                          "land there instead of in a weak average that then draws faint good "
+                                          "particles in too; select classes --auto drops it")
+    match_power: bool = option(True, help="From half the run on, score the images against the class averages "
+                                          "weaker than the median class scaled up to the median's power (the "
+                                          "averages written keep their own scale): a class made faint by the "
+                                          "faint images it holds then stops drawing in more of them")
     temper_last: bool = option(True, help="Score the last iteration at the temperature --last-temperature / "
                                           "mean(mask²): the masked images' noise is correlated, so the likelihood "
                                           "counts too many independent coefficients and over-fits the noise of "
@@ -72,6 +80,10 @@ class Class2DParams(Params):
     batch_size: int = option(128, ge=1, help="Images per batch (bounds memory)")
     cache_mb: float = option(2048.0, unit="MB", ge=0, help="Memory for keeping the Fourier-cropped images between "
                                                           "iterations (beyond it they are re-read each iteration)")
+
+    def model_classes(self) -> int:
+        """Classes scored in the E-step: the K averages, and the empty class last with ``empty_class``."""
+        return self.classes + int(self.empty_class)
 
     def check(self) -> None:
         if self.res_end > self.res_start:

@@ -135,7 +135,8 @@ class Class2DResult:
     """Class averages and the particles' assignments (last iteration).
 
     Attributes:
-        classes: ``(K, n, n)`` float32; distribution: ``(K,)`` class weights (sum 1);
+        classes: ``(K, n, n)`` float32 (``K`` counts the empty class, last and zero, with ``empty_class``);
+        distribution: ``(K,)`` class weights (sum 1);
         resolution: ``(K,)`` estimated resolution (Å, where the SSNR drops below 1 to stay); accuracy_psi:
         ``(K,)`` mean posterior standard deviation of psi of the members (°); accuracy_shift: ``(K,)`` the same
         for shifts (px).

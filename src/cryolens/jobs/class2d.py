@@ -3,7 +3,9 @@
 Outputs in the job folder:
 
 * ``classes.mrcs``: the K class averages (white on black, the particles' pixel size and box),
-  in class-number order;
+  in class-number order, then with ``--empty-class`` (the default) class K+1, the empty class: a zero
+  image, the model of the images that fit no average better than no signal (empty boxes, edge-cut
+  particles);
 * ``classes.star``: one row per class, written as a RELION 3.1 image STAR (``data_optics`` of the
   particles + ``data_particles``) so that every RELION tool and ``cryolens`` reader of particle
   files reads it: ``rlnImageName`` and ``rlnReferenceImage`` (both ``NNNNNN@<job>/classes.mrcs``,
@@ -108,7 +110,8 @@ def plot_class_gallery(res: Class2DResult, path: str | os.PathLike, *, ncols: in
     for ax, c in zip(axes.ravel(), order):
         ax.imshow(res.classes[c], cmap="gray", origin="lower")
         r = res.resolution[c]
-        label = f"#{c + 1} · {counts[c]}" + (f"\n{r:.1f} Å" if np.isfinite(r) else "")
+        label = f"#{c + 1} · {counts[c]}" + (f"\n{r:.1f} Å" if np.isfinite(r) else
+                                              "\nempty" if not res.classes[c].any() else "")
         ax.set_title(label, fontsize=7)
     fig.suptitle(f"{k} classes by population (class · particles, estimated resolution)", fontsize=9,
                  y=1.0 + 0.12 / nrows)
@@ -237,17 +240,21 @@ def run_class2d(star: str | os.PathLike, out_dir: str | os.PathLike, params: Cla
         job.add_output("iterations", out / "iterations.star")
         plot_class_gallery(res, out / "classes.png")
         plot_convergence(res, out / "convergence.png")
-        counts = np.bincount(res.particle_class, minlength=params.classes)
+        k = params.classes  # the empty class, if any, is class k + 1
+        all_counts = np.bincount(res.particle_class, minlength=params.model_classes())
+        counts, resolution = all_counts[:k], res.resolution[:k]
         populated = counts > 0
-        job.results.update(n_particles=len(parts), classes=params.classes, populated_classes=int(populated.sum()),
+        job.results.update(n_particles=len(parts), classes=k, populated_classes=int(populated.sum()),
+                           empty_class_particles=int(all_counts[k:].sum()) if params.empty_class else None,
                            iterations=len(res.history), box=box, pixel_size_A=pixel_size,
                            final_resolution_limit_A=round(res.history[-1].resolution_limit, 2),
-                           best_class_resolution_A=round(float(np.min(res.resolution)), 2),
-                           median_class_resolution_A=round(float(np.median(res.resolution[populated])), 2),
+                           best_class_resolution_A=round(float(np.min(resolution)), 2),
+                           median_class_resolution_A=round(float(np.median(resolution[populated])), 2),
                            largest_class=int(np.argmax(counts)) + 1, largest_class_particles=int(counts.max()),
                            median_max_probability=round(float(np.median(res.max_probability)), 4),
                            final_class_change=round(float(np.nan_to_num(res.history[-1].class_change, nan=-1.0)), 4))
         write_report(out / "report.html", title="2D classification", summary=job.results, params=job.params,
                      images=["classes.png", "convergence.png"])
-        job.log.info("%d classes (%d populated) from %d particles", params.classes, int(populated.sum()), len(parts))
+        job.log.info("%d classes (%d populated) from %d particles%s", k, int(populated.sum()), len(parts),
+                     f"; {all_counts[k:].sum()} in the empty class" if params.empty_class else "")
     return job

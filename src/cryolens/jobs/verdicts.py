@@ -58,8 +58,10 @@ def _extract(r: Results, p: Results) -> str:
 
 
 def _class2d(r: Results, p: Results) -> str:
+    empty = r.get("empty_class_particles")
     return (f"{_n(r, 'n_particles')} particles in {_n(r, 'populated_classes')} populated of {_n(r, 'classes')} "
-            f"classes, best class at {_n(r, 'best_class_resolution_A')} Å; next: select the good classes.")
+            f"classes{'' if empty is None else f' ({empty} in the empty class)'}, best class at "
+            f"{_n(r, 'best_class_resolution_A')} Å; next: select the good classes.")
 
 
 def _select_classes(r: Results, p: Results) -> str:
