@@ -235,12 +235,14 @@ def test_class2d_outputs_are_relion_style(classified):
 
 
 def test_class_averages_and_references_have_no_dc(classified):
-    """The Fourier origin of every class average and of every reference scored is 0 (a nonzero DC made a class
-    carry a bright disc that attracted dense junk; see cryolens.class2d.maximisation)."""
+    """The Fourier origin of every class average scored (the state ``--continue`` resumes from) and of every
+    reference is 0 (a nonzero DC made a class carry a bright disc that attracted dense junk; see
+    cryolens.class2d.maximisation); the averages written have their background, not their mean, at 0."""
     from cryolens.class2d.estep import class_references
+    from cryolens.jobs.checkpoint import load_iteration
 
     out = classified[3]
-    classes = torch.as_tensor(np.array(read_mrc(out / "classes.mrcs")[0]))
+    classes = load_iteration(out).tensors["classes"]
     assert classes.abs().sum() > 0
     assert (classes.sum((-2, -1)).abs() <= 1e-4 * classes.abs().sum((-2, -1))).all()
     band = FrequencyBand.build(BOX, 8.0)
@@ -248,6 +250,12 @@ def test_class_averages_and_references_have_no_dc(classified):
     refs = class_references(offset, band, BandRotator(band), inplane_matrices(torch.tensor([0.0, 33.0, 90.0])))
     dc = band.shell == 0
     assert dc.sum() == 1 and (refs[..., dc].abs() == 0).all() and refs[..., ~dc].abs().sum() > 0
+    written = np.array(read_mrc(out / "classes.mrcs")[0])[:4]
+    r = np.hypot(*np.meshgrid(np.arange(BOX) - BOX // 2, np.arange(BOX) - BOX // 2))
+    radius = 200.0 / 2 / APIX
+    ring = (r >= radius - 2) & (r < radius)
+    assert np.abs(np.median(written[:, ring], axis=1)).max() < 1e-3 * np.abs(written).max()
+    assert (written.sum((-2, -1)) > 0).all()  # the particle is bright on a zero background
 
 
 def test_class2d_psi_follows_relion_convention(classified):

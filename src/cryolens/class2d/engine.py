@@ -46,13 +46,15 @@ import torch
 
 from cryolens.class2d.data import Batches, ImageStore, ctf_on_band, image_mask, resolution_schedule
 from cryolens.class2d.iteration import Setup, initial_classes, run_iteration
+from cryolens.class2d.maximisation import flat_background
 from cryolens.class2d.params import Class2DParams
 from cryolens.class2d.state import Class2DResult, Class2DState, IterationStats
 from cryolens.core.worker import ChunkMapper
 from cryolens.particles import has_ctf
 from cryolens.refine.pose_search import FrequencyBand
 
-__all__ = ["Class2DState", "IterationStats", "Class2DResult", "classify_2d", "class_statistics"]
+__all__ = ["Class2DState", "IterationStats", "Class2DResult", "classify_2d", "class_statistics", "mask_diameter",
+           "written_classes"]
 
 
 def classify_2d(batches: Batches, table: pd.DataFrame, *, pixel_size: float, box: int, params: Class2DParams,
@@ -81,7 +83,7 @@ def classify_2d(batches: Batches, table: pd.DataFrame, *, pixel_size: float, box
     """
     device = torch.device(device)
     n_total, k = len(table), params.classes
-    diameter = params.particle_diameter if params.particle_diameter is not None else 0.9 * box * pixel_size
+    diameter = mask_diameter(params, box, pixel_size)
     mask = image_mask(box, diameter / pixel_size, device=device)
     rng = np.random.default_rng(params.seed)
     final_res = min(resolution_schedule(i, params, pixel_size=pixel_size) for i in range(1, params.iterations + 1))
@@ -109,12 +111,26 @@ def classify_2d(batches: Batches, table: pd.DataFrame, *, pixel_size: float, box
         if on_iteration is not None and it < params.iterations:
             on_iteration(state)
     acc_psi, acc_shift = class_statistics(state)
-    return Class2DResult(classes=state.classes.cpu().numpy(), distribution=state.class_weights.cpu().numpy(),
-                         resolution=state.class_resolution.copy(), accuracy_psi=acc_psi, accuracy_shift=acc_shift,
+    return Class2DResult(classes=written_classes(state, params, box, pixel_size),
+                         distribution=state.class_weights.cpu().numpy(), resolution=state.class_resolution.copy(),
+                         accuracy_psi=acc_psi, accuracy_shift=acc_shift,
                          particle_class=state.particle_class.copy(), psi=state.particle_psi.copy(),
                          shifts=state.particle_shift.copy(), max_probability=state.particle_max_prob.copy(),
                          log_likelihood=state.particle_loglik.copy(),
                          n_significant=state.particle_n_significant.copy(), history=history, state=state)
+
+
+def mask_diameter(params: Class2DParams, box: int, pixel_size: float) -> float:
+    """The diameter (Å) of the circular mask: ``particle_diameter``, else 90 % of the box."""
+    return params.particle_diameter if params.particle_diameter is not None else 0.9 * box * pixel_size
+
+
+def written_classes(state: Class2DState, params: Class2DParams, box: int, pixel_size: float) -> np.ndarray:
+    """The class averages of ``state`` as written (``classes.mrcs``, ``run_itNNN_classes.mrcs``): their background
+    at 0 (:func:`cryolens.class2d.maximisation.flat_background`), float32 on the CPU."""
+    radius = mask_diameter(params, box, pixel_size) / 2 / pixel_size
+    mask = image_mask(box, 2 * radius, device=state.classes.device)
+    return flat_background(state.classes, mask, radius).cpu().numpy().astype(np.float32)
 
 
 def class_statistics(state: Class2DState) -> tuple[np.ndarray, np.ndarray]:

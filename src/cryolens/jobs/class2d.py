@@ -2,7 +2,7 @@
 
 Outputs in the job folder:
 
-* ``classes.mrcs``: the K class averages (white on black, the particles' pixel size and box),
+* ``classes.mrcs``: the K class averages (white on a background at 0, the particles' pixel size and box),
   in class-number order, then with ``--empty-class`` (the default) class K+1, the empty class: a zero
   image, the model of the images that fit no average better than no signal (empty boxes, edge-cut
   particles);
@@ -37,6 +37,7 @@ import pandas as pd
 import torch
 
 from cryolens.class2d import Class2DParams, Class2DResult, Class2DState, classify_2d
+from cryolens.class2d.engine import written_classes
 from cryolens.errors import InputError
 from cryolens.jobs.checkpoint import (clear_iterations, iteration_path, load_iteration, remove_unfinished,
                                       save_iteration)
@@ -200,7 +201,7 @@ def run_class2d(star: str | os.PathLike, out_dir: str | os.PathLike, params: Cla
 
         def save(st: Class2DState) -> None:
             """The iteration's classes and particles, then its state (committed last: it marks the iteration)."""
-            write_mrc(iteration_path(out, st.iteration, "classes.mrcs"), st.classes.cpu().numpy().astype(np.float32),
+            write_mrc(iteration_path(out, st.iteration, "classes.mrcs"), written_classes(st, params, box, pixel_size),
                       pixel_size, is_stack=True)
             write_particles(iteration_path(out, st.iteration, "data.star"), parts.optics,
                             classified_particles(parts.particles, _partial_result(st), pixel_size))
