@@ -187,8 +187,8 @@ def test_class2d_separates_views_and_matches_truth(classified):
 
 def test_class2d_view_purity_over_data_seeds(tmp_path):
     """Three views, 300 particles, K 4, SNR 0.1, data seeds 0-7: particles outside their class's majority view
-    (mean over the seeds) and the least pure sizeable class. One run is one draw of a chaotic process (the least
-    pure class of one seed moved 0.63-0.92 between versions), so the bars are on the mean. Measured 2026-12-05 over
+    (mean over the seeds) and the least pure sizeable class. One run is one draw of a chaotic process (data seed 0's
+    least pure class read 0.62-0.84 across the variants measured), so the bars are on the mean. Measured 2026-12-05 over
     data seeds 0-15 (command-line runs, as the fixture): 7.3 % misassigned (at most 11.7 %), least pure class 0.81
     (0.77 on seeds 0-7); before the empty class and the power match 7.1 % and 0.82 (0.74). ML with the true
     projections as references misassigns 2-4 of the 300."""
