@@ -21,10 +21,10 @@ Fourier-cropped to it, :class:`cryolens.refine.pose_search.FrequencyBand`):
    class (least log-likelihood gained over an empty image: empty boxes and edge-cut particles
    first, which would otherwise hide in it), which are assigned to the emptied class (at their
    current alignment) in the next iteration;
-4. with ``empty_class`` a class K+1 is held at zero (a model of an image without particle signal),
-   and with ``match_power`` the averages weaker than the median class are scored scaled up to its
-   power (:func:`cryolens.class2d.iteration.scored_classes`): empty boxes and edge-cut particles then
-   gather in the empty class instead of in weak averages that draw faint good particles in too.
+4. with ``match_power`` (from half the run) the averages weaker than the median class are scored
+   scaled up to its power (:func:`cryolens.class2d.iteration.scored_classes`), so that weak averages
+   stop drawing in faint images; with ``empty_class`` (off by default) a class K+1 is held at zero (a
+   model of an image without particle signal) where empty boxes and edge-cut particles gather.
 
 The first classes are averages of random subsets of the particles, each particle at a
 random in-plane angle (seeded). ``subset="auto"`` uses cisTEM's schedule of particles per

@@ -3,7 +3,7 @@
 Outputs in the job folder:
 
 * ``classes.mrcs``: the K class averages (white on a background at 0, the particles' pixel size and box),
-  in class-number order, then with ``--empty-class`` (the default) class K+1, the empty class: a zero
+  in class-number order, then with ``--empty-class`` (off by default) class K+1, the empty class: a zero
   image, the model of the images that fit no average better than no signal (empty boxes, edge-cut
   particles);
 * ``classes.star``: one row per class, written as a RELION 3.1 image STAR (``data_optics`` of the
