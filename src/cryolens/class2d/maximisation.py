@@ -31,6 +31,7 @@ import torch
 
 from cryolens.class2d.rotation import BandRotator
 from cryolens.core.fourier import ft2, ift2, shift_phase
+from cryolens.core.masks import ring_median
 from cryolens.refine.pose_search import FrequencyBand
 
 __all__ = ["ClassUpdate", "shell_mean", "update_classes", "resolution_shell", "band_to_images", "images_to_band",
@@ -147,8 +148,8 @@ def zero_mean(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def flat_background(images: torch.Tensor, mask: torch.Tensor, radius_px: float) -> torch.Tensor:
-    """``(K, n, n)`` masked images minus, each, the median of its ring ``radius_px - 2 <= r < radius_px`` (px from the
-    box centre) times ``mask`` ``(n, n)``: the background around the particle reads 0 and the particle positive, as in
+    """``(K, n, n)`` masked images minus, each, its :func:`cryolens.core.masks.ring_median` at ``radius_px`` times
+    ``mask`` ``(n, n)``: the background around the particle reads 0 and the particle positive, as in
     RELION's averages.
 
     The averages scored stay zero-mean under the mask (:func:`zero_mean`); written that way, a class average is its
@@ -156,14 +157,7 @@ def flat_background(images: torch.Tensor, mask: torch.Tensor, radius_px: float) 
     1 000 haemoglobin particles (K 20, ``--seed 0``), the NCC (15 Å) with the average of the members' clean
     projections at the classification's poses read 0.84-0.85 zero-mean and 0.97 with the ring at 0 (RELION 3.1's
     largest classes: 0.91-0.96)."""
-    n = images.shape[-1]
-    c = torch.arange(n, device=images.device, dtype=torch.float32) - n // 2
-    r = torch.hypot(c[:, None], c[None, :])
-    ring = (r >= radius_px - 2) & (r < radius_px)
-    if not bool(ring.any()):
-        return images
-    level = images[:, ring].median(dim=1).values
-    return images - level[:, None, None] * mask.to(images.dtype)
+    return images - ring_median(images, radius_px)[:, None, None] * mask.to(images.dtype)
 
 
 def band_to_images(values: torch.Tensor, band: FrequencyBand) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 
 from cryolens.core.fourier import bandpass
 
-__all__ = ["soft_sphere", "soft_edge_from_distance", "mask_from_map", "distance_to", "soft_mask_outside"]
+__all__ = ["soft_sphere", "soft_edge_from_distance", "mask_from_map", "distance_to", "soft_mask_outside", "ring_median"]
 
 
 def soft_edge_from_distance(dist: torch.Tensor, *, inner: float, outer: float) -> torch.Tensor:
@@ -36,6 +36,18 @@ def soft_sphere(n: int, *, radius: float, edge_width: float = 6.0, ndim: int = 3
         grids = [g - float(o) for g, o in zip(grids, centre)]
     r = torch.sqrt(sum(g * g for g in grids))
     return soft_edge_from_distance(r, inner=radius, outer=radius + edge_width)
+
+
+def ring_median(images: torch.Tensor, radius: float) -> torch.Tensor:
+    """``(K,)`` the median of each ``(K, n, n)`` image over the ring ``radius - 2 <= r < radius`` px from ``n // 2``
+    (just inside a particle circle of that radius: its background level); 0 where the ring holds no pixel."""
+    n = images.shape[-1]
+    c = torch.arange(n, device=images.device, dtype=torch.float64) - n // 2
+    r = torch.hypot(c[:, None], c[None, :])
+    ring = (r >= radius - 2) & (r < radius)
+    if not bool(ring.any()):
+        return images.new_zeros(images.shape[0])
+    return images[:, ring].median(dim=1).values
 
 
 def distance_to(binary: torch.Tensor) -> torch.Tensor:

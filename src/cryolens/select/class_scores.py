@@ -47,6 +47,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cryolens.core.masks import ring_median
+
 __all__ = ["SCORE_WEIGHTS", "class_features", "score_classes", "hard_counts", "edge_coherence"]
 
 #: Exponent of each sub-score in the score's product (the dense side of the contrast sub-score, ``(3 - contrast) / 2``,
@@ -100,8 +102,7 @@ def class_features(averages: torch.Tensor | np.ndarray, *, pixel_size: float, di
     yy, xx = torch.meshgrid(*(torch.arange(n, dtype=torch.float64) - n // 2,) * 2, indexing="ij")
     r = torch.hypot(yy, xx)
     inside = r < radius
-    ring = (r >= radius - 2) & (r < radius)
-    a = a - a[:, ring].median(dim=1).values[:, None, None]
+    a = a - ring_median(a, radius)[:, None, None]
     a = a * inside
     rms_in = a[:, inside].pow(2).mean(1).sqrt()
     pos = a.clamp_min(0) ** 2
