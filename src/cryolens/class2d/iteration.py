@@ -27,7 +27,7 @@ from cryolens.refine.noise import NoiseModel, ShellAccumulator
 from cryolens.refine.pose_search import FrequencyBand, phase_ramps, shift_grid
 
 __all__ = ["Setup", "Sampling", "sampling_for", "run_iteration", "initial_classes", "mask_temperature",
-           "offset_variance", "normalise_scales", "scored_classes"]
+           "offset_variance", "normalise_scales", "scored_classes", "class_log_prior"]
 
 #: From iteration LOCAL_FROM on, shifts are searched within this many steps of each particle's current origin.
 LOCAL_SHIFT_STEPS = 1.5
@@ -166,6 +166,26 @@ def scored_classes(state: Class2DState, params: Class2DParams, it: int) -> torch
     return out
 
 
+def class_log_prior(state: Class2DState, params: Class2DParams) -> torch.Tensor:
+    """``(K,)`` the log prior probability of each class in the E-step: the class weights (RELION), zeros with
+    ``uniform_prior``; the empty class's weight capped at the mean weight of the K classes.
+
+    The cap stops the empty class from drawing images in by its own size (a mixture weight grows with the images it
+    holds, and a larger weight draws in more). Measured 2026-12-05 on 242 real beta-galactosidase particles (K 5,
+    their CTF fitted, ``--seed`` 0-5): with the weight uncapped the empty class took 27-137 of them, capped 27-42;
+    on the benchmark's 1 000 haemoglobin particles (``--seed`` 0-8) pure 0.951 -> 0.961, ``select`` junk dropped /
+    good kept 86.5 / 91.9 -> 85.1 / 92.7 %.
+    """
+    w = state.class_weights
+    if params.uniform_prior:
+        return torch.zeros_like(w)
+    if params.empty_class:
+        k = params.classes
+        w = w.clone()
+        w[k] = torch.minimum(w[k], w[:k].mean())
+    return torch.log(w.clamp_min(1e-12))
+
+
 def normalise_scales(state: Class2DState) -> None:
     """Divide the amplitude scales of the particles seen by their mean (the scale of the class averages is free:
     this keeps it that of an average particle)."""
@@ -280,8 +300,7 @@ def run_iteration(state: Class2DState, it: int, setup: Setup, rng: np.random.Gen
     temperature = p.last_temperature * mask_temperature(setup.mask) if last else 1.0
     inv_w = noise.inverse_on(band) * band.weight / temperature
     seeded = sorted(set(state.seeds.values()))
-    log_pi = torch.zeros(k, device=dev) if p.uniform_prior else torch.log(state.class_weights.clamp_min(1e-12))
-    log_pi = log_pi / temperature
+    log_pi = class_log_prior(state, p) / temperature
     if seeded:
         log_pi[seeded] = -float("inf")
     offset_var = offset_variance(state, setup) * temperature if p.offset_prior else None

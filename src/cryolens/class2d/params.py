@@ -59,19 +59,16 @@ class Class2DParams(Params):
     center: bool = option(True, help="Recentre the class averages on their centre of mass each iteration")
     reseed: bool = option(True, help="Reseed empty or tiny classes from the worst-fitting particles of the "
                                      "largest class (all but the last 10 % of the iterations)")
-    empty_class: bool = option(False, help="Add a class K+1 held at zero, a model of an image without particle "
-                                           "signal: empty boxes and edge-cut particles that fit no average better "
-                                           "land there instead of in a weak average that then draws faint good "
-                                           "particles in too (purer classes on simulated data); but where the "
-                                           "averages explain the images poorly it takes real particles (236 of 242 "
-                                           "real beta-galactosidase images, K 5), so it is off by default; select "
-                                           "classes --auto drops it")
-    match_power: bool = option(False, help="From half the run on, score the images against the class averages "
-                                           "weaker than the median class scaled up to the median's power (the "
-                                           "averages written keep their own scale): a class made faint by the "
-                                           "faint images it holds then stops drawing in more of them (purer "
-                                           "classes on simulated data, but alone it spreads the junk over the good "
-                                           "classes, where select classes --auto drops less of it)")
+    empty_class: bool = option(True, help="Add a class K+1 held at zero, a model of an image without particle "
+                                          "signal: empty boxes and edge-cut particles that fit no average better "
+                                          "land there instead of in a weak average that then draws faint good "
+                                          "particles in too; select classes --auto drops it. With wrong CTF "
+                                          "parameters no average explains the images and it takes most of them: "
+                                          "the job then warns")
+    match_power: bool = option(True, help="From half the run on, score the images against the class averages "
+                                          "weaker than the median class scaled up to the median's power (the "
+                                          "averages written keep their own scale): a class made faint by the "
+                                          "faint images it holds then stops drawing in more of them")
     temper_last: bool = option(True, help="Score the last iteration at the temperature --last-temperature / "
                                           "mean(mask²): the masked images' noise is correlated, so the likelihood "
                                           "counts too many independent coefficients and over-fits the noise of "

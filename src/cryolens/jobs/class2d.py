@@ -3,7 +3,7 @@
 Outputs in the job folder:
 
 * ``classes.mrcs``: the K class averages (white on a background at 0, the particles' pixel size and box),
-  in class-number order, then with ``--empty-class`` (off by default) class K+1, the empty class: a zero
+  in class-number order, then with ``--empty-class`` (the default) class K+1, the empty class: a zero
   image, the model of the images that fit no average better than no signal (empty boxes, edge-cut
   particles);
 * ``classes.star``: one row per class, written as a RELION 3.1 image STAR (``data_optics`` of the
@@ -20,7 +20,10 @@ Outputs in the job folder:
 * ``iterations.star`` (per iteration: resolution limit, sampling, particles, mean
   log-likelihood, fraction changing class, psi and shift changes, class sizes, seconds),
   ``classes.png`` (gallery sorted by population, labelled with size and resolution),
-  ``convergence.png``, ``report.html``, ``job.json``;
+  ``convergence.png``, ``report.html``, ``job.json`` (its results include ``unexplained_fraction``: the share
+  of the particles in the empty class, or without it those fitting no average better than an empty image,
+  and ``warnings``: above :data:`cryolens.class2d.engine.UNEXPLAINED_WARNING` the job warns that the CTF
+  parameters are most likely wrong, and its verdict asks for a check);
 * after each iteration but the last, ``run_itNNN_classes.mrcs``, ``run_itNNN_data.star`` (the
   particles' classes so far) and ``run_itNNN_state/``, what ``--continue`` resumes from
   (:mod:`cryolens.jobs.checkpoint`; the last two iterations are kept).
@@ -37,7 +40,7 @@ import pandas as pd
 import torch
 
 from cryolens.class2d import Class2DParams, Class2DResult, Class2DState, classify_2d
-from cryolens.class2d.engine import written_classes
+from cryolens.class2d.engine import UNEXPLAINED_WARNING, unexplained_fraction, written_classes
 from cryolens.errors import InputError
 from cryolens.jobs.checkpoint import (clear_iterations, iteration_path, load_iteration, remove_unfinished,
                                       save_iteration)
@@ -245,6 +248,13 @@ def run_class2d(star: str | os.PathLike, out_dir: str | os.PathLike, params: Cla
         all_counts = np.bincount(res.particle_class, minlength=params.model_classes())
         counts, resolution = all_counts[:k], res.resolution[:k]
         populated = counts > 0
+        unexplained = unexplained_fraction(res.state, params)
+        warnings = [] if unexplained <= UNEXPLAINED_WARNING else [
+            f"{star}: {100 * unexplained:.0f} % of the particles fit no class average better than an empty image; "
+            "check their CTF parameters (defocus, voltage, Cs, pixel size), which are most likely wrong, before "
+            "selecting classes"]
+        for w in warnings:
+            job.log.warning(w)
         job.results.update(n_particles=len(parts), classes=k, populated_classes=int(populated.sum()),
                            empty_class_particles=int(all_counts[k:].sum()) if params.empty_class else None,
                            iterations=len(res.history), box=box, pixel_size_A=pixel_size,
@@ -253,7 +263,8 @@ def run_class2d(star: str | os.PathLike, out_dir: str | os.PathLike, params: Cla
                            median_class_resolution_A=round(float(np.median(resolution[populated])), 2),
                            largest_class=int(np.argmax(counts)) + 1, largest_class_particles=int(counts.max()),
                            median_max_probability=round(float(np.median(res.max_probability)), 4),
-                           final_class_change=round(float(np.nan_to_num(res.history[-1].class_change, nan=-1.0)), 4))
+                           final_class_change=round(float(np.nan_to_num(res.history[-1].class_change, nan=-1.0)), 4),
+                           unexplained_fraction=round(unexplained, 4), warnings=warnings)
         write_report(out / "report.html", title="2D classification", summary=job.results, params=job.params,
                      images=["classes.png", "convergence.png"])
         job.log.info("%d classes (%d populated) from %d particles%s", k, int(populated.sum()), len(parts),

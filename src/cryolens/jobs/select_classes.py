@@ -28,7 +28,8 @@ Input: a 2D classification folder ``DIR`` with ``classes.mrcs`` (K averages), ``
 * ``classes.png`` (the averages sorted by score, kept ones framed green, dropped red),
   ``report.html``, ``job.json`` (results: ``n_in``, ``n_kept``, ``kept_classes``, ``counts``, and the particles
   each screen dropped after the ones before it: ``n_dropped_by_fit``, ``n_dropped_by_image_z``,
-  ``n_dropped_by_loglik_z``).
+  ``n_dropped_by_loglik_z``; ``warnings``: those of the cryolens 2D classification selected from, e.g. that
+  most particles fit no class, repeated in the log).
 
 An empty selection is a user error (exit 2) and writes nothing.
 """
@@ -155,6 +156,15 @@ def _diameter(folder: Path, params: ClassSelectParams, box: int, apix: float) ->
         return 0.9 * box * apix  # class2d's own default mask
 
 
+def _classification_warnings(folder: Path) -> list[str]:
+    """The warnings the 2D classification of ``folder`` gave (its ``job.json``; none for a RELION folder)."""
+    try:
+        found = json.loads((folder / "job.json").read_text())["results"]["warnings"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return []
+    return [f"the 2D classification warned: {w}" for w in found if isinstance(w, str)]
+
+
 def _screen_scores(folder: Path, cf: ClassFolder, numbers: np.ndarray, rows: np.ndarray, diameter: float, *,
                    fit: bool, stats: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
     """One read of the images: the fit z-score of each particle with its class average (NaN where ``rows`` is False;
@@ -223,12 +233,14 @@ def _gallery(averages: np.ndarray, scores: pd.DataFrame, kept: np.ndarray, path:
     return save_figure(fig, path)
 
 
-def _empty_selection(params: ClassSelectParams, scores: pd.DataFrame) -> InputError:
+def _empty_selection(params: ClassSelectParams, scores: pd.DataFrame, warnings: list[str]) -> InputError:
     if params.auto:
         best = scores.iloc[int(scores["score"].to_numpy().argmax())]
-        return InputError(f"select classes: no class scored at least --min-score {params.min_score:g} (best: class "
-                          f"{int(best.rlnClassNumber)} with {best.score:.2f}); lower --min-score or name classes "
-                          "with --class.")
+        head = (f"select classes: no class scored at least --min-score {params.min_score:g} (best: class "
+                f"{int(best.rlnClassNumber)} with {best.score:.2f})")
+        if warnings:  # the classification itself failed: a lower threshold would only keep its noise
+            return InputError(f"{head}, and {warnings[0].rstrip('.')}.")
+        return InputError(f"{head}; lower --min-score or name classes with --class.")
     return InputError(f"select classes: classes {', '.join(map(str, params.classes))} hold no particles; name other "
                       "classes with --class.")
 
@@ -253,8 +265,9 @@ def run_select_classes(folder: str | os.PathLike, out_dir: str | os.PathLike, pa
     scores.insert(0, "rlnClassNumber", numbers)
     kept_cls = (scores["score"].to_numpy() >= params.min_score) if params.auto else np.isin(numbers, params.classes)
     kept_cls &= counts > 0
+    warnings = _classification_warnings(folder)
     if not kept_cls.any():
-        raise _empty_selection(params, scores)
+        raise _empty_selection(params, scores, warnings)
     keep = np.isin(particles["rlnClassNumber"].astype(int).to_numpy(), numbers[kept_cls])
     dropped = {"fit": 0, "image_z": 0, "loglik_z": 0}
 
@@ -295,6 +308,8 @@ def run_select_classes(folder: str | os.PathLike, out_dir: str | os.PathLike, pa
     inputs = {"classes": folder / "classes.star", "averages": folder / "classes.mrcs",
               "particles": folder / "particles.star"}
     with Job("select_classes", out, params=params, inputs=inputs, observer=observer) as job:
+        for w in warnings:
+            job.log.warning(w)
         write_particles(out / "particles.star", optics, particles[keep])
         job.add_output("particles", out / "particles.star")
         write_particles(out / "rejected.star", optics, particles[~keep])
@@ -319,7 +334,8 @@ def run_select_classes(folder: str | os.PathLike, out_dir: str | os.PathLike, pa
                            counts={str(int(c)): int(n) for c, n in zip(numbers, counts)},
                            particle_z_threshold=z_min, image_z_threshold=image_z_max,
                            loglik_z_threshold=loglik_z_max, n_dropped_by_fit=dropped["fit"],
-                           n_dropped_by_image_z=dropped["image_z"], n_dropped_by_loglik_z=dropped["loglik_z"])
+                           n_dropped_by_image_z=dropped["image_z"], n_dropped_by_loglik_z=dropped["loglik_z"],
+                           warnings=warnings)
         summary = {"particles in": len(particles), "kept": int(keep.sum()), "classes kept": len(kept_numbers),
                    "kept classes": ", ".join(map(str, kept_numbers)),
                    "selection": f"score >= {params.min_score:g}" if params.auto else "class list"}

@@ -59,14 +59,15 @@ def _extract(r: Results, p: Results) -> str:
 
 def _class2d(r: Results, p: Results) -> str:
     empty = r.get("empty_class_particles")
-    return (f"{_n(r, 'n_particles')} particles in {_n(r, 'populated_classes')} populated of {_n(r, 'classes')} "
+    head = "Check: " if r.get("warnings") else ""
+    return (f"{head}{_n(r, 'n_particles')} particles in {_n(r, 'populated_classes')} populated of {_n(r, 'classes')} "
             f"classes{'' if empty is None else f' ({empty} in the empty class)'}, best class at "
             f"{_n(r, 'best_class_resolution_A')} Å; next: select the good classes.")
 
 
 def _select_classes(r: Results, p: Results) -> str:
     n_in, kept = _n(r, "n_in", 0), _n(r, "n_kept", 0)
-    head = "Check: " if not kept else ""
+    head = "Check: " if not kept or r.get("warnings") else ""
     classes = r.get("kept_classes") or []
     return (f"{head}kept {kept} of {n_in} particles in {len(classes)} of {_n(r, 'n_classes')} classes; "
             "next: ab initio 3D or refinement.")
