@@ -121,8 +121,14 @@ Averages written on a zero background, and the opt-in ``--empty-class --match-po
 ``--cryolens-seeds 0,...,9 --relion-seeds 2 --relion-from-json``; means over the ten seeds, RELION's two runs in
 brackets). Defaults: pure 0.826 (0.944), median best NCC 0.915 (0.86), vs ideal 0.962 (0.917; 0.841 before),
 select 88.9 / 87.6 % (89.3 / 90.9 %). With both options: pure 0.951, good in mixed classes 0.048 (0.05), vs ideal
-0.959, select 86.1 / 91.9 %, cryolens 11.4 s wall (ratio 0.0034); off by default (the empty class took 236 of 242
-real beta-galactosidase particles; see the README).
+0.959, select 86.1 / 91.9 %, cryolens 11.4 s wall (ratio 0.0034); off by default for a while (the empty class took
+236 of 242 real beta-galactosidase particles, whose STAR's defocus turned out wrong; see the README).
+
+Both on by default again, the empty class's prior capped at the mean class weight (2026-12-05, one thread, load
+1.0-1.4, same command; RELION's three runs, the third merged from another folder, in brackets): pure 0.965 (0.912),
+good in mixed classes 0.037 (0.092), median best NCC 0.912 (0.86), weighted 0.906 (0.867), vs ideal 0.957 (0.914),
+select 85.0 / 92.7 % (87.5 / 91.8 %), cryolens 11.3 s wall, 440 MB peak RSS (ratio 0.0033). ``--accuracy``
+(load 0.6-3): haemoglobin seed 11 88.2 / 92.1 %, median best NCC 0.930; ribosome seed 12 97.8 / 99.3 %, 0.901.
 
 Writes ``benchmarks/results/class2d.json`` (or ``class2d_accuracy.json``; ``--json PATH`` elsewhere)::
 

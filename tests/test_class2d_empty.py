@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from cryolens.class2d import Class2DParams, classify_2d
-from cryolens.class2d.iteration import MATCH_FRACTION, MATCH_FROM, RESEED_FRACTION, scored_classes
+from cryolens.class2d.iteration import MATCH_FRACTION, MATCH_FROM, RESEED_FRACTION, class_log_prior, scored_classes
 from cryolens.class2d.state import Class2DState
 from cryolens.io import read_mrc, read_particles, write_mrc, write_particles
 from cryolens.jobs.particles import open_particles
@@ -46,6 +46,21 @@ def test_scored_classes_scale_weak_live_classes_up_to_the_median_power():
     assert scored_classes(state, params, start - 1) is state.classes
     assert scored_classes(state, Class2DParams(classes=k, match_power=False), start) is state.classes
     assert params.model_classes() == k + 1 and Class2DParams(classes=k, empty_class=False).model_classes() == k
+
+
+def test_empty_class_prior_is_capped_at_the_mean_class_weight():
+    state = Class2DState.empty(10, 5, 8)
+    params = Class2DParams(classes=4)
+    state.class_weights = torch.tensor([0.1, 0.1, 0.15, 0.05, 0.6])
+    prior = class_log_prior(state, params).exp()
+    assert torch.allclose(prior, torch.tensor([0.1, 0.1, 0.15, 0.05, 0.1]))
+    state.class_weights = torch.tensor([0.3, 0.3, 0.2, 0.15, 0.05])
+    assert torch.allclose(class_log_prior(state, params).exp(), state.class_weights)
+    assert torch.equal(class_log_prior(state, Class2DParams(classes=4, uniform_prior=True)), torch.zeros(5))
+    state4 = Class2DState.empty(10, 4, 8)
+    state4.class_weights = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    assert torch.allclose(class_log_prior(state4, Class2DParams(classes=4, empty_class=False)).exp(),
+                          state4.class_weights)
 
 
 def _views_and_empty_boxes(folder, n_views: int, n_empty: int, seed: int):
@@ -114,8 +129,8 @@ def test_real_particles_with_a_fitted_ctf_stay_in_the_classes(tmp_path, shared_d
     """The STAR's defocus (3.7 µm) is wrong: CTFFIND was run at 1.4 Å/px on 0.885 Å/px micrographs
     (``CtfFind/job005/.../_PS.txt``, CC 0.017). cryolens's CTF fit of the particles' mean power spectrum finds
     about 1.07 µm (CC 0.83, measured 2026-12-05). With it, the defaults (empty class and power match on) keep the
-    particles in the K classes: 21-38 of 242 in the empty class (LoG picks at the micrograph edge and faint ones),
-    every class populated."""
+    particles in the K classes: 27-42 of the 242 in the empty class over ``--seed`` 0-5 (LoG picks at the
+    micrograph edge and faint ones; 27-137 before its prior was capped), every class populated."""
     from cryolens.class2d.engine import unexplained_fraction
     from cryolens.ctf.fit import fit_ctf
     from cryolens.ctf.params import CTFFitParams
@@ -130,8 +145,8 @@ def test_real_particles_with_a_fitted_ctf_stay_in_the_classes(tmp_path, shared_d
     params = Class2DParams(classes=5, particle_diameter=200.0)
     res = classify_2d(lambda: parts.batches(128), parts.table(), pixel_size=BETAGAL_APIX, box=64, params=params)
     counts = np.bincount(res.particle_class, minlength=6)
-    assert (counts[:5] > 0).all() and counts.max() <= 0.6 * len(parts) and counts[5] <= 0.25 * len(parts), counts
-    assert unexplained_fraction(res.state, params) < 0.3
+    assert (counts[:5] > 0).all() and counts.max() <= 0.75 * len(parts) and counts[5] <= 0.25 * len(parts), counts
+    assert unexplained_fraction(res.state, params) == counts[5] / len(parts)
 
 
 def test_class2d_warns_when_no_class_explains_the_particles(tmp_path, shared_data):
@@ -147,6 +162,8 @@ def test_class2d_warns_when_no_class_explains_the_particles(tmp_path, shared_dat
     assert len(r["warnings"]) == 1 and "CTF parameters" in r["warnings"][0] and str(star) in r["warnings"][0]
     assert "warning:" in out and "CTF parameters" in " ".join(out.split())
     assert needs_check(verdict("class2d", r)) and "CTF parameters" in (tmp_path / "c2d" / "run.log").read_text()
+    report = (tmp_path / "c2d" / "report.html").read_text()
+    assert "<td>" + str(star) in report and "[&#x27;" not in report  # the sentence, not a Python list
     assert_user_error(invoke_cli("select", "classes", "--in", tmp_path / "c2d", "--auto", "--out", tmp_path / "auto",
                                  code=None), "the 2D classification warned", "CTF parameters")
     out = invoke_cli("select", "classes", "--in", tmp_path / "c2d", "--class", "1,2", "--out", tmp_path / "sel").output

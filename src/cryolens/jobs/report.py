@@ -142,8 +142,13 @@ def write_report(path: str | os.PathLike, *, title: str, summary: Mapping[str, A
     The page carries :data:`VERDICT_MARK` and :data:`PANELS_MARK`, filled with the verdict line and the
     class-count and truth panels when the job finishes (:mod:`cryolens.jobs.report_panels`).
     """
+    def cell(v: Any) -> str:  # a list of sentences (warnings) one per line, not as a Python list
+        if isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v):
+            return "<br>".join(html.escape(x) for x in v) if v else "none"
+        return html.escape(str(v))
+
     def table(d: Mapping[str, Any]) -> str:
-        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in d.items())
+        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{cell(v)}</td></tr>" for k, v in d.items())
         return f"<table>{rows}</table>"
     imgs = "".join(f'<figure><img src="{html.escape(i)}" alt="{html.escape(i)}"></figure>' for i in images)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
