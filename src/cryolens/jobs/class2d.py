@@ -23,7 +23,7 @@ Outputs in the job folder:
   ``convergence.png``, ``report.html``, ``job.json`` (its results include ``unexplained_fraction``: the share
   of the particles in the empty class, or without it those fitting no average better than an empty image,
   and ``warnings``: above :data:`cryolens.class2d.engine.UNEXPLAINED_WARNING` the job warns that the CTF
-  parameters are most likely wrong, and its verdict asks for a check);
+  parameters are most likely wrong (or the picks mostly empty), and its verdict asks for a check);
 * after each iteration but the last, ``run_itNNN_classes.mrcs``, ``run_itNNN_data.star`` (the
   particles' classes so far) and ``run_itNNN_state/``, what ``--continue`` resumes from
   (:mod:`cryolens.jobs.checkpoint`; the last two iterations are kept).
@@ -250,9 +250,9 @@ def run_class2d(star: str | os.PathLike, out_dir: str | os.PathLike, params: Cla
         populated = counts > 0
         unexplained = unexplained_fraction(res.state, params)
         warnings = [] if unexplained <= UNEXPLAINED_WARNING else [
-            f"{star}: {100 * unexplained:.0f} % of the particles fit no class average better than an empty image; "
-            "check their CTF parameters (defocus, voltage, Cs, pixel size), which are most likely wrong, before "
-            "selecting classes"]
+            f"{star}: {100 * unexplained:.0f} % of the particles fit no class average better than an empty image, "
+            "which most likely means wrong CTF parameters (defocus, voltage, Cs, pixel size) or mostly empty picks; "
+            "check them before selecting classes"]
         for w in warnings:
             job.log.warning(w)
         job.results.update(n_particles=len(parts), classes=k, populated_classes=int(populated.sum()),
