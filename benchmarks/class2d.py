@@ -147,7 +147,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from timing import timed
+from timing import timed, write_results
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
@@ -457,10 +457,7 @@ def main() -> None:
                 print(structure, name, json.dumps(r), flush=True)
             row["relion_seeds"] = seed_summary(runs)
         results["cases"][structure] = row
-    results["load_end"] = os.getloadavg()[0]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_results(out, results)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from timing import timed
+from timing import timed, write_results
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent.parent / "shared" / "data" / "metadata" / "relion5_betagal_project"
@@ -163,10 +163,7 @@ def main() -> None:
     walls = {p: np.median([r["wall_s"] for n, r in results["runs"].items() if n.startswith(p)]) for p, _ in runs}
     if "relion" in walls:
         results["wall_ratio_cryolens_over_relion"] = round(float(walls["cryolens"] / walls["relion"]), 3)
-    results["load_end"] = os.getloadavg()[0]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

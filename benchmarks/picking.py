@@ -64,7 +64,7 @@ ROOT = HERE.parent
 SHARED = ROOT.parent / "shared" / "data"
 RIBOSOME = SHARED / "maps" / "clean70SRibosome_vol_65p.mrc"
 sys.path.insert(0, str(HERE))
-from timing import timed  # noqa: E402
+from timing import timed, write_results  # noqa: E402
 
 #: case name -> (structure, pixel size Å)
 CASES = {"phantom": ("phantom", 1.75), "ribosome": ("ribosome", 2.5), "apoferritin": ("apoferritin", 1.75),
@@ -397,10 +397,7 @@ def main() -> None:
             results["cases"][name] = row
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=2))  # after every case: a later failure keeps these
-    results["load_end"] = os.getloadavg()[0]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, results)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -98,3 +99,11 @@ def alternate(commands: dict[str, tuple[list[str], dict | None]], cwd: Path, rep
                   flush=True)
     return runs
 
+
+
+def write_results(out: Path, results: dict) -> None:
+    """Stamp ``results`` with the load at the end (``load_end``) and write them to ``out`` as JSON."""
+    results["load_end"] = os.getloadavg()[0]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
