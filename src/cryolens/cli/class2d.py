@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cryolens.class2d.params import Class2DParams
-from cryolens.cli.common import ParticleJobOptions, console, device_option, err_console, job_target, run_guarded
+from cryolens.cli.common import ParticleJobOptions, console, device_option, job_target, print_warnings, run_guarded
 from cryolens.cli.declare import declare
 from cryolens.cli.common import iteration_progress
 from cryolens.cli.resume import CONTINUE_HELP, continue_target, continued_job
@@ -65,8 +65,7 @@ def class2d(
                 job = run_class2d(star, target.out, params, device=dev, progress=cb, observer=target.observer,
                                   backend=run.backend_spec(), project_dir=getattr(target.project, "root", None))
         r = job.results
-        for w in r.get("warnings", []):
-            err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        print_warnings(r.get("warnings", []))
         console.print(f"{r['populated_classes']} of {r['classes']} classes populated by {r['n_particles']} particles "
                       f"after {r['iterations']} iterations (best class [bold]{r['best_class_resolution_A']:.1f} Å[/], "
                       f"largest #{r['largest_class']} with {r['largest_class_particles']}) -> "

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from cryolens.class3d.params import Class3DParams
-from cryolens.cli.common import ParticleJobOptions, console, device_option, err_console, job_target, run_guarded
+from cryolens.cli.common import ParticleJobOptions, console, device_option, job_target, print_warnings, run_guarded
 from cryolens.cli.declare import declare
 from cryolens.cli.common import iteration_progress
 
@@ -49,8 +49,7 @@ def class3d(
                               observer=target.observer, backend=run.backend_spec(),
                               project_dir=getattr(target.project, "root", None))
         r = job.results
-        for w in r["warnings"]:
-            err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        print_warnings(r["warnings"])
         sizes = ", ".join(f"#{k + 1}: {s}" for k, s in enumerate(r["class_sizes"]))
         console.print(f"{r['classes']} classes from {r['n_particles']} particles after {r['iterations']} iterations "
                       f"({r['search']}): {sizes} -> {target.out / 'particles.star'}", highlight=False)

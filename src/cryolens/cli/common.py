@@ -91,6 +91,12 @@ class ParticleJobOptions(BackendJobOptions):
                    "tcp://scheduler:port (Dask) or profile:NAME; default: this process, batch by batch")
 
 
+def print_warnings(warnings: list[str]) -> None:
+    """A finished job's warnings on standard error, one line each (escaped: a path with brackets stays text)."""
+    for w in warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False, soft_wrap=True)
+
+
 def run_guarded(fn: Callable[[], T]) -> T:
     """Run a command body; user errors print one sentence and exit with status 2, no traceback."""
     try:

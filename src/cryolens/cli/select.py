@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cryolens.cli.common import JobOptions, console, err_console, job_target, run_guarded
+from cryolens.cli.common import JobOptions, console, job_target, print_warnings, run_guarded
 from cryolens.cli.declare import declare
 from cryolens.select.class_params import ClassSelectParams
 from cryolens.select.params import SelectParams
@@ -103,8 +103,7 @@ def classes(
         with job_target("select_classes", run) as target:
             job = run_select_classes(folder, target.out, params, observer=target.observer)
         r = job.results
-        for w in r.get("warnings", []):
-            err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        print_warnings(r.get("warnings", []))
         if not run.quiet:
             for c, n in r["counts"].items():
                 mark = "kept" if int(c) in r["kept_classes"] else "dropped"

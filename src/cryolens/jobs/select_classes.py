@@ -146,23 +146,31 @@ def read_class_folder(folder: str | os.PathLike) -> ClassFolder:
     return ClassFolder(classes, blocks, name, averages, float(apix), optics, particles)
 
 
-def _diameter(folder: Path, params: ClassSelectParams, box: int, apix: float) -> float:
+def _job_record(folder: Path) -> dict:
+    """The ``job.json`` of a cryolens 2D classification in ``folder`` ({} for a RELION folder or an unreadable one)."""
+    try:
+        record = json.loads((folder / "job.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _diameter(record: dict, params: ClassSelectParams, box: int, apix: float) -> float:
     if params.particle_diameter is not None:
         return float(params.particle_diameter)
     try:
-        d = json.loads((folder / "job.json").read_text())["params"]["particle_diameter"]
-        return float(d)
-    except (OSError, KeyError, TypeError, ValueError):
+        return float(record["params"]["particle_diameter"])
+    except (KeyError, TypeError, ValueError):
         return 0.9 * box * apix  # class2d's own default mask
 
 
-def _classification_warnings(folder: Path) -> list[str]:
-    """The warnings the 2D classification of ``folder`` gave (its ``job.json``; none for a RELION folder)."""
+def _classification_warnings(record: dict) -> list[str]:
+    """The warnings the 2D classification gave (its ``job.json`` results)."""
     try:
-        found = json.loads((folder / "job.json").read_text())["results"]["warnings"]
-    except (OSError, KeyError, TypeError, ValueError):
+        found = record["results"]["warnings"]
+    except (KeyError, TypeError):
         return []
-    return [f"the 2D classification warned: {w}" for w in found if isinstance(w, str)]
+    return [f"the 2D classification warned: {w}" for w in found if isinstance(w, str)] if isinstance(found, list) else []
 
 
 def _screen_scores(folder: Path, cf: ClassFolder, numbers: np.ndarray, rows: np.ndarray, diameter: float, *,
@@ -258,14 +266,15 @@ def run_select_classes(folder: str | os.PathLike, out_dir: str | os.PathLike, pa
         raise InputError(f"--class {missing[0]}: {folder / 'classes.star'} has no such class (classes "
                          f"{numbers.min()} to {numbers.max()}).")
     counts = hard_counts(particles["rlnClassNumber"].to_numpy(), int(numbers.max()))[numbers - 1]
-    diameter = _diameter(folder, params, averages.shape[-1], apix)
+    record = _job_record(folder)
+    diameter = _diameter(record, params, averages.shape[-1], apix)
     res = classes["rlnEstimatedResolution"].to_numpy(float) if "rlnEstimatedResolution" in classes.columns else None
     scores = score_classes(class_features(averages, pixel_size=apix, diameter=diameter), counts=counts,
                            pixel_size=apix, diameter=diameter, resolution=res)
     scores.insert(0, "rlnClassNumber", numbers)
     kept_cls = (scores["score"].to_numpy() >= params.min_score) if params.auto else np.isin(numbers, params.classes)
     kept_cls &= counts > 0
-    warnings = _classification_warnings(folder)
+    warnings = _classification_warnings(record)
     if not kept_cls.any():
         raise _empty_selection(params, scores, warnings)
     keep = np.isin(particles["rlnClassNumber"].astype(int).to_numpy(), numbers[kept_cls])
