@@ -10,6 +10,7 @@ import typer
 from cryolens.class2d.params import Class2DParams
 from cryolens.cli.common import ParticleJobOptions, console, device_option, job_target, print_warnings, run_guarded
 from cryolens.cli.declare import declare
+from cryolens.cli.markup import literal
 from cryolens.cli.common import iteration_progress
 from cryolens.cli.resume import CONTINUE_HELP, continue_target, continued_job
 from cryolens.errors import InputError
@@ -69,6 +70,6 @@ def class2d(
         console.print(f"{r['populated_classes']} of {r['classes']} classes populated by {r['n_particles']} particles "
                       f"after {r['iterations']} iterations (best class [bold]{r['best_class_resolution_A']:.1f} Å[/], "
                       f"largest #{r['largest_class']} with {r['largest_class_particles']}) -> "
-                      f"{target.out / 'classes.star'}")
+                      f"{literal(target.out / 'classes.star')}")
 
     run_guarded(body)

@@ -10,6 +10,7 @@ import typer
 
 from cryolens.cli.common import JobOptions, console, job_target, print_warnings, run_guarded
 from cryolens.cli.declare import declare
+from cryolens.cli.markup import literal
 from cryolens.select.class_params import ClassSelectParams
 from cryolens.select.params import SelectParams
 
@@ -33,8 +34,8 @@ def _select(kind: str, star: Path, params: SelectParams, consensus: Optional[Pat
         if not run.quiet:
             for criterion, n in r["criteria"].items():
                 console.print(f"  {criterion}: {n['passed']} passed, {n['failed']} failed", highlight=False)
-        console.print(f"kept [bold]{r['n_kept']}[/] of {r['n_in']} {kind} -> {target.out / (kind + '.star')} "
-                      f"(rejected: {target.out / 'rejected.star'})")
+        console.print(f"kept [bold]{r['n_kept']}[/] of {r['n_in']} {kind} -> {literal(target.out / (kind + '.star'))} "
+                      f"(rejected: {literal(target.out / 'rejected.star')})")
 
     run_guarded(body)
 
@@ -109,7 +110,7 @@ def classes(
                 mark = "kept" if int(c) in r["kept_classes"] else "dropped"
                 console.print(f"  class {c}: {n} particles, {mark}", highlight=False)
         console.print(f"kept [bold]{r['n_kept']}[/] of {r['n_in']} particles in {len(r['kept_classes'])} of "
-                      f"{r['n_classes']} classes -> {target.out / 'particles.star'} (averages: "
-                      f"{target.out / 'classes.mrcs'})")
+                      f"{r['n_classes']} classes -> {literal(target.out / 'particles.star')} (averages: "
+                      f"{literal(target.out / 'classes.mrcs')})")
 
     run_guarded(body)

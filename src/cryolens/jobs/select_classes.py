@@ -170,7 +170,9 @@ def _classification_warnings(record: dict) -> list[str]:
         found = record["results"]["warnings"]
     except (KeyError, TypeError):
         return []
-    return [f"the 2D classification warned: {w}" for w in found if isinstance(w, str)] if isinstance(found, list) else []
+    if not isinstance(found, list):
+        return []
+    return [f"the 2D classification warned: {w}" for w in found if isinstance(w, str)]
 
 
 def _screen_scores(folder: Path, cf: ClassFolder, numbers: np.ndarray, rows: np.ndarray, diameter: float, *,
